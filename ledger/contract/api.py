@@ -1,0 +1,92 @@
+"""The seam between consensus and the contract.
+
+The replica orders signed transactions into blocks and hands each one, in order, to a
+deterministic contract. The contract never sees sockets, clocks or randomness: only the
+transaction (already signature-checked by the replica) and the block context agreed by consensus.
+
+Values inside transaction bodies, receipts and query results are restricted to JSON-like data
+with no floats: ``None``, ``bool``, ``int``, ``str``, ``list`` and ``dict`` with ``str`` keys.
+Byte strings (public keys, signatures) travel as lowercase hex strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# JSON-like, float-free value carried in bodies, receipts and query results.
+Value = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A client transaction as the contract sees it.
+
+    ``sender`` is the raw 32-byte Ed25519 public key that signed it (the replica has verified the
+    signature before the contract is called). ``kind`` names the operation, e.g.
+    ``"token.transfer"`` or ``"auction.buy_offer"``. ``tx_id`` is the hex SHA-256 of the
+    transaction's canonical unsigned encoding, unique per (sender, nonce).
+    """
+
+    tx_id: str
+    sender: bytes
+    kind: str
+    body: Mapping[str, Value]
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockContext:
+    """What consensus agreed about the block a transaction is executed in."""
+
+    height: int  # block height, 1 for the first block after genesis
+    index: int  # position of the transaction inside the block
+    timestamp_ms: int  # the primary's timestamp in the pre-prepare (agreed, so deterministic)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Outcome of one transaction. ``code`` is ``"OK"`` or a stable upper-case error code
+    (e.g. ``"LISTING_CLOSED"``); a rejected transaction leaves the state unchanged."""
+
+    code: str = "OK"
+    result: Mapping[str, Value] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+
+class Contract(Protocol):
+    """A deterministic state machine executed identically by every replica."""
+
+    def apply(self, tx: Transaction, ctx: BlockContext) -> Receipt:
+        """Execute one transaction. Must never raise for bad input: return an error receipt."""
+        ...
+
+    def query(self, path: str, params: Mapping[str, Value]) -> Value:
+        """Read-only query, e.g. ``query("balance", {"id_grid": "PT0001"})``.
+        Raises ``QueryError`` for an unknown path or bad parameters."""
+        ...
+
+    def state_digest(self) -> bytes:
+        """SHA-256 of the canonical encoding of the whole state."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """Canonical bytes of the whole state; ``restore(snapshot())`` gives an equal state."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state by a snapshot taken with ``snapshot``."""
+        ...
+
+
+class QueryError(ValueError):
+    """A query path or parameter that the contract does not know."""
+
+
+class ContractFactory(Protocol):
+    def __call__(self, genesis: Mapping[str, Value]) -> Contract: ...

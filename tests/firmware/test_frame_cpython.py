@@ -1,0 +1,70 @@
+"""The node frame under CPython: the shared test vectors, and hostile input (hypothesis)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from firmware import frame
+
+VECTORS = json.loads((Path(frame.__file__).parent / "frame_vectors.json").read_text())
+
+
+@pytest.mark.parametrize("vec", VECTORS["valid"], ids=lambda v: v["name"])
+def test_valid_vectors_byte_for_byte(vec: dict) -> None:
+    key = bytes.fromhex(vec["key"])
+    raw = bytes.fromhex(vec["frame"])
+    ftype, node_id, seq, payload = frame.decode(key, raw)
+    assert (ftype, node_id, seq) == (vec["type"], vec["node_id"], vec["seq"])
+    f = vec["fields"]
+    if ftype == frame.T_READING:
+        assert frame.unpack_reading(payload) == f
+        built = frame.pack_reading(f)
+    elif ftype == frame.T_COMMAND:
+        assert frame.unpack_command(payload) == (f["relay"], f["action"])
+        built = frame.pack_command(f["relay"], f["action"])
+    else:
+        assert frame.unpack_ack(payload) == (f["cmd_seq"], f["relay"], f["status"], f["state"])
+        built = frame.pack_ack(f["cmd_seq"], f["relay"], f["status"], f["state"])
+    assert frame.encode(key, ftype, node_id, seq, built) == raw
+
+
+@pytest.mark.parametrize("vec", VECTORS["invalid"], ids=lambda v: v["name"])
+def test_invalid_vectors_are_rejected_with_their_reason(vec: dict) -> None:
+    with pytest.raises(frame.FrameError) as err:
+        frame.decode(bytes.fromhex(vec["key"]), bytes.fromhex(vec["frame"]))
+    assert err.value.args[0] == vec["error"]
+
+
+@given(key=st.binary(max_size=100), msg=st.binary(max_size=300))
+def test_hand_written_hmac_matches_the_standard_library(key: bytes, msg: bytes) -> None:
+    assert frame.tag(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()[:16]
+
+
+@given(data=st.binary(max_size=120))
+def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
+    try:
+        frame.decode(b"k" * 32, data)
+    except frame.FrameError:
+        pass
+
+
+@given(
+    data=st.binary(min_size=frame.HEADER_LEN + frame.TAG_LEN, max_size=80),
+    pos=st.integers(min_value=0),
+    bit=st.integers(min_value=0, max_value=7),
+)
+def test_any_single_bit_flip_of_a_valid_frame_is_rejected(data: bytes, pos: int, bit: int) -> None:
+    vec = VECTORS["valid"][0]
+    key = bytes.fromhex(vec["key"])
+    raw = bytearray.fromhex(vec["frame"])
+    i = pos % len(raw)
+    raw[i] ^= 1 << bit
+    with pytest.raises(frame.FrameError):
+        frame.decode(key, bytes(raw))

@@ -1,0 +1,1 @@
+"""Developer and installer tools: the `wattmesh` command, flashing, provisioning, benchmarks, demo."""
