@@ -1,0 +1,56 @@
+"""Property tests of the canonical encoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.encoding import EncodingError, canonical, decode, digest
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(values)
+def test_round_trip_is_exact(value: Any) -> None:
+    data = canonical(value)
+    assert decode(data) == value
+    assert canonical(decode(data)) == data
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=8))
+def test_key_order_does_not_change_the_bytes(d: dict[str, int]) -> None:
+    reversed_d = dict(reversed(list(d.items())))
+    assert canonical(d) == canonical(reversed_d)
+    assert digest(d) == digest(reversed_d)
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_encoding_error(data: bytes) -> None:
+    try:
+        value = decode(data)
+    except EncodingError:
+        return
+    assert canonical(value) == data
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"1.5", b"NaN", b'{"a":1,"a":2}', b'{"b":1,"a":2}', b"[1, 2]", b"\xff", b'{"a":1', b"1e3"],
+)
+def test_non_canonical_or_hostile_input_is_rejected(raw: bytes) -> None:
+    with pytest.raises(EncodingError):
+        decode(raw)
+
+
+@pytest.mark.parametrize("bad", [1.0, b"x", {1: 2}, {"a": [0.5]}, object()])
+def test_values_outside_the_encoding_are_refused(bad: Any) -> None:
+    with pytest.raises(EncodingError):
+        canonical(bad)
