@@ -1,1 +1,1 @@
-"""Developer and installer tools: the `wattmesh` command, flashing, provisioning, benchmarks, demo."""
+"""Developer and installer tools: the wattmesh command, flashing, provisioning, bench, demo."""

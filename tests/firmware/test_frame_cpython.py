@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -49,10 +50,8 @@ def test_hand_written_hmac_matches_the_standard_library(key: bytes, msg: bytes) 
 
 @given(data=st.binary(max_size=120))
 def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
-    try:
+    with contextlib.suppress(frame.FrameError):
         frame.decode(b"k" * 32, data)
-    except frame.FrameError:
-        pass
 
 
 @given(
