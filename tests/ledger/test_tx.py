@@ -1,0 +1,72 @@
+"""Signed transactions: round trip, tamper detection, hostile wire input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.tx import SignedTx, TxError, sign_tx
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
+def test_sign_verify_round_trip_and_stable_id() -> None:
+    tx = sign_tx(KEY, "token.transfer", {"to": "PT0002", "amount": 1500}, nonce=7)
+    again = SignedTx.from_wire(tx.to_wire())
+    assert again == tx and again.verify()
+    assert tx.tx_id == sign_tx(KEY, "token.transfer", {"amount": 1500, "to": "PT0002"}, 7).tx_id
+    assert tx.tx_id != sign_tx(KEY, "token.transfer", {"to": "PT0002", "amount": 1500}, 8).tx_id
+    assert tx.to_contract().tx_id == tx.tx_id
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("nonce", 8), ("kind", "token.mint"), ("body", {"to": "PT0002", "amount": 1501})],
+)
+def test_any_change_breaks_the_signature(field: str, value: Any) -> None:
+    wire = sign_tx(KEY, "token.transfer", {"to": "PT0002", "amount": 1500}, nonce=7).to_wire()
+    wire[field] = value
+    assert not SignedTx.from_wire(wire).verify()
+
+
+def test_signature_of_another_key_fails() -> None:
+    other = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32)
+    wire = sign_tx(other, "x.y", {}, 1).to_wire()
+    wire["sender"] = sign_tx(KEY, "x.y", {}, 1).to_wire()["sender"]
+    assert not SignedTx.from_wire(wire).verify()
+
+
+wire_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=70) | st.floats(),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=6),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(wire_values)
+def test_hostile_wire_values_raise_tx_error_only(value: Any) -> None:
+    try:
+        SignedTx.from_wire(value)
+    except TxError:
+        pass
+
+
+@given(
+    field=st.sampled_from(["body", "kind", "nonce", "sender", "sig"]),
+    value=wire_values,
+)
+def test_each_field_replaced_by_garbage_is_rejected_or_unverifiable(field: str, value: Any) -> None:
+    wire = sign_tx(KEY, "token.transfer", {"to": "PT0002", "amount": 1500}, nonce=7).to_wire()
+    if wire[field] == value:
+        return
+    wire[field] = value
+    try:
+        tx = SignedTx.from_wire(wire)
+    except TxError:
+        return
+    assert not tx.verify()
