@@ -1,0 +1,1 @@
+"""Device sources of the gateway: Modbus meters, MQTT nodes and (``ble.py``) BLE nodes."""
