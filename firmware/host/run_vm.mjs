@@ -1,0 +1,117 @@
+// Run the node firmware under the real MicroPython VM (WebAssembly port) on the host.
+//
+//   node firmware/host/run_vm.mjs job     < job.json   one script, results on stdout
+//   node firmware/host/run_vm.mjs stream  < commands   the node's main loop on a driven clock
+//
+// Run it from the repository root so that node_modules resolves. Every firmware/*.py module is
+// copied into the VM's /lib before anything runs, so scripts `import ct, node, hal_host` as the
+// ESP32 does. job.json = {"script": "...", "files": {"/path": "text"}, "heapsize": bytes}.
+// Stream mode: see firmware/README.md (frames out as hex lines, commands in as hex lines).
+import { readFileSync, readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+
+const FIRMWARE_DIR = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+async function loadVm(heapsize, onStdout) {
+  let mod;
+  try {
+    mod = await import("@micropython/micropython-webassembly-pyscript/micropython.mjs");
+  } catch (err) {
+    process.stderr.write(
+      "wattmesh: the MicroPython VM is missing (npm package " +
+        "@micropython/micropython-webassembly-pyscript); run `npm install` at the repository root\n",
+    );
+    process.exit(3);
+  }
+  const mp = await mod.loadMicroPython({ heapsize, stdout: onStdout, linebuffer: true });
+  mp.FS.mkdir("/lib");
+  for (const name of readdirSync(FIRMWARE_DIR)) {
+    if (name.endsWith(".py") && name !== "__init__.py") {
+      mp.FS.writeFile("/lib/" + name, readFileSync(join(FIRMWARE_DIR, name)));
+    }
+  }
+  mp.FS.mkdir("/flash");
+  mp.runPython("import sys\nsys.path.append('/lib')\n");
+  return mp;
+}
+
+function readStdin() {
+  return new Promise((resolve) => {
+    const chunks = [];
+    process.stdin.on("data", (c) => chunks.push(c));
+    process.stdin.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+  });
+}
+
+function pyError(err) {
+  process.stderr.write(String(err && err.message ? err.message : err) + "\n");
+  process.exit(1);
+}
+
+async function job() {
+  const spec = JSON.parse(await readStdin());
+  const mp = await loadVm(spec.heapsize || 1024 * 1024, (line) => process.stdout.write(line + "\n"));
+  for (const [path, text] of Object.entries(spec.files || {})) {
+    mp.FS.writeFile(path, text);
+  }
+  try {
+    mp.runPython(spec.script);
+  } catch (err) {
+    pyError(err);
+  }
+}
+
+// Stream mode: the VM runs host_node.Host (firmware/host_node.py) on a simulated clock that
+// advances --step-ms per tick; each tick's frames leave as hex lines on stdout, and hex lines on
+// stdin are handed to the node as received commands. With --realtime the clock follows the wall.
+async function stream(argv) {
+  const opt = { config: null, profile: "{}", "step-ms": "1000", ticks: "0", realtime: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--realtime") opt.realtime = true;
+    else if (a.startsWith("--") && i + 1 < argv.length) opt[a.slice(2)] = argv[++i];
+    else pyError("unknown argument " + a);
+  }
+  if (!opt.config) pyError("--config FILE is required");
+  const mp = await loadVm(1024 * 1024, (line) => process.stdout.write(line + "\n"));
+  mp.FS.writeFile("/flash/config.json", readFileSync(opt.config));
+  if (opt.key) mp.FS.writeFile("/flash/node.key", readFileSync(opt.key));
+  const profile = opt.profile.startsWith("{") ? opt.profile : readFileSync(opt.profile, "utf8");
+  mp.FS.writeFile("/flash/profile.json", profile);
+  try {
+    mp.runPython("import host_node\nH = host_node.Host('/flash')\n");
+  } catch (err) {
+    pyError(err);
+  }
+  const inbox = [];
+  let closed = false;
+  const rl = createInterface({ input: process.stdin });
+  rl.on("line", (l) => {
+    const hex = l.trim();
+    if (/^[0-9a-fA-F]*$/.test(hex) && hex.length % 2 === 0 && hex.length > 0) inbox.push(hex);
+  });
+  rl.on("close", () => {
+    closed = true;
+  });
+  const step = parseInt(opt["step-ms"], 10);
+  const ticks = parseInt(opt.ticks, 10);
+  for (let n = 0; ticks === 0 || n < ticks; n++) {
+    const cmds = JSON.stringify(inbox.splice(0));
+    try {
+      mp.runPython(`H.tick(${step}, ${cmds})`);
+    } catch (err) {
+      pyError(err);
+    }
+    if (opt.realtime) await new Promise((r) => setTimeout(r, step));
+    else await new Promise((r) => setImmediate(r));
+    if (closed && ticks === 0 && !opt.realtime) break;
+  }
+  process.exit(0);
+}
+
+const mode = process.argv[2];
+if (mode === "job") await job();
+else if (mode === "stream") await stream(process.argv.slice(3));
+else pyError("usage: run_vm.mjs job|stream ...");
