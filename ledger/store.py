@@ -1,0 +1,207 @@
+"""The replica's block store: SQLite in WAL mode, one database file per replica.
+
+Tables:
+- ``blocks``: height, view, previous block hash, block hash and the block's canonical bytes (the
+  ordered batch and its commit certificate). ``prev_hash`` of block h is ``hash`` of block h-1,
+  so the rows form a hash chain that ``verify`` re-checks from disk.
+- ``receipts``: one row per executed transaction, keyed by ``tx_id`` (PRIMARY KEY): that is what
+  makes re-execution idempotent; a transaction already in this table is never applied again.
+- ``checkpoints``: the contract snapshot and state digest at every checkpoint height.
+- ``meta``: small values the replica keeps across restarts (its view, say).
+
+Every executed block is written in ONE SQLite transaction (block row, receipts and, at a
+checkpoint, the snapshot), so after a crash the store holds either all of a block or none of it.
+``synchronous=FULL``: each commit is fsynced before the replica replies to a client, so a
+transaction a client saw committed survives power loss too, not only a killed process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    view INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    tx_id TEXT PRIMARY KEY,
+    height INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    receipt BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    height INTEGER PRIMARY KEY,
+    state_digest BLOB NOT NULL,
+    snapshot BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"""
+
+KEEP_CHECKPOINTS = 2
+
+
+class StoreError(RuntimeError):
+    """The store on disk contradicts itself (a gap or a broken link); never silently repaired."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRow:
+    height: int
+    view: int
+    prev_hash: bytes
+    hash: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    height: int
+    state_digest: bytes
+    snapshot: bytes
+
+
+class BlockStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def append(
+        self,
+        block: BlockRow,
+        receipts: Sequence[tuple[str, int, bytes]],
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        """Store one executed block with its receipts (and checkpoint) atomically. ``receipts``
+        are ``(tx_id, index, receipt_bytes)``; the caller has already left out transactions that
+        have a receipt from an earlier block."""
+        head = self.head()
+        if block.height != head[0] + 1:
+            raise StoreError(f"block {block.height} does not follow height {head[0]}")
+        if head[0] > 0 and block.prev_hash != head[1]:
+            raise StoreError(f"block {block.height} does not link to block {head[0]}")
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute(
+                "INSERT INTO blocks (height, view, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?)",
+                (block.height, block.view, block.prev_hash, block.hash, block.body),
+            )
+            cur.executemany(
+                "INSERT INTO receipts (tx_id, height, idx, receipt) VALUES (?, ?, ?, ?)",
+                [(tx_id, block.height, idx, data) for tx_id, idx, data in receipts],
+            )
+            if checkpoint is not None:
+                self._put_checkpoint(cur, checkpoint)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def put_checkpoint(self, checkpoint: Checkpoint) -> None:
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            self._put_checkpoint(cur, checkpoint)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _put_checkpoint(cur: sqlite3.Cursor, checkpoint: Checkpoint) -> None:
+        cur.execute(
+            "INSERT OR REPLACE INTO checkpoints (height, state_digest, snapshot) VALUES (?, ?, ?)",
+            (checkpoint.height, checkpoint.state_digest, checkpoint.snapshot),
+        )
+        cur.execute(
+            "DELETE FROM checkpoints WHERE height NOT IN "
+            "(SELECT height FROM checkpoints ORDER BY height DESC LIMIT ?)",
+            (KEEP_CHECKPOINTS,),
+        )
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def head(self) -> tuple[int, bytes]:
+        """``(height, hash)`` of the last block, ``(0, b"")`` when there is none."""
+        row = self.db.execute(
+            "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        return (0, b"") if row is None else (int(row[0]), bytes(row[1]))
+
+    def block(self, height: int) -> BlockRow | None:
+        row = self.db.execute(
+            "SELECT height, view, prev_hash, hash, body FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        return None if row is None else _row(row)
+
+    def blocks(self, after: int = 0, limit: int | None = None) -> Iterator[BlockRow]:
+        sql = (
+            "SELECT height, view, prev_hash, hash, body FROM blocks WHERE height > ? "
+            "ORDER BY height"
+        )
+        params: tuple[int, ...] = (after,)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (after, limit)
+        for row in self.db.execute(sql, params):
+            yield _row(row)
+
+    def receipt(self, tx_id: str) -> tuple[int, int, bytes] | None:
+        """``(height, index, receipt_bytes)`` of an executed transaction."""
+        row = self.db.execute(
+            "SELECT height, idx, receipt FROM receipts WHERE tx_id = ?", (tx_id,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
+
+    def known(self, tx_ids: Sequence[str]) -> set[str]:
+        """Which of these transactions already have a receipt."""
+        out: set[str] = set()
+        for start in range(0, len(tx_ids), 500):
+            chunk = tx_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for (tx_id,) in self.db.execute(
+                f"SELECT tx_id FROM receipts WHERE tx_id IN ({marks})", tuple(chunk)
+            ):
+                out.add(str(tx_id))
+        return out
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        row = self.db.execute(
+            "SELECT height, state_digest, snapshot FROM checkpoints ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else Checkpoint(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def receipt_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+
+
+def _row(row: tuple[object, ...]) -> BlockRow:
+    height, view, prev_hash, hash_, body = row
+    assert isinstance(height, int) and isinstance(view, int)
+    assert isinstance(prev_hash, bytes) and isinstance(hash_, bytes) and isinstance(body, bytes)
+    return BlockRow(height=height, view=view, prev_hash=prev_hash, hash=hash_, body=body)
