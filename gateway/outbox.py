@@ -1,0 +1,114 @@
+"""The outbox: ledger transactions the gateway owes, delivered exactly once.
+
+Exactly once = at least once (a row stays pending until the ledger answers) + at most once (the
+nonce is fixed when the row is written, Ed25519 signatures are deterministic, so every retry is
+the same transaction with the same ``tx_id`` and the ledger applies it only once).
+
+``next_state`` is the sans-IO core: a row and the outcome of one attempt in, the row's next state
+out. ``deliver_due`` is the thin adapter that signs and submits through a ``Deliverer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.tx import SignedTx, sign_tx
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+DELIVERED = "delivered"
+REJECTED = "rejected"
+
+# Receipt codes that mean "the ledger already has this transaction": delivered, not an error.
+ALREADY_APPLIED = frozenset(
+    {"DUPLICATE", "DUPLICATE_TX", "ALREADY_APPLIED", "KNOWN_TX", "TX_EXISTS"}
+)
+
+
+class Deliverer(Protocol):
+    async def submit(self, tx: SignedTx) -> Any:
+        """Submit one transaction; return its receipt (anything with a ``code`` attribute, "OK" or
+        a stable error code). Raise on transport failure (the row is retried)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    kind: str
+    body: Mapping[str, Any]
+    nonce: int
+    state: str = PENDING
+    attempts: int = 0
+    next_ms: int = 0
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial_ms: int = 1_000
+    max_ms: int = 300_000
+
+    def delay_ms(self, attempts: int) -> int:
+        return int(min(self.max_ms, self.initial_ms * (2 ** min(max(attempts - 1, 0), 30))))
+
+
+def next_state(
+    row: OutboxRow, now_ms: int, policy: Backoff, *, code: str | None, error: str = ""
+) -> OutboxRow:
+    """``code`` is the receipt code, or ``None`` if the attempt failed before the ledger answered
+    (then ``error`` says why and the row is retried after a backoff)."""
+    attempts = row.attempts + 1
+    if code is None:
+        return replace(
+            row, attempts=attempts, next_ms=now_ms + policy.delay_ms(attempts), message=error[:200]
+        )
+    if code == "OK" or code in ALREADY_APPLIED:
+        return replace(row, state=DELIVERED, attempts=attempts, code=code, message="")
+    return replace(row, state=REJECTED, attempts=attempts, code=code, message=error[:200])
+
+
+class OutboxStore(Protocol):
+    def outbox_due(self, now_ms: int, limit: int) -> list[OutboxRow]: ...
+
+    def outbox_save(self, row: OutboxRow) -> None: ...
+
+
+async def deliver_due(
+    store: OutboxStore,
+    key: Ed25519PrivateKey,
+    deliverer: Deliverer,
+    now_ms: int,
+    policy: Backoff,
+    *,
+    limit: int = 100,
+) -> tuple[int, int]:
+    """Try every row that is due, oldest first; stop at the first transport failure (the ledger
+    is unreachable, so the rest would fail too). Returns (delivered or rejected, failed)."""
+    done = failed = 0
+    for row in store.outbox_due(now_ms, limit):
+        tx = sign_tx(key, row.kind, row.body, row.nonce)
+        try:
+            receipt = await deliverer.submit(tx)
+        except Exception as exc:  # any transport failure: retry later, never lose the row
+            store.outbox_save(next_state(row, now_ms, policy, code=None, error=repr(exc)))
+            failed += 1
+            log.info("outbox %d: ledger unreachable (%r), retrying", row.id, exc)
+            break
+        code = str(getattr(receipt, "code", "OK"))
+        message = str(getattr(receipt, "message", ""))
+        new = next_state(row, now_ms, policy, code=code, error=message)
+        if new.state == REJECTED:
+            log.warning(
+                "outbox %d (%s) rejected by the ledger: %s %s", row.id, row.kind, code, message
+            )
+        store.outbox_save(new)
+        done += 1
+    return done, failed

@@ -1,0 +1,135 @@
+"""The interval aggregator: splitting, carries, resets, roll-overs, gaps, implausible values."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import intervals as iv
+from gateway.intervals import INTERVAL_MS, IntervalAggregator, MeterSpec
+
+T0 = 1_795_000_000_000 - 1_795_000_000_000 % INTERVAL_MS  # an interval boundary
+MIN = 60_000
+
+
+def agg(**spec: int | None) -> IntervalAggregator:
+    a = IntervalAggregator(grace_ms=0)
+    a.add_meter("m", MeterSpec(**spec))  # type: ignore[arg-type]
+    return a
+
+
+def test_interval_names_are_utc_starts() -> None:
+    import calendar
+
+    start = calendar.timegm((2026, 11, 24, 13, 15, 0)) * 1000
+    assert iv.interval_name(start) == "2026-11-24T13:15"
+    assert iv.interval_name(start + INTERVAL_MS - 1) == "2026-11-24T13:29"
+
+
+def test_energy_splits_across_a_boundary_in_proportion_to_time() -> None:
+    a = agg()
+    a.sample("m", T0 + 13 * MIN, 0, 0)
+    a.sample("m", T0 + 17 * MIN, 4_000_000, 0)  # 4 kWh over 4 min: 2 before, 2 after the edge
+    (closed,) = a.tick(T0 + INTERVAL_MS)
+    assert (closed.import_wh, closed.flags) == (2_000, 0)
+    (second,) = a.tick(T0 + 2 * INTERVAL_MS)
+    assert (second.import_wh, second.flags) == (2_000, 0)
+
+
+def test_sub_wh_remainders_are_carried_not_lost() -> None:
+    a = agg()
+    a.sample("m", T0 + 1, 0, 0)
+    a.sample("m", T0 + 2, 1_500, 700)
+    first = a.tick(T0 + INTERVAL_MS)[0]
+    a.sample("m", T0 + INTERVAL_MS + 5, 2_000, 1_400)
+    second = a.tick(T0 + 2 * INTERVAL_MS)[0]
+    assert (first.import_wh, first.export_wh) == (1, 0)
+    assert (second.import_wh, second.export_wh) == (1, 1)
+
+
+def test_reset_counts_new_value_and_is_flagged() -> None:
+    a = agg()
+    a.sample("m", T0 + MIN, 900_000, 0)
+    a.sample("m", T0 + 2 * MIN, 1_000_000, 0)
+    a.sample("m", T0 + 3 * MIN, 50_000, 0)  # the meter was reset to 0 and counted 50 Wh
+    (c,) = a.tick(T0 + INTERVAL_MS)
+    assert c.import_wh == 150 and c.flags & iv.RESET
+
+
+def test_rollover_counts_the_wrap() -> None:
+    a = agg(modulus_mwh=2**32 * 1000)
+    a.sample("m", T0 + MIN, 2**32 * 1000 - 20_000, 0)
+    a.sample("m", T0 + 2 * MIN, 30_000, 0)
+    (c,) = a.tick(T0 + INTERVAL_MS)
+    assert c.import_wh == 50 and c.flags & iv.ROLLOVER and not c.flags & iv.RESET
+
+
+def test_implausible_jump_is_dropped_then_rebased() -> None:
+    a = agg(max_power_w=10_000)
+    a.sample("m", T0 + MIN, 0, 0)
+    assert not a.sample("m", T0 + 2 * MIN, 10**12, 0)  # wrong value
+    assert a.sample("m", T0 + 3 * MIN, 100_000, 0)  # back to normal: 100 Wh in 2 min
+    (c,) = a.tick(T0 + INTERVAL_MS)
+    assert c.import_wh == 100 and c.flags & iv.IMPLAUSIBLE
+    for k in range(3):  # the counter truly moved: rebased after three samples in a row
+        a.sample("m", T0 + INTERVAL_MS + (k + 1) * MIN, 10**12 + k, 0)
+    a.sample("m", T0 + INTERVAL_MS + 5 * MIN, 10**12 + 2 + 7_000, 0)
+    (d,) = a.tick(T0 + 2 * INTERVAL_MS)
+    assert d.flags & iv.REBASED and d.import_wh == 7
+
+
+def test_gap_marks_missing_interval_and_carries_energy_forward() -> None:
+    a = agg()
+    a.sample("m", T0 + MIN, 0, 0)
+    (first,) = a.tick(T0 + INTERVAL_MS)
+    (missing,) = a.tick(T0 + 2 * INTERVAL_MS)
+    assert missing.flags & iv.MISSING and missing.import_wh == 0
+    a.sample("m", T0 + 2 * INTERVAL_MS + MIN, 3_000_000, 0)
+    (third,) = a.tick(T0 + 3 * INTERVAL_MS)
+    assert third.import_wh == 3_000 and third.flags & iv.GAP
+    assert first.import_wh == 0
+
+
+def test_stale_and_unknown_samples_are_rejected() -> None:
+    a = agg()
+    assert a.sample("m", T0 + MIN, 0, 0)
+    assert not a.sample("m", T0 + MIN, 5, 0)
+    assert not a.sample("x", T0 + MIN, 5, 0)
+    assert not a.sample("m", T0 + 2 * MIN, -1, 0)
+    assert a.rejected == 3
+
+
+def test_snapshot_restore_continues_identically() -> None:
+    a = agg()
+    a.sample("m", T0 + MIN, 0, 0)
+    a.sample("m", T0 + 5 * MIN, 123_456, 7_000)
+    b = agg()
+    b.restore(a.snapshot())
+    for x in (a, b):
+        x.sample("m", T0 + 20 * MIN, 500_000, 9_000)
+    assert a.tick(T0 + 3 * INTERVAL_MS) == b.tick(T0 + 3 * INTERVAL_MS)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 40 * MIN), st.integers(0, 500_000), st.integers(0, 100_000)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_energy_is_conserved(steps: list[tuple[int, int, int]]) -> None:
+    """Whatever the sample timing (gaps included), reported Wh + held mWh = counter advance."""
+    a = agg(max_power_w=10**9)
+    t, imp, exp = T0 + 1, 0, 0
+    a.sample("m", t, imp, exp)
+    closed: list[iv.Interval] = []
+    for dt, di, de in steps:
+        t, imp, exp = t + dt, imp + di, exp + de
+        assert a.sample("m", t, imp, exp)
+        closed += a.tick(t)
+    held_imp, held_exp = a.totals_mwh()["m"]
+    assert sum(c.import_wh for c in closed) * 1000 + held_imp == imp
+    assert sum(c.export_wh for c in closed) * 1000 + held_exp == exp
+    starts = [c.start_ms for c in closed]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
