@@ -1,0 +1,221 @@
+# The emulated HAL: the same names as hal_esp32, driven by a simulated clock and synthetic signals.
+#
+# Runs under MicroPython on the host (the WebAssembly VM) and under CPython. Tests and the host
+# runner set the scene (signals on ADC pins, pulse frequencies, UART peers) and advance the clock;
+# the firmware above the HAL cannot tell it from an ESP32. Module-level state, because the real
+# HAL wraps module-level hardware too.
+import math
+
+_now = [0]  # microseconds since boot
+
+
+def ticks_us():
+    return _now[0]
+
+
+def ticks_ms():
+    return _now[0] // 1000
+
+
+def ticks_diff(a, b):
+    return a - b
+
+
+def ticks_add(a, d):
+    return a + d
+
+
+def advance_ms(ms):
+    _now[0] += int(ms) * 1000
+
+
+def sleep_ms(ms):
+    advance_ms(ms)
+
+
+def reset():
+    """A reboot: the clock restarts, pins and peers are forgotten; files stay."""
+    _now[0] = 0
+    signals.clear()
+    pulse_freq.clear()
+    pins.clear()
+    uart_rx.clear()
+    uart_tx.clear()
+    uart_peer.clear()
+    _wdt[0] = None
+
+
+# ---- ADC: signals in mV at the ADC pin ------------------------------------------------------
+
+ADC_MAX_MV = 3300
+
+
+class Signal:
+    """dc_mv + sum(amp_mv * sin(2 pi order freq t + phase)) + uniform noise, clipped to the ADC."""
+
+    def __init__(self, dc_mv, freq_hz, parts, noise_mv=0, seed=1):
+        self.dc = dc_mv
+        self.w = 2 * math.pi * freq_hz
+        self.parts = parts  # [(amp_mv, order, phase_rad), ...]
+        self.noise = noise_mv
+        self._rng = seed & 0x7FFFFFFF or 1
+
+    def _uniform(self):
+        # Park-Miller LCG: deterministic and identical under MicroPython and CPython.
+        self._rng = (self._rng * 48271) % 0x7FFFFFFF
+        return self._rng / 0x7FFFFFFF * 2 - 1
+
+    def mv(self, t_us):
+        t = t_us / 1000000
+        x = self.dc
+        for amp, order, phase in self.parts:
+            x += amp * math.sin(self.w * order * t + phase)
+        if self.noise:
+            x += self.noise * self._uniform()
+        x = int(round(x))
+        return 0 if x < 0 else (ADC_MAX_MV if x > ADC_MAX_MV else x)
+
+
+signals = {}  # pin -> Signal
+adc_delay_us = [40]  # the second read of a pair lags the first, as on the ESP32
+
+
+class Adc:
+    def __init__(self, pin):
+        self.pin = pin
+
+    def read_mv(self):
+        s = signals.get(self.pin)
+        return s.mv(_now[0]) if s else 0
+
+
+def sample(adc_v, adc_i, buf_v, buf_i, n, period_us):
+    """Fill buf_v/buf_i with n readings (mV) period_us apart: voltage first, then current."""
+    sv = signals.get(adc_v.pin) if adc_v else None
+    si = signals.get(adc_i.pin)
+    d = adc_delay_us[0] if sv else 0
+    t = _now[0]
+    for k in range(n):
+        if sv:
+            buf_v[k] = sv.mv(t)
+        buf_i[k] = si.mv(t + d) if si else 0
+        t += period_us
+    _now[0] = t
+
+
+# ---- digital pins --------------------------------------------------------------------------
+
+pins = {}  # pin -> level last driven
+
+
+class Output:
+    def __init__(self, pin, active_high=True, on=False):
+        self.pin = pin
+        self.active_high = active_high
+        self.set(on)
+
+    def set(self, on):
+        pins[self.pin] = 1 if bool(on) == bool(self.active_high) else 0
+
+
+pulse_freq = {}  # pin -> Hz of the square wave on that pin
+
+
+class PulseCounter:
+    """Counts rising edges: snapshot() -> (edges, first edge us, last edge us) since last call."""
+
+    def __init__(self, pin):
+        self.pin = pin
+        self._since = _now[0]
+
+    def snapshot(self):
+        f = pulse_freq.get(self.pin, 0)
+        start, self._since = self._since, _now[0]
+        if f <= 0:
+            return 0, 0, 0
+        period = 1000000 / f
+        m0 = int(start // period) + 1
+        m1 = int(_now[0] // period)
+        if m1 < m0:
+            return 0, 0, 0
+        return m1 - m0 + 1, int(m0 * period), int(m1 * period)
+
+
+# ---- UART ------------------------------------------------------------------------------------
+
+uart_rx = {}  # uart id -> bytearray waiting to be read
+uart_tx = {}  # uart id -> bytearray written
+uart_peer = {}  # uart id -> function(bytes written) -> bytes the peer answers
+
+
+class Uart:
+    def __init__(self, uid, baudrate, tx, rx, parity=None):
+        self.uid = uid
+        uart_rx.setdefault(uid, bytearray())
+        uart_tx.setdefault(uid, bytearray())
+
+    def read(self):
+        buf = uart_rx.get(self.uid)
+        if not buf:
+            return None
+        data = bytes(buf)
+        uart_rx[self.uid] = bytearray()
+        return data
+
+    def write(self, data):
+        uart_tx[self.uid].extend(data)
+        peer = uart_peer.get(self.uid)
+        if peer:
+            uart_rx[self.uid].extend(peer(bytes(data)))
+        return len(data)
+
+
+# ---- watchdog ----------------------------------------------------------------------------
+
+_wdt = [None]  # (timeout ms, last feed ms)
+
+
+class Wdt:
+    def __init__(self, timeout_ms):
+        _wdt[0] = [timeout_ms, ticks_ms()]
+
+    def feed(self):
+        _wdt[0][1] = ticks_ms()
+
+
+def wdt_expired():
+    w = _wdt[0]
+    return w is not None and ticks_ms() - w[1] > w[0]
+
+
+# ---- flash file system, with power cuts --------------------------------------------------
+
+class PowerCut(Exception):
+    pass
+
+
+power_cut_after = [None]  # bytes a write may still put down before the power fails
+
+
+def read_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def write_file(path, data):
+    """Rewrite a file in place; a power cut leaves the new bytes' prefix over the old content."""
+    budget = power_cut_after[0]
+    if budget is not None and len(data) > budget:
+        old = read_file(path) or b""
+        torn = data[:budget] + old[budget:]
+        power_cut_after[0] = None
+        with open(path, "wb") as f:
+            f.write(torn)
+        raise PowerCut()
+    if budget is not None:
+        power_cut_after[0] = budget - len(data)
+    with open(path, "wb") as f:
+        f.write(data)
