@@ -93,12 +93,16 @@ async def deliver_due(
     """Try every row that is due, oldest first; stop at the first transport failure (the ledger
     is unreachable, so the rest would fail too). Returns (delivered or rejected, failed)."""
     done = failed = 0
-    for row in store.outbox_due(now_ms, limit):
+    due = store.outbox_due(now_ms, limit)
+    for k, row in enumerate(due):
         tx = sign_tx(key, row.kind, row.body, row.nonce)
         try:
             receipt = await deliverer.submit(tx)
         except Exception as exc:  # any transport failure: retry later, never lose the row
-            store.outbox_save(next_state(row, now_ms, policy, code=None, error=repr(exc)))
+            later = next_state(row, now_ms, policy, code=None, error=repr(exc))
+            store.outbox_save(later)
+            for rest in due[k + 1 :]:  # the ledger is unreachable: the queue waits as a whole
+                store.outbox_save(replace(rest, next_ms=later.next_ms))
             failed += 1
             log.info("outbox %d: ledger unreachable (%r), retrying", row.id, exc)
             break
