@@ -1,0 +1,1 @@
+"""Home energy management: appliances, forecasts, schedule, demand response, trading agent."""
