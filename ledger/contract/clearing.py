@@ -1,0 +1,195 @@
+"""The clearing rules of the hourly market, as pure functions over lists of orders.
+
+Three rules, selectable per community (``params.clearing_rule``):
+
+* ``paper`` (default), Section 4.3 / Figure 12 of the paper: MCP = the mean of all buyers' bid
+  prices (rounded down to the micro-token); sellers with reserve <= MCP are served first in,
+  first out; buyers with bid >= MCP are served highest bid first, ties first in, first out;
+  partial fills; every trade at MCP.
+* ``uniform``: the supply/demand intersection. Offers sorted by (price, seq), bids by
+  (-price, seq), matched while bid >= ask; one price for all trades, the midpoint (rounded down)
+  of the interval [max(last matched ask, first unserved bid), min(last matched bid, first
+  unserved ask)] in which supply equals demand.
+* ``pay_as_bid``: matched as ``uniform``, each trade priced at its buyer's bid; the reported
+  MCP is the volume-weighted mean trade price, rounded down.
+
+Every function only reads its inputs and is deterministic: order comes from ``seq`` (the order of
+acceptance), never from dict or set iteration. Quantities are Wh and prices micro-tokens per kWh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A sell offer (``ref`` = RESid) or a buy bid (``ref`` = ""). ``seq`` is the order of
+    acceptance on the ledger, unique in a listing; it is what "first in" means."""
+
+    seq: int
+    owner: str
+    wh: int
+    price: int
+    ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    buyer: str
+    seller: str
+    res_id: str
+    wh: int
+    price: int  # micro-tokens per kWh
+    bid_seq: int
+    offer_seq: int
+
+    @property
+    def amount(self) -> int:
+        return payment(self.wh, self.price)
+
+
+@dataclass(frozen=True, slots=True)
+class Clearing:
+    rule: str
+    mcp: int | None  # None when nothing could be priced (no bids, or nothing matched)
+    trades: tuple[Trade, ...]
+    kwh_available: int  # the paper's kWhavailable, in Wh: all offered energy
+    kwh_wanted: int  # the paper's kWhwanted, in Wh: all bid energy
+
+    @property
+    def traded_wh(self) -> int:
+        return sum(t.wh for t in self.trades)
+
+    @property
+    def unmatched_supply_wh(self) -> int:
+        return self.kwh_available - self.traded_wh
+
+    @property
+    def unmatched_demand_wh(self) -> int:
+        return self.kwh_wanted - self.traded_wh
+
+
+def payment(wh: int, price: int) -> int:
+    """Micro-tokens for ``wh`` Wh at ``price`` micro-tokens/kWh, rounded down: the payer keeps
+    the sub-micro-token remainder, and the same integer leaves one account and enters another,
+    so tokens are conserved exactly."""
+    return wh * price // 1000
+
+
+def _match(
+    sellers: Sequence[Order], buyers: Sequence[Order], price_of: Callable[[Order, Order], int]
+) -> list[Trade]:
+    """Fill ``buyers`` in their order from ``sellers`` in theirs, partially where needed."""
+    trades: list[Trade] = []
+    j = 0
+    left = sellers[0].wh if sellers else 0
+    for bid in buyers:
+        want = bid.wh
+        while want and j < len(sellers):
+            offer = sellers[j]
+            wh = want if want < left else left
+            trades.append(
+                Trade(
+                    bid.owner, offer.owner, offer.ref, wh, price_of(bid, offer), bid.seq, offer.seq
+                )
+            )
+            want -= wh
+            left -= wh
+            if not left:
+                j += 1
+                if j < len(sellers):
+                    left = sellers[j].wh
+        if j >= len(sellers):
+            break
+    return trades
+
+
+def _totals(offers: Sequence[Order], bids: Sequence[Order]) -> tuple[int, int]:
+    return sum(o.wh for o in offers), sum(b.wh for b in bids)
+
+
+def clear_paper(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
+    available, wanted = _totals(offers, bids)
+    if not bids:
+        return Clearing("paper", None, (), available, wanted)
+    mcp = sum(b.price for b in bids) // len(bids)
+    sellers = sorted((o for o in offers if o.price <= mcp), key=lambda o: o.seq)
+    buyers = sorted((b for b in bids if b.price >= mcp), key=lambda b: (-b.price, b.seq))
+    trades = _match(sellers, buyers, lambda _b, _o: mcp)
+    return Clearing("paper", mcp, tuple(trades), available, wanted)
+
+
+def _crossing(
+    offers: Sequence[Order], bids: Sequence[Order]
+) -> tuple[list[Order], list[Order], list[Trade], int | None]:
+    """Merit-order match (cheapest ask, dearest bid, ties first in) while bid >= ask; returns
+    the sorted books, the trades (at a placeholder price) and the uniform clearing price."""
+    asks = sorted(offers, key=lambda o: (o.price, o.seq))
+    bids_sorted = sorted(bids, key=lambda b: (-b.price, b.seq))
+    i = j = 0
+    ask_left = asks[0].wh if asks else 0
+    bid_left = bids_sorted[0].wh if bids_sorted else 0
+    last_ask = last_bid = None
+    trades: list[Trade] = []
+    while i < len(bids_sorted) and j < len(asks) and bids_sorted[i].price >= asks[j].price:
+        bid, ask = bids_sorted[i], asks[j]
+        wh = min(bid_left, ask_left)
+        trades.append(Trade(bid.owner, ask.owner, ask.ref, wh, 0, bid.seq, ask.seq))
+        last_ask, last_bid = ask.price, bid.price
+        bid_left -= wh
+        ask_left -= wh
+        if not bid_left:
+            i += 1
+            bid_left = bids_sorted[i].wh if i < len(bids_sorted) else 0
+        if not ask_left:
+            j += 1
+            ask_left = asks[j].wh if j < len(asks) else 0
+    if last_ask is None or last_bid is None:
+        return asks, bids_sorted, trades, None
+    low = max(last_ask, bids_sorted[i].price) if i < len(bids_sorted) else last_ask
+    high = min(last_bid, asks[j].price) if j < len(asks) else last_bid
+    return asks, bids_sorted, trades, (low + high) // 2
+
+
+def clear_uniform(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
+    available, wanted = _totals(offers, bids)
+    _, _, raw, price = _crossing(offers, bids)
+    if price is None:
+        return Clearing("uniform", None, (), available, wanted)
+    trades = tuple(
+        Trade(t.buyer, t.seller, t.res_id, t.wh, price, t.bid_seq, t.offer_seq) for t in raw
+    )
+    return Clearing("uniform", price, trades, available, wanted)
+
+
+def clear_pay_as_bid(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
+    available, wanted = _totals(offers, bids)
+    price_of = {b.seq: b.price for b in bids}
+    _, _, raw, price = _crossing(offers, bids)
+    if price is None:
+        return Clearing("pay_as_bid", None, (), available, wanted)
+    trades = tuple(
+        Trade(t.buyer, t.seller, t.res_id, t.wh, price_of[t.bid_seq], t.bid_seq, t.offer_seq)
+        for t in raw
+    )
+    volume = sum(t.wh for t in trades)
+    mean = sum(t.wh * t.price for t in trades) // volume
+    return Clearing("pay_as_bid", mean, trades, available, wanted)
+
+
+RULES: Final[dict[str, Callable[[Sequence[Order], Sequence[Order]], Clearing]]] = {
+    "paper": clear_paper,
+    "uniform": clear_uniform,
+    "pay_as_bid": clear_pay_as_bid,
+}
+
+
+def clear(rule: str, offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
+    """Clear one listing's book with the named rule (``paper``, ``uniform`` or ``pay_as_bid``)."""
+    fn = RULES.get(rule)
+    if fn is None:
+        raise ValueError(f"unknown clearing rule {rule!r}; known: {sorted(RULES)}")
+    return fn(offers, bids)

@@ -1,0 +1,57 @@
+"""Stable receipt codes of the community contract: the one place each is defined.
+
+A client (gateway, trading agent, demo) matches on these strings, so they never change meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+OK: Final = "OK"
+
+# any transaction
+UNKNOWN_KIND: Final = "UNKNOWN_KIND"  # no such transaction kind
+BAD_BODY: Final = "BAD_BODY"  # missing, extra or ill-typed field, bad identifier format
+BAD_AMOUNT: Final = "BAD_AMOUNT"  # zero, negative or too large amount / Wh
+NOT_MEMBER: Final = "NOT_MEMBER"  # the sender's key belongs to no member
+NOT_OPERATOR: Final = "NOT_OPERATOR"  # operator-only transaction from someone else
+ROLE_FORBIDDEN: Final = "ROLE_FORBIDDEN"  # the member's role may not do this
+
+# registry and tokens
+MEMBER_EXISTS: Final = "MEMBER_EXISTS"
+KEY_IN_USE: Final = "KEY_IN_USE"  # a public key already belongs to a member
+UNKNOWN_MEMBER: Final = "UNKNOWN_MEMBER"
+RES_EXISTS: Final = "RES_EXISTS"
+UNKNOWN_RES: Final = "UNKNOWN_RES"
+METER_EXISTS: Final = "METER_EXISTS"
+UNKNOWN_METER: Final = "UNKNOWN_METER"
+INSUFFICIENT_FUNDS: Final = "INSUFFICIENT_FUNDS"
+SELF_TRANSFER: Final = "SELF_TRANSFER"
+
+# market
+LISTING_EXISTS: Final = "LISTING_EXISTS"
+UNKNOWN_LISTING: Final = "UNKNOWN_LISTING"
+LISTING_CLOSED: Final = "LISTING_CLOSED"  # offer/bid/close on a listing that no longer takes them
+LISTING_OPEN: Final = "LISTING_OPEN"  # settle of a listing that has not been closed
+LISTING_SETTLED: Final = "LISTING_SETTLED"  # settle twice
+NOT_RES_OWNER: Final = "NOT_RES_OWNER"
+RES_CAPACITY_EXCEEDED: Final = "RES_CAPACITY_EXCEEDED"  # offers exceed rated power x 1 h
+PRICE_OUT_OF_BAND: Final = "PRICE_OUT_OF_BAND"
+TOO_EARLY: Final = "TOO_EARLY"  # settle before the delivery hour has ended
+
+# metering
+NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered gateway key
+BAD_SIGNATURE: Final = "BAD_SIGNATURE"
+DUPLICATE_REPORT: Final = "DUPLICATE_REPORT"
+REPORT_TOO_LATE: Final = "REPORT_TOO_LATE"  # the report's hour is already settled
+
+INTERNAL_ERROR: Final = "INTERNAL_ERROR"  # a bug: never expected, reported instead of raised
+
+
+class Rejected(Exception):
+    """Raised by a handler *before* it changes any state; becomes an error receipt."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,104 @@
+"""The community contract: registry, tokens, hourly market, meter reports and settlement.
+
+``CommunityContract`` implements ``api.Contract``: ``apply`` dispatches on the transaction kind
+to a handler that validates first and then commits, so a rejected transaction leaves the state
+unchanged; an unexpected exception (a bug) becomes an ``INTERNAL_ERROR`` receipt rather than a
+crash of the replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ledger.contract import fields as f
+from ledger.contract import market, metering, queries, registry, settlement
+from ledger.contract.api import BlockContext, Receipt, Transaction, Value
+from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
+from ledger.contract.params import GenesisError, check_params
+from ledger.contract.state import State, empty_state
+
+GENESIS_VERSION = 1
+
+Handler = Callable[[State, Transaction, BlockContext], dict[str, Any]]
+
+HANDLERS: dict[str, Handler] = {
+    "registry.admit": registry.admit,
+    "registry.add_res": registry.add_res,
+    "registry.add_meter": registry.add_meter,
+    "token.mint": registry.mint,
+    "token.transfer": registry.transfer,
+    "auction.open": market.open_listing,
+    "auction.offer": market.offer,
+    "auction.bid": market.bid,
+    "auction.close": market.close,
+    "auction.settle": settlement.settle,
+    "meter.report": metering.report,
+}
+
+
+def state_from_genesis(genesis: Mapping[str, Value]) -> State:
+    if not isinstance(genesis, Mapping):
+        raise GenesisError("genesis must be an object")
+    unknown = sorted(set(genesis) - {"version", "params", "members"})
+    if unknown:
+        raise GenesisError(f"unknown genesis keys {unknown}")
+    if genesis.get("version") != GENESIS_VERSION:
+        raise GenesisError(f"genesis.version must be {GENESIS_VERSION}")
+    st = State(empty_state(check_params(genesis.get("params", {}))))
+    members = genesis.get("members")
+    if not isinstance(members, list) or not members:
+        raise GenesisError("genesis.members must be a non-empty list")
+    for n, record in enumerate(members):
+        if not isinstance(record, Mapping):
+            raise GenesisError(f"genesis.members[{n}] must be an object")
+        try:
+            f.exact(record, ("id_grid", "name", "email", "public_key", "role"))
+            id_grid = f.ident(record, "id_grid")
+            member = {
+                "name": f.text(record, "name", 128),
+                "email": f.email(record, "email"),
+                "public_key": f.key_hex(record, "public_key"),
+                "role": f.choice(record, "role", registry.ROLES),
+            }
+        except Rejected as exc:
+            raise GenesisError(f"genesis.members[{n}]: {exc.message}") from None
+        if id_grid in st.data["members"] or st.key_in_use(member["public_key"]):
+            raise GenesisError(f"genesis.members[{n}]: duplicate id_grid or public_key")
+        st.add_member(id_grid, member)
+    if not any(m["role"] == "operator" for m in st.data["members"].values()):
+        raise GenesisError("genesis needs at least one member with role operator")
+    return st
+
+
+class CommunityContract:
+    """Registry + tokens + hourly auction + metering + settlement, as one deterministic state."""
+
+    def __init__(self, genesis: Mapping[str, Value]) -> None:
+        self._state = state_from_genesis(genesis)
+
+    def apply(self, tx: Transaction, ctx: BlockContext) -> Receipt:
+        handler = HANDLERS.get(tx.kind)
+        if handler is None:
+            return Receipt(UNKNOWN_KIND, {}, f"unknown transaction kind {tx.kind!r}")
+        try:
+            if not isinstance(tx.body, Mapping):
+                raise Rejected("BAD_BODY", "body must be an object")
+            return Receipt("OK", handler(self._state, tx, ctx), "")
+        except Rejected as exc:
+            return Receipt(exc.code, {}, exc.message)
+        except Exception as exc:  # a bug must not take the replica down; it is made visible
+            return Receipt(INTERNAL_ERROR, {}, f"{type(exc).__name__}: {exc}")
+
+    def query(self, path: str, params: Mapping[str, Value]) -> Value:
+        return queries.run(self._state, path, params)
+
+    def snapshot(self) -> bytes:
+        return self._state.snapshot()
+
+    def state_digest(self) -> bytes:
+        return hashlib.sha256(self.snapshot()).digest()
+
+    def restore(self, data: bytes) -> None:
+        self._state = State.from_snapshot(data)

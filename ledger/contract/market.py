@@ -1,0 +1,201 @@
+"""The hourly market (Section 4.3, Table 9, Figure 12): open, offer, bid, close-and-clear.
+
+A listing record (``state.data["listings"][listing_id]``)::
+
+    {"state": "AUTHORIZE_OFFERS" | "BIDS_CLOSED" | "SETTLED", "rule": clearing rule,
+     "opened_height": int, "offers": [{seq, seller, res_id, wh, price}],
+     "bids": [{seq, buyer, wh, price, escrow}], "res_wh": {res_id: Wh offered},
+     "kwh_available": Wh, "kwh_wanted": Wh, "mcp": int | None, "trades": [trade], "settlement": ...}
+
+``seq`` is handed out in the order the ledger accepts orders: it is "first in". The rule is fixed
+when the listing opens, so a later change of parameters cannot re-price an open book.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.contract import fields as f
+from ledger.contract.api import BlockContext, Transaction
+from ledger.contract.clearing import Order, clear, payment
+from ledger.contract.codes import (
+    INSUFFICIENT_FUNDS,
+    LISTING_CLOSED,
+    LISTING_EXISTS,
+    NOT_RES_OWNER,
+    PRICE_OUT_OF_BAND,
+    RES_CAPACITY_EXCEEDED,
+    ROLE_FORBIDDEN,
+    UNKNOWN_LISTING,
+    UNKNOWN_RES,
+    Rejected,
+)
+from ledger.contract.params import retail_price
+from ledger.contract.registry import BUYER_ROLES, SELLER_ROLES, sender_member, sender_operator
+from ledger.contract.state import State
+
+AUTHORIZE_OFFERS = "AUTHORIZE_OFFERS"
+BIDS_CLOSED = "BIDS_CLOSED"
+SETTLED = "SETTLED"
+
+
+def listing_of(st: State, listing_id: str) -> dict[str, Any]:
+    listing = st.data["listings"].get(listing_id)
+    if listing is None:
+        raise Rejected(UNKNOWN_LISTING, f"no listing {listing_id}")
+    return listing  # type: ignore[no-any-return]
+
+
+def _open_listing(st: State, listing_id: str) -> dict[str, Any]:
+    listing = listing_of(st, listing_id)
+    if listing["state"] != AUTHORIZE_OFFERS:
+        raise Rejected(LISTING_CLOSED, f"listing {listing_id} is {listing['state']}")
+    return listing
+
+
+def _in_band(st: State, name: str, price: int) -> None:
+    low, high = st.data["params"]["price_min"], st.data["params"]["price_max"]
+    if not low <= price <= high:
+        raise Rejected(PRICE_OUT_OF_BAND, f"{name} {price} outside the band {low}..{high}")
+
+
+def open_listing(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    """AuthorizeOfferCom."""
+    body = tx.body
+    f.exact(body, ("listing_id",))
+    listing_id = f.listing_id(body)
+    sender_operator(st, tx)
+    if listing_id in st.data["listings"]:
+        raise Rejected(LISTING_EXISTS, f"listing {listing_id} was already opened")
+    st.data["listings"][listing_id] = {
+        "state": AUTHORIZE_OFFERS,
+        "rule": st.data["params"]["clearing_rule"],
+        "opened_height": ctx.height,
+        "offers": [],
+        "bids": [],
+        "res_wh": {},
+        "kwh_available": 0,
+        "kwh_wanted": 0,
+        "mcp": None,
+        "trades": [],
+        "settlement": None,
+    }
+    return {"listing_id": listing_id, "state": AUTHORIZE_OFFERS}
+
+
+def offer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    """RESOffer: Wh from one RES at a reserve price, from the RES's owner."""
+    body = tx.body
+    f.exact(body, ("listing_id", "res_id", "wh", "reserve_price"))
+    listing_id = f.listing_id(body)
+    res_id = f.ident(body, "res_id")
+    wh = f.positive(body, "wh", f.MAX_WH)
+    price = f.integer(body, "reserve_price")
+    seller = sender_member(st, tx)
+    listing = _open_listing(st, listing_id)
+    res = st.data["res"].get(res_id)
+    if res is None:
+        raise Rejected(UNKNOWN_RES, f"no RES {res_id}")
+    if res["owner"] != seller:
+        raise Rejected(NOT_RES_OWNER, f"RES {res_id} belongs to {res['owner']}, not {seller}")
+    if st.role(seller) not in SELLER_ROLES:
+        raise Rejected(ROLE_FORBIDDEN, f"a {st.role(seller)} may not sell")
+    _in_band(st, "reserve_price", price)
+    committed = listing["res_wh"].get(res_id, 0)
+    if committed + wh > res["rated_power_w"]:  # rated W for one hour = Wh
+        raise Rejected(
+            RES_CAPACITY_EXCEEDED,
+            f"RES {res_id} rated {res['rated_power_w']} Wh/h, already offered {committed}",
+        )
+    seq = st.next_seq()
+    listing["offers"].append(
+        {"seq": seq, "seller": seller, "res_id": res_id, "wh": wh, "price": price}
+    )
+    listing["res_wh"][res_id] = committed + wh
+    listing["kwh_available"] += wh
+    return {"listing_id": listing_id, "seq": seq}
+
+
+def bid(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    """BuyOffer: escrows wh x bid_price / 1000 micro-tokens (rounded down) until clearing."""
+    body = tx.body
+    f.exact(body, ("listing_id", "wh", "bid_price"))
+    listing_id = f.listing_id(body)
+    wh = f.positive(body, "wh", f.MAX_WH)
+    price = f.integer(body, "bid_price")
+    buyer = sender_member(st, tx)
+    listing = _open_listing(st, listing_id)
+    if st.role(buyer) not in BUYER_ROLES:
+        raise Rejected(ROLE_FORBIDDEN, f"a {st.role(buyer)} may not buy")
+    _in_band(st, "bid_price", price)
+    escrow = payment(wh, price)
+    have = st.balance(buyer)
+    if have < escrow:
+        raise Rejected(
+            INSUFFICIENT_FUNDS, f"bid needs {escrow} micro-tokens in escrow, have {have}"
+        )
+    st.debit(buyer, escrow)
+    seq = st.next_seq()
+    listing["bids"].append({"seq": seq, "buyer": buyer, "wh": wh, "price": price, "escrow": escrow})
+    listing["kwh_wanted"] += wh
+    return {"listing_id": listing_id, "seq": seq, "escrow": escrow}
+
+
+def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    """Bid_Closed: close the listing and clear it in the same transaction."""
+    body = tx.body
+    f.exact(body, ("listing_id",))
+    listing_id = f.listing_id(body)
+    sender_operator(st, tx)
+    listing = _open_listing(st, listing_id)
+    offers = [
+        Order(o["seq"], o["seller"], o["wh"], o["price"], o["res_id"]) for o in listing["offers"]
+    ]
+    bids = [Order(b["seq"], b["buyer"], b["wh"], b["price"]) for b in listing["bids"]]
+    result = clear(listing["rule"], offers, bids)
+    # Commit: nothing below can fail. Escrow pays each trade; the rest goes back to the buyer.
+    escrow = {b["seq"]: b["escrow"] for b in listing["bids"]}
+    trades = []
+    credit = st.credit
+    for t in result.trades:
+        amount = t.wh * t.price // 1000  # clearing.payment, inlined on the hot path
+        escrow[t.bid_seq] -= amount
+        credit(t.seller, amount)
+        trades.append(
+            {
+                "buyer": t.buyer,
+                "seller": t.seller,
+                "res_id": t.res_id,
+                "wh": t.wh,
+                "price": t.price,
+                "amount": amount,
+                "bid_seq": t.bid_seq,
+                "offer_seq": t.offer_seq,
+            }
+        )
+    for b in listing["bids"]:
+        left = escrow[b["seq"]]
+        if left:
+            credit(b["buyer"], left)
+    listing["state"] = BIDS_CLOSED
+    listing["mcp"] = result.mcp
+    listing["trades"] = trades
+    st.data["mcp_history"].append(
+        {"listing_id": listing_id, "rule": result.rule, "mcp": result.mcp, "height": ctx.height}
+    )
+    params = st.data["params"]
+    traded = result.traded_wh
+    return {
+        "listing_id": listing_id,
+        "state": BIDS_CLOSED,
+        "rule": result.rule,
+        "mcp": result.mcp,
+        "kwh_available": result.kwh_available,
+        "kwh_wanted": result.kwh_wanted,
+        "traded_wh": traded,
+        "grid_demand_wh": result.kwh_wanted - traded,
+        "grid_supply_wh": result.kwh_available - traded,
+        "retail_price": retail_price(params, f.hour_of(listing_id)),
+        "feed_in_price": params["feed_in"],
+        "trades": list(trades),
+    }

@@ -1,0 +1,74 @@
+"""Community parameters carried in the genesis: clearing rule, tariffs, price band, peak hours.
+
+Defaults are the paper's (Section 4.3): retail 0.095 EUR/kWh in the peak 13-23 h, feed-in
+0.039 EUR/kWh. Prices are integer micro-tokens per kWh (1 token stands for 1 EUR, so
+0.095 EUR/kWh = 95_000). The off-peak retail price is the community's own choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ledger.contract.fields import MAX_PRICE
+
+RULES: Final = ("paper", "uniform", "pay_as_bid")
+
+RETAIL_PEAK: Final = 95_000  # micro-tokens per kWh, hours peak_start..peak_end-1
+RETAIL_OFFPEAK: Final = 65_000  # community parameter; a typical Portuguese off-peak rate
+FEED_IN: Final = 39_000
+PEAK_HOURS: Final = (13, 23)  # [start, end) in hours of the day, UTC as the listing ids
+
+DEFAULTS: Final[Mapping[str, Any]] = {
+    "clearing_rule": "paper",
+    "retail_peak": RETAIL_PEAK,
+    "retail_offpeak": RETAIL_OFFPEAK,
+    "feed_in": FEED_IN,
+    "peak_hours": list(PEAK_HOURS),
+    # the tariff band: nobody sells below what the grid pays, nobody buys above what it charges
+    "price_min": FEED_IN,
+    "price_max": RETAIL_PEAK,
+}
+
+
+class GenesisError(ValueError):
+    """A genesis document the contract cannot start from; the message names the key."""
+
+
+def _price(params: Mapping[str, Any], name: str) -> int:
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_PRICE:
+        raise GenesisError(f"params.{name} must be an integer in 1..{MAX_PRICE} micro-tokens/kWh")
+    return value
+
+
+def check_params(raw: Any) -> dict[str, Any]:
+    """Defaults completed and every key validated; unknown keys are refused (likely typos)."""
+    if not isinstance(raw, Mapping):
+        raise GenesisError("params must be an object")
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise GenesisError(f"unknown params {unknown}; known: {sorted(DEFAULTS)}")
+    params = {**DEFAULTS, **raw}
+    if params["clearing_rule"] not in RULES:
+        raise GenesisError(f"params.clearing_rule must be one of {list(RULES)}")
+    for name in ("retail_peak", "retail_offpeak", "feed_in", "price_min", "price_max"):
+        _price(params, name)
+    if params["price_min"] > params["price_max"]:
+        raise GenesisError("params.price_min must not exceed params.price_max")
+    peak = params["peak_hours"]
+    if (
+        not isinstance(peak, list | tuple)
+        or len(peak) != 2
+        or not all(isinstance(h, int) and not isinstance(h, bool) for h in peak)
+        or not 0 <= peak[0] <= peak[1] <= 24
+    ):
+        raise GenesisError("params.peak_hours must be [start, end] with 0 <= start <= end <= 24")
+    params["peak_hours"] = [peak[0], peak[1]]
+    return params
+
+
+def retail_price(params: Mapping[str, Any], hour: int) -> int:
+    """Retail tariff (micro-tokens/kWh) for an hour of the day."""
+    start, end = params["peak_hours"]
+    return int(params["retail_peak"] if start <= hour < end else params["retail_offpeak"])

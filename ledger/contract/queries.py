@@ -1,0 +1,193 @@
+"""Read-only queries: ``query(path, params)``. Results are fresh JSON-like values (copies), so a
+caller can never change the state through them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ledger.contract import fields as f
+from ledger.contract.api import QueryError
+from ledger.contract.codes import Rejected
+from ledger.contract.market import AUTHORIZE_OFFERS
+from ledger.contract.state import State
+
+MAX_HISTORY = 10_000
+
+
+def _params(
+    params: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> None:
+    if not isinstance(params, Mapping):
+        raise QueryError("query params must be an object")
+    missing = [k for k in required if k not in params]
+    extra = sorted(str(k) for k in params if k not in required and k not in optional)
+    if missing or extra:
+        raise QueryError(
+            f"params must be {list(required)} (optional {list(optional)}); "
+            f"missing {missing}, unknown {extra}"
+        )
+
+
+def _read(
+    reader: Callable[[Mapping[str, Any], str], str], params: Mapping[str, Any], name: str
+) -> str:
+    try:
+        return reader(params, name)
+    except Rejected as exc:
+        raise QueryError(exc.message) from None
+
+
+def _member(st: State, params: Mapping[str, Any]) -> str:
+    _params(params, ("id_grid",))
+    id_grid = _read(f.ident, params, "id_grid")
+    if id_grid not in st.data["members"]:
+        raise QueryError(f"no member {id_grid}")
+    return id_grid
+
+
+def _listing(st: State, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    _params(params, ("listing_id",))
+    listing_id = _read(f.listing_id, params, "listing_id")
+    listing = st.data["listings"].get(listing_id)
+    if listing is None:
+        raise QueryError(f"no listing {listing_id}")
+    return listing_id, listing
+
+
+def _escrow(st: State, id_grid: str) -> int:
+    return sum(
+        b["escrow"]
+        for listing in st.data["listings"].values()
+        if listing["state"] == AUTHORIZE_OFFERS
+        for b in listing["bids"]
+        if b["buyer"] == id_grid
+    )
+
+
+def balance(st: State, params: Mapping[str, Any]) -> Any:
+    id_grid = _member(st, params)
+    return {
+        "id_grid": id_grid,
+        "balance": st.balance(id_grid),
+        "escrow": _escrow(st, id_grid),
+        "debt": st.data["debts"].get(id_grid, 0),
+    }
+
+
+def member(st: State, params: Mapping[str, Any]) -> Any:
+    id_grid = _member(st, params)
+    return {"id_grid": id_grid, **st.data["members"][id_grid], "balance": st.balance(id_grid)}
+
+
+def members(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    return [
+        {"id_grid": i, **st.data["members"][i], "balance": st.balance(i)}
+        for i in sorted(st.data["members"])
+    ]
+
+
+def res(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ("res_id",))
+    res_id = _read(f.ident, params, "res_id")
+    record = st.data["res"].get(res_id)
+    if record is None:
+        raise QueryError(f"no RES {res_id}")
+    return {"res_id": res_id, **record}
+
+
+def meters(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    return [{"meter_id": m, **st.data["meters"][m]} for m in sorted(st.data["meters"])]
+
+
+def listing(st: State, params: Mapping[str, Any]) -> Any:
+    listing_id, record = _listing(st, params)
+    return {
+        "listing_id": listing_id,
+        "state": record["state"],
+        "rule": record["rule"],
+        "kwh_available": record["kwh_available"],
+        "kwh_wanted": record["kwh_wanted"],
+        "mcp": record["mcp"],
+        "offers": len(record["offers"]),
+        "bids": len(record["bids"]),
+        "traded_wh": sum(t["wh"] for t in record["trades"]),
+    }
+
+
+def order_book(st: State, params: Mapping[str, Any]) -> Any:
+    listing_id, record = _listing(st, params)
+    return copy.deepcopy(
+        {"listing_id": listing_id, "offers": record["offers"], "bids": record["bids"]}
+    )
+
+
+def trades(st: State, params: Mapping[str, Any]) -> Any:
+    _, record = _listing(st, params)
+    return copy.deepcopy(record["trades"])
+
+
+def settlement(st: State, params: Mapping[str, Any]) -> Any:
+    _, record = _listing(st, params)
+    return copy.deepcopy(record["settlement"])
+
+
+def mcp_history(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, (), ("limit",))
+    limit = params.get("limit", MAX_HISTORY)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_HISTORY:
+        raise QueryError(f"limit must be an integer in 1..{MAX_HISTORY}")
+    return copy.deepcopy(st.data["mcp_history"][-limit:])
+
+
+def reports(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ("meter_id",), ("interval",))
+    meter_id = _read(f.ident, params, "meter_id")
+    if meter_id not in st.data["meters"]:
+        raise QueryError(f"no meter {meter_id}")
+    seen = st.data["reports"].get(meter_id, {})
+    wanted = sorted(seen)
+    if "interval" in params:
+        one = _read(f.interval, params, "interval")
+        wanted = [one] if one in seen else []
+    return [
+        {"meter_id": meter_id, "interval": i, "import_wh": seen[i][0], "export_wh": seen[i][1]}
+        for i in wanted
+    ]
+
+
+def grid(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    return {**st.data["grid"], "supply": st.data["supply"], "debts": dict(st.data["debts"])}
+
+
+def params_(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    return copy.deepcopy(st.data["params"])
+
+
+QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
+    "balance": balance,
+    "member": member,
+    "members": members,
+    "res": res,
+    "meters": meters,
+    "listing": listing,
+    "order_book": order_book,
+    "trades": trades,
+    "settlement": settlement,
+    "mcp_history": mcp_history,
+    "reports": reports,
+    "grid": grid,
+    "params": params_,
+}
+
+
+def run(st: State, path: str, params: Mapping[str, Any]) -> Any:
+    handler = QUERIES.get(path) if isinstance(path, str) else None
+    if handler is None:
+        raise QueryError(f"unknown query {path!r}; known: {sorted(QUERIES)}")
+    return handler(st, params)

@@ -1,0 +1,134 @@
+"""Registry and token transactions (issue #2, Table 9): members, RES, meters, mint, transfer.
+
+Each handler validates everything first and raises ``Rejected`` before touching the state, then
+commits; so a rejected transaction changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.contract import fields as f
+from ledger.contract.api import BlockContext, Transaction
+from ledger.contract.codes import (
+    INSUFFICIENT_FUNDS,
+    KEY_IN_USE,
+    MEMBER_EXISTS,
+    METER_EXISTS,
+    NOT_MEMBER,
+    NOT_OPERATOR,
+    RES_EXISTS,
+    ROLE_FORBIDDEN,
+    SELF_TRANSFER,
+    UNKNOWN_MEMBER,
+    Rejected,
+)
+from ledger.contract.state import State
+
+ROLES = ("consumer", "producer", "prosumer", "operator")
+SELLER_ROLES = ("producer", "prosumer")
+BUYER_ROLES = ("consumer", "prosumer")
+RES_KINDS_MAX = 32
+MAX_RATED_POWER_W = 10**8  # 100 MW
+
+
+def sender_member(st: State, tx: Transaction) -> str:
+    who = st.member_of(tx.sender)
+    if who is None:
+        raise Rejected(NOT_MEMBER, "the sender's key belongs to no member")
+    return who
+
+
+def sender_operator(st: State, tx: Transaction) -> str:
+    who = st.member_of(tx.sender)
+    if who is None or st.role(who) != "operator":
+        raise Rejected(NOT_OPERATOR, f"{tx.kind} is for the community operator only")
+    return who
+
+
+def known_member(st: State, id_grid: str) -> None:
+    if id_grid not in st.data["members"]:
+        raise Rejected(UNKNOWN_MEMBER, f"no member {id_grid}")
+
+
+def admit(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    f.exact(body, ("id_grid", "name", "email", "public_key", "role"))
+    id_grid = f.ident(body, "id_grid")
+    record = {
+        "name": f.text(body, "name", 128),
+        "email": f.email(body, "email"),
+        "public_key": f.key_hex(body, "public_key"),
+        "role": f.choice(body, "role", ROLES),
+    }
+    sender_operator(st, tx)
+    if id_grid in st.data["members"]:
+        raise Rejected(MEMBER_EXISTS, f"member {id_grid} already exists")
+    if st.key_in_use(record["public_key"]):
+        raise Rejected(KEY_IN_USE, "that public key already belongs to a member")
+    st.add_member(id_grid, record)
+    return {"id_grid": id_grid}
+
+
+def add_res(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    f.exact(body, ("res_id", "owner", "kind", "rated_power_w"))
+    res_id = f.ident(body, "res_id")
+    owner = f.ident(body, "owner")
+    kind = f.ident(body, "kind")
+    rated = f.positive(body, "rated_power_w", MAX_RATED_POWER_W)
+    if len(kind) > RES_KINDS_MAX:
+        raise Rejected("BAD_BODY", f"kind must be at most {RES_KINDS_MAX} characters")
+    sender_operator(st, tx)
+    known_member(st, owner)
+    if st.role(owner) not in SELLER_ROLES:
+        raise Rejected(
+            ROLE_FORBIDDEN, f"a RES owner must be a producer or prosumer, not {st.role(owner)}"
+        )
+    if res_id in st.data["res"]:
+        raise Rejected(RES_EXISTS, f"RES {res_id} already exists")
+    st.data["res"][res_id] = {"owner": owner, "kind": kind, "rated_power_w": rated}
+    return {"res_id": res_id}
+
+
+def add_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    f.exact(body, ("meter_id", "owner", "gateway_key"))
+    meter_id = f.ident(body, "meter_id")
+    owner = f.ident(body, "owner")
+    gateway_key = f.key_hex(body, "gateway_key")
+    sender_operator(st, tx)
+    known_member(st, owner)
+    if meter_id in st.data["meters"]:
+        raise Rejected(METER_EXISTS, f"meter {meter_id} already exists")
+    st.data["meters"][meter_id] = {"owner": owner, "gateway_key": gateway_key}
+    return {"meter_id": meter_id}
+
+
+def mint(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    f.exact(body, ("to", "amount"))
+    to = f.ident(body, "to")
+    amount = f.positive(body, "amount", f.MAX_AMOUNT)
+    sender_operator(st, tx)
+    known_member(st, to)
+    st.data["supply"] += amount
+    st.credit(to, amount)
+    return {"to": to, "amount": amount, "balance": st.balance(to)}
+
+
+def transfer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    f.exact(body, ("to", "amount"))
+    to = f.ident(body, "to")
+    amount = f.positive(body, "amount", f.MAX_AMOUNT)
+    sender = sender_member(st, tx)
+    known_member(st, to)
+    if to == sender:
+        raise Rejected(SELF_TRANSFER, "cannot transfer to oneself")
+    have = st.balance(sender)
+    if have < amount:
+        raise Rejected(INSUFFICIENT_FUNDS, f"balance {have} < amount {amount}")
+    st.debit(sender, amount)
+    st.credit(to, amount)
+    return {"from": sender, "to": to, "amount": amount, "balance": have - amount}
