@@ -1,0 +1,394 @@
+"""A bleak client backend built on bumble: the same ``BleakClient`` calls the gateway makes against
+BlueZ on a Raspberry Pi run here against bumble's host stack on a virtual controller.
+
+bleak lets a caller pass ``BleakClient(address, backend=SomeClass)`` where ``SomeClass`` implements
+``BaseBleakClient``; bleak instantiates it per client, so the class itself must know which bumble
+host (a "central") to use. ``bumble_backend(central)`` makes such a class for an in-process central
+(tests); ``backend_from_spec("bumble:<transport spec>")`` makes one whose central is a bumble host
+speaking HCI over a bumble transport (e.g. ``bumble:tcp-client:127.0.0.1:9001`` to a controller
+served by ``wattmesh emulate plug --hci tcp-server:127.0.0.1:9001``), opened on first use.
+
+Scope: connect/disconnect (with the disconnected callback), service discovery, notifications,
+writes with and without response, reads, MTU. No pairing (wattmesh frames carry their own MAC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+from bleak.args import SizedBuffer
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.client import BaseBleakClient, NotifyCallback
+from bleak.backends.descriptor import BleakGATTDescriptor
+from bleak.backends.device import BLEDevice
+from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
+from bleak.exc import BleakDeviceNotFoundError, BleakError, BleakGATTProtocolError
+from bleak.uuids import normalize_uuid_str
+from bumble import core, hci
+from bumble.att import ATT_Error
+from bumble.device import Advertisement, Connection, Device, Peer
+from bumble.gatt import Characteristic
+from bumble.gatt_client import CharacteristicProxy
+from bumble.link import LocalLink
+from bumble.transport import open_transport
+from bumble.transport.common import Transport
+
+from hardware.ble.controller import local_device
+from hardware.ble.profile import GATEWAY_ADDRESS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MTU = 247  # what BlueZ asks for; the node profile needs at least min_mtu
+_T = TypeVar("_T")
+
+# bleak's property names, by bumble's characteristic property bits
+_PROPERTY_NAMES: tuple[tuple[int, str], ...] = (
+    (Characteristic.Properties.BROADCAST, "broadcast"),
+    (Characteristic.Properties.READ, "read"),
+    (Characteristic.Properties.WRITE_WITHOUT_RESPONSE, "write-without-response"),
+    (Characteristic.Properties.WRITE, "write"),
+    (Characteristic.Properties.NOTIFY, "notify"),
+    (Characteristic.Properties.INDICATE, "indicate"),
+    (Characteristic.Properties.AUTHENTICATED_SIGNED_WRITES, "authenticated-signed-writes"),
+    (Characteristic.Properties.EXTENDED_PROPERTIES, "extended-properties"),
+)
+
+
+def _uuid(uuid: core.UUID) -> str:
+    return normalize_uuid_str(uuid.to_hex_str("-"))
+
+
+class BumbleCentral:
+    """One bumble host acting as the gateway's BLE adapter: scans continuously (so a connect is
+    only attempted once the peer is heard advertising, as BlueZ does) and serialises connection
+    attempts (a controller initiates one LE connection at a time)."""
+
+    def __init__(self, device: Device, transport: Transport | None = None) -> None:
+        self.device = device
+        self._transport = transport
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self.connect_lock = asyncio.Lock()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    @classmethod
+    def on_link(cls, link: LocalLink, address: str = GATEWAY_ADDRESS) -> BumbleCentral:
+        return cls(local_device(link, "wattmesh-gateway", address))
+
+    @classmethod
+    async def open(cls, transport_spec: str, address: str = GATEWAY_ADDRESS) -> BumbleCentral:
+        transport = await open_transport(transport_spec)
+        device = Device.with_hci(
+            "wattmesh-gateway", hci.Address(address), transport.source, transport.sink
+        )
+        return cls(device, transport)
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            self.device.on(Device.EVENT_ADVERTISEMENT, self._on_advertisement)
+            await self.device.power_on()
+            await self.device.start_scanning(active=False, filter_duplicates=False)
+            self._started = True
+
+    def _on_advertisement(self, advertisement: Advertisement) -> None:
+        key = advertisement.address.to_string(False)
+        for fut in self._waiters.pop(key, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_advertising(self, address: str, timeout: float) -> bool:
+        """True once ``address`` is heard advertising (connectable), False after ``timeout``."""
+        key = hci.Address(address).to_string(False)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+
+    async def close(self) -> None:
+        if self._started:
+            with contextlib.suppress(Exception):
+                await self.device.power_off()
+        if self._transport is not None:
+            await self._transport.close()
+
+
+CentralGetter = Callable[[], Awaitable[BumbleCentral]]
+
+
+class BumbleBleakClient(BaseBleakClient):
+    """``BaseBleakClient`` on a bumble host. Use ``bumble_backend`` / ``backend_from_spec`` to get
+    a class bound to a central; this base class is not usable on its own."""
+
+    get_central: ClassVar[CentralGetter]
+
+    def __init__(
+        self,
+        address_or_ble_device: BLEDevice | str,
+        *,
+        disconnected_callback: Callable[[], None] | None,
+        timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout
+        )
+        self._connection: Connection | None = None
+        self._peer: Peer | None = None
+        self._proxies: dict[int, CharacteristicProxy[bytes]] = {}
+        self._subscriptions: dict[int, Callable[[bytes], None]] = {}
+        self._disconnecting = False
+
+    # -- connection ------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.address.replace(":", "-")
+
+    @property
+    def mtu_size(self) -> int:
+        return int(self._connection.att_mtu) if self._connection is not None else 23
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None
+
+    async def connect(self, pair: bool, **kwargs: Any) -> None:
+        if self._connection is not None:
+            return
+        central = await type(self).get_central()
+        await central.start()
+        timeout = float(kwargs.get("timeout", self._timeout))
+        if not await central.wait_advertising(self.address, timeout):
+            raise BleakDeviceNotFoundError(
+                self.address, f"device {self.address} not heard advertising in {timeout} s"
+            )
+        async with central.connect_lock:
+            try:
+                connection = await central.device.connect(
+                    hci.Address(self.address), timeout=timeout
+                )
+            except (core.BaseBumbleError, hci.HCI_Error) as exc:
+                raise BleakError(f"connecting to {self.address} failed: {exc}") from exc
+        self._connection = connection
+        connection.on(Connection.EVENT_DISCONNECTION, self._on_disconnection)
+        try:
+            self._peer = Peer(connection)
+            await self._guard(self._peer.request_mtu(DEFAULT_MTU))
+            await self._guard(self._discover())
+        except BaseException:
+            await self.disconnect()
+            raise
+
+    def _on_disconnection(self, _reason: int) -> None:
+        unsolicited = not self._disconnecting
+        self._connection = None
+        self._peer = None
+        self._subscriptions.clear()
+        if unsolicited and self._disconnected_callback is not None:
+            self._disconnected_callback()
+
+    async def disconnect(self) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        self._disconnecting = True
+        try:
+            with contextlib.suppress(core.BaseBumbleError, hci.HCI_Error, TimeoutError):
+                await connection.disconnect()
+        finally:
+            self._disconnecting = False
+            self._connection = None
+            self._peer = None
+
+    async def pair(self, *args: Any, **kwargs: Any) -> None:
+        raise BleakError("pairing is not supported by the bumble backend")
+
+    async def unpair(self) -> None:
+        raise BleakError("pairing is not supported by the bumble backend")
+
+    # -- discovery -------------------------------------------------------------------------
+    async def _discover(self) -> None:
+        peer = self._require_peer()
+        await peer.discover_all()  # type: ignore[no-untyped-call]
+        services = BleakGATTServiceCollection()
+        self._proxies.clear()
+        for service_proxy in peer.services:
+            service = BleakGATTService(
+                service_proxy, service_proxy.handle, _uuid(service_proxy.uuid)
+            )
+            services.add_service(service)
+            for char_proxy in service_proxy.characteristics:
+                props = int(char_proxy.properties)
+                names: list[Any] = [name for bit, name in _PROPERTY_NAMES if props & bit]
+                char = BleakGATTCharacteristic(
+                    char_proxy,
+                    char_proxy.handle,
+                    _uuid(char_proxy.uuid),
+                    names,
+                    lambda: self.mtu_size - 3,
+                    service,
+                )
+                services.add_characteristic(char)
+                self._proxies[char_proxy.handle] = char_proxy
+                for desc_proxy in char_proxy.descriptors:
+                    descriptor = BleakGATTDescriptor(
+                        desc_proxy, desc_proxy.handle, _uuid(desc_proxy.type), char
+                    )
+                    services.add_descriptor(descriptor)
+        self.services = services
+
+    # -- I/O -------------------------------------------------------------------------------
+    def _require_peer(self) -> Peer:
+        if self._peer is None:
+            raise BleakError(f"not connected to {self.address}")
+        return self._peer
+
+    def _proxy(self, characteristic: BleakGATTCharacteristic) -> CharacteristicProxy[bytes]:
+        self._require_peer()
+        proxy = self._proxies.get(characteristic.handle)
+        if proxy is None:
+            raise BleakError(f"characteristic {characteristic.uuid} not discovered")
+        return proxy
+
+    async def _guard(self, call: Awaitable[_T]) -> _T:
+        """Run one GATT operation, turning bumble's errors into bleak's. bumble cancels the
+        pending ATT request when the link drops; that must surface as a BleakError, not as a
+        cancellation of the caller's task (which nobody asked for)."""
+        task = asyncio.current_task()
+        try:
+            return await call
+        except ATT_Error as exc:
+            raise BleakGATTProtocolError(exc.error_code) from exc
+        except (core.BaseBumbleError, hci.HCI_Error) as exc:
+            raise BleakError(f"{self.address}: {exc}") from exc
+        except asyncio.CancelledError:
+            if task is not None and task.cancelling():
+                raise
+            raise BleakError(f"{self.address}: link lost during a GATT operation") from None
+
+    async def read_gatt_char(
+        self, characteristic: BleakGATTCharacteristic, *, use_cached: bool = False, **kwargs: Any
+    ) -> bytearray:
+        proxy = self._proxy(characteristic)
+        return bytearray(await self._guard(self._require_peer().read_value(proxy)))
+
+    async def read_gatt_descriptor(
+        self, descriptor: BleakGATTDescriptor, *, use_cached: bool = False, **kwargs: Any
+    ) -> bytearray:
+        peer = self._require_peer()
+        return bytearray(await self._guard(peer.read_value(descriptor.handle)))
+
+    async def write_gatt_char(
+        self, characteristic: BleakGATTCharacteristic, data: SizedBuffer, response: bool
+    ) -> None:
+        proxy = self._proxy(characteristic)
+        payload = bytes(data)
+        await self._guard(self._require_peer().write_value(proxy, payload, with_response=response))
+
+    async def write_gatt_descriptor(
+        self, descriptor: BleakGATTDescriptor, data: SizedBuffer
+    ) -> None:
+        peer = self._require_peer()
+        payload = bytes(data)
+        await self._guard(peer.write_value(descriptor.handle, payload, with_response=True))
+
+    async def start_notify(
+        self, characteristic: BleakGATTCharacteristic, callback: NotifyCallback, **kwargs: Any
+    ) -> None:
+        proxy = self._proxy(characteristic)
+
+        def deliver(value: bytes) -> None:
+            callback(bytearray(value))
+
+        self._subscriptions[characteristic.handle] = deliver
+        await self._guard(self._require_peer().subscribe(proxy, deliver, prefer_notify=True))
+
+    async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
+        proxy = self._proxy(characteristic)
+        deliver = self._subscriptions.pop(characteristic.handle, None)
+        await self._guard(self._require_peer().unsubscribe(proxy, deliver))
+
+
+def bumble_backend(central: BumbleCentral) -> type[BaseBleakClient]:
+    """A bleak backend class bound to an in-process bumble central."""
+
+    async def get_central() -> BumbleCentral:
+        return central
+
+    return type(
+        "BumbleBleakClient", (BumbleBleakClient,), {"get_central": staticmethod(get_central)}
+    )
+
+
+class BackendSpecError(ValueError):
+    """A backend string that does not name a usable backend."""
+
+
+_REMOTE: dict[tuple[int, str], BumbleCentral] = {}
+
+
+def backend_from_spec(spec: str | None) -> type[BaseBleakClient] | None:
+    """Parse a backend setting: ``None``/``""``/``"platform"`` -> None (bleak's platform backend,
+    BlueZ on a Pi); ``"bumble:<transport spec>"`` -> a bumble backend on that HCI transport, one
+    host per event loop and spec, opened on first connect."""
+    if spec is None or spec in ("", "platform"):
+        return None
+    scheme, _, transport_spec = spec.partition(":")
+    if scheme != "bumble" or not transport_spec:
+        raise BackendSpecError(
+            f"BLE backend {spec!r}: expected 'platform' or 'bumble:<transport>'"
+            " such as 'bumble:tcp-client:127.0.0.1:9001'"
+        )
+    kind = transport_spec.partition(":")[0]
+    if kind not in (
+        "tcp-client",
+        "tcp-server",
+        "udp",
+        "serial",
+        "unix",
+        "usb",
+        "hci-socket",
+        "vhci",
+    ):
+        raise BackendSpecError(f"BLE backend {spec!r}: unknown bumble transport {kind!r}")
+    lock: asyncio.Lock | None = None
+    lock_loop: int | None = None
+
+    async def get_central() -> BumbleCentral:
+        nonlocal lock, lock_loop
+        loop_id = id(asyncio.get_running_loop())
+        if lock is None or lock_loop != loop_id:
+            lock, lock_loop = asyncio.Lock(), loop_id
+        async with lock:
+            key = (loop_id, transport_spec)
+            central = _REMOTE.get(key)
+            if central is None:
+                try:
+                    central = await BumbleCentral.open(transport_spec)
+                except (OSError, ValueError, core.BaseBumbleError) as exc:
+                    raise BleakError(f"BLE backend {spec!r}: {exc}") from exc
+                _REMOTE[key] = central
+            return central
+
+    return type(
+        "BumbleBleakClient", (BumbleBleakClient,), {"get_central": staticmethod(get_central)}
+    )
+
+
+async def close_remote_centrals() -> None:
+    """Close the hosts ``backend_from_spec`` opened on the running loop (end of a daemon/test)."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _REMOTE if k[0] == loop_id]:
+        await _REMOTE.pop(key).close()

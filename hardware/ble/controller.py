@@ -1,0 +1,76 @@
+"""bumble's virtual BLE controller, with one fix, and helpers to put devices on a virtual link.
+
+A ``LocalLink`` joins controllers in one process; each controller speaks real HCI to its host, so a
+bumble ``Device`` on it runs the whole stack (HCI, L2CAP, ATT, GATT) with no radio. A controller can
+also be served over an HCI transport (``tcp-server:127.0.0.1:<port>``) so that a host in another
+process (the gateway) joins the link: see ``serve_controller``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bumble import hci
+from bumble.controller import Controller
+from bumble.device import Device
+from bumble.host import Host
+from bumble.link import LocalLink
+from bumble.transport import open_transport
+from bumble.transport.common import AsyncPipeSink, Transport
+
+
+class VirtualController(Controller):
+    """bumble's ``Controller`` with a working LE Create Connection Cancel.
+
+    The stock virtual controller answers the cancel command with success but neither drops the
+    pending connection nor reports it ended, so a host that times out a connection to an absent
+    peer waits forever and the next connect is refused. A real controller ends the attempt with an
+    LE Connection Complete event carrying "Unknown Connection Identifier" (Core spec Vol 4, Part E,
+    7.8.13); this subclass does exactly that.
+    """
+
+    def on_hci_le_create_connection_cancel_command(self, _command: Any) -> Any:
+        pending = self.pending_le_connection
+        if pending is None:
+            return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.COMMAND_DISALLOWED_ERROR)
+        self.pending_le_connection = None
+        event = hci.HCI_LE_Connection_Complete_Event(
+            status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+            connection_handle=0,
+            role=hci.Role.CENTRAL,
+            peer_address_type=pending.peer_address.address_type,
+            peer_address=pending.peer_address,
+            connection_interval=0,
+            peripheral_latency=0,
+            supervision_timeout=0,
+            central_clock_accuracy=0,
+        )
+        # After the Command Complete that the caller is about to queue, as a controller would.
+        asyncio.get_running_loop().call_soon(self.send_hci_packet, event)
+        return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+
+def local_device(link: LocalLink, name: str, address: str) -> Device:
+    """A bumble ``Device`` (host + virtual controller) on ``link`` with a random static address."""
+    controller = VirtualController(name, link=link)
+    return Device(
+        name=name, address=hci.Address(address), host=Host(controller, AsyncPipeSink(controller))
+    )
+
+
+async def serve_controller(link: LocalLink, spec: str, name: str = "remote-host") -> Transport:
+    """Attach one more controller to ``link`` whose HCI side is the transport ``spec`` (for example
+    ``tcp-server:127.0.0.1:9001``): a host in another process opens the matching client transport
+    and becomes a device on this link. Close the returned transport to detach it."""
+    transport = await open_transport(spec)
+    VirtualController(name, host_source=transport.source, host_sink=transport.sink, link=link)
+    return transport
+
+
+def transport_port(transport: Transport) -> int | None:
+    """The TCP port a ``tcp-server`` transport listens on (useful with port 0), else None."""
+    server = getattr(transport, "server", None)
+    if server is None or not server.sockets:
+        return None
+    return int(server.sockets[0].getsockname()[1])
