@@ -16,39 +16,54 @@ except ImportError:  # a port built without binascii.crc32
     from zlib import crc32
 
 MAGIC = b"WMS1"
-FMT = ">4sIQQII"  # magic, generation, import mWh, export mWh, seq high-water mark, command seq
-BODY_LEN = 32
-REC_LEN = 36  # body + CRC32
+HEAD_FMT = ">4sIIIB"  # magic, generation, seq high-water mark, command seq, channels
+HEAD_LEN = 17
+PAIR_FMT = ">QQ"  # per channel: imported mWh, exported mWh
+PAIR_LEN = 16
+MAX_CHANNELS = 8
 SLOTS = ("state_a.bin", "state_b.bin")
 
 
-def pack(gen, import_mwh, export_mwh, seq_hw, cmd_seq):
-    body = struct.pack(FMT, MAGIC, gen, import_mwh, export_mwh, seq_hw, cmd_seq)
+def rec_len(channels):
+    return HEAD_LEN + PAIR_LEN * channels + 4
+
+
+def pack(gen, seq_hw, cmd_seq, imp, exp):
+    body = struct.pack(HEAD_FMT, MAGIC, gen, seq_hw, cmd_seq, len(imp))
+    for i in range(len(imp)):
+        body += struct.pack(PAIR_FMT, imp[i], exp[i])
     return body + struct.pack(">I", crc32(body) & 0xFFFFFFFF)
 
 
 def unpack(data):
-    """(gen, import, export, seq_hw, cmd_seq) of a valid record, or None."""
-    if data is None or len(data) != REC_LEN:
+    """(gen, seq_hw, cmd_seq, imports, exports) of a valid record, or None."""
+    if data is None or len(data) < rec_len(0):
         return None
-    body = data[:BODY_LEN]
-    if struct.unpack(">I", data[BODY_LEN:])[0] != crc32(body) & 0xFFFFFFFF:
+    body = data[:-4]
+    if struct.unpack(">I", data[-4:])[0] != crc32(body) & 0xFFFFFFFF:
         return None
-    rec = struct.unpack(FMT, body)
-    if rec[0] != MAGIC:
+    magic, gen, seq_hw, cmd_seq, n = struct.unpack(HEAD_FMT, body[:HEAD_LEN])
+    if magic != MAGIC or n > MAX_CHANNELS or len(data) != rec_len(n):
         return None
-    return rec[1:]
+    imp = []
+    exp = []
+    for i in range(n):
+        at = HEAD_LEN + PAIR_LEN * i
+        a, b = struct.unpack(PAIR_FMT, body[at : at + PAIR_LEN])
+        imp.append(a)
+        exp.append(b)
+    return gen, seq_hw, cmd_seq, imp, exp
 
 
 class State:
-    def __init__(self, hal, root, seq_block=256):
+    def __init__(self, hal, root, channels=1, seq_block=256):
         self.hal = hal
         self.paths = (root + "/" + SLOTS[0], root + "/" + SLOTS[1])
         self.seq_block = seq_block
         self.gen = 0
         self.slot = 1  # slot of the newest record; the first save goes to slot 0
-        self.import_mwh = 0
-        self.export_mwh = 0
+        self.imp = [0] * channels  # imported mWh per channel
+        self.exp = [0] * channels  # exported mWh per channel
         self.seq_hw = 0
         self.seq = 1
         self.cmd_seq = 0
@@ -64,7 +79,11 @@ class State:
         if best is None:
             return False
         self.slot = best[0]
-        self.gen, self.import_mwh, self.export_mwh, self.seq_hw, self.cmd_seq = best[1]
+        self.gen, self.seq_hw, self.cmd_seq, imp, exp = best[1]
+        # A channel added to the board since the record was written starts from zero.
+        for i in range(min(len(imp), len(self.imp))):
+            self.imp[i] = imp[i]
+            self.exp[i] = exp[i]
         self.seq = self.seq_hw if self.seq_hw > 0 else 1
         self.restored = True
         return True
@@ -72,7 +91,7 @@ class State:
     def save(self):
         slot = 1 - self.slot
         gen = self.gen + 1
-        rec = pack(gen, self.import_mwh, self.export_mwh, self.seq_hw, self.cmd_seq)
+        rec = pack(gen, self.seq_hw, self.cmd_seq, self.imp, self.exp)
         self.hal.write_file(self.paths[slot], rec)
         self.slot = slot
         self.gen = gen

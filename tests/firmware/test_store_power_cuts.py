@@ -22,7 +22,7 @@ def wipe():
             pass
 
 def snap(s):
-    return [s.import_mwh, s.export_mwh, s.cmd_seq]
+    return [s.imp[0], s.exp[1], s.cmd_seq]
 
 class Tracked(store.State):
     # records every state whose write completed: the ones the node may rely on
@@ -37,7 +37,7 @@ def run(cut_at):
     wipe()
     hal.reset()
     hal.power_cut_after[0] = cut_at
-    s = Tracked(hal, ROOT, seq_block=4)
+    s = Tracked(hal, ROOT, 2, seq_block=4)
     s.committed = saved = []  # states whose save() returned: these must never be lost
     used = []        # frame seqs handed out
     accepted = []    # command seqs acted on
@@ -45,8 +45,8 @@ def run(cut_at):
         for step in range(12):
             for _ in range(3):
                 used.append(s.next_seq())
-            s.import_mwh += 1000 + step
-            s.export_mwh += step * 7
+            s.imp[0] += 1000 + step
+            s.exp[1] += step * 7
             if step % 4 == 3:
                 if s.accept_command(100 + step):
                     accepted.append(100 + step)
@@ -56,7 +56,7 @@ def run(cut_at):
         cut = True
     before = snap(s)
     hal.power_cut_after[0] = None
-    r = store.State(hal, ROOT, seq_block=4)
+    r = store.State(hal, ROOT, 2, seq_block=4)
     ok = r.load()
     nxt = r.next_seq()
     return {'cut': cut, 'saved': saved, 'before': before, 'after': snap(r), 'loaded': ok,
@@ -84,7 +84,7 @@ emit({'garbage_loaded': bad})
 
 
 def test_every_torn_write_restores_a_committed_state() -> None:
-    rec = 36
+    rec = 17 + 2 * 16 + 4
     full = mpvm.run_job("CUTS = [None]\n" + SCRIPT).results[0]
     total = full["writes"] * rec
     assert not full["cut"]
