@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Order:
+class Order(NamedTuple):
     """A sell offer (``ref`` = RESid) or a buy bid (``ref`` = ""). ``seq`` is the order of
-    acceptance on the ledger, unique in a listing; it is what "first in" means."""
+    acceptance on the ledger, unique in a listing; it is what "first in" means. (Named tuples
+    rather than frozen dataclasses: a book of 20,000 orders is built in every clearing.)"""
 
     seq: int
     owner: str
@@ -36,8 +36,7 @@ class Order:
     ref: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Trade:
+class Trade(NamedTuple):
     buyer: str
     seller: str
     res_id: str
@@ -124,20 +123,20 @@ def clear_paper(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
 
 def _crossing(
     offers: Sequence[Order], bids: Sequence[Order]
-) -> tuple[list[Order], list[Order], list[Trade], int | None]:
+) -> tuple[list[tuple[Order, Order, int]], int | None]:
     """Merit-order match (cheapest ask, dearest bid, ties first in) while bid >= ask; returns
-    the sorted books, the trades (at a placeholder price) and the uniform clearing price."""
+    the matches (bid, ask, Wh) and the uniform clearing price."""
     asks = sorted(offers, key=lambda o: (o.price, o.seq))
     bids_sorted = sorted(bids, key=lambda b: (-b.price, b.seq))
     i = j = 0
     ask_left = asks[0].wh if asks else 0
     bid_left = bids_sorted[0].wh if bids_sorted else 0
     last_ask = last_bid = None
-    trades: list[Trade] = []
+    matches: list[tuple[Order, Order, int]] = []
     while i < len(bids_sorted) and j < len(asks) and bids_sorted[i].price >= asks[j].price:
         bid, ask = bids_sorted[i], asks[j]
-        wh = min(bid_left, ask_left)
-        trades.append(Trade(bid.owner, ask.owner, ask.ref, wh, 0, bid.seq, ask.seq))
+        wh = bid_left if bid_left < ask_left else ask_left
+        matches.append((bid, ask, wh))
         last_ask, last_bid = ask.price, bid.price
         bid_left -= wh
         ask_left -= wh
@@ -148,32 +147,30 @@ def _crossing(
             j += 1
             ask_left = asks[j].wh if j < len(asks) else 0
     if last_ask is None or last_bid is None:
-        return asks, bids_sorted, trades, None
+        return matches, None
     low = max(last_ask, bids_sorted[i].price) if i < len(bids_sorted) else last_ask
     high = min(last_bid, asks[j].price) if j < len(asks) else last_bid
-    return asks, bids_sorted, trades, (low + high) // 2
+    return matches, (low + high) // 2
 
 
 def clear_uniform(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
     available, wanted = _totals(offers, bids)
-    _, _, raw, price = _crossing(offers, bids)
+    matches, price = _crossing(offers, bids)
     if price is None:
         return Clearing("uniform", None, (), available, wanted)
     trades = tuple(
-        Trade(t.buyer, t.seller, t.res_id, t.wh, price, t.bid_seq, t.offer_seq) for t in raw
+        Trade(b.owner, a.owner, a.ref, wh, price, b.seq, a.seq) for b, a, wh in matches
     )
     return Clearing("uniform", price, trades, available, wanted)
 
 
 def clear_pay_as_bid(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
     available, wanted = _totals(offers, bids)
-    price_of = {b.seq: b.price for b in bids}
-    _, _, raw, price = _crossing(offers, bids)
+    matches, price = _crossing(offers, bids)
     if price is None:
         return Clearing("pay_as_bid", None, (), available, wanted)
     trades = tuple(
-        Trade(t.buyer, t.seller, t.res_id, t.wh, price_of[t.bid_seq], t.bid_seq, t.offer_seq)
-        for t in raw
+        Trade(b.owner, a.owner, a.ref, wh, b.price, b.seq, a.seq) for b, a, wh in matches
     )
     volume = sum(t.wh for t in trades)
     mean = sum(t.wh * t.price for t in trades) // volume
