@@ -64,7 +64,8 @@ def run(orders: int, members: int, rule: str, seed: int, repeat: int = 5) -> dic
     d = _Driver(CommunityContract(genesis))
     rng = random.Random(seed)
     low, high = DEFAULTS["price_min"], DEFAULTS["price_max"]
-    producers, consumers = [], []
+    producers: list[bytes] = []
+    consumers: list[bytes] = []
     started = time.perf_counter()
     for i in range(members):
         for role, out in (("producer", producers), ("consumer", consumers)):
