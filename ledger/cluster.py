@@ -8,9 +8,15 @@ Shape::
 
     {"version": 1, "f": 1,
      "replicas": [{"id": 0, "host": "127.0.0.1", "port": 7100, "public_key": "<hex>"}, ...],
-     "timers": {"view_change_ms": 1000, "request_timeout_ms": 2000, "tick_ms": 20},
+     "timers": {"view_change_ms": 1000, "max_view_change_ms": 60000, "status_ms": 500,
+                "request_timeout_ms": 2000, "tick_ms": 20},
      "batch": {"max_txs": 400, "max_delay_ms": 5},
-     "checkpoint_interval": 64,
+     "checkpoint_interval": 64, "log_window": 256, "fetch_limit": 64,
+
+``timers``, ``batch``, ``checkpoint_interval``, ``log_window`` and ``fetch_limit`` are read by the
+consensus core (``ledger.pbft.PbftConfig.from_dict``); ``request_timeout_ms`` (when a client
+re-sends to every replica) and ``tick_ms`` (how often a replica's timers are driven) by the IO
+layer.
      "genesis": {...}}
 """
 
@@ -30,11 +36,19 @@ CLUSTER_FILE = "cluster.json"
 OPERATOR_KEY_FILE = "operator.key"
 MAX_REPLICAS = 64
 
-DEFAULT_TIMERS: dict[str, int] = {"view_change_ms": 1000, "request_timeout_ms": 2000, "tick_ms": 20}
+DEFAULT_TIMERS: dict[str, int] = {
+    "view_change_ms": 1000,
+    "max_view_change_ms": 60_000,
+    "status_ms": 500,
+    "request_timeout_ms": 2000,
+    "tick_ms": 20,
+}
 DEFAULT_BATCH: dict[str, int] = {"max_txs": 400, "max_delay_ms": 5}
 DEFAULT_CHECKPOINT_INTERVAL = 64
 TIMER_LIMITS: dict[str, tuple[int, int]] = {
     "view_change_ms": (10, 600_000),
+    "max_view_change_ms": (10, 3_600_000),
+    "status_ms": (1, 600_000),
     "request_timeout_ms": (10, 600_000),
     "tick_ms": (1, 10_000),
 }
@@ -141,13 +155,23 @@ def parse_cluster(data: Any) -> ClusterConfig:
     for key in ("version", "f", "replicas", "genesis"):
         if key not in top:
             raise ClusterFileError(f"{key}: missing")
-    allowed = {"version", "f", "replicas", "timers", "batch", "checkpoint_interval", "genesis"}
+    allowed = {
+        "version",
+        "f",
+        "replicas",
+        "timers",
+        "batch",
+        "checkpoint_interval",
+        "log_window",
+        "fetch_limit",
+        "genesis",
+    }
     unknown = sorted(set(top) - allowed)
     if unknown:
         raise ClusterFileError(f"{unknown[0]}: unknown key")
     if top["version"] != VERSION or isinstance(top["version"], bool):
         raise ClusterFileError(f"version: must be {VERSION}")
-    f = _int(top["f"], "f", 0, (MAX_REPLICAS - 1) // 3)
+    f = _int(top["f"], "f", 1, (MAX_REPLICAS - 1) // 3)
     reps = top["replicas"]
     if not isinstance(reps, list):
         raise ClusterFileError("replicas: must be a list")
@@ -173,6 +197,12 @@ def parse_cluster(data: Any) -> ClusterConfig:
         1,
         1 << 20,
     )
+    log_window = _int(top.get("log_window", 4 * interval), "log_window", 2 * interval, 1 << 22)
+    if log_window % interval:
+        raise ClusterFileError("log_window: must be a multiple of checkpoint_interval")
+    _int(top.get("fetch_limit", 64), "fetch_limit", 1, 10_000)
+    if timers["view_change_ms"] > timers["max_view_change_ms"]:
+        raise ClusterFileError("timers.view_change_ms: must not exceed timers.max_view_change_ms")
     genesis = _obj(top["genesis"], "genesis")
     return ClusterConfig(
         f=f,

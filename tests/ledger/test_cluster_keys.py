@@ -44,6 +44,10 @@ BROKEN: list[tuple[str, Any, str]] = [
     ("batch", {"max_txs": -1}, "batch.max_txs: must be between"),
     ("batch", [], "batch: must be an object"),
     ("checkpoint_interval", 0, "checkpoint_interval: must be between"),
+    ("log_window", 200, "log_window: must be a multiple"),
+    ("log_window", 10, "log_window: must be between"),
+    ("fetch_limit", 0, "fetch_limit: must be between"),
+    ("timers", {"view_change_ms": 5000, "max_view_change_ms": 4000}, "must not exceed"),
     ("genesis", "none", "genesis: must be an object"),
     ("extra", 1, "extra: unknown key"),
 ]

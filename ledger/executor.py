@@ -1,0 +1,244 @@
+"""Executing committed blocks: the contract in memory, the block store on disk, kept in step.
+
+``LedgerState`` is what the consensus core calls once a block is committed. For each transaction,
+in order, it either applies it to the contract or, if its ``tx_id`` already has a receipt from an
+earlier block, skips it (a retried or re-proposed transaction is never applied twice). Then the
+block row, the new receipts and (every ``checkpoint_interval`` blocks) a contract snapshot are
+written in one SQLite transaction.
+
+Restart: restore the newest snapshot (or the genesis state) and re-apply the blocks after it.
+Whether a transaction was applied is decided by its receipt's (height, index), so replay takes
+exactly the same decisions as the first execution did.
+
+Client signatures are not checked again here: the consensus core verifies every transaction of
+a pre-prepare before it prepares it (once per transaction per replica, see ``SigCache`` used by
+the node for requests), so a committed block carries only transactions at least f+1 correct
+replicas verified, and a block fetched by state transfer carries a 2f+1 certificate. Checking
+again would double the replica's largest CPU cost. ``verify_signatures=True`` turns the check
+on for a deployment that wants defence in depth; it is deterministic either way.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger.contract.api import BlockContext, Receipt
+from ledger.encoding import EncodingError, canonical, decode
+from ledger.pbft.block import GENESIS_HASH, Block
+from ledger.setup import ContractFactory
+from ledger.store import BlockRow, BlockStore, Checkpoint, StoreError
+from ledger.tx import SignedTx, TxError
+from ledger_client.protocol import receipt_from_wire, receipt_to_wire
+
+SIG_CACHE_SIZE = 200_000
+STABLE_CHECKPOINT = "stable_checkpoint"
+
+
+class SigCache:
+    """Verdicts of client-signature checks by ``tx_id``; Ed25519 verification is the replica's
+    largest CPU cost, so each transaction is verified at most once per replica."""
+
+    def __init__(self, size: int = SIG_CACHE_SIZE) -> None:
+        self.size = size
+        self._seen: OrderedDict[str, bool] = OrderedDict()
+        self.verified = 0
+
+    def check(self, tx: SignedTx, tx_id: str | None = None) -> bool:
+        key = tx_id or tx.tx_id
+        verdict = self._seen.get(key)
+        if verdict is None:
+            verdict = tx.verify()
+            self.verified += 1
+            self._seen[key] = verdict
+            if len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+        return verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """The outcome of one transaction of a block, as replies report it."""
+
+    tx_id: str
+    height: int  # where it was applied (an earlier block for a duplicate)
+    index: int
+    receipt: Receipt
+
+
+class LedgerState:
+    def __init__(
+        self,
+        path: Path,
+        genesis: Mapping[str, Any],
+        factory: ContractFactory,
+        checkpoint_interval: int,
+        sig_cache: SigCache | None = None,
+        *,
+        verify_signatures: bool = False,
+    ) -> None:
+        self.store = BlockStore(path)
+        self.genesis = genesis
+        self.factory = factory
+        self.checkpoint_interval = checkpoint_interval
+        self.sigs = sig_cache or SigCache()
+        self.verify_signatures = verify_signatures
+        self.contract = factory(genesis)
+        self.height, self.head_hash = 0, GENESIS_HASH
+        self.replayed = 0
+        self._recover()
+
+    # -- restart --------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        cp = self.store.latest_checkpoint()
+        after = 0
+        if cp is not None:
+            self.contract.restore(cp.snapshot)
+            if self.contract.state_digest() != cp.state_digest:
+                raise StoreError(f"checkpoint {cp.height}: snapshot does not match its digest")
+            after = cp.height
+            row = self.store.block(cp.height)
+            if row is None:
+                raise StoreError(f"checkpoint {cp.height} has no block")
+            self.height, self.head_hash = row.height, row.hash
+        for row in self.store.blocks(after=after):
+            block = decode_block(row)
+            if block.prev_hash != self.head_hash or block.height != self.height + 1:
+                raise StoreError(f"block {row.height} does not extend the chain")
+            self._apply(block, replay=True)
+            self.height, self.head_hash = row.height, row.hash
+            self.replayed += 1
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def execute(self, block: Block) -> list[dict[str, Any]]:
+        """Apply a committed block and persist it; one receipt (wire dict) per transaction, the
+        stored original for a transaction executed before."""
+        return [receipt_to_wire(r.receipt) for r in self.execute_detail(block)]
+
+    def execute_detail(self, block: Block) -> list[Executed]:
+        if block.height != self.height + 1:
+            raise StoreError(f"block {block.height} does not follow height {self.height}")
+        if block.prev_hash != self.head_hash:
+            raise StoreError(f"block {block.height} does not link to the head")
+        results, new = self._apply(block, replay=False)
+        checkpoint = None
+        if block.height % self.checkpoint_interval == 0:
+            checkpoint = Checkpoint(
+                block.height, self.contract.state_digest(), self.contract.snapshot()
+            )
+        block_hash = block.hash()
+        row = BlockRow(
+            height=block.height,
+            view=block.view,
+            prev_hash=block.prev_hash,
+            hash=block_hash,
+            body=canonical(block.to_wire(), checked=False),
+        )
+        self.store.append(row, new, checkpoint)
+        self.height, self.head_hash = block.height, block_hash
+        return results
+
+    def _apply(
+        self, block: Block, *, replay: bool
+    ) -> tuple[list[Executed], list[tuple[str, int, bytes]]]:
+        ids = list(block.ids())
+        applied_before: dict[str, tuple[int, int, bytes]] = {}
+        if replay:
+            for tx_id in ids:
+                found = self.store.receipt(tx_id)
+                if found is not None:
+                    applied_before[tx_id] = found
+        else:
+            for tx_id in self.store.known(ids):
+                found = self.store.receipt(tx_id)
+                assert found is not None
+                applied_before[tx_id] = found
+        results: list[Executed] = []
+        new: list[tuple[str, int, bytes]] = []
+        in_block: dict[str, int] = {}
+        for index, (wire, tx_id) in enumerate(zip(block.txs, ids, strict=True)):
+            earlier = applied_before.get(tx_id)
+            if earlier is not None and (earlier[0], earlier[1]) != (block.height, index):
+                results.append(
+                    Executed(tx_id, earlier[0], earlier[1], _receipt_bytes_to(earlier[2]))
+                )
+                continue
+            if tx_id in in_block:
+                first = in_block[tx_id]
+                results.append(Executed(tx_id, block.height, first, results[first].receipt))
+                continue
+            receipt = self._apply_one(wire, tx_id, block, index)
+            in_block[tx_id] = index
+            results.append(Executed(tx_id, block.height, index, receipt))
+            new.append((tx_id, index, canonical(receipt_to_wire(receipt), checked=False)))
+        return results, new
+
+    def _apply_one(self, wire: dict[str, Any], tx_id: str, block: Block, index: int) -> Receipt:
+        try:
+            tx = SignedTx.from_wire(wire)
+        except TxError as exc:
+            return Receipt(code="MALFORMED_TX", message=str(exc))
+        if self.verify_signatures and not self.sigs.check(tx, tx_id):
+            return Receipt(code="BAD_SIGNATURE", message="signature does not verify")
+        ctx = BlockContext(height=block.height, index=index, timestamp_ms=block.timestamp_ms)
+        try:
+            return self.contract.apply(tx.to_contract(), ctx)
+        except Exception as exc:  # a contract bug must not stop the replica; it is deterministic
+            return Receipt(code="CONTRACT_ERROR", message=f"{type(exc).__name__}: {exc}")
+
+    # -- the rest of the core's Executor protocol ---------------------------------------------
+
+    def last_executed(self) -> int:
+        return self.height
+
+    def last_block_hash(self) -> bytes:
+        return self.head_hash
+
+    def state_digest(self) -> bytes:
+        return self.contract.state_digest()
+
+    def blocks_from(self, height: int, limit: int) -> list[Block]:
+        rows = self.store.blocks(after=max(height, 1) - 1, limit=max(limit, 0))
+        return [decode_block(row) for row in rows]
+
+    def receipt(self, tx_id: str) -> tuple[int, dict[str, Any]] | None:
+        found = self.store.receipt(tx_id)
+        if found is None:
+            return None
+        return found[0], decode(found[2], strict=False)
+
+    def save_checkpoint(self, seq: int, digest: bytes, proof: Sequence[dict[str, Any]]) -> None:
+        value = {"seq": seq, "digest": digest.hex(), "proof": list(proof)}
+        self.store.set_meta(STABLE_CHECKPOINT, canonical(value, checked=False))
+
+    def load_checkpoint(self) -> tuple[int, bytes, Sequence[dict[str, Any]]] | None:
+        raw = self.store.get_meta(STABLE_CHECKPOINT)
+        if raw is None:
+            return None
+        value = decode(raw, strict=False)
+        return int(value["seq"]), bytes.fromhex(value["digest"]), list(value["proof"])
+
+    # -- reads for clients and tools ------------------------------------------------------------
+
+    def block(self, height: int) -> Block | None:
+        row = self.store.block(height)
+        return None if row is None else decode_block(row)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def decode_block(row: BlockRow) -> Block:
+    try:
+        return Block.from_wire(decode(row.body, strict=False))
+    except (EncodingError, ValueError) as exc:
+        raise StoreError(f"block {row.height}: stored body does not decode: {exc}") from exc
+
+
+def _receipt_bytes_to(data: bytes) -> Receipt:
+    return receipt_from_wire(decode(data, strict=False))

@@ -1,0 +1,290 @@
+"""One replica process: the consensus core driven by sockets, a clock and the block store.
+
+``ReplicaNode`` owns a ``Listener`` (replicas and clients connect to it), one ``PeerLink`` per
+other replica, the ``LedgerState`` executor and the core's ``Replica``. Everything runs on one
+asyncio loop; the core is called synchronously and its actions are performed in order. A
+message that fails to parse or verify is counted by the core and dropped; a peer that sends
+garbage loses its connection; nothing a peer or client sends can stop the loop.
+
+Client connections are mapped to the transactions they wait for (``request`` and ``await``);
+``ReplyTo`` actions go to those connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger.cluster import ClusterConfig, load_cluster, replica_db_file, replica_key_file
+from ledger.contract.api import QueryError
+from ledger.encoding import EncodingError, canonical
+from ledger.executor import LedgerState, SigCache
+from ledger.keys import load_key
+from ledger.pbft.actions import Action, Broadcast, ReplyTo, Send
+from ledger.pbft.actions import Executed as ExecutedAction
+from ledger.pbft.config import PbftConfig
+from ledger.pbft.messages import Reply
+from ledger.pbft.replica import Replica
+from ledger.setup import ContractFactory
+from ledger.transport import ClientConn, Counters, Listener, PeerLink, encode_frame
+from ledger.tx import SignedTx, TxError
+from ledger_client.protocol import LEDGER_QUERY_PREFIX
+
+MAX_WAITERS = 200_000
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ReplicaNode:
+    def __init__(
+        self,
+        directory: Path,
+        replica_id: int,
+        factory: ContractFactory,
+        *,
+        clock: Callable[[], int] = wall_ms,
+        fault: str | None = None,
+        cluster: ClusterConfig | None = None,
+    ) -> None:
+        self.directory = directory
+        self.me = replica_id
+        self.cluster = cluster or load_cluster(directory / "cluster.json")
+        self.address = self.cluster.replica(replica_id)
+        self.key = load_key(directory / replica_key_file(replica_id))
+        self.config = PbftConfig.from_dict(dict(self.cluster.raw))
+        self.clock = clock
+        self.counters = Counters()
+        self.sigs = SigCache()
+        self.state = LedgerState(
+            directory / replica_db_file(replica_id),
+            self.cluster.genesis,
+            factory,
+            self.cluster.checkpoint_interval,
+            self.sigs,
+        )
+        self.replica = Replica(
+            self.config, replica_id, self.key, self.state, now_ms=clock(), fault=fault
+        )
+        peer_keys = {r.id: _public(r.public_key) for r in self.cluster.replicas}
+        self.listener = Listener(
+            replica_id,
+            peer_keys,
+            self._on_peer,
+            self._on_client,
+            self.counters,
+            on_client_closed=self._on_client_closed,
+        )
+        self.links: dict[int, PeerLink] = {}
+        for r in self.cluster.replicas:
+            if r.id != replica_id:
+                self.links[r.id] = PeerLink(
+                    replica_id, r.id, r.host, r.port, self.key, self.counters
+                )
+        self.waiters: dict[str, set[ClientConn]] = defaultdict(set)
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.executed_blocks = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.listener.start(self.address.host, self.address.port)
+        for link in self.links.values():
+            link.start()
+        tick_ms = self.cluster.timers["tick_ms"]
+        try:
+            while not self.stopping.is_set():
+                now = self.clock()
+                self._perform(self.replica.on_tick(now))
+                deadline = self.replica.next_deadline()
+                wait_ms = tick_ms if deadline is None else max(0, min(tick_ms, deadline - now))
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), wait_ms / 1000)
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    async def close(self) -> None:
+        await self.listener.close()
+        for link in self.links.values():
+            await link.close()
+        self.state.close()
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def _on_peer(self, sender: int, message: dict[str, Any]) -> None:
+        self._perform(self.replica.on_message(message, sender, self.clock()))
+        self.wake.set()
+
+    def _on_client(self, conn: ClientConn, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "request":
+            self._on_request(conn, message)
+        elif kind == "await":
+            tx_id = message.get("tx_id")
+            if isinstance(tx_id, str) and len(tx_id) == 64:
+                self._wait_for(conn, tx_id)
+                self._reply_if_executed(tx_id)
+        elif kind == "query":
+            conn.send(self._answer(message))
+        else:
+            self.counters["rejected_client_messages"] += 1
+
+    def _on_request(self, conn: ClientConn, message: dict[str, Any]) -> None:
+        try:
+            tx = SignedTx.from_wire(message.get("tx"))
+        except TxError as exc:
+            self.counters["rejected_requests"] += 1
+            conn.send(
+                {
+                    "t": "reject",
+                    "replica": self.me,
+                    "tx_id": "",
+                    "code": "MALFORMED_TX",
+                    "message": str(exc),
+                }
+            )
+            return
+        tx_id = tx.tx_id
+        if not self.sigs.check(tx, tx_id):
+            self.counters["rejected_requests"] += 1
+            conn.send(
+                {
+                    "t": "reject",
+                    "replica": self.me,
+                    "tx_id": tx_id,
+                    "code": "BAD_SIGNATURE",
+                    "message": "signature does not verify",
+                }
+            )
+            return
+        self._wait_for(conn, tx_id)
+        self._perform(self.replica.on_request(tx, self.clock(), verified=True))
+        self.wake.set()
+
+    def _wait_for(self, conn: ClientConn, tx_id: str) -> None:
+        if len(self.waiters) >= MAX_WAITERS and tx_id not in self.waiters:
+            self.counters["waiters_dropped"] += 1
+            return
+        self.waiters[tx_id].add(conn)
+
+    def _on_client_closed(self, conn: ClientConn) -> None:
+        # cheap enough: connections close rarely, waiters are pruned on every reply
+        for tx_id in [t for t, conns in self.waiters.items() if conn in conns]:
+            conns = self.waiters[tx_id]
+            conns.discard(conn)
+            if not conns:
+                del self.waiters[tx_id]
+
+    def _reply_if_executed(self, tx_id: str) -> None:
+        found = self.state.receipt(tx_id)
+        if found is not None:
+            height, receipt = found
+            reply = Reply(self.replica.view, tx_id, height, receipt, self.me)
+            self._perform([ReplyTo(tx_id, reply)])
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                link = self.links.get(action.to)
+                if link is not None:
+                    link.send_frame(encode_frame(action.msg.to_wire()))
+            elif isinstance(action, Broadcast):
+                frame = encode_frame(action.msg.to_wire())
+                for link in self.links.values():
+                    link.send_frame(frame)
+            elif isinstance(action, ReplyTo):
+                conns = self.waiters.pop(action.tx_id, None)
+                if conns:
+                    wire = action.reply.to_wire()
+                    for conn in conns:
+                        conn.send(wire)
+            elif isinstance(action, ExecutedAction):
+                self.executed_blocks += 1
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        stable = self.state.load_checkpoint()
+        counters = {k: v for k, v in self.replica.metrics.items() if v}
+        counters.update({f"io_{k}": v for k, v in self.counters.items() if v})
+        return {
+            "replica": self.me,
+            "view": self.replica.view,
+            "primary": self.config.primary(self.replica.view),
+            "height": self.state.last_executed(),
+            "stable_checkpoint": 0 if stable is None else stable[0],
+            "state_digest": self.state.state_digest().hex(),
+            "head_hash": self.state.last_block_hash().hex(),
+            "counters": counters,
+            "signatures_verified": self.sigs.verified,
+        }
+
+    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+        qid = message.get("id")
+        path = message.get("path")
+        params = message.get("params", {})
+        out: dict[str, Any] = {"t": "answer", "replica": self.me, "id": qid}
+        if not isinstance(qid, int) or not isinstance(path, str) or not isinstance(params, dict):
+            self.counters["rejected_client_messages"] += 1
+            return dict(out, ok=False, value=None, error="query needs id, path and params")
+        try:
+            value = self._query(path, params)
+            canonical(value)
+        except (QueryError, EncodingError, ValueError, TypeError, KeyError) as exc:
+            return dict(out, ok=False, value=None, error=f"{type(exc).__name__}: {exc}")
+        return dict(out, ok=True, value=value, error="")
+
+    def _query(self, path: str, params: dict[str, Any]) -> Any:
+        if not path.startswith(LEDGER_QUERY_PREFIX):
+            return self.state.contract.query(path, params)
+        if path == "ledger.height":
+            return self.state.last_executed()
+        if path == "ledger.status":
+            return self.status()
+        if path == "ledger.block":
+            height = params.get("height")
+            if isinstance(height, bool) or not isinstance(height, int):
+                raise QueryError("height must be an integer")
+            block = self.state.block(height)
+            if block is None:
+                raise QueryError(f"no block {height}")
+            return block.to_wire()
+        if path == "ledger.receipt":
+            tx_id = params.get("tx_id")
+            if not isinstance(tx_id, str):
+                raise QueryError("tx_id must be a string")
+            found = self.state.receipt(tx_id)
+            return None if found is None else {"height": found[0], "receipt": found[1]}
+        raise QueryError(f"unknown query {path!r}")
+
+
+def _public(hex_key: str) -> Any:
+    from ledger.keys import parse_public_hex
+
+    return parse_public_hex(hex_key, "public_key")
+
+
+async def serve(
+    directory: Path, replica_id: int, factory: ContractFactory, fault: str | None = None
+) -> None:
+    """Run one replica until SIGTERM or SIGINT, then stop cleanly."""
+    node = ReplicaNode(directory, replica_id, factory, fault=fault)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stop)
+    await node.run()

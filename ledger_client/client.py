@@ -1,0 +1,323 @@
+"""``LedgerClient``: submit signed transactions and read the ledger, trusting f+1 agreeing replicas.
+
+``submit`` sends the full request to the replica it believes is primary and a small ``await`` to
+the others (so every replica knows where to send its reply), then waits for f+1 matching replies.
+If none arrive within ``request_timeout_s`` it re-sends the full request to every replica, so a
+dead or faulty primary loses nothing: the backups forward it and time the primary out. The
+transaction id is fixed by the signed transaction, so a retry (even from a new process after a
+crash) can only ever be ordered once; a replica that already executed it answers with the
+original receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.cluster import load_cluster
+from ledger.contract.api import Receipt
+from ledger.transport import FrameError, encode_frame, read_message
+from ledger.tx import MAX_NONCE, SignedTx, sign_tx
+from ledger_client.protocol import answer_key, receipt_from_wire, reply_key
+
+DEFAULT_TIMEOUT_S = 30.0
+RECONNECT_S = 0.2
+
+
+class LedgerError(RuntimeError):
+    """The ledger did not give f+1 matching answers in time, or refused the request."""
+
+
+class RejectedError(LedgerError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class QueryFailed(LedgerError):
+    """f+1 replicas agree that the query is invalid (unknown path, bad parameters)."""
+
+
+class _Conn:
+    def __init__(self, client: LedgerClient, index: int, host: str, port: int) -> None:
+        self.client, self.index, self.host, self.port = client, index, host, port
+        self.writer: asyncio.StreamWriter | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def send(self, message: dict[str, Any]) -> bool:
+        if self.writer is None or self.writer.is_closing():
+            return False
+        self.writer.write(encode_frame(message))
+        return True
+
+    async def run(self) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            try:
+                await read_message(reader)  # the challenge; clients do not authenticate
+                self.writer = writer
+                self.ready.set()
+                self.client._on_connect(self.index)
+                while True:
+                    message = await read_message(reader)
+                    self.client._on_message(self.index, message)
+            except (OSError, asyncio.IncompleteReadError, FrameError):
+                pass
+            finally:
+                self.ready.clear()
+                self.writer = None
+                writer.close()
+            await asyncio.sleep(RECONNECT_S)
+
+
+class _Pending:
+    def __init__(self, need: int) -> None:
+        self.need = need
+        self.votes: dict[bytes, set[int]] = defaultdict(set)
+        self.first: dict[bytes, dict[str, Any]] = {}
+        self.rejects: dict[str, set[int]] = defaultdict(set)
+        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def vote(self, replica: int, key: bytes, message: dict[str, Any]) -> None:
+        if self.done.done():
+            return
+        for voters in self.votes.values():  # one vote per replica, the latest counts
+            voters.discard(replica)
+        self.votes[key].add(replica)
+        self.first.setdefault(key, message)
+        if len(self.votes[key]) >= self.need:
+            self.done.set_result(self.first[key])
+
+
+class LedgerClient:
+    """Async client. Use as ``async with LedgerClient.from_cluster_file(path, key) as c``."""
+
+    def __init__(
+        self,
+        addresses: list[tuple[str, int]],
+        f: int,
+        key: Ed25519PrivateKey | None = None,
+        *,
+        request_timeout_s: float = 2.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.addresses = addresses
+        self.f = f
+        self.key = key
+        self.request_timeout_s = request_timeout_s
+        self.timeout_s = timeout_s
+        self.view = 0
+        self._conns: list[_Conn] = []
+        self._txs: dict[str, _Pending] = {}
+        self._queries: dict[int, _Pending] = {}
+        self._height_collectors: dict[int, Callable[[int, dict[str, Any]], None]] = {}
+        self._next_query = 0
+        self.resends = 0
+
+    @classmethod
+    def from_cluster_file(
+        cls, path: Path | str, key: Ed25519PrivateKey | None = None, **kwargs: Any
+    ) -> LedgerClient:
+        config = load_cluster(Path(path))
+        kwargs.setdefault("request_timeout_s", config.timers["request_timeout_ms"] / 1000)
+        return cls([(r.host, r.port) for r in config.replicas], config.f, key, **kwargs)
+
+    async def __aenter__(self) -> LedgerClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        for i, (host, port) in enumerate(self.addresses):
+            conn = _Conn(self, i, host, port)
+            conn.task = asyncio.get_running_loop().create_task(conn.run())
+            self._conns.append(conn)
+        # wait until enough replicas are reachable to possibly answer (not all: some may be down)
+        waiters = [asyncio.ensure_future(c.ready.wait()) for c in self._conns]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while sum(c.ready.is_set() for c in self._conns) < self.f + 1:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            if conn.task is not None:
+                conn.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await conn.task
+        self._conns.clear()
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    async def submit(self, tx: SignedTx) -> Receipt:
+        return receipt_from_wire((await self.submit_detail(tx))["receipt"])
+
+    async def submit_detail(self, tx: SignedTx) -> dict[str, Any]:
+        """Like ``submit`` but returns the whole agreed reply (height, index, receipt)."""
+        tx_id = tx.tx_id
+        pending = self._txs.get(tx_id)
+        owner = pending is None
+        if pending is None:
+            pending = self._txs[tx_id] = _Pending(self.f + 1)
+        request = {"t": "request", "tx": tx.to_wire()}
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                primary = self.view % len(self._conns)
+                for conn in self._conns:
+                    if conn.index == primary:
+                        conn.send(request)
+                    else:
+                        conn.send({"t": "await", "tx_id": tx_id})
+                while True:
+                    try:
+                        return await asyncio.wait_for(
+                            asyncio.shield(pending.done), self.request_timeout_s
+                        )
+                    except TimeoutError:
+                        self.resends += 1
+                        for conn in self._conns:
+                            conn.send(request)
+        except TimeoutError as exc:
+            raise LedgerError(f"no f+1 matching replies for {tx_id} in {self.timeout_s}s") from exc
+        finally:
+            if owner:
+                self._txs.pop(tx_id, None)
+
+    async def submit_new(self, kind: str, body: Mapping[str, Any]) -> Receipt:
+        """Sign with this client's key and a fresh random nonce, then ``submit``."""
+        if self.key is None:
+            raise LedgerError("this client has no signing key")
+        return await self.submit(sign_tx(self.key, kind, body, secrets.randbelow(MAX_NONCE)))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def query(self, path: str, **params: Any) -> Any:
+        """A read answered identically by f+1 replicas (re-asked until they agree)."""
+        self._next_query += 1
+        qid = self._next_query
+        pending = self._queries[qid] = _Pending(self.f + 1)
+        message = {"t": "query", "id": qid, "path": path, "params": params}
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    for conn in self._conns:
+                        conn.send(message)
+                    try:
+                        answer = await asyncio.wait_for(
+                            asyncio.shield(pending.done), self.request_timeout_s
+                        )
+                        break
+                    except TimeoutError:
+                        pending.votes.clear()
+        except TimeoutError as exc:
+            raise LedgerError(f"no f+1 matching answers to {path} in {self.timeout_s}s") from exc
+        finally:
+            self._queries.pop(qid, None)
+        if not answer.get("ok"):
+            raise QueryFailed(str(answer.get("error")))
+        return answer.get("value")
+
+    async def height(self) -> int:
+        """A height that at least one correct replica has reached (and so the cluster committed):
+        the (f+1)-th highest of the heights replicas report."""
+        self._next_query += 1
+        qid = self._next_query
+        heights: dict[int, int] = {}
+        got = asyncio.Event()
+
+        def collect(replica: int, message: dict[str, Any]) -> None:
+            value = message.get("value")
+            if message.get("ok") and isinstance(value, int) and not isinstance(value, bool):
+                heights[replica] = value
+                if len(heights) >= self.f + 1:
+                    got.set()
+
+        self._height_collectors[qid] = collect
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while not got.is_set():
+                    for conn in self._conns:
+                        conn.send({"t": "query", "id": qid, "path": "ledger.height", "params": {}})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(got.wait(), self.request_timeout_s)
+        except TimeoutError as exc:
+            raise LedgerError("no f+1 heights") from exc
+        finally:
+            self._height_collectors.pop(qid, None)
+        return sorted(heights.values(), reverse=True)[self.f]
+
+    async def block(self, height: int) -> dict[str, Any]:
+        value = await self.query("ledger.block", height=height)
+        if not isinstance(value, dict):
+            raise LedgerError(f"block {height} is not an object")
+        return value
+
+    async def receipt(self, tx_id: str) -> dict[str, Any] | None:
+        value = await self.query("ledger.receipt", tx_id=tx_id)
+        return value if isinstance(value, dict) else None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _on_connect(self, index: int) -> None:
+        # a replica that reconnects missed our earlier awaits: tell it again
+        conn = self._conns[index]
+        for tx_id in list(self._txs):
+            conn.send({"t": "await", "tx_id": tx_id})
+
+    def _on_message(self, index: int, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "reply":
+            pending = self._txs.get(str(message.get("tx_id")))
+            if pending is None:
+                return
+            view = message.get("view")
+            if isinstance(view, int) and view > self.view:
+                self.view = view
+            try:
+                receipt_from_wire(message.get("receipt"))
+            except ValueError:
+                return
+            pending.vote(index, reply_key(message), message)
+        elif kind == "reject":
+            pending = self._txs.get(str(message.get("tx_id")))
+            if pending is None:
+                return
+            code = str(message.get("code"))
+            pending.rejects[code].add(index)
+            if len(pending.rejects[code]) >= self.f + 1 and not pending.done.done():
+                pending.done.set_exception(RejectedError(code, str(message.get("message"))))
+        elif kind == "answer":
+            qid = message.get("id")
+            if not isinstance(qid, int):
+                return
+            collector = self._height_collectors.get(qid)
+            if collector is not None:
+                collector(index, message)
+                return
+            pending = self._queries.get(qid)
+            if pending is None:
+                return
+            pending.vote(index, answer_key(message), message)

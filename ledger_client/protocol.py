@@ -1,0 +1,57 @@
+"""The client protocol between ``ledger_client`` and a replica: one definition of its messages.
+
+Frames are ``ledger.transport`` frames (4-byte length + canonical JSON). On connect the replica
+sends ``{"t": "challenge", ...}``, which a client ignores. Then:
+
+client -> replica
+- ``{"t": "request", "tx": <SignedTx wire>}``: order and execute this transaction.
+- ``{"t": "await", "tx_id": <hex>}``: send me the reply for this transaction when it executes
+  (used towards the replicas that did not get the full request, so they know where to reply).
+- ``{"t": "query", "id": <int>, "path": <str>, "params": {...}}``: read-only query. Paths starting
+  with ``ledger.`` are answered by the replica (``ledger.height``, ``ledger.block`` {height},
+  ``ledger.receipt`` {tx_id}, ``ledger.status``); any other path goes to the contract.
+
+replica -> client
+- ``{"t": "reply", "replica": i, "view": v, "tx_id": <hex>, "height": h, "index": k,
+  "receipt": {"code", "result", "message"}}``: the transaction executed at block h, position k.
+- ``{"t": "reject", "replica": i, "tx_id": <hex>, "code": <str>, "message": <str>}``: the replica
+  refuses the request before ordering it (bad signature, malformed).
+- ``{"t": "answer", "replica": i, "id": <int>, "ok": bool, "value": ..., "error": <str>}``.
+
+A client accepts a result once f+1 replicas sent the same one: at least one of them is correct.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.contract.api import Receipt
+from ledger.encoding import canonical
+
+LEDGER_QUERY_PREFIX = "ledger."
+
+
+def receipt_to_wire(receipt: Receipt) -> dict[str, Any]:
+    return {"code": receipt.code, "result": dict(receipt.result), "message": receipt.message}
+
+
+def receipt_from_wire(wire: Any) -> Receipt:
+    if not isinstance(wire, dict):
+        raise ValueError("receipt must be an object")
+    code, result, message = wire.get("code"), wire.get("result"), wire.get("message")
+    if not isinstance(code, str) or not isinstance(result, dict) or not isinstance(message, str):
+        raise ValueError("receipt must have code (str), result (object) and message (str)")
+    return Receipt(code=code, result=result, message=message)
+
+
+def reply_key(message: dict[str, Any]) -> bytes:
+    """What f+1 replies must agree on: the transaction, where it executed, and its receipt."""
+    return canonical(
+        [message.get("tx_id"), message.get("height"), message.get("index"), message.get("receipt")],
+        checked=False,
+    )
+
+
+def answer_key(message: dict[str, Any]) -> bytes:
+    """What f+1 query answers must agree on."""
+    return canonical([message.get("ok"), message.get("value"), message.get("error")], checked=False)
