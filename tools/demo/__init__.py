@@ -1,0 +1,36 @@
+"""``wattmesh demo``: a renewable-energy community run end to end on this machine.
+
+See ``tools/demo/README.md`` for what runs where. ``register(subparsers)`` adds the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tools.demo.options import OptionError, add_arguments, parse_options
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a whole community for a day on emulated hardware",
+        description=(
+            "Run a renewable-energy community end to end: a 4-replica ledger, N homes with "
+            "gateways, emulated meters and plugs and a node on the real firmware, through the "
+            "paper's hourly market, with a report and self-checks at the end."
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_handler)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    try:
+        opts = parse_options(args)
+    except OptionError as exc:
+        print(f"wattmesh demo: {exc}", file=sys.stderr)
+        return 2
+    from tools.demo.main import run_demo
+
+    return run_demo(opts)

@@ -1,0 +1,79 @@
+"""Start the demo, run it, write the report, say how it went; stop everything on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+from tools.demo.options import DemoOptions
+from tools.demo.progress import Progress
+from tools.demo.record import DayRecord
+from tools.demo.run import DemoError, DemoRun
+
+
+def _eur(utok: int) -> str:
+    return f"{utok / 1_000_000:.2f} €"
+
+
+def run_demo(opts: DemoOptions) -> int:
+    progress = Progress(opts.hours, quiet=opts.quiet)
+    progress.say(
+        f"wattmesh demo: {opts.households} homes, {opts.hours} h from {opts.date}, "
+        f"clearing rule {opts.rule}{', with faults' if opts.faults else ''}"
+    )
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with tempfile.TemporaryDirectory(prefix="wattmesh-demo-") as tmp:
+            run = DemoRun(opts, progress)
+            try:
+                record = asyncio.run(run.run())
+            except DemoError as exc:
+                progress.finish()
+                print(f"wattmesh demo: {exc}", file=sys.stderr)
+                return 1
+            progress.finish()
+            return _finish(opts, run, record, Path(tmp))
+    except KeyboardInterrupt:
+        progress.finish()
+        print("wattmesh demo: interrupted; everything it started has been stopped",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _finish(opts: DemoOptions, run: DemoRun, record: DayRecord, _tmp: Path) -> int:
+    from tools.demo.report import summary, write_report
+
+    data = write_report(opts.out, record, run.tariffs) if opts.out else summary(record,
+                                                                               run.tariffs)
+    costs = data["cost_comparison"]
+    t = data["totals"]
+    say = print
+    say("")
+    say(f"traded in the community: {t['traded_wh'] / 1000:.1f} kWh; grid import "
+        f"{t['grid_import_wh'] / 1000:.1f} kWh, export {t['grid_export_wh'] / 1000:.1f} kWh")
+    say(f"cost of the day at grid tariffs alone: {_eur(costs['grid_only']['community_cost_utok'])}")
+    for rule in ("paper", "uniform", "pay_as_bid"):
+        c = costs[rule]
+        mark = "  (this run)" if rule == opts.rule else ""
+        say(f"  with the community market, rule {rule:<10}: {_eur(c['community_cost_utok'])}"
+            f"  saving {_eur(c['saving_utok'])} ({c['saving_pct']}%){mark}")
+    for f in record.faults:
+        say(f"fault at {f.sim_time}: {f.kind}: {f.detail}. {f.recovered}")
+    say("self-checks:")
+    for c in record.checks:
+        say(f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}")
+    if opts.out:
+        say(f"report: {opts.out / 'report.html'}   figures: {opts.out / 'summary.json'}")
+    say(f"done in {record.timings.get('run_s', 0):.0f} s: "
+        + ("all self-checks passed" if record.ok else "SOME SELF-CHECKS FAILED"))
+    return 0 if record.ok else 1

@@ -1,0 +1,98 @@
+"""The demo's options: parsed by argparse, validated once, with errors that name the option."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+RULES = ("paper", "uniform", "pay_as_bid")
+MAX_HOUSEHOLDS = 200
+MAX_HOURS = 24 * 7
+DEFAULT_HOUSEHOLDS = 10
+DEFAULT_HOURS = 24
+DEFAULT_SEED = 7
+DEFAULT_DATE = "2026-06-21"
+
+
+class OptionError(ValueError):
+    """A demo option that cannot be used; the message names the option."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    households: int
+    hours: int
+    out: Path | None
+    faults: bool
+    seed: int
+    date: dt.date
+    rule: str
+    quiet: bool = False
+
+
+def _int_in(name: str, text: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text, 10)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name}: expected a whole number, got {text!r}") from None
+    if not lo <= value <= hi:
+        raise OptionError(f"{name}: must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def parse_options(args: argparse.Namespace) -> DemoOptions:
+    """Turn argparse's strings into ``DemoOptions``; raises ``OptionError`` naming the option."""
+    households = _int_in("--households", str(args.households), 2, MAX_HOUSEHOLDS)
+    hours = _int_in("--hours", str(args.hours), 1, MAX_HOURS)
+    seed = _int_in("--seed", str(args.seed), 0, 2**32 - 1)
+    try:
+        date = dt.date.fromisoformat(str(args.date))
+    except ValueError:
+        raise OptionError(f"--date: expected YYYY-MM-DD, got {args.date!r}") from None
+    if not 2000 <= date.year <= 2100:
+        raise OptionError(f"--date: year must be between 2000 and 2100, got {date.year}")
+    rule = str(args.rule)
+    if rule not in RULES:
+        raise OptionError(f"--rule: must be one of {', '.join(RULES)}, got {rule!r}")
+    out: Path | None = None
+    if args.out is not None:
+        if str(args.out).strip() == "":
+            raise OptionError("--out: must name a directory")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"--out: {out} exists and is not a directory")
+    return DemoOptions(
+        households=households,
+        hours=hours,
+        out=out,
+        faults=bool(args.faults),
+        seed=seed,
+        date=date,
+        rule=rule,
+        quiet=bool(getattr(args, "quiet", False)),
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Values are taken as strings and validated by ``parse_options`` so every error reads the same.
+    parser.add_argument(
+        "--households", default=str(DEFAULT_HOUSEHOLDS), metavar="N",
+        help=f"homes in the community, 2..{MAX_HOUSEHOLDS} (default {DEFAULT_HOUSEHOLDS})",
+    )
+    parser.add_argument(
+        "--hours", default=str(DEFAULT_HOURS), metavar="H",
+        help=f"hours of community life to run, 1..{MAX_HOURS} (default {DEFAULT_HOURS})",
+    )
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write report.html and summary.json here")
+    parser.add_argument("--faults", action="store_true",
+                        help="kill a replica, drop a BLE link, silence a meter, stop the ledger")
+    parser.add_argument("--seed", default=str(DEFAULT_SEED), metavar="S",
+                        help=f"seed of the homes, habits and weather (default {DEFAULT_SEED})")
+    parser.add_argument("--date", default=DEFAULT_DATE, metavar="YYYY-MM-DD",
+                        help=f"the day to simulate (default {DEFAULT_DATE})")
+    parser.add_argument("--rule", default="paper", metavar="RULE",
+                        help="clearing rule: paper, uniform or pay_as_bid (default paper)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, only the hour lines")

@@ -1,0 +1,78 @@
+"""What a demo run records: the day's books, loads, balances, faults and checks.
+
+Plain data, filled in by the run and read by the report; nothing here does IO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tools.demo.economics import HourBook
+
+
+@dataclass
+class HourResult:
+    book: HourBook
+    mcp: int | None = None
+    traded_wh: int = 0
+    trades: list[dict[str, Any]] = field(default_factory=list)
+    kwh_available: int = 0
+    kwh_wanted: int = 0
+    relay_actions: int = 0
+    note: str = ""
+
+    @property
+    def listing_id(self) -> str:
+        return self.book.listing_id
+
+    @property
+    def grid_import_wh(self) -> int:
+        """Community import from the grid: what the homes imported beyond what others exported."""
+        imp = sum(i for i, _ in self.book.metered.values())
+        exp = sum(e for _, e in self.book.metered.values())
+        return max(0, imp - exp)
+
+    @property
+    def grid_export_wh(self) -> int:
+        imp = sum(i for i, _ in self.book.metered.values())
+        exp = sum(e for _, e in self.book.metered.values())
+        return max(0, exp - imp)
+
+
+@dataclass
+class Fault:
+    kind: str
+    hour_index: int
+    sim_time: str  # e.g. "2026-06-21T10:30"
+    detail: str
+    recovered: str = ""
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class DayRecord:
+    date: str
+    rule: str
+    households: list[dict[str, Any]] = field(default_factory=list)
+    slot_labels: list[str] = field(default_factory=list)
+    load_before_w: list[int] = field(default_factory=list)  # community, per 15-min slot
+    load_after_w: list[int] = field(default_factory=list)
+    pv_w: list[int] = field(default_factory=list)
+    balances: list[tuple[str, dict[str, int]]] = field(default_factory=list)
+    hours: list[HourResult] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    parts: dict[str, str] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)

@@ -1,0 +1,317 @@
+"""One demo run: a community day from registration to settlement, and its self-checks.
+
+The run drives simulated time hour by hour (the paper's hourly cycle): AuthorizeOfferCom
+(``auction.open``), the homes' RESOffers and BuyOffers from their EMS plans, Bid_Closed
+(``auction.close``, which clears), the relay actions of the plan, four 15-minute signed meter
+reports per home, and settlement of the delivered hour against those reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.ems.timegrid import SLOT_MIN, SLOTS_PER_DAY, SLOTS_PER_HOUR
+from ledger.contract import default_genesis, sign_report
+from ledger.contract.api import Receipt
+from ledger.contract.clearing import Order
+from ledger.keys import public_hex
+from ledger.tx import sign_tx
+from tools.demo.agent import decide
+from tools.demo.economics import HourBook, Tariffs
+from tools.demo.ledger_port import InProcessLedger, LedgerPort
+from tools.demo.options import DemoOptions
+from tools.demo.plan import HomePlan, plan_home
+from tools.demo.progress import Progress
+from tools.demo.record import Check, DayRecord, HourResult
+from tools.demo.world import Home, build_community
+
+START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
+OPERATOR = "OPERATOR"
+
+
+class DemoError(RuntimeError):
+    """The demo could not go on (a part failed to start, the ledger refused a setup step)."""
+
+
+@dataclass
+class Actor:
+    id_grid: str
+    key: Ed25519PrivateKey
+    nonce: int = 0
+
+    def next_nonce(self) -> int:
+        self.nonce += 1
+        return self.nonce
+
+
+@dataclass
+class Metered:
+    """What the homes' meters measured per slot (Wh), the truth the reports must carry."""
+
+    import_wh: dict[str, list[int]] = field(default_factory=dict)
+    export_wh: dict[str, list[int]] = field(default_factory=dict)
+
+
+def actual_metering(plans: list[HomePlan], seed: int) -> Metered:
+    """What each home's meter really measures: the planned load and PV with the deviations of
+    real life (a forecast is never exact), as net import and export per 15-minute slot."""
+    rng = random.Random(seed ^ 0x5EED)
+    out = Metered()
+    for p in plans:
+        imp, exp = [], []
+        for s in range(SLOTS_PER_DAY):
+            load = p.load_after_mwh[s] * rng.uniform(0.92, 1.08)
+            pv = p.pv_mwh[s] * rng.uniform(0.9, 1.05)
+            net = int((load - pv) / 1000)
+            imp.append(max(0, net))
+            exp.append(max(0, -net))
+        out.import_wh[p.home.id_grid] = imp
+        out.export_wh[p.home.id_grid] = exp
+    return out
+
+
+class DemoRun:
+    def __init__(self, opts: DemoOptions, progress: Progress, ledger_factory: Any = None) -> None:
+        self.opts = opts
+        self.progress = progress
+        self.rng = random.Random(opts.seed)
+        self.homes: list[Home] = build_community(opts.households, opts.seed)
+        self.operator = Actor(OPERATOR, Ed25519PrivateKey.generate())
+        self.actors = {
+            h.id_grid: Actor(h.id_grid, Ed25519PrivateKey.generate()) for h in self.homes}
+        self.gateway_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
+        self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule)
+        self.tariffs = Tariffs.from_params(self.genesis["params"])
+        self.record = DayRecord(date=opts.date.isoformat(), rule=opts.rule)
+        self.ledger: LedgerPort | None = None
+        self.ledger_factory = ledger_factory
+        self.minted = 0
+        self.reports_sent: set[tuple[str, str]] = set()
+        self.unsettled: list[str] = []
+
+    # -- ledger helpers ---------------------------------------------------------------------
+
+    async def tx(self, actor: Actor, kind: str, body: Mapping[str, Any], *,
+                 must: bool = True) -> Receipt:
+        assert self.ledger is not None
+        signed = sign_tx(actor.key, kind, body, actor.next_nonce())
+        receipt = await self.ledger.submit(signed)
+        if must and not receipt.ok:
+            raise DemoError(f"{kind} by {actor.id_grid} refused: {receipt.code} {receipt.message}")
+        return receipt
+
+    async def register(self) -> None:
+        op = self.operator
+        for h in self.homes:
+            role = "prosumer" if h.pv_w else "consumer"
+            await self.tx(op, "registry.admit", {
+                "id_grid": h.id_grid, "name": h.name,
+                "email": f"{h.id_grid.lower()}@community.invalid",
+                "public_key": public_hex(self.actors[h.id_grid].key), "role": role,
+            })
+            if h.pv_w:
+                await self.tx(op, "registry.add_res", {
+                    "res_id": h.res_id, "owner": h.id_grid, "kind": "PV",
+                    "rated_power_w": h.pv_w,
+                })
+            await self.tx(op, "registry.add_meter", {
+                "meter_id": h.meter_id, "owner": h.id_grid,
+                "gateway_key": public_hex(self.gateway_keys[h.id_grid]),
+            })
+            await self.tx(op, "token.mint", {"to": h.id_grid, "amount": START_TOKENS})
+            self.minted += START_TOKENS
+
+    # -- the day ----------------------------------------------------------------------------
+
+    async def run(self) -> DayRecord:
+        t0 = time.monotonic()
+        opts = self.opts
+        self.ledger = (self.ledger_factory(self.genesis) if self.ledger_factory
+                       else InProcessLedger(self.genesis))
+        self.record.parts["ledger"] = self.ledger.kind
+        self.progress.set_status("planning every home's day (EMS, MILP)")
+        plans = [plan_home(h, opts.date, self.tariffs) for h in self.homes]
+        self.plans = plans
+        self.metered = actual_metering(plans, opts.seed)
+        self._record_homes(plans)
+        self.progress.set_status("registering homes, RES and meters on the ledger")
+        await self.register()
+        self.record.timings["setup_s"] = round(time.monotonic() - t0, 2)
+        await self.snapshot_balances("start")
+        self.progress.header()
+        for k in range(opts.hours):
+            await self.hour(k)
+            self.progress.step(f"hour {k + 1}/{opts.hours}")
+        await self.settle_pending()
+        await self.snapshot_balances("end")
+        await self.checks()
+        self.record.timings["run_s"] = round(time.monotonic() - t0, 2)
+        return self.record
+
+    def listing(self, k: int) -> tuple[str, int, dt.date]:
+        day = self.opts.date + dt.timedelta(days=k // 24)
+        return f"{day.isoformat()}T{k % 24:02d}", k % 24, day
+
+    async def hour(self, k: int) -> None:
+        listing_id, hod, day = self.listing(k)
+        op = self.operator
+        await self.tx(op, "auction.open", {"listing_id": listing_id})
+        book = HourBook(listing_id, hod)
+        orders = []
+        for p in self.plans:
+            d = decide(p, hod, self.tariffs, self.rng)
+            if d is not None:
+                orders.append((p.home, d))
+        receipts = await asyncio.gather(*(self._order(listing_id, h, d) for h, d in orders))
+        for (h, d), r in zip(orders, receipts, strict=True):
+            if not r.ok:
+                continue
+            seq = int(r.result["seq"])
+            if d.side == "offer":
+                book.offers.append(Order(seq, h.id_grid, d.wh, d.price, h.res_id))
+            else:
+                book.bids.append(Order(seq, h.id_grid, d.wh, d.price))
+        book.offers.sort(key=lambda o: o.seq)
+        book.bids.sort(key=lambda o: o.seq)
+        closed = await self.tx(op, "auction.close", {"listing_id": listing_id})
+        res = closed.result
+        result = HourResult(book=book, mcp=res.get("mcp"), traded_wh=int(res.get("traded_wh", 0)),
+                            trades=[dict(t) for t in res.get("trades", [])],
+                            kwh_available=int(res.get("kwh_available", 0)),
+                            kwh_wanted=int(res.get("kwh_wanted", 0)))
+        result.relay_actions = self.relay_actions(hod)
+        await self.deliver(k, day, hod, book)
+        self.unsettled.append(listing_id)
+        await self.settle_pending()
+        self.record.hours.append(result)
+        await self.snapshot_balances(f"{hod:02d}:00" if k < 24 else listing_id[5:])
+        self.progress.hour_line(listing_id.replace("T", " ") + ":00"[:0], len(book.offers),
+                                len(book.bids), result.mcp, result.traded_wh,
+                                result.grid_import_wh, result.grid_export_wh, result.note)
+
+    async def _order(self, listing_id: str, home: Home, d: Any) -> Receipt:
+        actor = self.actors[home.id_grid]
+        if d.side == "offer":
+            body = {"listing_id": listing_id, "res_id": home.res_id, "wh": d.wh,
+                    "reserve_price": d.price}
+            return await self.tx(actor, "auction.offer", body, must=False)
+        body = {"listing_id": listing_id, "wh": d.wh, "bid_price": d.price}
+        return await self.tx(actor, "auction.bid", body, must=False)
+
+    def relay_actions(self, hod: int) -> int:
+        """Switching edges of the flexible appliances in this hour (each is one relay command)."""
+        count = 0
+        for p in self.plans:
+            for slots in p.schedule.values():
+                on = set(slots)
+                for s in range(hod * SLOTS_PER_HOUR, (hod + 1) * SLOTS_PER_HOUR):
+                    if (s in on) != ((s - 1) % SLOTS_PER_DAY in on):
+                        count += 1
+        return count
+
+    async def deliver(self, k: int, day: dt.date, hod: int, book: HourBook) -> None:
+        """The delivery hour: four 15-minute intervals per home, each a signed meter report."""
+        txs = []
+        for h in self.homes:
+            imp_h = exp_h = 0
+            for q in range(SLOTS_PER_HOUR):
+                s = hod * SLOTS_PER_HOUR + q
+                imp = self.metered.import_wh[h.id_grid][s]
+                exp = self.metered.export_wh[h.id_grid][s]
+                imp_h += imp
+                exp_h += exp
+                interval = f"{day.isoformat()}T{hod:02d}:{q * SLOT_MIN:02d}"
+                body = sign_report(self.gateway_keys[h.id_grid], h.meter_id, interval, imp, exp)
+                gw = Actor(h.id_grid, self.gateway_keys[h.id_grid], nonce=0)
+                txs.append((h, interval, gw, body))
+            book.metered[h.id_grid] = (imp_h, exp_h)
+        for h, interval, _gw, _body in txs:
+            self.reports_sent.add((h.meter_id, interval))
+        await asyncio.gather(*(self._report(h, interval, body) for h, interval, _g, body in txs))
+
+    async def _report(self, home: Home, interval: str, body: Mapping[str, Any]) -> None:
+        assert self.ledger is not None
+        key = self.gateway_keys[home.id_grid]
+        # The nonce of a report is fixed by its interval, so a retry can only land once.
+        nonce = int(interval[:10].replace("-", "")) * 10_000 + int(interval[11:13]) * 100 + int(
+            interval[14:16])
+        receipt = await self.ledger.submit(sign_tx(key, "meter.report", body, nonce))
+        if not receipt.ok and receipt.code != "DUPLICATE_REPORT":
+            raise DemoError(f"meter.report {home.meter_id} {interval}: {receipt.code} "
+                            f"{receipt.message}")
+
+    async def settle_pending(self) -> None:
+        for listing_id in list(self.unsettled):
+            r = await self.tx(self.operator, "auction.settle", {"listing_id": listing_id},
+                              must=False)
+            if r.ok or r.code == "LISTING_SETTLED":
+                self.unsettled.remove(listing_id)
+
+    async def snapshot_balances(self, label: str) -> None:
+        assert self.ledger is not None
+        members = await self.ledger.query("members")
+        self.record.balances.append(
+            (label, {m["id_grid"]: int(m["balance"]) for m in members if m["id_grid"] != OPERATOR}))
+
+    def _record_homes(self, plans: list[HomePlan]) -> None:
+        n = SLOTS_PER_DAY
+        self.record.slot_labels = [f"{s // 4:02d}:{(s % 4) * 15:02d}" for s in range(n)]
+        self.record.load_before_w = [sum(p.load_before_mwh[s] for p in plans) * 4 // 1000
+                                     for s in range(n)]
+        self.record.load_after_w = [sum(p.load_after_mwh[s] for p in plans) * 4 // 1000
+                                    for s in range(n)]
+        self.record.pv_w = [sum(p.pv_mwh[s] for p in plans) * 4 // 1000 for s in range(n)]
+        for p in plans:
+            h = p.home
+            self.record.households.append({
+                "id_grid": h.id_grid, "role": "prosumer" if h.pv_w else "consumer",
+                "pv_w": h.pv_w, "meter_id": h.meter_id,
+                "appliances": [a.name for a in h.appliances],
+                "flexible": [a.name for a in h.flexible],
+                "ems_solve_s": round(p.solve_s, 3), "ems_note": p.note,
+            })
+
+    # -- self-checks ------------------------------------------------------------------------
+
+    async def checks(self) -> None:
+        assert self.ledger is not None
+        rec = self.record
+        digests = await self.ledger.digests()
+        values = set(digests.values())
+        rec.checks.append(Check(
+            "replicas agree on the state digest", len(values) == 1 and len(digests) >= 1,
+            ", ".join(f"{k}: {v[:16]}" for k, v in sorted(digests.items()))))
+        members = await self.ledger.query("members")
+        grid = await self.ledger.query("grid")
+        escrow = 0
+        for m in members:
+            b = await self.ledger.query("balance", id_grid=m["id_grid"])
+            escrow += int(b["escrow"])
+        total = sum(int(m["balance"]) for m in members) + escrow + int(grid["balance"])
+        rec.checks.append(Check(
+            "tokens conserved", total == self.minted == int(grid["supply"]),
+            f"balances + escrow + grid account = {total} micro-tokens; minted {self.minted}; "
+            f"ledger supply {grid['supply']}"))
+        on_ledger = 0
+        for h in self.homes:
+            rows = await self.ledger.query("reports", meter_id=h.meter_id)
+            got = {(r["meter_id"], r["interval"]): (r["import_wh"], r["export_wh"]) for r in rows}
+            for (meter, interval) in self.reports_sent:
+                if meter == h.meter_id and (meter, interval) in got:
+                    on_ledger += 1
+        expected = len(self.homes) * SLOTS_PER_HOUR * self.opts.hours
+        rec.checks.append(Check(
+            "every meter report accounted for",
+            on_ledger == len(self.reports_sent) == expected,
+            f"{on_ledger} of {expected} interval reports are on the ledger; "
+            f"{len(self.unsettled)} listings left unsettled"))
+        rec.counters["reports_expected"] = expected
+        rec.counters["reports_on_ledger"] = on_ledger
