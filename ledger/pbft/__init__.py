@@ -1,0 +1,74 @@
+"""PBFT consensus core (sans-IO): see README.md for the API and how the IO layer drives it."""
+
+from ledger.pbft.actions import Action, Broadcast, Executed, ReplyTo, Send
+from ledger.pbft.block import (
+    GENESIS_HASH,
+    NULL_DIGEST,
+    Batch,
+    Block,
+    Certificate,
+    batch_digest,
+    block_hash,
+)
+from ledger.pbft.config import ConfigError, PbftConfig, ReplicaInfo
+from ledger.pbft.executor import Executor, Receipt
+from ledger.pbft.memory import MemoryExecutor
+from ledger.pbft.messages import (
+    Blocks,
+    Checkpoint,
+    Commit,
+    FetchBlocks,
+    Message,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Reply,
+    Request,
+    Status,
+    ViewChange,
+    parse,
+)
+from ledger.pbft.replica import Replica, checkpoint_digest
+from ledger.pbft.signing import Keyring, Signer
+from ledger.pbft.wire import WireError
+
+__all__ = [
+    "GENESIS_HASH",
+    "NULL_DIGEST",
+    "Action",
+    "Batch",
+    "Block",
+    "Blocks",
+    "Broadcast",
+    "Certificate",
+    "Checkpoint",
+    "Commit",
+    "ConfigError",
+    "Executed",
+    "Executor",
+    "FetchBlocks",
+    "Keyring",
+    "MemoryExecutor",
+    "Message",
+    "NewView",
+    "PbftConfig",
+    "PrePrepare",
+    "Prepare",
+    "PreparedProof",
+    "Receipt",
+    "Replica",
+    "ReplicaInfo",
+    "Reply",
+    "ReplyTo",
+    "Request",
+    "Send",
+    "Signer",
+    "Status",
+    "ViewChange",
+    "WireError",
+    "batch_digest",
+    "block_hash",
+    "checkpoint_digest",
+    "parse",
+]

@@ -1,0 +1,55 @@
+"""The seam between the consensus core and storage/contract: the ``Executor`` protocol.
+
+The IO layer implements it over SQLite and the contract; ``MemoryExecutor`` (in
+``ledger.pbft.memory``) is the in-memory double used by the core's own tests and simulations.
+All calls are synchronous and made by the core in order; ``execute`` must be atomic (a crash
+leaves the block either fully applied and stored, or not at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ledger.pbft.block import Block
+
+Receipt = dict[str, Any]  # JSON-like, float-free: {"code": "OK", "result": {...}, "message": ""}
+
+
+class Executor(Protocol):
+    def last_executed(self) -> int:
+        """Height of the last block applied (0 before the first)."""
+        ...
+
+    def last_block_hash(self) -> bytes:
+        """Hash of the last block applied (``GENESIS_HASH`` or a genesis-specific value)."""
+        ...
+
+    def execute(self, block: Block) -> Sequence[Receipt]:
+        """Append ``block`` (height = last_executed() + 1, with its certificate) and apply its
+        transactions in order, atomically; one receipt per transaction. A ``tx_id`` executed
+        before (here or in an earlier block) is not applied again: its stored receipt is
+        returned. ``block.tx_ids`` holds the ids, filled in by the core."""
+        ...
+
+    def receipt(self, tx_id: str) -> tuple[int, Receipt] | None:
+        """(height, receipt) of an executed transaction, or None."""
+        ...
+
+    def state_digest(self) -> bytes:
+        """SHA-256 digest of the contract state after the last applied block."""
+        ...
+
+    def blocks_from(self, height: int, limit: int) -> Sequence[Block]:
+        """Up to ``limit`` consecutive stored blocks starting at ``height`` (with certificates);
+        serves state transfer to lagging replicas."""
+        ...
+
+    def save_checkpoint(self, seq: int, digest: bytes, proof: Sequence[dict[str, Any]]) -> None:
+        """Persist a stable checkpoint: sequence number, digest, and the quorum of signed
+        checkpoint messages (wire dicts) that prove it."""
+        ...
+
+    def load_checkpoint(self) -> tuple[int, bytes, Sequence[dict[str, Any]]] | None:
+        """The last stable checkpoint saved, or None."""
+        ...

@@ -1,0 +1,1035 @@
+"""The PBFT replica as a pure state machine (Castro and Liskov, OSDI 1999 / TOCS 2002).
+
+``Replica`` takes events (a client request, a message from a replica, a clock tick) and returns
+actions (``ledger.pbft.actions``). It never reads a clock, opens a socket or sleeps; time comes in
+as ``now_ms`` with each event. Storage and the contract are behind ``Executor``.
+
+Protocol summary (names as in the paper):
+
+* normal case: the primary of view v batches requests and sends PRE-PREPARE(v, n, d) with the
+  batch; backups check every client signature and send PREPARE; with the pre-prepare and 2f
+  matching prepares a replica is *prepared* and sends COMMIT; with 2f+1 matching commits it is
+  *committed-local* and executes blocks in sequence order, replying to clients. The 2f+1 signed
+  commits are the block's certificate.
+* checkpoints every K: CHECKPOINT(n, digest); 2f+1 matching make it stable: the low watermark
+  moves to n and the log below is dropped. Sequence numbers are accepted in (low, low + L].
+* view change: a backup waiting too long for a request to execute (or seeing a provably faulty
+  primary) sends VIEW-CHANGE(v+1, stable checkpoint proof, prepared certificates); the new
+  primary, with 2f+1 of them, sends NEW-VIEW(v+1, V, O) where O re-proposes the highest-view
+  prepared batch at each sequence number and null batches in the gaps. Timeouts double on each
+  view change without progress. f+1 view-changes (or status messages) for higher views make a
+  replica join; a replica left behind in an old view gets the NEW-VIEW from its peers.
+* state transfer: a replica that sees a stable checkpoint (or f+1 replicas) beyond what it
+  executed fetches the blocks with their certificates, checks certificate and hash chain, and
+  executes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.encoding import canonical
+from ledger.pbft.actions import Action, Broadcast, Executed, ReplyTo, Send
+from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, Block, Certificate
+from ledger.pbft.config import PbftConfig
+from ledger.pbft.executor import Executor
+from ledger.pbft.messages import (
+    Blocks,
+    Checkpoint,
+    Commit,
+    FetchBlocks,
+    Message,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Reply,
+    Request,
+    Status,
+    ViewChange,
+    parse,
+    sign,
+    verify,
+)
+from ledger.pbft.signing import Keyring, Signer
+from ledger.pbft.wire import WireError
+from ledger.tx import SignedTx, TxError
+
+CHECKPOINT_DOMAIN = b"wattmesh/pbft/checkpoint/v1\x00"
+FUTURE_BUFFER = 8192  # messages kept for a view this replica has not entered yet
+VERIFIED_CACHE = 200_000  # client transactions whose signature this replica already checked
+Fault = Literal["silent", "equivocate"] | None
+
+
+def checkpoint_digest(seq: int, block_hash: bytes, state_digest: bytes) -> bytes:
+    """What replicas agree on at a checkpoint: the chain head and the contract state."""
+    body = {"block": block_hash.hex(), "n": seq, "state": state_digest.hex()}
+    return hashlib.sha256(CHECKPOINT_DOMAIN + canonical(body, checked=False)).digest()
+
+
+class Slot:
+    """Everything the log holds for one sequence number."""
+
+    __slots__ = (
+        "cert",
+        "commit_sent",
+        "commits",
+        "committed",
+        "digest",
+        "pp",
+        "prepared",
+        "prepares",
+        "proof",
+        "seq",
+        "view",
+    )
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.view = -1  # view of the accepted pre-prepare
+        self.pp: PrePrepare | None = None  # accepted pre-prepare (without batch) in self.view
+        self.digest = b""
+        self.prepares: dict[tuple[int, bytes], dict[int, Prepare]] = {}
+        self.commits: dict[tuple[int, bytes], dict[int, Commit]] = {}
+        self.prepared = False  # prepared in self.view
+        self.commit_sent = False
+        self.committed = False
+        self.cert: Certificate | None = None
+        self.proof: PreparedProof | None = None  # highest-view prepared certificate
+
+
+class Replica:
+    def __init__(
+        self,
+        config: PbftConfig,
+        me: int,
+        signing_key: Ed25519PrivateKey,
+        executor: Executor,
+        *,
+        now_ms: int,
+        fault: Fault = None,
+        relay_requests: bool = True,
+    ) -> None:
+        if not 0 <= me < config.n:
+            raise ValueError(f"replica id {me} is not in the cluster")
+        self.cfg = config
+        self.me = me
+        self.fault = fault  # TEST FAULT INJECTION ONLY: "silent" | "equivocate"
+        self.relay_requests = relay_requests
+        self.signer = Signer(me, signing_key)
+        self.keyring = Keyring(r.public_key for r in config.replicas)
+        self.ex = executor
+        self.metrics: dict[str, int] = {}
+        self.view = 0
+        self.active = True
+        self.last_executed = executor.last_executed()
+        self.last_hash = executor.last_block_hash()
+        self.stable_seq = 0
+        self.stable_digest = b""
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        saved = executor.load_checkpoint()
+        if saved is not None:
+            seq, digest, proof = saved
+            self.stable_seq, self.stable_digest = seq, digest
+            self.stable_proof = tuple(Checkpoint.from_wire(w) for w in proof)
+        self.next_seq = max(self.last_executed, self.stable_seq) + 1
+        self.last_ts = 0
+        self.slots: dict[int, Slot] = {}
+        self.batches: dict[bytes, Batch] = {NULL_DIGEST: NULL_BATCH}
+        self.batch_ids: dict[bytes, tuple[str, ...]] = {NULL_DIGEST: ()}
+        self.pending: dict[str, tuple[SignedTx, dict[str, Any]]] = {}
+        self.queue: dict[str, int] = {}  # pending, not in the log: tx_id -> arrival ms
+        self.in_log: dict[str, int] = {}  # tx_id -> seq of the pre-prepare holding it
+        self.verified: dict[str, tuple[str, dict[str, Any]]] = {}  # sig hex -> (tx_id, wire)
+        self.batch_deadline: int | None = None
+        self.vc_timeout = config.view_change_timeout_ms
+        self.vc_deadline: int | None = None
+        self.vc_by_replica: dict[int, ViewChange] = {}
+        self.vc_batches: dict[bytes, Batch] = {}
+        self.new_view_msg: NewView | None = None
+        self.nv_sent_at: dict[int, int] = {}
+        self.future: deque[tuple[PrePrepare | Prepare | Commit, int]] = deque(maxlen=FUTURE_BUFFER)
+        self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
+        self.peer_view: dict[int, int] = {}
+        self.peer_exec: dict[int, int] = {}
+        self.behind_target: int | None = None
+        self.next_status = now_ms + config.status_interval_ms
+        self.fetch_target = 0
+        self.fetch_peer = -1
+        self.fetch_deadline: int | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def is_primary(self) -> bool:
+        return self.cfg.primary(self.view) == self.me
+
+    @property
+    def high(self) -> int:
+        return self.stable_seq + self.cfg.log_window
+
+    def next_deadline(self) -> int | None:
+        """Earliest ``now_ms`` at which ``on_tick`` has work to do."""
+        times = [self.next_status]
+        for t in (self.vc_deadline, self.fetch_deadline):
+            if t is not None:
+                times.append(t)
+        if self.batch_deadline is not None and self.is_primary and self.active:
+            times.append(self.batch_deadline)
+        return min(times)
+
+    def on_request(
+        self, tx: SignedTx | dict[str, Any], now_ms: int, *, verified: bool = False
+    ) -> list[Action]:
+        """A client transaction (parsed, or its wire dict). ``verified=True``: the IO layer has
+        already checked its signature."""
+        if self.fault == "silent":
+            return []
+        out: list[Action] = []
+        self._request(tx, now_ms, verified, out)
+        return out
+
+    def on_message(self, msg: Message | dict[str, Any], sender: int, now_ms: int) -> list[Action]:
+        """A message received from replica ``sender`` (authenticated link id)."""
+        if self.fault == "silent":
+            return []
+        if not isinstance(msg, dict) and not hasattr(msg, "to_wire"):
+            self._count("malformed")
+            return []
+        if isinstance(msg, dict):
+            try:
+                msg = parse(msg)
+            except WireError:
+                self._count("malformed")
+                return []
+        out: list[Action] = []
+        if isinstance(msg, Request):
+            self._request(msg.tx, now_ms, False, out)
+            return out
+        if isinstance(msg, Reply):
+            self._count("unexpected")
+            return out
+        if not self.keyring.known(sender) or sender == self.me:
+            self._count("rejected_unknown_sender")
+            return out
+        if msg.replica != sender:
+            self._count("rejected_sender_mismatch")
+            return out
+        if isinstance(msg, Prepare):
+            self._on_prepare(msg, out)
+        elif isinstance(msg, Commit):
+            self._on_commit(msg, out)
+        elif isinstance(msg, PrePrepare):
+            self._on_pre_prepare(msg, now_ms, out)
+        elif isinstance(msg, Checkpoint):
+            self._on_checkpoint(msg, now_ms, out)
+        elif isinstance(msg, ViewChange):
+            self._on_view_change(msg, now_ms, out)
+        elif isinstance(msg, NewView):
+            self._on_new_view(msg, now_ms, out)
+        elif isinstance(msg, Status):
+            self._on_status(msg, now_ms, out)
+        elif isinstance(msg, FetchBlocks):
+            self._on_fetch(msg, out)
+        elif isinstance(msg, Blocks):
+            self._on_blocks(msg, now_ms, out)
+        return out
+
+    def on_tick(self, now_ms: int) -> list[Action]:
+        if self.fault == "silent":
+            return []
+        out: list[Action] = []
+        if (
+            self.is_primary
+            and self.active
+            and self.batch_deadline is not None
+            and now_ms >= self.batch_deadline
+        ):
+            self._cut_batches(now_ms, out, force=True)
+        if self.vc_deadline is not None and now_ms >= self.vc_deadline:
+            self._count("timeouts")
+            self._start_view_change(self.view + 1, now_ms, out)
+        if self.fetch_deadline is not None and now_ms >= self.fetch_deadline:
+            self._send_fetch(now_ms, out, rotate=True)
+        if now_ms >= self.next_status:
+            self.next_status = now_ms + self.cfg.status_interval_ms
+            self._status_tick(now_ms, out)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _count(self, name: str, by: int = 1) -> None:
+        self.metrics[name] = self.metrics.get(name, 0) + by
+
+    def _in_window(self, seq: int) -> bool:
+        return self.stable_seq < seq <= self.high
+
+    def _slot(self, seq: int) -> Slot:
+        slot = self.slots.get(seq)
+        if slot is None:
+            slot = self.slots[seq] = Slot(seq)
+        return slot
+
+    def _arm_request_timer(self, now_ms: int) -> None:
+        if self.pending and self.vc_deadline is None and self.active:
+            self.vc_deadline = now_ms + self.vc_timeout
+
+    # ------------------------------------------------------------------ requests and batching
+
+    def _request(
+        self, raw: SignedTx | dict[str, Any], now_ms: int, verified: bool, out: list[Action]
+    ) -> None:
+        if isinstance(raw, SignedTx):
+            tx, wire = raw, raw.to_wire()
+        else:
+            try:
+                tx, wire = SignedTx.from_wire(raw), raw
+            except TxError:
+                self._count("rejected_bad_tx")
+                return
+        tx_id = tx.tx_id
+        if tx_id in self.pending:
+            self._count("duplicate_tx")
+            return
+        done = self.ex.receipt(tx_id)
+        if done is not None:
+            self._count("duplicate_tx")
+            height, receipt = done
+            out.append(ReplyTo(tx_id, Reply(self.view, tx_id, height, receipt, self.me)))
+            return
+        if not verified and not tx.verify():
+            self._count("rejected_bad_tx")
+            return
+        self._remember_verified(tx, tx_id, wire)
+        self.pending[tx_id] = (tx, wire)
+        self._arm_request_timer(now_ms)
+        if tx_id in self.in_log:
+            return
+        self.queue[tx_id] = now_ms
+        if self.is_primary and self.active:
+            if self.batch_deadline is None:
+                self.batch_deadline = now_ms + self.cfg.batch_delay_ms
+            if len(self.queue) >= self.cfg.batch_max or self.cfg.batch_delay_ms == 0:
+                self._cut_batches(now_ms, out, force=self.cfg.batch_delay_ms == 0)
+        elif self.relay_requests and self.active:
+            out.append(Send(self.cfg.primary(self.view), Request(tx)))
+
+    def _remember_verified(self, tx: SignedTx, tx_id: str, wire: dict[str, Any]) -> None:
+        if len(self.verified) >= VERIFIED_CACHE:
+            self.verified.pop(next(iter(self.verified)))
+        self.verified[tx.signature.hex()] = (tx_id, wire)
+
+    def _cut_batches(self, now_ms: int, out: list[Action], *, force: bool) -> None:
+        cfg = self.cfg
+        while self.queue and self.next_seq <= self.high:
+            if not force and len(self.queue) < cfg.batch_max:
+                break
+            ids = []
+            for tx_id in self.queue:
+                ids.append(tx_id)
+                if len(ids) == cfg.batch_max:
+                    break
+            for tx_id in ids:
+                del self.queue[tx_id]
+            txs = tuple(self.pending[i][0] for i in ids)
+            wires = tuple(self.pending[i][1] for i in ids)
+            self.last_ts = max(self.last_ts, now_ms)
+            batch = Batch(self.last_ts, txs, wires)
+            digest = batch.digest()
+            seq = self.next_seq
+            self.next_seq += 1
+            pp = sign(PrePrepare(self.view, seq, digest, self.me), self.signer)
+            self._accept_pre_prepare(pp, batch, tuple(ids), out)
+            if self.fault == "equivocate":
+                # TEST FAULT: a different batch (other timestamp) to every other backup.
+                other = Batch(self.last_ts + 1, txs, wires)
+                other_pp = sign(PrePrepare(self.view, seq, other.digest(), self.me), self.signer)
+                for i, r in enumerate(x for x in range(cfg.n) if x != self.me):
+                    chosen = pp if i % 2 == 0 else other_pp
+                    chosen_batch = batch if i % 2 == 0 else other
+                    out.append(
+                        Send(
+                            r,
+                            PrePrepare(
+                                chosen.view, seq, chosen.digest, self.me, chosen.sig, chosen_batch
+                            ),
+                        )
+                    )
+            else:
+                out.append(Broadcast(PrePrepare(pp.view, seq, digest, self.me, pp.sig, batch)))
+            self._count("batches_proposed")
+        self.batch_deadline = now_ms + cfg.batch_delay_ms if self.queue else None
+
+    # ------------------------------------------------------------------ normal case
+
+    def _buffer_future(self, msg: PrePrepare | Prepare | Commit, sender: int) -> bool:
+        if msg.view > self.view or (msg.view == self.view and not self.active):
+            self.future.append((msg, sender))
+            self._count("buffered_future")
+            return True
+        return False
+
+    def _on_pre_prepare(self, pp: PrePrepare, now_ms: int, out: list[Action]) -> None:
+        if pp.view != self.view or not self.active:
+            if not self._buffer_future(pp, pp.replica):
+                self._count("rejected_wrong_view")
+            return
+        if pp.replica != self.cfg.primary(pp.view):
+            self._count("rejected_not_primary")
+            return
+        if not self._in_window(pp.seq):
+            self._count("rejected_out_of_window")
+            return
+        if not verify(pp, self.keyring):
+            self._count("rejected_bad_sig")
+            return
+        batch = pp.batch
+        if batch is None or batch.digest() != pp.digest or pp.digest == NULL_DIGEST:
+            self._count("rejected_bad_digest")
+            return
+        slot = self.slots.get(pp.seq)
+        if slot is not None and slot.view == pp.view and slot.pp is not None:
+            if slot.digest == pp.digest:
+                self._count("duplicate_msg")
+            else:
+                self._count("equivocations_seen")
+                self._start_view_change(self.view + 1, now_ms, out)
+            return
+        if pp.seq <= self.last_executed:
+            self._count("rejected_out_of_window")
+            return
+        if len(batch.txs) > self.cfg.batch_max:
+            self._count("rejected_bad_batch")
+            self._start_view_change(self.view + 1, now_ms, out)
+            return
+        ids: list[str] = []
+        verified = self.verified
+        for tx, wire in zip(batch.txs, batch.wires, strict=True):
+            hit = verified.get(wire["sig"])
+            if hit is not None and hit[1] == wire:
+                ids.append(hit[0])
+                continue
+            if not tx.verify():
+                # A correctly signed pre-prepare with a forged transaction: the primary is faulty.
+                self._count("rejected_bad_batch")
+                self._start_view_change(self.view + 1, now_ms, out)
+                return
+            ids.append(tx.tx_id)
+        self._count("txs_verified", len(batch.txs))
+        for tx_id, tx, wire in zip(ids, batch.txs, batch.wires, strict=True):
+            if tx_id not in self.pending:
+                self.pending[tx_id] = (tx, wire)
+        self._arm_request_timer(now_ms)
+        self._accept_pre_prepare(pp.stripped(), batch, tuple(ids), out)
+
+    def _accept_pre_prepare(
+        self, pp: PrePrepare, batch: Batch, ids: tuple[str, ...], out: list[Action]
+    ) -> None:
+        """Enter ``pp`` (without batch) into the log for the current view; backups prepare."""
+        slot = self._slot(pp.seq)
+        slot.view, slot.pp, slot.digest = pp.view, pp.stripped(), pp.digest
+        slot.prepared = slot.commit_sent = False
+        self.batches[pp.digest] = batch
+        self.batch_ids[pp.digest] = ids
+        for tx_id in ids:
+            self.in_log[tx_id] = pp.seq
+            self.queue.pop(tx_id, None)
+        if pp.replica != self.me:
+            prepare = sign(Prepare(pp.view, pp.seq, pp.digest, self.me), self.signer)
+            slot.prepares.setdefault((pp.view, pp.digest), {})[self.me] = prepare
+            out.append(Broadcast(prepare))
+        self._check_prepared(slot, out)
+
+    def _on_prepare(self, msg: Prepare, out: list[Action]) -> None:
+        if msg.view != self.view or not self.active:
+            if not self._buffer_future(msg, msg.replica):
+                self._count("rejected_wrong_view")
+            return
+        if msg.replica == self.cfg.primary(msg.view):
+            self._count("rejected_not_backup")
+            return
+        if not self._in_window(msg.seq):
+            self._count("rejected_out_of_window")
+            return
+        slot = self._slot(msg.seq)
+        votes = slot.prepares.setdefault((msg.view, msg.digest), {})
+        if msg.replica in votes:
+            self._count("duplicate_msg")
+            return
+        if not verify(msg, self.keyring):
+            self._count("rejected_bad_sig")
+            return
+        votes[msg.replica] = msg
+        self._check_prepared(slot, out)
+
+    def _check_prepared(self, slot: Slot, out: list[Action]) -> None:
+        pp = slot.pp
+        if pp is None or slot.prepared or slot.view != self.view:
+            return
+        votes = slot.prepares.get((pp.view, pp.digest))
+        if votes is None or len(votes) < self.cfg.quorum - 1:
+            return
+        slot.prepared = True
+        slot.proof = PreparedProof(pp, tuple(votes.values())[: self.cfg.quorum - 1])
+        if not slot.commit_sent:
+            slot.commit_sent = True
+            commit = sign(Commit(pp.view, pp.seq, pp.digest, self.me), self.signer)
+            slot.commits.setdefault((pp.view, pp.digest), {})[self.me] = commit
+            out.append(Broadcast(commit))
+        self._check_committed(slot, out)
+
+    def _on_commit(self, msg: Commit, out: list[Action]) -> None:
+        if msg.view != self.view or not self.active:
+            if not self._buffer_future(msg, msg.replica):
+                self._count("rejected_wrong_view")
+            return
+        if not self._in_window(msg.seq):
+            self._count("rejected_out_of_window")
+            return
+        slot = self._slot(msg.seq)
+        votes = slot.commits.setdefault((msg.view, msg.digest), {})
+        if msg.replica in votes:
+            self._count("duplicate_msg")
+            return
+        if not verify(msg, self.keyring):
+            self._count("rejected_bad_sig")
+            return
+        votes[msg.replica] = msg
+        self._check_committed(slot, out)
+
+    def _check_committed(self, slot: Slot, out: list[Action]) -> None:
+        if slot.committed or not slot.prepared or slot.pp is None:
+            return
+        key = (slot.pp.view, slot.digest)
+        votes = slot.commits.get(key)
+        if votes is None or len(votes) < self.cfg.quorum:
+            return
+        slot.committed = True
+        slot.cert = Certificate(
+            key[0], slot.seq, slot.digest, tuple((r, c.sig) for r, c in votes.items())
+        )
+        self._execute_ready(out)
+
+    # ------------------------------------------------------------------ execution
+
+    def _execute_ready(self, out: list[Action]) -> None:
+        progressed = False
+        while True:
+            slot = self.slots.get(self.last_executed + 1)
+            if slot is None or not slot.committed or slot.cert is None:
+                break
+            batch = self.batches[slot.digest]
+            block = Block(
+                slot.seq,
+                batch.timestamp_ms,
+                self.last_hash,
+                batch.wires,
+                slot.cert,
+                self.batch_ids[slot.digest],
+            )
+            self._execute_block(block, slot.digest, out)
+            progressed = True
+        if progressed:
+            self._after_progress(out)
+
+    def _execute_block(self, block: Block, digest: bytes, out: list[Action]) -> None:
+        receipts = tuple(self.ex.execute(block))
+        self.last_executed = block.height
+        self.last_hash = block.hash(digest)
+        self.last_ts = max(self.last_ts, block.timestamp_ms)
+        self._count("executed_blocks")
+        self._count("executed_txs", len(block.txs))
+        out.append(Executed(block, receipts))
+        me, view, height = self.me, self.view, block.height
+        pending, queue, in_log, verified = self.pending, self.queue, self.in_log, self.verified
+        for tx_id, wire, receipt in zip(block.tx_ids, block.txs, receipts, strict=True):
+            out.append(ReplyTo(tx_id, Reply(view, tx_id, height, receipt, me)))
+            pending.pop(tx_id, None)
+            queue.pop(tx_id, None)
+            in_log.pop(tx_id, None)
+            verified.pop(wire["sig"], None)
+        if height % self.cfg.checkpoint_interval == 0:
+            cp_digest = checkpoint_digest(height, self.last_hash, self.ex.state_digest())
+            cp = sign(Checkpoint(height, cp_digest, self.me), self.signer)
+            out.append(Broadcast(cp))
+            self.checkpoints.setdefault(height, {})[self.me] = cp
+            self._check_stable(height, out)
+
+    def _after_progress(self, out: list[Action]) -> None:
+        # Progress in this view: reset the backoff; keep waiting only if requests are pending.
+        self.vc_timeout = self.cfg.view_change_timeout_ms
+        self.vc_deadline = None
+        if self.fetch_target <= self.last_executed:
+            self.fetch_deadline = None
+
+    def _rearm(self, now_ms: int) -> None:
+        if self.vc_deadline is None:
+            self._arm_request_timer(now_ms)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _on_checkpoint(self, msg: Checkpoint, now_ms: int, out: list[Action]) -> None:
+        if msg.seq % self.cfg.checkpoint_interval or msg.seq == 0:
+            self._count("rejected_bad_checkpoint")
+            return
+        if msg.seq <= self.stable_seq:
+            self._count("stale_checkpoint")
+            return
+        votes = self.checkpoints.get(msg.seq)
+        if votes is not None and msg.replica in votes:
+            self._count("duplicate_msg")
+            return
+        if not verify(msg, self.keyring):
+            self._count("rejected_bad_sig")
+            return
+        # Keep at most a few checkpoints per replica (bounded memory under a flooding replica).
+        mine = [s for s, v in self.checkpoints.items() if msg.replica in v]
+        if len(mine) >= 8:
+            del self.checkpoints[min(mine)][msg.replica]
+        self.checkpoints.setdefault(msg.seq, {})[msg.replica] = msg
+        self._check_stable(msg.seq, out, now_ms)
+
+    def _check_stable(self, seq: int, out: list[Action], now_ms: int | None = None) -> None:
+        votes = self.checkpoints.get(seq, {})
+        by_digest: dict[bytes, list[Checkpoint]] = {}
+        for cp in votes.values():
+            by_digest.setdefault(cp.digest, []).append(cp)
+        for digest, cps in by_digest.items():
+            if len(cps) >= self.cfg.quorum and seq > self.stable_seq:
+                own = votes.get(self.me)
+                if own is not None and own.digest != digest:
+                    self._count("checkpoint_mismatch")
+                self._stabilize(seq, digest, tuple(cps[: self.cfg.quorum]))
+                if seq > self.last_executed:
+                    self._start_fetch(seq, [c.replica for c in cps], now_ms or 0, out)
+                self._cut_if_primary(now_ms, out)
+                return
+
+    def _stabilize(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        self.stable_seq, self.stable_digest, self.stable_proof = seq, digest, proof
+        self.ex.save_checkpoint(seq, digest, [c.to_wire() for c in proof])
+        self._count("checkpoints_stable")
+        for s in [s for s in self.slots if s <= seq]:
+            slot = self.slots.pop(s)
+            if slot.digest and slot.digest != NULL_DIGEST:
+                for tx_id in self.batch_ids.get(slot.digest, ()):
+                    if self.in_log.get(tx_id) == s:
+                        del self.in_log[tx_id]
+                        if tx_id in self.pending:
+                            self.queue[tx_id] = 0
+        live = {slot.digest for slot in self.slots.values()}
+        live.update(slot.proof.pre_prepare.digest for slot in self.slots.values() if slot.proof)
+        live.add(NULL_DIGEST)
+        for d in [d for d in self.batches if d not in live]:
+            del self.batches[d]
+            self.batch_ids.pop(d, None)
+        for s in [s for s in self.checkpoints if s < seq]:
+            del self.checkpoints[s]
+        if self.next_seq <= seq:
+            self.next_seq = seq + 1
+
+    def _cut_if_primary(self, now_ms: int | None, out: list[Action]) -> None:
+        if self.is_primary and self.active and self.queue and now_ms is not None:
+            self._cut_batches(now_ms, out, force=False)
+
+    # ------------------------------------------------------------------ view change
+
+    def _start_view_change(self, new_view: int, now_ms: int, out: list[Action]) -> None:
+        if new_view <= self.view and not (new_view == self.view and self.active):
+            return
+        if new_view == self.view:
+            return
+        self._count("view_changes")
+        self.view = new_view
+        self.active = False
+        self.new_view_msg = None
+        self.batch_deadline = None
+        prepared = tuple(
+            slot.proof
+            for seq, slot in sorted(self.slots.items())
+            if seq > self.stable_seq and slot.proof is not None
+        )
+        batches = {
+            p.pre_prepare.digest: self.batches[p.pre_prepare.digest]
+            for p in prepared
+            if p.pre_prepare.digest != NULL_DIGEST and p.pre_prepare.digest in self.batches
+        }
+        vc = sign(
+            ViewChange(new_view, self.stable_seq, self.stable_proof, prepared, self.me),
+            self.signer,
+        )
+        vc = ViewChange(
+            vc.view, vc.stable_seq, vc.checkpoint_proof, vc.prepared, self.me, vc.sig, batches
+        )
+        self.vc_by_replica[self.me] = vc
+        self.vc_batches.update(batches)
+        out.append(Broadcast(vc))
+        self.vc_deadline = now_ms + self.vc_timeout
+        self.vc_timeout = min(2 * self.vc_timeout, self.cfg.max_view_change_timeout_ms)
+        if self.is_primary:
+            self._try_new_view(now_ms, out)
+
+    def _valid_view_change(self, vc: ViewChange) -> bool:
+        cfg = self.cfg
+        if not verify(vc, self.keyring):
+            return False
+        if vc.stable_seq % cfg.checkpoint_interval:
+            return False
+        if vc.stable_seq > 0:
+            signers = set()
+            for cp in vc.checkpoint_proof:
+                if cp.seq != vc.stable_seq or cp.digest != vc.checkpoint_proof[0].digest:
+                    return False
+                if cp.replica not in signers and verify(cp, self.keyring):
+                    signers.add(cp.replica)
+            if len(signers) < cfg.quorum:
+                return False
+        seen: set[int] = set()
+        for proof in vc.prepared:
+            pp = proof.pre_prepare
+            if (
+                pp.seq in seen
+                or not vc.stable_seq < pp.seq <= vc.stable_seq + cfg.log_window
+                or pp.view >= vc.view
+                or pp.replica != cfg.primary(pp.view)
+                or not verify(pp, self.keyring)
+            ):
+                return False
+            seen.add(pp.seq)
+            backers = set()
+            for p in proof.prepares:
+                if (
+                    p.view == pp.view
+                    and p.seq == pp.seq
+                    and p.digest == pp.digest
+                    and p.replica != pp.replica
+                    and p.replica not in backers
+                    and verify(p, self.keyring)
+                ):
+                    backers.add(p.replica)
+            if len(backers) < cfg.quorum - 1:
+                return False
+        return True
+
+    def _on_view_change(self, vc: ViewChange, now_ms: int, out: list[Action]) -> None:
+        if vc.view < self.view or (vc.view == self.view and self.active):
+            self._count("stale_view_change")
+            self._send_new_view_to(vc.replica, now_ms, out)
+            return
+        known = self.vc_by_replica.get(vc.replica)
+        if known is not None and known.view >= vc.view:
+            self._count("duplicate_msg")
+            return
+        if not self._valid_view_change(vc):
+            self._count("rejected_bad_view_change")
+            return
+        for proof in vc.prepared:
+            d = proof.pre_prepare.digest
+            if d != NULL_DIGEST and d not in vc.batches and d not in self.batches:
+                self._count("rejected_bad_view_change")  # cannot re-propose what is not attached
+                return
+        self.vc_by_replica[vc.replica] = vc
+        self.vc_batches.update(vc.batches)
+        # Liveness: f+1 replicas want a higher view, so at least one correct one does: join.
+        higher = sorted(v.view for r, v in self.vc_by_replica.items() if v.view > self.view)
+        if len(higher) >= self.cfg.weak:
+            self._start_view_change(higher[0], now_ms, out)
+        if vc.view == self.view and not self.active and self.is_primary:
+            self._try_new_view(now_ms, out)
+
+    def _send_new_view_to(self, replica: int, now_ms: int, out: list[Action]) -> None:
+        nv = self.new_view_msg
+        if nv is None or not self.active or replica == self.me:
+            return
+        last = self.nv_sent_at.get(replica)
+        if last is not None and now_ms - last < self.cfg.status_interval_ms:
+            return
+        self.nv_sent_at[replica] = now_ms
+        out.append(Send(replica, nv))
+
+    def _compute_o(self, vcs: tuple[ViewChange, ...]) -> tuple[int, list[tuple[int, bytes]]]:
+        """(min-s, [(seq, digest)]) of the paper's NEW-VIEW computation."""
+        min_s = max(vc.stable_seq for vc in vcs)
+        best: dict[int, tuple[int, bytes]] = {}
+        for vc in vcs:
+            for proof in vc.prepared:
+                pp = proof.pre_prepare
+                if pp.seq > min_s and (pp.seq not in best or pp.view > best[pp.seq][0]):
+                    best[pp.seq] = (pp.view, pp.digest)
+        max_s = max(best, default=min_s)
+        entries = [
+            (n, best[n][1] if n in best else NULL_DIGEST) for n in range(min_s + 1, max_s + 1)
+        ]
+        return min_s, entries
+
+    def _batch_for(self, digest: bytes, extra: Mapping[bytes, Batch]) -> Batch | None:
+        return extra.get(digest) or self.batches.get(digest) or self.vc_batches.get(digest)
+
+    def _try_new_view(self, now_ms: int, out: list[Action]) -> None:
+        vcs = tuple(
+            sorted(
+                (vc for vc in self.vc_by_replica.values() if vc.view == self.view),
+                key=lambda vc: vc.replica,
+            )
+        )
+        if len(vcs) < self.cfg.quorum:
+            return
+        # V: my own view-change and the lowest-numbered others, a quorum in all.
+        vcs = tuple(sorted(vcs, key=lambda vc: vc.replica != self.me)[: self.cfg.quorum])
+        min_s, entries = self._compute_o(vcs)
+        batches: dict[bytes, Batch] = {}
+        for _, digest in entries:
+            if digest != NULL_DIGEST:
+                batch = self._batch_for(digest, {})
+                if batch is None:
+                    self._count("new_view_missing_batch")
+                    return
+                batches[digest] = batch
+        pps = tuple(sign(PrePrepare(self.view, n, d, self.me), self.signer) for n, d in entries)
+        nv = sign(NewView(self.view, tuple(vc.stripped() for vc in vcs), pps, self.me), self.signer)
+        nv = NewView(nv.view, nv.view_changes, nv.pre_prepares, self.me, nv.sig, batches)
+        out.append(Broadcast(nv))
+        self._enter_view(nv, vcs, min_s, batches, now_ms, out)
+
+    def _on_new_view(self, nv: NewView, now_ms: int, out: list[Action]) -> None:
+        if nv.view < self.view or (nv.view == self.view and self.active):
+            self._count("stale_new_view")
+            return
+        if nv.replica != self.cfg.primary(nv.view):
+            self._count("rejected_not_primary")
+            return
+        if not verify(nv, self.keyring):
+            self._count("rejected_bad_sig")
+            return
+        signers = {vc.replica for vc in nv.view_changes}
+        if len(signers) != len(nv.view_changes) or len(signers) < self.cfg.quorum:
+            self._count("rejected_bad_new_view")
+            return
+        for vc in nv.view_changes:
+            if vc.view != nv.view or not self._valid_view_change(vc):
+                self._count("rejected_bad_new_view")
+                return
+        min_s, entries = self._compute_o(nv.view_changes)
+        if [(pp.seq, pp.digest) for pp in nv.pre_prepares] != entries or any(
+            pp.view != nv.view or pp.replica != nv.replica or not verify(pp, self.keyring)
+            for pp in nv.pre_prepares
+        ):
+            self._count("rejected_bad_new_view")
+            return
+        batches: dict[bytes, Batch] = {}
+        for _, digest in entries:
+            if digest != NULL_DIGEST:
+                batch = self._batch_for(digest, nv.batches)
+                if batch is None:
+                    self._count("rejected_bad_new_view")
+                    return
+                batches[digest] = batch
+        self._enter_view(nv, nv.view_changes, min_s, batches, now_ms, out)
+
+    def _enter_view(
+        self,
+        nv: NewView,
+        vcs: tuple[ViewChange, ...],
+        min_s: int,
+        batches: Mapping[bytes, Batch],
+        now_ms: int,
+        out: list[Action],
+    ) -> None:
+        self._count("new_views")
+        self.view = nv.view
+        self.active = True
+        self.new_view_msg = NewView(
+            nv.view, nv.view_changes, nv.pre_prepares, nv.replica, nv.sig, dict(batches)
+        )
+        self.vc_deadline = None
+        self.vc_by_replica = {r: vc for r, vc in self.vc_by_replica.items() if vc.view > nv.view}
+        self.vc_batches = {}
+        if min_s > self.stable_seq:
+            source = next(vc for vc in vcs if vc.stable_seq == min_s)
+            self._stabilize(min_s, source.checkpoint_proof[0].digest, source.checkpoint_proof)
+            if min_s > self.last_executed:
+                self._start_fetch(
+                    min_s, [vc.replica for vc in vcs if vc.stable_seq == min_s], now_ms, out
+                )
+        o_seqs = {pp.seq for pp in nv.pre_prepares}
+        for seq in [s for s in self.slots if s > min_s and s not in o_seqs]:
+            self._discard_slot(seq)
+        max_s = max(o_seqs, default=min_s)
+        self.next_seq = max(max_s, self.stable_seq, self.last_executed) + 1
+        for pp in nv.pre_prepares:
+            slot = self.slots.get(pp.seq)
+            if slot is not None and slot.pp is not None and slot.digest != pp.digest:
+                self._discard_slot(pp.seq)
+                slot = None
+            batch = batches.get(pp.digest, NULL_BATCH)
+            ids = self.batch_ids.get(pp.digest)
+            if ids is None:
+                ids = tuple(tx.tx_id for tx in batch.txs)
+            for tx_id, tx, wire in zip(ids, batch.txs, batch.wires, strict=True):
+                if tx_id not in self.pending and pp.seq > self.last_executed:
+                    self.pending[tx_id] = (tx, wire)
+            keep = self.slots.get(pp.seq)
+            committed = keep.committed if keep else False
+            cert = keep.cert if keep else None
+            self._accept_pre_prepare(pp, batch, ids, out)
+            if committed:
+                fresh = self.slots[pp.seq]
+                fresh.committed, fresh.cert = True, cert
+        # Requests not yet ordered: the new primary batches them, backups relay them to it.
+        if self.queue:
+            if self.is_primary:
+                self.batch_deadline = now_ms + self.cfg.batch_delay_ms
+            elif self.relay_requests:
+                primary = self.cfg.primary(self.view)
+                for tx_id in self.queue:
+                    out.append(Send(primary, Request(self.pending[tx_id][0])))
+        self.vc_deadline = None
+        self._arm_request_timer(now_ms)
+        self._replay_future(out, now_ms)
+        self._execute_ready(out)
+
+    def _discard_slot(self, seq: int) -> None:
+        slot = self.slots.pop(seq, None)
+        if slot is None or not slot.digest:
+            return
+        for tx_id in self.batch_ids.get(slot.digest, ()):
+            if self.in_log.get(tx_id) == seq:
+                del self.in_log[tx_id]
+                if tx_id in self.pending:
+                    self.queue[tx_id] = 0
+        if slot.proof is not None:
+            # keep the prepared certificate for later view changes
+            fresh = self._slot(seq)
+            fresh.proof = slot.proof
+
+    def _replay_future(self, out: list[Action], now_ms: int) -> None:
+        keep: deque[tuple[PrePrepare | Prepare | Commit, int]] = deque(maxlen=FUTURE_BUFFER)
+        ready = []
+        for msg, sender in self.future:
+            if msg.view == self.view:
+                ready.append(msg)
+            elif msg.view > self.view:
+                keep.append((msg, sender))
+        self.future = keep
+        for msg in ready:
+            if isinstance(msg, PrePrepare):
+                self._on_pre_prepare(msg, now_ms, out)
+            elif isinstance(msg, Prepare):
+                self._on_prepare(msg, out)
+            else:
+                self._on_commit(msg, out)
+
+    # ------------------------------------------------------------------ status and state transfer
+
+    def _status_tick(self, now_ms: int, out: list[Action]) -> None:
+        out.append(
+            Broadcast(
+                sign(Status(self.view, self.last_executed, self.stable_seq, self.me), self.signer)
+            )
+        )
+        ahead = sorted(self.peer_exec.values(), reverse=True)
+        target = ahead[self.cfg.f] if len(ahead) > self.cfg.f else 0
+        if self.behind_target is not None and self.last_executed < self.behind_target:
+            peers = [r for r, e in self.peer_exec.items() if e >= self.behind_target]
+            self._start_fetch(self.behind_target, peers, now_ms, out)
+        self.behind_target = target if target > self.last_executed else None
+        views = sorted(self.peer_view.values(), reverse=True)
+        if len(views) > self.cfg.f:
+            w = views[self.cfg.f]
+            if w > self.view or (
+                w == self.view
+                and not self.active
+                and self.new_view_msg is None
+                and self.vc_deadline is None
+            ):
+                self._count("behind_in_view")
+                self._start_view_change(w, now_ms, out)
+        self._rearm(now_ms)
+
+    def _on_status(self, msg: Status, now_ms: int, out: list[Action]) -> None:
+        if not verify(msg, self.keyring):
+            self._count("rejected_bad_sig")
+            return
+        self.peer_view[msg.replica] = msg.view
+        self.peer_exec[msg.replica] = msg.last_executed
+        if msg.view < self.view:
+            self._send_new_view_to(msg.replica, now_ms, out)
+
+    def _start_fetch(self, target: int, peers: list[int], now_ms: int, out: list[Action]) -> None:
+        peers = [p for p in peers if p != self.me]
+        if target <= self.last_executed or not peers:
+            return
+        if target <= self.fetch_target and self.fetch_deadline is not None:
+            return
+        self.fetch_target = max(self.fetch_target, target)
+        if self.fetch_peer not in peers:
+            self.fetch_peer = peers[(self.last_executed + now_ms) % len(peers)]
+        self._count("fetches")
+        self._send_fetch(now_ms, out, rotate=False)
+
+    def _send_fetch(self, now_ms: int, out: list[Action], *, rotate: bool) -> None:
+        if self.last_executed >= self.fetch_target:
+            self.fetch_deadline = None
+            return
+        if rotate or self.fetch_peer < 0:
+            self.fetch_peer = (self.fetch_peer + 1) % self.cfg.n
+            if self.fetch_peer == self.me:
+                self.fetch_peer = (self.fetch_peer + 1) % self.cfg.n
+        msg = sign(FetchBlocks(self.last_executed + 1, self.me), self.signer)
+        out.append(Send(self.fetch_peer, msg))
+        self.fetch_deadline = now_ms + self.cfg.view_change_timeout_ms
+
+    def _on_fetch(self, msg: FetchBlocks, out: list[Action]) -> None:
+        if not verify(msg, self.keyring):
+            self._count("rejected_bad_sig")
+            return
+        if msg.from_seq == 0 or msg.from_seq > self.last_executed:
+            out.append(Send(msg.replica, Blocks((), self.me)))
+            return
+        blocks = tuple(self.ex.blocks_from(msg.from_seq, self.cfg.fetch_limit))
+        self._count("blocks_served", len(blocks))
+        out.append(Send(msg.replica, Blocks(blocks, self.me)))
+
+    def _on_blocks(self, msg: Blocks, now_ms: int, out: list[Action]) -> None:
+        applied = 0
+        for block in msg.blocks:
+            if block.height <= self.last_executed:
+                continue
+            cert = block.certificate
+            digest = block.batch_digest()
+            if (
+                block.height != self.last_executed + 1
+                or cert is None
+                or cert.seq != block.height
+                or cert.digest != digest
+                or block.prev_hash != self.last_hash
+                or not cert.verify(self.keyring, self.cfg.quorum)
+            ):
+                self._count("rejected_bad_block")
+                break
+            self._register_batch(digest, block)
+            slot = self.slots.get(block.height)
+            if slot is not None and slot.digest and slot.digest != digest:
+                self._count("equivocations_seen")
+            self._execute_block(block, digest, out)
+            applied += 1
+        self._count("blocks_fetched", applied)
+        if applied:
+            self._after_progress(out)
+            self._execute_ready(out)
+        if self.last_executed < self.fetch_target or len(msg.blocks) >= self.cfg.fetch_limit:
+            if self.last_executed >= self.fetch_target:
+                self.fetch_target = self.last_executed + 1
+            self._send_fetch(now_ms, out, rotate=applied == 0)
+        else:
+            self.fetch_deadline = None
+        self._rearm(now_ms)
+
+    def _register_batch(self, digest: bytes, block: Block) -> None:
+        if digest not in self.batch_ids:
+            self.batch_ids[digest] = block.ids()
