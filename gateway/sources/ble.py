@@ -114,8 +114,11 @@ class BleNodeSource:
         try:
             await asyncio.gather(*tasks)
         finally:
+            # Tasks already being cancelled (by the gather) are left to finish their cleanup:
+            # a second cancel would interrupt their disconnect.
             for task in tasks:
-                task.cancel()
+                if not task.done() and not task.cancelling():
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def send_command(self, node_id: int, raw: bytes) -> None:

@@ -3,8 +3,14 @@ real bleak API (BleakClient with the bumble backend)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+
+import pytest
+
 from firmware import frame
-from tests.ble.conftest import World, eventually, received, running, stop
+from gateway.sources.base import SourceError
+from tests.ble.conftest import KEYS, World, eventually, received, running, stop
 
 
 async def test_readings_arrive_and_verify_with_the_node_key(world: World) -> None:
@@ -31,3 +37,202 @@ async def test_readings_arrive_and_verify_with_the_node_key(world: World) -> Non
         assert {ms for _, _, ms in sink.raw} == {now - 10000, now - 5000, now}
     finally:
         await stop(task)
+
+
+def _command(nid: int, seq: int, action: int, relay: int = 0, key: bytes | None = None) -> bytes:
+    return frame.encode(
+        key if key is not None else KEYS[nid],
+        frame.T_COMMAND,
+        nid,
+        seq,
+        frame.pack_command(relay, action),
+    )
+
+
+async def test_relay_command_switches_the_plug_and_is_acked(world: World) -> None:
+    sink = received()
+    source = world.source([1, 2])
+    task = await running(source, sink)
+    try:
+        await eventually(lambda: source.stats()["connected"] == 2)
+        plug = world.plugs[1]
+        assert plug.core.relay_on
+        await source.send_command(1, _command(1, 100, frame.A_OFF))
+        await sink.until(lambda: len(sink.of(1, frame.T_ACK)) == 1)
+        assert not plug.core.relay_on
+        assert world.plugs[2].core.relay_on  # only the addressed node switched
+        ack = frame.unpack_ack(sink.of(1, frame.T_ACK)[0].payload)
+        assert ack == (100, 0, frame.S_OK, 0)
+        # the next reading shows the relay open and no power
+        await world.clock.advance(5000)
+        await plug.tick()
+        await sink.until(lambda: len(sink.of(1)) == 1)
+        reading = frame.unpack_reading(sink.of(1)[0].payload)
+        assert reading["relays"] == 0 and reading["power_dw"] == 0
+        # a replayed command is refused by the node and says so
+        await source.send_command(1, _command(1, 100, frame.A_ON))
+        await sink.until(lambda: len(sink.of(1, frame.T_ACK)) == 2)
+        assert frame.unpack_ack(sink.of(1, frame.T_ACK)[1].payload) == (100, 0, frame.S_REPLAY, 0)
+        assert not plug.core.relay_on
+        # a command under the wrong key is dropped by the node: no ack, no switch
+        await source.send_command(1, _command(1, 101, frame.A_ON, key=KEYS[2]))
+        await source.send_command(1, _command(1, 102, frame.A_TOGGLE))
+        await sink.until(lambda: len(sink.of(1, frame.T_ACK)) == 3)
+        assert frame.unpack_ack(sink.of(1, frame.T_ACK)[2].payload)[0] == 102
+        assert plug.core.relay_on and plug.core.commands_rejected == 1
+        assert source.stats()["commands"] == 4
+    finally:
+        await stop(task)
+
+
+async def test_send_command_to_unknown_or_disconnected_node_raises_source_error(
+    world: World,
+) -> None:
+    sink = received()
+    await world.plugs[3].go_dead()
+    source = world.source([1, 3], connect_timeout_s=0.2)
+    task = await running(source, sink)
+    try:
+        await eventually(lambda: source.stats()["connected"] == 1)
+        with pytest.raises(SourceError, match="unknown node 9"):
+            await source.send_command(9, _command(1, 1, frame.A_ON))
+        with pytest.raises(SourceError, match="not connected"):
+            await source.send_command(3, _command(3, 1, frame.A_ON))
+        assert source.stats()["write_errors"] == 1
+    finally:
+        await stop(task)
+
+
+async def test_link_drop_reconnects_with_backoff_and_nothing_after_is_lost(world: World) -> None:
+    sink = received()
+    world.wake.clear()  # hold the source in its backoff sleep until the test lets it go
+    source = world.source([1, 2], reconnect_initial_s=2.0, reconnect_max_s=30.0)
+    task = await running(source, sink)
+    try:
+        await eventually(lambda: source.stats()["connected"] == 2)
+        await world.plugs[1].drop_link()
+        await eventually(lambda: source.stats()["drops"] == 1)
+        await eventually(lambda: len(world.sleeps) == 1)
+        assert 1.0 <= world.sleeps[0] <= 2.0  # first retry: initial delay with jitter
+        assert source.node_stats(1)["drops"] == 1 and source.node_stats(2).get("drops", 0) == 0
+        # plug 2 keeps streaming while plug 1 waits out its backoff
+        await world.clock.advance(5000)
+        await world.plugs[2].tick()
+        await sink.until(lambda: len(sink.of(2)) == 1)
+        world.wake.set()
+        await eventually(lambda: source.stats()["reconnects"] == 1)
+        await eventually(lambda: source.stats()["connected"] == 2)
+        await world.clock.advance(5000)
+        await world.tick_all()
+        await sink.until(lambda: len(sink.of(1)) == 1 and len(sink.of(2)) == 2)
+        assert source.stats()["connects"] == 3
+    finally:
+        await stop(task)
+
+
+async def test_backoff_grows_exponentially_and_is_capped_for_a_dead_node(world: World) -> None:
+    sink = received()
+    await world.plugs[3].go_dead()
+    source = world.source(
+        [3],
+        reconnect_initial_s=1.0,
+        reconnect_max_s=8.0,
+        connect_timeout_s=0.05,
+        rng=random.Random(7),
+    )
+    task = await running(source, sink)
+    try:
+        await eventually(lambda: len(world.sleeps) >= 6)
+        for attempt, delay in enumerate(world.sleeps[:6]):
+            cap = min(8.0, 2.0**attempt)
+            assert cap / 2 <= delay <= cap
+        assert source.stats()["connect_failures"] >= 6
+        assert source.stats()["connects"] == 0
+        await world.plugs[3].revive()
+        await eventually(lambda: source.stats()["connected"] == 1)
+    finally:
+        await stop(task)
+
+
+async def test_a_dead_plug_never_stalls_the_others(world: World) -> None:
+    sink = received()
+    await world.plugs[3].go_dead()
+    source = world.source(connect_timeout_s=2.0)  # a dead node's attempts last 2 s each
+    task = await running(source, sink)
+    try:
+        await eventually(lambda: source.stats()["connected"] == 2, timeout=1.0)
+        # plug 1 drops while plug 3's connect attempt is pending: it is back long before 2 s
+        await world.plugs[1].drop_link()
+        await eventually(lambda: source.stats()["reconnects"] == 1, timeout=1.0)
+        await eventually(lambda: source.stats()["connected"] == 2, timeout=1.0)
+        await world.clock.advance(5000)
+        await world.tick_all()
+        await sink.until(lambda: len(sink.of(1)) == 1 and len(sink.of(2)) == 1, timeout=1.0)
+        assert sink.of(3) == []
+    finally:
+        await stop(task)
+
+
+async def test_corrupt_replayed_truncated_frames_are_delivered_raw_and_rejected(
+    world: World,
+) -> None:
+    sink = received()
+    source = world.source([1])
+    task = await running(source, sink)
+    plug = world.plugs[1]
+    try:
+        await eventually(lambda: source.stats()["connected"] == 1)
+        for _ in range(2):
+            await world.clock.advance(1000)
+            await plug.tick()
+        sent = []
+        for fault in ("corrupt_next", "replay_next", "truncate_next", None):
+            if fault is not None:
+                setattr(plug.faults, fault, 1)
+            await world.clock.advance(1000)
+            sent.append(await plug.tick())
+        await sink.until(lambda: len(sink.raw) == 6)
+        # delivered exactly as notified, the bad ones included
+        assert [raw for raw, _, _ in sink.raw[2:]] == sent
+        corrupt, replayed, truncated, good = sent
+        with pytest.raises(frame.FrameError, match="tag"):
+            frame.decode(KEYS[1], corrupt)
+        with pytest.raises(frame.FrameError, match=r"short|length"):
+            frame.decode(KEYS[1], truncated)
+        assert frame.decode(KEYS[1], replayed)[2] == 1  # genuine, but an old sequence number
+        counts = sink.verifier.counts()
+        assert counts["dropped_tag"] == 1 and counts["dropped_replay"] == 1
+        assert counts["dropped_short"] + counts["dropped_length"] == 1
+        assert len(sink.of(1)) == 3 and sink.of(1)[-1].seq == frame.peek(good)[2]
+        assert source.stats()["connected"] == 1 and source.stats()["drops"] == 0
+    finally:
+        await stop(task)
+
+
+async def test_a_failing_sink_is_counted_and_never_drops_the_link(world: World) -> None:
+    calls = []
+
+    def sink(raw: bytes, transport: str, ms: int) -> None:
+        calls.append(raw)
+        raise RuntimeError("sink bug")
+
+    source = world.source([2])
+    task = asyncio.create_task(source.run(sink))
+    try:
+        await eventually(lambda: source.stats()["connected"] == 1)
+        for _ in range(3):
+            await world.plugs[2].tick()
+        await eventually(lambda: len(calls) == 3)
+        assert source.stats()["sink_errors"] == 3
+        assert source.stats()["connected"] == 1 and source.stats()["drops"] == 0
+    finally:
+        await stop(task)
+
+
+async def test_cancelling_run_disconnects_every_node(world: World) -> None:
+    source = world.source()
+    task = await running(source, received())
+    await eventually(lambda: source.stats()["connected"] == 3)
+    await stop(task)
+    await eventually(lambda: not any(p.connected for p in world.plugs.values()))
+    assert source.stats()["connected"] == 0
