@@ -1,0 +1,1 @@
+"""Emulated hardware for hardware-in-the-loop tests and the demo (Modbus meters, MQTT nodes)."""
