@@ -118,6 +118,14 @@ def listing(st: State, params: Mapping[str, Any]) -> Any:
     }
 
 
+def listings(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    return [
+        {"listing_id": i, "state": st.data["listings"][i]["state"]}
+        for i in sorted(st.data["listings"])
+    ]
+
+
 def order_book(st: State, params: Mapping[str, Any]) -> Any:
     listing_id, record = _listing(st, params)
     return copy.deepcopy(
@@ -176,6 +184,7 @@ QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "res": res,
     "meters": meters,
     "listing": listing,
+    "listings": listings,
     "order_book": order_book,
     "trades": trades,
     "settlement": settlement,

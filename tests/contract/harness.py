@@ -1,0 +1,171 @@
+"""A small community driven through the real contract: keys, signed transactions, invariants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.contract import default_genesis, make_contract, sign_report
+from ledger.contract.api import BlockContext, Contract, Receipt
+from ledger.contract.market import AUTHORIZE_OFFERS
+from ledger.tx import public_bytes, sign_tx
+
+HOUR = "2026-11-24T13"  # a peak hour
+OFFPEAK = "2026-11-24T03"
+AFTER = 1_900_000_000_000  # a block timestamp (ms) after every hour used in the tests
+
+
+def key(n: int) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32)
+
+
+def hexkey(k: Ed25519PrivateKey) -> str:
+    return public_bytes(k.public_key()).hex()
+
+
+OPERATOR = key(1)
+
+
+class Community:
+    """Members by id_grid with their keys; ``tx`` signs and applies one transaction."""
+
+    def __init__(self, **params: Any) -> None:
+        self.contract: Contract = make_contract(default_genesis(hexkey(OPERATOR), **params))
+        self.keys: dict[str, Ed25519PrivateKey] = {"OPERATOR": OPERATOR}
+        self.gateways: dict[str, Ed25519PrivateKey] = {}
+        self.height = 0
+        self.nonce = 0
+        self.log: list[tuple[Any, BlockContext]] = []
+
+    def tx(
+        self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int = 0
+    ) -> Receipt:
+        signer = self.keys[who] if isinstance(who, str) else who
+        self.height += 1
+        self.nonce += 1
+        ctx = BlockContext(height=self.height, index=0, timestamp_ms=ts)
+        tx = sign_tx(signer, kind, body, self.nonce).to_contract()
+        self.log.append((tx, ctx))
+        return self.contract.apply(tx, ctx)
+
+    def ok(
+        self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int = 0
+    ) -> dict[str, Any]:
+        receipt = self.tx(who, kind, body, ts)
+        assert receipt.code == "OK", (kind, body, receipt)
+        return dict(receipt.result)
+
+    def admit(self, id_grid: str, role: str, n: int) -> None:
+        self.keys[id_grid] = key(n)
+        self.ok(
+            "OPERATOR",
+            "registry.admit",
+            {
+                "id_grid": id_grid,
+                "name": f"Member {id_grid}",
+                "email": f"{id_grid}@example.org",
+                "public_key": hexkey(key(n)),
+                "role": role,
+            },
+        )
+
+    def res(self, res_id: str, owner: str, rated_power_w: int) -> None:
+        self.ok(
+            "OPERATOR",
+            "registry.add_res",
+            {"res_id": res_id, "owner": owner, "kind": "PV", "rated_power_w": rated_power_w},
+        )
+
+    def meter(self, meter_id: str, owner: str, gateway: int) -> None:
+        self.gateways[meter_id] = key(gateway)
+        self.ok(
+            "OPERATOR",
+            "registry.add_meter",
+            {"meter_id": meter_id, "owner": owner, "gateway_key": hexkey(key(gateway))},
+        )
+
+    def mint(self, to: str, amount: int) -> None:
+        self.ok("OPERATOR", "token.mint", {"to": to, "amount": amount})
+
+    def report(self, meter_id: str, interval: str, import_wh: int, export_wh: int) -> Receipt:
+        gw = self.gateways[meter_id]
+        return self.tx(
+            gw, "meter.report", sign_report(gw, meter_id, interval, import_wh, export_wh)
+        )
+
+    def balance(self, id_grid: str) -> int:
+        return int(self.contract.query("balance", {"id_grid": id_grid})["balance"])
+
+    def q(self, path: str, **params: Any) -> Any:
+        return self.contract.query(path, params)
+
+
+def check_invariants(contract: Contract) -> None:
+    """Tokens conserved (community plus grid), no negative balance, no Wh sold twice, every
+    settled hour's energy tokens spent exactly once."""
+    members = contract.query("members", {})
+    grid = contract.query("grid", {})
+    balances = [m["balance"] for m in members]
+    assert all(b >= 0 for b in balances)
+    escrow = 0
+    for h in contract.query("mcp_history", {}):
+        assert h["mcp"] is None or h["mcp"] > 0
+    listings = _listings(contract)
+    for listing_id in listings:
+        info = contract.query("listing", {"listing_id": listing_id})
+        book = contract.query("order_book", {"listing_id": listing_id})
+        if info["state"] == AUTHORIZE_OFFERS:
+            escrow += sum(b["escrow"] for b in book["bids"])
+        sold_per_offer: dict[int, int] = {}
+        bought_per_bid: dict[int, int] = {}
+        for t in contract.query("trades", {"listing_id": listing_id}):
+            assert t["wh"] > 0 and t["amount"] == t["wh"] * t["price"] // 1000
+            sold_per_offer[t["offer_seq"]] = sold_per_offer.get(t["offer_seq"], 0) + t["wh"]
+            bought_per_bid[t["bid_seq"]] = bought_per_bid.get(t["bid_seq"], 0) + t["wh"]
+        offered = {o["seq"]: o["wh"] for o in book["offers"]}
+        wanted = {b["seq"]: b["wh"] for b in book["bids"]}
+        assert all(wh <= offered[s] for s, wh in sold_per_offer.items())  # no Wh sold twice
+        assert all(wh <= wanted[s] for s, wh in bought_per_bid.items())
+        settlement = contract.query("settlement", {"listing_id": listing_id})
+        if settlement is not None:
+            for line in settlement["lines"]:
+                # energy tokens of the hour: spent once, against sales or to the grid
+                assert line["delivered_wh"] + line["feed_in_wh"] == line["exported_wh"]
+                assert line["delivered_wh"] + line["shortfall_wh"] == line["sold_wh"]
+                assert line["taken_wh"] + line["excess_wh"] == line["bought_wh"]
+    assert sum(balances) + escrow + grid["balance"] == grid["supply"]
+
+
+def _listings(contract: Contract) -> list[str]:
+    return [item["listing_id"] for item in contract.query("listings", {})]
+
+
+__all__ = [
+    "AFTER",
+    "HOUR",
+    "OFFPEAK",
+    "OPERATOR",
+    "Community",
+    "check_invariants",
+    "key",
+    "rejected",
+    "sign_report",
+]
+
+
+def rejected(
+    c: Community,
+    who: str | Ed25519PrivateKey,
+    kind: str,
+    body: dict[str, Any],
+    code: str,
+    ts: int = 0,
+) -> str:
+    """Apply a transaction that must fail with ``code`` and leave the state byte-identical."""
+    before = c.contract.snapshot()
+    receipt = c.tx(who, kind, body, ts)
+    assert receipt.code == code, receipt
+    assert receipt.message and receipt.result == {}
+    assert c.contract.snapshot() == before
+    return receipt.message
