@@ -433,7 +433,8 @@ def parse(wire: Any) -> Message:
     """Any decoded value -> a message, or ``WireError``. Never raises anything else."""
     if not isinstance(wire, dict):
         raise WireError("message: must be an object")
-    parser = _PARSERS.get(wire.get("t"))  # type: ignore[arg-type]
+    kind = wire.get("t")
+    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
         raise WireError(f"message: unknown type {wire.get('t')!r}")
     try:
