@@ -28,6 +28,7 @@ from gateway.ems.problem import (
 )
 
 SCALE = 1e-6  # objective in micro-tokens: mWh x micro-tokens/kWh x 1e-6
+SWITCH_COST = 1.0  # micro-tokens per relay start of a storage load: a tie-breaker
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +137,14 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
         for p, t in enumerate(job.window):
             coverage[t].append((u[p], e))
         m.row([(v, 1.0) for v in u], job.slots, job.slots)
-        if job.min_on > 1:
-            for p in range(length):
-                if p == 0 and job.forced_on:
-                    continue
-                y = m.var(0.0, 0, 1)
-                # y >= u[p] - u[p-1]: a run starts at p
-                m.row([(y, 1.0), (u[p], -1.0)] + ([(u[p - 1], 1.0)] if p else []), 0, np.inf)
+        for p in range(length):
+            if p == 0 and job.forced_on:
+                continue
+            # y >= u[p] - u[p-1]: a run starts at p; each start costs a little, so that among
+            # equally cheap plans the one with fewer relay switchings wins
+            y = m.var(SWITCH_COST, 0, 1)
+            m.row([(y, 1.0), (u[p], -1.0)] + ([(u[p - 1], 1.0)] if p else []), 0, np.inf)
+            if job.min_on > 1:
                 span = u[p:p + job.min_on]
                 m.row([(v, 1.0) for v in span] + [(y, -float(job.min_on))], 0, np.inf)
         if job.min_off > 1:
