@@ -118,7 +118,7 @@ class Output:
         pins[self.pin] = 1 if bool(on) == bool(self.active_high) else 0
 
 
-pulse_freq = {}  # pin -> Hz of the square wave on that pin
+pulse_freq = {}  # pin -> Hz of the square wave on that pin, or a function returning it
 
 
 class PulseCounter:
@@ -130,6 +130,8 @@ class PulseCounter:
 
     def snapshot(self):
         f = pulse_freq.get(self.pin, 0)
+        if callable(f):  # a frequency that depends on other pins (HLW8012 SEL)
+            f = f()
         start, self._since = self._since, _now[0]
         if f <= 0:
             return 0, 0, 0

@@ -1,0 +1,246 @@
+# The node: meters, energy counters, relays and frames, driven by step(now) and command(frame).
+#
+# No loop, no sleep, no radio here: main.py calls step() with the HAL's clock and hands the frames
+# to a link; tests and the host runner do the same with the emulated HAL and a driven clock.
+import frame
+import relay
+import store
+
+MJ_PER_MWH = 3600  # W x ms = mJ; 1 mWh = 3600 mJ
+
+
+def make_meter(hal, m, board, mains_hz):
+    t = m["type"]
+    if t == "ct":
+        import ct
+
+        adc_v = hal.Adc(m["v_pin"]) if "v_pin" in m else None
+        return ct.Clamp(hal, hal.Adc(m["adc_pin"]), adc_v, m["ical"], m.get("vcal", 0),
+                        m.get("phasecal", 1.0), board["sample_rate_hz"], mains_hz,
+                        board["cycles"])
+    if t == "hlw8012":
+        import hlw8012
+
+        return hlw8012.Hlw8012(hal, m["cf_pin"], m["cf1_pin"], m["sel_pin"], m["w_per_hz"],
+                               m["a_per_hz"], m["v_per_hz"], m.get("sel_current_high", True))
+    if t == "cse7766":
+        import cse7766
+
+        return cse7766.Cse7766(hal, m["uart"], m["rx_pin"], m.get("v_scale", 1.0),
+                               m.get("i_scale", 1.0), m.get("p_scale", 1.0))
+    import pzem
+
+    return pzem.Pzem(hal, m["uart"], m["tx_pin"], m["rx_pin"], m.get("addr", 0xF8))
+
+
+class Channel:
+    def __init__(self, index, number, meter, has_voltage):
+        self.index = index  # position in the counters
+        self.number = number  # channel number on the wire
+        self.meter = meter
+        self.has_voltage = has_voltage
+        self.v = self.i = self.p = self.s = self.pf = 0.0
+        self.last_ms = None
+        self.acc_imp = 0  # mJ not yet a whole mWh
+        self.acc_exp = 0
+
+
+class Node:
+    def __init__(self, hal, cfg, key, root):
+        self.hal = hal
+        self.cfg = cfg
+        self.key = key
+        self.node_id = cfg["node_id"]
+        board = cfg["board"]
+        now = hal.ticks_ms()
+        self.wdt = hal.Wdt(cfg["wdt_ms"])
+        self.channels = []
+        for i, m in enumerate(board["meters"]):
+            meter = make_meter(hal, m, board, cfg["mains_hz"])
+            has_v = m["type"] != "ct" or "v_pin" in m
+            self.channels.append(Channel(i, m["channel"], meter, has_v))
+        self.state = store.State(hal, root, len(self.channels), cfg["seq_block"])
+        self.state.load()
+        self.relays = []
+        for r in board["relays"]:
+            self.relays.append(relay.Relay(
+                hal, r["pin"], r.get("active_high", True), r.get("boot_on", False),
+                int(r.get("min_on_s", 0) * 1000), int(r.get("min_off_s", 0) * 1000),
+                int(r.get("trip_a", 0) * 1000), r.get("channel", 0), now))
+        self.restored_flag = self.state.restored
+        self.next_sample = now
+        self.next_publish = now + cfg["publish_s"] * 1000
+        self.saved_at = now
+        self.saved_total = self._total()
+        self.dropped = {}  # reason -> count of command frames dropped unanswered
+
+    def _total(self):
+        return sum(self.state.imp) + sum(self.state.exp)
+
+    # ---- metering and counters ---------------------------------------------------------------
+
+    def _account(self, ch, now):
+        if ch.last_ms is not None:
+            e = int(ch.p * (now - ch.last_ms))  # mJ since the last window
+            if e >= 0:
+                ch.acc_imp += e
+                whole = ch.acc_imp // MJ_PER_MWH
+                self.state.imp[ch.index] += whole
+                ch.acc_imp -= whole * MJ_PER_MWH
+            else:
+                ch.acc_exp -= e
+                whole = ch.acc_exp // MJ_PER_MWH
+                self.state.exp[ch.index] += whole
+                ch.acc_exp -= whole * MJ_PER_MWH
+        ch.last_ms = now
+
+    def sample(self):
+        for ch in self.channels:
+            r = ch.meter.measure()
+            now = self.hal.ticks_ms()
+            if hasattr(r, "irms"):
+                ch.i = r.irms
+                if ch.has_voltage:
+                    ch.v, ch.p, ch.s, ch.pf = r.vrms, r.power, r.apparent, r.pf
+                else:
+                    # no voltage channel: nominal voltage, unit power factor (emonLib calcIrms)
+                    ch.v = self.cfg["nominal_v"]
+                    ch.p = ch.s = ch.v * ch.i
+                    ch.pf = 1.0
+            else:
+                ch.v, ch.i, ch.p, ch.s, ch.pf = r
+            self._account(ch, now)
+            for rl in self.relays:
+                if rl.channel == ch.number:
+                    rl.check_current(int(ch.i * 1000), now)
+
+    def _maybe_save(self, now):
+        moved = self._total() - self.saved_total
+        if moved >= self.cfg["save_wh"] * 1000 or (
+            moved > 0 and now - self.saved_at >= self.cfg["save_min"] * 60000
+        ):
+            self.save(now)
+
+    def save(self, now):
+        self.state.save()
+        self.saved_at = now
+        self.saved_total = self._total()
+
+    # ---- frames --------------------------------------------------------------------------------
+
+    def reading(self, ch, now):
+        flags = 0
+        if self.restored_flag:
+            flags |= frame.F_COUNTERS_RESTORED
+        if not ch.has_voltage:
+            flags |= frame.F_NO_VOLTAGE
+        bits = 0
+        for k in range(len(self.relays)):
+            rl = self.relays[k]
+            if rl.on:
+                bits |= 1 << k
+            if rl.trip_seen and rl.channel == ch.number:
+                flags |= frame.F_OVERCURRENT_TRIP
+        p = {
+            "channel": ch.number,
+            "uptime_s": (now // 1000) & 0xFFFFFFFF,
+            "voltage_dv": _clamp(int(ch.v * 10 + 0.5), 0, 0xFFFF),
+            "current_ma": _clamp(int(ch.i * 1000 + 0.5), 0, 0xFFFFFFFF),
+            "power_dw": _clamp(_round(ch.p * 10), -0x80000000, 0x7FFFFFFF),
+            "apparent_dva": _clamp(int(ch.s * 10 + 0.5), 0, 0xFFFFFFFF),
+            "pf_milli": _clamp(_round(ch.pf * 1000), -1000, 1000),
+            "relays": bits & 0xFF,
+            "flags": flags,
+            "import_mwh": self.state.imp[ch.index],
+            "export_mwh": self.state.exp[ch.index],
+        }
+        return frame.encode(self.key, frame.T_READING, self.node_id, self.state.next_seq(),
+                            frame.pack_reading(p))
+
+    def publish(self, now):
+        out = [self.reading(ch, now) for ch in self.channels]
+        self.restored_flag = False
+        for rl in self.relays:
+            rl.trip_seen = False
+        return out
+
+    # ---- the loop body and commands -----------------------------------------------------------
+
+    def step(self):
+        """One pass of the main loop; returns the frames to send now."""
+        self.wdt.feed()
+        now = self.hal.ticks_ms()
+        out = []
+        if now >= self.next_sample:
+            self.sample()
+            now = self.hal.ticks_ms()
+            self.next_sample += self.cfg["sample_s"] * 1000
+            if self.next_sample <= now:
+                self.next_sample = now + self.cfg["sample_s"] * 1000
+        for rl in self.relays:
+            rl.tick(now)
+        self._maybe_save(now)
+        if now >= self.next_publish:
+            out = self.publish(now)
+            self.next_publish += self.cfg["publish_s"] * 1000
+            if self.next_publish <= now:
+                self.next_publish = now + self.cfg["publish_s"] * 1000
+        self.wdt.feed()
+        return out
+
+    def _drop(self, reason):
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        return None
+
+    def command(self, raw):
+        """An ACK frame for an authenticated COMMAND addressed to this node; None if dropped.
+
+        Frames that fail the tag, name another node or are not commands are dropped without an
+        answer (an attacker learns nothing); an authentic but stale seq is answered S_REPLAY.
+        """
+        try:
+            ftype, nid, seq = frame.peek(raw)
+            if nid != self.node_id:
+                return self._drop("node")
+            if ftype != frame.T_COMMAND:
+                return self._drop("type")
+            _t, _n, seq, payload = frame.decode(self.key, raw)
+            index, action = frame.unpack_command(payload)
+        except frame.FrameError as e:
+            return self._drop(e.args[0])
+        now = self.hal.ticks_ms()
+        state = 0
+        if not self.state.accept_command(seq):
+            status = frame.S_REPLAY
+        elif index >= len(self.relays):
+            status = frame.S_BAD_RELAY
+        else:
+            rl = self.relays[index]
+            status = rl.command(action, now)
+        if index < len(self.relays):
+            state = 1 if self.relays[index].on else 0
+        ack = frame.pack_ack(seq, index, status, state)
+        return frame.encode(self.key, frame.T_ACK, self.node_id, self.state.next_seq(), ack)
+
+    def sensor(self):
+        """Tasmota-style SENSOR payload of the first channel (unauthenticated, for people)."""
+        ch = self.channels[0]
+        return {
+            "ENERGY": {
+                "Total": self.state.imp[ch.index] / 1000000,
+                "Export": self.state.exp[ch.index] / 1000000,
+                "Power": round(ch.p),
+                "ApparentPower": round(ch.s),
+                "Factor": round(ch.pf, 2),
+                "Voltage": round(ch.v),
+                "Current": round(ch.i, 3),
+            }
+        }
+
+
+def _round(x):
+    return int(x + 0.5) if x >= 0 else -int(-x + 0.5)
+
+
+def _clamp(x, lo, hi):
+    return lo if x < lo else (hi if x > hi else x)

@@ -1,0 +1,143 @@
+"""The node's loop body on the real MicroPython VM, driven by the emulated HAL's clock."""
+
+from __future__ import annotations
+
+import json
+
+from firmware import frame
+from tests.firmware import nodeutil
+from tools import mpvm
+
+RUN = """
+import json, hal_host as hal, host_node
+PROFILE = json.loads(PROFILE_JSON)
+h = host_node.Host('/flash', PROFILE)
+for t_s, cmds in SCRIPT:
+    while hal.ticks_ms() < t_s * 1000:
+        h.tick(1000)
+        if hal.wdt_expired():
+            emit({'wdt_expired': hal.ticks_ms()})
+    h.tick(0, cmds)
+    emit({'t': hal.ticks_ms(), 'pins': {str(k): v for k, v in hal.pins.items()},
+          'writes': h.node.state.writes, 'dropped': h.node.dropped})
+"""
+
+
+def _run(board: str, profile: dict, script: list, reboot_after: bool = False, **cfg: object):
+    files = nodeutil.node_files(board, **cfg)
+    code = f"PROFILE_JSON = {json.dumps(json.dumps(profile))}\nSCRIPT = {script!r}\n" + RUN
+    if reboot_after:
+        code += (
+            "hal.reset()\nh = host_node.Host('/flash', PROFILE)\nh.tick(6000)\n"
+            "emit({'restored': h.node.state.restored})\n"
+        )
+    res = mpvm.run_job(code, files=files)
+    return nodeutil.decode_all(res.output), res.results
+
+
+def test_readings_counters_and_sequence() -> None:
+    # 10 A at PF 0.8 import on channel 0 (2300 V*A, 1840 W) and 4 A on the current-only channel
+    profile = {"vrms": 230, "load": [[0, 10.0, 0.8]], "channels": {"1": [[0, 4.0, 1.0]]}}
+    frames, results = _run("esp32_devkitc_ct", profile, [(300, [])], reboot_after=True)
+    assert not any("wdt_expired" in r for r in results)
+    readings = [f for f in frames if f[0] == frame.T_READING]
+    seqs = [f[2] for f in frames]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # across the reboot too
+    assert all(f[1] == 7 for f in frames)
+    ch0 = [f[3] for f in readings if f[3]["channel"] == 0]
+    ch1 = [f[3] for f in readings if f[3]["channel"] == 1]
+    assert len(ch0) >= 60  # every 5 s for 300 s, and once after the reboot
+    r = ch0[-2]  # last before the reboot
+    assert abs(r["current_ma"] - 10000) <= 100
+    assert abs(r["voltage_dv"] - 2300) <= 23
+    assert abs(r["power_dw"] - 18400) <= 0.01 * 23000
+    assert abs(r["pf_milli"] - 800) <= 10
+    assert r["flags"] & frame.F_NO_VOLTAGE == 0
+    # energy: 1840 W over the uptime of the last frame
+    want = 1840 * r["uptime_s"] / 3.6
+    assert abs(r["import_mwh"] - want) <= 0.015 * want + 1840 / 3.6, (r["import_mwh"], want)
+    assert r["export_mwh"] == 0
+    c1 = ch1[-2]
+    assert c1["flags"] & frame.F_NO_VOLTAGE
+    assert abs(c1["current_ma"] - 4000) <= 40
+    assert c1["voltage_dv"] == 2300  # nominal
+    # after the reboot: counters restored from flash (at most save_wh = 50 Wh lost), flag set
+    after = ch0[-1]
+    assert after["flags"] & frame.F_COUNTERS_RESTORED
+    assert r["import_mwh"] - 50_000 <= after["import_mwh"] <= r["import_mwh"]
+    assert results[-1] == {"restored": True}
+    # flash spared: 1840 W for 300 s = 153 Wh -> about 3 counter saves, + sequence blocks
+    writes = results[-2]["writes"]
+    assert 1 <= writes <= 3 + 2 + len(frames) // 256 + 1
+
+
+def test_export_is_counted_separately() -> None:
+    profile = {"vrms": 230, "load": [[0, 8.0, -1.0]], "channels": {"1": [[0, 0.0, 1.0]]}}
+    frames, _ = _run("esp32_devkitc_ct", profile, [(60, [])])
+    r = [f[3] for f in frames if f[0] == frame.T_READING and f[3]["channel"] == 0][-1]
+    assert r["power_dw"] < -18000
+    assert r["import_mwh"] == 0
+    want = 1840 * r["uptime_s"] / 3.6
+    assert abs(r["export_mwh"] - want) <= 0.015 * want + 1840 / 3.6
+
+
+def test_relay_commands_authenticated_with_min_times_and_replay() -> None:
+    cmd = nodeutil.command
+    on0 = cmd(1, 0, frame.A_ON)
+    wrong_key = cmd(2, 0, frame.A_ON, key=b"x" * 32)
+    other_node = cmd(3, 0, frame.A_ON, node_id=8)
+    script = [
+        (5, [on0]),  # boot counts as a switch: min off 60 s -> refused, done at expiry
+        (61, []),
+        (70, [on0, wrong_key, other_node]),  # replay: answered; forgeries: dropped
+        (80, [cmd(4, 0, frame.A_OFF)]),  # min on 60 s not elapsed since t=60
+        (125, [cmd(5, 1, frame.A_TOGGLE), cmd(6, 9, frame.A_ON)]),
+        (126, ["00ff", "zz"]),
+    ]
+    frames, results = _run("esp32_devkitc_ct", {"load": [[0, 1.0, 1.0]]}, script)
+    acks = [f[3] for f in frames if f[0] == frame.T_ACK]
+    assert acks == [
+        (1, 0, frame.S_MIN_TIME, 0),
+        (1, 0, frame.S_REPLAY, 1),
+        (4, 0, frame.S_MIN_TIME, 1),
+        (5, 1, frame.S_OK, 1),
+        (6, 9, frame.S_BAD_RELAY, 0),
+    ]
+    pins = [r["pins"] for r in results if "pins" in r]
+    # relay board is active low: pin 1 = off
+    assert pins[0]["26"] == 1 and pins[0]["27"] == 1  # safe state at boot
+    assert pins[1]["26"] == 0  # switched on at the end of the minimum off time
+    assert pins[4]["26"] == 1  # the deferred OFF happened at t = 120 s
+    assert pins[4]["27"] == 0
+    assert results[-1]["dropped"] == {"tag": 1, "node": 1, "short": 1}
+
+
+def test_over_current_trip_locks_out_until_acknowledged() -> None:
+    cmd = nodeutil.command
+    # channel 0 draws 5 A, then 20 A from t = 100 s (relay 0 trips at 16 A)
+    profile = {"load": [[0, 5.0, 1.0], [100, 20.0, 1.0]], "channels": {"1": [[0, 0.0, 1.0]]}}
+    script = [
+        (61, [cmd(1, 0, frame.A_ON)]),
+        (110, [cmd(2, 0, frame.A_ON)]),  # locked out
+        (111, [cmd(3, 0, frame.A_OFF)]),  # acknowledges the trip
+        (180, [cmd(4, 0, frame.A_ON)]),  # min off elapsed since the trip: on again, trips again
+        (190, []),
+    ]
+    frames, results = _run("esp32_devkitc_ct", profile, script)
+    acks = [f[3] for f in frames if f[0] == frame.T_ACK]
+    assert [a[2] for a in acks] == [frame.S_OK, frame.S_TRIPPED, frame.S_OK, frame.S_OK]
+    tripped = [f[3] for f in frames if f[0] == frame.T_READING and f[3]["flags"] & 2]
+    assert tripped and all(t["channel"] == 0 for t in tripped)
+    assert 100 <= tripped[0]["uptime_s"] <= 106
+    assert results[-1]["pins"]["26"] == 1
+
+
+def test_plug_boards_meter_through_their_chips() -> None:
+    for board in ("plug_hlw8012", "plug_cse7766", "esp32_pzem004t"):
+        frames, _ = _run(board, {"vrms": 230, "load": [[0, 4.0, 0.9]]}, [(30, [])])
+        r = [f[3] for f in frames if f[0] == frame.T_READING][-1]
+        assert abs(r["power_dw"] - 8280) <= 0.02 * 8280, (board, r)
+        assert abs(r["voltage_dv"] - 2300) <= 0.02 * 2300, (board, r)
+        assert abs(r["current_ma"] - 4000) <= 0.02 * 4000, (board, r)
+        want = 828 * r["uptime_s"] / 3.6
+        assert abs(r["import_mwh"] - want) <= 0.03 * want + 828 / 3.6 * 2, (board, r)
