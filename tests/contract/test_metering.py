@@ -1,0 +1,70 @@
+"""Signed meter reports: checked inside the contract, duplicates and forgeries refused."""
+
+from __future__ import annotations
+
+from ledger.contract import REPORT_DOMAIN, report_signing_bytes, sign_report
+from ledger.encoding import canonical
+from tests.contract.harness import HOUR, Community, key, rejected
+
+
+def _community() -> Community:
+    c = Community()
+    c.admit("P1", "producer", 10)
+    c.meter("M1", "P1", 50)
+    c.meter("M2", "P1", 51)
+    return c
+
+
+def test_signing_bytes_are_the_documented_ones() -> None:
+    expected = REPORT_DOMAIN + canonical(
+        {"meter_id": "M1", "interval": "2026-11-24T13:15", "import_wh": 1, "export_wh": 2}
+    )
+    assert expected.startswith(b"wattmesh/report/v1\x00{")
+    assert report_signing_bytes("M1", "2026-11-24T13:15", 1, 2) == expected
+    assert expected.endswith(
+        b'"export_wh":2,"import_wh":1,"interval":"2026-11-24T13:15","meter_id":"M1"}'
+    )
+
+
+def test_reports_accumulate_per_owner_and_hour() -> None:
+    c = _community()
+    assert c.report("M1", f"{HOUR}:00", 10, 200).code == "OK"
+    assert c.report("M1", f"{HOUR}:15", 0, 300).code == "OK"
+    assert c.report("M2", f"{HOUR}:15", 5, 1).code == "OK"
+    assert c.q("reports", meter_id="M1") == [
+        {"meter_id": "M1", "interval": f"{HOUR}:00", "import_wh": 10, "export_wh": 200},
+        {"meter_id": "M1", "interval": f"{HOUR}:15", "import_wh": 0, "export_wh": 300},
+    ]
+    assert c.q("reports", meter_id="M1", interval=f"{HOUR}:15")[0]["export_wh"] == 300
+    assert c.q("reports", meter_id="M1", interval=f"{HOUR}:45") == []
+
+
+def test_forged_duplicate_and_unknown_reports_are_refused() -> None:
+    c = _community()
+    gw = c.gateways["M1"]
+    body = sign_report(gw, "M1", f"{HOUR}:00", 10, 200)
+    assert c.tx(gw, "meter.report", body).code == "OK"
+    rejected(c, gw, "meter.report", body, "DUPLICATE_REPORT")
+    # a different value for the same interval is a duplicate too: first report wins
+    rejected(
+        c, gw, "meter.report", sign_report(gw, "M1", f"{HOUR}:00", 10, 999), "DUPLICATE_REPORT"
+    )
+    tampered = sign_report(gw, "M1", f"{HOUR}:15", 10, 200) | {"export_wh": 2000}
+    rejected(c, gw, "meter.report", tampered, "BAD_SIGNATURE")
+    other = key(60)  # a key that is not the meter's gateway, signing both report and tx
+    rejected(c, other, "meter.report", sign_report(other, "M1", f"{HOUR}:15", 1, 1), "NOT_GATEWAY")
+    # the right body sent by someone else is refused too (the tx must come from the gateway)
+    rejected(c, other, "meter.report", sign_report(gw, "M1", f"{HOUR}:15", 1, 1), "NOT_GATEWAY")
+    # M2's gateway cannot report for M1
+    rejected(
+        c,
+        c.gateways["M2"],
+        "meter.report",
+        sign_report(c.gateways["M2"], "M1", f"{HOUR}:15", 1, 1),
+        "NOT_GATEWAY",
+    )
+    rejected(c, gw, "meter.report", sign_report(gw, "M9", f"{HOUR}:15", 1, 1), "UNKNOWN_METER")
+    for interval in (f"{HOUR}:10", HOUR, "2026-02-30T10:00", f"{HOUR}:15:00"):
+        rejected(c, gw, "meter.report", sign_report(gw, "M1", interval, 1, 1), "BAD_BODY")
+    rejected(c, gw, "meter.report", sign_report(gw, "M1", f"{HOUR}:15", -1, 1), "BAD_AMOUNT")
+    rejected(c, gw, "meter.report", body | {"signature": "00" * 63}, "BAD_BODY")
