@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from tools.demo.options import DemoOptions
+from tools.demo.procs import Supervisor
 from tools.demo.progress import Progress
 from tools.demo.record import DayRecord
 from tools.demo.run import DemoError, DemoRun
@@ -32,13 +33,17 @@ def run_demo(opts: DemoOptions) -> int:
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         with tempfile.TemporaryDirectory(prefix="wattmesh-demo-") as tmp:
-            run = DemoRun(opts, progress)
+            sup = Supervisor(Path(tmp) / "logs")
             try:
+                run = DemoRun(opts, progress, sup, Path(tmp))
                 record = asyncio.run(run.run())
-            except DemoError as exc:
+            except (DemoError, RuntimeError, OSError) as exc:
                 progress.finish()
                 print(f"wattmesh demo: {exc}", file=sys.stderr)
+                _tail_logs(sup)
                 return 1
+            finally:
+                sup.close()
             progress.finish()
             return _finish(opts, run, record, Path(tmp))
     except KeyboardInterrupt:
@@ -77,3 +82,14 @@ def _finish(opts: DemoOptions, run: DemoRun, record: DayRecord, _tmp: Path) -> i
     say(f"done in {record.timings.get('run_s', 0):.0f} s: "
         + ("all self-checks passed" if record.ok else "SOME SELF-CHECKS FAILED"))
     return 0 if record.ok else 1
+
+
+def _tail_logs(sup: Supervisor, lines: int = 5) -> None:
+    """The last lines of each child's log, so a failure that happened in a child is visible."""
+    for child in sup.children.values():
+        try:
+            text = child.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in text[-lines:]:
+            print(f"  [{child.name}] {line}", file=sys.stderr)

@@ -53,6 +53,12 @@ def parse_options(args: argparse.Namespace) -> DemoOptions:
         raise OptionError(f"--date: expected YYYY-MM-DD, got {args.date!r}") from None
     if not 2000 <= date.year <= 2100:
         raise OptionError(f"--date: year must be between 2000 and 2100, got {date.year}")
+    end = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC) + dt.timedelta(hours=hours)
+    if end > dt.datetime.now(dt.UTC):
+        # The replicas stamp blocks with real time and settle an hour only once it has ended.
+        raise OptionError(
+            f"--date: the {hours} simulated hours from {date} must already be over "
+            "(the ledger settles an hour only after it has ended)")
     rule = str(args.rule)
     if rule not in RULES:
         raise OptionError(f"--rule: must be one of {', '.join(RULES)}, got {rule!r}")

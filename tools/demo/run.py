@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,9 +27,10 @@ from ledger.keys import public_hex
 from ledger.tx import sign_tx
 from tools.demo.agent import decide
 from tools.demo.economics import HourBook, Tariffs
-from tools.demo.ledger_port import InProcessLedger, LedgerPort
+from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan, plan_home
+from tools.demo.procs import Supervisor
 from tools.demo.progress import Progress
 from tools.demo.record import Check, DayRecord, HourResult
 from tools.demo.world import Home, build_community
@@ -79,7 +81,8 @@ def actual_metering(plans: list[HomePlan], seed: int) -> Metered:
 
 
 class DemoRun:
-    def __init__(self, opts: DemoOptions, progress: Progress, ledger_factory: Any = None) -> None:
+    def __init__(self, opts: DemoOptions, progress: Progress, sup: Supervisor,
+                 run_dir: Path) -> None:
         self.opts = opts
         self.progress = progress
         self.rng = random.Random(opts.seed)
@@ -92,7 +95,8 @@ class DemoRun:
         self.tariffs = Tariffs.from_params(self.genesis["params"])
         self.record = DayRecord(date=opts.date.isoformat(), rule=opts.rule)
         self.ledger: LedgerPort | None = None
-        self.ledger_factory = ledger_factory
+        self.sup = sup
+        self.run_dir = run_dir
         self.minted = 0
         self.reports_sent: set[tuple[str, str]] = set()
         self.unsettled: list[str] = []
@@ -133,10 +137,16 @@ class DemoRun:
 
     async def run(self) -> DayRecord:
         t0 = time.monotonic()
-        opts = self.opts
-        self.ledger = (self.ledger_factory(self.genesis) if self.ledger_factory
-                       else InProcessLedger(self.genesis))
+        self.progress.set_status("starting the ledger cluster (4 replica processes)")
+        self.ledger = await open_ledger(self.sup, self.run_dir / "ledger", self.genesis)
         self.record.parts["ledger"] = self.ledger.kind
+        try:
+            return await self._run(t0)
+        finally:
+            await self.ledger.close()
+
+    async def _run(self, t0: float) -> DayRecord:
+        opts = self.opts
         self.progress.set_status("planning every home's day (EMS, MILP)")
         plans = [plan_home(h, opts.date, self.tariffs) for h in self.homes]
         self.plans = plans

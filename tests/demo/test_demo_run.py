@@ -1,0 +1,112 @@
+"""The demo end to end through the real ``wattmesh demo`` command: real replica processes,
+the contract, EMS plans, signed reports, settlement, the report and the self-checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (the run's private directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(cmd)
+    return found
+
+
+Run = tuple[subprocess.CompletedProcess[str], dict[str, Any]]
+
+
+def run_demo(tmp_path: Path, *args: str, timeout: float = 150) -> Run:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "demo", "--out", str(out), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() \
+        else {}
+    return proc, summary
+
+
+@pytest.fixture(scope="module")
+def short_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+    tmp = tmp_path_factory.mktemp("demo")
+    proc, summary = run_demo(tmp, "--households", "3", "--hours", "3", "--seed", "11",
+                             "--date", "2026-06-21", "--rule", "uniform")
+    return proc, summary, tmp / "out"
+
+
+def test_short_run_passes_its_self_checks(short_run) -> None:  # type: ignore[no-untyped-def]
+    proc, summary, _ = short_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary["ok"] is True
+    names = {c["name"]: c["ok"] for c in summary["checks"]}
+    assert names == {
+        "replicas agree on the state digest": True,
+        "tokens conserved": True,
+        "every meter report accounted for": True,
+    }
+    assert "all self-checks passed" in proc.stdout
+
+
+def test_summary_holds_the_day(short_run) -> None:  # type: ignore[no-untyped-def]
+    _, summary, _ = short_run
+    assert summary["clearing_rule"] == "uniform"
+    assert [h["listing_id"] for h in summary["hours"]] == [
+        "2026-06-21T00", "2026-06-21T01", "2026-06-21T02"]
+    assert len(summary["households"]) == 3
+    assert summary["parts"]["ledger"].startswith("4 PBFT replicas")
+    for rule in ("grid_only", "paper", "uniform", "pay_as_bid"):
+        assert isinstance(summary["cost_comparison"][rule]["community_cost_utok"], int)
+    # metered energy adds up to the hour's community import/export figures
+    for h in summary["hours"]:
+        imp = sum(m["import_wh"] for m in h["metered"].values())
+        exp = sum(m["export_wh"] for m in h["metered"].values())
+        assert h["grid_import_wh"] - h["grid_export_wh"] == imp - exp
+        assert h["offers"] == len(h["order_book"]["offers"])
+        assert h["bids"] == len(h["order_book"]["bids"])
+        assert h["traded_wh"] == sum(t["wh"] for t in h["trades"])
+    assert summary["counters"]["reports_on_ledger"] == 3 * 4 * 3
+    assert len(summary["load_w"]["before_ems"]) == 96
+    # balances: a start snapshot, one per hour, and the end
+    assert len(summary["balances_utok"]) == 3 + 2
+
+
+def test_report_is_one_self_contained_file(short_run) -> None:  # type: ignore[no-untyped-def]
+    _, _, out = short_run
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    for heading in ("Hourly auctions", "Community load before and after the EMS",
+                    "Token balances", "Cost of the day", "Self-checks"):
+        assert heading in html
+    assert "src=\"http" not in html
+
+
+def test_the_hour_lines_are_printed(short_run) -> None:  # type: ignore[no-untyped-def]
+    proc, _, _ = short_run
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("2026-06-21 0")]
+    assert len(lines) == 3
+
+
+def test_nothing_is_left_running(short_run) -> None:  # type: ignore[no-untyped-def]
+    proc, _, _ = short_run
+    assert proc.returncode == 0
+    assert processes_mentioning("wattmesh-demo-") == []

@@ -1,0 +1,75 @@
+"""CLI argument validation of ``wattmesh demo``: every bad option is named, nothing starts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tools.cli import build_parser, main
+from tools.demo.options import OptionError, parse_options
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(["demo", *argv])
+
+
+def test_defaults_are_the_issue_s() -> None:
+    opts = parse_options(_parse([]))
+    assert (opts.households, opts.hours, opts.rule, opts.faults, opts.out) == (
+        10, 24, "paper", False, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--households", "0"], "--households"),
+        (["--households", "1"], "--households"),
+        (["--households", "ten"], "--households"),
+        (["--households", "100000"], "--households"),
+        (["--hours", "0"], "--hours"),
+        (["--hours", "-3"], "--hours"),
+        (["--hours", "2.5"], "--hours"),
+        (["--hours", "100000"], "--hours"),
+        (["--seed", "-1"], "--seed"),
+        (["--date", "2026-13-01"], "--date"),
+        (["--date", "yesterday"], "--date"),
+        (["--date", "1900-01-01"], "--date"),
+        (["--date", "2099-01-01"], "--date"),
+        (["--rule", "vickrey"], "--rule"),
+        (["--rule", ""], "--rule"),
+        (["--out", ""], "--out"),
+    ],
+)
+def test_bad_option_is_named(argv: list[str], names: str) -> None:
+    with pytest.raises(OptionError, match=names):
+        parse_options(_parse(argv))
+
+
+def test_out_must_not_be_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OptionError, match="--out"):
+        parse_options(_parse(["--out", str(f)]))
+
+
+def test_command_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--hours", "zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattmesh demo: --hours:") and err.count("\n") == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(households=st.text(max_size=12), hours=st.text(max_size=12), rule=st.text(max_size=12))
+def test_hostile_values_raise_option_error_only(households: str, hours: str, rule: str) -> None:
+    ns = argparse.Namespace(households=households, hours=hours, rule=rule, seed="7",
+                            date="2026-06-21", out=None, faults=False, quiet=False)
+    try:
+        opts = parse_options(ns)
+    except OptionError as exc:
+        assert str(exc).startswith("--")
+    else:
+        assert opts.households >= 2 and opts.hours >= 1 and opts.rule == rule
