@@ -932,6 +932,13 @@ class Replica:
                 sign(Status(self.view, self.last_executed, self.stable_seq, self.me), self.signer)
             )
         )
+        # Re-send my newest checkpoint that is not stable yet: a lost checkpoint must not stall
+        # the window (the primary stops at the high watermark until one becomes stable).
+        mine = [
+            s for s, votes in self.checkpoints.items() if s > self.stable_seq and self.me in votes
+        ]
+        if mine:
+            out.append(Broadcast(self.checkpoints[max(mine)][self.me]))
         ahead = sorted(self.peer_exec.values(), reverse=True)
         target = ahead[self.cfg.f] if len(ahead) > self.cfg.f else 0
         if self.behind_target is not None and self.last_executed < self.behind_target:

@@ -132,6 +132,12 @@ class Network:
                 reply = action.reply
                 self.replies.setdefault(action.tx_id, {})[reply.replica] = reply
 
+    def inject(self, dst: int, msg: Message | dict[str, Any], sender: int) -> list[Action]:
+        """Hand ``msg`` to replica ``dst`` now as if from ``sender``; its actions go out."""
+        actions = self.replicas[dst].on_message(msg, sender, self.now)
+        self._perform(dst, actions)
+        return actions
+
     def submit(self, tx: SignedTx, to: Iterable[int] | None = None) -> None:
         targets = [self.replicas[0].cfg.primary(self.view_hint())] if to is None else list(to)
         for i in targets:
@@ -177,3 +183,26 @@ class Network:
 def make_txs(count: int, *, client: int = 0, start: int = 0, key: str = "k") -> list[SignedTx]:
     signer = client_key(client)
     return [sign_tx(signer, "kv.add", {"key": key, "by": 1}, start + i) for i in range(count)]
+
+
+def divergence(net: Network, replicas: Iterable[int] | None = None) -> list[str]:
+    """Safety check: two of ``replicas`` (default: the correct ones) holding different blocks
+    at the same height, or a broken hash chain. Empty when they agree."""
+    ids = list(net.correct() if replicas is None else replicas)
+    problems: list[str] = []
+    for i in ids:
+        prev = net.executors[i].genesis_hash
+        for block in net.executors[i].blocks:
+            if block.prev_hash != prev:
+                problems.append(f"replica {i}: chain broken at {block.height}")
+            prev = block.hash()
+    height = max((len(net.executors[i].hashes) for i in ids), default=0)
+    for h in range(height):
+        seen = {net.executors[i].hashes[h] for i in ids if len(net.executors[i].hashes) > h}
+        if len(seen) > 1:
+            problems.append(f"height {h + 1}: {len(seen)} different blocks")
+    return problems
+
+
+def executed_tx_ids(executor: MemoryExecutor) -> set[str]:
+    return set(executor.receipts)

@@ -1,0 +1,246 @@
+"""PBFT normal case in a simulated network: batching, replies, dedup, checkpoints, watermarks,
+and every kind of bad message counted and dropped without harm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ledger.pbft.actions import Broadcast, ReplyTo
+from ledger.pbft.block import Batch
+from ledger.pbft.messages import Commit, Prepare, PrePrepare, sign
+from ledger.pbft.signing import Signer
+from ledger.pbft.simulation import (
+    Network,
+    client_key,
+    divergence,
+    make_config,
+    make_txs,
+    replica_key,
+)
+from ledger.tx import SignedTx, sign_tx
+
+
+def _agree(net: Network, expected_total: int) -> None:
+    assert divergence(net) == []
+    for i in net.correct():
+        assert net.executors[i].state.get("k", 0) == expected_total
+    digests = {net.executors[i].state_digest() for i in net.correct()}
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_normal_case_batches_and_replies(n: int) -> None:
+    net = Network(make_config(n, checkpoint_interval=4, log_window=16, batch_max=10))
+    txs = make_txs(95)
+    for tx in txs:
+        net.submit(tx)
+    net.run(300)
+    assert all(net.committed(tx.tx_id) for tx in txs)
+    # 9 full batches cut at once, the last 5 after batch_delay_ms
+    assert [r.last_executed for r in net.replicas] == [10] * n
+    assert net.replicas[0].metrics["batches_proposed"] == 10
+    assert all(len(net.replies[tx.tx_id]) == n for tx in txs)
+    for i in range(1, n):
+        assert net.replicas[i].metrics["txs_verified"] == 95  # every backup checked every tx
+    _agree(net, 95)
+    heights = [b.height for b in net.executors[1].blocks]
+    assert heights == list(range(1, 11))
+    cert = net.executors[2].blocks[0].certificate
+    assert cert is not None and len(cert.commits) >= 2 * net.config.f + 1
+
+
+def test_requests_sent_to_backups_are_relayed_and_verified_once() -> None:
+    net = Network(make_config(4, batch_max=50))
+    txs = make_txs(30)
+    for tx in txs:
+        net.submit(tx, to=range(4))  # client broadcasts
+    net.run(200)
+    assert all(net.committed(tx.tx_id) for tx in txs)
+    _agree(net, 30)
+    # backups had verified the requests already: the pre-prepare check was a cache hit,
+    # and the primary dropped the relayed copies as duplicates
+    assert net.replicas[0].metrics["duplicate_tx"] == 90
+
+
+def test_resent_executed_transaction_is_answered_not_reapplied() -> None:
+    net = Network(make_config(4))
+    txs = make_txs(5)
+    for tx in txs:
+        net.submit(tx)
+    net.run(200)
+    before = net.replicas[0].metrics.get("duplicate_tx", 0)
+    actions = net.replicas[0].on_request(txs[2].to_wire(), net.now)
+    assert [type(a) for a in actions] == [ReplyTo]
+    reply = actions[0].reply  # type: ignore[union-attr]
+    assert reply.tx_id == txs[2].tx_id and reply.receipt["code"] == "OK"
+    assert net.replicas[0].metrics["duplicate_tx"] == before + 1
+    for tx in txs:  # client retries everything, to everyone
+        net.submit(tx, to=range(4))
+    net.run(200)
+    _agree(net, 5)
+    assert net.replicas[0].last_executed == 1
+
+
+def test_duplicate_inside_the_window_is_not_ordered_twice() -> None:
+    net = Network(make_config(4, batch_max=100, batch_delay_ms=50))
+    txs = make_txs(3)
+    for tx in txs + txs:
+        net.submit(tx)
+    net.run(300)
+    _agree(net, 3)
+    assert sum(len(b.txs) for b in net.executors[0].blocks) == 3
+
+
+def test_forged_client_transactions_are_dropped_and_counted() -> None:
+    net = Network(make_config(4))
+    good = make_txs(2)
+    wire = good[0].to_wire()
+    wire["body"] = {"key": "k", "by": 1000}
+    forged = SignedTx.from_wire(wire)
+    net.submit(forged)
+    net.replicas[0].on_request({"kind": "kv.add"}, net.now)
+    for tx in good:
+        net.submit(tx)
+    net.run(200)
+    assert net.replicas[0].metrics["rejected_bad_tx"] == 2
+    assert not net.committed(forged.tx_id)
+    _agree(net, 2)
+
+
+def test_backups_reject_a_batch_with_a_forged_transaction_and_change_view() -> None:
+    net = Network(make_config(4, view_change_timeout_ms=100))
+    forged_wire = make_txs(1, start=50)[0].to_wire()
+    forged_wire["nonce"] = 51
+    batch = Batch.from_txs(5, [SignedTx.from_wire(forged_wire)])
+    pp = sign(PrePrepare(0, 1, batch.digest(), 0), Signer(0, replica_key(0)))
+    full = PrePrepare(0, 1, pp.digest, 0, pp.sig, batch)
+    for b in (1, 2, 3):
+        net.inject(b, full.to_wire(), 0)
+        assert net.replicas[b].metrics["rejected_bad_batch"] == 1
+    net.run(400)
+    assert all(r.view == 1 and r.active for r in net.replicas[1:])
+    txs = make_txs(4)
+    for tx in txs:
+        net.submit(tx)
+    net.run(200)
+    assert all(net.committed(tx.tx_id) for tx in txs)
+    _agree(net, 4)
+
+
+def _prepare(view: int, seq: int, digest: bytes, replica: int) -> Prepare:
+    return sign(Prepare(view, seq, digest, replica), Signer(replica, replica_key(replica)))
+
+
+def test_bad_protocol_messages_are_counted_never_fatal() -> None:
+    net = Network(make_config(4, checkpoint_interval=4, log_window=8))
+    txs = make_txs(3)
+    for tx in txs:
+        net.submit(tx)
+    net.run(100)
+    r = net.replicas[1]
+    d = net.executors[1].blocks[0].batch_digest()
+
+    def hit(msg: Any, sender: int) -> None:
+        net.inject(1, msg, sender)
+
+    hit({"t": "prepare", "v": 0}, 2)
+    hit({"t": "nonsense"}, 2)
+    hit([1, 2, 3], 2)  # type: ignore[arg-type]
+    good = _prepare(0, 2, d, 2)
+    hit(good.to_wire(), 3)  # signer is 2, link says 3
+    hit(good.to_wire(), 9)  # unknown sender
+    forged = Prepare(0, 2, d, 2, bytes(64))
+    hit(forged.to_wire(), 2)
+    corrupted = good.to_wire()
+    corrupted["d"] = "00" * 32
+    hit(corrupted, 2)
+    hit(_prepare(0, 100, d, 2).to_wire(), 2)  # beyond the high watermark
+    hit(_prepare(5, 2, d, 2).to_wire(), 2)  # a view not entered: buffered, not acted on
+    hit(good.to_wire(), 2)
+    hit(good.to_wire(), 2)  # replayed
+    commit = sign(Commit(0, 1, d, 2), Signer(2, replica_key(2)))
+    hit(commit.to_wire(), 2)  # replay of an old commit: already executed, harmless
+    m = r.metrics
+    assert m["malformed"] == 3
+    assert m["rejected_sender_mismatch"] == 1
+    assert m["rejected_unknown_sender"] == 1
+    assert m["rejected_bad_sig"] == 2
+    assert m["rejected_out_of_window"] == 1
+    assert m["buffered_future"] == 1
+    assert m["duplicate_msg"] >= 2
+    net.run(100)
+    for tx in make_txs(3, start=3):
+        net.submit(tx)
+    net.run(200)
+    _agree(net, 6)
+    assert all(rep.view == 0 for rep in net.replicas)
+
+
+def test_old_view_and_non_primary_pre_prepares_are_rejected() -> None:
+    net = Network(make_config(4, view_change_timeout_ms=50))
+    net.crash(0)
+    txs = make_txs(2)
+    net.submit(txs[0], to=[1, 2, 3])
+    net.run(400)
+    assert all(r.view == 1 for r in net.replicas[1:])
+    net.restart(0)
+    r = net.replicas[2]
+    batch = Batch.from_txs(1, txs[1:])
+    for view, signer in ((0, 0), (1, 3)):
+        pp = sign(PrePrepare(view, 2, batch.digest(), signer), Signer(signer, replica_key(signer)))
+        net.inject(2, PrePrepare(view, 2, pp.digest, signer, pp.sig, batch).to_wire(), signer)
+    assert r.metrics["rejected_wrong_view"] >= 1
+    assert r.metrics["rejected_not_primary"] == 1
+    net.run(1500)
+    _agree(net, 1)
+    assert net.replicas[0].view == 1  # the restarted replica learnt the view from its peers
+
+
+def test_checkpoints_garbage_collect_and_bound_the_log() -> None:
+    net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
+    txs = make_txs(100)
+    for tx in txs:
+        net.submit(tx)
+    net.run(1000)
+    _agree(net, 100)
+    for r in net.replicas:
+        assert r.last_executed == 50 and r.stable_seq == 48
+        assert max(r.slots, default=49) > 48 and len(r.slots) <= 8
+        assert len(r.batches) <= 9 and min(r.checkpoints, default=48) >= 48
+        assert 10 <= r.metrics["checkpoints_stable"] <= 12  # may skip one it saw late
+        assert not r.in_log and not r.pending and not r.queue
+    saved = net.executors[0].checkpoint
+    assert saved is not None and saved[0] == 48 and len(saved[2]) == 3
+
+
+def test_watermarks_stop_the_primary_until_a_checkpoint_is_stable() -> None:
+    def no_checkpoints(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        return None if wire["t"] == "checkpoint" and blocked else wire
+
+    blocked = True
+    net = Network(
+        make_config(
+            4, checkpoint_interval=4, log_window=8, batch_max=1, view_change_timeout_ms=10_000
+        ),
+        tamper=no_checkpoints,
+    )
+    txs = make_txs(20)
+    for tx in txs:
+        net.submit(tx)
+    net.run(300)
+    assert [r.last_executed for r in net.replicas] == [8] * 4  # high watermark = 0 + L
+    blocked = False
+    net.run(600)  # re-sent with the next status gossip
+    assert [r.last_executed for r in net.replicas] != [8] * 4
+    net.run(1500)  # checkpoints resume at 12, 16, 20: the window slides
+    _agree(net, 20)
+
+
+def test_client_signature_can_be_checked_by_the_io_layer() -> None:
+    net = Network(make_config(4))
+    tx = sign_tx(client_key(1), "kv.add", {"key": "k", "by": 7}, 1)
+    net.replicas[0].on_request(tx, net.now, verified=True)
+    acts = net.replicas[0].on_tick(net.now + 10)
+    assert any(isinstance(a, Broadcast) and isinstance(a.msg, PrePrepare) for a in acts)
