@@ -99,7 +99,7 @@ class PlugCore:
         self.advance(now_ms)
         p = self.power_dw(now_ms)
         volts_dv = NOMINAL_VOLTAGE_DV
-        current_ma = abs(p) * 10_000 // volts_dv  # I = P / V, dW / dV = W / V = A
+        current_ma = abs(p) * 1000 // volts_dv  # I = P / V: dW / dV = A, x1000 for mA
         payload = frame.pack_reading(
             {
                 "channel": 0,
