@@ -19,14 +19,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.ems.timegrid import SLOT_MIN, SLOTS_PER_DAY, SLOTS_PER_HOUR
-from ledger.contract import default_genesis, sign_report
+from gateway.clock import ManualClock
+from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
+from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
 from ledger.keys import public_hex
 from ledger.tx import sign_tx
 from tools.demo.agent import decide
 from tools.demo.economics import HourBook, Tariffs
+from tools.demo.edge import METER_MODEL, HomeEdge, slot_profile, start_edge
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan, plan_home
@@ -37,6 +39,9 @@ from tools.demo.world import Home, build_community
 
 START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
 OPERATOR = "OPERATOR"
+HOUR_MS = 3_600_000
+POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
+CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
 
 
 class DemoError(RuntimeError):
@@ -99,6 +104,10 @@ class DemoRun:
         self.run_dir = run_dir
         self.minted = 0
         self.reports_sent: set[tuple[str, str]] = set()
+        self.edges: list[HomeEdge] = []
+        self.ledger_down = False
+        self.day0_ms = 0
+        self.clock = ManualClock(0)
         self.unsettled: list[str] = []
 
     # -- ledger helpers ---------------------------------------------------------------------
@@ -154,6 +163,34 @@ class DemoRun:
         self._record_homes(plans)
         self.progress.set_status("registering homes, RES and meters on the ledger")
         await self.register()
+        self.progress.set_status("starting emulated meters and gateways")
+        await self.start_edges()
+        try:
+            return await self._day(t0)
+        finally:
+            for e in self.edges:
+                await e.close()
+
+    async def start_edges(self) -> None:
+        self.day0_ms = int(dt.datetime.combine(self.opts.date, dt.time(0), tzinfo=dt.UTC)
+                           .timestamp() * 1000)
+        self.clock = ManualClock(self.day0_ms)
+        gw_dir = self.run_dir / "gateways"
+        gw_dir.mkdir(parents=True, exist_ok=True)
+        for h in self.homes:
+            profile = slot_profile(self.metered.import_wh[h.id_grid],
+                                   self.metered.export_wh[h.id_grid], self.day0_ms, SLOT_MS)
+            self.edges.append(await start_edge(
+                h.id_grid, h.meter_id, self.gateway_keys[h.id_grid], self.clock,
+                gw_dir / f"{h.id_grid}.sqlite", profile, POLL_MS / 1000))
+        self.record.parts["meters"] = (f"{len(self.edges)} emulated {METER_MODEL} meters on "
+                                       "pymodbus TCP servers (loopback)")
+        self.record.parts["gateways"] = ("gateway cores per home: Modbus poller, 15-min "
+                                         "intervals, signed reports, SQLite outbox")
+        await self.step(self.day0_ms)  # the first reading: the counters' starting point
+
+    async def _day(self, t0: float) -> DayRecord:
+        opts = self.opts
         self.record.timings["setup_s"] = round(time.monotonic() - t0, 2)
         await self.snapshot_balances("start")
         self.progress.header()
@@ -228,38 +265,46 @@ class DemoRun:
         return count
 
     async def deliver(self, k: int, day: dt.date, hod: int, book: HourBook) -> None:
-        """The delivery hour: four 15-minute intervals per home, each a signed meter report."""
-        txs = []
-        for h in self.homes:
-            imp_h = exp_h = 0
-            for q in range(SLOTS_PER_HOUR):
-                s = hod * SLOTS_PER_HOUR + q
-                imp = self.metered.import_wh[h.id_grid][s]
-                exp = self.metered.export_wh[h.id_grid][s]
-                imp_h += imp
-                exp_h += exp
-                interval = f"{day.isoformat()}T{hod:02d}:{q * SLOT_MIN:02d}"
-                body = sign_report(self.gateway_keys[h.id_grid], h.meter_id, interval, imp, exp)
-                gw = Actor(h.id_grid, self.gateway_keys[h.id_grid], nonce=0)
-                txs.append((h, interval, gw, body))
-            book.metered[h.id_grid] = (imp_h, exp_h)
-        for h, interval, _gw, _body in txs:
-            self.reports_sent.add((h.meter_id, interval))
-        await asyncio.gather(*(self._report(h, interval, body) for h, interval, _g, body in txs))
+        """The delivery hour on the simulated clock: the gateways poll their Modbus meters every
+        ``POLL_S``, close 15-minute intervals, sign and queue reports and drain their outboxes."""
+        start = self.day0_ms + k * HOUR_MS
+        for t in range(start + POLL_MS, start + HOUR_MS + 1, POLL_MS):
+            await self.step(t)
+        await self.step(start + HOUR_MS + CLOSE_GRACE_MS, poll=False)
+        listing_id = self.listing(k)[0]
+        for e in self.edges:
+            mine = [i for i in e.intervals if i.name.startswith(listing_id)]
+            book.metered[e.id_grid] = (sum(i.import_wh for i in mine),
+                                       sum(i.export_wh for i in mine))
 
-    async def _report(self, home: Home, interval: str, body: Mapping[str, Any]) -> None:
+    async def step(self, t_ms: int, *, poll: bool = True) -> None:
+        await self.clock.set(t_ms)
+        if poll:
+            await asyncio.gather(*(e.poll() for e in self.edges))
+        for e in self.edges:
+            for i in e.close_intervals(t_ms):
+                self.reports_sent.add((i.meter_id, i.name))
+        await self.drain(t_ms)
+
+    async def drain(self, now_ms: int) -> None:
         assert self.ledger is not None
-        key = self.gateway_keys[home.id_grid]
-        # The nonce of a report is fixed by its interval, so a retry can only land once.
-        nonce = int(interval[:10].replace("-", "")) * 10_000 + int(interval[11:13]) * 100 + int(
-            interval[14:16])
-        receipt = await self.ledger.submit(sign_tx(key, "meter.report", body, nonce))
-        if not receipt.ok and receipt.code != "DUPLICATE_REPORT":
-            raise DemoError(f"meter.report {home.meter_id} {interval}: {receipt.code} "
-                            f"{receipt.message}")
+        if self.ledger_down:
+            return
+        await asyncio.gather(*(e.deliver(self.ledger, now_ms) for e in self.edges))
+
+    def hour_reported(self, listing_id: str) -> bool:
+        """Every home's four interval reports of the hour are delivered (so it may be settled)."""
+        for e in self.edges:
+            rows = [r for r in e.store.outbox_all()
+                    if r.kind == "meter.report" and str(r.body["interval"]).startswith(listing_id)]
+            if len(rows) < SLOTS_PER_HOUR or any(r.state == "pending" for r in rows):
+                return False
+        return True
 
     async def settle_pending(self) -> None:
         for listing_id in list(self.unsettled):
+            if not self.hour_reported(listing_id):
+                continue
             r = await self.tx(self.operator, "auction.settle", {"listing_id": listing_id},
                               must=False)
             if r.ok or r.code == "LISTING_SETTLED":
