@@ -76,7 +76,7 @@ class Signal:
         return 0 if x < 0 else (ADC_MAX_MV if x > ADC_MAX_MV else x)
 
 
-signals = {}  # pin -> Signal
+signals = {}  # type: dict  # pin -> Signal
 adc_delay_us = [40]  # the second read of a pair lags the first, as on the ESP32
 
 
@@ -105,7 +105,7 @@ def sample(adc_v, adc_i, buf_v, buf_i, n, period_us):
 
 # ---- digital pins --------------------------------------------------------------------------
 
-pins = {}  # pin -> level last driven
+pins = {}  # type: dict  # pin -> level last driven
 
 
 class Output:
@@ -118,7 +118,7 @@ class Output:
         pins[self.pin] = 1 if bool(on) == bool(self.active_high) else 0
 
 
-pulse_freq = {}  # pin -> Hz of the square wave on that pin, or a function returning it
+pulse_freq = {}  # type: dict  # pin -> Hz of the square wave on that pin, or a function returning it
 
 
 class PulseCounter:
@@ -145,9 +145,9 @@ class PulseCounter:
 
 # ---- UART ------------------------------------------------------------------------------------
 
-uart_rx = {}  # uart id -> bytearray waiting to be read
-uart_tx = {}  # uart id -> bytearray written
-uart_peer = {}  # uart id -> function(bytes written) -> bytes the peer answers
+uart_rx = {}  # type: dict  # uart id -> bytearray waiting to be read
+uart_tx = {}  # type: dict  # uart id -> bytearray written
+uart_peer = {}  # type: dict  # uart id -> function(bytes written) -> bytes the peer answers
 
 
 class Uart:
@@ -174,7 +174,7 @@ class Uart:
 
 # ---- watchdog ----------------------------------------------------------------------------
 
-_wdt = [None]  # (timeout ms, last feed ms)
+_wdt = [None]  # type: list  # [timeout ms, last feed ms] once a Wdt exists
 
 
 class Wdt:

@@ -9,11 +9,7 @@
 # Frame sequence numbers are reserved in blocks: the record holds a high-water mark, and after a
 # reboot numbering resumes at that mark, past every number the node may have used before.
 import struct
-
-try:
-    from binascii import crc32
-except ImportError:  # a port built without binascii.crc32
-    from zlib import crc32
+from binascii import crc32
 
 MAGIC = b"WMS1"
 HEAD_FMT = ">4sIIIB"  # magic, generation, seq high-water mark, command seq, channels
