@@ -25,10 +25,10 @@ PENDING = "pending"
 DELIVERED = "delivered"
 REJECTED = "rejected"
 
-# Receipt codes that mean "the ledger already has this transaction": delivered, not an error.
-ALREADY_APPLIED = frozenset(
-    {"DUPLICATE", "DUPLICATE_TX", "ALREADY_APPLIED", "KNOWN_TX", "TX_EXISTS"}
-)
+# Receipt codes that mean "the ledger already has this": delivered, not an error. (A retried
+# transaction gets its original receipt back; DUPLICATE_REPORT means the ledger holds a report
+# for that meter and interval already, e.g. after the gateway's database was restored.)
+ALREADY_APPLIED = frozenset({"DUPLICATE", "DUPLICATE_TX", "DUPLICATE_REPORT"})
 
 
 class Deliverer(Protocol):

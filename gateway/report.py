@@ -1,8 +1,8 @@
-"""The meter report: the body of a ``meter.report`` transaction and its signature bytes.
+"""The meter report the gateway signs at each interval end.
 
-signature = Ed25519 over ``b"wattmesh/report/v1\\x00" + canonical({meter_id, interval, import_wh,
-export_wh})`` by the gateway key registered for the meter. The contract part verifies these bytes;
-this module is the gateway's one place that builds them.
+The body of a ``meter.report`` transaction and its signature bytes are defined once, by the
+contract (``ledger.contract.sign_report`` / ``report_signing_bytes``); this module only turns a
+closed ``Interval`` into that body.
 """
 
 from __future__ import annotations
@@ -11,30 +11,17 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger.encoding import canonical
+from gateway.intervals import Interval
+from ledger.contract import report_signing_bytes, sign_report
 
-REPORT_DOMAIN = b"wattmesh/report/v1\x00"
 REPORT_KIND = "meter.report"
 
 
-def report_signing_bytes(meter_id: str, interval: str, import_wh: int, export_wh: int) -> bytes:
-    return REPORT_DOMAIN + canonical(
-        {"meter_id": meter_id, "interval": interval, "import_wh": import_wh, "export_wh": export_wh}
+def report_body(key: Ed25519PrivateKey, interval: Interval) -> dict[str, Any]:
+    """The signed ``meter.report`` body of a closed interval."""
+    return sign_report(
+        key, interval.meter_id, interval.name, interval.import_wh, interval.export_wh
     )
-
-
-def report_body(
-    key: Ed25519PrivateKey, meter_id: str, interval: str, import_wh: int, export_wh: int
-) -> dict[str, Any]:
-    """The ``meter.report`` body, signed."""
-    sig = key.sign(report_signing_bytes(meter_id, interval, import_wh, export_wh)).hex()
-    return {
-        "meter_id": meter_id,
-        "interval": interval,
-        "import_wh": import_wh,
-        "export_wh": export_wh,
-        "signature": sig,
-    }
 
 
 def verify_report(public: Ed25519PublicKey, body: dict[str, Any]) -> bool:

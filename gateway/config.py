@@ -1,0 +1,354 @@
+"""The gateway's TOML configuration, validated once at start. Every error names the key
+(``modbus.buses[0].meters[1].unit: ...``). Relative paths are relative to the config file.
+
+See ``deploy/gateway.example.toml`` for a commented example.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.sources.modbus import BusConfig, MeterConfig
+from hardware.meters import MODELS
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    transport: str  # "ble" | "mqtt"
+    meter_id: str
+    address: str = ""  # BLE address
+    topic: str = ""  # MQTT topic (Tasmota style)
+
+    def channel_meter(self, channel: int) -> str:
+        return self.meter_id if channel == 0 else f"{self.meter_id}.{channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    cluster: Path
+    timeout_s: float = 10.0
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    base_topic: str = "wattmesh"
+    publish_min_s: float = 10.0
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    gateway_id: str
+    data_dir: Path
+    key_file: Path
+    keystore: Path | None
+    interval_ms: int = 15 * 60 * 1000
+    grace_ms: int = 30_000
+    replay_window: int = 64
+    flush_ms: int = 1_000
+    retention_days: int = 7
+    command_timeout_s: float = 5.0
+    ledger: LedgerConfig | None = None
+    mqtt: MqttConfig | None = None
+    ble_backend: str = "bleak"
+    nodes: tuple[NodeConfig, ...] = ()
+    buses: tuple[BusConfig, ...] = ()
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gateway.db"
+
+
+class _Table:
+    """A TOML table being read: remembers which keys were used so unknown ones are errors."""
+
+    def __init__(self, doc: Any, where: str) -> None:
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{where or 'config'}: must be a table")
+        self.doc, self.where, self.used = doc, where, set[str]()
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., **rules: Any) -> Any:
+        self.used.add(key)
+        name = self._name(key)
+        if key not in self.doc:
+            if default is ...:
+                raise ConfigError(f"{name}: missing (required)")
+            return default
+        value = self.doc[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        wanted = "/".join(k.__name__ for k in kinds)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ConfigError(f"{name}: expected {wanted}, got {type(value).__name__}")
+        lo, hi = rules.get("min"), rules.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{name}: {value!r} is outside [{lo}, {hi}]")
+        choices = rules.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        pattern = rules.get("pattern")
+        if pattern is not None and not pattern.match(value):
+            raise ConfigError(f"{name}: {value!r} is not a valid name")
+        return value
+
+    def table(self, key: str) -> _Table | None:
+        self.used.add(key)
+        if key not in self.doc:
+            return None
+        return _Table(self.doc[key], self._name(key))
+
+    def tables(self, key: str) -> list[_Table]:
+        self.used.add(key)
+        value = self.doc.get(key, [])
+        if not isinstance(value, list):
+            raise ConfigError(f"{self._name(key)}: must be an array of tables ([[{key}]])")
+        return [_Table(v, f"{self._name(key)}[{i}]") for i, v in enumerate(value)]
+
+    def done(self) -> None:
+        extra = sorted(set(self.doc) - self.used)
+        if extra:
+            raise ConfigError(f"{self._name(extra[0])}: unknown key")
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _host_port(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+    return host, int(port)
+
+
+def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
+    root = _Table(dict(doc), "")
+    gw = root.table("gateway")
+    if gw is None:
+        raise ConfigError("gateway: missing (required)")
+    gateway_id = gw.get("id", str, pattern=ID_RE)
+    data_dir = _path(base, gw.get("data_dir", str, "."))
+    key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
+    keystore_s = gw.get("keystore", str, None)
+    interval_min = gw.get("interval_minutes", int, 15, min=1, max=60)
+    if 60 % interval_min:
+        raise ConfigError("gateway.interval_minutes: must divide an hour")
+    grace_s = gw.get("grace_s", (int, float), 30, min=0, max=600)
+    window = gw.get("replay_window", int, 64, min=1, max=1024)
+    flush_ms = gw.get("flush_ms", int, 1000, min=10, max=60_000)
+    retention = gw.get("retention_days", int, 7, min=1, max=3650)
+    cmd_timeout = gw.get("command_timeout_s", (int, float), 5.0, min=0.1, max=120)
+    gw.done()
+
+    ledger = None
+    if (lt := root.table("ledger")) is not None:
+        ledger = LedgerConfig(
+            cluster=_path(base, lt.get("cluster", str)),
+            timeout_s=float(lt.get("timeout_s", (int, float), 10.0, min=0.1, max=600)),
+            retry_initial_s=float(lt.get("retry_initial_s", (int, float), 1.0, min=0.01, max=3600)),
+            retry_max_s=float(lt.get("retry_max_s", (int, float), 300.0, min=0.01, max=86400)),
+        )
+        lt.done()
+
+    nodes: list[NodeConfig] = []
+    mqtt = None
+    if (mt := root.table("mqtt")) is not None:
+        disc = mt.table("discovery")
+        mqtt = MqttConfig(
+            host=mt.get("host", str, "127.0.0.1"),
+            port=mt.get("port", int, 1883, min=1, max=65535),
+            username=mt.get("username", str, None),
+            password=mt.get("password", str, None),
+            discovery=disc.get("enabled", bool, True) if disc else True,
+            discovery_prefix=disc.get("prefix", str, "homeassistant", pattern=TOPIC_RE)
+            if disc
+            else "homeassistant",
+            base_topic=mt.get("base_topic", str, "wattmesh", pattern=TOPIC_RE),
+            publish_min_s=float(mt.get("publish_min_s", (int, float), 10.0, min=0, max=3600)),
+        )
+        if disc:
+            disc.done()
+        for t in mt.tables("nodes"):
+            nid = t.get("node_id", int, min=0, max=0xFFFF)
+            nodes.append(
+                NodeConfig(
+                    node_id=nid,
+                    transport="mqtt",
+                    meter_id=t.get("meter_id", str, f"node{nid}", pattern=ID_RE),
+                    topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE),
+                )
+            )
+            t.done()
+        mt.done()
+
+    ble_backend = "bleak"
+    if (bt := root.table("ble")) is not None:
+        ble_backend = bt.get("backend", str, "bleak")
+        if ble_backend != "bleak" and not ble_backend.startswith("bumble:"):
+            raise ConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
+        for t in bt.tables("nodes"):
+            nid = t.get("node_id", int, min=0, max=0xFFFF)
+            nodes.append(
+                NodeConfig(
+                    node_id=nid,
+                    transport="ble",
+                    meter_id=t.get("meter_id", str, f"node{nid}", pattern=ID_RE),
+                    address=t.get("address", str),
+                )
+            )
+            t.done()
+        bt.done()
+
+    buses: list[BusConfig] = []
+    if (mb := root.table("modbus")) is not None:
+        for bus in mb.tables("buses"):
+            buses.append(_bus(bus, base))
+        mb.done()
+    root.done()
+
+    seen: dict[str, str] = {}
+    for n in nodes:
+        where = f"{n.transport}.nodes (node {n.node_id})"
+        if any(o.node_id == n.node_id for o in nodes if o is not n):
+            raise ConfigError(f"{where}: node_id {n.node_id} is configured twice")
+        if n.meter_id in seen:
+            raise ConfigError(f"{where}: meter_id {n.meter_id!r} is used twice")
+        seen[n.meter_id] = where
+    for b in buses:
+        for m in b.meters:
+            if m.meter_id in seen:
+                raise ConfigError(f"modbus bus {b.name}: meter_id {m.meter_id!r} is used twice")
+            seen[m.meter_id] = b.name
+    if nodes and keystore_s is None:
+        raise ConfigError("gateway.keystore: required when nodes are configured")
+    return GatewayConfig(
+        gateway_id=gateway_id,
+        data_dir=data_dir,
+        key_file=key_file,
+        keystore=_path(base, keystore_s) if keystore_s else None,
+        interval_ms=interval_min * 60_000,
+        grace_ms=int(grace_s * 1000),
+        replay_window=window,
+        flush_ms=flush_ms,
+        retention_days=retention,
+        command_timeout_s=float(cmd_timeout),
+        ledger=ledger,
+        mqtt=mqtt,
+        ble_backend=ble_backend,
+        nodes=tuple(nodes),
+        buses=tuple(buses),
+    )
+
+
+def _bus(t: _Table, base: Path) -> BusConfig:
+    name = t.get("name", str, pattern=ID_RE)
+    tcp_s = t.get("tcp", str, None)
+    serial = t.get("serial", str, None)
+    if (tcp_s is None) == (serial is None):
+        raise ConfigError(f'{t.where}: give exactly one of tcp = "host:port" or serial = PATH')
+    meters = []
+    units: set[int] = set()
+    for mt in t.tables("meters"):
+        m = MeterConfig(
+            meter_id=mt.get("meter_id", str, pattern=ID_RE),
+            model=mt.get("model", str, choices=MODELS),
+            unit=mt.get("unit", int, min=1, max=247),
+        )
+        if m.unit in units:
+            raise ConfigError(f"{mt.where}.unit: unit {m.unit} is already used on this bus")
+        units.add(m.unit)
+        meters.append(m)
+        mt.done()
+    if not meters:
+        raise ConfigError(f"{t.where}.meters: a bus needs at least one [[...meters]] entry")
+    cfg = BusConfig(
+        name=name,
+        meters=tuple(meters),
+        tcp=_host_port(tcp_s, f"{t.where}.tcp") if tcp_s else None,
+        serial=str(_path(base, serial))
+        if serial and not serial.startswith(("/", "rfc2217:", "socket:"))
+        else serial,
+        baudrate=t.get(
+            "baudrate", int, 9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+        ),
+        parity=t.get("parity", str, "N", choices=("N", "E", "O")),
+        stopbits=t.get("stopbits", int, 1, choices=(1, 2)),
+        bytesize=t.get("bytesize", int, 8, choices=(7, 8)),
+        poll_s=float(t.get("poll_s", (int, float), 10.0, min=0.1, max=3600)),
+        timeout_s=float(t.get("timeout_s", (int, float), 1.0, min=0.01, max=60)),
+        retries=t.get("retries", int, 1, min=0, max=10),
+        backoff_initial_s=float(t.get("backoff_initial_s", (int, float), 5.0, min=0.01, max=3600)),
+        backoff_max_s=float(t.get("backoff_max_s", (int, float), 300.0, min=0.01, max=86400)),
+    )
+    t.done()
+    return cfg
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from exc
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    cfg = parse_config(doc, p.resolve().parent)
+    return GatewayConfig(**{**_fields(cfg), "source": p})
+
+
+def _fields(cfg: GatewayConfig) -> dict[str, Any]:
+    return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+
+
+def load_keystore(path: Path, nodes: tuple[NodeConfig, ...]) -> dict[int, bytes]:
+    """Node keys from the keystore JSON written by ``wattmesh provision node``:
+    ``{"nodes": {"<id>": {"key": "<64 hex>", "name": ..., "transport": ...}}}``. Every configured
+    node must have a key."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"gateway.keystore: cannot read {path.name}: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), dict):
+        raise ConfigError('gateway.keystore: expected {"nodes": {"<id>": {"key": ...}}}')
+    keys: dict[int, bytes] = {}
+    for sid, entry in doc["nodes"].items():
+        where = f"gateway.keystore: node {sid!r}"
+        if not (isinstance(sid, str) and sid.isdigit() and int(sid) <= 0xFFFF):
+            raise ConfigError(f"{where}: node ids are integers in [0, 65535]")
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise ConfigError(f"{where}: key must be 64 lowercase hex characters")
+        keys[int(sid)] = bytes.fromhex(key)
+    for n in nodes:
+        if n.node_id not in keys:
+            raise ConfigError(f"gateway.keystore: no key for node {n.node_id} ({n.transport})")
+    return keys

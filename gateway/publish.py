@@ -1,0 +1,179 @@
+"""Publish readings to MQTT with Home Assistant discovery, so a Home Assistant user sees every
+meter of the home with no configuration: per meter a power sensor (device_class power,
+state_class measurement, W) and imported/exported energy sensors (device_class energy,
+state_class total_increasing, kWh), on one retained JSON state topic per meter.
+
+``discovery_messages`` and ``state_message`` are pure (topic, payload) builders; ``HaPublisher``
+is the aiomqtt adapter. State updates are coalesced per meter and rate-limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from gateway.clock import Clock
+from gateway.config import MqttConfig
+from gateway.store import Reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterInfo:
+    meter_id: str
+    model: str  # "sdm630", "node", ...
+
+
+def _obj(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def state_topic(cfg: MqttConfig, gateway_id: str, meter_id: str) -> str:
+    return f"{cfg.base_topic}/{gateway_id}/{meter_id}/state"
+
+
+def availability_topic(cfg: MqttConfig, gateway_id: str) -> str:
+    return f"{cfg.base_topic}/{gateway_id}/status"
+
+
+SENSORS = (
+    # object id, name, device class, state class, unit, JSON key
+    ("power", "Power", "power", "measurement", "W", "power_w"),
+    ("energy_import", "Energy imported", "energy", "total_increasing", "kWh", "import_kwh"),
+    ("energy_export", "Energy exported", "energy", "total_increasing", "kWh", "export_kwh"),
+)
+
+
+def discovery_messages(
+    cfg: MqttConfig, gateway_id: str, meter: MeterInfo
+) -> list[tuple[str, dict[str, Any]]]:
+    node = _obj(f"{gateway_id}_{meter.meter_id}")
+    device = {
+        "identifiers": [f"wattmesh_{node}"],
+        "name": f"{meter.meter_id} ({gateway_id})",
+        "manufacturer": "wattmesh",
+        "model": meter.model,
+        "via_device": f"wattmesh_{_obj(gateway_id)}",
+    }
+    out = []
+    for obj, name, dclass, sclass, unit, key in SENSORS:
+        out.append(
+            (
+                f"{cfg.discovery_prefix}/sensor/{node}/{obj}/config",
+                {
+                    "name": name,
+                    "unique_id": f"{node}_{obj}",
+                    "object_id": f"{node}_{obj}",
+                    "state_topic": state_topic(cfg, gateway_id, meter.meter_id),
+                    "value_template": f"{{{{ value_json.{key} }}}}",
+                    "device_class": dclass,
+                    "state_class": sclass,
+                    "unit_of_measurement": unit,
+                    "availability_topic": availability_topic(cfg, gateway_id),
+                    "device": device,
+                },
+            )
+        )
+    return out
+
+
+def state_message(cfg: MqttConfig, gateway_id: str, r: Reading) -> tuple[str, dict[str, Any]]:
+    return state_topic(cfg, gateway_id, r.meter_id), {
+        "power_w": r.power_dw / 10,
+        "import_kwh": round(r.import_mwh / 1_000_000, 6),
+        "export_kwh": round(r.export_mwh / 1_000_000, 6),
+        "time_ms": r.t_ms,
+    }
+
+
+class HaPublisher:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        gateway_id: str,
+        meters: Sequence[MeterInfo],
+        clock: Clock,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.cfg, self.gateway_id, self.clock, self.sleep = cfg, gateway_id, clock, sleep
+        self.meters = list(meters)
+        self._latest: dict[str, Reading] = {}
+        self._last_sent: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.connected = asyncio.Event()
+
+    def offer(self, r: Reading) -> None:
+        """Queue a reading; only the latest per meter is kept until it is published."""
+        self._latest[r.meter_id] = r
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay = self.cfg.reconnect_initial_s
+        avail = availability_topic(self.cfg, self.gateway_id)
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.cfg.host,
+                    self.cfg.port,
+                    username=self.cfg.username,
+                    password=self.cfg.password,
+                    identifier=f"wattmesh-gw-{secrets.token_hex(4)}",
+                    will=aiomqtt.Will(avail, b"offline", qos=1, retain=True),
+                    timeout=10,
+                ) as client:
+                    if self.cfg.discovery:
+                        for m in self.meters:
+                            for topic, payload in discovery_messages(self.cfg, self.gateway_id, m):
+                                await client.publish(topic, json.dumps(payload), qos=1, retain=True)
+                    await client.publish(avail, b"online", qos=1, retain=True)
+                    self.connected.set()
+                    delay = self.cfg.reconnect_initial_s
+                    await self._publish_loop(client)
+            except aiomqtt.MqttError as exc:
+                log.info("mqtt publisher: %s; reconnecting in %.1f s", exc, delay)
+            finally:
+                self.connected.clear()
+            await self.sleep(delay)
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _publish_loop(self, client: aiomqtt.Client) -> None:
+        min_ms = int(self.cfg.publish_min_s * 1000)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            now = self.clock.now_ms()
+            for meter_id, r in list(self._latest.items()):
+                if now - self._last_sent.get(meter_id, -(10**15)) < min_ms:
+                    continue
+                del self._latest[meter_id]
+                topic, payload = state_message(self.cfg, self.gateway_id, r)
+                await client.publish(topic, json.dumps(payload), qos=0, retain=True)
+                self._last_sent[meter_id] = now
+                self.published += 1
+
+    async def offline(self) -> None:
+        """Best effort on a clean stop: mark the gateway offline (the will covers crashes)."""
+        try:
+            async with aiomqtt.Client(
+                self.cfg.host,
+                self.cfg.port,
+                timeout=2,
+                username=self.cfg.username,
+                password=self.cfg.password,
+            ) as c:
+                await c.publish(
+                    availability_topic(self.cfg, self.gateway_id), b"offline", qos=1, retain=True
+                )
+        except aiomqtt.MqttError:
+            pass

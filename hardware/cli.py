@@ -1,0 +1,175 @@
+"""``wattmesh emulate meter|node|plug``: emulated hardware for tests, the demo and installers
+who want to try the gateway without devices."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from hardware.meters import MODELS
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("emulate", help="emulated meters, nodes and plugs")
+    sub = p.add_subparsers(dest="emulate_command", metavar="DEVICE", required=True)
+
+    m = sub.add_parser("meter", help="a Modbus meter (SDM120, SDM630, PZEM-004T) on TCP or RTU")
+    m.add_argument("--model", required=True, choices=MODELS)
+    where = m.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", metavar="HOST:PORT", help="serve Modbus TCP here (loopback)")
+    where.add_argument(
+        "--serial",
+        metavar="PATH|pty",
+        help="serve Modbus RTU on this serial port; 'pty' makes a pseudo-terminal pair and "
+        "prints the path the gateway should open",
+    )
+    m.add_argument("--unit", type=int, action="append", help="unit id (repeat for several)")
+    m.add_argument("--baudrate", type=int, default=9600)
+    m.add_argument("--profile", default="house", help="house, pv, prosumer or constant:<W>")
+    m.add_argument("--import-kwh", type=float, default=0.0, help="initial import counter")
+    m.add_argument("--fault", choices=("silence", "crc", "wrong", "exception"))
+    m.add_argument("--fault-rate", type=float, default=1.0)
+    m.set_defaults(func=cmd_meter)
+
+    n = sub.add_parser("node", help="a wattmesh node on MQTT")
+    n.add_argument("--node-id", type=int, required=True)
+    key = n.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key", help="the node's 32-byte key as 64 hex characters")
+    key.add_argument("--keystore", help="keystore JSON (wattmesh provision node)")
+    n.add_argument("--mqtt", default="127.0.0.1:1883", metavar="HOST:PORT")
+    n.add_argument("--topic", help="node topic (default wattmesh_<id>)")
+    n.add_argument("--period", type=float, default=5.0, help="seconds between readings")
+    n.add_argument("--profile", default="house")
+    n.add_argument("--seq", type=int, default=1, help="first sequence number")
+    n.add_argument("--fault", choices=("tamper", "replay", "garbage"))
+    n.set_defaults(func=cmd_node)
+
+    try:  # the BLE plug emulator lives with the BLE code
+        ble_cli = importlib.import_module("hardware.ble.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not "hardware.ble.cli".startswith(exc.name):
+            raise
+    else:
+        ble_cli.register_plug(sub)
+
+
+def _host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{flag}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def cmd_meter(args: argparse.Namespace) -> int:
+    from hardware.emulators.modbus_meter import (
+        EmulatedMeter,
+        Faults,
+        PtyPair,
+        serve_serial,
+        serve_tcp,
+        stats,
+    )
+    from hardware.emulators.profiles import parse_profile
+
+    units = args.unit or [1]
+    try:
+        if any(not 1 <= u <= 247 for u in units) or len(set(units)) != len(units):
+            raise ValueError("--unit: unit ids are distinct integers in [1, 247]")
+        tcp = _host_port(args.tcp, "--tcp") if args.tcp else None
+        meters = {
+            u: EmulatedMeter(
+                args.model,
+                parse_profile(args.profile),
+                faults=Faults(args.fault, args.fault_rate, seed=u),
+                import_mwh=round(args.import_kwh * 1_000_000),
+            )
+            for u in units
+        }
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        pty = None
+        if tcp is not None:
+            server: Any = await serve_tcp(meters, *tcp)
+            where = {"tcp": f"{tcp[0]}:{tcp[1]}"}
+        else:
+            port = args.serial
+            if port == "pty":
+                pty = PtyPair().start()
+                port = pty.device_path
+            server = await serve_serial(meters, port, args.baudrate)
+            where = {"serial": pty.host_path if pty else port}
+        print(json.dumps({"model": args.model, "units": units, **where}), flush=True)
+        try:
+            await _until_signal()
+        finally:
+            await server.shutdown()
+            if pty is not None:
+                pty.close()
+        print(json.dumps({"stats": stats(meters)}), flush=True)
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from hardware.emulators.mqtt_node import MqttNodeEmulator
+    from hardware.emulators.profiles import parse_profile
+
+    try:
+        if not 0 <= args.node_id <= 0xFFFF:
+            raise ValueError("--node-id: must be in [0, 65535]")
+        if args.key is not None:
+            hexkey = args.key
+        else:
+            doc = json.loads(Path(args.keystore).read_text())
+            hexkey = doc["nodes"][str(args.node_id)]["key"]
+        if not isinstance(hexkey, str) or not re.fullmatch(r"[0-9a-f]{64}", hexkey):
+            raise ValueError("key: expected 64 lowercase hex characters")
+        host, port = _host_port(args.mqtt, "--mqtt")
+        if not args.period > 0:
+            raise ValueError("--period: must be positive")
+        emu = MqttNodeEmulator(
+            args.node_id,
+            bytes.fromhex(hexkey),
+            host,
+            port,
+            topic=args.topic,
+            profile=parse_profile(args.profile),
+            period_s=args.period,
+            seq=args.seq,
+            fault=args.fault,
+        )
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        print(f"error: {exc!r}" if isinstance(exc, KeyError) else f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        task = asyncio.create_task(emu.run())
+        stop = asyncio.create_task(_until_signal())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            print(f"error: {task.exception()}", file=sys.stderr)
+            return 1
+        print(json.dumps({"sent": emu.sent, "commands": emu.commands}), flush=True)
+        return 0
+
+    return asyncio.run(main())
