@@ -358,20 +358,30 @@ class FetchBlocks:
 
 @dataclass(frozen=True, slots=True)
 class Blocks:
-    """State transfer answer. Not signed: each block carries its own commit certificate, and
-    the receiver checks the certificate and the hash chain, so the sender need not be trusted."""
+    """State transfer answer: blocks, and the sender's stable checkpoint proof (a quorum of
+    signed checkpoints) so the receiver can move its watermarks too. Not signed itself: every
+    block carries its commit certificate and the proof its signatures; the receiver checks them
+    and the hash chain, so the sender need not be trusted."""
 
     blocks: tuple[Block, ...]
     replica: int
+    proof: tuple[Checkpoint, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"blocks": [b.to_wire() for b in self.blocks], "r": self.replica, "t": "blocks"}
+        return {
+            "blocks": [b.to_wire() for b in self.blocks],
+            "proof": [c.to_wire() for c in self.proof],
+            "r": self.replica,
+            "t": "blocks",
+        }
 
     @classmethod
     def from_wire(cls, wire: Any) -> Blocks:
-        exact_keys(wire, ("blocks", "r", "t"), "blocks")
+        exact_keys(wire, ("blocks", "proof", "r", "t"), "blocks")
         return cls(
-            tuple(Block.from_wire(b) for b in listed(wire, "blocks", MAX_BLOCKS)), _rid(wire)
+            tuple(Block.from_wire(b) for b in listed(wire, "blocks", MAX_BLOCKS)),
+            _rid(wire),
+            tuple(Checkpoint.from_wire(c) for c in listed(wire, "proof", MAX_REPLICA_ID)),
         )
 
 

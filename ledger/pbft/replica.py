@@ -153,6 +153,7 @@ class Replica:
         self.vc_batches: dict[bytes, Batch] = {}
         self.new_view_msg: NewView | None = None
         self.nv_sent_at: dict[int, int] = {}
+        self.proof_sent_at: dict[int, int] = {}
         self.future: deque[tuple[PrePrepare | Prepare | Commit, int]] = deque(maxlen=FUTURE_BUFFER)
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self.peer_view: dict[int, int] = {}
@@ -162,6 +163,7 @@ class Replica:
         self.fetch_target = 0
         self.fetch_peer = -1
         self.fetch_deadline: int | None = None
+        self.now = now_ms
 
     # ------------------------------------------------------------------ public API
 
@@ -208,6 +210,7 @@ class Replica:
                 self._count("malformed")
                 return []
         out: list[Action] = []
+        self.now = now_ms
         if isinstance(msg, Request):
             self._request(msg.tx, now_ms, False, out)
             return out
@@ -253,7 +256,7 @@ class Replica:
             self._cut_batches(now_ms, out, force=True)
         if self.vc_deadline is not None and now_ms >= self.vc_deadline:
             self._count("timeouts")
-            self._start_view_change(self.view + 1, now_ms, out)
+            self._on_timeout(now_ms, out)
         if self.fetch_deadline is not None and now_ms >= self.fetch_deadline:
             self._send_fetch(now_ms, out, rotate=True)
         if now_ms >= self.next_status:
@@ -346,17 +349,17 @@ class Replica:
             pp = sign(PrePrepare(self.view, seq, digest, self.me), self.signer)
             self._accept_pre_prepare(pp, batch, tuple(ids), out)
             if self.fault == "equivocate":
-                # TEST FAULT: a different batch (other timestamp) to every other backup.
-                other = Batch(self.last_ts + 1, txs, wires)
-                other_pp = sign(PrePrepare(self.view, seq, other.digest(), self.me), self.signer)
+                # TEST FAULT: a different batch (another timestamp) to every backup.
                 for i, r in enumerate(x for x in range(cfg.n) if x != self.me):
-                    chosen = pp if i % 2 == 0 else other_pp
-                    chosen_batch = batch if i % 2 == 0 else other
+                    other = Batch(self.last_ts + i, txs, wires)
+                    other_pp = sign(
+                        PrePrepare(self.view, seq, other.digest(), self.me), self.signer
+                    )
                     out.append(
                         Send(
                             r,
                             PrePrepare(
-                                chosen.view, seq, chosen.digest, self.me, chosen.sig, chosen_batch
+                                self.view, seq, other_pp.digest, self.me, other_pp.sig, other
                             ),
                         )
                     )
@@ -484,6 +487,7 @@ class Replica:
         self._check_committed(slot, out)
 
     def _on_commit(self, msg: Commit, out: list[Action]) -> None:
+        # (self.now is the time of the event being handled; set by on_message)
         if msg.view != self.view or not self.active:
             if not self._buffer_future(msg, msg.replica):
                 self._count("rejected_wrong_view")
@@ -500,6 +504,15 @@ class Replica:
             self._count("rejected_bad_sig")
             return
         votes[msg.replica] = msg
+        if (
+            len(votes) >= self.cfg.quorum
+            and msg.digest != slot.digest
+            and msg.seq > self.last_executed
+        ):
+            # A quorum committed a batch this replica does not hold (an equivocating primary
+            # showed it another one, or its pre-prepare was lost): fetch the certified block.
+            self._count("fetch_on_commit_quorum")
+            self._start_fetch(msg.seq, list(votes), self.now, out)
         self._check_committed(slot, out)
 
     def _check_committed(self, slot: Slot, out: list[Action]) -> None:
@@ -579,6 +592,12 @@ class Replica:
             return
         if msg.seq <= self.stable_seq:
             self._count("stale_checkpoint")
+            # The sender is still working on a checkpoint that is stable here: show it the proof
+            # (it may have missed the others' checkpoints), at most once per status interval.
+            last = self.proof_sent_at.get(msg.replica)
+            if self.stable_proof and (last is None or now_ms - last >= self.cfg.status_interval_ms):
+                self.proof_sent_at[msg.replica] = now_ms
+                out.append(Send(msg.replica, Blocks((), self.me, self.stable_proof)))
             return
         votes = self.checkpoints.get(msg.seq)
         if votes is not None and msg.replica in votes:
@@ -673,6 +692,27 @@ class Replica:
         self.vc_timeout = min(2 * self.vc_timeout, self.cfg.max_view_change_timeout_ms)
         if self.is_primary:
             self._try_new_view(now_ms, out)
+
+    def _on_timeout(self, now_ms: int, out: list[Action]) -> None:
+        if self.active:
+            if self.fetch_deadline is not None and self.fetch_target > self.last_executed:
+                # Behind, not stalled: the others are executing; catch up instead.
+                self.vc_deadline = now_ms + self.vc_timeout
+                return
+            self._start_view_change(self.view + 1, now_ms, out)
+            return
+        # Waiting for NEW-VIEW. Give up on this view only if a quorum is in it (its primary is
+        # then to blame); alone, stay and re-send, so an isolated replica does not run ahead
+        # through views the others will never reach.
+        joined = sum(1 for vc in self.vc_by_replica.values() if vc.view >= self.view)
+        if joined >= self.cfg.quorum:
+            self._start_view_change(self.view + 1, now_ms, out)
+            return
+        mine = self.vc_by_replica.get(self.me)
+        if mine is not None:
+            out.append(Broadcast(mine))
+        self.vc_deadline = now_ms + self.vc_timeout
+        self.vc_timeout = min(2 * self.vc_timeout, self.cfg.max_view_change_timeout_ms)
 
     def _valid_view_change(self, vc: ViewChange) -> bool:
         cfg = self.cfg
@@ -964,6 +1004,12 @@ class Replica:
             return
         self.peer_view[msg.replica] = msg.view
         self.peer_exec[msg.replica] = msg.last_executed
+        ahead = sorted(self.peer_exec.values(), reverse=True)
+        if len(ahead) > self.cfg.f and ahead[self.cfg.f] > self.last_executed + self.cfg.log_window:
+            # f+1 replicas are beyond my whole window: the normal case cannot catch me up.
+            target = ahead[self.cfg.f]
+            peers = [r for r, e in self.peer_exec.items() if e >= target]
+            self._start_fetch(target, peers, now_ms, out)
         if msg.view < self.view:
             self._send_new_view_to(msg.replica, now_ms, out)
 
@@ -996,11 +1042,11 @@ class Replica:
             self._count("rejected_bad_sig")
             return
         if msg.from_seq == 0 or msg.from_seq > self.last_executed:
-            out.append(Send(msg.replica, Blocks((), self.me)))
+            out.append(Send(msg.replica, Blocks((), self.me, self.stable_proof)))
             return
         blocks = tuple(self.ex.blocks_from(msg.from_seq, self.cfg.fetch_limit))
         self._count("blocks_served", len(blocks))
-        out.append(Send(msg.replica, Blocks(blocks, self.me)))
+        out.append(Send(msg.replica, Blocks(blocks, self.me, self.stable_proof)))
 
     def _on_blocks(self, msg: Blocks, now_ms: int, out: list[Action]) -> None:
         applied = 0
@@ -1026,6 +1072,7 @@ class Replica:
             self._execute_block(block, digest, out)
             applied += 1
         self._count("blocks_fetched", applied)
+        self._adopt_proof(msg.proof, now_ms, out)
         if applied:
             self._after_progress(out)
             self._execute_ready(out)
@@ -1036,6 +1083,32 @@ class Replica:
         else:
             self.fetch_deadline = None
         self._rearm(now_ms)
+
+    def _adopt_proof(self, proof: tuple[Checkpoint, ...], now_ms: int, out: list[Action]) -> None:
+        """Take a stable checkpoint proven by a quorum of signed checkpoints."""
+        if (
+            not proof
+            or proof[0].seq <= self.stable_seq
+            or proof[0].seq % self.cfg.checkpoint_interval
+        ):
+            return
+        seq, digest = proof[0].seq, proof[0].digest
+        signers: dict[int, Checkpoint] = {}
+        for cp in proof:
+            if cp.seq != seq or cp.digest != digest or cp.replica in signers:
+                self._count("rejected_bad_checkpoint")
+                return
+            if not verify(cp, self.keyring):
+                self._count("rejected_bad_sig")
+                return
+            signers[cp.replica] = cp
+        if len(signers) < self.cfg.quorum:
+            self._count("rejected_bad_checkpoint")
+            return
+        votes = self.checkpoints.setdefault(seq, {})
+        for r, cp in signers.items():
+            votes.setdefault(r, cp)
+        self._check_stable(seq, out, now_ms)
 
     def _register_batch(self, digest: bytes, block: Block) -> None:
         if digest not in self.batch_ids:

@@ -67,7 +67,7 @@ def _samples() -> list[Any]:
         nv,
         sign(Status(2, 9, 8, 2), SIGNERS[2]),
         sign(FetchBlocks(3, 1), SIGNERS[1]),
-        Blocks((block,), 2),
+        Blocks((block,), 2, cps),
         Reply(0, TXS[0].tx_id, 1, {"code": "OK", "message": "", "result": {}}, 3),
     ]
 

@@ -209,7 +209,7 @@ def test_checkpoints_garbage_collect_and_bound_the_log() -> None:
         assert r.last_executed == 50 and r.stable_seq == 48
         assert max(r.slots, default=49) > 48 and len(r.slots) <= 8
         assert len(r.batches) <= 9 and min(r.checkpoints, default=48) >= 48
-        assert 10 <= r.metrics["checkpoints_stable"] <= 12  # may skip one it saw late
+        assert 6 <= r.metrics["checkpoints_stable"] <= 12  # a later one may subsume one
         assert not r.in_log and not r.pending and not r.queue
     saved = net.executors[0].checkpoint
     assert saved is not None and saved[0] == 48 and len(saved[2]) == 3
