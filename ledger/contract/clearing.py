@@ -158,9 +158,7 @@ def clear_uniform(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
     matches, price = _crossing(offers, bids)
     if price is None:
         return Clearing("uniform", None, (), available, wanted)
-    trades = tuple(
-        Trade(b.owner, a.owner, a.ref, wh, price, b.seq, a.seq) for b, a, wh in matches
-    )
+    trades = tuple(Trade(b.owner, a.owner, a.ref, wh, price, b.seq, a.seq) for b, a, wh in matches)
     return Clearing("uniform", price, trades, available, wanted)
 
 

@@ -100,6 +100,10 @@ class State:
     @classmethod
     def from_snapshot(cls, raw: bytes) -> State:
         data = decode(raw)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        if (
+            not isinstance(data, dict)
+            or data.get("version") != STATE_VERSION
+            or set(data) != set(empty_state({}))
+        ):
             raise ValueError("not a snapshot of this contract's state")
         return cls(data)

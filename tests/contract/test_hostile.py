@@ -1,0 +1,186 @@
+"""Hostile, malformed and truncated input: every transaction kind meets random bodies and
+random senders; the contract answers with a stable code, never crashes, and a refusal changes
+nothing. Queries answer or raise QueryError; a bad snapshot is refused and the state kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.contract import codes, sign_report
+from ledger.contract.api import BlockContext, QueryError, Transaction
+from ledger.contract.community import HANDLERS
+from ledger.contract.queries import QUERIES
+from tests.contract.harness import AFTER, HOUR, Community, key
+
+STABLE = {v for k, v in vars(codes).items() if k.isupper() and isinstance(v, str)} - {
+    codes.INTERNAL_ERROR
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=80),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _community() -> Community:
+    c = Community()
+    c.admit("P1", "prosumer", 10)
+    c.admit("C1", "consumer", 11)
+    c.res("PV1", "P1", 5000)
+    c.meter("M1", "P1", 50)
+    c.mint("C1", 10**9)
+    c.mint("P1", 10**9)
+    c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
+    c.ok(
+        "P1",
+        "auction.offer",
+        {"listing_id": HOUR, "res_id": "PV1", "wh": 1000, "reserve_price": 40_000},
+    )
+    c.ok("C1", "auction.bid", {"listing_id": HOUR, "wh": 800, "bid_price": 60_000})
+    return c
+
+
+_BASE = _community()
+_BASE_SNAPSHOT = _BASE.contract.snapshot()
+
+
+def _fresh() -> Community:
+    """The prepared community, reset to its prepared state (cheaper than rebuilding it)."""
+    _BASE.contract.restore(_BASE_SNAPSHOT)
+    return _BASE
+
+
+def _valid(kind: str, c: Community) -> dict[str, Any]:
+    return {
+        "registry.admit": {
+            "id_grid": "N1",
+            "name": "N",
+            "email": "n@x.org",
+            "public_key": "ab" * 32,
+            "role": "consumer",
+        },
+        "registry.add_res": {"res_id": "PV2", "owner": "P1", "kind": "PV", "rated_power_w": 9},
+        "registry.add_meter": {"meter_id": "M2", "owner": "C1", "gateway_key": "cd" * 32},
+        "token.mint": {"to": "C1", "amount": 5},
+        "token.transfer": {"to": "P1", "amount": 5},
+        "auction.open": {"listing_id": "2026-11-24T14"},
+        "auction.offer": {"listing_id": HOUR, "res_id": "PV1", "wh": 10, "reserve_price": 40_000},
+        "auction.bid": {"listing_id": HOUR, "wh": 10, "bid_price": 50_000},
+        "auction.close": {"listing_id": HOUR},
+        "auction.settle": {"listing_id": HOUR},
+        "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2),
+    }[kind]
+
+
+SENDERS = ("OPERATOR", "P1", "C1", "M1-gateway", "stranger")
+
+
+def _sender(c: Community, who: str) -> bytes:
+    signer = {"M1-gateway": c.gateways["M1"], "stranger": key(99)}.get(who) or c.keys[who]
+    return signer.public_key().public_bytes_raw()
+
+
+@st.composite
+def hostile(draw: st.DrawFn) -> tuple[str, str, Any]:
+    kind = draw(st.sampled_from(sorted(HANDLERS)))
+    who = draw(st.sampled_from(SENDERS))
+    how = draw(st.sampled_from(("random", "replace", "drop", "add", "truncate-sig")))
+    if how == "random":
+        return kind, who, draw(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
+    return kind, who, (how, draw(json_values), draw(st.integers(0, 10)))
+
+
+def _body(kind: str, c: Community, spec: Any) -> Any:
+    if isinstance(spec, dict):
+        return spec
+    how, value, n = spec
+    body = dict(_valid(kind, c))
+    names = sorted(body)
+    name = names[n % len(names)]
+    if how == "replace":
+        body[name] = value
+    elif how == "drop":
+        del body[name]
+    elif how == "add":
+        body[f"x{n}"] = value
+    elif "signature" in body:
+        body["signature"] = body["signature"][: n * 12]
+    return body
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile())
+def test_hostile_bodies_get_a_stable_code_and_change_nothing(case: tuple[str, str, Any]) -> None:
+    c = _fresh()
+    kind, who, spec = case
+    body = _body(kind, c, spec)
+    before = c.contract.snapshot()
+    tx = Transaction("ab" * 32, _sender(c, who), kind, body, 7)
+    receipt = c.contract.apply(tx, BlockContext(100, 0, AFTER))
+    assert receipt.code == "OK" or receipt.code in STABLE, receipt
+    if not receipt.ok:
+        assert receipt.message and c.contract.snapshot() == before
+
+
+def test_unknown_kinds_and_non_mapping_bodies() -> None:
+    c = _community()
+    before = c.contract.snapshot()
+    sender = _sender(c, "OPERATOR")
+    for kind, body in [
+        ("", {}),
+        ("auction", {}),
+        ("token.transfer", ["to"]),
+        ("token.transfer", None),
+        ("x" * 500, {}),
+    ]:
+        receipt = c.contract.apply(
+            Transaction("t", sender, kind, body, 1),  # type: ignore[arg-type]
+            BlockContext(1, 0, 0),
+        )
+        assert receipt.code in ("UNKNOWN_KIND", "BAD_BODY")
+    assert c.contract.snapshot() == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([*sorted(QUERIES), "nope", ""]),
+    st.dictionaries(
+        st.sampled_from(["id_grid", "listing_id", "res_id", "meter_id", "interval", "limit", "x"]),
+        json_values,
+        max_size=3,
+    ),
+)
+def test_queries_answer_or_raise_query_error(path: str, params: dict[str, Any]) -> None:
+    c = _fresh()
+    try:
+        c.contract.query(path, params)
+    except QueryError as exc:
+        assert str(exc)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b"[]", b'{"version":1}', b"\xff" * 10, b'{"version":2}']
+)
+def test_a_bad_snapshot_is_refused_and_the_state_kept(raw: bytes) -> None:
+    c = _community()
+    before = c.contract.snapshot()
+    with pytest.raises(ValueError):
+        c.contract.restore(raw)
+    assert c.contract.snapshot() == before
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000))
+def test_a_truncated_snapshot_is_refused(cut: int) -> None:
+    c = _fresh()
+    raw = c.contract.snapshot()
+    cut = cut % len(raw)
+    with pytest.raises(ValueError):
+        c.contract.restore(raw[:cut])
