@@ -63,6 +63,8 @@ def test_short_run_passes_its_self_checks(short_run) -> None:  # type: ignore[no
         "replicas agree on the state digest": True,
         "tokens conserved": True,
         "every meter report accounted for": True,
+        "no metered energy lost": True,
+        "no report refused by the ledger": True,
     }
     assert "all self-checks passed" in proc.stdout
 
@@ -109,4 +111,23 @@ def test_the_hour_lines_are_printed(short_run) -> None:  # type: ignore[no-untyp
 def test_nothing_is_left_running(short_run) -> None:  # type: ignore[no-untyped-def]
     proc, _, _ = short_run
     assert proc.returncode == 0
+    assert processes_mentioning("wattmesh-demo-") == []
+
+
+def test_faults_hit_and_the_day_still_completes(tmp_path: Path) -> None:
+    proc, summary = run_demo(tmp_path, "--households", "3", "--hours", "4", "--seed", "5",
+                             "--faults")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    kinds = {f["kind"]: f for f in summary["faults"]}
+    assert set(kinds) == {"replica killed", "meter silenced", "ledger stopped"}
+    for f in kinds.values():
+        assert f["recovered"], f
+    assert kinds["replica killed"]["sim_time"] == "2026-06-21T01:10"
+    assert all(c["ok"] for c in summary["checks"]), summary["checks"]
+    assert summary["counters"]["reports_on_ledger"] == 3 * 4 * 4
+    # the silenced meter's missed intervals are reported (0 Wh, flagged) and the gap's energy
+    # lands in the interval where it answered again: its hour still carries its whole energy
+    assert summary["counters"]["modbus_failed_reads"] > 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "replica killed" in html and "ledger stopped" in html
     assert processes_mentioning("wattmesh-demo-") == []

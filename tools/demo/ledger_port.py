@@ -103,6 +103,15 @@ class ClusterLedger:
 
         self.sup.kill(f"replica-{i}", signal.SIGKILL)
 
+    def stop_all(self) -> None:
+        for i in range(self.REPLICAS):
+            self.sup.stop(f"replica-{i}")
+
+    async def start_all(self) -> None:
+        for i in range(self.REPLICAS):
+            self.start_replica(i)
+        await self.wait_up(range(self.REPLICAS))
+
     async def wait_up(self, replicas: Any, timeout_s: float = 30.0) -> None:
         import asyncio
 

@@ -154,7 +154,12 @@ def load_figure(record: DayRecord) -> Figure:
             label="load with EMS (scheduled)")
     ax.fill_between(x, [w / 1000 for w in record.pv_w], step="post", color="gold", alpha=0.4,
                     label="PV production")
-    ax.set_xlabel("hour of the day")
+    for f in record.faults:
+        hh, mm = int(f.sim_time[11:13]), int(f.sim_time[14:16])
+        ax.axvline(hh + mm / 60, color="tab:red", linestyle=":", linewidth=1)
+        ax.annotate(f.kind, (hh + mm / 60, 0.97), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=7, color="tab:red")
+    ax.set_xlabel("hour of the day (red: faults injected)" if record.faults else "hour of the day")
     ax.set_ylabel("kW (community)")
     ax.set_xlim(0, max(1.0, len(x) / 4))
     ax.legend(loc="upper left", fontsize=8)

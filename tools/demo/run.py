@@ -34,7 +34,7 @@ from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan, plan_home
 from tools.demo.procs import Supervisor
 from tools.demo.progress import Progress
-from tools.demo.record import Check, DayRecord, HourResult
+from tools.demo.record import Check, DayRecord, Fault, HourResult
 from tools.demo.world import Home, build_community
 
 START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
@@ -108,6 +108,7 @@ class DemoRun:
         self.ledger_down = False
         self.day0_ms = 0
         self.clock = ManualClock(0)
+        self.fault_plan: list[tuple[int, Any]] = []
         self.unsettled: list[str] = []
 
     # -- ledger helpers ---------------------------------------------------------------------
@@ -188,6 +189,8 @@ class DemoRun:
         self.record.parts["gateways"] = ("gateway cores per home: Modbus poller, 15-min "
                                          "intervals, signed reports, SQLite outbox")
         await self.step(self.day0_ms)  # the first reading: the counters' starting point
+        if self.opts.faults:
+            self.plan_faults()
 
     async def _day(self, t0: float) -> DayRecord:
         opts = self.opts
@@ -279,6 +282,9 @@ class DemoRun:
 
     async def step(self, t_ms: int, *, poll: bool = True) -> None:
         await self.clock.set(t_ms)
+        while self.fault_plan and self.fault_plan[0][0] <= t_ms:
+            _, action = self.fault_plan.pop(0)
+            await action(t_ms)
         if poll:
             await asyncio.gather(*(e.poll() for e in self.edges))
         for e in self.edges:
@@ -291,6 +297,75 @@ class DemoRun:
         if self.ledger_down:
             return
         await asyncio.gather(*(e.deliver(self.ledger, now_ms) for e in self.edges))
+
+    # -- faults on request ------------------------------------------------------------------
+
+    def sim_label(self, t_ms: int) -> str:
+        return dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M")
+
+    def plan_faults(self) -> None:
+        """Four faults spread over the run, each inside a delivery hour (simulated times)."""
+        hours = self.opts.hours
+        at = [self.day0_ms + h * HOUR_MS for h in (hours // 4, hours // 2, (3 * hours) // 4)]
+        victim = 1  # a backup replica; the primary of view 0 is replica 0
+        home = self.edges[min(1, len(self.edges) - 1)]
+        cluster = hasattr(self.ledger, "kill_replica")
+        faults: dict[str, Fault] = {}
+
+        def fault(kind: str, t: int, detail: str) -> Fault:
+            f = Fault(kind, (t - self.day0_ms) // HOUR_MS, self.sim_label(t), detail)
+            self.record.faults.append(f)
+            faults[kind] = f
+            return f
+
+        async def kill(t: int) -> None:
+            if not cluster:
+                fault("replica killed", t, "skipped: no replica processes (in-process ledger)")
+                return
+            self.ledger.kill_replica(victim)  # type: ignore[union-attr]
+            fault("replica killed", t, f"replica {victim} killed with SIGKILL")
+
+        async def restart(t: int) -> None:
+            if cluster:
+                self.ledger.start_replica(victim)  # type: ignore[union-attr]
+                await self.ledger.wait_up([victim])  # type: ignore[union-attr]
+                faults["replica killed"].recovered = (
+                    f"restarted at {self.sim_label(t)}; it caught up from its SQLite store and "
+                    "its peers")
+
+        async def silence(t: int) -> None:
+            home.silence(True)
+            fault("meter silenced", t, f"{home.meter_id} stopped answering Modbus requests")
+
+        async def unsilence(t: int) -> None:
+            home.silence(False)
+            faults["meter silenced"].recovered = (
+                f"answering again at {self.sim_label(t)}; the intervals it missed were reported "
+                "as missing and the energy of the gap counted when it answered (flags gap)")
+
+        async def stop_ledger(t: int) -> None:
+            if not cluster:
+                fault("ledger stopped", t, "skipped: no replica processes (in-process ledger)")
+                return
+            self.ledger.stop_all()  # type: ignore[union-attr]
+            self.ledger_down = True
+            fault("ledger stopped", t, "all 4 replicas stopped; reports wait in the outboxes")
+
+        async def start_ledger(t: int) -> None:
+            if cluster:
+                await self.ledger.start_all()  # type: ignore[union-attr]
+                self.ledger_down = False
+                queued = sum(e.pending() for e in self.edges)
+                faults["ledger stopped"].recovered = (
+                    f"restarted at {self.sim_label(t)}; the {queued} reports queued meanwhile "
+                    "are delivered from the outboxes")
+
+        plan = [
+            (at[0] + 10 * 60_000, kill), (at[0] + HOUR_MS - 5 * 60_000, restart),
+            (at[1] + 10 * 60_000, silence), (at[1] + 50 * 60_000, unsilence),
+            (at[2] + 20 * 60_000, stop_ledger), (at[2] + 45 * 60_000, start_ledger),
+        ]
+        self.fault_plan = sorted(plan, key=lambda p: p[0])
 
     def hour_reported(self, listing_id: str) -> bool:
         """Every home's four interval reports of the hour are delivered (so it may be settled)."""
@@ -368,5 +443,25 @@ class DemoRun:
             on_ledger == len(self.reports_sent) == expected,
             f"{on_ledger} of {expected} interval reports are on the ledger; "
             f"{len(self.unsettled)} listings left unsettled"))
+        lost = []
+        for e in self.edges:
+            imp_mwh, exp_mwh = e.meter.counters.import_mwh, e.meter.counters.export_mwh
+            rep_imp = sum(i.import_wh for i in e.intervals)
+            rep_exp = sum(i.export_wh for i in e.intervals)
+            if abs(rep_imp - imp_mwh / 1000) >= 1 or abs(rep_exp - exp_mwh / 1000) >= 1:
+                lost.append(f"{e.meter_id}: reported {rep_imp}/{rep_exp} Wh, meter "
+                            f"{imp_mwh / 1000:.1f}/{exp_mwh / 1000:.1f} Wh")
+        rec.checks.append(Check(
+            "no metered energy lost", not lost,
+            "; ".join(lost) if lost else "every meter's reported Wh equal its counters' advance"))
+        rejected = [f"{e.id_grid}: {r}" for e in self.edges for r in e.rejected()]
+        rec.checks.append(Check(
+            "no report refused by the ledger", not rejected,
+            "; ".join(rejected[:5]) if rejected else "every queued transaction was accepted"))
+        rec.counters["modbus_samples"] = sum(e.samples for e in self.edges)
+        rec.counters["modbus_failed_reads"] = sum(
+            sum(v for k, v in e.bus.stats().items() if k in ("timeout", "crc", "exception",
+                                                              "bad_value"))
+            for e in self.edges)
         rec.counters["reports_expected"] = expected
         rec.counters["reports_on_ledger"] = on_ledger
