@@ -1,18 +1,19 @@
 """The household tariff: integer micro-tokens per kWh (1 token = 1 EUR, so 0.095 EUR/kWh = 95_000).
 
-Feed-in 39_000 and retail peak 95_000 (13:00 to 23:00) are the project's figures; the off-peak
-retail price is a community parameter. The trading agent's price band lies between the feed-in
-and the retail price of the hour.
+The figures are the community's parameters, defined once in ``ledger.contract.params`` (feed-in
+39_000, retail peak 95_000 from 13:00 to 23:00, off-peak a community choice); ``from_params``
+builds the tariff from the ledger's ``params`` query. The trading agent's price band lies
+between the feed-in and the retail price of the hour.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-FEED_IN = 39_000
-RETAIL_PEAK = 95_000
-RETAIL_OFFPEAK_DEFAULT = 60_000
-PEAK_HOURS = (13, 23)  # [start, end) hours of day at the peak retail price
+from ledger.contract.params import FEED_IN, PEAK_HOURS, RETAIL_PEAK
+from ledger.contract.params import RETAIL_OFFPEAK as RETAIL_OFFPEAK_DEFAULT
 
 
 class TariffError(ValueError):
@@ -40,6 +41,18 @@ class Tariff:
                 f"({self.retail_offpeak} off-peak, {self.retail_peak} peak): "
                 "the price band would be empty")
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Tariff:
+        """The tariff of the community's parameters (the ledger's ``params`` query)."""
+        try:
+            start, end = params.get("peak_hours", PEAK_HOURS)
+            return cls(feed_in=params.get("feed_in", FEED_IN),
+                       retail_peak=params.get("retail_peak", RETAIL_PEAK),
+                       retail_offpeak=params.get("retail_offpeak", RETAIL_OFFPEAK_DEFAULT),
+                       peak_start_h=int(start), peak_end_h=int(end))
+        except (TypeError, ValueError) as exc:
+            raise TariffError(f"community params are malformed: {exc}") from exc
+
     def is_peak(self, hour: int) -> bool:
         h = hour % 24
         if self.peak_start_h <= self.peak_end_h:
@@ -62,3 +75,14 @@ class Tariff:
 def cost_utok(energy_mwh: int, price_utok_per_kwh: int) -> int:
     """Micro-tokens for ``energy_mwh`` at ``price`` micro-tokens/kWh, rounded half up."""
     return (energy_mwh * price_utok_per_kwh + 500_000) // 1_000_000
+
+
+__all__ = [
+    "FEED_IN",
+    "PEAK_HOURS",
+    "RETAIL_OFFPEAK_DEFAULT",
+    "RETAIL_PEAK",
+    "Tariff",
+    "TariffError",
+    "cost_utok",
+]

@@ -1,0 +1,341 @@
+"""The thin asyncio adapter that runs the EMS inside the gateway daemon (or the demo).
+
+It knows the daemon only through plain callables: ``send_relay(node_id, relay, on)`` (awaitable
+``firmware.frame`` S_* status), ``enqueue_tx(kind, body)`` (outbox id; delivered exactly once),
+``interval_history(meter_id, since_ms, until_ms)`` (rows with ``start_ms``, ``import_wh``,
+``export_wh``), an optional ``clearing(listing_id)`` (awaitable ``auction.close`` result or None
+while the listing is open) and a clock with ``now_ms()`` and ``async sleep_until(ms)``.
+
+At every slot edge ``step`` does, in order: read clearings of listings it traded (the traded
+quantities enter the plan), record what ran in the slot just ended, forecast load and PV from the
+meters' history, re-plan the horizon (keeping runs already begun), switch relays for the new
+slot within their minimum times, place orders for listings about to close, and reconcile what it
+commanded with what the appliances' meters measured. A fault in one relay, one order or one
+clearing is recorded in the step's report and never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from firmware import frame
+from gateway.ems.agent import TradingAgent
+from gateway.ems.appliances import Appliance
+from gateway.ems.dr import Mismatch, RelayCommand, RelayController, reconcile, relay_specs
+from gateway.ems.forecast import MIN_HISTORY, ForecastError, Model, forecast
+from gateway.ems.horizon import (
+    HorizonState,
+    advance,
+    group_listing_ids,
+    horizon_input,
+)
+from gateway.ems.milp import solve
+from gateway.ems.plan import DEFAULT_LIMIT_W, Commitment, DrRequest, hourly_net_wh
+from gateway.ems.problem import BoolArray, IntArray, PlanError, PlanInput, Schedule, evaluate
+from gateway.ems.tariff import Tariff
+from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
+
+
+class IntervalRow(Protocol):
+    @property
+    def start_ms(self) -> int: ...
+    @property
+    def import_wh(self) -> int: ...
+    @property
+    def export_wh(self) -> int: ...
+
+
+class ClockLike(Protocol):
+    def now_ms(self) -> int: ...
+    async def sleep_until(self, ms: int) -> None: ...
+
+
+SendRelay = Callable[[int, int, bool], Awaitable[int]]
+EnqueueTx = Callable[[str, dict[str, Any]], object]
+History = Callable[[str, int, int], Sequence[IntervalRow]]
+Clearing = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    site_meter: str  # the home's grid meter: import and export
+    pv_meter: str | None = None  # the PV inverter's meter (its export is the production)
+    horizon_slots: int = SLOTS_PER_DAY
+    history_days: int = 28
+    limit_w: int = DEFAULT_LIMIT_W
+    model: Model = "ridge"
+    order_lead_ms: int = 60 * 60_000  # place the order for hour H from H - lead
+    relay_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class StepReport:
+    slot_ms: int
+    planned: bool = False
+    cost_utok: int | None = None
+    commands: list[tuple[str, bool, int | None]] = field(default_factory=list)  # name, on, status
+    deferred: dict[str, int] = field(default_factory=dict)
+    orders: list[tuple[str, object]] = field(default_factory=list)  # (kind, outbox id)
+    commitments: list[Commitment] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class EmsRunner:
+    def __init__(self, appliances: Sequence[Appliance], tariff: Tariff, config: RunnerConfig,
+                 *, clock: ClockLike, send_relay: SendRelay, enqueue_tx: EnqueueTx,
+                 interval_history: History, clearing: Clearing | None = None,
+                 agent: TradingAgent | None = None) -> None:
+        self.appliances = list(appliances)
+        self.tariff = tariff
+        self.config = config
+        self.clock = clock
+        self._send_relay = send_relay
+        self._enqueue_tx = enqueue_tx
+        self._history = interval_history
+        self._clearing = clearing
+        self.agent = agent
+        self.relays = RelayController(relay_specs(self.appliances))
+        self.state = HorizonState()
+        self.requests: list[DrRequest] = []
+        self.commitments: dict[str, Commitment] = {}
+        self.ordered: set[str] = set()
+        self.plan: Schedule | None = None
+        self.plan_input: PlanInput | None = None
+        self.plan_t0: int | None = None
+        self.keys: dict[str, str] = {}
+        self.commanded: dict[str, dict[int, bool]] = {}  # name -> slot start ms -> on
+        self.reports: list[StepReport] = []
+        self._last_step_slot: int | None = None
+
+    # --- inputs that trigger a re-plan -------------------------------------------------------
+    def request_demand_response(self, req: DrRequest) -> None:
+        self.requests.append(req)
+
+    def add_commitment(self, c: Commitment) -> None:
+        self.commitments[c.listing_id] = c
+
+    # --- the slot edge ----------------------------------------------------------------------
+    async def step(self) -> StepReport:
+        now = self.clock.now_ms()
+        t0 = now // SLOT_MS
+        report = StepReport(slot_ms=t0 * SLOT_MS)
+        await self._read_clearings(report)
+        if self._last_step_slot is not None and self._last_step_slot < t0:
+            self._record_slot(self._last_step_slot, report)
+        self._last_step_slot = t0
+        self._replan(t0, report)
+        await self._drive_relays(now, t0, report)
+        self._place_orders(now, t0, report)
+        self._reconcile(t0, report)
+        self.reports.append(report)
+        return report
+
+    async def replan_now(self) -> StepReport:
+        """Re-plan mid-slot (new request, prices or forecast) without advancing the slot."""
+        now = self.clock.now_ms()
+        t0 = now // SLOT_MS
+        report = StepReport(slot_ms=t0 * SLOT_MS)
+        self._replan(t0, report)
+        await self._drive_relays(now, t0, report)
+        self.reports.append(report)
+        return report
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.step()
+            next_edge = (self.clock.now_ms() // SLOT_MS + 1) * SLOT_MS
+            wake = self.relays.next_wakeup_ms()
+            while wake is not None and wake < next_edge and not stop.is_set():
+                await self.clock.sleep_until(wake)
+                await self._drive_relays(self.clock.now_ms(), self.clock.now_ms() // SLOT_MS,
+                                         StepReport(slot_ms=wake))
+                wake = self.relays.next_wakeup_ms()
+            if not stop.is_set():
+                await self.clock.sleep_until(next_edge)
+
+    # --- parts ------------------------------------------------------------------------------
+    async def _read_clearings(self, report: StepReport) -> None:
+        if self._clearing is None or self.agent is None:
+            return
+        for lid in sorted(self.ordered - set(self.commitments)):
+            try:
+                result = await self._clearing(lid)
+                if result is None:
+                    continue
+                c = self.agent.read_clearing(result)
+            except Exception as exc:  # one bad listing never stops the others
+                report.errors.append(f"clearing {lid}: {exc}")
+                continue
+            self.commitments[lid] = c
+            report.commitments.append(c)
+
+    def _record_slot(self, slot: int, report: StepReport) -> None:
+        if self.plan is None or self.plan_t0 is None:
+            return
+        pos = slot - self.plan_t0
+        if self.plan_input is None or not 0 <= pos < self.plan_input.n:
+            return
+        ran: dict[str, bool] = {}
+        for key, name in self.keys.items():
+            planned = bool(self.plan[key][pos])
+            if name in self.relays.relays:
+                state = self.commanded.get(name, {}).get(slot * SLOT_MS)
+                ran[key] = bool(state) if state is not None else planned
+            else:
+                ran[key] = planned
+        advance(self.state, self.appliances, slot, ran)
+
+    def _series(self, meter: str, since: int, until: int) -> tuple[IntArray, BoolArray]:
+        """Net import (import - export) per slot of a meter, and which slots were present."""
+        n = (until - since) // SLOT_MS
+        out = np.zeros(n, dtype=np.int64)
+        present = np.zeros(n, dtype=np.bool_)
+        for row in self._history(meter, since, until):
+            start = int(row.start_ms)
+            i = (start - since) // SLOT_MS
+            if 0 <= i < n and start % SLOT_MS == 0:
+                out[i] = int(row.import_wh) - int(row.export_wh)
+                present[i] = True
+        return out, present
+
+    def _forecasts(self, t0: int, report: StepReport) -> tuple[IntArray, IntArray]:
+        cfg = self.config
+        until = t0 * SLOT_MS
+        since = until - cfg.history_days * SLOTS_PER_DAY * SLOT_MS
+        try:
+            net, have = self._series(cfg.site_meter, since, until)
+            if cfg.pv_meter is not None:
+                pv_net, have_pv = self._series(cfg.pv_meter, since, until)
+                pv = np.maximum(-pv_net, 0)
+            else:
+                pv, have_pv = np.zeros_like(net), np.ones_like(have)
+        except Exception as exc:  # the store is unreadable: plan without history
+            report.errors.append(f"history: {exc}")
+            net, have = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
+            pv, have_pv = net.copy(), have.copy()
+        load = np.maximum(net + pv, 0)
+        missing = ~(have & have_pv)
+        # fill gaps with the same slot a day earlier (or 0 when there is none)
+        for i in np.nonzero(missing)[0]:
+            load[i] = load[i - SLOTS_PER_DAY] if i >= SLOTS_PER_DAY else 0
+            pv[i] = pv[i - SLOTS_PER_DAY] if i >= SLOTS_PER_DAY else 0
+        start = datetime.fromtimestamp(until / 1000, tz=UTC)
+        n = cfg.horizon_slots
+        if int(missing.sum()) > len(load) // 2:
+            report.notes.append("little meter history: forecasting from what there is")
+        try:
+            model: Model = cfg.model if load.shape[0] >= MIN_HISTORY else "naive"
+            return (forecast(load, start, n, model).astype(np.int64),
+                    forecast(pv, start, n, model).astype(np.int64))
+        except ForecastError as exc:
+            report.notes.append(f"no forecast ({exc}); planning with zero load and PV")
+            zero = np.zeros(n, dtype=np.int64)
+            return zero, zero.copy()
+
+    def _replan(self, t0: int, report: StepReport) -> None:
+        base, pv = self._forecasts(t0, report)
+        prices = self._expected_prices(t0)
+        try:
+            inp, keys, notes = horizon_input(
+                self.appliances, t0, base, pv, self.tariff, self.state,
+                limit_w=self.config.limit_w, requests=self.requests,
+                commitments=self.commitments, community_price=prices)
+            report.notes.extend(notes)
+            sol = solve(inp)
+        except PlanError as exc:
+            report.errors.append(f"plan: {exc}")
+            return
+        self.plan, self.plan_input, self.plan_t0, self.keys = sol.schedule, inp, t0, keys
+        report.planned = True
+        report.cost_utok = evaluate(inp, sol.schedule).cost_utok
+
+    def _expected_prices(self, t0: int) -> dict[str, int]:
+        if self.agent is None:
+            return {}
+        groups = self.config.horizon_slots // SLOTS_PER_HOUR + 1
+        out = {}
+        for lid in group_listing_ids(t0, groups):
+            out[lid] = self.agent.expected_price(int(lid[-2:]))
+        return out
+
+    def _desired(self, t0: int) -> dict[str, bool]:
+        if self.plan is None or self.plan_t0 is None or self.plan_input is None:
+            return {}
+        pos = t0 - self.plan_t0
+        if not 0 <= pos < self.plan_input.n:
+            return {}
+        desired = {name: False for name in self.relays.relays}
+        for key, name in self.keys.items():
+            if name in desired and bool(self.plan[key][pos]):
+                desired[name] = True
+        return desired
+
+    async def _drive_relays(self, now: int, t0: int, report: StepReport) -> None:
+        commands = self.relays.step(now, self._desired(t0))
+        report.deferred.update(self.relays.deferred)
+        results = await asyncio.gather(*(self._send(c) for c in commands))
+        for cmd, status in zip(commands, results, strict=True):
+            if status is None:
+                self.relays.on_failure(cmd)
+            else:
+                self.relays.on_ack(cmd, status, self.clock.now_ms())
+            report.commands.append((cmd.name, cmd.on, status))
+        for name in self.relays.relays:
+            state = self.relays.state(name)
+            if state is not None:
+                self.commanded.setdefault(name, {})[t0 * SLOT_MS] = state
+
+    async def _send(self, cmd: RelayCommand) -> int | None:
+        try:
+            async with asyncio.timeout(self.config.relay_timeout_s):
+                status = await self._send_relay(cmd.node_id, cmd.relay, cmd.on)
+        except Exception:  # a dead node or link: unknown state, retried at the next step
+            return None
+        return status if isinstance(status, int) else frame.S_REPLAY
+
+    def _place_orders(self, now: int, t0: int, report: StepReport) -> None:
+        if self.agent is None or self.plan is None or self.plan_input is None:
+            return
+        nets = hourly_net_wh(self.plan_input, self.plan)
+        ids = group_listing_ids(t0, len(nets))
+        for g, lid in enumerate(ids):
+            hour_start = (t0 // SLOTS_PER_HOUR + g) * SLOTS_PER_HOUR * SLOT_MS
+            if lid in self.ordered or not hour_start - self.config.order_lead_ms <= now:
+                continue
+            if now >= hour_start or int((self.plan_input.group == g).sum()) < SLOTS_PER_HOUR:
+                continue  # too late for this hour, or the hour is not wholly in the plan
+            order = self.agent.decide(lid, nets[g])
+            self.ordered.add(lid)
+            if order is None:
+                continue
+            try:
+                outbox_id = self._enqueue_tx(order.kind, order.body)
+            except Exception as exc:
+                self.ordered.discard(lid)
+                report.errors.append(f"order {lid}: {exc}")
+                continue
+            report.orders.append((order.kind, outbox_id))
+
+    def _reconcile(self, t0: int, report: StepReport) -> None:
+        prev = (t0 - 1) * SLOT_MS
+        for name, r in self.relays.relays.items():
+            meter = r.spec.meter
+            commanded = self.commanded.get(name, {})
+            if meter is None or prev not in commanded:
+                continue
+            try:
+                rows = self._history(meter, prev, prev + SLOT_MS)
+            except Exception as exc:
+                report.errors.append(f"history {meter}: {exc}")
+                continue
+            measured = {int(row.start_ms): int(row.import_wh) for row in rows}
+            report.mismatches.extend(
+                reconcile(name, r.spec.power_w, {prev: commanded[prev]}, measured))
