@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def replica_command(directory: Path, replica: int, contract: str = DEFAULT_CONTRACT) -> list[str]:
     return [
-        sys.executable, "-m", "tools.cli", "ledger", "run",
+        sys.executable, "-m", "ledger", "run",
         "--dir", str(directory), "--replica", str(replica), "--contract", contract,
     ]  # fmt: skip
 

@@ -30,7 +30,7 @@ from ledger.pbft.actions import Action, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import Reply
-from ledger.pbft.replica import Replica
+from ledger.pbft.replica import Fault, Replica
 from ledger.setup import ContractFactory
 from ledger.transport import ClientConn, Counters, Listener, PeerLink, encode_frame
 from ledger.tx import SignedTx, TxError
@@ -51,7 +51,7 @@ class ReplicaNode:
         factory: ContractFactory,
         *,
         clock: Callable[[], int] = wall_ms,
-        fault: str | None = None,
+        fault: Fault = None,
         cluster: ClusterConfig | None = None,
     ) -> None:
         self.directory = directory
@@ -280,7 +280,7 @@ def _public(hex_key: str) -> Any:
 
 
 async def serve(
-    directory: Path, replica_id: int, factory: ContractFactory, fault: str | None = None
+    directory: Path, replica_id: int, factory: ContractFactory, fault: Fault = None
 ) -> None:
     """Run one replica until SIGTERM or SIGINT, then stop cleanly."""
     node = ReplicaNode(directory, replica_id, factory, fault=fault)

@@ -202,6 +202,12 @@ class BlockStore:
 
 def _row(row: tuple[object, ...]) -> BlockRow:
     height, view, prev_hash, hash_, body = row
-    assert isinstance(height, int) and isinstance(view, int)
-    assert isinstance(prev_hash, bytes) and isinstance(hash_, bytes) and isinstance(body, bytes)
+    if not (
+        isinstance(height, int)
+        and isinstance(view, int)
+        and isinstance(prev_hash, bytes)
+        and isinstance(hash_, bytes)
+        and isinstance(body, bytes)
+    ):
+        raise StoreError(f"block {height}: stored columns have the wrong types")
     return BlockRow(height=height, view=view, prev_hash=prev_hash, hash=hash_, body=body)

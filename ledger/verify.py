@@ -30,7 +30,14 @@ def verify_chain(rows: Iterator[BlockRow], check_cert: Callable[[Block], bool]) 
     block linked to the one before, each certificate valid for its block. Returns the breaks."""
     problems: list[str] = []
     prev_hash, expected = GENESIS_HASH, 1
-    for row in rows:
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except StoreError as exc:
+            problems.append(str(exc))
+            break
         if row.height != expected:
             problems.append(f"block {row.height}: expected height {expected}")
         try:

@@ -290,10 +290,10 @@ class LedgerClient:
     def _on_message(self, index: int, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "reply":
-            pending = self._txs.get(str(message.get("tx_id")))
+            pending = self._txs.get(str(message.get("tx")))
             if pending is None:
                 return
-            view = message.get("view")
+            view = message.get("v")
             if isinstance(view, int) and view > self.view:
                 self.view = view
             try:

@@ -12,8 +12,9 @@ client -> replica
   ``ledger.receipt`` {tx_id}, ``ledger.status``); any other path goes to the contract.
 
 replica -> client
-- ``{"t": "reply", "replica": i, "view": v, "tx_id": <hex>, "height": h, "index": k,
-  "receipt": {"code", "result", "message"}}``: the transaction executed at block h, position k.
+- ``{"t": "reply", "r": i, "v": view, "tx": <tx_id hex>, "h": height,
+  "receipt": {"code", "result", "message"}}``: the transaction executed in block h (the core's
+  ``ledger.pbft.messages.Reply``).
 - ``{"t": "reject", "replica": i, "tx_id": <hex>, "code": <str>, "message": <str>}``: the replica
   refuses the request before ordering it (bad signature, malformed).
 - ``{"t": "answer", "replica": i, "id": <int>, "ok": bool, "value": ..., "error": <str>}``.
@@ -45,11 +46,8 @@ def receipt_from_wire(wire: Any) -> Receipt:
 
 
 def reply_key(message: dict[str, Any]) -> bytes:
-    """What f+1 replies must agree on: the transaction, where it executed, and its receipt."""
-    return canonical(
-        [message.get("tx_id"), message.get("height"), message.get("index"), message.get("receipt")],
-        checked=False,
-    )
+    """What f+1 replies must agree on: the transaction, the block, and its receipt."""
+    return canonical([message.get("tx"), message.get("h"), message.get("receipt")], checked=False)
 
 
 def answer_key(message: dict[str, Any]) -> bytes:

@@ -1,0 +1,130 @@
+"""Real replica processes over loopback TCP for the ledger's fault tests.
+
+Each replica is ``python -m ledger run`` in its own process (with the toy contract from
+``tests.ledger.toy_contract``); the harness kills them with SIGKILL, stops them with SIGTERM,
+cuts one off the network with SIGSTOP (nothing in or out, its peers' links time out and queue)
+and heals it with SIGCONT. Waiting is polling the replicas' own status, with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ledger.cli import _statuses
+from ledger.cluster import load_cluster, replica_db_file
+from ledger.keys import load_key, new_key
+from ledger.setup import init_cluster
+from ledger.store import BlockStore
+from ledger_client.client import LedgerClient
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = "tests.ledger.toy_contract:make_contract"
+
+
+class Cluster:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        view_change_ms: int = 300,
+        checkpoint_interval: int = 8,
+        batch_max: int = 50,
+        faults: dict[int, str] | None = None,
+    ) -> None:
+        self.dir = directory
+        init_cluster(
+            directory,
+            4,
+            timers={"view_change_ms": view_change_ms, "request_timeout_ms": 500, "status_ms": 100},
+            batch={"max_txs": batch_max, "max_delay_ms": 2},
+            checkpoint_interval=checkpoint_interval,
+            genesis={"toy": 1},
+        )
+        self.config = load_cluster(directory / "cluster.json")
+        self.faults = faults or {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.operator = load_key(directory / "operator.key")
+        self.user = new_key()
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def start(self, i: int) -> None:
+        cmd = [sys.executable, "-m", "ledger", "run", "--dir", str(self.dir), "--replica", str(i),
+               "--contract", TOY]  # fmt: skip
+        if i in self.faults:
+            cmd += ["--fault", self.faults[i]]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        log = open(self.dir / f"replica-{i}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.procs[i] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def start_all(self) -> None:
+        for i in range(self.config.n):
+            self.start(i)
+
+    def kill(self, i: int) -> None:
+        proc = self.procs.pop(i)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def pause(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGCONT)
+
+    def stop_all(self) -> dict[int, int]:
+        codes: dict[int, int] = {}
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+        for i, proc in list(self.procs.items()):
+            try:
+                codes[i] = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[i] = proc.wait()
+        self.procs.clear()
+        return codes
+
+    # -- observation ----------------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> LedgerClient:
+        kwargs.setdefault("request_timeout_s", 0.5)
+        kwargs.setdefault("timeout_s", 20.0)
+        return LedgerClient.from_cluster_file(self.dir / "cluster.json", self.user, **kwargs)
+
+    async def statuses(self) -> list[dict[str, Any]]:
+        return await _statuses([(r.host, r.port) for r in self.config.replicas], 3.0)
+
+    async def wait_for(
+        self, replicas: list[int], predicate: Any, timeout_s: float = 20.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            all_status = await self.statuses()
+            chosen = [all_status[i] for i in replicas]
+            if all("error" not in s for s in chosen) and predicate(chosen):
+                return chosen
+            self.last_errors = [s for s in chosen if "error" in s]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cluster did not reach the condition: {chosen}")
+            await asyncio.sleep(0.1)  # polling real processes, not standing in for a clock
+
+    async def converge(self, replicas: list[int], timeout_s: float = 20.0) -> list[dict[str, Any]]:
+        """Wait until these replicas report one height, head and state digest."""
+
+        def same(ss: list[dict[str, Any]]) -> bool:
+            return len({(s["height"], s["head_hash"], s["state_digest"]) for s in ss}) == 1
+
+        return await self.wait_for(replicas, same, timeout_s)
+
+    def store(self, i: int) -> BlockStore:
+        return BlockStore(self.dir / replica_db_file(i))
