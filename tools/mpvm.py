@@ -63,9 +63,15 @@ def run_job(
     files: dict[str, str] | None = None,
     heapsize: int = 1024 * 1024,
     timeout: float = 120.0,
+    binfiles: dict[str, bytes] | None = None,
 ) -> VmResult:
     node = check_vm()
-    spec = {"script": _PRELUDE + script, "files": files or {}, "heapsize": heapsize}
+    spec = {
+        "script": _PRELUDE + script,
+        "files": files or {},
+        "binfiles": {path: data.hex() for path, data in (binfiles or {}).items()},
+        "heapsize": heapsize,
+    }
     proc = subprocess.run(
         [node, str(RUNNER), "job"],
         input=json.dumps(spec),
@@ -76,7 +82,8 @@ def run_job(
         check=False,
     )
     if proc.returncode != 0:
-        raise VmError(proc.stderr.strip() or f"VM exited with {proc.returncode}")
+        # MicroPython's traceback is the end of stderr; a JS-level crash can be very long.
+        raise VmError(proc.stderr.strip()[-4000:] or f"VM exited with {proc.returncode}")
     out = VmResult()
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):

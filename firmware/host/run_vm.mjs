@@ -5,7 +5,8 @@
 //
 // Run it from the repository root so that node_modules resolves. Every firmware/*.py module is
 // copied into the VM's /lib before anything runs, so scripts `import ct, node, hal_host` as the
-// ESP32 does. job.json = {"script": "...", "files": {"/path": "text"}, "heapsize": bytes}.
+// ESP32 does. job.json = {"script": "...", "files": {"/path": "text"}, "binfiles": {"/path": "hex"},
+// "heapsize": bytes}.
 // Stream mode: see firmware/README.md (frames out as hex lines, commands in as hex lines).
 import { readFileSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -37,6 +38,19 @@ async function loadVm(heapsize, onStdout) {
   return mp;
 }
 
+function writeFile(mp, path, data) {
+  let dir = "";
+  for (const part of path.split("/").slice(1, -1)) {
+    dir += "/" + part;
+    try {
+      mp.FS.mkdir(dir);
+    } catch (err) {
+      // exists already
+    }
+  }
+  mp.FS.writeFile(path, data);
+}
+
 function readStdin() {
   return new Promise((resolve) => {
     const chunks = [];
@@ -54,7 +68,10 @@ async function job() {
   const spec = JSON.parse(await readStdin());
   const mp = await loadVm(spec.heapsize || 1024 * 1024, (line) => process.stdout.write(line + "\n"));
   for (const [path, text] of Object.entries(spec.files || {})) {
-    mp.FS.writeFile(path, text);
+    writeFile(mp, path, text);
+  }
+  for (const [path, hex] of Object.entries(spec.binfiles || {})) {
+    writeFile(mp, path, Buffer.from(hex, "hex"));
   }
   try {
     mp.runPython(spec.script);

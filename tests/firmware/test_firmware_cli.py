@@ -1,0 +1,182 @@
+"""`wattmesh firmware build|flash` and `wattmesh provision node`, through the real command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware import config as fwconfig
+from tools import firmware_cli, mpvm
+from tools.cli import main
+
+PROFILE = json.loads(
+    (Path(firmware_cli.BOARDS_DIR).parent / "node_profile.json").read_text()
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    assert main(["firmware", "build", "--out", str(out)]) == 0
+    return out
+
+
+def _provision(tmp: Path, *extra: str, node_id: int = 7) -> int:
+    return main(["provision", "node", "--id", str(node_id), "--keystore", str(tmp / "keys.json"),
+                 "--out", str(tmp / f"n{node_id}"), *extra])
+
+
+def test_build_compiles_every_device_module_for_xtensawin(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    names = [f["name"] for f in manifest["files"]]
+    assert names == [f"{m}.mpy" for m in firmware_cli.DEVICE_MODULES] + ["main.py"]
+    assert "hal_host.mpy" not in names and "host_node.mpy" not in names
+    for f in manifest["files"]:
+        data = (bundle / f["name"]).read_bytes()
+        assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+        if f["name"].endswith(".mpy"):
+            # .mpy header: 'M', version 6, then arch|sub-version (no native code: arch-free
+            # bytecode, sub-version only) and the target's small-int bits (31 on xtensawin)
+            assert data[0:2] == b"M\x06" and data[2] >> 2 == 0 and data[3] == 31, f["name"]
+    assert manifest["total_bytes"] == sum(f["size"] for f in manifest["files"])
+    assert manifest["arch"] == "xtensawin"
+
+
+def test_the_compiled_bundle_runs_on_micropython(bundle: Path) -> None:
+    # The bundle is bytecode, so the host VM loads the very .mpy files the ESP32 gets and runs
+    # the frame vectors and a node through them (hal_host stays source: it is host-only).
+    vectors = (Path(firmware_cli.FIRMWARE_DIR) / "frame_vectors.json").read_text()
+    binfiles = {f"/bundle/{p.name}": p.read_bytes() for p in bundle.glob("*.mpy")}
+    script = """
+import sys, json
+sys.path.insert(0, '/bundle')
+import frame, node, ct, store, config
+V = json.load(open('/v.json'))
+ok = 0
+for vec in V['valid']:
+    t, n, s, payload = frame.decode(bytes.fromhex(vec['key']), bytes.fromhex(vec['frame']))
+    ok += frame.encode(bytes.fromhex(vec['key']), t, n, s, payload).hex() == vec['frame']
+emit({'files': [m.__file__ for m in (frame, node, ct, store, config)], 'ok': ok})
+"""
+    out = mpvm.run_job(script, files={"/v.json": vectors}, binfiles=binfiles).results[0]
+    assert out["files"] == [f"/bundle/{m}.mpy" for m in ("frame", "node", "ct", "store", "config")]
+    assert out["ok"] == len(json.loads(vectors)["valid"])
+
+
+def test_provision_writes_config_key_and_keystore(tmp_path: Path) -> None:
+    assert _provision(tmp_path, "--board", "plug_hlw8012") == 0
+    node = tmp_path / "n7"
+    cfg = fwconfig.load(str(node / "config.json"))  # the firmware's own check accepts it
+    key = fwconfig.load_key(str(node / "node.key"))
+    assert cfg["node_id"] == 7 and cfg["board"]["name"] == "plug-hlw8012"
+    store = json.loads((tmp_path / "keys.json").read_text())
+    assert store == {"nodes": {"7": {"key": key.hex(), "name": "wattmesh_7", "transport": "ble"}}}
+    assert stat.S_IMODE((tmp_path / "keys.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((node / "node.key").stat().st_mode) == 0o600
+    # a second node joins the same keystore with its own key
+    assert _provision(tmp_path, node_id=8) == 0
+    store = json.loads((tmp_path / "keys.json").read_text())
+    assert set(store["nodes"]) == {"7", "8"} and store["nodes"]["8"]["key"] != key.hex()
+
+
+def test_provision_refuses_to_overwrite_a_key_unless_forced(tmp_path: Path) -> None:
+    assert _provision(tmp_path) == 0
+    before = (tmp_path / "keys.json").read_bytes()
+    key_before = (tmp_path / "n7" / "node.key").read_bytes()
+    assert _provision(tmp_path) == 2
+    assert (tmp_path / "keys.json").read_bytes() == before
+    assert (tmp_path / "n7" / "node.key").read_bytes() == key_before
+    assert _provision(tmp_path, "--force") == 0
+    assert (tmp_path / "n7" / "node.key").read_bytes() != key_before
+
+
+def test_provision_mqtt_node_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _provision(tmp_path, "--link", "mqtt") == 2  # no broker given
+    assert "--mqtt-host" in capsys.readouterr().err
+    ok = _provision(tmp_path, "--link", "mqtt", "--mqtt-host", "127.0.0.1", "--wifi-ssid", "x")
+    assert ok == 0
+    cfg = json.loads((tmp_path / "n7" / "config.json").read_text())
+    assert cfg["mqtt"]["topic"] == "wattmesh_7"
+    assert _provision(tmp_path, "--board", "nope", node_id=9) == 2
+    assert "unknown board" in capsys.readouterr().err
+    (tmp_path / "keys.json").write_text("{not json")
+    assert _provision(tmp_path, node_id=10) == 2
+    assert (tmp_path / "keys.json").read_text() == "{not json"  # untouched
+    for bad in ("-1", "65536", "x"):
+        with pytest.raises(SystemExit):
+            main(["provision", "node", "--id", bad, "--keystore", "k", "--out", "o"])
+
+
+def test_flash_dry_run_prints_every_step(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _provision(tmp_path) == 0
+    image = tmp_path / "ESP32_GENERIC-v1.27.0.bin"
+    image.write_bytes(b"\xe9" + bytes(100))
+    capsys.readouterr()
+    rc = main(["firmware", "flash", "--port", "/dev/ttyUSB0", "--bundle", str(bundle), "--node",
+               str(tmp_path / "n7"), "--micropython", str(image), "--dry-run"])
+    assert rc == 0
+    steps = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert [s[s.index("--port") + 2] if "--port" in s else s[3] for s in steps[:2]] == [
+        "erase_flash", "--baud"]
+    assert steps[1][-3:] == ["-z", "0x1000", str(image)]
+    assert steps[2][-3:] == ["mip", "install", "aioble"]
+    cp = steps[3]
+    copied = {Path(p).name for p in cp[cp.index("cp") + 1 : -1]}
+    assert copied == {f"{m}.mpy" for m in firmware_cli.DEVICE_MODULES} | {
+        "main.py", "config.json", "node.key"}
+    assert cp[-1] == ":" and steps[-1][-1] == "reset"
+
+
+def test_flash_validates_its_inputs(tmp_path: Path, bundle: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    assert _provision(tmp_path) == 0
+    node = str(tmp_path / "n7")
+    base = ["firmware", "flash", "--port", "p", "--dry-run"]
+    assert main([*base, "--bundle", str(tmp_path), "--node", node]) == 2  # not a bundle
+    tampered = tmp_path / "b2"
+    tampered.mkdir()
+    for f in bundle.iterdir():
+        (tampered / f.name).write_bytes(f.read_bytes())
+    (tampered / "node.mpy").write_bytes(b"M\x06evil")
+    assert main([*base, "--bundle", str(tampered), "--node", node]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert main([*base, "--bundle", str(bundle), "--node", str(tmp_path / "none")]) == 2
+    (tmp_path / "n7" / "node.key").write_text("abc\n")
+    assert main([*base, "--bundle", str(bundle), "--node", node]) == 2
+    assert "node.key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["firmware", "flash", "--bundle", str(bundle), "--node", node])  # no --port
+
+
+def test_ble_uuids_in_the_firmware_match_the_node_profile() -> None:
+    text = (Path(firmware_cli.FIRMWARE_DIR) / "link_ble.py").read_text()
+    for name in ("service_uuid", "readings_uuid", "command_uuid", "ack_uuid"):
+        const = name.upper()
+        assert f'{const} = "{PROFILE["ble"][name]}"' in text
+    assert f'NAME_PREFIX = "{PROFILE["ble"]["advertised_name_prefix"]}"' in text
+    mqtt = (Path(firmware_cli.FIRMWARE_DIR) / "link_mqtt.py").read_text()
+    for key in ("telemetry_frame", "telemetry_sensor", "lwt", "command_frame", "ack_frame"):
+        assert PROFILE["mqtt"][key].replace("{topic}", "%s") in mqtt, key
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["node_id", "link", "board", "publish_s", "mqtt", "name"]),
+                       st.one_of(st.none(), st.integers(), st.text(max_size=5), st.booleans(),
+                                 st.lists(st.integers(), max_size=2),
+                                 st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
+       )
+def test_config_check_names_the_key_on_any_malformed_config(cfg: dict) -> None:
+    # The firmware's config module runs under CPython too: hostile configs get a ConfigError.
+    try:
+        fwconfig.check(cfg)
+    except fwconfig.ConfigError as exc:
+        assert ":" in str(exc)

