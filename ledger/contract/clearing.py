@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Final, NamedTuple
 
 
@@ -78,32 +79,32 @@ def payment(wh: int, price: int) -> int:
     return wh * price // 1000
 
 
-def _match(
-    sellers: Sequence[Order], buyers: Sequence[Order], price_of: Callable[[Order, Order], int]
-) -> list[Trade]:
-    """Fill ``buyers`` in their order from ``sellers`` in theirs, partially where needed."""
+def _match(sellers: Sequence[Order], buyers: Sequence[Order], price: int) -> list[Trade]:
+    """Fill ``buyers`` in their order from ``sellers`` in theirs, partially where needed, all at
+    one ``price``."""
     trades: list[Trade] = []
+    append, make = trades.append, Trade  # local names: this loop runs once per trade
+    n = len(sellers)
     j = 0
     left = sellers[0].wh if sellers else 0
     for bid in buyers:
         want = bid.wh
-        while want and j < len(sellers):
+        while want and j < n:
             offer = sellers[j]
             wh = want if want < left else left
-            trades.append(
-                Trade(
-                    bid.owner, offer.owner, offer.ref, wh, price_of(bid, offer), bid.seq, offer.seq
-                )
-            )
+            append(make(bid.owner, offer.owner, offer.ref, wh, price, bid.seq, offer.seq))
             want -= wh
             left -= wh
             if not left:
                 j += 1
-                if j < len(sellers):
+                if j < n:
                     left = sellers[j].wh
-        if j >= len(sellers):
+        if j >= n:
             break
     return trades
+
+
+_by_seq = attrgetter("seq")
 
 
 def _totals(offers: Sequence[Order], bids: Sequence[Order]) -> tuple[int, int]:
@@ -115,9 +116,9 @@ def clear_paper(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
     if not bids:
         return Clearing("paper", None, (), available, wanted)
     mcp = sum(b.price for b in bids) // len(bids)
-    sellers = sorted((o for o in offers if o.price <= mcp), key=lambda o: o.seq)
+    sellers = sorted((o for o in offers if o.price <= mcp), key=_by_seq)
     buyers = sorted((b for b in bids if b.price >= mcp), key=lambda b: (-b.price, b.seq))
-    trades = _match(sellers, buyers, lambda _b, _o: mcp)
+    trades = _match(sellers, buyers, mcp)
     return Clearing("paper", mcp, tuple(trades), available, wanted)
 
 

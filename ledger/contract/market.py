@@ -155,13 +155,14 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     result = clear(listing["rule"], offers, bids)
     # Commit: nothing below can fail. Escrow pays each trade; the rest goes back to the buyer.
     escrow = {b["seq"]: b["escrow"] for b in listing["bids"]}
-    trades = []
-    credit = st.credit
-    for t in result.trades:
-        amount = t.wh * t.price // 1000  # clearing.payment, inlined on the hot path
+    income: dict[str, int] = {}
+    trades: list[dict[str, Any]] = []
+    append = trades.append
+    for t in result.trades:  # runs once per trade: kept to plain local operations
+        amount = t.wh * t.price // 1000  # clearing.payment, inlined
         escrow[t.bid_seq] -= amount
-        credit(t.seller, amount)
-        trades.append(
+        income[t.seller] = income.get(t.seller, 0) + amount
+        append(
             {
                 "buyer": t.buyer,
                 "seller": t.seller,
@@ -173,10 +174,14 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
                 "offer_seq": t.offer_seq,
             }
         )
+    refund: dict[str, int] = {}
     for b in listing["bids"]:
         left = escrow[b["seq"]]
         if left:
-            credit(b["buyer"], left)
+            refund[b["buyer"]] = refund.get(b["buyer"], 0) + left
+    # one credit per member, in id order (credit pays debts first, so the order is fixed)
+    for member in sorted(income.keys() | refund.keys()):
+        st.credit(member, income.get(member, 0) + refund.get(member, 0))
     listing["state"] = BIDS_CLOSED
     listing["mcp"] = result.mcp
     listing["trades"] = trades
