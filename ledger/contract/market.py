@@ -202,5 +202,5 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         "grid_supply_wh": result.kwh_available - traded,
         "retail_price": retail_price(params, f.hour_of(listing_id)),
         "feed_in_price": params["feed_in"],
-        "trades": list(trades),
+        "trades": [dict(t) for t in trades],  # a copy: receipts never alias the state
     }
