@@ -217,6 +217,56 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+# ---- bench ---------------------------------------------------------------------------------
+
+# Separate calls into one VM (see tools/mpvm.py): the heap is read after garbage is freed.
+BENCH_SCRIPTS = [
+    "import gc, sys, time\nsys.path.insert(0, '/bundle')\nimport hal_host as hal\n",
+    "gc.collect()\nbase = gc.mem_alloc()\n",
+    "import host_node\nh = host_node.Host('/flash', PROFILE)\n",
+    "gc.collect()\nboot = gc.mem_alloc()\n",
+    "for k in range(STEPS):\n    h.tick(1000)\n",
+    "gc.collect()\nsteady = gc.mem_alloc()\n",
+    (
+        "clamp = h.node.channels[0].meter\nclamp.measure()\nt0 = time.ticks_us()\n"
+        "for k in range(WINDOWS):\n    clamp.compute()\n"
+        "rms_us = time.ticks_diff(time.ticks_us(), t0) / WINDOWS\n"
+        "emit({'base': base, 'boot': boot, 'steady': steady, 'rms_us': rms_us,"
+        " 'samples': clamp.n, 'frames': h.sent,"
+        " 'from_bundle': [m.__file__ for m in (sys.modules['node'], sys.modules['ct'])]})\n"
+    ),
+]
+
+
+def bench(steps: int = 120, windows: int = 50) -> dict[str, Any]:
+    """Heap after boot and in steady state, RMS window time, bundle size (VM on the host)."""
+    from tools import mpvm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = build(Path(tmp) / "bundle")
+        mpys = (Path(tmp) / "bundle").glob("*.mpy")
+        binfiles = {f"/bundle/{p.name}": p.read_bytes() for p in mpys}
+    cfg = {"node_id": 1, "link": "none", "board": load_board("esp32_devkitc_ct")}
+    files = {"/flash/config.json": json.dumps(cfg), "/flash/node.key": "00" * 32}
+    profile = {"vrms": 230, "load": [[0, 6.0, 0.9]]}
+    head = f"PROFILE = {profile!r}\nSTEPS = {steps}\nWINDOWS = {windows}\n"
+    scripts = [head + BENCH_SCRIPTS[0], *BENCH_SCRIPTS[1:]]
+    r = mpvm.run_job(scripts, files=files, binfiles=binfiles).results[0]
+    return {
+        "vm": "MicroPython 1.27 WebAssembly (host); modules loaded from the compiled bundle",
+        "heap_after_boot_bytes": r["boot"] - r["base"],
+        "heap_steady_bytes": r["steady"] - r["base"],
+        "vm_baseline_bytes": r["base"],
+        "rms_window_us": round(r["rms_us"], 1),
+        "rms_window_samples": r["samples"],
+        "steps": steps,
+        "frames_sent": r["frames"],
+        "bundle_bytes": manifest["total_bytes"],
+        "bundle_files": len(manifest["files"]),
+        "loaded_from": r["from_bundle"],
+    }
+
+
 # ---- the commands ----------------------------------------------------------------------------
 
 
@@ -262,6 +312,11 @@ def _cmd_flash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    print(json.dumps(bench(args.steps, args.windows), indent=1))
+    return 0
+
+
 def _cmd_provision(args: argparse.Namespace) -> int:
     cfg = provision(args)
     print(json.dumps({"node_id": cfg["node_id"], "name": cfg["name"], "out": str(args.out),
@@ -285,6 +340,10 @@ def register(subparsers: Any) -> None:
     f.add_argument("--baud", type=int, default=460800)
     f.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     f.set_defaults(func=_guard(_cmd_flash))
+    bb = fw_sub.add_parser("bench", help="heap, RMS window time and bundle size, as JSON")
+    bb.add_argument("--steps", type=int, default=120, help="simulated seconds of steady state")
+    bb.add_argument("--windows", type=int, default=50, help="RMS windows to time")
+    bb.set_defaults(func=_guard(_cmd_bench))
     prov = subparsers.add_parser("provision", help="provision nodes")
     prov_sub = prov.add_subparsers(dest="provision_command", metavar="WHAT", required=True)
     n = prov_sub.add_parser("node", help="make a node's key and config, record the key")

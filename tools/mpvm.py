@@ -4,9 +4,11 @@ The VM is the WebAssembly port of MicroPython (npm
 ``@micropython/micropython-webassembly-pyscript``)
 run by ``node`` through ``firmware/host/run_vm.mjs``. Two uses:
 
-* :func:`run_job` runs one MicroPython script with every firmware module importable and returns
-  what it reported with ``emit(obj)`` (a line ``@@<json>`` on stdout). Tests batch many cases into
-  one script because each VM start costs a node process.
+* :func:`run_job` runs one MicroPython script (or a list of them, as separate calls into one VM)
+  with every firmware module importable and returns what it reported with ``emit(obj)`` (a line
+  ``@@<json>`` on stdout). Tests batch many cases into one script because each VM start costs a
+  node process. This VM frees garbage only between calls: a script that measures the heap does
+  its ``gc.collect()`` in a later call.
 * :class:`HostNode` starts the firmware's main loop on the VM with the emulated HAL and a load
   profile, and streams its frames: ``frames()`` yields the raw bytes of each frame the node sends,
   ``send(frame)`` hands the node a command frame. The community demo relays these to the gateway.
@@ -59,7 +61,7 @@ def check_vm() -> str:
 
 
 def run_job(
-    script: str,
+    script: str | list[str],
     files: dict[str, str] | None = None,
     heapsize: int = 1024 * 1024,
     timeout: float = 120.0,
@@ -67,7 +69,7 @@ def run_job(
 ) -> VmResult:
     node = check_vm()
     spec = {
-        "script": _PRELUDE + script,
+        "script": _PRELUDE + script if isinstance(script, str) else [_PRELUDE, *script],
         "files": files or {},
         "binfiles": {path: data.hex() for path, data in (binfiles or {}).items()},
         "heapsize": heapsize,

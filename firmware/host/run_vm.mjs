@@ -5,7 +5,7 @@
 //
 // Run it from the repository root so that node_modules resolves. Every firmware/*.py module is
 // copied into the VM's /lib before anything runs, so scripts `import ct, node, hal_host` as the
-// ESP32 does. job.json = {"script": "...", "files": {"/path": "text"}, "binfiles": {"/path": "hex"},
+// ESP32 does. job.json = {"script": "..." or ["...", ...], "files": {"/path": "text"}, "binfiles": {"/path": "hex"},
 // "heapsize": bytes}.
 // Stream mode: see firmware/README.md (frames out as hex lines, commands in as hex lines).
 import { readFileSync, readdirSync } from "node:fs";
@@ -73,10 +73,15 @@ async function job() {
   for (const [path, hex] of Object.entries(spec.binfiles || {})) {
     writeFile(mp, path, Buffer.from(hex, "hex"));
   }
-  try {
-    mp.runPython(spec.script);
-  } catch (err) {
-    pyError(err);
+  // A list of scripts runs as separate calls: this VM frees garbage only between calls, so a
+  // heap figure taken in a later call after gc.collect() is the live heap.
+  const scripts = Array.isArray(spec.script) ? spec.script : [spec.script];
+  for (const code of scripts) {
+    try {
+      mp.runPython(code);
+    } catch (err) {
+      pyError(err);
+    }
   }
 }
 

@@ -8,30 +8,45 @@ from firmware import frame
 from tests.firmware import nodeutil
 from tools import mpvm
 
-RUN = """
+SETUP = """
 import json, hal_host as hal, host_node
 PROFILE = json.loads(PROFILE_JSON)
 h = host_node.Host('/flash', PROFILE)
-for t_s, cmds in SCRIPT:
-    while hal.ticks_ms() < t_s * 1000:
-        h.tick(1000)
-        if hal.wdt_expired():
-            emit({'wdt_expired': hal.ticks_ms()})
-    h.tick(0, cmds)
-    emit({'t': hal.ticks_ms(), 'pins': {str(k): v for k, v in hal.pins.items()},
-          'writes': h.node.state.writes, 'dropped': h.node.dropped})
+"""
+# Run until t_s in ticks of 1 s, then hand over the commands. One VM call per 10 s of simulated
+# time: this VM frees garbage only between calls.
+ADVANCE = """
+end = min(T_S * 1000, hal.ticks_ms() + 10000)
+while hal.ticks_ms() < end:
+    h.tick(1000)
+    if hal.wdt_expired():
+        emit({'wdt_expired': hal.ticks_ms()})
+"""
+REPORT = """
+h.tick(0, CMDS)
+emit({'t': hal.ticks_ms(), 'pins': {str(k): v for k, v in hal.pins.items()},
+      'writes': h.node.state.writes, 'dropped': h.node.dropped})
+"""
+REBOOT = """
+hal.reset()
+h = host_node.Host('/flash', PROFILE)
+h.tick(6000)
+emit({'restored': h.node.state.restored})
 """
 
 
 def _run(board: str, profile: dict, script: list, reboot_after: bool = False, **cfg: object):
     files = nodeutil.node_files(board, **cfg)
-    code = f"PROFILE_JSON = {json.dumps(json.dumps(profile))}\nSCRIPT = {script!r}\n" + RUN
+    calls = [f"PROFILE_JSON = {json.dumps(json.dumps(profile))}\n" + SETUP]
+    t = 0
+    for t_s, cmds in script:
+        while t < t_s:
+            calls.append(f"T_S = {t_s}\n" + ADVANCE)
+            t = min(t_s, t + 10)
+        calls.append(f"CMDS = {cmds!r}\n" + REPORT)
     if reboot_after:
-        code += (
-            "hal.reset()\nh = host_node.Host('/flash', PROFILE)\nh.tick(6000)\n"
-            "emit({'restored': h.node.state.restored})\n"
-        )
-    res = mpvm.run_job(code, files=files)
+        calls.append(REBOOT)
+    res = mpvm.run_job(calls, files=files)
     return nodeutil.decode_all(res.output), res.results
 
 
