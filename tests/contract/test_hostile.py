@@ -58,7 +58,7 @@ def _fresh() -> Community:
 
 
 def _valid(kind: str, c: Community) -> dict[str, Any]:
-    return {
+    bodies: dict[str, dict[str, Any]] = {
         "registry.admit": {
             "id_grid": "N1",
             "name": "N",
@@ -76,7 +76,8 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
         "auction.close": {"listing_id": HOUR},
         "auction.settle": {"listing_id": HOUR},
         "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2),
-    }[kind]
+    }
+    return bodies[kind]
 
 
 SENDERS = ("OPERATOR", "P1", "C1", "M1-gateway", "stranger")

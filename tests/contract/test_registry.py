@@ -151,7 +151,7 @@ def test_genesis_is_validated_and_names_the_key() -> None:
 
 def test_queries_refuse_unknown_paths_and_bad_params() -> None:
     c = Community()
-    for path, params in [
+    cases: list[tuple[str, dict[str, Any]]] = [
         ("nope", {}),
         ("balance", {}),
         ("balance", {"id_grid": "X"}),
@@ -162,6 +162,7 @@ def test_queries_refuse_unknown_paths_and_bad_params() -> None:
         ("mcp_history", {"limit": 0}),
         ("reports", {"meter_id": "M"}),
         ("order_book", {"listing_id": "2026-11-24T13"}),
-    ]:
+    ]
+    for path, params in cases:
         with pytest.raises(QueryError):
             c.contract.query(path, params)
