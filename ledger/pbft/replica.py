@@ -66,6 +66,14 @@ VERIFIED_CACHE = 200_000  # client transactions whose signature this replica alr
 Fault = Literal["silent", "equivocate"] | None
 
 
+def fast_tx_id(tx: SignedTx) -> str:
+    """``tx.tx_id`` without the encoder's type walk: ``SignedTx.from_wire`` (the only way a
+    transaction reaches the core, via ``sign_tx`` or parsing) already checked the body, so the
+    walk would only repeat it. It is the hot path of every replica; a test pins it to
+    ``SignedTx.tx_id``."""
+    return hashlib.sha256(canonical(tx.unsigned(), checked=False)).hexdigest()
+
+
 def checkpoint_digest(seq: int, block_hash: bytes, state_digest: bytes) -> bytes:
     """What replicas agree on at a checkpoint: the chain head and the contract state."""
     body = {"block": block_hash.hex(), "n": seq, "state": state_digest.hex()}
@@ -78,10 +86,12 @@ class Slot:
     __slots__ = (
         "cert",
         "commit_sent",
+        "commit_votes",
         "commits",
         "committed",
         "digest",
         "pp",
+        "prepare_votes",
         "prepared",
         "prepares",
         "proof",
@@ -96,6 +106,8 @@ class Slot:
         self.digest = b""
         self.prepares: dict[tuple[int, bytes], dict[int, Prepare]] = {}
         self.commits: dict[tuple[int, bytes], dict[int, Commit]] = {}
+        self.prepare_votes: dict[tuple[int, int], bytes] = {}  # (view, replica) -> digest
+        self.commit_votes: dict[tuple[int, int], bytes] = {}
         self.prepared = False  # prepared in self.view
         self.commit_sent = False
         self.committed = False
@@ -186,14 +198,19 @@ class Replica:
         return min(times)
 
     def on_request(
-        self, tx: SignedTx | dict[str, Any], now_ms: int, *, verified: bool = False
+        self,
+        tx: SignedTx | dict[str, Any],
+        now_ms: int,
+        *,
+        verified: bool = False,
+        tx_id: str | None = None,
     ) -> list[Action]:
         """A client transaction (parsed, or its wire dict). ``verified=True``: the IO layer has
-        already checked its signature."""
+        already checked its signature. ``tx_id``: ``tx.tx_id`` if the IO layer computed it."""
         if self.fault == "silent":
             return []
         out: list[Action] = []
-        self._request(tx, now_ms, verified, out)
+        self._request(tx, now_ms, verified, out, tx_id)
         return out
 
     def on_message(self, msg: Message | dict[str, Any], sender: int, now_ms: int) -> list[Action]:
@@ -285,7 +302,12 @@ class Replica:
     # ------------------------------------------------------------------ requests and batching
 
     def _request(
-        self, raw: SignedTx | dict[str, Any], now_ms: int, verified: bool, out: list[Action]
+        self,
+        raw: SignedTx | dict[str, Any],
+        now_ms: int,
+        verified: bool,
+        out: list[Action],
+        known_id: str | None = None,
     ) -> None:
         if isinstance(raw, SignedTx):
             tx, wire = raw, raw.to_wire()
@@ -295,7 +317,8 @@ class Replica:
             except TxError:
                 self._count("rejected_bad_tx")
                 return
-        tx_id = tx.tx_id
+            known_id = None  # a wire dict's id is computed here, never taken on trust
+        tx_id = known_id or fast_tx_id(tx)
         if tx_id in self.pending:
             self._count("duplicate_tx")
             return
@@ -422,7 +445,7 @@ class Replica:
                 self._count("rejected_bad_batch")
                 self._start_view_change(self.view + 1, now_ms, out)
                 return
-            ids.append(tx.tx_id)
+            ids.append(fast_tx_id(tx))
         self._count("txs_verified", len(batch.txs))
         for tx_id, tx, wire in zip(ids, batch.txs, batch.wires, strict=True):
             if tx_id not in self.pending:
@@ -445,6 +468,7 @@ class Replica:
         if pp.replica != self.me:
             prepare = sign(Prepare(pp.view, pp.seq, pp.digest, self.me), self.signer)
             slot.prepares.setdefault((pp.view, pp.digest), {})[self.me] = prepare
+            slot.prepare_votes[(pp.view, self.me)] = pp.digest
             out.append(Broadcast(prepare))
         self._check_prepared(slot, out)
 
@@ -460,13 +484,18 @@ class Replica:
             self._count("rejected_out_of_window")
             return
         slot = self._slot(msg.seq)
-        votes = slot.prepares.setdefault((msg.view, msg.digest), {})
-        if msg.replica in votes:
-            self._count("duplicate_msg")
+        voter = (msg.view, msg.replica)
+        earlier = slot.prepare_votes.get(voter)
+        if earlier is not None:
+            # one vote per replica, view and sequence number: replays are dropped, and a
+            # replica voting for two digests cannot grow the log
+            self._count("duplicate_msg" if earlier == msg.digest else "conflicting_votes")
             return
         if not verify(msg, self.keyring):
             self._count("rejected_bad_sig")
             return
+        slot.prepare_votes[voter] = msg.digest
+        votes = slot.prepares.setdefault((msg.view, msg.digest), {})
         votes[msg.replica] = msg
         self._check_prepared(slot, out)
 
@@ -483,6 +512,7 @@ class Replica:
             slot.commit_sent = True
             commit = sign(Commit(pp.view, pp.seq, pp.digest, self.me), self.signer)
             slot.commits.setdefault((pp.view, pp.digest), {})[self.me] = commit
+            slot.commit_votes[(pp.view, self.me)] = pp.digest
             out.append(Broadcast(commit))
         self._check_committed(slot, out)
 
@@ -496,13 +526,18 @@ class Replica:
             self._count("rejected_out_of_window")
             return
         slot = self._slot(msg.seq)
-        votes = slot.commits.setdefault((msg.view, msg.digest), {})
-        if msg.replica in votes:
-            self._count("duplicate_msg")
+        voter = (msg.view, msg.replica)
+        earlier = slot.commit_votes.get(voter)
+        if earlier is not None:
+            # one vote per replica, view and sequence number: replays are dropped, and a
+            # replica voting for two digests cannot grow the log
+            self._count("duplicate_msg" if earlier == msg.digest else "conflicting_votes")
             return
         if not verify(msg, self.keyring):
             self._count("rejected_bad_sig")
             return
+        slot.commit_votes[voter] = msg.digest
+        votes = slot.commits.setdefault((msg.view, msg.digest), {})
         votes[msg.replica] = msg
         if (
             len(votes) >= self.cfg.quorum
@@ -909,7 +944,7 @@ class Replica:
             batch = batches.get(pp.digest, NULL_BATCH)
             ids = self.batch_ids.get(pp.digest)
             if ids is None:
-                ids = tuple(tx.tx_id for tx in batch.txs)
+                ids = tuple(fast_tx_id(tx) for tx in batch.txs)
             for tx_id, tx, wire in zip(ids, batch.txs, batch.wires, strict=True):
                 if tx_id not in self.pending and pp.seq > self.last_executed:
                     self.pending[tx_id] = (tx, wire)

@@ -138,11 +138,19 @@ class Network:
         self._perform(dst, actions)
         return actions
 
-    def submit(self, tx: SignedTx, to: Iterable[int] | None = None) -> None:
+    def submit(
+        self,
+        tx: SignedTx,
+        to: Iterable[int] | None = None,
+        *,
+        verified: bool = False,
+        tx_id: str | None = None,
+    ) -> None:
         targets = [self.replicas[0].cfg.primary(self.view_hint())] if to is None else list(to)
         for i in targets:
             if i not in self.crashed:
-                self._perform(i, self.replicas[i].on_request(tx, self.now))
+                actions = self.replicas[i].on_request(tx, self.now, verified=verified, tx_id=tx_id)
+                self._perform(i, actions)
 
     def view_hint(self) -> int:
         views = [r.view for i, r in enumerate(self.replicas) if i not in self.crashed]

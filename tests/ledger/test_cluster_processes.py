@@ -75,7 +75,7 @@ async def test_crashes_restarts_and_a_cut_off_replica(tmp_path: Path) -> None:
             # the same signed transaction again: the original receipt, applied once
             again = await client.submit_detail(committed[0])
             first = await client.receipt(committed[0].tx_id)
-            assert first is not None and again["h"] == first["height"]
+            assert first is not None and again["height"] == first["height"]
 
             # primary crash -> view change -> progress
             cluster.kill(0)
