@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ledger.contract.api import Contract, QueryError, Receipt, Value
-from ledger.contract.clearing import Clearing, Order, Trade, clear, payment
+from ledger.contract.clearing import Clearing, Order, Trade, book_orders, clear, payment
 from ledger.contract.community import GENESIS_VERSION, CommunityContract
 from ledger.contract.metering import REPORT_DOMAIN, report_signing_bytes, sign_report
 from ledger.contract.params import DEFAULTS, GenesisError, check_params
@@ -24,6 +24,7 @@ __all__ = [
     "QueryError",
     "Receipt",
     "Trade",
+    "book_orders",
     "clear",
     "default_genesis",
     "make_contract",

@@ -19,10 +19,10 @@ acceptance), never from dict or set iteration. Quantities are Wh and prices micr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 
 class Order(NamedTuple):
@@ -181,6 +181,16 @@ RULES: Final[dict[str, Callable[[Sequence[Order], Sequence[Order]], Clearing]]] 
     "uniform": clear_uniform,
     "pay_as_bid": clear_pay_as_bid,
 }
+
+
+def book_orders(book: Mapping[str, Any]) -> tuple[list[Order], list[Order]]:
+    """Offers and bids of an ``order_book`` query result, as the clearing functions take them,
+    so a client can ask "what if" with every rule on the ledger's own book."""
+    offers = [
+        Order(o["seq"], o["seller"], o["wh"], o["price"], o["res_id"]) for o in book["offers"]
+    ]
+    bids = [Order(b["seq"], b["buyer"], b["wh"], b["price"]) for b in book["bids"]]
+    return offers, bids
 
 
 def clear(rule: str, offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ledger.contract import fields as f
 from ledger.contract.api import BlockContext, Transaction
-from ledger.contract.clearing import Order, clear, payment
+from ledger.contract.clearing import book_orders, clear, payment
 from ledger.contract.codes import (
     INSUFFICIENT_FUNDS,
     LISTING_CLOSED,
@@ -148,10 +148,7 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     listing_id = f.listing_id(body)
     sender_operator(st, tx)
     listing = _open_listing(st, listing_id)
-    offers = [
-        Order(o["seq"], o["seller"], o["wh"], o["price"], o["res_id"]) for o in listing["offers"]
-    ]
-    bids = [Order(b["seq"], b["buyer"], b["wh"], b["price"]) for b in listing["bids"]]
+    offers, bids = book_orders(listing)
     result = clear(listing["rule"], offers, bids)
     # Commit: nothing below can fail. Escrow pays each trade; the rest goes back to the buyer.
     escrow = {b["seq"]: b["escrow"] for b in listing["bids"]}

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from ledger.contract import book_orders, clear
 from tests.contract.harness import HOUR, Community, check_invariants, rejected
 
 
@@ -147,3 +148,29 @@ def test_order_book_is_a_copy() -> None:
     book = c.q("order_book", listing_id=HOUR)
     book["offers"][0]["wh"] = 1
     assert c.q("order_book", listing_id=HOUR)["offers"][0]["wh"] == 3000
+
+
+@pytest.mark.parametrize("rule", ["paper", "uniform", "pay_as_bid"])
+def test_what_if_on_the_queried_book_matches_the_ledger(rule: str) -> None:
+    c = _community(clearing_rule=rule)
+    for who, res_id, wh, price in [
+        ("P1", "PV1", 1200, 45_000),
+        ("P2", "PV2", 900, 70_000),
+        ("P1", "PV1", 700, 39_000),
+    ]:
+        _offer(c, who, res_id, wh, price)
+    for who, wh, price in [
+        ("C1", 800, 90_000),
+        ("C2", 1500, 50_000),
+        ("P2", 400, 72_000),
+        ("C1", 300, 90_000),
+    ]:
+        _bid(c, who, wh, price)
+    book = c.q("order_book", listing_id=HOUR)
+    closed = c.ok("OPERATOR", "auction.close", {"listing_id": HOUR})
+    what_if = clear(rule, *book_orders(book))
+    assert closed["mcp"] == what_if.mcp and closed["traded_wh"] == what_if.traded_wh
+    assert [
+        (t["buyer"], t["seller"], t["wh"], t["price"], t["amount"]) for t in closed["trades"]
+    ] == [(t.buyer, t.seller, t.wh, t.price, t.amount) for t in what_if.trades]
+    assert what_if.traded_wh > 0
