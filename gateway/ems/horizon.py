@@ -119,6 +119,9 @@ def build_jobs(appliances: Sequence[Appliance], t0: int, n: int, state: HorizonS
                     need = len(window)
                 forced = max(min_on - prog.run_len, 0) if prog.on else 0
                 forced = min(forced, need)
+                # the last bit of a charge may be shorter than the minimum on time: the relay
+                # controller still holds the relay on for its minimum, the load then stops drawing
+                min_on = min(min_on, need)
                 job = Job(occ.key, a.power_w, window, need, storage=True, min_on=min_on,
                           min_off=min_off, forced_on=forced)
             if job is not None and job.slots > 0:
