@@ -80,6 +80,9 @@ class Link:
         self._publish(self.t_ack, frame_bytes)
 
     def sensor(self, payload):
+        t = time.localtime()
+        if t[0] >= 2024:  # the RTC was set (ntptime): Tasmota's "Time" field
+            payload["Time"] = "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
         self._publish(self.t_sensor, json.dumps(payload))
 
     def received(self):

@@ -99,7 +99,9 @@ class HostNode:
     """The firmware's main loop on the VM, on a simulated clock advancing ``step_ms`` per tick.
 
     ``config`` and ``key`` are the files ``wattmesh provision node`` wrote; ``profile`` is the load
-    the emulated HAL feeds the meters (see firmware/README.md). ``ticks=0`` runs until stdin closes.
+    the emulated HAL feeds the meters (see firmware/README.md). ``ticks=0`` runs until
+    :meth:`close_input`; ``speed`` paces simulated time at that many times wall time (0: as fast
+    as the VM can; 1: real time).
     """
 
     def __init__(
@@ -109,14 +111,12 @@ class HostNode:
         profile: dict[str, Any] | None = None,
         step_ms: int = 1000,
         ticks: int = 0,
-        realtime: bool = False,
+        speed: float = 0.0,
     ) -> None:
         node = check_vm()
         args = [node, str(RUNNER), "stream", "--config", str(config), "--key", str(key)]
         args += ["--profile", json.dumps(profile or {}), "--step-ms", str(step_ms)]
-        args += ["--ticks", str(ticks)]
-        if realtime:
-            args.append("--realtime")
+        args += ["--ticks", str(ticks), "--speed", str(speed)]
         self.proc = subprocess.Popen(
             args,
             cwd=REPO,

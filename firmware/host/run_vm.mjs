@@ -87,12 +87,14 @@ async function job() {
 
 // Stream mode: the VM runs host_node.Host (firmware/host_node.py) on a simulated clock that
 // advances --step-ms per tick; each tick's frames leave as hex lines on stdout, and hex lines on
-// stdin are handed to the node as received commands. With --realtime the clock follows the wall.
+// stdin are handed to the node as received commands. --speed S paces the ticks at S times wall
+// time (--realtime = --speed 1); the default 0 runs as fast as the VM can, until stdin closes or
+// --ticks N ticks have run.
 async function stream(argv) {
-  const opt = { config: null, profile: "{}", "step-ms": "1000", ticks: "0", realtime: false };
+  const opt = { config: null, profile: "{}", "step-ms": "1000", ticks: "0", speed: "0" };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === "--realtime") opt.realtime = true;
+    if (a === "--realtime") opt.speed = "1";
     else if (a.startsWith("--") && i + 1 < argv.length) opt[a.slice(2)] = argv[++i];
     else pyError("unknown argument " + a);
   }
@@ -119,6 +121,8 @@ async function stream(argv) {
   });
   const step = parseInt(opt["step-ms"], 10);
   const ticks = parseInt(opt.ticks, 10);
+  const speed = parseFloat(opt.speed);
+  if (!(step >= 0) || !(ticks >= 0) || !(speed >= 0)) pyError("bad --step-ms, --ticks or --speed");
   for (let n = 0; ticks === 0 || n < ticks; n++) {
     const cmds = JSON.stringify(inbox.splice(0));
     try {
@@ -126,9 +130,9 @@ async function stream(argv) {
     } catch (err) {
       pyError(err);
     }
-    if (opt.realtime) await new Promise((r) => setTimeout(r, step));
+    if (speed > 0) await new Promise((r) => setTimeout(r, step / speed));
     else await new Promise((r) => setImmediate(r));
-    if (closed && ticks === 0 && !opt.realtime) break;
+    if (closed && ticks === 0) break;
   }
   process.exit(0);
 }
