@@ -129,17 +129,23 @@ def check(cfg):
     meters = _get(board, "meters", "board.", list)
     if not 1 <= len(meters) <= 8:
         raise ConfigError("board.meters: 1 to 8 meters")
+    seen = []
     for i in range(len(meters)):
         p = "board.meters[%d]." % i
         if not isinstance(meters[i], dict):
             raise ConfigError(p[:-1] + ": expected an object")
         _meter(meters[i], p)
+        if meters[i]["channel"] in seen:
+            raise ConfigError(p + "channel: used twice")
+        seen.append(meters[i]["channel"])
     relays = _get(board, "relays", "board.", list, [], required=False)
     for i in range(len(relays)):
         p = "board.relays[%d]." % i
         if not isinstance(relays[i], dict):
             raise ConfigError(p[:-1] + ": expected an object")
         _relay(relays[i], p)
+        if relays[i].get("channel", 0) not in seen:
+            raise ConfigError(p + "channel: no meter has this channel")
     board["relays"] = relays
     board["sample_rate_hz"] = _positive(board, "sample_rate_hz", "board.", _NUM, 2000)
     board["cycles"] = _positive(board, "cycles", "board.", int, 10)

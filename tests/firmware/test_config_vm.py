@@ -1,0 +1,102 @@
+"""Config and key files on the MicroPython VM: bad files get an error that names the key."""
+
+from __future__ import annotations
+
+import json
+
+from tests.firmware import nodeutil
+from tools import mpvm
+
+
+def _cfg(**over: object) -> dict:
+    cfg: dict = {"node_id": 7, "link": "ble", "board": nodeutil.board("esp32_devkitc_ct")}
+    cfg.update(over)
+    return cfg
+
+
+def _board(**over: object) -> dict:
+    b = nodeutil.board("esp32_devkitc_ct")
+    b.update(over)
+    return b
+
+
+BAD = {
+    "not_json": ("{node_id: 7", "not valid JSON"),
+    "list": ("[1, 2]", "config: expected an object"),
+    "no_id": (json.dumps({"board": {}}), "node_id: missing"),
+    "id_range": (json.dumps(_cfg(node_id=70000)), "node_id: 0..65535"),
+    "id_bool": (json.dumps(_cfg(node_id=True)), "node_id: expected an integer"),
+    "link": (json.dumps(_cfg(link="lora")), "link: one of"),
+    "mqtt_missing": (json.dumps(_cfg(link="mqtt")), "mqtt: missing"),
+    "mqtt_port": (
+        json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "port": 0}, wifi={"ssid": "s"})),
+        "mqtt.port: 1..65535",
+    ),
+    "publish": (json.dumps(_cfg(publish_s=-5)), "publish_s: must be > 0"),
+    "no_meters": (json.dumps(_cfg(board=_board(meters=[]))), "board.meters: 1 to 8"),
+    "meter_type": (
+        json.dumps(_cfg(board=_board(meters=[{"channel": 0, "type": "x"}]))),
+        "board.meters[0].type: one of",
+    ),
+    "ical": (
+        json.dumps(_cfg(board=_board(meters=[{"channel": 0, "type": "ct", "adc_pin": 36,
+                                              "ical": "30"}]))),
+        "board.meters[0].ical: expected a number",
+    ),
+    "dup_channel": (
+        json.dumps(_cfg(board=_board(meters=[{"channel": 0, "type": "ct", "adc_pin": 36,
+                                              "ical": 30}] * 2, relays=[]))),
+        "board.meters[1].channel: used twice",
+    ),
+    "relay_channel": (
+        json.dumps(_cfg(board=_board(relays=[{"pin": 4, "channel": 5}]))),
+        "board.relays[0].channel: no meter",
+    ),
+    "relay_trip": (
+        json.dumps(_cfg(board=_board(relays=[{"pin": 4, "trip_a": -1}]))),
+        "board.relays[0].trip_a: must be >= 0",
+    ),
+}
+KEYS = {"short": ("00" * 16, "expected 32 bytes"), "not_hex": ("zz" * 32, "not hex"),
+        "good": ("ab" * 32, None)}
+
+SCRIPT = """
+import config
+for name, text in CASES.items():
+    with open('/c.json', 'w') as f:
+        f.write(text)
+    try:
+        config.load('/c.json')
+        emit([name, None])
+    except config.ConfigError as e:
+        emit([name, str(e)])
+for name, text in KEYS.items():
+    with open('/k', 'w') as f:
+        f.write(text)
+    try:
+        emit(['key_' + name, len(config.load_key('/k'))])
+    except config.ConfigError as e:
+        emit(['key_' + name, str(e)])
+try:
+    config.load('/nope.json')
+except config.ConfigError as e:
+    emit(['missing', str(e)])
+with open('/c.json', 'w') as f:
+    f.write(GOOD)
+cfg = config.load('/c.json')
+emit(['good', [cfg['publish_s'], cfg['board']['sample_rate_hz'], cfg['name']]])
+"""
+
+
+def test_bad_configs_and_keys_name_the_problem_on_the_vm() -> None:
+    cases = {k: v[0] for k, v in BAD.items()}
+    keys = {k: v[0] for k, v in KEYS.items()}
+    head = f"CASES = {cases!r}\nKEYS = {keys!r}\nGOOD = {json.dumps(_cfg())!r}\n"
+    out = dict(mpvm.run_job(head + SCRIPT).results)
+    for name, (_text, want) in BAD.items():
+        assert out[name] is not None and want in out[name], (name, out[name])
+    assert "expected 32 bytes" in out["key_short"]
+    assert "not hex" in out["key_not_hex"]
+    assert out["key_good"] == 32
+    assert "cannot read" in out["missing"]
+    assert out["good"] == [5, 2000, "wattmesh_7"]
