@@ -37,6 +37,7 @@ LISTING_SETTLED: Final = "LISTING_SETTLED"  # settle twice
 NOT_RES_OWNER: Final = "NOT_RES_OWNER"
 RES_CAPACITY_EXCEEDED: Final = "RES_CAPACITY_EXCEEDED"  # offers exceed rated power x 1 h
 PRICE_OUT_OF_BAND: Final = "PRICE_OUT_OF_BAND"
+BOTH_SIDES: Final = "BOTH_SIDES"  # offer and bid by one member in one listing
 TOO_EARLY: Final = "TOO_EARLY"  # settle before the delivery hour has ended
 
 # metering

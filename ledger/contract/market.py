@@ -5,6 +5,7 @@ A listing record (``state.data["listings"][listing_id]``)::
     {"state": "AUTHORIZE_OFFERS" | "BIDS_CLOSED" | "SETTLED", "rule": clearing rule,
      "opened_height": int, "offers": [{seq, seller, res_id, wh, price}],
      "bids": [{seq, buyer, wh, price, escrow}], "res_wh": {res_id: Wh offered},
+     "sides": {id_grid: "offer" | "bid"},
      "kwh_available": Wh, "kwh_wanted": Wh, "mcp": int | None, "trades": [trade], "settlement": ...}
 
 ``seq`` is handed out in the order the ledger accepts orders: it is "first in". The rule is fixed
@@ -19,6 +20,7 @@ from ledger.contract import fields as f
 from ledger.contract.api import BlockContext, Transaction
 from ledger.contract.clearing import book_orders, clear, payment
 from ledger.contract.codes import (
+    BOTH_SIDES,
     INSUFFICIENT_FUNDS,
     LISTING_CLOSED,
     LISTING_EXISTS,
@@ -59,6 +61,15 @@ def _in_band(st: State, name: str, price: int) -> None:
         raise Rejected(PRICE_OUT_OF_BAND, f"{name} {price} outside the band {low}..{high}")
 
 
+def _one_side(listing: dict[str, Any], member: str, side: str) -> None:
+    """A member is a seller or a buyer in one hour, not both: a prosumer nets its own production
+    and consumption behind the meter, and a trade with itself would be settled as a shortfall
+    plus an excess at the grid's tariffs."""
+    other = listing["sides"].get(member)
+    if other is not None and other != side:
+        raise Rejected(BOTH_SIDES, f"{member} already placed an {other} in this listing")
+
+
 def open_listing(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """AuthorizeOfferCom."""
     body = tx.body
@@ -74,6 +85,7 @@ def open_listing(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any
         "offers": [],
         "bids": [],
         "res_wh": {},
+        "sides": {},
         "kwh_available": 0,
         "kwh_wanted": 0,
         "mcp": None,
@@ -101,6 +113,7 @@ def offer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     if st.role(seller) not in SELLER_ROLES:
         raise Rejected(ROLE_FORBIDDEN, f"a {st.role(seller)} may not sell")
     _in_band(st, "reserve_price", price)
+    _one_side(listing, seller, "offer")
     committed = listing["res_wh"].get(res_id, 0)
     if committed + wh > res["rated_power_w"]:  # rated W for one hour = Wh
         raise Rejected(
@@ -112,6 +125,7 @@ def offer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         {"seq": seq, "seller": seller, "res_id": res_id, "wh": wh, "price": price}
     )
     listing["res_wh"][res_id] = committed + wh
+    listing["sides"][seller] = "offer"
     listing["kwh_available"] += wh
     return {"listing_id": listing_id, "seq": seq}
 
@@ -128,6 +142,7 @@ def bid(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     if st.role(buyer) not in BUYER_ROLES:
         raise Rejected(ROLE_FORBIDDEN, f"a {st.role(buyer)} may not buy")
     _in_band(st, "bid_price", price)
+    _one_side(listing, buyer, "bid")
     escrow = payment(wh, price)
     have = st.balance(buyer)
     if have < escrow:
@@ -137,6 +152,7 @@ def bid(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     st.debit(buyer, escrow)
     seq = st.next_seq()
     listing["bids"].append({"seq": seq, "buyer": buyer, "wh": wh, "price": price, "escrow": escrow})
+    listing["sides"][buyer] = "bid"
     listing["kwh_wanted"] += wh
     return {"listing_id": listing_id, "seq": seq, "escrow": escrow}
 

@@ -127,11 +127,17 @@ def test_bid_rules() -> None:
     rejected(c, "OPERATOR", "auction.close", {"listing_id": "2026-11-24T15"}, "UNKNOWN_LISTING")
 
 
-def test_prosumer_may_sell_and_buy() -> None:
+def test_prosumer_sells_or_buys_but_not_both_in_one_hour() -> None:
     c = _community()
     _offer(c, "P2", "PV2", 1000, 40_000)
-    _bid(c, "P2", 500, 80_000)
-    c.ok("OPERATOR", "auction.close", {"listing_id": HOUR})
+    _offer(c, "P2", "PV2", 500, 41_000)  # more offers on the same side are fine
+    rejected(
+        c, "P2", "auction.bid", {"listing_id": HOUR, "wh": 500, "bid_price": 80_000}, "BOTH_SIDES"
+    )
+    c.ok("OPERATOR", "auction.open", {"listing_id": "2026-11-24T14"})
+    c.ok("P2", "auction.bid", {"listing_id": "2026-11-24T14", "wh": 500, "bid_price": 80_000})
+    body = {"listing_id": "2026-11-24T14", "res_id": "PV2", "wh": 10, "reserve_price": 40_000}
+    rejected(c, "P2", "auction.offer", body, "BOTH_SIDES")
     check_invariants(c.contract)
 
 
@@ -162,7 +168,7 @@ def test_what_if_on_the_queried_book_matches_the_ledger(rule: str) -> None:
     for who, wh, price in [
         ("C1", 800, 90_000),
         ("C2", 1500, 50_000),
-        ("P2", 400, 72_000),
+        ("C2", 400, 72_000),
         ("C1", 300, 90_000),
     ]:
         _bid(c, who, wh, price)
