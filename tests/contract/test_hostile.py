@@ -185,3 +185,17 @@ def test_a_truncated_snapshot_is_refused(cut: int) -> None:
     cut = cut % len(raw)
     with pytest.raises(ValueError):
         c.contract.restore(raw[:cut])
+
+
+def test_a_handler_bug_is_a_receipt_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fault injection: no real input reaches this path (the test above shows it), so a handler
+    # is replaced by one that fails the way a bug would
+    def broken(*_: Any) -> dict[str, Any]:
+        raise KeyError("boom")
+
+    c = _fresh()
+    monkeypatch.setitem(HANDLERS, "token.transfer", broken)
+    receipt = c.tx("C1", "token.transfer", {"to": "P1", "amount": 5})
+    assert receipt.code == "INTERNAL_ERROR" and "KeyError" in receipt.message
+    monkeypatch.undo()
+    assert c.tx("C1", "token.transfer", {"to": "P1", "amount": 5}).ok  # the contract goes on
