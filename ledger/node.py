@@ -247,6 +247,9 @@ class ReplicaNode:
             canonical(value)
         except (QueryError, EncodingError, ValueError, TypeError, KeyError) as exc:
             return dict(out, ok=False, value=None, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a contract bug answers an error, never kills the connection
+            self.counters["query_errors"] += 1
+            return dict(out, ok=False, value=None, error=f"internal error: {type(exc).__name__}")
         return dict(out, ok=True, value=value, error="")
 
     def _query(self, path: str, params: dict[str, Any]) -> Any:

@@ -191,6 +191,11 @@ class Listener:
             self.counters["dropped_connections"] += 1
         except TimeoutError:
             self.counters["handshake_timeouts"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug behind one connection must not take down the replica
+            self.counters["handler_errors"] += 1
+            self.counters["dropped_connections"] += 1
         finally:
             if task is not None:
                 self._tasks.discard(task)

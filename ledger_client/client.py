@@ -176,7 +176,8 @@ class LedgerClient:
         return receipt_from_wire((await self.submit_detail(tx))["receipt"])
 
     async def submit_detail(self, tx: SignedTx) -> dict[str, Any]:
-        """Like ``submit`` but returns the whole agreed reply (height, index, receipt)."""
+        """Like ``submit`` but returns what f+1 replicas agreed on:
+        ``{"tx_id", "height", "receipt"}`` (receipt as a wire dict)."""
         tx_id = tx.tx_id
         pending = self._txs.get(tx_id)
         owner = pending is None
@@ -193,9 +194,10 @@ class LedgerClient:
                         conn.send({"t": "await", "tx_id": tx_id})
                 while True:
                     try:
-                        return await asyncio.wait_for(
+                        reply = await asyncio.wait_for(
                             asyncio.shield(pending.done), self.request_timeout_s
                         )
+                        return {"tx_id": tx_id, "height": reply["h"], "receipt": reply["receipt"]}
                     except TimeoutError:
                         self.resends += 1
                         for conn in self._conns:

@@ -1,0 +1,102 @@
+"""The client against ``wattmesh ledger cluster`` running the real community contract: the sync
+and async APIs, idempotent re-submission from a fresh client (the gateway outbox after a crash),
+refused signatures, reads agreed by f+1 replicas, and a clean stop of the whole cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger.keys import load_key, new_key, public_hex
+from ledger.setup import init_cluster
+from ledger.tx import SignedTx, sign_tx
+from ledger_client import LedgerClient, QueryFailed, RejectedError, SyncLedgerClient
+from tests.ledger.cluster_harness import ROOT, Cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def community(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "c"
+    init_cluster(d, 4, timers={"view_change_ms": 300, "request_timeout_ms": 500, "status_ms": 100})
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger", "cluster", "--dir", str(d)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    yield d
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def test_sync_client_with_the_real_contract(community: Path) -> None:
+    operator = load_key(community / "operator.key")
+    member = new_key()
+    with SyncLedgerClient.from_cluster_file(community / "cluster.json", operator) as c:
+        admit = c.submit_new(
+            "registry.admit",
+            {"id_grid": "PT0001", "name": "Ana", "email": "ana@example.org",
+             "public_key": public_hex(member), "role": "prosumer"},
+        )  # fmt: skip
+        assert admit.ok, admit
+        minted = c.submit_new("token.mint", {"to": "PT0001", "amount": 5_000_000})
+        assert minted.ok and minted.result["balance"] == 5_000_000
+        refused = c.submit_new("token.mint", {"to": "NOBODY", "amount": 1})
+        assert refused.code == "UNKNOWN_MEMBER"
+        assert c.query("balance", id_grid="PT0001")["balance"] == 5_000_000
+        assert {m["id_grid"] for m in c.query("members")} == {"OPERATOR", "PT0001"}
+        height = c.height()
+        assert height >= 3
+        block = c.block(1)
+        assert block["height"] == 1 and block["cert"] is not None
+        with pytest.raises(QueryFailed):
+            c.query("no.such.path")
+        with pytest.raises(QueryFailed):
+            c.query("ledger.block", height=10_000)
+
+
+async def test_resubmission_from_a_fresh_client_applies_once(community: Path) -> None:
+    operator = load_key(community / "operator.key")
+    path = community / "cluster.json"
+    tx = sign_tx(operator, "token.mint", {"to": "OPERATOR", "amount": 7}, nonce=42)
+    async with LedgerClient.from_cluster_file(path, operator, request_timeout_s=0.5) as c:
+        first = await c.submit_detail(tx)
+        assert first["receipt"]["result"]["balance"] == 7
+    # a new process after a crash: same signed transaction, same tx_id
+    async with LedgerClient.from_cluster_file(path, operator, request_timeout_s=0.5) as c:
+        again = await c.submit_detail(tx)
+        both = await asyncio.gather(c.submit_detail(tx), c.submit_detail(tx))
+        assert again == first and all(b == first for b in both)
+        assert (await c.query("balance", id_grid="OPERATOR"))["balance"] == 7
+
+        forged = SignedTx(tx.sender, tx.kind, {"to": "OPERATOR", "amount": 10**9}, 43, tx.signature)
+        with pytest.raises(RejectedError) as exc:
+            await c.submit(forged)
+        assert exc.value.code == "BAD_SIGNATURE"
+        assert (await c.query("balance", id_grid="OPERATOR"))["balance"] == 7
+
+
+async def test_client_survives_a_replica_that_is_down(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "c")
+    for i in (0, 1, 2):
+        cluster.start(i)
+    try:
+        async with cluster.client() as client:
+            receipt = await client.submit_new("toy.add", {"amount": 2})
+            assert receipt.ok
+            cluster.start(3)
+            await cluster.converge([0, 1, 2, 3])
+            assert await client.height() >= 1
+    finally:
+        cluster.stop_all()
