@@ -63,6 +63,7 @@ from ledger.tx import SignedTx, TxError
 CHECKPOINT_DOMAIN = b"wattmesh/pbft/checkpoint/v1\x00"
 FUTURE_BUFFER = 8192  # messages kept for a view this replica has not entered yet
 VERIFIED_CACHE = 200_000  # client transactions whose signature this replica already checked
+MAX_PENDING = 100_000  # client transactions known but not yet executed
 Fault = Literal["silent", "equivocate"] | None
 
 
@@ -175,6 +176,7 @@ class Replica:
         self.fetch_target = 0
         self.fetch_peer = -1
         self.fetch_deadline: int | None = None
+        self.fetch_retries = 0
         self.now = now_ms
 
     # ------------------------------------------------------------------ public API
@@ -209,6 +211,7 @@ class Replica:
         already checked its signature. ``tx_id``: ``tx.tx_id`` if the IO layer computed it."""
         if self.fault == "silent":
             return []
+        self.now = now_ms
         out: list[Action] = []
         self._request(tx, now_ms, verified, out, tx_id)
         return out
@@ -263,6 +266,7 @@ class Replica:
     def on_tick(self, now_ms: int) -> list[Action]:
         if self.fault == "silent":
             return []
+        self.now = now_ms
         out: list[Action] = []
         if (
             self.is_primary
@@ -275,7 +279,11 @@ class Replica:
             self._count("timeouts")
             self._on_timeout(now_ms, out)
         if self.fetch_deadline is not None and now_ms >= self.fetch_deadline:
-            self._send_fetch(now_ms, out, rotate=True)
+            self.fetch_retries += 1
+            if self.fetch_retries > 2 * self.cfg.n:  # nobody has it: give up until told again
+                self.fetch_target, self.fetch_deadline, self.fetch_retries = 0, None, 0
+            else:
+                self._send_fetch(now_ms, out, rotate=True)
         if now_ms >= self.next_status:
             self.next_status = now_ms + self.cfg.status_interval_ms
             self._status_tick(now_ms, out)
@@ -327,6 +335,9 @@ class Replica:
             self._count("duplicate_tx")
             height, receipt = done
             out.append(ReplyTo(tx_id, Reply(self.view, tx_id, height, receipt, self.me)))
+            return
+        if len(self.pending) >= MAX_PENDING:
+            self._count("rejected_overload")  # the client retries; nothing is half-accepted
             return
         if not verified and not tx.verify():
             self._count("rejected_bad_tx")
@@ -614,6 +625,7 @@ class Replica:
         self.vc_deadline = None
         if self.fetch_target <= self.last_executed:
             self.fetch_deadline = None
+        self._arm_request_timer(self.now)
 
     def _rearm(self, now_ms: int) -> None:
         if self.vc_deadline is None:
@@ -1111,12 +1123,14 @@ class Replica:
         if applied:
             self._after_progress(out)
             self._execute_ready(out)
-        if self.last_executed < self.fetch_target or len(msg.blocks) >= self.cfg.fetch_limit:
-            if self.last_executed >= self.fetch_target:
-                self.fetch_target = self.last_executed + 1
-            self._send_fetch(now_ms, out, rotate=applied == 0)
-        else:
+        if self.last_executed >= self.fetch_target:
+            self.fetch_target = self.last_executed
             self.fetch_deadline = None
+            self.fetch_retries = 0
+        elif applied:
+            self.fetch_retries = 0
+            self._send_fetch(now_ms, out, rotate=False)  # next page from the same peer
+        # else: nothing usable; the fetch deadline retries with another peer
         self._rearm(now_ms)
 
     def _adopt_proof(self, proof: tuple[Checkpoint, ...], now_ms: int, out: list[Action]) -> None:
