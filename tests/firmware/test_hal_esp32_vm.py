@@ -1,0 +1,101 @@
+"""hal_esp32 on the VM over a stand-in `machine` module (no ESP32 here: the one place a fake is
+the only peer). Checks what the real HAL adds over machine: mV from read_uv, V-then-I order and
+pacing, active-low outputs, edge counting in the pin IRQ, the watchdog and file helpers."""
+
+from __future__ import annotations
+
+from tools import mpvm
+
+MACHINE = '''
+log = []
+class Pin:
+    OUT = 1
+    IN = 0
+    IRQ_RISING = 1
+    def __init__(self, n, mode=0, value=None):
+        self.n = n
+        self.v = value
+        self.handler = None
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+        log.append(('pin', self.n, v))
+    def irq(self, trigger=0, handler=None):
+        self.handler = handler
+class ADC:
+    ATTN_11DB = 3
+    def __init__(self, pin, atten=0):
+        self.pin = pin
+        self.k = 0
+    def read_uv(self):
+        self.k += 1
+        log.append(('adc', self.pin.n))
+        return 1000000 + self.pin.n * 1000 + self.k * 1500
+irq_state = [0]
+def disable_irq():
+    irq_state[0] += 1
+    return 7
+def enable_irq(s):
+    irq_state[0] -= 1
+class WDT:
+    def __init__(self, timeout=0):
+        log.append(('wdt', timeout))
+    def feed(self):
+        log.append(('feed',))
+class UART:
+    def __init__(self, uid, **kw):
+        log.append(('uart', uid, sorted(kw.items())))
+    def read(self):
+        return b'x'
+    def write(self, b):
+        return len(b)
+'''
+
+SCRIPT = """
+import time, machine, hal_esp32 as hal
+from array import array
+v = hal.Adc(39); i = hal.Adc(36)
+bv = array('H', bytes(20)); bi = array('H', bytes(20))
+t0 = time.ticks_us()
+hal.sample(v, i, bv, bi, 10, 500)
+took = time.ticks_diff(time.ticks_us(), t0)
+order = [e[1] for e in machine.log if e[0] == 'adc']
+emit({'bv': list(bv), 'bi': list(bi), 'order': order[:4], 'took_us': took})
+machine.log.clear()
+o = hal.Output(26, False, False)
+o.set(True)
+o.set(False)
+emit({'pins': machine.log[:]})
+pc = hal.PulseCounter(5)
+emit({'none': list(pc.snapshot())})
+for k in range(5):
+    pc.pin.handler(pc.pin)
+    time.sleep_ms(2)
+n, a, span = pc.snapshot()
+emit({'n': n, 'a': a, 'span_ok': 7000 <= span <= 200000, 'irq_balanced': machine.irq_state[0],
+      'after': list(pc.snapshot())})
+machine.log.clear()
+w = hal.Wdt(8000); w.feed()
+u = hal.Uart(2, 9600, 17, 16, None)
+emit({'log': [list(map(str, e)) for e in machine.log], 'read': u.read().decode()})
+hal.write_file('/f.bin', b'abc')
+emit({'file': hal.read_file('/f.bin').decode(), 'missing': hal.read_file('/nope')})
+"""
+
+
+def test_real_hal_over_machine() -> None:
+    out = mpvm.run_job(SCRIPT, files={"/lib/machine.py": MACHINE}).results
+    s = out[0]
+    # read_uv() -> mV (integer division), voltage read before current in each pair
+    assert s["order"] == [39, 36, 39, 36]
+    assert s["bv"][0] == 1040 and s["bi"][0] == 1037  # 1000000 + 39000 + 1500 uV -> 1040 mV
+    assert s["took_us"] >= 4500  # 10 pairs paced 500 us apart
+    assert out[1]["pins"] == [["pin", 26, 0], ["pin", 26, 1]]  # active low: on = 0, off = 1
+    assert out[2]["none"] == [0, 0, 0]
+    assert out[3]["n"] == 5 and out[3]["a"] == 0 and out[3]["span_ok"]
+    assert out[3]["irq_balanced"] == 0 and out[3]["after"] == [0, 0, 0]
+    log = out[4]["log"]
+    assert log[0] == ["wdt", "8000"] and log[1] == ["feed"]
+    assert log[2][0] == "uart" and "('baudrate', 9600)" in log[2][2]
+    assert out[5] == {"file": "abc", "missing": None}
