@@ -143,6 +143,34 @@ def settlement(st: State, params: Mapping[str, Any]) -> Any:
     return copy.deepcopy(record["settlement"])
 
 
+def energy(st: State, params: Mapping[str, Any]) -> Any:
+    """Energy tokens of an hour per member: minted (Wh exported, from signed reports), spent on
+    the community's trades and to the grid at settlement, and still unspent (before settlement)."""
+    _params(params, ("listing_id",))
+    listing_id = _read(f.listing_id, params, "listing_id")
+    metered = st.data["hourly"].get(listing_id, {})
+    record = st.data["listings"].get(listing_id)
+    lines = {}
+    if record is not None and record["settlement"] is not None:
+        lines = {line["id_grid"]: line for line in record["settlement"]["lines"]}
+    out = []
+    for member in sorted(metered):
+        minted = metered[member][1]
+        line = lines.get(member)
+        to_trades = line["delivered_wh"] if line else 0
+        to_grid = line["feed_in_wh"] if line else 0
+        out.append(
+            {
+                "id_grid": member,
+                "minted_wh": minted,
+                "spent_on_trades_wh": to_trades,
+                "spent_to_grid_wh": to_grid,
+                "unspent_wh": minted - to_trades - to_grid,
+            }
+        )
+    return out
+
+
 def mcp_history(st: State, params: Mapping[str, Any]) -> Any:
     _params(params, (), ("limit",))
     limit = params.get("limit", MAX_HISTORY)
@@ -188,6 +216,7 @@ QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "order_book": order_book,
     "trades": trades,
     "settlement": settlement,
+    "energy": energy,
     "mcp_history": mcp_history,
     "reports": reports,
     "grid": grid,

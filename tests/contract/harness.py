@@ -134,6 +134,11 @@ def check_invariants(contract: Contract) -> None:
                 assert line["delivered_wh"] + line["feed_in_wh"] == line["exported_wh"]
                 assert line["delivered_wh"] + line["shortfall_wh"] == line["sold_wh"]
                 assert line["taken_wh"] + line["excess_wh"] == line["bought_wh"]
+        for tokens in contract.query("energy", {"listing_id": listing_id}):
+            spent = tokens["spent_on_trades_wh"] + tokens["spent_to_grid_wh"]
+            assert tokens["unspent_wh"] >= 0 and spent <= tokens["minted_wh"]
+            # settled: every token spent exactly once; before settlement none is spent
+            assert tokens["unspent_wh"] == (0 if settlement is not None else tokens["minted_wh"])
     assert sum(balances) + escrow + grid["balance"] == grid["supply"]
 
 

@@ -107,6 +107,15 @@ def test_settlement_timing_and_once_only() -> None:
     rejected(
         c, gw, "meter.report", sign_report(gw, "MP1", f"{HOUR}:15", 0, 9999), "REPORT_TOO_LATE"
     )
+    assert c.q("energy", listing_id=HOUR) == [
+        {
+            "id_grid": "P1",
+            "minted_wh": 2000,
+            "spent_on_trades_wh": 2000,
+            "spent_to_grid_wh": 0,
+            "unspent_wh": 0,
+        }
+    ]
     settled = c.q("settlement", listing_id=HOUR)
     p1 = _lines(settled)["P1"]
     assert (p1["exported_wh"], p1["delivered_wh"], p1["feed_in_wh"]) == (2000, 2000, 0)
