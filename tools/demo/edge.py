@@ -1,109 +1,169 @@
-"""Each home's edge: an emulated Modbus meter on a real pymodbus TCP server (loopback), and the
-gateway's metering pipeline polling it over Modbus TCP: ``gateway.sources.modbus.ModbusBus`` →
-``gateway.intervals.IntervalAggregator`` (15-minute intervals) → ``gateway.report`` (Ed25519
-signed report) → ``gateway.store.Store`` (SQLite, intervals and outbox in one transaction) →
-``gateway.outbox.deliver_due`` (exactly once to the ledger).
+"""Each home's edge: the gateway daemon (``gateway.daemon.Gateway``, configured from a
+``gateway.toml`` the demo writes) with its real peers:
 
-Time is the demo's ``ManualClock``: the meter integrates its power profile on it and the gateway
-stamps readings with it, so an hour of metering takes a fraction of a second. The demo drives the
-poll cycles itself (``poll``) right after moving the clock, instead of each bus sleeping on the
-clock, so every poll reads the meter at exactly the simulated instant it is due.
+* an emulated SDM120 meter on a real pymodbus TCP server on loopback, the home's billing meter,
+  polled by the daemon's Modbus bus;
+* emulated BLE plugs (``hardware.ble.plug``) on the home's own bumble virtual link, one per
+  flexible appliance, reached through the real bleak API (``gateway.sources.ble`` with the
+  bumble-backed bleak backend); their relays switch the appliances and their readings are the
+  appliances' sub-metering;
+* for the home that hosts it, the node running the real firmware on the MicroPython VM, on MQTT
+  through the demo's mosquitto (``tools.demo.vmnode``).
+
+Time is the demo's ``ManualClock``: meters and plugs integrate energy on it, the daemon stamps and
+closes intervals on it. The daemon's own loops run as in production; the demo moves the clock in
+steps of the poll period and waits, after each step, until every bus has polled.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bumble.link import LocalLink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
-from gateway.intervals import Interval, IntervalAggregator, flag_names
-from gateway.outbox import Backoff, deliver_due
-from gateway.report import REPORT_KIND, report_body
-from gateway.sources.modbus import BusConfig, MeterConfig, MeterReading, ModbusBus
-from gateway.store import Store
+from gateway.config import load_config
+from gateway.daemon import Gateway
+from gateway.intervals import MISSING, Interval
+from gateway.outbox import DELIVERED, PENDING
+from gateway.sources.base import NodeSource
+from gateway.sources.ble import BleNode, BleNodeSource
+from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
+from hardware.ble.plug import PlugEmulator
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, serve_tcp
+from ledger.contract.api import Receipt
+from ledger.keys import write_key
 from ledger.tx import SignedTx
 from tools.demo.procs import free_port
 
 METER_MODEL = "sdm120"
 UNIT = 1
 SUBMIT_TIMEOUT_S = 3.0  # a ledger that does not answer within this is down: retry later
-OUTBOX_BACKOFF = Backoff(initial_ms=60_000, max_ms=300_000)  # simulated time
+SUB_METER = "SUB_METER"
+BLE_RECONNECT_S = (0.05, 0.5)  # real seconds: a dropped virtual link comes back quickly
 
 
 class Deliverer:
-    """The outbox's view of the ledger: a submit that fails fast when the ledger is away."""
+    """The daemon's ``Deliverer``: the shared ledger client, failing fast while the ledger is
+    away (the outbox retries), and keeping sub-meter reports (plugs, nodes) in the gateway: the
+    contract adds every report of a member's meters into its hourly import and export, so only
+    the billing meter may report to the ledger (see tools/demo/README.md)."""
 
-    def __init__(self, ledger: Any) -> None:
+    def __init__(self, ledger: Callable[[], Any], billing: set[str]) -> None:
         self.ledger = ledger
+        self.billing = billing
+        self.kept_local = 0
 
     async def submit(self, tx: SignedTx) -> Any:
-        return await asyncio.wait_for(self.ledger.submit(tx), SUBMIT_TIMEOUT_S)
+        if tx.kind == "meter.report" and tx.body.get("meter_id") not in self.billing:
+            self.kept_local += 1
+            return Receipt(code=SUB_METER, message="sub-meter report kept in the gateway")
+        ledger = self.ledger()
+        if ledger is None:
+            raise ConnectionError("the ledger is stopped")
+        return await asyncio.wait_for(ledger.submit(tx), SUBMIT_TIMEOUT_S)
+
+
+@dataclass
+class Plug:
+    node_id: int
+    appliance: str
+    power_w: int
+    emulator: PlugEmulator
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
 class HomeEdge:
     id_grid: str
     meter_id: str
-    key: Ed25519PrivateKey
     clock: ManualClock
-    store: Store
+    gateway: Gateway
+    task: asyncio.Task[None]
     meter: EmulatedMeter
     server: Any
-    bus: ModbusBus
-    agg: IntervalAggregator
-    intervals: list[Interval] = field(default_factory=list)
-    samples: int = 0
-    rejected_samples: int = 0
+    deliverer: Deliverer
+    plugs: list[Plug] = field(default_factory=list)
+    link: LocalLink | None = None
+    central: BumbleCentral | None = None
+    node_ids: dict[str, tuple[int, int]] = field(default_factory=dict)  # appliance -> node, relay
+    relay_ok: int = 0
+    relay_failed: int = 0
 
-    def on_reading(self, r: MeterReading) -> None:
-        if self.agg.sample(r.meter_id, r.t_ms, r.import_mwh, r.export_mwh):
-            self.samples += 1
-        else:
-            self.rejected_samples += 1
+    @property
+    def bus(self) -> Any:
+        return self.gateway.buses[0]
 
-    async def poll(self) -> None:
-        await self.bus.poll_cycle()
-
-    def close_intervals(self, now_ms: int) -> list[Interval]:
-        closed = self.agg.tick(now_ms)
-        if not closed:
-            return []
-        reports: dict[tuple[str, int], tuple[str, Mapping[str, Any], int]] = {}
-        for i in closed:
-            # One nonce per interval, fixed when the report is queued: retries are the same tx.
-            reports[(i.meter_id, i.start_ms)] = (REPORT_KIND, report_body(self.key, i),
-                                                 i.start_ms // 1000)
-        self.store.close_intervals(closed, reports, {"aggregator": self.agg.snapshot()}, now_ms)
-        self.intervals.extend(closed)
-        return closed
-
-    async def deliver(self, ledger: Any, now_ms: int) -> tuple[int, int]:
-        return await deliver_due(self.store, self.key, Deliverer(ledger), now_ms, OUTBOX_BACKOFF)
-
-    def pending(self) -> int:
-        return sum(1 for r in self.store.outbox_all() if r.state == "pending")
-
-    def rejected(self) -> list[str]:
-        return [f"{r.kind} {r.code} {r.message}" for r in self.store.outbox_all()
-                if r.state == "rejected"]
+    def cycles(self) -> int:
+        return int(self.bus.counts["cycles"])
 
     def silence(self, on: bool) -> None:
         self.meter.faults = Faults("silence", 1.0) if on else Faults()
 
+    def billing_intervals(self, since_ms: int, until_ms: int) -> list[Interval]:
+        return self.gateway.interval_history(self.meter_id, since_ms, until_ms)
+
+    def report_rows(self) -> list[Any]:
+        return [r for r in self.gateway.store.outbox_all() if r.kind == "meter.report"
+                and r.body.get("meter_id") == self.meter_id] if self.gateway.store else []
+
+    def pending(self) -> int:
+        return sum(1 for r in self.report_rows() if r.state == PENDING)
+
+    def hour_reported(self, since_ms: int, until_ms: int, intervals_per_hour: int) -> bool:
+        """Every interval of the hour is closed and each one with data is delivered."""
+        closed = self.billing_intervals(since_ms, until_ms)
+        if len(closed) < intervals_per_hour:
+            return False
+        names = {i.name for i in closed if not i.flags & MISSING}
+        states = {str(r.body.get("interval")): r.state for r in self.report_rows()}
+        return all(states.get(n) == DELIVERED for n in names)
+
+    def refused(self) -> list[str]:
+        rows = self.gateway.store.outbox_all() if self.gateway.store else []
+        return [f"{r.kind} {r.body.get('meter_id', '')} {r.code} {r.message}" for r in rows
+                if r.state == "rejected" and r.code != SUB_METER]
+
+    async def relay(self, appliance: str, on: bool) -> bool:
+        node, relay = self.node_ids[appliance]
+        try:
+            status = await asyncio.wait_for(self.gateway.send_relay(node, relay, on), 5.0)
+        except Exception:  # link down, no ack: counted, the plan goes on
+            self.relay_failed += 1
+            return False
+        ok = status == 0
+        if ok:
+            self.relay_ok += 1
+        else:
+            self.relay_failed += 1
+        return ok
+
     async def close(self) -> None:
-        self.bus.close()
+        self.gateway.stop()
+        try:
+            await asyncio.wait_for(self.task, 10)
+        except Exception:  # a gateway that will not stop cleanly is cancelled
+            self.task.cancel()
+        for p in self.plugs:
+            if p.task is not None:
+                p.task.cancel()
+        await asyncio.gather(*(p.task for p in self.plugs if p.task), return_exceptions=True)
+        if self.central is not None:
+            try:
+                await asyncio.wait_for(self.central.close(), 5)
+            except Exception:  # closing a virtual radio: nothing to save
+                pass
         await self.server.shutdown()
-        self.store.close()
 
 
 def slot_profile(import_wh: list[int], export_wh: list[int], day_start_ms: int,
-                 slot_ms: int) -> Any:
+                 slot_ms: int) -> Callable[[int], float]:
     """The meter's power (W, export negative) from the world's energy per slot, repeating daily."""
     slots = len(import_wh)
 
@@ -114,33 +174,95 @@ def slot_profile(import_wh: list[int], export_wh: list[int], day_start_ms: int,
     return power
 
 
-async def start_edge(id_grid: str, meter_id: str, key: Ed25519PrivateKey, clock: ManualClock,
-                     db: Path, profile: Any, poll_s: float) -> HomeEdge:
-    meter = EmulatedMeter(METER_MODEL, profile, clock=clock.now_ms)
+@dataclass
+class EdgeSpec:
+    """What the demo decides about a home's edge before it starts."""
+
+    id_grid: str
+    meter_id: str
+    key: Ed25519PrivateKey
+    profile: Callable[[int], float]
+    plugs: list[tuple[int, str, int]]  # (node id, appliance, power W)
+    mqtt_nodes: list[tuple[int, str, bytes]] = field(default_factory=list)  # (id, topic, key)
+    node_relays: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
+                        plug_keys: dict[int, bytes], mqtt_port: int | None) -> Path:
+    (d / "data").mkdir(parents=True, exist_ok=True)
+    write_key(d / "data" / "gateway.key", spec.key)
+    nodes = {str(nid): {"key": key.hex(), "name": f"plug-{nid}", "transport": "ble"}
+             for nid, key in plug_keys.items()}
+    for nid, topic, key in spec.mqtt_nodes:
+        nodes[str(nid)] = {"key": key.hex(), "name": topic, "transport": "mqtt"}
+    (d / "nodes.json").write_text(json.dumps({"nodes": nodes}, indent=1), encoding="utf-8")
+    toml = [
+        "# written by `wattmesh demo`: one home's gateway",
+        "[gateway]", f'id = "{spec.id_grid.lower()}"', 'data_dir = "data"',
+        'key_file = "gateway.key"', 'keystore = "nodes.json"', "flush_ms = 60000",
+        "command_timeout_s = 30", "",
+    ]
+    if mqtt_port is not None:
+        toml += ["[mqtt]", 'host = "127.0.0.1"', f"port = {mqtt_port}", "publish_min_s = 300",
+                 f'base_topic = "wattmesh-{spec.id_grid.lower()}"', "[mqtt.discovery]",
+                 "enabled = true", ""]
+        for nid, topic, _ in spec.mqtt_nodes:
+            toml += ["[[mqtt.nodes]]", f"node_id = {nid}", f'meter_id = "node-{nid}"',
+                     f'topic = "{topic}"', ""]
+    if spec.plugs:
+        toml += ["[ble]", 'backend = "bleak"', ""]
+        from hardware.ble.profile import plug_address
+
+        for nid, _appliance, _w in spec.plugs:
+            toml += ["[[ble.nodes]]", f"node_id = {nid}", f'meter_id = "plug-{nid}"',
+                     f'address = "{plug_address(nid)}"', ""]
+    toml += [
+        "[[modbus.buses]]", 'name = "rs485"', f'tcp = "127.0.0.1:{modbus_port}"',
+        f"poll_s = {poll_s}", "timeout_s = 0.5", "retries = 0",
+        f"backoff_initial_s = {poll_s}", f"backoff_max_s = {poll_s}", "",
+        "[[modbus.buses.meters]]", f'meter_id = "{spec.meter_id}"', f'model = "{METER_MODEL}"',
+        f"unit = {UNIT}", "",
+    ]
+    path = d / "gateway.toml"
+    path.write_text("\n".join(toml), encoding="utf-8")
+    return path
+
+
+async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s: int,
+                     ledger: Callable[[], Any], plug_keys: dict[int, bytes],
+                     plug_load: Callable[[int, int], Callable[[int], int]],
+                     mqtt_port: int | None) -> HomeEdge:
+    meter = EmulatedMeter(METER_MODEL, spec.profile, clock=clock.now_ms)
     port = free_port()
     server = await serve_tcp({UNIT: meter}, "127.0.0.1", port)
-    agg = IntervalAggregator()
-    agg.add_meter(meter_id)
-    edge: HomeEdge
-    holder: dict[str, HomeEdge] = {}
-    bus = ModbusBus(
-        BusConfig(name=f"bus-{id_grid}", meters=(MeterConfig(meter_id, METER_MODEL, UNIT),),
-                  tcp=("127.0.0.1", port), poll_s=poll_s, timeout_s=0.5, retries=0,
-                  backoff_initial_s=poll_s, backoff_max_s=poll_s),
-        lambda r: holder["edge"].on_reading(r),
-        clock,
-    )
-    edge = HomeEdge(id_grid, meter_id, key, clock, Store(db), meter, server, bus, agg)
-    holder["edge"] = edge
-    for _ in range(100):  # the server binds in the background: wait until it accepts
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.01)
+    cfg = load_config(write_gateway_files(directory, spec, port, poll_s, plug_keys,
+                                          mqtt_port if spec.mqtt_nodes else None))
+    sources: list[NodeSource] = []
+    plugs: list[Plug] = []
+    link = central = None
+    if spec.plugs:
+        link = LocalLink()
+        for nid, appliance, watts in spec.plugs:
+            emu = PlugEmulator.on_link(link, nid, plug_keys[nid], load=plug_load(nid, watts),
+                                       now_ms=clock.now_ms)
+            await emu.start()
+            plugs.append(Plug(nid, appliance, watts, emu))
+        central = BumbleCentral.on_link(link)
+        sources.append(BleNodeSource(
+            [BleNode(n.node_id, n.address) for n in cfg.nodes if n.transport == "ble"],
+            backend=bumble_backend(central), clock=clock,
+            reconnect_initial_s=BLE_RECONNECT_S[0], reconnect_max_s=BLE_RECONNECT_S[1]))
+    mqtt_nodes = [n for n in cfg.nodes if n.transport == "mqtt"]
+    if mqtt_nodes and cfg.mqtt is not None:
+        from gateway.sources.mqtt import MqttNodeSource
+
+        sources.append(MqttNodeSource(mqtt_nodes, cfg.mqtt, clock))
+    deliverer = Deliverer(ledger, {spec.meter_id})
+    gw = Gateway(cfg, clock=clock, deliverer=deliverer, node_sources=sources)
+    task = asyncio.create_task(gw.run(), name=f"gateway-{spec.id_grid}")
+    edge = HomeEdge(spec.id_grid, spec.meter_id, clock, gw, task, meter, server, deliverer,
+                    plugs, link, central)
+    for nid, appliance, _w in spec.plugs:
+        edge.node_ids[appliance] = (nid, 0)
+    edge.node_ids.update(spec.node_relays)
     return edge
-
-
-def describe_flags(i: Interval) -> str:
-    return ",".join(flag_names(i.flags))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import tempfile
@@ -34,6 +35,7 @@ def run_demo(opts: DemoOptions) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="wattmesh-demo-") as tmp:
             sup = Supervisor(Path(tmp) / "logs")
+            _log_to_file(Path(tmp) / "logs" / "demo.log")
             try:
                 run = DemoRun(opts, progress, sup, Path(tmp))
                 record = asyncio.run(run.run())
@@ -93,3 +95,16 @@ def _tail_logs(sup: Supervisor, lines: int = 5) -> None:
             continue
         for line in text[-lines:]:
             print(f"  [{child.name}] {line}", file=sys.stderr)
+
+
+def _log_to_file(path: Path) -> None:
+    """The parts log what they do (an outbox retry, a reconnect): into the run's log file, not
+    over the progress bar."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
+from gateway.intervals import MISSING
 from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
@@ -28,7 +30,7 @@ from ledger.keys import public_hex
 from ledger.tx import sign_tx
 from tools.demo.agent import decide
 from tools.demo.economics import HourBook, Tariffs
-from tools.demo.edge import METER_MODEL, HomeEdge, slot_profile, start_edge
+from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, slot_profile, start_edge
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan, plan_home
@@ -103,12 +105,13 @@ class DemoRun:
         self.sup = sup
         self.run_dir = run_dir
         self.minted = 0
-        self.reports_sent: set[tuple[str, str]] = set()
         self.edges: list[HomeEdge] = []
         self.ledger_down = False
         self.day0_ms = 0
         self.clock = ManualClock(0)
         self.fault_plan: list[tuple[int, Any]] = []
+        self.relay_state: dict[tuple[str, str], bool] = {}
+        self.listings: list[str] = []
         self.unsettled: list[str] = []
 
     # -- ledger helpers ---------------------------------------------------------------------
@@ -177,20 +180,69 @@ class DemoRun:
                            .timestamp() * 1000)
         self.clock = ManualClock(self.day0_ms)
         gw_dir = self.run_dir / "gateways"
-        gw_dir.mkdir(parents=True, exist_ok=True)
-        for h in self.homes:
-            profile = slot_profile(self.metered.import_wh[h.id_grid],
-                                   self.metered.export_wh[h.id_grid], self.day0_ms, SLOT_MS)
+        plug_keys: dict[int, bytes] = {}
+        for h, plan in zip(self.homes, self.plans, strict=True):
+            plugs = []
+            for k, a in enumerate(h.flexible):
+                nid = (h.index + 1) * 16 + k
+                plug_keys[nid] = os.urandom(32)
+                plugs.append((nid, a.name, a.power_w))
+                self.relay_state[(h.id_grid, a.name)] = True  # a plug powers up with relay on
+            spec = EdgeSpec(
+                h.id_grid, h.meter_id, self.gateway_keys[h.id_grid],
+                slot_profile(self.metered.import_wh[h.id_grid],
+                             self.metered.export_wh[h.id_grid], self.day0_ms, SLOT_MS),
+                plugs)
             self.edges.append(await start_edge(
-                h.id_grid, h.meter_id, self.gateway_keys[h.id_grid], self.clock,
-                gw_dir / f"{h.id_grid}.sqlite", profile, POLL_MS / 1000))
+                spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
+                lambda: None if self.ledger_down else self.ledger, plug_keys,
+                lambda _nid, watts: (lambda _ms, dw=watts * 10: dw), None))
+            del plan
+        n_plugs = sum(len(e.plugs) for e in self.edges)
         self.record.parts["meters"] = (f"{len(self.edges)} emulated {METER_MODEL} meters on "
                                        "pymodbus TCP servers (loopback)")
-        self.record.parts["gateways"] = ("gateway cores per home: Modbus poller, 15-min "
-                                         "intervals, signed reports, SQLite outbox")
-        await self.step(self.day0_ms)  # the first reading: the counters' starting point
+        self.record.parts["gateways"] = (f"{len(self.edges)} gateway daemons (gateway.daemon), "
+                                         "one SQLite store each, on the demo's clock")
+        self.record.parts["plugs"] = (f"{n_plugs} emulated BLE plugs on bumble virtual links, "
+                                      "reached through the bleak API")
+        await self.wait_for(lambda: all(p.emulator.connected for e in self.edges
+                                        for p in e.plugs), 20.0, "plugs connected")
+        await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.edges), 10.0,
+                            "first Modbus polls")
+        for e in self.edges:
+            for p in e.plugs:
+                p.task = asyncio.create_task(p.emulator.run(POLL_MS / 1000, self.clock.sleep))
+        await self.switch_relays(0)
         if self.opts.faults:
             self.plan_faults()
+
+    async def wait_for(self, cond: Any, timeout_s: float, what: str) -> bool:
+        """Wait (real time) for the emulated devices and gateways to finish what the last clock
+        step set off: network round trips over loopback and the virtual radio take real time."""
+        deadline = time.monotonic() + timeout_s
+        while not cond():
+            if time.monotonic() > deadline:
+                self.record.counters[f"waits_timed_out:{what}"] = (
+                    self.record.counters.get(f"waits_timed_out:{what}", 0) + 1)
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    async def switch_relays(self, slot: int) -> int:
+        """Drive each flexible appliance's relay to the EMS plan for ``slot`` (of the day)."""
+        jobs = []
+        for e, p in zip(self.edges, self.plans, strict=True):
+            for a in p.home.flexible:
+                want = (slot % SLOTS_PER_DAY) in set(p.schedule.get(a.name, ()))
+                if self.relay_state.get((e.id_grid, a.name)) != want:
+                    jobs.append((e, a.name, want))
+        results = await asyncio.gather(*(e.relay(name, want) for e, name, want in jobs))
+        done = 0
+        for (e, name, want), ok in zip(jobs, results, strict=True):
+            if ok:
+                self.relay_state[(e.id_grid, name)] = want
+                done += 1
+        return done
 
     async def _day(self, t0: float) -> DayRecord:
         opts = self.opts
@@ -237,8 +289,8 @@ class DemoRun:
                             trades=[dict(t) for t in res.get("trades", [])],
                             kwh_available=int(res.get("kwh_available", 0)),
                             kwh_wanted=int(res.get("kwh_wanted", 0)))
-        result.relay_actions = self.relay_actions(hod)
-        await self.deliver(k, day, hod, book)
+        self.listings.append(listing_id)
+        result.relay_actions = await self.deliver(k, day, hod, book)
         self.unsettled.append(listing_id)
         await self.settle_pending()
         self.record.hours.append(result)
@@ -256,47 +308,40 @@ class DemoRun:
         body = {"listing_id": listing_id, "wh": d.wh, "bid_price": d.price}
         return await self.tx(actor, "auction.bid", body, must=False)
 
-    def relay_actions(self, hod: int) -> int:
-        """Switching edges of the flexible appliances in this hour (each is one relay command)."""
-        count = 0
-        for p in self.plans:
-            for slots in p.schedule.values():
-                on = set(slots)
-                for s in range(hod * SLOTS_PER_HOUR, (hod + 1) * SLOTS_PER_HOUR):
-                    if (s in on) != ((s - 1) % SLOTS_PER_DAY in on):
-                        count += 1
-        return count
-
-    async def deliver(self, k: int, day: dt.date, hod: int, book: HourBook) -> None:
-        """The delivery hour on the simulated clock: the gateways poll their Modbus meters every
-        ``POLL_S``, close 15-minute intervals, sign and queue reports and drain their outboxes."""
+    async def deliver(self, k: int, day: dt.date, hod: int, book: HourBook) -> int:
+        """The delivery hour on the simulated clock: the gateways poll their meters every
+        ``POLL_MS``, the EMS plan switches relays at slot edges, intervals close and their signed
+        reports leave the outboxes. Returns the relay commands acknowledged."""
         start = self.day0_ms + k * HOUR_MS
+        relays = 0
         for t in range(start + POLL_MS, start + HOUR_MS + 1, POLL_MS):
             await self.step(t)
+            if (t - self.day0_ms) % SLOT_MS == 0 and t < start + HOUR_MS:
+                relays += await self.switch_relays((t - self.day0_ms) // SLOT_MS)
         await self.step(start + HOUR_MS + CLOSE_GRACE_MS, poll=False)
-        listing_id = self.listing(k)[0]
+        await self.wait_for(lambda: self.hour_reported(start), 10.0, "reports delivered")
         for e in self.edges:
-            mine = [i for i in e.intervals if i.name.startswith(listing_id)]
+            mine = e.billing_intervals(start, start + HOUR_MS)
             book.metered[e.id_grid] = (sum(i.import_wh for i in mine),
                                        sum(i.export_wh for i in mine))
+        return relays
 
     async def step(self, t_ms: int, *, poll: bool = True) -> None:
-        await self.clock.set(t_ms)
         while self.fault_plan and self.fault_plan[0][0] <= t_ms:
-            _, action = self.fault_plan.pop(0)
-            await action(t_ms)
+            t_fault, action = self.fault_plan.pop(0)
+            await self.clock.set(t_fault)
+            await action(t_fault)
+        await self.clock.set(t_ms)
         if poll:
-            await asyncio.gather(*(e.poll() for e in self.edges))
-        for e in self.edges:
-            for i in e.close_intervals(t_ms):
-                self.reports_sent.add((i.meter_id, i.name))
-        await self.drain(t_ms)
+            due = (t_ms - self.day0_ms) // POLL_MS + 1
+            await self.wait_for(lambda: all(e.cycles() >= due for e in self.edges), 5.0,
+                                "Modbus polls")
 
-    async def drain(self, now_ms: int) -> None:
-        assert self.ledger is not None
+    def hour_reported(self, start_ms: int) -> bool:
         if self.ledger_down:
-            return
-        await asyncio.gather(*(e.deliver(self.ledger, now_ms) for e in self.edges))
+            return False
+        return all(e.hour_reported(start_ms, start_ms + HOUR_MS, SLOTS_PER_HOUR)
+                   for e in self.edges)
 
     # -- faults on request ------------------------------------------------------------------
 
@@ -367,18 +412,10 @@ class DemoRun:
         ]
         self.fault_plan = sorted(plan, key=lambda p: p[0])
 
-    def hour_reported(self, listing_id: str) -> bool:
-        """Every home's four interval reports of the hour are delivered (so it may be settled)."""
-        for e in self.edges:
-            rows = [r for r in e.store.outbox_all()
-                    if r.kind == "meter.report" and str(r.body["interval"]).startswith(listing_id)]
-            if len(rows) < SLOTS_PER_HOUR or any(r.state == "pending" for r in rows):
-                return False
-        return True
-
     async def settle_pending(self) -> None:
         for listing_id in list(self.unsettled):
-            if not self.hour_reported(listing_id):
+            k = self.listings.index(listing_id)
+            if not self.hour_reported(self.day0_ms + k * HOUR_MS):
                 continue
             r = await self.tx(self.operator, "auction.settle", {"listing_id": listing_id},
                               must=False)
@@ -430,38 +467,65 @@ class DemoRun:
             "tokens conserved", total == self.minted == int(grid["supply"]),
             f"balances + escrow + grid account = {total} micro-tokens; minted {self.minted}; "
             f"ledger supply {grid['supply']}"))
-        on_ledger = 0
-        for h in self.homes:
-            rows = await self.ledger.query("reports", meter_id=h.meter_id)
-            got = {(r["meter_id"], r["interval"]): (r["import_wh"], r["export_wh"]) for r in rows}
-            for (meter, interval) in self.reports_sent:
-                if meter == h.meter_id and (meter, interval) in got:
-                    on_ledger += 1
+        end_ms = self.day0_ms + self.opts.hours * HOUR_MS
+        on_ledger = delivered = closed = missing = 0
+        problems: list[str] = []
+        for e in self.edges:
+            rows = await self.ledger.query("reports", meter_id=e.meter_id)
+            got = {r["interval"]: (r["import_wh"], r["export_wh"]) for r in rows}
+            on_ledger += len(got)
+            intervals = e.billing_intervals(self.day0_ms, end_ms)
+            closed += len(intervals)
+            for i in intervals:
+                if i.flags & MISSING:
+                    missing += 1
+                    continue
+                delivered += 1
+                if got.get(i.name) != (i.import_wh, i.export_wh):
+                    problems.append(f"{e.meter_id} {i.name}: gateway {i.import_wh}/"
+                                    f"{i.export_wh} Wh, ledger {got.get(i.name)}")
         expected = len(self.homes) * SLOTS_PER_HOUR * self.opts.hours
         rec.checks.append(Check(
             "every meter report accounted for",
-            on_ledger == len(self.reports_sent) == expected,
-            f"{on_ledger} of {expected} interval reports are on the ledger; "
-            f"{len(self.unsettled)} listings left unsettled"))
+            not problems and closed == expected and on_ledger == delivered,
+            "; ".join(problems[:3]) if problems else
+            f"{closed} of {expected} intervals closed; {on_ledger} reports on the ledger, equal "
+            f"to the gateways' ({missing} intervals without data carried their energy to the "
+            f"next report); {len(self.unsettled)} listings left unsettled"))
         lost = []
         for e in self.edges:
             imp_mwh, exp_mwh = e.meter.counters.import_mwh, e.meter.counters.export_mwh
-            rep_imp = sum(i.import_wh for i in e.intervals)
-            rep_exp = sum(i.export_wh for i in e.intervals)
+            intervals = e.billing_intervals(self.day0_ms, end_ms)
+            rep_imp = sum(i.import_wh for i in intervals)
+            rep_exp = sum(i.export_wh for i in intervals)
             if abs(rep_imp - imp_mwh / 1000) >= 1 or abs(rep_exp - exp_mwh / 1000) >= 1:
                 lost.append(f"{e.meter_id}: reported {rep_imp}/{rep_exp} Wh, meter "
                             f"{imp_mwh / 1000:.1f}/{exp_mwh / 1000:.1f} Wh")
         rec.checks.append(Check(
             "no metered energy lost", not lost,
             "; ".join(lost) if lost else "every meter's reported Wh equal its counters' advance"))
-        rejected = [f"{e.id_grid}: {r}" for e in self.edges for r in e.rejected()]
+        refused = [f"{e.id_grid}: {r}" for e in self.edges for r in e.refused()]
         rec.checks.append(Check(
-            "no report refused by the ledger", not rejected,
-            "; ".join(rejected[:5]) if rejected else "every queued transaction was accepted"))
-        rec.counters["modbus_samples"] = sum(e.samples for e in self.edges)
+            "no report refused by the ledger", not refused,
+            "; ".join(refused[:5]) if refused else "every queued transaction was accepted"))
+        frames: dict[str, int] = {}
+        for e in self.edges:
+            for key, value in e.gateway.verifier.counts().items():
+                frames[key] = frames.get(key, 0) + value
+        dropped = {k: v for k, v in frames.items() if k.startswith("dropped_") and v}
+        rec.checks.append(Check(
+            "no valid frame rejected", not dropped and frames.get("accepted", 0) > 0,
+            f"{frames.get('accepted', 0)} node frames verified and accepted; dropped: "
+            f"{dropped or 'none'}"))
+        rec.counters["node_frames_accepted"] = frames.get("accepted", 0)
+        rec.counters["relay_commands_acked"] = sum(e.relay_ok for e in self.edges)
+        rec.counters["relay_commands_failed"] = sum(e.relay_failed for e in self.edges)
+        rec.counters["sub_meter_reports_kept_local"] = sum(
+            e.deliverer.kept_local for e in self.edges)
         rec.counters["modbus_failed_reads"] = sum(
             sum(v for k, v in e.bus.stats().items() if k in ("timeout", "crc", "exception",
                                                               "bad_value"))
             for e in self.edges)
         rec.counters["reports_expected"] = expected
         rec.counters["reports_on_ledger"] = on_ledger
+        rec.counters["intervals_without_data"] = missing
