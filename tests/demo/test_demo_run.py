@@ -122,7 +122,7 @@ def test_faults_hit_and_the_day_still_completes(tmp_path: Path) -> None:
                              "--faults")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     kinds = {f["kind"]: f for f in summary["faults"]}
-    assert set(kinds) == {"replica killed", "meter silenced", "ledger stopped"}
+    assert set(kinds) == {"replica killed", "meter silenced", "ledger stopped", "BLE link dropped"}
     for f in kinds.values():
         assert f["recovered"], f
     assert kinds["replica killed"]["sim_time"] == "2026-06-21T01:10"

@@ -388,6 +388,20 @@ class DemoRun:
                 f"answering again at {self.sim_label(t)}; the intervals it missed were reported "
                 "as missing and the energy of the gap counted when it answered (flags gap)")
 
+        plug_home = next((e for e in self.edges if e.plugs), None)
+
+        async def drop_ble(t: int) -> None:
+            if plug_home is None:
+                fault("BLE link dropped", t, "skipped: no home has a BLE plug")
+                return
+            plug = plug_home.plugs[0]
+            await plug.emulator.drop_link()
+            f = fault("BLE link dropped", t,
+                      f"plug {plug.node_id} ({plug.appliance}, {plug_home.id_grid}) disconnected")
+            back = await self.wait_for(lambda: plug.emulator.connected, 10.0, "BLE reconnect")
+            f.recovered = ("the gateway reconnected through bleak and resubscribed" if back
+                           else "the plug did not reconnect within 10 s")
+
         async def stop_ledger(t: int) -> None:
             if not cluster:
                 fault("ledger stopped", t, "skipped: no replica processes (in-process ledger)")
@@ -408,6 +422,7 @@ class DemoRun:
         plan = [
             (at[0] + 10 * 60_000, kill), (at[0] + HOUR_MS - 5 * 60_000, restart),
             (at[1] + 10 * 60_000, silence), (at[1] + 50 * 60_000, unsilence),
+            (at[1] + 25 * 60_000, drop_ble),
             (at[2] + 20 * 60_000, stop_ledger), (at[2] + 45 * 60_000, start_ledger),
         ]
         self.fault_plan = sorted(plan, key=lambda p: p[0])
