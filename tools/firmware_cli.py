@@ -238,6 +238,53 @@ BENCH_SCRIPTS = [
 ]
 
 
+ACCURACY_SCRIPT = """
+import hal_host as hal, ct
+out = []
+for c in CASES:
+    hal.reset()
+    hal.signals[36] = hal.Signal(1640, 50, c[0], 3, 7)
+    hal.signals[39] = hal.Signal(1665, 50, c[1], 3, 11)
+    clamp = ct.Clamp(hal, hal.Adc(36), hal.Adc(39), 30.0, 287.5, 1.08, 2000, 50, 10)
+    for w in range(3):
+        r = clamp.measure()
+        out.append([r.irms, r.vrms, r.power, r.apparent, r.pf])
+emit(out)
+"""
+
+
+def accuracy() -> dict[str, Any]:
+    """Worst CT errors over 5..100 % of a 30 A clamp and PF 1..0 (sine + 3rd/5th harmonics,
+    noise, DC off mid-scale, 40 us V/I read lag): Irms and Vrms relative, P relative to S, PF."""
+    import math
+
+    from tools import mpvm
+
+    harm = [(1, 1.0, 0.0), (3, 0.10, 0.7), (5, 0.05, 2.1)]
+    norm = math.sqrt(sum(a * a for _, a, _ in harm) / 2)
+    cases, truth = [], []
+    for frac in (0.05, 0.1, 0.25, 0.5, 0.75, 1.0):
+        for deg in (0, 25, 60, 90):
+            phi = math.radians(deg)
+            amp = frac * 1000 / norm  # mV at the ADC: 30 A -> 1 V rms
+            i_parts = [[amp * a, o, p - o * phi] for o, a, p in harm]
+            v_parts = [[800 * math.sqrt(2), 1, 0.0]]
+            cases.append([i_parts, v_parts])
+            irms = 30.0 * frac
+            vrms = 287.5 * 0.8
+            power = vrms * 30.0 * amp / 1000 / math.sqrt(2) * math.cos(phi)
+            truth.append((irms, vrms, power, power / (vrms * irms)))
+    out = mpvm.run_job(f"CASES = {cases!r}\n" + ACCURACY_SCRIPT).results[0]
+    worst = {"irms_rel": 0.0, "vrms_rel": 0.0, "power_rel_to_s": 0.0, "pf_abs": 0.0}
+    for k, (irms, vrms, power, s, pf) in enumerate(out):
+        ti, tv, tp, tpf = truth[k // 3]
+        worst["irms_rel"] = max(worst["irms_rel"], abs(irms - ti) / ti)
+        worst["vrms_rel"] = max(worst["vrms_rel"], abs(vrms - tv) / tv)
+        worst["power_rel_to_s"] = max(worst["power_rel_to_s"], abs(power - tp) / s)
+        worst["pf_abs"] = max(worst["pf_abs"], abs(pf - tpf))
+    return {k: round(v, 5) for k, v in worst.items()} | {"windows": len(out)}
+
+
 def bench(steps: int = 120, windows: int = 50) -> dict[str, Any]:
     """Heap after boot and in steady state, RMS window time, bundle size (VM on the host)."""
     from tools import mpvm
@@ -264,6 +311,7 @@ def bench(steps: int = 120, windows: int = 50) -> dict[str, Any]:
         "bundle_bytes": manifest["total_bytes"],
         "bundle_files": len(manifest["files"]),
         "loaded_from": r["from_bundle"],
+        "ct_worst_error": accuracy(),
     }
 
 

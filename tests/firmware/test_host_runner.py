@@ -100,3 +100,7 @@ def test_bench_reports_heap_within_the_target() -> None:
     assert r["rms_window_us"] > 0 and r["rms_window_samples"] >= 400
     assert r["bundle_bytes"] > 10_000 and r["loaded_from"][0].startswith("/bundle/")
     assert r["frames_sent"] == 6  # 2 channels at 5, 10 and 15 s (20 s falls in tick 21)
+    acc = r["ct_worst_error"]
+    assert acc["windows"] == 72
+    assert acc["irms_rel"] < 0.01 and acc["vrms_rel"] < 0.01
+    assert acc["power_rel_to_s"] < 0.01 and acc["pf_abs"] < 0.01
