@@ -35,7 +35,7 @@ class Relay:
     def command(self, action, now):
         """Apply an authenticated command; returns a frame.S_* status."""
         if action == frame.A_TOGGLE:
-            want = not (self.on or self.pending)
+            want = not (self.on if self.pending is None else self.pending)  # toggles the target
         else:
             want = action == frame.A_ON
         if self.tripped:
