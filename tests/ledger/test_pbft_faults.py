@@ -289,3 +289,35 @@ def test_random_schedules_never_diverge_and_converge_after_healing(
     net.run(6000)
     assert all(net.committed(tx.tx_id) for tx in txs)
     _settled(net, txs)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([4, 7]),
+    fault=st.sampled_from(["equivocate", "silent"]),
+    drop=st.sampled_from([0.0, 0.05, 0.2]),
+    max_delay=st.integers(1, 40),
+    primary_faulty=st.booleans(),
+)
+def test_random_schedules_with_a_byzantine_replica(
+    seed: int, n: int, fault: str, drop: float, max_delay: int, primary_faulty: bool
+) -> None:
+    cfg = make_config(
+        n, checkpoint_interval=4, log_window=8, batch_max=4, view_change_timeout_ms=150
+    )
+    bad = 0 if primary_faulty else n - 1
+    net = Network(cfg, seed=seed, drop=drop, delay=(1, max_delay), wire=False, faults={bad: fault})  # type: ignore[dict-item]
+    txs = make_txs(40)
+    for i in range(4):
+        for tx in txs[i * 10 : (i + 1) * 10]:
+            net.submit(tx, to=range(n))
+        net.run(300)
+        assert divergence(net) == []
+    net.drop = 0.0
+    for tx in txs:
+        if not net.committed(tx.tx_id):
+            net.submit(tx, to=range(n))
+    net.run(6000)
+    assert all(net.committed(tx.tx_id) for tx in txs)
+    _settled(net, txs)
