@@ -37,6 +37,7 @@ from ledger.tx import SignedTx, TxError
 from ledger_client.protocol import LEDGER_QUERY_PREFIX
 
 MAX_WAITERS = 200_000
+MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
 
 
 def wall_ms() -> int:
@@ -131,20 +132,31 @@ class ReplicaNode:
     def _on_client(self, conn: ClientConn, message: dict[str, Any]) -> None:
         kind = message["t"]
         if kind == "request":
-            self._on_request(conn, message)
+            self._on_request(conn, message.get("tx"))
+        elif kind == "requests":
+            txs = message.get("txs")
+            if not isinstance(txs, list) or len(txs) > MAX_PER_FRAME:
+                self.counters["rejected_client_messages"] += 1
+                return
+            for wire in txs:
+                self._on_request(conn, wire)
         elif kind == "await":
-            tx_id = message.get("tx_id")
-            if isinstance(tx_id, str) and len(tx_id) == 64:
-                self._wait_for(conn, tx_id)
-                self._reply_if_executed(tx_id)
+            ids = message.get("tx_ids", [message.get("tx_id")])
+            if not isinstance(ids, list) or len(ids) > MAX_PER_FRAME:
+                self.counters["rejected_client_messages"] += 1
+                return
+            for tx_id in ids:
+                if isinstance(tx_id, str) and len(tx_id) == 64:
+                    self._wait_for(conn, tx_id)
+                    self._reply_if_executed(tx_id)
         elif kind == "query":
             conn.send(self._answer(message))
         else:
             self.counters["rejected_client_messages"] += 1
 
-    def _on_request(self, conn: ClientConn, message: dict[str, Any]) -> None:
+    def _on_request(self, conn: ClientConn, wire: Any) -> None:
         try:
-            tx = SignedTx.from_wire(message.get("tx"))
+            tx = SignedTx.from_wire(wire)
         except TxError as exc:
             self.counters["rejected_requests"] += 1
             conn.send(

@@ -30,6 +30,7 @@ from ledger_client.protocol import answer_key, receipt_from_wire, reply_key
 
 DEFAULT_TIMEOUT_S = 30.0
 RECONNECT_S = 0.2
+MAX_PER_FRAME = 500  # transactions or awaited ids in one frame
 
 
 class LedgerError(RuntimeError):
@@ -52,12 +53,38 @@ class _Conn:
         self.writer: asyncio.StreamWriter | None = None
         self.task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self._requests: list[dict[str, Any]] = []
+        self._awaits: list[str] = []
+        self._flush_scheduled = False
 
     def send(self, message: dict[str, Any]) -> bool:
         if self.writer is None or self.writer.is_closing():
             return False
         self.writer.write(encode_frame(message))
         return True
+
+    def request(self, wire: dict[str, Any]) -> None:
+        """Queue a transaction; all queued in one turn of the loop go out in one frame."""
+        self._requests.append(wire)
+        self._schedule()
+
+    def await_reply(self, tx_id: str) -> None:
+        self._awaits.append(tx_id)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        requests, self._requests = self._requests, []
+        awaits, self._awaits = self._awaits, []
+        for start in range(0, len(requests), MAX_PER_FRAME):
+            self.send({"t": "requests", "txs": requests[start : start + MAX_PER_FRAME]})
+        for start in range(0, len(awaits), MAX_PER_FRAME):
+            self.send({"t": "await", "tx_ids": awaits[start : start + MAX_PER_FRAME]})
 
     async def run(self) -> None:
         while True:
@@ -183,15 +210,15 @@ class LedgerClient:
         owner = pending is None
         if pending is None:
             pending = self._txs[tx_id] = _Pending(self.f + 1)
-        request = {"t": "request", "tx": tx.to_wire()}
+        wire = tx.to_wire()
         try:
             async with asyncio.timeout(self.timeout_s):
                 primary = self.view % len(self._conns)
                 for conn in self._conns:
                     if conn.index == primary:
-                        conn.send(request)
+                        conn.request(wire)
                     else:
-                        conn.send({"t": "await", "tx_id": tx_id})
+                        conn.await_reply(tx_id)
                 while True:
                     try:
                         reply = await asyncio.wait_for(
@@ -201,7 +228,7 @@ class LedgerClient:
                     except TimeoutError:
                         self.resends += 1
                         for conn in self._conns:
-                            conn.send(request)
+                            conn.request(wire)
         except TimeoutError as exc:
             raise LedgerError(f"no f+1 matching replies for {tx_id} in {self.timeout_s}s") from exc
         finally:
@@ -287,7 +314,7 @@ class LedgerClient:
         # a replica that reconnects missed our earlier awaits: tell it again
         conn = self._conns[index]
         for tx_id in list(self._txs):
-            conn.send({"t": "await", "tx_id": tx_id})
+            conn.await_reply(tx_id)
 
     def _on_message(self, index: int, message: dict[str, Any]) -> None:
         kind = message.get("t")

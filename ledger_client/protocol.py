@@ -5,8 +5,11 @@ sends ``{"t": "challenge", ...}``, which a client ignores. Then:
 
 client -> replica
 - ``{"t": "request", "tx": <SignedTx wire>}``: order and execute this transaction.
-- ``{"t": "await", "tx_id": <hex>}``: send me the reply for this transaction when it executes
-  (used towards the replicas that did not get the full request, so they know where to reply).
+- ``{"t": "requests", "txs": [<SignedTx wire>, ...]}``: the same for up to 1000 transactions
+  (the client coalesces what it submits in one turn of its event loop).
+- ``{"t": "await", "tx_ids": [<hex>, ...]}`` (or ``"tx_id": <hex>``): send me the reply for these
+  transactions when they execute (sent to the replicas that did not get the full request, so
+  they know where to reply; answered at once for one already executed).
 - ``{"t": "query", "id": <int>, "path": <str>, "params": {...}}``: read-only query. Paths starting
   with ``ledger.`` are answered by the replica (``ledger.height``, ``ledger.block`` {height},
   ``ledger.receipt`` {tx_id}, ``ledger.status``); any other path goes to the contract.

@@ -1,0 +1,248 @@
+"""``wattmesh bench ledger``: committed transactions per second of a real replica cluster.
+
+It creates a throw-away cluster (real community contract), starts the replicas as separate
+processes on loopback, admits ``--members`` members and mints them tokens, pre-signs every
+load transaction (``token.transfer`` between members, so each one is verified by every replica
+and changes state), then drives them from ``--clients`` concurrent clients, each keeping
+``--window`` transactions in flight, for ``--seconds``. With ``--kill-primary-after T`` the
+primary is killed with SIGKILL T seconds in. At the end it waits for in-flight transactions,
+then checks every submitted transaction against a surviving replica's store.
+
+Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p99_ms``
+(submit to f+1 matching replies), ``committed``, ``lost`` (submitted, never committed),
+``view_changes`` (highest view reached), plus the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.cluster import load_cluster, replica_db_file
+from ledger.keys import load_key, new_key, public_hex
+from ledger.setup import DEFAULT_CONTRACT, init_cluster
+from ledger.store import BlockStore
+from ledger.tx import SignedTx, sign_tx
+
+MINT = 10**12
+
+
+def _member(k: int, key: Ed25519PrivateKey) -> dict[str, Any]:
+    return {
+        "id_grid": f"M{k:05d}",
+        "name": f"member {k}",
+        "email": f"m{k}@example.org",
+        "public_key": public_hex(key),
+        "role": "prosumer",
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    if not sorted_ms:
+        return 0.0
+    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
+
+
+async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    from ledger_client.client import LedgerClient, LedgerError
+
+    init_cluster(
+        directory,
+        args.replicas,
+        timers={"view_change_ms": args.view_change_ms, "request_timeout_ms": 1000},
+        batch={"max_txs": args.batch_max, "max_delay_ms": args.batch_delay_ms},
+        checkpoint_interval=args.checkpoint_interval,
+    )
+    cluster = load_cluster(directory / "cluster.json")
+    operator = load_key(directory / "operator.key")
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for i in range(cluster.n):
+        procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "ledger", "run", "--dir", str(directory), "--replica", str(i),
+             "--contract", DEFAULT_CONTRACT],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    path = directory / "cluster.json"
+    try:
+        # setup: members with tokens (not timed)
+        keys = [new_key() for _ in range(args.members)]
+        async with LedgerClient.from_cluster_file(path, operator, timeout_s=60) as admin:
+            await asyncio.gather(*(admin.submit_new("registry.admit", _member(k, key))
+                                   for k, key in enumerate(keys)))  # fmt: skip
+            await asyncio.gather(
+                *(
+                    admin.submit_new("token.mint", {"to": f"M{k:05d}", "amount": MINT})
+                    for k in range(len(keys))
+                )
+            )
+            start_height = await admin.height()
+        # pre-sign the load so signing does not compete with the replicas during the run
+        total = int(args.seconds * args.rate_cap) if args.rate_cap else args.max_txs
+        txs = [
+            sign_tx(
+                keys[n % len(keys)],
+                "token.transfer",
+                {"to": f"M{(n + 1) % len(keys):05d}", "amount": 1},
+                n,
+            )
+            for n in range(total)
+        ]
+        latencies: list[float] = []
+        submitted: list[SignedTx] = []
+        failed = 0
+        next_tx = 0
+        started = time.perf_counter()
+        stop_at = started + args.seconds
+        clients = [
+            LedgerClient.from_cluster_file(path, None, timeout_s=args.seconds + 30)
+            for _ in range(args.clients)
+        ]
+        for c in clients:
+            await c.start()
+        cpu0 = {i: _cpu_seconds(proc.pid) for i, proc in procs.items()}
+
+        async def worker(client: LedgerClient) -> None:
+            nonlocal next_tx, failed
+            while time.perf_counter() < stop_at and next_tx < len(txs):
+                tx = txs[next_tx]
+                next_tx += 1
+                submitted.append(tx)
+                t0 = time.perf_counter()
+                try:
+                    await client.submit(tx)
+                except LedgerError:
+                    failed += 1
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        async def killer() -> None:
+            if args.kill_primary_after is None:
+                return
+            await asyncio.sleep(args.kill_primary_after)
+            procs[0].send_signal(signal.SIGKILL)
+
+        kill_task = asyncio.ensure_future(killer())
+        await asyncio.gather(
+            *(worker(clients[k % len(clients)]) for k in range(args.clients * args.window))
+        )
+        elapsed = min(time.perf_counter(), stop_at) - started
+        drained = time.perf_counter() - started
+        kill_task.cancel()
+        views = []
+        for c in clients:
+            await c.close()
+        cpu = {i: _cpu_seconds(proc.pid) for i, proc in procs.items() if proc.poll() is None}
+        from ledger.cli import _statuses
+
+        statuses = await _statuses([(r.host, r.port) for r in cluster.replicas], 5.0)
+        views = [s["view"] for s in statuses if "view" in s]
+        alive = next(s["replica"] for s in statuses if "view" in s)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    store = BlockStore(directory / replica_db_file(alive))
+    try:
+        in_chain = store.known([tx.tx_id for tx in submitted])
+        height = store.head()[0]
+    finally:
+        store.close()
+    latencies.sort()
+    committed = len(latencies)
+    return {
+        "tps": round(committed / elapsed, 1) if elapsed > 0 else 0.0,
+        "p50_ms": round(_percentile(latencies, 0.50), 1),
+        "p99_ms": round(_percentile(latencies, 0.99), 1),
+        "committed": committed,
+        "lost": len(submitted) - len(in_chain),
+        "view_changes": max(views) if views else None,
+        "failed_submits": failed,
+        "seconds": round(elapsed, 2),
+        "drain_seconds": round(drained - elapsed, 2),
+        "blocks": height - start_height,
+        "replicas": args.replicas,
+        "clients": args.clients,
+        "window": args.window,
+        "batch_max": args.batch_max,
+        "cores": os.cpu_count(),
+        "replica_cpu_ms_per_tx": {
+            str(i): round(1000 * (cpu[i] - cpu0.get(i, 0.0)) / max(committed, 1), 3) for i in cpu
+        },
+    }
+
+
+def _handler(args: argparse.Namespace) -> int:
+    if args.replicas < 4 or (args.replicas - 1) % 3:
+        print("wattmesh bench ledger: --replicas must be 3f+1 (4, 7, ...)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="wattmesh-bench-") as tmp:
+        report = asyncio.run(_run(args, Path(tmp) / "cluster"))
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def _pos_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _pos_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not 0 < value < 86_400:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def register_bench(bench_subparsers: Any) -> None:
+    p = bench_subparsers.add_parser(
+        "ledger", help="committed tx/s of a real replica cluster on loopback; prints JSON"
+    )
+    p.add_argument("--replicas", type=_pos_int, default=4)
+    p.add_argument("--seconds", type=_pos_float, default=10.0)
+    p.add_argument("--clients", type=_pos_int, default=4, help="client connections")
+    p.add_argument("--window", type=_pos_int, default=250, help="in-flight txs per client")
+    p.add_argument("--members", type=_pos_int, default=50, help="members sending transfers")
+    p.add_argument("--kill-primary-after", type=_pos_float, default=None, metavar="T")
+    p.add_argument("--batch-max", type=_pos_int, default=400)
+    p.add_argument("--batch-delay-ms", type=_pos_int, default=5)
+    p.add_argument("--view-change-ms", type=_pos_int, default=1000)
+    p.add_argument("--checkpoint-interval", type=_pos_int, default=64)
+    p.add_argument("--rate-cap", type=_pos_int, default=6000, help="pre-signed txs per second")
+    p.add_argument("--max-txs", type=_pos_int, default=100_000, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print JSON (the only output format)")
+    p.set_defaults(func=_handler)
