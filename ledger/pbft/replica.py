@@ -1121,6 +1121,7 @@ class Replica:
         self._count("blocks_fetched", applied)
         self._adopt_proof(msg.proof, now_ms, out)
         if applied:
+            self.next_seq = max(self.next_seq, self.last_executed + 1)
             self._after_progress(out)
             self._execute_ready(out)
         if self.last_executed >= self.fetch_target:
