@@ -3,10 +3,17 @@
 A listing record (``state.data["listings"][listing_id]``)::
 
     {"state": "AUTHORIZE_OFFERS" | "BIDS_CLOSED" | "SETTLED", "rule": clearing rule,
-     "opened_height": int, "offers": [{seq, seller, res_id, wh, price}],
-     "bids": [{seq, buyer, wh, price, escrow}], "res_wh": {res_id: Wh offered},
+     "opened_height": int, "offers": [[seq, seller, wh, price, res_id]],
+     "bids": [[seq, buyer, wh, price]], "res_wh": {res_id: Wh offered},
      "sides": {id_grid: "offer" | "bid"},
-     "kwh_available": Wh, "kwh_wanted": Wh, "mcp": int | None, "trades": [trade], "settlement": ...}
+     "kwh_available": Wh, "kwh_wanted": Wh, "mcp": int | None,
+     "trades": [[buyer, seller, res_id, wh, price, amount, bid_seq, offer_seq]],
+     "settlement": ...}
+
+Orders and trades are stored as compact rows (a listing may hold tens of thousands; rows are
+what the clearing functions take, without a conversion); queries turn them into objects with
+the field names of ``OFFER_FIELDS``, ``BID_FIELDS`` and ``TRADE_FIELDS``. A bid's escrow is
+``payment(wh, price)``, so it is not stored.
 
 ``seq`` is handed out in the order the ledger accepts orders: it is "first in". The rule is fixed
 when the listing opens, so a later change of parameters cannot re-price an open book.
@@ -18,7 +25,7 @@ from typing import Any
 
 from ledger.contract import fields as f
 from ledger.contract.api import BlockContext, Transaction
-from ledger.contract.clearing import book_orders, clear, payment
+from ledger.contract.clearing import Order, clear, payment
 from ledger.contract.codes import (
     BOTH_SIDES,
     INSUFFICIENT_FUNDS,
@@ -36,9 +43,27 @@ from ledger.contract.params import retail_price
 from ledger.contract.registry import BUYER_ROLES, SELLER_ROLES, sender_member, sender_operator
 from ledger.contract.state import State
 
+OFFER_FIELDS = ("seq", "seller", "wh", "price", "res_id")
+BID_FIELDS = ("seq", "buyer", "wh", "price")
+TRADE_FIELDS = ("buyer", "seller", "res_id", "wh", "price", "amount", "bid_seq", "offer_seq")
+
 AUTHORIZE_OFFERS = "AUTHORIZE_OFFERS"
 BIDS_CLOSED = "BIDS_CLOSED"
 SETTLED = "SETTLED"
+
+
+def trade_dict(row: list[Any]) -> dict[str, Any]:
+    buyer, seller, res_id, wh, price, amount, bid_seq, offer_seq = row
+    return {
+        "buyer": buyer,
+        "seller": seller,
+        "res_id": res_id,
+        "wh": wh,
+        "price": price,
+        "amount": amount,
+        "bid_seq": bid_seq,
+        "offer_seq": offer_seq,
+    }
 
 
 def listing_of(st: State, listing_id: str) -> dict[str, Any]:
@@ -121,9 +146,7 @@ def offer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
             f"RES {res_id} rated {res['rated_power_w']} Wh/h, already offered {committed}",
         )
     seq = st.next_seq()
-    listing["offers"].append(
-        {"seq": seq, "seller": seller, "res_id": res_id, "wh": wh, "price": price}
-    )
+    listing["offers"].append([seq, seller, wh, price, res_id])
     listing["res_wh"][res_id] = committed + wh
     listing["sides"][seller] = "offer"
     listing["kwh_available"] += wh
@@ -151,7 +174,7 @@ def bid(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         )
     st.debit(buyer, escrow)
     seq = st.next_seq()
-    listing["bids"].append({"seq": seq, "buyer": buyer, "wh": wh, "price": price, "escrow": escrow})
+    listing["bids"].append([seq, buyer, wh, price])
     listing["sides"][buyer] = "bid"
     listing["kwh_wanted"] += wh
     return {"listing_id": listing_id, "seq": seq, "escrow": escrow}
@@ -164,37 +187,28 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     listing_id = f.listing_id(body)
     sender_operator(st, tx)
     listing = _open_listing(st, listing_id)
-    offers, bids = book_orders(listing)
+    offers = list(map(Order._make, listing["offers"]))
+    bids = [Order(*row) for row in listing["bids"]]
     result = clear(listing["rule"], offers, bids)
     # Commit: nothing below can fail. Escrow pays each trade; the rest goes back to the buyer.
-    escrow = {b["seq"]: b["escrow"] for b in listing["bids"]}
+    paid: dict[int, int] = {}
     income: dict[str, int] = {}
-    trades: list[dict[str, Any]] = []
-    append = trades.append
+    rows: list[list[Any]] = []
+    append = rows.append
     for t in result.trades:  # runs once per trade: kept to plain local operations
         amount = t.wh * t.price // 1000  # clearing.payment, inlined
-        escrow[t.bid_seq] -= amount
+        paid[t.bid_seq] = paid.get(t.bid_seq, 0) + amount
         income[t.seller] = income.get(t.seller, 0) + amount
-        append(
-            {
-                "buyer": t.buyer,
-                "seller": t.seller,
-                "res_id": t.res_id,
-                "wh": t.wh,
-                "price": t.price,
-                "amount": amount,
-                "bid_seq": t.bid_seq,
-                "offer_seq": t.offer_seq,
-            }
-        )
+        append([t.buyer, t.seller, t.res_id, t.wh, t.price, amount, t.bid_seq, t.offer_seq])
     refund: dict[str, int] = {}
-    for b in listing["bids"]:
-        left = escrow[b["seq"]]
+    for seq, buyer, wh, price in listing["bids"]:
+        left = payment(wh, price) - paid.get(seq, 0)
         if left:
-            refund[b["buyer"]] = refund.get(b["buyer"], 0) + left
+            refund[buyer] = refund.get(buyer, 0) + left
     # one credit per member, in id order (credit pays debts first, so the order is fixed)
     for member in sorted(income.keys() | refund.keys()):
         st.credit(member, income.get(member, 0) + refund.get(member, 0))
+    trades = rows
     listing["state"] = BIDS_CLOSED
     listing["mcp"] = result.mcp
     listing["trades"] = trades
@@ -215,5 +229,5 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         "grid_supply_wh": result.kwh_available - traded,
         "retail_price": retail_price(params, f.hour_of(listing_id)),
         "feed_in_price": params["feed_in"],
-        "trades": [dict(t) for t in trades],  # a copy: receipts never alias the state
+        "trades": [trade_dict(row) for row in rows],  # fresh objects: never alias the state
     }

@@ -9,8 +9,9 @@ from typing import Any
 
 from ledger.contract import fields as f
 from ledger.contract.api import QueryError
+from ledger.contract.clearing import payment
 from ledger.contract.codes import Rejected
-from ledger.contract.market import AUTHORIZE_OFFERS
+from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, trade_dict
 from ledger.contract.state import State
 
 MAX_HISTORY = 10_000
@@ -58,11 +59,11 @@ def _listing(st: State, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
 
 def _escrow(st: State, id_grid: str) -> int:
     return sum(
-        b["escrow"]
+        payment(wh, price)
         for listing in st.data["listings"].values()
         if listing["state"] == AUTHORIZE_OFFERS
-        for b in listing["bids"]
-        if b["buyer"] == id_grid
+        for _seq, buyer, wh, price in listing["bids"]
+        if buyer == id_grid
     )
 
 
@@ -114,7 +115,7 @@ def listing(st: State, params: Mapping[str, Any]) -> Any:
         "mcp": record["mcp"],
         "offers": len(record["offers"]),
         "bids": len(record["bids"]),
-        "traded_wh": sum(t["wh"] for t in record["trades"]),
+        "traded_wh": sum(row[3] for row in record["trades"]),
     }
 
 
@@ -128,14 +129,17 @@ def listings(st: State, params: Mapping[str, Any]) -> Any:
 
 def order_book(st: State, params: Mapping[str, Any]) -> Any:
     listing_id, record = _listing(st, params)
-    return copy.deepcopy(
-        {"listing_id": listing_id, "offers": record["offers"], "bids": record["bids"]}
-    )
+    offers = [dict(zip(OFFER_FIELDS, row, strict=True)) for row in record["offers"]]
+    bids = [
+        dict(zip(BID_FIELDS, row, strict=True), escrow=payment(row[2], row[3]))
+        for row in record["bids"]
+    ]
+    return {"listing_id": listing_id, "offers": offers, "bids": bids}
 
 
 def trades(st: State, params: Mapping[str, Any]) -> Any:
     _, record = _listing(st, params)
-    return copy.deepcopy(record["trades"])
+    return [trade_dict(row) for row in record["trades"]]
 
 
 def settlement(st: State, params: Mapping[str, Any]) -> Any:

@@ -52,9 +52,9 @@ def settle(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     feed_in = params["feed_in"]
     sold: dict[str, int] = {}
     bought: dict[str, int] = {}
-    for t in listing["trades"]:
-        sold[t["seller"]] = sold.get(t["seller"], 0) + t["wh"]
-        bought[t["buyer"]] = bought.get(t["buyer"], 0) + t["wh"]
+    for buyer, seller, _res_id, wh, *_ in listing["trades"]:
+        sold[seller] = sold.get(seller, 0) + wh
+        bought[buyer] = bought.get(buyer, 0) + wh
     metered = st.data["hourly"].get(listing_id, {})
     lines = []
     for member in sorted(set(sold) | set(bought) | set(metered)):
