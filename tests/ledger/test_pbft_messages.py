@@ -147,7 +147,7 @@ wire_values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(wire_values)
 def test_arbitrary_values_raise_wire_error_only(value: Any) -> None:
     try:
@@ -156,7 +156,7 @@ def test_arbitrary_values_raise_wire_error_only(value: Any) -> None:
         pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     index=st.integers(0, 12),
     path_seed=st.integers(0, 2**32),
@@ -239,7 +239,7 @@ def test_config_errors_name_the_key(path: tuple[Any, ...], value: Any, key: str)
         PbftConfig.from_dict(data)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(wire_values)
 def test_hostile_cluster_values_raise_config_error_only(value: Any) -> None:
     data = _cluster()
