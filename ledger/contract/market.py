@@ -208,10 +208,9 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     # one credit per member, in id order (credit pays debts first, so the order is fixed)
     for member in sorted(income.keys() | refund.keys()):
         st.credit(member, income.get(member, 0) + refund.get(member, 0))
-    trades = rows
     listing["state"] = BIDS_CLOSED
     listing["mcp"] = result.mcp
-    listing["trades"] = trades
+    listing["trades"] = rows
     st.data["mcp_history"].append(
         {"listing_id": listing_id, "rule": result.rule, "mcp": result.mcp, "height": ctx.height}
     )
