@@ -78,7 +78,11 @@ def test_summary_holds_the_day(short_run) -> None:  # type: ignore[no-untyped-de
     assert len(summary["households"]) == 3
     assert summary["parts"]["ledger"].startswith("4 PBFT replicas")
     assert summary["parts"]["gateways"].startswith("3 gateway daemons")
-    assert summary["counters"]["node_frames_accepted"] > 0  # BLE plug readings went through
+    assert summary["counters"]["node_frames_accepted"] > 0  # plug and node readings went through
+    assert "MicroPython VM" in summary["parts"]["firmware node"]
+    assert summary["counters"]["vm_released"] > 0  # the firmware's frames reached the gateway
+    assert summary["counters"]["relay_commands_failed"] == 0
+    assert summary["parts"]["mqtt"].startswith("mosquitto")
     for rule in ("grid_only", "paper", "uniform", "pay_as_bid"):
         assert isinstance(summary["cost_comparison"][rule]["community_cost_utok"], int)
     # metered energy adds up to the hour's community import/export figures

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ from ledger.contract.api import Receipt
 from ledger.keys import write_key
 from ledger.tx import SignedTx
 from tools.demo.procs import free_port
+
+log = logging.getLogger(__name__)
 
 METER_MODEL = "sdm120"
 UNIT = 1
@@ -103,6 +106,12 @@ class HomeEdge:
     def cycles(self) -> int:
         return int(self.bus.counts["cycles"])
 
+    def ble_ready(self, node_ids: list[int] | None = None) -> bool:
+        """The gateway holds a live, subscribed link to each plug (all plugs by default)."""
+        ids = node_ids if node_ids is not None else [p.node_id for p in self.plugs]
+        ble = [s for s in self.gateway.sources if isinstance(s, BleNodeSource)]
+        return all(any(s.is_connected(n) for s in ble) for n in ids)
+
     def silence(self, on: bool) -> None:
         self.meter.faults = Faults("silence", 1.0) if on else Faults()
 
@@ -134,10 +143,15 @@ class HomeEdge:
         node, relay = self.node_ids[appliance]
         try:
             status = await asyncio.wait_for(self.gateway.send_relay(node, relay, on), 5.0)
-        except Exception:  # link down, no ack: counted, the plan goes on
+        except Exception as exc:  # link down, no ack: counted and logged, the plan goes on
             self.relay_failed += 1
+            log.warning("%s: relay of %s (node %d) not switched: %r", self.id_grid, appliance,
+                        node, exc)
             return False
         ok = status == 0
+        if not ok:
+            log.warning("%s: node %d refused switching %s: status %d", self.id_grid, node,
+                        appliance, status)
         if ok:
             self.relay_ok += 1
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -36,6 +37,7 @@ def run_demo(opts: DemoOptions) -> int:
         with tempfile.TemporaryDirectory(prefix="wattmesh-demo-") as tmp:
             sup = Supervisor(Path(tmp) / "logs")
             _log_to_file(Path(tmp) / "logs" / "demo.log")
+            tmp_logs = Path(tmp) / "logs"
             try:
                 run = DemoRun(opts, progress, sup, Path(tmp))
                 record = asyncio.run(run.run())
@@ -46,6 +48,8 @@ def run_demo(opts: DemoOptions) -> int:
                 return 1
             finally:
                 sup.close()
+                if opts.out is not None:  # keep the logs of every part next to the report
+                    shutil.copytree(tmp_logs, opts.out / "logs", dirs_exist_ok=True)
             progress.finish()
             return _finish(opts, run, record, Path(tmp))
     except KeyboardInterrupt:

@@ -34,9 +34,10 @@ from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, slot_profile, start
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan, plan_home
-from tools.demo.procs import Supervisor
+from tools.demo.procs import Supervisor, start_mosquitto
 from tools.demo.progress import Progress
 from tools.demo.record import Check, DayRecord, Fault, HourResult
+from tools.demo.vmnode import VmNode
 from tools.demo.world import Home, build_community
 
 START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
@@ -44,6 +45,8 @@ OPERATOR = "OPERATOR"
 HOUR_MS = 3_600_000
 POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
+VM_NODE_BASE = 60_000  # node ids of the firmware node (plugs use (home + 1) * 16 + k)
+VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
 
 
 class DemoError(RuntimeError):
@@ -111,6 +114,8 @@ class DemoRun:
         self.clock = ManualClock(0)
         self.fault_plan: list[tuple[int, Any]] = []
         self.relay_state: dict[tuple[str, str], bool] = {}
+        self.vm: VmNode | None = None
+        self.mqtt_port = 0
         self.listings: list[str] = []
         self.unsettled: list[str] = []
 
@@ -172,6 +177,9 @@ class DemoRun:
         try:
             return await self._day(t0)
         finally:
+            if self.vm is not None:
+                self.record.counters.update({f"vm_{k}": v for k, v in self.vm.stats().items()})
+                await self.vm.close()
             for e in self.edges:
                 await e.close()
 
@@ -181,9 +189,29 @@ class DemoRun:
         self.clock = ManualClock(self.day0_ms)
         gw_dir = self.run_dir / "gateways"
         plug_keys: dict[int, bytes] = {}
-        for h, plan in zip(self.homes, self.plans, strict=True):
+        self.mqtt_port = start_mosquitto(self.sup, self.run_dir)
+        self.record.parts["mqtt"] = "mosquitto, started by the demo on a free loopback port"
+        vm_home = self.vm_home()
+        for h in self.homes:
             plugs = []
+            mqtt_nodes: list[tuple[int, str, bytes]] = []
+            node_relays: dict[str, tuple[int, int]] = {}
+            on_vm = h.flexible[:VM_CHANNELS] if h is vm_home else []
+            if on_vm:
+                vm_id = VM_NODE_BASE + h.index
+                try:
+                    self.vm = self.start_vm(h, vm_id, on_vm)
+                except Exception as exc:  # no node.js or no VM package: run without it
+                    self.record.parts["firmware node"] = f"not run: {exc}"
+                    on_vm = []
+                else:
+                    mqtt_nodes.append((vm_id, self.vm.name, self.vm.key))
+                    for relay, a in enumerate(on_vm):
+                        node_relays[a.name] = (vm_id, relay)
+                        self.relay_state[(h.id_grid, a.name)] = False  # relays boot off
             for k, a in enumerate(h.flexible):
+                if a in on_vm:
+                    continue
                 nid = (h.index + 1) * 16 + k
                 plug_keys[nid] = os.urandom(32)
                 plugs.append((nid, a.name, a.power_w))
@@ -192,12 +220,16 @@ class DemoRun:
                 h.id_grid, h.meter_id, self.gateway_keys[h.id_grid],
                 slot_profile(self.metered.import_wh[h.id_grid],
                              self.metered.export_wh[h.id_grid], self.day0_ms, SLOT_MS),
-                plugs)
+                plugs, mqtt_nodes, node_relays)
             self.edges.append(await start_edge(
                 spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
                 lambda: None if self.ledger_down else self.ledger, plug_keys,
-                lambda _nid, watts: (lambda _ms, dw=watts * 10: dw), None))
-            del plan
+                lambda _nid, watts: (lambda _ms, dw=watts * 10: dw), self.mqtt_port))
+        if self.vm is not None:
+            vm_edge = next(e for e in self.edges if e.id_grid == vm_home.id_grid)  # type: ignore[union-attr]
+            mqtt_src = [src for src in vm_edge.gateway.sources if src.name == "mqtt"]
+            await self.wait_for(lambda: all(src.connected.is_set() for src in mqtt_src), 10.0,
+                                "gateway on MQTT")
         n_plugs = sum(len(e.plugs) for e in self.edges)
         self.record.parts["meters"] = (f"{len(self.edges)} emulated {METER_MODEL} meters on "
                                        "pymodbus TCP servers (loopback)")
@@ -205,8 +237,8 @@ class DemoRun:
                                          "one SQLite store each, on the demo's clock")
         self.record.parts["plugs"] = (f"{n_plugs} emulated BLE plugs on bumble virtual links, "
                                       "reached through the bleak API")
-        await self.wait_for(lambda: all(p.emulator.connected for e in self.edges
-                                        for p in e.plugs), 20.0, "plugs connected")
+        await self.wait_for(lambda: all(e.ble_ready() for e in self.edges), 20.0,
+                            "plugs connected")
         await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.edges), 10.0,
                             "first Modbus polls")
         for e in self.edges:
@@ -215,6 +247,27 @@ class DemoRun:
         await self.switch_relays(0)
         if self.opts.faults:
             self.plan_faults()
+
+    def vm_home(self) -> Home | None:
+        """The home whose flexible loads hang on the node running the real firmware: one with
+        an electric vehicle if any (the paper's Figure 7 clamps an EV charger)."""
+        with_flex = [h for h in self.homes if h.flexible]
+        ev = [h for h in with_flex if any(a.name == "Electric Vehicle" for a in h.flexible)]
+        return (ev or with_flex or [None])[0]
+
+    def start_vm(self, home: Home, node_id: int, appliances: list[Any]) -> VmNode:
+        plan = self.plans[home.index]
+        days = (self.opts.hours + 23) // 24
+        channels = []
+        for a in appliances:
+            on = set(plan.schedule.get(a.name, ()))
+            channels.append([a.power_w if s in on else 0 for s in range(SLOTS_PER_DAY)] * days)
+        vm = VmNode.start(self.sup, self.run_dir / "vm-node", node_id, self.mqtt_port,
+                          self.clock, self.day0_ms, channels, self.opts.hours, SLOT_MS // 1000)
+        self.record.parts["firmware node"] = (
+            f"node {node_id} of {home.id_grid}: the real firmware on the MicroPython VM "
+            f"(node subprocess), CT clamps on {', '.join(a.name for a in appliances)}, on MQTT")
+        return vm
 
     async def wait_for(self, cond: Any, timeout_s: float, what: str) -> bool:
         """Wait (real time) for the emulated devices and gateways to finish what the last clock
@@ -336,6 +389,9 @@ class DemoRun:
             due = (t_ms - self.day0_ms) // POLL_MS + 1
             await self.wait_for(lambda: all(e.cycles() >= due for e in self.edges), 5.0,
                                 "Modbus polls")
+            if self.vm is not None:
+                vm = self.vm
+                await self.wait_for(lambda: vm.caught_up(t_ms), 20.0, "firmware node")
 
     def hour_reported(self, start_ms: int) -> bool:
         if self.ledger_down:
@@ -398,7 +454,10 @@ class DemoRun:
             await plug.emulator.drop_link()
             f = fault("BLE link dropped", t,
                       f"plug {plug.node_id} ({plug.appliance}, {plug_home.id_grid}) disconnected")
-            back = await self.wait_for(lambda: plug.emulator.connected, 10.0, "BLE reconnect")
+            await self.wait_for(lambda: not plug_home.ble_ready([plug.node_id]), 2.0,
+                                "BLE drop seen")
+            back = await self.wait_for(lambda: plug_home.ble_ready([plug.node_id]), 10.0,
+                                       "BLE reconnect")
             f.recovered = ("the gateway reconnected through bleak and resubscribed" if back
                            else "the plug did not reconnect within 10 s")
 
