@@ -661,6 +661,7 @@ class Replica:
         self._check_stable(msg.seq, out, now_ms)
 
     def _check_stable(self, seq: int, out: list[Action], now_ms: int | None = None) -> None:
+        now = self.now if now_ms is None else now_ms
         votes = self.checkpoints.get(seq, {})
         by_digest: dict[bytes, list[Checkpoint]] = {}
         for cp in votes.values():
@@ -672,8 +673,8 @@ class Replica:
                     self._count("checkpoint_mismatch")
                 self._stabilize(seq, digest, tuple(cps[: self.cfg.quorum]))
                 if seq > self.last_executed:
-                    self._start_fetch(seq, [c.replica for c in cps], now_ms or 0, out)
-                self._cut_if_primary(now_ms, out)
+                    self._start_fetch(seq, [c.replica for c in cps], now, out)
+                self._cut_if_primary(now, out)
                 return
 
     def _stabilize(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
@@ -699,8 +700,8 @@ class Replica:
         if self.next_seq <= seq:
             self.next_seq = seq + 1
 
-    def _cut_if_primary(self, now_ms: int | None, out: list[Action]) -> None:
-        if self.is_primary and self.active and self.queue and now_ms is not None:
+    def _cut_if_primary(self, now_ms: int, out: list[Action]) -> None:
+        if self.is_primary and self.active and self.queue:
             self._cut_batches(now_ms, out, force=False)
 
     # ------------------------------------------------------------------ view change
