@@ -22,6 +22,7 @@ import aiomqtt
 
 from gateway.clock import Clock
 from gateway.config import MqttConfig
+from gateway.sources.mqtt import run_session
 from gateway.store import Reading
 
 log = logging.getLogger(__name__)
@@ -120,32 +121,35 @@ class HaPublisher:
 
     async def run(self) -> None:
         delay = self.cfg.reconnect_initial_s
-        avail = availability_topic(self.cfg, self.gateway_id)
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.cfg.host,
-                    self.cfg.port,
-                    username=self.cfg.username,
-                    password=self.cfg.password,
-                    identifier=f"wattmesh-gw-{secrets.token_hex(4)}",
-                    will=aiomqtt.Will(avail, b"offline", qos=1, retain=True),
-                    timeout=10,
-                ) as client:
-                    if self.cfg.discovery:
-                        for m in self.meters:
-                            for topic, payload in discovery_messages(self.cfg, self.gateway_id, m):
-                                await client.publish(topic, json.dumps(payload), qos=1, retain=True)
-                    await client.publish(avail, b"online", qos=1, retain=True)
-                    self.connected.set()
-                    delay = self.cfg.reconnect_initial_s
-                    await self._publish_loop(client)
+                await run_session(self._session())
             except aiomqtt.MqttError as exc:
                 log.info("mqtt publisher: %s; reconnecting in %.1f s", exc, delay)
-            finally:
-                self.connected.clear()
+            if self.connected.is_set():
+                delay = self.cfg.reconnect_initial_s
+            self.connected.clear()
             await self.sleep(delay)
             delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _session(self) -> None:
+        avail = availability_topic(self.cfg, self.gateway_id)
+        async with aiomqtt.Client(
+            self.cfg.host,
+            self.cfg.port,
+            username=self.cfg.username,
+            password=self.cfg.password,
+            identifier=f"wattmesh-gw-{secrets.token_hex(4)}",
+            will=aiomqtt.Will(avail, b"offline", qos=1, retain=True),
+            timeout=10,
+        ) as client:
+            if self.cfg.discovery:
+                for m in self.meters:
+                    for topic, payload in discovery_messages(self.cfg, self.gateway_id, m):
+                        await client.publish(topic, json.dumps(payload), qos=1, retain=True)
+            await client.publish(avail, b"online", qos=1, retain=True)
+            self.connected.set()
+            await self._publish_loop(client)
 
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         min_ms = int(self.cfg.publish_min_s * 1000)

@@ -35,6 +35,21 @@ def _profile() -> dict[str, Any]:
 PROFILE = _profile()
 
 
+async def run_session(session: Awaitable[None], grace_s: float = 2.0) -> None:
+    """Run one aiomqtt connection in its own task and wait for it. aiomqtt can turn a
+    cancellation into an ``MqttError`` or wait forever for a DISCONNECT acknowledgement while it
+    closes; this way a cancelled caller is cancelled promptly and always, and the session gets
+    ``grace_s`` to say goodbye to the broker."""
+    inner = asyncio.ensure_future(session)
+    try:
+        await asyncio.wait({inner})
+    except asyncio.CancelledError:
+        inner.cancel()
+        await asyncio.wait({inner}, timeout=grace_s)
+        raise
+    inner.result()
+
+
 def topic_for(kind: str, node_topic: str) -> str:
     """``kind`` is a key of the profile's mqtt section, e.g. ``telemetry_frame``."""
     return str(PROFILE[kind]).format(topic=node_topic)
@@ -72,30 +87,35 @@ class MqttNodeSource:
         delay = self.cfg.reconnect_initial_s
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.cfg.host,
-                    self.cfg.port,
-                    username=self.cfg.username,
-                    password=self.cfg.password,
-                    identifier=f"wattmesh-nodes-{secrets.token_hex(4)}",
-                    timeout=10,
-                ) as client:
-                    for topic in self._subscriptions():
-                        await client.subscribe(topic, qos=1)
-                    self._client = client
-                    self.counts["connects"] += 1
-                    self.connected.set()
-                    delay = self.cfg.reconnect_initial_s
-                    async for message in client.messages:
-                        self._deliver(message, sink)
+                await run_session(self._session(sink))
             except aiomqtt.MqttError as exc:
                 self.counts["drops"] += 1
                 log.info("mqtt nodes: %s; reconnecting in %.1f s", exc, delay)
-            finally:
-                self._client = None
-                self.connected.clear()
+            if self.counts["connects"]:
+                delay = self.cfg.reconnect_initial_s if self.connected.is_set() else delay
+            self.connected.clear()
             await self.sleep(delay)
             delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _session(self, sink: FrameSink) -> None:
+        try:
+            async with aiomqtt.Client(
+                self.cfg.host,
+                self.cfg.port,
+                username=self.cfg.username,
+                password=self.cfg.password,
+                identifier=f"wattmesh-nodes-{secrets.token_hex(4)}",
+                timeout=10,
+            ) as client:
+                for topic in self._subscriptions():
+                    await client.subscribe(topic, qos=1)
+                self._client = client
+                self.counts["connects"] += 1
+                self.connected.set()
+                async for message in client.messages:
+                    self._deliver(message, sink)
+        finally:
+            self._client = None
 
     def _deliver(self, message: aiomqtt.Message, sink: FrameSink) -> None:
         payload = message.payload

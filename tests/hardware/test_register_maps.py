@@ -108,7 +108,7 @@ def test_bad_maps_name_the_problem(mutate, message: str) -> None:  # type: ignor
         parse_map(doc)
 
 
-@settings(max_examples=200)
+@settings(max_examples=100, deadline=None)
 @given(
     st.recursive(
         st.none() | st.integers() | st.text(max_size=5),
