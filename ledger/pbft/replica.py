@@ -620,11 +620,13 @@ class Replica:
             self._check_stable(height, out)
 
     def _after_progress(self, out: list[Action]) -> None:
+        if self.fetch_target <= self.last_executed:
+            self.fetch_deadline = None
+        if not self.active:
+            return  # blocks fetched during a view change: the wait for NEW-VIEW goes on
         # Progress in this view: reset the backoff; keep waiting only if requests are pending.
         self.vc_timeout = self.cfg.view_change_timeout_ms
         self.vc_deadline = None
-        if self.fetch_target <= self.last_executed:
-            self.fetch_deadline = None
         self._arm_request_timer(self.now)
 
     def _rearm(self, now_ms: int) -> None:
