@@ -1,0 +1,171 @@
+"""The TOML config: the shipped example, errors that name the key, hostile documents."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.config import ConfigError, load_config, load_keystore, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "gateway.example.toml"
+MINIMAL = """
+[gateway]
+id = "home-1"
+keystore = "nodes.json"
+[mqtt]
+port = 1883
+[[mqtt.nodes]]
+node_id = 7
+[[modbus.buses]]
+name = "b"
+tcp = "127.0.0.1:5020"
+[[modbus.buses.meters]]
+meter_id = "main"
+model = "sdm630"
+unit = 1
+"""
+
+
+def test_the_shipped_example_is_valid() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.gateway_id == "home-1" and cfg.interval_ms == 15 * 60_000
+    assert {n.transport for n in cfg.nodes} == {"ble", "mqtt"}
+    assert [m.model for b in cfg.buses for m in b.meters] == ["sdm630", "sdm120", "pzem004t"]
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL)
+    cfg = load_config(p)
+    assert cfg.keystore == tmp_path / "nodes.json"
+    assert cfg.nodes[0].meter_id == "node7" and cfg.nodes[0].topic == "wattmesh_7"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('id = "home-1"', 'idd = "home-1"', "gateway.id: missing"),
+        ('id = "home-1"', 'id = "home-1"\ncolour = 3', "gateway.colour: unknown key"),
+        ('id = "home-1"', 'id = "home 1!"', "gateway.id: 'home 1!' is not a valid name"),
+        ("port = 1883", "port = 70000", r"mqtt.port: 70000 is outside"),
+        ("port = 1883", 'port = "1883"', "mqtt.port: expected int, got str"),
+        ("node_id = 7", "node_id = true", "mqtt.nodes\\[0\\].node_id: expected int, got bool"),
+        ("unit = 1", "unit = 300", r"modbus.buses\[0\].meters\[0\].unit: 300 is outside"),
+        ('model = "sdm630"', 'model = "sdm999"', r"meters\[0\].model: 'sdm999' is not one of"),
+        ('tcp = "127.0.0.1:5020"', 'tcp = "localhost"', r"buses\[0\].tcp: expected host:port"),
+        ('tcp = "127.0.0.1:5020"', 'serial = "/dev/x"\ntcp = "h:1"', "exactly one of tcp"),
+        ('keystore = "nodes.json"', "", "gateway.keystore: required"),
+        ('meter_id = "main"', 'meter_id = "node7"', "meter_id 'node7' is used twice"),
+        ("[[mqtt.nodes]]", "[ble]\nbackend = 'usb'\n[[mqtt.nodes]]", "ble.backend"),
+        ("[mqtt]", "interval_minutes = 7\n[mqtt]", "gateway.interval_minutes: must divide"),
+    ],
+)
+def test_wrong_keys_and_values_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    p = tmp_path / "gw.toml"
+    assert old in MINIMAL
+    p.write_text(MINIMAL.replace(old, new, 1))
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)
+
+
+def test_unreadable_and_truncated_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL[: MINIMAL.index("tcp =") + 8])  # cut inside a string
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)
+    p.write_bytes(b"\xff\xfe[gateway]")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(p)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, len(MINIMAL)))
+def test_every_truncation_is_a_config_error_or_valid(cut: int) -> None:
+    try:
+        doc = tomllib.loads(MINIMAL[:cut])
+    except tomllib.TOMLDecodeError:
+        return
+    try:
+        parse_config(doc, Path("."))
+    except ConfigError:
+        pass
+
+
+toml_values = st.recursive(
+    st.none().filter(lambda _: False)
+    | st.booleans()
+    | st.integers(-5, 70000)
+    | st.text(max_size=6),
+    lambda c: (
+        st.lists(c, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "gateway",
+                    "id",
+                    "mqtt",
+                    "nodes",
+                    "node_id",
+                    "modbus",
+                    "buses",
+                    "meters",
+                    "unit",
+                    "tcp",
+                    "ble",
+                    "address",
+                    "ledger",
+                    "cluster",
+                    "keystore",
+                    "name",
+                    "model",
+                    "x",
+                ]
+            ),
+            c,
+            max_size=4,
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["gateway", "mqtt", "ble", "modbus", "ledger", "x"]), toml_values
+    )
+)
+def test_hostile_documents_only_raise_config_error(doc: dict[str, object]) -> None:
+    try:
+        parse_config(doc, Path("."))
+    except ConfigError:
+        pass
+
+
+def test_keystore(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "gw.toml"
+    cfg_path.write_text(MINIMAL)
+    cfg = load_config(cfg_path)
+    ks = tmp_path / "nodes.json"
+    ks.write_text(json.dumps({"nodes": {"7": {"key": "ab" * 32, "transport": "mqtt"}}}))
+    assert load_keystore(ks, cfg.nodes) == {7: bytes([0xAB]) * 32}
+    for bad, message in [
+        ({"nodes": {"7": {"key": "AB" * 32}}}, "64 lowercase hex"),
+        ({"nodes": {"x": {"key": "ab" * 32}}}, "node ids are integers"),
+        ({"nodes": {"8": {"key": "ab" * 32}}}, "no key for node 7"),
+        ({"nodes": []}, "expected"),
+        ([], "expected"),
+    ]:
+        ks.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            load_keystore(ks, cfg.nodes)
+    ks.write_text('{"nodes": {"7": ')
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_keystore(ks, cfg.nodes)
