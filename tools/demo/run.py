@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
+from gateway.ems.agent import TradingAgent
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import MISSING
 from ledger.contract import default_genesis
@@ -28,12 +29,11 @@ from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
 from ledger.keys import public_hex
 from ledger.tx import sign_tx
-from tools.demo.agent import decide
 from tools.demo.economics import HourBook, Tariffs
 from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, slot_profile, start_edge
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
-from tools.demo.plan import HomePlan, plan_home
+from tools.demo.plan import HomePlan, ems_tariff, plan_home
 from tools.demo.procs import Supervisor, start_mosquitto
 from tools.demo.progress import Progress
 from tools.demo.record import Check, DayRecord, Fault, HourResult
@@ -42,6 +42,7 @@ from tools.demo.world import Home, build_community
 
 START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
 OPERATOR = "OPERATOR"
+AGENT_MARGINS = (0.02, 0.4)  # share of the tariff band each home's agent asks below / bids above
 HOUR_MS = 3_600_000
 POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
@@ -98,11 +99,16 @@ class DemoRun:
         self.rng = random.Random(opts.seed)
         self.homes: list[Home] = build_community(opts.households, opts.seed)
         self.operator = Actor(OPERATOR, Ed25519PrivateKey.generate())
-        self.actors = {
-            h.id_grid: Actor(h.id_grid, Ed25519PrivateKey.generate()) for h in self.homes}
         self.gateway_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
         self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule)
         self.tariffs = Tariffs.from_params(self.genesis["params"])
+        # Each home's agent trades with its own margin around the expected price (seeded), so
+        # the hourly books have the spread of real supply and demand curves.
+        self.agents = {
+            h.id_grid: TradingAgent(
+                h.id_grid, ems_tariff(self.tariffs), res_id=h.res_id if h.pv_w else None,
+                res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3))
+            for h in self.homes}
         self.record = DayRecord(date=opts.date.isoformat(), rule=opts.rule)
         self.ledger: LedgerPort | None = None
         self.sup = sup
@@ -137,7 +143,8 @@ class DemoRun:
             await self.tx(op, "registry.admit", {
                 "id_grid": h.id_grid, "name": h.name,
                 "email": f"{h.id_grid.lower()}@community.invalid",
-                "public_key": public_hex(self.actors[h.id_grid].key), "role": role,
+                # the home's gateway holds the member's key: it signs its orders and reports
+                "public_key": public_hex(self.gateway_keys[h.id_grid]), "role": role,
             })
             if h.pv_w:
                 await self.tx(op, "registry.add_res", {
@@ -319,25 +326,22 @@ class DemoRun:
         listing_id, hod, day = self.listing(k)
         op = self.operator
         await self.tx(op, "auction.open", {"listing_id": listing_id})
-        book = HourBook(listing_id, hod)
-        orders = []
-        for p in self.plans:
-            d = decide(p, hod, self.tariffs, self.rng)
-            if d is not None:
-                orders.append((p.home, d))
-        receipts = await asyncio.gather(*(self._order(listing_id, h, d) for h, d in orders))
-        for (h, d), r in zip(orders, receipts, strict=True):
-            if not r.ok:
-                continue
-            seq = int(r.result["seq"])
-            if d.side == "offer":
-                book.offers.append(Order(seq, h.id_grid, d.wh, d.price, h.res_id))
-            else:
-                book.bids.append(Order(seq, h.id_grid, d.wh, d.price))
-        book.offers.sort(key=lambda o: o.seq)
-        book.bids.sort(key=lambda o: o.seq)
+        # Each home's trading agent (gateway.ems.agent) turns its plan's net energy of the hour
+        # into an offer or a bid; the gateway queues it in its outbox, which delivers it.
+        balances = self.record.balances[-1][1] if self.record.balances else {}
+        queued = []
+        for e, p in zip(self.edges, self.plans, strict=True):
+            order = self.agents[e.id_grid].decide(listing_id, p.net_wh(hod),
+                                                  balances.get(e.id_grid))
+            if order is not None:
+                queued.append((e, e.gateway.enqueue_tx(order.kind, order.body)))
+        await self.wait_for(lambda: all(self.outbox_state(e, oid) != "pending"
+                                        for e, oid in queued), 15.0, "orders delivered")
         closed = await self.tx(op, "auction.close", {"listing_id": listing_id})
         res = closed.result
+        for agent in self.agents.values():
+            agent.read_clearing(res)
+        book = await self.order_book(listing_id, hod)
         result = HourResult(book=book, mcp=res.get("mcp"), traded_wh=int(res.get("traded_wh", 0)),
                             trades=[dict(t) for t in res.get("trades", [])],
                             kwh_available=int(res.get("kwh_available", 0)),
@@ -348,18 +352,24 @@ class DemoRun:
         await self.settle_pending()
         self.record.hours.append(result)
         await self.snapshot_balances(f"{hod:02d}:00" if k < 24 else listing_id[5:])
-        self.progress.hour_line(listing_id.replace("T", " ") + ":00"[:0], len(book.offers),
+        self.progress.hour_line(listing_id.replace("T", " "), len(book.offers),
                                 len(book.bids), result.mcp, result.traded_wh,
                                 result.grid_import_wh, result.grid_export_wh, result.note)
 
-    async def _order(self, listing_id: str, home: Home, d: Any) -> Receipt:
-        actor = self.actors[home.id_grid]
-        if d.side == "offer":
-            body = {"listing_id": listing_id, "res_id": home.res_id, "wh": d.wh,
-                    "reserve_price": d.price}
-            return await self.tx(actor, "auction.offer", body, must=False)
-        body = {"listing_id": listing_id, "wh": d.wh, "bid_price": d.price}
-        return await self.tx(actor, "auction.bid", body, must=False)
+    @staticmethod
+    def outbox_state(edge: HomeEdge, oid: int) -> str:
+        row = edge.gateway.outbox_status(oid)
+        return "pending" if row is None else str(row.state)
+
+    async def order_book(self, listing_id: str, hod: int) -> HourBook:
+        """The listing's book as the replicas hold it, in acceptance order."""
+        assert self.ledger is not None
+        raw = await self.ledger.query("order_book", listing_id=listing_id)
+        book = HourBook(listing_id, hod)
+        book.offers = [Order(o["seq"], o["seller"], o["wh"], o["price"], o["res_id"])
+                       for o in raw["offers"]]
+        book.bids = [Order(b["seq"], b["buyer"], b["wh"], b["price"]) for b in raw["bids"]]
+        return book
 
     async def deliver(self, k: int, day: dt.date, hod: int, book: HourBook) -> int:
         """The delivery hour on the simulated clock: the gateways poll their meters every
