@@ -37,6 +37,7 @@ class Community:
         self.height = 0
         self.nonce = 0
         self.log: list[tuple[Any, BlockContext]] = []
+        self.receipts: list[Receipt] = []
 
     def tx(
         self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int = 0
@@ -47,7 +48,9 @@ class Community:
         ctx = BlockContext(height=self.height, index=0, timestamp_ms=ts)
         tx = sign_tx(signer, kind, body, self.nonce).to_contract()
         self.log.append((tx, ctx))
-        return self.contract.apply(tx, ctx)
+        receipt = self.contract.apply(tx, ctx)
+        self.receipts.append(receipt)
+        return receipt
 
     def ok(
         self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int = 0

