@@ -167,6 +167,7 @@ class Replica:
         self.new_view_msg: NewView | None = None
         self.nv_sent_at: dict[int, int] = {}
         self.proof_sent_at: dict[int, int] = {}
+        self.fetch_served: dict[int, tuple[int, int]] = {}  # replica -> (from_seq, at ms)
         self.future: deque[tuple[PrePrepare | Prepare | Commit, int]] = deque(maxlen=FUTURE_BUFFER)
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self.peer_view: dict[int, int] = {}
@@ -1091,6 +1092,11 @@ class Replica:
         if not verify(msg, self.keyring):
             self._count("rejected_bad_sig")
             return
+        last = self.fetch_served.get(msg.replica)
+        if last is not None and last[0] == msg.from_seq and self.now - last[1] < 100:
+            self._count("duplicate_msg")  # the same page again within 100 ms: not re-sent
+            return
+        self.fetch_served[msg.replica] = (msg.from_seq, self.now)
         if msg.from_seq == 0 or msg.from_seq > self.last_executed:
             out.append(Send(msg.replica, Blocks((), self.me, self.stable_proof)))
             return

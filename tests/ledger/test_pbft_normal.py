@@ -244,3 +244,23 @@ def test_client_signature_can_be_checked_by_the_io_layer() -> None:
     net.replicas[0].on_request(tx, net.now, verified=True)
     acts = net.replicas[0].on_tick(net.now + 10)
     assert any(isinstance(a, Broadcast) and isinstance(a.msg, PrePrepare) for a in acts)
+
+
+def test_restart_resumes_from_the_saved_checkpoint() -> None:
+    net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
+    txs = make_txs(20)
+    for tx in txs:
+        net.submit(tx)
+    net.run(300)
+    saved = net.executors[1].checkpoint
+    assert saved is not None and saved[0] == 8
+    net.restart(1)  # a new core over the same executor (process restart, disk kept)
+    fresh = net.replicas[1]
+    assert (fresh.stable_seq, fresh.last_executed) == (8, 10)
+    assert [c.seq for c in fresh.stable_proof] == [8, 8, 8]
+    more = make_txs(10, start=20)
+    for tx in more:
+        net.submit(tx)
+    net.run(300)
+    assert fresh.last_executed == 15 and fresh.stable_seq == 12
+    _agree(net, 30)
