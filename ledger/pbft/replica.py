@@ -64,6 +64,7 @@ CHECKPOINT_DOMAIN = b"wattmesh/pbft/checkpoint/v1\x00"
 FUTURE_BUFFER = 8192  # messages kept for a view this replica has not entered yet
 VERIFIED_CACHE = 200_000  # client transactions whose signature this replica already checked
 MAX_PENDING = 100_000  # client transactions known but not yet executed
+FETCH_REPEAT_MS = 100  # a state-transfer page is served at most once per peer in this time
 Fault = Literal["silent", "equivocate"] | None
 
 
@@ -1093,8 +1094,8 @@ class Replica:
             self._count("rejected_bad_sig")
             return
         last = self.fetch_served.get(msg.replica)
-        if last is not None and last[0] == msg.from_seq and self.now - last[1] < 100:
-            self._count("duplicate_msg")  # the same page again within 100 ms: not re-sent
+        if last is not None and last[0] == msg.from_seq and self.now - last[1] < FETCH_REPEAT_MS:
+            self._count("duplicate_msg")  # the same page asked again at once: not re-sent
             return
         self.fetch_served[msg.replica] = (msg.from_seq, self.now)
         if msg.from_seq == 0 or msg.from_seq > self.last_executed:
