@@ -137,10 +137,17 @@ def curves_figure(hours: list[HourResult]) -> Figure:
         ax.tick_params(labelsize=7)
         ax.set_xlabel("kWh", fontsize=7)
         ax.set_ylabel("€/kWh", fontsize=7)
-    if shown:
-        axes.flat[0].legend(fontsize=6, loc="best")
-    fig.suptitle("Supply and demand of each hourly auction, with its market clearing price")
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+
+    fig.legend(
+        [Line2D([], [], color="tab:green"), Line2D([], [], color="tab:blue"),
+         Line2D([], [], color="tab:red", linestyle="--")],
+        ["supply (RESOffers, by reserve price)", "demand (BuyOffers, by bid price)",
+         "market clearing price (MCP)"],
+        loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.985))
+    fig.suptitle("Supply and demand of each hourly auction, with its market clearing price",
+                 y=1.02)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 

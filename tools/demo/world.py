@@ -24,14 +24,14 @@ from gateway.ems.timegrid import SLOT_MIN, SLOTS_PER_DAY, SLOTS_PER_HOUR, slot_e
 LATITUDE_DEG = 38.7  # Lisbon: the paper's community is Portuguese
 LONGITUDE_DEG = -9.1
 STANDBY_W = (80, 220)  # always-on load of a home, drawn per home
-PV_SIZES_W = (3000, 3500, 4000, 4500, 5000, 6000)
+PV_SIZES_W = (3000, 4000, 5000, 6000, 7000, 8000)
 PROSUMER_SHARE = 0.6
 
 # How likely a home owns each appliance of Table 8 (not in the paper: a plausible mix).
 OWNERSHIP = {
-    "Refrigerator": 1.0, "Electric Vehicle": 0.35, "Air Conditioner": 0.5, "Cloth Dryer": 0.45,
-    "Dish Washer": 0.7, "Hair Dryer": 0.6, "Pool Pump": 0.25, "Television": 0.9,
-    "Water Heater": 0.6, "Electric Stove": 0.7, "Light": 1.0, "Personal Computer": 0.6,
+    "Refrigerator": 1.0, "Electric Vehicle": 0.3, "Air Conditioner": 0.35, "Cloth Dryer": 0.35,
+    "Dish Washer": 0.7, "Hair Dryer": 0.6, "Pool Pump": 0.15, "Television": 0.9,
+    "Water Heater": 0.5, "Electric Stove": 0.7, "Light": 1.0, "Personal Computer": 0.6,
     "Vacuum Cleaner": 0.4, "Iron": 0.4,
 }
 
