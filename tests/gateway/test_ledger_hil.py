@@ -1,0 +1,158 @@
+"""Reports delivered to a real ledger cluster (four replica processes on loopback): the ledger is
+stopped while intervals close and brought back; every report arrives exactly once, and a
+re-submission after a lost acknowledgement is still applied only once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware import frame
+from gateway.clock import ManualClock
+from gateway.config import GatewayConfig, LedgerConfig, NodeConfig
+from gateway.daemon import Gateway
+from gateway.intervals import INTERVAL_MS, interval_name
+from gateway.outbox import DELIVERED
+from ledger.keys import load_key, new_key, public_hex, write_key
+from ledger.setup import init_cluster
+from ledger_client.client import LedgerClient
+from tests.gateway.conftest import until
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_795_000_000_000 - 1_795_000_000_000 % INTERVAL_MS + 30_000
+KEY7 = bytes(range(32))
+
+
+class Replicas:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        init_cluster(
+            directory,
+            4,
+            timers={"view_change_ms": 300, "request_timeout_ms": 500, "status_ms": 100},
+            batch={"max_txs": 50, "max_delay_ms": 2},
+        )
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        for i in range(4):
+            log = open(self.dir / f"replica-{i}.log", "ab")  # noqa: SIM115 - owned by the child
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "ledger", "run",
+                     "--dir", str(self.dir), "--replica", str(i)],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+            log.close()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    r = Replicas(tmp_path / "ledger")
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def reading(seq: int, import_mwh: int) -> bytes:
+    fields = dict.fromkeys(frame.READING_FIELDS, 0)
+    fields.update(voltage_dv=2300, power_dw=6000, import_mwh=import_mwh)
+    return frame.encode(KEY7, frame.T_READING, 7, seq, frame.pack_reading(fields))
+
+
+async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replicas) -> None:
+    cluster = replicas.dir / "cluster.json"
+    data = tmp_path / "gw"
+    data.mkdir()
+    write_key(data / "gateway.key", new_key())
+    gw_pub = public_hex(load_key(data / "gateway.key"))
+    replicas.start()
+    operator = load_key(replicas.dir / "operator.key")
+    async with LedgerClient.from_cluster_file(cluster, operator, timeout_s=30) as op:
+        member = new_key()
+        r = await op.submit_new(
+            "registry.admit",
+            {"id_grid": "PT0001", "name": "Ana", "email": "ana@example.org",
+             "public_key": public_hex(member), "role": "consumer"},
+        )  # fmt: skip
+        assert r.ok, r
+        r = await op.submit_new(
+            "registry.add_meter", {"meter_id": "plug7", "owner": "PT0001", "gateway_key": gw_pub}
+        )
+        assert r.ok, r
+    replicas.stop()  # the ledger goes away before any interval closes
+
+    cfg = GatewayConfig(
+        gateway_id="home-1",
+        data_dir=data,
+        key_file=data / "gateway.key",
+        keystore=None,
+        nodes=(NodeConfig(7, "mqtt", "plug7", topic="wattmesh_7"),),
+        ledger=LedgerConfig(cluster, timeout_s=1.0, retry_initial_s=1.0, retry_max_s=4.0),
+    )
+    clock = ManualClock(T0)
+    gw = Gateway(cfg, clock=clock, node_keys={7: KEY7}, node_sources=[])
+    task = asyncio.create_task(gw.run())
+    await until(gw._started.is_set)
+    for minute in range(32):  # 600 W for 32 minutes: two intervals close
+        gw.on_frame(reading(minute + 1, minute * 10_000), "mqtt", clock.now_ms())
+        await clock.advance(60_000)
+    assert gw.store is not None
+    rows = gw.store.outbox_all()
+    assert len(rows) == 2 and all(r.state == "pending" for r in rows)
+    store = gw.store
+    await until(lambda: store.outbox_all()[0].attempts >= 1, what="a failed delivery")
+
+    replicas.start()  # the ledger comes back
+
+    async def delivered() -> None:
+        while not all(r.state == DELIVERED for r in store.outbox_all()):
+            await clock.advance(1_000)  # let the outbox's backoff expire
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(delivered(), 60)
+    rows = store.outbox_all()
+    assert [r.code for r in rows] == ["OK", "OK"]
+
+    # The acknowledgement of the first report "was lost": the gateway sends it again.
+    gw.store.db.execute(
+        "UPDATE outbox SET state = 'pending', next_ms = 0 WHERE id = ?", (rows[0].id,)
+    )
+    # Any new entry wakes the delivery loop (this one is refused: the gateway is no member).
+    gw.enqueue_tx("token.transfer", {"to": "PT0001", "amount": 1})
+    await until(
+        lambda: (again := store.outbox_get(rows[0].id)) is not None and again.state == DELIVERED,
+        30,
+        "resubmission",
+    )
+    gw.stop()
+    await task
+
+    async with LedgerClient.from_cluster_file(cluster, operator, timeout_s=30) as op:
+        reports = await op.query("reports", meter_id="plug7")
+    first = T0 - 30_000
+    assert [(x["interval"], x["import_wh"]) for x in reports] == [
+        (interval_name(first), 140),  # minutes 0..14 at 600 W, seen from 30 s in
+        (interval_name(first + INTERVAL_MS), 150),
+    ]
