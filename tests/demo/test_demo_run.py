@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -139,4 +140,27 @@ def test_faults_hit_and_the_day_still_completes(tmp_path: Path) -> None:
     assert summary["counters"]["modbus_failed_reads"] > 0
     html = (tmp_path / "out" / "report.html").read_text()
     assert "replica killed" in html and "ledger stopped" in html
+    assert processes_mentioning("wattmesh-demo-") == []
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "demo", "--households", "2", "--hours", "24",
+         "--quiet"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # wait until the day is running: children are all up
+            if line.startswith("2026-06-21 00"):
+                break
+        assert processes_mentioning("wattmesh-demo-"), "the demo's children should be running"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
     assert processes_mentioning("wattmesh-demo-") == []
