@@ -10,7 +10,7 @@ from datetime import date
 from typing import Any
 
 from gateway.ems.appliances import REPAIRS, table8
-from gateway.ems.milp import solve
+from gateway.ems.milp import native_stdout_to_stderr, solve
 from gateway.ems.plan import compare
 from gateway.ems.scenario import household_day, scenario_input
 from gateway.ems.tariff import Tariff
@@ -44,7 +44,8 @@ def run(day: date, repeats: int, repair: str) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    out = run(args.date, args.repeats, args.repair)
+    with native_stdout_to_stderr():
+        out = run(args.date, args.repeats, args.repair)
     print(json.dumps(out, indent=2 if args.json else None))
     return 0
 

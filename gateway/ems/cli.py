@@ -12,6 +12,7 @@ import numpy as np
 
 from gateway.ems.appliances import REPAIRS, SpecError, load_appliances
 from gateway.ems.forecast import ForecastError, backtest
+from gateway.ems.milp import native_stdout_to_stderr
 from gateway.ems.plan import DEFAULT_LIMIT_W, Comparison, DrRequest, compare
 from gateway.ems.problem import PlanError
 from gateway.ems.scenario import household_day, scenario_input
@@ -105,7 +106,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         scen = household_day(args.date, kind=args.household, seed=args.seed,
                              model=None if args.forecast == "actual" else args.forecast)
         inp = scenario_input(apps, scen, tariff, limit_w=args.limit_w, requests=requests)
-        result = compare(inp)
+        with native_stdout_to_stderr():
+            result = compare(inp)
     except (SpecError, PlanError, TariffError, ForecastError) as exc:
         print(f"wattmesh ems plan: {exc}", file=sys.stderr)
         return 2

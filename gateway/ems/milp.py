@@ -10,7 +10,11 @@ energy cost of ``problem.evaluate`` plus a small weight on the peak.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +33,7 @@ from gateway.ems.problem import (
 
 SCALE = 1e-6  # objective in micro-tokens: mWh x micro-tokens/kWh x 1e-6
 SWITCH_COST = 1.0  # micro-tokens per relay start of a storage load: a tie-breaker
+MIP_GAP = 1e-4  # stop within 0.01 % of the optimum (a few hundred micro-tokens a day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +85,9 @@ def precheck(inp: PlanInput) -> None:
             raise PlanError(f"{job.name}: fixed start leaves the window")
     fixed = inp.base_mwh - inp.pv_mwh
     for job in inp.jobs:
-        if not job.movable and not job.storage:
+        pinned = not job.flexible if job.storage else not job.movable
+        if pinned:
             fixed = fixed + earliest(inp, job).astype(np.int64) * job.slot_mwh
-        elif job.storage and (not job.flexible or job.forced_on):
-            k = job.slots if not job.flexible else job.forced_on
-            on = np.zeros(inp.n, dtype=np.int64)
-            on[list(job.window[:k])] = 1
-            fixed = fixed + on * job.slot_mwh
     over = np.nonzero(fixed > inp.limit_mwh)[0]
     if over.size:
         t = int(over[0])
@@ -102,6 +103,46 @@ def precheck(inp: PlanInput) -> None:
         if len(fits) < job.slots:
             raise PlanError(f"{job.name}: only {len(fits)} slots of its window leave room for "
                             f"{job.power_w} W under the limit; it needs {job.slots}")
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Send what native code prints to stdout to stderr instead. Some HiGHS releases print a
+    stray diagnostic line to stdout at random (ERGO-Code/HiGHS issue 2783); a command that
+    prints JSON on stdout wraps its solves in this so that the JSON stays clean."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (embedded interpreter): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _arbitrage_groups(inp: PlanInput) -> list[bool]:
+    """Per price group: could importing and exporting in the same slot pay? Only then does a
+    slot need the binary that forbids it (it never pays when every export price is below every
+    import price, the usual case without trades already cleared)."""
+    out = []
+    for g in range(inp.groups):
+        sell = [int(inp.feed_in[g])]
+        if inp.sold_mwh[g] > 0:
+            sell.append(int(inp.retail[g]))
+        if inp.community_sell_mwh[g] > 0:
+            sell.append(int(inp.community_price[g]))
+        buy = [int(inp.retail[g])]
+        if inp.bought_mwh[g] > 0:
+            buy.append(0)
+        if inp.community_buy_mwh[g] > 0:
+            buy.append(int(inp.community_price[g]))
+        out.append(max(sell) >= min(buy))
+    return out
 
 
 def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
@@ -137,30 +178,34 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
         for p, t in enumerate(job.window):
             coverage[t].append((u[p], e))
         m.row([(v, 1.0) for v in u], job.slots, job.slots)
+        # Start and stop indicators with the tight minimum up/down-time inequalities of unit
+        # commitment (Rajan and Takriti): u[p] - u[p-1] = y[p] - z[p]; a start in the last
+        # min_on positions means on now; a stop in the last min_off positions means off now.
+        # Each start costs a little, so that among equally cheap plans the one with fewer relay
+        # switchings wins.
+        ys: list[int] = []
+        zs: list[int] = []
         for p in range(length):
+            no_start = (p == 0 and job.forced_on > 0) or p > length - job.min_on
+            ys.append(m.var(SWITCH_COST, 0, 0 if no_start else 1))
+            zs.append(m.var(0.0, 0, 1))
+            prev = [(u[p - 1], -1.0)] if p else []
             if p == 0 and job.forced_on:
-                continue
-            # y >= u[p] - u[p-1]: a run starts at p; each start costs a little, so that among
-            # equally cheap plans the one with fewer relay switchings wins
-            y = m.var(SWITCH_COST, 0, 1)
-            m.row([(y, 1.0), (u[p], -1.0)] + ([(u[p - 1], 1.0)] if p else []), 0, np.inf)
-            if job.min_on > 1:
-                span = u[p:p + job.min_on]
-                m.row([(v, 1.0) for v in span] + [(y, -float(job.min_on))], 0, np.inf)
-        if job.min_off > 1:
-            for p in range(1, length):
-                z = m.var(0.0, 0, 1)
-                # z >= u[p-1] - u[p]: a gap starts at p; it lasts min_off (or to the window end)
-                m.row([(z, 1.0), (u[p - 1], -1.0), (u[p], 1.0)], 0, np.inf)
-                span = u[p:p + job.min_off]
-                m.row([(v, -1.0) for v in span] + [(z, -float(len(span)))],
-                      -float(len(span)), np.inf)
+                prev = []  # already running: u[-1] = 1, and u[0] = 1 is forced
+                m.row([(ys[p], 1.0), (zs[p], -1.0)], 0, 0)
+            else:
+                m.row([(u[p], 1.0), *prev, (ys[p], -1.0), (zs[p], 1.0)], 0, 0)
+            m.row([(ys[q], 1.0) for q in range(max(0, p - job.min_on + 1), p + 1)]
+                  + [(u[p], -1.0)], -np.inf, 0)
+            m.row([(zs[q], 1.0) for q in range(max(0, p - job.min_off + 1), p + 1)]
+                  + [(u[p], 1.0)], -np.inf, 1)
     imp = [m.var(0.0, 0, float(inp.limit_mwh[t])) for t in range(n)]
     exp = [m.var(0.0, 0, float(max(inp.pv_mwh[t], 0))) for t in range(n)]
+    arbitrage = _arbitrage_groups(inp)
     for t in range(n):
         m.row([(imp[t], 1.0), (exp[t], -1.0)] + [(v, -e) for v, e in coverage[t]],
               float(const[t]), float(const[t]))
-        if inp.pv_mwh[t] > 0:
+        if inp.pv_mwh[t] > 0 and arbitrage[int(inp.group[t])]:
             w = m.var(0.0, 0, 1, integer=True)
             m.row([(exp[t], 1.0), (w, -float(inp.pv_mwh[t]))], -np.inf, 0)
             m.row([(imp[t], 1.0), (w, float(inp.limit_mwh[t]))], -np.inf,
@@ -188,7 +233,7 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
         integrality=np.array(m.integer),
         bounds=Bounds(np.array(m.lo), np.array(m.hi)),
         constraints=LinearConstraint(a, np.array(m.rlo), np.array(m.rhi)),
-        options={"time_limit": time_limit_s, "mip_rel_gap": 1e-6},
+        options={"time_limit": time_limit_s, "mip_rel_gap": MIP_GAP},
     )
     solve_s = time.perf_counter() - began
     if res.x is None:

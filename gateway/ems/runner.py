@@ -8,7 +8,9 @@ while the listing is open) and a clock with ``now_ms()`` and ``async sleep_until
 
 At every slot edge ``step`` does, in order: read clearings of listings it traded (the traded
 quantities enter the plan), record what ran in the slot just ended, forecast load and PV from the
-meters' history, re-plan the horizon (keeping runs already begun), switch relays for the new
+meters' history, re-plan the horizon (every ``replan_slots``, and at once when a request, a
+clearing or a relay that did not follow the plan changed its inputs; runs already begun are
+kept), switch relays for the new
 slot within their minimum times, place orders for listings about to close, and reconcile what it
 commanded with what the appliances' meters measured. A fault in one relay, one order or one
 clearing is recorded in the step's report and never stops the others.
@@ -71,6 +73,7 @@ class RunnerConfig:
     limit_w: int = DEFAULT_LIMIT_W
     model: Model = "ridge"
     order_lead_ms: int = 60 * 60_000  # place the order for hour H from H - lead
+    replan_slots: int = SLOTS_PER_HOUR  # re-plan at least this often; at once on any change
     relay_timeout_s: float = 10.0
 
 
@@ -114,13 +117,16 @@ class EmsRunner:
         self.commanded: dict[str, dict[int, bool]] = {}  # name -> slot start ms -> on
         self.reports: list[StepReport] = []
         self._last_step_slot: int | None = None
+        self._dirty = True  # something the plan depends on changed: re-plan at the next step
 
     # --- inputs that trigger a re-plan -------------------------------------------------------
     def request_demand_response(self, req: DrRequest) -> None:
         self.requests.append(req)
+        self._dirty = True
 
     def add_commitment(self, c: Commitment) -> None:
         self.commitments[c.listing_id] = c
+        self._dirty = True
 
     # --- the slot edge ----------------------------------------------------------------------
     async def step(self) -> StepReport:
@@ -131,7 +137,9 @@ class EmsRunner:
         if self._last_step_slot is not None and self._last_step_slot < t0:
             self._record_slot(self._last_step_slot, report)
         self._last_step_slot = t0
-        self._replan(t0, report)
+        due = self.plan_t0 is None or t0 - self.plan_t0 >= self.config.replan_slots
+        if self._dirty or due:
+            self._replan(t0, report)
         await self._drive_relays(now, t0, report)
         self._place_orders(now, t0, report)
         self._reconcile(t0, report)
@@ -176,6 +184,7 @@ class EmsRunner:
                 continue
             self.commitments[lid] = c
             report.commitments.append(c)
+            self._dirty = True
 
     def _record_slot(self, slot: int, report: StepReport) -> None:
         if self.plan is None or self.plan_t0 is None:
@@ -191,6 +200,8 @@ class EmsRunner:
                 ran[key] = bool(state) if state is not None else planned
             else:
                 ran[key] = planned
+            if ran[key] != planned:
+                self._dirty = True  # a relay did not follow the plan: plan from what happened
         advance(self.state, self.appliances, slot, ran)
 
     def _series(self, meter: str, since: int, until: int) -> tuple[IntArray, BoolArray]:
@@ -221,12 +232,21 @@ class EmsRunner:
             report.errors.append(f"history: {exc}")
             net, have = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
             pv, have_pv = net.copy(), have.copy()
-        load = np.maximum(net + pv, 0)
+        load = net + pv
+        # the history holds the controlled appliances too: take out what they drew, so the
+        # forecast is of the rest of the home and the plan does not count them twice
+        for name, slots in self.commanded.items():
+            slot_wh = self.relays.relays[name].spec.power_w * SLOT_MS // 3_600_000
+            for slot_start, on in slots.items():
+                i = (slot_start - since) // SLOT_MS
+                if on and 0 <= i < load.shape[0]:
+                    load[i] -= slot_wh
+        load = np.maximum(load, 0)
         missing = ~(have & have_pv)
         # fill gaps with the same slot a day earlier (or 0 when there is none)
-        for i in np.nonzero(missing)[0]:
-            load[i] = load[i - SLOTS_PER_DAY] if i >= SLOTS_PER_DAY else 0
-            pv[i] = pv[i - SLOTS_PER_DAY] if i >= SLOTS_PER_DAY else 0
+        for gap in np.nonzero(missing)[0]:
+            load[gap] = load[gap - SLOTS_PER_DAY] if gap >= SLOTS_PER_DAY else 0
+            pv[gap] = pv[gap - SLOTS_PER_DAY] if gap >= SLOTS_PER_DAY else 0
         start = datetime.fromtimestamp(until / 1000, tz=UTC)
         n = cfg.horizon_slots
         if int(missing.sum()) > len(load) // 2:
@@ -253,6 +273,7 @@ class EmsRunner:
         except PlanError as exc:
             report.errors.append(f"plan: {exc}")
             return
+        self._dirty = False
         self.plan, self.plan_input, self.plan_t0, self.keys = sol.schedule, inp, t0, keys
         report.planned = True
         report.cost_utok = evaluate(inp, sol.schedule).cost_utok
@@ -302,12 +323,13 @@ class EmsRunner:
         return status if isinstance(status, int) else frame.S_REPLAY
 
     def _place_orders(self, now: int, t0: int, report: StepReport) -> None:
-        if self.agent is None or self.plan is None or self.plan_input is None:
+        if (self.agent is None or self.plan is None or self.plan_input is None
+                or self.plan_t0 is None):
             return
         nets = hourly_net_wh(self.plan_input, self.plan)
-        ids = group_listing_ids(t0, len(nets))
+        ids = group_listing_ids(self.plan_t0, len(nets))
         for g, lid in enumerate(ids):
-            hour_start = (t0 // SLOTS_PER_HOUR + g) * SLOTS_PER_HOUR * SLOT_MS
+            hour_start = (self.plan_t0 // SLOTS_PER_HOUR + g) * SLOTS_PER_HOUR * SLOT_MS
             if lid in self.ordered or not hour_start - self.config.order_lead_ms <= now:
                 continue
             if now >= hour_start or int((self.plan_input.group == g).sum()) < SLOTS_PER_HOUR:

@@ -153,3 +153,15 @@ def test_every_plan_honours_every_constraint_and_is_optimal(inp):
     assert check(inp, g) == []  # the heuristic is feasible, never cheaper than the optimum
     assert evaluate(inp, g).cost_utok >= best
     assert set(baseline(inp)) == {j.name for j in inp.jobs}
+
+
+def test_native_prints_during_a_solve_go_to_stderr(capfd):
+    import os
+
+    from gateway.ems.milp import native_stdout_to_stderr
+
+    with native_stdout_to_stderr():
+        os.write(1, b"stray native line\n")
+    print("json")
+    out, err = capfd.readouterr()
+    assert out == "json\n" and "stray native line" in err
