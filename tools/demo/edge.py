@@ -255,7 +255,7 @@ async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s
     plugs: list[Plug] = []
     link = central = None
     if spec.plugs:
-        link = LocalLink()
+        link = LocalLink()  # type: ignore[no-untyped-call]
         for nid, appliance, watts in spec.plugs:
             emu = PlugEmulator.on_link(link, nid, plug_keys[nid], load=plug_load(nid, watts),
                                        now_ms=clock.now_ms)

@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from gateway.clock import ManualClock
 from gateway.ems.agent import TradingAgent
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import MISSING
+from gateway.sources.mqtt import MqttNodeSource
 from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
@@ -48,6 +49,11 @@ POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
 VM_NODE_BASE = 60_000  # node ids of the firmware node (plugs use (home + 1) * 16 + k)
 VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
+
+
+def constant_plug_load(_node_id: int, watts: int) -> Callable[[int], int]:
+    """What an appliance draws through its plug while the relay is on (dW): its rated power."""
+    return lambda _ms: watts * 10
 
 
 class DemoError(RuntimeError):
@@ -230,11 +236,12 @@ class DemoRun:
                 plugs, mqtt_nodes, node_relays)
             self.edges.append(await start_edge(
                 spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
-                lambda: None if self.ledger_down else self.ledger, plug_keys,
-                lambda _nid, watts: (lambda _ms, dw=watts * 10: dw), self.mqtt_port))
+                self.current_ledger, plug_keys,
+                constant_plug_load, self.mqtt_port))
         if self.vm is not None:
             vm_edge = next(e for e in self.edges if e.id_grid == vm_home.id_grid)  # type: ignore[union-attr]
-            mqtt_src = [src for src in vm_edge.gateway.sources if src.name == "mqtt"]
+            mqtt_src = [src for src in vm_edge.gateway.sources
+                        if isinstance(src, MqttNodeSource)]
             await self.wait_for(lambda: all(src.connected.is_set() for src in mqtt_src), 10.0,
                                 "gateway on MQTT")
         n_plugs = sum(len(e.plugs) for e in self.edges)
@@ -255,12 +262,17 @@ class DemoRun:
         if self.opts.faults:
             self.plan_faults()
 
+    def current_ledger(self) -> LedgerPort | None:
+        """What the gateways deliver to: nothing while the whole ledger is stopped."""
+        return None if self.ledger_down else self.ledger
+
     def vm_home(self) -> Home | None:
         """The home whose flexible loads hang on the node running the real firmware: one with
         an electric vehicle if any (the paper's Figure 7 clamps an EV charger)."""
         with_flex = [h for h in self.homes if h.flexible]
         ev = [h for h in with_flex if any(a.name == "Electric Vehicle" for a in h.flexible)]
-        return (ev or with_flex or [None])[0]
+        found = ev or with_flex
+        return found[0] if found else None
 
     def start_vm(self, home: Home, node_id: int, appliances: list[Any]) -> VmNode:
         plan = self.plans[home.index]
