@@ -9,7 +9,9 @@ primary is killed with SIGKILL T seconds in. At the end it waits for in-flight t
 then checks every submitted transaction against a surviving replica's store.
 
 Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p99_ms``
-(submit to f+1 matching replies), ``committed``, ``lost`` (submitted, never committed),
+(submit to f+1 matching replies), ``committed`` (acknowledged by f+1 replicas), ``lost``
+(submitted but not in the chain of the most advanced surviving replica; ``acked_missing``
+counts those among the acknowledged, which must be 0),
 ``view_changes`` (highest view reached), plus the settings.
 """
 
@@ -111,6 +113,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         ]
         latencies: list[float] = []
         submitted: list[SignedTx] = []
+        acked: list[SignedTx] = []
         failed = 0
         next_tx = 0
         started = time.perf_counter()
@@ -136,6 +139,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                     failed += 1
                     continue
                 latencies.append((time.perf_counter() - t0) * 1000)
+                acked.append(tx)
 
         async def killer() -> None:
             if args.kill_primary_after is None:
@@ -158,7 +162,8 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
 
         statuses = await _statuses([(r.host, r.port) for r in cluster.replicas], 5.0)
         views = [s["view"] for s in statuses if "view" in s]
-        alive = next(s["replica"] for s in statuses if "view" in s)
+        live = [s for s in statuses if "height" in s]
+        alive = max(live, key=lambda s: s["height"])["replica"]
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -171,6 +176,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     store = BlockStore(directory / replica_db_file(alive))
     try:
         in_chain = store.known([tx.tx_id for tx in submitted])
+        acked_missing = sum(1 for tx in acked if tx.tx_id not in in_chain)
         height = store.head()[0]
     finally:
         store.close()
@@ -182,6 +188,8 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "p99_ms": round(_percentile(latencies, 0.99), 1),
         "committed": committed,
         "lost": len(submitted) - len(in_chain),
+        "acked_missing": acked_missing,
+        "submitted": len(submitted),
         "view_changes": max(views) if views else None,
         "failed_submits": failed,
         "seconds": round(elapsed, 2),

@@ -137,7 +137,8 @@ class ClientConn:
         self.closed = False
 
     def send(self, message: Any) -> None:
-        if self.closed:
+        if self.closed or self.writer.is_closing():
+            self.closed = True
             return
         try:
             self.writer.write(encode_frame(message))
@@ -165,23 +166,26 @@ class Listener:
         self.counters = counters
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
 
     async def close(self) -> None:
+        """Stop accepting and end every connection by closing its socket (cancelling the
+        handler tasks instead makes asyncio log each one as an error)."""
         if self.server is not None:
             self.server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        for writer in list(self._writers):
+            writer.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._serve(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -199,6 +203,7 @@ class Listener:
         finally:
             if task is not None:
                 self._tasks.discard(task)
+            self._writers.discard(writer)
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -98,14 +98,14 @@ class Cluster:
 
     def client(self, **kwargs: Any) -> LedgerClient:
         kwargs.setdefault("request_timeout_s", 0.5)
-        kwargs.setdefault("timeout_s", 20.0)
+        kwargs.setdefault("timeout_s", 60.0)
         return LedgerClient.from_cluster_file(self.dir / "cluster.json", self.user, **kwargs)
 
     async def statuses(self) -> list[dict[str, Any]]:
         return await _statuses([(r.host, r.port) for r in self.config.replicas], 3.0)
 
     async def wait_for(
-        self, replicas: list[int], predicate: Any, timeout_s: float = 20.0
+        self, replicas: list[int], predicate: Any, timeout_s: float = 60.0
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -118,7 +118,7 @@ class Cluster:
                 raise AssertionError(f"cluster did not reach the condition: {chosen}")
             await asyncio.sleep(0.1)  # polling real processes, not standing in for a clock
 
-    async def converge(self, replicas: list[int], timeout_s: float = 20.0) -> list[dict[str, Any]]:
+    async def converge(self, replicas: list[int], timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """Wait until these replicas report one height, head and state digest."""
 
         def same(ss: list[dict[str, Any]]) -> bool:

@@ -19,7 +19,7 @@ from ledger.tx import SignedTx, sign_tx
 from ledger_client import LedgerClient, QueryFailed, RejectedError, SyncLedgerClient
 from tests.ledger.cluster_harness import ROOT, Cluster
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture

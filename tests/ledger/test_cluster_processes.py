@@ -24,7 +24,7 @@ from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient
 from tests.ledger.cluster_harness import Cluster
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 async def load(
