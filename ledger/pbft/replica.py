@@ -242,7 +242,8 @@ class Replica:
         if not self.keyring.known(sender) or sender == self.me:
             self._count("rejected_unknown_sender")
             return out
-        if msg.replica != sender:
+        if msg.replica != sender and not isinstance(msg, NewView):
+            # (a NEW-VIEW is self-certifying and is relayed by any replica to one left behind)
             self._count("rejected_sender_mismatch")
             return out
         if isinstance(msg, Prepare):

@@ -329,3 +329,27 @@ def test_random_schedules_with_a_byzantine_replica(
     net.run(6000)
     assert all(net.committed(tx.tx_id) for tx in txs)
     _settled(net, txs)
+
+
+def test_a_new_view_relayed_by_a_backup_brings_a_lagging_replica_in() -> None:
+    def lose_new_view_to_3(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        return None if wire["t"] == "new-view" and dst == 3 else wire
+
+    net = Network(make_config(4, view_change_timeout_ms=100), tamper=lose_new_view_to_3)
+    net.crash(0)
+    txs = make_txs(4)
+    for tx in txs:
+        net.submit(tx, to=[1, 2, 3])
+    net.run(150)
+    while net.replicas[3].view != 1 or net.replicas[2].new_view_msg is None:
+        net.run(5)
+    lagger = net.replicas[3]
+    assert not lagger.active
+    nv = net.replicas[2].new_view_msg
+    assert nv is not None and nv.replica == 1
+    net.inject(3, nv.to_wire(), 2)  # relayed by replica 2, signed by primary 1
+    assert lagger.view == 1 and lagger.active
+    assert lagger.metrics.get("rejected_sender_mismatch", 0) == 0
+    net.run(500)
+    assert all(net.committed(tx.tx_id) for tx in txs)
+    _settled(net, txs)
