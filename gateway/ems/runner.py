@@ -124,6 +124,13 @@ class EmsRunner:
         self.requests.append(req)
         self._dirty = True
 
+    def set_tariff(self, tariff: Tariff) -> None:
+        """New community prices (e.g. from the ledger's ``params``): re-plan at the next step."""
+        self.tariff = tariff
+        if self.agent is not None:
+            self.agent.tariff = tariff
+        self._dirty = True
+
     def add_commitment(self, c: Commitment) -> None:
         self.commitments[c.listing_id] = c
         self._dirty = True

@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.ems.appliances import table8_path
 from tools.cli import main
@@ -86,3 +88,45 @@ def test_bench_prints_solve_time_and_savings(capsys):
     doc = json.loads(out)
     assert doc["appliances"] == 14 and doc["slots"] == 96 and doc["solve_s"] > 0
     assert doc["savings_vs_baseline_utok"] > 0 and doc["savings_vs_greedy_utok"] >= 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(alphabet="0123456789:-=. x", max_size=20))
+def test_any_dr_argument_parses_or_is_refused_clearly(text):
+    from datetime import date
+
+    from gateway.ems.cli import parse_dr
+    from gateway.ems.problem import PlanError
+
+    try:
+        req = parse_dr(text, date(2026, 6, 15))
+    except PlanError as exc:
+        assert "request" in str(exc) or "W" in str(exc)
+        return
+    assert req.end > req.start and req.max_w >= 0
+
+
+@settings(max_examples=12, deadline=None)
+@given(start=st.integers(0, 95), length=st.integers(1, 24), max_w=st.integers(0, 8000))
+def test_table8_plans_under_any_request_honour_every_constraint(start, length, max_w):
+    from datetime import date, datetime, timedelta
+
+    from gateway.ems.appliances import table8
+    from gateway.ems.milp import solve
+    from gateway.ems.plan import DrRequest, day_input
+    from gateway.ems.problem import PlanError, check
+    from gateway.ems.tariff import Tariff
+
+    apps, _ = table8("widen")
+    day = date(2026, 6, 15)
+    t1 = datetime(2026, 6, 15) + timedelta(minutes=15 * start)
+    t2 = min(t1 + timedelta(minutes=15 * length), datetime(2026, 6, 16))
+    base = [60] * 96
+    pv = [0] * 30 + [400] * 40 + [0] * 26
+    try:
+        inp = day_input(apps, base, pv, Tariff(), day, requests=[DrRequest(t1, t2, max_w)])
+        sol = solve(inp)
+    except PlanError as exc:
+        assert str(exc)
+        return
+    assert check(inp, sol.schedule) == []

@@ -258,3 +258,22 @@ async def test_impossible_limit_is_reported_not_raised(bad):
     runner = make(home, clock, **bad)
     report = await runner.step()
     assert not report.planned and report.errors and report.errors[0].startswith("plan:")
+
+
+async def test_unreadable_history_and_a_new_tariff():
+    clock = ManualClock(START_MS)
+    home = Home(clock, appliances())
+
+    def broken_history(meter: str, since: int, until: int) -> list[Row]:
+        raise OSError("database is locked")
+
+    runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv"),
+                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
+                       interval_history=broken_history)
+    report = await runner.step()
+    assert report.planned and any(e.startswith("history:") for e in report.errors)
+    await clock.set(clock.now_ms() + SLOT_MS)
+    assert not (await runner.step()).planned  # nothing changed: the hourly plan stands
+    runner.set_tariff(Tariff(retail_offpeak=50_000))
+    await clock.set(clock.now_ms() + SLOT_MS)
+    assert (await runner.step()).planned
