@@ -152,12 +152,12 @@ class BleNodeSource:
             )
         }
         out.update(self._stats)
-        out["connected"] = sum(
-            1
-            for link in self._links.values()
-            if link.client is not None and link.client.is_connected
-        )
+        out["connected"] = sum(1 for nid in self._links if self.is_connected(nid))
         return out
+
+    def is_connected(self, node_id: int) -> bool:
+        link = self._links.get(node_id)
+        return link is not None and link.client is not None and link.client.is_connected
 
     def node_stats(self, node_id: int) -> dict[str, int]:
         return dict(self._per_node[node_id])

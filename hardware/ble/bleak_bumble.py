@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
 from bleak.args import SizedBuffer
@@ -42,6 +42,9 @@ from hardware.ble.profile import GATEWAY_ADDRESS
 
 log = logging.getLogger(__name__)
 
+DISCONNECT_TIMEOUT_S = 2.0
+CONNECT_AFTER_ADVERT_S = 2.0
+ORPHAN_AFTER_S = 1.0
 DEFAULT_MTU = 247  # what BlueZ asks for; the node profile needs at least min_mtu
 _T = TypeVar("_T")
 
@@ -74,6 +77,8 @@ class BumbleCentral:
         self._start_lock = asyncio.Lock()
         self.connect_lock = asyncio.Lock()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._claimed: set[Connection] = set()
+        self._reapers: set[asyncio.Task[None]] = set()
 
     @classmethod
     def on_link(cls, link: LocalLink, address: str = GATEWAY_ADDRESS) -> BumbleCentral:
@@ -92,9 +97,36 @@ class BumbleCentral:
             if self._started:
                 return
             self.device.on(Device.EVENT_ADVERTISEMENT, self._on_advertisement)
+            self.device.on(Device.EVENT_CONNECTION, self._on_connection)
             await self.device.power_on()
             await self.device.start_scanning(active=False, filter_duplicates=False)
             self._started = True
+
+    def claim(self, connection: Connection) -> None:
+        """A client owns this connection (see ``_reap``)."""
+        self._claimed.add(connection)
+        connection.on(
+            Connection.EVENT_DISCONNECTION, lambda _reason: self._claimed.discard(connection)
+        )
+
+    def _on_connection(self, connection: Connection) -> None:
+        asyncio.get_running_loop().call_later(ORPHAN_AFTER_S, self._reap, connection)
+
+    def _reap(self, connection: Connection) -> None:
+        """A connection that completed after its connect call had already given up (the
+        controller connected just as the host cancelled) belongs to nobody; left open, the
+        peripheral would never advertise again. BlueZ drops such links; so does this."""
+        if connection in self._claimed or connection.handle not in self.device.connections:
+            return
+        log.info("dropping an unclaimed connection to %s", connection.peer_address)
+        task = asyncio.get_running_loop().create_task(self._drop(connection))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    @staticmethod
+    async def _drop(connection: Connection) -> None:
+        with contextlib.suppress(core.BaseBumbleError, TimeoutError):
+            await asyncio.wait_for(connection.disconnect(), DISCONNECT_TIMEOUT_S)
 
     def _on_advertisement(self, advertisement: Advertisement) -> None:
         key = advertisement.address.to_string(False)
@@ -150,6 +182,7 @@ class BumbleBleakClient(BaseBleakClient):
         self._proxies: dict[int, CharacteristicProxy[bytes]] = {}
         self._subscriptions: dict[int, Callable[[bytes], None]] = {}
         self._disconnecting = False
+        self._lost: asyncio.Future[None] | None = None
 
     # -- connection ------------------------------------------------------------------------
     @property
@@ -176,12 +209,16 @@ class BumbleBleakClient(BaseBleakClient):
             )
         async with central.connect_lock:
             try:
+                # The peer was just heard advertising, so the controller connects at its next
+                # advertisement; allow a little more than a short caller timeout.
                 connection = await central.device.connect(
-                    hci.Address(self.address), timeout=timeout
+                    hci.Address(self.address), timeout=max(timeout, CONNECT_AFTER_ADVERT_S)
                 )
             except (core.BaseBumbleError, hci.HCI_Error) as exc:
                 raise BleakError(f"connecting to {self.address} failed: {exc}") from exc
+            central.claim(connection)
         self._connection = connection
+        self._lost = asyncio.get_running_loop().create_future()
         connection.on(Connection.EVENT_DISCONNECTION, self._on_disconnection)
         try:
             self._peer = Peer(connection)
@@ -193,6 +230,8 @@ class BumbleBleakClient(BaseBleakClient):
 
     def _on_disconnection(self, _reason: int) -> None:
         unsolicited = not self._disconnecting
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         self._connection = None
         self._peer = None
         self._subscriptions.clear()
@@ -205,10 +244,13 @@ class BumbleBleakClient(BaseBleakClient):
             return
         self._disconnecting = True
         try:
+            # Bounded: a link that vanished under us must not hold the caller.
             with contextlib.suppress(core.BaseBumbleError, hci.HCI_Error, TimeoutError):
-                await connection.disconnect()
+                await asyncio.wait_for(connection.disconnect(), DISCONNECT_TIMEOUT_S)
         finally:
             self._disconnecting = False
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(None)
             self._connection = None
             self._peer = None
 
@@ -262,21 +304,34 @@ class BumbleBleakClient(BaseBleakClient):
             raise BleakError(f"characteristic {characteristic.uuid} not discovered")
         return proxy
 
-    async def _guard(self, call: Awaitable[_T]) -> _T:
-        """Run one GATT operation, turning bumble's errors into bleak's. bumble cancels the
-        pending ATT request when the link drops; that must surface as a BleakError, not as a
-        cancellation of the caller's task (which nobody asked for)."""
-        task = asyncio.current_task()
+    async def _guard(self, call: Coroutine[Any, Any, _T]) -> _T:
+        """Run one GATT operation until it completes or the link drops, turning bumble's errors
+        into bleak's. A request sent just after the link dropped would otherwise wait for the
+        30 s ATT timeout, and bumble cancels a request pending at a drop, which must surface as a
+        BleakError rather than as a cancellation of the caller's task."""
+        lost = self._lost
+        if lost is None or lost.done():
+            call.close()
+            raise BleakError(f"not connected to {self.address}")
+        op: asyncio.Task[_T] = asyncio.ensure_future(call)
         try:
-            return await call
-        except ATT_Error as exc:
-            raise BleakGATTProtocolError(exc.error_code) from exc
-        except (core.BaseBumbleError, hci.HCI_Error) as exc:
-            raise BleakError(f"{self.address}: {exc}") from exc
+            either: list[asyncio.Future[Any]] = [op, lost]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            if task is not None and task.cancelling():
-                raise
-            raise BleakError(f"{self.address}: link lost during a GATT operation") from None
+            op.cancel()
+            raise
+        if not op.done():
+            op.cancel()
+            await asyncio.gather(op, return_exceptions=True)
+            raise BleakError(f"{self.address}: link lost during a GATT operation")
+        if op.cancelled():
+            raise BleakError(f"{self.address}: link lost during a GATT operation")
+        exc = op.exception()
+        if isinstance(exc, ATT_Error):
+            raise BleakGATTProtocolError(exc.error_code) from exc
+        if isinstance(exc, core.BaseBumbleError):
+            raise BleakError(f"{self.address}: {exc}") from exc
+        return op.result()
 
     async def read_gatt_char(
         self, characteristic: BleakGATTCharacteristic, *, use_cached: bool = False, **kwargs: Any

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import faulthandler
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,6 +197,9 @@ def _nodes_from_args(args: argparse.Namespace) -> list[tuple[int, bytes]]:
 
 
 def run_plug(args: argparse.Namespace) -> int:
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints where every thread is
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr not a real file
+            faulthandler.register(signal.SIGUSR1)
     try:
         nodes = _nodes_from_args(args)
     except ValueError as exc:

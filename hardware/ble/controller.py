@@ -19,9 +19,12 @@ from bumble.link import LocalLink
 from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink, Transport
 
+SUPERVISION_PERIOD_S = 0.25
+SUPERVISION_MISSES = 2
+
 
 class VirtualController(Controller):
-    """bumble's ``Controller`` with a working LE Create Connection Cancel.
+    """bumble's ``Controller`` with a working LE Create Connection Cancel and Disconnect.
 
     The stock virtual controller answers the cancel command with success but neither drops the
     pending connection nor reports it ended, so a host that times out a connection to an absent
@@ -49,6 +52,72 @@ class VirtualController(Controller):
         # After the Command Complete that the caller is about to queue, as a controller would.
         asyncio.get_running_loop().call_soon(self.send_hci_packet, event)
         return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+    def on_hci_disconnect_command(self, command: Any) -> None:
+        """A Disconnect for a handle the controller no longer has (the peer dropped the link a
+        moment earlier) is refused with "Unknown Connection Identifier" as the spec says (Vol 4,
+        Part E, 7.1.6); the stock controller reports it pending and never completes it, which
+        leaves the host waiting forever."""
+        handle = command.connection_handle
+        known = (
+            self.find_le_connection_by_handle(handle)
+            or self.find_classic_connection_by_handle(handle)
+            or self.find_classic_sco_link_by_handle(handle)
+        )
+        if known is None:
+            self._send_hci_command_status(
+                hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR, command.op_code
+            )
+            return
+        super().on_hci_disconnect_command(command)
+
+    # -- supervision timeout -----------------------------------------------------------------
+    # The virtual link has no connection events, so a link that one side dropped while the other
+    # was busy (both ends disconnecting at once, a connect indication racing the end of
+    # advertising) can stay half-open forever: one host thinks it is connected, the peripheral
+    # never advertises again. A real link ends by supervision timeout when the peer stops
+    # answering (Core spec Vol 6, Part B, 4.5.2); this does the same: a connection whose peer
+    # controller has no matching connection for SUPERVISION_MISSES checks is dropped with
+    # "Connection Timeout", and the host sees an ordinary disconnection.
+    _supervision: asyncio.TimerHandle | None = None
+    _misses: dict[int, int]
+
+    def create_le_connection(self, peer_address: hci.Address) -> None:
+        super().create_le_connection(peer_address)
+        self._supervise_soon()
+
+    def on_le_connect_ind(self, packet: Any) -> None:
+        super().on_le_connect_ind(packet)
+        self._supervise_soon()
+
+    def _supervise_soon(self) -> None:
+        if self._supervision is None:
+            loop = asyncio.get_running_loop()
+            self._supervision = loop.call_later(SUPERVISION_PERIOD_S, self._supervise)
+
+    def _supervise(self) -> None:
+        self._supervision = None
+        misses = getattr(self, "_misses", None)
+        if misses is None:
+            misses = self._misses = {}
+        for connection in list(self.le_connections.values()):
+            peer = self.link.find_le_controller(connection.peer_address)
+            alive = (
+                peer is not None
+                and peer is not self
+                and any(
+                    c.peer_address == connection.self_address for c in peer.le_connections.values()
+                )
+            )
+            if alive:
+                misses.pop(connection.handle, None)
+                continue
+            misses[connection.handle] = misses.get(connection.handle, 0) + 1
+            if misses[connection.handle] >= SUPERVISION_MISSES:
+                misses.pop(connection.handle, None)
+                self.on_le_disconnected(connection, hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR)
+        if self.le_connections:
+            self._supervise_soon()
 
 
 def local_device(link: LocalLink, name: str, address: str) -> Device:
