@@ -88,6 +88,7 @@ class BleNodeSource:
         clock: Clock | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         rng: random.Random | None = None,
+        silence_timeout_s: float | None = None,
     ) -> None:
         if reconnect_initial_s <= 0 or reconnect_max_s < reconnect_initial_s:
             raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
@@ -100,6 +101,9 @@ class BleNodeSource:
         self._max = reconnect_max_s
         self._sleep = sleep
         self._clock: Clock = clock if clock is not None else SystemClock()
+        if silence_timeout_s is not None and not silence_timeout_s > 0:
+            raise ValueError("silence_timeout_s must be positive (or None for no watchdog)")
+        self._silence_s = silence_timeout_s
         self._timeout = connect_timeout_s
         self._rng = rng if rng is not None else random.Random()
         self._stats: Counter[str] = Counter()
@@ -149,6 +153,7 @@ class BleNodeSource:
                 "sink_errors",
                 "commands",
                 "write_errors",
+                "silences",
             )
         }
         out.update(self._stats)
@@ -186,6 +191,22 @@ class BleNodeSource:
             attempt += 1
             await self._sleep(delay)
 
+    async def _watch_silence(self, node_id: int, dropped: asyncio.Event) -> None:
+        """End the session (as a drop) when a connected node sends nothing for a whole
+        ``silence_timeout_s``: a node whose firmware hung behind a live radio link is only
+        revived by a reconnect (and the failure shows in the counters)."""
+        assert self._silence_s is not None
+        seen = self._per_node[node_id]["notifications"]
+        while True:
+            await self._sleep(self._silence_s)
+            now = self._per_node[node_id]["notifications"]
+            if now == seen:
+                self._count(node_id, "silences")
+                log.info("BLE node %d: silent for %s s, reconnecting", node_id, self._silence_s)
+                dropped.set()
+                return
+            seen = now
+
     async def _session(self, link: _Link, sink: FrameSink, reconnect: bool) -> bool:
         """Connect and stream until the link drops. True if a session was established."""
         node_id = link.node.node_id
@@ -218,8 +239,15 @@ class BleNodeSource:
             if reconnect:
                 self._count(node_id, "reconnects")
             link.client = client
-            if client.is_connected:
-                await dropped.wait()
+            watchdog = None
+            if self._silence_s is not None:
+                watchdog = asyncio.create_task(self._watch_silence(node_id, dropped))
+            try:
+                if client.is_connected:
+                    await dropped.wait()
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
             self._count(node_id, "drops")
             log.info("BLE node %d: link dropped", node_id)
             return True

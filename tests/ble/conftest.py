@@ -76,7 +76,7 @@ class World:
         return BleNodeSource(
             self.nodes(ids),
             backend=self.backend(),
-            sleep=self.fake_sleep,
+            sleep=kw.pop("sleep", self.fake_sleep),  # type: ignore[arg-type]
             clock=self.clock,
             connect_timeout_s=kw.pop("connect_timeout_s", 1.0),  # type: ignore[arg-type]
             **kw,  # type: ignore[arg-type]

@@ -236,3 +236,40 @@ async def test_cancelling_run_disconnects_every_node(world: World) -> None:
     await stop(task)
     await eventually(lambda: not any(p.connected for p in world.plugs.values()))
     assert source.stats()["connected"] == 0
+
+
+async def test_a_silent_node_is_reconnected_by_the_watchdog_on_the_injected_clock(
+    world: World,
+) -> None:
+    sink = received()
+    clock = world.clock
+    source = world.source(
+        [1], sleep=clock.sleep, silence_timeout_s=30.0, reconnect_initial_s=1.0, reconnect_max_s=8.0
+    )
+    task = await running(source, sink)
+    plug = world.plugs[1]
+    try:
+        await eventually(lambda: source.stats()["connected"] == 1)
+        for _ in range(7):  # 70 s of readings every 10 s: the watchdog stays quiet
+            await clock.advance(10_000)
+            await plug.tick()
+            await sink.until(
+                lambda: len(sink.raw) == len(sink.of(1)) and plug.notified == len(sink.raw)
+            )
+        assert source.stats()["silences"] == 0
+        plug.faults.silent = True  # the radio link stays up, the node sends nothing
+        for _ in range(7):
+            await clock.advance(10_000)
+            await plug.tick()
+        await eventually(lambda: source.stats()["silences"] == 1)
+        assert source.stats()["drops"] == 1
+        plug.faults.silent = False
+        await clock.advance(1_000)  # the first backoff is at most reconnect_initial_s
+        await eventually(lambda: source.stats()["reconnects"] == 1)
+        await eventually(lambda: source.stats()["connected"] == 1)
+        before = len(sink.of(1))
+        await clock.advance(10_000)
+        await plug.tick()
+        await sink.until(lambda: len(sink.of(1)) == before + 1)
+    finally:
+        await stop(task)
