@@ -1,18 +1,21 @@
 """``wattmesh bench ems``: MILP solve time for Table 8 over 96 slots, and savings against the
-uncontrolled baseline and the greedy heuristic. Prints JSON."""
+uncontrolled baseline and the greedy heuristic. Prints JSON. The headline figures are a prosumer
+(3 kWp) on the bench date with its ridge forecasts; ``cases`` repeats the comparison for a
+consumer, a producer (10 kWp) and a prosumer under a demand-response request."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
-from gateway.ems.appliances import REPAIRS, table8
+from gateway.ems.appliances import REPAIRS, Appliance, table8
 from gateway.ems.milp import native_stdout_to_stderr, solve
-from gateway.ems.plan import compare
+from gateway.ems.plan import DrRequest, compare
 from gateway.ems.scenario import household_day, scenario_input
+from gateway.ems.synthetic import Kind
 from gateway.ems.tariff import Tariff
 
 
@@ -40,6 +43,34 @@ def run(day: date, repeats: int, repair: str) -> dict[str, Any]:
         "peak_import_w": {k: v["peak_import_w"] for k, v in result.metrics.items()},
         "self_consumption": {k: v["self_consumption"] for k, v in result.metrics.items()},
         "cost_plan_utok": plan["cost_utok"],
+        "cases": [_case(apps, day, kind, dr) for kind, dr in CASES],
+    }
+
+
+CASES: tuple[tuple[Kind, tuple[int, int, int] | None], ...] = (
+    ("consumer", None),
+    ("producer", None),
+    ("prosumer", (2, 4, 2500)),  # the operator asks for at most 2.5 kW from 02:00 to 04:00
+)
+
+
+def _case(apps: list[Appliance], day: date, kind: Kind, dr: tuple[int, int, int] | None
+          ) -> dict[str, Any]:
+    requests = []
+    if dr is not None:
+        start = datetime(day.year, day.month, day.day, dr[0])
+        requests.append(DrRequest(start, start.replace(hour=dr[1]), dr[2]))
+    inp = scenario_input(apps, household_day(day, kind=kind), Tariff(), requests=requests)
+    result = compare(inp)
+    savings = result.savings()
+    return {
+        "household": kind,
+        "request": None if dr is None else f"{dr[0]:02d}:00-{dr[1]:02d}:00<={dr[2]}W",
+        "solve_s": round(result.solve_s, 4),
+        "savings_vs_baseline_utok": savings["vs_baseline_utok"],
+        "savings_vs_greedy_utok": savings.get("vs_greedy_utok"),  # None: greedy found no plan
+        "peak_import_w": {k: v["peak_import_w"] for k, v in result.metrics.items()},
+        "self_consumption": {k: v["self_consumption"] for k, v in result.metrics.items()},
     }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway.ems.appliances import Appliance
 from gateway.ems.plan import Commitment, DrRequest
-from gateway.ems.problem import IntArray, Job, PlanError, PlanInput
+from gateway.ems.problem import PEAK_WEIGHT, IntArray, Job, PlanError, PlanInput
 from gateway.ems.tariff import Tariff
 from gateway.ems.timegrid import (
     SLOT_MIN,
@@ -171,7 +171,7 @@ def horizon_input(
     requests: Sequence[DrRequest] = (),
     commitments: Mapping[str, Commitment] | None = None,
     community_price: Mapping[str, int] | None = None,
-    peak_weight: float = 0.001,
+    peak_weight: float = PEAK_WEIGHT,
 ) -> tuple[PlanInput, dict[str, str], list[str]]:
     """A plan input over ``len(base_wh)`` slots from absolute slot ``t0``; price groups are the
     delivery hours, named by listing id in the labels."""

@@ -19,6 +19,7 @@ from gateway.ems.appliances import Appliance
 from gateway.ems.greedy import baseline, greedy
 from gateway.ems.milp import solve
 from gateway.ems.problem import (
+    PEAK_WEIGHT,
     IntArray,
     Job,
     PlanError,
@@ -128,7 +129,7 @@ def day_input(
     requests: Sequence[DrRequest] = (),
     community: Community | None = None,
     commitments: Sequence[Commitment] = (),
-    peak_weight: float = 0.001,
+    peak_weight: float = PEAK_WEIGHT,
 ) -> PlanInput:
     """Inputs of a one-day plan (96 slots from midnight UTC of ``day``)."""
     n = SLOTS_PER_DAY

@@ -21,6 +21,12 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+# Micro-tokens per mWh of the day's highest slot import: 5 micro-tokens per Wh, a few thousand
+# micro-tokens for a kilowatt of peak. Enough to matter beyond the solver's optimality gap, so
+# that among plans of (almost) equal cost the flattest wins, as in the paper's Figure 8.
+PEAK_WEIGHT = 0.005
+
+
 class PlanError(ValueError):
     """Inputs that contradict each other or admit no plan; the message says which and why."""
 
@@ -70,7 +76,7 @@ class PlanInput:
     community_sell_mwh: IntArray  # per group: energy the community is expected to buy from us
     bought_mwh: IntArray  # per group: already bought in a cleared listing (paid, sunk)
     sold_mwh: IntArray  # per group: already sold in a cleared listing (shortfall costs retail)
-    peak_weight: float = 0.001  # micro-tokens per mWh of the highest slot import (tie-breaker)
+    peak_weight: float = PEAK_WEIGHT
     labels: tuple[str, ...] = field(default=())  # optional slot names for messages
 
     @property
