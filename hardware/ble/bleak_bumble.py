@@ -395,15 +395,15 @@ _REMOTE: dict[tuple[int, str], BumbleCentral] = {}
 
 
 def backend_from_spec(spec: str | None) -> type[BaseBleakClient] | None:
-    """Parse a backend setting: ``None``/``""``/``"platform"`` -> None (bleak's platform backend,
-    BlueZ on a Pi); ``"bumble:<transport spec>"`` -> a bumble backend on that HCI transport, one
-    host per event loop and spec, opened on first connect."""
-    if spec is None or spec in ("", "platform"):
+    """Parse a backend setting: ``None``/``""``/``"bleak"``/``"platform"`` -> None (bleak's
+    platform backend, BlueZ on a Pi); ``"bumble:<transport spec>"`` -> a bumble backend on that
+    HCI transport, one host per event loop and spec, opened on first connect."""
+    if spec is None or spec in ("", "platform", "bleak"):
         return None
     scheme, _, transport_spec = spec.partition(":")
     if scheme != "bumble" or not transport_spec:
         raise BackendSpecError(
-            f"BLE backend {spec!r}: expected 'platform' or 'bumble:<transport>'"
+            f"BLE backend {spec!r}: expected 'bleak' or 'bumble:<transport>'"
             " such as 'bumble:tcp-client:127.0.0.1:9001'"
         )
     kind = transport_spec.partition(":")[0]

@@ -150,6 +150,7 @@ def test_backend_spec_parsing() -> None:
     assert backend_from_spec(None) is None
     assert backend_from_spec("") is None
     assert backend_from_spec("platform") is None
+    assert backend_from_spec("bleak") is None  # the gateway config's name for it
     cls = backend_from_spec("bumble:tcp-client:127.0.0.1:9001")
     assert cls is not None and cls.__name__ == "BumbleBleakClient"
     for bad in ("bumble", "bumble:", "bluez", "bumble:carrier-pigeon:1", "x:tcp-client:1:2"):
