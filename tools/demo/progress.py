@@ -40,13 +40,12 @@ class Progress:
         self._draw()
 
     def header(self) -> None:
-        self.say(
-            "hour   offers   bids   MCP €/kWh   traded kWh   grid import kWh   grid export kWh"
-        )
+        self.say(f"{'hour':<16}  {'offers':>6} {'bids':>6}   {'MCP €/kWh':>9}   "
+                 f"{'traded kWh':>10}   {'grid import kWh':>15}   {'grid export kWh':>15}")
 
     def hour_line(self, label: str, offers: int, bids: int, mcp: int | None, traded_wh: int,
                   import_wh: int, export_wh: int, note: str = "") -> None:
-        line = (f"{label}  {offers:6d} {bids:6d}   {price(mcp):>9}   {kwh(traded_wh):>10}"
+        line = (f"{label:<16}  {offers:6d} {bids:6d}   {price(mcp):>9}   {kwh(traded_wh):>10}"
                 f"   {kwh(import_wh):>15}   {kwh(export_wh):>15}")
         if note:
             line += f"   {note}"

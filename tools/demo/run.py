@@ -126,6 +126,7 @@ class DemoRun:
         self.clock = ManualClock(0)
         self.fault_plan: list[tuple[int, Any]] = []
         self.relay_state: dict[tuple[str, str], bool] = {}
+        self.hour_notes: dict[int, list[str]] = {}
         self.vm: VmNode | None = None
         self.mqtt_port = 0
         self.listings: list[str] = []
@@ -320,6 +321,9 @@ class DemoRun:
         opts = self.opts
         self.record.timings["setup_s"] = round(time.monotonic() - t0, 2)
         await self.snapshot_balances("start")
+        for part, how in sorted(self.record.parts.items()):
+            self.progress.say(f"  {part}: {how}")
+        self.progress.say("")
         self.progress.header()
         for k in range(opts.hours):
             await self.hour(k)
@@ -362,9 +366,11 @@ class DemoRun:
         result.relay_actions = await self.deliver(k, day, hod, book)
         self.unsettled.append(listing_id)
         await self.settle_pending()
+        if k in self.hour_notes:
+            result.note = "fault: " + ", ".join(self.hour_notes[k])
         self.record.hours.append(result)
         await self.snapshot_balances(f"{hod:02d}:00" if k < 24 else listing_id[5:])
-        self.progress.hour_line(listing_id.replace("T", " "), len(book.offers),
+        self.progress.hour_line(f"{day.isoformat()} {hod:02d}:00", len(book.offers),
                                 len(book.bids), result.mcp, result.traded_wh,
                                 result.grid_import_wh, result.grid_export_wh, result.note)
 
@@ -439,6 +445,7 @@ class DemoRun:
             f = Fault(kind, (t - self.day0_ms) // HOUR_MS, self.sim_label(t), detail)
             self.record.faults.append(f)
             faults[kind] = f
+            self.hour_notes.setdefault(f.hour_index, []).append(kind)
             return f
 
         async def kill(t: int) -> None:
