@@ -170,3 +170,35 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
+
+
+def test_wattmesh_emulate_plug_is_wired_into_the_wattmesh_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tools.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["emulate", "plug", "--node", "1:00"])
+    assert exit_.value.code == 2
+    assert "32 bytes" in capsys.readouterr().err
+    assert main(["emulate", "plug"]) == 2
+
+
+async def test_plug_process_stops_by_itself_after_its_duration() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hardware.ble.cli",
+        "plug",
+        "--hci",
+        "tcp-server:127.0.0.1:0",
+        "--node",
+        f"3:{KEYS[3].hex()}",
+        "--duration-s",
+        "0.3",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    hello = json.loads(out.decode().splitlines()[0])
+    assert hello["backend"].startswith("bumble:tcp-client:127.0.0.1:")
