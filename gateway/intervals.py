@@ -139,7 +139,10 @@ class IntervalAggregator:
         flags = 0
         if cur >= prev:
             delta = cur - prev
-        elif m.spec.modulus_mwh is not None and prev > m.spec.modulus_mwh // 2 > cur:
+        elif (
+            m.spec.modulus_mwh is not None
+            and m.spec.modulus_mwh > prev > m.spec.modulus_mwh // 2 > cur
+        ):
             delta, flags = cur + m.spec.modulus_mwh - prev, ROLLOVER
         else:
             delta, flags = cur, RESET
@@ -164,6 +167,10 @@ class IntervalAggregator:
         if m.open_start is None:
             m.open_start = self._start(t_ms)
         extra = RESTORED if restored else 0
+        modulus = m.spec.modulus_mwh
+        if m.last_ts is None and modulus is not None and max(import_mwh, export_mwh) >= modulus:
+            self.rejected += 1
+            return False
         if m.last_ts is None:
             m.last_ts, m.last_imp, m.last_exp = t_ms, import_mwh, export_mwh
             b = self._bucket(m, max(self._start(t_ms), m.open_start))
@@ -171,6 +178,11 @@ class IntervalAggregator:
             b.flags |= extra
             return True
         dt = t_ms - m.last_ts
+        if modulus is not None and (import_mwh >= modulus or export_mwh >= modulus):
+            # A counter beyond where it wraps cannot be real: never count it, never rebase on it.
+            self._bucket(m, max(self._start(t_ms), m.open_start)).flags |= IMPLAUSIBLE
+            self.rejected += 1
+            return False
         imp = self._advance(m, m.last_imp, import_mwh, dt)
         exp = self._advance(m, m.last_exp, export_mwh, dt)
         if imp is None or exp is None:

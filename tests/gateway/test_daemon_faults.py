@@ -84,10 +84,11 @@ async def test_meter_serving_wrong_values_is_flagged_not_counted(tmp_path: Path)
     run = asyncio.create_task(gw.run())
     bus = gw.buses[0]
     try:
-        for minute in range(16):
+        await until(lambda: bus.counts["cycles"] >= 1, what="the first poll")
+        for minute in range(1, 17):  # each poll runs with the fault set before it, no race
             meter.faults = Faults("wrong") if minute in (5, 6) else Faults()
-            await until(lambda m=minute: bus.counts["cycles"] >= m + 1, what="a poll cycle")
             await clock.advance(60_000)
+            await until(lambda m=minute: bus.counts["cycles"] >= m + 1, what="a poll cycle")
         (first,) = gw.interval_history("ev", T0 - 1_000, T0 + INTERVAL_MS)
         assert first.flags & iv.IMPLAUSIBLE and not first.flags & iv.RESET
         # wrong values cost nothing: 1.2 kW over the 899 s seen, to within the PZEM's 1 Wh

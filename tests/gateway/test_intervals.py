@@ -78,6 +78,18 @@ def test_implausible_jump_is_dropped_then_rebased() -> None:
     assert d.flags & iv.REBASED and d.import_wh == 7
 
 
+def test_values_beyond_the_modulus_are_never_a_baseline() -> None:
+    mod = 10_000_000 * 1000  # the PZEM wraps at 9999.99 kWh
+    a = agg(modulus_mwh=mod, max_power_w=23_000)
+    a.sample("m", T0 + MIN, 50_000_000, 0)
+    for k in range(4):  # a meter serving garbage (2**32 - 1 Wh) for longer than REBASE_AFTER
+        assert not a.sample("m", T0 + (2 + k) * MIN, (2**32 - 1) * 1000, 0)
+    assert a.sample("m", T0 + 7 * MIN, 50_120_000, 0)
+    (c,) = a.tick(T0 + INTERVAL_MS)
+    assert c.import_wh == 120 and c.flags & iv.IMPLAUSIBLE
+    assert not c.flags & (iv.ROLLOVER | iv.REBASED)
+
+
 def test_gap_marks_missing_interval_and_carries_energy_forward() -> None:
     a = agg()
     a.sample("m", T0 + MIN, 0, 0)
@@ -133,3 +145,33 @@ def test_energy_is_conserved(steps: list[tuple[int, int, int]]) -> None:
     assert sum(c.export_wh for c in closed) * 1000 + held_exp == exp
     starts = [c.start_ms for c in closed]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([None, 10_000_000_000, 2**64]),
+    st.lists(
+        st.tuples(
+            st.integers(-5, 20 * MIN),
+            st.integers(-1, 2**64 + 5),
+            st.integers(-1, 2**33),
+        ),
+        max_size=30,
+    ),
+)
+def test_hostile_counter_sequences_never_report_negative_energy(
+    modulus: int | None, steps: list[tuple[int, int, int]]
+) -> None:
+    a = agg(modulus_mwh=modulus, max_power_w=23_000)
+    t = T0
+    closed: list[iv.Interval] = []
+    for dt, imp, exp in steps:
+        t += dt
+        a.sample("m", t, imp, exp)
+        closed += a.tick(t)
+    closed += a.tick(t + 2 * INTERVAL_MS)
+    assert all(c.import_wh >= 0 and c.export_wh >= 0 for c in closed)
+    # and never more than the meter's maximum power allows (plus the 1 Wh granularity slack)
+    assert all(
+        c.import_wh <= 23_000 * 2 * (INTERVAL_MS + 20 * MIN) // 3_600_000 + 2 for c in closed
+    )
