@@ -71,7 +71,10 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     init_cluster(
         directory,
         args.replicas,
-        timers={"view_change_ms": args.view_change_ms, "request_timeout_ms": 1000},
+        timers={
+            "view_change_ms": args.view_change_ms,
+            "request_timeout_ms": args.request_timeout_ms,
+        },
         batch={"max_txs": args.batch_max, "max_delay_ms": args.batch_delay_ms},
         checkpoint_interval=args.checkpoint_interval,
     )
@@ -125,6 +128,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         for c in clients:
             await c.start()
         cpu0 = {i: _cpu_seconds(proc.pid) for i, proc in procs.items()}
+        client_cpu0 = time.process_time()
 
         async def worker(client: LedgerClient) -> None:
             nonlocal next_tx, failed
@@ -151,6 +155,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         await asyncio.gather(
             *(worker(clients[k % len(clients)]) for k in range(args.clients * args.window))
         )
+        client_cpu = time.process_time() - client_cpu0
         elapsed = min(time.perf_counter(), stop_at) - started
         drained = time.perf_counter() - started
         kill_task.cancel()
@@ -200,6 +205,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "window": args.window,
         "batch_max": args.batch_max,
         "cores": os.cpu_count(),
+        "client_cpu_ms_per_tx": round(1000 * client_cpu / max(committed, 1), 3),
         "replica_cpu_ms_per_tx": {
             str(i): round(1000 * (cpu[i] - cpu0.get(i, 0.0)) / max(committed, 1), 3) for i in cpu
         },
@@ -248,7 +254,8 @@ def register_bench(bench_subparsers: Any) -> None:
     p.add_argument("--kill-primary-after", type=_pos_float, default=None, metavar="T")
     p.add_argument("--batch-max", type=_pos_int, default=400)
     p.add_argument("--batch-delay-ms", type=_pos_int, default=5)
-    p.add_argument("--view-change-ms", type=_pos_int, default=1000)
+    p.add_argument("--view-change-ms", type=_pos_int, default=2000)
+    p.add_argument("--request-timeout-ms", type=_pos_int, default=3000, help="client re-send")
     p.add_argument("--checkpoint-interval", type=_pos_int, default=64)
     p.add_argument("--rate-cap", type=_pos_int, default=6000, help="pre-signed txs per second")
     p.add_argument("--max-txs", type=_pos_int, default=100_000, help=argparse.SUPPRESS)

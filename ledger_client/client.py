@@ -2,8 +2,9 @@
 
 ``submit`` sends the full request to the replica it believes is primary and a small ``await`` to
 the others (so every replica knows where to send its reply), then waits for f+1 matching replies.
-If none arrive within ``request_timeout_s`` it re-sends the full request to every replica, so a
-dead or faulty primary loses nothing: the backups forward it and time the primary out. The
+If none arrive within ``request_timeout_s`` it re-sends the full request to every replica (and
+again after twice that wait, and so on, until ``timeout_s``), so a dead or faulty primary loses
+nothing: the backups forward it and time the primary out. The
 transaction id is fixed by the signed transaction, so a retry (even from a new process after a
 crash) can only ever be ordered once; a replica that already executed it answers with the
 original receipt.
@@ -219,14 +220,16 @@ class LedgerClient:
                         conn.request(wire)
                     else:
                         conn.await_reply(tx_id)
+                wait_s = self.request_timeout_s
                 while True:
                     try:
-                        reply = await asyncio.wait_for(
-                            asyncio.shield(pending.done), self.request_timeout_s
-                        )
+                        reply = await asyncio.wait_for(asyncio.shield(pending.done), wait_s)
                         return {"tx_id": tx_id, "height": reply["h"], "receipt": reply["receipt"]}
                     except TimeoutError:
+                        # re-send to every replica; back off so an overloaded cluster is not
+                        # flooded with copies of what it is already working on
                         self.resends += 1
+                        wait_s *= 2
                         for conn in self._conns:
                             conn.request(wire)
         except TimeoutError as exc:

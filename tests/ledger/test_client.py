@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ledger.cluster import load_cluster
 from ledger.keys import load_key, new_key, public_hex
 from ledger.setup import init_cluster
 from ledger.tx import SignedTx, sign_tx
@@ -35,9 +37,13 @@ def community(tmp_path: Path):  # type: ignore[no-untyped-def]
         start_new_session=True,
     )
     yield d
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=20)
+    assert proc.poll() is None, "the cluster supervisor died"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    # every replica it started is gone: their ports accept nothing
+    for replica in load_cluster(d / "cluster.json").replicas:
+        with pytest.raises(OSError):
+            socket.create_connection((replica.host, replica.port), timeout=1).close()
 
 
 def test_sync_client_with_the_real_contract(community: Path) -> None:
