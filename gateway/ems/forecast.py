@@ -81,7 +81,13 @@ def _features(y: FloatArray, origin: int, horizon: int, start: datetime) -> Floa
     weekend = (weekday >= 5).astype(np.float64)
     angle = 2 * np.pi * slot / SLOTS_PER_DAY
     level = np.full(horizon, y[origin - SLOTS_PER_DAY:origin].mean())
-    cols = [np.ones(horizon), lag_day, lag_week, same.mean(axis=0), same.max(axis=0), level]
+    envelope = same.max(axis=0)
+    # the envelope scaled by how the last known day compared with the best of the week: for PV,
+    # yesterday's clearness applied to a clear-sky shape, free of yesterday's passing clouds
+    days = y[origin - 7 * SLOTS_PER_DAY:origin].reshape(7, SLOTS_PER_DAY).sum(axis=1)
+    ratio = days[-1] / days.max() if days.max() > 0 else 0.0
+    cols = [np.ones(horizon), lag_day, lag_week, same.mean(axis=0), envelope, level,
+            envelope * ratio]
     for h in range(1, HARMONICS + 1):
         for wave in (np.sin(h * angle), np.cos(h * angle)):
             cols.append(wave)
