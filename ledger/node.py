@@ -37,6 +37,7 @@ from ledger.tx import SignedTx, TxError
 from ledger_client.protocol import LEDGER_QUERY_PREFIX
 
 MAX_WAITERS = 200_000
+WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re-sent or gone
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
 
 
@@ -90,6 +91,8 @@ class ReplicaNode:
                     replica_id, r.id, r.host, r.port, self.key, self.counters
                 )
         self.waiters: dict[str, set[ClientConn]] = defaultdict(set)
+        self.waiting_since: dict[str, int] = {}  # insertion order = age order
+        self.next_prune = clock() + WAITER_TTL_MS
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.executed_blocks = 0
@@ -105,6 +108,9 @@ class ReplicaNode:
             while not self.stopping.is_set():
                 now = self.clock()
                 self._perform(self.replica.on_tick(now))
+                if now >= self.next_prune:
+                    self.prune_waiters(now)
+                    self.next_prune = now + WAITER_TTL_MS // 10
                 deadline = self.replica.next_deadline()
                 wait_ms = tick_ms if deadline is None else max(0, min(tick_ms, deadline - now))
                 self.wake.clear()
@@ -190,7 +196,20 @@ class ReplicaNode:
         if len(self.waiters) >= MAX_WAITERS and tx_id not in self.waiters:
             self.counters["waiters_dropped"] += 1
             return
+        if tx_id not in self.waiters:
+            self.waiting_since[tx_id] = self.clock()
         self.waiters[tx_id].add(conn)
+
+    def prune_waiters(self, now: int) -> None:
+        """Forget waits for transactions that never executed (refused, never ordered) so the
+        table cannot grow without bound; a client still interested re-sends."""
+        cutoff = now - WAITER_TTL_MS
+        for tx_id, since in list(self.waiting_since.items()):
+            if since > cutoff:
+                break
+            del self.waiting_since[tx_id]
+            if self.waiters.pop(tx_id, None) is not None:
+                self.counters["waiters_expired"] += 1
 
     def _on_client_closed(self, conn: ClientConn) -> None:
         # cheap enough: connections close rarely, waiters are pruned on every reply
@@ -199,6 +218,7 @@ class ReplicaNode:
             conns.discard(conn)
             if not conns:
                 del self.waiters[tx_id]
+                self.waiting_since.pop(tx_id, None)
 
     def _reply_if_executed(self, tx_id: str) -> None:
         found = self.state.receipt(tx_id)
@@ -221,6 +241,7 @@ class ReplicaNode:
                     link.send_frame(frame)
             elif isinstance(action, ReplyTo):
                 conns = self.waiters.pop(action.tx_id, None)
+                self.waiting_since.pop(action.tx_id, None)
                 if conns:
                     wire = action.reply.to_wire()
                     for conn in conns:

@@ -276,6 +276,8 @@ class PeerLink:
                 await self.task
 
     def send_frame(self, frame: bytes) -> None:
+        if len(self.queue) == MAX_QUEUED_FRAMES:
+            self.counters["frames_dropped"] += 1  # the oldest goes; the protocol re-sends
         self.queue.append(frame)
         self.wakeup.set()
 

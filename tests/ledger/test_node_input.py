@@ -4,13 +4,14 @@ out of it, every query gets an answer, and the replica still serves a good query
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.node import ReplicaNode
+from ledger.node import WAITER_TTL_MS, ReplicaNode
 from ledger.setup import init_cluster
 from ledger.transport import ClientConn, FrameDecoder, decode_payload
 from tests.ledger.toy_contract import make_contract
@@ -90,3 +91,22 @@ def test_any_client_message_is_handled(node: ReplicaNode, message: dict[str, Any
     )
     (answer,) = [decode_payload(p) for p in FrameDecoder().feed(bytes(good.data))]
     assert answer["ok"] and answer["value"] == 0
+
+
+def test_waits_for_transactions_that_never_execute_expire(tmp_path: Path) -> None:
+    now = [1_000_000]
+    d = tmp_path / "c"
+    init_cluster(d, 4, genesis={"toy": 1})
+    node = ReplicaNode(d, 1, make_contract, clock=lambda: now[0])
+    conn = ClientConn(cast(asyncio.StreamWriter, Capture()))
+    node._on_client(conn, {"t": "await", "tx_ids": ["ab" * 32, "cd" * 32]})
+    now[0] += WAITER_TTL_MS // 2
+    node._on_client(conn, {"t": "await", "tx_ids": ["ef" * 32]})
+    node.prune_waiters(now[0])
+    assert set(node.waiters) == {"ab" * 32, "cd" * 32, "ef" * 32}
+    now[0] += WAITER_TTL_MS // 2 + 1
+    node.prune_waiters(now[0])
+    assert set(node.waiters) == {"ef" * 32}
+    assert node.counters["waiters_expired"] == 2
+    node._on_client_closed(conn)
+    assert not node.waiters and not node.waiting_since
