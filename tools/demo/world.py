@@ -64,7 +64,7 @@ class Home:
 
 def build_community(households: int, seed: int) -> list[Home]:
     rng = random.Random(seed)
-    catalogue, _notes = table8(repair="clip")
+    catalogue, _notes = table8(repair="widen")  # the repair the EMS names for the demo
     n_pro = max(1, min(households - 1, round(households * PROSUMER_SHARE)))
     roles = ["prosumer"] * n_pro + ["consumer"] * (households - n_pro)
     rng.shuffle(roles)
