@@ -468,14 +468,17 @@ class Replica:
         self._accept_pre_prepare(pp.stripped(), batch, tuple(ids), out)
 
     def _accept_pre_prepare(
-        self, pp: PrePrepare, batch: Batch, ids: tuple[str, ...], out: list[Action]
+        self, pp: PrePrepare, batch: Batch | None, ids: tuple[str, ...], out: list[Action]
     ) -> None:
-        """Enter ``pp`` (without batch) into the log for the current view; backups prepare."""
+        """Enter ``pp`` (without batch) into the log for the current view; backups prepare.
+        ``batch`` is None only for a re-proposal (NEW-VIEW) whose batch this replica does not
+        hold: agreement needs only the digest; the block is fetched once committed."""
         slot = self._slot(pp.seq)
         slot.view, slot.pp, slot.digest = pp.view, pp.stripped(), pp.digest
         slot.prepared = slot.commit_sent = False
-        self.batches[pp.digest] = batch
-        self.batch_ids[pp.digest] = ids
+        if batch is not None:
+            self.batches[pp.digest] = batch
+            self.batch_ids[pp.digest] = ids
         for tx_id in ids:
             self.in_log[tx_id] = pp.seq
             self.queue.pop(tx_id, None)
@@ -555,7 +558,7 @@ class Replica:
         votes[msg.replica] = msg
         if (
             len(votes) >= self.cfg.quorum
-            and msg.digest != slot.digest
+            and (msg.digest != slot.digest or msg.digest not in self.batches)
             and msg.seq > self.last_executed
         ):
             # A quorum committed a batch this replica does not hold (an equivocating primary
@@ -585,7 +588,12 @@ class Replica:
             slot = self.slots.get(self.last_executed + 1)
             if slot is None or not slot.committed or slot.cert is None:
                 break
-            batch = self.batches[slot.digest]
+            batch = self.batches.get(slot.digest)
+            if batch is None:
+                # committed without the batch here (re-proposed in a NEW-VIEW): fetch the block
+                voters = [r for r, _ in slot.cert.commits]
+                self._start_fetch(slot.seq, voters, self.now, out)
+                break
             block = Block(
                 slot.seq,
                 batch.timestamp_ms,
@@ -726,10 +734,14 @@ class Replica:
             for seq, slot in sorted(self.slots.items())
             if seq > self.stable_seq and slot.proof is not None
         )
+        # Attach only batches not executed here: executed ones are in this replica's store
+        # (and others'), so a view change stays small even with a full window of batches.
         batches = {
             p.pre_prepare.digest: self.batches[p.pre_prepare.digest]
             for p in prepared
-            if p.pre_prepare.digest != NULL_DIGEST and p.pre_prepare.digest in self.batches
+            if p.pre_prepare.seq > self.last_executed
+            and p.pre_prepare.digest != NULL_DIGEST
+            and p.pre_prepare.digest in self.batches
         }
         vc = sign(
             ViewChange(new_view, self.stable_seq, self.stable_proof, prepared, self.me),
@@ -821,11 +833,6 @@ class Replica:
         if not self._valid_view_change(vc):
             self._count("rejected_bad_view_change")
             return
-        for proof in vc.prepared:
-            d = proof.pre_prepare.digest
-            if d != NULL_DIGEST and d not in vc.batches and d not in self.batches:
-                self._count("rejected_bad_view_change")  # cannot re-propose what is not attached
-                return
         self.vc_by_replica[vc.replica] = vc
         self.vc_batches.update(vc.batches)
         # Liveness: f+1 replicas want a higher view, so at least one correct one does: join.
@@ -860,8 +867,18 @@ class Replica:
         ]
         return min_s, entries
 
-    def _batch_for(self, digest: bytes, extra: Mapping[bytes, Batch]) -> Batch | None:
-        return extra.get(digest) or self.batches.get(digest) or self.vc_batches.get(digest)
+    def _batch_for(self, seq: int, digest: bytes, extra: Mapping[bytes, Batch]) -> Batch | None:
+        batch = extra.get(digest) or self.batches.get(digest) or self.vc_batches.get(digest)
+        if batch is None and seq <= self.last_executed:
+            stored = self.ex.blocks_from(seq, 1)
+            if stored and stored[0].batch_digest() == digest:
+                block = stored[0]
+                try:
+                    batch = Batch.from_wire({"ts": block.timestamp_ms, "txs": list(block.txs)})
+                except WireError:
+                    return None
+                self.batch_ids.setdefault(digest, block.ids())
+        return batch
 
     def _try_new_view(self, now_ms: int, out: list[Action]) -> None:
         vcs = tuple(
@@ -876,16 +893,26 @@ class Replica:
         vcs = tuple(sorted(vcs, key=lambda vc: vc.replica != self.me)[: self.cfg.quorum])
         min_s, entries = self._compute_o(vcs)
         batches: dict[bytes, Batch] = {}
-        for _, digest in entries:
+        attach: dict[bytes, Batch] = {}
+        missing: list[int] = []
+        for seq, digest in entries:
             if digest != NULL_DIGEST:
-                batch = self._batch_for(digest, {})
+                batch = self._batch_for(seq, digest, {})
                 if batch is None:
-                    self._count("new_view_missing_batch")
-                    return
+                    missing.append(seq)
+                    continue
                 batches[digest] = batch
+                if seq > self.last_executed:
+                    attach[digest] = batch  # executed ones can be fetched from any store
+        if missing:
+            # Every replica that prepared these has executed them (or it would have attached
+            # them): catch up first, then build the NEW-VIEW (retried when blocks arrive).
+            self._count("new_view_missing_batch")
+            self._start_fetch(max(missing), [vc.replica for vc in vcs], now_ms, out)
+            return
         pps = tuple(sign(PrePrepare(self.view, n, d, self.me), self.signer) for n, d in entries)
         nv = sign(NewView(self.view, tuple(vc.stripped() for vc in vcs), pps, self.me), self.signer)
-        nv = NewView(nv.view, nv.view_changes, nv.pre_prepares, self.me, nv.sig, batches)
+        nv = NewView(nv.view, nv.view_changes, nv.pre_prepares, self.me, nv.sig, attach)
         out.append(Broadcast(nv))
         self._enter_view(nv, vcs, min_s, batches, now_ms, out)
 
@@ -915,13 +942,11 @@ class Replica:
             self._count("rejected_bad_new_view")
             return
         batches: dict[bytes, Batch] = {}
-        for _, digest in entries:
+        for seq, digest in entries:
             if digest != NULL_DIGEST:
-                batch = self._batch_for(digest, nv.batches)
-                if batch is None:
-                    self._count("rejected_bad_new_view")
-                    return
-                batches[digest] = batch
+                batch = self._batch_for(seq, digest, nv.batches)
+                if batch is not None:
+                    batches[digest] = batch
         self._enter_view(nv, nv.view_changes, min_s, batches, now_ms, out)
 
     def _enter_view(
@@ -936,9 +961,7 @@ class Replica:
         self._count("new_views")
         self.view = nv.view
         self.active = True
-        self.new_view_msg = NewView(
-            nv.view, nv.view_changes, nv.pre_prepares, nv.replica, nv.sig, dict(batches)
-        )
+        self.new_view_msg = nv  # relayed as is to replicas left behind (bounded attachments)
         self.vc_deadline = None
         self.vc_by_replica = {r: vc for r, vc in self.vc_by_replica.items() if vc.view > nv.view}
         self.vc_batches = {}
@@ -959,13 +982,14 @@ class Replica:
             if slot is not None and slot.pp is not None and slot.digest != pp.digest:
                 self._discard_slot(pp.seq)
                 slot = None
-            batch = batches.get(pp.digest, NULL_BATCH)
-            ids = self.batch_ids.get(pp.digest)
-            if ids is None:
-                ids = tuple(fast_tx_id(tx) for tx in batch.txs)
-            for tx_id, tx, wire in zip(ids, batch.txs, batch.wires, strict=True):
-                if tx_id not in self.pending and pp.seq > self.last_executed:
-                    self.pending[tx_id] = (tx, wire)
+            batch = NULL_BATCH if pp.digest == NULL_DIGEST else batches.get(pp.digest)
+            ids: tuple[str, ...] = ()
+            if batch is not None:
+                known = self.batch_ids.get(pp.digest)
+                ids = known if known is not None else tuple(fast_tx_id(tx) for tx in batch.txs)
+                for tx_id, tx, wire in zip(ids, batch.txs, batch.wires, strict=True):
+                    if tx_id not in self.pending and pp.seq > self.last_executed:
+                        self.pending[tx_id] = (tx, wire)
             keep = self.slots.get(pp.seq)
             committed = keep.committed if keep else False
             cert = keep.cert if keep else None
@@ -1135,6 +1159,8 @@ class Replica:
             self.next_seq = max(self.next_seq, self.last_executed + 1)
             self._after_progress(out)
             self._execute_ready(out)
+            if not self.active and self.is_primary:
+                self._try_new_view(now_ms, out)  # it may have waited for these blocks
         if self.last_executed >= self.fetch_target:
             self.fetch_target = self.last_executed
             self.fetch_deadline = None

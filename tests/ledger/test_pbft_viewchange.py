@@ -196,3 +196,36 @@ def test_hostile_messages_never_break_a_running_replica(
 def test_fast_tx_id_is_the_tx_id(body: dict[str, Any], nonce: int, kind: str) -> None:
     tx = sign_tx(client_key(3), kind, body, nonce)
     assert fast_tx_id(tx) == tx.tx_id
+
+
+def test_view_change_carries_only_unexecuted_batches_and_laggers_fetch_the_rest() -> None:
+    # Replica 3 never sees view 0's pre-prepares or commits; 0, 1, 2 execute 3 batches.
+    def starve_3(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        if dst == 3 and wire["t"] in ("pre-prepare", "commit") and wire["v"] == 0:
+            return None
+        return wire
+
+    net = Network(
+        make_config(4, view_change_timeout_ms=200, batch_max=5, status_interval_ms=10_000),
+        tamper=starve_3,
+    )
+    txs = make_txs(15)
+    for tx in txs:
+        net.submit(tx)
+    net.run(100)
+    assert [r.last_executed for r in net.replicas] == [3, 3, 3, 0]
+    net.crash(0)
+    more = make_txs(5, start=15)
+    for tx in more:
+        net.submit(tx, to=[1, 2, 3])
+    net.run(1500)
+    nv = net.replicas[1].new_view_msg
+    assert nv is not None and [pp.seq for pp in nv.pre_prepares] == [1, 2, 3]
+    assert not nv.batches  # all three executed by the new primary: none attached
+    vc_2 = nv.view_changes[[vc.replica for vc in nv.view_changes].index(2)]
+    assert len(vc_2.prepared) == 3
+    lagger = net.replicas[3]
+    assert lagger.view == 1 and lagger.metrics["blocks_fetched"] >= 3
+    assert all(net.committed(tx.tx_id) for tx in txs + more)
+    assert divergence(net) == []
+    assert len({net.executors[i].state_digest() for i in (1, 2, 3)}) == 1
