@@ -162,9 +162,12 @@ def register(subparsers: Any) -> None:
     plan.add_argument("--plot", help="draw load before and after the plan into this PNG")
     plan.add_argument("--repair", choices=REPAIRS, default="strict",
                       help="what to do with rows whose working time does not fit their window")
-    plan.add_argument("--household", choices=KINDS, default="prosumer")
-    plan.add_argument("--seed", type=_positive_int, default=1)
-    plan.add_argument("--forecast", choices=("ridge", "naive", "actual"), default="ridge")
+    plan.add_argument("--household", choices=KINDS, default="prosumer",
+                      help="synthetic household whose meter history feeds the forecast of the "
+                           "rest of the home's load and of its PV")
+    plan.add_argument("--seed", type=_positive_int, default=1, help="household seed")
+    plan.add_argument("--forecast", choices=("ridge", "naive", "actual"), default="ridge",
+                      help="forecast model, or 'actual' for the day's true values")
     plan.add_argument("--limit-w", type=_positive_int, default=DEFAULT_LIMIT_W,
                       help="contracted power in W")
     plan.add_argument("--dr", action="append", default=[], metavar="HH:MM-HH:MM=W",

@@ -22,8 +22,6 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
 from gateway.ems.problem import (
-    BoolArray,
-    IntArray,
     Job,
     PlanError,
     PlanInput,
@@ -256,10 +254,6 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
             on = earliest(inp, job)
         schedule[job.name] = on
     return Solution(schedule=schedule, solve_s=solve_s, objective=float(res.fun))
-
-
-def as_int(values: BoolArray) -> IntArray:
-    return values.astype(np.int64)
 
 
 __all__ = ["Job", "PlanError", "Solution", "precheck", "solve"]
