@@ -32,7 +32,7 @@ from ledger.keys import public_hex
 from ledger.tx import sign_tx
 from tools.demo.economics import HourBook, Tariffs
 from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, slot_profile, start_edge
-from tools.demo.ledger_port import LedgerPort, open_ledger
+from tools.demo.ledger_port import ClusterLedger, LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan, ems_tariff, plan_home
 from tools.demo.procs import Supervisor, start_mosquitto
@@ -438,7 +438,8 @@ class DemoRun:
         at = [self.day0_ms + h * HOUR_MS for h in (hours // 4, hours // 2, (3 * hours) // 4)]
         victim = 1  # a backup replica; the primary of view 0 is replica 0
         home = self.edges[min(1, len(self.edges) - 1)]
-        cluster = hasattr(self.ledger, "kill_replica")
+        ledger = self.ledger
+        assert isinstance(ledger, ClusterLedger)
         faults: dict[str, Fault] = {}
 
         def fault(kind: str, t: int, detail: str) -> Fault:
@@ -449,19 +450,15 @@ class DemoRun:
             return f
 
         async def kill(t: int) -> None:
-            if not cluster:
-                fault("replica killed", t, "skipped: no replica processes (in-process ledger)")
-                return
-            self.ledger.kill_replica(victim)  # type: ignore[union-attr]
+            ledger.kill_replica(victim)
             fault("replica killed", t, f"replica {victim} killed with SIGKILL")
 
         async def restart(t: int) -> None:
-            if cluster:
-                self.ledger.start_replica(victim)  # type: ignore[union-attr]
-                await self.ledger.wait_up([victim])  # type: ignore[union-attr]
-                faults["replica killed"].recovered = (
-                    f"restarted at {self.sim_label(t)}; it caught up from its SQLite store and "
-                    "its peers")
+            ledger.start_replica(victim)
+            await ledger.wait_up([victim])
+            faults["replica killed"].recovered = (
+                f"restarted at {self.sim_label(t)}; it caught up from its SQLite store and "
+                "its peers")
 
         async def silence(t: int) -> None:
             home.silence(True)
@@ -491,21 +488,17 @@ class DemoRun:
                            else "the plug did not reconnect within 10 s")
 
         async def stop_ledger(t: int) -> None:
-            if not cluster:
-                fault("ledger stopped", t, "skipped: no replica processes (in-process ledger)")
-                return
-            self.ledger.stop_all()  # type: ignore[union-attr]
+            ledger.stop_all()
             self.ledger_down = True
             fault("ledger stopped", t, "all 4 replicas stopped; reports wait in the outboxes")
 
         async def start_ledger(t: int) -> None:
-            if cluster:
-                await self.ledger.start_all()  # type: ignore[union-attr]
-                self.ledger_down = False
-                queued = sum(e.pending() for e in self.edges)
-                faults["ledger stopped"].recovered = (
-                    f"restarted at {self.sim_label(t)}; the {queued} reports queued meanwhile "
-                    "are delivered from the outboxes")
+            await ledger.start_all()
+            self.ledger_down = False
+            queued = sum(e.pending() for e in self.edges)
+            faults["ledger stopped"].recovered = (
+                f"restarted at {self.sim_label(t)}; the {queued} reports queued meanwhile "
+                "are delivered from the outboxes")
 
         plan = [
             (at[0] + 10 * 60_000, kill), (at[0] + HOUR_MS - 5 * 60_000, restart),
@@ -557,7 +550,7 @@ class DemoRun:
         digests = await self.ledger.digests()
         values = set(digests.values())
         rec.checks.append(Check(
-            "replicas agree on the state digest", len(values) == 1 and len(digests) >= 1,
+            "replicas agree on the state digest", len(values) == 1 and len(digests) == 4,
             ", ".join(f"{k}: {v[:16]}" for k, v in sorted(digests.items()))))
         members = await self.ledger.query("members")
         grid = await self.ledger.query("grid")
