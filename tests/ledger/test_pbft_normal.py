@@ -264,3 +264,23 @@ def test_restart_resumes_from_the_saved_checkpoint() -> None:
     net.run(300)
     assert fresh.last_executed == 15 and fresh.stable_seq == 12
     _agree(net, 30)
+
+
+def test_io_layer_signature_cache_is_used_for_pre_prepares() -> None:
+    net = Network(make_config(4, batch_max=10))
+    checked: list[list[str]] = [[] for _ in range(4)]
+    for i, replica in enumerate(net.replicas):
+
+        def verifier(tx: SignedTx, tx_id: str, seen: list[str] = checked[i]) -> bool:
+            seen.append(tx_id)
+            return tx.verify()
+
+        replica.tx_verifier = verifier
+    txs = make_txs(10)
+    for tx in txs:
+        net.submit(tx)
+    net.run(100)
+    _agree(net, 10)
+    ids = [tx.tx_id for tx in txs]
+    assert checked[0] == ids  # the primary, on request
+    assert all(checked[b] == ids for b in (1, 2, 3))  # backups, in the pre-prepare
