@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tools.cli import build_parser, main
-from tools.demo.options import OptionError, parse_options
+from tools.demo.options import OptionError, default_date, parse_options
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -21,6 +22,14 @@ def test_defaults_are_the_issue_s() -> None:
     opts = parse_options(_parse([]))
     assert (opts.households, opts.hours, opts.rule, opts.faults, opts.out) == (
         10, 24, "paper", False, None)
+    assert (opts.date.month, opts.date.day) == (6, 21)
+
+
+def test_default_date_is_a_midsummer_already_over() -> None:
+    assert default_date(dt.date(2026, 11, 26)) == "2026-06-21"
+    assert default_date(dt.date(2026, 6, 21)) == "2025-06-21"
+    assert default_date(dt.date(2026, 6, 22)) == "2026-06-21"
+    assert default_date(dt.date(2027, 1, 2)) == "2026-06-21"
 
 
 @pytest.mark.parametrize(
@@ -30,6 +39,7 @@ def test_defaults_are_the_issue_s() -> None:
         (["--households", "1"], "--households"),
         (["--households", "ten"], "--households"),
         (["--households", "100000"], "--households"),
+        (["--households", "61"], "--households"),
         (["--hours", "0"], "--hours"),
         (["--hours", "-3"], "--hours"),
         (["--hours", "2.5"], "--hours"),

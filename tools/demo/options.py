@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RULES = ("paper", "uniform", "pay_as_bid")
-MAX_HOUSEHOLDS = 200
+MAX_HOUSEHOLDS = 60  # each home is a gateway, a Modbus server and its plugs in one process
 MAX_HOURS = 24 * 7
 DEFAULT_HOUSEHOLDS = 10
 DEFAULT_HOURS = 24
 DEFAULT_SEED = 7
-DEFAULT_DATE = "2026-06-21"
+MIDSUMMER = (6, 21)  # the default day: the longest one, when the community has PV to trade
 
 
 class OptionError(ValueError):
@@ -81,6 +81,15 @@ def parse_options(args: argparse.Namespace) -> DemoOptions:
     )
 
 
+def default_date(today: dt.date | None = None) -> str:
+    """The most recent 21 June that is already over (the ledger settles only ended hours)."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    day = dt.date(today.year, *MIDSUMMER)
+    if day >= today:
+        day = dt.date(today.year - 1, *MIDSUMMER)
+    return day.isoformat()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Values are taken as strings and validated by ``parse_options`` so every error reads the same.
     parser.add_argument(
@@ -97,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kill a replica, drop a BLE link, silence a meter, stop the ledger")
     parser.add_argument("--seed", default=str(DEFAULT_SEED), metavar="S",
                         help=f"seed of the homes, habits and weather (default {DEFAULT_SEED})")
-    parser.add_argument("--date", default=DEFAULT_DATE, metavar="YYYY-MM-DD",
-                        help=f"the day to simulate (default {DEFAULT_DATE})")
+    parser.add_argument("--date", default=default_date(), metavar="YYYY-MM-DD",
+                        help="the day to simulate, already over (default: the last 21 June)")
     parser.add_argument("--rule", default="paper", metavar="RULE",
                         help="clearing rule: paper, uniform or pay_as_bid (default paper)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only the hour lines")
