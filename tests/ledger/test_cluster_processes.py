@@ -8,14 +8,18 @@ Timeouts come from the cluster file (view change 300 ms), so each scenario takes
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from ledger.cli import cmd_verify
 from ledger.contract.api import Receipt
+from ledger.encoding import canonical
 from ledger.keys import load_key
 from ledger.pbft.messages import Commit, Prepare, sign
 from ledger.pbft.signing import Signer
@@ -109,13 +113,18 @@ async def test_crashes_restarts_and_a_cut_off_replica(tmp_path: Path) -> None:
         codes = cluster.stop_all()
     assert all(code == 0 for code in codes.values()), f"SIGTERM did not stop cleanly: {codes}"
     for i in range(4):
-        from ledger.cli import cmd_verify
-
-        class Args:
-            dir = cluster.dir
-            replica = i
-
-        assert cmd_verify(Args()) == 0  # type: ignore[arg-type]
+        assert cmd_verify(argparse.Namespace(dir=cluster.dir, replica=i)) == 0
+    # a certificate signature flipped on disk, then a transaction changed: both are caught
+    store = cluster.store(3)
+    row = store.block(2)
+    assert row is not None
+    body = json.loads(row.body)
+    sig = body["cert"]["c"][0][1]
+    body["cert"]["c"][0][1] = ("0" if sig[0] != "0" else "1") + sig[1:]
+    body["cert"]["c"] = body["cert"]["c"][:1] + body["cert"]["c"][2:]  # one short of a quorum
+    store.db.execute("UPDATE blocks SET body = ? WHERE height = 2", (canonical(body),))
+    store.close()
+    assert cmd_verify(argparse.Namespace(dir=cluster.dir, replica=3)) == 1
 
 
 async def test_equivocating_primary_causes_no_divergence(tmp_path: Path) -> None:
