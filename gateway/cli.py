@@ -108,16 +108,36 @@ async def probe_all(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, Any]
         results += await _probe_mqtt(cfg, timeout_s)
     for n in cfg.nodes:
         if n.transport == "ble":
-            results.append(
-                {
-                    "device": f"ble node {n.node_id} ({n.address})",
-                    "ok": True,
-                    "detail": "configured; BLE links are probed by the daemon itself",
-                }
-            )
+            results.append(await _probe_ble(cfg, n.node_id, n.address, timeout_s))
     if cfg.ledger is not None:
         results.append(await _probe_ledger(cfg, timeout_s))
     return results
+
+
+async def _probe_ble(
+    cfg: GatewayConfig, node_id: int, address: str, timeout_s: float
+) -> dict[str, Any]:
+    """Connect with the real bleak API (through the configured backend) and look for the node's
+    GATT service."""
+    name = f"ble node {node_id} ({address})"
+    try:
+        from bleak import BleakClient
+
+        from hardware.ble.profile import PROFILE
+
+        backend = None
+        if cfg.ble_backend.startswith("bumble:"):
+            from hardware.ble.bleak_bumble import backend_from_spec
+
+            backend = backend_from_spec(cfg.ble_backend)
+        async with asyncio.timeout(timeout_s + 1):
+            async with BleakClient(address, timeout=timeout_s, backend=backend) as client:
+                uuids = {str(s.uuid).lower() for s in client.services}
+        if PROFILE.service_uuid.lower() not in uuids:
+            return {"device": name, "ok": False, "detail": "no wattmesh GATT service"}
+    except Exception as exc:  # any failure to reach the node is the probe's answer
+        return {"device": name, "ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    return {"device": name, "ok": True, "detail": "connected, wattmesh service found"}
 
 
 async def _connect(bus: Any) -> bool:
