@@ -416,8 +416,10 @@ class Gateway:
                 await deliver_due(
                     self._db(), self.key, self.deliverer, self.clock.now_ms(), self.backoff
                 )
-            except Exception:
+            except Exception:  # a store error, say: log it and try again in a while
                 log.exception("delivery round failed")
+                await self.clock.sleep_until(self.clock.now_ms() + self.backoff.initial_ms)
+                continue
             nxt = self._db().outbox_next_ms()
             waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._outbox_wake.wait())]
             if nxt is not None:

@@ -154,17 +154,27 @@ class HaPublisher:
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         min_ms = int(self.cfg.publish_min_s * 1000)
         while True:
-            await self._wake.wait()
             self._wake.clear()
             now = self.clock.now_ms()
+            due: int | None = None
             for meter_id, r in list(self._latest.items()):
-                if now - self._last_sent.get(meter_id, -(10**15)) < min_ms:
-                    continue
+                last = self._last_sent.get(meter_id)
+                if last is not None and now - last < min_ms:
+                    due = last + min_ms if due is None else min(due, last + min_ms)
+                    continue  # rate-limited: published when its time comes (see below)
                 del self._latest[meter_id]
                 topic, payload = state_message(self.cfg, self.gateway_id, r)
                 await client.publish(topic, json.dumps(payload), qos=0, retain=True)
                 self._last_sent[meter_id] = now
                 self.published += 1
+            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+            if due is not None:
+                waiters.add(asyncio.ensure_future(self.clock.sleep_until(due)))
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     async def offline(self) -> None:
         """Best effort on a clean stop: mark the gateway offline (the will covers crashes)."""

@@ -1,0 +1,62 @@
+"""Home Assistant publishing: discovery payloads and the per-meter rate limit, on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiomqtt
+
+from gateway.clock import ManualClock
+from gateway.config import MqttConfig
+from gateway.publish import HaPublisher, MeterInfo, discovery_messages
+from gateway.store import Reading
+from tests.gateway.conftest import Broker, until
+
+T0 = 1_795_000_000_000
+
+
+def test_discovery_payloads_follow_the_convention() -> None:
+    msgs = dict(discovery_messages(MqttConfig(), "gw 1", MeterInfo("pv/roof", "sdm120")))
+    assert set(msgs) == {
+        f"homeassistant/sensor/gw_1_pv_roof/{o}/config"
+        for o in ("power", "energy_import", "energy_export")
+    }
+    power = msgs["homeassistant/sensor/gw_1_pv_roof/power/config"]
+    assert power["unique_id"] == "gw_1_pv_roof_power"
+    assert power["value_template"] == "{{ value_json.power_w }}"
+    assert power["device"]["model"] == "sdm120"  # type: ignore[index]
+
+
+async def test_rate_limited_state_is_published_when_its_time_comes(broker: Broker) -> None:
+    clock = ManualClock(T0)
+    cfg = MqttConfig(port=broker.port, publish_min_s=10, discovery=False)
+    pub = HaPublisher(cfg, "gw", [MeterInfo("m", "sdm120")], clock)
+    states: list[dict[str, object]] = []
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.subscribe("wattmesh/gw/m/state")
+
+        async def collect() -> None:
+            async for m in client.messages:
+                assert isinstance(m.payload, bytes)
+                states.append(json.loads(m.payload))
+
+        collector = asyncio.create_task(collect())
+        task = asyncio.create_task(pub.run())
+        try:
+            await until(pub.connected.is_set)
+            pub.offer(Reading("m", T0, 1_000, 5_000_000, 0, "modbus"))
+            await until(lambda: len(states) == 1, what="first state")
+            pub.offer(Reading("m", T0 + 1, 2_000, 5_000_001, 0, "modbus"))
+            pub.offer(Reading("m", T0 + 2, 3_000, 5_000_002, 0, "modbus"))
+            for _ in range(50):  # let the publisher react to both offers
+                await asyncio.sleep(0)
+            assert pub.published == 1  # held back: 10 s have not passed on the gateway's clock
+            await clock.advance(10_000)
+            await until(lambda: len(states) == 2, what="the held-back state")
+            assert states[1]["power_w"] == 300.0 and states[1]["import_kwh"] == 5.000002
+            assert pub.published == 2
+        finally:
+            task.cancel()
+            collector.cancel()
+            await asyncio.gather(task, collector, return_exceptions=True)
