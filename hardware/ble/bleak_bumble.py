@@ -116,7 +116,10 @@ class BumbleCentral:
         """A connection that completed after its connect call had already given up (the
         controller connected just as the host cancelled) belongs to nobody; left open, the
         peripheral would never advertise again. BlueZ drops such links; so does this."""
-        if connection in self._claimed or connection.handle not in self.device.connections:
+        # identity, not the handle: a later connection may already reuse this one's handle
+        if connection in self._claimed or self.device.connections.get(connection.handle) is not (
+            connection
+        ):
             return
         log.info("dropping an unclaimed connection to %s", connection.peer_address)
         task = asyncio.get_running_loop().create_task(self._drop(connection))

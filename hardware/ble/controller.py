@@ -97,9 +97,8 @@ class VirtualController(Controller):
 
     def _supervise(self) -> None:
         self._supervision = None
-        misses = getattr(self, "_misses", None)
-        if misses is None:
-            misses = self._misses = {}
+        previous = getattr(self, "_misses", {})
+        misses: dict[int, int] = {}
         for connection in list(self.le_connections.values()):
             peer = self.link.find_le_controller(connection.peer_address)
             alive = (
@@ -110,12 +109,14 @@ class VirtualController(Controller):
                 )
             )
             if alive:
-                misses.pop(connection.handle, None)
                 continue
-            misses[connection.handle] = misses.get(connection.handle, 0) + 1
-            if misses[connection.handle] >= SUPERVISION_MISSES:
-                misses.pop(connection.handle, None)
+            # keyed by the connection object: handles are reused by later connections
+            missed = previous.get(id(connection), 0) + 1
+            if missed >= SUPERVISION_MISSES:
                 self.on_le_disconnected(connection, hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR)
+            else:
+                misses[id(connection)] = missed
+        self._misses = misses
         if self.le_connections:
             self._supervise_soon()
 

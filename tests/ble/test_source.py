@@ -273,3 +273,37 @@ async def test_a_silent_node_is_reconnected_by_the_watchdog_on_the_injected_cloc
         await sink.until(lambda: len(sink.of(1)) == before + 1)
     finally:
         await stop(task)
+
+
+async def test_repeated_drops_never_lose_the_link_for_good(world: World) -> None:
+    """Many drop/reconnect cycles of one plug while others stay connected: after each reconnect
+    the next reading arrives, and no link drops that the plug did not drop."""
+    sink = received()
+    source = world.source(reconnect_initial_s=0.001, reconnect_max_s=0.002)
+    task = await running(source, sink)
+    plug = world.plugs[1]
+    try:
+        await eventually(lambda: source.stats()["connected"] == 3)
+        for cycle in range(25):
+            reconnects = source.stats()["reconnects"]
+            await plug.drop_link()
+            await eventually(
+                lambda r=reconnects: source.stats()["reconnects"] > r and source.is_connected(1)
+            )
+            n = len(sink.of(1))
+            await world.clock.advance(1000)
+            await plug.tick()
+            await sink.until(lambda n=n: len(sink.of(1)) == n + 1, timeout=3.0)
+            assert source.stats()["connected"] == 3, cycle
+        assert source.node_stats(1)["drops"] == 25  # only the drops the plug made
+        assert source.node_stats(2).get("drops", 0) == 0
+    finally:
+        await stop(task)
+
+
+async def test_the_ble_benchmark_runs_and_reports_json_figures() -> None:
+    from hardware.ble.bench import bench
+
+    figures = await bench(plugs=2, frames=3)
+    assert figures["frames"] == 6 and figures["plugs"] == 2
+    assert figures["stats"]["commands"] == 20  # type: ignore[index]

@@ -1,0 +1,123 @@
+"""BLE figures on the virtual stack, as JSON: ``python -m hardware.ble.bench [--plugs N]``.
+
+Measures, through the gateway's ``BleNodeSource`` and the real bleak API on the bumble backend:
+time to connect and subscribe to N plugs, notification throughput plug -> sink, the time from a
+link drop to the next delivered frame, and a relay command's round trip (write -> ACK frame).
+Wall-clock figures of this machine's CPU, not of a radio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from bumble.link import LocalLink
+
+from firmware import frame
+from gateway.sources.ble import BleNode, BleNodeSource
+from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
+from hardware.ble.plug import PlugEmulator, constant_load
+
+
+def _exceeds(value: Callable[[], int], floor: int) -> bool:
+    return value() > floor
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not cond():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("benchmark condition not met")
+        await asyncio.sleep(0.001)
+
+
+async def bench(plugs: int, frames: int) -> dict[str, object]:
+    link = LocalLink()  # type: ignore[no-untyped-call]
+    keys = {nid: bytes([nid % 256]) * 32 for nid in range(1, plugs + 1)}
+    emus = {
+        nid: PlugEmulator.on_link(link, nid, key, load=constant_load(100.0), now_ms=lambda: 0)
+        for nid, key in keys.items()
+    }
+    for emu in emus.values():
+        await emu.start()
+    central = BumbleCentral.on_link(link)
+    got: list[float] = []
+    source = BleNodeSource(
+        [BleNode(nid, e.address) for nid, e in emus.items()],
+        backend=bumble_backend(central),
+        reconnect_initial_s=0.001,
+        reconnect_max_s=0.002,
+    )
+    t0 = time.perf_counter()
+    task = asyncio.create_task(source.run(lambda raw, _t, _ms: got.append(time.perf_counter())))
+    try:
+        await _until(lambda: source.stats()["connected"] == plugs)
+        connect_s = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        for _ in range(frames):
+            for emu in emus.values():
+                await emu.tick()
+        await _until(lambda: len(got) == frames * plugs)
+        stream_s = time.perf_counter() - t1
+
+        first = emus[1]
+        drops = []
+        for _ in range(5):
+            before = source.stats()["reconnects"]
+            t2 = time.perf_counter()
+            await first.drop_link()
+            await _until(partial(_exceeds, lambda: source.stats()["reconnects"], before))
+            await _until(lambda: source.is_connected(1))
+            n = len(got)
+            await first.tick()
+            await _until(partial(_exceeds, got.__len__, n))
+            drops.append(time.perf_counter() - t2)
+
+        acks: list[float] = []
+        for seq in range(1, 21):
+            cmd = frame.encode(keys[1], frame.T_COMMAND, 1, seq, frame.pack_command(0, 2))
+            n = len(got)
+            t3 = time.perf_counter()
+            await source.send_command(1, cmd)
+            await _until(partial(_exceeds, got.__len__, n))
+            acks.append(time.perf_counter() - t3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await central.close()
+    acks.sort()
+    return {
+        "bench": "ble",
+        "plugs": plugs,
+        "connect_all_s": round(connect_s, 4),
+        "frames": frames * plugs,
+        "frames_per_s": round(frames * plugs / stream_s, 1),
+        "drop_to_next_frame_ms_max": round(max(drops) * 1000, 2),
+        "command_ack_ms_median": round(acks[len(acks) // 2] * 1000, 3),
+        "stats": source.stats(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hardware.ble.bench", description=__doc__)
+    parser.add_argument("--plugs", type=int, default=10, choices=range(1, 201), metavar="1..200")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=50,
+        choices=range(1, 10001),
+        metavar="1..10000",
+        help="readings per plug",
+    )
+    args = parser.parse_args(argv)
+    print(json.dumps(asyncio.run(bench(args.plugs, args.frames))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
