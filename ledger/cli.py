@@ -178,7 +178,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 print(f"replica {i} exited with {code}; restarting", file=sys.stderr)
                 restart_at[i] = now + backoff[i]
                 backoff[i] = min(RESTART_BACKOFF_S[1], backoff[i] * 2)
-            elif now >= restart_at.pop(i):
+            elif now >= restart_at[i]:
+                del restart_at[i]
                 procs[i] = subprocess.Popen(replica_command(args.dir, i, args.contract))
     for proc in procs.values():
         if proc.poll() is None:

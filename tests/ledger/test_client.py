@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,20 @@ from tests.ledger.cluster_harness import ROOT, Cluster
 pytestmark = pytest.mark.timeout(240)
 
 
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
 @pytest.fixture
 def community(tmp_path: Path):  # type: ignore[no-untyped-def]
     d = tmp_path / "c"
@@ -36,6 +51,7 @@ def community(tmp_path: Path):  # type: ignore[no-untyped-def]
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    d.joinpath("supervisor.pid").write_text(str(proc.pid))
     yield d
     assert proc.poll() is None, "the cluster supervisor died"
     os.kill(proc.pid, signal.SIGTERM)
@@ -70,6 +86,17 @@ def test_sync_client_with_the_real_contract(community: Path) -> None:
             c.query("no.such.path")
         with pytest.raises(QueryFailed):
             c.query("ledger.block", height=10_000)
+
+        # a replica killed under the supervisor comes back and catches up
+        supervisor = int((community / "supervisor.pid").read_text())
+        before = set(children(supervisor))
+        assert len(before) == 4
+        os.kill(sorted(before)[0], signal.SIGKILL)
+        assert c.submit_new("token.mint", {"to": "PT0001", "amount": 1}).ok
+        deadline = time.monotonic() + 60
+        while len(set(children(supervisor)) - before) < 1:
+            assert time.monotonic() < deadline, "the supervisor did not restart the replica"
+            time.sleep(0.1)  # polling the supervisor, a real process
 
 
 async def test_resubmission_from_a_fresh_client_applies_once(community: Path) -> None:
