@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from hardware.ble.profile import PROFILE
 log = logging.getLogger(__name__)
 
 TRANSPORT = "ble"
+_ADDRESS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 DEFAULT_CONNECT_TIMEOUT_S = 20.0
 
 
@@ -42,17 +44,10 @@ class BleNode:
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= 0xFFFF:
             raise ValueError(f"BLE node id {self.node_id} out of range 0..65535")
-        parts = self.address.split(":")
-        if len(parts) != 6 or any(len(p) != 2 for p in parts):
+        if _ADDRESS.fullmatch(self.address) is None:
             raise ValueError(
                 f"BLE node {self.node_id}: address {self.address!r} is not AA:BB:CC:DD:EE:FF"
             )
-        try:
-            bytes.fromhex("".join(parts))
-        except ValueError:
-            raise ValueError(
-                f"BLE node {self.node_id}: address {self.address!r} is not AA:BB:CC:DD:EE:FF"
-            ) from None
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, u: float) -> float:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firmware import frame
 from gateway.sources.base import SourceError
+from gateway.sources.ble import BleNode, BleNodeSource, backoff_delay
 from tests.ble.conftest import KEYS, World, eventually, received, running, stop
 
 
@@ -307,3 +311,42 @@ async def test_the_ble_benchmark_runs_and_reports_json_figures() -> None:
     figures = await bench(plugs=2, frames=3)
     assert figures["frames"] == 6 and figures["plugs"] == 2
     assert figures["stats"]["commands"] == 20  # type: ignore[index]
+
+
+@given(
+    attempt=st.integers(0, 10_000),
+    initial=st.floats(0.001, 100.0),
+    spread=st.floats(1.0, 1000.0),
+    u=st.floats(0.0, 1.0),
+)
+def test_backoff_delay_is_bounded_and_grows(
+    attempt: int, initial: float, spread: float, u: float
+) -> None:
+    maximum = initial * spread
+    d = backoff_delay(attempt, initial, maximum, u)
+    assert initial / 2 <= d <= maximum * (1 + 1e-9)
+    assert backoff_delay(attempt + 1, initial, maximum, 1.0) >= backoff_delay(
+        attempt, initial, maximum, 1.0
+    )
+
+
+@given(text=st.text(max_size=40), node_id=st.integers(-5, 70_000))
+def test_ble_node_config_is_validated(text: str, node_id: int) -> None:
+    try:
+        node = BleNode(node_id, text)
+    except ValueError as exc:
+        assert "BLE node" in str(exc)
+        return
+    assert 0 <= node.node_id <= 0xFFFF
+    assert re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", node.address)
+    assert BleNode(1, "D0:57:A7:00:00:01")  # and a good one passes
+
+
+def test_source_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        BleNodeSource([BleNode(1, "D0:57:A7:00:00:01"), BleNode(1, "D0:57:A7:00:00:02")])
+    with pytest.raises(ValueError, match="reconnect"):
+        BleNodeSource([], reconnect_initial_s=5, reconnect_max_s=1)
+    with pytest.raises(ValueError, match="silence"):
+        BleNodeSource([], silence_timeout_s=0)
+    assert BleNode(7, "d0:57:a7:00:00:07").address == "d0:57:a7:00:00:07"
