@@ -84,6 +84,15 @@ def test_summary_holds_the_day(short_run) -> None:  # type: ignore[no-untyped-de
     assert summary["counters"]["vm_released"] > 0  # the firmware's frames reached the gateway
     assert summary["counters"]["relay_commands_failed"] == 0
     assert summary["parts"]["mqtt"].startswith("mosquitto")
+    # the relays followed the plan: each plug metered exactly the energy the plan put on it,
+    # and the firmware's CT clamps measured within 2 % plus their noise floor (under 10 W)
+    for home, loads in summary["sub_metered_wh"].items():
+        for name, wh in loads.items():
+            planned = summary["sub_planned_wh"][home][name]
+            if name.endswith("(firmware node)"):
+                assert abs(wh - planned) <= 0.02 * planned + 10 * 3, (home, name, wh, planned)
+            else:
+                assert wh == planned, (home, name, wh, planned)
     for rule in ("grid_only", "paper", "uniform", "pay_as_bid"):
         assert isinstance(summary["cost_comparison"][rule]["community_cost_utok"], int)
     # metered energy adds up to the hour's community import/export figures

@@ -73,3 +73,5 @@ def test_channel_curve_steps_only_on_changes() -> None:
     curve = channel_curve([0, 0, 2300, 2300, 0], 900)
     assert curve == [[0, 0.0, 1.0], [1800, 10.0, 1.0], [3600, 0.0, 1.0]]
     assert channel_curve([], 900) == [[0, 0.0, 1.0]]
+    assert channel_curve([2300, 0], 900, 300) == [[0, 0.0, 1.0], [300, 10.0, 1.0],
+                                                  [1200, 0.0, 1.0]]

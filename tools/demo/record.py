@@ -71,6 +71,8 @@ class DayRecord:
     checks: list[Check] = field(default_factory=list)
     parts: dict[str, str] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    sub_metered_wh: dict[str, dict[str, int]] = field(default_factory=dict)  # home -> load -> Wh
+    sub_planned_wh: dict[str, dict[str, int]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

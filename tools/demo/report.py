@@ -89,6 +89,8 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
         "ok": record.ok,
         "parts": record.parts,
         "counters": record.counters,
+        "sub_metered_wh": record.sub_metered_wh,
+        "sub_planned_wh": record.sub_planned_wh,
         "timings_s": record.timings,
     }
 
@@ -242,6 +244,12 @@ def render_html(record: DayRecord, data: dict[str, Any]) -> str:
                   "" if name == "grid_only" else f"{costs[name]['traded_wh'] / 1000:.2f}"]
                  for name in ["grid_only", *RULES]]
     parts = _table([[k, v] for k, v in sorted(record.parts.items())], ["part", "ran as"])
+    subs = _table(
+        [[home, name, f"{wh / 1000:.2f}",
+          f"{record.sub_planned_wh.get(home, {}).get(name, 0) / 1000:.2f}"]
+         for home, loads in sorted(record.sub_metered_wh.items())
+         for name, wh in sorted(loads.items())],
+        ["home", "appliance", "metered kWh (plug or node)", "planned kWh"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>wattmesh community day {html.escape(record.date)}</title>
@@ -262,6 +270,9 @@ img{{max-width:100%}} .ok{{color:#070}} .bad{{color:#b00}}</style></head><body>
 <h2>Cost of the day</h2>
 <img alt="cost comparison" src="data:image/png;base64,{imgs['costs']}">
 {_table(cost_rows, ["rule", "community cost €", "saving against grid €", "traded kWh"])}
+<h2>Appliances on plugs and on the firmware node</h2>
+<p>Each flexible appliance is switched by its relay at the EMS plan's slot edges; one regular
+appliance per home is only metered. The node's CT clamps measure like the real ones do.</p>{subs}
 <h2>Faults</h2>{faults}
 <h2>Self-checks</h2>{checks}
 <h2>How each part ran</h2>{parts}

@@ -39,7 +39,7 @@ from tools.demo.procs import Supervisor, start_mosquitto
 from tools.demo.progress import Progress
 from tools.demo.record import Check, DayRecord, Fault, HourResult
 from tools.demo.vmnode import VmNode
-from tools.demo.world import Home, build_community
+from tools.demo.world import Home, build_community, run_slots
 
 START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
 OPERATOR = "OPERATOR"
@@ -49,11 +49,7 @@ POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
 VM_NODE_BASE = 60_000  # node ids of the firmware node (plugs use (home + 1) * 16 + k)
 VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
-
-
-def constant_plug_load(_node_id: int, watts: int) -> Callable[[int], int]:
-    """What an appliance draws through its plug while the relay is on (dW): its rated power."""
-    return lambda _ms: watts * 10
+METERED_REGULAR = ("Television", "Personal Computer", "Refrigerator")
 
 
 class DemoError(RuntimeError):
@@ -127,6 +123,7 @@ class DemoRun:
         self.fault_plan: list[tuple[int, Any]] = []
         self.relay_state: dict[tuple[str, str], bool] = {}
         self.hour_notes: dict[int, list[str]] = {}
+        self.habit_loads: dict[int, set[int]] = {}
         self.vm: VmNode | None = None
         self.mqtt_port = 0
         self.listings: list[str] = []
@@ -230,6 +227,15 @@ class DemoRun:
                 plug_keys[nid] = os.urandom(32)
                 plugs.append((nid, a.name, a.power_w))
                 self.relay_state[(h.id_grid, a.name)] = True  # a plug powers up with relay on
+            # One regular appliance per home on a metering plug (paper 4.2: smart plugs measure
+            # regular appliances' use); its relay stays on and its owner's habits drive it.
+            regular = next((a for name in METERED_REGULAR for a in h.appliances
+                            if a.name == name), None)
+            if regular is not None:
+                nid = (h.index + 1) * 16 + 15
+                plug_keys[nid] = os.urandom(32)
+                plugs.append((nid, regular.name, regular.power_w))
+                self.habit_loads[nid] = set(run_slots(regular, h.habit_start.get(regular.name, 0)))
             spec = EdgeSpec(
                 h.id_grid, h.meter_id, self.gateway_keys[h.id_grid],
                 slot_profile(self.metered.import_wh[h.id_grid],
@@ -238,7 +244,7 @@ class DemoRun:
             self.edges.append(await start_edge(
                 spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
                 self.current_ledger, plug_keys,
-                constant_plug_load, self.mqtt_port))
+                self.plug_load, self.mqtt_port))
         if self.vm is not None:
             vm_edge = next(e for e in self.edges if e.id_grid == vm_home.id_grid)  # type: ignore[union-attr]
             mqtt_src = [src for src in vm_edge.gateway.sources
@@ -258,10 +264,24 @@ class DemoRun:
                             "first Modbus polls")
         for e in self.edges:
             for p in e.plugs:
+                await p.emulator.tick()  # a first reading at midnight: the counters' baseline
                 p.task = asyncio.create_task(p.emulator.run(POLL_MS / 1000, self.clock.sleep))
         await self.switch_relays(0)
         if self.opts.faults:
             self.plan_faults()
+
+    def plug_load(self, node_id: int, watts: int) -> Callable[[int], int]:
+        """What an appliance draws through its plug while the relay is on (dW): a flexible one
+        its rated power (the relay is the switch), a regular one when its owner uses it."""
+        habit = self.habit_loads.get(node_id)
+        if habit is None:
+            return lambda _ms: watts * 10
+        day0 = self.day0_ms
+
+        def load(t_ms: int) -> int:
+            return watts * 10 if ((t_ms - day0) // SLOT_MS) % SLOTS_PER_DAY in habit else 0
+
+        return load
 
     def current_ledger(self) -> LedgerPort | None:
         """What the gateways deliver to: nothing while the whole ledger is stopped."""
@@ -397,7 +417,8 @@ class DemoRun:
         relays = 0
         for t in range(start + POLL_MS, start + HOUR_MS + 1, POLL_MS):
             await self.step(t)
-            if (t - self.day0_ms) % SLOT_MS == 0 and t < start + HOUR_MS:
+            # every slot edge, the top of the next hour included (the run's end excluded)
+            if (t - self.day0_ms) % SLOT_MS == 0 and t < self.day0_ms + self.opts.hours * HOUR_MS:
                 relays += await self.switch_relays((t - self.day0_ms) // SLOT_MS)
         await self.step(start + HOUR_MS + CLOSE_GRACE_MS, poll=False)
         await self.wait_for(lambda: self.hour_reported(start), 10.0, "reports delivered")
@@ -614,6 +635,30 @@ class DemoRun:
             f"{frames.get('accepted', 0)} node frames verified and accepted; dropped: "
             f"{dropped or 'none'}"))
         rec.counters["node_frames_accepted"] = frames.get("accepted", 0)
+        for e in self.edges:  # what the plugs and the node measured, appliance by appliance
+            loads: dict[str, int] = {}
+            for p in e.plugs:
+                rows = e.gateway.interval_history(f"plug-{p.node_id}", self.day0_ms, end_ms)
+                loads[p.appliance] = sum(i.import_wh for i in rows)
+            for appliance, (node, relay) in e.node_ids.items():
+                if node >= VM_NODE_BASE:
+                    meter = f"node-{node}" if relay == 0 else f"node-{node}.{relay}"
+                    rows = e.gateway.interval_history(meter, self.day0_ms, end_ms)
+                    loads[f"{appliance} (firmware node)"] = sum(i.import_wh for i in rows)
+            rec.sub_metered_wh[e.id_grid] = loads
+            plan = self.plans[self.homes.index(next(h for h in self.homes
+                                                     if h.id_grid == e.id_grid))]
+            planned: dict[str, int] = {}
+            for a in plan.home.appliances:
+                slots = plan.schedule.get(a.name) if a.flexible else run_slots(
+                    a, plan.home.habit_start.get(a.name, 0))
+                on = set(slots or [])
+                run_on = sum(1 for k in range(self.opts.hours * SLOTS_PER_HOUR)
+                             if k % SLOTS_PER_DAY in on)
+                planned[a.name] = run_on * a.power_w * SLOT_MS // HOUR_MS
+            for name in loads:
+                rec.sub_planned_wh.setdefault(e.id_grid, {})[name] = planned[
+                    name.removesuffix(" (firmware node)")]
         rec.counters["relay_commands_acked"] = sum(e.relay_ok for e in self.edges)
         rec.counters["relay_commands_failed"] = sum(e.relay_failed for e in self.edges)
         rec.counters["sub_meter_reports_kept_local"] = sum(

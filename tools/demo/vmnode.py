@@ -63,14 +63,16 @@ def provision(directory: Path, node_id: int, mqtt_port: int) -> tuple[Path, Path
     return config, directory / "node.key", key, name
 
 
-def channel_curve(watts_per_slot: list[int], slot_s: int) -> list[list[float]]:
-    """The HAL profile of one CT channel: ``[t_s, irms_a, pf]`` from t_s on, per 15-min slot."""
-    out: list[list[float]] = []
-    last = None
+def channel_curve(watts_per_slot: list[int], slot_s: int,
+                  offset_s: int = 0) -> list[list[float]]:
+    """The HAL profile of one CT channel: ``[t_s, irms_a, pf]`` from t_s on, per 15-min slot,
+    the first slot starting ``offset_s`` after the VM boots (nothing flows before it)."""
+    out: list[list[float]] = [[0, 0.0, 1.0]] if offset_s else []
+    last = 0.0 if offset_s else None
     for s, w in enumerate(watts_per_slot):
         irms = round(w / NOMINAL_V, 3)
         if irms != last:
-            out.append([s * slot_s, irms, 1.0])
+            out.append([offset_s + s * slot_s, irms, 1.0])
             last = irms
     return out or [[0, 0.0, 1.0]]
 
@@ -82,7 +84,7 @@ class VmNode:
     key: bytes
     child: Child
     clock: ManualClock
-    day0_ms: int
+    day0_ms: int  # when the VM booted, on the community's clock
     mqtt_port: int
     frames: deque[bytes] = field(default_factory=deque)
     ack_queue: deque[bytes] = field(default_factory=deque)
@@ -102,9 +104,13 @@ class VmNode:
         node_exe = check_vm()
         directory.mkdir(parents=True, exist_ok=True)
         config, key_path, key, name = provision(directory, node_id, mqtt_port)
+        # The VM boots one publish period before midnight, so that its first reading (one
+        # period after boot) lands at midnight: the gateway's baseline for the day's counters.
         profile = {"vrms": NOMINAL_V, "load": [[0, 0.0, 1.0]],
-                   "channels": {str(i): channel_curve(w, slot_s) for i, w in enumerate(channels)}}
-        ticks = hours * 3_600_000 // STEP_MS + 10
+                   "channels": {str(i): channel_curve(w, slot_s, PUBLISH_S)
+                                for i, w in enumerate(channels)}}
+        ticks = (hours * 3_600_000 + PUBLISH_S * 1000) // STEP_MS + 10
+        day0_ms -= PUBLISH_S * 1000
         child = sup.spawn(
             f"node-{node_id}-vm",
             [node_exe, str(RUNNER), "stream", "--config", str(config), "--key", str(key_path),
