@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
@@ -394,7 +395,11 @@ class BackendSpecError(ValueError):
     """A backend string that does not name a usable backend."""
 
 
-_REMOTE: dict[tuple[int, str], BumbleCentral] = {}
+# Hosts opened by backend_from_spec, per event loop (weakly: a finished loop takes its hosts
+# with it) and transport spec, with the lock that serialises opening them.
+_REMOTE: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[asyncio.Lock, dict[str, BumbleCentral]]
+] = weakref.WeakKeyDictionary()
 
 
 def backend_from_spec(spec: str | None) -> type[BaseBleakClient] | None:
@@ -421,23 +426,20 @@ def backend_from_spec(spec: str | None) -> type[BaseBleakClient] | None:
         "vhci",
     ):
         raise BackendSpecError(f"BLE backend {spec!r}: unknown bumble transport {kind!r}")
-    lock: asyncio.Lock | None = None
-    lock_loop: int | None = None
 
     async def get_central() -> BumbleCentral:
-        nonlocal lock, lock_loop
-        loop_id = id(asyncio.get_running_loop())
-        if lock is None or lock_loop != loop_id:
-            lock, lock_loop = asyncio.Lock(), loop_id
+        loop = asyncio.get_running_loop()
+        if loop not in _REMOTE:
+            _REMOTE[loop] = (asyncio.Lock(), {})
+        lock, centrals = _REMOTE[loop]
         async with lock:
-            key = (loop_id, transport_spec)
-            central = _REMOTE.get(key)
+            central = centrals.get(transport_spec)
             if central is None:
                 try:
                     central = await BumbleCentral.open(transport_spec)
                 except (OSError, ValueError, core.BaseBumbleError) as exc:
                     raise BleakError(f"BLE backend {spec!r}: {exc}") from exc
-                _REMOTE[key] = central
+                centrals[transport_spec] = central
             return central
 
     return type(
@@ -447,6 +449,7 @@ def backend_from_spec(spec: str | None) -> type[BaseBleakClient] | None:
 
 async def close_remote_centrals() -> None:
     """Close the hosts ``backend_from_spec`` opened on the running loop (end of a daemon/test)."""
-    loop_id = id(asyncio.get_running_loop())
-    for key in [k for k in _REMOTE if k[0] == loop_id]:
-        await _REMOTE.pop(key).close()
+    entry = _REMOTE.pop(asyncio.get_running_loop(), None)
+    if entry is not None:
+        for central in entry[1].values():
+            await central.close()
