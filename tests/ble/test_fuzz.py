@@ -79,3 +79,26 @@ def test_fuzzed_notifications_are_delivered_raw_and_rejected(
         assert fuzz.source.stats()["connected"] == 1 and fuzz.source.stats()["drops"] == 0
 
     fuzz.loop.run_until_complete(case())
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(raw=st.binary(max_size=MAX_NOTIFY))
+def test_fuzzed_command_writes_are_dropped_by_the_plug(fuzz: Fuzz, raw: bytes) -> None:
+    """Hostile bytes written to the command characteristic over GATT: the node answers nothing,
+    keeps its relay, and the link stays up."""
+
+    async def case() -> None:
+        plug = fuzz.world.plugs[1]
+        rejected = plug.core.commands_rejected
+        acks = len(fuzz.sink.of(1, frame.T_ACK))
+        await fuzz.source.send_command(1, raw)  # write with response: the plug has handled it
+        assert plug.core.commands_rejected == rejected + 1
+        assert plug.core.relay_on
+        assert len(fuzz.sink.of(1, frame.T_ACK)) == acks
+        assert fuzz.source.stats()["connected"] == 1
+
+    fuzz.loop.run_until_complete(case())
