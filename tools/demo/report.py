@@ -244,6 +244,7 @@ def render_html(record: DayRecord, data: dict[str, Any]) -> str:
                   "" if name == "grid_only" else f"{costs[name]['traded_wh'] / 1000:.2f}"]
                  for name in ["grid_only", *RULES]]
     parts = _table([[k, v] for k, v in sorted(record.parts.items())], ["part", "ran as"])
+    tar = data["tariffs_utok_per_kwh"]
     subs = _table(
         [[home, name, f"{wh / 1000:.2f}",
           f"{record.sub_planned_wh.get(home, {}).get(name, 0) / 1000:.2f}"]
@@ -261,6 +262,10 @@ img{{max-width:100%}} .ok{{color:#070}} .bad{{color:#b00}}</style></head><body>
 <p>{len(record.households)} homes, {len(record.hours)} hourly auctions, clearing rule
 <b>{html.escape(record.rule)}</b>. <b class="{'ok' if record.ok else 'bad'}">{verdict}</b>.</p>
 <h2>Hourly auctions</h2>
+<p>Each hour: AuthorizeOfferCom, the homes' RESOffers and BuyOffers (from each EMS plan's
+surplus or deficit), then Bid_Closed clears the book. With the paper's rule the market clearing
+price is the mean bid; sellers at or below it are served first in, first out, and the highest
+bids win.</p>
 <img alt="supply and demand curves" src="data:image/png;base64,{imgs['curves']}">
 {hours}
 <h2>Community load before and after the EMS</h2>
@@ -268,6 +273,12 @@ img{{max-width:100%}} .ok{{color:#070}} .bad{{color:#b00}}</style></head><body>
 <h2>Token balances</h2>
 <img alt="token balances" src="data:image/png;base64,{imgs['balances']}">
 <h2>Cost of the day</h2>
+<p>The same metered day, priced twice: bought and sold entirely at grid tariffs (retail
+{tar['retail_peak'] / 1e6:.3f} €/kWh from {tar['peak_hours'][0]}:00 to {tar['peak_hours'][1]}:00,
+{tar['retail_offpeak'] / 1e6:.3f} €/kWh otherwise, feed-in {tar['feed_in'] / 1e6:.3f} €/kWh),
+and with the community market, each
+hour's recorded order book cleared again by each rule with the contract's own clearing functions;
+what the market did not match goes to the grid, a seller's shortfall is bought at retail.</p>
 <img alt="cost comparison" src="data:image/png;base64,{imgs['costs']}">
 {_table(cost_rows, ["rule", "community cost €", "saving against grid €", "traded kWh"])}
 <h2>Appliances on plugs and on the firmware node</h2>
