@@ -190,6 +190,11 @@ class LedgerClient:
             async with asyncio.timeout(self.timeout_s):
                 while sum(c.ready.is_set() for c in self._conns) < self.f + 1:
                     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError as exc:
+            await self.close()
+            raise LedgerError(
+                f"fewer than f+1={self.f + 1} replicas reachable in {self.timeout_s}s"
+            ) from exc
         finally:
             for w in waiters:
                 w.cancel()

@@ -19,7 +19,13 @@ from ledger.cluster import load_cluster
 from ledger.keys import load_key, new_key, public_hex
 from ledger.setup import init_cluster
 from ledger.tx import SignedTx, sign_tx
-from ledger_client import LedgerClient, QueryFailed, RejectedError, SyncLedgerClient
+from ledger_client import (
+    LedgerClient,
+    LedgerError,
+    QueryFailed,
+    RejectedError,
+    SyncLedgerClient,
+)
 from tests.ledger.cluster_harness import ROOT, Cluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -133,3 +139,14 @@ async def test_client_survives_a_replica_that_is_down(tmp_path: Path) -> None:
             assert await client.height() >= 1
     finally:
         cluster.stop_all()
+
+
+async def test_no_cluster_is_a_clear_error(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    init_cluster(d, 4, genesis={})
+    client = LedgerClient.from_cluster_file(d / "cluster.json", timeout_s=0.5)
+    with pytest.raises(LedgerError, match="fewer than f\\+1=2 replicas reachable"):
+        await client.start()
+    assert not client._conns  # nothing left running
+    with pytest.raises(LedgerError):
+        SyncLedgerClient.from_cluster_file(d / "cluster.json", timeout_s=0.5)
