@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -131,11 +132,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ClusterFileError, ValueError) as exc:
         return _fail(str(exc))
     from ledger.node import serve
+    from ledger.store import StoreError
 
     try:
         asyncio.run(serve(args.dir, args.replica, factory, fault=args.fault))
     except (KeyFileError, ClusterFileError) as exc:
         return _fail(str(exc))
+    except (StoreError, sqlite3.DatabaseError) as exc:
+        return _fail(f"replica {args.replica}: store: {exc}")
+    except ValueError as exc:  # the core's ConfigError, the contract's GenesisError
+        return _fail(f"replica {args.replica}: {exc}")
     except OSError as exc:
         return _fail(f"replica {args.replica}: {exc}")
     return 0
@@ -244,12 +250,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     config = PbftConfig.from_dict(dict(cluster.raw))
     keyring = Keyring(r.public_key for r in config.replicas)
-    store = BlockStore(path)
     try:
-        problems = verify_chain(store.blocks(), certificate_checker(keyring, config.quorum))
-        height = store.head()[0]
-    finally:
-        store.close()
+        store = BlockStore(path)
+        try:
+            problems = verify_chain(store.blocks(), certificate_checker(keyring, config.quorum))
+            height = store.head()[0]
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as exc:
+        print(f"wattmesh ledger: replica {args.replica}: store: {exc}", file=sys.stderr)
+        return 1
     for problem in problems:
         print(problem, file=sys.stderr)
     print(json.dumps({"replica": args.replica, "height": height, "ok": not problems,

@@ -182,3 +182,29 @@ def GENESIS_FILE(d: Path) -> Path:
     path = d / "genesis.json"
     path.write_text(json.dumps(GENESIS))
     return path
+
+
+def test_run_with_a_genesis_the_contract_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "c"
+    bad = tmp_path / "bad-genesis.json"
+    bad.write_text(json.dumps({"version": 99, "members": []}))
+    assert main(["ledger", "init", "--dir", str(d), "--genesis", str(bad)]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "run", "--dir", str(d), "--replica", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattmesh ledger: replica 0:") and "Traceback" not in err
+
+
+def test_a_store_that_is_not_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "c"
+    assert _init(tmp_path, "--dir", str(d)) == 0
+    (d / "replica-0.sqlite").write_bytes(b"this is not SQLite" * 100)
+    capsys.readouterr()
+    assert main(["ledger", "verify", "--dir", str(d), "--replica", "0"]) == 1
+    assert "store:" in capsys.readouterr().err
+    args = ["ledger", "run", "--dir", str(d), "--replica", "0", "--contract",
+            "tests.ledger.toy_contract:make_contract"]  # fmt: skip
+    assert main(args) == 2
+    assert "store:" in capsys.readouterr().err
