@@ -58,6 +58,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--fault", choices=("silent", "equivocate"), default=None, help=argparse.SUPPRESS
     )
+    p.add_argument("--listen-port", type=_positive, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("cluster", help="run every replica of --dir as child processes")
@@ -135,7 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ledger.store import StoreError
 
     try:
-        asyncio.run(serve(args.dir, args.replica, factory, fault=args.fault))
+        asyncio.run(
+            serve(args.dir, args.replica, factory, fault=args.fault, listen_port=args.listen_port)
+        )
     except (KeyFileError, ClusterFileError) as exc:
         return _fail(str(exc))
     except (StoreError, sqlite3.DatabaseError) as exc:

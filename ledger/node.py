@@ -56,11 +56,13 @@ class ReplicaNode:
         fault: Fault = None,
         cluster: ClusterConfig | None = None,
         relay_requests: bool = True,
+        listen_port: int | None = None,
     ) -> None:
         self.directory = directory
         self.me = replica_id
         self.cluster = cluster or load_cluster(directory / "cluster.json")
         self.address = self.cluster.replica(replica_id)
+        self.listen_port = listen_port if listen_port is not None else self.address.port
         self.key = load_key(directory / replica_key_file(replica_id))
         self.config = PbftConfig.from_dict(dict(self.cluster.raw))
         self.clock = clock
@@ -107,7 +109,7 @@ class ReplicaNode:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.listener.start(self.address.host, self.address.port)
+        await self.listener.start(self.address.host, self.listen_port)
         for link in self.links.values():
             link.start()
         tick_ms = self.cluster.timers["tick_ms"]
@@ -323,10 +325,15 @@ def _public(hex_key: str) -> Any:
 
 
 async def serve(
-    directory: Path, replica_id: int, factory: ContractFactory, fault: Fault = None
+    directory: Path,
+    replica_id: int,
+    factory: ContractFactory,
+    fault: Fault = None,
+    listen_port: int | None = None,
 ) -> None:
-    """Run one replica until SIGTERM or SIGINT, then stop cleanly."""
-    node = ReplicaNode(directory, replica_id, factory, fault=fault)
+    """Run one replica until SIGTERM or SIGINT, then stop cleanly. ``listen_port`` binds another
+    port than the cluster file's (tests put a cuttable proxy on the advertised one)."""
+    node = ReplicaNode(directory, replica_id, factory, fault=fault, listen_port=listen_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stop)

@@ -20,9 +20,10 @@ from typing import Any
 from ledger.cli import _statuses
 from ledger.cluster import load_cluster, replica_db_file
 from ledger.keys import load_key, new_key
-from ledger.setup import init_cluster
+from ledger.setup import free_ports, init_cluster
 from ledger.store import BlockStore
 from ledger_client.client import LedgerClient
+from tests.ledger.proxy import ReplicaProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = "tests.ledger.toy_contract:make_contract"
@@ -37,6 +38,7 @@ class Cluster:
         checkpoint_interval: int = 8,
         batch_max: int = 50,
         faults: dict[int, str] | None = None,
+        proxied: bool = False,
     ) -> None:
         self.dir = directory
         init_cluster(
@@ -49,6 +51,10 @@ class Cluster:
         )
         self.config = load_cluster(directory / "cluster.json")
         self.faults = faults or {}
+        # with ``proxied``, replica i listens on a private port behind a ReplicaProxy that
+        # holds the advertised one (start the proxies with ``await start_proxies()``)
+        self.private_ports = free_ports(self.config.n) if proxied else []
+        self.proxies: list[ReplicaProxy] = []
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.operator = load_key(directory / "operator.key")
         self.user = new_key()
@@ -60,6 +66,8 @@ class Cluster:
                "--contract", TOY]  # fmt: skip
         if i in self.faults:
             cmd += ["--fault", self.faults[i]]
+        if self.private_ports:
+            cmd += ["--listen-port", str(self.private_ports[i])]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         log = open(self.dir / f"replica-{i}.log", "ab")  # noqa: SIM115 - owned by the child
         self.procs[i] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -68,6 +76,20 @@ class Cluster:
     def start_all(self) -> None:
         for i in range(self.config.n):
             self.start(i)
+
+    async def start_proxies(self) -> None:
+        for r in self.config.replicas:
+            proxy = ReplicaProxy(r.id, r.port, self.private_ports[r.id])
+            await proxy.start()
+            self.proxies.append(proxy)
+
+    def cut(self, replicas: set[int]) -> None:
+        for proxy in self.proxies:
+            proxy.cut(replicas)
+
+    def heal(self) -> None:
+        for proxy in self.proxies:
+            proxy.heal()
 
     def kill(self, i: int) -> None:
         proc = self.procs.pop(i)

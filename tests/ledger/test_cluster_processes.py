@@ -127,6 +127,38 @@ async def test_crashes_restarts_and_a_cut_off_replica(tmp_path: Path) -> None:
     assert cmd_verify(argparse.Namespace(dir=cluster.dir, replica=3)) == 1
 
 
+async def test_a_partitioned_replica_rejoins(tmp_path: Path) -> None:
+    """Replica 3 cut off by the proxies (it keeps running and times out on its own), the others
+    make progress; after healing it catches up. Then the primary is partitioned away: the rest
+    change view and go on; healed, the old primary follows them."""
+    cluster = Cluster(tmp_path / "c", proxied=True)
+    await cluster.start_proxies()
+    cluster.start_all()
+    committed: list[SignedTx] = []
+    try:
+        async with cluster.client() as client:
+            committed += await load(client, cluster, 30, 0)
+            cluster.cut({3})
+            committed += await load(client, cluster, 60, 100)
+            lagging = (await cluster.statuses())[3]
+            assert lagging["height"] < (await cluster.statuses())[0]["height"]
+            cluster.heal()
+            committed += await load(client, cluster, 20, 200)
+            await check(cluster, [0, 1, 2, 3], committed)
+
+            cluster.cut({0})
+            committed += await load(client, cluster, 40, 300)
+            statuses = await cluster.wait_for([1, 2, 3], lambda ss: all(s["view"] >= 1 for s in ss))
+            assert all(s["primary"] != 0 for s in statuses)
+            cluster.heal()
+            committed += await load(client, cluster, 20, 400)
+            await check(cluster, [0, 1, 2, 3], committed)
+    finally:
+        cluster.stop_all()
+        for proxy in cluster.proxies:
+            await proxy.close()
+
+
 async def test_equivocating_primary_causes_no_divergence(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path / "c", faults={0: "equivocate"})
     cluster.start_all()
