@@ -118,7 +118,7 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         "--speed",
         "20",
         "--drop-every-s",
-        "4",
+        "30",
         "--corrupt-every",
         "3",
         "--duration-s",
@@ -147,7 +147,7 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
             assert exported == sorted(exported) and exported[-1] > exported[0]
             assert sink.verifier.counts()["dropped_tag"] >= 1  # the injected corruption
             # a relay command crosses the process boundary and is acked; the link drops every
-            # 0.2 s here, so the gateway retries as it would in the field (a fresh seq each time)
+            # 1.5 s here, so the gateway retries as it would in the field (a fresh seq each time)
             acked = None
             for seq in range(9, 40):
                 await eventually(lambda: source.is_connected(2), timeout=30)
