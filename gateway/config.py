@@ -19,6 +19,7 @@ from hardware.meters import MODELS
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
+MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,7 @@ class GatewayConfig:
     ledger: LedgerConfig | None = None
     mqtt: MqttConfig | None = None
     ble_backend: str = "bleak"
+    ble_silence_timeout_s: float | None = None  # None: no silence watchdog
     nodes: tuple[NodeConfig, ...] = ()
     buses: tuple[BusConfig, ...] = ()
     source: Path | None = field(default=None, compare=False)
@@ -209,10 +211,18 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         mt.done()
 
     ble_backend = "bleak"
+    ble_silence_timeout_s: float | None = None
     if (bt := root.table("ble")) is not None:
         ble_backend = bt.get("backend", str, "bleak")
         if ble_backend != "bleak" and not ble_backend.startswith("bumble:"):
             raise ConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
+        silence = bt.get("silence_timeout_s", (int, float), None)
+        if silence is not None:
+            if not 0 < silence <= MAX_SILENCE_S:  # also refuses TOML's nan and inf
+                raise ConfigError(
+                    f"ble.silence_timeout_s: {silence!r} must be seconds in (0, {MAX_SILENCE_S}]"
+                )
+            ble_silence_timeout_s = float(silence)
         for t in bt.tables("nodes"):
             nid = t.get("node_id", int, min=0, max=0xFFFF)
             nodes.append(
@@ -262,6 +272,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         ledger=ledger,
         mqtt=mqtt,
         ble_backend=ble_backend,
+        ble_silence_timeout_s=ble_silence_timeout_s,
         nodes=tuple(nodes),
         buses=tuple(buses),
     )

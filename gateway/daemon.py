@@ -199,7 +199,12 @@ class Gateway:
             ble_nodes = [BleNode(n.node_id, n.address) for n in nodes]
         except ValueError as exc:
             raise ConfigError(f"ble.nodes: {exc}") from exc
-        source: NodeSource = BleNodeSource(ble_nodes, backend=backend, clock=self.clock)
+        source: NodeSource = BleNodeSource(
+            ble_nodes,
+            backend=backend,
+            clock=self.clock,
+            silence_timeout_s=self.cfg.ble_silence_timeout_s,
+        )
         return source
 
     # -- the frame path -------------------------------------------------------------------------

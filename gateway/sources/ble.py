@@ -191,9 +191,12 @@ class BleNodeSource:
         ``silence_timeout_s``: a node whose firmware hung behind a live radio link is only
         revived by a reconnect (and the failure shows in the counters)."""
         assert self._silence_s is not None
+        silence_ms = max(1, int(self._silence_s * 1000))
         seen = self._per_node[node_id]["notifications"]
         while True:
-            await self._sleep(self._silence_s)
+            # on the gateway clock, which also stamps the frames: silence is judged in the same
+            # time the nodes report in (a driven clock in tests and the demo)
+            await self._clock.sleep_until(self._clock.now_ms() + silence_ms)
             now = self._per_node[node_id]["notifications"]
             if now == seen:
                 self._count(node_id, "silences")

@@ -38,6 +38,28 @@ def test_the_shipped_example_is_valid() -> None:
     assert [m.model for b in cfg.buses for m in b.meters] == ["sdm630", "sdm120", "pzem004t"]
 
 
+def with_ble(line: str) -> str:
+    return MINIMAL.replace("[[mqtt.nodes]]", f"[ble]\n{line}\n[[mqtt.nodes]]", 1)
+
+
+def test_ble_silence_timeout_is_off_unless_set(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL)
+    assert load_config(p).ble_silence_timeout_s is None
+    p.write_text(with_ble("silence_timeout_s = 90"))
+    assert load_config(p).ble_silence_timeout_s == 90.0
+    p.write_text(with_ble("silence_timeout_s = 0.5"))
+    assert load_config(p).ble_silence_timeout_s == 0.5
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "-inf", "1e9", "'30'", "true", "[]"])
+def test_a_bad_ble_silence_timeout_is_named(tmp_path: Path, value: str) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(with_ble(f"silence_timeout_s = {value}"))
+    with pytest.raises(ConfigError, match=r"^ble\.silence_timeout_s: "):
+        load_config(p)
+
+
 def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     p = tmp_path / "gw.toml"
     p.write_text(MINIMAL)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from bumble.link import LocalLink
 
 from firmware import frame
@@ -56,6 +57,60 @@ async def test_ble_plugs_through_the_daemon(tmp_path: Path) -> None:
         assert hist["plug1"].import_wh == 1200 * 899 // 3600
         assert hist["plug2"].import_wh == 400 * 899 // 3600
         assert gw.reports_queued == 2
+    finally:
+        gw.stop()
+        await task
+        await central.close()
+
+
+@pytest.mark.parametrize("silence_s", [30.0, None])
+async def test_the_daemon_runs_the_ble_silence_watchdog_from_its_config(
+    tmp_path: Path, silence_s: float | None
+) -> None:
+    """``[ble] silence_timeout_s`` reaches the BLE source: a plug whose link stays up but which
+    sends nothing is reconnected once that much gateway time has passed; with the key unset no
+    watchdog runs (the same silence is sat out)."""
+    link = LocalLink()
+    clock = ManualClock(T0)
+    plug = PlugEmulator.on_link(link, 1, KEYS[1], load=constant_load(500.0), now_ms=clock.now_ms)
+    await plug.start()
+    central = BumbleCentral.on_link(link)
+    cfg = GatewayConfig(
+        gateway_id="home-1",
+        data_dir=tmp_path,
+        key_file=tmp_path / "gateway.key",
+        keystore=None,
+        ble_silence_timeout_s=silence_s,
+        nodes=(NodeConfig(1, "ble", "plug1", address=plug.address),),
+    )
+    gw = Gateway(cfg, clock=clock, node_keys=KEYS, ble_backend=bumble_backend(central))
+    task = asyncio.create_task(gw.run())
+
+    async def one_reading() -> None:
+        before = gw.verifier.accepted
+        await plug.tick()
+        await until(lambda: gw.verifier.accepted == before + 1, what="a reading")
+
+    try:
+        source = gw.sources[0]
+        await until(lambda: source.stats()["connected"] == 1, what="plug connected")
+        for _ in range(4):  # readings every 10 s: the watchdog stays quiet
+            await clock.advance(10_000)
+            await one_reading()
+        assert source.stats()["silences"] == 0
+        plug.faults.silent = True  # the link stays up, the plug sends nothing
+        for _ in range(5):
+            await clock.advance(10_000)
+            await plug.tick()
+        if silence_s is None:
+            # (advance runs each woken sleeper before moving on: a watchdog would have fired)
+            assert source.stats()["silences"] == 0 and source.is_connected(1)
+            return
+        await until(lambda: source.stats()["silences"] == 1, what="the watchdog")
+        plug.faults.silent = False
+        await until(lambda: source.stats()["reconnects"] == 1, what="a reconnect")
+        await until(lambda: source.stats()["connected"] == 1, what="plug connected again")
+        await one_reading()
     finally:
         gw.stop()
         await task
