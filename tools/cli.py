@@ -29,6 +29,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "ledger.contract.bench",  # wattmesh bench auction
     "gateway.bench",  # wattmesh bench ingest
     "gateway.ems.bench",  # wattmesh bench ems
+    "hardware.ble.bench",  # wattmesh bench ble
 )
 
 

@@ -1,4 +1,5 @@
-"""BLE figures on the virtual stack, as JSON: ``python -m hardware.ble.bench [--plugs N]``.
+"""BLE figures on the virtual stack, as JSON: ``wattmesh bench ble [--plugs N] [--frames M]``
+(also ``python -m hardware.ble.bench``).
 
 Measures, through the gateway's ``BleNodeSource`` and the real bleak API on the bumble backend:
 time to connect and subscribe to N plugs, notification throughput plug -> sink, the time from a
@@ -14,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from bumble.link import LocalLink
 
@@ -103,20 +105,50 @@ async def bench(plugs: int, frames: int) -> dict[str, object]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hardware.ble.bench", description=__doc__)
-    parser.add_argument("--plugs", type=int, default=10, choices=range(1, 201), metavar="1..200")
+def _bounded(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: must be in {lo}..{hi}")
+        return value
+
+    return parse
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugs", type=_bounded("--plugs", 1, 200), default=10, help="emulated plugs (1..200)"
+    )
     parser.add_argument(
         "--frames",
-        type=int,
+        type=_bounded("--frames", 1, 10_000),
         default=50,
-        choices=range(1, 10001),
-        metavar="1..10000",
-        help="readings per plug",
+        help="readings per plug (1..10000)",
     )
-    args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(bench(args.plugs, args.frames))))
+    parser.add_argument("--json", action="store_true", help="print JSON only (the default output)")
+
+
+def cmd_ble(args: argparse.Namespace) -> int:
+    print(json.dumps(asyncio.run(bench(args.plugs, args.frames))), flush=True)
     return 0
+
+
+def register_bench(bench_subparsers: Any) -> None:
+    """``wattmesh bench ble`` (``tools/cli.py`` lists this module in ``BENCH_MODULES``)."""
+    p = bench_subparsers.add_parser(
+        "ble", help="BLE plugs through the real bleak API on bumble's virtual controller"
+    )
+    _add_arguments(p)
+    p.set_defaults(func=cmd_ble)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hardware.ble.bench", description=__doc__)
+    _add_arguments(parser)
+    return cmd_ble(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
