@@ -173,3 +173,11 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert processes_mentioning("wattmesh-demo-") == []
+
+
+def test_faults_in_a_one_hour_run_follow_one_another(tmp_path: Path) -> None:
+    proc, summary = run_demo(tmp_path, "--households", "2", "--hours", "1", "--faults")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    times = [f["sim_time"] for f in summary["faults"]]
+    assert len(times) == 4 and len(set(times)) == 4
+    assert all(f["recovered"] for f in summary["faults"])

@@ -56,9 +56,12 @@ class ClusterLedger:
         return self
 
     def start_replica(self, i: int) -> None:
+        """Start replica ``i`` unless it is running."""
         from ledger.cli import replica_command
 
-        self.sup.spawn(f"replica-{i}", replica_command(self.directory, i))
+        child = self.sup.children.get(f"replica-{i}")
+        if child is None or not child.alive():
+            self.sup.spawn(f"replica-{i}", replica_command(self.directory, i))
 
     def kill_replica(self, i: int) -> None:
         import signal

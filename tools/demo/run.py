@@ -521,11 +521,15 @@ class DemoRun:
                 f"restarted at {self.sim_label(t)}; the {queued} reports queued meanwhile "
                 "are delivered from the outboxes")
 
+        # Minutes into each fault's hour; in runs under 4 hours the hours coincide, so the
+        # faults then follow one another instead of overlapping.
+        m = (10, 55, 10, 50, 25, 20, 45) if hours >= 4 else (5, 15, 20, 35, 25, 40, 50)
+        minute = 60_000
         plan = [
-            (at[0] + 10 * 60_000, kill), (at[0] + HOUR_MS - 5 * 60_000, restart),
-            (at[1] + 10 * 60_000, silence), (at[1] + 50 * 60_000, unsilence),
-            (at[1] + 25 * 60_000, drop_ble),
-            (at[2] + 20 * 60_000, stop_ledger), (at[2] + 45 * 60_000, start_ledger),
+            (at[0] + m[0] * minute, kill), (at[0] + m[1] * minute, restart),
+            (at[1] + m[2] * minute, silence), (at[1] + m[3] * minute, unsilence),
+            (at[1] + m[4] * minute, drop_ble),
+            (at[2] + m[5] * minute, stop_ledger), (at[2] + m[6] * minute, start_ledger),
         ]
         self.fault_plan = sorted(plan, key=lambda p: p[0])
 
