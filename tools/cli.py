@@ -30,6 +30,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "gateway.bench",  # wattmesh bench ingest
     "gateway.ems.bench",  # wattmesh bench ems
     "hardware.ble.bench",  # wattmesh bench ble
+    "tools.firmware_cli",  # wattmesh bench firmware
 )
 
 

@@ -388,10 +388,7 @@ def register(subparsers: Any) -> None:
     f.add_argument("--baud", type=int, default=460800)
     f.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     f.set_defaults(func=_guard(_cmd_flash))
-    bb = fw_sub.add_parser("bench", help="heap, RMS window time and bundle size, as JSON")
-    bb.add_argument("--steps", type=int, default=120, help="simulated seconds of steady state")
-    bb.add_argument("--windows", type=int, default=50, help="RMS windows to time")
-    bb.set_defaults(func=_guard(_cmd_bench))
+    _add_bench_parser(fw_sub, "bench")
     prov = subparsers.add_parser("provision", help="provision nodes")
     prov_sub = prov.add_subparsers(dest="provision_command", metavar="WHAT", required=True)
     n = prov_sub.add_parser("node", help="make a node's key and config, record the key")
@@ -407,3 +404,25 @@ def register(subparsers: Any) -> None:
     n.add_argument("--wifi-password")
     n.add_argument("--force", action="store_true", help="replace an existing key for this id")
     n.set_defaults(func=_guard(_cmd_provision))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..100000")
+    return value
+
+
+def _add_bench_parser(sub: Any, name: str) -> None:
+    bb = sub.add_parser(name, help="firmware heap, RMS window time and bundle size, as JSON")
+    bb.add_argument("--steps", type=_positive, default=120, help="simulated s of steady state")
+    bb.add_argument("--windows", type=_positive, default=50, help="RMS windows to time")
+    bb.set_defaults(func=_guard(_cmd_bench))
+
+
+def register_bench(bench_subparsers: Any) -> None:
+    """`wattmesh bench firmware`: the same figures as `wattmesh firmware bench`."""
+    _add_bench_parser(bench_subparsers, "firmware")
