@@ -346,8 +346,10 @@ class DemoRun:
         self.progress.say("")
         self.progress.header()
         for k in range(opts.hours):
+            self.progress.set_status(f"hour {k + 1} of {opts.hours}: auction, delivery, reports")
             await self.hour(k)
-            self.progress.step(f"hour {k + 1}/{opts.hours}")
+            self.progress.step()
+        self.progress.set_status("settling and checking")
         await self.settle_pending()
         await self.snapshot_balances("end")
         await self.checks()
