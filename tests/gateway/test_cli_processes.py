@@ -197,10 +197,12 @@ unit = 1
         gw.send_signal(signal.SIGKILL)  # killed mid-interval: no flush, no goodbye
         gw.wait(10)
         before = len(readings(db, "node7"))
+        ble_before = len(readings(db, "plug1"))
         gw2, _ = procs.start("gateway", "run", "--config", str(cfg))
-        # (BLE after a SIGKILL is not checked: the emulated link keeps the dead central's
-        # connection, where a radio would drop it at the supervision timeout.)
         wait_for(lambda: len(readings(db, "node7")) > before + 5, what="readings after restart")
+        # the plug process saw the dead gateway's HCI connection close and ended its links, so
+        # the plug advertised again and the restarted gateway reconnected to it
+        wait_for(lambda: len(readings(db, "plug1")) > ble_before + 3, what="BLE after restart")
         gw2.send_signal(signal.SIGTERM)
         assert gw2.wait(30) == 0
         assert gw2.stderr is not None and "stopped cleanly" in gw2.stderr.read()
