@@ -239,6 +239,9 @@ class ReplicaNode:
     # -- outputs --------------------------------------------------------------------------------
 
     def _perform(self, actions: list[Action]) -> None:
+        # Replies are gathered per client connection and sent as one frame (a block's worth):
+        # one encode and one socket write per client per block instead of one per transaction.
+        replies: dict[ClientConn, list[dict[str, Any]]] = {}
         for action in actions:
             if isinstance(action, Send):
                 link = self.links.get(action.to)
@@ -254,9 +257,15 @@ class ReplicaNode:
                 if conns:
                     wire = action.reply.to_wire()
                     for conn in conns:
-                        conn.send(wire)
+                        replies.setdefault(conn, []).append(wire)
             elif isinstance(action, ExecutedAction):
                 self.executed_blocks += 1
+        for conn, wires in replies.items():
+            if len(wires) == 1:
+                conn.send(wires[0])
+            else:
+                for start in range(0, len(wires), MAX_PER_FRAME):
+                    conn.send({"t": "replies", "replies": wires[start : start + MAX_PER_FRAME]})
 
     # -- queries --------------------------------------------------------------------------------
 

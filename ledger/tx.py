@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -34,13 +34,34 @@ def public_bytes(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+MAX_KEY_CACHE = 4096  # parsed sender keys kept (members of a community sign again and again)
+_public_keys: dict[bytes, Ed25519PublicKey] = {}
+
+
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    key = _public_keys.get(raw)
+    if key is None:
+        key = Ed25519PublicKey.from_public_bytes(raw)  # ValueError for a bad length
+        if len(_public_keys) >= MAX_KEY_CACHE:
+            _public_keys.pop(next(iter(_public_keys)))
+        _public_keys[raw] = key
+    return key
+
+
 @dataclass(frozen=True, slots=True)
 class SignedTx:
+    """A signed transaction. Its canonical unsigned bytes (what the id hashes and the signature
+    covers) and its id are computed once and kept: every replica needs both for every
+    transaction, several times (id, signature check, batch, block), and encoding is the largest
+    per-transaction cost after the signature check itself. ``body`` must not be mutated."""
+
     sender: bytes
     kind: str
     body: Mapping[str, Any]
     nonce: int
     signature: bytes
+    _payload: bytes = field(default=b"", compare=False, repr=False)
+    _id: str = field(default="", compare=False, repr=False)
 
     def unsigned(self) -> dict[str, Any]:
         return {
@@ -50,12 +71,21 @@ class SignedTx:
             "sender": self.sender.hex(),
         }
 
+    @property
+    def payload(self) -> bytes:
+        """``canonical(self.unsigned())``, computed once."""
+        if not self._payload:
+            object.__setattr__(self, "_payload", canonical(self.unsigned()))
+        return self._payload
+
     def signing_bytes(self) -> bytes:
-        return TX_DOMAIN + canonical(self.unsigned())
+        return TX_DOMAIN + self.payload
 
     @property
     def tx_id(self) -> str:
-        return hashlib.sha256(canonical(self.unsigned())).hexdigest()
+        if not self._id:
+            object.__setattr__(self, "_id", hashlib.sha256(self.payload).hexdigest())
+        return self._id
 
     def to_wire(self) -> dict[str, Any]:
         wire = self.unsigned()
@@ -64,9 +94,7 @@ class SignedTx:
 
     def verify(self) -> bool:
         try:
-            Ed25519PublicKey.from_public_bytes(self.sender).verify(
-                self.signature, self.signing_bytes()
-            )
+            _public_key(self.sender).verify(self.signature, self.signing_bytes())
         except (InvalidSignature, ValueError):
             return False
         return True
@@ -94,11 +122,13 @@ class SignedTx:
             raise TxError("nonce must be an integer in [0, 2**63)")
         sender = _hex_field(wire, "sender", 32)
         sig = _hex_field(wire, "sig", 64)
+        unsigned = {"body": body, "kind": kind, "nonce": nonce, "sender": wire["sender"]}
         try:
-            canonical(body)
+            # checks the body and yields the bytes the id and signature are computed over
+            payload = canonical(unsigned)
         except EncodingError as exc:
             raise TxError(f"body: {exc}") from exc
-        return cls(sender=sender, kind=kind, body=body, nonce=nonce, signature=sig)
+        return cls(sender, kind, body, nonce, sig, payload)
 
 
 def _hex_field(wire: Mapping[str, Any], name: str, size: int) -> bytes:

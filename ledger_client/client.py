@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
-from ledger.transport import FrameError, encode_frame, read_message
+from ledger.transport import FrameDecoder, FrameError, decode_payload, encode_frame, read_message
 from ledger.tx import MAX_NONCE, SignedTx, sign_tx
 from ledger_client.protocol import answer_key, receipt_from_wire, reply_key
 
 DEFAULT_TIMEOUT_S = 30.0
 RECONNECT_S = 0.2
 MAX_PER_FRAME = 500  # transactions or awaited ids in one frame
+READ_CHUNK = 1 << 16
 
 
 class LedgerError(RuntimeError):
@@ -101,9 +102,15 @@ class _Conn:
                 self.writer = writer
                 self.ready.set()
                 self.client._on_connect(self.index)
+                # read whatever has arrived and split it into frames: one read for many
+                # replies (two awaited reads per frame cost more than the reply itself)
+                decoder = FrameDecoder()
                 while True:
-                    message = await read_message(reader)
-                    self.client._on_message(self.index, message)
+                    data = await reader.read(READ_CHUNK)
+                    if not data:
+                        break
+                    for payload in decoder.feed(data):
+                        self.client._on_message(self.index, decode_payload(payload))
             except (OSError, asyncio.IncompleteReadError, FrameError):
                 pass
             finally:
@@ -221,6 +228,23 @@ class LedgerClient:
         if pending is None:
             pending = self._txs[tx_id] = _Pending(self.f + 1)
         wire = tx.to_wire()
+        loop = asyncio.get_running_loop()
+        wait_s = self.request_timeout_s
+
+        def resend() -> None:
+            # re-send to every replica; back off so an overloaded cluster is not flooded with
+            # copies of what it is already working on
+            nonlocal wait_s, timer
+            if pending.done.done():
+                return
+            self.resends += 1
+            for conn in self._conns:
+                conn.request(wire)
+            wait_s *= 2
+            timer = loop.call_later(wait_s, resend)
+
+        # a timer callback, not wait_for: wait_for makes a task per transaction
+        timer = loop.call_later(wait_s, resend)
         try:
             async with asyncio.timeout(self.timeout_s):
                 primary = self.view % len(self._conns)
@@ -229,21 +253,13 @@ class LedgerClient:
                         conn.request(wire)
                     else:
                         conn.await_reply(tx_id)
-                wait_s = self.request_timeout_s
-                while True:
-                    try:
-                        reply = await asyncio.wait_for(asyncio.shield(pending.done), wait_s)
-                        return {"tx_id": tx_id, "height": reply["h"], "receipt": reply["receipt"]}
-                    except TimeoutError:
-                        # re-send to every replica; back off so an overloaded cluster is not
-                        # flooded with copies of what it is already working on
-                        self.resends += 1
-                        wait_s *= 2
-                        for conn in self._conns:
-                            conn.request(wire)
+                # shielded: the future is shared by every submit of this transaction
+                reply = await asyncio.shield(pending.done)
+                return {"tx_id": tx_id, "height": reply["h"], "receipt": reply["receipt"]}
         except TimeoutError as exc:
             raise LedgerError(f"no f+1 matching replies for {tx_id} in {self.timeout_s}s") from exc
         finally:
+            timer.cancel()
             if owner:
                 self._txs.pop(tx_id, None)
 
@@ -328,20 +344,32 @@ class LedgerClient:
         for tx_id in list(self._txs):
             conn.await_reply(tx_id)
 
+    def _on_reply(self, index: int, message: Any) -> None:
+        if not isinstance(message, dict):
+            return
+        pending = self._txs.get(str(message.get("tx")))
+        if pending is None:
+            return
+        view = message.get("v")
+        if isinstance(view, int) and view > self.view:
+            self.view = view
+        if pending.done.done():
+            return
+        try:
+            receipt_from_wire(message.get("receipt"))
+        except ValueError:
+            return
+        pending.vote(index, reply_key(message), message)
+
     def _on_message(self, index: int, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "reply":
-            pending = self._txs.get(str(message.get("tx")))
-            if pending is None:
-                return
-            view = message.get("v")
-            if isinstance(view, int) and view > self.view:
-                self.view = view
-            try:
-                receipt_from_wire(message.get("receipt"))
-            except ValueError:
-                return
-            pending.vote(index, reply_key(message), message)
+            self._on_reply(index, message)
+        elif kind == "replies":
+            replies = message.get("replies")
+            if isinstance(replies, list):
+                for reply in replies:
+                    self._on_reply(index, reply)
         elif kind == "reject":
             pending = self._txs.get(str(message.get("tx_id")))
             if pending is None:

@@ -69,11 +69,9 @@ Fault = Literal["silent", "equivocate"] | None
 
 
 def fast_tx_id(tx: SignedTx) -> str:
-    """``tx.tx_id`` without the encoder's type walk: ``SignedTx.from_wire`` (the only way a
-    transaction reaches the core, via ``sign_tx`` or parsing) already checked the body, so the
-    walk would only repeat it. It is the hot path of every replica; a test pins it to
-    ``SignedTx.tx_id``."""
-    return hashlib.sha256(canonical(tx.unsigned(), checked=False)).hexdigest()
+    """``tx.tx_id``: a parsed transaction carries its canonical bytes and id, computed once when
+    it was parsed or signed (a test pins this to ``SignedTx.tx_id``)."""
+    return tx.tx_id
 
 
 def checkpoint_digest(seq: int, block_hash: bytes, state_digest: bytes) -> bytes:
