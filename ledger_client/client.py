@@ -230,6 +230,7 @@ class LedgerClient:
         wire = tx.to_wire()
         loop = asyncio.get_running_loop()
         wait_s = self.request_timeout_s
+        timer: asyncio.TimerHandle | None = None
 
         def resend() -> None:
             # re-send to every replica; back off so an overloaded cluster is not flooded with
@@ -259,7 +260,8 @@ class LedgerClient:
         except TimeoutError as exc:
             raise LedgerError(f"no f+1 matching replies for {tx_id} in {self.timeout_s}s") from exc
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if owner:
                 self._txs.pop(tx_id, None)
 
