@@ -23,31 +23,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.clock import ManualClock
 from gateway.ems.agent import TradingAgent
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
-from gateway.intervals import MISSING
 from gateway.sources.mqtt import MqttNodeSource
 from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
 from ledger.keys import public_hex
 from ledger.tx import sign_tx
+from tools.demo.checks import self_checks
 from tools.demo.economics import HourBook, Tariffs
 from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, slot_profile, start_edge
-from tools.demo.ledger_port import ClusterLedger, LedgerPort, open_ledger
+from tools.demo.faults import plan_faults
+from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan, ems_tariff, plan_home
 from tools.demo.procs import Supervisor, start_mosquitto
 from tools.demo.progress import Progress
-from tools.demo.record import Check, DayRecord, Fault, HourResult
-from tools.demo.vmnode import VmNode
+from tools.demo.record import DayRecord, HourResult
+from tools.demo.vmnode import VM_NODE_BASE, VmNode
 from tools.demo.world import Home, build_community, run_slots
 
 START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
 OPERATOR = "OPERATOR"
 AGENT_MARGINS = (0.02, 0.4)  # share of the tariff band each home's agent asks below / bids above
-HOUR_MS = 3_600_000
+HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
 POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
-VM_NODE_BASE = 60_000  # node ids of the firmware node (plugs use (home + 1) * 16 + k)
 VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
 METERED_REGULAR = ("Television", "Personal Computer", "Refrigerator")
 
@@ -456,84 +456,7 @@ class DemoRun:
         return dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M")
 
     def plan_faults(self) -> None:
-        """Four faults spread over the run, each inside a delivery hour (simulated times)."""
-        hours = self.opts.hours
-        at = [self.day0_ms + h * HOUR_MS for h in (hours // 4, hours // 2, (3 * hours) // 4)]
-        victim = 1  # a backup replica; the primary of view 0 is replica 0
-        home = self.edges[min(1, len(self.edges) - 1)]
-        ledger = self.ledger
-        assert isinstance(ledger, ClusterLedger)
-        faults: dict[str, Fault] = {}
-
-        def fault(kind: str, t: int, detail: str) -> Fault:
-            f = Fault(kind, (t - self.day0_ms) // HOUR_MS, self.sim_label(t), detail)
-            self.record.faults.append(f)
-            faults[kind] = f
-            self.hour_notes.setdefault(f.hour_index, []).append(kind)
-            return f
-
-        async def kill(t: int) -> None:
-            ledger.kill_replica(victim)
-            fault("replica killed", t, f"replica {victim} killed with SIGKILL")
-
-        async def restart(t: int) -> None:
-            ledger.start_replica(victim)
-            await ledger.wait_up([victim])
-            faults["replica killed"].recovered = (
-                f"restarted at {self.sim_label(t)}; it caught up from its SQLite store and "
-                "its peers")
-
-        async def silence(t: int) -> None:
-            home.silence(True)
-            fault("meter silenced", t, f"{home.meter_id} stopped answering Modbus requests")
-
-        async def unsilence(t: int) -> None:
-            home.silence(False)
-            faults["meter silenced"].recovered = (
-                f"answering again at {self.sim_label(t)}; the intervals it missed were reported "
-                "as missing and the energy of the gap counted when it answered (flags gap)")
-
-        plug_home = next((e for e in self.edges if e.plugs), None)
-
-        async def drop_ble(t: int) -> None:
-            if plug_home is None:
-                fault("BLE link dropped", t, "skipped: no home has a BLE plug")
-                return
-            plug = plug_home.plugs[0]
-            await plug.emulator.drop_link()
-            f = fault("BLE link dropped", t,
-                      f"plug {plug.node_id} ({plug.appliance}, {plug_home.id_grid}) disconnected")
-            await self.wait_for(lambda: not plug_home.ble_ready([plug.node_id]), 2.0,
-                                "BLE drop seen")
-            back = await self.wait_for(lambda: plug_home.ble_ready([plug.node_id]), 10.0,
-                                       "BLE reconnect")
-            f.recovered = ("the gateway reconnected through bleak and resubscribed" if back
-                           else "the plug did not reconnect within 10 s")
-
-        async def stop_ledger(t: int) -> None:
-            ledger.stop_all()
-            self.ledger_down = True
-            fault("ledger stopped", t, "all 4 replicas stopped; reports wait in the outboxes")
-
-        async def start_ledger(t: int) -> None:
-            await ledger.start_all()
-            self.ledger_down = False
-            queued = sum(e.pending() for e in self.edges)
-            faults["ledger stopped"].recovered = (
-                f"restarted at {self.sim_label(t)}; the {queued} reports queued meanwhile "
-                "are delivered from the outboxes")
-
-        # Minutes into each fault's hour; in runs under 4 hours the hours coincide, so the
-        # faults then follow one another instead of overlapping.
-        m = (10, 55, 10, 50, 25, 20, 45) if hours >= 4 else (5, 15, 20, 35, 25, 40, 50)
-        minute = 60_000
-        plan = [
-            (at[0] + m[0] * minute, kill), (at[0] + m[1] * minute, restart),
-            (at[1] + m[2] * minute, silence), (at[1] + m[3] * minute, unsilence),
-            (at[1] + m[4] * minute, drop_ble),
-            (at[2] + m[5] * minute, stop_ledger), (at[2] + m[6] * minute, start_ledger),
-        ]
-        self.fault_plan = sorted(plan, key=lambda p: p[0])
+        self.fault_plan = plan_faults(self)
 
     async def settle_pending(self) -> None:
         for listing_id in list(self.unsettled):
@@ -572,107 +495,4 @@ class DemoRun:
     # -- self-checks ------------------------------------------------------------------------
 
     async def checks(self) -> None:
-        assert self.ledger is not None
-        rec = self.record
-        digests = await self.ledger.digests()
-        values = set(digests.values())
-        rec.checks.append(Check(
-            "replicas agree on the state digest", len(values) == 1 and len(digests) == 4,
-            ", ".join(f"{k}: {v[:16]}" for k, v in sorted(digests.items()))))
-        members = await self.ledger.query("members")
-        grid = await self.ledger.query("grid")
-        escrow = 0
-        for m in members:
-            b = await self.ledger.query("balance", id_grid=m["id_grid"])
-            escrow += int(b["escrow"])
-        total = sum(int(m["balance"]) for m in members) + escrow + int(grid["balance"])
-        rec.checks.append(Check(
-            "tokens conserved", total == self.minted == int(grid["supply"]),
-            f"balances + escrow + grid account = {total} micro-tokens; minted {self.minted}; "
-            f"ledger supply {grid['supply']}"))
-        end_ms = self.day0_ms + self.opts.hours * HOUR_MS
-        on_ledger = delivered = closed = missing = 0
-        problems: list[str] = []
-        for e in self.edges:
-            rows = await self.ledger.query("reports", meter_id=e.meter_id)
-            got = {r["interval"]: (r["import_wh"], r["export_wh"]) for r in rows}
-            on_ledger += len(got)
-            intervals = e.billing_intervals(self.day0_ms, end_ms)
-            closed += len(intervals)
-            for i in intervals:
-                if i.flags & MISSING:
-                    missing += 1
-                    continue
-                delivered += 1
-                if got.get(i.name) != (i.import_wh, i.export_wh):
-                    problems.append(f"{e.meter_id} {i.name}: gateway {i.import_wh}/"
-                                    f"{i.export_wh} Wh, ledger {got.get(i.name)}")
-        expected = len(self.homes) * SLOTS_PER_HOUR * self.opts.hours
-        rec.checks.append(Check(
-            "every meter report accounted for",
-            not problems and closed == expected and on_ledger == delivered,
-            "; ".join(problems[:3]) if problems else
-            f"{closed} of {expected} intervals closed; {on_ledger} reports on the ledger, equal "
-            f"to the gateways' ({missing} intervals without data carried their energy to the "
-            f"next report); {len(self.unsettled)} listings left unsettled"))
-        lost = []
-        for e in self.edges:
-            imp_mwh, exp_mwh = e.meter.counters.import_mwh, e.meter.counters.export_mwh
-            intervals = e.billing_intervals(self.day0_ms, end_ms)
-            rep_imp = sum(i.import_wh for i in intervals)
-            rep_exp = sum(i.export_wh for i in intervals)
-            if abs(rep_imp - imp_mwh / 1000) >= 1 or abs(rep_exp - exp_mwh / 1000) >= 1:
-                lost.append(f"{e.meter_id}: reported {rep_imp}/{rep_exp} Wh, meter "
-                            f"{imp_mwh / 1000:.1f}/{exp_mwh / 1000:.1f} Wh")
-        rec.checks.append(Check(
-            "no metered energy lost", not lost,
-            "; ".join(lost) if lost else "every meter's reported Wh equal its counters' advance"))
-        refused = [f"{e.id_grid}: {r}" for e in self.edges for r in e.refused()]
-        rec.checks.append(Check(
-            "no report refused by the ledger", not refused,
-            "; ".join(refused[:5]) if refused else "every queued transaction was accepted"))
-        frames: dict[str, int] = {}
-        for e in self.edges:
-            for key, value in e.gateway.verifier.counts().items():
-                frames[key] = frames.get(key, 0) + value
-        dropped = {k: v for k, v in frames.items() if k.startswith("dropped_") and v}
-        rec.checks.append(Check(
-            "no valid frame rejected", not dropped and frames.get("accepted", 0) > 0,
-            f"{frames.get('accepted', 0)} node frames verified and accepted; dropped: "
-            f"{dropped or 'none'}"))
-        rec.counters["node_frames_accepted"] = frames.get("accepted", 0)
-        for e in self.edges:  # what the plugs and the node measured, appliance by appliance
-            loads: dict[str, int] = {}
-            for p in e.plugs:
-                rows = e.gateway.interval_history(f"plug-{p.node_id}", self.day0_ms, end_ms)
-                loads[p.appliance] = sum(i.import_wh for i in rows)
-            for appliance, (node, relay) in e.node_ids.items():
-                if node >= VM_NODE_BASE:
-                    meter = f"node-{node}" if relay == 0 else f"node-{node}.{relay}"
-                    rows = e.gateway.interval_history(meter, self.day0_ms, end_ms)
-                    loads[f"{appliance} (firmware node)"] = sum(i.import_wh for i in rows)
-            rec.sub_metered_wh[e.id_grid] = loads
-            plan = self.plans[self.homes.index(next(h for h in self.homes
-                                                     if h.id_grid == e.id_grid))]
-            planned: dict[str, int] = {}
-            for a in plan.home.appliances:
-                slots = plan.schedule.get(a.name) if a.flexible else run_slots(
-                    a, plan.home.habit_start.get(a.name, 0))
-                on = set(slots or [])
-                run_on = sum(1 for k in range(self.opts.hours * SLOTS_PER_HOUR)
-                             if k % SLOTS_PER_DAY in on)
-                planned[a.name] = run_on * a.power_w * SLOT_MS // HOUR_MS
-            for name in loads:
-                rec.sub_planned_wh.setdefault(e.id_grid, {})[name] = planned[
-                    name.removesuffix(" (firmware node)")]
-        rec.counters["relay_commands_acked"] = sum(e.relay_ok for e in self.edges)
-        rec.counters["relay_commands_failed"] = sum(e.relay_failed for e in self.edges)
-        rec.counters["sub_meter_reports_kept_local"] = sum(
-            e.deliverer.kept_local for e in self.edges)
-        rec.counters["modbus_failed_reads"] = sum(
-            sum(v for k, v in e.bus.stats().items() if k in ("timeout", "crc", "exception",
-                                                              "bad_value"))
-            for e in self.edges)
-        rec.counters["reports_expected"] = expected
-        rec.counters["reports_on_ledger"] = on_ledger
-        rec.counters["intervals_without_data"] = missing
+        await self_checks(self)

@@ -33,6 +33,7 @@ from tools.demo.procs import Child, Supervisor
 from tools.mpvm import REPO, RUNNER, check_vm
 
 BOARD = "esp32_devkitc_ct"
+VM_NODE_BASE = 60_000  # node id of the firmware node: this + the home's index (plugs: 16..975)
 SAMPLE_S = 60  # one metering window per simulated minute: a day is 1440 windows on the VM
 PUBLISH_S = 300  # a READING per channel every 5 simulated minutes, as the Modbus polls
 STEP_MS = 60_000

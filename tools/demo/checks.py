@@ -1,0 +1,130 @@
+"""The demo's self-checks: what it verifies at the end of the day, and says.
+
+Replicas on one state digest; tokens conserved; every billing-meter interval closed and its
+report on the ledger with the gateway's figures; no metered energy lost (reports add up to the
+meters' counters); no transaction refused; no valid node frame rejected. Also records what the
+plugs and the firmware node metered against the plan.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
+from gateway.intervals import MISSING
+from tools.demo.record import Check
+from tools.demo.vmnode import VM_NODE_BASE
+from tools.demo.world import run_slots
+
+if TYPE_CHECKING:
+    from tools.demo.run import DemoRun
+
+HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
+
+
+async def self_checks(run: DemoRun) -> None:
+    """Append every check to ``run.record.checks`` (and the counters behind them)."""
+    assert run.ledger is not None
+    rec = run.record
+    digests = await run.ledger.digests()
+    values = set(digests.values())
+    rec.checks.append(Check(
+        "replicas agree on the state digest", len(values) == 1 and len(digests) == 4,
+        ", ".join(f"{k}: {v[:16]}" for k, v in sorted(digests.items()))))
+    members = await run.ledger.query("members")
+    grid = await run.ledger.query("grid")
+    escrow = 0
+    for m in members:
+        b = await run.ledger.query("balance", id_grid=m["id_grid"])
+        escrow += int(b["escrow"])
+    total = sum(int(m["balance"]) for m in members) + escrow + int(grid["balance"])
+    rec.checks.append(Check(
+        "tokens conserved", total == run.minted == int(grid["supply"]),
+        f"balances + escrow + grid account = {total} micro-tokens; minted {run.minted}; "
+        f"ledger supply {grid['supply']}"))
+    end_ms = run.day0_ms + run.opts.hours * HOUR_MS
+    on_ledger = delivered = closed = missing = 0
+    problems: list[str] = []
+    for e in run.edges:
+        rows = await run.ledger.query("reports", meter_id=e.meter_id)
+        got = {r["interval"]: (r["import_wh"], r["export_wh"]) for r in rows}
+        on_ledger += len(got)
+        intervals = e.billing_intervals(run.day0_ms, end_ms)
+        closed += len(intervals)
+        for i in intervals:
+            if i.flags & MISSING:
+                missing += 1
+                continue
+            delivered += 1
+            if got.get(i.name) != (i.import_wh, i.export_wh):
+                problems.append(f"{e.meter_id} {i.name}: gateway {i.import_wh}/"
+                                f"{i.export_wh} Wh, ledger {got.get(i.name)}")
+    expected = len(run.homes) * SLOTS_PER_HOUR * run.opts.hours
+    rec.checks.append(Check(
+        "every meter report accounted for",
+        not problems and closed == expected and on_ledger == delivered,
+        "; ".join(problems[:3]) if problems else
+        f"{closed} of {expected} intervals closed; {on_ledger} reports on the ledger, equal "
+        f"to the gateways' ({missing} intervals without data carried their energy to the "
+        f"next report); {len(run.unsettled)} listings left unsettled"))
+    lost = []
+    for e in run.edges:
+        imp_mwh, exp_mwh = e.meter.counters.import_mwh, e.meter.counters.export_mwh
+        intervals = e.billing_intervals(run.day0_ms, end_ms)
+        rep_imp = sum(i.import_wh for i in intervals)
+        rep_exp = sum(i.export_wh for i in intervals)
+        if abs(rep_imp - imp_mwh / 1000) >= 1 or abs(rep_exp - exp_mwh / 1000) >= 1:
+            lost.append(f"{e.meter_id}: reported {rep_imp}/{rep_exp} Wh, meter "
+                        f"{imp_mwh / 1000:.1f}/{exp_mwh / 1000:.1f} Wh")
+    rec.checks.append(Check(
+        "no metered energy lost", not lost,
+        "; ".join(lost) if lost else "every meter's reported Wh equal its counters' advance"))
+    refused = [f"{e.id_grid}: {r}" for e in run.edges for r in e.refused()]
+    rec.checks.append(Check(
+        "no report refused by the ledger", not refused,
+        "; ".join(refused[:5]) if refused else "every queued transaction was accepted"))
+    frames: dict[str, int] = {}
+    for e in run.edges:
+        for key, value in e.gateway.verifier.counts().items():
+            frames[key] = frames.get(key, 0) + value
+    dropped = {k: v for k, v in frames.items() if k.startswith("dropped_") and v}
+    rec.checks.append(Check(
+        "no valid frame rejected", not dropped and frames.get("accepted", 0) > 0,
+        f"{frames.get('accepted', 0)} node frames verified and accepted; dropped: "
+        f"{dropped or 'none'}"))
+    rec.counters["node_frames_accepted"] = frames.get("accepted", 0)
+    for e in run.edges:  # what the plugs and the node measured, appliance by appliance
+        loads: dict[str, int] = {}
+        for p in e.plugs:
+            rows = e.gateway.interval_history(f"plug-{p.node_id}", run.day0_ms, end_ms)
+            loads[p.appliance] = sum(i.import_wh for i in rows)
+        for appliance, (node, relay) in e.node_ids.items():
+            if node >= VM_NODE_BASE:
+                meter = f"node-{node}" if relay == 0 else f"node-{node}.{relay}"
+                rows = e.gateway.interval_history(meter, run.day0_ms, end_ms)
+                loads[f"{appliance} (firmware node)"] = sum(i.import_wh for i in rows)
+        rec.sub_metered_wh[e.id_grid] = loads
+        plan = run.plans[run.homes.index(next(h for h in run.homes
+                                                 if h.id_grid == e.id_grid))]
+        planned: dict[str, int] = {}
+        for a in plan.home.appliances:
+            slots = plan.schedule.get(a.name) if a.flexible else run_slots(
+                a, plan.home.habit_start.get(a.name, 0))
+            on = set(slots or [])
+            run_on = sum(1 for k in range(run.opts.hours * SLOTS_PER_HOUR)
+                         if k % SLOTS_PER_DAY in on)
+            planned[a.name] = run_on * a.power_w * SLOT_MS // HOUR_MS
+        for name in loads:
+            rec.sub_planned_wh.setdefault(e.id_grid, {})[name] = planned[
+                name.removesuffix(" (firmware node)")]
+    rec.counters["relay_commands_acked"] = sum(e.relay_ok for e in run.edges)
+    rec.counters["relay_commands_failed"] = sum(e.relay_failed for e in run.edges)
+    rec.counters["sub_meter_reports_kept_local"] = sum(
+        e.deliverer.kept_local for e in run.edges)
+    rec.counters["modbus_failed_reads"] = sum(
+        sum(v for k, v in e.bus.stats().items() if k in ("timeout", "crc", "exception",
+                                                          "bad_value"))
+        for e in run.edges)
+    rec.counters["reports_expected"] = expected
+    rec.counters["reports_on_ledger"] = on_ledger
+    rec.counters["intervals_without_data"] = missing
