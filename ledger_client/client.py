@@ -114,9 +114,12 @@ class _Conn:
             except (OSError, asyncio.IncompleteReadError, FrameError):
                 pass
             finally:
+                was_up = self.writer is not None
                 self.ready.clear()
                 self.writer = None
                 writer.close()
+                if was_up:
+                    self.client._on_disconnect(self.index)
             await asyncio.sleep(RECONNECT_S)
 
 
@@ -126,6 +129,7 @@ class _Pending:
         self.votes: dict[bytes, set[int]] = defaultdict(set)
         self.first: dict[bytes, dict[str, Any]] = {}
         self.rejects: dict[str, set[int]] = defaultdict(set)
+        self.wire: dict[str, Any] | None = None  # the signed transaction, for re-sends
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     def vote(self, replica: int, key: bytes, message: dict[str, Any]) -> None:
@@ -228,6 +232,7 @@ class LedgerClient:
         if pending is None:
             pending = self._txs[tx_id] = _Pending(self.f + 1)
         wire = tx.to_wire()
+        pending.wire = wire
         loop = asyncio.get_running_loop()
         wait_s = self.request_timeout_s
         timer: asyncio.TimerHandle | None = None
@@ -249,8 +254,11 @@ class LedgerClient:
         try:
             async with asyncio.timeout(self.timeout_s):
                 primary = self.view % len(self._conns)
+                # the primary we would use is not connected (down, or restarting): give the
+                # transaction to every replica, so the backups hold it and time the primary out
+                everyone = self.broadcast or not self._conns[primary].ready.is_set()
                 for conn in self._conns:
-                    if self.broadcast or conn.index == primary:
+                    if everyone or conn.index == primary:
                         conn.request(wire)
                     else:
                         conn.await_reply(tx_id)
@@ -362,6 +370,19 @@ class LedgerClient:
         except ValueError:
             return
         pending.vote(index, reply_key(message), message)
+
+    def _on_disconnect(self, index: int) -> None:
+        """The connection to replica ``index`` dropped. If it is the primary we send requests
+        to, the transactions waiting on it go to every other replica now rather than after
+        ``request_timeout_s``: a backup that holds a request arms its view-change timer, so a
+        crashed primary is replaced one view-change timeout after the crash."""
+        if not self._conns or index != self.view % len(self._conns):
+            return
+        for pending in self._txs.values():
+            if pending.wire is not None and not pending.done.done():
+                for conn in self._conns:
+                    if conn.index != index:
+                        conn.request(pending.wire)
 
     def _on_message(self, index: int, message: dict[str, Any]) -> None:
         kind = message.get("t")

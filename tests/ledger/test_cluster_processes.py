@@ -234,3 +234,33 @@ def test_sigterm_stops_a_replica_cleanly(tmp_path: Path) -> None:
     proc = cluster.procs.pop(0)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
+
+
+async def test_a_crashed_primary_is_replaced_without_waiting_for_client_resends(
+    tmp_path: Path,
+) -> None:
+    """The client re-sends never fire here (request timeout of minutes): transactions sent to
+    the primary before it died, and those submitted after, must reach the backups because the
+    client sees the primary's connection drop, so the backups time the primary out."""
+    cluster = Cluster(tmp_path / "c")
+    cluster.start_all()
+    try:
+        async with cluster.client(request_timeout_s=600.0, timeout_s=60.0) as client:
+            committed = await load(client, cluster, 5, 0)
+            cluster.pause(0)  # frozen: its connections stay up, the requests reach only it
+            in_flight = [sign_tx(cluster.user, "toy.add", {"amount": 1}, 100 + k) for k in range(5)]
+            tasks = [asyncio.ensure_future(client.submit(tx)) for tx in in_flight]
+            while not all(client._txs.get(tx.tx_id) for tx in in_flight):
+                await asyncio.sleep(0)
+            while client._conns[0]._flush_scheduled or client._conns[0]._requests:
+                await asyncio.sleep(0)
+            cluster.kill(0)  # its sockets close: the client sees the primary go
+            receipts = await asyncio.wait_for(asyncio.gather(*tasks), 40)
+            assert all(r.ok for r in receipts)
+            assert client.resends == 0
+            committed += in_flight
+            committed += await asyncio.wait_for(load(client, cluster, 5, 200), 40)
+            assert client.resends == 0
+            await check(cluster, [1, 2, 3], committed)
+    finally:
+        cluster.stop_all()
