@@ -61,13 +61,16 @@ def plan_faults(run: DemoRun) -> list[tuple[int, FaultAction]]:
             f"answering again at {run.sim_label(t)}; the intervals it missed were reported "
             "as missing and the energy of the gap counted when it answered (flags gap)")
 
-    plug_home = next((e for e in run.edges if e.plugs), None)
+    # a plug whose relay the EMS switches, if any home has one: its commands must survive
+    switched = [(e, p) for e in run.edges for p in e.plugs if p.appliance in run.relay_names(e)]
+    anyplug = [(e, p) for e in run.edges for p in e.plugs]
+    candidates = switched or anyplug
+    plug_home, plug = candidates[0] if candidates else (None, None)
 
     async def drop_ble(t: int) -> None:
-        if plug_home is None:
+        if plug_home is None or plug is None:
             fault("BLE link dropped", t, "skipped: no home has a BLE plug")
             return
-        plug = plug_home.plugs[0]
         await plug.emulator.drop_link()
         f = fault("BLE link dropped", t,
                   f"plug {plug.node_id} ({plug.appliance}, {plug_home.id_grid}) disconnected")

@@ -283,6 +283,10 @@ class DemoRun:
 
         return load
 
+    def relay_names(self, edge: HomeEdge) -> set[str]:
+        """The appliances of a home whose relays the EMS plan switches."""
+        return {name for (home, name) in self.relay_state if home == edge.id_grid}
+
     def current_ledger(self) -> LedgerPort | None:
         """What the gateways deliver to: nothing while the whole ledger is stopped."""
         return None if self.ledger_down else self.ledger
