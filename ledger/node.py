@@ -83,6 +83,9 @@ class ReplicaNode:
             now_ms=clock(),
             fault=fault,
             relay_requests=relay_requests,
+            # one verdict cache for requests and pre-prepares: a transaction a client sent to
+            # this backup too (a re-send) is verified once, not once per path
+            tx_verifier=self.sigs.check,
         )
         peer_keys = {r.id: _public(r.public_key) for r in self.cluster.replicas}
         self.listener = Listener(
