@@ -103,8 +103,14 @@ class BumbleCentral:
             await self.device.start_scanning(active=False, filter_duplicates=False)
             self._started = True
 
+    def is_live(self, connection: Connection) -> bool:
+        """Whether the host still has this very connection (not one that reuses its handle)."""
+        return self.device.connections.get(connection.handle) is connection
+
     def claim(self, connection: Connection) -> None:
         """A client owns this connection (see ``_reap``)."""
+        if not self.is_live(connection):
+            return  # already gone: its disconnection event will never come to discard it
         self._claimed.add(connection)
         connection.on(
             Connection.EVENT_DISCONNECTION, lambda _reason: self._claimed.discard(connection)
@@ -118,9 +124,7 @@ class BumbleCentral:
         controller connected just as the host cancelled) belongs to nobody; left open, the
         peripheral would never advertise again. BlueZ drops such links; so does this."""
         # identity, not the handle: a later connection may already reuse this one's handle
-        if connection in self._claimed or self.device.connections.get(connection.handle) is not (
-            connection
-        ):
+        if connection in self._claimed or not self.is_live(connection):
             return
         log.info("dropping an unclaimed connection to %s", connection.peer_address)
         task = asyncio.get_running_loop().create_task(self._drop(connection))
@@ -224,6 +228,14 @@ class BumbleBleakClient(BaseBleakClient):
         self._connection = connection
         self._lost = asyncio.get_running_loop().create_future()
         connection.on(Connection.EVENT_DISCONNECTION, self._on_disconnection)
+        if not central.is_live(connection):
+            # The link ended before this task resumed (the connection's "complete" and its
+            # "disconnection complete" were handled in one go, as happens when a peer drops a
+            # fresh link under load): its disconnection event has already gone out to nobody,
+            # and a GATT request on it would wait for the 30 s ATT timeout.
+            self._lost.set_result(None)
+            self._connection = None
+            raise BleakError(f"{self.address}: link lost while connecting")
         try:
             self._peer = Peer(connection)
             await self._guard(self._peer.request_mtu(DEFAULT_MTU))

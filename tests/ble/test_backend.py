@@ -167,3 +167,32 @@ async def test_backend_on_an_unreachable_hci_transport_raises_bleak_error() -> N
     cls = backend_from_spec(f"bumble:tcp-client:127.0.0.1:{port}")
     with pytest.raises(BleakError):
         await BleakClient(plug_address(1), backend=cls, timeout=0.2).connect()
+
+
+async def test_a_link_that_ends_before_connect_resumes_fails_fast_and_the_next_connect_works(
+    world: World,
+) -> None:
+    """The peer drops a fresh link and the host handles that disconnection before the connecting
+    task resumes (both events in one read from the HCI socket, under load): connect must fail at
+    once, not wait out the 30 s ATT timeout on a link that is gone (the churn stall)."""
+    plug = world.plugs[1]
+    device = world.central.device
+    real_connect = device.connect
+    dropped_first = False
+
+    async def connect_and_lose_the_link_before_returning(*args: object, **kwargs: object) -> object:
+        nonlocal dropped_first
+        connection = await real_connect(*args, **kwargs)  # type: ignore[arg-type]
+        if not dropped_first:
+            dropped_first = True
+            await plug.drop_link()
+            await eventually(lambda: not world.central.is_live(connection))
+        return connection
+
+    device.connect = connect_and_lose_the_link_before_returning  # type: ignore[method-assign]
+    client = BleakClient(plug.address, backend=world.backend(), timeout=2)
+    with pytest.raises(BleakError, match="link lost while connecting"):
+        await asyncio.wait_for(client.connect(), 5)
+    assert not client.is_connected and dropped_first
+    async with BleakClient(plug.address, backend=world.backend(), timeout=2) as again:
+        assert again.services.get_service(PROFILE.service_uuid) is not None
