@@ -83,6 +83,7 @@ def test_summary_holds_the_day(short_run) -> None:  # type: ignore[no-untyped-de
     assert "MicroPython VM" in summary["parts"]["firmware node"]
     assert summary["counters"]["vm_released"] > 0  # the firmware's frames reached the gateway
     assert summary["counters"]["relay_commands_failed"] == 0
+    assert summary["counters"]["vm_acks"] == summary["counters"]["vm_commands"]
     assert summary["parts"]["mqtt"].startswith("mosquitto")
     # the relays followed the plan: each plug metered exactly the energy the plan put on it,
     # and the firmware's CT clamps measured within 2 % plus their noise floor (under 10 W)

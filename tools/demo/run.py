@@ -307,7 +307,7 @@ class DemoRun:
             on = set(plan.schedule.get(a.name, ()))
             channels.append([a.power_w if s in on else 0 for s in range(SLOTS_PER_DAY)] * days)
         vm = VmNode.start(self.sup, self.run_dir / "vm-node", node_id, self.mqtt_port,
-                          self.clock, self.day0_ms, channels, self.opts.hours, SLOT_MS // 1000)
+                          self.clock, self.day0_ms, channels, SLOT_MS // 1000)
         self.record.parts["firmware node"] = (
             f"node {node_id} of {home.id_grid}: the real firmware on the MicroPython VM "
             f"(node subprocess), CT clamps on {', '.join(a.name for a in appliances)}, on MQTT")

@@ -100,7 +100,7 @@ class VmNode:
 
     @classmethod
     def start(cls, sup: Supervisor, directory: Path, node_id: int, mqtt_port: int,
-              clock: ManualClock, day0_ms: int, channels: list[list[int]], hours: int,
+              clock: ManualClock, day0_ms: int, channels: list[list[int]],
               slot_s: int) -> VmNode:
         node_exe = check_vm()
         directory.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,9 @@ class VmNode:
         profile = {"vrms": NOMINAL_V, "load": [[0, 0.0, 1.0]],
                    "channels": {str(i): channel_curve(w, slot_s, PUBLISH_S)
                                 for i, w in enumerate(channels)}}
-        ticks = (hours * 3_600_000 + PUBLISH_S * 1000) // STEP_MS + 10
+        # ticks 0: the VM runs until the demo closes its stdin (or stops it), paced by the
+        # bridge below, so it is there for relay commands until the very end of the run.
+        ticks = 0
         day0_ms -= PUBLISH_S * 1000
         child = sup.spawn(
             f"node-{node_id}-vm",
@@ -225,6 +227,9 @@ class VmNode:
 
     async def close(self) -> None:
         self._pause(False)
+        with contextlib.suppress(OSError, ValueError):
+            if self.child.proc.stdin is not None:
+                self.child.proc.stdin.close()  # the VM's loop ends when its input does
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
