@@ -33,12 +33,20 @@ def processes_mentioning(text: str) -> list[str]:
 Run = tuple[subprocess.CompletedProcess[str], dict[str, Any]]
 
 
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    """The demo keeps its run directory under ``tmp_path`` (TMPDIR), so this test can tell its
+    children from those of any other demo running on the machine."""
+    runs = tmp_path / "runs"
+    runs.mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(runs)}
+
+
 def run_demo(tmp_path: Path, *args: str, timeout: float = 150) -> Run:
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "tools.cli", "demo", "--out", str(out), *args],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=demo_env(tmp_path),
     )
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() \
         else {}
@@ -127,9 +135,9 @@ def test_the_hour_lines_are_printed(short_run) -> None:  # type: ignore[no-untyp
 
 
 def test_nothing_is_left_running(short_run) -> None:  # type: ignore[no-untyped-def]
-    proc, _, _ = short_run
+    proc, _, out = short_run
     assert proc.returncode == 0
-    assert processes_mentioning("wattmesh-demo-") == []
+    assert processes_mentioning(str(out.parent / "runs")) == []
 
 
 def test_faults_hit_and_the_day_still_completes(tmp_path: Path) -> None:
@@ -150,7 +158,7 @@ def test_faults_hit_and_the_day_still_completes(tmp_path: Path) -> None:
     assert summary["counters"]["modbus_failed_reads"] > 0
     html = (tmp_path / "out" / "report.html").read_text()
     assert "replica killed" in html and "ledger stopped" in html
-    assert processes_mentioning("wattmesh-demo-") == []
+    assert processes_mentioning(str(tmp_path / "runs")) == []
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -158,14 +166,14 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         [sys.executable, "-m", "tools.cli", "demo", "--households", "2", "--hours", "24",
          "--quiet"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=demo_env(tmp_path),
     )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:  # wait until the day is running: children are all up
             if line.startswith("2026-06-21 00"):
                 break
-        assert processes_mentioning("wattmesh-demo-"), "the demo's children should be running"
+        assert processes_mentioning(str(tmp_path / "runs")), "the demo's children should be up"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -173,7 +181,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    assert processes_mentioning("wattmesh-demo-") == []
+    assert processes_mentioning(str(tmp_path / "runs")) == []
 
 
 def test_faults_in_a_one_hour_run_follow_one_another(tmp_path: Path) -> None:
