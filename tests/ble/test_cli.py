@@ -118,7 +118,7 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         "--speed",
         "20",
         "--drop-every-s",
-        "30",
+        "4",
         "--corrupt-every",
         "3",
         "--duration-s",
@@ -147,7 +147,7 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
             assert exported == sorted(exported) and exported[-1] > exported[0]
             assert sink.verifier.counts()["dropped_tag"] >= 1  # the injected corruption
             # a relay command crosses the process boundary and is acked; the link drops every
-            # 1.5 s here, so the gateway retries as it would in the field (a fresh seq each time)
+            # 0.2 s here, so the gateway retries as it would in the field (a fresh seq each time)
             acked = None
             for seq in range(9, 40):
                 await eventually(lambda: source.is_connected(2), timeout=30)
@@ -162,6 +162,14 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
                 acked = frame.unpack_ack(sink.of(2, frame.T_ACK)[0].payload)
                 break
             assert acked is not None and acked[1:] == (0, frame.S_OK, 0)
+            # and through all that churn neither plug goes long without a reading (a connect
+            # that lost its link before resuming once hung here for the 30 s ATT timeout)
+            for _ in range(5):
+                seen = {n: len(sink.of(n)) for n in (1, 2)}
+                await sink.until(
+                    lambda seen=seen: all(len(sink.of(n)) > seen[n] for n in (1, 2)), timeout=6
+                )
+            assert source.stats()["reconnects"] >= 10
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
