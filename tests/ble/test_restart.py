@@ -6,17 +6,23 @@ would, and the plugs advertise again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
+from bleak import BleakClient
 from bumble import hci
 from bumble.device import Device
+from bumble.link import LocalLink
 from bumble.transport import open_transport
 
+from gateway.clock import ManualClock
 from gateway.sources.ble import BleNode, BleNodeSource
 from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
+from hardware.ble.controller import HciServer, serve_controller
+from hardware.ble.plug import PlugEmulator, constant_load
 from hardware.ble.profile import GATEWAY_ADDRESS
-from tests.ble.conftest import KEYS, received
+from tests.ble.conftest import KEYS, eventually, received
 
 
 async def plug_process(*extra: str) -> tuple[asyncio.subprocess.Process, dict[str, object]]:
@@ -80,3 +86,37 @@ async def test_a_new_gateway_reaches_the_plugs_after_the_old_one_vanished() -> N
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
+
+
+async def test_a_second_host_replaces_the_first_and_its_links_end_at_the_plug() -> None:
+    """In process: an ``HciServer`` on a link with one plug. A host that never closed its socket
+    (vanished without a FIN) must not lock out its successor: the new host takes over, the old
+    host's link ends at the plug with "Connection Timeout", and the new host reaches the plug."""
+    link = LocalLink()
+    clock = ManualClock(0)
+    plug = PlugEmulator.on_link(link, 1, KEYS[1], load=constant_load(10.0), now_ms=clock.now_ms)
+    await plug.start()
+    reasons: list[int] = []
+    server = await serve_controller(link, "tcp-server:127.0.0.1:0")
+    assert isinstance(server, HciServer) and server.port is not None
+    spec = f"tcp-client:127.0.0.1:{server.port}"
+    first = await BumbleCentral.open(spec)
+    second: BumbleCentral | None = None
+    try:
+        async with BleakClient(plug.address, backend=bumble_backend(first), timeout=5) as old:
+            assert plug.connected and server.hosts_served == 1
+            (theirs,) = plug.device.connections.values()
+            theirs.on("disconnection", reasons.append)
+            second = await BumbleCentral.open(spec)  # the old host is still connected
+            async with BleakClient(plug.address, backend=bumble_backend(second), timeout=5):
+                assert server.hosts_served == 2
+                assert reasons == [hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR]
+                assert len(link.controllers) == 2  # the plug's and the new host's
+                assert plug.connected
+            await eventually(lambda: not old.is_connected, timeout=5)
+    finally:
+        await server.close()
+        for central in (first, second):
+            if central is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(central.close(), 3)
