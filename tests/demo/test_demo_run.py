@@ -114,6 +114,10 @@ def test_summary_holds_the_day(short_run) -> None:  # type: ignore[no-untyped-de
         assert h["traded_wh"] == sum(t["wh"] for t in h["trades"])
     assert summary["counters"]["reports_on_ledger"] == 3 * 4 * 3
     assert len(summary["load_w"]["before_ems"]) == 96
+    net_w = summary["load_w"]["metered_net"]  # Figure 8's metered line comes from the reports
+    assert len(net_w) == 3 * 4
+    assert sum(net_w) // 4 == sum(h["grid_import_wh"] - h["grid_export_wh"]
+                                  for h in summary["hours"])
     # balances: a start snapshot, one per hour, and the end
     assert len(summary["balances_utok"]) == 3 + 2
 

@@ -43,6 +43,11 @@ async def self_checks(run: DemoRun) -> None:
         f"balances + escrow + grid account = {total} micro-tokens; minted {run.minted}; "
         f"ledger supply {grid['supply']}"))
     end_ms = run.day0_ms + run.opts.hours * HOUR_MS
+    net_wh = [0] * min(SLOTS_PER_DAY, run.opts.hours * SLOTS_PER_HOUR)
+    for e in run.edges:  # the community's metered net load, slot by slot, for Figure 8
+        for i in e.billing_intervals(run.day0_ms, run.day0_ms + len(net_wh) * SLOT_MS):
+            net_wh[(i.start_ms - run.day0_ms) // SLOT_MS] += i.import_wh - i.export_wh
+    rec.metered_net_w = [wh * HOUR_MS // SLOT_MS for wh in net_wh]
     on_ledger = delivered = closed = missing = 0
     problems: list[str] = []
     for e in run.edges:

@@ -65,6 +65,7 @@ class DayRecord:
     load_before_w: list[int] = field(default_factory=list)  # community, per 15-min slot
     load_after_w: list[int] = field(default_factory=list)
     pv_w: list[int] = field(default_factory=list)
+    metered_net_w: list[int] = field(default_factory=list)  # from the signed reports, per slot
     balances: list[tuple[str, dict[str, int]]] = field(default_factory=list)
     hours: list[HourResult] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)

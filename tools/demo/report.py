@@ -82,6 +82,7 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
             "before_ems": record.load_before_w,
             "after_ems": record.load_after_w,
             "pv": record.pv_w,
+            "metered_net": record.metered_net_w,
         },
         "balances_utok": [{"at": label, "balances": b} for label, b in record.balances],
         "faults": [asdict(f) for f in record.faults],
@@ -163,6 +164,10 @@ def load_figure(record: DayRecord) -> Figure:
             label="load with EMS (scheduled)")
     ax.fill_between(x, [w / 1000 for w in record.pv_w], step="post", color="gold", alpha=0.4,
                     label="PV production")
+    if record.metered_net_w:
+        ax.step(x[:len(record.metered_net_w)], [w / 1000 for w in record.metered_net_w],
+                where="post", color="black", linewidth=0.8,
+                label="metered net import (signed reports)")
     for f in record.faults:
         hh, mm = int(f.sim_time[11:13]), int(f.sim_time[14:16])
         ax.axvline(hh + mm / 60, color="tab:red", linestyle=":", linewidth=1)
