@@ -15,13 +15,15 @@ from bumble import hci
 from bumble.device import Device
 from bumble.link import LocalLink
 from bumble.transport import open_transport
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.clock import ManualClock
 from gateway.sources.ble import BleNode, BleNodeSource
 from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
 from hardware.ble.controller import HciServer, serve_controller
 from hardware.ble.plug import PlugEmulator, constant_load
-from hardware.ble.profile import GATEWAY_ADDRESS
+from hardware.ble.profile import GATEWAY_ADDRESS, PROFILE
 from tests.ble.conftest import KEYS, eventually, received
 
 
@@ -120,3 +122,65 @@ async def test_a_second_host_replaces_the_first_and_its_links_end_at_the_plug() 
             if central is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(central.close(), 3)
+
+
+# reset, LE scan parameters/enable, LE create connection (+cancel), disconnect, advertising
+# parameters/enable, read version, read BD_ADDR: commands a confused host might really send
+OPCODES = (0x0C03, 0x200B, 0x200C, 0x200D, 0x200E, 0x0406, 0x2006, 0x200A, 0x1001, 0x1009)
+
+
+def _hci_packet(kind: int, opcode: int, body: bytes, keep: int) -> bytes:
+    if kind == 1:  # command: opcode, 1-byte length
+        packet = bytes([1]) + opcode.to_bytes(2, "little") + bytes([len(body)]) + body
+    else:  # ACL data: handle + flags, 2-byte length
+        packet = bytes([2]) + (opcode & 0x0FFF).to_bytes(2, "little")
+        packet += len(body).to_bytes(2, "little") + body
+    return packet[: max(1, keep)]  # possibly truncated
+
+
+HCI_CHUNK = st.one_of(
+    st.binary(min_size=1, max_size=64),
+    st.builds(
+        _hci_packet,
+        st.sampled_from([1, 2]),
+        st.one_of(st.sampled_from(OPCODES), st.integers(0, 0xFFFF)),
+        st.binary(max_size=40),
+        st.integers(1, 50),
+    ),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunks=st.lists(HCI_CHUNK, min_size=1, max_size=6))
+def test_hostile_hci_bytes_never_take_the_plug_process_down(chunks: list[bytes]) -> None:
+    """Whatever a client writes to the HCI server (garbage, truncated or stray but valid HCI
+    packets), the server survives: afterwards a real host still reaches the plug."""
+
+    async def scenario() -> None:
+        link = LocalLink()
+        plug = PlugEmulator.on_link(link, 1, KEYS[1], load=constant_load(10.0), now_ms=lambda: 0)
+        await plug.start()
+        server = await serve_controller(link, "tcp-server:127.0.0.1:0")
+        assert isinstance(server, HciServer)
+        central: BumbleCentral | None = None
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for chunk in chunks:
+                writer.write(chunk)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            await eventually(lambda: server.controller is None, timeout=5)
+            assert len(link.controllers) == 1  # only the plug's: the client's controller left
+            central = await BumbleCentral.open(f"tcp-client:127.0.0.1:{server.port}")
+            async with BleakClient(plug.address, backend=bumble_backend(central), timeout=5) as c:
+                assert c.services.get_service(PROFILE.service_uuid) is not None
+        finally:
+            await server.close()
+            if central is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(central.close(), 3)
+
+    asyncio.run(scenario())
