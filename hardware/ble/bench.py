@@ -3,7 +3,10 @@
 
 Measures, through the gateway's ``BleNodeSource`` and the real bleak API on the bumble backend:
 time to connect and subscribe to N plugs, notification throughput plug -> sink, the time from a
-link drop to the next delivered frame, and a relay command's round trip (write -> ACK frame).
+link drop to the next delivered frame, a relay command's round trip (write -> ACK frame), and,
+over HCI on loopback TCP as across processes, the time from a gateway host vanishing (its HCI
+connection closed with no goodbye, as when the process is killed) to a new host having every
+plug connected again.
 Wall-clock figures of this machine's CPU, not of a radio.
 """
 
@@ -17,12 +20,17 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from bumble import hci
+from bumble.device import Device
 from bumble.link import LocalLink
+from bumble.transport import open_transport
 
 from firmware import frame
 from gateway.sources.ble import BleNode, BleNodeSource
 from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
+from hardware.ble.controller import HciServer
 from hardware.ble.plug import PlugEmulator, constant_load
+from hardware.ble.profile import GATEWAY_ADDRESS
 
 
 def _exceeds(value: Callable[[], int], floor: int) -> bool:
@@ -105,6 +113,53 @@ async def bench(plugs: int, frames: int) -> dict[str, object]:
     }
 
 
+def _all_connected(source: BleNodeSource, plugs: int) -> bool:
+    return source.stats()["connected"] == plugs
+
+
+async def bench_restart(plugs: int) -> dict[str, object]:
+    """Gateway host killed and replaced over HCI/TCP: seconds until the new host has every plug
+    connected (its first connects as the old links end at the plugs)."""
+    link = LocalLink()  # type: ignore[no-untyped-call]
+    emus = [
+        PlugEmulator.on_link(link, nid, bytes(32), load=constant_load(1.0), now_ms=lambda: 0)
+        for nid in range(1, plugs + 1)
+    ]
+    for emu in emus:
+        await emu.start()
+    server = HciServer(link)
+    await server.start("127.0.0.1", 0)
+    spec = f"tcp-client:127.0.0.1:{server.port}"
+    nodes = [BleNode(e.core.node_id, e.address) for e in emus]
+    times: list[float] = []
+    try:
+        for _generation in range(2):
+            transport = await open_transport(spec)
+            device = Device.with_hci(
+                "gateway", hci.Address(GATEWAY_ADDRESS), transport.source, transport.sink
+            )
+            source = BleNodeSource(
+                nodes,
+                backend=bumble_backend(BumbleCentral(device)),
+                reconnect_initial_s=0.001,
+                reconnect_max_s=0.002,
+            )
+            t0 = time.perf_counter()
+            task = asyncio.create_task(source.run(lambda raw, _t, _ms: None))
+            await _until(partial(_all_connected, source, plugs))
+            times.append(time.perf_counter() - t0)
+            await transport.close()  # killed: no disconnect, no reset
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await server.close()
+    return {
+        "first_host_all_connected_s": round(times[0], 4),
+        "after_kill_all_connected_s": round(times[1], 4),
+        "hosts_served": server.hosts_served,
+    }
+
+
 def _bounded(name: str, lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -132,7 +187,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_ble(args: argparse.Namespace) -> int:
-    print(json.dumps(asyncio.run(bench(args.plugs, args.frames))), flush=True)
+    async def both() -> dict[str, object]:
+        out = await bench(args.plugs, args.frames)
+        out["gateway_restart"] = await bench_restart(args.plugs)
+        return out
+
+    print(json.dumps(asyncio.run(both())), flush=True)
     return 0
 
 

@@ -22,6 +22,9 @@ def test_bench_ble_prints_json_with_every_frame_delivered(
     assert stats["connects"] == 2 + 5 and stats["reconnects"] == 5 and stats["commands"] == 20
     # 6 readings, one per tick after each of the 5 drops, and the 20 acks
     assert stats["notifications"] == 6 + 5 + 20
+    restart = out["gateway_restart"]  # a killed gateway host, then a new one, over HCI/TCP
+    assert restart["hosts_served"] == 2
+    assert restart["first_host_all_connected_s"] > 0 and restart["after_kill_all_connected_s"] > 0
 
 
 @pytest.mark.parametrize(
