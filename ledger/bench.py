@@ -122,7 +122,9 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         started = time.perf_counter()
         stop_at = started + args.seconds
         clients = [
-            LedgerClient.from_cluster_file(path, None, timeout_s=args.seconds + 30)
+            LedgerClient.from_cluster_file(
+                path, None, timeout_s=args.seconds + 30, broadcast=args.broadcast
+            )
             for _ in range(args.clients)
         ]
         for c in clients:
@@ -204,6 +206,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "clients": args.clients,
         "window": args.window,
         "batch_max": args.batch_max,
+        "broadcast": args.broadcast,
         "cores": os.cpu_count(),
         "client_cpu_ms_per_tx": round(1000 * client_cpu / max(committed, 1), 3),
         "replica_cpu_ms_per_tx": {
@@ -249,15 +252,20 @@ def register_bench(bench_subparsers: Any) -> None:
     p.add_argument("--replicas", type=_pos_int, default=4)
     p.add_argument("--seconds", type=_pos_float, default=10.0)
     p.add_argument("--clients", type=_pos_int, default=4, help="client connections")
-    p.add_argument("--window", type=_pos_int, default=80, help="in-flight txs per client")
+    p.add_argument("--window", type=_pos_int, default=60, help="in-flight txs per client")
     p.add_argument("--members", type=_pos_int, default=50, help="members sending transfers")
     p.add_argument("--kill-primary-after", type=_pos_float, default=None, metavar="T")
-    p.add_argument("--batch-max", type=_pos_int, default=200)
+    p.add_argument("--batch-max", type=_pos_int, default=100)
     p.add_argument("--batch-delay-ms", type=_pos_int, default=5)
     p.add_argument("--view-change-ms", type=_pos_int, default=2000)
     p.add_argument("--request-timeout-ms", type=_pos_int, default=3000, help="client re-send")
     p.add_argument("--checkpoint-interval", type=_pos_int, default=64)
     p.add_argument("--rate-cap", type=_pos_int, default=6000, help="pre-signed txs per second")
     p.add_argument("--max-txs", type=_pos_int, default=100_000, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="clients send every transaction to every replica (not only to the primary)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     p.set_defaults(func=_handler)

@@ -18,6 +18,8 @@ replica -> client
 - ``{"t": "reply", "r": i, "v": view, "tx": <tx_id hex>, "h": height,
   "receipt": {"code", "result", "message"}}``: the transaction executed in block h (the core's
   ``ledger.pbft.messages.Reply``).
+- ``{"t": "replies", "replies": [<reply>, ...]}``: up to 1000 replies in one frame (a replica
+  sends a block's replies for one client connection together; a single one goes as ``reply``).
 - ``{"t": "reject", "replica": i, "tx_id": <hex>, "code": <str>, "message": <str>}``: the replica
   refuses the request before ordering it (bad signature, malformed).
 - ``{"t": "answer", "replica": i, "id": <int>, "ok": bool, "value": ..., "error": <str>}``.

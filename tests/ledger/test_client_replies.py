@@ -1,0 +1,60 @@
+"""The client's handling of reply frames: a block's replies come as one ``replies`` frame, and
+whatever a replica sends in one can only fail that reply, never the client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger_client.client import LedgerClient, _Pending
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _client() -> LedgerClient:
+    return LedgerClient([("127.0.0.1", 1)] * 4, 1)
+
+
+def _reply(replica: int, tx_id: str, height: int) -> dict[str, Any]:
+    receipt = {"code": "OK", "result": {}, "message": ""}
+    return {"t": "reply", "r": replica, "v": 0, "tx": tx_id, "h": height, "receipt": receipt}
+
+
+async def test_a_replies_frame_counts_like_single_replies() -> None:
+    client = _client()
+    ids = [f"{k:064x}" for k in range(3)]
+    for tx_id in ids:
+        client._txs[tx_id] = _Pending(2)
+    client._on_message(0, {"t": "replies", "replies": [_reply(0, t, 7) for t in ids]})
+    assert not any(client._txs[t].done.done() for t in ids)  # one replica is not f+1
+    client._on_message(1, {"t": "replies", "replies": [_reply(1, t, 7) for t in ids[:2]]})
+    client._on_message(1, _reply(1, ids[2], 8))  # disagrees on the height: no result
+    assert [client._txs[t].done.done() for t in ids] == [True, True, False]
+    assert client._txs[ids[0]].done.result()["h"] == 7
+    client._on_message(2, {"t": "replies", "replies": [_reply(2, ids[2], 8)]})
+    assert client._txs[ids[2]].done.result()["h"] == 8
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=JSON, frame=st.dictionaries(st.text(max_size=6), JSON, max_size=4))
+def test_hostile_replies_frames_fail_only_themselves(items: Any, frame: dict[str, Any]) -> None:
+    async def run() -> None:
+        client = _client()
+        tx_id = "ab" * 32
+        client._txs[tx_id] = _Pending(2)
+        client._on_message(0, {"t": "replies", "replies": items})
+        client._on_message(0, {"t": "replies", "replies": [items, frame, _reply(0, tx_id, 3)]})
+        client._on_message(1, dict(frame, t="replies"))
+        client._on_message(1, {"t": "replies", "replies": [_reply(1, tx_id, 3)]})
+        assert client._txs[tx_id].done.result()["h"] == 3
+
+    asyncio.run(run())
