@@ -163,10 +163,12 @@ class ReplicaNode:
             if not isinstance(ids, list) or len(ids) > MAX_PER_FRAME:
                 self.counters["rejected_client_messages"] += 1
                 return
-            for tx_id in ids:
-                if isinstance(tx_id, str) and len(tx_id) == 64:
-                    self._wait_for(conn, tx_id)
-                    self._reply_if_executed(tx_id)
+            wanted = [t for t in ids if isinstance(t, str) and len(t) == 64]
+            for tx_id in wanted:
+                self._wait_for(conn, tx_id)
+            # one query for the whole frame; usually none has executed yet
+            for tx_id in self.state.store.known(wanted):
+                self._reply_if_executed(tx_id)
         elif kind == "query":
             conn.send(self._answer(message))
         else:
