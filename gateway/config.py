@@ -78,11 +78,23 @@ class GatewayConfig:
     ble_silence_timeout_s: float | None = None  # None: no silence watchdog
     nodes: tuple[NodeConfig, ...] = ()
     buses: tuple[BusConfig, ...] = ()
+    # Meters (and a node's channels, ``<meter_id>.<n>``) whose intervals are kept in the gateway
+    # but not reported to the ledger: sub-meters, which the contract would count twice on top of
+    # the member's billing meter. Empty (every meter reported) unless a config file says so.
+    unreported: frozenset[str] = frozenset()
     source: Path | None = field(default=None, compare=False)
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "gateway.db"
+
+    def reports(self, meter_id: str) -> bool:
+        """Whether a signed report of this meter's intervals goes to the ledger."""
+        if meter_id in self.unreported:
+            return False
+        base, _, channel = meter_id.rpartition(".")  # channel n > 0 (NodeConfig.channel_meter)
+        return not (channel.isdigit() and base in self.unreported
+                    and any(n.meter_id == base for n in self.nodes))
 
 
 class _Table:
@@ -180,6 +192,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         lt.done()
 
     nodes: list[NodeConfig] = []
+    unreported: set[str] = set()
     mqtt = None
     if (mt := root.table("mqtt")) is not None:
         disc = mt.table("discovery")
@@ -207,6 +220,8 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
                     topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE),
                 )
             )
+            if not t.get("report", bool, False):  # nodes are sub-meters unless marked billing
+                unreported.add(nodes[-1].meter_id)
             t.done()
         mt.done()
 
@@ -233,13 +248,15 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
                     address=t.get("address", str),
                 )
             )
+            if not t.get("report", bool, False):  # plugs are sub-meters unless marked billing
+                unreported.add(nodes[-1].meter_id)
             t.done()
         bt.done()
 
     buses: list[BusConfig] = []
     if (mb := root.table("modbus")) is not None:
         for bus in mb.tables("buses"):
-            buses.append(_bus(bus, base))
+            buses.append(_bus(bus, base, unreported))
         mb.done()
     root.done()
 
@@ -275,10 +292,11 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         ble_silence_timeout_s=ble_silence_timeout_s,
         nodes=tuple(nodes),
         buses=tuple(buses),
+        unreported=frozenset(unreported),
     )
 
 
-def _bus(t: _Table, base: Path) -> BusConfig:
+def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
     name = t.get("name", str, pattern=ID_RE)
     tcp_s = t.get("tcp", str, None)
     serial = t.get("serial", str, None)
@@ -296,6 +314,8 @@ def _bus(t: _Table, base: Path) -> BusConfig:
             raise ConfigError(f"{mt.where}.unit: unit {m.unit} is already used on this bus")
         units.add(m.unit)
         meters.append(m)
+        if not mt.get("report", bool, True):  # a Modbus meter is a billing meter unless unset
+            unreported.add(m.meter_id)
         mt.done()
     if not meters:
         raise ConfigError(f"{t.where}.meters: a bus needs at least one [[...meters]] entry")

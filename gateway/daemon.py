@@ -381,6 +381,8 @@ class Gateway:
         for i in closed:
             if i.flags & MISSING:
                 continue  # no data at all: nothing to vouch for (the energy lands flagged later)
+            if not self.cfg.reports(i.meter_id):
+                continue  # a sub-meter: kept here, the ledger bills the member's billing meter
             reports[(i.meter_id, i.start_ms)] = (
                 REPORT_KIND,
                 report_body(self.key, i),

@@ -191,3 +191,42 @@ def test_keystore(tmp_path: Path) -> None:
     ks.write_text('{"nodes": {"7": ')
     with pytest.raises(ConfigError, match="cannot read"):
         load_keystore(ks, cfg.nodes)
+
+
+def test_only_billing_meters_are_reported_by_default(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(with_ble("[[ble.nodes]]\nnode_id = 3\naddress = 'AA:BB:CC:DD:EE:03'"))
+    cfg = load_config(p)
+    # Modbus meters are billing meters, BLE plugs and MQTT nodes (and their channels) sub-meters
+    assert cfg.reports("main")
+    assert not cfg.reports("node7") and not cfg.reports("node7.2") and not cfg.reports("node3")
+    assert cfg.reports("unknown")  # a meter the config does not name is not filtered
+
+
+def test_report_can_be_set_on_every_kind_of_meter(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    doc = with_ble("[[ble.nodes]]\nnode_id = 3\naddress = 'AA:BB:CC:DD:EE:03'\nreport = true")
+    doc = doc.replace("node_id = 7", "node_id = 7\nreport = true").replace(
+        "unit = 1", "unit = 1\nreport = false")
+    p.write_text(doc)
+    cfg = load_config(p)
+    assert cfg.reports("node7") and cfg.reports("node7.1") and cfg.reports("node3")
+    assert not cfg.reports("main")
+    assert cfg.unreported == frozenset({"main"})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("node_id = 7", "node_id = 7\nreport = 1", r"^mqtt\.nodes\[0\]\.report: expected bool"),
+        ("unit = 1", "unit = 1\nreport = 'yes'",
+         r"^modbus\.buses\[0\]\.meters\[0\]\.report: expected bool, got str"),
+        ("[[mqtt.nodes]]", "[ble]\n[[ble.nodes]]\nnode_id = 3\naddress = 'x'\nreport = []\n"
+         "[[mqtt.nodes]]", r"^ble\.nodes\[0\]\.report: expected bool, got list"),
+    ],
+)
+def test_a_bad_report_key_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL.replace(old, new, 1))
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)

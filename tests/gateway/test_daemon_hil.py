@@ -31,7 +31,9 @@ KEY7 = bytes(range(32))
 MIN = 60_000
 
 
-def write_config(tmp: Path, mqtt_port: int, modbus_port: int) -> Path:
+def write_config(tmp: Path, mqtt_port: int, modbus_port: int, node_report: str = "true") -> Path:
+    """``node_report``: the node's ``report`` line (most tests have the node report to the
+    ledger like a billing meter; "" leaves the default, a sub-meter kept local)."""
     (tmp / "nodes.json").write_text(
         json.dumps({"nodes": {"7": {"key": KEY7.hex(), "name": "plug", "transport": "mqtt"}}})
     )
@@ -52,6 +54,7 @@ publish_min_s = 0
 [[mqtt.nodes]]
 node_id = 7
 meter_id = "plug7"
+{f"report = {node_report}" if node_report else ""}
 
 [[modbus.buses]]
 name = "tcp0"
@@ -76,6 +79,7 @@ class Home:
     meter: EmulatedMeter
     ledger: MemoryLedger
     broker: Broker
+    modbus_port: int
 
 
 @pytest.fixture
@@ -92,7 +96,8 @@ async def home(tmp_path: Path, broker: Broker) -> AsyncIterator[Home]:
     await until(node.ready.is_set, what="node connected")
     try:
         yield Home(
-            clock, write_config(tmp_path, broker.port, mport), node, meter, MemoryLedger(), broker
+            clock, write_config(tmp_path, broker.port, mport), node, meter, MemoryLedger(), broker,
+            mport,
         )
     finally:
         node_task.cancel()
@@ -143,6 +148,28 @@ async def test_frames_and_meters_become_signed_reports_delivered_once(home: Home
         assert tx.body["interval"] == interval_name(start_ms)
         assert verify_report(pub, dict(tx.body))
     assert reports["plug7"].body["import_wh"] == rows["plug7"].import_wh
+    gw.stop()
+    await task
+
+
+async def test_sub_meters_are_kept_local_and_only_billing_meters_reported(home: Home) -> None:
+    home.cfg_path = write_config(
+        home.cfg_path.parent, home.broker.port, home.modbus_port, node_report=""
+    )
+    cfg = load_config(home.cfg_path)
+    assert not cfg.reports("plug7") and not cfg.reports("plug7.1") and cfg.reports("main")
+    gw, task = await start(home)
+    for _ in range(31):
+        await minute(home, gw)
+    await until(lambda: len(home.ledger.applied) >= 2, what="reports delivered")
+    start_ms = T0 - MIN
+    rows = gw.interval_history(None, start_ms, start_ms + 2 * INTERVAL_MS)
+    # the plug's intervals are closed and kept in the gateway, with their energy ...
+    assert {i.meter_id for i in rows} == {"plug7", "main"}
+    assert sum(i.import_wh for i in rows if i.meter_id == "plug7") > 200
+    # ... but only the billing meter's reports were signed for the ledger
+    assert {tx.body["meter_id"] for tx in home.ledger.applied.values()} == {"main"}
+    assert len(home.ledger.applied) == 2 and gw.reports_queued == 2
     gw.stop()
     await task
 
