@@ -59,7 +59,7 @@ def short_run(
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
     tmp = tmp_path_factory.mktemp("demo")
     proc, summary = run_demo(tmp, "--households", "3", "--hours", "3", "--seed", "11",
-                             "--date", "2026-06-21", "--rule", "uniform")
+                             "--date", "2026-06-21", "--rule", "uniform", "--dr", "1-3:1200")
     return proc, summary, tmp / "out"
 
 
@@ -113,6 +113,21 @@ def test_summary_holds_the_day(short_run) -> None:  # type: ignore[no-untyped-de
         assert h["bids"] == len(h["order_book"]["bids"])
         assert h["traded_wh"] == sum(t["wh"] for t in h["trades"])
     assert summary["counters"]["reports_on_ledger"] == 3 * 4 * 3
+    # only billing meters report: the plugs' and the node's intervals stay in the gateways
+    assert summary["counters"]["billing_reports_queued"] == 3 * 4 * 3
+    assert summary["counters"]["sub_meter_intervals_kept_local"] > 0
+    # plans and orders come from the EMS forecast, whose error of the day is reported
+    fc = summary["forecast"]
+    assert fc["model"] == "ridge" and fc["history_days"] >= 16
+    assert all(fc["error"][k]["mae_wh"] > 0 and 0 < fc["error"][k]["nmae"] < 1
+               for k in ("load", "net"))
+    # the demand-response request, its window and the peak before and after the EMS
+    dr = summary["demand_response"]
+    assert dr["window"] == "01:00-03:00" and dr["request_max_w_per_home"] == 1200
+    assert set(dr["home_limits_w"]) == {h["id_grid"] for h in summary["households"]}
+    assert dr["peak_in_window_after_ems_w"] <= dr["peak_in_window_before_ems_w"]
+    assert dr["peak_in_window_metered_net_w"] == max(summary["load_w"]["metered_net"][4:12])
+    assert ["DR" in h["note"] for h in summary["hours"]] == [False, True, True]
     assert len(summary["load_w"]["before_ems"]) == 96
     net_w = summary["load_w"]["metered_net"]  # Figure 8's metered line comes from the reports
     assert len(net_w) == 3 * 4
@@ -126,6 +141,7 @@ def test_report_is_one_self_contained_file(short_run) -> None:  # type: ignore[n
     _, _, out = short_run
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
+    assert "Demand response: the grid operator asked" in html and "nMAE" in html
     for heading in ("Hourly auctions", "Community load before and after the EMS",
                     "Token balances", "Cost of the day", "Self-checks"):
         assert heading in html
@@ -136,6 +152,7 @@ def test_the_hour_lines_are_printed(short_run) -> None:  # type: ignore[no-untyp
     proc, _, _ = short_run
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("2026-06-21 0")]
     assert len(lines) == 3
+    assert ["DR: import <= 1.2 kW per home" in ln for ln in lines] == [False, True, True]
 
 
 def test_nothing_is_left_running(short_run) -> None:  # type: ignore[no-untyped-def]

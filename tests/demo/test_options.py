@@ -52,11 +52,26 @@ def test_default_date_is_a_midsummer_already_over() -> None:
         (["--rule", "vickrey"], "--rule"),
         (["--rule", ""], "--rule"),
         (["--out", ""], "--out"),
+        (["--dr", "18-20"], "--dr"),
+        (["--dr", "evening"], "--dr"),
+        (["--dr", "20-18:1500"], "--dr: the window must end after it starts"),
+        (["--dr", "18-25:1500"], "--dr end hour"),
+        (["--dr=-1-2:100"], "--dr"),
+        (["--dr", "18-20:-5"], "--dr W"),
+        (["--dr", "18-20:1.5kW"], "--dr W"),
+        (["--dr", ""], "--dr"),
     ],
 )
 def test_bad_option_is_named(argv: list[str], names: str) -> None:
     with pytest.raises(OptionError, match=names):
         parse_options(_parse(argv))
+
+
+def test_demand_response_option() -> None:
+    assert parse_options(_parse([])).dr == (18, 20, 1500)
+    assert parse_options(_parse(["--dr", "0-24:900"])).dr == (0, 24, 900)
+    assert parse_options(_parse(["--dr", " 7 - 9 : 0 "])).dr == (7, 9, 0)
+    assert parse_options(_parse(["--dr", "none"])).dr is None
 
 
 def test_out_must_not_be_a_file(tmp_path: Path) -> None:

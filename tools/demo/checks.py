@@ -65,13 +65,19 @@ async def self_checks(run: DemoRun) -> None:
                 problems.append(f"{e.meter_id} {i.name}: gateway {i.import_wh}/"
                                 f"{i.export_wh} Wh, ledger {got.get(i.name)}")
     expected = len(run.homes) * SLOTS_PER_HOUR * run.opts.hours
+    queued = sum(len(e.report_rows()) for e in run.edges)
+    sub_reports = sum(e.sub_meter_reports() for e in run.edges)
+    if sub_reports:
+        problems.append(f"{sub_reports} sub-meter reports were queued for the ledger")
+    rec.counters["billing_reports_queued"] = queued
     rec.checks.append(Check(
         "every meter report accounted for",
-        not problems and closed == expected and on_ledger == delivered,
+        not problems and closed == expected and on_ledger == delivered == queued,
         "; ".join(problems[:3]) if problems else
-        f"{closed} of {expected} intervals closed; {on_ledger} reports on the ledger, equal "
-        f"to the gateways' ({missing} intervals without data carried their energy to the "
-        f"next report); {len(run.unsettled)} listings left unsettled"))
+        f"{closed} of {expected} billing-meter intervals closed; {queued} billing-meter reports "
+        f"signed, {on_ledger} on the ledger, equal to the gateways' ({missing} intervals without "
+        f"data carried their energy to the next report); no sub-meter report queued; "
+        f"{len(run.unsettled)} listings left unsettled"))
     lost = []
     for e in run.edges:
         imp_mwh, exp_mwh = e.meter.counters.import_mwh, e.meter.counters.export_mwh
@@ -124,8 +130,9 @@ async def self_checks(run: DemoRun) -> None:
                 name.removesuffix(" (firmware node)")]
     rec.counters["relay_commands_acked"] = sum(e.relay_ok for e in run.edges)
     rec.counters["relay_commands_failed"] = sum(e.relay_failed for e in run.edges)
-    rec.counters["sub_meter_reports_kept_local"] = sum(
-        e.deliverer.kept_local for e in run.edges)
+    rec.counters["sub_meter_intervals_kept_local"] = sum(
+        len(e.gateway.interval_history(None, run.day0_ms, end_ms))
+        - len(e.billing_intervals(run.day0_ms, end_ms)) for e in run.edges)
     rec.counters["modbus_failed_reads"] = sum(
         sum(v for k, v in e.bus.stats().items() if k in ("timeout", "crc", "exception",
                                                           "bad_value"))

@@ -38,7 +38,6 @@ from gateway.sources.ble import BleNode, BleNodeSource
 from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
 from hardware.ble.plug import PlugEmulator
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, serve_tcp
-from ledger.contract.api import Receipt
 from ledger.keys import write_key
 from ledger.tx import SignedTx
 from tools.demo.procs import free_port
@@ -48,25 +47,18 @@ log = logging.getLogger(__name__)
 METER_MODEL = "sdm120"
 UNIT = 1
 SUBMIT_TIMEOUT_S = 3.0  # a ledger that does not answer within this is down: retry later
-SUB_METER = "SUB_METER"
 BLE_RECONNECT_S = (0.05, 0.5)  # real seconds: a dropped virtual link comes back quickly
 
 
 class Deliverer:
     """The daemon's ``Deliverer``: the shared ledger client, failing fast while the ledger is
-    away (the outbox retries), and keeping sub-meter reports (plugs, nodes) in the gateway: the
-    contract adds every report of a member's meters into its hourly import and export, so only
-    the billing meter may report to the ledger (see tools/demo/README.md)."""
+    away (the outbox retries). Sub-meter reports never reach it: each home's gateway config
+    marks the plugs and nodes ``report = false`` and only the billing meter reports."""
 
-    def __init__(self, ledger: Callable[[], Any], billing: set[str]) -> None:
+    def __init__(self, ledger: Callable[[], Any]) -> None:
         self.ledger = ledger
-        self.billing = billing
-        self.kept_local = 0
 
     async def submit(self, tx: SignedTx) -> Any:
-        if tx.kind == "meter.report" and tx.body.get("meter_id") not in self.billing:
-            self.kept_local += 1
-            return Receipt(code=SUB_METER, message="sub-meter report kept in the gateway")
         ledger = self.ledger()
         if ledger is None:
             raise ConnectionError("the ledger is stopped")
@@ -137,7 +129,14 @@ class HomeEdge:
     def refused(self) -> list[str]:
         rows = self.gateway.store.outbox_all() if self.gateway.store else []
         return [f"{r.kind} {r.body.get('meter_id', '')} {r.code} {r.message}" for r in rows
-                if r.state == "rejected" and r.code != SUB_METER]
+                if r.state == "rejected"]
+
+    def sub_meter_reports(self) -> int:
+        """Signed reports queued for any meter but the billing meter (the config keeps them
+        local, so this is 0)."""
+        rows = self.gateway.store.outbox_all() if self.gateway.store else []
+        return sum(1 for r in rows if r.kind == "meter.report"
+                   and r.body.get("meter_id") != self.meter_id)
 
     async def relay(self, appliance: str, on: bool) -> bool:
         node, relay = self.node_ids[appliance]
@@ -222,20 +221,20 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
                  "enabled = true", ""]
         for nid, topic, _ in spec.mqtt_nodes:
             toml += ["[[mqtt.nodes]]", f"node_id = {nid}", f'meter_id = "node-{nid}"',
-                     f'topic = "{topic}"', ""]
+                     f'topic = "{topic}"', "report = false", ""]
     if spec.plugs:
         toml += ["[ble]", 'backend = "bleak"', ""]
         from hardware.ble.profile import plug_address
 
         for nid, _appliance, _w in spec.plugs:
             toml += ["[[ble.nodes]]", f"node_id = {nid}", f'meter_id = "plug-{nid}"',
-                     f'address = "{plug_address(nid)}"', ""]
+                     f'address = "{plug_address(nid)}"', "report = false", ""]
     toml += [
         "[[modbus.buses]]", 'name = "rs485"', f'tcp = "127.0.0.1:{modbus_port}"',
         f"poll_s = {poll_s}", "timeout_s = 0.5", "retries = 0",
         f"backoff_initial_s = {poll_s}", f"backoff_max_s = {poll_s}", "",
         "[[modbus.buses.meters]]", f'meter_id = "{spec.meter_id}"', f'model = "{METER_MODEL}"',
-        f"unit = {UNIT}", "",
+        f"unit = {UNIT}", "report = true", "",
     ]
     path = d / "gateway.toml"
     path.write_text("\n".join(toml), encoding="utf-8")
@@ -271,7 +270,7 @@ async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s
         from gateway.sources.mqtt import MqttNodeSource
 
         sources.append(MqttNodeSource(mqtt_nodes, cfg.mqtt, clock))
-    deliverer = Deliverer(ledger, {spec.meter_id})
+    deliverer = Deliverer(ledger)
     gw = Gateway(cfg, clock=clock, deliverer=deliverer, node_sources=sources)
     task = asyncio.create_task(gw.run(), name=f"gateway-{spec.id_grid}")
     edge = HomeEdge(spec.id_grid, spec.meter_id, clock, gw, task, meter, server, deliverer,

@@ -13,6 +13,8 @@ MAX_HOURS = 24 * 7
 DEFAULT_HOUSEHOLDS = 10
 DEFAULT_HOURS = 24
 DEFAULT_SEED = 7
+DEFAULT_DR = "18-20:1500"  # the grid operator's request: hours (UTC) and W per home
+MAX_DR_W = 100_000
 MIDSUMMER = (6, 21)  # the default day: the longest one, when the community has PV to trade
 
 
@@ -30,6 +32,22 @@ class DemoOptions:
     date: dt.date
     rule: str
     quiet: bool = False
+    dr: tuple[int, int, int] | None = (18, 20, 1500)  # start hour, end hour, W per home
+
+
+def parse_dr(text: str) -> tuple[int, int, int] | None:
+    """``--dr START-END:W`` (hours of the day, UTC, and W per home) or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    hours, sep, watts = text.partition(":")
+    start, dash, end = hours.partition("-")
+    if not sep or not dash:
+        raise OptionError(f"--dr: expected START-END:W (e.g. {DEFAULT_DR}) or none, got {text!r}")
+    lo = _int_in("--dr start hour", start.strip(), 0, 23)
+    hi = _int_in("--dr end hour", end.strip(), 1, 24)
+    if hi <= lo:
+        raise OptionError(f"--dr: the window must end after it starts, got {lo}-{hi}")
+    return lo, hi, _int_in("--dr W", watts.strip(), 0, MAX_DR_W)
 
 
 def _int_in(name: str, text: str, lo: int, hi: int) -> int:
@@ -78,6 +96,7 @@ def parse_options(args: argparse.Namespace) -> DemoOptions:
         date=date,
         rule=rule,
         quiet=bool(getattr(args, "quiet", False)),
+        dr=parse_dr(str(getattr(args, "dr", DEFAULT_DR))),
     )
 
 
@@ -110,4 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the day to simulate, already over (default: the last 21 June)")
     parser.add_argument("--rule", default="paper", metavar="RULE",
                         help="clearing rule: paper, uniform or pay_as_bid (default paper)")
+    parser.add_argument("--dr", default=DEFAULT_DR, metavar="START-END:W",
+                        help="the grid operator's demand-response request: import at most W per "
+                        f"home between these hours (UTC), or none (default {DEFAULT_DR})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only the hour lines")

@@ -75,6 +75,8 @@ class DayRecord:
     sub_metered_wh: dict[str, dict[str, int]] = field(default_factory=dict)  # home -> load -> Wh
     sub_planned_wh: dict[str, dict[str, int]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    forecast: dict[str, Any] = field(default_factory=dict)  # model and error of the day
+    demand_response: dict[str, Any] = field(default_factory=dict)  # the request and its effect
 
     @property
     def ok(self) -> bool:

@@ -93,7 +93,21 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
         "sub_metered_wh": record.sub_metered_wh,
         "sub_planned_wh": record.sub_planned_wh,
         "timings_s": record.timings,
+        "forecast": record.forecast,
+        "demand_response": _dr_summary(record),
     }
+
+
+def _dr_summary(record: DayRecord) -> dict[str, Any]:
+    """The request and the community's peak in its window: planned before and after the EMS,
+    and as metered (from the signed reports)."""
+    dr = dict(record.demand_response)
+    if dr and record.metered_net_w:
+        lo, hi = (int(x[:2]) * 4 for x in str(dr["window"]).split("-"))
+        metered = record.metered_net_w[lo:hi]
+        if metered:
+            dr["peak_in_window_metered_net_w"] = max(metered)
+    return dr
 
 
 def _png(fig: Figure) -> str:
@@ -168,6 +182,12 @@ def load_figure(record: DayRecord) -> Figure:
         ax.step(x[:len(record.metered_net_w)], [w / 1000 for w in record.metered_net_w],
                 where="post", color="black", linewidth=0.8,
                 label="metered net import (signed reports)")
+    if record.demand_response:
+        lo, hi = (int(x[:2]) for x in str(record.demand_response["window"]).split("-"))
+        ax.axvspan(lo, hi, color="tab:purple", alpha=0.12,
+                   label=f"demand-response request "
+                         f"(<= {record.demand_response['request_max_w_per_home'] / 1000:.1f} kW"
+                         " per home)")
     for f in record.faults:
         hh, mm = int(f.sim_time[11:13]), int(f.sim_time[14:16])
         ax.axvline(hh + mm / 60, color="tab:red", linestyle=":", linewidth=1)
@@ -219,6 +239,31 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
         out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     out.append("</table>")
     return "".join(out)
+
+
+def _forecast_html(data: dict[str, Any]) -> str:
+    parts = []
+    fc = data.get("forecast") or {}
+    if fc:
+        err = fc["error"]
+        rows = [[name, f"{e['mae_wh']:.1f}", f"{e['nmae'] * 100:.1f} %", str(e["slots"])]
+                for name, e in sorted(err.items())]
+        parts.append(f"<p>Each home planned from its EMS forecast ({fc['model']}, learnt from "
+                     f"{fc['history_days']} days of history), not from the day that happened; "
+                     "the trading agent sized its offers and bids from the same forecast. "
+                     "Forecast error of the day, per home and 15-minute slot:</p>")
+        parts.append(_table(rows, ["series", "MAE Wh", "nMAE", "slots"]))
+    dr = data.get("demand_response") or {}
+    if dr:
+        metered = dr.get("peak_in_window_metered_net_w")
+        parts.append(
+            f"<p>Demand response: the grid operator asked every home to import at most "
+            f"{dr['request_max_w_per_home'] / 1000:.1f} kW from {dr['window']} (shaded). "
+            f"Community peak in the window: {dr['peak_in_window_before_ems_w'] / 1000:.2f} kW "
+            f"without the EMS, {dr['peak_in_window_after_ems_w'] / 1000:.2f} kW with it"
+            + (f", {metered / 1000:.2f} kW net as metered" if metered is not None else "")
+            + ".</p>")
+    return "\n".join(parts)
 
 
 def render_html(record: DayRecord, data: dict[str, Any]) -> str:
@@ -275,6 +320,7 @@ bids win.</p>
 {hours}
 <h2>Community load before and after the EMS</h2>
 <img alt="community load" src="data:image/png;base64,{imgs['load']}">
+{_forecast_html(data)}
 <h2>Token balances</h2>
 <img alt="token balances" src="data:image/png;base64,{imgs['balances']}">
 <h2>Cost of the day</h2>

@@ -35,7 +35,15 @@ from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, slot_profile, start
 from tools.demo.faults import plan_faults
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
-from tools.demo.plan import HomePlan, ems_tariff, plan_home
+from tools.demo.plan import (
+    FORECAST_MODEL,
+    HISTORY_DAYS,
+    DemandResponse,
+    HomePlan,
+    ems_tariff,
+    forecast_error,
+    plan_home,
+)
 from tools.demo.procs import Supervisor, start_mosquitto
 from tools.demo.progress import Progress
 from tools.demo.record import DayRecord, HourResult
@@ -112,6 +120,7 @@ class DemoRun:
                 res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3))
             for h in self.homes}
         self.record = DayRecord(date=opts.date.isoformat(), rule=opts.rule)
+        self.dr = DemandResponse(*opts.dr) if opts.dr else None  # the grid operator's request
         self.ledger: LedgerPort | None = None
         self.sup = sup
         self.run_dir = run_dir
@@ -176,8 +185,8 @@ class DemoRun:
 
     async def _run(self, t0: float) -> DayRecord:
         opts = self.opts
-        self.progress.set_status("planning every home's day (EMS, MILP)")
-        plans = [plan_home(h, opts.date, self.tariffs) for h in self.homes]
+        self.progress.set_status("forecasting and planning every home's day (EMS, MILP)")
+        plans = [plan_home(h, opts.date, self.tariffs, opts.seed, self.dr) for h in self.homes]
         self.plans = plans
         self.metered = actual_metering(plans, opts.seed)
         self._record_homes(plans)
@@ -397,8 +406,12 @@ class DemoRun:
         result.relay_actions = await self.deliver(k, day, hod, book)
         self.unsettled.append(listing_id)
         await self.settle_pending()
+        notes = []
+        if self.dr is not None and self.dr.start_h <= hod < self.dr.end_h:
+            notes.append(f"DR: import <= {self.dr.max_w / 1000:.1f} kW per home")
         if k in self.hour_notes:
-            result.note = "fault: " + ", ".join(self.hour_notes[k])
+            notes.append("fault: " + ", ".join(self.hour_notes[k]))
+        result.note = "; ".join(notes)
         self.record.hours.append(result)
         await self.snapshot_balances(f"{hod:02d}:00" if k < 24 else listing_id[5:])
         self.progress.hour_line(f"{day.isoformat()} {hod:02d}:00", len(book.offers),
@@ -491,6 +504,8 @@ class DemoRun:
         self.record.load_after_w = [sum(p.load_after_mwh[s] for p in plans) * 4 // 1000
                                     for s in range(n)]
         self.record.pv_w = [sum(p.pv_mwh[s] for p in plans) * 4 // 1000 for s in range(n)]
+        self.record.forecast = {"model": FORECAST_MODEL, "history_days": HISTORY_DAYS,
+                                "error": forecast_error(plans)}
         for p in plans:
             h = p.home
             self.record.households.append({
@@ -499,7 +514,18 @@ class DemoRun:
                 "appliances": [a.name for a in h.appliances],
                 "flexible": [a.name for a in h.flexible],
                 "ems_solve_s": round(p.solve_s, 3), "ems_note": p.note,
+                "dr_limit_w": p.dr_limit_w,
             })
+        if self.dr is None:
+            return
+        window = self.dr.slots()
+        self.record.demand_response = {
+            "window": f"{self.dr.start_h:02d}:00-{self.dr.end_h:02d}:00",
+            "request_max_w_per_home": self.dr.max_w,
+            "home_limits_w": {p.home.id_grid: p.dr_limit_w for p in plans},
+            "peak_in_window_before_ems_w": max(self.record.load_before_w[s] for s in window),
+            "peak_in_window_after_ems_w": max(self.record.load_after_w[s] for s in window),
+        }
 
     # -- self-checks ------------------------------------------------------------------------
 

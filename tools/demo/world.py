@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.ems.appliances import Appliance, table8
 from gateway.ems.timegrid import SLOT_MIN, SLOTS_PER_DAY, SLOTS_PER_HOUR, slot_energy_mwh
@@ -143,3 +143,27 @@ def load_mwh(home: Home, schedule: dict[str, list[int]]) -> list[int]:
         for s in slots:
             load[s] += slot_energy_mwh(power[name])
     return load
+
+
+HABIT_KEPT = 0.6  # how often a non-flexible appliance starts at its usual time on a past day
+
+
+def past_day(home: Home, seed: int, date: dt.date) -> tuple[list[int], list[int]]:
+    """What a day before the demo looked like for ``home``: its fixed load (standby and
+    non-flexible appliances) and its PV, mWh per slot. That day has its own sky, noise and
+    habits (seeded by ``seed`` and the date), so a forecast learnt from these days is not the
+    demo day's truth."""
+    sky = random.Random(f"{seed}:sky:{date.isoformat()}")
+    weather = [0.55 + 0.45 * sky.random() for _ in range(24)]  # one sky over the community
+    rng = random.Random(f"{seed}:{home.index}:{date.isoformat()}")
+    habit = {}
+    for a in home.appliances:
+        if not a.flexible:
+            usual = home.habit_start.get(a.name, 0)
+            spare = max(0, a.window_slots - a.run_slots)
+            habit[a.name] = usual if rng.random() < HABIT_KEPT else rng.randint(0, spare)
+    day = replace(
+        home, habit_start=habit,
+        cloud=[min(1.0, w * (0.9 + 0.2 * rng.random())) for w in weather],
+        noise=[0.8 + 0.4 * rng.random() for _ in range(SLOTS_PER_DAY)])
+    return fixed_mwh(day), pv_mwh(day, date)
