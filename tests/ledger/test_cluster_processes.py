@@ -205,9 +205,15 @@ async def test_silent_backup_and_hostile_peers(tmp_path: Path) -> None:
             proof = link_proof(key3, 3, 1, challenge["nonce"])
             writer.write(encode_frame({"t": "auth", "from": 3, "proof": proof}))
             digest = b"\x07" * 32
-            forged = sign(Prepare(0, 5, digest, 3), Signer(3, key2)).to_wire()  # wrong key
-            mismatch = sign(Prepare(0, 5, digest, 2), Signer(2, key2)).to_wire()  # r=2 on 3's link
-            valid = sign(Commit(0, 1, digest, 3), Signer(3, key3)).to_wire()
+            # in replica 1's current view and log window, so each reaches the check it is for
+            # (a slow box may have changed views or taken a checkpoint during the first load)
+            (now,) = [s for s in await cluster.statuses() if s.get("replica") == 1]
+            view, seq = now["view"], now["stable_checkpoint"] + 5
+            forged = sign(Prepare(view, seq, digest, 3), Signer(3, key2)).to_wire()  # wrong key
+            mismatch = sign(
+                Prepare(view, seq, digest, 2), Signer(2, key2)
+            ).to_wire()  # r=2 on 3's link
+            valid = sign(Commit(view, seq + 1, digest, 3), Signer(3, key3)).to_wire()
             corrupted = dict(valid, d="00" * 32)
             for message in (forged, mismatch, corrupted, valid, valid, {"t": "prepare"}):
                 writer.write(encode_frame(message))
