@@ -128,6 +128,8 @@ def test_summary_holds_the_day(short_run) -> None:  # type: ignore[no-untyped-de
     assert dr["peak_in_window_after_ems_w"] <= dr["peak_in_window_before_ems_w"]
     assert dr["peak_in_window_metered_net_w"] == max(summary["load_w"]["metered_net"][4:12])
     assert ["DR" in h["note"] for h in summary["hours"]] == [False, True, True]
+    assert set(summary["settlement_deviations"]) == {
+        "seller_shortfall_wh", "sellers_short", "buyer_excess_wh", "buyers_in_excess"}
     assert len(summary["load_w"]["before_ems"]) == 96
     net_w = summary["load_w"]["metered_net"]  # Figure 8's metered line comes from the reports
     assert len(net_w) == 3 * 4

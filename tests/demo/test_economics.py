@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from ledger.contract.clearing import Order
 from ledger.contract.params import DEFAULTS
-from tools.demo.economics import HourBook, Tariffs, compare_rules, hour_costs
+from tools.demo.economics import HourBook, Tariffs, compare_rules, deviations, hour_costs
 
 T = Tariffs.from_params(DEFAULTS)
 
@@ -63,3 +63,15 @@ def test_market_never_costs_the_community_more_than_the_grid(orders, meters) -> 
     for rule in ("paper", "uniform", "pay_as_bid"):
         # rounding down per payment may cost at most a micro-token per trade
         assert out[rule]["community_cost_utok"] <= grid + len(orders) ** 2  # type: ignore[index]
+
+
+def test_deviations_count_shortfall_and_excess() -> None:
+    trades = [{"seller": "B", "buyer": "A", "wh": 1000}, {"seller": "B", "buyer": "C", "wh": 500},
+              {"seller": "D", "buyer": "C", "wh": 300}]
+    metered = {"A": (400, 0), "B": (0, 1200), "C": (900, 0), "D": (0, 300)}
+    assert deviations(trades, metered) == {
+        "seller_shortfall_wh": 300, "sellers_short": 1,  # B sold 1500, exported 1200
+        "buyer_excess_wh": 600, "buyers_in_excess": 1,  # A bought 1000, imported 400
+    }
+    assert deviations([], metered) == {"seller_shortfall_wh": 0, "sellers_short": 0,
+                                       "buyer_excess_wh": 0, "buyers_in_excess": 0}

@@ -117,3 +117,24 @@ def compare_rules(
             "per_home_utok": homes,
         }
     return out
+
+
+def deviations(trades: Iterable[Mapping[str, object]],
+               metered: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+    """How far an hour's metered energy missed what its homes traded (Wh): sellers that exported
+    less than they sold (shortfall) and buyers that imported less than they bought (excess), the
+    cases the settlement rules above price. Homes trade on forecasts, so these are not zero."""
+    sold: dict[str, int] = {}
+    bought: dict[str, int] = {}
+    for t in trades:
+        wh = int(str(t["wh"]))
+        sold[str(t["seller"])] = sold.get(str(t["seller"]), 0) + wh
+        bought[str(t["buyer"])] = bought.get(str(t["buyer"]), 0) + wh
+    short = {h: max(0, wh - metered.get(h, (0, 0))[1]) for h, wh in sold.items()}
+    excess = {h: max(0, wh - metered.get(h, (0, 0))[0]) for h, wh in bought.items()}
+    return {
+        "seller_shortfall_wh": sum(short.values()),
+        "sellers_short": sum(1 for v in short.values() if v),
+        "buyer_excess_wh": sum(excess.values()),
+        "buyers_in_excess": sum(1 for v in excess.values() if v),
+    }

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from ledger.contract.clearing import Order
-from tools.demo.economics import Tariffs, compare_rules
+from tools.demo.economics import Tariffs, compare_rules, deviations
 from tools.demo.record import DayRecord, HourResult
 
 RULES = ("paper", "uniform", "pay_as_bid")
@@ -95,7 +95,18 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
         "timings_s": record.timings,
         "forecast": record.forecast,
         "demand_response": _dr_summary(record),
+        "settlement_deviations": _deviation_totals(record),
     }
+
+
+def _deviation_totals(record: DayRecord) -> dict[str, int]:
+    """Over the day: what the homes traded on their forecasts and failed to meter."""
+    total = {"seller_shortfall_wh": 0, "sellers_short": 0, "buyer_excess_wh": 0,
+             "buyers_in_excess": 0}
+    for h in record.hours:
+        for k, v in deviations(h.trades, h.book.metered).items():
+            total[k] += v
+    return total
 
 
 def _dr_summary(record: DayRecord) -> dict[str, Any]:
@@ -253,6 +264,13 @@ def _forecast_html(data: dict[str, Any]) -> str:
                      "the trading agent sized its offers and bids from the same forecast. "
                      "Forecast error of the day, per home and 15-minute slot:</p>")
         parts.append(_table(rows, ["series", "MAE Wh", "nMAE", "slots"]))
+    dev = data.get("settlement_deviations") or {}
+    if dev:
+        parts.append(
+            f"<p>Trading on forecasts: {dev['sellers_short']} times a seller exported less than "
+            f"it sold (shortfall {dev['seller_shortfall_wh'] / 1000:.2f} kWh, bought at retail) "
+            f"and {dev['buyers_in_excess']} times a buyer imported less than it bought (excess "
+            f"{dev['buyer_excess_wh'] / 1000:.2f} kWh, returned at feed-in).</p>")
     dr = data.get("demand_response") or {}
     if dr:
         metered = dr.get("peak_in_window_metered_net_w")
