@@ -98,3 +98,17 @@ def test_hostile_values_raise_option_error_only(households: str, hours: str, rul
         assert str(exc).startswith("--")
     else:
         assert opts.households >= 2 and opts.hours >= 1 and opts.rule == rule
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.one_of(st.text(max_size=16), st.from_regex(r"-?\d{1,3}\s*-\s*-?\d{1,3}:-?\d{1,7}",
+                                                     fullmatch=True)))
+def test_hostile_demand_response_raises_option_error_only(dr: str) -> None:
+    ns = argparse.Namespace(households="3", hours="2", rule="paper", seed="7",
+                            date="2026-06-21", out=None, faults=False, quiet=False, dr=dr)
+    try:
+        opts = parse_options(ns)
+    except OptionError as exc:
+        assert str(exc).startswith("--dr")
+    else:
+        assert opts.dr is None or (0 <= opts.dr[0] < opts.dr[1] <= 24 and opts.dr[2] >= 0)
