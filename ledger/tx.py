@@ -60,8 +60,9 @@ class SignedTx:
     body: Mapping[str, Any]
     nonce: int
     signature: bytes
-    _payload: bytes = field(default=b"", compare=False, repr=False)
-    _id: str = field(default="", compare=False, repr=False)
+    # caches (not constructor arguments, so ``dataclasses.replace`` can never carry them over)
+    _payload: bytes = field(default=b"", init=False, compare=False, repr=False)
+    _id: str = field(default="", init=False, compare=False, repr=False)
 
     def unsigned(self) -> dict[str, Any]:
         return {
@@ -128,7 +129,9 @@ class SignedTx:
             payload = canonical(unsigned)
         except EncodingError as exc:
             raise TxError(f"body: {exc}") from exc
-        return cls(sender, kind, body, nonce, sig, payload)
+        tx = cls(sender, kind, body, nonce, sig)
+        object.__setattr__(tx, "_payload", payload)
+        return tx
 
 
 def _hex_field(wire: Mapping[str, Any], name: str, size: int) -> bytes:

@@ -70,3 +70,30 @@ def test_each_field_replaced_by_garbage_is_rejected_or_unverifiable(field: str, 
     except TxError:
         return
     assert not tx.verify()
+
+
+BODIES = st.dictionaries(
+    st.text(max_size=6),
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6) | st.lists(st.integers()),
+    max_size=4,
+)
+
+
+@settings(max_examples=100)
+@given(body=BODIES, nonce=st.integers(0, 2**63 - 1), kind=st.text(min_size=1, max_size=10))
+def test_kept_bytes_and_id_are_those_of_a_fresh_encoding(
+    body: dict[str, Any], nonce: int, kind: str
+) -> None:
+    import dataclasses
+    import hashlib
+
+    from ledger.encoding import canonical
+    from ledger.tx import TX_DOMAIN
+
+    tx = SignedTx.from_wire(sign_tx(KEY, kind, body, nonce).to_wire())
+    fresh = canonical({"body": body, "kind": kind, "nonce": nonce, "sender": tx.sender.hex()})
+    assert tx.payload == fresh and tx.signing_bytes() == TX_DOMAIN + fresh
+    assert tx.tx_id == hashlib.sha256(fresh).hexdigest() and tx.verify()
+    # a copy with another body never inherits the kept bytes or id
+    other = dataclasses.replace(tx, body={"changed": True})
+    assert other.tx_id != tx.tx_id and not other.verify()
