@@ -181,7 +181,7 @@ def curves_figure(hours: list[HourResult]) -> Figure:
 
 def load_figure(record: DayRecord) -> Figure:
     """The paper's Figure 8 for the community: load before and after the EMS, and PV."""
-    fig, ax = plt.subplots(figsize=(10, 3.6))
+    fig, ax = plt.subplots(figsize=(10, 4.4))
     x = [i / 4 for i in range(len(record.load_before_w))]
     ax.step(x, [w / 1000 for w in record.load_before_w], where="post", color="tab:gray",
             label="load without EMS")
@@ -207,7 +207,7 @@ def load_figure(record: DayRecord) -> Figure:
     ax.set_xlabel("hour of the day (red: faults injected)" if record.faults else "hour of the day")
     ax.set_ylabel("kW (community)")
     ax.set_xlim(0, max(1.0, len(x) / 4))
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8)
     ax.set_title("Community load before and after demand management")
     fig.tight_layout()
     return fig
