@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import CryptoError
 
 from ledger.contract.api import Transaction
 from ledger.encoding import EncodingError, canonical
@@ -32,20 +33,6 @@ class TxError(ValueError):
 
 def public_bytes(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-MAX_KEY_CACHE = 4096  # parsed sender keys kept (members of a community sign again and again)
-_public_keys: dict[bytes, Ed25519PublicKey] = {}
-
-
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    key = _public_keys.get(raw)
-    if key is None:
-        key = Ed25519PublicKey.from_public_bytes(raw)  # ValueError for a bad length
-        if len(_public_keys) >= MAX_KEY_CACHE:
-            _public_keys.pop(next(iter(_public_keys)))
-        _public_keys[raw] = key
-    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +81,14 @@ class SignedTx:
         return wire
 
     def verify(self) -> bool:
+        # libsodium (PyNaCl) rather than cryptography's OpenSSL binding for this one check:
+        # every replica verifies every transaction, and libsodium does it in less than half the
+        # time (60 vs 128 us measured on the 2-core development box). Both follow RFC 8032;
+        # libsodium also refuses small-order keys and non-canonical signatures, which no
+        # honest signer produces. Every replica runs the same check, so verdicts agree.
         try:
-            _public_key(self.sender).verify(self.signature, self.signing_bytes())
-        except (InvalidSignature, ValueError):
+            crypto_sign_open(self.signature + self.signing_bytes(), self.sender)
+        except (CryptoError, ValueError, TypeError):
             return False
         return True
 
