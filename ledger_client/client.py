@@ -48,7 +48,7 @@ class RejectedError(LedgerError):
 
 
 class QueryFailed(LedgerError):
-    """f+1 replicas agree that the query is invalid (unknown path, bad parameters)."""
+    """2f+1 replicas agree that the query is invalid (unknown path, bad parameters)."""
 
 
 class _Conn:
@@ -282,10 +282,16 @@ class LedgerClient:
     # -- reads ----------------------------------------------------------------------------------
 
     async def query(self, path: str, **params: Any) -> Any:
-        """A read answered identically by f+1 replicas (re-asked until they agree)."""
+        """A read answered identically by 2f+1 replicas (re-asked until they agree).
+
+        2f+1, as in PBFT's read-only optimisation, and not f+1: after ``submit`` returned, up to
+        f correct replicas may not have executed the block yet, and f+1 of them (lagging ones
+        plus a faulty one) could agree on the state before it. With 2f+1 a read made after a
+        write sees it. Lagging replicas catch up and re-answer, so one dead replica does not
+        block reads."""
         self._next_query += 1
         qid = self._next_query
-        pending = self._queries[qid] = _Pending(self.f + 1)
+        pending = self._queries[qid] = _Pending(2 * self.f + 1)
         message = {"t": "query", "id": qid, "path": path, "params": params}
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -300,7 +306,7 @@ class LedgerClient:
                     except TimeoutError:
                         pending.votes.clear()
         except TimeoutError as exc:
-            raise LedgerError(f"no f+1 matching answers to {path} in {self.timeout_s}s") from exc
+            raise LedgerError(f"no 2f+1 matching answers to {path} in {self.timeout_s}s") from exc
         finally:
             self._queries.pop(qid, None)
         if not answer.get("ok"):
