@@ -23,6 +23,8 @@ demo: $(STAMP)
 	$(BIN)/wattmesh demo --out demo-out $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)

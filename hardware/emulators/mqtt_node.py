@@ -90,7 +90,7 @@ class MqttNodeEmulator:
             "import_mwh": imp,
             "export_mwh": exp,
         }
-        raw = frame.encode(
+        raw: bytes = frame.encode(
             self.key, frame.T_READING, self.node_id, self.seq, frame.pack_reading(fields)
         )
         self.seq += 1
