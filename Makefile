@@ -6,11 +6,6 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint clean
 
-# Replica-process fault scenarios run in a pytest process of their own: after the rest of the
-# suite, one of them (primary killed while frozen) has timed out in the shared process, though it
-# passes on its own every time; until that interaction is understood it is kept apart.
-ISOLATED := tests/ledger/test_cluster_processes.py
-
 $(STAMP): pyproject.toml package.json
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 		echo "installing mosquitto (MQTT broker for tests and the demo)"; \
@@ -30,8 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q $(ARGS) --ignore=$(ISOLATED)
-	$(BIN)/python -m pytest -q $(ARGS) $(ISOLATED) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
