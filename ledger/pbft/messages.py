@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from ledger.pbft.block import Batch, Block
 from ledger.pbft.signing import Keyring, Signer
@@ -93,7 +93,11 @@ class PrePrepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepare:
+class _Vote:
+    """A replica's vote for (view, seq, batch digest): PREPARE and COMMIT share this form and
+    differ only in their type tag, which the signature covers."""
+
+    TAG: ClassVar[str] = ""
     view: int
     seq: int
     digest: bytes
@@ -105,7 +109,7 @@ class Prepare:
             "d": self.digest.hex(),
             "n": self.seq,
             "r": self.replica,
-            "t": "prepare",
+            "t": self.TAG,
             "v": self.view,
         }
 
@@ -115,37 +119,19 @@ class Prepare:
         return wire
 
     @classmethod
-    def from_wire(cls, wire: Any) -> Prepare:
-        exact_keys(wire, ("d", "n", "r", "sig", "t", "v"), "prepare")
+    def from_wire(cls, wire: Any) -> Self:
+        exact_keys(wire, ("d", "n", "r", "sig", "t", "v"), cls.TAG)
         return cls(nat(wire, "v"), nat(wire, "n"), hex_bytes(wire, "d", 32), _rid(wire), _sig(wire))
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
-    view: int
-    seq: int
-    digest: bytes
-    replica: int
-    sig: bytes = b""
+class Prepare(_Vote):
+    TAG: ClassVar[str] = "prepare"
 
-    def header(self) -> dict[str, Any]:
-        return {
-            "d": self.digest.hex(),
-            "n": self.seq,
-            "r": self.replica,
-            "t": "commit",
-            "v": self.view,
-        }
 
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> Commit:
-        exact_keys(wire, ("d", "n", "r", "sig", "t", "v"), "commit")
-        return cls(nat(wire, "v"), nat(wire, "n"), hex_bytes(wire, "d", 32), _rid(wire), _sig(wire))
+@dataclass(frozen=True, slots=True)
+class Commit(_Vote):
+    TAG: ClassVar[str] = "commit"
 
 
 @dataclass(frozen=True, slots=True)
