@@ -38,6 +38,7 @@ from ledger_client.protocol import LEDGER_QUERY_PREFIX
 
 MAX_WAITERS = 200_000
 WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re-sent or gone
+MAX_QUERY_ID = 2**63 - 1
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
 
 
@@ -294,8 +295,10 @@ class ReplicaNode:
         qid = message.get("id")
         path = message.get("path")
         params = message.get("params", {})
+        if isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid <= MAX_QUERY_ID:
+            qid = None  # echoed back, so it must be encodable
         out: dict[str, Any] = {"t": "answer", "replica": self.me, "id": qid}
-        if not isinstance(qid, int) or not isinstance(path, str) or not isinstance(params, dict):
+        if qid is None or not isinstance(path, str) or not isinstance(params, dict):
             self.counters["rejected_client_messages"] += 1
             return dict(out, ok=False, value=None, error="query needs id, path and params")
         try:

@@ -142,7 +142,7 @@ class ClientConn:
             return
         try:
             self.writer.write(encode_frame(message))
-        except (ConnectionError, RuntimeError, FrameError):
+        except (ConnectionError, RuntimeError, FrameError, EncodingError):
             self.closed = True
 
 

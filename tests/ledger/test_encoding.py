@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from ledger.encoding import EncodingError, canonical, decode, digest
 
+ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # the encoding's integer range
 values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    st.none() | st.booleans() | ints | st.text(max_size=20),
     lambda children: (
         st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
     ),
@@ -26,7 +27,7 @@ def test_round_trip_is_exact(value: Any) -> None:
     assert canonical(decode(data)) == data
 
 
-@given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=8))
+@given(st.dictionaries(st.text(max_size=5), ints, max_size=8))
 def test_key_order_does_not_change_the_bytes(d: dict[str, int]) -> None:
     reversed_d = dict(reversed(list(d.items())))
     assert canonical(d) == canonical(reversed_d)
@@ -55,3 +56,28 @@ def test_non_canonical_or_hostile_input_is_rejected(raw: bytes) -> None:
 def test_values_outside_the_encoding_are_refused(bad: Any) -> None:
     with pytest.raises(EncodingError):
         canonical(bad)
+
+
+@given(values)
+def test_bytes_equal_the_standard_library_json_output(value: Any) -> None:
+    """The encoding is fixed by its rules, not by the library that writes it: the fast writer
+    must produce what the standard library's sorted, compact, non-ASCII-escaping JSON does."""
+    import json
+
+    try:
+        expected = json.dumps(
+            value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+        ).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates are not UTF-8: both must refuse
+        with pytest.raises(EncodingError):
+            canonical(value)
+        return
+    assert canonical(value) == expected
+
+
+@pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30])
+def test_integers_beyond_64_bits_are_refused_both_ways(big: int) -> None:
+    with pytest.raises(EncodingError):
+        canonical(big)
+    with pytest.raises(EncodingError):
+        decode(str(big).encode())

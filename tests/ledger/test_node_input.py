@@ -38,7 +38,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> ReplicaNode:
     return ReplicaNode(d, 0, make_contract)
 
 
-json_leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=70)
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.text(max_size=70)
+)
 json_value = st.recursive(
     json_leaf,
     lambda inner: (

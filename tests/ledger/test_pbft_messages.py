@@ -141,7 +141,10 @@ def test_block_hash_chains_and_ignores_view_and_certificate() -> None:
 
 
 wire_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=70),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.text(max_size=70),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=6),
     max_leaves=16,
 )

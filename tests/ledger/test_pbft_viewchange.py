@@ -189,7 +189,11 @@ def test_hostile_messages_never_break_a_running_replica(
 
 @settings(max_examples=100, deadline=None)
 @given(
-    body=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=10), max_size=5),
+    body=st.dictionaries(
+        st.text(max_size=8),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=10),
+        max_size=5,
+    ),
     nonce=st.integers(0, 2**63 - 1),
     kind=st.text(min_size=1, max_size=20),
 )
