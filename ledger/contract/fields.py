@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ledger.contract.codes import BAD_AMOUNT, BAD_BODY, Rejected
+from ledger.ed25519 import valid_public_key
 
 MAX_WH = 10**9  # 1 GWh: far above any community order, bounds every product below 2**63
 MAX_AMOUNT = 10**15  # micro-tokens (one billion tokens) per transaction
@@ -63,6 +64,8 @@ def key_hex(body: Mapping[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or _HEX32.fullmatch(value) is None:
         raise Rejected(BAD_BODY, f"{name} must be 64 lowercase hex characters (Ed25519 key)")
+    if not valid_public_key(bytes.fromhex(value)):
+        raise Rejected(BAD_BODY, f"{name} is not a valid Ed25519 public key (small order)")
     return value
 
 

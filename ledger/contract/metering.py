@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger import ed25519
 from ledger.contract import fields as f
 from ledger.contract.api import BlockContext, Transaction
 from ledger.contract.codes import (
@@ -66,12 +66,9 @@ def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     gateway_key = bytes.fromhex(meter["gateway_key"])
     if tx.sender != gateway_key:
         raise Rejected(NOT_GATEWAY, f"reports of {meter_id} must come from its registered gateway")
-    try:
-        Ed25519PublicKey.from_public_bytes(gateway_key).verify(
-            signature, report_signing_bytes(meter_id, interval, import_wh, export_wh)
-        )
-    except (InvalidSignature, ValueError):
-        raise Rejected(BAD_SIGNATURE, "report signature does not verify") from None
+    signed = report_signing_bytes(meter_id, interval, import_wh, export_wh)
+    if not ed25519.verify(gateway_key, signature, signed):
+        raise Rejected(BAD_SIGNATURE, "report signature does not verify")
     seen = st.data["reports"].get(meter_id)
     if seen is not None and interval in seen:
         raise Rejected(DUPLICATE_REPORT, f"{meter_id} already reported {interval}")

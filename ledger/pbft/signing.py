@@ -32,9 +32,7 @@ class Keyring:
 
     def __init__(self, public_keys: Iterable[bytes]) -> None:
         # parsed once to refuse a malformed key at start-up; checks use the raw bytes
-        self._keys = [
-            Ed25519PublicKey.from_public_bytes(k).public_bytes_raw() for k in public_keys
-        ]
+        self._keys = [Ed25519PublicKey.from_public_bytes(k).public_bytes_raw() for k in public_keys]
 
     def __len__(self) -> int:
         return len(self._keys)

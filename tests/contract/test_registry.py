@@ -46,6 +46,7 @@ def test_admission_errors_leave_the_state_unchanged() -> None:
         ("role", "king"),
         ("email", "no-at-sign"),
         ("public_key", "ab"),
+        ("public_key", "00" * 32),  # a point of small order: would "verify" any signature
         ("id_grid", ""),
         ("id_grid", "a b"),
         ("name", ""),
