@@ -223,6 +223,9 @@ class LedgerState:
             return None
         return found[0], decode(found[2], strict=False)
 
+    def known(self, tx_ids: Sequence[str]) -> set[str]:
+        return self.store.known(tx_ids)
+
     def save_checkpoint(self, seq: int, digest: bytes, proof: Sequence[dict[str, Any]]) -> None:
         value = {"seq": seq, "digest": digest.hex(), "proof": list(proof)}
         self.store.set_meta(STABLE_CHECKPOINT, canonical(value, checked=False))

@@ -157,8 +157,11 @@ class ReplicaNode:
             if not isinstance(txs, list) or len(txs) > MAX_PER_FRAME:
                 self.counters["rejected_client_messages"] += 1
                 return
-            for wire in txs:
-                self._on_request(conn, wire)
+            checked = (self._check_request(conn, wire) for wire in txs)
+            accepted = [tx for tx in checked if tx is not None]
+            if accepted:
+                self._perform(self.replica.on_requests(accepted, self.clock()))
+                self.wake.set()
         elif kind == "await":
             ids = message.get("tx_ids", [message.get("tx_id")])
             if not isinstance(ids, list) or len(ids) > MAX_PER_FRAME:
@@ -176,6 +179,14 @@ class ReplicaNode:
             self.counters["rejected_client_messages"] += 1
 
     def _on_request(self, conn: ClientConn, wire: Any) -> None:
+        tx = self._check_request(conn, wire)
+        if tx is not None:
+            self._perform(self.replica.on_request(tx, self.clock(), verified=True))
+            self.wake.set()
+
+    def _check_request(self, conn: ClientConn, wire: Any) -> SignedTx | None:
+        """Parse and verify a client transaction and note where its reply goes; a malformed or
+        badly signed one is answered with a ``reject`` and goes no further."""
         try:
             tx = SignedTx.from_wire(wire)
         except TxError as exc:
@@ -189,7 +200,7 @@ class ReplicaNode:
                     "message": str(exc),
                 }
             )
-            return
+            return None
         tx_id = tx.tx_id
         if not self.sigs.check(tx, tx_id):
             self.counters["rejected_requests"] += 1
@@ -202,10 +213,9 @@ class ReplicaNode:
                     "message": "signature does not verify",
                 }
             )
-            return
+            return None
         self._wait_for(conn, tx_id)
-        self._perform(self.replica.on_request(tx, self.clock(), verified=True))
-        self.wake.set()
+        return tx
 
     def _wait_for(self, conn: ClientConn, tx_id: str) -> None:
         if len(self.waiters) >= MAX_WAITERS and tx_id not in self.waiters:

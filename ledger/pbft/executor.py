@@ -8,7 +8,7 @@ leaves the block either fully applied and stored, or not at all).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 from ledger.pbft.block import Block
@@ -34,6 +34,10 @@ class Executor(Protocol):
 
     def receipt(self, tx_id: str) -> tuple[int, Receipt] | None:
         """(height, receipt) of an executed transaction, or None."""
+        ...
+
+    def known(self, tx_ids: Sequence[str]) -> Collection[str]:
+        """Which of these transactions have been executed (one lookup for a frame of them)."""
         ...
 
     def state_digest(self) -> bytes:

@@ -10,7 +10,7 @@ Contract: ``kv.put`` with body ``{"key": str, "value": int}`` sets a key; ``kv.a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ledger.encoding import digest
@@ -64,6 +64,9 @@ class MemoryExecutor:
 
     def receipt(self, tx_id: str) -> tuple[int, Receipt] | None:
         return self.receipts.get(tx_id)
+
+    def known(self, tx_ids: Sequence[str]) -> Collection[str]:
+        return {t for t in tx_ids if t in self.receipts}
 
     def state_digest(self) -> bytes:
         return digest(self.state)

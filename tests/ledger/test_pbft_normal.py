@@ -83,6 +83,25 @@ def test_resent_executed_transaction_is_answered_not_reapplied() -> None:
     assert net.replicas[0].last_executed == 1
 
 
+def test_a_frame_of_requests_answers_the_executed_and_orders_the_new() -> None:
+    net = Network(make_config(4, batch_max=100, batch_delay_ms=0))
+    old = make_txs(3)
+    for tx in old:
+        net.submit(tx)
+    net.run(200)
+    new = make_txs(5)[3:]
+    primary = net.replicas[0]
+    actions = primary.on_requests([old[1], new[0], old[2], new[1]], net.now)
+    replied = [a.tx_id for a in actions if isinstance(a, ReplyTo)]
+    assert replied == [old[1].tx_id, old[2].tx_id]
+    proposed = [a.msg for a in actions if isinstance(a, Broadcast)]
+    assert [tx.tx_id for pp in proposed for tx in pp.batch.txs] == [  # type: ignore[union-attr]
+        new[0].tx_id,
+        new[1].tx_id,
+    ]
+    assert primary.on_requests([], net.now) == []
+
+
 def test_duplicate_inside_the_window_is_not_ordered_twice() -> None:
     net = Network(make_config(4, batch_max=100, batch_delay_ms=50))
     txs = make_txs(3)
