@@ -9,6 +9,7 @@ import pytest
 
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from ledger.contract import default_genesis
+from ledger.keys import new_key, public_hex
 from tools.demo.economics import Tariffs
 from tools.demo.plan import (
     DemandResponse,
@@ -20,7 +21,9 @@ from tools.demo.plan import (
 from tools.demo.world import build_community, fixed_mwh, past_day, pv_mwh
 
 DAY = dt.date(2026, 6, 21)
-TARIFFS = Tariffs.from_params(default_genesis("00" * 32, clearing_rule="paper")["params"])
+TARIFFS = Tariffs.from_params(
+    default_genesis(public_hex(new_key()), clearing_rule="paper")["params"]
+)
 DR = DemandResponse(18, 20, 1500)
 
 
