@@ -65,7 +65,7 @@ def key_hex(body: Mapping[str, Any], name: str) -> str:
     if not isinstance(value, str) or _HEX32.fullmatch(value) is None:
         raise Rejected(BAD_BODY, f"{name} must be 64 lowercase hex characters (Ed25519 key)")
     if not valid_public_key(bytes.fromhex(value)):
-        raise Rejected(BAD_BODY, f"{name} is not a valid Ed25519 public key (small order)")
+        raise Rejected(BAD_BODY, f"{name} is not a valid Ed25519 public key")
     return value
 
 

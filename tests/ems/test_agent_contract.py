@@ -7,15 +7,17 @@ import hashlib
 import itertools
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.ems.agent import TradingAgent
 from gateway.ems.tariff import Tariff
 from ledger.contract import default_genesis, make_contract
 from ledger.contract.api import BlockContext, Transaction
 
-OPERATOR = bytes([1]) * 32
-SELLER = bytes([2]) * 32
-BUYER = bytes([3]) * 32
+OPERATOR, SELLER, BUYER = (
+    Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32).public_key().public_bytes_raw()
+    for n in (1, 2, 3)
+)
 LISTING = "2026-06-15T14"
 
 
