@@ -20,8 +20,8 @@ on for a deployment that wants defence in depth; it is deterministic either way.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from ledger.contract.api import BlockContext, Receipt, Transaction
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.block import GENESIS_HASH, Block
 from ledger.setup import ContractFactory
-from ledger.store import BlockRow, BlockStore, BlockWriter, Checkpoint, MetaWrite, StoreError
+from ledger.store import BlockRow, BlockStore, Checkpoint, StoreError
 from ledger.tx import SignedTx, TxError
 from ledger_client.protocol import receipt_from_wire, receipt_to_wire
 
@@ -90,12 +90,6 @@ class LedgerState:
         self.height, self.head_hash = 0, GENESIS_HASH
         self.replayed = 0
         self._recover()
-        # background writes (``start_writer``): receipts of executed blocks that are not yet on
-        # disk, so that a retried transaction is recognised before its block is durable
-        self.writer: BlockWriter | None = None
-        self.durable_height = self.height
-        self._unflushed: dict[str, tuple[int, int, bytes]] = {}
-        self._unflushed_ids: deque[tuple[int, list[str]]] = deque()
 
     # -- restart --------------------------------------------------------------------------------
 
@@ -118,22 +112,6 @@ class LedgerState:
             self._apply(block, replay=True)
             self.height, self.head_hash = row.height, row.hash
             self.replayed += 1
-
-    def start_writer(
-        self, on_durable: Callable[[int], object], on_error: Callable[[BaseException], object]
-    ) -> None:
-        """From now on blocks are written by a ``BlockWriter`` thread: ``execute`` returns once
-        the block is applied in memory and queued, and ``on_durable(height)`` (called on the
-        writer thread) says when it is on disk; call ``mark_durable`` with that height on the
-        thread that executes. Replies for a block must wait for it."""
-        self.writer = BlockWriter(self.store.path, on_durable, on_error)
-
-    def mark_durable(self, height: int) -> None:
-        """Blocks up to ``height`` are on disk: their receipts are read from the store again."""
-        self.durable_height = max(self.durable_height, height)
-        while self._unflushed_ids and self._unflushed_ids[0][0] <= height:
-            for tx_id in self._unflushed_ids.popleft()[1]:
-                self._unflushed.pop(tx_id, None)
 
     # -- execution ------------------------------------------------------------------------------
 
@@ -161,14 +139,7 @@ class LedgerState:
             hash=block_hash,
             body=canonical(block.to_wire(), checked=False),
         )
-        if self.writer is None:
-            self.store.append(row, new, checkpoint)
-            self.durable_height = block.height
-        else:
-            for tx_id, index, data in new:
-                self._unflushed[tx_id] = (block.height, index, data)
-            self._unflushed_ids.append((block.height, [tx_id for tx_id, _, _ in new]))
-            self.writer.submit((row, new, checkpoint))
+        self.store.append(row, new, checkpoint)
         self.height, self.head_hash = block.height, block_hash
         return results
 
@@ -183,8 +154,8 @@ class LedgerState:
                 if found is not None:
                     applied_before[tx_id] = found
         else:
-            for tx_id in self.known(ids):
-                found = self._stored_receipt(tx_id)
+            for tx_id in self.store.known(ids):
+                found = self.store.receipt(tx_id)
                 assert found is not None
                 applied_before[tx_id] = found
         results: list[Executed] = []
@@ -246,28 +217,18 @@ class LedgerState:
         rows = self.store.blocks(after=max(height, 1) - 1, limit=max(limit, 0))
         return [decode_block(row) for row in rows]
 
-    def _stored_receipt(self, tx_id: str) -> tuple[int, int, bytes] | None:
-        return self._unflushed.get(tx_id) or self.store.receipt(tx_id)
-
     def receipt(self, tx_id: str) -> tuple[int, dict[str, Any]] | None:
-        found = self._stored_receipt(tx_id)
+        found = self.store.receipt(tx_id)
         if found is None:
             return None
         return found[0], decode(found[2], strict=False)
 
     def known(self, tx_ids: Sequence[str]) -> set[str]:
-        found = self.store.known(tx_ids)
-        if self._unflushed:
-            found.update(t for t in tx_ids if t in self._unflushed)
-        return found
+        return self.store.known(tx_ids)
 
     def save_checkpoint(self, seq: int, digest: bytes, proof: Sequence[dict[str, Any]]) -> None:
         value = {"seq": seq, "digest": digest.hex(), "proof": list(proof)}
-        raw = canonical(value, checked=False)
-        if self.writer is None:
-            self.store.set_meta(STABLE_CHECKPOINT, raw)
-        else:  # in order with the blocks, and never waiting for the writer's lock
-            self.writer.submit(MetaWrite(STABLE_CHECKPOINT, raw))
+        self.store.set_meta(STABLE_CHECKPOINT, canonical(value, checked=False))
 
     def load_checkpoint(self) -> tuple[int, bytes, Sequence[dict[str, Any]]] | None:
         raw = self.store.get_meta(STABLE_CHECKPOINT)
@@ -283,11 +244,6 @@ class LedgerState:
         return None if row is None else decode_block(row)
 
     def close(self) -> None:
-        """Write what is queued, then close (a killed process loses only what was not durable,
-        and never replied to)."""
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
         self.store.close()
 
 

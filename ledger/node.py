@@ -109,18 +109,10 @@ class ReplicaNode:
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.executed_blocks = 0
-        # replies wait until their block is on disk (see ``BlockWriter``)
-        self.held: list[tuple[int, ClientConn, dict[str, Any]]] = []
-        self.write_error: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.state.start_writer(
-            lambda height: loop.call_soon_threadsafe(self._durable, height),
-            lambda exc: loop.call_soon_threadsafe(self._write_failed, exc),
-        )
         await self.listener.start(self.address.host, self.listen_port)
         for link in self.links.values():
             link.start()
@@ -139,29 +131,6 @@ class ReplicaNode:
                     await asyncio.wait_for(self.wake.wait(), wait_ms / 1000)
         finally:
             await self.close()
-        if self.write_error is not None:
-            raise self.write_error
-
-    def _durable(self, height: int) -> None:
-        self.state.mark_durable(height)
-        if not self.held:
-            return
-        ready: dict[ClientConn, list[dict[str, Any]]] = {}
-        still: list[tuple[int, ClientConn, dict[str, Any]]] = []
-        for item in self.held:
-            if item[0] <= height:
-                ready.setdefault(item[1], []).append(item[2])
-            else:
-                still.append(item)
-        self.held = still
-        self._send_replies(ready)
-
-    def _write_failed(self, exc: BaseException) -> None:
-        """The disk refused a block: stop (fail-stop) rather than reply for what is not stored;
-        the others carry on without this replica, and on restart it catches up."""
-        self.counters["store_write_errors"] += 1
-        self.write_error = exc
-        self.stop()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -202,7 +171,7 @@ class ReplicaNode:
             for tx_id in wanted:
                 self._wait_for(conn, tx_id)
             # one query for the whole frame; usually none has executed yet
-            for tx_id in self.state.known(wanted):
+            for tx_id in self.state.store.known(wanted):
                 self._reply_if_executed(tx_id)
         elif kind == "query":
             conn.send(self._answer(message))
@@ -288,9 +257,7 @@ class ReplicaNode:
     def _perform(self, actions: list[Action]) -> None:
         # Replies are gathered per client connection and sent as one frame (a block's worth):
         # one encode and one socket write per client per block instead of one per transaction.
-        # A reply whose block is not on disk yet is held until the writer says it is.
         replies: dict[ClientConn, list[dict[str, Any]]] = {}
-        durable = self.state.durable_height
         for action in actions:
             if isinstance(action, Send):
                 link = self.links.get(action.to)
@@ -305,18 +272,10 @@ class ReplicaNode:
                 self.waiting_since.pop(action.tx_id, None)
                 if conns:
                     wire = action.reply.to_wire()
-                    height = action.reply.height
                     for conn in conns:
-                        if height <= durable:
-                            replies.setdefault(conn, []).append(wire)
-                        else:
-                            self.held.append((height, conn, wire))
+                        replies.setdefault(conn, []).append(wire)
             elif isinstance(action, ExecutedAction):
                 self.executed_blocks += 1
-        self._send_replies(replies)
-
-    @staticmethod
-    def _send_replies(replies: dict[ClientConn, list[dict[str, Any]]]) -> None:
         for conn, wires in replies.items():
             if len(wires) == 1:
                 conn.send(wires[0])

@@ -17,10 +17,8 @@ transaction a client saw committed survives power loss too, not only a killed pr
 
 from __future__ import annotations
 
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +70,6 @@ class Checkpoint:
     snapshot: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class MetaWrite:
-    key: str
-    value: bytes
-
-
-BlockWrite = tuple[BlockRow, Sequence[tuple[str, int, bytes]], Checkpoint | None]
-Write = BlockWrite | MetaWrite
-
-
 class BlockStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -104,39 +92,24 @@ class BlockStore:
         """Store one executed block with its receipts (and checkpoint) atomically. ``receipts``
         are ``(tx_id, index, receipt_bytes)``; the caller has already left out transactions that
         have a receipt from an earlier block."""
-        self.append_many([(block, receipts, checkpoint)])
-
-    def append_many(self, items: Sequence[Write]) -> None:
-        """Store consecutive blocks (and meta values) in ONE SQLite transaction: one fsync for
-        all of them (group commit), all or none after a crash."""
-        head_height, head_hash = self.head()
+        head = self.head()
+        if block.height != head[0] + 1:
+            raise StoreError(f"block {block.height} does not follow height {head[0]}")
+        if head[0] > 0 and block.prev_hash != head[1]:
+            raise StoreError(f"block {block.height} does not link to block {head[0]}")
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            for item in items:
-                if isinstance(item, MetaWrite):
-                    cur.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                        (item.key, item.value),
-                    )
-                    continue
-                block, receipts, checkpoint = item
-                if block.height != head_height + 1:
-                    raise StoreError(f"block {block.height} does not follow height {head_height}")
-                if head_height > 0 and block.prev_hash != head_hash:
-                    raise StoreError(f"block {block.height} does not link to block {head_height}")
-                cur.execute(
-                    "INSERT INTO blocks (height, view, prev_hash, hash, body) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (block.height, block.view, block.prev_hash, block.hash, block.body),
-                )
-                cur.executemany(
-                    "INSERT INTO receipts (tx_id, height, idx, receipt) VALUES (?, ?, ?, ?)",
-                    [(tx_id, block.height, idx, data) for tx_id, idx, data in receipts],
-                )
-                if checkpoint is not None:
-                    self._put_checkpoint(cur, checkpoint)
-                head_height, head_hash = block.height, block.hash
+            cur.execute(
+                "INSERT INTO blocks (height, view, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?)",
+                (block.height, block.view, block.prev_hash, block.hash, block.body),
+            )
+            cur.executemany(
+                "INSERT INTO receipts (tx_id, height, idx, receipt) VALUES (?, ?, ?, ?)",
+                [(tx_id, block.height, idx, data) for tx_id, idx, data in receipts],
+            )
+            if checkpoint is not None:
+                self._put_checkpoint(cur, checkpoint)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -238,71 +211,3 @@ def _row(row: tuple[object, ...]) -> BlockRow:
     ):
         raise StoreError(f"block {height}: stored columns have the wrong types")
     return BlockRow(height=height, view=view, prev_hash=prev_hash, hash=hash_, body=body)
-
-
-MAX_QUEUED_WRITES = 64  # blocks handed to the writer and not yet durable; more waits
-
-
-class BlockWriter:
-    """Writes blocks on a thread of its own, with its own connection to the store.
-
-    A replica must not answer a client before the block is fsynced, but it need not stop
-    ordering and executing the next blocks while the disk works: the fsync was 10-13 % of a
-    replica's wall time, spent with the event loop blocked. The writer takes everything queued
-    since its last commit and writes it in one transaction (group commit), then reports the
-    height now durable through ``on_durable`` (called on the writer thread). A write that fails
-    is reported through ``on_error`` and nothing after it is written: the replica must stop.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        on_durable: Callable[[int], object],
-        on_error: Callable[[BaseException], object],
-    ) -> None:
-        self._store = BlockStore(path)
-        self._on_durable = on_durable
-        self._on_error = on_error
-        self._queue: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
-        self._room = threading.Semaphore(MAX_QUEUED_WRITES)
-        self.failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="block-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, write: Write) -> None:
-        """Queue a write; blocks only while ``MAX_QUEUED_WRITES`` blocks wait for the disk."""
-        if isinstance(write, tuple):
-            self._room.acquire()
-        self._queue.put(write)
-
-    def close(self) -> None:
-        """Write what is queued, then stop."""
-        self._queue.put(None)
-        self._thread.join()
-        self._store.close()
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            batch: list[Write] = []
-            while item is not None:
-                batch.append(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            stop = item is None
-            blocks = [w for w in batch if isinstance(w, tuple)]
-            try:
-                if batch and self.failed is None:
-                    self._store.append_many(batch)
-                    if blocks:
-                        self._on_durable(blocks[-1][0].height)
-            except BaseException as exc:
-                if self.failed is None:
-                    self.failed = exc
-                    self._on_error(exc)
-            finally:
-                for _ in blocks:
-                    self._room.release()
