@@ -255,7 +255,7 @@ def register_bench(bench_subparsers: Any) -> None:
     p.add_argument("--window", type=_pos_int, default=60, help="in-flight txs per client")
     p.add_argument("--members", type=_pos_int, default=50, help="members sending transfers")
     p.add_argument("--kill-primary-after", type=_pos_float, default=None, metavar="T")
-    p.add_argument("--batch-max", type=_pos_int, default=100)
+    p.add_argument("--batch-max", type=_pos_int, default=400)
     p.add_argument("--batch-delay-ms", type=_pos_int, default=5)
     p.add_argument("--view-change-ms", type=_pos_int, default=2000)
     p.add_argument("--request-timeout-ms", type=_pos_int, default=3000, help="client re-send")

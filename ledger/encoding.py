@@ -54,11 +54,28 @@ def _check(value: Any, depth: int = 0) -> None:
     raise EncodingError(f"{type(value).__name__} is not encodable (no floats, bytes as hex)")
 
 
+def check(value: Any) -> None:
+    """Raise ``EncodingError`` unless ``value`` is inside the encoding. The common case, a flat
+    object of strings and integers (a transaction body), is checked without recursion."""
+    if type(value) is dict:
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str:
+                raise EncodingError(f"non-string key {key!r}")
+            if kind is str or kind is bool or item is None:
+                continue
+            if kind is int and MIN_INT <= item <= MAX_INT:
+                continue
+            _check(item, 1)
+        return
+    _check(value)
+
+
 def canonical(value: Any, *, checked: bool = True) -> bytes:
     """Canonical bytes of a JSON-like, float-free value. ``checked=False`` skips the type walk
     for values the caller built itself from known-good parts (hot paths)."""
     if checked:
-        _check(value)
+        check(value)
     try:
         return orjson.dumps(value, option=_SORT)
     except TypeError as exc:  # orjson.JSONEncodeError; _check rejects these first when checked

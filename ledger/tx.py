@@ -19,11 +19,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger import ed25519
 from ledger.contract.api import Transaction
-from ledger.encoding import EncodingError, canonical
+from ledger.encoding import EncodingError, canonical, check
 
 TX_DOMAIN = b"wattmesh/tx/v1\x00"
 MAX_KIND_LEN = 64
 MAX_NONCE = 2**63 - 1
+WIRE_FIELDS = frozenset(("body", "kind", "nonce", "sender", "sig"))
 
 
 class TxError(ValueError):
@@ -92,7 +93,7 @@ class SignedTx:
         """Parse (not verify) a wire transaction; raises ``TxError`` naming what is wrong."""
         if not isinstance(wire, dict):
             raise TxError("transaction must be an object")
-        if set(wire) != {"body", "kind", "nonce", "sender", "sig"}:
+        if wire.keys() != WIRE_FIELDS:
             raise TxError(
                 f"transaction fields must be body, kind, nonce, sender, sig: {sorted(wire)}"
             )
@@ -107,8 +108,10 @@ class SignedTx:
         sig = _hex_field(wire, "sig", 64)
         unsigned = {"body": body, "kind": kind, "nonce": nonce, "sender": wire["sender"]}
         try:
-            # checks the body and yields the bytes the id and signature are computed over
-            payload = canonical(unsigned)
+            # the body is the one part not checked above; then the bytes the id and the
+            # signature are computed over
+            check(body)
+            payload = canonical(unsigned, checked=False)
         except EncodingError as exc:
             raise TxError(f"body: {exc}") from exc
         tx = cls(sender, kind, body, nonce, sig)
