@@ -130,6 +130,7 @@ class _Pending:
         self.first: dict[bytes, dict[str, Any]] = {}
         self.rejects: dict[str, set[int]] = defaultdict(set)
         self.wire: dict[str, Any] | None = None  # the signed transaction, for re-sends
+        self.to_all = False  # given to every replica (primary unreachable, or re-sent)
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         # re-send and give-up times (loop clock), driven by the client's one sweeper
         self.resend_at = self.deadline = float("inf")
@@ -250,6 +251,7 @@ class LedgerClient:
             # the primary we would use is not connected (down, or restarting): give the
             # transaction to every replica, so the backups hold it and time the primary out
             everyone = self.broadcast or not self._conns[primary].ready.is_set()
+            pending.to_all = everyone
             for conn in self._conns:
                 if everyone or conn.index == primary:
                     conn.request(wire)
@@ -282,6 +284,7 @@ class LedgerClient:
                     )
                 elif now >= pending.resend_at and pending.wire is not None:
                     self.resends += 1
+                    pending.to_all = True
                     for conn in self._conns:
                         conn.request(pending.wire)
                     pending.wait_s *= 2
@@ -369,10 +372,16 @@ class LedgerClient:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _on_connect(self, index: int) -> None:
-        # a replica that reconnects missed our earlier awaits: tell it again
+        # A replica that (re)connects missed what was sent while it was away: the awaits, and
+        # the full transactions that went to every replica (a hand-over from a lost primary,
+        # a re-send). Without them a backup that connected late never holds those requests,
+        # never times the primary out, and the view cannot change.
         conn = self._conns[index]
-        for tx_id in list(self._txs):
-            conn.await_reply(tx_id)
+        for tx_id, pending in list(self._txs.items()):
+            if pending.to_all and pending.wire is not None:
+                conn.request(pending.wire)
+            else:
+                conn.await_reply(tx_id)
 
     def _on_reply(self, index: int, message: Any) -> None:
         if not isinstance(message, dict):
@@ -400,6 +409,7 @@ class LedgerClient:
             return
         for pending in self._txs.values():
             if pending.wire is not None and not pending.done.done():
+                pending.to_all = True
                 for conn in self._conns:
                     if conn.index != index:
                         conn.request(pending.wire)

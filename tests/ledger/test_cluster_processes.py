@@ -271,3 +271,50 @@ async def test_transactions_in_flight_at_a_frozen_then_killed_primary_all_commit
             await check(cluster, [1, 2, 3], committed)
     finally:
         cluster.stop_all()
+
+
+async def test_backups_the_client_reaches_only_after_the_primary_died_get_the_hand_over(
+    tmp_path: Path,
+) -> None:
+    """The client starts once f+1 replicas answer; two backups are still out of its reach (here:
+    behind forwarders that open late) when the primary dies, so the hand-over reaches one
+    backup. The transactions must reach the other two as full requests once they are
+    connected, not only as awaits: one backup alone cannot change the view."""
+    from ledger.setup import free_ports
+    from tests.ledger.proxy import ReplicaProxy
+
+    cluster = Cluster(tmp_path / "c")
+    cluster.start_all()
+    ports = free_ports(2)
+    late = [ReplicaProxy(i, ports[k], cluster.config.replica(i).port) for k, i in enumerate((2, 3))]
+    addresses = [(r.host, r.port) for r in cluster.config.replicas[:2]]
+    addresses += [("127.0.0.1", port) for port in ports]
+    client = LedgerClient(
+        addresses, cluster.config.f, cluster.user, request_timeout_s=30.0, timeout_s=60.0
+    )
+    try:
+        await client.start()
+        committed = await load(client, cluster, 5, 0)
+        cluster.pause(0)
+        in_flight = [sign_tx(cluster.user, "toy.add", {"amount": 1}, 100 + k) for k in range(5)]
+        tasks = [asyncio.ensure_future(client.submit(tx)) for tx in in_flight]
+        while not all(client._txs.get(tx.tx_id) for tx in in_flight):
+            await asyncio.sleep(0)
+        while client._conns[0]._flush_scheduled or client._conns[0]._requests:
+            await asyncio.sleep(0)
+        cluster.kill(0)
+        while client._conns[0].ready.is_set():  # the hand-over reaches replica 1 only
+            await asyncio.sleep(0.01)
+        assert not client._conns[2].ready.is_set() and not client._conns[3].ready.is_set()
+        for proxy in late:
+            await proxy.start()
+        receipts = await asyncio.wait_for(asyncio.gather(*tasks), 25)
+        assert all(r.ok for r in receipts)
+        assert client.resends == 0
+        committed += in_flight
+        await check(cluster, [1, 2, 3], committed)
+    finally:
+        await client.close()
+        for proxy in late:
+            await proxy.close()
+        cluster.stop_all()
