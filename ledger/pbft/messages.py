@@ -442,7 +442,16 @@ def parse(wire: Any) -> Message:
 
 
 Signed = TypeVar(
-    "Signed", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, Status, FetchBlocks
+    "Signed",
+    PrePrepare,
+    Prepare,
+    Commit,
+    _Vote,  # either of the two above
+    Checkpoint,
+    ViewChange,
+    NewView,
+    Status,
+    FetchBlocks,
 )
 
 

@@ -64,6 +64,8 @@ CHECKPOINT_DOMAIN = b"wattmesh/pbft/checkpoint/v1\x00"
 FUTURE_BUFFER = 8192  # messages kept for a view this replica has not entered yet
 VERIFIED_CACHE = 200_000  # client transactions whose signature this replica already checked
 MAX_PENDING = 100_000  # client transactions known but not yet executed
+VoteIndex = dict[tuple[int, int], bytes]  # (view, replica) -> digest voted for
+VoteSets = dict[tuple[int, bytes], dict[int, Any]]  # (view, digest) -> replica -> vote
 FETCH_REPEAT_MS = 100  # a state-transfer page is served at most once per peer in this time
 Fault = Literal["silent", "equivocate"] | None
 
@@ -513,32 +515,43 @@ class Replica:
             out.append(Broadcast(prepare))
         self._check_prepared(slot, out)
 
-    def _on_prepare(self, msg: Prepare, out: list[Action]) -> None:
+    def _record_vote(
+        self, msg: Prepare | Commit, tables: Callable[[Slot], tuple[VoteIndex, VoteSets]]
+    ) -> tuple[Slot, dict[int, Any]] | None:
+        """The checks PREPARE and COMMIT share, then the vote entered in the slot's tables
+        (``tables`` picks them). Returns the slot and the votes for the message's (view,
+        digest), or None if the message was dropped."""
         if msg.view != self.view or not self.active:
             if not self._buffer_future(msg, msg.replica):
                 self._count("rejected_wrong_view")
-            return
-        if msg.replica == self.cfg.primary(msg.view):
-            self._count("rejected_not_backup")
-            return
+            return None
         if not self._in_window(msg.seq):
             self._count("rejected_out_of_window")
-            return
+            return None
         slot = self._slot(msg.seq)
+        by_voter, by_digest = tables(slot)
         voter = (msg.view, msg.replica)
-        earlier = slot.prepare_votes.get(voter)
+        earlier = by_voter.get(voter)
         if earlier is not None:
             # one vote per replica, view and sequence number: replays are dropped, and a
             # replica voting for two digests cannot grow the log
             self._count("duplicate_msg" if earlier == msg.digest else "conflicting_votes")
-            return
+            return None
         if not verify(msg, self.keyring):
             self._count("rejected_bad_sig")
-            return
-        slot.prepare_votes[voter] = msg.digest
-        votes = slot.prepares.setdefault((msg.view, msg.digest), {})
+            return None
+        by_voter[voter] = msg.digest
+        votes = by_digest.setdefault((msg.view, msg.digest), {})
         votes[msg.replica] = msg
-        self._check_prepared(slot, out)
+        return slot, votes
+
+    def _on_prepare(self, msg: Prepare, out: list[Action]) -> None:
+        if msg.view == self.view and self.active and msg.replica == self.cfg.primary(msg.view):
+            self._count("rejected_not_backup")
+            return
+        recorded = self._record_vote(msg, lambda slot: (slot.prepare_votes, slot.prepares))
+        if recorded is not None:
+            self._check_prepared(recorded[0], out)
 
     def _check_prepared(self, slot: Slot, out: list[Action]) -> None:
         pp = slot.pp
@@ -559,27 +572,10 @@ class Replica:
 
     def _on_commit(self, msg: Commit, out: list[Action]) -> None:
         # (self.now is the time of the event being handled; set by on_message)
-        if msg.view != self.view or not self.active:
-            if not self._buffer_future(msg, msg.replica):
-                self._count("rejected_wrong_view")
+        recorded = self._record_vote(msg, lambda slot: (slot.commit_votes, slot.commits))
+        if recorded is None:
             return
-        if not self._in_window(msg.seq):
-            self._count("rejected_out_of_window")
-            return
-        slot = self._slot(msg.seq)
-        voter = (msg.view, msg.replica)
-        earlier = slot.commit_votes.get(voter)
-        if earlier is not None:
-            # one vote per replica, view and sequence number: replays are dropped, and a
-            # replica voting for two digests cannot grow the log
-            self._count("duplicate_msg" if earlier == msg.digest else "conflicting_votes")
-            return
-        if not verify(msg, self.keyring):
-            self._count("rejected_bad_sig")
-            return
-        slot.commit_votes[voter] = msg.digest
-        votes = slot.commits.setdefault((msg.view, msg.digest), {})
-        votes[msg.replica] = msg
+        slot, votes = recorded
         if (
             len(votes) >= self.cfg.quorum
             and (msg.digest != slot.digest or msg.digest not in self.batches)
