@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ledger.hexbytes import parse_hex
 from ledger.tx import public_bytes
 
 SEED_BYTES = 32
@@ -68,12 +69,8 @@ def load_key(path: Path) -> Ed25519PrivateKey:
 
 
 def parse_public_hex(value: object, where: str) -> Ed25519PublicKey:
-    if not isinstance(value, str) or len(value) != 2 * SEED_BYTES:
-        raise KeyFileError(f"{where}: must be {2 * SEED_BYTES} lowercase hex characters")
     try:
-        raw = bytes.fromhex(value)
+        raw = parse_hex(value, SEED_BYTES)
     except ValueError as exc:
-        raise KeyFileError(f"{where}: not hex") from exc
-    if raw.hex() != value:
-        raise KeyFileError(f"{where}: must be lowercase hex")
+        raise KeyFileError(f"{where}: {exc}") from None
     return Ed25519PublicKey.from_public_bytes(raw)

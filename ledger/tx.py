@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ledger import ed25519
 from ledger.contract.api import Transaction
 from ledger.encoding import EncodingError, canonical, check
+from ledger.hexbytes import parse_hex
 
 TX_DOMAIN = b"wattmesh/tx/v1\x00"
 MAX_KIND_LEN = 64
@@ -120,16 +121,10 @@ class SignedTx:
 
 
 def _hex_field(wire: Mapping[str, Any], name: str, size: int) -> bytes:
-    value = wire[name]
-    if not isinstance(value, str) or len(value) != 2 * size:
-        raise TxError(f"{name} must be {2 * size} lowercase hex characters")
     try:
-        raw = bytes.fromhex(value)
+        return parse_hex(wire[name], size)
     except ValueError as exc:
-        raise TxError(f"{name} is not hex") from exc
-    if raw.hex() != value:
-        raise TxError(f"{name} must be lowercase hex")
-    return raw
+        raise TxError(f"{name}: {exc}") from None
 
 
 def sign_tx(key: Ed25519PrivateKey, kind: str, body: Mapping[str, Any], nonce: int) -> SignedTx:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ledger.hexbytes import parse_hex
+
 MAX_INT = 2**63 - 1
 
 
@@ -28,16 +30,10 @@ def nat(wire: dict[str, Any], key: str, limit: int = MAX_INT) -> int:
 
 
 def hex_bytes(wire: dict[str, Any], key: str, size: int) -> bytes:
-    value = wire[key]
-    if not isinstance(value, str) or len(value) != 2 * size:
-        raise WireError(f"{key}: must be {2 * size} lowercase hex characters")
     try:
-        raw = bytes.fromhex(value)
+        return parse_hex(wire[key], size)
     except ValueError as exc:
-        raise WireError(f"{key}: not hex") from exc
-    if raw.hex() != value:
-        raise WireError(f"{key}: must be lowercase hex")
-    return raw
+        raise WireError(f"{key}: {exc}") from None
 
 
 def listed(wire: dict[str, Any], key: str, limit: int) -> list[Any]:
