@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ledger import cluster as cl
 from ledger import keys
+from tests.ledger.strategies import json_values
 
 
 def _doc(n: int = 4) -> dict[str, Any]:
@@ -115,16 +116,7 @@ def test_unreadable_and_non_json_files(tmp_path: Path) -> None:
         cl.load_cluster(binary)
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+JSON_VALUES = json_values(key=6)
 
 
 @settings(max_examples=150, deadline=None)
@@ -148,7 +140,7 @@ json_values = st.recursive(
         min_size=1,
         max_size=3,
     ),
-    value=json_values,
+    value=JSON_VALUES,
 )
 def test_any_mutation_is_accepted_or_refused_cleanly(path: list[Any], value: Any) -> None:
     doc = copy.deepcopy(BASE)

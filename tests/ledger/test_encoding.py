@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.encoding import EncodingError, canonical, decode, digest
+from tests.ledger.strategies import ints
 
-ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # the encoding's integer range
 values = st.recursive(
     st.none() | st.booleans() | ints | st.text(max_size=20),
     lambda children: (

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ledger.node import WAITER_TTL_MS, ReplicaNode
 from ledger.setup import init_cluster
 from ledger.transport import ClientConn, FrameDecoder, decode_payload
+from tests.ledger.strategies import ints
 from tests.ledger.toy_contract import make_contract
 
 
@@ -38,12 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> ReplicaNode:
     return ReplicaNode(d, 0, make_contract)
 
 
-json_leaf = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.text(max_size=70)
-)
+json_leaf = st.none() | st.booleans() | ints | st.text(max_size=70)
 json_value = st.recursive(
     json_leaf,
     lambda inner: (

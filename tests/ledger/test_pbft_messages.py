@@ -31,6 +31,7 @@ from ledger.pbft.messages import (
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.simulation import make_config, make_txs, replica_key
 from ledger.pbft.wire import WireError
+from tests.ledger.strategies import ints
 
 CFG = make_config(4)
 KEYRING = Keyring(r.public_key for r in CFG.replicas)
@@ -141,10 +142,7 @@ def test_block_hash_chains_and_ignores_view_and_certificate() -> None:
 
 
 wire_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.text(max_size=70),
+    st.none() | st.booleans() | ints | st.text(max_size=70),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=6),
     max_leaves=16,
 )

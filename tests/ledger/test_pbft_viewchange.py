@@ -22,6 +22,7 @@ from ledger.pbft.simulation import (
     replica_key,
 )
 from ledger.tx import sign_tx
+from tests.ledger.strategies import ints
 
 
 def _stalled_view_zero(extra_drop: Any = None) -> Network:
@@ -191,7 +192,7 @@ def test_hostile_messages_never_break_a_running_replica(
 @given(
     body=st.dictionaries(
         st.text(max_size=8),
-        st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=10),
+        ints | st.text(max_size=10),
         max_size=5,
     ),
     nonce=st.integers(0, 2**63 - 1),

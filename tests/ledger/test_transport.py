@@ -25,13 +25,14 @@ from ledger.transport import (
     link_proof,
     read_message,
 )
+from tests.ledger.strategies import ints
 
 messages = st.fixed_dictionaries(
     {"t": st.text(max_size=10)},
     optional={
-        "n": st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        "n": ints,
         "s": st.text(max_size=20),
-        "l": st.lists(st.integers(min_value=-(2**63), max_value=2**64 - 1)),
+        "l": st.lists(ints),
     },
 )
 

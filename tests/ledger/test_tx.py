@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.tx import SignedTx, TxError, sign_tx
+from tests.ledger.strategies import ints
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 
@@ -41,11 +42,7 @@ def test_signature_of_another_key_fails() -> None:
 
 
 wire_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.text(max_size=70)
-    | st.floats(),
+    st.none() | st.booleans() | ints | st.text(max_size=70) | st.floats(),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=6),
     max_leaves=12,
 )
@@ -78,11 +75,7 @@ def test_each_field_replaced_by_garbage_is_rejected_or_unverifiable(field: str, 
 
 BODIES = st.dictionaries(
     st.text(max_size=6),
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.text(max_size=6)
-    | st.lists(st.integers(min_value=-(2**63), max_value=2**64 - 1)),
+    st.none() | st.booleans() | ints | st.text(max_size=6) | st.lists(ints),
     max_size=4,
 )
 
