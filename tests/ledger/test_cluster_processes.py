@@ -52,6 +52,23 @@ async def load(
     return txs
 
 
+async def kill_a_frozen_primary_under_load(
+    client: LedgerClient, cluster: Cluster
+) -> tuple[list[SignedTx], list[asyncio.Future[Receipt]]]:
+    """Freeze the primary (its connections stay up, so requests reach only it), submit five
+    transactions, wait until they are on its socket, then kill it: its sockets close and the
+    client sees the primary go. Returns the transactions and their pending submits."""
+    cluster.pause(0)
+    in_flight = [sign_tx(cluster.user, "toy.add", {"amount": 1}, 100 + k) for k in range(5)]
+    tasks = [asyncio.ensure_future(client.submit(tx)) for tx in in_flight]
+    while not all(client._txs.get(tx.tx_id) for tx in in_flight):
+        await asyncio.sleep(0)
+    while client._conns[0]._flush_scheduled or client._conns[0]._requests:
+        await asyncio.sleep(0)
+    cluster.kill(0)
+    return in_flight, tasks
+
+
 async def check(cluster: Cluster, correct: list[int], committed: list[SignedTx]) -> None:
     statuses = await cluster.converge(correct)
     who = cluster.user.public_key().public_bytes_raw().hex()
@@ -255,14 +272,7 @@ async def test_transactions_in_flight_at_a_frozen_then_killed_primary_all_commit
     try:
         async with cluster.client(request_timeout_s=30.0, timeout_s=60.0) as client:
             committed = await load(client, cluster, 5, 0)
-            cluster.pause(0)  # frozen: its connections stay up, the requests reach only it
-            in_flight = [sign_tx(cluster.user, "toy.add", {"amount": 1}, 100 + k) for k in range(5)]
-            tasks = [asyncio.ensure_future(client.submit(tx)) for tx in in_flight]
-            while not all(client._txs.get(tx.tx_id) for tx in in_flight):
-                await asyncio.sleep(0)
-            while client._conns[0]._flush_scheduled or client._conns[0]._requests:
-                await asyncio.sleep(0)
-            cluster.kill(0)  # its sockets close: the client sees the primary go
+            in_flight, tasks = await kill_a_frozen_primary_under_load(client, cluster)
             receipts = await asyncio.wait_for(asyncio.gather(*tasks), 25)
             assert all(r.ok for r in receipts)
             assert client.resends == 0
@@ -295,14 +305,7 @@ async def test_backups_the_client_reaches_only_after_the_primary_died_get_the_ha
     try:
         await client.start()
         committed = await load(client, cluster, 5, 0)
-        cluster.pause(0)
-        in_flight = [sign_tx(cluster.user, "toy.add", {"amount": 1}, 100 + k) for k in range(5)]
-        tasks = [asyncio.ensure_future(client.submit(tx)) for tx in in_flight]
-        while not all(client._txs.get(tx.tx_id) for tx in in_flight):
-            await asyncio.sleep(0)
-        while client._conns[0]._flush_scheduled or client._conns[0]._requests:
-            await asyncio.sleep(0)
-        cluster.kill(0)
+        in_flight, tasks = await kill_a_frozen_primary_under_load(client, cluster)
         while client._conns[0].ready.is_set():  # the hand-over reaches replica 1 only
             await asyncio.sleep(0.01)
         assert not client._conns[2].ready.is_set() and not client._conns[3].ready.is_set()
