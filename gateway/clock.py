@@ -84,3 +84,16 @@ class ManualClock:
         self._now = max(self._now, target_ms)
         for _ in range(5):
             await asyncio.sleep(0)
+
+
+async def wait_until_or_set(clock: Clock, until_ms: int | None, event: asyncio.Event) -> None:
+    """Return once ``event`` is set or, if ``until_ms`` is given, once ``clock`` reaches it,
+    whichever comes first (a loop that has work due at a time, or sooner when woken)."""
+    waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(event.wait())}
+    if until_ms is not None:
+        waiters.add(asyncio.ensure_future(clock.sleep_until(until_ms)))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware import frame
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, SystemClock, wait_until_or_set
 from gateway.config import ConfigError, GatewayConfig, NodeConfig, load_keystore
 from gateway.intervals import MISSING, Interval, IntervalAggregator, MeterSpec
 from gateway.outbox import Backoff, Deliverer, OutboxRow, deliver_due
@@ -427,20 +427,9 @@ class Gateway:
                 log.exception("delivery round failed")
                 await self.clock.sleep_until(self.clock.now_ms() + self.backoff.initial_ms)
                 continue
-            nxt = self._db().outbox_next_ms()
-            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._outbox_wake.wait())]
-            if nxt is not None:
-                now = self.clock.now_ms()
-                if nxt <= now:
-                    waiters[0].cancel()
-                    await asyncio.sleep(0)
-                    continue
-                waiters.append(asyncio.ensure_future(self.clock.sleep_until(nxt)))
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
+            # the next row due (one already due: sleep_until returns at once), or sooner when
+            # a new row is queued
+            await wait_until_or_set(self.clock, self._db().outbox_next_ms(), self._outbox_wake)
 
     async def _keep_running(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run a source forever: a bug that escapes it is logged and it is restarted."""

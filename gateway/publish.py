@@ -20,7 +20,7 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.clock import Clock
+from gateway.clock import Clock, wait_until_or_set
 from gateway.config import MqttConfig
 from gateway.sources.mqtt import run_session
 from gateway.store import Reading
@@ -167,14 +167,7 @@ class HaPublisher:
                 await client.publish(topic, json.dumps(payload), qos=0, retain=True)
                 self._last_sent[meter_id] = now
                 self.published += 1
-            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
-            if due is not None:
-                waiters.add(asyncio.ensure_future(self.clock.sleep_until(due)))
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
+            await wait_until_or_set(self.clock, due, self._wake)
 
     async def offline(self) -> None:
         """Best effort on a clean stop: mark the gateway offline (the will covers crashes)."""
