@@ -4,7 +4,9 @@ the real bleak API (bumble-backed backend), frames into intervals, relay command
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bumble.link import LocalLink
@@ -22,6 +24,25 @@ T0 = 1_795_000_000_000 - 1_795_000_000_000 % INTERVAL_MS + 1_000
 KEYS = {1: bytes([1]) * 32, 2: bytes([2]) * 32}
 
 
+def ble_gateway(
+    tmp_path: Path,
+    clock: ManualClock,
+    central: BumbleCentral,
+    plugs: Mapping[int, PlugEmulator],
+    **config: Any,
+) -> Gateway:
+    """A gateway reading ``plugs`` (node id -> emulator) over BLE through ``central``."""
+    cfg = GatewayConfig(
+        gateway_id="home-1",
+        data_dir=tmp_path,
+        key_file=tmp_path / "gateway.key",
+        keystore=None,
+        nodes=tuple(NodeConfig(n, "ble", f"plug{n}", address=p.address) for n, p in plugs.items()),
+        **config,
+    )
+    return Gateway(cfg, clock=clock, node_keys=KEYS, ble_backend=bumble_backend(central))
+
+
 async def test_ble_plugs_through_the_daemon(tmp_path: Path) -> None:
     link = LocalLink()
     clock = ManualClock(T0)
@@ -32,14 +53,7 @@ async def test_ble_plugs_through_the_daemon(tmp_path: Path) -> None:
     for p in plugs.values():
         await p.start()
     central = BumbleCentral.on_link(link)
-    cfg = GatewayConfig(
-        gateway_id="home-1",
-        data_dir=tmp_path,
-        key_file=tmp_path / "gateway.key",
-        keystore=None,
-        nodes=tuple(NodeConfig(n, "ble", f"plug{n}", address=p.address) for n, p in plugs.items()),
-    )
-    gw = Gateway(cfg, clock=clock, node_keys=KEYS, ble_backend=bumble_backend(central))
+    gw = ble_gateway(tmp_path, clock, central, plugs)
     task = asyncio.create_task(gw.run())
     try:
         source = gw.sources[0]
@@ -75,15 +89,7 @@ async def test_the_daemon_runs_the_ble_silence_watchdog_from_its_config(
     plug = PlugEmulator.on_link(link, 1, KEYS[1], load=constant_load(500.0), now_ms=clock.now_ms)
     await plug.start()
     central = BumbleCentral.on_link(link)
-    cfg = GatewayConfig(
-        gateway_id="home-1",
-        data_dir=tmp_path,
-        key_file=tmp_path / "gateway.key",
-        keystore=None,
-        ble_silence_timeout_s=silence_s,
-        nodes=(NodeConfig(1, "ble", "plug1", address=plug.address),),
-    )
-    gw = Gateway(cfg, clock=clock, node_keys=KEYS, ble_backend=bumble_backend(central))
+    gw = ble_gateway(tmp_path, clock, central, {1: plug}, ble_silence_timeout_s=silence_s)
     task = asyncio.create_task(gw.run())
 
     async def one_reading() -> None:
