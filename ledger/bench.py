@@ -12,7 +12,10 @@ Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p
 (submit to f+1 matching replies), ``committed`` (acknowledged by f+1 replicas), ``lost``
 (submitted but not in the chain of the most advanced surviving replica; ``acked_missing``
 counts those among the acknowledged, which must be 0),
-``view_changes`` (highest view reached), plus the settings.
+``view_changes`` (highest view reached), the CPU each process spent per committed transaction,
+``cores_busy`` (all of that CPU over the run's wall time: below the core count, the pipeline
+idled), ``verify_us`` (one Ed25519 check on this machine as the run starts, a measure of its
+speed at that moment), plus the settings.
 """
 
 from __future__ import annotations
@@ -58,6 +61,19 @@ def _cpu_seconds(pid: int) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _verify_us(tx: SignedTx, rounds: int = 5, count: int = 200) -> float:
+    """The machine's speed as the run starts: microseconds per Ed25519 check, the best of a few
+    rounds. The shared development box drifts by up to a third from minute to minute; this
+    figure lets runs made at different moments be compared."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(count):
+            tx.verify()
+        best = min(best, (time.perf_counter() - t0) / count)
+    return round(best * 1e6, 1)
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:
@@ -133,6 +149,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         ]
         for c in clients:
             await c.start()
+        speed = _verify_us(txs[0])
         cpu0 = {i: _cpu_seconds(proc.pid) for i, proc in procs.items()}
         client_cpu0 = time.process_time()
 
@@ -216,6 +233,11 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "replica_cpu_ms_per_tx": {
             str(i): round(1000 * (cpu[i] - cpu0.get(i, 0.0)) / max(committed, 1), 3) for i in cpu
         },
+        # how much of the machine the run kept busy: below the core count, the pipeline idled
+        "cores_busy": round(
+            (client_cpu + sum(cpu[i] - cpu0.get(i, 0.0) for i in cpu)) / max(drained, 1e-9), 2
+        ),
+        "verify_us": speed,
     }
 
 

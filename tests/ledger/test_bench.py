@@ -30,6 +30,9 @@ def test_bench_kills_the_primary_and_loses_nothing(capsys: pytest.CaptureFixture
     assert report["lost"] == 0
     assert report["view_changes"] >= 1
     assert report["p50_ms"] <= report["p99_ms"]
+    # the CPU figures are the processes' own: something was spent, and no more than the machine has
+    assert 0 < report["cores_busy"] <= report["cores"] + 0.5
+    assert report["verify_us"] > 0
 
 
 def test_bench_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
