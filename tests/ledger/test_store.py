@@ -16,6 +16,11 @@ import pytest
 from ledger.store import BlockRow, BlockStore, Checkpoint, StoreError
 
 
+def tid(name: str) -> str:
+    """A transaction id (64 hex characters) named for the test."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
 def _block(height: int, prev: bytes) -> BlockRow:
     body = f"block {height}".encode()
     return BlockRow(height, 0, prev, hashlib.sha256(prev + body).digest(), body)
@@ -28,13 +33,18 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     for h in range(1, 6):
         block = _block(h, prev)
         cp = Checkpoint(h, b"d%d" % h, b"snap%d" % h) if h % 2 == 0 else None
-        store.append(block, [(f"tx{h}", 0, b"ok")], cp)
+        store.append(block, [(tid(f"tx{h}"), 0, b"ok")], cp)
         prev = block.hash
     assert store.head() == (5, prev)
     assert [b.height for b in store.blocks(after=2)] == [3, 4, 5]
     assert [b.height for b in store.blocks(after=0, limit=2)] == [1, 2]
-    assert store.receipt("tx3") == (3, 0, b"ok")
-    assert store.known(["tx1", "nope", "tx5"]) == {"tx1", "tx5"}
+    assert store.receipt(tid("tx3")) == (3, 0, b"ok")
+    assert store.receipt(tid("tx3").upper()) == (3, 0, b"ok")
+    assert store.known([tid("tx1"), tid("nope"), tid("tx5")]) == {tid("tx1"), tid("tx5")}
+    # strings that are no transaction id are simply not known
+    odd = ["", "zz" * 32, tid("tx1")[:62] + "  ", "ab" * 33, " " + tid("tx1")[1:]]
+    assert store.known(odd) == set() and all(store.receipt(o) is None for o in odd)
+    assert store.known([tid("tx2").upper()]) == {tid("tx2").upper()}
     latest = store.latest_checkpoint()
     assert latest is not None and latest.height == 4
     store.put_checkpoint(Checkpoint(6, b"d", b"s"))
@@ -48,19 +58,36 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     assert again.get_meta("absent") is None
 
 
+def test_a_store_of_another_layout_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE receipts (tx_id TEXT PRIMARY KEY, height INTEGER)")  # layout 1
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="layout 0, this wattmesh reads layout 2"):
+        BlockStore(path)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 7")
+    db.close()
+    with pytest.raises(StoreError, match="layout 7"):
+        BlockStore(path)
+    BlockStore(tmp_path / "new.sqlite").close()
+    assert BlockStore(tmp_path / "new.sqlite").receipt_count() == 0  # reopened: same layout
+
+
 def test_gaps_broken_links_and_duplicate_receipts_are_refused(tmp_path: Path) -> None:
     store = BlockStore(tmp_path / "r.sqlite")
     b1 = _block(1, b"")
-    store.append(b1, [("a", 0, b"ok")])
+    store.append(b1, [(tid("a"), 0, b"ok")])
     with pytest.raises(StoreError, match="does not follow"):
         store.append(_block(3, b1.hash), [])
     with pytest.raises(StoreError, match="does not link"):
         store.append(_block(2, b"wrong"), [])
     with pytest.raises(sqlite3.IntegrityError):
-        store.append(_block(2, b1.hash), [("a", 0, b"again")])
+        store.append(_block(2, b1.hash), [(tid("a"), 0, b"again")])
     # the failed block left nothing behind
     assert store.head() == (1, b1.hash)
-    assert store.receipt("a") == (1, 0, b"ok")
+    assert store.receipt(tid("a")) == (1, 0, b"ok")
 
 
 WRITER = """
@@ -74,7 +101,8 @@ while True:
     h += 1
     body = b"x" * 2000
     row = BlockRow(h, 0, prev, hashlib.sha256(prev + body + str(h).encode()).digest(), body)
-    store.append(row, [(f"tx{h}-{i}", i, b"ok") for i in range(50)])
+    ids = [hashlib.sha256(f"tx{h}-{i}".encode()).hexdigest() for i in range(50)]
+    store.append(row, [(tx_id, i, b"ok") for i, tx_id in enumerate(ids)])
     prev = row.hash
 """
 
@@ -92,7 +120,7 @@ def test_sigkill_mid_write_leaves_whole_blocks(tmp_path: Path) -> None:
         store = BlockStore(db)
         start = store.head()[0]
         while store.head()[0] < start + 20:
-            pass
+            assert proc.poll() is None, "the writer died on its own"
         store.close()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
