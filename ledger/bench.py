@@ -42,6 +42,12 @@ from ledger.store import BlockStore
 from ledger.tx import SignedTx, sign_tx
 
 MINT = 10**12
+# In-flight transactions per client (4 clients by default, 600 in all). With 240 in flight and
+# blocks of up to 400 the run was stop-and-wait: one block in flight at a time, the clients
+# waiting for its replies before sending the next, and 16-20 % of the two cores idle
+# (cores_busy 1.55-1.63). With 600, about two blocks are in flight and 1.68-1.80 cores are busy,
+# at p99 285-330 ms; 1000 in flight pushes p99 past 500 ms on a slow minute.
+WINDOW = 150
 
 
 def _member(k: int, key: Ed25519PrivateKey) -> dict[str, Any]:
@@ -278,7 +284,7 @@ def register_bench(bench_subparsers: Any) -> None:
     p.add_argument("--replicas", type=_pos_int, default=4)
     p.add_argument("--seconds", type=_pos_float, default=10.0)
     p.add_argument("--clients", type=_pos_int, default=4, help="client connections")
-    p.add_argument("--window", type=_pos_int, default=60, help="in-flight txs per client")
+    p.add_argument("--window", type=_pos_int, default=WINDOW, help="in-flight txs per client")
     p.add_argument("--members", type=_pos_int, default=50, help="members sending transfers")
     p.add_argument("--kill-primary-after", type=_pos_float, default=None, metavar="T")
     p.add_argument("--batch-max", type=_pos_int, default=400)
