@@ -202,11 +202,11 @@ class BlockStore:
 
     def known(self, tx_ids: Sequence[str]) -> set[str]:
         """Which of these transactions already have a receipt."""
-        asked: dict[bytes, str] = {}
+        asked: dict[bytes, list[str]] = {}
         for tx_id in tx_ids:
             key = _tx_key(tx_id)
             if key is not None:
-                asked[key] = tx_id
+                asked.setdefault(key, []).append(tx_id)  # every spelling asked for
         keys = list(asked)
         out: set[str] = set()
         for start in range(0, len(keys), 500):
@@ -215,7 +215,7 @@ class BlockStore:
             for (key,) in self.db.execute(
                 f"SELECT tx_id FROM receipts WHERE tx_id IN ({marks})", chunk
             ):
-                out.add(asked[bytes(key)])
+                out.update(asked[bytes(key)])
         return out
 
     def latest_checkpoint(self) -> Checkpoint | None:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.store import BlockRow, BlockStore, Checkpoint, StoreError
 
@@ -44,7 +46,8 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     # strings that are no transaction id are simply not known
     odd = ["", "zz" * 32, tid("tx1")[:62] + "  ", "ab" * 33, " " + tid("tx1")[1:]]
     assert store.known(odd) == set() and all(store.receipt(o) is None for o in odd)
-    assert store.known([tid("tx2").upper()]) == {tid("tx2").upper()}
+    both = [tid("tx2").upper(), tid("tx2")]
+    assert store.known(both) == set(both)  # each spelling asked for
     latest = store.latest_checkpoint()
     assert latest is not None and latest.height == 4
     store.put_checkpoint(Checkpoint(6, b"d", b"s"))
@@ -73,6 +76,29 @@ def test_a_store_of_another_layout_is_refused_by_name(tmp_path: Path) -> None:
         BlockStore(path)
     BlockStore(tmp_path / "new.sqlite").close()
     assert BlockStore(tmp_path / "new.sqlite").receipt_count() == 0  # reopened: same layout
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    asked=st.lists(
+        st.one_of(
+            st.text(max_size=70), st.text("0123456789abcdefABCDEF ", min_size=64, max_size=64)
+        ),
+        max_size=20,
+    )
+)
+def test_looking_up_any_string_answers_and_never_raises(
+    tmp_path_factory: pytest.TempPathFactory, asked: list[str]
+) -> None:
+    """Ids come from clients (await frames, receipt queries): whatever they are, a lookup answers
+    which of them have a receipt, and only those."""
+    store = BlockStore(tmp_path_factory.mktemp("s") / "r.sqlite")
+    stored = tid("stored")
+    store.append(_block(1, b""), [(stored, 0, b"ok")])
+    assert store.known([*asked, stored]) == {stored} | {a for a in asked if a.lower() == stored}
+    for text in asked:
+        assert store.receipt(text) == ((1, 0, b"ok") if text.lower() == stored else None)
+    store.close()
 
 
 def test_gaps_broken_links_and_duplicate_receipts_are_refused(tmp_path: Path) -> None:
