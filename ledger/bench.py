@@ -14,8 +14,8 @@ Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p
 counts those among the acknowledged, which must be 0),
 ``view_changes`` (highest view reached), the CPU each process spent per committed transaction,
 ``cores_busy`` (all of that CPU over the run's wall time: below the core count, the pipeline
-idled), ``verify_us`` (one Ed25519 check on this machine as the run starts, a measure of its
-speed at that moment), plus the settings.
+idled; null after a kill), ``verify_us`` (one Ed25519 check on this machine as the run starts,
+a measure of its speed at that moment), plus the settings.
 """
 
 from __future__ import annotations
@@ -240,7 +240,10 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             str(i): round(1000 * (cpu[i] - cpu0.get(i, 0.0)) / max(committed, 1), 3) for i in cpu
         },
         # how much of the machine the run kept busy: below the core count, the pipeline idled
-        "cores_busy": round(
+        # (unknown once a replica was killed: its CPU died with it)
+        "cores_busy": None
+        if len(cpu) < len(procs)
+        else round(
             (client_cpu + sum(cpu[i] - cpu0.get(i, 0.0) for i in cpu)) / max(drained, 1e-9), 2
         ),
         "verify_us": speed,

@@ -30,9 +30,19 @@ def test_bench_kills_the_primary_and_loses_nothing(capsys: pytest.CaptureFixture
     assert report["lost"] == 0
     assert report["view_changes"] >= 1
     assert report["p50_ms"] <= report["p99_ms"]
-    # the CPU figures are the processes' own: something was spent, and no more than the machine has
+    assert report["cores_busy"] is None  # the killed primary's CPU is unknown
+    assert report["verify_us"] > 0
+
+
+def test_bench_reports_how_busy_it_kept_the_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--seconds", "1", "--members", "4", "--clients", "1", "--window", "20", "--json"]
+    assert bench(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["lost"] == 0 and report["committed"] > 0
+    # the CPU figures are the processes' own: something was spent, no more than the machine has
     assert 0 < report["cores_busy"] <= report["cores"] + 0.5
     assert report["verify_us"] > 0
+    assert all(v > 0 for v in report["replica_cpu_ms_per_tx"].values())
 
 
 def test_bench_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
