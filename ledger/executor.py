@@ -36,6 +36,7 @@ from ledger_client.protocol import receipt_from_wire, receipt_to_wire
 
 SIG_CACHE_SIZE = 200_000
 STABLE_CHECKPOINT = "stable_checkpoint"
+VIEW = "view"  # the replica's view and whether it is active in it (the journal's meta value)
 
 
 class SigCache:
@@ -236,6 +237,28 @@ class LedgerState:
             return None
         value = decode(raw, strict=False)
         return int(value["seq"]), bytes.fromhex(value["digest"]), list(value["proof"])
+
+    def save_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
+        self.store.put_journal(seq, parts)
+
+    def save_view(self, view: int, active: bool) -> None:
+        self.store.put_journal_meta(VIEW, canonical({"view": view, "active": active}))
+
+    def load_journal(self) -> tuple[int, bool, dict[int, dict[str, bytes]]]:
+        raw = self.store.get_meta(VIEW)
+        view, active = 0, True
+        if raw is not None:
+            try:
+                value = decode(raw, strict=False)
+                view, active = value["view"], value["active"]
+            except (EncodingError, KeyError, TypeError) as exc:
+                raise StoreError(f"stored view does not decode: {exc}") from exc
+            if type(view) is not int or view < 0 or type(active) is not bool:
+                raise StoreError(f"stored view is not a view: {raw!r}")
+        return view, active, self.store.journal()
+
+    def prune_journal(self, upto: int) -> None:
+        self.store.prune_journal(upto)
 
     # -- reads for clients and tools ------------------------------------------------------------
 

@@ -9,7 +9,14 @@ Tables:
   The key is the id's 32 raw bytes, not its 64 hex characters (callers pass hex): the smaller
   index costs about 3.5 us less CPU per stored transaction on every replica.
 - ``checkpoints``: the contract snapshot and state digest at every checkpoint height.
-- ``meta``: small values the replica keeps across restarts (its view, say).
+- ``meta``: small values the replica keeps across restarts (stable checkpoint, view).
+- ``journal``: the consensus core's protocol log: the pre-prepare, batch and prepared certificate
+  (one row each) of every sequence number above the stable checkpoint (``ledger.pbft.executor``).
+  It is written through a second connection with ``synchronous=NORMAL``: a commit is in the WAL,
+  and so survives the process being killed, before the vote that depends on it is sent, without
+  an fsync per vote; the next block's commit fsyncs it with the WAL. A power cut can lose the
+  last votes, which makes this replica count towards f
+  until it has caught up, as any replica without a log would.
 
 Every executed block is written in ONE SQLite transaction (block row, receipts and, at a
 checkpoint, the snapshot), so after a crash the store holds either all of a block or none of it.
@@ -20,7 +27,7 @@ transaction a client saw committed survives power loss too, not only a killed pr
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +53,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER NOT NULL,
+    part TEXT NOT NULL,
+    entry BLOB NOT NULL,
+    PRIMARY KEY (seq, part)
 );
 """
 
@@ -82,6 +95,8 @@ class BlockStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self._migrate()
+        self.log = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.log.execute("PRAGMA synchronous=NORMAL")
 
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -98,6 +113,7 @@ class BlockStore:
         self.db.executescript(SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
 
     def close(self) -> None:
+        self.log.close()
         self.db.close()
 
     # -- writes ---------------------------------------------------------------------------------
@@ -158,6 +174,36 @@ class BlockStore:
 
     def set_meta(self, key: str, value: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def put_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
+        """Write (bytes) or drop (None) parts of the journal entry of ``seq``, in one commit."""
+        cur = self.log.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for part, entry in parts.items():
+                if entry is None:
+                    cur.execute("DELETE FROM journal WHERE seq = ? AND part = ?", (seq, part))
+                else:
+                    cur.execute(
+                        "INSERT OR REPLACE INTO journal (seq, part, entry) VALUES (?, ?, ?)",
+                        (seq, part, entry),
+                    )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def put_journal_meta(self, key: str, value: bytes) -> None:
+        self.log.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def prune_journal(self, upto: int) -> None:
+        self.log.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+
+    def journal(self) -> dict[int, dict[str, bytes]]:
+        out: dict[int, dict[str, bytes]] = {}
+        for seq, part, entry in self.log.execute("SELECT seq, part, entry FROM journal"):
+            out.setdefault(int(seq), {})[str(part)] = bytes(entry)
+        return out
 
     # -- reads ----------------------------------------------------------------------------------
 

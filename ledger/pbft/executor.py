@@ -4,11 +4,18 @@ The IO layer implements it over SQLite and the contract; ``MemoryExecutor`` (in
 ``ledger.pbft.memory``) is the in-memory double used by the core's own tests and simulations.
 All calls are synchronous and made by the core in order; ``execute`` must be atomic (a crash
 leaves the block either fully applied and stored, or not at all).
+
+The journal is the replica's protocol log across a restart: its view, and for each sequence
+number above the stable checkpoint the pre-prepare it accepted (with the batch) and its prepared
+certificate. The core writes an entry before any message that depends on it leaves, so a
+restarted replica never signs a PREPARE or COMMIT that contradicts one it sent before, its
+VIEW-CHANGE carries its prepared certificates, and a whole cluster restarted at once finishes
+the batches it had prepared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from ledger.pbft.block import Block
@@ -56,4 +63,22 @@ class Executor(Protocol):
 
     def load_checkpoint(self) -> tuple[int, bytes, Sequence[dict[str, Any]]] | None:
         """The last stable checkpoint saved, or None."""
+        ...
+
+    def save_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
+        """Write (bytes) or drop (None) parts of the journal entry of ``seq`` at once: ``pp``,
+        ``batch`` and ``proof`` are written as they change, so the batch is written once. They
+        must survive the process being killed once this returns."""
+        ...
+
+    def save_view(self, view: int, active: bool) -> None:
+        """Keep the replica's view, and whether it is working in it (False: changing to it)."""
+        ...
+
+    def load_journal(self) -> tuple[int, bool, dict[int, dict[str, bytes]]]:
+        """(view, active, parts by sequence number); (0, True, {}) for a new replica."""
+        ...
+
+    def prune_journal(self, upto: int) -> None:
+        """Drop the entries of sequence numbers up to ``upto`` (now below a stable checkpoint)."""
         ...

@@ -10,7 +10,7 @@ Contract: ``kv.put`` with body ``{"key": str, "value": int}`` sets a key; ``kv.a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ledger.encoding import digest
@@ -26,6 +26,8 @@ class MemoryExecutor:
         self.state: dict[str, int] = {}
         self.receipts: dict[str, tuple[int, Receipt]] = {}
         self.checkpoint: tuple[int, bytes, list[dict[str, Any]]] | None = None
+        self.journal: dict[int, dict[str, bytes]] = {}
+        self.view: tuple[int, bool] = (0, True)
 
     def last_executed(self) -> int:
         return len(self.blocks)
@@ -81,3 +83,23 @@ class MemoryExecutor:
 
     def load_checkpoint(self) -> tuple[int, bytes, Sequence[dict[str, Any]]] | None:
         return self.checkpoint
+
+    def save_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
+        entry = self.journal.setdefault(seq, {})
+        for part, value in parts.items():
+            if value is None:
+                entry.pop(part, None)
+            else:
+                entry[part] = value
+        if not entry:
+            del self.journal[seq]
+
+    def save_view(self, view: int, active: bool) -> None:
+        self.view = (view, active)
+
+    def load_journal(self) -> tuple[int, bool, dict[int, dict[str, bytes]]]:
+        return self.view[0], self.view[1], {seq: dict(p) for seq, p in self.journal.items()}
+
+    def prune_journal(self, upto: int) -> None:
+        for seq in [s for s in self.journal if s <= upto]:
+            del self.journal[seq]

@@ -22,6 +22,8 @@ Protocol summary (names as in the paper):
 * state transfer: a replica that sees a stable checkpoint (or f+1 replicas) beyond what it
   executed fetches the blocks with their certificates, checks certificate and hash chain, and
   executes them.
+* restart: the view and the log above the stable checkpoint are journaled through ``Executor``
+  before each vote leaves, and taken up again by a new ``Replica`` over the same executor.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.encoding import canonical
+from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.actions import Action, Broadcast, Executed, ReplyTo, Send
 from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, Block, Certificate
 from ledger.pbft.config import PbftConfig
@@ -184,6 +186,9 @@ class Replica:
         self.fetch_deadline: int | None = None
         self.fetch_retries = 0
         self.now = now_ms
+        self.resend: list[Prepare | Commit] = []  # restored votes, sent again on the first tick
+        self.resend_view_change = False
+        self._restore()
 
     # ------------------------------------------------------------------ public API
 
@@ -288,6 +293,15 @@ class Replica:
             return []
         self.now = now_ms
         out: list[Action] = []
+        if self.resend:
+            # Votes restored from the journal go out again (the same signed bytes: Ed25519 is
+            # deterministic); peers drop what they already had, a cluster restarted as a whole
+            # gathers the commits it lost.
+            out.extend(Broadcast(vote) for vote in self.resend)
+            self.resend = []
+        if self.resend_view_change:
+            self.resend_view_change = False
+            self._send_view_change(now_ms, out)
         if (
             self.is_primary
             and self.active
@@ -308,6 +322,72 @@ class Replica:
             self.next_status = now_ms + self.cfg.status_interval_ms
             self._status_tick(now_ms, out)
         return out
+
+    # ------------------------------------------------------------------ journal
+
+    def _journal_pre_prepare(self, slot: Slot, batch: Batch | None) -> None:
+        """Keep the pre-prepare ``slot`` accepted, with its batch, in the journal before the
+        PREPARE (or, at the primary, the PRE-PREPARE) leaves: see ``Executor``. The prepared
+        certificate is written when it forms, on its own, so the batch is written once."""
+        assert slot.pp is not None
+        parts: dict[str, bytes | None] = {"pp": canonical(slot.pp.to_wire(), checked=False)}
+        if batch is not None and slot.pp.digest != NULL_DIGEST:
+            parts["batch"] = canonical(batch.to_wire(), checked=False)
+        self.ex.save_journal(slot.seq, parts)
+
+    def _restore(self) -> None:
+        """Take up the view and log this replica had before a restart (nothing for a new one).
+        Its own PREPAREs and COMMITs are signed again, identical to those it sent, and go out on
+        the first tick; a replica that was changing views sends its VIEW-CHANGE again. The
+        requests of restored batches are not pending here: clients re-send what they still wait
+        for, and a transaction is applied at most once whichever block holds it."""
+        view, active, entries = self.ex.load_journal()
+        self.view, self.active = view, active
+        if not active:
+            self.resend_view_change = True
+            self.vc_deadline = self.now + self.vc_timeout
+        for seq in sorted(entries):
+            if seq <= self.stable_seq:
+                continue
+            try:
+                parts = {k: decode(v, strict=False) for k, v in entries[seq].items()}
+                self._restore_slot(seq, parts)
+            except (EncodingError, WireError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"journal entry {seq} does not decode: {exc}") from exc
+        self.ex.prune_journal(self.stable_seq)
+
+    def _restore_slot(self, seq: int, entry: dict[str, Any]) -> None:
+        slot = self._slot(seq)
+        if "batch" in entry:
+            batch = Batch.from_wire(entry["batch"])
+            ids = tuple(fast_tx_id(tx) for tx in batch.txs)
+            self.batches[batch.digest()] = batch
+            self.batch_ids[batch.digest()] = ids
+            self.last_ts = max(self.last_ts, batch.timestamp_ms)
+        if "proof" in entry:
+            slot.proof = PreparedProof.from_wire(entry["proof"])
+        if "pp" not in entry:
+            return
+        pp = PrePrepare.from_wire(entry["pp"])
+        slot.view, slot.pp, slot.digest = pp.view, pp, pp.digest
+        key = (pp.view, pp.digest)
+        if pp.replica != self.me:
+            prepare = sign(Prepare(pp.view, seq, pp.digest, self.me), self.signer)
+            slot.prepares.setdefault(key, {})[self.me] = prepare
+            slot.prepare_votes[(pp.view, self.me)] = pp.digest
+            self.resend.append(prepare)
+        proof = slot.proof
+        if proof is not None and (proof.pre_prepare.view, proof.pre_prepare.digest) == key:
+            for p in proof.prepares:
+                slot.prepares.setdefault(key, {})[p.replica] = p
+                slot.prepare_votes[(pp.view, p.replica)] = pp.digest
+            slot.prepared = slot.commit_sent = True
+            commit = sign(Commit(pp.view, seq, pp.digest, self.me), self.signer)
+            slot.commits.setdefault(key, {})[self.me] = commit
+            slot.commit_votes[(pp.view, self.me)] = pp.digest
+            self.resend.append(commit)
+        if pp.view == self.view:
+            self.next_seq = max(self.next_seq, seq + 1)
 
     # ------------------------------------------------------------------ helpers
 
@@ -508,6 +588,7 @@ class Replica:
         for tx_id in ids:
             self.in_log[tx_id] = pp.seq
             self.queue.pop(tx_id, None)
+        self._journal_pre_prepare(slot, batch)
         if pp.replica != self.me:
             prepare = sign(Prepare(pp.view, pp.seq, pp.digest, self.me), self.signer)
             slot.prepares.setdefault((pp.view, pp.digest), {})[self.me] = prepare
@@ -562,6 +643,7 @@ class Replica:
             return
         slot.prepared = True
         slot.proof = PreparedProof(pp, tuple(votes.values())[: self.cfg.quorum - 1])
+        self.ex.save_journal(slot.seq, {"proof": canonical(slot.proof.to_wire(), checked=False)})
         if not slot.commit_sent:
             slot.commit_sent = True
             commit = sign(Commit(pp.view, pp.seq, pp.digest, self.me), self.signer)
@@ -713,6 +795,7 @@ class Replica:
     def _stabilize(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
         self.stable_seq, self.stable_digest, self.stable_proof = seq, digest, proof
         self.ex.save_checkpoint(seq, digest, [c.to_wire() for c in proof])
+        self.ex.prune_journal(seq)
         self._count("checkpoints_stable")
         for s in [s for s in self.slots if s <= seq]:
             slot = self.slots.pop(s)
@@ -747,6 +830,12 @@ class Replica:
         self._count("view_changes")
         self.view = new_view
         self.active = False
+        self.ex.save_view(new_view, False)
+        self._send_view_change(now_ms, out)
+
+    def _send_view_change(self, now_ms: int, out: list[Action]) -> None:
+        """Sign and send this replica's VIEW-CHANGE for ``self.view`` (being changed to)."""
+        new_view = self.view
         self.new_view_msg = None
         self.batch_deadline = None
         prepared = tuple(
@@ -981,6 +1070,7 @@ class Replica:
         self._count("new_views")
         self.view = nv.view
         self.active = True
+        self.ex.save_view(nv.view, True)
         self.new_view_msg = nv  # relayed as is to replicas left behind (bounded attachments)
         self.vc_deadline = None
         self.vc_by_replica = {r: vc for r, vc in self.vc_by_replica.items() if vc.view > nv.view}
@@ -1043,6 +1133,9 @@ class Replica:
             # keep the prepared certificate for later view changes
             fresh = self._slot(seq)
             fresh.proof = slot.proof
+            self.ex.save_journal(seq, {"pp": None})  # the proof's batch stays with it
+        else:
+            self.ex.save_journal(seq, {"pp": None, "batch": None, "proof": None})
 
     def _replay_future(self, out: list[Action], now_ms: int) -> None:
         keep: deque[tuple[PrePrepare | Prepare | Commit, int]] = deque(maxlen=FUTURE_BUFFER)

@@ -136,3 +136,30 @@ def test_verify_chain_finds_tampering(tmp_path: Path) -> None:
     state.store.db.execute("DELETE FROM blocks WHERE height = 2")
     problems = verify_chain(state.store.blocks(), lambda block: True)
     assert any("expected height 2" in p for p in problems)
+
+
+def test_the_journal_survives_reopening_and_is_pruned(tmp_path: Path) -> None:
+    state = open_state(tmp_path)
+    assert state.load_journal() == (0, True, {})  # a new replica
+    state.save_view(3, False)
+    for seq in (5, 6, 7):
+        state.save_journal(seq, {"pp": b"pp %d" % seq, "batch": b"batch %d" % seq})
+    state.save_journal(6, {"pp": None, "batch": None})
+    state.save_journal(7, {"proof": b"proof 7", "batch": None})
+    state.close()
+    again = open_state(tmp_path)
+    assert again.load_journal() == (
+        3,
+        False,
+        {5: {"pp": b"pp 5", "batch": b"batch 5"}, 7: {"pp": b"pp 7", "proof": b"proof 7"}},
+    )
+    again.prune_journal(5)
+    assert list(again.load_journal()[2]) == [7]
+
+
+def test_a_damaged_stored_view_is_refused_by_name(tmp_path: Path) -> None:
+    state = open_state(tmp_path)
+    for raw in (b"{", b'{"view": -1, "active": true}', b'{"view": 1}', b'{"view": 1, "active": 2}'):
+        state.store.set_meta("view", raw)
+        with pytest.raises(StoreError, match="stored view"):
+            state.load_journal()
