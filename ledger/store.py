@@ -15,8 +15,8 @@ Tables:
   It is written through a second connection with ``synchronous=NORMAL``: a commit is in the WAL,
   and so survives the process being killed, before the vote that depends on it is sent, without
   an fsync per vote; the next block's commit fsyncs it with the WAL. A power cut can lose the
-  last votes, which makes this replica count towards f
-  until it has caught up, as any replica without a log would.
+  last votes, which makes this replica count towards f until it has caught up, as any replica
+  without a log would.
 
 Every executed block is written in ONE SQLite transaction (block row, receipts and, at a
 checkpoint, the snapshot), so after a crash the store holds either all of a block or none of it.
