@@ -321,3 +321,34 @@ async def test_backups_the_client_reaches_only_after_the_primary_died_get_the_ha
         for proxy in late:
             await proxy.close()
         cluster.stop_all()
+
+
+async def test_the_whole_cluster_killed_under_load_restarts_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """All four replicas get SIGKILL at once while a load is in flight (batches pre-prepared,
+    prepared, committed at some and not others), then all restart from their stores and
+    journals: every transaction the client saw committed is kept, the ones in flight commit once
+    (the client re-sends), and the replicas agree again."""
+    cluster = Cluster(tmp_path / "c")
+    cluster.start_all()
+    committed: list[SignedTx] = []
+    try:
+        async with cluster.client() as client:
+            committed += await load(client, cluster, 40, 0)
+            await cluster.wait_for([0, 1, 2, 3], lambda ss: all(s["height"] >= 1 for s in ss))
+            first = asyncio.Event()
+            task = asyncio.ensure_future(load(client, cluster, 600, 1000, first))
+            await first.wait()
+            for i in range(4):
+                cluster.kill(i)
+            assert not task.done(), "the kills must land in the middle of the load"
+            cluster.start_all()
+            committed += await task
+            committed += await load(client, cluster, 20, 2000)
+            await check(cluster, [0, 1, 2, 3], committed)
+    finally:
+        codes = cluster.stop_all()
+    assert all(code == 0 for code in codes.values()), f"SIGTERM did not stop cleanly: {codes}"
+    for i in range(4):
+        assert cmd_verify(argparse.Namespace(dir=cluster.dir, replica=i)) == 0
