@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +57,6 @@ class SigCache:
             if len(self._seen) > self.size:
                 self._seen.popitem(last=False)
         return verdict
-
-
-@dataclass(frozen=True, slots=True)
-class Executed:
-    """The outcome of one transaction of a block, as replies report it."""
-
-    tx_id: str
-    height: int  # where it was applied (an earlier block for a duplicate)
-    index: int
-    receipt: Receipt
 
 
 class LedgerState:
@@ -118,10 +107,8 @@ class LedgerState:
 
     def execute(self, block: Block) -> list[dict[str, Any]]:
         """Apply a committed block and persist it; one receipt (wire dict) per transaction, the
-        stored original for a transaction executed before."""
-        return [receipt_to_wire(r.receipt) for r in self.execute_detail(block)]
-
-    def execute_detail(self, block: Block) -> list[Executed]:
+        stored original for a transaction executed before (the same dict for a transaction
+        repeated within the block: treat receipts as read-only)."""
         if block.height != self.height + 1:
             raise StoreError(f"block {block.height} does not follow height {self.height}")
         if block.prev_hash != self.head_hash:
@@ -146,7 +133,7 @@ class LedgerState:
 
     def _apply(
         self, block: Block, *, replay: bool
-    ) -> tuple[list[Executed], list[tuple[str, int, bytes]]]:
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, int, bytes]]]:
         ids = list(block.ids())
         applied_before: dict[str, tuple[int, int, bytes]] = {}
         if replay:
@@ -159,24 +146,21 @@ class LedgerState:
                 found = self.store.receipt(tx_id)
                 assert found is not None
                 applied_before[tx_id] = found
-        results: list[Executed] = []
+        results: list[dict[str, Any]] = []
         new: list[tuple[str, int, bytes]] = []
         in_block: dict[str, int] = {}
         for index, (wire, tx_id) in enumerate(zip(block.txs, ids, strict=True)):
             earlier = applied_before.get(tx_id)
             if earlier is not None and (earlier[0], earlier[1]) != (block.height, index):
-                results.append(
-                    Executed(tx_id, earlier[0], earlier[1], _receipt_bytes_to(earlier[2]))
-                )
+                results.append(receipt_to_wire(_receipt_bytes_to(earlier[2])))
                 continue
             if tx_id in in_block:
-                first = in_block[tx_id]
-                results.append(Executed(tx_id, block.height, first, results[first].receipt))
+                results.append(results[in_block[tx_id]])
                 continue
-            receipt = self._apply_one(wire, tx_id, block, index)
+            receipt = receipt_to_wire(self._apply_one(wire, tx_id, block, index))
             in_block[tx_id] = index
-            results.append(Executed(tx_id, block.height, index, receipt))
-            new.append((tx_id, index, canonical(receipt_to_wire(receipt), checked=False)))
+            results.append(receipt)
+            new.append((tx_id, index, canonical(receipt, checked=False)))
         return results, new
 
     def _apply_one(self, wire: dict[str, Any], tx_id: str, block: Block, index: int) -> Receipt:
