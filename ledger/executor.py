@@ -222,6 +222,9 @@ class LedgerState:
         value = decode(raw, strict=False)
         return int(value["seq"]), bytes.fromhex(value["digest"]), list(value["proof"])
 
+    def state_digest_at(self, height: int) -> bytes | None:
+        return self.store.checkpoint_digest(height)
+
     def save_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
         self.store.put_journal(seq, parts)
 

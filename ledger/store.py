@@ -264,6 +264,13 @@ class BlockStore:
                 out.update(asked[bytes(key)])
         return out
 
+    def checkpoint_digest(self, height: int) -> bytes | None:
+        """The state digest stored with the checkpoint at ``height``, if it is still kept."""
+        row = self.db.execute(
+            "SELECT state_digest FROM checkpoints WHERE height = ?", (height,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
     def latest_checkpoint(self) -> Checkpoint | None:
         row = self.db.execute(
             "SELECT height, state_digest, snapshot FROM checkpoints ORDER BY height DESC LIMIT 1"

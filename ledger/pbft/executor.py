@@ -65,6 +65,11 @@ class Executor(Protocol):
         """The last stable checkpoint saved, or None."""
         ...
 
+    def state_digest_at(self, height: int) -> bytes | None:
+        """The state digest after block ``height`` if it is a checkpoint height still kept (the
+        newest ones at least), else None: a restarted replica signs its checkpoint again."""
+        ...
+
     def save_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
         """Write (bytes) or drop (None) parts of the journal entry of ``seq`` at once: ``pp``,
         ``batch`` and ``proof`` are written as they change, so the batch is written once. They

@@ -27,6 +27,7 @@ class MemoryExecutor:
         self.receipts: dict[str, tuple[int, Receipt]] = {}
         self.checkpoint: tuple[int, bytes, list[dict[str, Any]]] | None = None
         self.journal: dict[int, dict[str, bytes]] = {}
+        self.digests: dict[int, bytes] = {}  # state digest after each block
         self.view: tuple[int, bool] = (0, True)
 
     def last_executed(self) -> int:
@@ -49,6 +50,7 @@ class MemoryExecutor:
             receipts.append(receipt)
         self.blocks.append(block)
         self.hashes.append(block.hash())
+        self.digests[block.height] = self.state_digest()
         return receipts
 
     def _apply(self, kind: str, body: dict[str, Any]) -> Receipt:
@@ -83,6 +85,9 @@ class MemoryExecutor:
 
     def load_checkpoint(self) -> tuple[int, bytes, Sequence[dict[str, Any]]] | None:
         return self.checkpoint
+
+    def state_digest_at(self, height: int) -> bytes | None:
+        return self.digests.get(height)
 
     def save_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
         entry = self.journal.setdefault(seq, {})

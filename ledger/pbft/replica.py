@@ -189,6 +189,7 @@ class Replica:
         self.resend: list[Prepare | Commit] = []  # restored votes, sent again on the first tick
         self.resend_view_change = False
         self._restore()
+        self._sign_checkpoint_again()
 
     # ------------------------------------------------------------------ public API
 
@@ -355,6 +356,29 @@ class Replica:
             except (EncodingError, WireError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"journal entry {seq} does not decode: {exc}") from exc
         self.ex.prune_journal(self.stable_seq)
+
+    def _sign_checkpoint_again(self) -> None:
+        """A replica restarted after executing a checkpoint height that is not stable yet signs
+        its CHECKPOINT again (the status tick re-sends it): the messages it sent before may have
+        been lost with the others' memory, and if a quorum of replicas restarted that way the
+        checkpoint would never become stable and the window would stay shut."""
+        height = self.last_executed - self.last_executed % self.cfg.checkpoint_interval
+        if height <= self.stable_seq:
+            return
+        state = self.ex.state_digest_at(height)
+        if height == self.last_executed:
+            block_hash = self.last_hash
+        else:
+            blocks = self.ex.blocks_from(height, 1)
+            if not blocks or state is None:
+                return
+            block_hash = blocks[0].hash()
+        if state is None:
+            return
+        cp = sign(
+            Checkpoint(height, checkpoint_digest(height, block_hash, state), self.me), self.signer
+        )
+        self.checkpoints.setdefault(height, {})[self.me] = cp
 
     def _restore_slot(self, seq: int, entry: dict[str, Any]) -> None:
         slot = self._slot(seq)
@@ -1122,7 +1146,11 @@ class Replica:
 
     def _discard_slot(self, seq: int) -> None:
         slot = self.slots.pop(seq, None)
-        if slot is None or not slot.digest:
+        if slot is None:
+            return
+        if not slot.digest:  # votes only, or a certificate kept from an earlier view: gone
+            if slot.proof is not None:
+                self.ex.save_journal(seq, {"pp": None, "batch": None, "proof": None})
             return
         for tx_id in self.batch_ids.get(slot.digest, ()):
             if self.in_log.get(tx_id) == seq:
