@@ -163,3 +163,13 @@ def test_a_damaged_stored_view_is_refused_by_name(tmp_path: Path) -> None:
         state.store.set_meta("view", raw)
         with pytest.raises(StoreError, match="stored view"):
             state.load_journal()
+
+
+def test_the_state_digest_of_kept_checkpoints_is_known(tmp_path: Path) -> None:
+    state = open_state(tmp_path, interval=3)
+    digests = {}
+    for height in range(1, 8):
+        state.execute(next_block(state, [tx(height, height)]))
+        digests[height] = state.state_digest()
+    assert state.state_digest_at(3) == digests[3] and state.state_digest_at(6) == digests[6]
+    assert state.state_digest_at(5) is None and state.state_digest_at(9) is None

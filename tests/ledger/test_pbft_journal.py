@@ -186,3 +186,21 @@ def test_any_replicas_restarting_at_any_moment_never_diverge(
     net.run(6000)
     assert divergence(net) == []
     assert all(net.committed(tx.tx_id) for tx in txs)
+
+
+def test_a_checkpoint_lost_with_a_whole_cluster_restart_is_signed_again() -> None:
+    def drop_checkpoints(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        return None if wire["t"] == "checkpoint" else wire
+
+    net = Network(make_config(4, checkpoint_interval=4, batch_max=1), tamper=drop_checkpoints)
+    for tx in make_txs(4):
+        net.submit(tx)
+    net.run(200)
+    assert all(r.last_executed == 4 and r.stable_seq == 0 for r in net.replicas)
+    for i in range(4):
+        net.crash(i)
+    net.tamper = None
+    for i in range(4):
+        net.restart(i)
+    net.run(1000)  # the status tick re-sends each replica's re-signed CHECKPOINT
+    assert all(r.stable_seq == 4 for r in net.replicas)
