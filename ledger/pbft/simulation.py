@@ -188,6 +188,23 @@ class Network:
         return [i for i in range(self.config.n) if i not in self.crashed and i not in self.faults]
 
 
+def prepared_nowhere_committed(**tuning: Any) -> tuple[Network, list[SignedTx]]:
+    """Four replicas whose first batch (five transactions) is prepared at every replica and
+    committed at none, as every COMMIT of view 0 is lost; ``net.tamper = None`` lets them
+    through again."""
+
+    def drop_commits(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        return None if wire["t"] == "commit" and wire["v"] == 0 else wire
+
+    net = Network(make_config(4, **tuning), tamper=drop_commits)
+    txs = make_txs(5)
+    for tx in txs:
+        net.submit(tx)
+    net.run(50)
+    assert all(r.slots[1].prepared and not r.slots[1].committed for r in net.replicas)
+    return net, txs
+
+
 def make_txs(count: int, *, client: int = 0, start: int = 0, key: str = "k") -> list[SignedTx]:
     signer = client_key(client)
     return [sign_tx(signer, "kv.add", {"key": key, "by": 1}, start + i) for i in range(count)]

@@ -69,6 +69,13 @@ async def kill_a_frozen_primary_under_load(
     return in_flight, tasks
 
 
+def stopped_cleanly_and_chains_verify(cluster: Cluster, codes: dict[int, int]) -> None:
+    """Every replica left on SIGTERM with exit code 0, and every chain re-checks from disk."""
+    assert all(code == 0 for code in codes.values()), f"SIGTERM did not stop cleanly: {codes}"
+    for i in range(cluster.config.n):
+        assert cmd_verify(argparse.Namespace(dir=cluster.dir, replica=i)) == 0
+
+
 async def check(cluster: Cluster, correct: list[int], committed: list[SignedTx]) -> None:
     statuses = await cluster.converge(correct)
     who = cluster.user.public_key().public_bytes_raw().hex()
@@ -128,9 +135,7 @@ async def test_crashes_restarts_and_a_cut_off_replica(tmp_path: Path) -> None:
             await check(cluster, [0, 1, 2, 3], committed)
     finally:
         codes = cluster.stop_all()
-    assert all(code == 0 for code in codes.values()), f"SIGTERM did not stop cleanly: {codes}"
-    for i in range(4):
-        assert cmd_verify(argparse.Namespace(dir=cluster.dir, replica=i)) == 0
+    stopped_cleanly_and_chains_verify(cluster, codes)
     # a certificate signature flipped on disk, then a transaction changed: both are caught
     store = cluster.store(3)
     row = store.block(2)
@@ -349,6 +354,4 @@ async def test_the_whole_cluster_killed_under_load_restarts_and_loses_nothing(
             await check(cluster, [0, 1, 2, 3], committed)
     finally:
         codes = cluster.stop_all()
-    assert all(code == 0 for code in codes.values()), f"SIGTERM did not stop cleanly: {codes}"
-    for i in range(4):
-        assert cmd_verify(argparse.Namespace(dir=cluster.dir, replica=i)) == 0
+    stopped_cleanly_and_chains_verify(cluster, codes)

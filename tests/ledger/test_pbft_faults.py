@@ -16,6 +16,7 @@ from ledger.pbft.simulation import (
     executed_tx_ids,
     make_config,
     make_txs,
+    prepared_nowhere_committed,
 )
 
 
@@ -35,15 +36,7 @@ def test_primary_crash_view_change_keeps_prepared_requests() -> None:
     # Commits are lost while view 0 runs, so the batch is prepared everywhere but committed
     # nowhere; then the primary dies. The new primary must re-propose that batch at the same
     # sequence number (not drop it), and the cluster keeps going.
-    def drop_commits(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
-        return None if wire["t"] == "commit" and wire["v"] == 0 else wire
-
-    net = Network(make_config(4, view_change_timeout_ms=200), tamper=drop_commits)
-    first = make_txs(5)
-    for tx in first:
-        net.submit(tx)
-    net.run(50)
-    assert all(r.slots[1].prepared and not r.slots[1].committed for r in net.replicas)
+    net, first = prepared_nowhere_committed(view_change_timeout_ms=200)
     assert not any(net.committed(tx.tx_id) for tx in first)
     net.crash(0)
     net.run(1000)

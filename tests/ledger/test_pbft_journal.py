@@ -16,7 +16,14 @@ from ledger.pbft.actions import Action, Broadcast, Send
 from ledger.pbft.block import Batch
 from ledger.pbft.messages import Message, Prepare, PrePrepare, ViewChange, sign
 from ledger.pbft.signing import Signer
-from ledger.pbft.simulation import Network, divergence, make_config, make_txs, replica_key
+from ledger.pbft.simulation import (
+    Network,
+    divergence,
+    make_config,
+    make_txs,
+    prepared_nowhere_committed,
+    replica_key,
+)
 
 
 def _pre_prepare(seq: int, timestamp_ms: int) -> PrePrepare:
@@ -91,16 +98,8 @@ def test_a_replica_restarted_mid_view_change_sends_its_view_change_again() -> No
 
 
 def test_a_cluster_restarted_as_a_whole_finishes_what_it_had_prepared() -> None:
-    def drop_commits(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
-        return None if wire["t"] == "commit" else wire
-
     for lose_state in (False, True):
-        net = Network(make_config(4, view_change_timeout_ms=200), tamper=drop_commits)
-        txs = make_txs(5)
-        for tx in txs:
-            net.submit(tx)
-        net.run(50)
-        assert all(r.slots[1].prepared and not r.slots[1].committed for r in net.replicas)
+        net, txs = prepared_nowhere_committed(view_change_timeout_ms=200)
         for i in range(4):
             net.crash(i)
         net.tamper = None
