@@ -366,15 +366,10 @@ class Replica:
         if height <= self.stable_seq:
             return
         state = self.ex.state_digest_at(height)
-        if height == self.last_executed:
-            block_hash = self.last_hash
-        else:
-            blocks = self.ex.blocks_from(height, 1)
-            if not blocks or state is None:
-                return
-            block_hash = blocks[0].hash()
-        if state is None:
-            return
+        blocks = [] if height == self.last_executed else self.ex.blocks_from(height, 1)
+        if state is None or (height != self.last_executed and not blocks):
+            return  # no longer kept here: the others' checkpoints or state transfer will do
+        block_hash = blocks[0].hash() if blocks else self.last_hash
         cp = sign(
             Checkpoint(height, checkpoint_digest(height, block_hash, state), self.me), self.signer
         )

@@ -187,15 +187,16 @@ def test_any_replicas_restarting_at_any_moment_never_diverge(
     assert all(net.committed(tx.tx_id) for tx in txs)
 
 
-def test_a_checkpoint_lost_with_a_whole_cluster_restart_is_signed_again() -> None:
+@pytest.mark.parametrize("executed", [4, 6])  # at the checkpoint height, and past it
+def test_a_checkpoint_lost_with_a_whole_cluster_restart_is_signed_again(executed: int) -> None:
     def drop_checkpoints(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
         return None if wire["t"] == "checkpoint" else wire
 
     net = Network(make_config(4, checkpoint_interval=4, batch_max=1), tamper=drop_checkpoints)
-    for tx in make_txs(4):
+    for tx in make_txs(executed):
         net.submit(tx)
     net.run(200)
-    assert all(r.last_executed == 4 and r.stable_seq == 0 for r in net.replicas)
+    assert all(r.last_executed == executed and r.stable_seq == 0 for r in net.replicas)
     for i in range(4):
         net.crash(i)
     net.tamper = None
