@@ -6,8 +6,8 @@ Tables:
   so the rows form a hash chain that ``verify`` re-checks from disk.
 - ``receipts``: one row per executed transaction, keyed by ``tx_id`` (PRIMARY KEY): that is what
   makes re-execution idempotent; a transaction already in this table is never applied again.
-  The key is the id's 32 raw bytes, not its 64 hex characters (callers pass hex): the smaller
-  index costs about 3.5 us less CPU per stored transaction on every replica.
+  The key is the id's 32 raw bytes, not its 64 hex characters (callers pass hex): a smaller
+  index (3.5 us less CPU per stored transaction in an isolated SQLite run).
 - ``checkpoints``: the contract snapshot and state digest at every checkpoint height.
 - ``meta``: small values the replica keeps across restarts (stable checkpoint, view).
 - ``journal``: the consensus core's protocol log: the pre-prepare, batch and prepared certificate
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS journal (
 
 KEEP_CHECKPOINTS = 2
 # PRAGMA user_version of the schema above; a store written by another layout is refused by name
-SCHEMA_VERSION = 2
+# (2: receipts keyed by raw ids; 3: the consensus journal)
+SCHEMA_VERSION = 3
 TX_ID_BYTES = 32
 
 
@@ -132,9 +134,7 @@ class BlockStore:
             raise StoreError(f"block {block.height} does not follow height {head[0]}")
         if head[0] > 0 and block.prev_hash != head[1]:
             raise StoreError(f"block {block.height} does not link to block {head[0]}")
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with _atomic(self.db) as cur:
             cur.execute(
                 "INSERT INTO blocks (height, view, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?)",
                 (block.height, block.view, block.prev_hash, block.hash, block.body),
@@ -145,20 +145,10 @@ class BlockStore:
             )
             if checkpoint is not None:
                 self._put_checkpoint(cur, checkpoint)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     def put_checkpoint(self, checkpoint: Checkpoint) -> None:
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with _atomic(self.db) as cur:
             self._put_checkpoint(cur, checkpoint)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _put_checkpoint(cur: sqlite3.Cursor, checkpoint: Checkpoint) -> None:
@@ -177,9 +167,7 @@ class BlockStore:
 
     def put_journal(self, seq: int, parts: Mapping[str, bytes | None]) -> None:
         """Write (bytes) or drop (None) parts of the journal entry of ``seq``, in one commit."""
-        cur = self.log.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with _atomic(self.log) as cur:
             for part, entry in parts.items():
                 if entry is None:
                     cur.execute("DELETE FROM journal WHERE seq = ? AND part = ?", (seq, part))
@@ -188,10 +176,6 @@ class BlockStore:
                         "INSERT OR REPLACE INTO journal (seq, part, entry) VALUES (?, ?, ?)",
                         (seq, part, entry),
                     )
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     def put_journal_meta(self, key: str, value: bytes) -> None:
         self.log.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -279,6 +263,20 @@ class BlockStore:
 
     def receipt_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+
+
+@contextmanager
+def _atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
+    """One SQLite transaction on ``conn``: committed if the block ends normally, else rolled
+    back, so a crash or an error leaves all of it or none."""
+    cur = conn.cursor()
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        yield cur
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
 
 
 def _tx_key(tx_id: str) -> bytes | None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.store import BlockRow, BlockStore, Checkpoint, StoreError
+from ledger.store import SCHEMA_VERSION, BlockRow, BlockStore, Checkpoint, StoreError
 
 
 def tid(name: str) -> str:
@@ -67,7 +67,7 @@ def test_a_store_of_another_layout_is_refused_by_name(tmp_path: Path) -> None:
     db.execute("CREATE TABLE receipts (tx_id TEXT PRIMARY KEY, height INTEGER)")  # layout 1
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match="layout 0, this wattmesh reads layout 2"):
+    with pytest.raises(StoreError, match=f"layout 0, this wattmesh reads layout {SCHEMA_VERSION}"):
         BlockStore(path)
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 7")
