@@ -13,7 +13,7 @@ proves the block was committed; a lagging replica checks it during state transfe
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ BATCH_DOMAIN = b"wattmesh/pbft/batch/v1\x00"
 BLOCK_DOMAIN = b"wattmesh/pbft/block/v1\x00"
 GENESIS_HASH = bytes(32)  # prev_hash of block 1 unless the executor says otherwise
 MAX_BATCH_WIRE = 100_000  # hard bound on transactions in one batch on the wire
+KnownTx = Callable[[Any], "SignedTx | None"]  # see Batch.from_wire
 
 
 def batch_digest(timestamp_ms: int, tx_wires: Sequence[dict[str, Any]]) -> bytes:
@@ -56,14 +57,20 @@ class Batch:
         return cls(timestamp_ms, tuple(txs), tuple(tx.to_wire() for tx in txs))
 
     @classmethod
-    def from_wire(cls, wire: Any) -> Batch:
+    def from_wire(cls, wire: Any, known: KnownTx | None = None) -> Batch:
+        """``known``: a transaction this replica already parsed, if ``w`` is exactly its wire
+        form (canonically equal, so ``1`` is not ``true``), else None; saves parsing again
+        what a client sent this replica too."""
         exact_keys(wire, ("ts", "txs"), "batch")
         ts = nat(wire, "ts")
         raw = wire["txs"]
         if not isinstance(raw, list) or len(raw) > MAX_BATCH_WIRE:
             raise WireError("batch.txs: must be a list")
         try:
-            txs = tuple(SignedTx.from_wire(w) for w in raw)
+            if known is None:
+                txs = tuple(SignedTx.from_wire(w) for w in raw)
+            else:
+                txs = tuple(known(w) or SignedTx.from_wire(w) for w in raw)
         except TxError as exc:
             raise WireError(f"batch.txs: {exc}") from exc
         return cls(ts, txs, tuple(raw))

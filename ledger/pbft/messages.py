@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self, TypeVar
 
-from ledger.pbft.block import Batch, Block
+from ledger.pbft.block import Batch, Block, KnownTx
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import WireError, exact_keys, hex_bytes, listed, nat
 from ledger.tx import SignedTx, TxError
@@ -81,12 +81,12 @@ class PrePrepare:
         return wire
 
     @classmethod
-    def from_wire(cls, wire: Any) -> PrePrepare:
+    def from_wire(cls, wire: Any, known: KnownTx | None = None) -> PrePrepare:
         keys: tuple[str, ...] = ("batch", "d", "n", "r", "sig", "t", "v")
         if isinstance(wire, dict) and "batch" not in wire:
             keys = keys[1:]
         exact_keys(wire, keys, "pre-prepare")
-        batch = Batch.from_wire(wire["batch"]) if "batch" in wire else None
+        batch = Batch.from_wire(wire["batch"], known) if "batch" in wire else None
         return cls(
             nat(wire, "v"), nat(wire, "n"), hex_bytes(wire, "d", 32), _rid(wire), _sig(wire), batch
         )
@@ -425,8 +425,9 @@ _PARSERS: dict[str, Callable[[Any], Message]] = {
 }
 
 
-def parse(wire: Any) -> Message:
-    """Any decoded value -> a message, or ``WireError``. Never raises anything else."""
+def parse(wire: Any, known: KnownTx | None = None) -> Message:
+    """Any decoded value -> a message, or ``WireError``. Never raises anything else.
+    ``known`` is handed to a pre-prepare's batch (see ``Batch.from_wire``)."""
     if not isinstance(wire, dict):
         raise WireError("message: must be an object")
     kind = wire.get("t")
@@ -434,6 +435,8 @@ def parse(wire: Any) -> Message:
     if parser is None:
         raise WireError(f"message: unknown type {wire.get('t')!r}")
     try:
+        if kind == "pre-prepare" and known is not None:
+            return PrePrepare.from_wire(wire, known)
         return parser(wire)
     except WireError:
         raise
