@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -59,6 +60,22 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     again = BlockStore(tmp_path / "r.sqlite")
     assert again.head() == (5, prev) and again.get_meta("view") == b"3"
     assert again.get_meta("absent") is None
+
+
+def test_journal_writes_skip_the_fsync_and_leave_blocks_fsynced(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path / "r.sqlite")
+    level = "PRAGMA synchronous"
+    assert store.db.execute(level).fetchone()[0] == 2  # FULL: blocks are fsynced
+    store.put_journal(1, {"pp": b"p", "batch": b"b"})
+    store.put_journal_meta("view", b"v")
+    store.prune_journal(0)
+    assert store.db.execute(level).fetchone()[0] == 2  # back to FULL after each journal write
+    broken: dict[Any, bytes | None] = {"y": b"1", None: b"2"}  # a part without a name
+    with pytest.raises(sqlite3.IntegrityError):  # a failed write rolls back, FULL again
+        store.put_journal(2, broken)
+    assert store.db.execute(level).fetchone()[0] == 2
+    assert store.journal() == {1: {"pp": b"p", "batch": b"b"}}
+    assert not store.db.in_transaction
 
 
 def test_a_store_of_another_layout_is_refused_by_name(tmp_path: Path) -> None:
