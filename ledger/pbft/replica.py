@@ -170,6 +170,7 @@ class Replica:
         self.vc_timeout = config.view_change_timeout_ms
         # a backup relays a request no pre-prepare carried in this time (see _relay_stale)
         self.relay_after = max(1, config.view_change_timeout_ms // 2)
+        self.to_relay: dict[str, int] = {}  # backup: tx_id -> arrival ms, each relayed once
         self.vc_deadline: int | None = None
         self.vc_by_replica: dict[int, ViewChange] = {}
         self.vc_batches: dict[bytes, Batch] = {}
@@ -217,11 +218,11 @@ class Replica:
         return min(times)
 
     def _relay_due(self) -> int | None:
-        """When a backup's oldest waiting request is due to be relayed (the queue is in order
-        of arrival or last relay)."""
-        if not self.queue or self.is_primary or not self.active or not self.relay_requests:
+        """When a backup's oldest request not yet relayed is due (``to_relay`` is in order of
+        arrival)."""
+        if not self.to_relay or self.is_primary or not self.active:
             return None
-        return next(iter(self.queue.values())) + self.relay_after
+        return next(iter(self.to_relay.values())) + self.relay_after
 
     def on_request(
         self,
@@ -489,25 +490,32 @@ class Replica:
                 self.batch_deadline = now_ms + self.cfg.batch_delay_ms
             if len(self.queue) >= self.cfg.batch_max or self.cfg.batch_delay_ms == 0:
                 self._cut_batches(now_ms, out, force=self.cfg.batch_delay_ms == 0)
+        elif self.relay_requests and self.active:
+            self.to_relay[tx_id] = now_ms
 
     def _relay_stale(self, now_ms: int, out: list[Action]) -> None:
-        """A backup forwards to the primary the requests it holds that no pre-prepare has carried
-        for half a view-change timeout (Castro and Liskov relay at once; here a client sends to
-        the primary too, so relaying everything at once made the primary parse each request
-        n times: 0.06 ms of its CPU per transaction under load). A relayed request goes to the
-        back of the queue and is relayed again if it is still waiting one delay later."""
+        """A backup forwards to the primary, once, each request it holds that no pre-prepare has
+        carried for half a view-change timeout (Castro and Liskov relay at once; here a client
+        sends to the primary too, so relaying everything at once made the primary parse each
+        request n times: 0.06 ms of its CPU per transaction under load). If the primary still
+        does not order it, the view-change timer replaces the primary, and the backups relay
+        what waits to the new one at once (``_enter_view``). Once, so an overloaded primary is
+        not sent a copy of everything that waits every half timeout."""
         cutoff = now_ms - self.relay_after
         primary = self.cfg.primary(self.view)
         due: list[str] = []
-        for tx_id, since in self.queue.items():
+        for tx_id, since in self.to_relay.items():
             if since > cutoff:
                 break
             due.append(tx_id)
+        relayed = 0
         for tx_id in due:
-            del self.queue[tx_id]
-            self.queue[tx_id] = now_ms
-            out.append(Send(primary, Request(self.pending[tx_id][0])))
-        self._count("requests_relayed", len(due))
+            del self.to_relay[tx_id]
+            if tx_id in self.queue:  # not carried by a pre-prepare (nor executed) since
+                out.append(Send(primary, Request(self.pending[tx_id][0])))
+                relayed += 1
+        if relayed:
+            self._count("requests_relayed", relayed)
 
     def _verify_tx(self, tx: SignedTx, tx_id: str) -> bool:
         self._count("tx_signature_checks")
@@ -1178,6 +1186,7 @@ class Replica:
                 fresh = self.slots[pp.seq]
                 fresh.committed, fresh.cert = True, cert
         # Requests not yet ordered: the new primary batches them, backups relay them to it.
+        self.to_relay.clear()
         if self.queue:
             if self.is_primary:
                 self.batch_deadline = now_ms + self.cfg.batch_delay_ms
@@ -1185,7 +1194,6 @@ class Replica:
                 # at once: the old primary may never have had them (the reason for the change)
                 primary = self.cfg.primary(self.view)
                 for tx_id in self.queue:
-                    self.queue[tx_id] = now_ms  # relayed now; again only if still waiting later
                     out.append(Send(primary, Request(self.pending[tx_id][0])))
         self.vc_deadline = None
         self._arm_request_timer(now_ms)

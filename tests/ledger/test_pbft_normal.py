@@ -127,6 +127,43 @@ def test_a_request_only_backups_have_is_relayed_to_the_primary() -> None:
     assert all("timeouts" not in r.metrics for r in net.replicas)
 
 
+def test_requests_are_relayed_once_then_the_view_change_takes_over() -> None:
+    # the primary never gets them (its relayed copies are lost too): one relay per backup, no
+    # copies every half timeout after, and the next primary orders them
+    def lose_requests_to_0(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        return None if wire["t"] == "request" and dst == 0 else wire
+
+    net = Network(make_config(4, view_change_timeout_ms=1000), tamper=lose_requests_to_0)
+    txs = make_txs(3)
+    for tx in txs:
+        net.submit(tx, to=range(1, 4))
+    net.run(990)
+    assert all(r.metrics["requests_relayed"] == 3 for r in net.replicas[1:])
+    net.run(1500)
+    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert all(r.view == 1 for r in net.replicas)
+    assert all(r.metrics["requests_relayed"] == 3 for r in net.replicas[2:])
+    _agree(net, 3)
+
+
+def test_a_request_the_primary_keeps_losing_is_not_relayed_over_and_over() -> None:
+    # the cluster makes progress (the view-change timer restarts with each block) while the
+    # primary never gets one request: each backup relays it once, not every half timeout
+    (lost,) = make_txs(1, key="lost")
+
+    def lose_it(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        lost_sig = lost.signature.hex()
+        return None if wire["t"] == "request" and wire["tx"]["sig"] == lost_sig else wire
+
+    net = Network(make_config(4, view_change_timeout_ms=1000), tamper=lose_it)
+    net.submit(lost, to=range(1, 4))
+    for k, tx in enumerate(make_txs(30, start=100)):
+        net.submit(tx)
+        net.run(200)
+        assert all(r.metrics.get("requests_relayed", 0) == (k >= 2) for r in net.replicas[1:])
+    assert all(r.view == 0 for r in net.replicas)
+
+
 def test_resent_executed_transaction_is_answered_not_reapplied() -> None:
     net = Network(make_config(4))
     txs = make_txs(5)
