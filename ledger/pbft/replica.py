@@ -165,7 +165,7 @@ class Replica:
         self.pending: dict[str, tuple[SignedTx, dict[str, Any]]] = {}
         self.queue: dict[str, int] = {}  # pending, not in the log: tx_id -> arrival ms
         self.in_log: dict[str, int] = {}  # tx_id -> seq of the pre-prepare holding it
-        self.verified: dict[str, tuple[str, dict[str, Any]]] = {}  # sig hex -> (tx_id, wire)
+        self.verified: dict[str, str] = {}  # sig hex -> tx_id of a request whose sig was checked
         self.batch_deadline: int | None = None
         self.vc_timeout = config.view_change_timeout_ms
         # a backup relays a request no pre-prepare carried in this time (see _relay_stale)
@@ -479,7 +479,7 @@ class Replica:
         if not verified and not self._verify_tx(tx, tx_id):
             self._count("rejected_bad_tx")
             return
-        self._remember_verified(tx, tx_id, wire)
+        self._remember_verified(tx, tx_id)
         self.pending[tx_id] = (tx, wire)
         self._arm_request_timer(now_ms)
         if tx_id in self.in_log:
@@ -529,8 +529,8 @@ class Replica:
         the same bytes (so ``1`` in one and ``true`` in the other is a different transaction).
         Two encodings cost less than parsing and hashing it again."""
         sig = wire.get("sig") if type(wire) is dict else None
-        hit = self.verified.get(sig) if type(sig) is str else None
-        held = self.pending.get(hit[0]) if hit is not None else None
+        tx_id = self.verified.get(sig) if type(sig) is str else None
+        held = self.pending.get(tx_id) if tx_id is not None else None
         if held is None:
             return None
         try:
@@ -539,10 +539,10 @@ class Replica:
             return None
         return held[0] if same else None
 
-    def _remember_verified(self, tx: SignedTx, tx_id: str, wire: dict[str, Any]) -> None:
+    def _remember_verified(self, tx: SignedTx, tx_id: str) -> None:
         if len(self.verified) >= VERIFIED_CACHE:
             self.verified.pop(next(iter(self.verified)))
-        self.verified[tx.signature.hex()] = (tx_id, wire)
+        self.verified[tx.signature.hex()] = tx_id
 
     def _cut_batches(self, now_ms: int, out: list[Action], *, force: bool) -> None:
         cfg = self.cfg
@@ -631,11 +631,10 @@ class Replica:
         verified = self.verified
         for tx, wire in zip(batch.txs, batch.wires, strict=True):
             tx_id = fast_tx_id(tx)
-            hit = verified.get(wire["sig"])
             # Verified already if the same signature is over the same bytes: the id hashes the
             # canonical bytes. (Comparing wire dicts would take ``true`` for ``1``, and so a
             # transaction nobody signed for one that was.)
-            if hit is not None and hit[0] == tx_id:
+            if verified.get(wire["sig"]) == tx_id:
                 ids.append(tx_id)
                 continue
             if not self._verify_tx(tx, tx_id):
