@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ledger.store as store_module
 from ledger.store import SCHEMA_VERSION, BlockRow, BlockStore, Checkpoint, StoreError
 
 
@@ -60,6 +61,26 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     again = BlockStore(tmp_path / "r.sqlite")
     assert again.head() == (5, prev) and again.get_meta("view") == b"3"
     assert again.get_meta("absent") is None
+
+
+def test_the_wal_goes_back_into_the_database_every_wal_checkpoint_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "WAL_CHECKPOINT_PAGES", 40)
+    path = tmp_path / "r.sqlite"
+    store = BlockStore(path)
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 40
+    start = path.stat().st_size
+    prev = b""
+    for h in range(1, 7):  # 6 blocks of 16 pages or more each: one checkpoint past 40 pages
+        body = os.urandom(64 * 1024)
+        block = BlockRow(h, 0, prev, hashlib.sha256(prev + body).digest(), body)
+        store.append(block, [(tid(f"w{h}"), 0, b"ok")])
+        prev = block.hash
+    # the blocks were copied into the database file, not only appended to the WAL
+    assert path.stat().st_size >= start + 3 * 64 * 1024
+    store.close()
+    assert [b.height for b in BlockStore(path).blocks()] == [1, 2, 3, 4, 5, 6]
 
 
 def test_journal_writes_skip_the_fsync_and_leave_blocks_fsynced(tmp_path: Path) -> None:
