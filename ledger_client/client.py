@@ -138,6 +138,7 @@ class _Pending:
         # re-send and give-up times (loop clock), driven by the client's one sweeper
         self.resend_at = self.deadline = float("inf")
         self.wait_s = 0.0
+        self.waiters = 0  # submits awaiting ``done``; forgotten when the last one returns
 
     def vote(self, replica: int, key: bytes, message: dict[str, Any]) -> None:
         if self.done.done():
@@ -242,7 +243,6 @@ class LedgerClient:
         ``{"tx_id", "height", "receipt"}`` (receipt as a wire dict)."""
         tx_id = tx.tx_id
         pending = self._txs.get(tx_id)
-        owner = pending is None
         if pending is None:
             pending = self._txs[tx_id] = _Pending(self.f + 1)
             wire = pending.wire = tx.to_wire()
@@ -260,12 +260,15 @@ class LedgerClient:
                     conn.request(wire)
                 else:
                     conn.await_reply(tx_id)
+        pending.waiters += 1
         try:
-            # shielded: the future is shared by every submit of this transaction
+            # shielded: the future is shared by every submit of this transaction, and one
+            # caller giving up (cancelled) must not cancel it for the others
             reply = await asyncio.shield(pending.done)
         finally:
-            if owner:
-                self._txs.pop(tx_id, None)
+            pending.waiters -= 1
+            if pending.waiters == 0 and self._txs.get(tx_id) is pending:
+                self._txs.pop(tx_id)  # nobody waits any more (answered, or all gave up)
         return {"tx_id": tx_id, "height": reply["h"], "receipt": reply["receipt"]}
 
     async def _sweep(self) -> None:

@@ -9,7 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger_client.client import LedgerClient, _Pending
+from ledger.keys import new_key
+from ledger.tx import sign_tx
+from ledger_client.client import LedgerClient, _Conn, _Pending
 from tests.ledger.strategies import json_values
 
 JSON = json_values()
@@ -53,3 +55,37 @@ def test_hostile_replies_frames_fail_only_themselves(items: Any, frame: dict[str
         assert client._txs[tx_id].done.result()["h"] == 3
 
     asyncio.run(run())
+
+
+async def _settle() -> None:
+    """Let every callback that is ready run (a few turns of the loop, no wall-clock wait)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_cancelled_submit_leaves_a_second_submit_of_the_same_transaction_waiting() -> None:
+    """Two tasks submit one transaction; the first is cancelled (its caller gave up). The
+    second still gets the result when f+1 replies come, and the transaction is forgotten only
+    once nobody waits for it."""
+    client = _client()
+    client._conns = [_Conn(client, i, "127.0.0.1", 1) for i in range(4)]  # never connected
+    for conn in client._conns:
+        conn.ready.set()
+    tx = sign_tx(new_key(), "token.transfer", {"to": "M00001", "amount": 1}, 7)
+    first = asyncio.ensure_future(client.submit_detail(tx))
+    second = asyncio.ensure_future(client.submit_detail(tx))
+    await _settle()
+    first.cancel()
+    await _settle()
+    assert first.cancelled() and tx.tx_id in client._txs
+    client._on_message(0, _reply(0, tx.tx_id, 5))
+    client._on_message(1, _reply(1, tx.tx_id, 5))
+    await _settle()
+    assert second.done() and second.result()["height"] == 5
+    assert tx.tx_id not in client._txs
+    # a lone submit that is cancelled is forgotten at once
+    lone = asyncio.ensure_future(client.submit_detail(tx))
+    await _settle()
+    lone.cancel()
+    await _settle()
+    assert lone.cancelled() and tx.tx_id not in client._txs
