@@ -8,7 +8,9 @@ Output: closed ``Interval`` records with imported and exported Wh.
 - Wh are whole: the sub-Wh remainder of an interval is carried into the next one, so the sum of
   the reported Wh always equals the counter's advance (to within the last carry).
 - A counter that goes backwards is a roll-over if it wrapped past its modulus (flag ``ROLLOVER``),
-  else a reset (flag ``RESET``; the energy since the reset is its new value).
+  else a reset (flag ``RESET``; the energy since the reset is its new value), unless the sample
+  says the node restored its counters from flash after a reboot (flag ``RESTORED``): then it
+  counts on from there, and the step back is no energy at all.
 - An advance larger than the meter's maximum power allows is implausible: the sample is dropped
   and flagged; after ``REBASE_AFTER`` such samples in a row the counter is re-based (``REBASED``).
 - An interval that closes without any sample is emitted with 0 Wh and ``MISSING``; the energy
@@ -133,12 +135,20 @@ class IntervalAggregator:
             b = m.buckets[start] = _Bucket()
         return b
 
-    def _advance(self, m: _Meter, prev: int, cur: int, dt_ms: int) -> tuple[int, int] | None:
+    def _advance(
+        self, m: _Meter, prev: int, cur: int, dt_ms: int, restored: bool
+    ) -> tuple[int, int] | None:
         """(energy in mWh, flags) for a counter moving from ``prev`` to ``cur``, or ``None`` if
-        the move is implausible."""
+        the move is implausible. ``restored``: the node rebooted and reloaded its counters from
+        flash, which lag what it reported by up to its save step."""
         flags = 0
         if cur >= prev:
             delta = cur - prev
+        elif restored:
+            # Not a reset: the node counts on from its last save, and what it counted after
+            # that save was reported before the reboot. Counting the whole counter as new
+            # energy (the reset rule) would bill its lifetime again.
+            return 0, 0
         elif (
             m.spec.modulus_mwh is not None
             and m.spec.modulus_mwh > prev > m.spec.modulus_mwh // 2 > cur
@@ -183,8 +193,8 @@ class IntervalAggregator:
             self._bucket(m, max(self._start(t_ms), m.open_start)).flags |= IMPLAUSIBLE
             self.rejected += 1
             return False
-        imp = self._advance(m, m.last_imp, import_mwh, dt)
-        exp = self._advance(m, m.last_exp, export_mwh, dt)
+        imp = self._advance(m, m.last_imp, import_mwh, dt, restored)
+        exp = self._advance(m, m.last_exp, export_mwh, dt, restored)
         if imp is None or exp is None:
             m.implausible_run += 1
             b = self._bucket(m, max(self._start(t_ms), m.open_start))

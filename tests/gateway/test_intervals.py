@@ -56,6 +56,27 @@ def test_reset_counts_new_value_and_is_flagged() -> None:
     assert c.import_wh == 150 and c.flags & iv.RESET
 
 
+def test_a_node_that_restored_its_counters_counts_on_from_them() -> None:
+    """After a power cut the node reloads counters saved up to its save step earlier; that step
+    back is no energy (the reset rule would bill the node's whole lifetime again)."""
+    a = agg()  # the default plausibility bound: 100 kW, far above a lifetime of 20 kWh here
+    a.sample("m", T0 + 1 * MIN, 20_000_000, 7_000)
+    a.sample("m", T0 + 2 * MIN, 20_008_000, 7_000)  # 8 Wh
+    # half an hour without power; back 5 Wh behind, flagged as restored, then counting on
+    a.sample("m", T0 + 32 * MIN, 20_003_000, 6_000, restored=True)
+    a.sample("m", T0 + 33 * MIN, 20_012_000, 6_500)  # 9 Wh after the restore
+    closed = a.tick(T0 + 3 * INTERVAL_MS)
+    assert sum(c.import_wh for c in closed) == 8 + 9
+    assert sum(c.export_wh for c in closed) == 0
+    assert closed[2].flags & iv.RESTORED and not any(c.flags & iv.RESET for c in closed)
+    # without the flag the same step back is a reset, as before: the new value counts
+    b = agg()
+    b.sample("m", T0 + 1 * MIN, 20_000_000, 0)
+    b.sample("m", T0 + 2 * MIN, 3_000, 0)
+    (first,) = b.tick(T0 + INTERVAL_MS)
+    assert first.import_wh == 3 and first.flags & iv.RESET
+
+
 def test_rollover_counts_the_wrap() -> None:
     a = agg(modulus_mwh=2**32 * 1000)
     a.sample("m", T0 + MIN, 2**32 * 1000 - 20_000, 0)
