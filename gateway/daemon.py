@@ -366,14 +366,33 @@ class Gateway:
         self._nonce = self.store.max_nonce()
 
     def flush(self) -> int:
-        """Write queued readings and the cores' state in one transaction."""
+        """Write queued readings and the cores' state in one transaction. If the write fails
+        (the database locked, the card full) the readings stay queued for the next flush."""
         batch, self._pending = self._pending, []
-        self._db().flush(batch, self._state())
+        try:
+            self._db().flush(batch, self._state())
+        except BaseException:
+            self._pending = batch + self._pending
+            raise
         return len(batch)
 
     def close_due(self) -> list[Interval]:
-        """Close every interval that has ended; store it and queue its signed report."""
-        closed = self.aggregator.tick(self.clock.now_ms())
+        """Close every interval that has ended; store it and queue its signed report. If the
+        write fails, the aggregator is put back as it was, so the next try closes the same
+        intervals (closing takes them out of the aggregator)."""
+        now = self.clock.now_ms()
+        due = self.aggregator.next_close_ms()
+        if due is None or due > now:
+            self.aggregator.tick(now)  # only starts meters that have no interval yet
+            return []
+        before = self.aggregator.snapshot()
+        try:
+            return self._close(self.aggregator.tick(now))
+        except BaseException:
+            self.aggregator.restore(before)
+            raise
+
+    def _close(self, closed: list[Interval]) -> list[Interval]:
         if not closed:
             return []
         now = self.clock.now_ms()
@@ -413,7 +432,10 @@ class Gateway:
                     )
                     self._next_prune = self.clock.now_ms() + DAY_MS
             except Exception:
-                log.exception("housekeeping failed; retrying")
+                # the store refused (locked, full): what was not written stays in memory; try
+                # again one flush period later, not in a tight loop
+                log.exception("housekeeping failed; retrying in %d ms", self.cfg.flush_ms)
+                await self.clock.sleep_until(self.clock.now_ms() + self.cfg.flush_ms)
 
     async def _delivery(self) -> None:
         assert self.deliverer is not None

@@ -4,10 +4,12 @@ babbling MQTT node, and a meter serving wrong values on RTU."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from firmware import frame
 from gateway import intervals as iv
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, MqttConfig, NodeConfig
@@ -17,6 +19,7 @@ from gateway.sources.modbus import BusConfig, MeterConfig
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, PtyPair, serve_serial
 from hardware.emulators.mqtt_node import MqttNodeEmulator
 from hardware.emulators.profiles import constant
+from ledger.keys import new_key, write_key
 from tests.gateway.conftest import Broker, until
 
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % INTERVAL_MS + 1_000
@@ -99,3 +102,48 @@ async def test_meter_serving_wrong_values_is_flagged_not_counted(tmp_path: Path)
         await run
         await server.shutdown()
         pty.close()
+
+
+def _reading_frame(seq: int, channel: int, import_mwh: int) -> bytes:
+    fields = dict.fromkeys(frame.READING_FIELDS, 0)
+    fields.update(channel=channel, import_mwh=import_mwh)
+    return frame.encode(KEY, frame.T_READING, 5, seq, frame.pack_reading(fields))
+
+
+async def test_a_failed_store_write_loses_no_reading_and_no_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses one flush and one close (locked, card full): the readings stay
+    queued and the closed intervals go back into the aggregator, so the next try stores both
+    and signs the reports; nothing is counted twice."""
+    write_key(tmp_path / "gw.key", new_key())
+    clock = ManualClock(T0)
+    cfg = GatewayConfig(
+        gateway_id="home-1", data_dir=tmp_path, key_file=tmp_path / "gw.key", keystore=None,
+        nodes=(NodeConfig(5, "mqtt", "n5", topic="wattmesh_5"),),
+    )  # fmt: skip
+    gw = Gateway(cfg, clock=clock, node_keys={5: KEY}, node_sources=[])
+    gw.open()
+    assert gw.store is not None
+    for i in range(16):  # 10 Wh a minute; the last minute crosses the end of the interval
+        gw.on_frame(_reading_frame(i + 1, 0, 1_000_000 + i * 10_000), "mqtt", clock.now_ms())
+        await clock.advance(60_000)
+
+    def refuse(*args: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with monkeypatch.context() as m:
+        m.setattr(gw.store, "flush", refuse)
+        with pytest.raises(sqlite3.OperationalError):
+            gw.flush()
+        m.setattr(gw.store, "close_intervals", refuse)
+        with pytest.raises(sqlite3.OperationalError):
+            gw.close_due()
+    assert gw.flush() == 16
+    closed = gw.close_due()
+    assert [(c.meter_id, c.import_wh) for c in closed] == [("n5", 149)]
+    stored = gw.interval_history(None, 0, 2**62)
+    assert [(c.meter_id, c.import_wh) for c in stored] == [("n5", 149)]
+    assert len(gw.store.readings("n5", 0, 2**62)) == 16
+    assert len(gw.store.outbox_all()) == 1
+    assert gw.close_due() == []  # closed once
