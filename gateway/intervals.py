@@ -117,11 +117,17 @@ class IntervalAggregator:
         self.grace_ms = grace_ms
         self.gap_ms = gap_ms
         self._meters: dict[str, _Meter] = {}
+        # Saved states of meters not added (yet): a node's channel meter appears with its first
+        # frame after a restart. Kept in snapshots until then, so a save in between loses nothing.
+        self._dormant: dict[str, Mapping[str, Any]] = {}
         self.rejected = 0
 
     def add_meter(self, meter_id: str, spec: MeterSpec | None = None) -> None:
         if meter_id not in self._meters:
             self._meters[meter_id] = _Meter(spec or MeterSpec())
+            saved = self._dormant.pop(meter_id, None)
+            if saved is not None:
+                self._restore_one(self._meters[meter_id], saved)
 
     def meters(self) -> list[str]:
         return sorted(self._meters)
@@ -278,7 +284,7 @@ class IntervalAggregator:
 
     # Persistence: the state is small and JSON-friendly (ints only).
     def snapshot(self) -> dict[str, Any]:
-        return {
+        return dict(self._dormant) | {
             mid: {
                 "open_start": m.open_start,
                 "last": None if m.last_ts is None else [m.last_ts, m.last_imp, m.last_exp],
@@ -292,16 +298,22 @@ class IntervalAggregator:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back a ``snapshot``. A meter not added yet gets its state when it is added."""
         for mid, s in state.items():
             m = self._meters.get(mid)
             if m is None:
-                continue
-            m.open_start = s["open_start"]
-            if s["last"] is not None:
-                m.last_ts, m.last_imp, m.last_exp = s["last"]
-            m.carry_imp, m.carry_exp = s["carry"]
-            m.implausible_run = s["run"]
-            m.buckets = {row[0]: _Bucket(row[1], row[2], row[3], row[4]) for row in s["buckets"]}
+                self._dormant[mid] = s
+            else:
+                self._restore_one(m, s)
+
+    @staticmethod
+    def _restore_one(m: _Meter, s: Mapping[str, Any]) -> None:
+        m.open_start = s["open_start"]
+        if s["last"] is not None:
+            m.last_ts, m.last_imp, m.last_exp = s["last"]
+        m.carry_imp, m.carry_exp = s["carry"]
+        m.implausible_run = s["run"]
+        m.buckets = {row[0]: _Bucket(row[1], row[2], row[3], row[4]) for row in s["buckets"]}
 
     def totals_mwh(self, meter_ids: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
         """Energy held but not yet closed (buckets plus carries), per meter."""
