@@ -118,6 +118,7 @@ class Gateway:
         self.aggregator = IntervalAggregator(interval_ms=cfg.interval_ms, grace_ms=cfg.grace_ms)
         self.nodes = {n.node_id: n for n in cfg.nodes}
         self.meter_info: dict[str, MeterInfo] = {}
+        self.publisher: HaPublisher | None = None
         for n in cfg.nodes:
             self._add_node_meter(n, 0)
         self.buses: list[ModbusBus] = []
@@ -172,6 +173,8 @@ class Gateway:
                 meter_id, MeterSpec(NODE_COUNTER_MODULUS_MWH, NODE_MAX_POWER_W)
             )
             self.meter_info[meter_id] = MeterInfo(meter_id, f"node-{node.transport}")
+            if self.publisher is not None:
+                self.publisher.add_meter(self.meter_info[meter_id])
         return meter_id
 
     def _node_sources(self, ble_backend: type | None) -> list[NodeSource]:

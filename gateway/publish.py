@@ -108,11 +108,20 @@ class HaPublisher:
     ) -> None:
         self.cfg, self.gateway_id, self.clock, self.sleep = cfg, gateway_id, clock, sleep
         self.meters = list(meters)
+        self._undiscovered: list[MeterInfo] = []  # added while connected: announce them
         self._latest: dict[str, Reading] = {}
         self._last_sent: dict[str, int] = {}
         self._wake = asyncio.Event()
         self.published = 0
         self.connected = asyncio.Event()
+
+    def add_meter(self, meter: MeterInfo) -> None:
+        """A meter that appeared after start (a node's second clamp, with its first frame): it
+        is announced to Home Assistant before its first state, and on every reconnect."""
+        if all(m.meter_id != meter.meter_id for m in self.meters):
+            self.meters.append(meter)
+            self._undiscovered.append(meter)
+            self._wake.set()
 
     def offer(self, r: Reading) -> None:
         """Queue a reading; only the latest per meter is kept until it is published."""
@@ -143,18 +152,25 @@ class HaPublisher:
             will=aiomqtt.Will(avail, b"offline", qos=1, retain=True),
             timeout=10,
         ) as client:
-            if self.cfg.discovery:
-                for m in self.meters:
-                    for topic, payload in discovery_messages(self.cfg, self.gateway_id, m):
-                        await client.publish(topic, json.dumps(payload), qos=1, retain=True)
+            self._undiscovered.clear()
+            await self._discover(client, list(self.meters))
             await client.publish(avail, b"online", qos=1, retain=True)
             self.connected.set()
             await self._publish_loop(client)
+
+    async def _discover(self, client: aiomqtt.Client, meters: Sequence[MeterInfo]) -> None:
+        if self.cfg.discovery:
+            for m in meters:
+                for topic, payload in discovery_messages(self.cfg, self.gateway_id, m):
+                    await client.publish(topic, json.dumps(payload), qos=1, retain=True)
 
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         min_ms = int(self.cfg.publish_min_s * 1000)
         while True:
             self._wake.clear()
+            if self._undiscovered:
+                new, self._undiscovered = self._undiscovered, []
+                await self._discover(client, new)
             now = self.clock.now_ms()
             due: int | None = None
             for meter_id, r in list(self._latest.items()):

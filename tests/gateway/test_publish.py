@@ -60,3 +60,38 @@ async def test_rate_limited_state_is_published_when_its_time_comes(broker: Broke
             task.cancel()
             collector.cancel()
             await asyncio.gather(task, collector, return_exceptions=True)
+
+
+async def test_a_meter_added_while_connected_is_announced_before_its_state(
+    broker: Broker,
+) -> None:
+    """A node's second clamp appears with its first frame, after the publisher connected: Home
+    Assistant gets its discovery configs, then its state."""
+    clock = ManualClock(T0)
+    cfg = MqttConfig(port=broker.port, publish_min_s=0)
+    pub = HaPublisher(cfg, "gw", [MeterInfo("n5", "node-mqtt")], clock)
+    seen: list[str] = []
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.subscribe("homeassistant/sensor/+/+/config")
+        await client.subscribe("wattmesh/gw/+/state")
+
+        async def collect() -> None:
+            async for m in client.messages:
+                seen.append(str(m.topic))
+
+        collector = asyncio.create_task(collect())
+        task = asyncio.create_task(pub.run())
+        try:
+            await until(pub.connected.is_set)
+            await until(lambda: len(seen) == 3, what="the first meter's discovery")
+            pub.add_meter(MeterInfo("n5.1", "node-mqtt"))
+            pub.add_meter(MeterInfo("n5.1", "node-mqtt"))  # once is enough
+            pub.offer(Reading("n5.1", T0, 1_000, 5_000_000, 0, "mqtt"))
+            await until(lambda: "wattmesh/gw/n5.1/state" in seen, what="the new meter's state")
+            new = [t for t in seen if "gw_n5_1" in t]
+            assert len(new) == 3 and seen.index(new[-1]) < seen.index("wattmesh/gw/n5.1/state")
+            assert [m.meter_id for m in pub.meters] == ["n5", "n5.1"]
+        finally:
+            task.cancel()
+            collector.cancel()
+            await asyncio.gather(task, collector, return_exceptions=True)
