@@ -7,6 +7,7 @@ See ``deploy/gateway.example.toml`` for a commented example.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -14,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.intervals import INTERVAL_MS
 from gateway.sources.modbus import BusConfig, MeterConfig
 from hardware.meters import MODELS
+
+INTERVAL_MIN = INTERVAL_MS // 60_000
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
@@ -93,7 +97,7 @@ class GatewayConfig:
         if meter_id in self.unreported:
             return False
         base, _, channel = meter_id.rpartition(".")  # channel n > 0 (NodeConfig.channel_meter)
-        return not (channel.isdigit() and base in self.unreported
+        return not (_decimal(channel) and base in self.unreported
                     and any(n.meter_id == base for n in self.nodes))
 
 
@@ -120,6 +124,9 @@ class _Table:
         wanted = "/".join(k.__name__ for k in kinds)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise ConfigError(f"{name}: expected {wanted}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf; both slip through the range test below (nan compares false)
+            raise ConfigError(f"{name}: {value!r} is not a finite number")
         lo, hi = rules.get("min"), rules.get("max")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ConfigError(f"{name}: {value!r} is outside [{lo}, {hi}]")
@@ -150,6 +157,12 @@ class _Table:
             raise ConfigError(f"{self._name(extra[0])}: unknown key")
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²" (which ``int`` refuses) and other
+    scripts' digits (which ``int`` reads, so one id could be spelled two ways)."""
+    return text.isascii() and text.isdigit()
+
+
 def _path(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
@@ -157,7 +170,7 @@ def _path(base: Path, value: str) -> Path:
 
 def _host_port(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not _decimal(port) or not 0 < int(port) < 65536:
         raise ConfigError(f"{name}: expected host:port, got {value!r}")
     return host, int(port)
 
@@ -171,9 +184,14 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     data_dir = _path(base, gw.get("data_dir", str, "."))
     key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
     keystore_s = gw.get("keystore", str, None)
-    interval_min = gw.get("interval_minutes", int, 15, min=1, max=60)
-    if 60 % interval_min:
-        raise ConfigError("gateway.interval_minutes: must divide an hour")
+    interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
+    if interval_min != INTERVAL_MIN:
+        # The ledger names and bills meter reports by 15-minute interval: 5-minute reports are
+        # refused, 30- or 60-minute ones would put a longer period's energy into one slot.
+        raise ConfigError(
+            f"gateway.interval_minutes: must be {INTERVAL_MIN} (the ledger meters "
+            f"{INTERVAL_MIN}-minute intervals), got {interval_min}"
+        )
     grace_s = gw.get("grace_s", (int, float), 30, min=0, max=600)
     window = gw.get("replay_window", int, 64, min=1, max=1024)
     flush_ms = gw.get("flush_ms", int, 1000, min=10, max=60_000)
@@ -373,7 +391,7 @@ def load_keystore(path: Path, nodes: tuple[NodeConfig, ...]) -> dict[int, bytes]
     keys: dict[int, bytes] = {}
     for sid, entry in doc["nodes"].items():
         where = f"gateway.keystore: node {sid!r}"
-        if not (isinstance(sid, str) and sid.isdigit() and int(sid) <= 0xFFFF):
+        if not (isinstance(sid, str) and _decimal(sid) and int(sid) <= 0xFFFF):
             raise ConfigError(f"{where}: node ids are integers in [0, 65535]")
         key = entry.get("key") if isinstance(entry, dict) else None
         if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{64}", key):

@@ -84,7 +84,15 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ('keystore = "nodes.json"', "", "gateway.keystore: required"),
         ('meter_id = "main"', 'meter_id = "node7"', "meter_id 'node7' is used twice"),
         ("[[mqtt.nodes]]", "[ble]\nbackend = 'usb'\n[[mqtt.nodes]]", "ble.backend"),
-        ("[mqtt]", "interval_minutes = 7\n[mqtt]", "gateway.interval_minutes: must divide"),
+        ("[mqtt]", "interval_minutes = 7\n[mqtt]", "gateway.interval_minutes: must be 15"),
+        ("[mqtt]", "interval_minutes = 5\n[mqtt]", "gateway.interval_minutes: must be 15"),
+        ("[mqtt]", "interval_minutes = 60\n[mqtt]", "gateway.interval_minutes: must be 15"),
+        ("[mqtt]", "grace_s = nan\n[mqtt]", "gateway.grace_s: nan is not a finite number"),
+        ("[mqtt]", "command_timeout_s = inf\n[mqtt]", "command_timeout_s: inf is not a finite"),
+        ('tcp = "127.0.0.1:5020"', 'tcp = "h:1"\npoll_s = nan', r"buses\[0\].poll_s: nan is not"),
+        ('tcp = "127.0.0.1:5020"', 'tcp = "h:1"\ntimeout_s = -inf', r"buses\[0\].timeout_s: -inf"),
+        ('tcp = "127.0.0.1:5020"', 'tcp = "h:\uff15\uff10\uff12\uff10"', "expected host:port"),
+        ('tcp = "127.0.0.1:5020"', 'tcp = "h:\u00b2"', "expected host:port"),
     ],
 )
 def test_wrong_keys_and_values_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -124,6 +132,7 @@ toml_values = st.recursive(
     st.none().filter(lambda _: False)
     | st.booleans()
     | st.integers(-5, 70000)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=6),
     lambda c: (
         st.lists(c, max_size=3)
@@ -147,6 +156,13 @@ toml_values = st.recursive(
                     "keystore",
                     "name",
                     "model",
+                    "grace_s",
+                    "interval_minutes",
+                    "command_timeout_s",
+                    "poll_s",
+                    "timeout_s",
+                    "backoff_max_s",
+                    "silence_timeout_s",
                     "x",
                 ]
             ),
@@ -181,6 +197,8 @@ def test_keystore(tmp_path: Path) -> None:
     for bad, message in [
         ({"nodes": {"7": {"key": "AB" * 32}}}, "64 lowercase hex"),
         ({"nodes": {"x": {"key": "ab" * 32}}}, "node ids are integers"),
+        ({"nodes": {"\u00b2": {"key": "ab" * 32}}}, "node ids are integers"),  # superscript 2
+        ({"nodes": {"\u0667": {"key": "ab" * 32}}}, "node ids are integers"),  # Arabic-Indic 7
         ({"nodes": {"8": {"key": "ab" * 32}}}, "no key for node 7"),
         ({"nodes": []}, "expected"),
         ([], "expected"),
