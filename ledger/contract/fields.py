@@ -21,8 +21,9 @@ MAX_PRICE = 10**9  # micro-tokens per kWh (1000 tokens/kWh)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _HEX64 = re.compile(r"[0-9a-f]{128}")
-_LISTING = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2})")
-_INTERVAL = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(00|15|30|45)")
+# [0-9], not \d: \d matches every script's digits, so one hour could be named two ways
+_LISTING = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2})")
+_INTERVAL = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):(00|15|30|45)")
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")
 
 

@@ -68,3 +68,15 @@ def test_forged_duplicate_and_unknown_reports_are_refused() -> None:
         rejected(c, gw, "meter.report", sign_report(gw, "M1", interval, 1, 1), "BAD_BODY")
     rejected(c, gw, "meter.report", sign_report(gw, "M1", f"{HOUR}:15", -1, 1), "BAD_AMOUNT")
     rejected(c, gw, "meter.report", body | {"signature": "00" * 63}, "BAD_BODY")
+
+
+def test_hours_and_intervals_are_named_in_ascii_digits_only() -> None:
+    """``\\d`` would take any script's digits, so the same hour could be opened (and the same
+    interval reported) a second time under another spelling."""
+    c = _community()
+    gw = c.gateways["M1"]
+    for other in ("\uff12\uff10\uff12\uff16-11-24T13", "\u0662\u0660\u0662\u0666-11-24T13"):
+        rejected(c, "OPERATOR", "auction.open", {"listing_id": other}, "BAD_BODY")
+        body = sign_report(gw, "M1", f"{other}:00", 10, 200)
+        rejected(c, gw, "meter.report", body, "BAD_BODY")
+    assert c.report("M1", f"{HOUR}:00", 10, 200).code == "OK"
