@@ -80,8 +80,12 @@ def _open_listing(st: State, listing_id: str) -> dict[str, Any]:
     return listing
 
 
-def _in_band(st: State, name: str, price: int) -> None:
-    low, high = st.data["params"]["price_min"], st.data["params"]["price_max"]
+def _in_band(st: State, name: str, price: int, listing_id: str) -> None:
+    """The community's band, capped by the grid's retail price of the listing's hour: nobody
+    buys from a neighbour above what the grid charges then (off-peak retail is lower)."""
+    params = st.data["params"]
+    low = params["price_min"]
+    high = min(params["price_max"], retail_price(params, f.hour_of(listing_id)))
     if not low <= price <= high:
         raise Rejected(PRICE_OUT_OF_BAND, f"{name} {price} outside the band {low}..{high}")
 
@@ -137,7 +141,7 @@ def offer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         raise Rejected(NOT_RES_OWNER, f"RES {res_id} belongs to {res['owner']}, not {seller}")
     if st.role(seller) not in SELLER_ROLES:
         raise Rejected(ROLE_FORBIDDEN, f"a {st.role(seller)} may not sell")
-    _in_band(st, "reserve_price", price)
+    _in_band(st, "reserve_price", price, listing_id)
     _one_side(listing, seller, "offer")
     committed = listing["res_wh"].get(res_id, 0)
     if committed + wh > res["rated_power_w"]:  # rated W for one hour = Wh
@@ -164,7 +168,7 @@ def bid(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     listing = _open_listing(st, listing_id)
     if st.role(buyer) not in BUYER_ROLES:
         raise Rejected(ROLE_FORBIDDEN, f"a {st.role(buyer)} may not buy")
-    _in_band(st, "bid_price", price)
+    _in_band(st, "bid_price", price, listing_id)
     _one_side(listing, buyer, "bid")
     escrow = payment(wh, price)
     have = st.balance(buyer)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ledger.contract import book_orders, clear
-from tests.contract.harness import HOUR, Community, check_invariants, rejected
+from tests.contract.harness import HOUR, OFFPEAK, Community, check_invariants, rejected
 
 
 def _community(**params: Any) -> Community:
@@ -180,3 +180,18 @@ def test_what_if_on_the_queried_book_matches_the_ledger(rule: str) -> None:
         (t["buyer"], t["seller"], t["wh"], t["price"], t["amount"]) for t in closed["trades"]
     ] == [(t.buyer, t.seller, t.wh, t.price, t.amount) for t in what_if.trades]
     assert what_if.traded_wh > 0
+
+
+def test_the_band_is_capped_by_the_retail_price_of_the_hour() -> None:
+    """Off-peak the grid charges 65_000 (the default off-peak retail): neither side may price
+    a neighbour's energy above that then, while 95_000 stays allowed in a peak hour."""
+    c = _community()
+    c.ok("OPERATOR", "auction.open", {"listing_id": OFFPEAK})
+    offer = {"listing_id": OFFPEAK, "res_id": "PV1", "wh": 1000, "reserve_price": 65_001}
+    rejected(c, "P1", "auction.offer", offer, "PRICE_OUT_OF_BAND")
+    bid = {"listing_id": OFFPEAK, "wh": 1000, "bid_price": 80_000}
+    rejected(c, "C1", "auction.bid", bid, "PRICE_OUT_OF_BAND")
+    c.ok("P1", "auction.offer", offer | {"reserve_price": 65_000})
+    c.ok("C1", "auction.bid", bid | {"bid_price": 65_000})
+    _bid(c, "C2", 1000, 95_000)  # the peak hour's band is unchanged
+    check_invariants(c.contract)

@@ -8,8 +8,8 @@ from tests.contract.harness import AFTER, HOUR, OFFPEAK, Community, check_invari
 END_OF_HOUR_MS = 1_795_528_800_000  # 2026-11-24T14:00Z, the end of the delivery hour HOUR
 
 
-def _traded(listing: str = HOUR) -> Community:
-    """P1 sells 2000 Wh to C1 at MCP 80_000 (one offer, one bid)."""
+def _traded(listing: str = HOUR, price: int = 80_000) -> Community:
+    """P1 sells 2000 Wh to C1 at MCP ``price`` (one offer, one bid at that price)."""
     c = Community()
     c.admit("P1", "producer", 10)
     c.admit("C1", "consumer", 11)
@@ -22,9 +22,9 @@ def _traded(listing: str = HOUR) -> Community:
     c.ok("OPERATOR", "auction.open", {"listing_id": listing})
     body = {"listing_id": listing, "res_id": "PV1", "wh": 3000, "reserve_price": 40_000}
     c.ok("P1", "auction.offer", body)
-    c.ok("C1", "auction.bid", {"listing_id": listing, "wh": 2000, "bid_price": 80_000})
+    c.ok("C1", "auction.bid", {"listing_id": listing, "wh": 2000, "bid_price": price})
     close = c.ok("OPERATOR", "auction.close", {"listing_id": listing})
-    assert close["mcp"] == 80_000 and close["trades"][0]["amount"] == 160_000
+    assert close["mcp"] == price and close["trades"][0]["amount"] == 2 * price
     return c
 
 
@@ -75,7 +75,7 @@ def test_worked_example_on_the_paper_tariffs() -> None:
 
 
 def test_excess_export_and_unused_purchase_go_to_feed_in_off_peak() -> None:
-    c = _traded(OFFPEAK)
+    c = _traded(OFFPEAK, 60_000)  # at most the off-peak retail price (65_000)
     assert c.report("MP1", f"{OFFPEAK}:00", 0, 3000).code == "OK"  # 1000 Wh beyond what it sold
     assert c.report("MC1", f"{OFFPEAK}:30", 1200, 0).code == "OK"  # 800 Wh less than bought
     result = c.ok("OPERATOR", "auction.settle", {"listing_id": OFFPEAK}, ts=AFTER)
@@ -84,8 +84,8 @@ def test_excess_export_and_unused_purchase_go_to_feed_in_off_peak() -> None:
     # P1: 1000 Wh fed in at 0.039 = 39_000; C1: 800 Wh sold back at 0.039 = 31_200
     assert (lines["P1"]["feed_in_wh"], lines["P1"]["refund"]) == (1000, 39_000)
     assert (lines["C1"]["excess_wh"], lines["C1"]["refund"]) == (800, 31_200)
-    assert c.balance("P1") == 160_000 + 39_000
-    assert c.balance("C1") == 1_000_000 - 160_000 + 31_200
+    assert c.balance("P1") == 120_000 + 39_000
+    assert c.balance("C1") == 1_000_000 - 120_000 + 31_200
     assert c.q("grid")["balance"] == -(39_000 + 31_200)
     check_invariants(c.contract)
 
