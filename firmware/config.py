@@ -19,6 +19,26 @@ DEFAULTS = {
 
 _NUM = (int, float)
 
+# Physical and practical bounds (key -> (low, high, kind)), checked at boot so that a config that
+# passes does not crash or exhaust the node later: mains_hz sizes the sample buffers (0.001 Hz
+# asked for tens of MB, 1e-300 overflowed), and every interval that becomes a tick difference must
+# stay well inside half the tick period (ticks_ms: about 6.2 days; ticks_us: about 9 minutes for the
+# plug chip's pulse edges within one window).
+BOUNDS = {
+    "publish_s": (1, 3600, _NUM),
+    "sample_s": (0.5, 300, _NUM),
+    "save_wh": (1, 100000, _NUM),
+    "save_min": (1, 1440, _NUM),
+    "seq_block": (1, 65536, int),
+    "wdt_ms": (1000, 600000, int),
+    "nominal_v": (50, 300, _NUM),
+    "mains_hz": (45, 65, _NUM),
+}
+MAX_RELAYS = 8  # one bit each in frames and in the stored lockouts
+MAX_RELAY_S = 86400  # minimum on/off times
+MAX_TRIP_A = 1000
+MAX_WINDOW_SAMPLES = 8000  # per ADC channel: 16 kB each, in the ESP32's ~100 kB of free heap
+
 
 class ConfigError(ValueError):
     pass
@@ -32,6 +52,8 @@ def _get(d, key, path, kind, default=None, required=True):
     v = d[key]
     if kind is _NUM:
         ok = isinstance(v, _NUM) and not isinstance(v, bool)
+        if ok and v - v != 0:  # NaN or infinity (JSON parsers accept them)
+            raise ConfigError(path + key + ": expected a finite number")
     else:
         ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
     if not ok:
@@ -44,6 +66,18 @@ def _name(kind):
         return "a number"
     return {int: "an integer", str: "a string", dict: "an object", list: "a list",
             bool: "true or false"}.get(kind, "another type")
+
+
+def _range(d, key, path, lo, hi, kind=_NUM, default=None):
+    v = _get(d, key, path, kind, default)
+    if v is not None and not lo <= v <= hi:
+        raise ConfigError(path + key + ": %s..%s" % (lo, hi))
+    return v
+
+
+def _optional_str(d, key, path):
+    if key in d and d[key] is not None:
+        _get(d, key, path, str)
 
 
 def _positive(d, key, path, kind=_NUM, default=None):
@@ -87,10 +121,12 @@ def _meter(m, path):
 
 def _relay(r, path):
     _get(r, "pin", path, int)
-    for k in ("min_on_s", "min_off_s", "trip_a"):
+    for k, hi in (("min_on_s", MAX_RELAY_S), ("min_off_s", MAX_RELAY_S), ("trip_a", MAX_TRIP_A)):
         v = _get(r, k, path, _NUM, 0, required=False)
         if v is not None and v < 0:
             raise ConfigError(path + k + ": must be >= 0")
+        if v is not None and v > hi:
+            raise ConfigError(path + k + ": at most %d" % hi)
     _get(r, "active_high", path, bool, True, required=False)
     _get(r, "boot_on", path, bool, False, required=False)
     _get(r, "channel", path, int, 0, required=False)
@@ -108,7 +144,8 @@ def check(cfg):
         if k == "link":
             continue
         if k in cfg:
-            _positive(cfg, k, "")
+            lo, hi, kind = BOUNDS[k]
+            _range(cfg, k, "", lo, hi, kind)
         else:
             cfg[k] = DEFAULTS[k]
     link = _get(cfg, "link", "", str, DEFAULTS["link"])
@@ -123,8 +160,12 @@ def check(cfg):
         if not 0 < port < 65536:
             raise ConfigError("mqtt.port: 1..65535")
         mq["topic"] = _get(mq, "topic", "mqtt.", str, cfg["name"])
+        _optional_str(mq, "user", "mqtt.")
+        _optional_str(mq, "password", "mqtt.")
+        _range(mq, "keepalive", "mqtt.", 1, 65535, int, 60)  # umqtt asserts < 65536
         wifi = _get(cfg, "wifi", "", dict)
         _get(wifi, "ssid", "wifi.", str)
+        _optional_str(wifi, "password", "wifi.")
     board = _get(cfg, "board", "", dict)
     meters = _get(board, "meters", "board.", list)
     if not 1 <= len(meters) <= 8:
@@ -139,6 +180,8 @@ def check(cfg):
             raise ConfigError(p + "channel: used twice")
         seen.append(meters[i]["channel"])
     relays = _get(board, "relays", "board.", list, [], required=False)
+    if len(relays) > MAX_RELAYS:
+        raise ConfigError("board.relays: at most %d relays" % MAX_RELAYS)
     for i in range(len(relays)):
         p = "board.relays[%d]." % i
         if not isinstance(relays[i], dict):
@@ -147,8 +190,14 @@ def check(cfg):
         if relays[i].get("channel", 0) not in seen:
             raise ConfigError(p + "channel: no meter has this channel")
     board["relays"] = relays
-    board["sample_rate_hz"] = _positive(board, "sample_rate_hz", "board.", _NUM, 2000)
-    board["cycles"] = _positive(board, "cycles", "board.", int, 10)
+    rate = board["sample_rate_hz"] = _range(board, "sample_rate_hz", "board.", 500, 20000, _NUM,
+                                            2000)
+    cycles = board["cycles"] = _range(board, "cycles", "board.", 1, 100, int, 10)
+    # the CT window's buffer, as ct.Clamp sizes it
+    n = int(rate / cfg["mains_hz"] * (cycles + 1.5))
+    if n > MAX_WINDOW_SAMPLES:
+        raise ConfigError("board.cycles: a window of %d samples, at most %d (fewer cycles or a "
+                          "lower sample_rate_hz)" % (n, MAX_WINDOW_SAMPLES))
     return cfg
 
 

@@ -82,15 +82,19 @@ class Cse7766:
         self.seen = hal.ticks_ms()
 
     def measure(self):
+        now = self.hal.ticks_ms()
         data = self.uart.read()
         if data:
             vals = self.parser.feed(data)
             if vals:
                 v, i, p, _cf = vals[-1]
                 self.last = (v * self.scale[0], i * self.scale[1], p * self.scale[2])
-                self.seen = self.hal.ticks_ms()
-        if self.hal.ticks_ms() - self.seen > STALE_MS:
+                self.seen = now
+        # ticks wrap: compared through ticks_diff, and forgotten once stale (an old tick would
+        # alias after half the tick period)
+        if self.seen is not None and self.hal.ticks_diff(now, self.seen) > STALE_MS:
             self.last = (0.0, 0.0, 0.0)
+            self.seen = None
         v, i, p = self.last
         s = v * i
         pf = p / s if s > 0 else 0.0

@@ -55,7 +55,8 @@ class Output:
 
 
 class PulseCounter:
-    """Rising edges counted by a pin interrupt: snapshot() -> (edges, first us, last us)."""
+    """Rising edges counted by a pin interrupt: snapshot() -> (edges, first edge, last edge) since
+    the last call, edge times in ticks_us; (0, 0, 0) when there was no edge."""
 
     def __init__(self, pin):
         self.count = 0
@@ -76,9 +77,9 @@ class PulseCounter:
         n, first, last = self.count, self.first, self.last
         self.count = 0
         machine.enable_irq(state)
-        if n < 2:
-            return n, 0, 0
-        return n, 0, time.ticks_diff(last, first)
+        if n == 0:
+            return 0, 0, 0
+        return n, first, last
 
 
 class Uart:

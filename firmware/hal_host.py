@@ -6,23 +6,37 @@
 # HAL wraps module-level hardware too.
 import math
 
-_now = [0]  # microseconds since boot
+_now = [0]  # microseconds since boot: the emulator's own time, never wraps
+_tick0 = [0]  # microseconds the tick counters showed at boot (see reset)
+
+# MicroPython's ticks_ms/ticks_us wrap at 2**30 on the ESP32 (about 12.4 days in ms, 17.9 minutes
+# in us), and so do these: firmware that compares or subtracts ticks directly instead of using
+# ticks_diff/ticks_add breaks here as it would on the device. reset(start_ms=...) starts a run just
+# before a wrap, so a test need not simulate 12 days to get there.
+TICKS_PERIOD = 1 << 30
+_TICKS_MAX = TICKS_PERIOD - 1
+_TICKS_HALF = TICKS_PERIOD // 2
 
 
 def ticks_us():
-    return _now[0]
+    return (_now[0] + _tick0[0]) & _TICKS_MAX
 
 
 def ticks_ms():
-    return _now[0] // 1000
+    return ((_now[0] + _tick0[0]) // 1000) & _TICKS_MAX
 
 
 def ticks_diff(a, b):
-    return a - b
+    return ((a - b + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF
 
 
 def ticks_add(a, d):
-    return a + d
+    return (a + d) & _TICKS_MAX
+
+
+def elapsed_ms():
+    """Emulator only: ms since boot, unwrapped (the time axis of load profiles)."""
+    return _now[0] // 1000
 
 
 def advance_ms(ms):
@@ -33,9 +47,14 @@ def sleep_ms(ms):
     advance_ms(ms)
 
 
-def reset():
-    """A reboot: the clock restarts, pins and peers are forgotten; files stay."""
+def reset(start_ms=0):
+    """A reboot: the clock restarts, pins and peers are forgotten; files stay.
+
+    start_ms: what ticks_ms() shows at boot (0 on a real boot; a value just below
+    TICKS_PERIOD runs the node across the wrap soon after boot).
+    """
     _now[0] = 0
+    _tick0[0] = (start_ms % TICKS_PERIOD) * 1000
     signals.clear()
     pulse_freq.clear()
     pins.clear()
@@ -122,7 +141,8 @@ pulse_freq = {}  # type: dict  # pin -> Hz of the square wave on that pin, or a 
 
 
 class PulseCounter:
-    """Counts rising edges: snapshot() -> (edges, first edge us, last edge us) since last call."""
+    """Counts rising edges: snapshot() -> (edges, first edge, last edge) since the last call, the
+    edge times in ticks_us (wrapping); (0, 0, 0) when there was no edge."""
 
     def __init__(self, pin):
         self.pin = pin
@@ -140,7 +160,9 @@ class PulseCounter:
         m1 = int(_now[0] // period)
         if m1 < m0:
             return 0, 0, 0
-        return m1 - m0 + 1, int(m0 * period), int(m1 * period)
+        t0 = _tick0[0]
+        return (m1 - m0 + 1, (int(m0 * period) + t0) & _TICKS_MAX,
+                (int(m1 * period) + t0) & _TICKS_MAX)
 
 
 # ---- UART ------------------------------------------------------------------------------------
@@ -187,7 +209,7 @@ class Wdt:
 
 def wdt_expired():
     w = _wdt[0]
-    return w is not None and ticks_ms() - w[1] > w[0]
+    return w is not None and ticks_diff(ticks_ms(), w[1]) > w[0]
 
 
 # ---- flash file system, with power cuts --------------------------------------------------

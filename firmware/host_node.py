@@ -126,13 +126,20 @@ class Host:
             ack = self.node.command(raw)
             if ack:
                 self._out([ack])
-        end = hal.ticks_ms() + step_ms
+        # Ticks wrap like the ESP32's: deadlines are compared through ticks_diff only. The load
+        # profile's time axis is the time since boot.
+        end = hal.ticks_add(hal.ticks_ms(), step_ms)
+        node = self.node
         while True:
-            self.scene.apply(hal.ticks_ms() // 1000)
-            self._out(self.node.step())
+            self.scene.apply(hal.elapsed_ms() // 1000)
+            self._out(node.step())
             now = hal.ticks_ms()
-            nxt = min(self.node.next_sample, self.node.next_publish, end)
-            if nxt > now:
-                hal.advance_ms(nxt - now)
-            if hal.ticks_ms() >= end:
+            due = min(hal.ticks_diff(node.next_sample, now), hal.ticks_diff(node.next_publish, now))
+            if due <= 0:
+                # step() always moves its deadlines past now; one left behind would spin this loop
+                raise RuntimeError("node left a deadline %d ms in the past" % -due)
+            wait = min(due, hal.ticks_diff(end, now))
+            if wait > 0:
+                hal.advance_ms(wait)
+            if hal.ticks_diff(hal.ticks_ms(), end) >= 0:
                 break

@@ -1,32 +1,36 @@
-# MQTT link over WiFi with umqtt.robust, topics in the Tasmota style of hardware/node_profile.json:
+# MQTT link over WiFi with umqtt.simple, topics in the Tasmota style of hardware/node_profile.json:
 #   tele/<topic>/FRAME  reading frames (raw bytes)    cmnd/<topic>/FRAME  command frames in
 #   stat/<topic>/ACK    ack frames (raw bytes)        tele/<topic>/SENSOR JSON for people and tools
 #   tele/<topic>/LWT    Online / Offline (retained)
-# umqtt.robust retries forever; `delay` is overridden to feed the watchdog and give up after a few
-# tries, so a dead broker costs frames (the counters are cumulative, nothing is lost) but never
-# stalls metering or makes the watchdog reset the node.
+#
+# The link owns its reconnects. umqtt.robust reconnects inside publish()/check_msg() with
+# connect(False) and neither subscribes again nor announces "Online", so after one broker drop the
+# node never received a command again and its retained LWT stayed "Offline". Here every broker
+# session starts in _connect(): CONNECT (clean session, will "Offline"), SUBSCRIBE to the command
+# topic, LWT "Online" (retained).
+#
+# Any exception out of a broker session is "link down, retry later", not only OSError: umqtt.simple
+# raises MQTTException for a refused CONNACK or SUBACK, IndexError when the broker closes the
+# connection mid-reply (it indexes an empty read) and AssertionError for a malformed CONNACK; one
+# of those escaping to main.py would reboot the node through the watchdog, again and again. The
+# socket is closed and the next attempt waits a backoff (doubling up to BACKOFF_MAX_MS) on the
+# clock passed in, so the link never sleeps: a dead broker costs frames (the counters are
+# cumulative, nothing is lost), never metering time or a watchdog reset.
 import json
 import time
 
 import network
-from umqtt.robust import MQTTClient
+from umqtt.simple import MQTTClient
 
-RETRIES = 3
-
-
-class _Client(MQTTClient):
-    feed = None
-
-    def delay(self, i):
-        if self.feed:
-            self.feed()
-        if i > RETRIES:
-            raise OSError("mqtt: broker unreachable")
-        time.sleep_ms(200 * i)
+BACKOFF_MIN_MS = 1000
+BACKOFF_MAX_MS = 60000
+MAX_MSGS = 8  # messages taken per received() call, and kept in the inbox
 
 
 class Link:
-    def __init__(self, cfg, feed=None):
+    def __init__(self, cfg, feed=None, clock=time):
+        """feed: called before each connection attempt (it can block on the network);
+        clock: ticks_ms/ticks_diff/ticks_add (the HAL; tests drive it)."""
         mq = cfg["mqtt"]
         topic = mq["topic"]
         self.t_frame = "tele/%s/FRAME" % topic
@@ -35,61 +39,114 @@ class Link:
         self.t_ack = "stat/%s/ACK" % topic
         self.t_cmd = "cmnd/%s/FRAME" % topic
         self.wifi = cfg["wifi"]
-        self.client = _Client(cfg["name"], mq["host"], mq["port"], mq.get("user"),
-                              mq.get("password"), keepalive=mq.get("keepalive", 60))
-        self.client.feed = feed
+        self.keepalive_ms = mq.get("keepalive", 60) * 1000
+        self.client = MQTTClient(cfg["name"], mq["host"], mq["port"], mq.get("user"),
+                                 mq.get("password"), keepalive=mq.get("keepalive", 60))
         self.client.set_callback(self._on_msg)
         self.client.set_last_will(self.t_lwt, b"Offline", retain=True)
+        self.feed = feed
+        self.clock = clock
         self.inbox = []
         self.up = False
+        self.retry_at = None  # ticks_ms before which no new attempt is made; None: try now
+        self.backoff = BACKOFF_MIN_MS
+        self.sent_at = 0  # ticks_ms of the last packet to the broker (for the keepalive ping)
+        self.sessions = 0  # broker sessions set up so far
+        self.failures = 0  # sessions or attempts that failed
 
     def _on_msg(self, topic, msg):
-        if topic == self.t_cmd.encode() and len(self.inbox) < 8:
+        if topic == self.t_cmd.encode() and len(self.inbox) < MAX_MSGS:
             self.inbox.append(bytes(msg))
 
+    def _later(self):
+        """No new attempt before the backoff has passed; the next one waits twice as long."""
+        c = self.clock
+        self.retry_at = c.ticks_add(c.ticks_ms(), self.backoff)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX_MS)
+
+    def _down(self):
+        self.up = False
+        self.failures += 1
+        sock = self.client.sock
+        self.client.sock = None
+        if sock is not None:
+            try:
+                sock.close()
+            except Exception:  # already gone: nothing left to release
+                pass
+        self._later()
+
     def _connect(self):
+        if self.up:
+            return True
+        c = self.clock
+        if self.retry_at is not None and c.ticks_diff(c.ticks_ms(), self.retry_at) < 0:
+            return False
+        if self.feed:
+            self.feed()
         wlan = network.WLAN(network.STA_IF)
         wlan.active(True)
         if not wlan.isconnected():
-            wlan.connect(self.wifi["ssid"], self.wifi.get("password", ""))
+            try:
+                wlan.connect(self.wifi["ssid"], self.wifi.get("password", ""))
+            except OSError:  # still associating from the last attempt
+                pass
+            self._later()
             return False
         try:
             self.client.connect()
             self.client.subscribe(self.t_cmd)
             self.client.publish(self.t_lwt, b"Online", retain=True)
-            self.up = True
-        except OSError:
-            self.up = False
-        return self.up
+        except Exception:  # any broker failure: see the top of the file
+            self._down()
+            return False
+        self.up = True
+        self.sessions += 1
+        self.retry_at = None
+        self.backoff = BACKOFF_MIN_MS
+        self.sent_at = c.ticks_ms()
+        return True
 
     def start(self):
         self._connect()
 
     def _publish(self, topic, payload):
-        if not self.up and not self._connect():
-            return
+        if not self._connect():
+            return False
         try:
             self.client.publish(topic, payload)
-        except OSError:
-            self.up = False
+        except Exception:
+            self._down()
+            return False
+        self.sent_at = self.clock.ticks_ms()
+        return True
 
     def send(self, frame_bytes):
-        self._publish(self.t_frame, frame_bytes)
+        return self._publish(self.t_frame, frame_bytes)
 
     def send_ack(self, frame_bytes):
-        self._publish(self.t_ack, frame_bytes)
+        return self._publish(self.t_ack, frame_bytes)
 
     def sensor(self, payload):
         t = time.localtime()
         if t[0] >= 2024:  # the RTC was set (ntptime): Tasmota's "Time" field
             payload["Time"] = "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
-        self._publish(self.t_sensor, json.dumps(payload))
+        return self._publish(self.t_sensor, json.dumps(payload))
 
     def received(self):
-        if self.up:
+        """Command frames from the broker; also where a dropped session is noticed and set up
+        again (with its subscription) when nothing is being published."""
+        if self._connect():
+            c = self.clock
             try:
-                self.client.check_msg()
-            except OSError:
-                self.up = False
+                # umqtt.simple sends no pings itself; a ping also finds a half-open connection
+                if c.ticks_diff(c.ticks_ms(), self.sent_at) >= self.keepalive_ms // 2:
+                    self.client.ping()
+                    self.sent_at = c.ticks_ms()
+                for _ in range(MAX_MSGS):
+                    if self.client.check_msg() is None:
+                        break
+            except Exception:
+                self._down()
         out, self.inbox = self.inbox, []
         return out

@@ -19,7 +19,7 @@ def make_link(cfg, feed):
     if cfg["link"] == "mqtt":
         import link_mqtt
 
-        return link_mqtt.Link(cfg, feed)
+        return link_mqtt.Link(cfg, feed, hal)
     return None
 
 

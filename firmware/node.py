@@ -53,6 +53,14 @@ class Node:
         self.node_id = cfg["node_id"]
         board = cfg["board"]
         now = hal.ticks_ms()
+        # ticks_ms wraps (2**30 ms on the ESP32, about 12.4 days): every tick value here is only
+        # compared through ticks_diff and moved through ticks_add. Uptime for the frames is kept
+        # apart, in whole seconds plus a ms remainder, so it keeps counting across the wrap.
+        self.up_s = now // 1000
+        self.up_ms = now % 1000
+        self.up_tick = now
+        self.sample_ms = int(cfg["sample_s"] * 1000)
+        self.publish_ms = int(cfg["publish_s"] * 1000)
         self.wdt = hal.Wdt(cfg["wdt_ms"])
         self.channels = []
         for i, m in enumerate(board["meters"]):
@@ -62,14 +70,15 @@ class Node:
         self.state = store.State(hal, root, len(self.channels), cfg["seq_block"])
         self.state.load()
         self.relays = []
-        for r in board["relays"]:
+        for k, r in enumerate(board["relays"]):
             self.relays.append(relay.Relay(
                 hal, r["pin"], r.get("active_high", True), r.get("boot_on", False),
                 int(r.get("min_on_s", 0) * 1000), int(r.get("min_off_s", 0) * 1000),
-                int(r.get("trip_a", 0) * 1000), r.get("channel", 0), now))
+                int(r.get("trip_a", 0) * 1000), r.get("channel", 0), now,
+                bool(self.state.trips >> k & 1)))
         self.restored_flag = self.state.restored
         self.next_sample = now
-        self.next_publish = now + cfg["publish_s"] * 1000
+        self.next_publish = hal.ticks_add(now, self.publish_ms)
         self.saved_at = now
         self.saved_total = self._total()
         self.dropped = {}  # reason -> count of command frames dropped unanswered
@@ -81,7 +90,7 @@ class Node:
 
     def _account(self, ch, now):
         if ch.last_ms is not None:
-            e = int(ch.p * (now - ch.last_ms))  # mJ since the last window
+            e = int(ch.p * self.hal.ticks_diff(now, ch.last_ms))  # mJ since the last window
             if e >= 0:
                 ch.acc_imp += e
                 whole = ch.acc_imp // MJ_PER_MWH
@@ -94,10 +103,21 @@ class Node:
                 ch.acc_exp -= whole * MJ_PER_MWH
         ch.last_ms = now
 
+    def _clock(self):
+        """ticks_ms now, and the uptime brought up to date (called at least every few seconds,
+        far below the half tick period that ticks_diff can span)."""
+        now = self.hal.ticks_ms()
+        self.up_ms += self.hal.ticks_diff(now, self.up_tick)
+        self.up_tick = now
+        if self.up_ms >= 1000:
+            self.up_s += self.up_ms // 1000
+            self.up_ms %= 1000
+        return now
+
     def sample(self):
         for ch in self.channels:
             r = ch.meter.measure()
-            now = self.hal.ticks_ms()
+            now = self._clock()
             if hasattr(r, "irms"):
                 ch.i = r.irms
                 if ch.has_voltage:
@@ -111,13 +131,32 @@ class Node:
                 ch.v, ch.i, ch.p, ch.s, ch.pf = r
             self._account(ch, now)
             for rl in self.relays:
-                if rl.channel == ch.number:
-                    rl.check_current(int(ch.i * 1000), now)
+                if rl.channel == ch.number and rl.check_current(int(ch.i * 1000), now):
+                    self._save_trips(now)
+
+    def _trips(self):
+        bits = 0
+        for k in range(len(self.relays)):
+            if self.relays[k].tripped:
+                bits |= 1 << k
+        return bits
+
+    def _save_trips(self, now):
+        """Keep the lockouts in flash at once: a trip or its acknowledgement is rare, and a reset
+        must not switch a relay back into the fault."""
+        trips = self._trips()
+        if trips != self.state.trips:
+            self.state.trips = trips
+            self.save(now)
 
     def _maybe_save(self, now):
         moved = self._total() - self.saved_total
-        if moved >= self.cfg["save_wh"] * 1000 or (
-            moved > 0 and now - self.saved_at >= self.cfg["save_min"] * 60000
+        if moved == 0:
+            # Nothing to lose yet: the time limit counts from the first unsaved energy, and the
+            # reference stays recent, inside the half tick period ticks_diff can measure.
+            self.saved_at = now
+        elif moved >= self.cfg["save_wh"] * 1000 or (
+            self.hal.ticks_diff(now, self.saved_at) >= self.cfg["save_min"] * 60000
         ):
             self.save(now)
 
@@ -143,7 +182,7 @@ class Node:
                 flags |= frame.F_OVERCURRENT_TRIP
         p = {
             "channel": ch.number,
-            "uptime_s": (now // 1000) & 0xFFFFFFFF,
+            "uptime_s": self.up_s & 0xFFFFFFFF,
             "voltage_dv": _clamp(int(ch.v * 10 + 0.5), 0, 0xFFFF),
             "current_ma": _clamp(int(ch.i * 1000 + 0.5), 0, 0xFFFFFFFF),
             "power_dw": _clamp(_round(ch.p * 10), -0x80000000, 0x7FFFFFFF),
@@ -169,22 +208,23 @@ class Node:
     def step(self):
         """One pass of the main loop; returns the frames to send now."""
         self.wdt.feed()
-        now = self.hal.ticks_ms()
+        hal = self.hal
+        now = self._clock()
         out = []
-        if now >= self.next_sample:
+        if hal.ticks_diff(now, self.next_sample) >= 0:
             self.sample()
-            now = self.hal.ticks_ms()
-            self.next_sample += self.cfg["sample_s"] * 1000
-            if self.next_sample <= now:
-                self.next_sample = now + self.cfg["sample_s"] * 1000
+            now = self._clock()
+            self.next_sample = hal.ticks_add(self.next_sample, self.sample_ms)
+            if hal.ticks_diff(self.next_sample, now) <= 0:  # fell behind: no burst to catch up
+                self.next_sample = hal.ticks_add(now, self.sample_ms)
         for rl in self.relays:
             rl.tick(now)
         self._maybe_save(now)
-        if now >= self.next_publish:
+        if hal.ticks_diff(now, self.next_publish) >= 0:
             out = self.publish(now)
-            self.next_publish += self.cfg["publish_s"] * 1000
-            if self.next_publish <= now:
-                self.next_publish = now + self.cfg["publish_s"] * 1000
+            self.next_publish = hal.ticks_add(self.next_publish, self.publish_ms)
+            if hal.ticks_diff(self.next_publish, now) <= 0:
+                self.next_publish = hal.ticks_add(now, self.publish_ms)
         self.wdt.feed()
         return out
 
@@ -208,7 +248,7 @@ class Node:
             index, action = frame.unpack_command(payload)
         except frame.FrameError as e:
             return self._drop(e.args[0])
-        now = self.hal.ticks_ms()
+        now = self._clock()
         state = 0
         if not self.state.accept_command(seq):
             status = frame.S_REPLAY
@@ -217,6 +257,7 @@ class Node:
         else:
             rl = self.relays[index]
             status = rl.command(action, now)
+            self._save_trips(now)  # an OFF acknowledges a trip
         if index < len(self.relays):
             state = 1 if self.relays[index].on else 0
         ack = frame.pack_ack(seq, index, status, state)

@@ -1,16 +1,23 @@
 # A relay with a safe boot state, minimum on/off times and an over-current trip.
 #
-# Times are ms from the HAL's clock, passed in by the caller (node.py), so tests drive them.
+# Times are ticks_ms values from the HAL's clock, passed in by the caller (node.py), so tests drive
+# them. Ticks wrap (2**30 ms on the ESP32), so they are only compared through hal.ticks_diff, and
+# a minimum time once over is remembered as over (changed = None): ticks_diff of a switch older
+# than half the tick period (about 6.2 days) would alias and make the relay wait again.
 # Boot counts as a switching event: after a power cut a compressor still waits its minimum off
 # time. A refused switch because of the minimum time is remembered and done when the time is up.
 # The trip switches off at once (safety beats the minimum on time) and locks the relay out until
-# an authenticated OFF command acknowledges it.
+# an authenticated OFF command acknowledges it. The node keeps the lockout in its store, so a relay
+# that boots locked out stays off (boot_on too) until that OFF.
 import frame
 
 
 class Relay:
     def __init__(self, hal, pin, active_high=True, boot_on=False, min_on_ms=0, min_off_ms=0,
-                 trip_ma=0, channel=0, now=0):
+                 trip_ma=0, channel=0, now=0, tripped=False):
+        self.hal = hal
+        if tripped:
+            boot_on = False
         self.out = hal.Output(pin, active_high, boot_on)
         self.on = bool(boot_on)
         self.min_on = min_on_ms
@@ -19,7 +26,7 @@ class Relay:
         self.channel = channel
         self.changed = now
         self.pending = None
-        self.tripped = False
+        self.tripped = bool(tripped)
         self.trip_seen = False  # a trip happened since the last reading frame
         self.switches = 0
 
@@ -30,7 +37,13 @@ class Relay:
         self.switches += 1
 
     def _wait(self, now):
-        return (self.min_on if self.on else self.min_off) - (now - self.changed)
+        """ms until a switch is allowed (<= 0: allowed now)."""
+        if self.changed is None:
+            return 0
+        w = (self.min_on if self.on else self.min_off) - self.hal.ticks_diff(now, self.changed)
+        if w <= 0:
+            self.changed = None
+        return w
 
     def command(self, action, now):
         """Apply an authenticated command; returns a frame.S_* status."""
@@ -53,8 +66,11 @@ class Relay:
         return frame.S_OK
 
     def tick(self, now):
-        """Carry out a switch deferred by the minimum time, once it has elapsed."""
-        if self.pending is not None and self._wait(now) <= 0:
+        """Carry out a switch deferred by the minimum time, once it has elapsed.
+
+        Called every pass of the loop, also with nothing pending, so that an elapsed minimum
+        time is noted well before the switch time could alias."""
+        if self._wait(now) <= 0 and self.pending is not None:
             want = self.pending
             self.pending = None
             if want != self.on:

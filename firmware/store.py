@@ -1,5 +1,6 @@
 # What a node keeps across reboots and power cuts: energy counters, the frame sequence high-water
-# mark and the last accepted command's sequence number.
+# mark, the last accepted command's sequence number and the relays locked out by an over-current
+# trip (so that a watchdog or power reset does not switch a relay back into the fault).
 #
 # Two slots (files A and B) hold a record each: magic, generation, the values, CRC32. A save writes
 # the slot that does NOT hold the newest record, so a write torn by a power cut can only spoil the
@@ -11,44 +12,57 @@
 import struct
 from binascii import crc32
 
-MAGIC = b"WMS1"
-HEAD_FMT = ">4sIIIB"  # magic, generation, seq high-water mark, command seq, channels
-HEAD_LEN = 17
+MAGIC = b"WMS2"
+HEAD_FMT = ">4sIIIBB"  # magic, generation, seq high-water mark, command seq, channels, trips
+HEAD_LEN = 18
+# Records written before the lockout was kept (no trips byte) are still read, as "no trips".
+MAGIC_V1 = b"WMS1"
+HEAD_FMT_V1 = ">4sIIIB"
+HEAD_LEN_V1 = 17
 PAIR_FMT = ">QQ"  # per channel: imported mWh, exported mWh
 PAIR_LEN = 16
 MAX_CHANNELS = 8
 SLOTS = ("state_a.bin", "state_b.bin")
 
 
-def rec_len(channels):
-    return HEAD_LEN + PAIR_LEN * channels + 4
+def rec_len(channels, head=HEAD_LEN):
+    return head + PAIR_LEN * channels + 4
 
 
-def pack(gen, seq_hw, cmd_seq, imp, exp):
-    body = struct.pack(HEAD_FMT, MAGIC, gen, seq_hw, cmd_seq, len(imp))
+def pack(gen, seq_hw, cmd_seq, imp, exp, trips=0):
+    """trips: bit k set = relay k locked out by an over-current trip."""
+    body = struct.pack(HEAD_FMT, MAGIC, gen, seq_hw, cmd_seq, len(imp), trips)
     for i in range(len(imp)):
         body += struct.pack(PAIR_FMT, imp[i], exp[i])
     return body + struct.pack(">I", crc32(body) & 0xFFFFFFFF)
 
 
 def unpack(data):
-    """(gen, seq_hw, cmd_seq, imports, exports) of a valid record, or None."""
-    if data is None or len(data) < rec_len(0):
+    """(gen, seq_hw, cmd_seq, imports, exports, trips) of a valid record, or None."""
+    if data is None or len(data) < rec_len(0, HEAD_LEN_V1):
         return None
     body = data[:-4]
     if struct.unpack(">I", data[-4:])[0] != crc32(body) & 0xFFFFFFFF:
         return None
-    magic, gen, seq_hw, cmd_seq, n = struct.unpack(HEAD_FMT, body[:HEAD_LEN])
-    if magic != MAGIC or n > MAX_CHANNELS or len(data) != rec_len(n):
+    if body[:4] == MAGIC_V1:
+        head = HEAD_LEN_V1
+        magic, gen, seq_hw, cmd_seq, n = struct.unpack(HEAD_FMT_V1, body[:head])
+        trips = 0
+    elif body[:4] == MAGIC and len(body) >= HEAD_LEN:
+        head = HEAD_LEN
+        magic, gen, seq_hw, cmd_seq, n, trips = struct.unpack(HEAD_FMT, body[:head])
+    else:
+        return None
+    if n > MAX_CHANNELS or len(data) != rec_len(n, head):
         return None
     imp = []
     exp = []
     for i in range(n):
-        at = HEAD_LEN + PAIR_LEN * i
+        at = head + PAIR_LEN * i
         a, b = struct.unpack(PAIR_FMT, body[at : at + PAIR_LEN])
         imp.append(a)
         exp.append(b)
-    return gen, seq_hw, cmd_seq, imp, exp
+    return gen, seq_hw, cmd_seq, imp, exp, trips
 
 
 class State:
@@ -63,6 +77,7 @@ class State:
         self.seq_hw = 0
         self.seq = 1
         self.cmd_seq = 0
+        self.trips = 0  # relays locked out by an over-current trip, one bit each
         self.restored = False
         self.writes = 0
 
@@ -75,7 +90,7 @@ class State:
         if best is None:
             return False
         self.slot = best[0]
-        self.gen, self.seq_hw, self.cmd_seq, imp, exp = best[1]
+        self.gen, self.seq_hw, self.cmd_seq, imp, exp, self.trips = best[1]
         # A channel added to the board since the record was written starts from zero.
         for i in range(min(len(imp), len(self.imp))):
             self.imp[i] = imp[i]
@@ -87,7 +102,7 @@ class State:
     def save(self):
         slot = 1 - self.slot
         gen = self.gen + 1
-        rec = pack(gen, self.seq_hw, self.cmd_seq, self.imp, self.exp)
+        rec = pack(gen, self.seq_hw, self.cmd_seq, self.imp, self.exp, self.trips)
         self.hal.write_file(self.paths[slot], rec)
         self.slot = slot
         self.gen = gen

@@ -9,6 +9,7 @@ The driver modules use only `struct`, so CPython imports the very same files for
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 
 import pytest
@@ -66,13 +67,22 @@ for k in range(4):
     hal.advance_ms(1000)
     out.append(list(m.measure()))
 hal.pulse_freq[5] = 0
-for k in range(7):
+for k in range(12):
     hal.advance_ms(1000)
     out.append(list(m.measure()))
 emit({'hlw': out})
-hal.pulse_freq[5] = 0.5  # one pulse every 2 s: a 6 W load still reads within a window
-hal.advance_ms(4000)
-emit({'hlw_low': list(m.measure())})
+# Standby loads, sampled as the node does (a window a second): 10 W is 0.8 Hz on CF, 6.3 W one
+# edge every 2 s, 2 W one every 6.3 s; most windows hold one edge or none.
+for watts in (10.0, 6.265, 2.0):
+    hal.reset()
+    m = hlw8012.Hlw8012(hal, 5, 4, 12, 12.53, 0.0159075, 0.429)
+    hal.pulse_freq[5] = watts / 12.53
+    hal.pulse_freq[4] = lambda: (watts / 230) / 0.0159075 if hal.pins.get(12) == 1 else 230 / 0.429
+    low = []
+    for k in range(40):
+        hal.advance_ms(1000)
+        low.append(list(m.measure()))
+    emit({'hlw_low': watts, 'windows': low})
 """
 
 
@@ -114,10 +124,31 @@ def test_hlw8012_pulses_to_power_current_voltage(vm: list) -> None:
         assert abs(p - 1103.0) <= 0.005 * 1103
         assert abs(i - 4.75) <= 0.01 * 4.75
         assert abs(v - 233.5) <= 0.01 * 233.5
-    assert out[4][2] > 0  # a short silence is not yet "no load"
-    assert out[-1][2] == 0.0 and out[-1][1] == 0.0
-    low = next(r["hlw_low"] for r in vm if "hlw_low" in r)
-    assert abs(low[2] - 6.265) < 0.01
+    # a short silence is not yet "no load": the reading falls with the time since the last edge
+    silent = [p for _v, _i, p, _s, _pf in out[4:]]
+    assert 0 < silent[0] <= 12.53
+    assert all(b <= a for a, b in itertools.pairwise(silent))
+    assert silent[8] > 0  # 9 s
+    assert out[-1][2] == 0.0 and out[-1][1] == 0.0  # 12 s: no load
+
+
+def test_hlw8012_standby_loads_read_and_count_when_sampled_every_second(vm: list) -> None:
+    lows = [r for r in vm if "hlw_low" in r]
+    assert [r["hlw_low"] for r in lows] == [10.0, 6.265, 2.0]
+    for r in lows:
+        watts = r["hlw_low"]
+        powers = [w[2] for w in r["windows"]]
+        # from the second edge on, every window reads the load (within one edge's timing)
+        settled = powers[int(2 * 12.53 / watts) + 2 :]
+        assert settled and all(p > 0 for p in settled), (watts, powers)
+        # energy as the node integrates it (P of each window times 1 s) matches the load's
+        energy = sum(settled)
+        assert abs(energy - watts * len(settled)) <= 0.1 * watts * len(settled) + 12.53, (
+            watts, powers)
+        if watts >= 6:
+            assert all(abs(p - watts) <= 0.02 * watts for p in settled[-10:]), (watts, powers)
+            cur = [w[1] for w in r["windows"]][-10:]
+            assert all(abs(i - watts / 230) <= 0.05 * watts / 230 for i in cur), (watts, cur)
 
 
 # ---- hostile input, CPython, the same modules ------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shlex
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware import config as fwconfig
+from firmware import ct, hal_host
 from tools import firmware_cli, mpvm
 from tools.cli import main
 
@@ -180,3 +182,45 @@ def test_config_check_names_the_key_on_any_malformed_config(cfg: dict) -> None:
         fwconfig.check(cfg)
     except fwconfig.ConfigError as exc:
         assert ":" in str(exc)
+
+
+_BOARD = json.loads((Path(__file__).resolve().parents[2] / "hardware" / "boards"
+                     / "esp32_devkitc_ct.json").read_text())
+_ANY_NUMBER = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(fwconfig.BOUNDS)), _ANY_NUMBER)
+def test_config_bounds_are_physical(key: str, value: float) -> None:
+    # Every top-level number is accepted exactly inside its bounds; outside, the error names it.
+    lo, hi, kind = fwconfig.BOUNDS[key]
+    cfg = {"node_id": 7, "link": "none", "board": copy.deepcopy(_BOARD), key: value}
+    inside = value == value and lo <= value <= hi and (kind is not int or isinstance(value, int))
+    try:
+        fwconfig.check(cfg)
+    except fwconfig.ConfigError as exc:
+        assert str(exc).startswith(key + ": "), exc
+        # the window bound may also refuse a low mains_hz that is otherwise in range
+        assert not inside or "board.cycles" in str(exc)
+    else:
+        assert inside, (key, value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers()),
+       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers()),
+       st.integers(min_value=-5, max_value=10**6))
+def test_an_accepted_config_builds_its_ct_window(mains_hz: float, rate: float, cycles: int) -> None:
+    # Whatever passes the check must not crash or exhaust the node when the clamp is built.
+    board = copy.deepcopy(_BOARD)
+    board["sample_rate_hz"] = rate
+    board["cycles"] = cycles
+    cfg = {"node_id": 7, "link": "none", "board": board, "mains_hz": mains_hz}
+    try:
+        fwconfig.check(cfg)
+    except fwconfig.ConfigError as exc:
+        assert ":" in str(exc)
+        return
+    clamp = ct.Clamp(hal_host, hal_host.Adc(36), None, 30.0, 0, 1.0, board["sample_rate_hz"],
+                     cfg["mains_hz"], board["cycles"])
+    assert 0 < clamp.n <= fwconfig.MAX_WINDOW_SAMPLES

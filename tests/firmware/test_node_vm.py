@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from firmware import frame
@@ -11,20 +12,22 @@ from tools import mpvm
 SETUP = """
 import json, hal_host as hal, host_node
 PROFILE = json.loads(PROFILE_JSON)
+hal.reset(START_MS)
 h = host_node.Host('/flash', PROFILE)
 """
 # Run until t_s in ticks of 1 s, then hand over the commands. One VM call per 10 s of simulated
 # time: this VM frees garbage only between calls.
 ADVANCE = """
-end = min(T_S * 1000, hal.ticks_ms() + 10000)
-while hal.ticks_ms() < end:
+end = min(T_S * 1000, hal.elapsed_ms() + 10000)
+while hal.elapsed_ms() < end:
     h.tick(1000)
     if hal.wdt_expired():
-        emit({'wdt_expired': hal.ticks_ms()})
+        emit({'wdt_expired': hal.elapsed_ms()})
 """
 REPORT = """
 h.tick(0, CMDS)
-emit({'t': hal.ticks_ms(), 'pins': {str(k): v for k, v in hal.pins.items()},
+emit({'t': hal.elapsed_ms(), 'ticks': hal.ticks_ms(),
+      'pins': {str(k): v for k, v in hal.pins.items()},
       'writes': h.node.state.writes, 'dropped': h.node.dropped})
 """
 REBOOT = """
@@ -35,9 +38,11 @@ emit({'restored': h.node.state.restored})
 """
 
 
-def _run(board: str, profile: dict, script: list, reboot_after: bool = False, **cfg: object):
+def _run(board: str, profile: dict, script: list, reboot_after: bool = False, start_ms: int = 0,
+         **cfg: object):
+    """Frames and reports of a node run; start_ms is what ticks_ms shows at boot."""
     files = nodeutil.node_files(board, **cfg)
-    calls = [f"PROFILE_JSON = {json.dumps(json.dumps(profile))}\n" + SETUP]
+    calls = [f"PROFILE_JSON = {json.dumps(json.dumps(profile))}\nSTART_MS = {start_ms}\n" + SETUP]
     t = 0
     for t_s, cmds in script:
         while t < t_s:
@@ -192,3 +197,108 @@ def test_power_cut_while_running_loses_at_most_save_wh_and_never_reuses_a_seq() 
         first = after[0][3]
         assert first["flags"] & frame.F_COUNTERS_RESTORED or last < 5000
         assert last - 5000 - 2300 / 3.6 <= first["import_mwh"] <= last + 2300 / 3.6 * 2
+
+
+TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32 (about 12.4 days)
+
+
+def test_metering_publishing_and_deferred_switching_continue_across_the_ticks_wrap() -> None:
+    # The node boots 30 s before ticks_ms wraps, as after 12.4 days of uptime. Relay 0 has a
+    # minimum off time of 60 s from boot, so an ON at 5 s is deferred across the wrap (to 60 s),
+    # and the OFF at 100 s waits for the minimum on time, entirely after the wrap (to 120 s).
+    cmd = nodeutil.command
+    profile = {"vrms": 230, "load": [[0, 10.0, 0.8]], "channels": {"1": [[0, 4.0, 1.0]]}}
+    start = TICKS_PERIOD - 30_000
+    script = [
+        (5, [cmd(1, 0, frame.A_ON)]),
+        (59, []),
+        (62, []),
+        (100, [cmd(2, 0, frame.A_OFF)]),
+        (119, []),
+        (122, []),
+        (600, []),
+    ]
+    frames, results = _run("esp32_devkitc_ct", profile, script, start_ms=start)
+    assert not any("wdt_expired" in r for r in results)
+    reports = [r for r in results if "pins" in r]
+    assert [r["ticks"] < start for r in reports] == [False] + [True] * 6  # wrapped at 30 s
+    acks = [f[3] for f in frames if f[0] == frame.T_ACK]
+    assert acks == [(1, 0, frame.S_MIN_TIME, 0), (2, 0, frame.S_MIN_TIME, 1)]
+    # relay board is active low: 0 = on
+    assert [r["pins"]["26"] for r in reports] == [1, 1, 0, 0, 0, 1, 1]
+    ch0 = [f[3] for f in frames if f[0] == frame.T_READING and f[3]["channel"] == 0]
+    # a frame every 5 s all along, with an uptime that keeps counting past the wrap
+    ups = [r["uptime_s"] for r in ch0]
+    assert len(ch0) == 120, ups
+    assert all(b - a == 5 for a, b in itertools.pairwise(ups)), ups
+    assert start // 1000 + 5 <= ups[0] <= start // 1000 + 6  # + the first sampling window
+    # still sampling after the wrap: current follows the load, energy grows at 1840 W
+    last = ch0[-1]
+    assert abs(last["current_ma"] - 10000) <= 100
+    assert abs(last["power_dw"] - 18400) <= 0.01 * 23000
+    want = 1840 * 600 / 3.6
+    assert abs(last["import_mwh"] - want) <= 0.015 * want + 1840 / 3.6, (last, want)
+    mid = ch0[59]  # about 300 s after boot, 270 s after the wrap
+    want_mid = 1840 * (mid["uptime_s"] - start / 1000) / 3.6
+    assert abs(mid["import_mwh"] - want_mid) <= 0.015 * want_mid + 1840 / 3.6
+    # counters were saved after the wrap as well (50 Wh steps: 306 Wh -> at least 6 saves)
+    assert reports[-1]["writes"] >= 6
+
+
+def test_plug_reads_and_counts_a_standby_load() -> None:
+    # 10 W on the HLW8012 plug is 0.8 CF edges a second: most 1-s windows hold one edge or none
+    frames, _ = _run("plug_hlw8012", {"vrms": 230, "load": [[0, 10.0 / 230, 1.0]]}, [(120, [])])
+    readings = [f[3] for f in frames if f[0] == frame.T_READING]
+    r = readings[-1]
+    assert abs(r["power_dw"] - 100) <= 2, r
+    assert all(abs(x["power_dw"] - 100) <= 2 for x in readings[2:]), readings
+    want = 10 * r["uptime_s"] / 3.6
+    assert abs(r["import_mwh"] - want) <= 0.03 * want + 10 / 3.6 * 3, (r, want)
+
+
+LOCKOUT = """
+import hal_host as hal, host_node, json
+PROFILE = {'load': [[0, 5.0, 1.0], [20, 20.0, 1.0]], 'channels': {'1': [[0, 0.0, 1.0]]}}
+def pins(tag):
+    emit({'tag': tag, 'relay0': hal.pins[26], 'relay1': hal.pins[27]})
+hal.reset()
+h = host_node.Host('/flash', PROFILE)
+pins('boot')
+for k in range(30):
+    h.tick(1000)
+pins('tripped')
+# a watchdog or power reset; the faulty load has been unplugged meanwhile, but nobody has
+# acknowledged the trip yet
+FIXED = {'load': [[0, 5.0, 1.0]], 'channels': {'1': [[0, 0.0, 1.0]]}}
+hal.reset()
+h = host_node.Host('/flash', FIXED)
+pins('reboot')
+h.tick(1000, [CMD_ON_2])
+pins('on_refused')
+h.tick(1000, [CMD_OFF_3])
+for k in range(61):
+    h.tick(1000)
+h.tick(1000, [CMD_ON_4])
+pins('on_after_ack')
+hal.reset()
+h = host_node.Host('/flash', FIXED)
+pins('reboot_after_ack')
+"""
+
+
+def test_over_current_lockout_survives_a_reset() -> None:
+    # relay 0 switches on at boot (boot_on) and trips when channel 0 draws 20 A from t = 20 s
+    b = nodeutil.board("esp32_devkitc_ct")
+    b["relays"][0]["boot_on"] = True
+    files = nodeutil.node_files("esp32_devkitc_ct", board=b)
+    cmds = {"CMD_ON_2": nodeutil.command(2, 0, frame.A_ON),
+            "CMD_OFF_3": nodeutil.command(3, 0, frame.A_OFF),
+            "CMD_ON_4": nodeutil.command(4, 0, frame.A_ON)}
+    head = "".join(f"{k} = {v!r}\n" for k, v in cmds.items())
+    res = mpvm.run_job(head + LOCKOUT, files=files)
+    pins = {r["tag"]: r["relay0"] for r in res.results}
+    # active low: 0 = on
+    assert pins == {"boot": 0, "tripped": 1, "reboot": 1, "on_refused": 1, "on_after_ack": 0,
+                    "reboot_after_ack": 0}
+    acks = [f[3] for f in nodeutil.decode_all(res.output) if f[0] == frame.T_ACK]
+    assert acks == [(2, 0, frame.S_TRIPPED, 0), (3, 0, frame.S_OK, 0), (4, 0, frame.S_OK, 1)]

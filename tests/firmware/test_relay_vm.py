@@ -57,3 +57,31 @@ def test_relay_rules_step_by_step() -> None:
     for (t, ev, _arg, status, on), (got_status, got_on, pin) in zip(STEPS, out[1:], strict=True):
         assert (got_status, got_on) == (status, on), (t, ev)
         assert pin == (0 if on else 1)
+
+
+WRAP_SCRIPT = """
+import hal_host as hal, relay
+P = hal.TICKS_PERIOD
+out = []
+# booted 2 s before ticks_ms wraps, min off 5 s: the deferred ON falls 3 s after the wrap
+r = relay.Relay(hal, 26, False, False, 10000, 5000, 8000, 0, P - 2000)
+out.append(r.command(ON, P - 1000))
+r.tick(2999)
+out.append(r.on)
+r.tick(3000)
+out.append(r.on)
+# idle for longer than half the tick period (about 6.2 days) with the loop ticking: a switch
+# that old is not "recent" again when ticks_diff aliases
+r2 = relay.Relay(hal, 27, False, False, 10000, 5000, 8000, 0, 0)
+t = 0
+while t < P // 2 + 60000:
+    r2.tick(t % P)
+    t += 3600000
+out.append(r2.command(ON, t % P))
+emit(out)
+"""
+
+
+def test_minimum_times_across_the_ticks_wrap_and_after_a_long_idle() -> None:
+    out = mpvm.run_job(f"ON = {ON}\n" + WRAP_SCRIPT).results[0]
+    assert out == [MIN, False, True, OK]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import struct
+import zlib
 
 from tools import mpvm
 
@@ -67,6 +69,8 @@ for cut_at in CUTS:
 
 # Garbage in both slots: the node starts from zero, it does not crash.
 import random
+import struct
+import zlib
 random.seed(5)
 bad = 0
 for i in range(200):
@@ -84,7 +88,7 @@ emit({'garbage_loaded': bad})
 
 
 def test_every_torn_write_restores_a_committed_state() -> None:
-    rec = 17 + 2 * 16 + 4
+    rec = 18 + 2 * 16 + 4
     full = mpvm.run_job("CUTS = [None]\n" + SCRIPT).results[0]
     total = full["writes"] * rec
     assert not full["cut"]
@@ -122,3 +126,27 @@ def test_random_cut_points_with_a_random_history() -> None:
     out = mpvm.run_job(f"CUTS = {cuts}\n" + SCRIPT).results[:-1]
     for r in out:
         assert r["next"] > max(r["used"], default=0)
+
+
+OLD_RECORD = """
+import hal_host as hal, store
+with open('/flash/state_a.bin', 'wb') as f:
+    f.write(OLD)
+s = store.State(hal, '/flash', 2)
+emit({'loaded': s.load(), 'imp': s.imp, 'exp': s.exp, 'cmd': s.cmd_seq, 'seq': s.next_seq(),
+      'trips': s.trips})
+s.trips = 2
+s.save()
+r = store.State(hal, '/flash', 2)
+emit({'loaded': r.load(), 'imp': r.imp, 'trips': r.trips, 'gen': r.gen})
+"""
+
+
+def test_records_of_the_previous_format_are_still_read() -> None:
+    # a record as the firmware wrote it before the over-current lockout was kept: "WMS1", no trips
+    body = struct.pack(">4sIIIB", b"WMS1", 41, 512, 9, 2) + struct.pack(">QQQQ", 1000, 0, 5, 7)
+    old = body + struct.pack(">I", zlib.crc32(body))
+    out = mpvm.run_job(f"OLD = {old!r}\n" + OLD_RECORD).results
+    assert out[0] == {"loaded": True, "imp": [1000, 5], "exp": [0, 7], "cmd": 9, "seq": 512,
+                      "trips": 0}
+    assert out[1] == {"loaded": True, "imp": [1000, 5], "trips": 2, "gen": 43}

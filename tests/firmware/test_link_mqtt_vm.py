@@ -1,0 +1,281 @@
+"""The MQTT link (link_mqtt.py) on the VM, against a stand-in umqtt.simple with a broker model.
+
+umqtt.simple is installed on the device by `wattmesh firmware flash` and is not in this
+repository, so a stand-in with its API plays the client library and the broker: sessions (clean
+or not) with their subscriptions, retained messages and the last will published when a connection
+drops. Its failures are the ones umqtt.simple raises (read from its source): MQTTException for a
+refused CONNACK, IndexError when the connection closes before the CONNACK (it indexes an empty
+read), AssertionError for a malformed CONNACK, OSError(-1) from check_msg() once the broker has
+closed the connection. The link's clock is the emulated HAL's, driven here: nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from tools import mpvm
+
+NETWORK = """
+STA_IF = 0
+state = {'connected': True, 'connects': 0}
+class WLAN:
+    def __init__(self, i):
+        pass
+    def active(self, a=None):
+        return True
+    def isconnected(self):
+        return state['connected']
+    def connect(self, ssid, password):
+        state['connects'] += 1
+"""
+
+UMQTT_SIMPLE = """
+class MQTTException(Exception):
+    pass
+
+class Broker:
+    def __init__(self):
+        self.retained = {}
+        self.stored = {}        # client id -> subscriptions of a persistent (non-clean) session
+        self.conn = None        # the live connection: a Sock
+        self.refuse = []        # exceptions for the next CONNECT attempts, in order
+        self.fail_subscribe = 0
+        self.log = []
+
+    def deliver(self, topic, msg, retain=False):
+        if retain:
+            self.retained[topic] = msg
+        c = self.conn
+        if c is not None and c.alive and topic in c.subs:
+            c.pending.append((topic.encode(), msg))
+
+    def drop(self):
+        # the broker goes away without a DISCONNECT from the client: the will is published
+        c = self.conn
+        if c is not None:
+            c.alive = False
+            self.conn = None
+            if c.will:
+                self.deliver(*c.will)
+            self.log.append('drop')
+
+broker = Broker()
+
+class Sock:
+    def __init__(self, client_id, clean, will):
+        self.alive = True
+        self.pending = []
+        self.will = will
+        if clean:
+            broker.stored.pop(client_id, None)
+            self.subs = set()
+        else:
+            self.subs = broker.stored.setdefault(client_id, set())
+    def setblocking(self, flag):
+        pass
+    def close(self):
+        self.alive = False
+        if broker.conn is self:
+            broker.drop()
+
+class MQTTClient:
+    def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0,
+                 ssl=None):
+        self.client_id = client_id
+        self.sock = None
+        self.cb = None
+        self.lw = None
+        self.keepalive = keepalive
+
+    def set_callback(self, f):
+        self.cb = f
+
+    def set_last_will(self, topic, msg, retain=False, qos=0):
+        self.lw = (topic, msg, retain)
+
+    def connect(self, clean_session=True):
+        broker.log.append('connect clean=%d' % clean_session)
+        self.sock = Sock(self.client_id, clean_session, self.lw)
+        if broker.refuse:
+            e = broker.refuse.pop(0)
+            self.sock.alive = False
+            raise e
+        if broker.conn is not None:
+            broker.drop()   # a new connection with the same client id takes over
+        broker.conn = self.sock
+        return 0
+
+    def _live(self):
+        if self.sock is None or not self.sock.alive:
+            raise OSError(104)
+
+    def disconnect(self):
+        self._live()
+        self.sock.will = None
+        self.sock.close()
+
+    def ping(self):
+        self._live()
+        broker.log.append('ping')
+
+    def publish(self, topic, msg, retain=False, qos=0):
+        self._live()
+        if isinstance(topic, bytes):
+            topic = topic.decode()
+        broker.log.append('publish ' + topic)
+        broker.deliver(topic, bytes(msg) if not isinstance(msg, str) else msg.encode(), retain)
+
+    def subscribe(self, topic, qos=0):
+        assert self.cb is not None, "Subscribe callback is not set"
+        self._live()
+        if broker.fail_subscribe:
+            broker.fail_subscribe -= 1
+            raise MQTTException(0x80)
+        if isinstance(topic, bytes):
+            topic = topic.decode()
+        broker.log.append('subscribe ' + topic)
+        self.sock.subs.add(topic)
+
+    def wait_msg(self):
+        if self.sock is None:
+            raise AttributeError("'NoneType' object has no attribute 'read'")
+        if not self.sock.alive:
+            raise OSError(-1)
+        if not self.sock.pending:
+            return None
+        topic, msg = self.sock.pending.pop(0)
+        self.cb(topic, msg)
+        return 0x30
+
+    def check_msg(self):
+        return self.wait_msg()
+"""
+
+SCRIPT = """
+import hal_host as hal, link_mqtt, network
+from umqtt.simple import broker, MQTTException
+CFG = {'name': 'n7', 'mqtt': {'host': 'b', 'port': 1883, 'topic': 'n7', 'keepalive': 60},
+       'wifi': {'ssid': 's'}}
+CMD = 'cmnd/n7/FRAME'
+LWT = 'tele/n7/LWT'
+fed = [0]
+def feed():
+    fed[0] += 1
+def state(L, tag):
+    emit({'tag': tag, 'up': L.up, 'lwt': broker.retained.get(LWT, b'').decode(),
+          'log': broker.log[:], 'fed': fed[0]})
+    broker.log.clear()
+
+hal.reset()
+L = link_mqtt.Link(CFG, feed, hal)
+L.start()
+broker.deliver(CMD, b'c1')
+emit({'tag': 'c1', 'got': [m.decode() for m in L.received()]})
+state(L, 'started')
+"""
+
+RECONNECT = """
+# 1. the broker drops the connection: the will says Offline; the link notices, reconnects after
+#    its backoff, subscribes again and says Online; commands arrive again
+broker.drop()
+state(L, 'dropped')
+emit({'tag': 'noticed', 'got': L.received(), 'up': L.up})
+for k in range(4):
+    hal.advance_ms(500)
+    L.received()
+state(L, 'again')
+broker.deliver(CMD, b'c2')
+broker.deliver(CMD, b'c3')
+emit({'tag': 'c2', 'got': [m.decode() for m in L.received()]})
+"""
+
+FAILURES = """
+# 2. a drop noticed by a publish; then the broker refuses, closes mid-handshake, answers
+#    garbage, fails the SUBSCRIBE: never an exception out of the link, attempts spaced by a
+#    growing backoff on the driven clock, and then a full session again
+broker.drop()
+broker.refuse = [MQTTException(5), IndexError('index out of range'), AssertionError(),
+                 OSError(113)]
+broker.fail_subscribe = 1
+attempts = []
+errors = []
+for k in range(200):
+    try:
+        L.send(b'frame')
+        L.received()
+    except Exception as e:
+        errors.append(repr(e))
+    attempts.append(sum(1 for x in broker.log if x.startswith('connect')))
+    if L.up:
+        break
+    hal.advance_ms(500)
+emit({'tag': 'storm', 'errors': errors, 'attempts': attempts, 'up': L.up})
+state(L, 'recovered')
+broker.deliver(CMD, b'c4')
+emit({'tag': 'c4', 'got': [m.decode() for m in L.received()]})
+
+# 3. WiFi lost: no broker attempt, a WiFi connect, and the same backoff
+network.state['connected'] = False
+broker.drop()
+L.received()
+hal.advance_ms(60000)
+L.received()
+emit({'tag': 'wifi', 'up': L.up, 'wifi_connects': network.state['connects'],
+      'log': [x for x in broker.log if x.startswith('connect')]})
+network.state['connected'] = True
+hal.advance_ms(60000)
+broker.log.clear()
+L.received()
+# 4. the keepalive: a ping when nothing was sent for half the keepalive
+hal.advance_ms(31000)
+L.received()
+state(L, 'keepalive')
+"""
+
+
+def _run(part: str) -> dict[str, dict]:
+    files = {
+        "/lib/network.py": NETWORK,
+        "/lib/umqtt/__init__.py": "",
+        "/lib/umqtt/simple.py": UMQTT_SIMPLE,
+    }
+    res = mpvm.run_job(SCRIPT + part, files=files)
+    return {r["tag"]: r for r in res.results}
+
+
+def test_mqtt_link_resubscribes_and_reannounces_after_every_reconnect() -> None:
+    out = _run(RECONNECT)
+    assert out["c1"]["got"] == ["c1"]
+    start = out["started"]
+    assert start["up"] and start["lwt"] == "Online"
+    assert start["log"][:3] == ["connect clean=1", "subscribe cmnd/n7/FRAME", "publish tele/n7/LWT"]
+    assert out["dropped"]["lwt"] == "Offline"  # the will
+    assert out["noticed"] == {"tag": "noticed", "got": [], "up": False}
+    again = out["again"]
+    assert again["up"] and again["lwt"] == "Online"
+    # one new session, a clean one with its subscription, after the 1 s backoff
+    assert [x for x in again["log"] if not x.startswith("publish tele/n7/LWT")] == [
+        "connect clean=1", "subscribe cmnd/n7/FRAME"]
+    assert out["c2"]["got"] == ["c2", "c3"]
+
+
+def test_mqtt_link_survives_any_broker_failure_with_backoff() -> None:
+    out = _run(FAILURES)
+    storm = out["storm"]
+    assert storm["errors"] == []
+    assert storm["up"]
+    # attempts (cumulative) at 500 ms steps: 2 s, 4 s, 8 s, 16 s, 32 s apart, none in between
+    changes = [k for k in range(1, len(storm["attempts"]))
+               if storm["attempts"][k] != storm["attempts"][k - 1]]
+    gaps = [b - a for a, b in itertools.pairwise(changes)]
+    assert gaps == [4, 8, 16, 32, 64], storm["attempts"]
+    assert storm["attempts"][-1] == 6  # refused, closed, garbage, OSError, SUBACK failure, ok
+    rec = out["recovered"]
+    assert rec["lwt"] == "Online"
+    assert "subscribe cmnd/n7/FRAME" in rec["log"]
+    assert rec["fed"] == 7  # the watchdog is fed before every attempt (start + 6)
+    assert out["c4"]["got"] == ["c4"]
+    wifi = out["wifi"]
+    assert not wifi["up"] and wifi["wifi_connects"] == 1 and wifi["log"] == []
+    keep = out["keepalive"]
+    assert keep["up"] and keep["log"][-1] == "ping"
