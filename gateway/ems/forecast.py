@@ -31,8 +31,11 @@ from gateway.ems.timegrid import SLOT_MIN, SLOTS_PER_DAY
 Model = Literal["naive", "naive_week", "ridge", "prophet"]
 MODELS: tuple[Model, ...] = ("naive", "naive_week", "ridge", "prophet")
 WEEK = 7 * SLOTS_PER_DAY
-MIN_HISTORY = WEEK + 2 * SLOTS_PER_DAY  # a week of lags plus days to learn from
 MAX_HORIZON = 2 * SLOTS_PER_DAY
+# The ridge model trains on daily origins that each have two weeks of history behind them and a
+# whole horizon after them: two weeks plus the longest horizon is the least that trains it for
+# every horizon it accepts (callers pick the seasonal-naive model below that).
+MIN_HISTORY = 2 * WEEK + MAX_HORIZON
 HARMONICS = 3
 
 FloatArray = npt.NDArray[np.float64]
@@ -127,8 +130,9 @@ def fit_ridge(history: npt.ArrayLike, end: datetime, *, horizon: int = SLOTS_PER
         rows.append(_features(y, origin, horizon, start))
         targets.append(y[origin:origin + horizon])
     if not rows:
-        raise ForecastError(f"history has {n} slots, too short to train on "
-                            f"(needs {2 * WEEK + SLOTS_PER_DAY + horizon})")
+        # reachable only with ``train_days`` shorter than the horizon: the history is long enough
+        raise ForecastError(f"no training day among the last {train_days} has two weeks of "
+                            f"history before it and {horizon} slots after it")
     x = np.concatenate(rows)
     t = np.concatenate(targets)
     scale = np.maximum(np.abs(x).max(axis=0), 1e-9)

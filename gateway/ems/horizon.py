@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway.ems.appliances import Appliance
 from gateway.ems.plan import Commitment, DrRequest
-from gateway.ems.problem import PEAK_WEIGHT, IntArray, Job, PlanError, PlanInput
+from gateway.ems.problem import PEAK_WEIGHT, BoolArray, IntArray, Job, PlanError, PlanInput
 from gateway.ems.tariff import Tariff
 from gateway.ems.timegrid import (
     SLOT_MIN,
@@ -54,6 +54,21 @@ class Occurrence:
     appliance: Appliance
     start: int  # absolute slot the window opens
     end: int  # absolute slot after it closes
+
+
+def occurrence_span(a: Appliance, key: str) -> tuple[int, int]:
+    """Absolute slots ``[start, end)`` of the window of occurrence ``key`` of ``a``."""
+    day = date.fromisoformat(key.split("@", 1)[1])
+    start = (day - EPOCH).days * SLOTS_PER_DAY + a.start_slot
+    return start, start + a.window_slots
+
+
+def uncontrolled_on(a: Appliance, first: int, n: int) -> BoolArray:
+    """Whether ``a`` is on in absolute slots ``first .. first+n-1`` when it runs from each
+    window's start, as it does without an EMS (and as a non-flexible appliance always does)."""
+    slots = np.arange(first, first + n, dtype=np.int64)
+    on: BoolArray = (slots - a.start_slot) % SLOTS_PER_DAY < a.run_slots
+    return on
 
 
 def occurrences(a: Appliance, t0: int, n: int) -> list[Occurrence]:
@@ -95,9 +110,10 @@ def build_jobs(appliances: Sequence[Appliance], t0: int, n: int, state: HorizonS
                 if prog.ran_slots:
                     remaining = a.run_slots - prog.ran_slots
                     if remaining > 0 and prog.on:
+                        # pinned where it runs, yet still ours: a limit no plan can otherwise
+                        # meet may stop it (``milp.solve_shedding``)
                         rest = tuple(range(min(remaining, n)))
-                        job = Job(occ.key, a.power_w, rest, len(rest), flexible=False,
-                                  fixed_pos=0)
+                        job = Job(occ.key, a.power_w, rest, len(rest), fixed_pos=0)
                     elif remaining > 0:
                         notes.append(f"{occ.key}: run interrupted after {prog.ran_slots} slots")
                 elif occ.end > t0 + n:
@@ -152,9 +168,7 @@ def advance(state: HorizonState, appliances: Sequence[Appliance], t0: int,
         if a is None:
             state.progress.pop(key)
             continue
-        day = date.fromisoformat(key.split("@", 1)[1])
-        end = (day - EPOCH).days * SLOTS_PER_DAY + a.start_slot + a.window_slots
-        if end <= t0 + 1:
+        if occurrence_span(a, key)[1] <= t0 + 1:
             state.progress.pop(key)
             state.done.add(key)
 

@@ -15,13 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
 from gateway.ems.problem import (
+    IntArray,
     Job,
     PlanError,
     PlanInput,
@@ -70,8 +71,7 @@ class _Model:
         self.rhi.append(hi)
 
 
-def precheck(inp: PlanInput) -> None:
-    """Name the first contradiction that no placement can fix, before calling the solver."""
+def _check_shapes(inp: PlanInput) -> None:
     for job in inp.jobs:
         if job.slots > len(job.window):
             raise PlanError(f"{job.name}: needs {job.slots} slots but its window has "
@@ -81,11 +81,32 @@ def precheck(inp: PlanInput) -> None:
             raise PlanError(f"{job.name}: window has repeated or out-of-horizon slots")
         if job.fixed_pos is not None and job.fixed_pos + job.slots > len(job.window):
             raise PlanError(f"{job.name}: fixed start leaves the window")
+        if job.forced_on > job.slots:
+            raise PlanError(f"{job.name}: {job.forced_on} slots forced on but it needs only "
+                            f"{job.slots}")
+
+
+def _pinned(job: Job, shed: bool) -> bool:
+    """Whether the job's load is fixed: not ours, or (unless shedding) ours but not movable."""
+    return not job.flexible or not (shed or job.storage or job.movable)
+
+
+def _pinned_load(inp: PlanInput, *, shed: bool) -> IntArray:
+    """Net load of what no plan can move: the rest of the home less PV, and the pinned jobs
+    (when shedding, also the forced start of a running charge, which its node holds on)."""
     fixed = inp.base_mwh - inp.pv_mwh
     for job in inp.jobs:
-        pinned = not job.flexible if job.storage else not job.movable
-        if pinned:
+        if _pinned(job, shed):
             fixed = fixed + earliest(inp, job).astype(np.int64) * job.slot_mwh
+        elif shed and job.storage and job.forced_on:
+            fixed[list(job.window[:job.forced_on])] += job.slot_mwh
+    return fixed
+
+
+def precheck(inp: PlanInput) -> None:
+    """Name the first contradiction that no placement can fix, before calling the solver."""
+    _check_shapes(inp)
+    fixed = _pinned_load(inp, shed=False)
     over = np.nonzero(fixed > inp.limit_mwh)[0]
     if over.size:
         t = int(over[0])
@@ -146,6 +167,67 @@ def _arbitrage_groups(inp: PlanInput) -> list[bool]:
 def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
     """Optimal schedule, or ``PlanError`` naming why there is none."""
     precheck(inp)
+    sol, _ = _solve(inp, time_limit_s, shed=False)
+    return sol
+
+
+@dataclass(frozen=True, slots=True)
+class Shedding:
+    """A plan that meets the limits by serving flexible jobs only in part. ``inp`` is the input
+    the schedule is valid for (``problem.check``): jobs cut to what is served (a job served not
+    at all is left out, its schedule row all off) and limits raised to what the loads that
+    cannot move need where they alone exceed them."""
+
+    solution: Solution
+    inp: PlanInput
+    served: dict[str, int]  # job -> slots served, for each job not fully served
+    notes: list[str]
+
+
+def solve_shedding(inp: PlanInput, *, time_limit_s: float = 30.0) -> Shedding:
+    """The plan for an input ``solve`` finds no plan for because of its limits (a demand-
+    response request, the contracted power): flexible jobs run only where the limits leave
+    room, as much of each as fits, and the cost of energy decides among such plans. Loads that
+    cannot move (and a running charge within its minimum on time) are kept: where they alone
+    exceed a limit, the limit is raised to them for those slots, since no control can do more.
+    ``PlanError`` only for contradictions of the jobs themselves."""
+    _check_shapes(inp)
+    fixed = _pinned_load(inp, shed=True)
+    limit = np.maximum(inp.limit_mwh, fixed)
+    raised = np.nonzero(limit > inp.limit_mwh)[0]
+    relaxed = replace(inp, limit_mwh=limit)
+    sol, served = _solve(relaxed, time_limit_s, shed=True)
+    notes: list[str] = []
+    if raised.size:
+        t = int(raised[0])
+        notes.append(f"{inp.label(t)}: the loads that cannot move need {int(fixed[t]) // 250} W "
+                     f"against a limit of {int(inp.limit_mwh[t]) // 250} W ({raised.size} "
+                     f"slots); every flexible load is shed there")
+    short = {j.name: served[j.name] for j in inp.jobs if served[j.name] < j.slots}
+    jobs = []
+    for job in inp.jobs:
+        got = short.get(job.name, job.slots)
+        if got == job.slots:
+            jobs.append(job)
+            continue
+        notes.append(f"{job.name}: shed, {got} of {job.slots} slots fit under the limit")
+        if got > 0:  # only storage jobs are served in part; a run job runs whole or not at all
+            jobs.append(replace(job, slots=got))
+    return Shedding(solution=sol, inp=replace(relaxed, jobs=tuple(jobs)), served=short,
+                    notes=notes)
+
+
+def _shed_cost(inp: PlanInput, job: Job) -> float:
+    """Objective cost of one slot of ``job`` not served: more than serving it can ever cost
+    (its energy at the dearest price, its share of the peak, a relay start), so that a plan
+    sheds only what the limits leave no room for."""
+    dearest = max(int(inp.retail.max(initial=0)), int(inp.community_price.max(initial=0)),
+                  int(inp.feed_in.max(initial=0)))
+    return 2.0 * (job.slot_mwh * (dearest * SCALE + inp.peak_weight) + SWITCH_COST) + 1.0
+
+
+def _solve(inp: PlanInput, time_limit_s: float, *, shed: bool
+           ) -> tuple[Solution, dict[str, int]]:
     m = _Model()
     n = inp.n
     coverage: list[list[tuple[int, float]]] = [[] for _ in range(n)]
@@ -155,16 +237,19 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
     for job in inp.jobs:
         e = float(job.slot_mwh)
         if not job.storage:
-            if not job.movable:
+            if _pinned(job, shed):
                 const = const + earliest(inp, job) * e
                 continue
             choices = []
-            for p in range(len(job.window) - job.slots + 1):
+            positions = (range(len(job.window) - job.slots + 1) if job.fixed_pos is None
+                         else [job.fixed_pos])
+            for p in positions:
                 v = m.var(0.0, 0, 1, integer=True)
                 choices.append((p, v))
                 for t in job.window[p:p + job.slots]:
                     coverage[t].append((v, e))
-            m.row([(v, 1.0) for _, v in choices], 1, 1)
+            skip = [(m.var(_shed_cost(inp, job) * job.slots, 0, 1), 1.0)] if shed else []
+            m.row([(v, 1.0) for _, v in choices] + skip, 1, 1)
             starts[job.name] = choices
             continue
         if not job.flexible:
@@ -175,7 +260,9 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
         ons[job.name] = u
         for p, t in enumerate(job.window):
             coverage[t].append((u[p], e))
-        m.row([(v, 1.0) for v in u], job.slots, job.slots)
+        miss = ([(m.var(_shed_cost(inp, job), 0, job.slots - job.forced_on), 1.0)]
+                if shed else [])
+        m.row([(v, 1.0) for v in u] + miss, job.slots, job.slots)
         # Start and stop indicators with the tight minimum up/down-time inequalities of unit
         # commitment (Rajan and Takriti): u[p] - u[p-1] = y[p] - z[p]; a start in the last
         # min_on positions means on now; a stop in the last min_off positions means off now.
@@ -242,9 +329,10 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
     schedule: Schedule = {}
     for job in inp.jobs:
         if job.name in starts:
-            pos = max(starts[job.name], key=lambda pv: x[pv[1]])[0]
             on = np.zeros(n, dtype=bool)
-            on[list(job.window[pos:pos + job.slots])] = True
+            pos, v = max(starts[job.name], key=lambda pv: x[pv[1]])
+            if x[v] > 0.5:  # otherwise shed: the run does not start at all
+                on[list(job.window[pos:pos + job.slots])] = True
         elif job.name in ons:
             on = np.zeros(n, dtype=bool)
             for p, v in enumerate(ons[job.name]):
@@ -253,7 +341,8 @@ def solve(inp: PlanInput, *, time_limit_s: float = 30.0) -> Solution:
         else:
             on = earliest(inp, job)
         schedule[job.name] = on
-    return Solution(schedule=schedule, solve_s=solve_s, objective=float(res.fun))
+    served = {job.name: int(schedule[job.name].sum()) for job in inp.jobs}
+    return Solution(schedule=schedule, solve_s=solve_s, objective=float(res.fun)), served
 
 
-__all__ = ["Job", "PlanError", "Solution", "precheck", "solve"]
+__all__ = ["Job", "PlanError", "Shedding", "Solution", "precheck", "solve", "solve_shedding"]

@@ -40,6 +40,8 @@ class Job:
     runs of at least ``min_on`` separated by gaps of at least ``min_off``. ``fixed_pos`` pins a
     run job's start position (non-flexible appliances, or a run already begun); ``forced_on``
     forces the first positions of a storage job on (a charge already running its minimum time).
+    ``flexible`` false: the user's to run, never the plan's to shed (a flexible run pinned by
+    ``fixed_pos`` may still be stopped when nothing else meets a limit).
     """
 
     name: str
@@ -208,6 +210,12 @@ def check(inp: PlanInput, schedule: Mapping[str, BoolArray], *, limits: bool = T
             if job.fixed_pos is not None and runs and runs[0][0] != job.fixed_pos:
                 bad.append(f"{job.name}: fixed run moved from position {job.fixed_pos}")
         else:
+            # a charge already running is the node's to finish first: its relay holds it on
+            # for the minimum on time whatever the plan says, so a plan that has it off there
+            # would count on energy the home is drawing
+            if job.forced_on and not all(seq[:job.forced_on]):
+                bad.append(f"{job.name}: running charge not kept on for its first "
+                           f"{job.forced_on} slots")
             for k, (start, length) in enumerate(runs):
                 first_forced = k == 0 and start == 0 and job.forced_on > 0
                 if length < job.min_on and not first_forced:

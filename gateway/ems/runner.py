@@ -10,10 +10,11 @@ At every slot edge ``step`` does, in order: read clearings of listings it traded
 quantities enter the plan), record what ran in the slot just ended, forecast load and PV from the
 meters' history, re-plan the horizon (every ``replan_slots``, and at once when a request, a
 clearing or a relay that did not follow the plan changed its inputs; runs already begun are
-kept), switch relays for the new
-slot within their minimum times, place orders for listings about to close, and reconcile what it
-commanded with what the appliances' meters measured. A fault in one relay, one order or one
-clearing is recorded in the step's report and never stops the others.
+kept; when the limits leave no room for every job, the flexible ones are shed as far as needed
+and the report says which), switch relays for the new slot within their minimum times, place
+orders for listings about to close, and reconcile what it commanded with what the appliances'
+meters measured. A fault in one relay, one order or one clearing is recorded in the step's
+report and never stops the others.
 """
 
 from __future__ import annotations
@@ -36,12 +37,20 @@ from gateway.ems.horizon import (
     advance,
     group_listing_ids,
     horizon_input,
+    occurrence_span,
+    uncontrolled_on,
 )
-from gateway.ems.milp import solve
+from gateway.ems.milp import solve, solve_shedding
 from gateway.ems.plan import DEFAULT_LIMIT_W, Commitment, DrRequest, hourly_net_wh
 from gateway.ems.problem import BoolArray, IntArray, PlanError, PlanInput, Schedule, evaluate
 from gateway.ems.tariff import Tariff
-from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
+from gateway.ems.timegrid import (
+    SLOT_MS,
+    SLOTS_PER_DAY,
+    SLOTS_PER_HOUR,
+    dt_to_ms,
+    slot_energy_mwh,
+)
 
 
 class IntervalRow(Protocol):
@@ -115,9 +124,12 @@ class EmsRunner:
         self.plan_t0: int | None = None
         self.keys: dict[str, str] = {}
         self.commanded: dict[str, dict[int, bool]] = {}  # name -> slot start ms -> on
+        # appliances without a relay: name -> slot start ms -> on, as the plan assumed
+        self.assumed: dict[str, dict[int, bool]] = {}
         self.reports: list[StepReport] = []
         self._last_step_slot: int | None = None
         self._dirty = True  # something the plan depends on changed: re-plan at the next step
+        self._unplanned = False  # the last re-plan failed: the plan in hand is out of date
 
     # --- inputs that trigger a re-plan -------------------------------------------------------
     def request_demand_response(self, req: DrRequest) -> None:
@@ -199,14 +211,21 @@ class EmsRunner:
         pos = slot - self.plan_t0
         if self.plan_input is None or not 0 <= pos < self.plan_input.n:
             return
+        by_name = {a.name: a for a in self.appliances}
         ran: dict[str, bool] = {}
         for key, name in self.keys.items():
+            # a relay's state belongs to the one occurrence whose window holds the slot: the
+            # plan also holds the same appliance's later days, which have not begun
+            start, end = occurrence_span(by_name[name], key)
+            if not start <= slot < end:
+                continue
             planned = bool(self.plan[key][pos])
             if name in self.relays.relays:
                 state = self.commanded.get(name, {}).get(slot * SLOT_MS)
                 ran[key] = bool(state) if state is not None else planned
             else:
                 ran[key] = planned
+                self.assumed.setdefault(name, {})[slot * SLOT_MS] = planned
             if ran[key] != planned:
                 self._dirty = True  # a relay did not follow the plan: plan from what happened
         advance(self.state, self.appliances, slot, ran)
@@ -240,14 +259,29 @@ class EmsRunner:
             net, have = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
             pv, have_pv = net.copy(), have.copy()
         load = net + pv
-        # the history holds the controlled appliances too: take out what they drew, so the
-        # forecast is of the rest of the home and the plan does not count them twice
+        # the history holds the planned appliances too: take out what they drew, so the
+        # forecast is of the rest of the home and the plan does not count them twice. Relay-
+        # bound ones drew what their relays were commanded; the others (ours only to plan
+        # around) what the plan assumed of them, and before any plan what they draw without an
+        # EMS, running from each window's start
         for name, slots in self.commanded.items():
-            slot_wh = self.relays.relays[name].spec.power_w * SLOT_MS // 3_600_000
+            slot_wh = slot_energy_mwh(self.relays.relays[name].spec.power_w) // 1000
             for slot_start, on in slots.items():
                 i = (slot_start - since) // SLOT_MS
                 if on and 0 <= i < load.shape[0]:
                     load[i] -= slot_wh
+        for records in (*self.commanded.values(), *self.assumed.values()):
+            for slot_start in [k for k in records if k < since]:
+                del records[slot_start]  # older than any history read: keep memory bounded
+        for a in self.appliances:
+            if a.name in self.relays.relays or load.shape[0] == 0:
+                continue
+            drew = uncontrolled_on(a, since // SLOT_MS, load.shape[0])
+            for slot_start, was_on in self.assumed.get(a.name, {}).items():
+                i = (slot_start - since) // SLOT_MS
+                if 0 <= i < load.shape[0]:
+                    drew[i] = was_on
+            load -= drew.astype(np.int64) * (slot_energy_mwh(a.power_w) // 1000)
         load = np.maximum(load, 0)
         missing = ~(have & have_pv)
         # fill gaps with the same slot a day earlier (or 0 when there is none)
@@ -258,14 +292,18 @@ class EmsRunner:
         n = cfg.horizon_slots
         if int(missing.sum()) > len(load) // 2:
             report.notes.append("little meter history: forecasting from what there is")
-        try:
-            model: Model = cfg.model if load.shape[0] >= MIN_HISTORY else "naive"
-            return (forecast(load, start, n, model).astype(np.int64),
-                    forecast(pv, start, n, model).astype(np.int64))
-        except ForecastError as exc:
-            report.notes.append(f"no forecast ({exc}); planning with zero load and PV")
-            zero = np.zeros(n, dtype=np.int64)
-            return zero, zero.copy()
+        model: Model = cfg.model if load.shape[0] >= MIN_HISTORY else "naive"
+        # a model that cannot train (or an optional one not installed) falls back to the
+        # seasonal-naive baseline, which needs only a day: yesterday beats planning with nothing
+        for m in dict.fromkeys((model, "naive")):
+            try:
+                return (forecast(load, start, n, m).astype(np.int64),
+                        forecast(pv, start, n, m).astype(np.int64))
+            except ForecastError as exc:
+                report.notes.append(f"no {m} forecast ({exc})")
+        report.notes.append("planning with zero load and PV")
+        zero = np.zeros(n, dtype=np.int64)
+        return zero, zero.copy()
 
     def _replan(self, t0: int, report: StepReport) -> None:
         base, pv = self._forecasts(t0, report)
@@ -276,10 +314,21 @@ class EmsRunner:
                 limit_w=self.config.limit_w, requests=self.requests,
                 commitments=self.commitments, community_price=prices)
             report.notes.extend(notes)
-            sol = solve(inp)
+            try:
+                sol = solve(inp)
+            except PlanError as exc:
+                # the limits (a demand-response request, the contracted power) leave no room
+                # for every job: serve what fits and say what is shed, rather than keep
+                # driving the loads by a plan made before the limit
+                report.errors.append(f"plan: {exc}")
+                shed = solve_shedding(inp)
+                report.notes.extend(shed.notes)
+                sol, inp = shed.solution, shed.inp
         except PlanError as exc:
             report.errors.append(f"plan: {exc}")
+            self._unplanned = True
             return
+        self._unplanned = False
         self._dirty = False
         self.plan, self.plan_input, self.plan_t0, self.keys = sol.schedule, inp, t0, keys
         report.planned = True
@@ -304,7 +353,22 @@ class EmsRunner:
         for key, name in self.keys.items():
             if name in desired and bool(self.plan[key][pos]):
                 desired[name] = True
+        if self._unplanned and self._requested(t0 * SLOT_MS):
+            # no plan honours the request (not even by shedding): the plan in hand predates
+            # it, so it may not switch flexible loads on while the request lasts
+            for a in self.appliances:
+                if a.flexible and a.name in desired:
+                    desired[a.name] = False
         return desired
+
+    def _requested(self, ms: int) -> bool:
+        """Whether a demand-response request covers the instant ``ms``."""
+        for req in self.requests:
+            s = dt_to_ms(req.start if req.start.tzinfo else req.start.replace(tzinfo=UTC))
+            e = dt_to_ms(req.end if req.end.tzinfo else req.end.replace(tzinfo=UTC))
+            if s <= ms < e:
+                return True
+        return False
 
     async def _drive_relays(self, now: int, t0: int, report: StepReport) -> None:
         commands = self.relays.step(now, self._desired(t0))

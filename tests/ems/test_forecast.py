@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.ems.forecast import (
+    MAX_HORIZON,
     MIN_HISTORY,
     ForecastError,
     backtest,
@@ -93,6 +94,17 @@ def test_ridge_forecast_shape_and_night():
 def test_bad_history_is_refused(history, horizon, text):
     with pytest.raises(ForecastError, match=text):
         forecast(history, datetime(2026, 1, 1, tzinfo=UTC), horizon)
+
+
+@pytest.mark.parametrize("horizon", [1, 96, MAX_HORIZON])
+def test_min_history_is_exactly_what_ridge_needs(horizon):
+    # callers choose ridge from MIN_HISTORY slots on: it must train there, for every horizon
+    p = household_profile("prosumer", 3, START, MIN_HISTORY // 96 + 1)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    out = forecast(p.load_wh[:MIN_HISTORY], at, horizon, "ridge")
+    assert out.shape == (horizon,)
+    with pytest.raises(ForecastError, match="needs"):
+        forecast(p.load_wh[:MIN_HISTORY - 1], at, horizon, "ridge")
 
 
 def test_unknown_model_and_missing_prophet():

@@ -51,7 +51,7 @@ def test_missed_and_running_jobs():
     state = HorizonState(progress={"pump@2026-06-15": Progress(ran_slots=3, run_len=3, on=True)})
     jobs, _, _ = build_jobs(APPS, t0, 96, state)
     pump = names(jobs)["pump@2026-06-15"]
-    assert (pump.window, pump.slots, pump.fixed_pos, pump.flexible) == ((0, 1, 2, 3, 4), 5, 0,
+    assert (pump.window, pump.slots, pump.fixed_pos, pump.movable) == ((0, 1, 2, 3, 4), 5, 0,
                                                                       False)
     state = HorizonState(progress={"ev@2026-06-15": Progress(ran_slots=5, run_len=1, on=True)})
     ev = names(build_jobs(APPS, t0, 96, state)[0])["ev@2026-06-15"]

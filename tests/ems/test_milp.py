@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.ems.greedy import baseline, greedy
-from gateway.ems.milp import solve
+from gateway.ems.milp import solve, solve_shedding
 from gateway.ems.problem import Job, PlanError, check, evaluate
 
 from .helpers import on_slots, tiny
@@ -52,6 +52,19 @@ def test_storage_respects_minimum_on_and_off():
     assert evaluate(inp, sol.schedule).cost_utok == best
 
 
+def test_a_charge_already_begun_is_kept_on():
+    # the EV has been charging for one slot and must stay on two more, though those are dear
+    ev = Job("ev", power_w=4000, window=tuple(range(6)), slots=3, storage=True,
+             min_on=3, min_off=1, forced_on=2)
+    inp = tiny([ev], retail=[100, 100, 1, 1, 1, 100])
+    sol = solve(inp)
+    assert on_slots(sol.schedule["ev"])[:2] == [0, 1]
+    assert check(inp, sol.schedule) == []
+    stopped = np.zeros(6, dtype=bool)
+    stopped[2:5] = True  # cheaper, but drops the running charge
+    assert any("running charge" in s for s in check(inp, {"ev": stopped}))
+
+
 def test_committed_sale_pulls_load_away_and_purchase_pulls_it_in():
     job = Job("heater", power_w=2000, window=tuple(range(4)), slots=1)
     inp = tiny([job], retail=[50_000] * 4, pv_wh=[500] * 4)
@@ -92,6 +105,41 @@ def test_contradictions_are_named():
         solve(tiny([a, b], retail=[1, 1], limit_wh=1000))
 
 
+def test_shedding_serves_what_the_limits_leave_room_for():
+    ev = Job("ev", power_w=4000, window=tuple(range(6)), slots=4, storage=True)
+    wash = Job("wash", power_w=3000, window=(2, 3), slots=2)
+    oven = Job("oven", power_w=3000, window=(5,), slots=1, flexible=False, fixed_pos=0)
+    # 1000 Wh a slot is 4 kW: the EV fits in slots 0, 1 and 4 only, the washer nowhere, and
+    # the oven alone exceeds the limit of slot 5
+    inp = tiny([ev, wash, oven], retail=[9, 1, 1, 1, 1, 1],
+               limit_wh=[1000, 1000, 500, 500, 1000, 500])
+    with pytest.raises(PlanError):
+        solve(inp)
+    shed = solve_shedding(inp)
+    schedule = shed.solution.schedule
+    assert on_slots(schedule["ev"]) == [0, 1, 4]
+    assert on_slots(schedule["wash"]) == [] and on_slots(schedule["oven"]) == [5]
+    assert shed.served == {"ev": 3, "wash": 0}
+    assert check(shed.inp, schedule) == []
+    assert [j.name for j in shed.inp.jobs] == ["ev", "oven"]
+    assert shed.inp.limit_mwh[5] == 750_000 and (shed.inp.limit_mwh[:5] == inp.limit_mwh[:5]).all()
+    assert any("ev: shed, 3 of 4" in n for n in shed.notes)
+    assert any("wash: shed, 0 of 2" in n for n in shed.notes)
+    assert any(n.startswith("slot 5: the loads that cannot move") for n in shed.notes)
+
+
+def test_shedding_stops_a_begun_run_of_ours_but_not_the_users_loads():
+    pump = Job("pump", power_w=2000, window=(0, 1, 2), slots=3, fixed_pos=0)  # running, relay
+    tv = Job("tv", power_w=2000, window=(0, 1, 2), slots=3, flexible=False, fixed_pos=0)
+    inp = tiny([pump, tv], retail=[1, 1, 1], limit_wh=600)  # 2.4 kW: room for one of them
+    with pytest.raises(PlanError):
+        solve(inp)
+    shed = solve_shedding(inp)
+    assert on_slots(shed.solution.schedule["pump"]) == []
+    assert on_slots(shed.solution.schedule["tv"]) == [0, 1, 2]
+    assert shed.served == {"pump": 0} and check(shed.inp, shed.solution.schedule) == []
+
+
 def _brute(inp):
     """Cheapest valid schedule by enumeration (tiny inputs only)."""
     options = []
@@ -121,11 +169,13 @@ def small_problems(draw):
         hi = draw(st.integers(lo + 1, n))
         window = tuple(range(lo, hi))
         storage = draw(st.booleans())
+        slots = draw(st.integers(1, len(window)))
         jobs.append(Job(
             f"j{k}", power_w=draw(st.sampled_from([400, 1000, 2000, 3600])), window=window,
-            slots=draw(st.integers(1, len(window))), storage=storage,
+            slots=slots, storage=storage,
             min_on=draw(st.integers(1, 2)) if storage else 1,
             min_off=draw(st.integers(1, 2)) if storage else 1,
+            forced_on=draw(st.integers(0, min(slots, 2))) if storage else 0,
         ))
     retail = draw(st.lists(st.integers(20_000, 100_000), min_size=n, max_size=n))
     pv = draw(st.lists(st.sampled_from([0, 0, 200, 600]), min_size=n, max_size=n))
@@ -138,11 +188,16 @@ def small_problems(draw):
 @given(inp=small_problems())
 def test_every_plan_honours_every_constraint_and_is_optimal(inp):
     best = _brute(inp)
+    shed = solve_shedding(inp)  # plans whatever the limits, and only sheds when it must
+    assert check(shed.inp, shed.solution.schedule) == []
+    assert (shed.inp.limit_mwh >= inp.limit_mwh).all()
     try:
         sol = solve(inp)
     except PlanError:
         assert best is None, "the solver gave up on a problem with a valid schedule"
         return
+    assert shed.served == {} and shed.inp.jobs == inp.jobs
+    assert evaluate(inp, shed.solution.schedule).cost_utok == best
     assert check(inp, sol.schedule) == []
     assert best is not None
     assert evaluate(inp, sol.schedule).cost_utok == best

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+import numpy as np
 import pytest
 
 from firmware import frame
@@ -257,7 +258,11 @@ async def test_impossible_limit_is_reported_not_raised(bad):
     home = Home(clock, appliances())
     runner = make(home, clock, **bad)
     report = await runner.step()
-    assert not report.planned and report.errors and report.errors[0].startswith("plan:")
+    assert report.errors and report.errors[0].startswith("plan:")
+    # planned all the same: every flexible load shed, since none fits under 100 W
+    assert report.planned and runner.plan is not None
+    assert not any(runner.plan[k].any() for k in runner.keys if not k.startswith("fridge"))
+    assert any("shed" in n for n in report.notes)
 
 
 async def test_unreadable_history_and_a_new_tariff():
@@ -277,3 +282,154 @@ async def test_unreadable_history_and_a_new_tariff():
     runner.set_tariff(Tariff(retail_offpeak=50_000))
     await clock.set(clock.now_ms() + SLOT_MS)
     assert (await runner.step()).planned
+
+
+@pytest.mark.parametrize("days", [9, 12])
+async def test_short_history_forecasts_with_the_naive_model_not_zeros(days):
+    clock = ManualClock(START_MS)
+    home = Home(clock, appliances())
+    runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
+                                                           history_days=days),
+                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
+                       interval_history=home.history)
+    report = await runner.step()
+    assert report.planned and runner.plan_input is not None
+    # the naive forecast repeats the last day of the metered home, less the fridge: a plan job
+    last_day = home.load[(HISTORY_DAYS - 1) * SLOTS_PER_DAY:HISTORY_DAYS * SLOTS_PER_DAY]
+    base = runner.plan_input.base_mwh // 1000
+    assert (base == np.maximum(last_day - 125 // 4, 0)).all()
+    assert runner.plan_input.pv_mwh.sum() > 0
+    assert not any("zero" in n for n in report.notes)
+
+
+async def test_a_model_that_cannot_train_falls_back_to_the_naive_one(monkeypatch):
+    import gateway.ems.runner as runner_module
+
+    real = runner_module.forecast
+
+    def flaky(history, start, horizon, model):
+        if model != "naive":
+            raise runner_module.ForecastError("singular matrix")
+        return real(history, start, horizon, model)
+
+    monkeypatch.setattr(runner_module, "forecast", flaky)
+    clock = ManualClock(START_MS)
+    home = Home(clock, appliances())
+    runner = make(home, clock)
+    report = await runner.step()
+    assert report.planned and runner.plan_input is not None
+    assert runner.plan_input.base_mwh.sum() > 0 and runner.plan_input.pv_mwh.sum() > 0
+    assert any("no ridge forecast (singular matrix)" in n for n in report.notes)
+
+
+async def test_a_run_is_credited_to_its_own_day_only():
+    # with a two-day horizon the plan holds tomorrow's TV and EV too: tonight's charge and
+    # today's TV must not count for them
+    apps, _ = parse_appliances({"appliances": [
+        {"name": "tv", "flexible": False, "start": "07:00", "end": "24:00", "working_min": 240,
+         "power_w": 250, "node": 3, "relay": 0},
+        {"name": "ev", "flexible": True, "start": "19:00", "end": "06:00", "working_min": 360,
+         "power_w": 3650, "storage": True, "energy_wh": 21900, "min_on_min": 30,
+         "min_off_min": 30, "node": 1, "relay": 0, "meter": "plug-ev"}]})
+    clock = ManualClock(START_MS)
+    home = Home(clock, apps)
+    runner = EmsRunner(apps, Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
+                                                    history_days=HISTORY_DAYS,
+                                                    horizon_slots=2 * SLOTS_PER_DAY),
+                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
+                       interval_history=home.history)
+    await live(home, clock, runner, 92)  # to 2026-06-16 11:00, the TV has run today's 4 h
+    await runner.step()
+    assert len(home.on_log["ev"]) == 24 and len(home.on_log["tv"]) == 16
+    assert runner.state.done >= {"ev@2026-06-15", "tv@2026-06-16"}
+    assert not runner.state.done & {"ev@2026-06-16", "tv@2026-06-17"}
+    assert "ev@2026-06-16" not in runner.state.progress
+    assert "tv@2026-06-17" not in runner.state.progress
+    assert runner.plan is not None and runner.plan_input is not None
+    jobs = {j.name: j for j in runner.plan_input.jobs}
+    assert jobs["ev@2026-06-16"].slots == 24 and runner.plan["ev@2026-06-16"].sum() == 24
+    assert runner.plan["tv@2026-06-17"].sum() == 16
+
+
+async def test_an_appliance_without_a_relay_is_counted_once():
+    clock = ManualClock(START_MS)
+    home = Home(clock, appliances())
+    # the home's only load is the fridge (125 W, no relay), which the site meter sees
+    home.load = np.zeros_like(home.load)
+    home.pv = np.zeros_like(home.pv)
+    home.rows = {"site": [], "pv": [], "plug-ev": []}
+    for i in range(HISTORY_DAYS * SLOTS_PER_DAY):
+        home._meter(i, 125 // 4, 0)
+    runner = make(home, clock)
+
+    def planned_wh() -> np.ndarray:
+        inp, plan = runner.plan_input, runner.plan
+        assert inp is not None and plan is not None
+        return (inp.base_mwh + sum(plan[j.name].astype(np.int64) * j.slot_mwh
+                                   for j in inp.jobs if j.name.startswith("fridge"))) // 1000
+
+    await runner.step()
+    assert (planned_wh() == 125 // 4).all()
+    await live(home, clock, runner, 9)  # the plan's own record of the fridge replaces the guess
+    assert runner.reports[-1].planned
+    assert (planned_wh() == 125 // 4).all()
+
+
+async def _night_request(max_w: int) -> tuple[Home, EmsRunner, ManualClock]:
+    """At 19:00 the operator asks for at most ``max_w`` until 06:00, the EV's whole window."""
+    clock = ManualClock(START_MS)
+    home = Home(clock, appliances())
+    runner = make(home, clock)
+
+    async def grid_operator(k: int, report) -> None:
+        if k == 28:
+            runner.request_demand_response(DrRequest(
+                datetime(2026, 6, 15, 19, tzinfo=UTC), datetime(2026, 6, 16, 6, tzinfo=UTC),
+                max_w))
+            await runner.replan_now()
+
+    await live(home, clock, runner, 76, grid_operator)
+    return home, runner, clock
+
+
+def _after_request(runner: EmsRunner) -> list:
+    """Reports of the plans made while the request lasts (the first is ``replan_now``'s)."""
+    first = next(i for i, r in enumerate(runner.reports)
+                 if r.slot_ms == START_MS + 7 * 3_600_000)
+    return [r for r in runner.reports[first + 1:]
+            if r.planned and r.slot_ms < START_MS + 18 * 3_600_000]
+
+
+@pytest.mark.parametrize("max_w", [0, 1000])
+async def test_a_request_that_cannot_be_fully_met_sheds_the_flexible_loads(max_w):
+    # the EV (3.65 kW) never fits under the request, not even beside the PV: it is shed, and
+    # the plan says so, instead of charging on by the plan made before the request
+    home, runner, _ = await _night_request(max_w)
+    assert home.refusals == 0
+    assert not any(7 <= h < 18 for h in hours(home.on_log["ev"]))
+    # the pump, switched on at 19:00 by the plan before the request, stops after its min on
+    assert hours(home.on_log["pump"]) == [7.0]
+    shed = _after_request(runner)
+    assert shed and all(any(e.startswith("plan:") for e in r.errors) for r in shed)
+    assert any("ev@2026-06-15: shed, 0 of" in n for r in shed for n in r.notes)
+
+
+async def test_a_partly_met_request_keeps_imports_under_it_where_it_can():
+    # 2 kW: the EV may charge only where the (shifted) PV of the test home carries most of it
+    home, runner, _ = await _night_request(2000)
+    ev = [s for s in home.on_log["ev"] if 7 <= (s - START_MS) / 3_600_000 < 18]
+    assert 0 < len(ev) < 24
+    plans = _after_request(runner)
+    assert plans and all(any("ev@2026-06-15: shed" in n for n in r.notes) for r in plans)
+
+
+async def test_without_any_plan_a_request_still_stops_flexible_loads(monkeypatch):
+    import gateway.ems.runner as runner_module
+
+    def fail(inp, **kw):
+        raise runner_module.PlanError("solver crashed")
+
+    monkeypatch.setattr(runner_module, "solve_shedding", fail, raising=False)
+    home, runner, _ = await _night_request(1000)
+    assert not any(7 <= h < 18 for h in hours(home.on_log["ev"]))
+    assert any("solver crashed" in e for r in runner.reports for e in r.errors)
