@@ -4,7 +4,10 @@ or off time, and a reconciliation of what was commanded with what the meters the
 
 The controller holds no clock and sends nothing: ``step(now_ms, desired)`` returns the commands
 to send; the adapter reports each outcome with ``on_ack`` (a ``firmware.frame`` S_* status) or
-``on_failure`` (no answer). A fault on one relay never blocks the others.
+``on_failure`` (no answer). A fault on one relay never blocks the others. A command that got
+no answer, or a refusal that is not final, is sent again after ``RETRY_MS`` (doubling with each
+failure up to ``RETRY_MAX_MS``), not only at the next slot edge: a gateway that starts before its
+broker link is up, or a node that was off for a moment, switches minutes late, not a slot late.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from enum import Enum
 from firmware import frame
 from gateway.ems.appliances import Appliance
 from gateway.ems.timegrid import MWH_PER_W_SLOT, SLOT_MS
+
+RETRY_MS = 30_000
+RETRY_MAX_MS = 5 * 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,7 @@ class _Relay:
     health: RelayHealth = RelayHealth.OK
     in_flight: bool = False
     failures: int = 0
+    retry_at: int | None = None  # after a failure: not before this time
 
 
 @dataclass(slots=True)
@@ -101,6 +108,8 @@ class RelayController:
             if r is None or r.health is not RelayHealth.OK or r.in_flight or r.state is want:
                 continue
             earliest = self.earliest_switch_ms(name)
+            if r.retry_at is not None and (earliest is None or r.retry_at > earliest):
+                earliest = r.retry_at
             if earliest is not None and now_ms < earliest:
                 self.deferred[name] = earliest
                 continue
@@ -120,6 +129,7 @@ class RelayController:
                 r.since_ms = now_ms
             r.state = cmd.on if state_after is None else state_after
             r.failures = 0
+            r.retry_at = None
         elif status == frame.S_MIN_TIME:
             # the node's own timer disagrees with ours (e.g. it rebooted): try again later
             r.since_ms = now_ms
@@ -130,14 +140,19 @@ class RelayController:
             r.state = False
         elif status == frame.S_BAD_RELAY:
             r.health = RelayHealth.BAD_RELAY
-        else:  # S_REPLAY or unknown: the command did not take effect; retry at the next step
-            r.failures += 1
+        else:  # S_REPLAY or unknown: the command did not take effect; retry soon
+            self._retry_later(r, now_ms)
 
-    def on_failure(self, cmd: RelayCommand) -> None:
+    def on_failure(self, cmd: RelayCommand, now_ms: int) -> None:
         """No ack (timeout, link down): the relay's state is unknown until the next ack."""
         r = self.relays[cmd.name]
         r.in_flight = False
+        self._retry_later(r, now_ms)
+
+    def _retry_later(self, r: _Relay, now_ms: int) -> None:
         r.failures += 1
+        r.retry_at = now_ms + min(RETRY_MS << min(r.failures - 1, 8), RETRY_MAX_MS)
+        self.deferred[r.spec.name] = r.retry_at  # a wake-up for the adapter (next_wakeup_ms)
 
     def reset(self, name: str) -> None:
         """An installer cleared a trip or fixed the binding."""

@@ -376,7 +376,7 @@ class EmsRunner:
         results = await asyncio.gather(*(self._send(c) for c in commands))
         for cmd, status in zip(commands, results, strict=True):
             if status is None:
-                self.relays.on_failure(cmd)
+                self.relays.on_failure(cmd, self.clock.now_ms())
             else:
                 self.relays.on_ack(cmd, status, self.clock.now_ms())
             report.commands.append((cmd.name, cmd.on, status))

@@ -5,6 +5,8 @@ from hypothesis import strategies as st
 from firmware import frame
 from gateway.ems.appliances import table8
 from gateway.ems.dr import (
+    RETRY_MAX_MS,
+    RETRY_MS,
     MismatchKind,
     RelayController,
     RelayHealth,
@@ -55,7 +57,7 @@ def test_faults_are_isolated_per_relay():
     cmds = c.step(0, {"ev": True, "heater": True})
     ev, heater = cmds
     c.on_ack(ev, frame.S_TRIPPED, 0)
-    c.on_failure(heater)
+    c.on_failure(heater, 0)
     assert c.health("ev") is RelayHealth.TRIPPED and c.state("ev") is False
     assert c.state("heater") is None
     retry = c.step(SLOT_MS, {"ev": True, "heater": True})
@@ -122,3 +124,24 @@ def test_relays_never_switch_inside_their_minimum_times(plan, statuses, min_on, 
         if new is not state:
             last_change = now
             state = new
+
+
+def test_a_command_without_answer_is_sent_again_soon_with_backoff():
+    """No ack (the broker link not up yet, a node off for a moment): the command goes again
+    after RETRY_MS, then twice as long, not only at the next slot edge."""
+    c = controller()
+    (cmd,) = c.step(0, {"ev": True})
+    c.on_failure(cmd, 0)
+    assert c.next_wakeup_ms() == RETRY_MS  # the adapter wakes up for it
+    assert c.step(RETRY_MS - 1, {"ev": True}) == []
+    assert c.next_wakeup_ms() == RETRY_MS
+    (again,) = c.step(RETRY_MS, {"ev": True})
+    c.on_ack(again, frame.S_REPLAY, RETRY_MS)  # refused as a replay: not final either
+    assert c.step(RETRY_MS + 2 * RETRY_MS - 1, {"ev": True}) == []
+    (third,) = c.step(3 * RETRY_MS, {"ev": True})
+    c.on_ack(third, frame.S_OK, 3 * RETRY_MS)
+    assert c.state("ev") is True and c.next_wakeup_ms() is None
+    for n in range(12):  # the wait stops growing at RETRY_MAX_MS
+        (cmd,) = c.step(10**9 * (n + 1), {"ev": False})
+        c.on_failure(cmd, 10**9 * (n + 1))
+    assert c.relays["ev"].retry_at == 10**9 * 12 + RETRY_MAX_MS
