@@ -227,12 +227,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     results = asyncio.run(probe_all(cfg, args.timeout))
+    ems: dict[str, Any] | None = None
+    if cfg.ems is not None:
+        ems = {
+            "appliances": [a.name for a in cfg.ems.appliances],
+            "switched": [a.name for a in cfg.ems.appliances if a.relay is not None],
+            "site_meter": cfg.ems.site_meter,
+            "trading_as": cfg.ems.id_grid,
+            "notes": list(cfg.ems.notes),
+        }
     if args.json:
-        print(json.dumps({"config": "ok", "devices": results}, indent=1))
+        print(json.dumps({"config": "ok", "devices": results, "ems": ems}, indent=1))
     else:
         print(
             f"config ok: gateway {cfg.gateway_id}, {len(cfg.nodes)} nodes, {len(cfg.buses)} buses"
         )
+        if ems is not None:
+            print(
+                f"ems: {len(ems['appliances'])} appliances, {len(ems['switched'])} switched by "
+                f"relays, site meter {ems['site_meter']}"
+                + (f", trading as {ems['trading_as']}" if ems["trading_as"] else "")
+            )
+            for note in ems["notes"]:
+                print(f"ems: {note}")
         for r in results:
             print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['device']}: {r['detail']}")
     return 0 if all(r["ok"] for r in results) else 1

@@ -15,6 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.ems.appliances import REPAIRS, Appliance, load_appliances
+from gateway.ems.forecast import MAX_HORIZON, Model
+from gateway.ems.forecast import MODELS as FORECAST_MODELS
+from gateway.ems.tariff import (
+    FEED_IN,
+    PEAK_HOURS,
+    RETAIL_OFFPEAK_DEFAULT,
+    RETAIL_PEAK,
+    Tariff,
+    TariffError,
+)
+from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import INTERVAL_MS
 from gateway.sources.modbus import BusConfig, MeterConfig
 from hardware.meters import MODELS
@@ -65,6 +77,27 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmsConfig:
+    """The home energy management system the daemon runs (``[ems]``): which appliances it
+    switches (the spec file ``wattmesh ems plan`` reads, already loaded and checked), which
+    meters it forecasts from, the tariff it plans with, and, with ``id_grid``, the member it
+    trades for (its orders go through the outbox to the ledger)."""
+
+    appliances: tuple[Appliance, ...]
+    site_meter: str
+    limit_w: int  # the home's contracted power
+    pv_meter: str | None = None
+    horizon_slots: int = SLOTS_PER_DAY
+    history_days: int = 28
+    model: Model = "ridge"
+    tariff: Tariff = field(default_factory=Tariff)
+    id_grid: str | None = None
+    res_id: str | None = None
+    res_rated_w: int = 0
+    notes: tuple[str, ...] = ()  # what the repair policy changed in the spec
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
     data_dir: Path
@@ -86,6 +119,7 @@ class GatewayConfig:
     # but not reported to the ledger: sub-meters, which the contract would count twice on top of
     # the member's billing meter. Empty (every meter reported) unless a config file says so.
     unreported: frozenset[str] = frozenset()
+    ems: EmsConfig | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -276,6 +310,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         for bus in mb.tables("buses"):
             buses.append(_bus(bus, base, unreported))
         mb.done()
+    ems_table = root.table("ems")
     root.done()
 
     seen: dict[str, str] = {}
@@ -293,6 +328,9 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
             seen[m.meter_id] = b.name
     if nodes and keystore_s is None:
         raise ConfigError("gateway.keystore: required when nodes are configured")
+    ems = None
+    if ems_table is not None:
+        ems = _ems(ems_table, base, nodes, set(seen), trading=ledger is not None)
     return GatewayConfig(
         gateway_id=gateway_id,
         data_dir=data_dir,
@@ -311,6 +349,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         nodes=tuple(nodes),
         buses=tuple(buses),
         unreported=frozenset(unreported),
+        ems=ems,
     )
 
 
@@ -355,6 +394,77 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
         retries=t.get("retries", int, 1, min=0, max=10),
         backoff_initial_s=float(t.get("backoff_initial_s", (int, float), 5.0, min=0.01, max=3600)),
         backoff_max_s=float(t.get("backoff_max_s", (int, float), 300.0, min=0.01, max=86400)),
+    )
+    t.done()
+    return cfg
+
+
+def _ems(
+    t: _Table, base: Path, nodes: list[NodeConfig], meters: set[str], *, trading: bool
+) -> EmsConfig:
+    from gateway.ems.plan import DEFAULT_LIMIT_W  # the planner (scipy) only when [ems] is set
+
+    def meter(key: str, default: Any = ...) -> str | None:
+        value = t.get(key, str, default, pattern=ID_RE)
+        if value is None:
+            return None
+        node_meter, _, channel = value.rpartition(".")  # a node's other clamp: "<meter>.<n>"
+        if value not in meters and not (node_meter in meters and _decimal(channel)):
+            raise ConfigError(f"ems.{key}: {value!r} is not a configured meter")
+        return str(value)
+
+    site = meter("site_meter")
+    assert site is not None
+    pv = meter("pv_meter", None)
+    spec = _path(base, t.get("appliances", str))
+    repair = t.get("repair", str, "strict", choices=REPAIRS)
+    try:
+        appliances, notes = load_appliances(spec, repair)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"ems.appliances: {exc}") from exc
+    node_ids = {n.node_id for n in nodes}
+    for a in appliances:
+        if a.node is not None and a.node not in node_ids:
+            raise ConfigError(f"ems.appliances: {a.name}: node {a.node} is not configured")
+        if a.meter is not None and a.meter not in meters:
+            node_meter, _, channel = a.meter.rpartition(".")
+            if not (node_meter in meters and _decimal(channel)):
+                raise ConfigError(f"ems.appliances: {a.name}'s meter {a.meter!r} is not configured")
+    peak = t.get("peak_hours", list, list(PEAK_HOURS))
+    if len(peak) != 2 or not all(type(h) is int and 0 <= h <= 24 for h in peak):
+        raise ConfigError(f"ems.peak_hours: expected [start, end] hours in 0..24, got {peak!r}")
+    try:
+        tariff = Tariff(
+            feed_in=t.get("feed_in", int, FEED_IN, min=0, max=10**9),
+            retail_peak=t.get("retail_peak", int, RETAIL_PEAK, min=0, max=10**9),
+            retail_offpeak=t.get("retail_offpeak", int, RETAIL_OFFPEAK_DEFAULT, min=0, max=10**9),
+            peak_start_h=peak[0],
+            peak_end_h=peak[1],
+        )
+    except TariffError as exc:
+        raise ConfigError(f"ems: {exc}") from exc
+    id_grid = t.get("id_grid", str, None, pattern=ID_RE)
+    res_id = t.get("res_id", str, None, pattern=ID_RE)
+    res_rated_w = t.get("res_rated_w", int, 0, min=0, max=10**8)
+    if id_grid is not None and not trading:
+        raise ConfigError("ems.id_grid: trading needs a [ledger] to send the orders to")
+    if (res_id is None) != (res_rated_w == 0) or (res_id is not None and id_grid is None):
+        raise ConfigError("ems.res_id: give res_id with res_rated_w, and id_grid, to sell PV")
+    cfg = EmsConfig(
+        appliances=tuple(appliances),
+        site_meter=site,
+        pv_meter=pv,
+        limit_w=t.get("limit_w", int, DEFAULT_LIMIT_W, min=100, max=10**7),
+        horizon_slots=t.get(
+            "horizon_slots", int, SLOTS_PER_DAY, min=SLOTS_PER_HOUR, max=MAX_HORIZON
+        ),
+        history_days=t.get("history_days", int, 28, min=1, max=365),
+        model=t.get("model", str, "ridge", choices=FORECAST_MODELS),
+        tariff=tariff,
+        id_grid=id_grid,
+        res_id=res_id,
+        res_rated_w=res_rated_w,
+        notes=tuple(notes),
     )
     t.done()
     return cfg

@@ -16,13 +16,13 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware import frame
 from gateway.clock import Clock, SystemClock, wait_until_or_set
-from gateway.config import ConfigError, GatewayConfig, NodeConfig, load_keystore
+from gateway.config import ConfigError, EmsConfig, GatewayConfig, NodeConfig, load_keystore
 from gateway.intervals import MISSING, Interval, IntervalAggregator, MeterSpec
 from gateway.outbox import Backoff, Deliverer, OutboxRow, deliver_due
 from gateway.publish import HaPublisher, MeterInfo
@@ -32,8 +32,12 @@ from gateway.sources.modbus import MeterReading, ModbusBus
 from gateway.store import Reading, Store
 from gateway.verify import FrameVerifier
 from hardware.meters import load_map
+from ledger.contract.market import AUTHORIZE_OFFERS
 from ledger.keys import load_key, new_key, write_key
 from ledger.tx import MAX_NONCE, SignedTx
+
+if TYPE_CHECKING:
+    from gateway.ems.runner import EmsRunner
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class LedgerDeliverer:
         self.cluster, self.key, self.timeout_s = cluster, key, timeout_s
         self._client: Any = None
 
-    async def submit(self, tx: SignedTx) -> Any:
+    async def _connected(self) -> Any:
         from ledger_client.client import (
             LedgerClient,  # lazily: the gateway runs without a ledger too
         )
@@ -81,11 +85,33 @@ class LedgerDeliverer:
                 await client.close()
                 raise
             self._client = client
+        return self._client
+
+    async def submit(self, tx: SignedTx) -> Any:
+        client = await self._connected()
         try:
-            return await self._client.submit(tx)
+            return await client.submit(tx)
         except Exception:
             await self.close()
             raise
+
+    async def query(self, path: str, **params: Any) -> Any:
+        """A read that 2f+1 replicas agree on (the client's ``query``)."""
+        client = await self._connected()
+        try:
+            return await client.query(path, **params)
+        except Exception:
+            await self.close()
+            raise
+
+    async def clearing(self, listing_id: str) -> Mapping[str, Any] | None:
+        """The EMS's view of a listing once it is cleared (its ``listing`` plus its ``trades``),
+        None while it still takes orders."""
+        listing = await self.query("listing", listing_id=listing_id)
+        if not isinstance(listing, Mapping) or listing.get("state") == AUTHORIZE_OFFERS:
+            return None
+        trades = await self.query("trades", listing_id=listing_id)
+        return {**listing, "trades": trades}
 
     async def close(self) -> None:
         if self._client is not None:
@@ -144,6 +170,7 @@ class Gateway:
             if cfg.mqtt is not None
             else None
         )
+        self.ems = self._ems_runner(cfg.ems) if cfg.ems is not None else None
         self.store: Store | None = None
         self._pending: list[Reading] = []
         self._latest: dict[str, Reading] = {}
@@ -176,6 +203,38 @@ class Gateway:
             if self.publisher is not None:
                 self.publisher.add_meter(self.meter_info[meter_id])
         return meter_id
+
+    def _ems_runner(self, cfg: EmsConfig) -> EmsRunner:
+        """The home energy management system on this gateway's own parts: relays through the
+        node sources, orders through the outbox, forecasts from the closed intervals, and
+        clearing results from the ledger (when it trades)."""
+        from gateway.ems.agent import TradingAgent
+        from gateway.ems.runner import EmsRunner, RunnerConfig
+
+        agent = None
+        if cfg.id_grid is not None:
+            agent = TradingAgent(cfg.id_grid, cfg.tariff, cfg.res_id, cfg.res_rated_w)
+        deliverer = self.deliverer
+        clearing = deliverer.clearing if isinstance(deliverer, LedgerDeliverer) else None
+        return EmsRunner(
+            list(cfg.appliances),
+            cfg.tariff,
+            RunnerConfig(
+                site_meter=cfg.site_meter,
+                pv_meter=cfg.pv_meter,
+                horizon_slots=cfg.horizon_slots,
+                history_days=cfg.history_days,
+                limit_w=cfg.limit_w,
+                model=cfg.model,
+                relay_timeout_s=self.cfg.command_timeout_s,
+            ),
+            clock=self.clock,
+            send_relay=self.send_relay,
+            enqueue_tx=self.enqueue_tx,
+            interval_history=self.interval_history,
+            clearing=clearing,
+            agent=agent,
+        )
 
     def _node_sources(self, ble_backend: type | None) -> list[NodeSource]:
         sources: list[NodeSource] = []
@@ -482,6 +541,9 @@ class Gateway:
             self._spawn("delivery", self._delivery)
         if self.publisher is not None:
             self._spawn("publish", self.publisher.run)
+        if self.ems is not None:
+            ems = self.ems
+            self._spawn("ems", lambda: ems.run(self._stopping))
         self._started.set()
 
     def stop(self) -> None:

@@ -156,3 +156,44 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
         (interval_name(first), 140),  # minutes 0..14 at 600 W, seen from 30 s in
         (interval_name(first + INTERVAL_MS), 150),
     ]
+
+
+async def test_the_ems_reads_a_listing_clearing_from_the_ledger(
+    tmp_path: Path, replicas: Replicas
+) -> None:
+    """What the daemon's EMS calls at each slot edge: nothing while the listing takes orders,
+    then the listing with its trades, which the trading agent turns into its commitment."""
+    from gateway.daemon import LedgerDeliverer
+    from gateway.ems.agent import TradingAgent
+    from gateway.ems.tariff import Tariff
+
+    cluster = replicas.dir / "cluster.json"
+    replicas.start()
+    hour = "2026-11-24T13"
+    seller, buyer = new_key(), new_key()
+    operator = load_key(replicas.dir / "operator.key")
+    async with LedgerClient.from_cluster_file(cluster, operator, timeout_s=30) as op:
+        for who, key, role in (("PT0001", seller, "producer"), ("PT0002", buyer, "consumer")):
+            body = {"id_grid": who, "name": who, "email": f"{who}@example.org",
+                    "public_key": public_hex(key), "role": role}  # fmt: skip
+            assert (await op.submit_new("registry.admit", body)).ok
+        res = {"res_id": "PV1", "owner": "PT0001", "kind": "PV", "rated_power_w": 3000}
+        assert (await op.submit_new("registry.add_res", res)).ok
+        assert (await op.submit_new("token.mint", {"to": "PT0002", "amount": 10**9})).ok
+        assert (await op.submit_new("auction.open", {"listing_id": hour})).ok
+        ledger = LedgerDeliverer(cluster, buyer, 30.0)
+        try:
+            assert await ledger.clearing(hour) is None  # still taking orders
+            offer = {"listing_id": hour, "res_id": "PV1", "wh": 1000, "reserve_price": 50_000}
+            async with LedgerClient.from_cluster_file(cluster, seller, timeout_s=30) as s:
+                assert (await s.submit_new("auction.offer", offer)).ok
+            bid = {"listing_id": hour, "wh": 600, "bid_price": 80_000}
+            async with LedgerClient.from_cluster_file(cluster, buyer, timeout_s=30) as b:
+                assert (await b.submit_new("auction.bid", bid)).ok
+            assert (await op.submit_new("auction.close", {"listing_id": hour})).ok
+            result = await ledger.clearing(hour)
+            assert result is not None and result["state"] != "AUTHORIZE_OFFERS"
+            got = TradingAgent("PT0002", Tariff()).read_clearing(result)
+            assert (got.bought_wh, got.sold_wh) == (600, 0) and got.mcp == result["mcp"] > 0
+        finally:
+            await ledger.close()
