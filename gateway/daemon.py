@@ -37,6 +37,8 @@ from ledger.keys import load_key, new_key, write_key
 from ledger.tx import MAX_NONCE, SignedTx
 
 if TYPE_CHECKING:
+    from gateway.dr_inbox import DrInbox
+    from gateway.ems.plan import DrRequest
     from gateway.ems.runner import EmsRunner
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,11 @@ class Gateway:
             else None
         )
         self.ems = self._ems_runner(cfg.ems) if cfg.ems is not None else None
+        self.dr_inbox: DrInbox | None = None
+        if self.ems is not None and cfg.mqtt is not None:
+            from gateway.dr_inbox import DrInbox
+
+            self.dr_inbox = DrInbox(cfg.mqtt, cfg.gateway_id, self._on_dr_request)
         self.store: Store | None = None
         self._pending: list[Reading] = []
         self._latest: dict[str, Reading] = {}
@@ -235,6 +242,12 @@ class Gateway:
             clearing=clearing,
             agent=agent,
         )
+
+    async def _on_dr_request(self, req: DrRequest) -> None:
+        """A demand-response request: planned for at once, not at the next slot edge."""
+        assert self.ems is not None
+        self.ems.request_demand_response(req)
+        await self.ems.replan_now()
 
     def _node_sources(self, ble_backend: type | None) -> list[NodeSource]:
         sources: list[NodeSource] = []
@@ -544,6 +557,8 @@ class Gateway:
         if self.ems is not None:
             ems = self.ems
             self._spawn("ems", lambda: ems.run(self._stopping))
+            if self.dr_inbox is not None:
+                self._spawn("dr-inbox", self.dr_inbox.run)
         self._started.set()
 
     def stop(self) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from gateway.clock import ManualClock
@@ -44,22 +46,11 @@ def ems_config(tmp: Path, mqtt_port: int, extra: str = "", **boiler: object) -> 
     return cfg
 
 
-async def test_the_daemon_switches_the_planned_relay_at_slot_edges(
-    tmp_path: Path, broker: Broker
-) -> None:
-    clock = ManualClock(T0)
-    node = MqttNodeEmulator(
-        7, KEY7, "127.0.0.1", broker.port, profile=constant(600.0), clock=clock.now_ms, relays=2
-    )
-    node_task = asyncio.create_task(node.run(publish=False))
-    await until(node.ready.is_set, what="node connected")
-    cfg = load_config(ems_config(tmp_path, broker.port))
-    assert cfg.ems is not None and [a.name for a in cfg.ems.appliances] == ["boiler"]
-    gw = Gateway(cfg, clock=clock, deliverer=MemoryLedger())
-    assert gw.ems is not None
-    run = asyncio.create_task(gw.run())
-    await until(lambda: gw.sources[0].stats().get("connects", 0) > 0, what="gateway up")
+async def _walk_slots(gw: Gateway, clock: ManualClock, node: MqttNodeEmulator) -> list[bool]:
+    """The boiler relay's state in each of six slots (the window's four and two after it), as
+    the node has it at the end of the slot."""
     ems = gw.ems
+    assert ems is not None
 
     async def minute() -> None:
         """A minute of gateway time; then let a relay command reach the node and its ack come
@@ -68,27 +59,102 @@ async def test_the_daemon_switches_the_planned_relay_at_slot_edges(
         await until(lambda: not any(r.in_flight for r in ems.relays.relays.values()))
 
     on_in_slot: list[bool] = []
+    for _ in range(6):
+        while clock.now_ms() % SLOT_MS < SLOT_MS - MIN:
+            await minute()
+        want = ems.relays.state("boiler")
+        assert want is not None, "the relay's state is still unknown"
+        await until(lambda w=want: bool(node.relay_state >> RELAY & 1) == w, what="relay")
+        on_in_slot.append(want)
+        await minute()  # the next slot edge: the EMS steps
+    return on_in_slot
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Node emulator tasks, cancelled after the test."""
+    tasks: list[asyncio.Task[None]] = []
+    yield tasks
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _home(
+    tmp_path: Path, broker: Broker, nodes: list[asyncio.Task[None]]
+) -> tuple[ManualClock, MqttNodeEmulator, Gateway]:
+    clock = ManualClock(T0)
+    node = MqttNodeEmulator(
+        7, KEY7, "127.0.0.1", broker.port, profile=constant(600.0), clock=clock.now_ms, relays=2
+    )
+    nodes.append(asyncio.create_task(node.run(publish=False)))
+    await until(node.ready.is_set, what="node connected")
+    cfg = load_config(ems_config(tmp_path, broker.port))
+    assert cfg.ems is not None and [a.name for a in cfg.ems.appliances] == ["boiler"]
+    return clock, node, Gateway(cfg, clock=clock, deliverer=MemoryLedger())
+
+
+async def test_the_daemon_switches_the_planned_relay_at_slot_edges(
+    tmp_path: Path, broker: Broker, nodes: list[asyncio.Task[None]]
+) -> None:
+    clock, node, gw = await _home(tmp_path, broker, nodes)
+    run = asyncio.create_task(gw.run())
     try:
-        # the gateway's broker link comes up after the EMS's first step: the first command
-        # fails and goes again within a minute, not a slot later
-        for _ in range(6):  # the window's four slots and two after it
-            while clock.now_ms() % SLOT_MS < SLOT_MS - MIN:
-                await minute()
-            want = ems.relays.state("boiler")
-            assert want is not None, "the relay's state is still unknown"
-            await until(lambda w=want: bool(node.relay_state >> RELAY & 1) == w, what="relay")
-            on_in_slot.append(want)
-            await minute()  # the next slot edge: the EMS steps
+        await until(lambda: gw.sources[0].stats().get("connects", 0) > 0, what="gateway up")
+        # the broker link comes up after the EMS's first step: the first command fails and
+        # goes again within a minute, not a slot later
+        on_in_slot = await _walk_slots(gw, clock, node)
     finally:
         gw.stop()
         await run
-        node_task.cancel()
-        await asyncio.gather(node_task, return_exceptions=True)
+    assert gw.ems is not None
     assert all(not r.errors for r in gw.ems.reports), [r.errors for r in gw.ems.reports]
     # 30 minutes = two slots inside the window, contiguous, and off after it
     assert sum(on_in_slot[:4]) == 2 and on_in_slot[4:] == [False, False], on_in_slot
     first = on_in_slot.index(True)
     assert on_in_slot[first : first + 2] == [True, True]
+
+
+async def test_a_demand_response_request_over_mqtt_sheds_the_boiler(
+    tmp_path: Path, broker: Broker, nodes: list[asyncio.Task[None]]
+) -> None:
+    """The grid operator asks for no import during the boiler's whole window: the home answers
+    on the result topic and the boiler stays off (it is shed, and the plan says so)."""
+    clock, node, gw = await _home(tmp_path, broker, nodes)
+    start = T0 - T0 % SLOT_MS
+    request = {"start": _iso(start), "end": _iso(start + 4 * SLOT_MS), "max_w": 0}
+    answers: list[dict[str, object]] = []
+    run = asyncio.create_task(gw.run())
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            await client.subscribe("wattmesh/home-1/ems/dr/result")
+
+            async def collect() -> None:
+                async for m in client.messages:
+                    assert isinstance(m.payload, bytes)
+                    answers.append(json.loads(m.payload))
+
+            collector = asyncio.create_task(collect())
+            assert gw.dr_inbox is not None
+            await until(gw.dr_inbox.subscribed.is_set, what="inbox subscribed")
+            await client.publish("wattmesh/home-1/ems/dr", b'{"start": "soon"}')
+            await client.publish("wattmesh/home-1/ems/dr", json.dumps(request).encode())
+            await until(lambda: len(answers) == 2, what="two answers")
+            collector.cancel()
+        assert answers[0]["ok"] is False and "start" in str(answers[0]["error"])
+        assert answers[1]["ok"] is True and answers[1]["max_w"] == 0
+        on_in_slot = await _walk_slots(gw, clock, node)
+    finally:
+        gw.stop()
+        await run
+    assert on_in_slot == [False] * 6, on_in_slot
+    assert gw.ems is not None and any(
+        "boiler" in note and "shed" in note for r in gw.ems.reports for note in r.notes
+    ), [r.notes for r in gw.ems.reports]
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
 
 
 @pytest.mark.parametrize(
