@@ -39,16 +39,19 @@ VIEW = "view"  # the replica's view and whether it is active in it (the journal'
 
 
 class SigCache:
-    """Verdicts of client-signature checks by ``tx_id``; Ed25519 verification is the replica's
-    largest CPU cost, so each transaction is verified at most once per replica."""
+    """Verdicts of client-signature checks; Ed25519 verification is the replica's largest CPU
+    cost, so each transaction is verified at most once per replica. Keyed by ``tx_id`` AND the
+    signature: the id hashes the unsigned payload only, so a faulty primary could otherwise
+    re-propose a transaction the backups checked before with its signature replaced by any 64
+    bytes, and they would take the cached verdict for it."""
 
     def __init__(self, size: int = SIG_CACHE_SIZE) -> None:
         self.size = size
-        self._seen: OrderedDict[str, bool] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
         self.verified = 0
 
     def check(self, tx: SignedTx, tx_id: str | None = None) -> bool:
-        key = tx_id or tx.tx_id
+        key = (tx_id or tx.tx_id, tx.signature)
         verdict = self._seen.get(key)
         if verdict is None:
             verdict = tx.verify()

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
+from ledger.executor import SigCache
 from ledger.pbft.actions import Broadcast, ReplyTo
 from ledger.pbft.block import Batch
 from ledger.pbft.messages import Commit, Prepare, PrePrepare, sign
+from ledger.pbft.replica import Replica
 from ledger.pbft.signing import Signer
 from ledger.pbft.simulation import (
     Network,
@@ -246,6 +248,35 @@ def test_backups_reject_a_batch_with_a_forged_transaction_and_change_view() -> N
     net.run(200)
     assert all(net.committed(tx.tx_id) for tx in txs)
     _agree(net, 4)
+
+
+def test_a_checked_transaction_with_its_signature_replaced_is_checked_again() -> None:
+    """The backups verified a client's transaction when it reached them (the node's signature
+    cache, keyed by id); a faulty primary proposes it with the signature replaced by zeros.
+    The id hashes the unsigned payload only, so a cache keyed by id alone took the old verdict
+    and the backups committed a transaction whose signature does not verify."""
+    net = Network(make_config(4, view_change_timeout_ms=100), wire=True)
+    caches = [SigCache() for _ in range(4)]
+    for i in range(4):  # as ReplicaNode wires it
+        net.replicas[i] = Replica(
+            net.config, i, replica_key(i), net.executors[i], now_ms=0, tx_verifier=caches[i].check
+        )
+    (tx,) = make_txs(1)
+    for b in (1, 2, 3):  # what the node does with a client request: check it, hand it over
+        assert caches[b].check(tx, tx.tx_id)
+        net.replicas[b].on_request(tx, 0, verified=True)
+    forged = dict(tx.to_wire(), sig="00" * 64)
+    batch = Batch.from_wire({"ts": 1, "txs": [forged]})
+    pp = sign(PrePrepare(0, 1, batch.digest(), 0), Signer(0, replica_key(0)))
+    for b in (1, 2, 3):
+        net.inject(b, PrePrepare(0, 1, pp.digest, 0, pp.sig, batch).to_wire(), 0)
+        assert net.replicas[b].metrics["rejected_bad_batch"] == 1
+    net.run(400)  # the primary is replaced and the real transaction commits
+    assert net.committed(tx.tx_id)
+    for b in (1, 2, 3):
+        (block,) = net.executors[b].blocks
+        assert SignedTx.from_wire(block.txs[0]).verify()
+    _agree(net, 1)
 
 
 def _prepare(view: int, seq: int, digest: bytes, replica: int) -> Prepare:
