@@ -171,6 +171,7 @@ class LedgerClient:
         self.timeout_s = timeout_s
         self.broadcast = broadcast
         self.view = 0
+        self._views: dict[int, int] = {}  # the highest view each replica's replies named
         self._conns: list[_Conn] = []
         self._txs: dict[str, _Pending] = {}
         self._queries: dict[int, _Pending] = {}
@@ -396,8 +397,8 @@ class LedgerClient:
         if pending is None:
             return
         view = message.get("v")
-        if isinstance(view, int) and view > self.view:
-            self.view = view
+        if isinstance(view, int) and not isinstance(view, bool) and view >= 0:
+            self._note_view(index, view)
         if pending.done.done():
             return
         try:
@@ -405,6 +406,17 @@ class LedgerClient:
         except ValueError:
             return
         pending.vote(index, reply_key(message), message)
+
+    def _note_view(self, index: int, view: int) -> None:
+        """Follow the view f+1 replicas have reached (the (f+1)-th highest they report): one
+        faulty replica claiming a huge view must not make this client send every transaction
+        to the replica it names as primary and only bare awaits to the others."""
+        if view <= self._views.get(index, -1):
+            return
+        self._views[index] = view
+        if len(self._views) > self.f:
+            agreed = sorted(self._views.values(), reverse=True)[self.f]
+            self.view = max(self.view, agreed)
 
     def _on_disconnect(self, index: int) -> None:
         """The connection to replica ``index`` dropped. If it is the primary we send requests

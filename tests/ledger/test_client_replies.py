@@ -89,3 +89,20 @@ async def test_a_cancelled_submit_leaves_a_second_submit_of_the_same_transaction
     lone.cancel()
     await _settle()
     assert lone.cancelled() and tx.tx_id not in client._txs
+
+
+async def test_one_replica_claiming_a_huge_view_does_not_move_the_client() -> None:
+    """A faulty replica's reply names view 4*10**15+3 (itself as primary): the client keeps
+    sending full transactions to the primary f+1 replicas agree on."""
+    client = _client()
+    tx_id = "cd" * 32
+    client._txs[tx_id] = _Pending(2)
+    bogus = dict(_reply(3, tx_id, 1), v=4 * 10**15 + 3)
+    client._on_message(3, bogus)
+    assert client.view == 0
+    client._on_message(0, dict(_reply(0, tx_id, 1), v=1))
+    assert client.view == 1  # two replicas have reached view 1 or more: f+1 = 2
+    client._on_message(2, dict(_reply(2, tx_id, 1), v=2))
+    assert client.view == 2
+    client._on_message(2, dict(_reply(2, tx_id, 1), v=True))  # not a view at all
+    assert client.view == 2
