@@ -38,6 +38,10 @@ class PbftConfig:
     view_change_timeout_ms: int = 1000  # first timeout; doubles on each failed view change
     max_view_change_timeout_ms: int = 60_000
     status_interval_ms: int = 500  # period of status gossip (catch-up of lagging replicas)
+    # A batch stamped further ahead of a backup's clock is refused (the primary is replaced):
+    # blocks carry the contract's only clock, and one far-future stamp would pin it there,
+    # since every later primary stamps max(last stamp, now).
+    max_clock_skew_ms: int = 60_000
     fetch_limit: int = 64  # most blocks in one state-transfer answer
     fault_bound: int = 0  # f; 0 means (n - 1) // 3
 

@@ -627,6 +627,10 @@ class Replica:
             self._count("rejected_bad_batch")
             self._start_view_change(self.view + 1, now_ms, out)
             return
+        if batch.timestamp_ms > now_ms + self.cfg.max_clock_skew_ms:
+            self._count("rejected_timestamp")
+            self._start_view_change(self.view + 1, now_ms, out)
+            return
         ids: list[str] = []
         verified = self.verified
         for tx, wire in zip(batch.txs, batch.wires, strict=True):

@@ -279,6 +279,26 @@ def test_a_checked_transaction_with_its_signature_replaced_is_checked_again() ->
     _agree(net, 1)
 
 
+def test_a_batch_stamped_far_in_the_future_is_refused_and_the_primary_replaced() -> None:
+    """Blocks carry the contract's clock and later primaries stamp max(last stamp, now): one
+    accepted stamp of 2**62 would pin every later block there (settlement's TOO_EARLY could
+    never fire again)."""
+    net = Network(make_config(4, view_change_timeout_ms=100))
+    (tx,) = make_txs(1)
+    batch = Batch.from_wire({"ts": 2**62, "txs": [tx.to_wire()]})
+    pp = sign(PrePrepare(0, 1, batch.digest(), 0), Signer(0, replica_key(0)))
+    for b in (1, 2, 3):
+        net.inject(b, PrePrepare(0, 1, pp.digest, 0, pp.sig, batch).to_wire(), 0)
+        assert net.replicas[b].metrics["rejected_timestamp"] == 1
+    net.crash(0)
+    net.submit(tx, to=(1, 2, 3))
+    net.run(2000)
+    assert net.committed(tx.tx_id)
+    for b in (1, 2, 3):
+        assert all(block.timestamp_ms <= net.now for block in net.executors[b].blocks)
+        assert net.replicas[b].view >= 1
+
+
 def _prepare(view: int, seq: int, digest: bytes, replica: int) -> Prepare:
     return sign(Prepare(view, seq, digest, replica), Signer(replica, replica_key(replica)))
 
