@@ -97,10 +97,17 @@ def _meter(m, path):
     if t == "ct":
         _get(m, "adc_pin", path, int)
         _positive(m, "ical", path)
+        # Board facts the firmware does not need (the offset is tracked from the samples) but the
+        # emulator and the board checks read: a wrong type is caught here, not later.
+        for k in ("bias_mv", "range_a", "burden_ohm"):
+            if k in m:
+                _positive(m, k, path)
         if "v_pin" in m:
             _get(m, "v_pin", path, int)
             _positive(m, "vcal", path)
             _positive(m, "phasecal", path, _NUM, 1.0)
+            if "v_bias_mv" in m:
+                _positive(m, "v_bias_mv", path)
     elif t == "hlw8012":
         for k in ("cf_pin", "cf1_pin", "sel_pin"):
             _get(m, k, path, int)

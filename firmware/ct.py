@@ -12,6 +12,11 @@
 # * The DC offset is tracked by a low-pass filter across windows (emonLib's offset filter, run once
 #   per window instead of once per sample) and used to find the zero crossings; within the
 #   whole-cycle window the exact mean is removed, which is the ideal high-pass for whole cycles.
+#   The filter starts from the first window's mean, not from a nominal bias: the board's bias
+#   divider sits wherever the ADC's usable window needs it (and moves with the 3.3 V rail), and a
+#   start far off it would find no crossings for the first windows of a small current.
+# * A window with any sample at or beyond the ADC's usable limits (hal.ADC_MIN_MV/ADC_MAX_MV) is
+#   flagged clipped: its peaks were cut, so its readings are low, and the node says so in the frame.
 import math
 from array import array
 
@@ -21,11 +26,12 @@ OFFSET_ALPHA = 0.25  # low-pass weight of each window's mean in the tracked offs
 
 
 class Result:
-    __slots__ = ("irms", "vrms", "power", "apparent", "pf", "n", "cycles")
+    __slots__ = ("irms", "vrms", "power", "apparent", "pf", "n", "cycles", "clipped")
 
     def __init__(self):
         self.irms = self.vrms = self.power = self.apparent = self.pf = 0.0
         self.n = self.cycles = 0
+        self.clipped = False
 
 
 def crossings(buf, n, offset, min_gap):
@@ -118,17 +124,28 @@ class Clamp:
         self.n = int(self.spc * (cycles + 1.5))  # enough for `cycles` whole cycles after trimming
         self.buf_i = array("H", bytes(2 * self.n))
         self.buf_v = array("H", bytes(2 * self.n)) if adc_v is not None else None
-        mid = hal.ADC_MAX_MV // 2
-        self.off_i = float(mid)
-        self.off_v = float(mid)
+        self.adc_lo = hal.ADC_MIN_MV
+        self.adc_hi = hal.ADC_MAX_MV
+        self.off_i = self.off_v = 0.0  # the tracked DC offsets...
+        self.seeded = False  # ...set from the first window's mean
 
     def measure(self):
         self.hal.sample(self.adc_v, self.adc_i, self.buf_v, self.buf_i, self.n, self.period_us)
         return self.compute()
 
+    def _clipped(self, buf):
+        # min/max run in C over the array: two cheap passes, no per-sample Python code
+        return min(buf) <= self.adc_lo or max(buf) >= self.adc_hi
+
     def compute(self):
         n = self.n
         bv = self.buf_v
+        if not self.seeded:
+            # n * 3300 stays a small int (n <= config.MAX_WINDOW_SAMPLES): no big-int sum
+            self.off_i = sum(self.buf_i) / n
+            if bv is not None:
+                self.off_v = sum(bv) / n
+            self.seeded = True
         ref, ref_off = (bv, self.off_v) if bv is not None else (self.buf_i, self.off_i)
         a, b, cycles = window(ref, n, int(ref_off), self.spc)
         ov = int(self.off_v)
@@ -138,6 +155,7 @@ class Clamp:
         r = Result()
         r.n = m
         r.cycles = cycles
+        r.clipped = self._clipped(self.buf_i) or (bv is not None and self._clipped(bv))
         mi = si / m
         var_i = sii / m - mi * mi
         r.irms = self.ical * math.sqrt(var_i if var_i > 0 else 0.0) / 1000

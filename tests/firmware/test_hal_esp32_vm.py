@@ -101,3 +101,13 @@ def test_real_hal_over_machine() -> None:
     assert log[0] == ["wdt", "8000"] and log[1] == ["feed"]
     assert log[2][0] == "uart" and "('baudrate', 9600)" in log[2][2]
     assert out[5] == {"file": "abc", "missing": None}
+
+
+def test_both_hals_share_the_adc_window() -> None:
+    # ct.py flags clipping against the HAL's window: on the device it must be the window that the
+    # host emulates (and the accuracy tests hold to)
+    from firmware import hal_host
+
+    script = "import hal_esp32 as hal\nemit([hal.ADC_MIN_MV, hal.ADC_MAX_MV])\n"
+    out = mpvm.run_job(script, files={"/lib/machine.py": MACHINE}).results
+    assert out == [[hal_host.ADC_MIN_MV, hal_host.ADC_MAX_MV]]

@@ -101,6 +101,27 @@ def test_export_is_counted_separately() -> None:
     assert abs(r["export_mwh"] - want) <= 0.015 * want + 1840 / 3.6
 
 
+def test_current_beyond_the_range_is_flagged_clipped() -> None:
+    # The board's clamps are rated 30 A, with headroom for peaky currents up to about 40 A of a
+    # sine: 50 A cuts the peaks off at the ADC, so the reading is low and its frames say so; back
+    # at 10 A the next frame is clean again.
+    profile = {"vrms": 230, "load": [[0, 10.0, 1.0], [20, 50.0, 1.0], [40, 10.0, 1.0]],
+               "channels": {"1": [[0, 29.0, 1.0]]}}
+    frames, _ = _run("esp32_devkitc_ct", profile, [(60, [])])
+    readings = [(f[3]["uptime_s"], f[3]) for f in frames if f[0] == frame.T_READING]
+    ch0 = [(t, r) for t, r in readings if r["channel"] == 0]
+    clipped = [t for t, r in ch0 if r["flags"] & frame.F_ADC_CLIPPED]
+    assert clipped and min(clipped) >= 20 and max(clipped) <= 45, clipped
+    over = [r for t, r in ch0 if 25 <= t < 40]
+    assert over and all(r["flags"] & frame.F_ADC_CLIPPED for r in over)
+    assert all(r["current_ma"] < 49000 for r in over)  # low, as the ADC saw it
+    assert not any(r["flags"] & frame.F_ADC_CLIPPED for t, r in ch0 if t < 20 or t >= 50)
+    # 29 A on the other clamp is inside its range: never flagged, read to 1 %
+    ch1 = [r for t, r in readings if r["channel"] == 1 and t >= 5]
+    assert not any(r["flags"] & frame.F_ADC_CLIPPED for r in ch1)
+    assert abs(ch1[-1]["current_ma"] - 29000) <= 290
+
+
 def test_relay_commands_authenticated_with_min_times_and_replay() -> None:
     cmd = nodeutil.command
     on0 = cmd(1, 0, frame.A_ON)
