@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import time
 from collections import defaultdict
@@ -33,9 +34,11 @@ from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import Reply
 from ledger.pbft.replica import Fault, Replica
 from ledger.setup import ContractFactory
-from ledger.transport import ClientConn, Counters, Listener, PeerLink, encode_frame
+from ledger.transport import ClientConn, Counters, FrameError, Listener, PeerLink, encode_frame
 from ledger.tx import SignedTx, TxError
 from ledger_client.protocol import LEDGER_QUERY_PREFIX
+
+log = logging.getLogger(__name__)
 
 MAX_WAITERS = 200_000
 WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re-sent or gone
@@ -263,12 +266,14 @@ class ReplicaNode:
         for action in actions:
             if isinstance(action, Send):
                 link = self.links.get(action.to)
-                if link is not None:
-                    link.send_frame(encode_frame(action.msg.to_wire()))
-            elif isinstance(action, Broadcast):
-                frame = encode_frame(action.msg.to_wire())
-                for link in self.links.values():
+                frame = self._frame(action.msg) if link is not None else None
+                if link is not None and frame is not None:
                     link.send_frame(frame)
+            elif isinstance(action, Broadcast):
+                frame = self._frame(action.msg)
+                if frame is not None:
+                    for link in self.links.values():
+                        link.send_frame(frame)
             elif isinstance(action, ReplyTo):
                 conns = self.waiters.pop(action.tx_id, None)
                 self.waiting_since.pop(action.tx_id, None)
@@ -284,6 +289,17 @@ class ReplicaNode:
             else:
                 for start in range(0, len(wires), MAX_PER_FRAME):
                     conn.send({"t": "replies", "replies": wires[start : start + MAX_PER_FRAME]})
+
+    def _frame(self, msg: Any) -> bytes | None:
+        """A consensus message as a frame; one too large for a frame is dropped and counted,
+        never raised (it would end the replica's event loop, and the journal would send it
+        again after every restart). The core's bounds keep its messages far below the limit."""
+        try:
+            return encode_frame(msg.to_wire())
+        except FrameError as exc:
+            self.counters["oversized_messages"] += 1
+            log.error("replica %d: %s not sent: %s", self.me, type(msg).__name__, exc)
+            return None
 
     # -- queries --------------------------------------------------------------------------------
 

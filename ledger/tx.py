@@ -25,6 +25,10 @@ from ledger.hexbytes import parse_hex
 TX_DOMAIN = b"wattmesh/tx/v1\x00"
 MAX_KIND_LEN = 64
 MAX_NONCE = 2**63 - 1
+# Canonical unsigned bytes of one transaction at most. The largest the contract takes (a member
+# admitted, a signed meter report) is under 1 KiB; the bound keeps one client from filling a
+# batch, and so a consensus message, with megabytes.
+MAX_TX_BYTES = 16 * 1024
 WIRE_FIELDS = frozenset(("body", "kind", "nonce", "sender", "sig"))
 
 
@@ -115,6 +119,8 @@ class SignedTx:
             payload = canonical(unsigned, checked=False)
         except EncodingError as exc:
             raise TxError(f"body: {exc}") from exc
+        if len(payload) > MAX_TX_BYTES:
+            raise TxError(f"transaction of {len(payload)} bytes exceeds {MAX_TX_BYTES}")
         tx = cls(sender, kind, body, nonce, sig)
         object.__setattr__(tx, "_payload", payload)
         return tx

@@ -29,6 +29,14 @@ MAX_BATCH_WIRE = 100_000  # hard bound on transactions in one batch on the wire
 KnownTx = Callable[[Any], "SignedTx | None"]  # see Batch.from_wire
 
 
+TX_WIRE_OVERHEAD = 160  # a transaction's wire form beyond its unsigned bytes: signature, keys
+
+
+def batch_bytes(txs: Sequence[SignedTx]) -> int:
+    """The size the consensus bounds count for a batch (about its wire size)."""
+    return sum(len(tx.payload) for tx in txs) + TX_WIRE_OVERHEAD * len(txs)
+
+
 def batch_digest(timestamp_ms: int, tx_wires: Sequence[dict[str, Any]]) -> bytes:
     """Digest of a batch; ``tx_wires`` must already be validated (hot path: no type walk)."""
     body = {"ts": timestamp_ms, "txs": tx_wires}

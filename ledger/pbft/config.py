@@ -35,6 +35,14 @@ class PbftConfig:
     log_window: int = 256  # L: high watermark = low watermark + L (a multiple of K)
     batch_max: int = 400  # most transactions in one pre-prepare
     batch_delay_ms: int = 5  # longest wait of the oldest queued request before a batch is cut
+    # Bounds that keep every consensus message well inside a frame (ledger.transport.MAX_FRAME,
+    # 8 MiB) and a faulty peer from filling a replica's memory: the bytes of one batch
+    # (block.batch_bytes), how many sequence numbers a primary runs ahead of what it executed,
+    # and how far ahead of its own execution a backup takes a pre-prepare (a backup further
+    # behind catches up by state transfer).
+    batch_max_bytes: int = 1024 * 1024
+    max_inflight: int = 8
+    max_ahead: int = 32
     view_change_timeout_ms: int = 1000  # first timeout; doubles on each failed view change
     max_view_change_timeout_ms: int = 60_000
     status_interval_ms: int = 500  # period of status gossip (catch-up of lagging replicas)

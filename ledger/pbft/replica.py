@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.actions import Action, Broadcast, Executed, ReplyTo, Send
-from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, Block, Certificate
+from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, Block, Certificate, batch_bytes
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.executor import Executor
 from ledger.pbft.messages import (
@@ -64,6 +64,9 @@ from ledger.tx import SignedTx, TxError
 
 CHECKPOINT_DOMAIN = b"wattmesh/pbft/checkpoint/v1\x00"
 FUTURE_BUFFER = 8192  # messages kept for a view this replica has not entered yet
+# Batches attached to one VIEW-CHANGE or NEW-VIEW at most (bytes as block.batch_bytes counts):
+# with the batch bound, the message stays well inside a frame.
+VC_ATTACH_BYTES = 4 * 1024 * 1024
 VERIFIED_CACHE = 200_000  # client transactions whose signature this replica already checked
 MAX_PENDING = 100_000  # client transactions known but not yet executed
 VoteIndex = dict[tuple[int, int], bytes]  # (view, replica) -> digest voted for
@@ -173,7 +176,7 @@ class Replica:
         self.to_relay: dict[str, int] = {}  # backup: tx_id -> arrival ms, each relayed once
         self.vc_deadline: int | None = None
         self.vc_by_replica: dict[int, ViewChange] = {}
-        self.vc_batches: dict[bytes, Batch] = {}
+        self.vc_batches: dict[int, dict[bytes, Batch]] = {}  # per sender, its latest VIEW-CHANGE
         self.new_view_msg: NewView | None = None
         self.nv_sent_at: dict[int, int] = {}
         self.proof_sent_at: dict[int, int] = {}
@@ -546,12 +549,21 @@ class Replica:
 
     def _cut_batches(self, now_ms: int, out: list[Action], *, force: bool) -> None:
         cfg = self.cfg
-        while self.queue and self.next_seq <= self.high:
+        while (
+            self.queue
+            and self.next_seq <= self.high
+            and self.next_seq <= self.last_executed + cfg.max_inflight
+        ):
             if not force and len(self.queue) < cfg.batch_max:
                 break
-            ids = []
+            ids: list[str] = []
+            size = 0
             for tx_id in self.queue:
+                tx_size = batch_bytes((self.pending[tx_id][0],))
+                if ids and size + tx_size > cfg.batch_max_bytes:
+                    break
                 ids.append(tx_id)
+                size += tx_size
                 if len(ids) == cfg.batch_max:
                     break
             for tx_id in ids:
@@ -589,10 +601,28 @@ class Replica:
 
     def _buffer_future(self, msg: PrePrepare | Prepare | Commit, sender: int) -> bool:
         if msg.view > self.view or (msg.view == self.view and not self.active):
+            if isinstance(msg, PrePrepare) and not self._worth_buffering(msg):
+                self._count("rejected_future_pre_prepare")
+                return True
             self.future.append((msg, sender))
             self._count("buffered_future")
             return True
         return False
+
+    def _worth_buffering(self, pp: PrePrepare) -> bool:
+        """A pre-prepare for a view not entered yet carries a whole batch: kept only if it is
+        signed by that view's primary, within the batch bounds, and one of at most
+        ``max_ahead`` such (so a faulty peer cannot fill the buffer with batches)."""
+        batch = pp.batch
+        if pp.replica != self.cfg.primary(pp.view) or not verify(pp, self.keyring):
+            return False
+        if batch is not None and (
+            len(batch.txs) > self.cfg.batch_max
+            or batch_bytes(batch.txs) > self.cfg.batch_max_bytes
+        ):
+            return False
+        held = sum(1 for m, _ in self.future if isinstance(m, PrePrepare))
+        return held < self.cfg.max_ahead
 
     def _on_pre_prepare(self, pp: PrePrepare, now_ms: int, out: list[Action]) -> None:
         if pp.view != self.view or not self.active:
@@ -623,7 +653,11 @@ class Replica:
         if pp.seq <= self.last_executed:
             self._count("rejected_out_of_window")
             return
-        if len(batch.txs) > self.cfg.batch_max:
+        if pp.seq > self.last_executed + self.cfg.max_ahead:
+            # far ahead of what this replica executed: not held (memory), fetched if committed
+            self._count("rejected_too_far_ahead")
+            return
+        if len(batch.txs) > self.cfg.batch_max or batch_bytes(batch.txs) > self.cfg.batch_max_bytes:
             self._count("rejected_bad_batch")
             self._start_view_change(self.view + 1, now_ms, out)
             return
@@ -789,6 +823,9 @@ class Replica:
             progressed = True
         if progressed:
             self._after_progress(out)
+            if self.is_primary and self.active and len(self.queue) >= self.cfg.batch_max:
+                # full batches that waited for the pipeline (max_inflight) go now
+                self._cut_batches(self.now, out, force=False)
 
     def _execute_block(self, block: Block, digest: bytes, out: list[Action]) -> None:
         receipts = tuple(self.ex.execute(block))
@@ -926,13 +963,19 @@ class Replica:
         )
         # Attach only batches not executed here: executed ones are in this replica's store
         # (and others'), so a view change stays small even with a full window of batches.
-        batches = {
-            p.pre_prepare.digest: self.batches[p.pre_prepare.digest]
-            for p in prepared
-            if p.pre_prepare.seq > self.last_executed
-            and p.pre_prepare.digest != NULL_DIGEST
-            and p.pre_prepare.digest in self.batches
-        }
+        batches: dict[bytes, Batch] = {}
+        budget = VC_ATTACH_BYTES
+        for p in prepared:  # lowest sequence numbers first, within a byte budget
+            digest = p.pre_prepare.digest
+            batch = self.batches.get(digest)
+            if p.pre_prepare.seq <= self.last_executed or digest == NULL_DIGEST or batch is None:
+                continue
+            budget -= batch_bytes(batch.txs)
+            if budget < 0:
+                # the rest the new primary holds itself (it saw those pre-prepares) or fetches
+                self._count("view_change_batches_left_out")
+                break
+            batches[digest] = batch
         vc = sign(
             ViewChange(new_view, self.stable_seq, self.stable_proof, prepared, self.me),
             self.signer,
@@ -941,7 +984,7 @@ class Replica:
             vc.view, vc.stable_seq, vc.checkpoint_proof, vc.prepared, self.me, vc.sig, batches
         )
         self.vc_by_replica[self.me] = vc
-        self.vc_batches.update(batches)
+        self.vc_batches[self.me] = batches
         out.append(Broadcast(vc))
         self.vc_deadline = now_ms + self.vc_timeout
         self.vc_timeout = min(2 * self.vc_timeout, self.cfg.max_view_change_timeout_ms)
@@ -1024,7 +1067,10 @@ class Replica:
             self._count("rejected_bad_view_change")
             return
         self.vc_by_replica[vc.replica] = vc
-        self.vc_batches.update(vc.batches)
+        # Kept: the sender's latest view-change only, and only batches its prepared proofs name
+        # (a faulty replica sending view-changes for ever higher views holds no more memory).
+        named = {p.pre_prepare.digest for p in vc.prepared}
+        self.vc_batches[vc.replica] = {d: b for d, b in vc.batches.items() if d in named}
         # Liveness: f+1 replicas want a higher view, so at least one correct one does: join.
         higher = sorted(v.view for r, v in self.vc_by_replica.items() if v.view > self.view)
         if len(higher) >= self.cfg.weak:
@@ -1058,7 +1104,9 @@ class Replica:
         return min_s, entries
 
     def _batch_for(self, seq: int, digest: bytes, extra: Mapping[bytes, Batch]) -> Batch | None:
-        batch = extra.get(digest) or self.batches.get(digest) or self.vc_batches.get(digest)
+        batch = extra.get(digest) or self.batches.get(digest)
+        if batch is None:
+            batch = next((b[digest] for b in self.vc_batches.values() if digest in b), None)
         if batch is None and seq <= self.last_executed:
             stored = self.ex.blocks_from(seq, 1)
             if stored and stored[0].batch_digest() == digest:
@@ -1084,6 +1132,7 @@ class Replica:
         min_s, entries = self._compute_o(vcs)
         batches: dict[bytes, Batch] = {}
         attach: dict[bytes, Batch] = {}
+        budget = VC_ATTACH_BYTES
         missing: list[int] = []
         for seq, digest in entries:
             if digest != NULL_DIGEST:
@@ -1092,8 +1141,11 @@ class Replica:
                     missing.append(seq)
                     continue
                 batches[digest] = batch
-                if seq > self.last_executed:
-                    attach[digest] = batch  # executed ones can be fetched from any store
+                if seq > self.last_executed and budget >= batch_bytes(batch.txs):
+                    # executed ones can be fetched from any store; past the budget a backup
+                    # agrees on the digest and fetches the block once committed
+                    budget -= batch_bytes(batch.txs)
+                    attach[digest] = batch
         if missing:
             # Every replica that prepared these has executed them (or it would have attached
             # them): catch up first, then build the NEW-VIEW (retried when blocks arrive).
@@ -1155,7 +1207,7 @@ class Replica:
         self.new_view_msg = nv  # relayed as is to replicas left behind (bounded attachments)
         self.vc_deadline = None
         self.vc_by_replica = {r: vc for r, vc in self.vc_by_replica.items() if vc.view > nv.view}
-        self.vc_batches = {}
+        self.vc_batches = {r: b for r, b in self.vc_batches.items() if r in self.vc_by_replica}
         if min_s > self.stable_seq:
             source = next(vc for vc in vcs if vc.stable_seq == min_s)
             self._stabilize(min_s, source.checkpoint_proof[0].digest, source.checkpoint_proof)
