@@ -7,8 +7,12 @@ import argparse
 import asyncio
 import importlib
 import json
+import math
+import os
 import re
 import signal
+import socket
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,11 +35,16 @@ def register(subparsers: Any) -> None:
         "prints the path the gateway should open",
     )
     m.add_argument("--unit", type=int, action="append", help="unit id (repeat for several)")
-    m.add_argument("--baudrate", type=int, default=9600)
+    m.add_argument("--baudrate", type=_baudrate, default=9600)
     m.add_argument("--profile", default="house", help="house, pv, prosumer or constant:<W>")
-    m.add_argument("--import-kwh", type=float, default=0.0, help="initial import counter")
+    m.add_argument(
+        "--import-kwh",
+        type=_finite(0.0, MAX_IMPORT_KWH),
+        default=0.0,
+        help=f"initial import counter, 0..{MAX_IMPORT_KWH:.0f} kWh",
+    )
     m.add_argument("--fault", choices=("silence", "crc", "wrong", "exception"))
-    m.add_argument("--fault-rate", type=float, default=1.0)
+    m.add_argument("--fault-rate", type=_finite(0.0, 1.0), default=1.0, help="0..1")
     m.set_defaults(func=cmd_meter)
 
     n = sub.add_parser("node", help="a wattmesh node on MQTT")
@@ -45,9 +54,11 @@ def register(subparsers: Any) -> None:
     key.add_argument("--keystore", help="keystore JSON (wattmesh provision node)")
     n.add_argument("--mqtt", default="127.0.0.1:1883", metavar="HOST:PORT")
     n.add_argument("--topic", help="node topic (default wattmesh_<id>)")
-    n.add_argument("--period", type=float, default=5.0, help="seconds between readings")
+    n.add_argument(
+        "--period", type=_finite(0.0, MAX_PERIOD_S), default=5.0, help="seconds between readings"
+    )
     n.add_argument("--profile", default="house")
-    n.add_argument("--seq", type=int, default=1, help="first sequence number")
+    n.add_argument("--seq", type=_seq, default=1, help="first sequence number")
     n.add_argument("--fault", choices=("tamper", "replay", "garbage"))
     n.set_defaults(func=cmd_node)
 
@@ -60,11 +71,97 @@ def register(subparsers: Any) -> None:
         ble_cli.register_plug(sub)
 
 
+MAX_IMPORT_KWH = 1e9  # beyond any meter's display; keeps the mWh counter an exact integer
+MAX_PERIOD_S = 86_400.0
+MAX_CONSTANT_W = 1e6  # a constant:<W> profile: what a house connection (or a node frame) can carry
+MAX_BAUDRATE = 4_000_000
+
+
+def _finite(lo: float, hi: float) -> Any:
+    """An argparse type: a finite float in [lo, hi] (nan and inf refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be a finite number in [{lo:g}, {hi:g}]")
+        return value
+
+    return parse
+
+
+def _int_in(text: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}]")
+    return value
+
+
+def _baudrate(text: str) -> int:
+    return _int_in(text, 1, MAX_BAUDRATE)
+
+
+def _seq(text: str) -> int:
+    return _int_in(text, 0, 0xFFFFFFFF)
+
+
+def _profile(spec: str) -> Any:
+    """``parse_profile`` with a finite, bounded constant: nan, inf or a wild wattage would only
+    fail later, inside the emulator, on the first request."""
+    from hardware.emulators.profiles import parse_profile
+
+    if spec.startswith("constant:"):
+        try:
+            watts = float(spec.split(":", 1)[1])
+        except ValueError:
+            watts = math.nan
+        if not math.isfinite(watts) or abs(watts) > MAX_CONSTANT_W:
+            raise ValueError(
+                f"--profile: constant:<W> needs a finite number of watts within "
+                f"±{MAX_CONSTANT_W:.0f}, got {spec!r}"
+            )
+    try:
+        return parse_profile(spec)
+    except ValueError as exc:
+        raise ValueError(f"--profile: {exc}") from None
+
+
 def _host_port(value: str, flag: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:502
+        host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{flag}: expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind HOST:PORT once, so a port in use or an address not of this host is refused with
+    its reason before the server starts (pymodbus only says it could not listen)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:  # socket.gaierror included
+        raise ValueError(f"--tcp: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _check_serial(port: str) -> None:
+    try:
+        mode = os.stat(port).st_mode
+    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL
+        reason = getattr(exc, "strerror", None) or exc
+        raise ValueError(f"--serial: cannot open {port!r}: {reason}") from None
+    if not stat.S_ISCHR(mode):
+        raise ValueError(f"--serial: {port!r} is not a serial port (not a character device)")
 
 
 async def _until_signal() -> None:
@@ -84,38 +181,53 @@ def cmd_meter(args: argparse.Namespace) -> int:
         serve_tcp,
         stats,
     )
-    from hardware.emulators.profiles import parse_profile
 
     units = args.unit or [1]
     try:
         if any(not 1 <= u <= 247 for u in units) or len(set(units)) != len(units):
             raise ValueError("--unit: unit ids are distinct integers in [1, 247]")
         tcp = _host_port(args.tcp, "--tcp") if args.tcp else None
+        profile = _profile(args.profile)
         meters = {
             u: EmulatedMeter(
                 args.model,
-                parse_profile(args.profile),
+                profile,
                 faults=Faults(args.fault, args.fault_rate, seed=u),
                 import_mwh=round(args.import_kwh * 1_000_000),
             )
             for u in units
         }
+        if tcp is not None:
+            _check_listen(*tcp)
+        elif args.serial != "pty":
+            _check_serial(args.serial)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> int:
         pty = None
-        if tcp is not None:
-            server: Any = await serve_tcp(meters, *tcp)
-            where = {"tcp": f"{tcp[0]}:{tcp[1]}"}
-        else:
-            port = args.serial
-            if port == "pty":
-                pty = PtyPair().start()
-                port = pty.device_path
-            server = await serve_serial(meters, port, args.baudrate)
-            where = {"serial": pty.host_path if pty else port}
+        flag = f"--tcp {args.tcp}" if tcp is not None else f"--serial {args.serial}"
+        try:
+            if tcp is not None:
+                server: Any = await serve_tcp(meters, *tcp)
+                host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
+                where = {"tcp": f"{host}:{tcp[1]}"}
+            else:
+                port = args.serial
+                if port == "pty":
+                    pty = PtyPair().start()
+                    port = pty.device_path
+                server = await serve_serial(meters, port, args.baudrate)
+                where = {"serial": pty.host_path if pty else port}
+        except (RuntimeError, OSError, ValueError) as exc:
+            # pymodbus raises RuntimeError when it cannot listen; pyserial a SerialException
+            # (an OSError) or a ValueError for a port it cannot open.
+            if pty is not None:
+                pty.close()
+            what = "cannot listen there" if tcp is not None else "cannot open it as a serial port"
+            print(f"error: {flag}: {what} ({exc})", file=sys.stderr)
+            return 2
         print(json.dumps({"model": args.model, "units": units, **where}), flush=True)
         try:
             await _until_signal()
@@ -131,7 +243,6 @@ def cmd_meter(args: argparse.Namespace) -> int:
 
 def cmd_node(args: argparse.Namespace) -> int:
     from hardware.emulators.mqtt_node import MqttNodeEmulator
-    from hardware.emulators.profiles import parse_profile
 
     try:
         if not 0 <= args.node_id <= 0xFFFF:
@@ -146,13 +257,14 @@ def cmd_node(args: argparse.Namespace) -> int:
         host, port = _host_port(args.mqtt, "--mqtt")
         if not args.period > 0:
             raise ValueError("--period: must be positive")
+        profile = _profile(args.profile)
         emu = MqttNodeEmulator(
             args.node_id,
             bytes.fromhex(hexkey),
             host,
             port,
             topic=args.topic,
-            profile=parse_profile(args.profile),
+            profile=profile,
             period_s=args.period,
             seq=args.seq,
             fault=args.fault,

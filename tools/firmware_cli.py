@@ -40,6 +40,8 @@ DEVICE_MODULES = (
 )
 ENTRY = "main.py"
 ARCH = "xtensawin"
+MPY_ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
+              "xtensa", "xtensawin", "rv32imc", "rv64imc", "host", "debug")
 LINK_LIBS = {"ble": ("aioble",), "mqtt": ("umqtt.simple", "umqtt.robust"), "none": ()}
 MP_FIRMWARE_OFFSET = {"esp32": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0"}
 
@@ -52,18 +54,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_out_dir(path: Path, flag: str) -> None:
-    """Refuse, before anything is written, a directory argument that cannot be one: an existing
-    file, a path under a file, or a place this user cannot create it."""
-    if str(path).strip() == "":
+def check_out_dir(where: str | Path, flag: str) -> Path:
+    """Refuse, before anything is written, a directory argument that cannot be one: an empty
+    name, an existing file, a path under a file, or a place this user cannot create it."""
+    if str(where).strip() == "":  # Path("") would be the current directory
         raise CliError(f"{flag}: must name a directory")
+    path = Path(where)
     try:
         if path.exists():
             if not path.is_dir():
                 raise CliError(f"{flag}: {path} exists and is not a directory")
             if not os.access(path, os.W_OK | os.X_OK):
                 raise CliError(f"{flag}: {path}: no permission to write there")
-            return
+            return path
         parent = path.absolute().parent
         while not parent.exists():
             parent = parent.parent
@@ -73,6 +76,7 @@ def check_out_dir(path: Path, flag: str) -> None:
         raise CliError(f"{flag}: cannot create {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CliError(f"{flag}: cannot create {path}: no permission to write in {parent}")
+    return path
 
 
 # ---- build -----------------------------------------------------------------------------------
@@ -113,7 +117,8 @@ def _build(out: Path, arch: str) -> dict[str, Any]:
             check=False,
         )
         if proc.returncode != 0:
-            raise CliError(f"mpy-cross failed on {name}.py: {proc.stderr.strip()}")
+            why = proc.stderr.strip() or f"exit code {proc.returncode}"
+            raise CliError(f"mpy-cross failed on {name}.py: {why}")
         files.append(dst)
     shutil.copy(FIRMWARE_DIR / ENTRY, out / ENTRY)
     files.append(out / ENTRY)
@@ -267,12 +272,13 @@ def _write_private(path: Path, text: str) -> None:
 
 def provision(args: argparse.Namespace) -> dict[str, Any]:
     node_id: int = args.id
+    if str(args.keystore).strip() == "":
+        raise CliError("--keystore: must name a file")
     keystore_path = Path(args.keystore)
     store = load_keystore(keystore_path)
     if str(node_id) in store["nodes"] and not args.force:
         raise CliError(f"node {node_id} already has a key in {keystore_path}; --force replaces it")
-    out = Path(args.out)
-    check_out_dir(out, "--out")
+    out = check_out_dir(args.out, "--out")
     if (out / "node.key").exists() and not args.force:
         raise CliError(f"{out / 'node.key'} exists; --force replaces it")
     name = args.name or f"wattmesh_{node_id}"
@@ -434,7 +440,7 @@ def _guard(func: Any) -> Any:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    manifest = build(Path(args.out), args.arch)
+    manifest = build(check_out_dir(args.out, "--out"), args.arch)
     print(json.dumps({"bundle": str(args.out), "files": len(manifest["files"]),
                       "total_bytes": manifest["total_bytes"], "arch": manifest["arch"]}))
     return 0
@@ -471,7 +477,8 @@ def register(subparsers: Any) -> None:
     fw_sub = fw.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
     b = fw_sub.add_parser("build", help="compile the firmware with mpy-cross into a bundle")
     b.add_argument("--out", required=True, help="bundle directory")
-    b.add_argument("--arch", default=ARCH, help=f"mpy-cross -march (default {ARCH})")
+    b.add_argument("--arch", default=ARCH, choices=MPY_ARCHES, metavar="ARCH",
+                   help=f"mpy-cross -march: {', '.join(MPY_ARCHES)} (default {ARCH})")
     b.set_defaults(func=_guard(_cmd_build))
     f = fw_sub.add_parser("flash", help="flash MicroPython, libraries, bundle, config and key")
     f.add_argument("--port", required=True, help="serial port of the ESP32")

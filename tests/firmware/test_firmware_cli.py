@@ -224,3 +224,155 @@ def test_an_accepted_config_builds_its_ct_window(mains_hz: float, rate: float, c
     clamp = ct.Clamp(hal_host, hal_host.Adc(36), None, 30.0, 0, 1.0, board["sample_rate_hz"],
                      cfg["mains_hz"], board["cycles"])
     assert 0 < clamp.n <= fwconfig.MAX_WINDOW_SAMPLES
+
+
+# ---- malformed arguments and files: one clear line, exit code 2, nothing written -------------
+
+
+def _clear(err: str, *words: str) -> None:
+    assert "Traceback" not in err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    for word in words:
+        assert word in last, (word, last)
+
+
+def test_a_file_where_a_directory_is_expected_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("a file\n")
+    keys = tmp_path / "keys.json"
+    prov = ["provision", "node", "--id", "7"]
+    assert main([*prov, "--keystore", str(keys), "--out", str(plain)]) == 2
+    _clear(capsys.readouterr().err, "--out", "not a directory")
+    assert main([*prov, "--keystore", str(keys), "--out", str(plain / "sub")]) == 2
+    _clear(capsys.readouterr().err, "--out", "not a directory")
+    assert main([*prov, "--keystore", str(plain / "keys.json"), "--out", str(tmp_path / "n")]) == 2
+    _clear(capsys.readouterr().err, "--keystore", "not a directory")
+    assert main([*prov, "--keystore", str(tmp_path), "--out", str(tmp_path / "n")]) == 2
+    _clear(capsys.readouterr().err, "--keystore", "directory")
+    assert main([*prov, "--keystore", str(keys), "--out", ""]) == 2  # not the current directory
+    _clear(capsys.readouterr().err, "--out")
+    assert not keys.exists() and not (tmp_path / "n").exists()  # nothing written, no half node
+    assert plain.read_text() == "a file\n"
+    for out in (plain, plain / "bundle"):
+        assert main(["firmware", "build", "--out", str(out)]) == 2
+        _clear(capsys.readouterr().err, "--out", "not a directory")
+    assert main(["firmware", "build", "--out", ""]) == 2
+    _clear(capsys.readouterr().err, "--out")
+
+
+def _copy_bundle(bundle: Path, to: Path) -> Path:
+    to.mkdir(parents=True, exist_ok=True)
+    for f in bundle.iterdir():
+        (to / f.name).write_bytes(f.read_bytes())
+    return to
+
+
+_GOOD_SHA = "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("files", "field"),
+    [
+        ([1], "files[0]"),
+        (["main.py"], "files[0]"),
+        ([{"name": "main.py", "size": 1}], "files[0].sha256"),
+        ([{"size": 1, "sha256": _GOOD_SHA}], "files[0].name"),
+        ([{"name": 5, "size": 1, "sha256": _GOOD_SHA}], "files[0].name"),
+        ([{"name": "main.py", "size": "1", "sha256": _GOOD_SHA}], "files[0].size"),
+        ([{"name": "main.py", "size": True, "sha256": _GOOD_SHA}], "files[0].size"),
+        ([{"name": "main.py", "size": -1, "sha256": _GOOD_SHA}], "files[0].size"),
+        ([{"name": "main.py", "size": 1, "sha256": None}], "files[0].sha256"),
+        ([{"name": "main.py", "size": 1, "sha256": "xyz"}], "files[0].sha256"),
+        ([{"name": "../config.json", "size": 1, "sha256": _GOOD_SHA}], "files[0].name"),
+        ([{"name": "/boot.py", "size": 1, "sha256": _GOOD_SHA}], "files[0].name"),
+        ([{"name": "..", "size": 1, "sha256": _GOOD_SHA}], "files[0].name"),
+        ({"main.py": {}}, "files"),
+        ([], "files"),
+        (None, "files"),
+    ],
+)
+def test_flash_refuses_a_malformed_manifest_field_by_field(
+    tmp_path: Path, bundle: Path, files: object, field: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert _provision(tmp_path) == 0
+    b = _copy_bundle(bundle, tmp_path / "b")
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["files"] = files
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    rc = main(["firmware", "flash", "--port", "p", "--dry-run", "--bundle", str(b),
+               "--node", str(tmp_path / "n7")])
+    assert rc == 2
+    _clear(capsys.readouterr().err, "manifest.json", field)
+
+
+def test_flash_refuses_a_manifest_that_is_not_an_object_and_a_config_not_utf8(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _provision(tmp_path) == 0
+    node = tmp_path / "n7"
+    base = ["firmware", "flash", "--port", "p", "--dry-run"]
+    b = _copy_bundle(bundle, tmp_path / "b")
+    (b / "manifest.json").write_text("[1, 2]")
+    capsys.readouterr()
+    assert main([*base, "--bundle", str(b), "--node", str(node)]) == 2
+    _clear(capsys.readouterr().err, "manifest.json")
+    (node / "config.json").write_bytes(b"\xff\xfe{}")
+    assert main([*base, "--bundle", str(bundle), "--node", str(node)]) == 2
+    _clear(capsys.readouterr().err, "--node")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**40) | st.text(max_size=8)
+    | st.sampled_from(["main.py", "node.mpy", "../x", "", _GOOD_SHA]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["name", "size", "sha256", "x"]), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_JSON)
+def test_any_manifest_is_accepted_or_refused_with_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, files: object
+) -> None:
+    b = tmp_path_factory.mktemp("hyp-bundle", numbered=True)
+    (b / "main.py").write_text("print('x')\n")
+    (b / "manifest.json").write_text(json.dumps({"files": files}))
+    try:
+        firmware_cli.check_bundle(b)
+    except firmware_cli.CliError as exc:
+        assert "\n" not in str(exc)
+    else:  # accepted: every entry names a file of the bundle, with its size and digest
+        assert isinstance(files, list) and files
+        for entry in files:
+            assert (b / entry["name"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["provision", "node", "--id", "7", "--keystore", "{tmp}/k", "--out", "{tmp}/o",
+          "--link", "mqtt", "--mqtt-host", "h", "--wifi-ssid", "s", "--mqtt-port", "99999"],
+         "--mqtt-port"),
+        (["firmware", "flash", "--port", "p", "--bundle", "{tmp}/b", "--node", "{tmp}/n",
+          "--baud", "-3"], "--baud"),
+        (["firmware", "build", "--out", "{tmp}/o", "--arch", "nope"], "--arch"),
+    ],
+)
+def test_numbers_and_choices_are_usage_errors(
+    tmp_path: Path, argv: list[str], flag: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_.value.code == 2
+    _clear(capsys.readouterr().err, flag)
+
+
+def test_board_is_a_name_never_a_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # hardware/node_profile.json is a JSON file next to boards/: never to be read as a board
+    assert _provision(tmp_path, "--board", "../node_profile") == 2
+    _clear(capsys.readouterr().err, "--board", "unknown board")
+    assert not (tmp_path / "keys.json").exists()
