@@ -3,7 +3,10 @@
 ``PlugCore`` is the sans-IO node: given the time it produces READING frames (power from a load
 profile, energy counters integrating it exactly in integer units) and given a COMMAND frame it
 switches its relay and returns an ACK frame. It speaks ``firmware.frame``, the one definition of
-the wire format. ``PlugEmulator`` puts it on a bumble ``Device`` serving the node's GATT profile
+the wire format. Its relay behaves as the plug boards' (``hardware/boards/plug_*.json``) under
+the firmware (``firmware/relay.py``): off at boot, and a switch inside the minimum on/off time
+(boot counts as a switch) is answered ``S_MIN_TIME`` and carried out when that time is up.
+``PlugEmulator`` puts it on a bumble ``Device`` serving the node's GATT profile
 (``hardware/node_profile.json``) and adds fault injection: drop the link, go dead (stop
 advertising), go silent, corrupt, truncate or replay frames.
 """
@@ -11,10 +14,13 @@ advertising), go silent, corrupt, truncate or replay frames.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from bumble.core import AdvertisingData
@@ -34,6 +40,8 @@ NOMINAL_VOLTAGE_DV = 2300
 DW_MS_PER_MWH = 36_000
 ADVERTISING_INTERVAL_MS = 50  # short, so a virtual reconnect takes milliseconds
 
+DEFAULT_BOARD = "plug_hlw8012"
+
 LoadProfile = Callable[[int], int]
 """Real power in deciwatts at a time in ms (negative: export, e.g. a PV inverter)."""
 
@@ -43,16 +51,32 @@ def constant_load(power_w: float) -> LoadProfile:
     return lambda _ms: dw
 
 
+def board_relay(board: str = DEFAULT_BOARD) -> tuple[bool, int, int]:
+    """Boot state, minimum on and minimum off time (ms) of a plug board's relay, from its data
+    file: the emulator and the firmware build read the same numbers."""
+    data = json.loads(resources.files("hardware").joinpath("boards", f"{board}.json").read_text())
+    (relay,) = data["relays"]  # a plug has one relay, on its one metering channel
+    return (bool(relay.get("boot_on", False)), round(relay.get("min_on_s", 0) * 1000),
+            round(relay.get("min_off_s", 0) * 1000))
+
+
 @dataclass
 class PlugCore:
-    """The node's behaviour, without IO: time in, frames out."""
+    """The node's behaviour, without IO: time in, frames out. ``start_ms`` is when the plug was
+    powered up (its boot: uptime and the relay's first minimum off time count from it)."""
 
     node_id: int
     key: bytes
     load: LoadProfile
     start_ms: int = 0
     seq: int = 1  # next sequence number for a frame this node sends
-    relay_on: bool = True
+    board: str = DEFAULT_BOARD
+    relay_on: bool = field(init=False)
+    min_on_ms: int = field(init=False)
+    min_off_ms: int = field(init=False)
+    changed_ms: int = field(init=False)  # when the relay last switched; boot counts as one
+    pending: bool | None = field(init=False, default=None)  # a switch deferred by the min time
+    relay_log: list[tuple[int, bool]] = field(init=False)  # (ms, state) from boot on
     import_mwh: int = 0
     export_mwh: int = 0
     last_command_seq: int = 0
@@ -66,12 +90,44 @@ class PlugCore:
             raise ValueError(f"node id {self.node_id} out of range 0..65535")
         if len(self.key) != KEY_LEN:
             raise ValueError(f"node key must be {KEY_LEN} bytes, got {len(self.key)}")
+        self.relay_on, self.min_on_ms, self.min_off_ms = board_relay(self.board)
+        self.changed_ms = self.start_ms
+        self.relay_log = [(self.start_ms, self.relay_on)]
 
     def power_dw(self, now_ms: int) -> int:
         return int(self.load(now_ms)) if self.relay_on else 0
 
+    def relay_at(self, t_ms: int) -> bool:
+        """The relay's state at ``t_ms`` (from its switching log)."""
+        k = bisect.bisect_right(self.relay_log, t_ms, key=lambda e: e[0])
+        return self.relay_log[max(0, k - 1)][1]
+
+    def power_at(self, t_ms: int) -> int:
+        """What the appliance behind the plug drew at ``t_ms`` (dW), as its relay then let it:
+        the same current passes the plug's chip and the home's billing meter."""
+        return int(self.load(t_ms)) if self.relay_at(t_ms) else 0
+
+    def _hold_until(self) -> int:
+        """When the relay's minimum time since its last switch is over."""
+        return self.changed_ms + (self.min_on_ms if self.relay_on else self.min_off_ms)
+
+    def _switch(self, on: bool, at_ms: int) -> None:
+        self.relay_on = on
+        self.changed_ms = at_ms
+        self.relay_log.append((at_ms, on))
+
     def advance(self, now_ms: int) -> None:
-        """Integrate the energy counters up to ``now_ms`` (left Riemann sum over the calls)."""
+        """Integrate the energy counters up to ``now_ms`` (left Riemann sum over the calls),
+        carrying out a deferred switch at the moment its minimum time ran out."""
+        due = self._hold_until()
+        if self.pending is not None and due <= now_ms:
+            self._integrate(due)
+            want, self.pending = self.pending, None
+            if want != self.relay_on:
+                self._switch(want, due)
+        self._integrate(now_ms)
+
+    def _integrate(self, now_ms: int) -> None:
         if self._last_ms is None:
             self._last_ms = now_ms
             return
@@ -139,11 +195,28 @@ class PlugCore:
             status = frame.S_BAD_RELAY
         else:
             self.last_command_seq = seq
-            self.relay_on = {frame.A_ON: True, frame.A_OFF: False}.get(action, not self.relay_on)
-            status = frame.S_OK
-        ack = frame.pack_ack(seq, relay, status, 1 if self.relay_on else 0)
+            status = self._relay_command(action, now_ms)
+        # as the firmware: the addressed relay's state after the command, 0 for no such relay
+        ack = frame.pack_ack(seq, relay, status, 1 if relay == 0 and self.relay_on else 0)
         out: bytes = frame.encode(self.key, frame.T_ACK, self.node_id, self._next_seq(), ack)
         return out
+
+    def _relay_command(self, action: int, now_ms: int) -> int:
+        """``firmware/relay.py``'s rules: a toggle toggles the target, a switch inside the
+        minimum time is refused with S_MIN_TIME and done when the time is up."""
+        if action == frame.A_TOGGLE:
+            want = not (self.relay_on if self.pending is None else self.pending)
+        else:
+            want = action == frame.A_ON
+        if want == self.relay_on:
+            self.pending = None
+            return int(frame.S_OK)
+        if now_ms < self._hold_until():
+            self.pending = want
+            return int(frame.S_MIN_TIME)
+        self.pending = None
+        self._switch(want, now_ms)
+        return int(frame.S_OK)
 
 
 @dataclass
@@ -217,8 +290,12 @@ class PlugEmulator:
         *,
         load: LoadProfile,
         now_ms: Callable[[], int],
+        boot_ms: int | None = None,
     ) -> PlugEmulator:
-        core = PlugCore(node_id, key, load, start_ms=now_ms())
+        """``boot_ms``: when the plug was plugged in, if before now (a plug that has been in
+        its socket for a while is past its boot-time minimum off time)."""
+        start = now_ms() if boot_ms is None else boot_ms
+        core = PlugCore(node_id, key, load, start_ms=start)
         device = local_device(link, plug_name(node_id), plug_address(node_id))
         return cls(device, core, now_ms=now_ms)
 

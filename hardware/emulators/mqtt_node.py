@@ -4,6 +4,10 @@ frames on the Tasmota-style topics of ``hardware/node_profile.json``: READING fr
 ``cmnd/<topic>/FRAME`` and answered with ACK frames on ``stat/<topic>/ACK``; ``tele/<topic>/LWT``
 is ``Online``/``Offline`` (the broker publishes ``Offline`` if the node dies).
 
+The metered load hangs on the node's relays: it draws (and the import counter rises) only while
+one of them is on (with ``relays=0``: always); relays boot off, as the boards' do. An ACK carries
+the addressed relay's state after the command (1/0; 0 for no such relay), as ``firmware/node.py``.
+
 Faults for tests: ``tamper`` (frames with a wrong tag), ``replay`` (every frame sent twice),
 ``garbage`` (random bytes instead of frames).
 """
@@ -56,7 +60,9 @@ class MqttNodeEmulator:
             raise ValueError(f"unknown fault {fault!r}: expected one of {', '.join(FAULTS)}")
         self.node_id, self.key, self.host, self.port = node_id, key, host, port
         self.topic = topic or f"wattmesh_{node_id}"
-        self.counters = EnergyCounters(profile or constant(500.0))
+        self.profile = profile or constant(500.0)
+        # the counters integrate what the load really drew: nothing while its relays are off
+        self.counters = EnergyCounters(self._drawn)
         self.clock, self.period_s, self.sleep = clock, period_s, sleep
         self.seq = seq
         self.relay_state = 0
@@ -70,13 +76,16 @@ class MqttNodeEmulator:
         self.ready = asyncio.Event()
         self._start_ms = clock()
 
+    def _drawn(self, t_ms: int) -> float:
+        return self.profile(t_ms) if self.relay_state or self.relays == 0 else 0.0
+
     def t(self, kind: str) -> str:
         return str(PROFILE[kind]).format(topic=self.topic)
 
     def reading_frame(self) -> bytes:
         now = self.clock()
         imp, exp = self.counters.at(now)
-        p = self.counters.profile(now) if self.relay_state or self.relays == 0 else 0.0
+        p = self._drawn(now)
         fields = {
             "channel": 0,
             "uptime_s": max(0, (now - self._start_ms) // 1000) & 0xFFFFFFFF,
@@ -127,6 +136,7 @@ class MqttNodeEmulator:
             status = frame.S_BAD_RELAY
         else:
             status = frame.S_OK
+            self.counters.at(self.clock())  # the energy up to now was drawn in the old state
             bit = 1 << relay
             if action == frame.A_ON:
                 self.relay_state |= bit
@@ -141,7 +151,7 @@ class MqttNodeEmulator:
             frame.T_ACK,
             self.node_id,
             self.seq,
-            frame.pack_ack(seq, relay, status, self.relay_state),
+            frame.pack_ack(seq, relay, status, self.relay_state >> relay & 1),
         )
         self.seq += 1
         await self._client.publish(self.t("ack_frame"), ack, qos=1)

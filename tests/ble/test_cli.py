@@ -141,27 +141,32 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         try:
             await sink.until(lambda: all(len(sink.of(n)) >= 4 for n in (1, 2)), timeout=30)
             await eventually(lambda: source.stats()["reconnects"] >= 1, timeout=30)
-            readings = [frame.unpack_reading(v.payload) for v in sink.of(1)]
-            assert all(r["power_dw"] == -12000 for r in readings)
-            exported = [r["export_mwh"] for r in readings]
-            assert exported == sorted(exported) and exported[-1] > exported[0]
+            # the plugs boot with their relays open (the boards' boot state): nothing flows
+            assert all(frame.unpack_reading(v.payload)["power_dw"] == 0 for v in sink.of(1))
             assert sink.verifier.counts()["dropped_tag"] >= 1  # the injected corruption
             # a relay command crosses the process boundary and is acked; the link drops every
             # 0.2 s here, so the gateway retries as it would in the field (a fresh seq each time)
             acked = None
             for seq in range(9, 40):
-                await eventually(lambda: source.is_connected(2), timeout=30)
+                await eventually(lambda: source.is_connected(1), timeout=30)
                 cmd = frame.encode(
-                    KEYS[2], frame.T_COMMAND, 2, seq, frame.pack_command(0, frame.A_OFF)
+                    KEYS[1], frame.T_COMMAND, 1, seq, frame.pack_command(0, frame.A_ON)
                 )
                 try:
-                    await source.send_command(2, cmd)
-                    await sink.until(lambda: len(sink.of(2, frame.T_ACK)) > 0, timeout=0.5)
+                    await source.send_command(1, cmd)
+                    await sink.until(lambda: len(sink.of(1, frame.T_ACK)) > 0, timeout=0.5)
                 except (SourceError, TimeoutError):
                     continue
-                acked = frame.unpack_ack(sink.of(2, frame.T_ACK)[0].payload)
+                acked = frame.unpack_ack(sink.of(1, frame.T_ACK)[0].payload)
                 break
-            assert acked is not None and acked[1:] == (0, frame.S_OK, 0)
+            assert acked is not None and acked[1:] == (0, frame.S_OK, 1)
+            # closed: the PV plug's export flows and its counter rises
+            before = len(sink.of(1))
+            await sink.until(lambda: len(sink.of(1)) >= before + 3, timeout=30)
+            readings = [frame.unpack_reading(v.payload) for v in sink.of(1)[before:]]
+            assert all(r["power_dw"] == -12000 for r in readings)
+            exported = [r["export_mwh"] for r in readings]
+            assert exported == sorted(exported) and exported[-1] > exported[0]
             # and through all that churn neither plug goes long without a reading (a connect
             # that lost its link before resuming once hung here for the 30 s ATT timeout)
             for _ in range(5):

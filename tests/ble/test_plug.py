@@ -13,15 +13,21 @@ from hardware.ble.profile import plug_address, plug_name
 KEY = bytes(range(32))
 
 
+def switched_on(core: PlugCore, at_ms: int = 0) -> PlugCore:
+    assert core.command(_cmd(core.seq + 10_000, frame.A_ON, node=core.node_id), at_ms)
+    assert core.relay_on
+    return core
+
+
 def test_readings_are_genuine_frames_with_forward_sequence_numbers() -> None:
-    core = PlugCore(7, KEY, constant_load(230.0))
+    core = switched_on(PlugCore(7, KEY, constant_load(230.0), start_ms=-5000))
     frames = [core.reading(ms) for ms in (0, 1000, 2000)]
     decoded = [frame.decode(KEY, f) for f in frames]
-    assert [d[2] for d in decoded] == [1, 2, 3]
+    assert [d[2] for d in decoded] == [2, 3, 4]  # seq 1 was the ON command's ACK
     assert {(d[0], d[1]) for d in decoded} == {(frame.T_READING, 7)}
     r = frame.unpack_reading(decoded[-1][3])
     assert r["power_dw"] == 2300 and r["voltage_dv"] == 2300 and r["current_ma"] == 1000
-    assert r["relays"] == 1 and r["uptime_s"] == 2
+    assert r["relays"] == 1 and r["uptime_s"] == 7  # plugged in 5 s before t = 0
 
 
 @given(
@@ -29,7 +35,7 @@ def test_readings_are_genuine_frames_with_forward_sequence_numbers() -> None:
     steps=st.lists(st.integers(0, 3_600_000), min_size=1, max_size=30),
 )
 def test_energy_counters_integrate_power_exactly(power_dw: int, steps: list[int]) -> None:
-    core = PlugCore(1, KEY, lambda _ms: power_dw)
+    core = switched_on(PlugCore(1, KEY, lambda _ms: power_dw, start_ms=-5000))
     now = 0
     core.advance(now)
     for dt in steps:
@@ -43,7 +49,7 @@ def test_energy_counters_integrate_power_exactly(power_dw: int, steps: list[int]
 
 
 def test_one_hour_at_one_kilowatt_is_one_kilowatt_hour() -> None:
-    core = PlugCore(1, KEY, constant_load(1000.0))
+    core = switched_on(PlugCore(1, KEY, constant_load(1000.0), start_ms=-5000))
     for ms in range(0, 3_600_001, 5000):
         raw = core.reading(ms)
     assert frame.unpack_reading(frame.decode(KEY, raw)[3])["import_mwh"] == 1_000_000
@@ -53,8 +59,32 @@ def _cmd(seq: int, action: int, relay: int = 0, node: int = 1, key: bytes = KEY)
     return frame.encode(key, frame.T_COMMAND, node, seq, frame.pack_command(relay, action))
 
 
+def test_the_relay_boots_off_and_keeps_the_boards_minimum_off_time() -> None:
+    """plug_hlw8012.json: boot_on false, min_off_s 5 (boot counts as a switch); a switch inside
+    it is answered S_MIN_TIME and done when it is up, as firmware/relay.py does."""
+    core = PlugCore(1, KEY, constant_load(1000.0), start_ms=0)
+    assert (core.relay_on, core.min_on_ms, core.min_off_ms) == (False, 0, 5000)
+    core.reading(0)
+    ack = core.command(_cmd(1, frame.A_ON), 1000)
+    assert ack is not None and frame.unpack_ack(frame.decode(KEY, ack)[3]) == (
+        1, 0, frame.S_MIN_TIME, 0)
+    assert not core.relay_on
+    r = frame.unpack_reading(frame.decode(KEY, core.reading(8000))[3])
+    assert core.relay_on and r["relays"] == 1 and r["power_dw"] == 10_000
+    assert r["import_mwh"] == 1000 * 3000 // 3600  # drawn from 5 s on, not before
+    assert [core.relay_at(t) for t in (4999, 5000)] == [False, True]
+    assert core.power_at(4999) == 0 and core.power_at(5000) == 10_000
+    # off at once (no minimum on time), then on again only after 5 s off
+    assert core.command(_cmd(2, frame.A_OFF), 9000) is not None and not core.relay_on
+    core.command(_cmd(3, frame.A_ON), 13_999)
+    assert not core.relay_on and core.pending
+    core.command(_cmd(4, frame.A_OFF), 13_999)  # the deferred switch is called off
+    core.advance(20_000)
+    assert not core.relay_on and core.pending is None
+
+
 def test_commands_switch_the_relay_and_are_acked_once() -> None:
-    core = PlugCore(1, KEY, constant_load(100.0))
+    core = PlugCore(1, KEY, constant_load(100.0), start_ms=-5000)
     ack = core.command(_cmd(5, frame.A_OFF), 0)
     assert ack is not None and not core.relay_on
     ftype, node, _seq, payload = frame.decode(KEY, ack)
@@ -82,7 +112,7 @@ def test_commands_switch_the_relay_and_are_acked_once() -> None:
 def test_hostile_command_bytes_never_crash_the_node(raw: bytes) -> None:
     core = PlugCore(1, KEY, constant_load(100.0))
     assert core.command(raw, 0) is None  # without the key nothing gets through
-    assert core.relay_on and core.commands_rejected == 1
+    assert not core.relay_on and core.commands_rejected == 1
 
 
 @given(
@@ -97,7 +127,7 @@ def test_any_single_bit_flip_of_a_genuine_command_is_rejected(
     raw = bytearray(_cmd(seq, frame.A_OFF))
     raw[flip] ^= 1 << bit
     assert core.command(bytes(raw), 0) is None
-    assert core.relay_on
+    assert not core.relay_on
 
 
 def test_bad_construction_is_refused() -> None:

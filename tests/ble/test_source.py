@@ -23,6 +23,8 @@ async def test_readings_arrive_and_verify_with_the_node_key(world: World) -> Non
     task = await running(source, sink)
     try:
         await eventually(lambda: source.stats()["connected"] == 3)
+        await world.clock.advance(5000)
+        world.switch_all_on()
         for _ in range(3):
             await world.clock.advance(5000)
             await world.tick_all()
@@ -34,8 +36,10 @@ async def test_readings_arrive_and_verify_with_the_node_key(world: World) -> Non
         r1 = [frame.unpack_reading(v.payload) for v in sink.of(1)]
         assert [r["power_dw"] for r in r1] == [1000, 1000, 1000]
         r3 = [frame.unpack_reading(v.payload) for v in sink.of(3)]
-        # 1500 W exported for 10 s between the first and the last reading: 4166 mWh (floor)
-        assert r3[-1]["export_mwh"] - r3[0]["export_mwh"] == 1500 * 10 * 1000 // 3600
+        # 1500 W exported from the switch on: 5 s to the first reading, 15 s to the last
+        # (integrated exactly, each counter the floor of its whole mWh)
+        assert [r3[0]["export_mwh"], r3[-1]["export_mwh"]] == [
+            1500 * 5 * 1000 // 3600, 1500 * 15 * 1000 // 3600]
         assert [v.seq for v in sink.of(2)] == sorted(v.seq for v in sink.of(2))
         now = world.clock.now_ms()
         assert {ms for _, _, ms in sink.raw} == {now - 10000, now - 5000, now}
@@ -60,30 +64,31 @@ async def test_relay_command_switches_the_plug_and_is_acked(world: World) -> Non
     try:
         await eventually(lambda: source.stats()["connected"] == 2)
         plug = world.plugs[1]
-        assert plug.core.relay_on
-        await source.send_command(1, _command(1, 100, frame.A_OFF))
+        assert not plug.core.relay_on  # plugs boot with the relay off
+        await world.clock.advance(5000)  # past the boards' minimum off time
+        await source.send_command(1, _command(1, 100, frame.A_ON))
         await sink.until(lambda: len(sink.of(1, frame.T_ACK)) == 1)
-        assert not plug.core.relay_on
-        assert world.plugs[2].core.relay_on  # only the addressed node switched
+        assert plug.core.relay_on
+        assert not world.plugs[2].core.relay_on  # only the addressed node switched
         ack = frame.unpack_ack(sink.of(1, frame.T_ACK)[0].payload)
-        assert ack == (100, 0, frame.S_OK, 0)
-        # the next reading shows the relay open and no power
+        assert ack == (100, 0, frame.S_OK, 1)
+        # the next reading shows the relay closed and power flowing
         await world.clock.advance(5000)
         await plug.tick()
         await sink.until(lambda: len(sink.of(1)) == 1)
         reading = frame.unpack_reading(sink.of(1)[0].payload)
-        assert reading["relays"] == 0 and reading["power_dw"] == 0
+        assert reading["relays"] == 1 and reading["power_dw"] > 0
         # a replayed command is refused by the node and says so
-        await source.send_command(1, _command(1, 100, frame.A_ON))
+        await source.send_command(1, _command(1, 100, frame.A_OFF))
         await sink.until(lambda: len(sink.of(1, frame.T_ACK)) == 2)
-        assert frame.unpack_ack(sink.of(1, frame.T_ACK)[1].payload) == (100, 0, frame.S_REPLAY, 0)
-        assert not plug.core.relay_on
+        assert frame.unpack_ack(sink.of(1, frame.T_ACK)[1].payload) == (100, 0, frame.S_REPLAY, 1)
+        assert plug.core.relay_on
         # a command under the wrong key is dropped by the node: no ack, no switch
-        await source.send_command(1, _command(1, 101, frame.A_ON, key=KEYS[2]))
+        await source.send_command(1, _command(1, 101, frame.A_OFF, key=KEYS[2]))
         await source.send_command(1, _command(1, 102, frame.A_TOGGLE))
         await sink.until(lambda: len(sink.of(1, frame.T_ACK)) == 3)
         assert frame.unpack_ack(sink.of(1, frame.T_ACK)[2].payload)[0] == 102
-        assert plug.core.relay_on and plug.core.commands_rejected == 1
+        assert not plug.core.relay_on and plug.core.commands_rejected == 1
         assert source.stats()["commands"] == 4
     finally:
         await stop(task)

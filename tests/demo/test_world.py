@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY
 from hardware.emulators.profiles import EnergyCounters
-from tools.demo.edge import slot_profile
+from tools.demo.checks import (
+    billing_expected_wh,
+    habit_draws,
+    relay_energy_mwh,
+    relay_plan_problems,
+)
+from tools.demo.run import HomeSupply, Relay, relay_draw
 from tools.demo.vmnode import channel_curve
 from tools.demo.world import build_community, fixed_mwh, habit_schedule, pv_mwh, sun_factor
 
@@ -54,19 +60,46 @@ def test_pv_and_habits_fit_the_day() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 900), st.integers(0, 900)), min_size=4, max_size=8))
-def test_meter_profile_integrates_to_the_slot_energies(slots: list[tuple[int, int]]) -> None:
-    imp = [i if i >= e else 0 for i, e in slots]
-    exp = [e if e > i else 0 for i, e in slots]
+@given(st.lists(st.tuples(st.integers(0, 900), st.integers(0, 900), st.booleans()), min_size=4,
+                max_size=8))
+def test_the_billing_meter_follows_what_the_relay_really_did(
+        slots: list[tuple[int, int, bool]]) -> None:
+    """The billing meter integrates base - PV + the switched appliance as its relay really
+    was; the parts checks.py adds up give the same import and export per slot."""
     t0 = 1_782_000_000_000 - 1_782_000_000_000 % SLOT_MS
-    counters = EnergyCounters(slot_profile(imp, exp, t0, SLOT_MS))
+    base = [b * 1000 for b, _, _ in slots] + [0] * (SLOTS_PER_DAY - len(slots))
+    pv = [p * 1000 for _, p, _ in slots] + [0] * (SLOTS_PER_DAY - len(slots))
+    relay = Relay("PT0001", "Water Heater", 1500, [(t0 + k * SLOT_MS, on)
+                                                   for k, (_, _, on) in enumerate(slots)])
+    supply = HomeSupply(t0, base, pv, [relay_draw(relay)])
+    drawn = relay_energy_mwh(relay, habit_draws(None), t0, len(slots))
+    counters = EnergyCounters(supply.power_w)
     counters.at(t0)
     for k in range(len(slots)):
         before = (counters.import_mwh, counters.export_mwh)
         counters.at(t0 + (k + 1) * SLOT_MS)
-        got_imp = counters.import_mwh - before[0]
-        got_exp = counters.export_mwh - before[1]
-        assert abs(got_imp - imp[k] * 1000) <= 100 and abs(got_exp - exp[k] * 1000) <= 100
+        net = base[k] - pv[k] + (375_000 if slots[k][2] else 0)  # 1500 W for 15 min if on
+        assert abs(counters.import_mwh - before[0] - max(0, net)) <= 100
+        assert abs(counters.export_mwh - before[1] - max(0, -net)) <= 100
+        assert drawn[k] == (375_000 if slots[k][2] else 0)
+    imp, exp = billing_expected_wh(supply, [drawn], len(slots))
+    assert abs(imp - counters.import_mwh / 1000) <= 1 and abs(exp - counters.export_mwh / 1000) <= 1
+
+
+def test_a_relay_that_did_other_than_confirmed_shows_in_the_checks() -> None:
+    t0 = 0
+    plan_on = {1, 2}
+    confirmed = Relay("PT0002", "Dish Washer", 1000, [(0, False), (SLOT_MS, True),
+                                                       (3 * SLOT_MS, False)])
+    assert relay_plan_problems({("PT0002", "Dish Washer"): confirmed},
+                               {("PT0002", "Dish Washer"): plan_on}, t0, 4) == []
+    stuck = Relay("PT0002", "Dish Washer", 1000, [(0, False)])  # no command got through
+    assert relay_plan_problems({("PT0002", "Dish Washer"): stuck},
+                               {("PT0002", "Dish Washer"): plan_on}, t0, 4) == [
+        "PT0002 Dish Washer: confirmed state differs from the plan in 2 slots (first at slot 1)"]
+    # a habit-driven appliance draws only in its owner's slots, as far as the relay lets it
+    assert relay_energy_mwh(confirmed, habit_draws({2, 3}), t0, 4) == [0, 0, 250_000, 0]
+    assert confirmed.on_ms(SLOT_MS // 2, 5 * SLOT_MS) == 2 * SLOT_MS
 
 
 def test_channel_curve_steps_only_on_changes() -> None:

@@ -46,8 +46,10 @@ def ble_gateway(
 async def test_ble_plugs_through_the_daemon(tmp_path: Path) -> None:
     link = LocalLink()
     clock = ManualClock(T0)
-    plugs = {
-        nid: PlugEmulator.on_link(link, nid, KEYS[nid], load=constant_load(w), now_ms=clock.now_ms)
+    plugs = {  # plugged in a minute ago: past the relay's minimum off time after boot
+        nid: PlugEmulator.on_link(
+            link, nid, KEYS[nid], load=constant_load(w), now_ms=clock.now_ms, boot_ms=T0 - 60_000
+        )
         for nid, w in ((1, 1200.0), (2, 400.0))
     }
     for p in plugs.values():
@@ -58,6 +60,8 @@ async def test_ble_plugs_through_the_daemon(tmp_path: Path) -> None:
     try:
         source = gw.sources[0]
         await until(lambda: source.stats().get("connected") == 2, what="both plugs connected")
+        for nid in plugs:  # a plug boots with its relay off, as the boards do
+            assert await gw.send_relay(nid, 0, True) == frame.S_OK
         for _ in range(16):
             before = gw.verifier.accepted
             for p in plugs.values():

@@ -2,12 +2,16 @@
 
 Replicas on one state digest; tokens conserved; every billing-meter interval closed and its
 report on the ledger with the gateway's figures; no metered energy lost (reports add up to the
-meters' counters); no transaction refused; no valid node frame rejected. Also records what the
-plugs and the firmware node metered against the plan.
+meters' counters); no transaction refused; no valid node frame rejected; every relay switched as
+the plan said (confirmed by its node's ACK); metered energy follows the relays (each switched
+appliance's sub-meter against the time its relay was confirmed on, and each billing meter against
+the sum of its home's parts). Also records what the plugs and the firmware node metered against
+the plan.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
@@ -17,9 +21,62 @@ from tools.demo.vmnode import VM_NODE_BASE
 from tools.demo.world import run_slots
 
 if TYPE_CHECKING:
-    from tools.demo.run import DemoRun
+    from tools.demo.run import DemoRun, HomeSupply, Relay
 
 HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
+PLUG_TOLERANCE_WH = 1  # a plug integrates exactly; its intervals round down to whole Wh
+CT_TOLERANCE = 0.02  # the CT clamps' accuracy over their range ...
+# ... plus their noise floor, all day: a clamp without a voltage channel turns its ADC noise
+# into power at nominal voltage (about 14 W measured on the demo's second clamp)
+CT_FLOOR_W = 20
+# The billing meter integrates in 10 s steps rounded to mWh and reports float registers:
+# a few Wh a day at most; a relay that did other than confirmed moves hundreds.
+BILLING_TOLERANCE_WH = 5
+
+
+def relay_plan_problems(relays: Mapping[tuple[str, str], Relay],
+                        wanted: Mapping[tuple[str, str], set[int]], day0_ms: int,
+                        slots: int) -> list[str]:
+    """Where a relay's confirmed state at a slot's start differs from what the plan wanted
+    (``wanted``: slot-of-day indices it should be on)."""
+    out = []
+    for key, relay in sorted(relays.items()):
+        want = wanted.get(key, set())
+        bad = [k for k in range(slots)
+               if relay.on_at(day0_ms + k * SLOT_MS) != (k % SLOTS_PER_DAY in want)]
+        if bad:
+            out.append(f"{key[0]} {key[1]}: confirmed state differs from the plan in "
+                       f"{len(bad)} slots (first at slot {bad[0]})")
+    return out
+
+
+def relay_energy_mwh(relay: Relay, draws: Callable[[int], bool], day0_ms: int,
+                     slots: int) -> list[float]:
+    """Per slot of the run, what the appliance behind ``relay`` drew (mWh) while its relay was
+    confirmed on; ``draws(slot)``: whether its owner runs it then (relay allowing)."""
+    return [relay.power_w * relay.on_ms(day0_ms + k * SLOT_MS, day0_ms + (k + 1) * SLOT_MS)
+            / 3600 if draws(k) else 0.0 for k in range(slots)]
+
+
+def habit_draws(habit: set[int] | None) -> Callable[[int], bool]:
+    """Whether the appliance runs in slot k of the run, relay allowing: a flexible one whenever
+    its relay is on, a regular one when its owner's habit says."""
+    if habit is None:
+        return lambda _k: True
+    return lambda k: k % SLOTS_PER_DAY in habit
+
+
+def billing_expected_wh(supply: HomeSupply, parts: list[list[float]],
+                        slots: int) -> tuple[float, float]:
+    """The billing meter's import and export (Wh) as the sum of the home's parts: its load on
+    no relay, each switched appliance's confirmed draw, minus PV (each slot's sign holds for the
+    whole slot: every part is constant within it)."""
+    imp = exp = 0.0
+    for k in range(slots):
+        s = k % SLOTS_PER_DAY
+        net = supply.base_mwh[s] - supply.pv_mwh[s] + sum(p[k] for p in parts)
+        imp, exp = imp + max(0.0, net), exp + max(0.0, -net)
+    return imp / 1000, exp / 1000
 
 
 async def self_checks(run: DemoRun) -> None:
@@ -128,6 +185,7 @@ async def self_checks(run: DemoRun) -> None:
         for name in loads:
             rec.sub_planned_wh.setdefault(e.id_grid, {})[name] = planned[
                 name.removesuffix(" (firmware node)")]
+    relay_checks(run, end_ms)
     rec.counters["relay_commands_acked"] = sum(e.relay_ok for e in run.edges)
     rec.counters["relay_commands_failed"] = sum(e.relay_failed for e in run.edges)
     rec.counters["sub_meter_intervals_kept_local"] = sum(
@@ -140,3 +198,58 @@ async def self_checks(run: DemoRun) -> None:
     rec.counters["reports_expected"] = expected
     rec.counters["reports_on_ledger"] = on_ledger
     rec.counters["intervals_without_data"] = missing
+
+
+def relay_checks(run: DemoRun, end_ms: int) -> None:
+    """The relays did what the plan said, and the meters measured what the relays did."""
+    rec = run.record
+    slots = (end_ms - run.day0_ms) // SLOT_MS
+    wanted: dict[tuple[str, str], set[int]] = {}
+    for p in run.plans:
+        for a in p.home.flexible:
+            wanted[(p.home.id_grid, a.name)] = set(p.schedule.get(a.name, ()))
+    for home, name in run.metering_plugs.items():
+        wanted[(home, name)] = set(range(SLOTS_PER_DAY))  # a metering plug stays on
+    problems = relay_plan_problems(run.relays, wanted, run.day0_ms, slots)
+    failed = sum(e.relay_failed for e in run.edges)
+    if failed:
+        problems.insert(0, f"{failed} relay commands not confirmed")
+    rec.checks.append(Check(
+        "relays switched as planned", not problems,
+        "; ".join(problems[:4]) if problems else
+        f"{sum(e.relay_ok for e in run.edges)} relay commands confirmed by their nodes' ACKs; "
+        f"{len(run.relays)} relays followed the plan in every slot"))
+    wrong: list[str] = []
+    worst = 0.0
+    for e in run.edges:
+        parts: list[list[float]] = []
+        for name, (node, relay_no) in sorted(e.node_ids.items()):
+            relay = run.relays.get((e.id_grid, name))
+            if relay is None:
+                continue
+            drawn = relay_energy_mwh(relay, habit_draws(run.habit_loads.get(node)),
+                                     run.day0_ms, slots)
+            parts.append(drawn)
+            expected = sum(drawn) / 1000
+            if node >= VM_NODE_BASE:
+                meter = f"node-{node}" if relay_no == 0 else f"node-{node}.{relay_no}"
+                tol = CT_TOLERANCE * expected + CT_FLOOR_W * slots * SLOT_MS / HOUR_MS
+            else:
+                meter, tol = f"plug-{node}", PLUG_TOLERANCE_WH
+            got = sum(i.import_wh for i in e.gateway.interval_history(meter, run.day0_ms, end_ms))
+            if abs(got - expected) > tol:
+                wrong.append(f"{e.id_grid} {name}: {meter} metered {got} Wh, its relay was "
+                             f"confirmed on for {expected:.0f} Wh")
+        imp_x, exp_x = billing_expected_wh(run.supply[e.id_grid], parts, slots)
+        billed = e.billing_intervals(run.day0_ms, end_ms)
+        imp, exp = sum(i.import_wh for i in billed), sum(i.export_wh for i in billed)
+        worst = max(worst, abs(imp - imp_x), abs(exp - exp_x))
+        if abs(imp - imp_x) > BILLING_TOLERANCE_WH or abs(exp - exp_x) > BILLING_TOLERANCE_WH:
+            wrong.append(f"{e.meter_id}: billed {imp}/{exp} Wh, its home's parts "
+                         f"{imp_x:.0f}/{exp_x:.0f} Wh")
+    rec.checks.append(Check(
+        "metered energy follows the relays", not wrong,
+        "; ".join(wrong[:4]) if wrong else
+        "each switched appliance's sub-meter equals its power over the time its relay was "
+        "confirmed on; each billing meter's import/export equals its home's base load plus "
+        f"those appliances minus PV (largest difference {worst:.1f} Wh)"))

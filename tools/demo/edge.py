@@ -5,8 +5,8 @@
   polled by the daemon's Modbus bus;
 * emulated BLE plugs (``hardware.ble.plug``) on the home's own bumble virtual link, one per
   flexible appliance, reached through the real bleak API (``gateway.sources.ble`` with the
-  bumble-backed bleak backend); their relays switch the appliances and their readings are the
-  appliances' sub-metering;
+  bumble-backed bleak backend); their relays switch the appliances (and so what the billing meter
+  sees) and their readings are the appliances' sub-metering;
 * for the home that hosts it, the node running the real firmware on the MicroPython VM, on MQTT
   through the demo's mosquitto (``tools.demo.vmnode``).
 
@@ -175,18 +175,6 @@ class HomeEdge:
         await self.server.shutdown()
 
 
-def slot_profile(import_wh: list[int], export_wh: list[int], day_start_ms: int,
-                 slot_ms: int) -> Callable[[int], float]:
-    """The meter's power (W, export negative) from the world's energy per slot, repeating daily."""
-    slots = len(import_wh)
-
-    def power(t_ms: int) -> float:
-        s = ((t_ms - day_start_ms) // slot_ms) % slots
-        return (import_wh[s] - export_wh[s]) * 3_600_000 / slot_ms
-
-    return power
-
-
 @dataclass
 class EdgeSpec:
     """What the demo decides about a home's edge before it starts."""
@@ -194,7 +182,7 @@ class EdgeSpec:
     id_grid: str
     meter_id: str
     key: Ed25519PrivateKey
-    profile: Callable[[int], float]
+    profile: Callable[[int], float]  # the billing meter's power (W, export negative) at a time
     plugs: list[tuple[int, str, int]]  # (node id, appliance, power W)
     mqtt_nodes: list[tuple[int, str, bytes]] = field(default_factory=list)  # (id, topic, key)
     node_relays: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -244,7 +232,7 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
 async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s: int,
                      ledger: Callable[[], Any], plug_keys: dict[int, bytes],
                      plug_load: Callable[[int, int], Callable[[int], int]],
-                     mqtt_port: int | None) -> HomeEdge:
+                     mqtt_port: int | None, plug_boot_ms: int | None = None) -> HomeEdge:
     meter = EmulatedMeter(METER_MODEL, spec.profile, clock=clock.now_ms)
     port = free_port()
     server = await serve_tcp({UNIT: meter}, "127.0.0.1", port)
@@ -257,7 +245,7 @@ async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s
         link = LocalLink()  # type: ignore[no-untyped-call]
         for nid, appliance, watts in spec.plugs:
             emu = PlugEmulator.on_link(link, nid, plug_keys[nid], load=plug_load(nid, watts),
-                                       now_ms=clock.now_ms)
+                                       now_ms=clock.now_ms, boot_ms=plug_boot_ms)
             await emu.start()
             plugs.append(Plug(nid, appliance, watts, emu))
         central = BumbleCentral.on_link(link)

@@ -23,6 +23,12 @@ def _eur(utok: int) -> str:
 
 
 def run_demo(opts: DemoOptions) -> int:
+    if opts.out is not None:  # make the output directory before the run, not after it
+        try:
+            opts.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"wattmesh demo: --out: cannot create {opts.out} ({exc})", file=sys.stderr)
+            return 2
     progress = Progress(opts.hours, quiet=opts.quiet)
     progress.say(
         f"wattmesh demo: {opts.households} homes, {opts.hours} h from {opts.date}, "
@@ -70,8 +76,10 @@ def _finish(opts: DemoOptions, run: DemoRun, record: DayRecord, _tmp: Path) -> i
     t = data["totals"]
     say = print
     say("")
-    say(f"traded in the community: {t['traded_wh'] / 1000:.1f} kWh; grid import "
-        f"{t['grid_import_wh'] / 1000:.1f} kWh, export {t['grid_export_wh'] / 1000:.1f} kWh")
+    say(f"traded in the community: {t['traded_wh'] / 1000:.1f} kWh; billed by the grid: import "
+        f"{t['grid_import_wh'] / 1000:.1f} kWh, export {t['grid_export_wh'] / 1000:.1f} kWh "
+        f"(the community's net flow: import {t['net_import_wh'] / 1000:.1f} kWh, export "
+        f"{t['net_export_wh'] / 1000:.1f} kWh)")
     say(f"cost of the day at grid tariffs alone: {_eur(costs['grid_only']['community_cost_utok'])}")
     for rule in ("paper", "uniform", "pay_as_bid"):
         c = costs[rule]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,28 @@ def _int_in(name: str, text: str, lo: int, hi: int) -> int:
     return value
 
 
+def _check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory this user can write, or one it can create: checked before
+    the run, so a bad path never costs a whole run and its results."""
+    try:
+        exists, is_dir = out.exists(), out.is_dir()
+        parent = out.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL
+        raise OptionError(f"--out: unusable path {str(out)!r} ({exc})") from None
+    if exists:
+        if not is_dir:
+            raise OptionError(f"--out: {out} exists and is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OptionError(f"--out: no permission to write in {out}")
+        return
+    if not parent.is_dir():
+        raise OptionError(f"--out: cannot create {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OptionError(f"--out: cannot create {out}: no permission to write in {parent}")
+
+
 def parse_options(args: argparse.Namespace) -> DemoOptions:
     """Turn argparse's strings into ``DemoOptions``; raises ``OptionError`` naming the option."""
     households = _int_in("--households", str(args.households), 2, MAX_HOUSEHOLDS)
@@ -85,8 +108,7 @@ def parse_options(args: argparse.Namespace) -> DemoOptions:
         if str(args.out).strip() == "":
             raise OptionError("--out: must name a directory")
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise OptionError(f"--out: {out} exists and is not a directory")
+        _check_out_dir(out)
     return DemoOptions(
         households=households,
         hours=hours,

@@ -13,8 +13,8 @@ from typing import TextIO
 BAR_WIDTH = 28
 
 
-def kwh(wh: int) -> str:
-    return f"{wh / 1000:7.2f}"
+def kwh(wh: int | None) -> str:
+    return "      -" if wh is None else f"{wh / 1000:7.2f}"
 
 
 def price(micro_per_kwh: int | None) -> str:
@@ -42,9 +42,11 @@ class Progress:
     def header(self) -> None:
         self.say(f"{'hour':<16}  {'offers':>6} {'bids':>6}   {'MCP €/kWh':>9}   "
                  f"{'traded kWh':>10}   {'grid import kWh':>15}   {'grid export kWh':>15}")
+        self.say("(grid import/export: what the grid sold to and bought from the homes, as the "
+                 "ledger settled the hour; - until it is settled)")
 
     def hour_line(self, label: str, offers: int, bids: int, mcp: int | None, traded_wh: int,
-                  import_wh: int, export_wh: int, note: str = "") -> None:
+                  import_wh: int | None, export_wh: int | None, note: str = "") -> None:
         line = (f"{label:<16}  {offers:6d} {bids:6d}   {price(mcp):>9}   {kwh(traded_wh):>10}"
                 f"   {kwh(import_wh):>15}   {kwh(export_wh):>15}")
         if note:

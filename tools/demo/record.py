@@ -21,20 +21,40 @@ class HourResult:
     kwh_wanted: int = 0
     relay_actions: int = 0
     note: str = ""
+    settlement: list[dict[str, Any]] | None = None  # the ledger's settlement lines of the hour
 
     @property
     def listing_id(self) -> str:
         return self.book.listing_id
 
     @property
+    def settled(self) -> bool:
+        return self.settlement is not None
+
+    @property
     def grid_import_wh(self) -> int:
-        """Community import from the grid: what the homes imported beyond what others exported."""
+        """What the grid sold the homes at retail, as the ledger settled the hour: each home's
+        import the market did not cover plus each seller's shortfall (0 until settled)."""
+        return sum(int(ln["grid_import_wh"]) + int(ln["shortfall_wh"])
+                   for ln in self.settlement or [])
+
+    @property
+    def grid_export_wh(self) -> int:
+        """What the grid bought from the homes at feed-in, as settled: each home's export the
+        market did not take plus what buyers bought and did not use (0 until settled)."""
+        return sum(int(ln["feed_in_wh"]) + int(ln["excess_wh"]) for ln in self.settlement or [])
+
+    @property
+    def net_import_wh(self) -> int:
+        """The community's net flow at its boundary: what the homes imported beyond what the
+        others exported (one home's export offsets another's import physically, not in the
+        bills: those are ``grid_import_wh``/``grid_export_wh``)."""
         imp = sum(i for i, _ in self.book.metered.values())
         exp = sum(e for _, e in self.book.metered.values())
         return max(0, imp - exp)
 
     @property
-    def grid_export_wh(self) -> int:
+    def net_export_wh(self) -> int:
         imp = sum(i for i, _ in self.book.metered.values())
         exp = sum(e for _, e in self.book.metered.values())
         return max(0, exp - imp)

@@ -46,8 +46,12 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
             "traded_wh": h.traded_wh,
             "kwh_available_wh": h.kwh_available,
             "kwh_wanted_wh": h.kwh_wanted,
-            "grid_import_wh": h.grid_import_wh,
+            "grid_import_wh": h.grid_import_wh,  # billed at settlement (the ledger's lines)
             "grid_export_wh": h.grid_export_wh,
+            "net_import_wh": h.net_import_wh,  # the community's net flow, not what is billed
+            "net_export_wh": h.net_export_wh,
+            "settled": h.settled,
+            "settlement_lines": h.settlement or [],
             "relay_actions": h.relay_actions,
             "trades": h.trades,
             "order_book": {
@@ -74,6 +78,8 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
             "traded_wh": sum(h.traded_wh for h in record.hours),
             "grid_import_wh": sum(h.grid_import_wh for h in record.hours),
             "grid_export_wh": sum(h.grid_export_wh for h in record.hours),
+            "net_import_wh": sum(h.net_import_wh for h in record.hours),
+            "net_export_wh": sum(h.net_export_wh for h in record.hours),
         },
         "cost_comparison": costs,
         "hours": hours,
@@ -304,8 +310,8 @@ def render_html(record: DayRecord, data: dict[str, Any]) -> str:
           "-" if h["mcp_utok_per_kwh"] is None else f"{h['mcp_utok_per_kwh'] / 1e6:.4f}",
           f"{h['traded_wh'] / 1000:.2f}", f"{h['grid_import_wh'] / 1000:.2f}",
           f"{h['grid_export_wh'] / 1000:.2f}", h["note"]] for h in data["hours"]],
-        ["listing", "offers", "bids", "MCP €/kWh", "traded kWh", "grid import kWh",
-         "grid export kWh", "note"],
+        ["listing", "offers", "bids", "MCP €/kWh", "traded kWh", "grid import kWh (billed)",
+         "grid export kWh (billed)", "note"],
     )
     cost_rows = [[name, f"{costs[name]['community_cost_utok'] / 1e6:.2f}",
                   "" if name == "grid_only" else f"{costs[name]['saving_utok'] / 1e6:.2f}",

@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
 from gateway.ems.agent import TradingAgent
-from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
+from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR, slot_energy_mwh
 from gateway.sources.mqtt import MqttNodeSource
+from hardware.ble.plug import PlugCore
 from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
@@ -31,7 +32,7 @@ from ledger.keys import public_hex
 from ledger.tx import sign_tx
 from tools.demo.checks import self_checks
 from tools.demo.economics import HourBook, Tariffs
-from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, slot_profile, start_edge
+from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, start_edge
 from tools.demo.faults import plan_faults
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
@@ -75,30 +76,84 @@ class Actor:
         return self.nonce
 
 
+PLUGGED_IN_MS = 3_600_000  # the plugs went into their sockets an hour before the day began
+
+
 @dataclass
-class Metered:
-    """What the homes' meters measured per slot (Wh), the truth the reports must carry."""
+class Relay:
+    """A relay the demo switches, and every state it confirmed (ACK with S_OK) with its time."""
 
-    import_wh: dict[str, list[int]] = field(default_factory=dict)
-    export_wh: dict[str, list[int]] = field(default_factory=dict)
+    home: str
+    appliance: str
+    power_w: int
+    log: list[tuple[int, bool]] = field(default_factory=list)
+
+    def on_at(self, t_ms: int) -> bool:
+        state = False
+        for at, on in self.log:
+            if at > t_ms:
+                break
+            state = on
+        return state
+
+    def on_ms(self, since_ms: int, until_ms: int) -> int:
+        """How long it was confirmed on within [since_ms, until_ms)."""
+        total = 0
+        marks = [(at, on) for at, on in self.log if at < until_ms]
+        for k, (at, on) in enumerate(marks):
+            end = marks[k + 1][0] if k + 1 < len(marks) else until_ms
+            lo, hi = max(at, since_ms), min(end, until_ms)
+            if on and hi > lo:
+                total += hi - lo
+        return total
 
 
-def actual_metering(plans: list[HomePlan], seed: int) -> Metered:
-    """What each home's meter really measures: the planned load and PV with the deviations of
-    real life (a forecast is never exact), as net import and export per 15-minute slot."""
-    rng = random.Random(seed ^ 0x5EED)
-    out = Metered()
-    for p in plans:
-        imp, exp = [], []
-        for s in range(SLOTS_PER_DAY):
-            load = p.load_after_mwh[s] * rng.uniform(0.92, 1.08)
-            pv = p.pv_mwh[s] * rng.uniform(0.9, 1.05)
-            net = int((load - pv) / 1000)
-            imp.append(max(0, net))
-            exp.append(max(0, -net))
-        out.import_wh[p.home.id_grid] = imp
-        out.export_wh[p.home.id_grid] = exp
-    return out
+@dataclass
+class HomeSupply:
+    """What a home's billing meter measures: the part of the home's load that hangs on no relay
+    (standby and the appliances nobody switches, with the deviations of real life from the
+    plan's world), plus what each appliance on a relay draws as that relay lets it, minus PV.
+    The same current passes a plug's chip and the billing meter, so relays change the bill."""
+
+    day0_ms: int
+    base_mwh: list[int]  # per 15-minute slot of the day, repeating daily
+    pv_mwh: list[int]
+    switched: list[Callable[[int], float]] = field(default_factory=list)  # W at a time
+
+    def slot(self, t_ms: int) -> int:
+        return ((t_ms - self.day0_ms) // SLOT_MS) % SLOTS_PER_DAY
+
+    def power_w(self, t_ms: int) -> float:
+        s = self.slot(t_ms)
+        per_slot = (self.base_mwh[s] - self.pv_mwh[s]) * HOUR_MS / SLOT_MS / 1000
+        return per_slot + sum(f(t_ms) for f in self.switched)
+
+
+def plug_draw(core: PlugCore) -> Callable[[int], float]:
+    """W drawn through a plug at a time: what its relay really passed."""
+    return lambda t_ms: core.power_at(t_ms) / 10
+
+
+def relay_draw(relay: Relay) -> Callable[[int], float]:
+    """W drawn through a relay of the firmware node: its appliance's power while the node
+    confirmed it on."""
+    return lambda t_ms: float(relay.power_w) if relay.on_at(t_ms) else 0.0
+
+
+def home_supply(plan: HomePlan, rng: random.Random, day0_ms: int,
+                on_plugs: set[str]) -> HomeSupply:
+    """The home's load on no relay and its PV, per slot: the world's day with real life's
+    deviations (a forecast is never exact). ``on_plugs``: the regular appliances metered through
+    a plug, whose draw the plug's relay passes (so they are not part of the base)."""
+    base, pv = [], []
+    regular = [a for a in plan.home.appliances if a.name in on_plugs]
+    for s in range(SLOTS_PER_DAY):
+        fixed = plan.fixed_mwh[s] - sum(
+            slot_energy_mwh(a.power_w) for a in regular
+            if s in run_slots(a, plan.home.habit_start.get(a.name, 0)))
+        base.append(int(fixed * rng.uniform(0.92, 1.08)))
+        pv.append(int(plan.pv_mwh[s] * rng.uniform(0.9, 1.05)))
+    return HomeSupply(day0_ms, base, pv)
 
 
 class DemoRun:
@@ -130,7 +185,11 @@ class DemoRun:
         self.day0_ms = 0
         self.clock = ManualClock(0)
         self.fault_plan: list[tuple[int, Any]] = []
-        self.relay_state: dict[tuple[str, str], bool] = {}
+        self.relay_state: dict[tuple[str, str], bool] = {}  # the plan's relays, as confirmed
+        self.relays: dict[tuple[str, str], Relay] = {}  # every relay switched, with its log
+        self.metering_plugs: dict[str, str] = {}  # home -> regular appliance on a plug
+        self.supply: dict[str, HomeSupply] = {}
+        self.results: dict[str, HourResult] = {}
         self.hour_notes: dict[int, list[str]] = {}
         self.habit_loads: dict[int, set[int]] = {}
         self.vm: VmNode | None = None
@@ -188,7 +247,6 @@ class DemoRun:
         self.progress.set_status("forecasting and planning every home's day (EMS, MILP)")
         plans = [plan_home(h, opts.date, self.tariffs, opts.seed, self.dr) for h in self.homes]
         self.plans = plans
-        self.metered = actual_metering(plans, opts.seed)
         self._record_homes(plans)
         self.progress.set_status("registering homes, RES and meters on the ledger")
         await self.register()
@@ -208,6 +266,7 @@ class DemoRun:
                            .timestamp() * 1000)
         self.clock = ManualClock(self.day0_ms)
         gw_dir = self.run_dir / "gateways"
+        rng = random.Random(self.opts.seed ^ 0x5EED)
         plug_keys: dict[int, bytes] = {}
         try:
             self.mqtt_port = start_mosquitto(self.sup, self.run_dir)
@@ -233,16 +292,20 @@ class DemoRun:
                     mqtt_nodes.append((vm_id, self.vm.name, self.vm.key))
                     for relay, a in enumerate(on_vm):
                         node_relays[a.name] = (vm_id, relay)
-                        self.relay_state[(h.id_grid, a.name)] = False  # relays boot off
+            # Every relay boots off (the boards' boot_on): the plan switches the flexible ones
+            # on, the demo the metering plug's, and only a confirmed switch counts.
+            for a in h.flexible:
+                self.relay_state[(h.id_grid, a.name)] = False
+                self.relays[(h.id_grid, a.name)] = Relay(h.id_grid, a.name, a.power_w,
+                                                         [(self.day0_ms, False)])
             for k, a in enumerate(h.flexible):
                 if a in on_vm:
                     continue
                 nid = (h.index + 1) * 16 + k
                 plug_keys[nid] = os.urandom(32)
                 plugs.append((nid, a.name, a.power_w))
-                self.relay_state[(h.id_grid, a.name)] = True  # a plug powers up with relay on
             # One regular appliance per home on a metering plug (paper 4.2: smart plugs measure
-            # regular appliances' use); its relay stays on and its owner's habits drive it.
+            # regular appliances' use); its relay is switched on and its owner's habits drive it.
             regular = next((a for name in METERED_REGULAR for a in h.appliances
                             if a.name == name), None)
             if regular is not None:
@@ -250,15 +313,24 @@ class DemoRun:
                 plug_keys[nid] = os.urandom(32)
                 plugs.append((nid, regular.name, regular.power_w))
                 self.habit_loads[nid] = set(run_slots(regular, h.habit_start.get(regular.name, 0)))
-            spec = EdgeSpec(
-                h.id_grid, h.meter_id, self.gateway_keys[h.id_grid],
-                slot_profile(self.metered.import_wh[h.id_grid],
-                             self.metered.export_wh[h.id_grid], self.day0_ms, SLOT_MS),
-                plugs, mqtt_nodes, node_relays)
-            self.edges.append(await start_edge(
+                self.metering_plugs[h.id_grid] = regular.name
+                self.relays[(h.id_grid, regular.name)] = Relay(
+                    h.id_grid, regular.name, regular.power_w, [(self.day0_ms, False)])
+            supply = home_supply(self.plans[h.index], rng, self.day0_ms,
+                                 {regular.name} if regular is not None else set())
+            self.supply[h.id_grid] = supply
+            spec = EdgeSpec(h.id_grid, h.meter_id, self.gateway_keys[h.id_grid],
+                            supply.power_w, plugs, mqtt_nodes, node_relays)
+            edge = await start_edge(
                 spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
-                self.current_ledger, plug_keys,
-                self.plug_load, self.mqtt_port))
+                self.current_ledger, plug_keys, self.plug_load, self.mqtt_port,
+                plug_boot_ms=self.day0_ms - PLUGGED_IN_MS)
+            self.edges.append(edge)
+            # what the billing meter sees of each switched appliance: through a plug, what the
+            # plug's relay really passed; on the firmware node, what its confirmed relay passed
+            supply.switched += [plug_draw(p.emulator.core) for p in edge.plugs]
+            supply.switched += [relay_draw(self.relays[(h.id_grid, name)])
+                                for name in node_relays]
         if self.vm is not None:
             vm_edge = next(e for e in self.edges if e.id_grid == vm_home.id_grid)  # type: ignore[union-attr]
             mqtt_src = [src for src in vm_edge.gateway.sources
@@ -280,6 +352,7 @@ class DemoRun:
             for p in e.plugs:
                 await p.emulator.tick()  # a first reading at midnight: the counters' baseline
                 p.task = asyncio.create_task(p.emulator.run(POLL_MS / 1000, self.clock.sleep))
+        await self.switch_on_metering_plugs()
         await self.switch_relays(0)
         if self.opts.faults:
             self.plan_faults()
@@ -339,6 +412,16 @@ class DemoRun:
             await asyncio.sleep(0.002)
         return True
 
+    async def switch_on_metering_plugs(self) -> None:
+        """The metering-only plugs boot off like every plug: switch them on, so the appliances
+        behind them can draw (a refused switch is left off, and the self-checks say so)."""
+        jobs = [(e, self.metering_plugs[e.id_grid]) for e in self.edges
+                if e.id_grid in self.metering_plugs]
+        results = await asyncio.gather(*(e.relay(name, True) for e, name in jobs))
+        for (e, name), ok in zip(jobs, results, strict=True):
+            if ok:
+                self.relays[(e.id_grid, name)].log.append((self.clock.now_ms(), True))
+
     async def switch_relays(self, slot: int) -> int:
         """Drive each flexible appliance's relay to the EMS plan for ``slot`` (of the day)."""
         jobs = []
@@ -352,6 +435,7 @@ class DemoRun:
         for (e, name, want), ok in zip(jobs, results, strict=True):
             if ok:
                 self.relay_state[(e.id_grid, name)] = want
+                self.relays[(e.id_grid, name)].log.append((self.clock.now_ms(), want))
                 done += 1
         return done
 
@@ -403,6 +487,7 @@ class DemoRun:
                             kwh_available=int(res.get("kwh_available", 0)),
                             kwh_wanted=int(res.get("kwh_wanted", 0)))
         self.listings.append(listing_id)
+        self.results[listing_id] = result
         result.relay_actions = await self.deliver(k, day, hod, book)
         self.unsettled.append(listing_id)
         await self.settle_pending()
@@ -414,9 +499,10 @@ class DemoRun:
         result.note = "; ".join(notes)
         self.record.hours.append(result)
         await self.snapshot_balances(f"{hod:02d}:00" if k < 24 else listing_id[5:])
-        self.progress.hour_line(f"{day.isoformat()} {hod:02d}:00", len(book.offers),
-                                len(book.bids), result.mcp, result.traded_wh,
-                                result.grid_import_wh, result.grid_export_wh, result.note)
+        self.progress.hour_line(
+            f"{day.isoformat()} {hod:02d}:00", len(book.offers), len(book.bids), result.mcp,
+            result.traded_wh, result.grid_import_wh if result.settled else None,
+            result.grid_export_wh if result.settled else None, result.note)
 
     @staticmethod
     def outbox_state(edge: HomeEdge, oid: int) -> str:
@@ -489,6 +575,11 @@ class DemoRun:
                               must=False)
             if r.ok or r.code == "LISTING_SETTLED":
                 self.unsettled.remove(listing_id)
+                # what the grid billed: the ledger's lines (an earlier attempt's reply may have
+                # been lost, so read them back rather than trust this reply)
+                assert self.ledger is not None
+                settled = await self.ledger.query("settlement", listing_id=listing_id)
+                self.results[listing_id].settlement = [dict(ln) for ln in settled["lines"]]
 
     async def snapshot_balances(self, label: str) -> None:
         assert self.ledger is not None
