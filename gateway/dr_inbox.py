@@ -18,17 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiomqtt
-
 from gateway.config import MqttConfig
 from gateway.ems.plan import DrRequest
 from gateway.ems.problem import PlanError
-from gateway.sources.mqtt import run_session
+from gateway.sources.mqtt import broker_client, keep_sessions
 
 log = logging.getLogger(__name__)
 
@@ -105,27 +102,10 @@ class DrInbox:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
-        delay = self.cfg.reconnect_initial_s
-        while True:
-            try:
-                await run_session(self._session())
-            except aiomqtt.MqttError as exc:
-                log.info("dr inbox: %s; reconnecting in %.1f s", exc, delay)
-            if self.subscribed.is_set():
-                delay = self.cfg.reconnect_initial_s
-            self.subscribed.clear()
-            await self.sleep(delay)
-            delay = min(delay * 2, self.cfg.reconnect_max_s)
+        await keep_sessions(self.cfg, self._session, self.subscribed, "dr inbox", self.sleep)
 
     async def _session(self) -> None:
-        async with aiomqtt.Client(
-            self.cfg.host,
-            self.cfg.port,
-            username=self.cfg.username,
-            password=self.cfg.password,
-            identifier=f"wattmesh-dr-{secrets.token_hex(4)}",
-            timeout=10,
-        ) as client:
+        async with broker_client(self.cfg, "dr") as client:
             await client.subscribe(request_topic(self.cfg, self.gateway_id), qos=1)
             self.subscribed.set()
             async for message in client.messages:

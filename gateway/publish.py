@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ import aiomqtt
 
 from gateway.clock import Clock, wait_until_or_set
 from gateway.config import MqttConfig
-from gateway.sources.mqtt import run_session
+from gateway.sources.mqtt import broker_client, keep_sessions
 from gateway.store import Reading
 
 log = logging.getLogger(__name__)
@@ -129,29 +128,12 @@ class HaPublisher:
         self._wake.set()
 
     async def run(self) -> None:
-        delay = self.cfg.reconnect_initial_s
-        while True:
-            try:
-                await run_session(self._session())
-            except aiomqtt.MqttError as exc:
-                log.info("mqtt publisher: %s; reconnecting in %.1f s", exc, delay)
-            if self.connected.is_set():
-                delay = self.cfg.reconnect_initial_s
-            self.connected.clear()
-            await self.sleep(delay)
-            delay = min(delay * 2, self.cfg.reconnect_max_s)
+        await keep_sessions(self.cfg, self._session, self.connected, "mqtt publisher", self.sleep)
 
     async def _session(self) -> None:
         avail = availability_topic(self.cfg, self.gateway_id)
-        async with aiomqtt.Client(
-            self.cfg.host,
-            self.cfg.port,
-            username=self.cfg.username,
-            password=self.cfg.password,
-            identifier=f"wattmesh-gw-{secrets.token_hex(4)}",
-            will=aiomqtt.Will(avail, b"offline", qos=1, retain=True),
-            timeout=10,
-        ) as client:
+        will = aiomqtt.Will(avail, b"offline", qos=1, retain=True)
+        async with broker_client(self.cfg, "gw", will) as client:
             self._undiscovered.clear()
             await self._discover(client, list(self.meters))
             await client.publish(avail, b"online", qos=1, retain=True)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hardware.argtypes import int_in
 from hardware.meters import MODELS
 
 
@@ -92,22 +93,12 @@ def _finite(lo: float, hi: float) -> Any:
     return parse
 
 
-def _int_in(text: str, lo: int, hi: int) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not lo <= value <= hi:
-        raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}]")
-    return value
-
-
 def _baudrate(text: str) -> int:
-    return _int_in(text, 1, MAX_BAUDRATE)
+    return int_in(1, MAX_BAUDRATE)(text)
 
 
 def _seq(text: str) -> int:
-    return _int_in(text, 0, 0xFFFFFFFF)
+    return int_in(0, 0xFFFFFFFF)(text)
 
 
 def _profile(spec: str) -> Any:

@@ -29,6 +29,7 @@ from typing import Any
 import firmware
 import hardware
 from firmware import config as fwconfig
+from hardware.argtypes import int_in
 
 FIRMWARE_DIR = Path(firmware.__file__).parent
 BOARDS_DIR = Path(hardware.__file__).parent / "boards"
@@ -486,7 +487,7 @@ def register(subparsers: Any) -> None:
     f.add_argument("--node", required=True, help="directory made by `provision node`")
     f.add_argument("--micropython", help="MicroPython .bin to write first with esptool")
     f.add_argument("--chip", default="esp32", choices=sorted(MP_FIRMWARE_OFFSET))
-    f.add_argument("--baud", type=_int_in(1, 4_000_000), default=460800)
+    f.add_argument("--baud", type=int_in(1, 4_000_000), default=460800)
     f.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     f.set_defaults(func=_guard(_cmd_flash))
     _add_bench_parser(fw_sub, "bench")
@@ -500,26 +501,11 @@ def register(subparsers: Any) -> None:
     n.add_argument("--link", default="ble", choices=fwconfig.LINKS)
     n.add_argument("--name", help="node name / MQTT topic (default wattmesh_<id>)")
     n.add_argument("--mqtt-host")
-    n.add_argument("--mqtt-port", type=_int_in(1, 65535), default=1883)
+    n.add_argument("--mqtt-port", type=int_in(1, 65535), default=1883)
     n.add_argument("--wifi-ssid")
     n.add_argument("--wifi-password")
     n.add_argument("--force", action="store_true", help="replace an existing key for this id")
     n.set_defaults(func=_guard(_cmd_provision))
-
-
-def _int_in(lo: int, hi: int) -> Any:
-    """An argparse type: a whole number in [lo, hi]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
-        return value
-
-    return parse
 
 
 def _positive(text: str) -> int:

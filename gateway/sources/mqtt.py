@@ -50,6 +50,48 @@ async def run_session(session: Awaitable[None], grace_s: float = 2.0) -> None:
     inner.result()
 
 
+def broker_client(
+    cfg: MqttConfig, role: str, will: aiomqtt.Will | None = None, timeout_s: float = 10
+) -> aiomqtt.Client:
+    """A connection to the home's broker as the config says; ``role`` names it in the client
+    id (``wattmesh-<role>-<random>``), so two gateway parts never take each other's session."""
+    return aiomqtt.Client(
+        cfg.host,
+        cfg.port,
+        username=cfg.username,
+        password=cfg.password,
+        identifier=f"wattmesh-{role}-{secrets.token_hex(4)}",
+        will=will,
+        timeout=timeout_s,
+    )
+
+
+async def keep_sessions(
+    cfg: MqttConfig,
+    session: Callable[[], Awaitable[None]],
+    up: asyncio.Event,
+    name: str,
+    sleep: Callable[[float], Awaitable[None]],
+    on_drop: Callable[[], None] | None = None,
+) -> None:
+    """Run ``session`` (one aiomqtt connection, which sets ``up`` once it is usable) for ever:
+    after a broker error wait ``reconnect_initial_s``, doubling up to ``reconnect_max_s``, and
+    back to the first wait once a session got up."""
+    delay = cfg.reconnect_initial_s
+    while True:
+        try:
+            await run_session(session())
+        except aiomqtt.MqttError as exc:
+            if on_drop is not None:
+                on_drop()
+            log.info("%s: %s; reconnecting in %.1f s", name, exc, delay)
+        if up.is_set():
+            delay = cfg.reconnect_initial_s
+        up.clear()
+        await sleep(delay)
+        delay = min(delay * 2, cfg.reconnect_max_s)
+
+
 def topic_for(kind: str, node_topic: str) -> str:
     """``kind`` is a key of the profile's mqtt section, e.g. ``telemetry_frame``."""
     return str(PROFILE[kind]).format(topic=node_topic)
@@ -84,29 +126,16 @@ class MqttNodeSource:
         return out
 
     async def run(self, sink: FrameSink) -> None:
-        delay = self.cfg.reconnect_initial_s
-        while True:
-            try:
-                await run_session(self._session(sink))
-            except aiomqtt.MqttError as exc:
-                self.counts["drops"] += 1
-                log.info("mqtt nodes: %s; reconnecting in %.1f s", exc, delay)
-            if self.counts["connects"]:
-                delay = self.cfg.reconnect_initial_s if self.connected.is_set() else delay
-            self.connected.clear()
-            await self.sleep(delay)
-            delay = min(delay * 2, self.cfg.reconnect_max_s)
+        def dropped() -> None:
+            self.counts["drops"] += 1
+
+        await keep_sessions(
+            self.cfg, lambda: self._session(sink), self.connected, "mqtt nodes", self.sleep, dropped
+        )
 
     async def _session(self, sink: FrameSink) -> None:
         try:
-            async with aiomqtt.Client(
-                self.cfg.host,
-                self.cfg.port,
-                username=self.cfg.username,
-                password=self.cfg.password,
-                identifier=f"wattmesh-nodes-{secrets.token_hex(4)}",
-                timeout=10,
-            ) as client:
+            async with broker_client(self.cfg, "nodes") as client:
                 for topic in self._subscriptions():
                     await client.subscribe(topic, qos=1)
                 self._client = client

@@ -27,6 +27,7 @@ from bumble.transport import open_transport
 
 from firmware import frame
 from gateway.sources.ble import BleNode, BleNodeSource
+from hardware.argtypes import int_in
 from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
 from hardware.ble.controller import HciServer
 from hardware.ble.plug import PlugEmulator, constant_load
@@ -160,26 +161,13 @@ async def bench_restart(plugs: int) -> dict[str, object]:
     }
 
 
-def _bounded(name: str, lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} {text!r}: not a whole number") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{name} {text!r}: must be in {lo}..{hi}")
-        return value
-
-    return parse
-
-
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--plugs", type=_bounded("--plugs", 1, 200), default=10, help="emulated plugs (1..200)"
+        "--plugs", type=int_in(1, 200, "--plugs"), default=10, help="emulated plugs (1..200)"
     )
     parser.add_argument(
         "--frames",
-        type=_bounded("--frames", 1, 10_000),
+        type=int_in(1, 10_000, "--frames"),
         default=50,
         help="readings per plug (1..10000)",
     )
