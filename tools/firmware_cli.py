@@ -160,12 +160,7 @@ def _check_entry(entry: object, where: str, seen: set[str]) -> tuple[str, int, s
 
 def check_bundle(bundle: Path) -> dict[str, Any]:
     path = bundle / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"{bundle}: not a firmware bundle (manifest.json: {exc})") from None
-    if not isinstance(manifest, dict):
-        raise CliError(f"{path}: expected a JSON object")
+    manifest = _json_object(path, f"{bundle}: not a firmware bundle (manifest.json", ")")
     entries = manifest.get("files")
     if not isinstance(entries, list) or not entries:
         raise CliError(f"{path}: files: expected a non-empty list")
@@ -233,13 +228,19 @@ def load_board(name: str) -> dict[str, Any]:
     if name not in known:  # a name, never a path out of hardware/boards/
         raise CliError(f"--board: unknown board {name!r} (known: {', '.join(known)})")
     path = BOARDS_DIR / f"{name}.json"
+    return _json_object(path, f"--board: {path.name}: unreadable (", ")")
+
+
+def _json_object(path: Path, unreadable: str, end: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; ``CliError`` says why not (``unreadable`` + the
+    reason + ``end`` when it cannot be read or parsed)."""
     try:
-        board = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CliError(f"--board: {path.name}: unreadable ({exc})") from None
-    if not isinstance(board, dict):
-        raise CliError(f"--board: {path.name}: expected a JSON object")
-    return board
+        raise CliError(f"{unreadable}{exc}{end}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{path}: expected a JSON object")
+    return value
 
 
 def load_keystore(path: Path) -> dict[str, Any]:
