@@ -104,6 +104,19 @@ async def test_meter_serving_wrong_values_is_flagged_not_counted(tmp_path: Path)
         pty.close()
 
 
+def _open_gateway(tmp_path: Path, clock: ManualClock) -> Gateway:
+    """A gateway on node 5 (MQTT, no sources started): frames go in through ``on_frame``."""
+    if not (tmp_path / "gw.key").exists():
+        write_key(tmp_path / "gw.key", new_key())
+    cfg = GatewayConfig(
+        gateway_id="home-1", data_dir=tmp_path, key_file=tmp_path / "gw.key", keystore=None,
+        nodes=(NodeConfig(5, "mqtt", "n5", topic="wattmesh_5"),),
+    )  # fmt: skip
+    gw = Gateway(cfg, clock=clock, node_keys={5: KEY}, node_sources=[])
+    gw.open()
+    return gw
+
+
 def _reading_frame(seq: int, channel: int, import_mwh: int) -> bytes:
     fields = dict.fromkeys(frame.READING_FIELDS, 0)
     fields.update(channel=channel, import_mwh=import_mwh)
@@ -116,14 +129,8 @@ async def test_a_failed_store_write_loses_no_reading_and_no_interval(
     """The database refuses one flush and one close (locked, card full): the readings stay
     queued and the closed intervals go back into the aggregator, so the next try stores both
     and signs the reports; nothing is counted twice."""
-    write_key(tmp_path / "gw.key", new_key())
     clock = ManualClock(T0)
-    cfg = GatewayConfig(
-        gateway_id="home-1", data_dir=tmp_path, key_file=tmp_path / "gw.key", keystore=None,
-        nodes=(NodeConfig(5, "mqtt", "n5", topic="wattmesh_5"),),
-    )  # fmt: skip
-    gw = Gateway(cfg, clock=clock, node_keys={5: KEY}, node_sources=[])
-    gw.open()
+    gw = _open_gateway(tmp_path, clock)
     assert gw.store is not None
     for i in range(16):  # 10 Wh a minute; the last minute crosses the end of the interval
         gw.on_frame(_reading_frame(i + 1, 0, 1_000_000 + i * 10_000), "mqtt", clock.now_ms())
@@ -154,18 +161,11 @@ async def test_a_channel_meter_keeps_its_interval_across_a_gateway_restart(
 ) -> None:
     """A node's second clamp (meter ``n5.1``) exists only once its first frame came. A restart
     mid-interval must neither lose that interval's energy nor its reading baseline."""
-    write_key(tmp_path / "gw.key", new_key())
     clock = ManualClock(T0)
-    cfg = GatewayConfig(
-        gateway_id="home-1", data_dir=tmp_path, key_file=tmp_path / "gw.key", keystore=None,
-        nodes=(NodeConfig(5, "mqtt", "n5", topic="wattmesh_5"),),
-    )  # fmt: skip
     seq = 0
 
     def gateway() -> Gateway:
-        gw = Gateway(cfg, clock=clock, node_keys={5: KEY}, node_sources=[])
-        gw.open()
-        return gw
+        return _open_gateway(tmp_path, clock)
 
     async def minutes(gw: Gateway, first: int, last: int) -> None:
         nonlocal seq
