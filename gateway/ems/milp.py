@@ -218,12 +218,20 @@ def solve_shedding(inp: PlanInput, *, time_limit_s: float = 30.0) -> Shedding:
 
 
 def _shed_cost(inp: PlanInput, job: Job) -> float:
-    """Objective cost of one slot of ``job`` not served: more than serving it can ever cost
-    (its energy at the dearest price, its share of the peak, a relay start), so that a plan
-    sheds only what the limits leave no room for."""
+    """Objective cost of one slot of ``job`` not served: more than the whole plan's cost can
+    change by serving it, so that a plan sheds only what the limits leave no room for. Its own
+    energy at the dearest price is not enough: serving it can push other jobs into dearer slots
+    (a 100 Wh load in the one slot a 900 Wh one would have taken), so the bound is every job's
+    energy at the dearest price, their peak and their relay starts, plus the job's own share
+    (with slots equal, the plan serves the bigger job)."""
     dearest = max(int(inp.retail.max(initial=0)), int(inp.community_price.max(initial=0)),
                   int(inp.feed_in.max(initial=0)))
-    return 2.0 * (job.slot_mwh * (dearest * SCALE + inp.peak_weight) + SWITCH_COST) + 1.0
+
+    def cost(j: Job) -> float:
+        return j.slot_mwh * (dearest * SCALE + inp.peak_weight) + SWITCH_COST
+
+    whole = sum(cost(j) * j.slots for j in inp.jobs)
+    return 2.0 * (whole + cost(job)) + 1.0
 
 
 def _solve(inp: PlanInput, time_limit_s: float, *, shed: bool

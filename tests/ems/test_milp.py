@@ -220,3 +220,18 @@ def test_native_prints_during_a_solve_go_to_stderr(capfd):
     print("json")
     out, err = capfd.readouterr()
     assert out == "json\n" and "stray native line" in err
+
+
+def test_shedding_never_drops_a_load_that_fits_when_serving_it_moves_another():
+    """Found by the property test: serving j1 (100 Wh in slot 0) pushes j0 (900 Wh a slot) from
+    slots 0-1 into 1-2, the dearer one, which cost more than j1's own energy at the dearest
+    price; a shed slot must cost more than the whole plan can change."""
+    jobs = [
+        Job("j0", power_w=3600, window=(0, 1, 2), slots=2),
+        Job("j1", power_w=400, window=(0,), slots=1),
+    ]
+    inp = tiny(jobs, [20_000, 20_000, 25_000], pv_wh=[200] * 3, limit_wh=700, feed_in=15_000)
+    solve(inp)  # a plan that serves both exists
+    shed = solve_shedding(inp)
+    assert shed.served == {}
+    assert evaluate(inp, shed.solution.schedule).cost_utok == _brute(inp)
