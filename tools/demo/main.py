@@ -38,7 +38,11 @@ def run_demo(opts: DemoOptions) -> int:
     def on_term(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: left to asyncio.run, Ctrl-C only cancels the main task, and a library that
+    # turns a cancellation into its own error (aiomqtt can) lets the day run on to the end.
+    # Raised here, KeyboardInterrupt leaves the event loop whatever a task catches.
     old = signal.signal(signal.SIGTERM, on_term)
+    old_int = signal.signal(signal.SIGINT, on_term)
     try:
         with tempfile.TemporaryDirectory(prefix="wattmesh-demo-") as tmp:
             sup = Supervisor(Path(tmp) / "logs")
@@ -65,6 +69,7 @@ def run_demo(opts: DemoOptions) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def _finish(opts: DemoOptions, run: DemoRun, record: DayRecord, _tmp: Path) -> int:
