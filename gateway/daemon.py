@@ -307,6 +307,7 @@ class Gateway:
                 r[_EXPORT],
                 transport,
                 restored=bool(r[_FLAGS] & frame.F_COUNTERS_RESTORED),
+                clipped=bool(r[_FLAGS] & frame.F_ADC_CLIPPED),
             )
         elif v.ftype == frame.T_ACK:
             cmd_seq, _relay, status, _state = frame.unpack_ack(v.payload)
@@ -329,8 +330,11 @@ class Gateway:
         source: str,
         *,
         restored: bool = False,
+        clipped: bool = False,
     ) -> None:
-        if not self.aggregator.sample(meter_id, t_ms, import_mwh, export_mwh, restored=restored):
+        if not self.aggregator.sample(
+            meter_id, t_ms, import_mwh, export_mwh, restored=restored, clipped=clipped
+        ):
             return
         reading = Reading(meter_id, t_ms, power_dw, import_mwh, export_mwh, source)
         self._pending.append(reading)

@@ -13,6 +13,8 @@ Output: closed ``Interval`` records with imported and exported Wh.
   counts on from there, and the step back is no energy at all.
 - An advance larger than the meter's maximum power allows is implausible: the sample is dropped
   and flagged; after ``REBASE_AFTER`` such samples in a row the counter is re-based (``REBASED``).
+- A sample whose node saw its ADC clip flags the intervals its energy lands in ``CLIPPED``: a
+  current past the clamp's range reads low, so that energy is a lower bound.
 - An interval that closes without any sample is emitted with 0 Wh and ``MISSING``; the energy
   accrued over the gap is not zeroed but attributed to the interval where the counter is next
   read, flagged ``GAP``. Closed intervals are never changed afterwards (they may be reported).
@@ -38,6 +40,7 @@ IMPLAUSIBLE = 16
 REBASED = 32
 RESTORED = 64
 LATE = 128
+CLIPPED = 256  # the node's ADC clipped (current past the clamp's range): energy reads low
 FLAG_NAMES = {
     RESET: "reset",
     ROLLOVER: "rollover",
@@ -47,6 +50,7 @@ FLAG_NAMES = {
     REBASED: "rebased",
     RESTORED: "restored",
     LATE: "late",
+    CLIPPED: "clipped",
 }
 
 
@@ -169,10 +173,18 @@ class IntervalAggregator:
         return delta, flags
 
     def sample(
-        self, meter_id: str, t_ms: int, import_mwh: int, export_mwh: int, *, restored: bool = False
+        self,
+        meter_id: str,
+        t_ms: int,
+        import_mwh: int,
+        export_mwh: int,
+        *,
+        restored: bool = False,
+        clipped: bool = False,
     ) -> bool:
         """Record one counter sample; ``False`` if it was rejected (unknown meter, stale time,
-        negative or implausible counters)."""
+        negative or implausible counters). ``clipped``: the energy since the last sample is a
+        lower bound (flag ``CLIPPED`` on the intervals it lands in)."""
         m = self._meters.get(meter_id)
         if m is None or import_mwh < 0 or export_mwh < 0:
             self.rejected += 1
@@ -182,7 +194,7 @@ class IntervalAggregator:
             return False
         if m.open_start is None:
             m.open_start = self._start(t_ms)
-        extra = RESTORED if restored else 0
+        extra = (RESTORED if restored else 0) | (CLIPPED if clipped else 0)
         modulus = m.spec.modulus_mwh
         if m.last_ts is None and modulus is not None and max(import_mwh, export_mwh) >= modulus:
             self.rejected += 1

@@ -117,9 +117,9 @@ def _open_gateway(tmp_path: Path, clock: ManualClock) -> Gateway:
     return gw
 
 
-def _reading_frame(seq: int, channel: int, import_mwh: int) -> bytes:
+def _reading_frame(seq: int, channel: int, import_mwh: int, flags: int = 0) -> bytes:
     fields = dict.fromkeys(frame.READING_FIELDS, 0)
-    fields.update(channel=channel, import_mwh=import_mwh)
+    fields.update(channel=channel, import_mwh=import_mwh, flags=flags)
     return frame.encode(KEY, frame.T_READING, 5, seq, frame.pack_reading(fields))
 
 
@@ -188,3 +188,26 @@ async def test_a_channel_meter_keeps_its_interval_across_a_gateway_restart(
     closed = {c.meter_id: c for c in gw.close_due()}
     assert closed["n5"].import_wh == closed["n5.1"].import_wh == 149
     assert closed["n5.1"].flags == 0 and closed["n5.1"].samples == closed["n5"].samples
+
+
+async def test_a_reading_the_node_flags_clipped_marks_its_interval_a_lower_bound(
+    tmp_path: Path,
+) -> None:
+    """A current past the clamp's range clips at the ADC and reads low (the node sets
+    F_ADC_CLIPPED): the energy still counts, and the interval says it is a lower bound."""
+    clock = ManualClock(T0)
+    gw = _open_gateway(tmp_path, clock)
+    for i in range(16):
+        flags = frame.F_ADC_CLIPPED if i == 7 else 0
+        gw.on_frame(_reading_frame(i + 1, 0, 1_000_000 + i * 10_000, flags), "mqtt", clock.now_ms())
+        await clock.advance(60_000)
+    gw.flush()
+    (first,) = [c for c in gw.close_due() if c.meter_id == "n5"]
+    assert first.import_wh == 149 and first.flags & iv.CLIPPED
+    assert "clipped" in iv.flag_names(first.flags)
+    for i in range(16, 32):  # the next interval's readings are clean: no flag there
+        gw.on_frame(_reading_frame(i + 1, 0, 1_000_000 + i * 10_000), "mqtt", clock.now_ms())
+        await clock.advance(60_000)
+    gw.flush()
+    (second,) = [c for c in gw.close_due() if c.meter_id == "n5"]
+    assert not second.flags & iv.CLIPPED
