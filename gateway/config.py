@@ -29,7 +29,7 @@ from gateway.ems.tariff import (
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import INTERVAL_MS
 from gateway.sources.modbus import BusConfig, MeterConfig
-from hardware.meters import MODELS
+from hardware.meters import MODELS, load_map
 
 INTERVAL_MIN = INTERVAL_MS // 60_000
 
@@ -396,6 +396,16 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
         backoff_max_s=float(t.get("backoff_max_s", (int, float), 300.0, min=0.01, max=86400)),
     )
     t.done()
+    if cfg.serial is not None:
+        # on one line every meter must be set to the line's speed; one whose datasheet lists no
+        # such speed never answers (a TCP gateway in front of meters sets its own line speed)
+        for m in cfg.meters:
+            rates = load_map(m.model).baudrates
+            if rates and cfg.baudrate not in rates:
+                raise ConfigError(
+                    f"{t.where}.baudrate: {cfg.baudrate} is not a speed the {m.model} of meter "
+                    f"{m.meter_id!r} can be set to ({', '.join(map(str, rates))})"
+                )
     return cfg
 
 

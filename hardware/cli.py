@@ -190,8 +190,15 @@ def cmd_meter(args: argparse.Namespace) -> int:
         }
         if tcp is not None:
             _check_listen(*tcp)
-        elif args.serial != "pty":
-            _check_serial(args.serial)
+        else:
+            rates = meters[units[0]].map.baudrates
+            if rates and args.baudrate not in rates:  # it would sit on the line, never answering
+                raise ValueError(
+                    f"--baudrate {args.baudrate}: the {args.model} can be set to "
+                    f"{', '.join(map(str, rates))} baud"
+                )
+            if args.serial != "pty":
+                _check_serial(args.serial)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import termios
 import time
 import tty
 from collections.abc import Callable, Sequence
@@ -192,8 +193,14 @@ async def serve_tcp(meters: dict[int, EmulatedMeter], host: str, port: int) -> M
 async def serve_serial(
     meters: dict[int, EmulatedMeter], port: str, baudrate: int = 9600
 ) -> ModbusSerialServer:
+    """The meters on one RS-485 line at ``baudrate``. A meter whose datasheet does not list
+    that speed is on the line but set to another one: it hears garbage and never answers, as a
+    real meter would (a gateway configured for the wrong speed times out)."""
+    speaking = {
+        u: m for u, m in meters.items() if not m.map.baudrates or baudrate in m.map.baudrates
+    }
     server = ModbusSerialServer(
-        MeterBus(meters),
+        MeterBus(speaking),
         framer=FramerType.RTU,
         port=port,
         baudrate=baudrate,
@@ -204,10 +211,23 @@ async def serve_serial(
     return server
 
 
+# termios speed constants -> bits per second (the speeds a serial port is set to)
+_SPEEDS = {
+    getattr(termios, f"B{rate}"): rate
+    for rate in (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+    if hasattr(termios, f"B{rate}")
+}
+BITS_PER_BYTE = 10  # 8N1: start, 8 data, stop
+
+
 class PtyPair:
     """Two pseudo-terminals joined like a null-modem cable: what one side's slave writes, the
     other side's slave reads. ``device_path`` is for the emulated meter, ``host_path`` for the
-    gateway (opened with pyserial as any RS-485 adapter would be)."""
+    gateway (opened with pyserial as any RS-485 adapter would be).
+
+    Like a line, it carries bytes at the speed the two ends are set to (each byte takes
+    ``BITS_PER_BYTE`` bit times, so a gateway's timeout meets the time a real reply takes), and
+    ends set to different speeds garble each other's bytes, as real UARTs do."""
 
     def __init__(self) -> None:
         self._a_master, a_slave = os.openpty()
@@ -218,6 +238,8 @@ class PtyPair:
         self.host_path = os.ttyname(b_slave)
         # Keep the slaves open so the pair survives a side closing and reopening its port.
         self._slaves = (a_slave, b_slave)
+        self._slave_of = {self._a_master: a_slave, self._b_master: b_slave}
+        self._busy_until = {self._a_master: 0.0, self._b_master: 0.0}  # per sending side
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> PtyPair:
@@ -226,14 +248,35 @@ class PtyPair:
         self._loop.add_reader(self._b_master, self._copy, self._b_master, self._a_master)
         return self
 
-    @staticmethod
-    def _copy(src: int, dst: int) -> None:
+    def _speed(self, master: int) -> int | None:
+        """The speed the port on ``master``'s slave side is set to (None: not a known one)."""
+        try:
+            return _SPEEDS.get(termios.tcgetattr(self._slave_of[master])[5])
+        except (termios.error, OSError):
+            return None
+
+    def _copy(self, src: int, dst: int) -> None:
         try:
             data = os.read(src, 4096)
         except OSError:
             return
-        if data:
+        if not data or self._loop is None:
+            return
+        sending, receiving = self._speed(src), self._speed(dst)
+        if sending != receiving:
+            data = bytes(b ^ 0x5A for b in data)  # framing errors: what arrives is not what left
+        delay = len(data) * BITS_PER_BYTE / sending if sending else 0.0
+        now = self._loop.time()
+        done = max(now, self._busy_until[src]) + delay
+        self._busy_until[src] = done
+        self._loop.call_at(done, self._deliver, dst, data)
+
+    @staticmethod
+    def _deliver(dst: int, data: bytes) -> None:
+        try:
             os.write(dst, data)
+        except OSError:  # the pair was closed meanwhile
+            pass
 
     def close(self) -> None:
         if self._loop is not None:

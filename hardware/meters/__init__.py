@@ -60,6 +60,8 @@ class RegisterMap:
     energy_modulus_wh: int | None
     default_serial: Mapping[str, Any]
     quantities: Mapping[str, Quantity]
+    # the line speeds the meter can be set to (its datasheet); on any other it hears garbage
+    baudrates: tuple[int, ...] = ()
 
     def by_role(self, role: str) -> Quantity | None:
         for q in self.quantities.values():
@@ -199,6 +201,11 @@ def parse_map(doc: Any, where: str = "register map") -> RegisterMap:
     for q in quantities.values():
         if q.role in ("import_energy", "export_energy") and q.unit not in ("Wh", "kWh"):
             raise MapError(f"{where}: quantity {q.name!r}: energy unit must be Wh or kWh")
+    baudrates = doc.get("baudrates", [])
+    if not isinstance(baudrates, list) or not all(
+        type(b) is int and 300 <= b <= 4_000_000 for b in baudrates
+    ):
+        raise MapError(f"{where}: baudrates must be a list of line speeds (300..4000000)")
     return RegisterMap(
         model=_req(doc, "model", str, where),
         description=str(doc.get("description", "")),
@@ -210,6 +217,7 @@ def parse_map(doc: Any, where: str = "register map") -> RegisterMap:
         energy_modulus_wh=modulus,
         default_serial=dict(doc.get("default_serial", {})),
         quantities=quantities,
+        baudrates=tuple(baudrates),
     )
 
 

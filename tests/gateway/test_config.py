@@ -81,6 +81,8 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ('model = "sdm630"', 'model = "sdm999"', r"meters\[0\].model: 'sdm999' is not one of"),
         ('tcp = "127.0.0.1:5020"', 'tcp = "localhost"', r"buses\[0\].tcp: expected host:port"),
         ('tcp = "127.0.0.1:5020"', 'serial = "/dev/x"\ntcp = "h:1"', "exactly one of tcp"),
+        ('tcp = "127.0.0.1:5020"', 'serial = "/dev/x"\nbaudrate = 115200',
+         r"buses\[0\].baudrate: 115200 is not a speed the sdm630 of meter 'main'"),
         ('keystore = "nodes.json"', "", "gateway.keystore: required"),
         ('meter_id = "main"', 'meter_id = "node7"', "meter_id 'node7' is used twice"),
         ("[[mqtt.nodes]]", "[ble]\nbackend = 'usb'\n[[mqtt.nodes]]", "ble.backend"),

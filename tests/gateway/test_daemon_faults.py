@@ -77,11 +77,11 @@ async def test_meter_serving_wrong_values_is_flagged_not_counted(tmp_path: Path)
     clock = ManualClock(T0)
     meter = EmulatedMeter("pzem004t", constant(1_200.0), clock=clock.now_ms, import_mwh=50_000_000)
     pty = PtyPair().start()
-    server = await serve_serial({1: meter}, pty.device_path, 115200)
+    server = await serve_serial({1: meter}, pty.device_path, 9600)  # the PZEM's one speed
     cfg = GatewayConfig(
         gateway_id="home-1", data_dir=tmp_path, key_file=tmp_path / "gw.key", keystore=None,
         buses=(BusConfig("uart", (MeterConfig("ev", "pzem004t", 1),), serial=pty.host_path,
-                         baudrate=115200, poll_s=60, timeout_s=0.3),),
+                         baudrate=9600, poll_s=60, timeout_s=0.3),),
     )  # fmt: skip
     gw = Gateway(cfg, clock=clock)
     run = asyncio.create_task(gw.run())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import termios
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -95,6 +96,9 @@ def test_hostile_modbus_tcp_answers_are_counted_and_the_bus_recovers(payloads: l
 async def _hostile_rtu(payloads: list[bytes]) -> dict[str, int]:
     pty = PtyPair().start()
     fd = os.open(pty.device_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    attrs = termios.tcgetattr(fd)  # the hostile device talks at the bus's speed (no garbling)
+    attrs[4] = attrs[5] = termios.B115200
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
     it = iter(payloads)
     loop = asyncio.get_running_loop()
 

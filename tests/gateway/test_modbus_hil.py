@@ -31,7 +31,9 @@ class Rig:
     readings: list[MeterReading]
 
 
-async def make_rig(transport: str, models: dict[int, str]) -> AsyncIterator[Rig]:
+async def make_rig(
+    transport: str, models: dict[int, str], rtu_timeout_s: float = 0.5
+) -> AsyncIterator[Rig]:
     clock = ManualClock(T0)
     meters = {
         u: EmulatedMeter(m, constant(2_300.0), clock=clock.now_ms, import_mwh=5_000_000)
@@ -46,8 +48,11 @@ async def make_rig(transport: str, models: dict[int, str]) -> AsyncIterator[Rig]
         cfg = BusConfig("b", cfg_meters, tcp=("127.0.0.1", port), timeout_s=0.25, retries=1)
     else:
         pty = PtyPair().start()
-        server = await serve_serial(meters, pty.device_path, baudrate=115200)
-        cfg = BusConfig("b", cfg_meters, serial=pty.host_path, baudrate=115200, timeout_s=0.25)
+        # 9600 baud, the one speed all three models share (the PZEM-004T knows no other); the
+        # line carries bytes at that speed, so the longest reply takes ~0.17 s
+        server = await serve_serial(meters, pty.device_path, baudrate=9600)
+        cfg = BusConfig("b", cfg_meters, serial=pty.host_path, baudrate=9600,
+                        timeout_s=rtu_timeout_s)
     bus = ModbusBus(cfg, readings.append, clock)
     try:
         yield Rig(clock, meters, bus, readings)
@@ -103,7 +108,7 @@ async def test_each_fault_is_counted_backed_off_and_never_stalls_the_bus(
 
 
 async def test_intermittent_crc_is_retried_within_the_cycle() -> None:
-    async for rig in make_rig("rtu", {1: "sdm120"}):
+    async for rig in make_rig("rtu", {1: "sdm120"}, rtu_timeout_s=0.3):  # short replies
         rig.meters[1].faults = Faults("crc", rate=0.5, seed=3)
         good = 0
         for _ in range(12):

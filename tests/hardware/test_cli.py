@@ -144,3 +144,12 @@ def test_float_arguments_accept_only_finite_numbers_in_range(flag: str, value: f
     parsed = getattr(args, flag[2:].replace("-", "_"))
     assert math.isfinite(parsed)
     assert 0 <= parsed <= (1 if flag == "--fault-rate" else 1e9)
+
+
+def test_a_line_speed_the_model_does_not_have_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An SDM120 cannot be set to 19200 baud: the emulator would sit on the line and never
+    answer; the command says so instead of starting."""
+    assert main(_meter("--serial", "pty", "--baudrate", "19200")) == 2
+    _one_clear_line(capsys.readouterr().err, "--baudrate 19200", "1200, 2400, 4800, 9600")
