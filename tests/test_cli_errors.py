@@ -4,10 +4,8 @@ non-zero exit code, never a traceback, and nothing started or written before the
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,14 +50,6 @@ def test_run_demo_makes_the_out_dir_before_the_run(
     assert demo_main.run_demo(opts) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--out" in err
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def test_the_audited_commands_fail_with_one_line_through_the_real_command(

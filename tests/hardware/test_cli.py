@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from hypothesis import strategies as st
 from tools.cli import build_parser, main
 
 KEY = "ab" * 32
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    """A loopback port another socket is listening on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def _free_port() -> int:
