@@ -32,8 +32,13 @@ KnownTx = Callable[[Any], "SignedTx | None"]  # see Batch.from_wire
 TX_WIRE_OVERHEAD = 160  # a transaction's wire form beyond its unsigned bytes: signature, keys
 
 
+def tx_bytes(tx: SignedTx) -> int:
+    """The size the consensus bounds count for one transaction (about its wire size)."""
+    return len(tx.payload) + TX_WIRE_OVERHEAD
+
+
 def batch_bytes(txs: Sequence[SignedTx]) -> int:
-    """The size the consensus bounds count for a batch (about its wire size)."""
+    """The size the consensus bounds count for a batch: its transactions' ``tx_bytes``."""
     return sum(len(tx.payload) for tx in txs) + TX_WIRE_OVERHEAD * len(txs)
 
 

@@ -37,7 +37,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.actions import Action, Broadcast, Executed, ReplyTo, Send
-from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, Block, Certificate, batch_bytes
+from ledger.pbft.block import (
+    NULL_BATCH,
+    NULL_DIGEST,
+    Batch,
+    Block,
+    Certificate,
+    batch_bytes,
+    tx_bytes,
+)
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.executor import Executor
 from ledger.pbft.messages import (
@@ -559,7 +567,7 @@ class Replica:
             ids: list[str] = []
             size = 0
             for tx_id in self.queue:
-                tx_size = batch_bytes((self.pending[tx_id][0],))
+                tx_size = tx_bytes(self.pending[tx_id][0])
                 if ids and size + tx_size > cfg.batch_max_bytes:
                     break
                 ids.append(tx_id)
@@ -617,8 +625,7 @@ class Replica:
         if pp.replica != self.cfg.primary(pp.view) or not verify(pp, self.keyring):
             return False
         if batch is not None and (
-            len(batch.txs) > self.cfg.batch_max
-            or batch_bytes(batch.txs) > self.cfg.batch_max_bytes
+            len(batch.txs) > self.cfg.batch_max or batch_bytes(batch.txs) > self.cfg.batch_max_bytes
         ):
             return False
         held = sum(1 for m, _ in self.future if isinstance(m, PrePrepare))
