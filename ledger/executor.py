@@ -102,7 +102,7 @@ class LedgerState:
             block = decode_block(row)
             if block.prev_hash != self.head_hash or block.height != self.height + 1:
                 raise StoreError(f"block {row.height} does not extend the chain")
-            self._apply(block, replay=True)
+            self._apply(block)
             self.height, self.head_hash = row.height, row.hash
             self.replayed += 1
 
@@ -116,7 +116,7 @@ class LedgerState:
             raise StoreError(f"block {block.height} does not follow height {self.height}")
         if block.prev_hash != self.head_hash:
             raise StoreError(f"block {block.height} does not link to the head")
-        results, new = self._apply(block, replay=False)
+        results, new = self._apply(block)
         checkpoint = None
         if block.height % self.checkpoint_interval == 0:
             checkpoint = Checkpoint(
@@ -134,28 +134,21 @@ class LedgerState:
         self.height, self.head_hash = block.height, block_hash
         return results
 
-    def _apply(
-        self, block: Block, *, replay: bool
-    ) -> tuple[list[dict[str, Any]], list[tuple[str, int, bytes]]]:
+    def _apply(self, block: Block) -> tuple[list[dict[str, Any]], list[tuple[str, int, Any]]]:
+        """Receipts of the block (wire dicts) and the new ones to store. On a restart the block
+        is stored already, so its own transactions are found in the index at this very (height,
+        index) and are applied again, exactly as the first time."""
         ids = list(block.ids())
-        applied_before: dict[str, tuple[int, int, bytes]] = {}
-        if replay:
-            for tx_id in ids:
-                found = self.store.receipt(tx_id)
-                if found is not None:
-                    applied_before[tx_id] = found
-        else:
-            for tx_id in self.store.known(ids):
-                found = self.store.receipt(tx_id)
-                assert found is not None
-                applied_before[tx_id] = found
+        located = self.store.locate(ids)
         results: list[dict[str, Any]] = []
-        new: list[tuple[str, int, bytes]] = []
+        new: list[tuple[str, int, Any]] = []
         in_block: dict[str, int] = {}
         for index, (wire, tx_id) in enumerate(zip(block.txs, ids, strict=True)):
-            earlier = applied_before.get(tx_id)
-            if earlier is not None and (earlier[0], earlier[1]) != (block.height, index):
-                results.append(receipt_to_wire(_receipt_bytes_to(earlier[2])))
+            earlier = located.get(tx_id)
+            if earlier is not None and earlier != (block.height, index):
+                stored = self.store.receipt(tx_id)
+                assert stored is not None
+                results.append(receipt_to_wire(receipt_from_wire(stored[2])))
                 continue
             if tx_id in in_block:
                 results.append(results[in_block[tx_id]])
@@ -163,7 +156,7 @@ class LedgerState:
             receipt = receipt_to_wire(self._apply_one(wire, tx_id, block, index))
             in_block[tx_id] = index
             results.append(receipt)
-            new.append((tx_id, index, canonical(receipt, checked=False)))
+            new.append((tx_id, index, receipt))
         return results, new
 
     def _apply_one(self, wire: dict[str, Any], tx_id: str, block: Block, index: int) -> Receipt:
@@ -207,9 +200,7 @@ class LedgerState:
 
     def receipt(self, tx_id: str) -> tuple[int, dict[str, Any]] | None:
         found = self.store.receipt(tx_id)
-        if found is None:
-            return None
-        return found[0], decode(found[2], strict=False)
+        return None if found is None else (found[0], found[2])
 
     def known(self, tx_ids: Sequence[str]) -> set[str]:
         return self.store.known(tx_ids)
@@ -265,7 +256,3 @@ def decode_block(row: BlockRow) -> Block:
         return Block.from_wire(decode(row.body, strict=False))
     except (EncodingError, ValueError) as exc:
         raise StoreError(f"block {row.height}: stored body does not decode: {exc}") from exc
-
-
-def _receipt_bytes_to(data: bytes) -> Receipt:
-    return receipt_from_wire(decode(data, strict=False))

@@ -80,14 +80,20 @@ def test_restart_reaches_the_same_state(
     path = tmp_path_factory.mktemp("restart")
     state = open_state(path, interval)
     amounts: dict[int, int] = {}
+    answered: dict[str, dict[str, Any]] = {}
     for block_plan in plan:
         txs = [tx(amounts.setdefault(nonce, amount), nonce) for amount, nonce in block_plan]
-        state.execute(next_block(state, txs))
+        for sent, receipt in zip(txs, state.execute(next_block(state, txs)), strict=True):
+            answered.setdefault(sent.tx_id, receipt)
     expected = (state.last_executed(), state.last_block_hash(), state.state_digest())
     state.close()
     again = open_state(path, interval)
     assert (again.last_executed(), again.last_block_hash(), again.state_digest()) == expected
     assert total(again) == sum(amounts.values())
+    # every transaction's stored receipt is the one its first execution answered
+    for tx_id, receipt in answered.items():
+        found = again.receipt(tx_id)
+        assert found is not None and found[1] == receipt
     assert again.replayed == again.last_executed() % interval
     again.close()
 

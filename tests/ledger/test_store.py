@@ -37,13 +37,13 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     for h in range(1, 6):
         block = _block(h, prev)
         cp = Checkpoint(h, b"d%d" % h, b"snap%d" % h) if h % 2 == 0 else None
-        store.append(block, [(tid(f"tx{h}"), 0, b"ok")], cp)
+        store.append(block, [(tid(f"tx{h}"), 0, "ok")], cp)
         prev = block.hash
     assert store.head() == (5, prev)
     assert [b.height for b in store.blocks(after=2)] == [3, 4, 5]
     assert [b.height for b in store.blocks(after=0, limit=2)] == [1, 2]
-    assert store.receipt(tid("tx3")) == (3, 0, b"ok")
-    assert store.receipt(tid("tx3").upper()) == (3, 0, b"ok")
+    assert store.receipt(tid("tx3")) == (3, 0, "ok")
+    assert store.receipt(tid("tx3").upper()) == (3, 0, "ok")
     assert store.known([tid("tx1"), tid("nope"), tid("tx5")]) == {tid("tx1"), tid("tx5")}
     # strings that are no transaction id are simply not known
     odd = ["", "zz" * 32, tid("tx1")[:62] + "  ", "ab" * 33, " " + tid("tx1")[1:]]
@@ -75,7 +75,7 @@ def test_the_wal_goes_back_into_the_database_every_wal_checkpoint_pages(
     for h in range(1, 7):  # 6 blocks of 16 pages or more each: one checkpoint past 40 pages
         body = os.urandom(64 * 1024)
         block = BlockRow(h, 0, prev, hashlib.sha256(prev + body).digest(), body)
-        store.append(block, [(tid(f"w{h}"), 0, b"ok")])
+        store.append(block, [(tid(f"w{h}"), 0, "ok")])
         prev = block.hash
     # the blocks were copied into the database file, not only appended to the WAL
     assert path.stat().st_size >= start + 3 * 64 * 1024
@@ -132,26 +132,44 @@ def test_looking_up_any_string_answers_and_never_raises(
     which of them have a receipt, and only those."""
     store = BlockStore(tmp_path_factory.mktemp("s") / "r.sqlite")
     stored = tid("stored")
-    store.append(_block(1, b""), [(stored, 0, b"ok")])
+    store.append(_block(1, b""), [(stored, 0, "ok")])
     assert store.known([*asked, stored]) == {stored} | {a for a in asked if a.lower() == stored}
     for text in asked:
-        assert store.receipt(text) == ((1, 0, b"ok") if text.lower() == stored else None)
+        assert store.receipt(text) == ((1, 0, "ok") if text.lower() == stored else None)
     store.close()
 
 
 def test_gaps_broken_links_and_duplicate_receipts_are_refused(tmp_path: Path) -> None:
     store = BlockStore(tmp_path / "r.sqlite")
     b1 = _block(1, b"")
-    store.append(b1, [(tid("a"), 0, b"ok")])
+    store.append(b1, [(tid("a"), 0, "ok")])
     with pytest.raises(StoreError, match="does not follow"):
         store.append(_block(3, b1.hash), [])
     with pytest.raises(StoreError, match="does not link"):
         store.append(_block(2, b"wrong"), [])
     with pytest.raises(sqlite3.IntegrityError):
-        store.append(_block(2, b1.hash), [(tid("a"), 0, b"again")])
+        store.append(_block(2, b1.hash), [(tid("a"), 0, "again")])
     # the failed block left nothing behind
     assert store.head() == (1, b1.hash)
-    assert store.receipt(tid("a")) == (1, 0, b"ok")
+    assert store.receipt(tid("a")) == (1, 0, "ok")
+
+
+def test_receipts_are_read_back_from_their_block_and_damage_is_named(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path / "r.sqlite")
+    b1 = _block(1, b"")
+    store.append(b1, [(tid("x"), 0, {"code": "OK"}), (tid("y"), 2, {"code": "NO"})])
+    b2 = _block(2, b1.hash)
+    store.append(b2, [])  # a block of transactions all executed before: no receipts
+    assert store.receipt(tid("y")) == (1, 2, {"code": "NO"})
+    assert store.locate([tid("x"), tid("z")]) == {tid("x"): (1, 0)}
+    assert store.block_receipts(2) == {}
+    store.close()
+    for damage in (b"[[0", b'{"0": 1}', b"[[0]]", b'[["a", 1]]'):
+        store = BlockStore(tmp_path / "r.sqlite")  # a fresh process: nothing decoded yet
+        store.db.execute("UPDATE blocks SET receipts = ? WHERE height = 1", (damage,))
+        with pytest.raises(StoreError, match="block 1: stored receipts do not decode"):
+            store.receipt(tid("x"))
+        store.close()
 
 
 WRITER = """
@@ -166,7 +184,7 @@ while True:
     body = b"x" * 2000
     row = BlockRow(h, 0, prev, hashlib.sha256(prev + body + str(h).encode()).digest(), body)
     ids = [hashlib.sha256(f"tx{h}-{i}".encode()).hexdigest() for i in range(50)]
-    store.append(row, [(tx_id, i, b"ok") for i, tx_id in enumerate(ids)])
+    store.append(row, [(tx_id, i, "ok") for i, tx_id in enumerate(ids)])
     prev = row.hash
 """
 
