@@ -30,6 +30,8 @@ MAX_NONCE = 2**63 - 1
 # batch, and so a consensus message, with megabytes.
 MAX_TX_BYTES = 16 * 1024
 WIRE_FIELDS = frozenset(("body", "kind", "nonce", "sender", "sig"))
+_new = object.__new__
+_set = object.__setattr__
 
 
 class TxError(ValueError):
@@ -121,8 +123,17 @@ class SignedTx:
             raise TxError(f"body: {exc}") from exc
         if len(payload) > MAX_TX_BYTES:
             raise TxError(f"transaction of {len(payload)} bytes exceeds {MAX_TX_BYTES}")
-        tx = cls(sender, kind, body, nonce, sig)
-        object.__setattr__(tx, "_payload", payload)
+        # Every replica parses every transaction: filling the slots directly costs a third of
+        # the frozen dataclass's __init__ (which sets each field through a looked-up
+        # object.__setattr__), about 1.3 us of the 7.7 a parse took.
+        tx = _new(cls)
+        _set(tx, "sender", sender)
+        _set(tx, "kind", kind)
+        _set(tx, "body", body)
+        _set(tx, "nonce", nonce)
+        _set(tx, "signature", sig)
+        _set(tx, "_payload", payload)
+        _set(tx, "_id", "")
         return tx
 
 

@@ -29,7 +29,7 @@ _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")
 
 def exact(body: Mapping[str, Any], names: Sequence[str]) -> None:
     """The body has exactly these fields."""
-    if len(body) != len(names) or any(name not in body for name in names):
+    if len(body) != len(names) or not all([name in body for name in names]):
         raise Rejected(BAD_BODY, f"fields must be {sorted(names)}, got {sorted(map(str, body))}")
 
 
