@@ -72,8 +72,9 @@ class LedgerState:
         sig_cache: SigCache | None = None,
         *,
         verify_signatures: bool = False,
+        merge_phase: int = 0,
     ) -> None:
-        self.store = BlockStore(path)
+        self.store = BlockStore(path, merge_phase=merge_phase)
         self.genesis = genesis
         self.factory = factory
         self.checkpoint_interval = checkpoint_interval

@@ -34,6 +34,7 @@ from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import Reply
 from ledger.pbft.replica import Fault, Replica
 from ledger.setup import ContractFactory
+from ledger.store import INDEX_MERGE_BLOCKS
 from ledger.transport import ClientConn, Counters, FrameError, Listener, PeerLink, encode_frame
 from ledger.tx import SignedTx, TxError
 from ledger_client.protocol import LEDGER_QUERY_PREFIX
@@ -80,6 +81,8 @@ class ReplicaNode:
             factory,
             self.cluster.checkpoint_interval,
             self.sigs,
+            # replicas write their transaction index at different blocks of the merge cycle
+            merge_phase=replica_id * max(1, INDEX_MERGE_BLOCKS // self.cluster.n),
         )
         self.replica = Replica(
             self.config,

@@ -147,8 +147,10 @@ def test_gaps_broken_links_and_duplicate_receipts_are_refused(tmp_path: Path) ->
         store.append(_block(3, b1.hash), [])
     with pytest.raises(StoreError, match="does not link"):
         store.append(_block(2, b"wrong"), [])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match="repeats a transaction"):
         store.append(_block(2, b1.hash), [(tid("a"), 0, "again")])
+    with pytest.raises(StoreError, match="repeats a transaction"):
+        store.append(_block(2, b1.hash), [(tid("b"), 0, "once"), (tid("b"), 1, "twice")])
     # the failed block left nothing behind
     assert store.head() == (1, b1.hash)
     assert store.receipt(tid("a")) == (1, 0, "ok")
@@ -170,6 +172,42 @@ def test_receipts_are_read_back_from_their_block_and_damage_is_named(tmp_path: P
         with pytest.raises(StoreError, match="block 1: stored receipts do not decode"):
             store.receipt(tid("x"))
         store.close()
+
+
+def test_the_index_is_written_every_merge_cycle_and_rebuilt_on_open(tmp_path: Path) -> None:
+    """Ids wait in memory until the block at the store's merge phase writes them all; whatever
+    the moment the store is reopened, every id is found where it executed."""
+    cycle = store_module.INDEX_MERGE_BLOCKS
+    path = tmp_path / "r.sqlite"
+    store = BlockStore(path, merge_phase=3)
+    prev, height = b"", 0
+
+    def indexed(s: BlockStore) -> int:
+        return int(s.db.execute("SELECT COUNT(*) FROM tx_index").fetchone()[0])
+
+    for height in range(1, 2 * cycle + 6):
+        block = _block(height, prev)
+        store.append(block, [(tid(f"{height}-{i}"), 2 * i, {"n": i}) for i in range(3)])
+        prev = block.hash
+        merged = [h for h in range(1, height + 1) if h % cycle == 3]
+        assert indexed(store) == 3 * (merged[-1] if merged else 0)
+        assert store.receipt_count() == 3 * height
+        if height in (2, cycle + 3, cycle + 9):
+            store.close()
+            store = BlockStore(path, merge_phase=3)  # a restart at any point of the cycle
+            assert store.receipt_count() == 3 * height
+    everything = [tid(f"{h}-{i}") for h in range(1, height + 1) for i in range(3)]
+    assert store.locate([*everything, tid("never")]) == {
+        tid(f"{h}-{i}"): (h, 2 * i) for h in range(1, height + 1) for i in range(3)
+    }
+    assert store.receipt(tid(f"{height}-2")) == (height, 4, {"n": 2})  # not merged yet
+    assert store.receipt(tid("3-1")) == (3, 2, {"n": 1})  # from the index
+    with pytest.raises(StoreError, match="repeats a transaction"):
+        store.append(_block(height + 1, prev), [(tid(f"{height}-0"), 0, "again")])
+    store.db.execute("UPDATE blocks SET tx_ids = X'00ff' WHERE height = ?", (height,))
+    store.close()
+    with pytest.raises(StoreError, match=f"block {height}: stored transaction ids are damaged"):
+        BlockStore(path, merge_phase=3)
 
 
 WRITER = """
