@@ -103,6 +103,7 @@ WAL_CHECKPOINT_PAGES = 10_000
 SCHEMA_VERSION = 4
 TX_ID_BYTES = 32
 RECEIPT_BLOCKS_CACHED = 8  # blocks whose receipts are kept decoded for lookups by id
+ABSENT_CACHED = 200_000  # ids known to be missing from the index, at most (then forgotten)
 INDEX_MERGE_BLOCKS = 16  # blocks whose ids wait in memory before one sorted write to tx_index
 INDEXED_THROUGH = "tx_index_through"  # meta: the last block whose ids are in tx_index
 _ID_RECORD = TX_ID_BYTES + 4  # an id and its index in the block, in the row's tx_ids
@@ -139,6 +140,11 @@ class BlockStore:
         self.db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         self._receipts: OrderedDict[int, Mapping[int, Any]] = OrderedDict()
         self._recent: dict[bytes, tuple[int, int]] = {}  # ids of blocks not merged yet
+        # Ids the index was asked for and did not have, since the last merge (only a merge
+        # writes the index, so the answer holds until then): a transaction is looked up when
+        # its request (or a client's wait for it) arrives and again when its block executes,
+        # and the second lookup is then answered from memory. Cleared at every merge.
+        self._absent: set[bytes] = set()
         self._migrate()
         self._load_recent()
 
@@ -222,6 +228,7 @@ class BlockStore:
                 self._put_checkpoint(cur, checkpoint)
         if merge:
             self._recent.clear()
+            self._absent.clear()
         else:
             self._recent.update(fresh)
 
@@ -339,19 +346,24 @@ class BlockStore:
                 asked.setdefault(key, []).append(tx_id)
         out: dict[str, tuple[int, int]] = {}
         keys = []
+        recent, absent = self._recent, self._absent
         for key, spellings in asked.items():
-            where = self._recent.get(key)
-            if where is None:
-                keys.append(key)
-            else:
+            where = recent.get(key)
+            if where is not None:
                 for spelling in spellings:
                     out[spelling] = where
+            elif key not in absent:
+                keys.append(key)
+        if len(absent) + len(keys) > ABSENT_CACHED:
+            absent.clear()
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            absent.update(chunk)
             for key, height, idx in self.db.execute(
                 f"SELECT tx_id, height, idx FROM tx_index WHERE tx_id IN ({marks})", chunk
             ):
+                absent.discard(bytes(key))
                 where = (int(height), int(idx))
                 for spelling in asked[bytes(key)]:
                     out[spelling] = where

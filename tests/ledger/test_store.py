@@ -210,6 +210,38 @@ def test_the_index_is_written_every_merge_cycle_and_rebuilt_on_open(tmp_path: Pa
         BlockStore(path, merge_phase=3)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 40), max_size=4), st.lists(st.integers(0, 40), max_size=6)
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    phase=st.integers(0, 15),
+)
+def test_lookups_agree_with_what_was_stored_across_merges(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[list[int], list[int]]], phase: int
+) -> None:
+    """Ids asked for (and found missing) before their block executes, blocks written across
+    merge points: every lookup answers exactly what was stored, as a reference map does."""
+    store = BlockStore(tmp_path_factory.mktemp("s") / "r.sqlite", merge_phase=phase)
+    stored: dict[str, tuple[int, int]] = {}
+    prev = b""
+    for height, (new, asked) in enumerate(steps, start=1):
+        ids = [tid(str(n)) for n in asked]
+        assert store.locate(ids) == {i: stored[i] for i in ids if i in stored}
+        fresh = list(dict.fromkeys(tid(str(n)) for n in new if tid(str(n)) not in stored))
+        block = _block(height, prev)
+        store.append(block, [(i, k, {"k": k}) for k, i in enumerate(fresh)])
+        prev = block.hash
+        stored.update({i: (height, k) for k, i in enumerate(fresh)})
+    everything = [tid(str(n)) for n in range(41)]
+    assert store.locate(everything) == stored
+    store.close()
+
+
 WRITER = """
 import hashlib, sys
 from pathlib import Path
