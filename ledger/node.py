@@ -7,7 +7,7 @@ message that fails to parse or verify is counted by the core and dropped; a peer
 garbage loses its connection; nothing a peer or client sends can stop the loop.
 
 Client connections are mapped to the transactions they wait for (``request`` and ``await``);
-``ReplyTo`` actions go to those connections.
+``ReplyTo`` and ``BlockReplies`` actions go to those connections.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ledger.contract.api import QueryError
 from ledger.encoding import EncodingError, canonical
 from ledger.executor import LedgerState, SigCache
 from ledger.keys import load_key
-from ledger.pbft.actions import Action, Broadcast, ReplyTo, Send
+from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import Reply
@@ -284,6 +284,16 @@ class ReplicaNode:
                     wire = action.reply.to_wire()
                     for conn in conns:
                         replies.setdefault(conn, []).append(wire)
+            elif isinstance(action, BlockReplies):
+                view, height, me = action.view, action.height, action.replica
+                waiters, since = self.waiters, self.waiting_since
+                for tx_id, receipt in zip(action.tx_ids, action.receipts, strict=True):
+                    conns = waiters.pop(tx_id, None)
+                    since.pop(tx_id, None)
+                    if conns:
+                        wire = Reply.wire(view, tx_id, height, receipt, me)
+                        for conn in conns:
+                            replies.setdefault(conn, []).append(wire)
             elif isinstance(action, ExecutedAction):
                 self.executed_blocks += 1
         for conn, wires in replies.items():

@@ -1,6 +1,6 @@
 """PBFT consensus core (sans-IO): see README.md for the API and how the IO layer drives it."""
 
-from ledger.pbft.actions import Action, Broadcast, Executed, ReplyTo, Send
+from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed, ReplyTo, Send
 from ledger.pbft.block import (
     GENESIS_HASH,
     NULL_DIGEST,
@@ -39,6 +39,7 @@ __all__ = [
     "Action",
     "Batch",
     "Block",
+    "BlockReplies",
     "Blocks",
     "Broadcast",
     "Certificate",

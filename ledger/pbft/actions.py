@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ledger.pbft.block import Block
@@ -33,6 +34,24 @@ class ReplyTo:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockReplies:
+    """The replies of an executed block: ``receipts[k]`` answers ``tx_ids[k]``, each routed as a
+    ``ReplyTo`` would be. One action per block: a ``ReplyTo`` and a ``Reply`` built for each of
+    its transactions cost the replica more than routing the replies does."""
+
+    view: int
+    height: int
+    replica: int
+    tx_ids: tuple[str, ...]
+    receipts: tuple[Receipt, ...]
+
+    def replies(self) -> Iterator[ReplyTo]:
+        """The same replies one by one."""
+        for tx_id, receipt in zip(self.tx_ids, self.receipts, strict=True):
+            yield ReplyTo(tx_id, Reply(self.view, tx_id, self.height, receipt, self.replica))
+
+
+@dataclass(frozen=True, slots=True)
 class Executed:
     """A block was executed and stored (informational: metrics, subscribers, logs)."""
 
@@ -40,4 +59,4 @@ class Executed:
     receipts: tuple[Receipt, ...]
 
 
-Action = Send | Broadcast | ReplyTo | Executed
+Action = Send | Broadcast | ReplyTo | BlockReplies | Executed

@@ -384,14 +384,15 @@ class Reply:
     replica: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "h": self.height,
-            "r": self.replica,
-            "receipt": dict(self.receipt),
-            "t": "reply",
-            "tx": self.tx_id,
-            "v": self.view,
-        }
+        return self.wire(self.view, self.tx_id, self.height, self.receipt, self.replica)
+
+    @staticmethod
+    def wire(
+        view: int, tx_id: str, height: int, receipt: Mapping[str, Any], replica: int
+    ) -> dict[str, Any]:
+        """The wire form, built without a ``Reply`` (the node answers a block's worth at once).
+        ``receipt`` is put in as it is: encode the result before the receipt changes."""
+        return {"h": height, "r": replica, "receipt": receipt, "t": "reply", "tx": tx_id, "v": view}
 
     @classmethod
     def from_wire(cls, wire: Any) -> Reply:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.encoding import EncodingError, canonical, decode
-from ledger.pbft.actions import Action, Broadcast, Executed, ReplyTo, Send
+from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed, ReplyTo, Send
 from ledger.pbft.block import (
     NULL_BATCH,
     NULL_DIGEST,
@@ -842,10 +842,10 @@ class Replica:
         self._count("executed_blocks")
         self._count("executed_txs", len(block.txs))
         out.append(Executed(block, receipts))
-        me, view, height = self.me, self.view, block.height
+        height = block.height
+        out.append(BlockReplies(self.view, height, self.me, block.tx_ids, receipts))
         pending, queue, in_log, verified = self.pending, self.queue, self.in_log, self.verified
-        for tx_id, wire, receipt in zip(block.tx_ids, block.txs, receipts, strict=True):
-            out.append(ReplyTo(tx_id, Reply(view, tx_id, height, receipt, me)))
+        for tx_id, wire in zip(block.tx_ids, block.txs, strict=True):
             pending.pop(tx_id, None)
             queue.pop(tx_id, None)
             in_log.pop(tx_id, None)

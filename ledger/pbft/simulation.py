@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.encoding import canonical, decode
-from ledger.pbft.actions import Action, Broadcast, ReplyTo, Send
+from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.config import PbftConfig, ReplicaInfo
 from ledger.pbft.memory import MemoryExecutor
 from ledger.pbft.messages import Message, Reply
@@ -128,9 +128,9 @@ class Network:
                 for dst in range(self.config.n):
                     if dst != src:
                         self._post(src, dst, action.msg)
-            elif isinstance(action, ReplyTo):
-                reply = action.reply
-                self.replies.setdefault(action.tx_id, {})[reply.replica] = reply
+            elif isinstance(action, ReplyTo | BlockReplies):
+                for one in action.replies() if isinstance(action, BlockReplies) else (action,):
+                    self.replies.setdefault(one.tx_id, {})[one.reply.replica] = one.reply
 
     def inject(self, dst: int, msg: Message | dict[str, Any], sender: int) -> list[Action]:
         """Hand ``msg`` to replica ``dst`` now as if from ``sender``; its actions go out."""

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from ledger.executor import SigCache
-from ledger.pbft.actions import Broadcast, ReplyTo
+from ledger.pbft.actions import BlockReplies, Broadcast, ReplyTo
 from ledger.pbft.block import Batch
-from ledger.pbft.messages import Commit, Prepare, PrePrepare, sign
+from ledger.pbft.messages import Commit, Prepare, PrePrepare, Reply, sign
 from ledger.pbft.replica import Replica
 from ledger.pbft.signing import Signer
 from ledger.pbft.simulation import (
@@ -183,6 +183,31 @@ def test_resent_executed_transaction_is_answered_not_reapplied() -> None:
     net.run(200)
     _agree(net, 5)
     assert net.replicas[0].last_executed == 1
+
+
+def test_an_executed_block_is_answered_by_one_action_with_every_reply() -> None:
+    net = Network(make_config(4, batch_max=100, batch_delay_ms=0))
+    txs = make_txs(3)
+    seen: list[BlockReplies] = []
+    original = net._perform
+
+    def watch(src: int, actions: list[Any]) -> None:
+        seen.extend(a for a in actions if isinstance(a, BlockReplies) and src == 1)
+        original(src, actions)
+
+    net._perform = watch  # type: ignore[method-assign]
+    for tx in txs:
+        net.submit(tx)
+    net.run(200)
+    assert sum(len(b.tx_ids) for b in seen) == 3
+    for block in seen:
+        for one, (tx_id, receipt) in zip(
+            block.replies(), zip(block.tx_ids, block.receipts, strict=True), strict=True
+        ):
+            assert one.tx_id == tx_id and one.reply.replica == 1 and one.reply.receipt == receipt
+            # the node's wire form without a Reply object is the Reply's wire form
+            assert Reply.wire(block.view, tx_id, block.height, receipt, 1) == one.reply.to_wire()
+    assert {t for b in seen for t in b.tx_ids} == {tx.tx_id for tx in txs}
 
 
 def test_a_frame_of_requests_answers_the_executed_and_orders_the_new() -> None:
