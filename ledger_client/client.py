@@ -32,7 +32,7 @@ from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
 from ledger.transport import FrameDecoder, FrameError, decode_payload, encode_frame, read_message
 from ledger.tx import MAX_NONCE, SignedTx, sign_tx
-from ledger_client.protocol import answer_key, receipt_from_wire, reply_key
+from ledger_client.protocol import answer_key, receipt_from_wire, receipt_is_wire, reply_key
 
 DEFAULT_TIMEOUT_S = 30.0
 RECONNECT_S = 0.2
@@ -401,11 +401,8 @@ class LedgerClient:
             self._note_view(index, view)
         if pending.done.done():
             return
-        try:
-            receipt_from_wire(message.get("receipt"))
-        except ValueError:
-            return
-        pending.vote(index, reply_key(message), message)
+        if receipt_is_wire(message.get("receipt")):
+            pending.vote(index, reply_key(message), message)
 
     def _note_view(self, index: int, view: int) -> None:
         """Follow the view f+1 replicas have reached (the (f+1)-th highest they report): one

@@ -44,10 +44,20 @@ def receipt_to_wire(receipt: Receipt) -> dict[str, Any]:
 def receipt_from_wire(wire: Any) -> Receipt:
     if not isinstance(wire, dict):
         raise ValueError("receipt must be an object")
-    code, result, message = wire.get("code"), wire.get("result"), wire.get("message")
-    if not isinstance(code, str) or not isinstance(result, dict) or not isinstance(message, str):
+    if not receipt_is_wire(wire):
         raise ValueError("receipt must have code (str), result (object) and message (str)")
-    return Receipt(code=code, result=result, message=message)
+    return Receipt(code=wire["code"], result=wire["result"], message=wire["message"])
+
+
+def receipt_is_wire(wire: Any) -> bool:
+    """``receipt_from_wire`` would accept it (checked without building the ``Receipt``: the
+    client checks every reply of every replica)."""
+    return (
+        isinstance(wire, dict)
+        and isinstance(wire.get("code"), str)
+        and isinstance(wire.get("result"), dict)
+        and isinstance(wire.get("message"), str)
+    )
 
 
 def reply_key(message: dict[str, Any]) -> bytes:

@@ -41,6 +41,27 @@ async def test_a_replies_frame_counts_like_single_replies() -> None:
     assert client._txs[ids[2]].done.result()["h"] == 8
 
 
+@settings(max_examples=100, deadline=None)
+@given(receipt=JSON)
+def test_a_reply_whose_receipt_is_no_receipt_is_no_vote(receipt: Any) -> None:
+    good = isinstance(receipt, dict) and [
+        type(receipt.get(k)) for k in ("code", "result", "message")
+    ] == [str, dict, str]
+
+    async def run() -> None:
+        client = _client()
+        tx_id = "cd" * 32
+        client._txs[tx_id] = _Pending(2)
+        for replica in (0, 1):
+            client._on_message(replica, dict(_reply(replica, tx_id, 4), receipt=receipt))
+        assert client._txs[tx_id].done.done() == good
+        client._on_message(2, _reply(2, tx_id, 4))
+        client._on_message(3, _reply(3, tx_id, 4))
+        assert client._txs[tx_id].done.done()
+
+    asyncio.run(run())
+
+
 @settings(max_examples=200, deadline=None)
 @given(items=JSON, frame=st.dictionaries(st.text(max_size=6), JSON, max_size=4))
 def test_hostile_replies_frames_fail_only_themselves(items: Any, frame: dict[str, Any]) -> None:
