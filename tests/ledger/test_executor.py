@@ -179,3 +179,16 @@ def test_the_state_digest_of_kept_checkpoints_is_known(tmp_path: Path) -> None:
         digests[height] = state.state_digest()
     assert state.state_digest_at(3) == digests[3] and state.state_digest_at(6) == digests[6]
     assert state.state_digest_at(5) is None and state.state_digest_at(9) is None
+
+
+def test_the_signature_cache_is_bounded_and_spares_recent_checks() -> None:
+    cache = SigCache(size=4)
+    txs = [tx(1, n) for n in range(10)]
+    for t in txs:
+        assert cache.check(t)
+        assert len(cache) <= 4
+    assert cache.verified == 10
+    assert cache.check(txs[-1]) and cache.check(txs[-2]) and cache.verified == 10  # cached
+    assert cache.check(txs[0]) and cache.verified == 11  # long forgotten: checked again
+    forged = SignedTx(txs[-1].sender, txs[-1].kind, txs[-1].body, txs[-1].nonce, b"\0" * 64)
+    assert not cache.check(forged)  # same id, another signature: its own verdict
