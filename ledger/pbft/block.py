@@ -58,9 +58,18 @@ class Batch:
     timestamp_ms: int
     txs: tuple[SignedTx, ...]
     wires: tuple[dict[str, Any], ...]  # the same transactions in wire form
+    # cache (not a constructor argument): the canonical bytes, which both the digest and the
+    # journal need (one encoding of the whole batch per replica and block instead of two)
+    _encoded: bytes = field(default=b"", init=False, compare=False, repr=False)
+
+    def encoded(self) -> bytes:
+        """``canonical(self.to_wire())``, computed once."""
+        if not self._encoded:
+            object.__setattr__(self, "_encoded", canonical(self.to_wire(), checked=False))
+        return self._encoded
 
     def digest(self) -> bytes:
-        return batch_digest(self.timestamp_ms, self.wires)
+        return hashlib.sha256(BATCH_DOMAIN + self.encoded()).digest()
 
     def to_wire(self) -> dict[str, Any]:
         return {"ts": self.timestamp_ms, "txs": list(self.wires)}

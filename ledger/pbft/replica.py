@@ -360,7 +360,7 @@ class Replica:
         assert slot.pp is not None
         parts: dict[str, bytes | None] = {"pp": canonical(slot.pp.to_wire(), checked=False)}
         if batch is not None and slot.pp.digest != NULL_DIGEST:
-            parts["batch"] = canonical(batch.to_wire(), checked=False)
+            parts["batch"] = batch.encoded()
         self.ex.save_journal(slot.seq, parts)
 
     def _restore(self) -> None:

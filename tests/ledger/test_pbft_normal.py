@@ -479,3 +479,15 @@ def test_io_layer_signature_cache_is_used_for_pre_prepares() -> None:
     ids = [tx.tx_id for tx in txs]
     assert checked[0] == ids  # the primary, on request
     assert all(checked[b] == ids for b in (1, 2, 3))  # backups, in the pre-prepare
+
+
+def test_a_batch_encodes_once_to_what_its_digest_and_the_journal_take() -> None:
+    from ledger.encoding import canonical
+    from ledger.pbft.block import batch_digest
+
+    batch = Batch.from_txs(1234, make_txs(5))
+    assert batch.encoded() == canonical(batch.to_wire())
+    assert batch.digest() == batch_digest(batch.timestamp_ms, batch.wires)
+    assert batch.encoded() is batch.encoded()  # computed once
+    parsed = Batch.from_wire(batch.to_wire())
+    assert parsed == batch and parsed.digest() == batch.digest()
