@@ -158,13 +158,16 @@ class Block:
     txs: tuple[dict[str, Any], ...]  # SignedTx wire dicts, in execution order
     certificate: Certificate | None = None
     tx_ids: tuple[str, ...] = field(default=(), compare=False)  # derived; filled by the replica
+    # derived: the batch's digest when the replica knows it already (it is what consensus agreed
+    # on), so hashing the block does not encode the whole batch again
+    digest: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def view(self) -> int:
         return self.certificate.view if self.certificate else 0
 
     def batch_digest(self) -> bytes:
-        return batch_digest(self.timestamp_ms, self.txs)
+        return self.digest or batch_digest(self.timestamp_ms, self.txs)
 
     def hash(self, batch_digest_: bytes | None = None) -> bytes:
         digest = batch_digest_ if batch_digest_ is not None else self.batch_digest()

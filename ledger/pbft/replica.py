@@ -825,6 +825,7 @@ class Replica:
                 batch.wires,
                 slot.cert,
                 self.batch_ids[slot.digest],
+                slot.digest,
             )
             self._execute_block(block, slot.digest, out)
             progressed = True

@@ -491,3 +491,13 @@ def test_a_batch_encodes_once_to_what_its_digest_and_the_journal_take() -> None:
     assert batch.encoded() is batch.encoded()  # computed once
     parsed = Batch.from_wire(batch.to_wire())
     assert parsed == batch and parsed.digest() == batch.digest()
+
+
+def test_a_block_hashes_the_same_with_or_without_the_digest_it_carries() -> None:
+    from ledger.pbft.block import Block
+
+    batch = Batch.from_txs(99, make_txs(4))
+    bare = Block(7, batch.timestamp_ms, b"\x01" * 32, batch.wires)
+    carried = Block(7, batch.timestamp_ms, b"\x01" * 32, batch.wires, digest=batch.digest())
+    assert carried.hash() == bare.hash() == bare.hash(batch.digest())
+    assert carried == bare  # derived, not part of the block
