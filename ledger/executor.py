@@ -137,7 +137,7 @@ class LedgerState:
             view=block.view,
             prev_hash=block.prev_hash,
             hash=block_hash,
-            body=canonical(block.to_wire(), checked=False),
+            body=block.encoded(),
         )
         self.store.append(row, new, checkpoint)
         self.height, self.head_hash = block.height, block_hash

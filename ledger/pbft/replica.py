@@ -826,6 +826,7 @@ class Replica:
                 slot.cert,
                 self.batch_ids[slot.digest],
                 slot.digest,
+                batch.encoded(),
             )
             self._execute_block(block, slot.digest, out)
             progressed = True

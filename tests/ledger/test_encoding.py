@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.encoding import EncodingError, canonical, decode, digest
-from tests.ledger.strategies import ints
+from tests.ledger.strategies import ints, json_values
 
 values = st.recursive(
     st.none() | st.booleans() | ints | st.text(max_size=20),
@@ -81,3 +81,33 @@ def test_integers_beyond_64_bits_are_refused_both_ways(big: int) -> None:
         canonical(big)
     with pytest.raises(EncodingError):
         decode(str(big).encode())
+
+
+
+@given(
+    bodies=st.lists(
+        st.dictionaries(st.text(max_size=5), json_values(leaves=6), max_size=3), max_size=4
+    ),
+    ts=st.integers(0, 2**63 - 1),
+    height=st.integers(1, 2**63 - 1),
+    prev=st.binary(min_size=32, max_size=32),
+    with_cert=st.booleans(),
+)
+def test_a_block_encoded_from_its_batch_bytes_is_its_canonical_encoding(
+    bodies: list[dict[str, Any]], ts: int, height: int, prev: bytes, with_cert: bool
+) -> None:
+    """The executor stores ``Block.encoded()``, spliced from the batch's own bytes; it must be
+    byte for byte ``canonical(block.to_wire())``, which is what ``verify`` and state transfer
+    decode and hash."""
+    from ledger.pbft.block import Batch, Block, Certificate
+    from ledger.pbft.simulation import client_key
+    from ledger.tx import sign_tx
+
+    txs = [sign_tx(client_key(0), "k.any", body, n) for n, body in enumerate(bodies)]
+    batch = Batch.from_txs(ts, txs)
+    cert = Certificate(3, height, batch.digest(), ((0, b"\1" * 64), (2, b"\2" * 64)))
+    plain = Block(height, ts, prev, batch.wires, cert if with_cert else None)
+    spliced = Block(
+        height, ts, prev, batch.wires, cert if with_cert else None, batch_bytes=batch.encoded()
+    )
+    assert spliced.encoded() == plain.encoded() == canonical(plain.to_wire())
