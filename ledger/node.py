@@ -31,11 +31,19 @@ from ledger.keys import load_key
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
-from ledger.pbft.messages import Reply
+from ledger.pbft.messages import PrePrepare, Reply
 from ledger.pbft.replica import Fault, Replica
 from ledger.setup import ContractFactory
 from ledger.store import INDEX_MERGE_BLOCKS
-from ledger.transport import ClientConn, Counters, FrameError, Listener, PeerLink, encode_frame
+from ledger.transport import (
+    ClientConn,
+    Counters,
+    FrameError,
+    Listener,
+    PeerLink,
+    encode_frame,
+    frame,
+)
 from ledger.tx import SignedTx, TxError
 from ledger_client.protocol import LEDGER_QUERY_PREFIX
 
@@ -308,6 +316,8 @@ class ReplicaNode:
         never raised (it would end the replica's event loop, and the journal would send it
         again after every restart). The core's bounds keep its messages far below the limit."""
         try:
+            if isinstance(msg, PrePrepare):
+                return frame(msg.encoded())  # the batch's bytes, encoded once
             return encode_frame(msg.to_wire())
         except FrameError as exc:
             self.counters["oversized_messages"] += 1

@@ -47,7 +47,11 @@ class FrameError(ValueError):
 
 
 def encode_frame(message: Any) -> bytes:
-    payload = canonical(message, checked=False)
+    return frame(canonical(message, checked=False))
+
+
+def frame(payload: bytes) -> bytes:
+    """A frame around a message's canonical bytes."""
     if len(payload) > MAX_FRAME:
         raise FrameError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(payload)) + payload

@@ -111,3 +111,9 @@ def test_a_block_encoded_from_its_batch_bytes_is_its_canonical_encoding(
         height, ts, prev, batch.wires, cert if with_cert else None, batch_bytes=batch.encoded()
     )
     assert spliced.encoded() == plain.encoded() == canonical(plain.to_wire())
+    # and the pre-prepare the primary sends it in
+    from ledger.pbft.messages import PrePrepare
+
+    pp = PrePrepare(3, height, batch.digest(), 1, b"\3" * 64, batch)
+    assert pp.encoded() == canonical(pp.to_wire())
+    assert pp.stripped().encoded() == canonical(pp.stripped().to_wire())
