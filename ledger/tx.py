@@ -57,6 +57,7 @@ class SignedTx:
     # caches (not constructor arguments, so ``dataclasses.replace`` can never carry them over)
     _payload: bytes = field(default=b"", init=False, compare=False, repr=False)
     _id: str = field(default="", init=False, compare=False, repr=False)
+    _wire: dict[str, Any] | None = field(default=None, init=False, compare=False, repr=False)
 
     def unsigned(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,12 @@ class SignedTx:
         wire = self.unsigned()
         wire["sig"] = self.signature.hex()
         return wire
+
+    def wire(self) -> dict[str, Any]:
+        """The wire dict this transaction was parsed from (``from_wire`` checked that it encodes
+        exactly as ``to_wire()`` does), else a new one: for the replica, which keeps and sends
+        every request it orders. Shared: read it, never change it."""
+        return self._wire if self._wire is not None else self.to_wire()
 
     def verify(self) -> bool:
         return ed25519.verify(self.sender, self.signature, self.signing_bytes())
@@ -134,6 +141,7 @@ class SignedTx:
         _set(tx, "signature", sig)
         _set(tx, "_payload", payload)
         _set(tx, "_id", "")
+        _set(tx, "_wire", wire)
         return tx
 
 

@@ -466,7 +466,7 @@ class Replica:
         maybe_done: bool = True,
     ) -> None:
         if isinstance(raw, SignedTx):
-            tx, wire = raw, raw.to_wire()
+            tx, wire = raw, raw.wire()
         else:
             try:
                 tx, wire = SignedTx.from_wire(raw), raw

@@ -98,3 +98,15 @@ def test_kept_bytes_and_id_are_those_of_a_fresh_encoding(
     # a copy with another body never inherits the kept bytes or id
     other = dataclasses.replace(tx, body={"changed": True})
     assert other.tx_id != tx.tx_id and not other.verify()
+
+
+def test_a_parsed_transaction_keeps_the_wire_dict_it_came_from() -> None:
+    from ledger.encoding import canonical
+    from ledger.pbft.simulation import client_key
+
+    signed = sign_tx(client_key(1), "token.transfer", {"to": "M00001", "amount": 3}, 9)
+    wire = signed.to_wire()
+    parsed = SignedTx.from_wire(wire)
+    assert parsed.wire() is wire and canonical(wire) == canonical(parsed.to_wire())
+    built = SignedTx(parsed.sender, parsed.kind, parsed.body, parsed.nonce, parsed.signature)
+    assert built.wire() == wire and built.wire() is not wire  # made, not kept
