@@ -4,12 +4,14 @@ and a helper to wait (in real time, for real IO only) until a condition holds.""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,18 @@ async def until(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def collect_json(client: Any, into: list[Any]) -> asyncio.Task[None]:
+    """A task appending the JSON payload of every message an aiomqtt ``client`` receives to
+    ``into``, until cancelled."""
+
+    async def collect() -> None:
+        async for m in client.messages:
+            assert isinstance(m.payload, bytes)
+            into.append(json.loads(m.payload))
+
+    return asyncio.create_task(collect())
 
 
 class Broker:

@@ -18,7 +18,7 @@ from gateway.daemon import Gateway
 from gateway.ems.timegrid import SLOT_MS
 from hardware.emulators.mqtt_node import MqttNodeEmulator
 from hardware.emulators.profiles import constant
-from tests.gateway.conftest import Broker, until
+from tests.gateway.conftest import Broker, collect_json, until
 from tests.gateway.fakes import MemoryLedger
 from tests.gateway.test_daemon_hil import KEY7, T0, write_config
 
@@ -129,12 +129,7 @@ async def test_a_demand_response_request_over_mqtt_sheds_the_boiler(
         async with aiomqtt.Client("127.0.0.1", broker.port) as client:
             await client.subscribe("wattmesh/home-1/ems/dr/result")
 
-            async def collect() -> None:
-                async for m in client.messages:
-                    assert isinstance(m.payload, bytes)
-                    answers.append(json.loads(m.payload))
-
-            collector = asyncio.create_task(collect())
+            collector = collect_json(client, answers)
             assert gw.dr_inbox is not None
             await until(gw.dr_inbox.subscribed.is_set, what="inbox subscribed")
             await client.publish("wattmesh/home-1/ems/dr", b'{"start": "soon"}')

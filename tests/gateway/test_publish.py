@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiomqtt
 
@@ -11,7 +10,7 @@ from gateway.clock import ManualClock
 from gateway.config import MqttConfig
 from gateway.publish import HaPublisher, MeterInfo, discovery_messages
 from gateway.store import Reading
-from tests.gateway.conftest import Broker, until
+from tests.gateway.conftest import Broker, collect_json, until
 
 T0 = 1_795_000_000_000
 
@@ -36,12 +35,7 @@ async def test_rate_limited_state_is_published_when_its_time_comes(broker: Broke
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         await client.subscribe("wattmesh/gw/m/state")
 
-        async def collect() -> None:
-            async for m in client.messages:
-                assert isinstance(m.payload, bytes)
-                states.append(json.loads(m.payload))
-
-        collector = asyncio.create_task(collect())
+        collector = collect_json(client, states)
         task = asyncio.create_task(pub.run())
         try:
             await until(pub.connected.is_set)
