@@ -118,7 +118,7 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         "--speed",
         "20",
         "--drop-every-s",
-        "4",
+        "8",
         "--corrupt-every",
         "3",
         "--duration-s",
@@ -147,7 +147,7 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
             # lost with it, so under load the first may not arrive with the first good ones)
             await eventually(lambda: sink.verifier.counts()["dropped_tag"] >= 1, timeout=30)
             # a relay command crosses the process boundary and is acked; the link drops every
-            # 0.2 s here, so the gateway retries as it would in the field (a fresh seq each time)
+            # 0.4 s here, so the gateway retries as it would in the field (a fresh seq each time)
             acked = None
             for seq in range(9, 40):
                 await eventually(lambda: source.is_connected(1), timeout=30)
@@ -170,14 +170,16 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
             exported = [r["export_mwh"] for r in readings]
             assert exported == sorted(exported) and exported[-1] > exported[0]
             # and through all that churn neither plug goes long without a reading (a connect
-            # that lost its link before resuming once hung here for the 30 s ATT timeout; 12 s
-            # still catches that, where 6 s failed once in a full suite run on a loaded box)
+            # that lost its link before resuming once hung here for the 30 s ATT timeout). With a
+            # drop every 0.2 s a loaded box could not connect, subscribe and get a reading
+            # between two drops (no plug connected, 40 of 60 connects failed, with six runs at
+            # once); every 0.4 s leaves it time, and six at once pass 12 of 12.
             for _ in range(5):
                 seen = {n: len(sink.of(n)) for n in (1, 2)}
                 await sink.until(
-                    lambda seen=seen: all(len(sink.of(n)) > seen[n] for n in (1, 2)), timeout=12
+                    lambda seen=seen: all(len(sink.of(n)) > seen[n] for n in (1, 2)), timeout=6
                 )
-            assert source.stats()["reconnects"] >= 10
+            assert source.stats()["reconnects"] >= 5
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
