@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -127,28 +126,98 @@ class _Conn:
 
 
 class _Pending:
+    """One transaction (or query) waiting for matching replies. Every caller waiting for it has
+    a future of its own (``wait``), settled when the outcome is decided, so one caller giving up
+    (cancelled, timed out) cancels only its own future, never the others'. (It was one shared
+    future behind ``asyncio.shield`` per caller, which costs a second future, two callbacks and
+    an extra turn of the event loop per answer: 6-8 % of a loaded client's CPU samples.)"""
+
+    __slots__ = (
+        "_error",
+        "_futures",
+        "_result",
+        "deadline",
+        "finished",
+        "first",
+        "need",
+        "rejects",
+        "resend_at",
+        "to_all",
+        "votes",
+        "wait_s",
+        "waiters",
+        "wire",
+    )
+
     def __init__(self, need: int) -> None:
         self.need = need
-        self.votes: dict[bytes, set[int]] = defaultdict(set)
+        self.votes: dict[bytes, set[int]] = {}
         self.first: dict[bytes, dict[str, Any]] = {}
-        self.rejects: dict[str, set[int]] = defaultdict(set)
+        self.rejects: dict[str, set[int]] = {}
         self.wire: dict[str, Any] | None = None  # the signed transaction, for re-sends
         self.to_all = False  # given to every replica (primary unreachable, or re-sent)
-        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         # re-send and give-up times (loop clock), driven by the client's one sweeper
         self.resend_at = self.deadline = float("inf")
         self.wait_s = 0.0
-        self.waiters = 0  # submits awaiting ``done``; forgotten when the last one returns
+        self.waiters = 0  # submits waiting; forgotten when the last one returns
+        self.finished = False
+        self._result: dict[str, Any] = {}
+        self._error: BaseException | None = None
+        self._futures: list[asyncio.Future[dict[str, Any]]] = []
+
+    def wait(self) -> asyncio.Future[dict[str, Any]]:
+        """A new future for one caller: the agreed reply, or the error the wait ended with."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if self.finished:
+            self._settle(future)
+        else:
+            if len(self._futures) >= 8:  # callers that gave up (a query's timed-out rounds)
+                self._futures = [f for f in self._futures if not f.done()]
+            self._futures.append(future)
+        return future
+
+    def resolve(self, result: dict[str, Any]) -> None:
+        if not self.finished:
+            self.finished, self._result = True, result
+            self._settle_all()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.finished:
+            self.finished, self._error = True, error
+            self._settle_all()
+
+    def _settle_all(self) -> None:
+        futures, self._futures = self._futures, []
+        for future in futures:
+            self._settle(future)
+
+    def _settle(self, future: asyncio.Future[dict[str, Any]]) -> None:
+        if future.done():  # its caller gave up
+            return
+        if self._error is not None:
+            future.set_exception(self._error)
+        else:
+            future.set_result(self._result)
 
     def vote(self, replica: int, key: bytes, message: dict[str, Any]) -> None:
-        if self.done.done():
+        if self.finished:
             return
         for voters in self.votes.values():  # one vote per replica, the latest counts
             voters.discard(replica)
-        self.votes[key].add(replica)
-        self.first.setdefault(key, message)
-        if len(self.votes[key]) >= self.need:
-            self.done.set_result(self.first[key])
+        if key not in self.votes:
+            self.votes[key] = set()
+            self.first[key] = message
+        voters = self.votes[key]
+        voters.add(replica)
+        if len(voters) >= self.need:
+            self.resolve(self.first[key])
+
+    def reject(self, replica: int, code: str, error: BaseException) -> None:
+        """A replica refused the transaction; f+1 refusing with one code end the wait."""
+        voters = self.rejects.setdefault(code, set())
+        voters.add(replica)
+        if len(voters) >= self.need:
+            self.fail(error)
 
 
 class LedgerClient:
@@ -263,9 +332,7 @@ class LedgerClient:
                     conn.await_reply(tx_id)
         pending.waiters += 1
         try:
-            # shielded: the future is shared by every submit of this transaction, and one
-            # caller giving up (cancelled) must not cancel it for the others
-            reply = await asyncio.shield(pending.done)
+            reply = await pending.wait()
         finally:
             pending.waiters -= 1
             if pending.waiters == 0 and self._txs.get(tx_id) is pending:
@@ -283,10 +350,10 @@ class LedgerClient:
             await asyncio.sleep(tick)
             now = loop.time()
             for tx_id, pending in list(self._txs.items()):
-                if pending.done.done():
+                if pending.finished:
                     continue
                 if now >= pending.deadline:
-                    pending.done.set_exception(
+                    pending.fail(
                         LedgerError(f"no f+1 matching replies for {tx_id} in {self.timeout_s}s")
                     )
                 elif now >= pending.resend_at and pending.wire is not None:
@@ -323,9 +390,7 @@ class LedgerClient:
                     for conn in self._conns:
                         conn.send(message)
                     try:
-                        answer = await asyncio.wait_for(
-                            asyncio.shield(pending.done), self.request_timeout_s
-                        )
+                        answer = await asyncio.wait_for(pending.wait(), self.request_timeout_s)
                         break
                     except TimeoutError:
                         pending.votes.clear()
@@ -399,7 +464,7 @@ class LedgerClient:
         view = message.get("v")
         if isinstance(view, int) and not isinstance(view, bool) and view >= 0:
             self._note_view(index, view)
-        if pending.done.done():
+        if pending.finished:
             return
         if receipt_is_wire(message.get("receipt")):
             pending.vote(index, reply_key(message), message)
@@ -423,7 +488,7 @@ class LedgerClient:
         if not self._conns or index != self.view % len(self._conns):
             return
         for pending in self._txs.values():
-            if pending.wire is not None and not pending.done.done():
+            if pending.wire is not None and not pending.finished:
                 pending.to_all = True
                 for conn in self._conns:
                     if conn.index != index:
@@ -443,9 +508,7 @@ class LedgerClient:
             if pending is None:
                 return
             code = str(message.get("code"))
-            pending.rejects[code].add(index)
-            if len(pending.rejects[code]) >= self.f + 1 and not pending.done.done():
-                pending.done.set_exception(RejectedError(code, str(message.get("message"))))
+            pending.reject(index, code, RejectedError(code, str(message.get("message"))))
         elif kind == "answer":
             qid = message.get("id")
             if not isinstance(qid, int):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.keys import new_key
 from ledger.tx import sign_tx
-from ledger_client.client import LedgerClient, _Conn, _Pending
+from ledger_client.client import LedgerClient, RejectedError, _Conn, _Pending
 from tests.ledger.strategies import json_values
 
 JSON = json_values()
@@ -32,13 +33,13 @@ async def test_a_replies_frame_counts_like_single_replies() -> None:
     for tx_id in ids:
         client._txs[tx_id] = _Pending(2)
     client._on_message(0, {"t": "replies", "replies": [_reply(0, t, 7) for t in ids]})
-    assert not any(client._txs[t].done.done() for t in ids)  # one replica is not f+1
+    assert not any(client._txs[t].finished for t in ids)  # one replica is not f+1
     client._on_message(1, {"t": "replies", "replies": [_reply(1, t, 7) for t in ids[:2]]})
     client._on_message(1, _reply(1, ids[2], 8))  # disagrees on the height: no result
-    assert [client._txs[t].done.done() for t in ids] == [True, True, False]
-    assert client._txs[ids[0]].done.result()["h"] == 7
+    assert [client._txs[t].finished for t in ids] == [True, True, False]
+    assert client._txs[ids[0]].wait().result()["h"] == 7
     client._on_message(2, {"t": "replies", "replies": [_reply(2, ids[2], 8)]})
-    assert client._txs[ids[2]].done.result()["h"] == 8
+    assert client._txs[ids[2]].wait().result()["h"] == 8
 
 
 @settings(max_examples=100, deadline=None)
@@ -54,10 +55,10 @@ def test_a_reply_whose_receipt_is_no_receipt_is_no_vote(receipt: Any) -> None:
         client._txs[tx_id] = _Pending(2)
         for replica in (0, 1):
             client._on_message(replica, dict(_reply(replica, tx_id, 4), receipt=receipt))
-        assert client._txs[tx_id].done.done() == good
+        assert client._txs[tx_id].finished == good
         client._on_message(2, _reply(2, tx_id, 4))
         client._on_message(3, _reply(3, tx_id, 4))
-        assert client._txs[tx_id].done.done()
+        assert client._txs[tx_id].finished
 
     asyncio.run(run())
 
@@ -73,7 +74,7 @@ def test_hostile_replies_frames_fail_only_themselves(items: Any, frame: dict[str
         client._on_message(0, {"t": "replies", "replies": [items, frame, _reply(0, tx_id, 3)]})
         client._on_message(1, dict(frame, t="replies"))
         client._on_message(1, {"t": "replies", "replies": [_reply(1, tx_id, 3)]})
-        assert client._txs[tx_id].done.result()["h"] == 3
+        assert client._txs[tx_id].wait().result()["h"] == 3
 
     asyncio.run(run())
 
@@ -110,6 +111,38 @@ async def test_a_cancelled_submit_leaves_a_second_submit_of_the_same_transaction
     lone.cancel()
     await _settle()
     assert lone.cancelled() and tx.tx_id not in client._txs
+
+
+async def test_f_plus_one_rejections_end_every_wait_and_later_waits_see_the_outcome() -> None:
+    """Two submits of one transaction: one refusal is not enough (it may come from the faulty
+    replica); f+1 refusals with one code raise in both, and a wait begun afterwards (a third
+    caller) gets the same error at once."""
+    client = _client()
+    client._conns = [_Conn(client, i, "127.0.0.1", 1) for i in range(4)]  # never connected
+    for conn in client._conns:
+        conn.ready.set()
+    tx = sign_tx(new_key(), "token.transfer", {"to": "M00001", "amount": 1}, 9)
+    waits = [asyncio.ensure_future(client.submit_detail(tx)) for _ in range(2)]
+    await _settle()
+    pending = client._txs[tx.tx_id]
+    reject = {"t": "reject", "tx_id": tx.tx_id, "code": "BAD_SIGNATURE", "message": "no"}
+    client._on_message(0, reject)
+    client._on_message(1, dict(reject, code="MALFORMED_TX"))  # another code: no agreement
+    await _settle()
+    assert not any(w.done() for w in waits)
+    client._on_message(2, reject)
+    await _settle()
+    for w in waits:
+        with pytest.raises(RejectedError) as caught:
+            w.result()
+        assert caught.value.code == "BAD_SIGNATURE"
+    assert pending.finished and tx.tx_id not in client._txs
+    late = pending.wait()
+    assert late.done() and isinstance(late.exception(), RejectedError)
+    # replies after the outcome change nothing
+    client._on_message(0, _reply(0, tx.tx_id, 5))
+    client._on_message(1, _reply(1, tx.tx_id, 5))
+    assert isinstance(pending.wait().exception(), RejectedError)
 
 
 async def test_one_replica_claiming_a_huge_view_does_not_move_the_client() -> None:
