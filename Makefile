@@ -2,8 +2,8 @@
 # The interpreter the virtual environment is made from (`make PY=...` to choose): by default the
 # distribution's CPython when it is 3.11 or newer, else the first python3 on PATH. Debian's is
 # built with PGO and LTO into a statically linked interpreter; a source build with a shared
-# libpython and no PGO (pyenv's default) ran the ledger bench 8-9 % slower (means 2980 against
-# 3259 tx/s over six alternating pairs, replica CPU 0.132 against 0.121 ms per transaction).
+# libpython and no PGO (pyenv's default) ran the ledger bench slower in 13 of 17 alternating
+# pairs (means 3188 against 3401 tx/s), with about 8 % more replica CPU per transaction.
 PY ?=
 SYSTEM_PY := /usr/bin/python3
 NEW_ENOUGH := import sys; assert sys.version_info >= (3, 11)
