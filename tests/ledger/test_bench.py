@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ledger.bench import register_bench
+from ledger.bench import register_bench, summarize
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,6 +52,58 @@ def test_bench_reports_how_busy_it_kept_the_machine(capsys: pytest.CaptureFixtur
 def test_bench_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench(["--replicas", "5"]) == 2
     assert "3f+1" in capsys.readouterr().err
-    for argv in (["--seconds", "0"], ["--seconds", "x"], ["--clients", "-1"]):
+    for argv in (["--seconds", "0"], ["--seconds", "x"], ["--clients", "-1"], ["--repeat", "0"]):
         with pytest.raises(SystemExit):
             bench(argv)
+
+
+def test_repeated_runs_report_their_median_and_spread(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--seconds", "1", "--members", "4", "--clients", "1", "--window", "20", "--repeat",
+            "2", "--json"]  # fmt: skip
+    assert bench(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["repeat"] == 2 and len(report["runs"]) == 2
+    tps = sorted(run["tps"] for run in report["runs"])
+    assert report["tps_min"] == tps[0] and report["tps_max"] == tps[1]
+    assert report["tps"] == statistics.median(tps) > 0
+    assert report["committed"] == sum(run["committed"] for run in report["runs"]) > 0
+    assert report["lost"] == 0 and report["acked_missing"] == 0
+    # each run had a cluster of its own: each one's chain starts from nothing
+    assert all(run["blocks"] > 0 and run["lost"] == 0 for run in report["runs"])
+
+
+RUN = st.fixed_dictionaries(
+    {
+        "tps": st.floats(0, 10_000, allow_nan=False),
+        "p50_ms": st.floats(0, 5_000, allow_nan=False),
+        "p99_ms": st.floats(0, 5_000, allow_nan=False),
+        "committed": st.integers(0, 10**6),
+        "lost": st.integers(0, 100),
+        "acked_missing": st.integers(0, 100),
+        "failed_submits": st.integers(0, 100),
+        "view_changes": st.none() | st.integers(0, 5),
+        "seconds": st.floats(0.1, 100, allow_nan=False),
+        "replicas": st.just(4),
+        "clients": st.just(4),
+        "window": st.just(200),
+        "batch_max": st.just(400),
+        "broadcast": st.just(False),
+        "cores": st.just(2),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs=st.lists(RUN, min_size=1, max_size=7))
+def test_a_summary_hides_no_bad_run(runs: list[dict[str, Any]]) -> None:
+    """Whatever the runs, the summary's losses are all of theirs, its p99 the worst of theirs,
+    and its tps lies within their spread."""
+    out = summarize(runs)
+    assert out["tps_min"] <= out["tps"] <= out["tps_max"]
+    assert out["tps_min"] == min(r["tps"] for r in runs)
+    assert out["p99_ms"] == max(r["p99_ms"] for r in runs)
+    for key in ("committed", "lost", "acked_missing", "failed_submits"):
+        assert out[key] == sum(r[key] for r in runs)
+    views = [r["view_changes"] for r in runs if r["view_changes"] is not None]
+    assert out["view_changes"] == (max(views) if views else None)
+    assert out["runs"] == runs and out["repeat"] == len(runs)
