@@ -177,6 +177,9 @@ class Replica:
         self.queue: dict[str, int] = {}  # pending, not in the log: tx_id -> arrival ms
         self.in_log: dict[str, int] = {}  # tx_id -> seq of the pre-prepare holding it
         self.verified: dict[str, str] = {}  # sig hex -> tx_id of a request whose sig was checked
+        # pre-prepares of this view just above the window, taken when it moves (see
+        # _hold_above_window)
+        self.above_window: dict[int, PrePrepare] = {}
         self.batch_deadline: int | None = None
         self.vc_timeout = config.view_change_timeout_ms
         # a backup relays a request no pre-prepare carried in this time (see _relay_stale)
@@ -640,7 +643,8 @@ class Replica:
             self._count("rejected_not_primary")
             return
         if not self._in_window(pp.seq):
-            self._count("rejected_out_of_window")
+            if not self._hold_above_window(pp):
+                self._count("rejected_out_of_window")
             return
         if not verify(pp, self.keyring):
             self._count("rejected_bad_sig")
@@ -694,6 +698,33 @@ class Replica:
                 self.pending[tx_id] = (tx, wire)
         self._arm_request_timer(now_ms)
         self._accept_pre_prepare(pp.stripped(), batch, tuple(ids), out)
+
+    def _hold_above_window(self, pp: PrePrepare) -> bool:
+        """A pre-prepare of this view's primary for a sequence number above this replica's
+        window by less than a window: the primary moved its window on a checkpoint this replica
+        has not collected yet. Kept (at most ``max_ahead``) and taken when the window gets
+        there. Dropped, it would be sent no more, and once f+1 replicas lagged so, the slot
+        could not prepare until a view change."""
+        if (
+            pp.seq <= self.high
+            or pp.seq > self.high + self.cfg.log_window
+            or pp.seq in self.above_window
+            or len(self.above_window) >= self.cfg.max_ahead
+            or not verify(pp, self.keyring)
+        ):
+            return False
+        self.above_window[pp.seq] = pp
+        self._count("held_above_window")
+        return True
+
+    def _take_held(self, now_ms: int, out: list[Action]) -> None:
+        """The window moved: the pre-prepares held above it that it now covers."""
+        for seq in sorted(self.above_window):
+            if seq > self.high:
+                break
+            pp = self.above_window.pop(seq)
+            if pp.view == self.view and self.active and seq > self.stable_seq:
+                self._on_pre_prepare(pp, now_ms, out)
 
     def _accept_pre_prepare(
         self, pp: PrePrepare, batch: Batch | None, ids: tuple[str, ...], out: list[Action]
@@ -916,6 +947,8 @@ class Replica:
                 self._stabilize(seq, digest, tuple(cps[: self.cfg.quorum]))
                 if seq > self.last_executed:
                     self._start_fetch(seq, [c.replica for c in cps], now, out)
+                if self.above_window:
+                    self._take_held(now, out)
                 self._cut_if_primary(now, out)
                 return
 
@@ -1212,6 +1245,7 @@ class Replica:
         self._count("new_views")
         self.view = nv.view
         self.active = True
+        self.above_window.clear()  # the old view's
         self.ex.save_view(nv.view, True)
         self.new_view_msg = nv  # relayed as is to replicas left behind (bounded attachments)
         self.vc_deadline = None

@@ -501,3 +501,45 @@ def test_a_block_hashes_the_same_with_or_without_the_digest_it_carries() -> None
     carried = Block(7, batch.timestamp_ms, b"\x01" * 32, batch.wires, digest=batch.digest())
     assert carried.hash() == bare.hash() == bare.hash(batch.digest())
     assert carried == bare  # derived, not part of the block
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_pre_prepare_above_a_lagging_window_is_taken_when_the_window_moves(hold: bool) -> None:
+    """Replicas 2 and 3 get no CHECKPOINT (nor STATUS or BLOCKS, which carry a stable
+    checkpoint's proof) for a while, so their windows stay at (0, 8] while the primary's moves
+    on and it proposes sequence numbers 9 and 10. Held, those pre-prepares are taken once 2 and
+    3 collect the checkpoint (status ticks send its proof) and the batches commit in view 0.
+    Dropped (the behaviour before), f+1 replicas lack them, the slots cannot prepare, and only a
+    view change gets the cluster going again. (The votes for 9 and 10 that 2 and 3 dropped are
+    not held: the last of them to catch up gets the blocks by state transfer.)"""
+
+    def starve(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
+        return None if wire["t"] in ("checkpoint", "status", "blocks") and dst in (2, 3) else wire
+
+    net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2), tamper=starve)
+    if not hold:
+        for replica in net.replicas:
+            replica._hold_above_window = lambda pp: False  # type: ignore[method-assign]
+    first = make_txs(16)
+    for tx in first:
+        net.submit(tx)
+    net.run(200)
+    assert [r.last_executed for r in net.replicas] == [8, 8, 8, 8]
+    assert [r.stable_seq for r in net.replicas] == [8, 8, 0, 0]
+    more = make_txs(4, start=16)
+    for tx in more:
+        net.submit(tx)
+    net.run(200)
+    assert [r.last_executed for r in net.replicas] == [8, 8, 8, 8]  # 9 and 10 cannot prepare
+    held = [r.metrics.get("held_above_window", 0) for r in net.replicas]
+    assert held == ([0, 0, 2, 2] if hold else [0, 0, 0, 0])
+    net.tamper = None
+    net.run(1500)  # status ticks send the checkpoint proofs; 2 and 3 catch up in turn
+    at_10 = sum(r.last_executed == 10 for r in net.replicas)
+    if hold:
+        assert at_10 >= 3 and all(r.view == 0 for r in net.replicas)  # no view change
+    else:
+        assert at_10 == 0 or all(r.view >= 1 for r in net.replicas)  # only a view change helps
+    net.run(3000)  # either way, everything commits in the end
+    assert all(net.committed(tx.tx_id) for tx in first + more)
+    assert divergence(net) == []
