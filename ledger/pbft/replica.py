@@ -722,8 +722,8 @@ class Replica:
         for seq in sorted(self.above_window):
             if seq > self.high:
                 break
-            pp = self.above_window.pop(seq)
-            if pp.view == self.view and self.active and seq > self.stable_seq:
+            pp = self.above_window.pop(seq, None)  # (taking one may have moved the window)
+            if pp is not None and pp.view == self.view and self.active and seq > self.stable_seq:
                 self._on_pre_prepare(pp, now_ms, out)
 
     def _accept_pre_prepare(
