@@ -177,9 +177,10 @@ class Replica:
         self.queue: dict[str, int] = {}  # pending, not in the log: tx_id -> arrival ms
         self.in_log: dict[str, int] = {}  # tx_id -> seq of the pre-prepare holding it
         self.verified: dict[str, str] = {}  # sig hex -> tx_id of a request whose sig was checked
-        # pre-prepares of this view just above the window, taken when it moves (see
-        # _hold_above_window)
+        # pre-prepares and votes of this view just above the window, taken when it moves (see
+        # _hold_above_window); votes by (seq, 0 prepare / 1 commit, voter)
         self.above_window: dict[int, PrePrepare] = {}
+        self.votes_above: dict[tuple[int, int, int], Prepare | Commit] = {}
         self.batch_deadline: int | None = None
         self.vc_timeout = config.view_change_timeout_ms
         # a backup relays a request no pre-prepare carried in this time (see _relay_stale)
@@ -717,14 +718,42 @@ class Replica:
         self._count("held_above_window")
         return True
 
+    def _hold_vote_above_window(self, vote: Prepare | Commit) -> bool:
+        """A PREPARE or COMMIT of this view for a sequence number just above the window, held
+        like the pre-prepare (see ``_hold_above_window``) so that the slot can prepare and
+        commit here once the window moves, without fetching the block later. One per voter,
+        kind and sequence number; the signature is checked when the vote is taken."""
+        key = (vote.seq, 0 if isinstance(vote, Prepare) else 1, vote.replica)
+        if (
+            vote.seq <= self.high
+            or vote.seq > self.high + self.cfg.log_window
+            or key in self.votes_above
+            or len(self.votes_above) >= 2 * self.cfg.n * self.cfg.max_ahead
+        ):
+            return False
+        self.votes_above[key] = vote
+        self._count("held_above_window")
+        return True
+
     def _take_held(self, now_ms: int, out: list[Action]) -> None:
-        """The window moved: the pre-prepares held above it that it now covers."""
+        """The window moved: the pre-prepares, then the votes, held above it that it now
+        covers."""
         for seq in sorted(self.above_window):
             if seq > self.high:
                 break
             pp = self.above_window.pop(seq, None)  # (taking one may have moved the window)
             if pp is not None and pp.view == self.view and self.active and seq > self.stable_seq:
                 self._on_pre_prepare(pp, now_ms, out)
+        for key in sorted(k for k in self.votes_above if k[0] <= self.high):
+            vote = self.votes_above.pop(key, None)
+            if vote is None or vote.view != self.view or not self.active:
+                continue
+            if vote.seq <= self.stable_seq:
+                continue
+            if isinstance(vote, Prepare):
+                self._on_prepare(vote, out)
+            else:
+                self._on_commit(vote, out)
 
     def _accept_pre_prepare(
         self, pp: PrePrepare, batch: Batch | None, ids: tuple[str, ...], out: list[Action]
@@ -760,7 +789,8 @@ class Replica:
                 self._count("rejected_wrong_view")
             return None
         if not self._in_window(msg.seq):
-            self._count("rejected_out_of_window")
+            if not self._hold_vote_above_window(msg):
+                self._count("rejected_out_of_window")
             return None
         slot = self._slot(msg.seq)
         by_voter, by_digest = tables(slot)
@@ -947,7 +977,7 @@ class Replica:
                 self._stabilize(seq, digest, tuple(cps[: self.cfg.quorum]))
                 if seq > self.last_executed:
                     self._start_fetch(seq, [c.replica for c in cps], now, out)
-                if self.above_window:
+                if self.above_window or self.votes_above:
                     self._take_held(now, out)
                 self._cut_if_primary(now, out)
                 return
@@ -1246,6 +1276,7 @@ class Replica:
         self.view = nv.view
         self.active = True
         self.above_window.clear()  # the old view's
+        self.votes_above.clear()
         self.ex.save_view(nv.view, True)
         self.new_view_msg = nv  # relayed as is to replicas left behind (bounded attachments)
         self.vc_deadline = None
