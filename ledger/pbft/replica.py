@@ -700,6 +700,9 @@ class Replica:
         self._arm_request_timer(now_ms)
         self._accept_pre_prepare(pp.stripped(), batch, tuple(ids), out)
 
+    def _just_above_window(self, seq: int) -> bool:
+        return self.high < seq <= self.high + self.cfg.log_window
+
     def _hold_above_window(self, pp: PrePrepare) -> bool:
         """A pre-prepare of this view's primary for a sequence number above this replica's
         window by less than a window: the primary moved its window on a checkpoint this replica
@@ -707,8 +710,7 @@ class Replica:
         there. Dropped, it would be sent no more, and once f+1 replicas lagged so, the slot
         could not prepare until a view change."""
         if (
-            pp.seq <= self.high
-            or pp.seq > self.high + self.cfg.log_window
+            not self._just_above_window(pp.seq)
             or pp.seq in self.above_window
             or len(self.above_window) >= self.cfg.max_ahead
             or not verify(pp, self.keyring)
@@ -725,8 +727,7 @@ class Replica:
         kind and sequence number; the signature is checked when the vote is taken."""
         key = (vote.seq, 0 if isinstance(vote, Prepare) else 1, vote.replica)
         if (
-            vote.seq <= self.high
-            or vote.seq > self.high + self.cfg.log_window
+            not self._just_above_window(vote.seq)
             or key in self.votes_above
             or len(self.votes_above) >= 2 * self.cfg.n * self.cfg.max_ahead
         ):
@@ -749,7 +750,7 @@ class Replica:
             if vote is None or vote.view != self.view or not self.active:
                 continue
             if vote.seq <= self.stable_seq:
-                continue
+                continue  # (taking a pre-prepare may have moved the window past it)
             if isinstance(vote, Prepare):
                 self._on_prepare(vote, out)
             else:
