@@ -35,6 +35,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger import ed25519
 from ledger.cluster import load_cluster, replica_db_file
 from ledger.keys import load_key, new_key, public_hex
 from ledger.node import tune_gc
@@ -82,6 +83,22 @@ def _verify_us(tx: SignedTx, rounds: int = 5, count: int = 200) -> float:
         for _ in range(count):
             tx.verify()
         best = min(best, (time.perf_counter() - t0) / count)
+    return round(best * 1e6, 1)
+
+
+def _batch_verify_us(txs: list[SignedTx], rounds: int = 3) -> float | None:
+    """Microseconds per signature of one batch check of ``txs`` (a block's worth), the best of
+    a few rounds; None where the batch verifier is not built or is turned off."""
+    batch = ed25519.batch_verifier()
+    if batch is None or not txs:
+        return None
+    items = [(tx.sender, tx.signature, tx.signing_bytes()) for tx in txs]
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        if not batch(items):
+            raise RuntimeError("the pre-signed load failed its batch check")
+        best = min(best, (time.perf_counter() - t0) / len(items))
     return round(best * 1e6, 1)
 
 
@@ -159,6 +176,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         for c in clients:
             await c.start()
         speed = _verify_us(txs[0])
+        batch_speed = _batch_verify_us(txs[: args.batch_max])
         cpu0 = {i: _cpu_seconds(proc.pid) for i, proc in procs.items()}
         client_cpu0 = time.process_time()
 
@@ -250,11 +268,15 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             (client_cpu + sum(cpu[i] - cpu0.get(i, 0.0) for i in cpu)) / max(drained, 1e-9), 2
         ),
         "verify_us": speed,
+        # the replicas check a block's (or a client frame's) signatures together when this is
+        # not None: see ledger/ed25519.py
+        "batch_verify_us": batch_speed,
+        "batch_verify": batch_speed is not None,
     }
 
 
 # what a --repeat summary keeps of the runs' settings (the same in every run)
-SETTINGS = ("replicas", "clients", "window", "batch_max", "broadcast", "cores")
+SETTINGS = ("replicas", "clients", "window", "batch_max", "broadcast", "cores", "batch_verify")
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ledger import ed25519
 from ledger.contract.api import BlockContext, Receipt, Transaction
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.block import GENESIS_HASH, Block
@@ -65,6 +66,31 @@ class SigCache:
                 self._older, self._seen = self._seen, {}
             self._seen[key] = verdict
         return verdict
+
+    def check_many(self, txs: Sequence[SignedTx], tx_ids: Sequence[str]) -> list[bool]:
+        """``[self.check(tx, i) for ...]``, the uncached ones checked together (one batch
+        check, see ``ed25519.verify_many``)."""
+        keys = [(tx_id, tx.signature) for tx, tx_id in zip(txs, tx_ids, strict=True)]
+        verdicts: list[bool | None] = []
+        misses: list[int] = []
+        for n, key in enumerate(keys):
+            verdict = self._seen.get(key)
+            if verdict is None:
+                verdict = self._older.get(key)
+            if verdict is None:
+                misses.append(n)
+            verdicts.append(verdict)
+        if misses:
+            checked = ed25519.verify_many(
+                [(txs[n].sender, txs[n].signature, txs[n].signing_bytes()) for n in misses]
+            )
+            self.verified += len(misses)
+            for n, verdict in zip(misses, checked, strict=True):
+                if len(self._seen) >= max(1, self.size // 2):
+                    self._older, self._seen = self._seen, {}
+                self._seen[keys[n]] = verdict
+                verdicts[n] = verdict
+        return [bool(v) for v in verdicts]
 
     def __len__(self) -> int:
         return len(self._seen) + len(self._older)

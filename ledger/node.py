@@ -102,7 +102,7 @@ class ReplicaNode:
             relay_requests=relay_requests,
             # one verdict cache for requests and pre-prepares: a transaction a client sent to
             # this backup too (a re-send) is verified once, not once per path
-            tx_verifier=self.sigs.check,
+            tx_verifier=self.sigs.check_many,
         )
         peer_keys = {r.id: _public(r.public_key) for r in self.cluster.replicas}
         self.listener = Listener(
@@ -173,8 +173,7 @@ class ReplicaNode:
             if not isinstance(txs, list) or len(txs) > MAX_PER_FRAME:
                 self.counters["rejected_client_messages"] += 1
                 return
-            checked = (self._check_request(conn, wire) for wire in txs)
-            accepted = [tx for tx in checked if tx is not None]
+            accepted = self._check_requests(conn, txs)
             if accepted:
                 self._perform(self.replica.on_requests(accepted, self.clock()))
                 self.wake.set()
@@ -195,43 +194,47 @@ class ReplicaNode:
             self.counters["rejected_client_messages"] += 1
 
     def _on_request(self, conn: ClientConn, wire: Any) -> None:
-        tx = self._check_request(conn, wire)
-        if tx is not None:
+        for tx in self._check_requests(conn, [wire]):
             self._perform(self.replica.on_request(tx, self.clock(), verified=True))
             self.wake.set()
 
-    def _check_request(self, conn: ClientConn, wire: Any) -> SignedTx | None:
-        """Parse and verify a client transaction and note where its reply goes; a malformed or
-        badly signed one is answered with a ``reject`` and goes no further."""
-        try:
-            tx = SignedTx.from_wire(wire)
-        except TxError as exc:
-            self.counters["rejected_requests"] += 1
-            conn.send(
-                {
-                    "t": "reject",
-                    "replica": self.me,
-                    "tx_id": "",
-                    "code": "MALFORMED_TX",
-                    "message": str(exc),
-                }
-            )
-            return None
-        tx_id = tx.tx_id
-        if not self.sigs.check(tx, tx_id):
-            self.counters["rejected_requests"] += 1
-            conn.send(
-                {
-                    "t": "reject",
-                    "replica": self.me,
-                    "tx_id": tx_id,
-                    "code": "BAD_SIGNATURE",
-                    "message": "signature does not verify",
-                }
-            )
-            return None
-        self._wait_for(conn, tx_id)
-        return tx
+    def _check_requests(self, conn: ClientConn, wires: list[Any]) -> list[SignedTx]:
+        """Parse and verify client transactions (a frame's signatures checked together) and
+        note where their replies go; a malformed or badly signed one is answered with a
+        ``reject`` and goes no further."""
+        parsed: list[SignedTx] = []
+        for wire in wires:
+            try:
+                parsed.append(SignedTx.from_wire(wire))
+            except TxError as exc:
+                self.counters["rejected_requests"] += 1
+                conn.send(
+                    {
+                        "t": "reject",
+                        "replica": self.me,
+                        "tx_id": "",
+                        "code": "MALFORMED_TX",
+                        "message": str(exc),
+                    }
+                )
+        ids = [tx.tx_id for tx in parsed]
+        accepted: list[SignedTx] = []
+        for tx, tx_id, good in zip(parsed, ids, self.sigs.check_many(parsed, ids), strict=True):
+            if not good:
+                self.counters["rejected_requests"] += 1
+                conn.send(
+                    {
+                        "t": "reject",
+                        "replica": self.me,
+                        "tx_id": tx_id,
+                        "code": "BAD_SIGNATURE",
+                        "message": "signature does not verify",
+                    }
+                )
+                continue
+            self._wait_for(conn, tx_id)
+            accepted.append(tx)
+        return accepted
 
     def _wait_for(self, conn: ClientConn, tx_id: str) -> None:
         if len(self.waiters) >= MAX_WAITERS and tx_id not in self.waiters:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger import ed25519
 from ledger.bench import register_bench, summarize
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,6 +47,9 @@ def test_bench_reports_how_busy_it_kept_the_machine(capsys: pytest.CaptureFixtur
     # the CPU figures are the processes' own: something was spent, no more than the machine has
     assert 0 < report["cores_busy"] <= report["cores"] + 0.5
     assert report["verify_us"] > 0
+    # the batch check's figure is there exactly when the replicas batch their checks
+    assert report["batch_verify"] == (ed25519.native_check() is not None)
+    assert (report["batch_verify_us"] is not None) == report["batch_verify"]
     assert all(v > 0 for v in report["replica_cpu_ms_per_tx"].values())
 
 
@@ -89,6 +93,7 @@ RUN = st.fixed_dictionaries(
         "batch_max": st.just(400),
         "broadcast": st.just(False),
         "cores": st.just(2),
+        "batch_verify": st.booleans(),
     }
 )
 

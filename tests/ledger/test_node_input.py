@@ -111,3 +111,33 @@ def test_waits_for_transactions_that_never_execute_expire(tmp_path: Path) -> Non
     assert node.counters["waiters_expired"] == 2
     node._on_client_closed(conn)
     assert not node.waiters and not node.waiting_since
+
+
+def test_a_frame_of_requests_is_checked_together_and_its_bad_ones_rejected(
+    tmp_path: Path,
+) -> None:
+    """The signatures of a ``requests`` frame are checked together (one batch check when the
+    native verifier is built); a malformed and a forged transaction among them are each
+    answered with their own reject, and only the others are taken."""
+    from ledger.pbft.simulation import make_txs
+
+    d = tmp_path / "c"
+    init_cluster(d, 4, genesis={"toy": 1})
+    node = ReplicaNode(d, 1, make_contract)  # a backup: it notes the requests, orders nothing
+    txs = make_txs(90)
+    wires: list[Any] = [tx.to_wire() for tx in txs]
+    forged = make_txs(1, start=900)[0]
+    wires[10] = dict(wires[10], sig=forged.signature.hex())
+    wires[20] = dict(wires[20], nonce=-1)
+    writer = Capture()
+    node._on_client(ClientConn(cast(asyncio.StreamWriter, writer)), {"t": "requests", "txs": wires})
+    rejects = [decode_payload(p) for p in FrameDecoder().feed(bytes(writer.data))]
+    assert sorted((r["code"], r["tx_id"]) for r in rejects) == [
+        ("BAD_SIGNATURE", txs[10].tx_id),
+        ("MALFORMED_TX", ""),
+    ]
+    good = {tx.tx_id for n, tx in enumerate(txs) if n not in (10, 20)}
+    assert set(node.waiters) == good
+    assert set(node.replica.pending) == good
+    assert node.counters["rejected_requests"] == 2
+    assert node.sigs.verified == 89

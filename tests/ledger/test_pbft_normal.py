@@ -3,6 +3,7 @@ and every kind of bad message counted and dropped without harm."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -284,7 +285,8 @@ def test_a_checked_transaction_with_its_signature_replaced_is_checked_again() ->
     caches = [SigCache() for _ in range(4)]
     for i in range(4):  # as ReplicaNode wires it
         net.replicas[i] = Replica(
-            net.config, i, replica_key(i), net.executors[i], now_ms=0, tx_verifier=caches[i].check
+            net.config, i, replica_key(i), net.executors[i], now_ms=0,
+            tx_verifier=caches[i].check_many,
         )
     (tx,) = make_txs(1)
     for b in (1, 2, 3):  # what the node does with a client request: check it, hand it over
@@ -461,14 +463,47 @@ def test_restart_resumes_from_the_saved_checkpoint() -> None:
     _agree(net, 30)
 
 
+@pytest.mark.parametrize("forged_at", [None, 0, 41, 79])
+def test_a_forged_transaction_among_many_in_a_pre_prepare_is_found(forged_at: int | None) -> None:
+    """Backups check a pre-prepare's transactions together (one batch check when the native
+    verifier is built); one forged signature anywhere in the batch still rejects it."""
+    net = Network(make_config(4, batch_max=100))
+    caches = [SigCache() for _ in range(4)]
+    for i in range(4):
+        net.replicas[i] = Replica(
+            net.config, i, replica_key(i), net.executors[i], now_ms=0,
+            tx_verifier=caches[i].check_many,
+        )  # fmt: skip
+    wires = [tx.to_wire() for tx in make_txs(80)]
+    if forged_at is not None:
+        other = make_txs(1, start=500)[0]
+        wires[forged_at] = dict(wires[forged_at], sig=other.signature.hex())
+    batch = Batch.from_wire({"ts": 1, "txs": wires})
+    pp = sign(PrePrepare(0, 1, batch.digest(), 0), Signer(0, replica_key(0)))
+    for b in (1, 2, 3):
+        net.inject(b, PrePrepare(0, 1, pp.digest, 0, pp.sig, batch).to_wire(), 0)
+        metrics = net.replicas[b].metrics
+        assert metrics["tx_signature_checks"] == 80 and caches[b].verified == 80
+        if forged_at is None:
+            assert "rejected_bad_batch" not in metrics
+            assert net.replicas[b].slots[1].digest == pp.digest
+        else:
+            assert metrics["rejected_bad_batch"] == 1
+            assert caches[b].check_many([batch.txs[forged_at]], [batch.txs[forged_at].tx_id]) == [
+                False
+            ]
+
+
 def test_io_layer_signature_cache_is_used_for_pre_prepares() -> None:
     net = Network(make_config(4, batch_max=10))
     checked: list[list[str]] = [[] for _ in range(4)]
     for i, replica in enumerate(net.replicas):
 
-        def verifier(tx: SignedTx, tx_id: str, seen: list[str] = checked[i]) -> bool:
-            seen.append(tx_id)
-            return tx.verify()
+        def verifier(
+            txs: Sequence[SignedTx], tx_ids: Sequence[str], seen: list[str] = checked[i]
+        ) -> list[bool]:
+            seen.extend(tx_ids)
+            return [tx.verify() for tx in txs]
 
         replica.tx_verifier = verifier
     txs = make_txs(10)
