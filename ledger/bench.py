@@ -86,6 +86,27 @@ def _verify_us(tx: SignedTx, rounds: int = 5, count: int = 200) -> float:
     return round(best * 1e6, 1)
 
 
+def _machine_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs so far (Linux ``/proc/stat``; None elsewhere).
+    Steal is time the hypervisor gave this virtual machine's CPUs to someone else."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        ticks = [int(x) for x in fields[1:]]
+    except (OSError, ValueError):
+        return None
+    if fields[0] != "cpu" or len(ticks) < 8:
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    return ticks[7], sum(ticks[:8])
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time stolen between two ``_machine_ticks`` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
 def _batch_verify_us(txs: list[SignedTx], rounds: int = 3) -> float | None:
     """Microseconds per signature of one batch check of ``txs`` (a block's worth), the best of
     a few rounds; None where the batch verifier is not built or is turned off."""
@@ -179,6 +200,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         batch_speed = _batch_verify_us(txs[: args.batch_max])
         cpu0 = {i: _cpu_seconds(proc.pid) for i, proc in procs.items()}
         client_cpu0 = time.process_time()
+        ticks0 = _machine_ticks()
 
         async def worker(client: LedgerClient) -> None:
             nonlocal next_tx, failed
@@ -206,6 +228,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             *(worker(clients[k % len(clients)]) for k in range(args.clients * args.window))
         )
         client_cpu = time.process_time() - client_cpu0
+        stolen = steal_share(ticks0, _machine_ticks())
         elapsed = min(time.perf_counter(), stop_at) - started
         drained = time.perf_counter() - started
         kill_task.cancel()
@@ -268,6 +291,9 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             (client_cpu + sum(cpu[i] - cpu0.get(i, 0.0) for i in cpu)) / max(drained, 1e-9), 2
         ),
         "verify_us": speed,
+        # CPU time the hypervisor took for other guests during the run (a virtual machine's
+        # cores_busy cannot exceed cores x (1 - steal))
+        "steal": stolen,
         # the replicas check a block's (or a client frame's) signatures together when this is
         # not None: see ledger/ed25519.py
         "batch_verify_us": batch_speed,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import ed25519
-from ledger.bench import register_bench, summarize
+from ledger.bench import register_bench, steal_share, summarize
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,6 +47,7 @@ def test_bench_reports_how_busy_it_kept_the_machine(capsys: pytest.CaptureFixtur
     # the CPU figures are the processes' own: something was spent, no more than the machine has
     assert 0 < report["cores_busy"] <= report["cores"] + 0.5
     assert report["verify_us"] > 0
+    assert report["steal"] is None or 0 <= report["steal"] <= 1
     # the batch check's figure is there exactly when the replicas batch their checks
     assert report["batch_verify"] == (ed25519.native_check() is not None)
     assert (report["batch_verify_us"] is not None) == report["batch_verify"]
@@ -112,3 +113,23 @@ def test_a_summary_hides_no_bad_run(runs: list[dict[str, Any]]) -> None:
     views = [r["view_changes"] for r in runs if r["view_changes"] is not None]
     assert out["view_changes"] == (max(views) if views else None)
     assert out["runs"] == runs and out["repeat"] == len(runs)
+
+
+@given(
+    steal=st.integers(0, 10**9),
+    total=st.integers(0, 10**9),
+    more_steal=st.integers(0, 10**6),
+    more_other=st.integers(0, 10**6),
+)
+def test_steal_is_a_share_of_the_ticks_between_two_readings(
+    steal: int, total: int, more_steal: int, more_other: int
+) -> None:
+    before = (steal, steal + total)
+    after = (steal + more_steal, steal + total + more_steal + more_other)
+    share = steal_share(before, after)
+    if more_steal + more_other == 0:
+        assert share is None
+    else:
+        assert share is not None and 0 <= share <= 1
+        assert share == round(more_steal / (more_steal + more_other), 3)
+    assert steal_share(None, after) is None and steal_share(before, None) is None
