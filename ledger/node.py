@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ledger import ed25519
 from ledger.cluster import ClusterConfig, load_cluster, replica_db_file, replica_key_file
 from ledger.contract.api import QueryError
 from ledger.encoding import EncodingError, canonical
@@ -83,6 +84,10 @@ class ReplicaNode:
         self.clock = clock
         self.counters = Counters()
         self.sigs = SigCache()
+        # Load the batch signature check now rather than at the first large batch, so that a
+        # replica runs with the Go runtime from its start (signals, kill -9 and restarts are
+        # tested that way) and says at once whether it batches.
+        self.batch_verify = ed25519.native_check() is not None
         self.state = LedgerState(
             directory / replica_db_file(replica_id),
             self.cluster.genesis,
@@ -343,6 +348,7 @@ class ReplicaNode:
             "head_hash": self.state.last_block_hash().hex(),
             "counters": counters,
             "signatures_verified": self.sigs.verified,
+            "batch_verify": self.batch_verify,
         }
 
     def _answer(self, message: dict[str, Any]) -> dict[str, Any]:

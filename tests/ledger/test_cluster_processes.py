@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger import ed25519
 from ledger.cli import cmd_verify
 from ledger.contract.api import Receipt
 from ledger.encoding import canonical
@@ -256,9 +257,12 @@ async def test_silent_backup_and_hostile_peers(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_a_replica_cleanly(tmp_path: Path) -> None:
+    """Also with the batch signature check (and so the Go runtime) loaded, as a replica loads
+    it at start where it is built: its status says which."""
     cluster = Cluster(tmp_path / "c")
     cluster.start(0)
-    asyncio.run(cluster.wait_for([0], lambda ss: True))
+    (status,) = asyncio.run(cluster.wait_for([0], lambda ss: True))
+    assert status["batch_verify"] == (ed25519.native_check() is not None)
     proc = cluster.procs.pop(0)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
