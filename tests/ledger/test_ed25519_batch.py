@@ -4,6 +4,7 @@ the native function refuses input that does not tile its buffer instead of readi
 
 from __future__ import annotations
 
+import hashlib
 import os
 from array import array
 from collections.abc import Iterator
@@ -214,3 +215,48 @@ def test_the_signature_cache_checks_misses_together_and_keeps_verdicts() -> None
     assert cache.check(txs[5], ids[5]) is False and cache.check(txs[6], ids[6]) is True
     assert cache.verified == 80
 
+
+
+def _secret_scalar(key: Ed25519PrivateKey) -> int:
+    """RFC 8032's a: the clamped first half of SHA-512 of the seed."""
+    digest = bytearray(hashlib.sha512(key.private_bytes_raw()).digest()[:32])
+    digest[0] &= 248
+    digest[31] &= 127
+    digest[31] |= 64
+    return int.from_bytes(digest, "little")
+
+
+# Encodings of points of small order as R, canonical and not (ZIP 215 decodes all of them):
+# the identity (and with the sign bit set, and as y = p + 1), the point of order 2, the points
+# of order 4 (y = 0, and as y = p), and one of order 8.
+SMALL_ORDER_R = [
+    "01" + "00" * 31,
+    "01" + "00" * 30 + "80",
+    "ee" + "ff" * 30 + "7f",
+    "ec" + "ff" * 30 + "7f",
+    "00" * 32,
+    "00" * 31 + "80",
+    "ed" + "ff" * 30 + "7f",
+    "ed" + "ff" * 31,
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+]
+
+
+@needs_native
+@pytest.mark.parametrize("r", SMALL_ORDER_R)
+def test_the_batch_decodes_r_as_the_single_check_does(r: str) -> None:
+    """A signature made with the secret key whose R is a point of small order, in a canonical or
+    a non-canonical encoding: s = k a, so s B - k A is the identity and the cofactored equation
+    holds. What the single check (ed25519-zebra) says of it, the batch check must say of a set
+    holding it, or a replica with the library and one without could disagree."""
+    key, public = KEYS[0], PUBLIC[0]
+    message = b"small-order R " + bytes.fromhex(r)
+    r_bytes = bytes.fromhex(r)
+    k = int.from_bytes(hashlib.sha512(r_bytes + public + message).digest(), "little") % L
+    s = k * _secret_scalar(key) % L
+    crafted = (public, r_bytes + s.to_bytes(32, "little"), message)
+    single = ed25519.verify(*crafted)
+    batch = ed25519.batch_verifier()
+    assert batch is not None
+    assert batch([*POOL, crafted]) == single
+    assert ed25519.verify_many([*POOL, crafted]) == [True] * len(POOL) + [single]
