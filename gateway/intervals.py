@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.contract.metering import REPORT_FLAGS
+
 INTERVAL_MS = 15 * 60 * 1000
 DEFAULT_GRACE_MS = 30 * 1000
 DEFAULT_GAP_MS = 5 * 60 * 1000
@@ -41,20 +43,12 @@ REBASED = 32
 RESTORED = 64
 LATE = 128
 CLIPPED = 256  # the node's ADC clipped (current past the clamp's range): energy reads low
-FLAG_NAMES = {
-    RESET: "reset",
-    ROLLOVER: "rollover",
-    GAP: "gap",
-    MISSING: "missing",
-    IMPLAUSIBLE: "implausible",
-    REBASED: "rebased",
-    RESTORED: "restored",
-    LATE: "late",
-    CLIPPED: "clipped",
-}
+# The names are the ledger's (the flags a signed meter report carries): bit i is entry i.
+FLAG_NAMES = {1 << i: name for i, name in enumerate(REPORT_FLAGS)}
 
 
 def flag_names(flags: int) -> list[str]:
+    """The flags' names in the ledger's order (as a meter report lists them)."""
     return [name for bit, name in FLAG_NAMES.items() if flags & bit]
 
 

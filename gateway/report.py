@@ -11,16 +11,22 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.intervals import Interval
+from gateway.intervals import Interval, flag_names
 from ledger.contract import report_signing_bytes, sign_report
 
 REPORT_KIND = "meter.report"
 
 
 def report_body(key: Ed25519PrivateKey, interval: Interval) -> dict[str, Any]:
-    """The signed ``meter.report`` body of a closed interval."""
+    """The signed ``meter.report`` body of a closed interval, with its quality flags (clipped,
+    gap, missing, ...: see ``gateway.intervals``) when it has any."""
     return sign_report(
-        key, interval.meter_id, interval.name, interval.import_wh, interval.export_wh
+        key,
+        interval.meter_id,
+        interval.name,
+        interval.import_wh,
+        interval.export_wh,
+        flag_names(interval.flags),
     )
 
 
@@ -29,7 +35,11 @@ def verify_report(public: Ed25519PublicKey, body: dict[str, Any]) -> bool:
         public.verify(
             bytes.fromhex(body["signature"]),
             report_signing_bytes(
-                body["meter_id"], body["interval"], body["import_wh"], body["export_wh"]
+                body["meter_id"],
+                body["interval"],
+                body["import_wh"],
+                body["export_wh"],
+                body.get("flags", ()),
             ),
         )
     except Exception:

@@ -10,12 +10,18 @@ from typing import Any
 from ledger.contract.api import Contract, QueryError, Receipt, Value
 from ledger.contract.clearing import Clearing, Order, Trade, book_orders, clear, payment
 from ledger.contract.community import GENESIS_VERSION, CommunityContract
-from ledger.contract.metering import REPORT_DOMAIN, report_signing_bytes, sign_report
+from ledger.contract.metering import (
+    REPORT_DOMAIN,
+    REPORT_FLAGS,
+    report_signing_bytes,
+    sign_report,
+)
 from ledger.contract.params import DEFAULTS, GenesisError, check_params
 
 __all__ = [
     "DEFAULTS",
     "REPORT_DOMAIN",
+    "REPORT_FLAGS",
     "Clearing",
     "CommunityContract",
     "Contract",

@@ -194,7 +194,13 @@ def reports(st: State, params: Mapping[str, Any]) -> Any:
         one = _read(f.interval, params, "interval")
         wanted = [one] if one in seen else []
     return [
-        {"meter_id": meter_id, "interval": i, "import_wh": seen[i][0], "export_wh": seen[i][1]}
+        {
+            "meter_id": meter_id,
+            "interval": i,
+            "import_wh": seen[i][0],
+            "export_wh": seen[i][1],
+            "flags": list(seen[i][2]) if len(seen[i]) > 2 else [],
+        }
         for i in wanted
     ]
 

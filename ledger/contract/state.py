@@ -33,7 +33,7 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "res": {},  # res_id -> {owner, kind, rated_power_w}
         "meters": {},  # meter_id -> {owner, gateway_key}
         "listings": {},  # listing_id -> listing record (see market.py)
-        "reports": {},  # meter_id -> {interval -> [import_wh, export_wh]}
+        "reports": {},  # meter_id -> {interval -> [import_wh, export_wh(, [flags])]}
         "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from reports
         "mcp_history": [],  # [{listing_id, rule, mcp, height}] in order of clearing
         "seq": 0,  # last order sequence number handed out (FIFO across all listings)

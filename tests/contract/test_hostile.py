@@ -75,7 +75,7 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
         "auction.bid": {"listing_id": HOUR, "wh": 10, "bid_price": 50_000},
         "auction.close": {"listing_id": HOUR},
         "auction.settle": {"listing_id": HOUR},
-        "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2),
+        "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2, ["gap", "clipped"]),
     }
     return bodies[kind]
 

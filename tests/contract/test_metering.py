@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger.contract import REPORT_DOMAIN, report_signing_bytes, sign_report
+from ledger.contract import REPORT_DOMAIN, REPORT_FLAGS, report_signing_bytes, sign_report
 from ledger.encoding import canonical
 from tests.contract.harness import HOUR, Community, key, rejected
 
@@ -26,14 +26,67 @@ def test_signing_bytes_are_the_documented_ones() -> None:
     )
 
 
+def test_flags_are_signed_and_a_report_without_them_signs_what_it_always_did() -> None:
+    plain = report_signing_bytes("M1", f"{HOUR}:15", 1, 2)
+    assert report_signing_bytes("M1", f"{HOUR}:15", 1, 2, ()) == plain
+    flagged = report_signing_bytes("M1", f"{HOUR}:15", 1, 2, ["gap", "clipped"])
+    assert flagged == REPORT_DOMAIN + canonical(
+        {
+            "meter_id": "M1",
+            "interval": f"{HOUR}:15",
+            "import_wh": 1,
+            "export_wh": 2,
+            "flags": ["gap", "clipped"],
+        }
+    )
+    assert "flags" not in sign_report(key(50), "M1", f"{HOUR}:15", 1, 2)
+
+
+def test_flagged_reports_are_stored_answered_and_settle_like_any_other() -> None:
+    c = _community()
+    gw = c.gateways["M1"]
+    body = sign_report(gw, "M1", f"{HOUR}:00", 10, 200, ["gap", "clipped"])
+    receipt = c.tx(gw, "meter.report", body)
+    assert receipt.code == "OK" and receipt.result["flags"] == ["gap", "clipped"]
+    assert c.report("M1", f"{HOUR}:15", 5, 100).code == "OK"
+    assert [r["flags"] for r in c.q("reports", meter_id="M1")] == [["gap", "clipped"], []]
+    # the flagged report's Wh count as any other's: both intervals' exports are minted
+    assert c.q("energy", listing_id=HOUR)[0]["minted_wh"] == 300
+
+
+def test_flags_are_checked_and_covered_by_the_signature() -> None:
+    c = _community()
+    gw = c.gateways["M1"]
+    good = sign_report(gw, "M1", f"{HOUR}:00", 10, 200, ["clipped"])
+    # changing, dropping or adding a flag breaks the signature
+    rejected(c, gw, "meter.report", good | {"flags": ["gap"]}, "BAD_SIGNATURE")
+    rejected(
+        c, gw, "meter.report", {k: v for k, v in good.items() if k != "flags"}, "BAD_SIGNATURE"
+    )
+    plain = sign_report(gw, "M1", f"{HOUR}:00", 10, 200)
+    rejected(c, gw, "meter.report", plain | {"flags": ["clipped"]}, "BAD_SIGNATURE")
+    # one encoding per report: no empty list, no unknown name, no repeats, the one order
+    for flags in ([], ["clipped", "gap"], ["gap", "gap"], ["glitch"], "clipped", [1], None):
+        body = sign_report(gw, "M1", f"{HOUR}:00", 10, 200) | {"flags": flags}
+        rejected(c, gw, "meter.report", body, "BAD_BODY")
+    assert c.tx(gw, "meter.report", good).code == "OK"
+    assert REPORT_FLAGS[-1] == "clipped" and len(set(REPORT_FLAGS)) == len(REPORT_FLAGS)
+
+
 def test_reports_accumulate_per_owner_and_hour() -> None:
     c = _community()
     assert c.report("M1", f"{HOUR}:00", 10, 200).code == "OK"
     assert c.report("M1", f"{HOUR}:15", 0, 300).code == "OK"
     assert c.report("M2", f"{HOUR}:15", 5, 1).code == "OK"
     assert c.q("reports", meter_id="M1") == [
-        {"meter_id": "M1", "interval": f"{HOUR}:00", "import_wh": 10, "export_wh": 200},
-        {"meter_id": "M1", "interval": f"{HOUR}:15", "import_wh": 0, "export_wh": 300},
+        {
+            "meter_id": "M1",
+            "interval": f"{HOUR}:00",
+            "import_wh": 10,
+            "export_wh": 200,
+            "flags": [],
+        },
+        {"meter_id": "M1", "interval": f"{HOUR}:15", "import_wh": 0, "export_wh": 300, "flags": []},
     ]
     assert c.q("reports", meter_id="M1", interval=f"{HOUR}:15")[0]["export_wh"] == 300
     assert c.q("reports", meter_id="M1", interval=f"{HOUR}:45") == []

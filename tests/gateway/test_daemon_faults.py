@@ -15,6 +15,7 @@ from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, MqttConfig, NodeConfig
 from gateway.daemon import Gateway
 from gateway.intervals import INTERVAL_MS
+from gateway.report import report_body, verify_report
 from gateway.sources.modbus import BusConfig, MeterConfig
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, PtyPair, serve_serial
 from hardware.emulators.mqtt_node import MqttNodeEmulator
@@ -205,9 +206,15 @@ async def test_a_reading_the_node_flags_clipped_marks_its_interval_a_lower_bound
     (first,) = [c for c in gw.close_due() if c.meter_id == "n5"]
     assert first.import_wh == 149 and first.flags & iv.CLIPPED
     assert "clipped" in iv.flag_names(first.flags)
+    # the report the gateway signs for it carries the flag, covered by its signature
+    body = report_body(gw.key, first)
+    assert body["flags"] == iv.flag_names(first.flags) and "clipped" in body["flags"]
+    assert verify_report(gw.key.public_key(), body)
+    assert not verify_report(gw.key.public_key(), {k: v for k, v in body.items() if k != "flags"})
     for i in range(16, 32):  # the next interval's readings are clean: no flag there
         gw.on_frame(_reading_frame(i + 1, 0, 1_000_000 + i * 10_000), "mqtt", clock.now_ms())
         await clock.advance(60_000)
     gw.flush()
     (second,) = [c for c in gw.close_due() if c.meter_id == "n5"]
     assert not second.flags & iv.CLIPPED
+    assert report_body(gw.key, second).get("flags", []) == iv.flag_names(second.flags)

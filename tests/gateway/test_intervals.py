@@ -196,3 +196,14 @@ def test_hostile_counter_sequences_never_report_negative_energy(
     assert all(
         c.import_wh <= 23_000 * 2 * (INTERVAL_MS + 20 * MIN) // 3_600_000 + 2 for c in closed
     )
+
+
+def test_flag_bits_name_the_ledgers_report_flags() -> None:
+    """The gateway stores interval flags as bits; their names are the ledger's, in its order."""
+    from ledger.contract import REPORT_FLAGS
+
+    bits = [iv.RESET, iv.ROLLOVER, iv.GAP, iv.MISSING, iv.IMPLAUSIBLE, iv.REBASED, iv.RESTORED,
+            iv.LATE, iv.CLIPPED]  # fmt: skip
+    assert [iv.FLAG_NAMES[b] for b in bits] == list(REPORT_FLAGS)
+    assert iv.flag_names(iv.CLIPPED | iv.GAP) == ["gap", "clipped"]
+    assert iv.flag_names(0) == []

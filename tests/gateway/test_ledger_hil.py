@@ -75,9 +75,9 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
         r.stop()
 
 
-def reading(seq: int, import_mwh: int) -> bytes:
+def reading(seq: int, import_mwh: int, flags: int = 0) -> bytes:
     fields = dict.fromkeys(frame.READING_FIELDS, 0)
-    fields.update(voltage_dv=2300, power_dw=6000, import_mwh=import_mwh)
+    fields.update(voltage_dv=2300, power_dw=6000, import_mwh=import_mwh, flags=flags)
     return frame.encode(KEY7, frame.T_READING, 7, seq, frame.pack_reading(fields))
 
 
@@ -116,7 +116,9 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
     task = asyncio.create_task(gw.run())
     await until(gw._started.is_set)
     for minute in range(32):  # 600 W for 32 minutes: two intervals close
-        gw.on_frame(reading(minute + 1, minute * 10_000), "mqtt", clock.now_ms())
+        # the node's ADC clipped once in the first interval: its report says so, signed
+        clipped = frame.F_ADC_CLIPPED if minute == 5 else 0
+        gw.on_frame(reading(minute + 1, minute * 10_000, clipped), "mqtt", clock.now_ms())
         await clock.advance(60_000)
     assert gw.store is not None
     rows = gw.store.outbox_all()
@@ -156,6 +158,10 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
         (interval_name(first), 140),  # minutes 0..14 at 600 W, seen from 30 s in
         (interval_name(first + INTERVAL_MS), 150),
     ]
+    # each report's quality flags reached the ledger as the gateway signed them (the clipped
+    # reading in the first interval only)
+    assert [x["flags"] for x in reports] == [list(r.body.get("flags", [])) for r in rows[:2]]
+    assert "clipped" in reports[0]["flags"] and "clipped" not in reports[1]["flags"]
 
 
 async def test_the_ems_reads_a_listing_clearing_from_the_ledger(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
-from gateway.intervals import MISSING
+from gateway.intervals import MISSING, flag_names
 from tools.demo.record import Check
 from tools.demo.vmnode import VM_NODE_BASE
 from tools.demo.world import run_slots
@@ -109,7 +109,7 @@ async def self_checks(run: DemoRun) -> None:
     problems: list[str] = []
     for e in run.edges:
         rows = await run.ledger.query("reports", meter_id=e.meter_id)
-        got = {r["interval"]: (r["import_wh"], r["export_wh"]) for r in rows}
+        got = {r["interval"]: (r["import_wh"], r["export_wh"], r["flags"]) for r in rows}
         on_ledger += len(got)
         intervals = e.billing_intervals(run.day0_ms, end_ms)
         closed += len(intervals)
@@ -118,9 +118,9 @@ async def self_checks(run: DemoRun) -> None:
                 missing += 1
                 continue
             delivered += 1
-            if got.get(i.name) != (i.import_wh, i.export_wh):
-                problems.append(f"{e.meter_id} {i.name}: gateway {i.import_wh}/"
-                                f"{i.export_wh} Wh, ledger {got.get(i.name)}")
+            mine = (i.import_wh, i.export_wh, flag_names(i.flags))
+            if got.get(i.name) != mine:  # the figures and their quality flags
+                problems.append(f"{e.meter_id} {i.name}: gateway {mine}, ledger {got.get(i.name)}")
     expected = len(run.homes) * SLOTS_PER_HOUR * run.opts.hours
     queued = sum(len(e.report_rows()) for e in run.edges)
     sub_reports = sum(e.sub_meter_reports() for e in run.edges)
@@ -132,8 +132,9 @@ async def self_checks(run: DemoRun) -> None:
         not problems and closed == expected and on_ledger == delivered == queued,
         "; ".join(problems[:3]) if problems else
         f"{closed} of {expected} billing-meter intervals closed; {queued} billing-meter reports "
-        f"signed, {on_ledger} on the ledger, equal to the gateways' ({missing} intervals without "
-        f"data carried their energy to the next report); no sub-meter report queued; "
+        f"signed, {on_ledger} on the ledger, equal to the gateways' with their flags "
+        f"({missing} intervals without data carried their energy to the next report); "
+        f"no sub-meter report queued; "
         f"{len(run.unsettled)} listings left unsettled"))
     lost = []
     for e in run.edges:
