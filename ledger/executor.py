@@ -55,17 +55,7 @@ class SigCache:
         self.verified = 0
 
     def check(self, tx: SignedTx, tx_id: str | None = None) -> bool:
-        key = (tx_id or tx.tx_id, tx.signature)
-        verdict = self._seen.get(key)
-        if verdict is None:
-            verdict = self._older.get(key)
-        if verdict is None:
-            verdict = tx.verify()
-            self.verified += 1
-            if len(self._seen) >= max(1, self.size // 2):
-                self._older, self._seen = self._seen, {}
-            self._seen[key] = verdict
-        return verdict
+        return self.check_many([tx], [tx_id or tx.tx_id])[0]
 
     def check_many(self, txs: Sequence[SignedTx], tx_ids: Sequence[str]) -> list[bool]:
         """``[self.check(tx, i) for ...]``, the uncached ones checked together (one batch

@@ -212,34 +212,22 @@ class ReplicaNode:
             try:
                 parsed.append(SignedTx.from_wire(wire))
             except TxError as exc:
-                self.counters["rejected_requests"] += 1
-                conn.send(
-                    {
-                        "t": "reject",
-                        "replica": self.me,
-                        "tx_id": "",
-                        "code": "MALFORMED_TX",
-                        "message": str(exc),
-                    }
-                )
+                self._reject(conn, "", "MALFORMED_TX", str(exc))
         ids = [tx.tx_id for tx in parsed]
         accepted: list[SignedTx] = []
         for tx, tx_id, good in zip(parsed, ids, self.sigs.check_many(parsed, ids), strict=True):
             if not good:
-                self.counters["rejected_requests"] += 1
-                conn.send(
-                    {
-                        "t": "reject",
-                        "replica": self.me,
-                        "tx_id": tx_id,
-                        "code": "BAD_SIGNATURE",
-                        "message": "signature does not verify",
-                    }
-                )
+                self._reject(conn, tx_id, "BAD_SIGNATURE", "signature does not verify")
                 continue
             self._wait_for(conn, tx_id)
             accepted.append(tx)
         return accepted
+
+    def _reject(self, conn: ClientConn, tx_id: str, code: str, message: str) -> None:
+        self.counters["rejected_requests"] += 1
+        conn.send(
+            {"t": "reject", "replica": self.me, "tx_id": tx_id, "code": code, "message": message}
+        )
 
     def _wait_for(self, conn: ClientConn, tx_id: str) -> None:
         if len(self.waiters) >= MAX_WAITERS and tx_id not in self.waiters:
