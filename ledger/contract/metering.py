@@ -55,19 +55,27 @@ REPORT_FLAGS = (
 FIELDS = ("meter_id", "interval", "import_wh", "export_wh", "signature")
 
 
-def report_signing_bytes(
-    meter_id: str, interval: str, import_wh: int, export_wh: int, flags: Sequence[str] = ()
-) -> bytes:
-    """The exact bytes a gateway signs for one report (one definition, used by both sides)."""
-    signed: dict[str, Any] = {
+def _signed_fields(
+    meter_id: str, interval: str, import_wh: int, export_wh: int, flags: Sequence[str]
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
         "meter_id": meter_id,
         "interval": interval,
         "import_wh": import_wh,
         "export_wh": export_wh,
     }
     if flags:
-        signed["flags"] = list(flags)
-    return REPORT_DOMAIN + canonical(signed)
+        fields["flags"] = list(flags)
+    return fields
+
+
+def report_signing_bytes(
+    meter_id: str, interval: str, import_wh: int, export_wh: int, flags: Sequence[str] = ()
+) -> bytes:
+    """The exact bytes a gateway signs for one report (one definition, used by both sides)."""
+    return REPORT_DOMAIN + canonical(
+        _signed_fields(meter_id, interval, import_wh, export_wh, flags)
+    )
 
 
 def sign_report(
@@ -78,18 +86,12 @@ def sign_report(
     export_wh: int,
     flags: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The body of a ``meter.report`` transaction, signed by the gateway's key. ``flags``: names
-    from ``REPORT_FLAGS`` in that order (none: the field is left out)."""
-    signature = key.sign(report_signing_bytes(meter_id, interval, import_wh, export_wh, flags))
-    body: dict[str, Any] = {
-        "meter_id": meter_id,
-        "interval": interval,
-        "import_wh": import_wh,
-        "export_wh": export_wh,
-        "signature": signature.hex(),
-    }
-    if flags:
-        body["flags"] = list(flags)
+    """The body of a ``meter.report`` transaction, signed by the gateway's key: the signed
+    fields plus ``signature``. ``flags``: names from ``REPORT_FLAGS`` in that order (none: the
+    field is left out)."""
+    signed = report_signing_bytes(meter_id, interval, import_wh, export_wh, flags)
+    body = _signed_fields(meter_id, interval, import_wh, export_wh, flags)
+    body["signature"] = key.sign(signed).hex()
     return body
 
 
