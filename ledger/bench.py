@@ -313,6 +313,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     with their spread, is the figure to compare."""
     tps = [r["tps"] for r in runs]
     views = [r["view_changes"] for r in runs if r["view_changes"] is not None]
+    stolen = [r["steal"] for r in runs if r.get("steal") is not None]
     out: dict[str, Any] = {k: runs[0][k] for k in SETTINGS}
     out.update(
         {
@@ -327,6 +328,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "acked_missing": sum(r["acked_missing"] for r in runs),
             "failed_submits": sum(r["failed_submits"] for r in runs),
             "view_changes": max(views) if views else None,
+            # the most the hypervisor took in any run: a slow run with high steal was the box
+            "steal_max": max(stolen) if stolen else None,
             "seconds": sum(r["seconds"] for r in runs),
             "runs": runs,
         }

@@ -95,6 +95,7 @@ RUN = st.fixed_dictionaries(
         "broadcast": st.just(False),
         "cores": st.just(2),
         "batch_verify": st.booleans(),
+        "steal": st.none() | st.floats(0, 1, allow_nan=False),
     }
 )
 
@@ -112,6 +113,8 @@ def test_a_summary_hides_no_bad_run(runs: list[dict[str, Any]]) -> None:
         assert out[key] == sum(r[key] for r in runs)
     views = [r["view_changes"] for r in runs if r["view_changes"] is not None]
     assert out["view_changes"] == (max(views) if views else None)
+    stolen = [r["steal"] for r in runs if r["steal"] is not None]
+    assert out["steal_max"] == (max(stolen) if stolen else None)
     assert out["runs"] == runs and out["repeat"] == len(runs)
 
 
