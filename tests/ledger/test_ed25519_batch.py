@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ledger import ed25519
@@ -75,19 +75,16 @@ def _corrupt(item: ed25519.Item, how: str, at: int) -> ed25519.Item:
     public_key, signature, message = item
     if how == "message":
         return public_key, signature, message + bytes([at % 256])
-    if how == "R":
+    if how in ("R", "s"):  # (an earlier fault may have shortened the signature)
         sig = bytearray(signature)
-        sig[at % 32] ^= 1 << (at % 8)
-        return public_key, bytes(sig), message
-    if how == "s":
-        sig = bytearray(signature)
-        sig[32 + at % 32] ^= 1 << (at % 8)
+        sig[min((0 if how == "R" else 32) + at % 32, len(sig) - 1)] ^= 1 << (at % 8)
         return public_key, bytes(sig), message
     if how == "s+L":  # the same signature with s not reduced: refused by ZIP 215 and RFC 8032
         s = int.from_bytes(signature[32:], "little") + L
         return public_key, signature[:32] + s.to_bytes(32, "little"), message
-    if how == "key":
-        return PUBLIC[(PUBLIC.index(public_key) + 1) % len(PUBLIC)], signature, message
+    if how == "key":  # the next member's key (any member's if an earlier fault replaced it)
+        at_key = PUBLIC.index(public_key) if public_key in PUBLIC else -1
+        return PUBLIC[(at_key + 1) % len(PUBLIC)], signature, message
     if how == "short":
         return public_key, signature[:63], message
     if how == "small-order key":
@@ -99,6 +96,8 @@ HOW = ["message", "R", "s", "s+L", "key", "short", "small-order key"]
 
 
 @settings(max_examples=60, deadline=None)
+@example(size=len(POOL), faults=[(3, "short", 0), (3, "s", 31)])  # found by CI: s of a short one
+@example(size=len(POOL), faults=[(4, "small-order key", 0), (4, "key", 0)])
 @given(
     size=st.integers(1, len(POOL)),
     faults=st.lists(
