@@ -404,7 +404,10 @@ class LedgerClient:
 
     async def height(self) -> int:
         """A height that at least one correct replica has reached (and so the cluster committed):
-        the (f+1)-th highest of the heights replicas report."""
+        the (f+1)-th highest of the heights 2f+1 replicas report. Any f+1 answers would bound it
+        from below, but their lowest can be a correct replica that lags (up to f may), so a
+        height read right after a write could come back as 0; of 2f+1 answers, f may lag or
+        lie and the (f+1)-th highest is still one that f+1 of them reached."""
         self._next_query += 1
         qid = self._next_query
         heights: dict[int, int] = {}
@@ -414,7 +417,7 @@ class LedgerClient:
             value = message.get("value")
             if message.get("ok") and isinstance(value, int) and not isinstance(value, bool):
                 heights[replica] = value
-                if len(heights) >= self.f + 1:
+                if len(heights) >= 2 * self.f + 1:
                     got.set()
 
         self._height_collectors[qid] = collect
@@ -426,7 +429,7 @@ class LedgerClient:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(got.wait(), self.request_timeout_s)
         except TimeoutError as exc:
-            raise LedgerError("no f+1 heights") from exc
+            raise LedgerError("no 2f+1 heights") from exc
         finally:
             self._height_collectors.pop(qid, None)
         return sorted(heights.values(), reverse=True)[self.f]

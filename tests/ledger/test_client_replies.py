@@ -160,3 +160,45 @@ async def test_one_replica_claiming_a_huge_view_does_not_move_the_client() -> No
     assert client.view == 2
     client._on_message(2, dict(_reply(2, tx_id, 1), v=True))  # not a view at all
     assert client.view == 2
+
+
+class _Answering:
+    """Stands in for the connection to one replica: answers a height query with its height
+    (None: never answers), replica i some 20i turns of the event loop after the query."""
+
+    def __init__(self, client: LedgerClient, index: int, height: int | None) -> None:
+        self.client, self.index, self.height = client, index, height
+
+    def send(self, message: dict[str, Any]) -> bool:
+        if self.height is not None:
+            answer = {"t": "answer", "replica": self.index, "id": message["id"], "ok": True,
+                      "value": self.height}  # fmt: skip
+            self._later(20 * self.index, answer)  # replica i answers 20i turns of the loop later
+        return True
+
+    def _later(self, turns: int, answer: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        if turns:
+            loop.call_soon(self._later, turns - 1, answer)
+        else:
+            self.client._on_message(self.index, answer)
+
+
+@pytest.mark.parametrize(
+    ("heights", "expected"),
+    [
+        ([0, 5, 5, None], 5),  # a correct replica that lags answers first: it is outvoted
+        ([9, 5, 5, None], 5),  # a faulty one that claims a height nobody reached: outvoted too
+        ([0, 0, 5, None], 0),  # f+1 of the 2f+1 answers at 0: nothing more is sure
+        ([3, 5, 4, None], 4),  # the (f+1)-th highest
+        ([0, 5, 5, 5], 5),
+    ],
+)
+async def test_height_is_the_f_plus_1th_highest_of_2f_plus_1_answers(
+    heights: list[int | None], expected: int
+) -> None:
+    """Of the first f+1 answers the lower could be a replica that lags, so a height read just
+    after a write came back as 0 (seen in CI); of 2f+1, f may lag or lie."""
+    client = _client()
+    client._conns = [_Answering(client, i, h) for i, h in enumerate(heights)]  # type: ignore[misc]
+    assert await client.height() == expected
