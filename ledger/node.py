@@ -33,7 +33,7 @@ from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import PrePrepare, Reply
-from ledger.pbft.replica import Fault, Replica
+from ledger.pbft.replica import Replica
 from ledger.setup import ContractFactory
 from ledger.store import INDEX_MERGE_BLOCKS
 from ledger.transport import (
@@ -69,7 +69,7 @@ class ReplicaNode:
         factory: ContractFactory,
         *,
         clock: Callable[[], int] = wall_ms,
-        fault: Fault = None,
+        core: type[Replica] = Replica,
         cluster: ClusterConfig | None = None,
         relay_requests: bool = True,
         listen_port: int | None = None,
@@ -97,13 +97,12 @@ class ReplicaNode:
             # replicas write their transaction index at different blocks of the merge cycle
             merge_phase=replica_id * max(1, INDEX_MERGE_BLOCKS // self.cluster.n),
         )
-        self.replica = Replica(
+        self.replica = core(
             self.config,
             replica_id,
             self.key,
             self.state,
             now_ms=clock(),
-            fault=fault,
             relay_requests=relay_requests,
             # one verdict cache for requests and pre-prepares: a transaction a client sent to
             # this backup too (a re-send) is verified once, not once per path
@@ -403,12 +402,11 @@ async def serve(
     directory: Path,
     replica_id: int,
     factory: ContractFactory,
-    fault: Fault = None,
     listen_port: int | None = None,
 ) -> None:
     """Run one replica until SIGTERM or SIGINT, then stop cleanly. ``listen_port`` binds another
     port than the cluster file's (tests put a cuttable proxy on the advertised one)."""
-    node = ReplicaNode(directory, replica_id, factory, fault=fault, listen_port=listen_port)
+    node = ReplicaNode(directory, replica_id, factory, listen_port=listen_port)
     tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

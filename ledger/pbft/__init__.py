@@ -29,7 +29,7 @@ from ledger.pbft.messages import (
     ViewChange,
     parse,
 )
-from ledger.pbft.replica import Replica, checkpoint_digest, fast_tx_id
+from ledger.pbft.replica import Replica, checkpoint_digest
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import WireError
 
@@ -71,6 +71,5 @@ __all__ = [
     "batch_digest",
     "block_hash",
     "checkpoint_digest",
-    "fast_tx_id",
     "parse",
 ]

@@ -21,7 +21,7 @@ from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.config import PbftConfig, ReplicaInfo
 from ledger.pbft.memory import MemoryExecutor
 from ledger.pbft.messages import Message, Reply
-from ledger.pbft.replica import Fault, Replica
+from ledger.pbft.replica import Replica
 from ledger.tx import SignedTx, public_bytes, sign_tx
 
 
@@ -50,7 +50,8 @@ class Network:
     duplicate: float = 0.0
     delay: tuple[int, int] = (1, 3)
     tick_ms: int = 5
-    faults: dict[int, Fault] = field(default_factory=dict)
+    # replica id -> the class it runs instead of ``Replica`` (a faulty one, from the tests)
+    faults: dict[int, type[Replica]] = field(default_factory=dict)
     now: int = 0
     replicas: list[Replica] = field(init=False)
     executors: list[MemoryExecutor] = field(init=False)
@@ -69,14 +70,8 @@ class Network:
         self._next_tick = 0
 
     def _boot(self, i: int) -> Replica:
-        return Replica(
-            self.config,
-            i,
-            replica_key(i),
-            self.executors[i],
-            now_ms=self.now,
-            fault=self.faults.get(i),
-        )
+        core = self.faults.get(i, Replica)
+        return core(self.config, i, replica_key(i), self.executors[i], now_ms=self.now)
 
     # -- faults
     def crash(self, i: int) -> None:
@@ -201,7 +196,7 @@ def prepared_nowhere_committed(**tuning: Any) -> tuple[Network, list[SignedTx]]:
     for tx in txs:
         net.submit(tx)
     net.run(50)
-    assert all(r.slots[1].prepared and not r.slots[1].committed for r in net.replicas)
+    assert all(r.log.slots[1].prepared and not r.log.slots[1].committed for r in net.replicas)
     return net, txs
 
 

@@ -62,10 +62,11 @@ class Cluster:
     # -- processes ------------------------------------------------------------------------------
 
     def start(self, i: int) -> None:
-        cmd = [sys.executable, "-m", "ledger", "run", "--dir", str(self.dir), "--replica", str(i),
+        # a faulty replica runs tests.ledger.faulty's core in place of the correct one
+        entry = ["tests.ledger.faulty", "--fault", self.faults[i]] if i in self.faults else [
+            "ledger", "run"]
+        cmd = [sys.executable, "-m", *entry, "--dir", str(self.dir), "--replica", str(i),
                "--contract", TOY]  # fmt: skip
-        if i in self.faults:
-            cmd += ["--fault", self.faults[i]]
         if self.private_ports:
             cmd += ["--listen-port", str(self.private_ports[i])]
         env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -138,6 +138,6 @@ def test_a_frame_of_requests_is_checked_together_and_its_bad_ones_rejected(
     ]
     good = {tx.tx_id for n, tx in enumerate(txs) if n not in (10, 20)}
     assert set(node.waiters) == good
-    assert set(node.replica.pending) == good
+    assert set(node.replica.batcher.pending) == good
     assert node.counters["rejected_requests"] == 2
     assert node.sigs.verified == 89

@@ -18,6 +18,7 @@ from ledger.pbft.simulation import (
     make_txs,
     prepared_nowhere_committed,
 )
+from tests.ledger.faulty import FAULTS, EquivocatingReplica, SilentReplica
 
 
 def _settled(net: Network, txs: list[Any]) -> None:
@@ -69,7 +70,7 @@ def test_successive_primary_failures_back_off_and_recover() -> None:
 
 
 def test_equivocating_primary_cannot_split_the_backups() -> None:
-    net = Network(make_config(4, view_change_timeout_ms=150), faults={0: "equivocate"})
+    net = Network(make_config(4, view_change_timeout_ms=150), faults={0: EquivocatingReplica})
     txs = make_txs(30)
     for tx in txs:
         net.submit(tx, to=range(4))
@@ -80,7 +81,7 @@ def test_equivocating_primary_cannot_split_the_backups() -> None:
 
 
 def test_silent_backup_does_not_stop_progress() -> None:
-    net = Network(make_config(4), faults={3: "silent"})
+    net = Network(make_config(4), faults={3: SilentReplica})
     txs = make_txs(40)
     for tx in txs:
         net.submit(tx)
@@ -92,7 +93,7 @@ def test_silent_backup_does_not_stop_progress() -> None:
 
 
 def test_silent_primary_is_replaced() -> None:
-    net = Network(make_config(4, view_change_timeout_ms=100), faults={0: "silent"})
+    net = Network(make_config(4, view_change_timeout_ms=100), faults={0: SilentReplica})
     txs = make_txs(12)
     for tx in txs:
         net.submit(tx, to=range(4))
@@ -206,7 +207,7 @@ def test_forged_certificates_and_broken_chains_are_refused() -> None:
 
 
 def test_f2_cluster_tolerates_two_faults_at_once() -> None:
-    net = Network(make_config(7, view_change_timeout_ms=100), faults={2: "silent"})
+    net = Network(make_config(7, view_change_timeout_ms=100), faults={2: SilentReplica})
     net.crash(0)
     txs = make_txs(25)
     for tx in txs:
@@ -308,7 +309,8 @@ def test_random_schedules_with_a_byzantine_replica(
         n, checkpoint_interval=4, log_window=8, batch_max=4, view_change_timeout_ms=150
     )
     bad = 0 if primary_faulty else n - 1
-    net = Network(cfg, seed=seed, drop=drop, delay=(1, max_delay), wire=False, faults={bad: fault})  # type: ignore[dict-item]
+    faults = {bad: FAULTS[fault]}
+    net = Network(cfg, seed=seed, drop=drop, delay=(1, max_delay), wire=False, faults=faults)
     txs = make_txs(40)
     for i in range(4):
         for tx in txs[i * 10 : (i + 1) * 10]:
@@ -334,11 +336,11 @@ def test_a_new_view_relayed_by_a_backup_brings_a_lagging_replica_in() -> None:
     for tx in txs:
         net.submit(tx, to=[1, 2, 3])
     net.run(150)
-    while net.replicas[3].view != 1 or net.replicas[2].new_view_msg is None:
+    while net.replicas[3].view != 1 or net.replicas[2].views.new_view_msg is None:
         net.run(5)
     lagger = net.replicas[3]
     assert not lagger.active
-    nv = net.replicas[2].new_view_msg
+    nv = net.replicas[2].views.new_view_msg
     assert nv is not None and nv.replica == 1
     net.inject(3, nv.to_wire(), 2)  # relayed by replica 2, signed by primary 1
     assert lagger.view == 1 and lagger.active

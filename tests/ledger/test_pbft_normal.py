@@ -78,9 +78,9 @@ def test_a_backup_parses_a_transaction_it_already_holds_once() -> None:
         net.submit(tx, to=range(4))
     net.run(100)
     _agree(net, 5)
-    (digest,) = [d for d, ids in net.replicas[1].batch_ids.items() if ids]
+    (digest,) = [d for d, ids in net.replicas[1].log.batch_ids.items() if ids]
     # the pre-prepare came as bytes; its transactions are the objects the requests made
-    assert all(a is b for a, b in zip(net.replicas[1].batches[digest].txs, txs, strict=True))
+    assert all(a is b for a, b in zip(net.replicas[1].log.batches[digest].txs, txs, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_a_held_transaction_is_not_taken_for_a_different_wire_form(
     net.inject(1, PrePrepare(0, 1, pp.digest, 0, pp.sig, batch).to_wire(), 0)
     metrics = net.replicas[1].metrics
     assert metrics.get("malformed", 0) + metrics.get("rejected_bad_batch", 0) == 1
-    assert 1 not in net.replicas[1].slots or net.replicas[1].slots[1].pp is None
+    assert 1 not in net.replicas[1].log.slots or net.replicas[1].log.slots[1].pp is None
 
 
 def test_a_request_only_backups_have_is_relayed_to_the_primary() -> None:
@@ -404,10 +404,10 @@ def test_checkpoints_garbage_collect_and_bound_the_log() -> None:
     _agree(net, 100)
     for r in net.replicas:
         assert r.last_executed == 50 and r.stable_seq == 48
-        assert max(r.slots, default=49) > 48 and len(r.slots) <= 8
-        assert len(r.batches) <= 9 and min(r.checkpoints, default=48) >= 48
+        assert max(r.log.slots, default=49) > 48 and len(r.log.slots) <= 8
+        assert len(r.log.batches) <= 9 and min(r.checkpoints.votes, default=48) >= 48
         assert 6 <= r.metrics["checkpoints_stable"] <= 12  # a later one may subsume one
-        assert not r.in_log and not r.pending and not r.queue
+        assert not r.batcher.in_log and not r.batcher.pending and not r.batcher.queue
     saved = net.executors[0].checkpoint
     assert saved is not None and saved[0] == 48 and len(saved[2]) == 3
 
@@ -454,7 +454,7 @@ def test_restart_resumes_from_the_saved_checkpoint() -> None:
     net.restart(1)  # a new core over the same executor (process restart, disk kept)
     fresh = net.replicas[1]
     assert (fresh.stable_seq, fresh.last_executed) == (8, 10)
-    assert [c.seq for c in fresh.stable_proof] == [8, 8, 8]
+    assert [c.seq for c in fresh.checkpoints.stable_proof] == [8, 8, 8]
     more = make_txs(10, start=20)
     for tx in more:
         net.submit(tx)
@@ -486,7 +486,7 @@ def test_a_forged_transaction_among_many_in_a_pre_prepare_is_found(forged_at: in
         assert metrics["tx_signature_checks"] == 80 and caches[b].verified == 80
         if forged_at is None:
             assert "rejected_bad_batch" not in metrics
-            assert net.replicas[b].slots[1].digest == pp.digest
+            assert net.replicas[b].log.slots[1].digest == pp.digest
         else:
             assert metrics["rejected_bad_batch"] == 1
             assert caches[b].check_many([batch.txs[forged_at]], [batch.txs[forged_at].tx_id]) == [
@@ -554,8 +554,8 @@ def test_a_pre_prepare_above_a_lagging_window_is_taken_when_the_window_moves(hol
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2), tamper=starve)
     if not hold:
         for replica in net.replicas:
-            replica._hold_above_window = lambda pp: False  # type: ignore[method-assign]
-            replica._hold_vote_above_window = lambda vote: False  # type: ignore[method-assign]
+            replica.log.hold_above_window = lambda pp: False  # type: ignore[method-assign]
+            replica.log.hold_vote_above_window = lambda vote: False  # type: ignore[method-assign]
     first = make_txs(16)
     for tx in first:
         net.submit(tx)
