@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except (StoreError, sqlite3.DatabaseError) as exc:
         return _fail(f"replica {args.replica}: store: {exc}")
-    except ValueError as exc:  # the core's ConfigError, the contract's GenesisError
+    except ValueError as exc:  # the core's PbftConfigError, the contract's GenesisError
         return _fail(f"replica {args.replica}: {exc}")
     except OSError as exc:
         return _fail(f"replica {args.replica}: {exc}")

@@ -29,7 +29,7 @@ from ledger.contract.api import BlockContext, Receipt, Transaction
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.block import GENESIS_HASH, Block
 from ledger.setup import ContractFactory
-from ledger.store import BlockRow, BlockStore, Checkpoint, StoreError
+from ledger.store import BlockRow, BlockStore, StateSnapshot, StoreError
 from ledger.tx import SignedTx, TxError
 from ledger_client.protocol import receipt_from_wire, receipt_to_wire
 
@@ -144,7 +144,7 @@ class LedgerState:
         results, new = self._apply(block)
         checkpoint = None
         if block.height % self.checkpoint_interval == 0:
-            checkpoint = Checkpoint(
+            checkpoint = StateSnapshot(
                 block.height, self.contract.state_digest(), self.contract.snapshot()
             )
         block_hash = block.hash()

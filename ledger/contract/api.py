@@ -25,7 +25,7 @@ class Transaction:
 
     ``sender`` is the raw 32-byte Ed25519 public key that signed it (the replica has verified the
     signature before the contract is called). ``kind`` names the operation, e.g.
-    ``"token.transfer"`` or ``"auction.buy_offer"``. ``tx_id`` is the hex SHA-256 of the
+    ``"token.transfer"`` or ``"auction.bid"``. ``tx_id`` is the hex SHA-256 of the
     transaction's canonical unsigned encoding, unique per (sender, nonce).
     """
 

@@ -34,11 +34,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed
+from ledger.pbft.backend import Executor
 from ledger.pbft.batching import Batcher
 from ledger.pbft.block import Block
 from ledger.pbft.checkpoints import Checkpoints, checkpoint_digest
 from ledger.pbft.config import PbftConfig
-from ledger.pbft.executor import Executor
 from ledger.pbft.journal import restore
 from ledger.pbft.log import MessageLog
 from ledger.pbft.messages import (
