@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from ledger import ed25519
+from ledger.client_wire import receipt_from_wire, receipt_to_wire
 from ledger.contract.api import BlockContext, Receipt, Transaction
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.block import GENESIS_HASH, Block
 from ledger.setup import ContractFactory
 from ledger.store import BlockRow, BlockStore, StateSnapshot, StoreError
 from ledger.tx import SignedTx, TxError
-from ledger_client.protocol import receipt_from_wire, receipt_to_wire
 
 SIG_CACHE_SIZE = 200_000
 STABLE_CHECKPOINT = "stable_checkpoint"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger import ed25519
+from ledger.client_wire import LEDGER_QUERY_PREFIX
 from ledger.cluster import ClusterConfig, load_cluster, replica_db_file, replica_key_file
 from ledger.contract.api import QueryError
 from ledger.encoding import EncodingError, canonical
@@ -46,7 +47,6 @@ from ledger.transport import (
     frame,
 )
 from ledger.tx import SignedTx, TxError
-from ledger_client.protocol import LEDGER_QUERY_PREFIX
 
 log = logging.getLogger(__name__)
 

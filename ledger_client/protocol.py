@@ -31,33 +31,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.contract.api import Receipt
+from ledger.client_wire import (
+    LEDGER_QUERY_PREFIX,
+    receipt_from_wire,
+    receipt_is_wire,
+    receipt_to_wire,
+)
 from ledger.encoding import canonical
 
-LEDGER_QUERY_PREFIX = "ledger."
-
-
-def receipt_to_wire(receipt: Receipt) -> dict[str, Any]:
-    return {"code": receipt.code, "result": dict(receipt.result), "message": receipt.message}
-
-
-def receipt_from_wire(wire: Any) -> Receipt:
-    if not isinstance(wire, dict):
-        raise ValueError("receipt must be an object")
-    if not receipt_is_wire(wire):
-        raise ValueError("receipt must have code (str), result (object) and message (str)")
-    return Receipt(code=wire["code"], result=wire["result"], message=wire["message"])
-
-
-def receipt_is_wire(wire: Any) -> bool:
-    """``receipt_from_wire`` would accept it (checked without building the ``Receipt``: the
-    client checks every reply of every replica)."""
-    return (
-        isinstance(wire, dict)
-        and isinstance(wire.get("code"), str)
-        and isinstance(wire.get("result"), dict)
-        and isinstance(wire.get("message"), str)
-    )
+# the receipt's wire form and the replica's query prefix are the replica's (ledger.client_wire)
+__all__ = [
+    "LEDGER_QUERY_PREFIX",
+    "answer_key",
+    "receipt_from_wire",
+    "receipt_is_wire",
+    "receipt_to_wire",
+    "reply_key",
+]
 
 
 def reply_key(message: dict[str, Any]) -> bytes:

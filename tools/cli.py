@@ -25,7 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 BENCH_MODULES: tuple[str, ...] = (
-    "ledger.bench",  # wattmesh bench ledger
+    "tools.ledger_bench",  # wattmesh bench ledger
     "ledger.contract.bench",  # wattmesh bench auction
     "gateway.bench",  # wattmesh bench ingest
     "gateway.ems.bench",  # wattmesh bench ems

@@ -1,5 +1,8 @@
 """``wattmesh bench ledger``: committed transactions per second of a real replica cluster.
 
+Here in ``tools`` (not in ``ledger``) because it drives the cluster through ``ledger_client``,
+which ``ledger`` does not import; the figures are in ledger/README.md.
+
 It creates a throw-away cluster (real community contract), starts the replicas as separate
 processes on loopback, admits ``--members`` members and mints them tokens, pre-signs every
 load transaction (``token.transfer`` between members, so each one is verified by every replica
@@ -42,6 +45,7 @@ from ledger.node import tune_gc
 from ledger.setup import DEFAULT_CONTRACT, init_cluster
 from ledger.store import BlockStore
 from ledger.tx import SignedTx, sign_tx
+from ledger_client.client import LedgerClient, LedgerError
 
 MINT = 10**12
 # In-flight transactions per client (4 clients by default, 800 in all). With 240 in flight and
@@ -130,8 +134,6 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 
 
 async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
-    from ledger_client.client import LedgerClient, LedgerError
-
     init_cluster(
         directory,
         args.replicas,
