@@ -207,14 +207,21 @@ class Request(WireForm):
     tx: SignedTx = field(metadata=on_wire("tx", TX, "body"))
 
 
-@form("pre-prepare")
 @dataclass(frozen=True, slots=True)
-class PrePrepare(SignedForm):
+class _Ordering(SignedForm):
+    """(view, seq, batch digest) signed by a replica: the fields a pre-prepare and the votes
+    on it (PREPARE, COMMIT) share."""
+
     view: int = field(metadata=on_wire("v", NAT))
     seq: int = field(metadata=on_wire("n", NAT))
     digest: bytes = field(metadata=on_wire("d", DIGEST))
     replica: int = field(metadata=on_wire("r", REPLICA))
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+
+
+@form("pre-prepare")
+@dataclass(frozen=True, slots=True)
+class PrePrepare(_Ordering):
     # attachment; absent inside proofs
     batch: Batch | None = field(default=None, metadata=on_wire("batch", BATCH, "attachment"))
 
@@ -234,15 +241,9 @@ class PrePrepare(SignedForm):
 
 
 @dataclass(frozen=True, slots=True)
-class _Vote(SignedForm):
+class _Vote(_Ordering):
     """A replica's vote for (view, seq, batch digest): PREPARE and COMMIT share this form and
     differ only in their type tag, which the signature covers."""
-
-    view: int = field(metadata=on_wire("v", NAT))
-    seq: int = field(metadata=on_wire("n", NAT))
-    digest: bytes = field(metadata=on_wire("d", DIGEST))
-    replica: int = field(metadata=on_wire("r", REPLICA))
-    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
 
 @form("prepare")

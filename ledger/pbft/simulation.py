@@ -147,6 +147,23 @@ class Network:
                 actions = self.replicas[i].on_request(tx, self.now, verified=verified, tx_id=tx_id)
                 self._perform(i, actions)
 
+    def submit_all(
+        self, txs: Iterable[SignedTx], to: Iterable[int] | None = None, **how: Any
+    ) -> None:
+        """``submit`` each of ``txs`` (to the same replicas, ``to`` taken once)."""
+        targets = None if to is None else list(to)
+        for tx in txs:
+            self.submit(tx, targets, **how)
+
+    def resend_uncommitted(self, txs: Iterable[SignedTx]) -> None:
+        """What a client does on its timeout: every one of ``txs`` it has not seen committed
+        goes again, to every replica."""
+        self.submit_all((tx for tx in txs if not self.committed(tx.tx_id)), range(self.config.n))
+
+    def all_committed(self, txs: Iterable[SignedTx]) -> bool:
+        """The client saw every one of ``txs`` committed (see ``committed``)."""
+        return all(self.committed(tx.tx_id) for tx in txs)
+
     def view_hint(self) -> int:
         views = [r.view for i, r in enumerate(self.replicas) if i not in self.crashed]
         return max(set(views), key=views.count)

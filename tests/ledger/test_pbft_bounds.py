@@ -39,10 +39,9 @@ def test_a_transaction_over_the_bound_is_refused_when_signed_and_when_parsed() -
 def test_the_primary_cuts_batches_by_bytes_and_everything_commits() -> None:
     net = Network(make_config(4, batch_max_bytes=100_000))
     txs = [_big_tx(n) for n in range(40)]  # ~12 KB each: 8 to a batch, not 40
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(500)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     blocks = net.executors[1].blocks
     assert len(blocks) >= 5
     assert all(

@@ -64,7 +64,7 @@ def test_new_primary_cannot_drop_a_prepared_batch() -> None:
     net.run(3000)  # 2 and 3 give up on view 1, replica 1 joins them in view 2
     assert all(r.view == 2 and r.active for r in net.replicas[1:])
     txs = make_txs(5)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     assert all(net.executors[i].blocks[0].ids() == tuple(t.tx_id for t in txs) for i in (1, 2, 3))
     assert divergence(net) == []
 
@@ -196,14 +196,12 @@ def test_view_change_carries_only_unexecuted_batches_and_laggers_fetch_the_rest(
         tamper=starve_3,
     )
     txs = make_txs(15)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(100)
     assert [r.last_executed for r in net.replicas] == [3, 3, 3, 0]
     net.crash(0)
     more = make_txs(5, start=15)
-    for tx in more:
-        net.submit(tx, to=[1, 2, 3])
+    net.submit_all(more, to=[1, 2, 3])
     net.run(1500)
     nv = net.replicas[1].views.new_view_msg
     assert nv is not None and [pp.seq for pp in nv.pre_prepares] == [1, 2, 3]
