@@ -132,7 +132,7 @@ class Batcher:
         sends to the primary too, so relaying everything at once made the primary parse each
         request n times: 0.06 ms of its CPU per transaction under load). If the primary still
         does not order it, the view-change timer replaces the primary, and the backups relay
-        what waits to the new one at once (``relay_all``). Once, so an overloaded primary is
+        what waits to the new one at once (``new_view``). Once, so an overloaded primary is
         not sent a copy of everything that waits every half timeout."""
         cutoff = now_ms - self.relay_after
         primary = self.core.cfg.primary(self.core.view)
