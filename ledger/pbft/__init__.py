@@ -11,6 +11,7 @@ from ledger.pbft.block import (
     batch_digest,
     block_hash,
 )
+from ledger.pbft.checkpoints import checkpoint_digest
 from ledger.pbft.config import PbftConfig, PbftConfigError, ReplicaInfo
 from ledger.pbft.memory import MemoryExecutor
 from ledger.pbft.messages import (
@@ -29,7 +30,7 @@ from ledger.pbft.messages import (
     ViewChange,
     parse,
 )
-from ledger.pbft.replica import Replica, checkpoint_digest
+from ledger.pbft.replica import Replica
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import WireError
 

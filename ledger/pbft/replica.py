@@ -37,7 +37,7 @@ from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed
 from ledger.pbft.backend import Executor
 from ledger.pbft.batching import Batcher
 from ledger.pbft.block import Block
-from ledger.pbft.checkpoints import Checkpoints, checkpoint_digest
+from ledger.pbft.checkpoints import Checkpoints
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.journal import restore
 from ledger.pbft.log import MessageLog
@@ -62,7 +62,7 @@ from ledger.pbft.viewchange import ViewChanges
 from ledger.pbft.wire import WireError
 from ledger.tx import SignedTx
 
-__all__ = ["Replica", "checkpoint_digest"]
+__all__ = ["Replica"]
 
 TxVerifier = Callable[[Sequence[SignedTx], Sequence[str]], list[bool]]
 
