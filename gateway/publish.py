@@ -14,23 +14,17 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 
 from gateway.clock import Clock, wait_until_or_set
 from gateway.config import MqttConfig
+from gateway.ingest import MeterInfo
 from gateway.sources.mqtt import broker_client, keep_sessions
 from gateway.store import Reading
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class MeterInfo:
-    meter_id: str
-    model: str  # "sdm630", "node", ...
 
 
 def _obj(text: str) -> str:

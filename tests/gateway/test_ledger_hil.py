@@ -169,9 +169,9 @@ async def test_the_ems_reads_a_listing_clearing_from_the_ledger(
 ) -> None:
     """What the daemon's EMS calls at each slot edge: nothing while the listing takes orders,
     then the listing with its trades, which the trading agent turns into its commitment."""
-    from gateway.daemon import LedgerDeliverer
     from gateway.ems.agent import TradingAgent
     from gateway.ems.tariff import Tariff
+    from gateway.ledger_link import LedgerDeliverer
 
     cluster = replicas.dir / "cluster.json"
     replicas.start()
