@@ -28,7 +28,6 @@ from gateway.ems.tariff import (
 )
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import INTERVAL_MS
-from gateway.sources.modbus import BusConfig, MeterConfig
 from hardware.meters import MODELS, load_map
 
 INTERVAL_MIN = INTERVAL_MS // 60_000
@@ -74,6 +73,34 @@ class MqttConfig:
     publish_min_s: float = 10.0
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """One Modbus meter on a bus (``[[modbus.buses.meters]]``)."""
+
+    meter_id: str
+    model: str
+    unit: int
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """One Modbus bus (``[[modbus.buses]]``): RS-485 line or TCP gateway, and its meters."""
+
+    name: str
+    meters: tuple[MeterConfig, ...]
+    tcp: tuple[str, int] | None = None
+    serial: str | None = None
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    poll_s: float = 10.0
+    timeout_s: float = 1.0
+    retries: int = 1
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,15 +236,81 @@ def _host_port(value: str, name: str) -> tuple[str, int]:
     return host, int(port)
 
 
+@dataclass(frozen=True, slots=True)
+class _GatewaySection:
+    """``[gateway]``: everything of ``GatewayConfig`` that this table holds."""
+
+    gateway_id: str
+    data_dir: Path
+    key_file: Path
+    keystore: str | None
+    interval_ms: int
+    grace_ms: int
+    replay_window: int
+    flush_ms: int
+    retention_days: int
+    command_timeout_s: float
+
+
+@dataclass(slots=True)
+class _Meters:
+    """The nodes and meters the sections declare, in order, and which of them only sub-meter."""
+
+    nodes: list[NodeConfig] = field(default_factory=list)
+    buses: list[BusConfig] = field(default_factory=list)
+    unreported: set[str] = field(default_factory=set)
+
+
 def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     root = _Table(dict(doc), "")
     gw = root.table("gateway")
     if gw is None:
         raise ConfigError("gateway: missing (required)")
+    section = _gateway(gw, base)
+    ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
+    found = _Meters()
+    mqtt = _mqtt(mt, found) if (mt := root.table("mqtt")) is not None else None
+    ble_backend, ble_silence_timeout_s = "bleak", None
+    if (bt := root.table("ble")) is not None:
+        ble_backend, ble_silence_timeout_s = _ble(bt, found)
+    if (mb := root.table("modbus")) is not None:
+        found.buses += [_bus(bus, base, found.unreported) for bus in mb.tables("buses")]
+        mb.done()
+    ems_table = root.table("ems")
+    root.done()
+    meters = _unique_meters(found)
+    if found.nodes and section.keystore is None:
+        raise ConfigError("gateway.keystore: required when nodes are configured")
+    ems = None
+    if ems_table is not None:
+        ems = _ems(ems_table, base, found.nodes, meters, trading=ledger is not None)
+    return GatewayConfig(
+        gateway_id=section.gateway_id,
+        data_dir=section.data_dir,
+        key_file=section.key_file,
+        keystore=_path(base, section.keystore) if section.keystore else None,
+        interval_ms=section.interval_ms,
+        grace_ms=section.grace_ms,
+        replay_window=section.replay_window,
+        flush_ms=section.flush_ms,
+        retention_days=section.retention_days,
+        command_timeout_s=section.command_timeout_s,
+        ledger=ledger,
+        mqtt=mqtt,
+        ble_backend=ble_backend,
+        ble_silence_timeout_s=ble_silence_timeout_s,
+        nodes=tuple(found.nodes),
+        buses=tuple(found.buses),
+        unreported=frozenset(found.unreported),
+        ems=ems,
+    )
+
+
+def _gateway(gw: _Table, base: Path) -> _GatewaySection:
     gateway_id = gw.get("id", str, pattern=ID_RE)
     data_dir = _path(base, gw.get("data_dir", str, "."))
     key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
-    keystore_s = gw.get("keystore", str, None)
+    keystore = gw.get("keystore", str, None)
     interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
     if interval_min != INTERVAL_MIN:
         # The ledger names and bills meter reports by 15-minute interval: 5-minute reports are
@@ -226,131 +319,102 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
             f"gateway.interval_minutes: must be {INTERVAL_MIN} (the ledger meters "
             f"{INTERVAL_MIN}-minute intervals), got {interval_min}"
         )
-    grace_s = gw.get("grace_s", (int, float), 30, min=0, max=600)
-    window = gw.get("replay_window", int, 64, min=1, max=1024)
-    flush_ms = gw.get("flush_ms", int, 1000, min=10, max=60_000)
-    retention = gw.get("retention_days", int, 7, min=1, max=3650)
-    cmd_timeout = gw.get("command_timeout_s", (int, float), 5.0, min=0.1, max=120)
+    section = _GatewaySection(
+        gateway_id=gateway_id,
+        data_dir=data_dir,
+        key_file=key_file,
+        keystore=keystore,
+        interval_ms=interval_min * 60_000,
+        grace_ms=int(gw.get("grace_s", (int, float), 30, min=0, max=600) * 1000),
+        replay_window=gw.get("replay_window", int, 64, min=1, max=1024),
+        flush_ms=gw.get("flush_ms", int, 1000, min=10, max=60_000),
+        retention_days=gw.get("retention_days", int, 7, min=1, max=3650),
+        command_timeout_s=float(gw.get("command_timeout_s", (int, float), 5.0, min=0.1, max=120)),
+    )
     gw.done()
+    return section
 
-    ledger = None
-    if (lt := root.table("ledger")) is not None:
-        ledger = LedgerConfig(
-            cluster=_path(base, lt.get("cluster", str)),
-            timeout_s=float(lt.get("timeout_s", (int, float), 10.0, min=0.1, max=600)),
-            retry_initial_s=float(lt.get("retry_initial_s", (int, float), 1.0, min=0.01, max=3600)),
-            retry_max_s=float(lt.get("retry_max_s", (int, float), 300.0, min=0.01, max=86400)),
+
+def _ledger(lt: _Table, base: Path) -> LedgerConfig:
+    ledger = LedgerConfig(
+        cluster=_path(base, lt.get("cluster", str)),
+        timeout_s=float(lt.get("timeout_s", (int, float), 10.0, min=0.1, max=600)),
+        retry_initial_s=float(lt.get("retry_initial_s", (int, float), 1.0, min=0.01, max=3600)),
+        retry_max_s=float(lt.get("retry_max_s", (int, float), 300.0, min=0.01, max=86400)),
+    )
+    lt.done()
+    return ledger
+
+
+def _mqtt(mt: _Table, found: _Meters) -> MqttConfig:
+    disc = mt.table("discovery")
+    mqtt = MqttConfig(
+        host=mt.get("host", str, "127.0.0.1"),
+        port=mt.get("port", int, 1883, min=1, max=65535),
+        username=mt.get("username", str, None),
+        password=mt.get("password", str, None),
+        discovery=disc.get("enabled", bool, True) if disc else True,
+        discovery_prefix=disc.get("prefix", str, "homeassistant", pattern=TOPIC_RE)
+        if disc
+        else "homeassistant",
+        base_topic=mt.get("base_topic", str, "wattmesh", pattern=TOPIC_RE),
+        publish_min_s=float(mt.get("publish_min_s", (int, float), 10.0, min=0, max=3600)),
+    )
+    if disc:
+        disc.done()
+    for t in mt.tables("nodes"):
+        _node(t, "mqtt", found)
+    mt.done()
+    return mqtt
+
+
+def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None]:
+    """``[ble]``: the backend, the silence watchdog (None: none) and the BLE nodes."""
+    backend = bt.get("backend", str, "bleak")
+    if backend != "bleak" and not backend.startswith("bumble:"):
+        raise ConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
+    silence = bt.get("silence_timeout_s", (int, float), None)
+    if silence is not None and not 0 < silence <= MAX_SILENCE_S:  # also refuses nan and inf
+        raise ConfigError(
+            f"ble.silence_timeout_s: {silence!r} must be seconds in (0, {MAX_SILENCE_S}]"
         )
-        lt.done()
+    for t in bt.tables("nodes"):
+        _node(t, "ble", found)
+    bt.done()
+    return backend, None if silence is None else float(silence)
 
-    nodes: list[NodeConfig] = []
-    unreported: set[str] = set()
-    mqtt = None
-    if (mt := root.table("mqtt")) is not None:
-        disc = mt.table("discovery")
-        mqtt = MqttConfig(
-            host=mt.get("host", str, "127.0.0.1"),
-            port=mt.get("port", int, 1883, min=1, max=65535),
-            username=mt.get("username", str, None),
-            password=mt.get("password", str, None),
-            discovery=disc.get("enabled", bool, True) if disc else True,
-            discovery_prefix=disc.get("prefix", str, "homeassistant", pattern=TOPIC_RE)
-            if disc
-            else "homeassistant",
-            base_topic=mt.get("base_topic", str, "wattmesh", pattern=TOPIC_RE),
-            publish_min_s=float(mt.get("publish_min_s", (int, float), 10.0, min=0, max=3600)),
-        )
-        if disc:
-            disc.done()
-        for t in mt.tables("nodes"):
-            nid = t.get("node_id", int, min=0, max=0xFFFF)
-            nodes.append(
-                NodeConfig(
-                    node_id=nid,
-                    transport="mqtt",
-                    meter_id=t.get("meter_id", str, f"node{nid}", pattern=ID_RE),
-                    topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE),
-                )
-            )
-            if not t.get("report", bool, False):  # nodes are sub-meters unless marked billing
-                unreported.add(nodes[-1].meter_id)
-            t.done()
-        mt.done()
 
-    ble_backend = "bleak"
-    ble_silence_timeout_s: float | None = None
-    if (bt := root.table("ble")) is not None:
-        ble_backend = bt.get("backend", str, "bleak")
-        if ble_backend != "bleak" and not ble_backend.startswith("bumble:"):
-            raise ConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
-        silence = bt.get("silence_timeout_s", (int, float), None)
-        if silence is not None:
-            if not 0 < silence <= MAX_SILENCE_S:  # also refuses TOML's nan and inf
-                raise ConfigError(
-                    f"ble.silence_timeout_s: {silence!r} must be seconds in (0, {MAX_SILENCE_S}]"
-                )
-            ble_silence_timeout_s = float(silence)
-        for t in bt.tables("nodes"):
-            nid = t.get("node_id", int, min=0, max=0xFFFF)
-            nodes.append(
-                NodeConfig(
-                    node_id=nid,
-                    transport="ble",
-                    meter_id=t.get("meter_id", str, f"node{nid}", pattern=ID_RE),
-                    address=t.get("address", str),
-                )
-            )
-            if not t.get("report", bool, False):  # plugs are sub-meters unless marked billing
-                unreported.add(nodes[-1].meter_id)
-            t.done()
-        bt.done()
+def _node(t: _Table, transport: str, found: _Meters) -> None:
+    """One ``[[mqtt.nodes]]`` (with its topic) or ``[[ble.nodes]]`` (with its address)."""
+    nid = t.get("node_id", int, min=0, max=0xFFFF)
+    meter_id = t.get("meter_id", str, f"node{nid}", pattern=ID_RE)
+    if transport == "mqtt":
+        node = NodeConfig(nid, transport, meter_id,
+                          topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE))
+    else:
+        node = NodeConfig(nid, transport, meter_id, address=t.get("address", str))
+    found.nodes.append(node)
+    if not t.get("report", bool, False):  # nodes and plugs are sub-meters unless marked billing
+        found.unreported.add(node.meter_id)
+    t.done()
 
-    buses: list[BusConfig] = []
-    if (mb := root.table("modbus")) is not None:
-        for bus in mb.tables("buses"):
-            buses.append(_bus(bus, base, unreported))
-        mb.done()
-    ems_table = root.table("ems")
-    root.done()
 
+def _unique_meters(found: _Meters) -> set[str]:
+    """Every meter id the config declares; a node id or meter id given twice is an error."""
     seen: dict[str, str] = {}
-    for n in nodes:
+    for n in found.nodes:
         where = f"{n.transport}.nodes (node {n.node_id})"
-        if any(o.node_id == n.node_id for o in nodes if o is not n):
+        if any(o.node_id == n.node_id for o in found.nodes if o is not n):
             raise ConfigError(f"{where}: node_id {n.node_id} is configured twice")
         if n.meter_id in seen:
             raise ConfigError(f"{where}: meter_id {n.meter_id!r} is used twice")
         seen[n.meter_id] = where
-    for b in buses:
+    for b in found.buses:
         for m in b.meters:
             if m.meter_id in seen:
                 raise ConfigError(f"modbus bus {b.name}: meter_id {m.meter_id!r} is used twice")
             seen[m.meter_id] = b.name
-    if nodes and keystore_s is None:
-        raise ConfigError("gateway.keystore: required when nodes are configured")
-    ems = None
-    if ems_table is not None:
-        ems = _ems(ems_table, base, nodes, set(seen), trading=ledger is not None)
-    return GatewayConfig(
-        gateway_id=gateway_id,
-        data_dir=data_dir,
-        key_file=key_file,
-        keystore=_path(base, keystore_s) if keystore_s else None,
-        interval_ms=interval_min * 60_000,
-        grace_ms=int(grace_s * 1000),
-        replay_window=window,
-        flush_ms=flush_ms,
-        retention_days=retention,
-        command_timeout_s=float(cmd_timeout),
-        ledger=ledger,
-        mqtt=mqtt,
-        ble_backend=ble_backend,
-        ble_silence_timeout_s=ble_silence_timeout_s,
-        nodes=tuple(nodes),
-        buses=tuple(buses),
-        unreported=frozenset(unreported),
-        ems=ems,
-    )
+    return set(seen)
 
 
 def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:

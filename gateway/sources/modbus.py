@@ -24,34 +24,11 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer.rtu import FramerRTU
 
 from gateway.clock import Clock
+from gateway.config import BusConfig, MeterConfig
 from hardware.meters import Block, MapError, RegisterMap, energy_mwh, load_map
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are counted here instead
-
-
-@dataclass(frozen=True, slots=True)
-class MeterConfig:
-    meter_id: str
-    model: str
-    unit: int
-
-
-@dataclass(frozen=True, slots=True)
-class BusConfig:
-    name: str
-    meters: tuple[MeterConfig, ...]
-    tcp: tuple[str, int] | None = None
-    serial: str | None = None
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    poll_s: float = 10.0
-    timeout_s: float = 1.0
-    retries: int = 1
-    backoff_initial_s: float = 5.0
-    backoff_max_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
