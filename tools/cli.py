@@ -29,7 +29,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "ledger.contract.bench",  # wattmesh bench auction
     "gateway.bench",  # wattmesh bench ingest
     "gateway.ems.bench",  # wattmesh bench ems
-    "hardware.ble.bench",  # wattmesh bench ble
+    "tools.ble_bench",  # wattmesh bench ble
     "tools.firmware_cli",  # wattmesh bench firmware
 )
 

@@ -15,7 +15,7 @@ from tools.demo.checks import (
     relay_energy_mwh,
     relay_plan_problems,
 )
-from tools.demo.run import HomeSupply, Relay, relay_draw
+from tools.demo.supply import HomeSupply, Relay, relay_draw
 from tools.demo.vmnode import channel_curve
 from tools.demo.world import build_community, fixed_mwh, habit_schedule, pv_mwh, sun_factor
 
