@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import Clock
-from gateway.config import ConfigError, EmsConfig, GatewayConfig, NodeConfig, load_keystore
+from gateway.config import EmsConfig, GatewayConfig, GatewayConfigError, NodeConfig, load_keystore
 from gateway.ingest import Ingest
 from gateway.intervals import IntervalAggregator, MeterSpec
 from gateway.ledger_link import LedgerDeliverer
@@ -107,8 +107,9 @@ def build(
             publisher.offer(reading)
 
     buses = [ModbusBus(bus, on_meter_reading, clock) for bus in cfg.buses]
-    sources = list(node_sources) if node_sources is not None else _node_sources(cfg, clock,
-                                                                                 ble_backend)
+    sources = (
+        list(node_sources) if node_sources is not None else _node_sources(cfg, clock, ble_backend)
+    )
     relays = RelayCommander(keys, ingest.nodes, sources, clock, cfg.command_timeout_s)
     outbox_wake = asyncio.Event()
     recorder = Recorder(cfg.db_path, key, ingest, relays, clock, cfg.reports, outbox_wake.set)
@@ -233,7 +234,9 @@ def _ble_source(
     try:
         from gateway.sources.ble import BleNode, BleNodeSource
     except ImportError as exc:
-        raise ConfigError(f"ble.nodes: BLE is not available in this install ({exc})") from exc
+        raise GatewayConfigError(
+            f"ble.nodes: BLE is not available in this install ({exc})"
+        ) from exc
     if backend is None and cfg.ble_backend.startswith("bumble:"):
         from hardware.ble.bleak_bumble import backend_from_spec
 
@@ -241,7 +244,7 @@ def _ble_source(
     try:
         ble_nodes = [BleNode(n.node_id, n.address) for n in nodes]
     except ValueError as exc:
-        raise ConfigError(f"ble.nodes: {exc}") from exc
+        raise GatewayConfigError(f"ble.nodes: {exc}") from exc
     source: NodeSource = BleNodeSource(
         ble_nodes,
         backend=backend,

@@ -37,7 +37,7 @@ TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
 MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
 
 
-class ConfigError(ValueError):
+class GatewayConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
 
 
@@ -167,7 +167,7 @@ class _Table:
 
     def __init__(self, doc: Any, where: str) -> None:
         if not isinstance(doc, dict):
-            raise ConfigError(f"{where or 'config'}: must be a table")
+            raise GatewayConfigError(f"{where or 'config'}: must be a table")
         self.doc, self.where, self.used = doc, where, set[str]()
 
     def _name(self, key: str) -> str:
@@ -178,25 +178,27 @@ class _Table:
         name = self._name(key)
         if key not in self.doc:
             if default is ...:
-                raise ConfigError(f"{name}: missing (required)")
+                raise GatewayConfigError(f"{name}: missing (required)")
             return default
         value = self.doc[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         wanted = "/".join(k.__name__ for k in kinds)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise ConfigError(f"{name}: expected {wanted}, got {type(value).__name__}")
+            raise GatewayConfigError(f"{name}: expected {wanted}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             # TOML has nan and inf; both slip through the range test below (nan compares false)
-            raise ConfigError(f"{name}: {value!r} is not a finite number")
+            raise GatewayConfigError(f"{name}: {value!r} is not a finite number")
         lo, hi = rules.get("min"), rules.get("max")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{name}: {value!r} is outside [{lo}, {hi}]")
+            raise GatewayConfigError(f"{name}: {value!r} is outside [{lo}, {hi}]")
         choices = rules.get("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise GatewayConfigError(
+                f"{name}: {value!r} is not one of {', '.join(map(str, choices))}"
+            )
         pattern = rules.get("pattern")
         if pattern is not None and not pattern.match(value):
-            raise ConfigError(f"{name}: {value!r} is not a valid name")
+            raise GatewayConfigError(f"{name}: {value!r} is not a valid name")
         return value
 
     def table(self, key: str) -> _Table | None:
@@ -209,13 +211,13 @@ class _Table:
         self.used.add(key)
         value = self.doc.get(key, [])
         if not isinstance(value, list):
-            raise ConfigError(f"{self._name(key)}: must be an array of tables ([[{key}]])")
+            raise GatewayConfigError(f"{self._name(key)}: must be an array of tables ([[{key}]])")
         return [_Table(v, f"{self._name(key)}[{i}]") for i, v in enumerate(value)]
 
     def done(self) -> None:
         extra = sorted(set(self.doc) - self.used)
         if extra:
-            raise ConfigError(f"{self._name(extra[0])}: unknown key")
+            raise GatewayConfigError(f"{self._name(extra[0])}: unknown key")
 
 
 def _decimal(text: str) -> bool:
@@ -232,7 +234,7 @@ def _path(base: Path, value: str) -> Path:
 def _host_port(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not _decimal(port) or not 0 < int(port) < 65536:
-        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+        raise GatewayConfigError(f"{name}: expected host:port, got {value!r}")
     return host, int(port)
 
 
@@ -265,7 +267,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     root = _Table(dict(doc), "")
     gw = root.table("gateway")
     if gw is None:
-        raise ConfigError("gateway: missing (required)")
+        raise GatewayConfigError("gateway: missing (required)")
     section = _gateway(gw, base)
     ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
     found = _Meters()
@@ -280,7 +282,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     root.done()
     meters = _unique_meters(found)
     if found.nodes and section.keystore is None:
-        raise ConfigError("gateway.keystore: required when nodes are configured")
+        raise GatewayConfigError("gateway.keystore: required when nodes are configured")
     ems = None
     if ems_table is not None:
         ems = _ems(ems_table, base, found.nodes, meters, trading=ledger is not None)
@@ -315,7 +317,7 @@ def _gateway(gw: _Table, base: Path) -> _GatewaySection:
     if interval_min != INTERVAL_MIN:
         # The ledger names and bills meter reports by 15-minute interval: 5-minute reports are
         # refused, 30- or 60-minute ones would put a longer period's energy into one slot.
-        raise ConfigError(
+        raise GatewayConfigError(
             f"gateway.interval_minutes: must be {INTERVAL_MIN} (the ledger meters "
             f"{INTERVAL_MIN}-minute intervals), got {interval_min}"
         )
@@ -372,10 +374,10 @@ def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None]:
     """``[ble]``: the backend, the silence watchdog (None: none) and the BLE nodes."""
     backend = bt.get("backend", str, "bleak")
     if backend != "bleak" and not backend.startswith("bumble:"):
-        raise ConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
+        raise GatewayConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
     silence = bt.get("silence_timeout_s", (int, float), None)
     if silence is not None and not 0 < silence <= MAX_SILENCE_S:  # also refuses nan and inf
-        raise ConfigError(
+        raise GatewayConfigError(
             f"ble.silence_timeout_s: {silence!r} must be seconds in (0, {MAX_SILENCE_S}]"
         )
     for t in bt.tables("nodes"):
@@ -405,14 +407,16 @@ def _unique_meters(found: _Meters) -> set[str]:
     for n in found.nodes:
         where = f"{n.transport}.nodes (node {n.node_id})"
         if any(o.node_id == n.node_id for o in found.nodes if o is not n):
-            raise ConfigError(f"{where}: node_id {n.node_id} is configured twice")
+            raise GatewayConfigError(f"{where}: node_id {n.node_id} is configured twice")
         if n.meter_id in seen:
-            raise ConfigError(f"{where}: meter_id {n.meter_id!r} is used twice")
+            raise GatewayConfigError(f"{where}: meter_id {n.meter_id!r} is used twice")
         seen[n.meter_id] = where
     for b in found.buses:
         for m in b.meters:
             if m.meter_id in seen:
-                raise ConfigError(f"modbus bus {b.name}: meter_id {m.meter_id!r} is used twice")
+                raise GatewayConfigError(
+                    f"modbus bus {b.name}: meter_id {m.meter_id!r} is used twice"
+                )
             seen[m.meter_id] = b.name
     return set(seen)
 
@@ -422,7 +426,9 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
     tcp_s = t.get("tcp", str, None)
     serial = t.get("serial", str, None)
     if (tcp_s is None) == (serial is None):
-        raise ConfigError(f'{t.where}: give exactly one of tcp = "host:port" or serial = PATH')
+        raise GatewayConfigError(
+            f'{t.where}: give exactly one of tcp = "host:port" or serial = PATH'
+        )
     meters = []
     units: set[int] = set()
     for mt in t.tables("meters"):
@@ -432,14 +438,14 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
             unit=mt.get("unit", int, min=1, max=247),
         )
         if m.unit in units:
-            raise ConfigError(f"{mt.where}.unit: unit {m.unit} is already used on this bus")
+            raise GatewayConfigError(f"{mt.where}.unit: unit {m.unit} is already used on this bus")
         units.add(m.unit)
         meters.append(m)
         if not mt.get("report", bool, True):  # a Modbus meter is a billing meter unless unset
             unreported.add(m.meter_id)
         mt.done()
     if not meters:
-        raise ConfigError(f"{t.where}.meters: a bus needs at least one [[...meters]] entry")
+        raise GatewayConfigError(f"{t.where}.meters: a bus needs at least one [[...meters]] entry")
     cfg = BusConfig(
         name=name,
         meters=tuple(meters),
@@ -466,7 +472,7 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
         for m in cfg.meters:
             rates = load_map(m.model).baudrates
             if rates and cfg.baudrate not in rates:
-                raise ConfigError(
+                raise GatewayConfigError(
                     f"{t.where}.baudrate: {cfg.baudrate} is not a speed the {m.model} of meter "
                     f"{m.meter_id!r} can be set to ({', '.join(map(str, rates))})"
                 )
@@ -484,7 +490,7 @@ def _ems(
             return None
         node_meter, _, channel = value.rpartition(".")  # a node's other clamp: "<meter>.<n>"
         if value not in meters and not (node_meter in meters and _decimal(channel)):
-            raise ConfigError(f"ems.{key}: {value!r} is not a configured meter")
+            raise GatewayConfigError(f"ems.{key}: {value!r} is not a configured meter")
         return str(value)
 
     site = meter("site_meter")
@@ -495,18 +501,22 @@ def _ems(
     try:
         appliances, notes = load_appliances(spec, repair)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"ems.appliances: {exc}") from exc
+        raise GatewayConfigError(f"ems.appliances: {exc}") from exc
     node_ids = {n.node_id for n in nodes}
     for a in appliances:
         if a.node is not None and a.node not in node_ids:
-            raise ConfigError(f"ems.appliances: {a.name}: node {a.node} is not configured")
+            raise GatewayConfigError(f"ems.appliances: {a.name}: node {a.node} is not configured")
         if a.meter is not None and a.meter not in meters:
             node_meter, _, channel = a.meter.rpartition(".")
             if not (node_meter in meters and _decimal(channel)):
-                raise ConfigError(f"ems.appliances: {a.name}'s meter {a.meter!r} is not configured")
+                raise GatewayConfigError(
+                    f"ems.appliances: {a.name}'s meter {a.meter!r} is not configured"
+                )
     peak = t.get("peak_hours", list, list(PEAK_HOURS))
     if len(peak) != 2 or not all(type(h) is int and 0 <= h <= 24 for h in peak):
-        raise ConfigError(f"ems.peak_hours: expected [start, end] hours in 0..24, got {peak!r}")
+        raise GatewayConfigError(
+            f"ems.peak_hours: expected [start, end] hours in 0..24, got {peak!r}"
+        )
     try:
         tariff = Tariff(
             feed_in=t.get("feed_in", int, FEED_IN, min=0, max=10**9),
@@ -516,14 +526,16 @@ def _ems(
             peak_end_h=peak[1],
         )
     except TariffError as exc:
-        raise ConfigError(f"ems: {exc}") from exc
+        raise GatewayConfigError(f"ems: {exc}") from exc
     id_grid = t.get("id_grid", str, None, pattern=ID_RE)
     res_id = t.get("res_id", str, None, pattern=ID_RE)
     res_rated_w = t.get("res_rated_w", int, 0, min=0, max=10**8)
     if id_grid is not None and not trading:
-        raise ConfigError("ems.id_grid: trading needs a [ledger] to send the orders to")
+        raise GatewayConfigError("ems.id_grid: trading needs a [ledger] to send the orders to")
     if (res_id is None) != (res_rated_w == 0) or (res_id is not None and id_grid is None):
-        raise ConfigError("ems.res_id: give res_id with res_rated_w, and id_grid, to sell PV")
+        raise GatewayConfigError(
+            "ems.res_id: give res_id with res_rated_w, and id_grid, to sell PV"
+        )
     cfg = EmsConfig(
         appliances=tuple(appliances),
         site_meter=site,
@@ -549,11 +561,11 @@ def load_config(path: str | Path) -> GatewayConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read: {exc}") from exc
+        raise GatewayConfigError(f"{p}: cannot read: {exc}") from exc
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        raise GatewayConfigError(f"{p}: not valid TOML: {exc}") from exc
     cfg = parse_config(doc, p.resolve().parent)
     return GatewayConfig(**{**_fields(cfg), "source": p})
 
@@ -569,19 +581,21 @@ def load_keystore(path: Path, nodes: tuple[NodeConfig, ...]) -> dict[int, bytes]
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"gateway.keystore: cannot read {path.name}: {exc}") from exc
+        raise GatewayConfigError(f"gateway.keystore: cannot read {path.name}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), dict):
-        raise ConfigError('gateway.keystore: expected {"nodes": {"<id>": {"key": ...}}}')
+        raise GatewayConfigError('gateway.keystore: expected {"nodes": {"<id>": {"key": ...}}}')
     keys: dict[int, bytes] = {}
     for sid, entry in doc["nodes"].items():
         where = f"gateway.keystore: node {sid!r}"
         if not (isinstance(sid, str) and _decimal(sid) and int(sid) <= 0xFFFF):
-            raise ConfigError(f"{where}: node ids are integers in [0, 65535]")
+            raise GatewayConfigError(f"{where}: node ids are integers in [0, 65535]")
         key = entry.get("key") if isinstance(entry, dict) else None
         if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{64}", key):
-            raise ConfigError(f"{where}: key must be 64 lowercase hex characters")
+            raise GatewayConfigError(f"{where}: key must be 64 lowercase hex characters")
         keys[int(sid)] = bytes.fromhex(key)
     for n in nodes:
         if n.node_id not in keys:
-            raise ConfigError(f"gateway.keystore: no key for node {n.node_id} ({n.transport})")
+            raise GatewayConfigError(
+                f"gateway.keystore: no key for node {n.node_id} ({n.transport})"
+            )
     return keys

@@ -57,9 +57,7 @@ class Recorder:
             return
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.db_path)
-        self.ingest.restore(
-            {k: self.store.get_state(k) for k in ("aggregator", "verifier")}
-        )
+        self.ingest.restore({k: self.store.get_state(k) for k in ("aggregator", "verifier")})
         self.relays.restore(self.store.get_state("cmd_seq") or {})
         self._nonce = self.store.max_nonce()
 

@@ -25,7 +25,7 @@ from pymodbus.framer.rtu import FramerRTU
 
 from gateway.clock import Clock
 from gateway.config import BusConfig, MeterConfig
-from hardware.meters import Block, MapError, RegisterMap, energy_mwh, load_map
+from hardware.meters import MapError, RegisterBlock, RegisterMap, energy_mwh, load_map
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are counted here instead
@@ -45,7 +45,7 @@ class MeterReading:
 class _MeterState:
     cfg: MeterConfig
     map: RegisterMap
-    blocks: list[Block]
+    blocks: list[RegisterBlock]
     failures: int = 0
     next_ms: int = 0
     counts: Counter[str] = field(default_factory=Counter)
@@ -132,7 +132,7 @@ class ModbusBus:
             trace_packet=self._trace,
         )
 
-    async def _read(self, m: _MeterState, block: Block) -> list[int]:
+    async def _read(self, m: _MeterState, block: RegisterBlock) -> list[int]:
         read = (
             self._client.read_input_registers
             if m.map.function == "input"

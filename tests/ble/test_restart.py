@@ -29,7 +29,7 @@ from tests.ble.conftest import KEYS, eventually, received
 
 async def plug_process(*extra: str) -> tuple[asyncio.subprocess.Process, dict[str, object]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hardware.ble.cli", "plug", "--hci", "tcp-server:127.0.0.1:0",
+        sys.executable, "-m", "hardware.ble.plug_cli", "plug", "--hci", "tcp-server:127.0.0.1:0",
         "--node", f"1:{KEYS[1].hex()}", "--node", f"2:{KEYS[2].hex()}",
         "--interval-s", "0.1", "--duration-s", "120", *extra,
         stdout=asyncio.subprocess.PIPE,

@@ -17,7 +17,7 @@ from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import MISSING, flag_names
 from tools.demo.day import DemoDay
 from tools.demo.record import Check
-from tools.demo.supply import HomeSupply, Relay
+from tools.demo.supply import HomeSupply, RelayLog
 from tools.demo.vmnode import VM_NODE_BASE
 from tools.demo.world import run_slots
 
@@ -32,7 +32,7 @@ CT_FLOOR_W = 20
 BILLING_TOLERANCE_WH = 5
 
 
-def relay_plan_problems(relays: Mapping[tuple[str, str], Relay],
+def relay_plan_problems(relays: Mapping[tuple[str, str], RelayLog],
                         wanted: Mapping[tuple[str, str], set[int]], day0_ms: int,
                         slots: int) -> list[str]:
     """Where a relay's confirmed state at a slot's start differs from what the plan wanted
@@ -48,7 +48,7 @@ def relay_plan_problems(relays: Mapping[tuple[str, str], Relay],
     return out
 
 
-def relay_energy_mwh(relay: Relay, draws: Callable[[int], bool], day0_ms: int,
+def relay_energy_mwh(relay: RelayLog, draws: Callable[[int], bool], day0_ms: int,
                      slots: int) -> list[float]:
     """Per slot of the run, what the appliance behind ``relay`` drew (mWh) while its relay was
     confirmed on; ``draws(slot)``: whether its owner runs it then (relay allowing)."""

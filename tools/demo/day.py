@@ -12,7 +12,7 @@ from tools.demo.ledger_port import LedgerPort
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan
 from tools.demo.record import DayRecord
-from tools.demo.supply import HomeSupply, Relay
+from tools.demo.supply import HomeSupply, RelayLog
 from tools.demo.world import Home
 
 
@@ -28,7 +28,7 @@ class DemoDay(Protocol):
     minted: int
     unsettled: list[str]
     hour_notes: dict[int, list[str]]
-    relays: dict[tuple[str, str], Relay]
+    relays: dict[tuple[str, str], RelayLog]
     metering_plugs: dict[str, str]
     habit_loads: dict[int, set[int]]
     supply: dict[str, HomeSupply]

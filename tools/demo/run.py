@@ -45,9 +45,9 @@ from tools.demo.plan import (
     plan_home,
 )
 from tools.demo.procs import Supervisor, start_mosquitto
-from tools.demo.progress import Progress
+from tools.demo.progress import ProgressBar
 from tools.demo.record import DayRecord, HourResult
-from tools.demo.supply import HomeSupply, Relay, home_supply, plug_draw, relay_draw
+from tools.demo.supply import HomeSupply, RelayLog, home_supply, plug_draw, relay_draw
 from tools.demo.vmnode import VM_NODE_BASE, VmNode
 from tools.demo.world import Home, build_community, run_slots
 
@@ -80,7 +80,7 @@ PLUGGED_IN_MS = 3_600_000  # the plugs went into their sockets an hour before th
 
 
 class DemoRun:
-    def __init__(self, opts: DemoOptions, progress: Progress, sup: Supervisor,
+    def __init__(self, opts: DemoOptions, progress: ProgressBar, sup: Supervisor,
                  run_dir: Path) -> None:
         self.opts = opts
         self.progress = progress
@@ -109,7 +109,7 @@ class DemoRun:
         self.clock = ManualClock(0)
         self.fault_plan: list[tuple[int, Any]] = []
         self.relay_state: dict[tuple[str, str], bool] = {}  # the plan's relays, as confirmed
-        self.relays: dict[tuple[str, str], Relay] = {}  # every relay switched, with its log
+        self.relays: dict[tuple[str, str], RelayLog] = {}  # every relay switched, with its log
         self.metering_plugs: dict[str, str] = {}  # home -> regular appliance on a plug
         self.supply: dict[str, HomeSupply] = {}
         self.results: dict[str, HourResult] = {}
@@ -219,7 +219,7 @@ class DemoRun:
             # on, the demo the metering plug's, and only a confirmed switch counts.
             for a in h.flexible:
                 self.relay_state[(h.id_grid, a.name)] = False
-                self.relays[(h.id_grid, a.name)] = Relay(h.id_grid, a.name, a.power_w,
+                self.relays[(h.id_grid, a.name)] = RelayLog(h.id_grid, a.name, a.power_w,
                                                          [(self.day0_ms, False)])
             for k, a in enumerate(h.flexible):
                 if a in on_vm:
@@ -237,7 +237,7 @@ class DemoRun:
                 plugs.append((nid, regular.name, regular.power_w))
                 self.habit_loads[nid] = set(run_slots(regular, h.habit_start.get(regular.name, 0)))
                 self.metering_plugs[h.id_grid] = regular.name
-                self.relays[(h.id_grid, regular.name)] = Relay(
+                self.relays[(h.id_grid, regular.name)] = RelayLog(
                     h.id_grid, regular.name, regular.power_w, [(self.day0_ms, False)])
             supply = home_supply(self.plans[h.index], rng, self.day0_ms,
                                  {regular.name} if regular is not None else set())

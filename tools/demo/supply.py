@@ -1,6 +1,6 @@
 """What the homes of the demo draw, and what their relays did.
 
-``Relay`` keeps every state a relay confirmed (ACK with S_OK) with its time; ``HomeSupply`` is
+``RelayLog`` keeps every state a relay confirmed (ACK with S_OK) with its time; ``HomeSupply`` is
 what a home's billing meter measures: the load on no relay, plus what each relay lets through,
 minus PV. The self-checks (``checks.py``) compare the meters' intervals against these.
 """
@@ -20,7 +20,7 @@ HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
 
 
 @dataclass
-class Relay:
+class RelayLog:
     """A relay the demo switches, and every state it confirmed (ACK with S_OK) with its time."""
 
     home: str
@@ -74,7 +74,7 @@ def plug_draw(core: PlugCore) -> Callable[[int], float]:
     return lambda t_ms: core.power_at(t_ms) / 10
 
 
-def relay_draw(relay: Relay) -> Callable[[int], float]:
+def relay_draw(relay: RelayLog) -> Callable[[int], float]:
     """W drawn through a relay of the firmware node: its appliance's power while the node
     confirmed it on."""
     return lambda t_ms: float(relay.power_w) if relay.on_at(t_ms) else 0.0

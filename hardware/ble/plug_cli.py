@@ -4,7 +4,7 @@ The plugs live on a bumble ``LocalLink`` in this process. One more virtual contr
 is served over an HCI transport (``--hci``, default ``tcp-server:127.0.0.1:9001``); the gateway
 opens the matching client (BLE backend ``bumble:tcp-client:127.0.0.1:9001``) and becomes a BLE
 host on the same link. On start one JSON line on stdout says where to connect and which address
-each plug has. ``hardware/cli.py`` calls ``register_plug`` under ``wattmesh emulate``.
+each plug has. ``hardware/emulate_cli.py`` calls ``register_plug`` under ``wattmesh emulate``.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ async def _serve(args: argparse.Namespace, nodes: list[tuple[int, bytes]]) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser (``python -m hardware.ble.cli plug ...``) with the same sub-command."""
+    """A stand-alone parser (``python -m hardware.ble.plug_cli plug ...``), same sub-command."""
     parser = argparse.ArgumentParser(prog="wattmesh emulate")
     register_plug(parser.add_subparsers(dest="what", required=True))
     return parser
