@@ -7,7 +7,6 @@ See ``deploy/gateway.example.toml`` for a commented example.
 from __future__ import annotations
 
 import json
-import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from gateway.ems.tariff import (
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import INTERVAL_MS
 from hardware.meters import MODELS, load_map
+from ledger.fields import Fields
 
 INTERVAL_MIN = INTERVAL_MS // 60_000
 
@@ -162,6 +162,9 @@ class GatewayConfig:
                     and any(n.meter_id == base for n in self.nodes))
 
 
+_READ = Fields(GatewayConfigError)  # the project's strict field readers, raising our error
+
+
 class _Table:
     """A TOML table being read: remembers which keys were used so unknown ones are errors."""
 
@@ -174,32 +177,22 @@ class _Table:
         return f"{self.where}.{key}" if self.where else key
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., **rules: Any) -> Any:
+        """The value of ``key`` (``default`` when absent; required without one), checked by
+        ``ledger.fields``: of type ``kind``, within ``min``/``max``, among ``choices``,
+        matching ``pattern``."""
         self.used.add(key)
-        name = self._name(key)
-        if key not in self.doc:
-            if default is ...:
-                raise GatewayConfigError(f"{name}: missing (required)")
+        if key not in self.doc and default is not ...:
             return default
-        value = self.doc[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        wanted = "/".join(k.__name__ for k in kinds)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise GatewayConfigError(f"{name}: expected {wanted}, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            # TOML has nan and inf; both slip through the range test below (nan compares false)
-            raise GatewayConfigError(f"{name}: {value!r} is not a finite number")
-        lo, hi = rules.get("min"), rules.get("max")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise GatewayConfigError(f"{name}: {value!r} is outside [{lo}, {hi}]")
-        choices = rules.get("choices")
-        if choices is not None and value not in choices:
-            raise GatewayConfigError(
-                f"{name}: {value!r} is not one of {', '.join(map(str, choices))}"
-            )
-        pattern = rules.get("pattern")
-        if pattern is not None and not pattern.match(value):
-            raise GatewayConfigError(f"{name}: {value!r} is not a valid name")
-        return value
+        return _READ.typed(
+            self.doc,
+            key,
+            kind,
+            lo=rules.get("min"),
+            hi=rules.get("max"),
+            choices=rules.get("choices"),
+            pattern=rules.get("pattern"),
+            name=self._name(key),
+        )
 
     def table(self, key: str) -> _Table | None:
         self.used.add(key)
