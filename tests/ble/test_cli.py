@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from gateway.sources.base import SourceError
 from gateway.sources.ble import BleNode, BleNodeSource
 from hardware.ble import plug_cli
 from hardware.ble.bleak_bumble import backend_from_spec, close_remote_centrals
-from tests.ble.conftest import KEYS, eventually, received
+from tests.ble.conftest import KEYS, eventually, received, start_plugs
 
 K1 = KEYS[1].hex()
 
@@ -100,13 +99,7 @@ def test_any_node_argument_parses_or_is_refused_cleanly(text: str) -> None:
 
 
 async def test_plug_process_serves_a_gateway_in_another_process() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hardware.ble.plug_cli",
-        "plug",
-        "--hci",
-        "tcp-server:127.0.0.1:0",
+    proc = await start_plugs(
         "--node",
         f"1:{KEYS[1].hex()}",
         "--node",
@@ -123,7 +116,6 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         "3",
         "--duration-s",
         "120",
-        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     try:
@@ -203,19 +195,7 @@ def test_wattmesh_emulate_plug_is_wired_into_the_wattmesh_command(
 
 
 async def test_plug_process_stops_by_itself_after_its_duration() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hardware.ble.plug_cli",
-        "plug",
-        "--hci",
-        "tcp-server:127.0.0.1:0",
-        "--node",
-        f"3:{KEYS[3].hex()}",
-        "--duration-s",
-        "0.3",
-        stdout=asyncio.subprocess.PIPE,
-    )
+    proc = await start_plugs("--node", f"3:{KEYS[3].hex()}", "--duration-s", "0.3")
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0
     hello = json.loads(out.decode().splitlines()[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Broker, free_port
+from tests.gateway.conftest import Broker, free_port, stop_processes
 from tools.cli import main
 
 KEY7 = bytes(range(32))
@@ -42,15 +42,7 @@ class Procs:
         return p, line
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs)
 
 
 @pytest.fixture
