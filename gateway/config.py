@@ -231,22 +231,6 @@ def _host_port(value: str, name: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@dataclass(frozen=True, slots=True)
-class _GatewaySection:
-    """``[gateway]``: everything of ``GatewayConfig`` that this table holds."""
-
-    gateway_id: str
-    data_dir: Path
-    key_file: Path
-    keystore: str | None
-    interval_ms: int
-    grace_ms: int
-    replay_window: int
-    flush_ms: int
-    retention_days: int
-    command_timeout_s: float
-
-
 @dataclass(slots=True)
 class _Meters:
     """The nodes and meters the sections declare, in order, and which of them only sub-meter."""
@@ -261,7 +245,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     gw = root.table("gateway")
     if gw is None:
         raise GatewayConfigError("gateway: missing (required)")
-    section = _gateway(gw, base)
+    section = _gateway(gw, base)  # GatewayConfig's fields that [gateway] holds
     ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
     found = _Meters()
     mqtt = _mqtt(mt, found) if (mt := root.table("mqtt")) is not None else None
@@ -274,22 +258,15 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     ems_table = root.table("ems")
     root.done()
     meters = _unique_meters(found)
-    if found.nodes and section.keystore is None:
+    keystore = section.pop("keystore")
+    if found.nodes and keystore is None:
         raise GatewayConfigError("gateway.keystore: required when nodes are configured")
     ems = None
     if ems_table is not None:
         ems = _ems(ems_table, base, found.nodes, meters, trading=ledger is not None)
     return GatewayConfig(
-        gateway_id=section.gateway_id,
-        data_dir=section.data_dir,
-        key_file=section.key_file,
-        keystore=_path(base, section.keystore) if section.keystore else None,
-        interval_ms=section.interval_ms,
-        grace_ms=section.grace_ms,
-        replay_window=section.replay_window,
-        flush_ms=section.flush_ms,
-        retention_days=section.retention_days,
-        command_timeout_s=section.command_timeout_s,
+        **section,
+        keystore=_path(base, keystore) if keystore else None,
         ledger=ledger,
         mqtt=mqtt,
         ble_backend=ble_backend,
@@ -301,11 +278,11 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     )
 
 
-def _gateway(gw: _Table, base: Path) -> _GatewaySection:
+def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
     gateway_id = gw.get("id", str, pattern=ID_RE)
     data_dir = _path(base, gw.get("data_dir", str, "."))
     key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
-    keystore = gw.get("keystore", str, None)
+    keystore = gw.get("keystore", str, None)  # as written: parse_config resolves it
     interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
     if interval_min != INTERVAL_MIN:
         # The ledger names and bills meter reports by 15-minute interval: 5-minute reports are
@@ -314,7 +291,7 @@ def _gateway(gw: _Table, base: Path) -> _GatewaySection:
             f"gateway.interval_minutes: must be {INTERVAL_MIN} (the ledger meters "
             f"{INTERVAL_MIN}-minute intervals), got {interval_min}"
         )
-    section = _GatewaySection(
+    section = dict(
         gateway_id=gateway_id,
         data_dir=data_dir,
         key_file=key_file,
