@@ -142,27 +142,17 @@ tcp = "127.0.0.1:{tcp_port}"
 poll_s = 0.5
 timeout_s = 0.3
 backoff_initial_s = 1
-[[modbus.buses.meters]]
-meter_id = "grid"
-model = "sdm630"
-unit = 1
-[[modbus.buses.meters]]
-meter_id = "pv"
-model = "sdm630"
-unit = 2
-[[modbus.buses.meters]]
-meter_id = "ghost"
-model = "sdm630"
-unit = 3
+meters = [
+    {{meter_id = "grid", model = "sdm630", unit = 1}},
+    {{meter_id = "pv", model = "sdm630", unit = 2}},
+    {{meter_id = "ghost", model = "sdm630", unit = 3}},
+]
 [[modbus.buses]]
 name = "uart"
 serial = "{pty_path}"
 poll_s = 0.5
 timeout_s = 0.3
-[[modbus.buses.meters]]
-meter_id = "ev"
-model = "pzem004t"
-unit = 1
+meters = [{{meter_id = "ev", model = "pzem004t", unit = 1}}]
 """
         )
         # The node publishes its LWT once connected; give it the time a process start takes.

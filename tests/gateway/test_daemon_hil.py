@@ -61,11 +61,7 @@ name = "tcp0"
 tcp = "127.0.0.1:{modbus_port}"
 poll_s = 60
 timeout_s = 0.3
-
-[[modbus.buses.meters]]
-meter_id = "main"
-model = "sdm630"
-unit = 1
+meters = [{{meter_id = "main", model = "sdm630", unit = 1}}]
 """
     )
     return cfg
