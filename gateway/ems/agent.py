@@ -24,7 +24,9 @@ from gateway.ems.timegrid import parse_listing_id
 
 
 @dataclass(frozen=True, slots=True)
-class Order:
+class OrderTx:
+    """The ledger transaction that places the agent's order for a listing (for the outbox)."""
+
     kind: str  # "auction.offer" or "auction.bid"
     body: dict[str, Any]
 
@@ -58,7 +60,7 @@ class TradingAgent:
         return int(min(max(round(price), lo), hi))
 
     def decide(self, listing_id: str, net_wh: int, balance_utok: int | None = None
-               ) -> Order | None:
+               ) -> OrderTx | None:
         """The order for one listing from the plan's net energy of that hour (import > 0,
         export < 0), or None. ``balance_utok`` caps a bid to what its escrow can cover."""
         hour = parse_listing_id(listing_id).hour
@@ -71,7 +73,7 @@ class TradingAgent:
             if wh < self.min_wh:
                 return None
             price = self._clamp(expected - self.margin * band, hour)
-            return Order("auction.offer", {"listing_id": listing_id, "res_id": self.res_id,
+            return OrderTx("auction.offer", {"listing_id": listing_id, "res_id": self.res_id,
                                            "wh": wh, "reserve_price": price})
         if net_wh > 0:
             wh = int(net_wh * self.buy_share)
@@ -80,7 +82,7 @@ class TradingAgent:
                 wh = min(wh, balance_utok * 1000 // price)
             if wh < self.min_wh:
                 return None
-            return Order("auction.bid", {"listing_id": listing_id, "wh": wh,
+            return OrderTx("auction.bid", {"listing_id": listing_id, "wh": wh,
                                          "bid_price": price})
         return None
 
