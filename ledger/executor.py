@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger import ed25519
-from ledger.contract.api import BlockContext, Receipt, Transaction
+from ledger.contract.api import Admitting, BlockContext, Receipt, Transaction
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.block import GENESIS_HASH, Block
 from ledger.setup import ContractFactory
@@ -105,6 +105,10 @@ class LedgerState:
         self.sigs = sig_cache or SigCache()
         self.verify_signatures = verify_signatures
         self.contract = factory(genesis)
+        # admission is checked again at execution, on the state the transaction executes on
+        # (deterministic): what a faulty primary ordered without it is a no-op everywhere
+        self.admission = self.contract if isinstance(self.contract, Admitting) else None
+        self.not_admitted = 0
         self.height, self.head_hash = 0, GENESIS_HASH
         self.replayed = 0
         self._recover()
@@ -196,9 +200,13 @@ class LedgerState:
         # core's Batch/Block.from_wire, or a request), and tx_id comes from the core: building
         # the contract's view directly saves a second parse and hash per transaction.
         # (positional: keyword arguments cost a fifth more per transaction)
-        contract_tx = Transaction(
-            tx_id, bytes.fromhex(wire["sender"]), wire["kind"], wire["body"], wire["nonce"]
-        )
+        sender = bytes.fromhex(wire["sender"])
+        if self.admission is not None:
+            refused = self.admission.admit(sender, wire["kind"], 0)
+            if refused is not None:  # (sizes were bounded at admission and by MAX_TX_BYTES)
+                self.not_admitted += 1
+                return Receipt(code=refused[0], message=refused[1])
+        contract_tx = Transaction(tx_id, sender, wire["kind"], wire["body"], wire["nonce"])
         ctx = BlockContext(block.height, index, block.timestamp_ms)
         try:
             return self.contract.apply(contract_tx, ctx)
@@ -223,6 +231,14 @@ class LedgerState:
     def receipt(self, tx_id: str) -> tuple[int, dict[str, Any]] | None:
         found = self.store.receipt(tx_id)
         return None if found is None else (found[0], found[2])
+
+    def signer(self, tx_id: str) -> bytes | None:
+        """The key that signed an executed transaction (read from its block)."""
+        found = self.store.receipt(tx_id)
+        block = None if found is None else self.block(found[0])
+        if found is None or block is None:
+            return None
+        return bytes.fromhex(block.txs[found[1]]["sender"])
 
     def known(self, tx_ids: Sequence[str]) -> set[str]:
         return self.store.known(tx_ids)

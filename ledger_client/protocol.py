@@ -1,9 +1,13 @@
 """The client protocol between ``ledger_client`` and a replica: one definition of its messages.
 
 Frames are ``ledger.transport`` frames (4-byte length + canonical JSON). On connect the replica
-sends ``{"t": "challenge", ...}``, which a client ignores. Then:
+sends ``{"t": "challenge", "nonce": <hex>, "replica": i}``. Then:
 
 client -> replica
+- ``{"t": "hello", "key": <public key hex>, "sig": <hex>}`` (first, once): the client proves it
+  holds ``key`` by signing ``hello_bytes(nonce, replica, key)``; the replica answers its queries
+  as that key may read them (the read policy, ledger README) and sends ``{"t": "hello",
+  "replica": i, "ok": bool}``. Without it a connection reads as anonymous.
 - ``{"t": "request", "tx": <SignedTx wire>}``: order and execute this transaction.
 - ``{"t": "requests", "txs": [<SignedTx wire>, ...]}``: the same for up to 1000 transactions
   (the client coalesces what it submits in one turn of its event loop).
@@ -35,6 +39,14 @@ from ledger.contract.api import Receipt
 from ledger.encoding import canonical
 
 LEDGER_QUERY_PREFIX = "ledger."
+HELLO_DOMAIN = b"wattmesh/client-hello/v1\x00"
+
+
+def hello_bytes(nonce: str, replica: int, key_hex: str) -> bytes:
+    """What a client signs to authenticate one connection: the replica's fresh challenge bound
+    to that replica and the key (so the proof is good for this connection only)."""
+    body = {"key": key_hex, "nonce": nonce, "replica": replica}
+    return HELLO_DOMAIN + canonical(body, checked=False)
 
 
 def receipt_to_wire(receipt: Receipt) -> dict[str, Any]:

@@ -69,6 +69,8 @@ messages = st.fixed_dictionaries(
         )
         | json_value,
         "params": json_value,
+        "key": json_value | st.just("ab" * 32) | st.text("0123456789abcdefABCDEF", max_size=66),
+        "sig": json_value | st.just("cd" * 64) | st.text("0123456789abcdef", max_size=130),
     },
 )
 
@@ -83,7 +85,7 @@ def test_any_client_message_is_handled(node: ReplicaNode, message: dict[str, Any
     node._on_client(conn, message)
     replies = [decode_payload(p) for p in FrameDecoder().feed(bytes(writer.data))]
     for reply in replies:
-        assert reply["t"] in {"answer", "reject", "reply"}
+        assert reply["t"] in {"answer", "reject", "reply", "hello"}
     if message["t"] == "query":
         assert len(replies) == 1 and replies[0]["t"] == "answer"
     good = Capture()
