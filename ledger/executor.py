@@ -16,6 +16,12 @@ the node for requests), so a committed block carries only transactions at least 
 replicas verified, and a block fetched by state transfer carries a 2f+1 certificate. Checking
 again would double the replica's largest CPU cost. ``verify_signatures=True`` turns the check
 on for a deployment that wants defence in depth; it is deterministic either way.
+
+Admission is asked again here (a contract that is ``Admitting``): a transaction whose signer the
+state it executes on does not admit gets that refusal as its receipt and never reaches the
+contract. Replicas admit requests against their own executed state before ordering (see
+``ledger.gate``); this second look is what makes a faulty primary's unadmitted transaction the
+same no-op on every replica.
 """
 
 from __future__ import annotations

@@ -240,7 +240,11 @@ class _Pending:
 
 
 class LedgerClient:
-    """Async client. Use as ``async with LedgerClient.from_cluster_file(path, key) as c``."""
+    """Async client. Use as ``async with LedgerClient.from_cluster_file(path, key) as c``.
+
+    ``key`` signs ``submit_new``'s transactions and authenticates every connection (``hello``):
+    queries are answered as that key may read them. Without a key the client reads as
+    anonymous (heights, status and the community parameters)."""
 
     def __init__(
         self,
