@@ -26,7 +26,7 @@ from ledger.cluster import load_cluster, replica_db_file
 from ledger.contract import default_genesis, sign_report
 from ledger.keys import load_key, new_key, public_hex
 from ledger.setup import init_cluster
-from ledger.transport import FrameDecoder, decode_payload, encode_frame, read_message
+from ledger.transport import FrameDecoder, decode_payload, encode_frame, link_proof, read_message
 from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient, QueryFailed, RejectedError
 
@@ -195,6 +195,39 @@ async def test_strangers_transactions_are_refused_and_never_stored(tmp_path: Pat
         async with c.client(c.operator) as op:
             for tx in (big[0], small[0], small[-1]):
                 assert await op.receipt(tx.tx_id) is None
+
+
+async def test_a_backup_relaying_strangers_requests_gets_none_ordered(tmp_path: Path) -> None:
+    """A faulty backup (its key is on this disk) relays strangers' transactions to the primary
+    as requests, over its authenticated link. Before, the primary ordered them (their
+    signatures are good); now it admits a relayed request as it admits a client's, so none is
+    ordered and the refusals are counted, while a member's transfer still commits."""
+    async with community(tmp_path) as c:
+        primary = c.config.replica(0)
+        key3 = load_key(c.dir / "replica-3.key")
+        reader, writer = await asyncio.open_connection(primary.host, primary.port)
+        challenge = await read_message(reader)
+        writer.write(
+            encode_frame(
+                {"t": "auth", "from": 3, "proof": link_proof(key3, 3, 0, challenge["nonce"])}
+            )
+        )
+        stranger = new_key()
+        junk = [sign_tx(stranger, "token.transfer", {"to": "A", "amount": 1}, n) for n in range(50)]
+        member = sign_tx(c.b, "token.transfer", {"to": "A", "amount": 7}, 1)
+        for tx in [*junk, member]:
+            writer.write(encode_frame({"t": "request", "tx": tx.to_wire()}))
+        await writer.drain()
+        async with c.client(c.b) as b:
+            # the member's transfer commits (the client's copy or the relayed one: one id)
+            assert (await b.submit(member)).ok
+        await c.converged()
+        writer.close()
+        async with c.client(c.operator) as op:
+            for tx in (junk[0], junk[-1]):
+                assert await op.receipt(tx.tx_id) is None
+        (status,) = [s for s in await c.statuses() if s["replica"] == 0]
+        assert status["counters"].get("io_rejected_relayed", 0) >= len(junk), status["counters"]
 
 
 async def test_a_newcomer_applies_once_with_its_own_key(tmp_path: Path) -> None:
