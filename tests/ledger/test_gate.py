@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.contract import default_genesis, make_contract
+from ledger.contract import GenesisError, default_genesis, make_contract
+from ledger.contract.params import LIMITS
 from ledger.executor import LedgerState
 from ledger.gate import HOUR_MS, AdmissionGate
 from ledger.pbft.block import Block
@@ -162,3 +164,15 @@ def test_an_unadmitted_transaction_a_faulty_primary_ordered_is_a_no_op_everywher
         results.append((receipts, state.state_digest()))
         state.close()
     assert results[0] == results[1]
+
+
+@given(
+    name=st.sampled_from(LIMITS),
+    value=st.one_of(
+        st.integers(max_value=0), st.integers(min_value=2**40 + 1), st.booleans(),
+        st.text(max_size=4), st.none(), st.floats(), st.lists(st.integers(), max_size=2),
+    ),
+)  # fmt: skip
+def test_a_bad_limit_in_the_genesis_is_refused_by_name(name: str, value: Any) -> None:
+    with pytest.raises(GenesisError, match=f"params.{name}"):
+        make_contract(default_genesis(hexkey(OPERATOR)) | {"params": {name: value}})
