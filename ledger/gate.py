@@ -5,7 +5,8 @@ before the request reaches the consensus core, and tells it what was executed.
 
 1. ``check`` (before the signature check, so a stranger costs no Ed25519 check): the contract's
    admission predicate (``Admitting.admit``: signer known to the executed state, kind known, size
-   within the kind's bound), against the state this replica has executed.
+   within the kind's bound), against the state this replica has executed; and whether the signer
+   is over a limit already (then a flood of its transactions costs no signature checks either).
 2. ``charge`` (after the signature check, so nobody can spend a member's budget by forging its
    key): per-signer limits from the genesis, counted by this replica over what it admitted:
    transactions admitted and not yet executed, and canonical bytes admitted in the current hour
@@ -53,7 +54,17 @@ class AdmissionGate:
         verdict = self.contract.admit(tx.sender, tx.kind, len(tx.payload))
         if verdict is not None:
             self.refused[verdict[0]] += 1
-        return verdict
+            return verdict
+        # A signer over its limit already is refused here too, before its signature is checked:
+        # a member flooding its replica costs no Ed25519 check per refused transaction. (Only
+        # what a correctly signed transaction charged counts, so a forger cannot get here.)
+        max_pending, max_bytes, _ = self.contract.limits()
+        signer = tx.sender
+        if self.pending_count[signer] >= max_pending and tx.tx_id not in self.pending:
+            return self._refuse(OVER_LIMIT, f"{max_pending} transactions of this signer pending")
+        if self.hour_bytes[signer] >= max_bytes:
+            return self._refuse(OVER_LIMIT, f"{max_bytes} bytes this hour from this signer")
+        return None
 
     def charge(self, tx: SignedTx, tx_id: str) -> Refusal | None:
         """Count an admitted, correctly signed transaction against its signer's limits, or

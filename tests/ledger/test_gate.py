@@ -67,6 +67,9 @@ def test_a_signer_over_its_pending_limit_is_refused_alone() -> None:
     assert gate.charge(txs[0], txs[0].tx_id) is None  # a re-send is not counted twice
     refused = gate.charge(txs[3], txs[3].tx_id)
     assert refused is not None and refused[0] == "OVER_LIMIT"
+    early = gate.check(txs[4])  # refused before its signature would be checked
+    assert early is not None and early[0] == "OVER_LIMIT"
+    assert gate.check(txs[0]) is None  # a re-send of a pending one is not refused
     other = _transfer(key(11), 0)
     assert gate.charge(other, other.tx_id) is None  # B is not slowed by A
     gate.executed(0, [txs[0].tx_id])
