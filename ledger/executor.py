@@ -208,7 +208,7 @@ class LedgerState:
         # (positional: keyword arguments cost a fifth more per transaction)
         sender = bytes.fromhex(wire["sender"])
         if self.admission is not None:
-            refused = self.admission.admit(sender, wire["kind"], 0)
+            refused = self.admission.admit(sender, wire["kind"], 0, block.timestamp_ms)
             if refused is not None:  # (sizes were bounded at admission and by MAX_TX_BYTES)
                 self.not_admitted += 1
                 return Receipt(code=refused[0], message=refused[1])

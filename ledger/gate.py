@@ -41,6 +41,7 @@ class AdmissionGate:
         self.pending_count: Counter[bytes] = Counter()
         self.pending_applications = 0
         self.hour = -1
+        self.block_ms = 0  # the timestamp of the newest block executed
         self.hour_bytes: Counter[bytes] = Counter()
         self.refused: Counter[str] = Counter()
 
@@ -51,7 +52,7 @@ class AdmissionGate:
     def check(self, tx: SignedTx) -> Refusal | None:
         if self.contract is None:
             return None
-        verdict = self.contract.admit(tx.sender, tx.kind, len(tx.payload))
+        verdict = self.contract.admit(tx.sender, tx.kind, len(tx.payload), self.block_ms)
         if verdict is not None:
             self.refused[verdict[0]] += 1
             return verdict
@@ -78,7 +79,8 @@ class AdmissionGate:
         if self.hour_bytes[signer] + size > max_bytes:
             return self._refuse(OVER_LIMIT, f"{max_bytes} bytes this hour from this signer")
         is_apply = tx.kind == APPLY
-        if is_apply and self.contract.open_applications() + self.pending_applications >= max_apps:
+        opened = self.contract.open_applications(self.block_ms) if is_apply else 0
+        if is_apply and opened + self.pending_applications >= max_apps:
             return self._refuse(APPLICATIONS_FULL, "the community takes no more applications")
         self.pending[tx_id] = (signer, size, is_apply)
         self.pending_count[signer] += 1
@@ -93,6 +95,7 @@ class AdmissionGate:
     def executed(self, timestamp_ms: int, tx_ids: Sequence[str]) -> None:
         """A block was executed: its transactions are no longer pending; its time moves the
         hour (the byte budgets start again in a new hour of block time)."""
+        self.block_ms = max(self.block_ms, timestamp_ms)
         hour = timestamp_ms // HOUR_MS
         if hour > self.hour:
             self.hour = hour

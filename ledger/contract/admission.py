@@ -71,9 +71,11 @@ def admit(
     sender_hex: str,
     kind: str,
     size: int,
+    now_ms: int,
 ) -> tuple[str, str] | None:
     """None if the transaction may be ordered, else (code, message). ``meter_keys``: the
-    meters' reporting keys (hex), ``size``: its canonical unsigned bytes."""
+    meters' reporting keys (hex); ``size``: its canonical unsigned bytes (0: not checked);
+    ``now_ms``: block time (applications older than ``APPLICATION_TTL_MS`` do not count)."""
     if kind not in known_kinds:
         return UNKNOWN_KIND, f"unknown transaction kind {kind!r}"
     if size > max_bytes(kind):
@@ -83,12 +85,22 @@ def admit(
     if kind in METER_KINDS and sender_hex in meter_keys:
         return None
     if kind == APPLY:
-        if sender_hex in st.data["applications"]:
+        live = _live(st, now_ms)
+        if sender_hex in live:
             return APPLICATION_EXISTS, "this key has applied already"
-        if len(st.data["applications"]) >= st.data["params"]["max_applications"]:
+        if len(live) >= st.data["params"]["max_applications"]:
             return APPLICATIONS_FULL, "the community takes no more applications for now"
         return None
     return NOT_ADMITTED, "the signer is no member, no meter and not the operator"
+
+
+def _live(st: State, now_ms: int) -> list[str]:
+    apps = st.data["applications"]
+    return [k for k, a in apps.items() if a["at_ms"] + APPLICATION_TTL_MS > now_ms]
+
+
+def open_applications(st: State, now_ms: int) -> int:
+    return len(_live(st, now_ms))
 
 
 def _purge(st: State, now_ms: int) -> None:

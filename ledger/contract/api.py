@@ -89,17 +89,20 @@ class Admitting(Protocol):
     """A contract that says which transactions may be ordered at all (admission before
     ordering, see the ledger README). A contract without it admits every signer."""
 
-    def admit(self, sender: bytes, kind: str, size: int) -> tuple[str, str] | None:
+    def admit(self, sender: bytes, kind: str, size: int, now_ms: int) -> tuple[str, str] | None:
         """None if a transaction of ``kind`` signed by ``sender`` with ``size`` canonical
-        unsigned bytes may be ordered on the current state, else (code, message). Deterministic:
-        a function of the state and its arguments only. ``size`` 0: not checked."""
+        unsigned bytes may be ordered on the current state at block time ``now_ms``, else
+        (code, message). Deterministic: a function of the state and its arguments only.
+        ``size`` 0: not checked."""
         ...
 
     def limits(self) -> tuple[int, int, int]:
         """Per signer: transactions pending, bytes per hour of block time; open applications."""
         ...
 
-    def open_applications(self) -> int: ...
+    def open_applications(self, now_ms: int) -> int:
+        """Applications still open at block time ``now_ms``."""
+        ...
 
 
 @runtime_checkable

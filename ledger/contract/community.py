@@ -85,14 +85,16 @@ class CommunityContract:
         self._state = state_from_genesis(genesis)
         self._meter_keys: frozenset[str] | None = None  # index, rebuilt after registry changes
 
-    def admit(self, sender: bytes, kind: str, size: int) -> tuple[str, str] | None:
+    def admit(self, sender: bytes, kind: str, size: int, now_ms: int) -> tuple[str, str] | None:
         """None if a transaction of ``kind`` signed by ``sender`` (``size`` canonical unsigned
         bytes) may be ordered on this state, else (code, message); see ``admission``."""
         if self._meter_keys is None:
             self._meter_keys = frozenset(
                 m["gateway_key"] for m in self._state.data["meters"].values()
             )
-        return admission.admit(self._state, self._meter_keys, HANDLERS, sender.hex(), kind, size)
+        return admission.admit(
+            self._state, self._meter_keys, HANDLERS, sender.hex(), kind, size, now_ms
+        )
 
     def limits(self) -> tuple[int, int, int]:
         """(max_pending_per_signer, max_bytes_per_signer_hour, max_applications)."""
@@ -103,8 +105,9 @@ class CommunityContract:
             params["max_applications"],
         )
 
-    def open_applications(self) -> int:
-        return len(self._state.data["applications"])
+    def open_applications(self, now_ms: int) -> int:
+        """Applications still open at block time ``now_ms``."""
+        return admission.open_applications(self._state, now_ms)
 
     def read(self, path: str, params: Mapping[str, Value], reader: bytes | None) -> Value:
         """A query as ``reader`` (the key a client connection proved, None: anonymous) may see

@@ -179,3 +179,26 @@ def test_an_unadmitted_transaction_a_faulty_primary_ordered_is_a_no_op_everywher
 def test_a_bad_limit_in_the_genesis_is_refused_by_name(name: str, value: Any) -> None:
     with pytest.raises(GenesisError, match=f"params.{name}"):
         make_contract(default_genesis(hexkey(OPERATOR)) | {"params": {name: value}})
+
+
+def test_an_expired_application_no_longer_holds_a_place() -> None:
+    """Block time, not a clock: an application a week old counts neither at admission nor at
+    execution, and the next applicant's ``registry.apply`` drops it from the state."""
+    from ledger.contract.admission import APPLICATION_TTL_MS
+
+    c = _community(max_applications=1)
+    c.ok(key(70), "registry.apply", {"id_grid": "N1", "role": "consumer"}, ts=1000)
+    gate = AdmissionGate(c.contract)
+    second = sign_tx(key(71), "registry.apply", {"id_grid": "N2", "role": "consumer"}, 1)
+    gate.executed(1000 + APPLICATION_TTL_MS - 1, [])
+    refused = gate.check(second)
+    assert refused is not None and refused[0] == "APPLICATIONS_FULL"
+    gate.executed(1000 + APPLICATION_TTL_MS, [])
+    assert gate.check(second) is None and gate.charge(second, second.tx_id) is None
+    c.ok(
+        key(71),
+        "registry.apply",
+        {"id_grid": "N2", "role": "consumer"},
+        ts=1000 + APPLICATION_TTL_MS,
+    )
+    assert [a["id_grid"] for a in c.q("applications")] == ["N2"]
