@@ -4,11 +4,12 @@ A reader is the key a client connection proved it holds (``None``: an anonymous 
 That key is the operator's, a member's, a meter's reporting key, or nobody's. Every member reads
 the public market record (listings, order books once the bidding has closed, MCP, trades, RES,
 community totals) and its own records (balance, member record, meters, reports, orders, its
-settlement and energy lines); the operator reads what billing and the registry need (every
-member, meter, report, settlement line and debt); a meter's key reads its own meters' reports;
-an anonymous reader reads only the community parameters. A query the policy does not grant
-raises ``QueryError`` starting with ``NOT_PERMITTED``. The policy is a function of the state
-and the reader only, so 2f+1 replicas at one height give one answer.
+settlement and energy lines); a meter's key reads the public market record (but not the order
+books or anyone's money) and its own meters' reports; the operator reads what billing and the
+registry need (every member, meter, report, settlement line and debt); an anonymous reader reads
+only the community parameters. A query the policy does not grant raises ``QueryError`` starting
+with ``NOT_PERMITTED``. The policy is a function of the state and the reader only, so 2f+1
+replicas at one height give one answer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def _anyone(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
 
 def _members_only(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if r.member is None:
+        raise _refuse(path)
+    return queries.run(st, path, params)
+
+
+def _community(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+    """The public market record: for members and for the community's meters (a gateway that
+    holds only its meter key still follows the market for its EMS)."""
+    if r.member is None and not r.meters:
         raise _refuse(path)
     return queries.run(st, path, params)
 
@@ -136,11 +145,11 @@ Rule = Callable[[State, str, Mapping[str, Any], Reader], Any]
 
 POLICY: dict[str, Rule] = {
     "params": _anyone,
-    "listings": _members_only,
-    "listing": _members_only,
-    "mcp_history": _members_only,
-    "trades": _members_only,
-    "res": _members_only,
+    "listings": _community,
+    "listing": _community,
+    "mcp_history": _community,
+    "trades": _community,
+    "res": _community,
     "order_book": _order_book,
     "settlement": _settlement,
     "energy": _energy,

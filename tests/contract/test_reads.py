@@ -112,6 +112,9 @@ def test_members_read_their_own_and_the_public_record() -> None:
     assert _read("order_book", "P1")["bids"] == []
     assert {m["id_grid"] for m in _read("members", "P1")} == {"OPERATOR", "P1", "C1"}
     assert [m["meter_id"] for m in _read("meters", "M1-gateway")] == ["M1"]
+    assert _read("listings", "M1-gateway") == [{"listing_id": HOUR, "state": "AUTHORIZE_OFFERS"}]
+    with pytest.raises(QueryError, match="NOT_PERMITTED"):
+        _read("order_book", "M1-gateway")  # a meter's key follows the market, no more
     assert _read("grid", "C1")["debt"] == 0 and "debts" not in _read("grid", "C1")
 
 
