@@ -286,10 +286,13 @@ async def test_reads_follow_the_read_policy(tmp_path: Path) -> None:
     ``reports`` every home's series. Now anonymous reads get nothing personal; a member reads
     its own records and the roster; the operator reads what billing needs."""
     async with community(tmp_path) as c:
-        report = sign_report(c.gateway, "MA", f"{HOUR}:00", 120, 30)
+        report = sign_tx(
+            c.gateway, "meter.report", sign_report(c.gateway, "MA", f"{HOUR}:00", 120, 30), 1
+        )
         async with c.client(c.gateway) as gw:
-            assert (await gw.submit_new("meter.report", report)).ok
+            assert (await gw.submit(report)).ok
             assert len(await gw.query("reports", meter_id="MA")) == 1  # its own meter
+            assert (await gw.receipt(report.tx_id))["receipt"]["code"] == "OK"  # its own receipt
         async with c.client(None) as anonymous:
             for path, params in (
                 ("members", {}),
@@ -304,6 +307,8 @@ async def test_reads_follow_the_read_policy(tmp_path: Path) -> None:
             assert (await anonymous.query("params"))["clearing_rule"] == "paper"
             with pytest.raises(QueryFailed, match="NOT_PERMITTED"):
                 await anonymous.query("ledger.block", height=1)
+            with pytest.raises(QueryFailed, match="NOT_PERMITTED"):
+                await anonymous.receipt(report.tx_id)
         async with c.client(c.b) as b:
             roster = await b.query("members")
             assert {m["id_grid"] for m in roster} == {"OPERATOR", "A", "B"}
@@ -314,6 +319,8 @@ async def test_reads_follow_the_read_policy(tmp_path: Path) -> None:
                 await b.query("balance", id_grid="A")
             assert (await b.query("balance", id_grid="B"))["balance"] == 10**9
             assert await b.query("meters") == []
+            with pytest.raises(QueryFailed, match="NOT_PERMITTED"):
+                await b.receipt(report.tx_id)  # A's meter's report
         async with c.client(c.a) as a:
             assert [r["import_wh"] for r in await a.query("reports", meter_id="MA")] == [120]
         async with c.client(c.operator) as op:
