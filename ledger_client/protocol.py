@@ -25,7 +25,9 @@ replica -> client
 - ``{"t": "replies", "replies": [<reply>, ...]}``: up to 1000 replies in one frame (a replica
   sends a block's replies for one client connection together; a single one goes as ``reply``).
 - ``{"t": "reject", "replica": i, "tx_id": <hex>, "code": <str>, "message": <str>}``: the replica
-  refuses the request before ordering it (bad signature, malformed).
+  refuses the request before ordering it: `MALFORMED_TX`, `BAD_SIGNATURE`, or admission's
+  `NOT_ADMITTED`, `UNKNOWN_KIND`, `TX_TOO_LARGE`, `OVER_LIMIT`, `APPLICATION_EXISTS`,
+  `APPLICATIONS_FULL` (ledger README, "Admission").
 - ``{"t": "answer", "replica": i, "id": <int>, "ok": bool, "value": ..., "error": <str>}``.
 
 A client accepts a result once f+1 replicas sent the same one: at least one of them is correct.
