@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ledger import ed25519
-from ledger.client_wire import LEDGER_QUERY_PREFIX
+from ledger.client_wire import LEDGER_QUERY_PREFIX, hello_bytes
 from ledger.cluster import ClusterConfig, load_cluster, replica_db_file, replica_key_file
-from ledger.contract.api import QueryError
+from ledger.contract.api import QueryError, ReadPolicy
+from ledger.contract.codes import NOT_PERMITTED
 from ledger.encoding import EncodingError, canonical
 from ledger.executor import LedgerState, SigCache
+from ledger.gate import AdmissionGate
 from ledger.keys import load_key
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
@@ -55,6 +57,7 @@ WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re
 MAX_QUERY_ID = 2**63 - 1
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
+RECONCILE_MS = 1000  # how often admission's pending counts are matched against the core's
 
 
 def wall_ms() -> int:
@@ -117,6 +120,8 @@ class ReplicaNode:
             self.counters,
             on_client_closed=self._on_client_closed,
         )
+        self.gate = AdmissionGate(self.state.contract)
+        self.next_reconcile = clock() + RECONCILE_MS
         self.links: dict[int, PeerLink] = {}
         for r in self.cluster.replicas:
             if r.id != replica_id:
@@ -144,6 +149,9 @@ class ReplicaNode:
                 if now >= self.next_prune:
                     self.prune_waiters(now)
                     self.next_prune = now + WAITER_TTL_MS // 10
+                if now >= self.next_reconcile:
+                    self.gate.reconcile(self.replica.batcher.pending)
+                    self.next_reconcile = now + RECONCILE_MS
                 deadline = self.replica.next_deadline()
                 wait_ms = tick_ms if deadline is None else max(0, min(tick_ms, deadline - now))
                 self.wake.clear()
@@ -165,7 +173,14 @@ class ReplicaNode:
     # -- inputs ---------------------------------------------------------------------------------
 
     def _on_peer(self, sender: int, message: dict[str, Any]) -> None:
-        self._perform(self.replica.on_message(message, sender, self.clock()))
+        if message["t"] == "request":  # a backup relays a client's request: admitted here too
+            tx = self._admit_relayed(message.get("tx"))
+            if tx is None:
+                self.counters["rejected_relayed"] += 1
+                return
+            self._perform(self.replica.on_request(tx, self.clock(), verified=True))
+        else:
+            self._perform(self.replica.on_message(message, sender, self.clock()))
         self.wake.set()
 
     def _on_client(self, conn: ClientConn, message: dict[str, Any]) -> None:
@@ -193,7 +208,9 @@ class ReplicaNode:
             for tx_id in self.state.store.known(wanted):
                 self._reply_if_executed(tx_id)
         elif kind == "query":
-            conn.send(self._answer(message))
+            conn.send(self._answer(message, conn.reader))
+        elif kind == "hello":
+            self._on_hello(conn, message)
         else:
             self.counters["rejected_client_messages"] += 1
 
@@ -203,24 +220,70 @@ class ReplicaNode:
             self.wake.set()
 
     def _check_requests(self, conn: ClientConn, wires: list[Any]) -> list[SignedTx]:
-        """Parse and verify client transactions (a frame's signatures checked together) and
-        note where their replies go; a malformed or badly signed one is answered with a
-        ``reject`` and goes no further."""
+        """Parse, admit and verify client transactions (a frame's signatures checked together)
+        and note where their replies go; a malformed, not admitted (``ledger.gate``) or badly
+        signed one is answered with a ``reject`` and goes no further."""
         parsed: list[SignedTx] = []
+        gate = self.gate
         for wire in wires:
             try:
-                parsed.append(SignedTx.from_wire(wire))
+                tx = SignedTx.from_wire(wire)
             except TxError as exc:
                 self._reject(conn, "", "MALFORMED_TX", str(exc))
+                continue
+            refused = gate.check(tx) if gate.enabled else None
+            if refused is not None:  # before the signature check: a stranger costs no Ed25519
+                self._reject(conn, tx.tx_id, *refused)
+                continue
+            parsed.append(tx)
         ids = [tx.tx_id for tx in parsed]
         accepted: list[SignedTx] = []
         for tx, tx_id, good in zip(parsed, ids, self.sigs.check_many(parsed, ids), strict=True):
             if not good:
                 self._reject(conn, tx_id, "BAD_SIGNATURE", "signature does not verify")
                 continue
+            refused = gate.charge(tx, tx_id) if gate.enabled else None
+            if refused is not None:
+                self._reject(conn, tx_id, *refused)
+                continue
             self._wait_for(conn, tx_id)
             accepted.append(tx)
         return accepted
+
+    def _admit_relayed(self, wire: Any) -> SignedTx | None:
+        """A request another replica relays goes through admission as a client's does, its
+        signature checked before it is charged to its signer (so a faulty peer cannot spend a
+        member's budget with forgeries); relays are rare, so one check each costs little."""
+        try:
+            tx = SignedTx.from_wire(wire)
+        except TxError:
+            return None
+        tx_id = tx.tx_id
+        if self.gate.check(tx) is not None or not self.sigs.check(tx, tx_id):
+            return None
+        return tx if self.gate.charge(tx, tx_id) is None else None
+
+    def _on_hello(self, conn: ClientConn, message: dict[str, Any]) -> None:
+        """A client proves it holds a key by signing this connection's challenge; its queries
+        are then answered as that key may read them (the read policy). Once per connection."""
+        key, sig = message.get("key"), message.get("sig")
+        ok = False
+        if conn.reader is None and isinstance(key, str) and isinstance(sig, str):
+            try:
+                public, signature = bytes.fromhex(key), bytes.fromhex(sig)
+            except ValueError:
+                public, signature = b"", b""
+            ok = (
+                len(public) == 32
+                and len(signature) == 64
+                and key == public.hex()
+                and ed25519.verify(public, signature, hello_bytes(conn.nonce, self.me, key))
+            )
+            if ok:
+                conn.reader = public
+        if not ok:
+            self.counters["rejected_hello"] += 1
+        conn.send({"t": "hello", "replica": self.me, "ok": ok})
 
     def _reject(self, conn: ClientConn, tx_id: str, code: str, message: str) -> None:
         self.counters["rejected_requests"] += 1
@@ -299,6 +362,7 @@ class ReplicaNode:
                             replies.setdefault(conn, []).append(wire)
             elif isinstance(action, ExecutedAction):
                 self.executed_blocks += 1
+                self.gate.executed(action.block.timestamp_ms, action.block.ids())
         for conn, wires in replies.items():
             if len(wires) == 1:
                 conn.send(wires[0])
@@ -325,6 +389,9 @@ class ReplicaNode:
         stable = self.state.load_checkpoint()
         counters = {k: v for k, v in self.replica.metrics.items() if v}
         counters.update({f"io_{k}": v for k, v in self.counters.items() if v})
+        counters.update({f"admission_{k}": v for k, v in self.gate.counters().items() if v})
+        if self.state.not_admitted:
+            counters["executed_not_admitted"] = self.state.not_admitted
         return {
             "replica": self.me,
             "view": self.replica.view,
@@ -338,7 +405,7 @@ class ReplicaNode:
             "batch_verify": self.batch_verify,
         }
 
-    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, message: dict[str, Any], reader: bytes | None = None) -> dict[str, Any]:
         qid = message.get("id")
         path = message.get("path")
         params = message.get("params", {})
@@ -349,7 +416,7 @@ class ReplicaNode:
             self.counters["rejected_client_messages"] += 1
             return dict(out, ok=False, value=None, error="query needs id, path and params")
         try:
-            value = self._query(path, params)
+            value = self._query(path, params, reader)
             canonical(value)
         except (QueryError, EncodingError, ValueError, TypeError, KeyError) as exc:
             return dict(out, ok=False, value=None, error=f"{type(exc).__name__}: {exc}")
@@ -358,14 +425,25 @@ class ReplicaNode:
             return dict(out, ok=False, value=None, error=f"internal error: {type(exc).__name__}")
         return dict(out, ok=True, value=value, error="")
 
-    def _query(self, path: str, params: dict[str, Any]) -> Any:
+    def _query(self, path: str, params: dict[str, Any], reader: bytes | None = None) -> Any:
+        """Answer a query as ``reader`` may read it: the contract's read policy when the
+        contract has one (a contract without, like the IO tests' toy, answers everything);
+        heights and status to anyone, whole blocks to the operator, a receipt to the
+        transaction's signer and the operator."""
+        contract = self.state.contract
+        policy = contract if isinstance(contract, ReadPolicy) else None
         if not path.startswith(LEDGER_QUERY_PREFIX):
-            return self.state.contract.query(path, params)
+            if policy is not None:
+                return policy.read(path, params, reader)
+            return contract.query(path, params)
         if path == "ledger.height":
             return self.state.last_executed()
         if path == "ledger.status":
             return self.status()
+        chain = policy is None or policy.may_read_chain(reader)
         if path == "ledger.block":
+            if not chain:
+                raise QueryError(f"{NOT_PERMITTED}: blocks are the operator's to read")
             height = params.get("height")
             if isinstance(height, bool) or not isinstance(height, int):
                 raise QueryError("height must be an integer")
@@ -378,6 +456,8 @@ class ReplicaNode:
             if not isinstance(tx_id, str):
                 raise QueryError("tx_id must be a string")
             found = self.state.receipt(tx_id)
+            if found is not None and not chain and self.state.signer(tx_id) != reader:
+                raise QueryError(f"{NOT_PERMITTED}: a receipt is its signer's to read")
             return None if found is None else {"height": found[0], "receipt": found[1]}
         raise QueryError(f"unknown query {path!r}")
 

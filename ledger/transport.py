@@ -136,9 +136,11 @@ ClientHandler = Callable[["ClientConn", dict[str, Any]], None]
 class ClientConn:
     """One accepted client connection; replies are queued on its writer without awaiting."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, nonce: str = "") -> None:
         self.writer = writer
         self.closed = False
+        self.nonce = nonce  # the challenge this connection was sent (a client may sign it)
+        self.reader: bytes | None = None  # the key the client proved it holds (``hello``)
 
     def send(self, message: Any) -> None:
         if self.closed or self.writer.is_closing():
@@ -231,7 +233,7 @@ class Listener:
                     self.counters["rejected_frames"] += 1
                     raise
                 self.on_peer(sender, message)
-        conn = ClientConn(writer)
+        conn = ClientConn(writer, nonce)
         try:
             self.on_client(conn, first)
             while True:

@@ -30,8 +30,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
 from ledger.transport import FrameDecoder, FrameError, decode_payload, encode_frame, read_message
-from ledger.tx import MAX_NONCE, SignedTx, sign_tx
-from ledger_client.protocol import answer_key, receipt_from_wire, receipt_is_wire, reply_key
+from ledger.tx import MAX_NONCE, SignedTx, public_bytes, sign_tx
+from ledger_client.protocol import (
+    answer_key,
+    hello_bytes,
+    receipt_from_wire,
+    receipt_is_wire,
+    reply_key,
+)
 
 DEFAULT_TIMEOUT_S = 30.0
 RECONNECT_S = 0.2
@@ -100,7 +106,10 @@ class _Conn:
                 await asyncio.sleep(RECONNECT_S)
                 continue
             try:
-                await read_message(reader)  # the challenge; clients do not authenticate
+                challenge = await read_message(reader)
+                key = self.client.key
+                if key is not None:  # authenticate the connection: queries read as this key
+                    writer.write(encode_frame(hello(key, challenge)))
                 self.writer = writer
                 self.ready.set()
                 self.client._on_connect(self.index)
@@ -123,6 +132,16 @@ class _Conn:
                 if was_up:
                     self.client._on_disconnect(self.index)
             await asyncio.sleep(RECONNECT_S)
+
+
+def hello(key: Ed25519PrivateKey, challenge: dict[str, Any]) -> dict[str, Any]:
+    """The ``hello`` that proves ``key`` to the replica that sent ``challenge``."""
+    nonce, replica = challenge.get("nonce"), challenge.get("replica")
+    if not isinstance(nonce, str) or isinstance(replica, bool) or not isinstance(replica, int):
+        raise FrameError("the replica's challenge has no nonce or replica id")
+    key_hex = public_bytes(key.public_key()).hex()
+    sig = key.sign(hello_bytes(nonce, replica, key_hex)).hex()
+    return {"t": "hello", "key": key_hex, "sig": sig}
 
 
 class _Pending:
@@ -221,7 +240,11 @@ class _Pending:
 
 
 class LedgerClient:
-    """Async client. Use as ``async with LedgerClient.from_cluster_file(path, key) as c``."""
+    """Async client. Use as ``async with LedgerClient.from_cluster_file(path, key) as c``.
+
+    ``key`` signs ``submit_new``'s transactions and authenticates every connection (``hello``):
+    queries are answered as that key may read them. Without a key the client reads as
+    anonymous (heights, status and the community parameters)."""
 
     def __init__(
         self,

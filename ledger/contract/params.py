@@ -28,7 +28,14 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     # the tariff band: nobody sells below what the grid pays, nobody buys above what it charges
     "price_min": FEED_IN,
     "price_max": RETAIL_PEAK,
+    # admission (ledger README, "Admission"): per signer, transactions admitted and not yet
+    # executed, and canonical bytes ordered per hour of block time; open applications at once
+    "max_pending_per_signer": 256,
+    "max_bytes_per_signer_hour": 4 * 1024 * 1024,
+    "max_applications": 32,
 }
+LIMITS: Final = ("max_pending_per_signer", "max_bytes_per_signer_hour", "max_applications")
+MAX_LIMIT: Final = 2**40
 
 
 class GenesisError(ValueError):
@@ -54,6 +61,10 @@ def check_params(raw: Any) -> dict[str, Any]:
         raise GenesisError(f"params.clearing_rule must be one of {list(RULES)}")
     for name in ("retail_peak", "retail_offpeak", "feed_in", "price_min", "price_max"):
         _price(params, name)
+    for name in LIMITS:
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LIMIT:
+            raise GenesisError(f"params.{name} must be an integer in 1..{MAX_LIMIT}")
     if params["price_min"] > params["price_max"]:
         raise GenesisError("params.price_min must not exceed params.price_max")
     peak = params["peak_hours"]

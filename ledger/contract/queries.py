@@ -215,6 +215,12 @@ def params_(st: State, params: Mapping[str, Any]) -> Any:
     return copy.deepcopy(st.data["params"])
 
 
+def applications(st: State, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    apps = st.data["applications"]
+    return [{"public_key": k, **apps[k]} for k in sorted(apps)]
+
+
 QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "balance": balance,
     "member": member,
@@ -231,6 +237,7 @@ QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "reports": reports,
     "grid": grid,
     "params": params_,
+    "applications": applications,
 }
 
 

@@ -69,6 +69,8 @@ messages = st.fixed_dictionaries(
         )
         | json_value,
         "params": json_value,
+        "key": json_value | st.just("ab" * 32) | st.text("0123456789abcdefABCDEF", max_size=66),
+        "sig": json_value | st.just("cd" * 64) | st.text("0123456789abcdef", max_size=130),
     },
 )
 
@@ -83,7 +85,7 @@ def test_any_client_message_is_handled(node: ReplicaNode, message: dict[str, Any
     node._on_client(conn, message)
     replies = [decode_payload(p) for p in FrameDecoder().feed(bytes(writer.data))]
     for reply in replies:
-        assert reply["t"] in {"answer", "reject", "reply"}
+        assert reply["t"] in {"answer", "reject", "reply", "hello"}
     if message["t"] == "query":
         assert len(replies) == 1 and replies[0]["t"] == "answer"
     good = Capture()
@@ -141,3 +143,30 @@ def test_a_frame_of_requests_is_checked_together_and_its_bad_ones_rejected(
     assert set(node.replica.batcher.pending) == good
     assert node.counters["rejected_requests"] == 2
     assert node.sigs.verified == 89
+
+
+def test_a_hello_proves_a_key_for_its_own_connection_only(node: ReplicaNode) -> None:
+    """A ``hello`` signed over this connection's challenge sets the connection's reader; one
+    signed over another connection's challenge, by another key than it names, or a second one,
+    is refused and counted."""
+    from ledger.keys import new_key
+    from ledger_client.client import hello
+
+    key, other = new_key(), new_key()
+    conn = ClientConn(cast(asyncio.StreamWriter, Capture()), "aa" * 32)
+    replayed = hello(key, {"nonce": "bb" * 32, "replica": 0})
+    wrong_replica = hello(key, {"nonce": "aa" * 32, "replica": 1})
+    swapped = dict(hello(key, {"nonce": "aa" * 32, "replica": 0}), key=hello(other, {
+        "nonce": "aa" * 32, "replica": 0})["key"])  # fmt: skip
+    before = node.counters["rejected_hello"]
+    for message in (replayed, wrong_replica, swapped):
+        node._on_client(conn, message)
+        assert conn.reader is None
+    node._on_client(conn, hello(key, {"nonce": "aa" * 32, "replica": 0}))
+    assert conn.reader == key.public_key().public_bytes_raw()
+    node._on_client(conn, hello(other, {"nonce": "aa" * 32, "replica": 0}))
+    assert conn.reader == key.public_key().public_bytes_raw()  # once per connection
+    assert node.counters["rejected_hello"] == before + 4
+    writer = cast(Capture, conn.writer)
+    answers = [decode_payload(p) for p in FrameDecoder().feed(bytes(writer.data))]
+    assert [a["ok"] for a in answers] == [False, False, False, True, False]

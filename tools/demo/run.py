@@ -158,7 +158,9 @@ class DemoRun:
     async def run(self) -> DayRecord:
         t0 = time.monotonic()
         self.progress.set_status("starting the ledger cluster (4 replica processes)")
-        self.ledger = await open_ledger(self.sup, self.run_dir / "ledger", self.genesis)
+        self.ledger = await open_ledger(
+            self.sup, self.run_dir / "ledger", self.genesis, self.operator.key
+        )
         self.record.parts["ledger"] = self.ledger.kind
         try:
             return await self._run(t0)
