@@ -27,6 +27,7 @@ from gateway.intervals import MISSING, Interval, IntervalAggregator, MeterSpec
 from gateway.outbox import Backoff, Deliverer, OutboxRow, deliver_due
 from gateway.publish import HaPublisher, MeterInfo
 from gateway.report import REPORT_KIND, report_body
+from gateway.signers import Signers, load_wallet_key
 from gateway.sources.base import NodeSource, SourceError
 from gateway.sources.modbus import MeterReading, ModbusBus
 from gateway.store import Reading, Store
@@ -140,7 +141,8 @@ class Gateway:
     ) -> None:
         self.cfg = cfg
         self.clock: Clock = clock or SystemClock()
-        self.key = load_or_create_key(cfg.key_file)
+        self.key = load_or_create_key(cfg.key_file)  # the meter-reporting key
+        self.signers = Signers(self.key, load_wallet_key(cfg.wallet_key_file))
         self.node_keys = dict(node_keys) if node_keys is not None else self._keys()
         self.verifier = FrameVerifier(self.node_keys, window=cfg.replay_window)
         self.aggregator = IntervalAggregator(interval_ms=cfg.interval_ms, grace_ms=cfg.grace_ms)
@@ -522,7 +524,8 @@ class Gateway:
             self._outbox_wake.clear()
             try:
                 await deliver_due(
-                    self._db(), self.key, self.deliverer, self.clock.now_ms(), self.backoff
+                    self._db(), self.signers.key_for, self.deliverer, self.clock.now_ms(),
+                    self.backoff,
                 )
             except Exception:  # a store error, say: log it and try again in a while
                 log.exception("delivery round failed")

@@ -1,12 +1,13 @@
 """``wattmesh bench ledger``: committed transactions per second of a real replica cluster.
 
 It creates a throw-away cluster (real community contract), starts the replicas as separate
-processes on loopback, admits ``--members`` members and mints them tokens, pre-signs every
-load transaction (``token.transfer`` between members, so each one is verified by every replica
-and changes state), then drives them from ``--clients`` concurrent clients, each keeping
-``--window`` transactions in flight, for ``--seconds``. With ``--kill-primary-after T`` the
-primary is killed with SIGKILL T seconds in. At the end it waits for in-flight transactions,
-then checks every submitted transaction against a surviving replica's store.
+processes on loopback, admits ``--members`` members and gives them tokens from the operator's
+genesis treasury, pre-signs every load transaction (``token.transfer`` between members, so
+each one is verified by every replica and changes state), then drives them from ``--clients``
+concurrent clients, each keeping ``--window`` transactions in flight, for ``--seconds``. With
+``--kill-primary-after T`` the primary is killed with SIGKILL T seconds in. At the end it waits
+for in-flight transactions, then checks every submitted transaction against a surviving
+replica's store.
 
 Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p99_ms``
 (submit to f+1 matching replies), ``committed`` (acknowledged by f+1 replicas), ``lost``
@@ -43,7 +44,7 @@ from ledger.setup import DEFAULT_CONTRACT, init_cluster
 from ledger.store import BlockStore
 from ledger.tx import SignedTx, sign_tx
 
-MINT = 10**12
+FUNDS = 10**12
 # In-flight transactions per client (4 clients by default, 800 in all). With 240 in flight and
 # blocks of up to 400 the run was stop-and-wait: one block in flight at a time, the clients
 # waiting for its replies before sending the next, and 16-20 % of the two cores idle
@@ -57,8 +58,7 @@ WINDOW = 200
 def _member(k: int, key: Ed25519PrivateKey) -> dict[str, Any]:
     return {
         "id_grid": f"M{k:05d}",
-        "name": f"member {k}",
-        "email": f"m{k}@example.org",
+        "commitment": public_hex(key),  # stands in for a commitment to personal data
         "public_key": public_hex(key),
         "role": "prosumer",
     }
@@ -162,7 +162,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                                    for k, key in enumerate(keys)))  # fmt: skip
             await asyncio.gather(
                 *(
-                    admin.submit_new("token.mint", {"to": f"M{k:05d}", "amount": MINT})
+                    admin.submit_new("token.transfer", {"to": f"M{k:05d}", "amount": FUNDS})
                     for k in range(len(keys))
                 )
             )

@@ -19,7 +19,14 @@ ROLE_FORBIDDEN: Final = "ROLE_FORBIDDEN"  # the member's role may not do this
 
 # registry and tokens
 MEMBER_EXISTS: Final = "MEMBER_EXISTS"
-KEY_IN_USE: Final = "KEY_IN_USE"  # a public key already belongs to a member
+KEY_IN_USE: Final = "KEY_IN_USE"  # a key held by a member or meter, or retired: never reused
+KEY_REVOKED: Final = "KEY_REVOKED"  # the member's or meter's key is already revoked
+NOT_OWNER: Final = "NOT_OWNER"  # a meter's key changed by someone other than its owner/operator
+QUORUM_REQUIRED: Final = "QUORUM_REQUIRED"  # minting (or re-keying) needs a quorum of members
+PROPOSAL_EXISTS: Final = "PROPOSAL_EXISTS"
+UNKNOWN_PROPOSAL: Final = "UNKNOWN_PROPOSAL"
+PROPOSAL_CLOSED: Final = "PROPOSAL_CLOSED"  # approval of an executed proposal
+ALREADY_APPROVED: Final = "ALREADY_APPROVED"
 UNKNOWN_MEMBER: Final = "UNKNOWN_MEMBER"
 RES_EXISTS: Final = "RES_EXISTS"
 UNKNOWN_RES: Final = "UNKNOWN_RES"
@@ -42,6 +49,7 @@ TOO_EARLY: Final = "TOO_EARLY"  # settle before the delivery hour has ended
 
 # metering
 NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered gateway key
+METER_REVOKED: Final = "METER_REVOKED"  # the meter's reporting key was revoked
 BAD_SIGNATURE: Final = "BAD_SIGNATURE"
 DUPLICATE_REPORT: Final = "DUPLICATE_REPORT"
 REPORT_TOO_LATE: Final = "REPORT_TOO_LATE"  # the report's hour is already settled

@@ -12,8 +12,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ledger.contract import fields as f
-from ledger.contract import market, metering, queries, registry, settlement
+from ledger.contract import credentials, market, metering, queries, quorum, registry, settlement
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
@@ -35,13 +34,19 @@ HANDLERS: dict[str, Handler] = {
     "auction.close": market.close,
     "auction.settle": settlement.settle,
     "meter.report": metering.report,
+    "member.rotate_key": credentials.rotate_member_key,
+    "member.revoke_key": credentials.revoke_member_key,
+    "meter.rotate_key": credentials.rotate_meter_key,
+    "meter.revoke": credentials.revoke_meter,
+    "quorum.propose": quorum.propose,
+    "quorum.approve": quorum.approve,
 }
 
 
 def state_from_genesis(genesis: Mapping[str, Value]) -> State:
     if not isinstance(genesis, Mapping):
         raise GenesisError("genesis must be an object")
-    unknown = sorted(set(genesis) - {"version", "params", "members"})
+    unknown = sorted(set(genesis) - {"version", "params", "members", "allocations"})
     if unknown:
         raise GenesisError(f"unknown genesis keys {unknown}")
     if genesis.get("version") != GENESIS_VERSION:
@@ -54,14 +59,7 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> State:
         if not isinstance(record, Mapping):
             raise GenesisError(f"genesis.members[{n}] must be an object")
         try:
-            f.exact(record, ("id_grid", "name", "email", "public_key", "role"))
-            id_grid = f.ident(record, "id_grid")
-            member = {
-                "name": f.text(record, "name", 128),
-                "email": f.email(record, "email"),
-                "public_key": f.key_hex(record, "public_key"),
-                "role": f.choice(record, "role", registry.ROLES),
-            }
+            id_grid, member = registry.member_record(record)
         except Rejected as exc:
             raise GenesisError(f"genesis.members[{n}]: {exc.message}") from None
         if id_grid in st.data["members"] or st.key_in_use(member["public_key"]):
@@ -69,7 +67,31 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> State:
         st.add_member(id_grid, member)
     if not any(m["role"] == "operator" for m in st.data["members"].values()):
         raise GenesisError("genesis needs at least one member with role operator")
+    allocate(st, genesis.get("allocations", {}))
     return st
+
+
+def allocate(st: State, allocations: Value) -> None:
+    """The genesis supply: ``{id_grid: micro-tokens}``, each to a genesis member (typically the
+    operator's treasury, which sells tokens to members off the ledger). It is all the supply
+    there is until a quorum of members mints more (quorum.py)."""
+    if not isinstance(allocations, Mapping):
+        raise GenesisError("genesis.allocations must be an object {id_grid: micro-tokens}")
+    for id_grid in sorted(allocations):
+        amount = allocations[id_grid]
+        if id_grid not in st.data["members"]:
+            raise GenesisError(f"genesis.allocations.{id_grid}: not a genesis member")
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int)
+            or not 0 < amount <= quorum.MAX_SUPPLY - st.data["supply"]
+        ):
+            raise GenesisError(
+                f"genesis.allocations.{id_grid}: must be a positive integer, "
+                f"{quorum.MAX_SUPPLY} micro-tokens in all at most"
+            )
+        st.data["supply"] += amount
+        st.credit(id_grid, amount)
 
 
 class CommunityContract:

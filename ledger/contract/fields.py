@@ -70,6 +70,14 @@ def key_hex(body: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def digest_hex(body: Mapping[str, Any], name: str) -> str:
+    """A SHA-256 digest as 64 lowercase hex characters (e.g. a personal-data commitment)."""
+    value = body.get(name)
+    if not isinstance(value, str) or _HEX32.fullmatch(value) is None:
+        raise Rejected(BAD_BODY, f"{name} must be 64 lowercase hex characters (SHA-256)")
+    return value
+
+
 def signature_hex(body: Mapping[str, Any], name: str) -> bytes:
     value = body.get(name)
     if not isinstance(value, str) or _HEX64.fullmatch(value) is None:

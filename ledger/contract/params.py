@@ -17,6 +17,7 @@ RULES: Final = ("paper", "uniform", "pay_as_bid")
 RETAIL_PEAK: Final = 95_000  # micro-tokens per kWh, hours peak_start..peak_end-1
 RETAIL_OFFPEAK: Final = 65_000  # community parameter; a typical Portuguese off-peak rate
 FEED_IN: Final = 39_000
+QUORUM_PCT: Final = 50  # percent; more than half of the members decide a mint
 PEAK_HOURS: Final = (13, 23)  # [start, end) in hours of the day, UTC as the listing ids
 
 DEFAULTS: Final[Mapping[str, Any]] = {
@@ -28,6 +29,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     # the tariff band: nobody sells below what the grid pays, nobody buys above what it charges
     "price_min": FEED_IN,
     "price_max": RETAIL_PEAK,
+    # a quorum proposal (mint, rekey) executes with more than this share of voting members
+    "quorum_pct": QUORUM_PCT,
 }
 
 
@@ -56,6 +59,9 @@ def check_params(raw: Any) -> dict[str, Any]:
         _price(params, name)
     if params["price_min"] > params["price_max"]:
         raise GenesisError("params.price_min must not exceed params.price_max")
+    pct = params["quorum_pct"]
+    if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 99:
+        raise GenesisError("params.quorum_pct must be an integer percent in 0..99")
     peak = params["peak_hours"]
     if (
         not isinstance(peak, list | tuple)

@@ -1,0 +1,198 @@
+"""The operator's powers bounded and visible (issue 17): no mint without a quorum of members,
+no way to move or take a member's tokens, a meter's reporting key apart from the wallet key,
+rotation and revocation of both on chain."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.contract import GenesisError, default_genesis, make_contract
+from tests.contract.harness import (
+    HOUR,
+    TREASURY,
+    Community,
+    check_invariants,
+    commitment,
+    hexkey,
+    key,
+    rejected,
+    sign_report,
+)
+
+
+def _community(members: int = 3) -> Community:
+    c = Community()
+    for n in range(members):
+        c.admit(f"M{n}", "prosumer", 10 + n)
+    return c
+
+
+def _mint(to: str, amount: int) -> dict[str, object]:
+    return {"kind": "mint", "to": to, "amount": amount}
+
+
+def test_the_operators_unlimited_mint_is_refused() -> None:
+    c = _community()
+    rejected(c, "OPERATOR", "token.mint", {"to": "M0", "amount": 10**15}, "QUORUM_REQUIRED")
+    assert c.balance("M0") == 0 and c.q("grid")["supply"] == TREASURY
+
+
+def test_a_quorum_of_members_mints() -> None:
+    c = _community(3)  # three voters, quorum_pct 50: two approvals mint
+    body = {"proposal_id": "mint-1", "action": _mint("M0", 1_000)}
+    opened = c.ok("OPERATOR", "quorum.propose", body)
+    assert opened == {"proposal_id": "mint-1", "state": "OPEN", "approvals": 0, "needed": 2}
+    rejected(c, "OPERATOR", "quorum.propose", body, "PROPOSAL_EXISTS")
+    assert c.ok("M1", "quorum.approve", {"proposal_id": "mint-1"})["state"] == "OPEN"
+    rejected(c, "M1", "quorum.approve", {"proposal_id": "mint-1"}, "ALREADY_APPROVED")
+    rejected(c, "OPERATOR", "quorum.approve", {"proposal_id": "mint-1"}, "ROLE_FORBIDDEN")
+    rejected(c, key(99), "quorum.approve", {"proposal_id": "mint-1"}, "NOT_MEMBER")
+    rejected(c, "M2", "quorum.approve", {"proposal_id": "nope"}, "UNKNOWN_PROPOSAL")
+    assert c.balance("M0") == 0
+    done = c.ok("M2", "quorum.approve", {"proposal_id": "mint-1"})
+    assert done == {"proposal_id": "mint-1", "state": "EXECUTED", "approvals": 2, "needed": 2,
+                    "balance": 1_000}  # fmt: skip
+    assert c.q("grid")["supply"] == TREASURY + 1_000
+    rejected(c, "M0", "quorum.approve", {"proposal_id": "mint-1"}, "PROPOSAL_CLOSED")
+    check_invariants(c.contract)
+
+
+def test_a_member_proposing_counts_its_own_approval_and_a_lone_operator_mints_nothing() -> None:
+    c = _community(1)  # one voter: its own proposal is the quorum
+    got = c.ok("M0", "quorum.propose", {"proposal_id": "p", "action": _mint("M0", 5)})
+    assert got["state"] == "EXECUTED" and c.balance("M0") == 5
+    lone = Community()  # no member but the operator: the genesis supply is all there is
+    body = {"proposal_id": "p", "action": _mint("OPERATOR", 5)}
+    got = lone.ok("OPERATOR", "quorum.propose", body)
+    assert got["state"] == "OPEN" and lone.q("grid")["supply"] == TREASURY
+
+
+def test_proposals_are_validated_and_bounded() -> None:
+    c = _community(3)
+    for action, code in [
+        (_mint("NOBODY", 5), "UNKNOWN_MEMBER"),
+        (_mint("M0", 0), "BAD_AMOUNT"),
+        ({"kind": "burn", "to": "M0", "amount": 5}, "BAD_BODY"),
+        ({**_mint("M0", 5), "extra": 1}, "BAD_BODY"),
+        ({"kind": "rekey", "id_grid": "M0", "public_key": hexkey(key(11))}, "KEY_IN_USE"),
+        ("mint", "BAD_BODY"),
+    ]:
+        rejected(c, "M0", "quorum.propose", {"proposal_id": "x", "action": action}, code)
+    for n in range(16):
+        c.ok("M0", "quorum.propose", {"proposal_id": f"p{n}", "action": _mint("M1", 1)})
+    rejected(c, "M0", "quorum.propose", {"proposal_id": "p16", "action": _mint("M1", 1)},
+             "ROLE_FORBIDDEN")  # fmt: skip
+
+
+def test_the_operator_cannot_move_or_take_a_members_tokens() -> None:
+    c = _community(3)
+    c.mint("M0", 1_000)  # bought from the operator's treasury
+    rejected(c, "OPERATOR", "token.transfer", {"from": "M0", "to": "M1", "amount": 5}, "BAD_BODY")
+    c.ok("OPERATOR", "token.transfer", {"to": "M1", "amount": 5})  # its own tokens only
+    assert c.balance("M0") == 1_000
+    # it may freeze a key it believes stolen, but not choose the next one
+    c.ok("OPERATOR", "member.revoke_key", {"id_grid": "M0"})
+    rejected(c, "M0", "token.transfer", {"to": "M1", "amount": 5}, "NOT_MEMBER")
+    mine = key(66)
+    rekey = {"kind": "rekey", "id_grid": "M0", "public_key": hexkey(mine)}
+    got = c.ok("OPERATOR", "quorum.propose", {"proposal_id": "r", "action": rekey})
+    assert got["state"] == "OPEN"
+    rejected(c, mine, "token.transfer", {"to": "OPERATOR", "amount": 1_000}, "NOT_MEMBER")
+    assert c.balance("M0") == 1_000
+    check_invariants(c.contract)
+
+
+def test_a_meter_key_is_never_a_wallet_key() -> None:
+    c = _community(2)
+    c.mint("M0", 10**9)
+    wallet = hexkey(key(10))  # M0's wallet key
+    meter = {"meter_id": "G0", "owner": "M0", "gateway_key": wallet}
+    rejected(c, "OPERATOR", "registry.add_meter", meter, "KEY_IN_USE")
+    c.meter("G0", "M0", 50)
+    admit = {"id_grid": "M9", "commitment": commitment("M9"), "public_key": hexkey(key(50)),
+             "role": "consumer"}  # fmt: skip
+    rejected(c, "OPERATOR", "registry.admit", admit, "KEY_IN_USE")
+    gateway = key(50)  # a stolen gateway: it reports, it cannot spend
+    c.res("PV0", "M0", 5_000)
+    c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
+    rejected(c, gateway, "token.transfer", {"to": "M1", "amount": 5}, "NOT_MEMBER")
+    rejected(c, gateway, "auction.bid", {"listing_id": HOUR, "wh": 10, "bid_price": 50_000},
+             "NOT_MEMBER")  # fmt: skip
+    offer = {"listing_id": HOUR, "res_id": "PV0", "wh": 10, "reserve_price": 40_000}
+    rejected(c, gateway, "auction.offer", offer, "NOT_MEMBER")
+    rejected(c, gateway, "quorum.approve", {"proposal_id": "x"}, "NOT_MEMBER")
+    assert c.report("G0", f"{HOUR}:00", 10, 0).ok
+
+
+def test_meter_keys_are_rotated_by_their_owner_and_revoked_by_owner_or_operator() -> None:
+    c = _community(2)
+    c.meter("G0", "M0", 50)
+    new = {"meter_id": "G0", "gateway_key": hexkey(key(51))}
+    rejected(c, "OPERATOR", "meter.rotate_key", new, "NOT_OWNER")
+    rejected(c, "M1", "meter.rotate_key", new, "NOT_OWNER")
+    rejected(c, key(50), "meter.rotate_key", new, "NOT_MEMBER")  # the gateway itself cannot
+    rejected(c, "M0", "meter.rotate_key", new | {"meter_id": "G9"}, "UNKNOWN_METER")
+    c.ok("OPERATOR", "meter.revoke", {"meter_id": "G0"})  # a stolen gateway, reported
+    assert c.report("G0", f"{HOUR}:00", 1, 0).code == "METER_REVOKED"
+    rejected(c, "OPERATOR", "meter.revoke", {"meter_id": "G0"}, "KEY_REVOKED")
+    rejected(c, "M0", "meter.rotate_key", new | {"gateway_key": hexkey(key(50))}, "KEY_IN_USE")
+    c.ok("M0", "meter.rotate_key", new)
+    c.gateways["G0"] = key(51)
+    assert c.report("G0", f"{HOUR}:00", 1, 0).ok
+    stolen = key(50)
+    body = sign_report(stolen, "G0", f"{HOUR}:15", 1, 0)
+    assert c.tx(stolen, "meter.report", body).code == "NOT_GATEWAY"
+    assert c.q("meters") == [{"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(51))}]
+
+
+def test_member_keys_rotate_and_a_revoked_member_is_rekeyed_by_a_quorum() -> None:
+    c = _community(3)
+    c.mint("M0", 1_000)
+    c.ok("M0", "member.rotate_key", {"public_key": hexkey(key(20))})
+    rejected(c, key(10), "token.transfer", {"to": "M1", "amount": 1}, "NOT_MEMBER")
+    c.keys["M0"] = key(20)
+    c.ok("M0", "token.transfer", {"to": "M1", "amount": 1})
+    rejected(c, "M0", "member.rotate_key", {"public_key": hexkey(key(10))}, "KEY_IN_USE")
+    rejected(c, "M1", "member.revoke_key", {"id_grid": "M0"}, "NOT_OWNER")
+    c.ok("M0", "member.revoke_key", {"id_grid": "M0"})  # the member lost its phone
+    rejected(c, "OPERATOR", "member.revoke_key", {"id_grid": "M0"}, "KEY_REVOKED")
+    rekey = {"kind": "rekey", "id_grid": "M0", "public_key": hexkey(key(21))}
+    c.ok("M1", "quorum.propose", {"proposal_id": "rk", "action": rekey})
+    # the voters are now M1 and M2 (M0 has no live key): two approvals
+    assert c.ok("M2", "quorum.approve", {"proposal_id": "rk"})["state"] == "EXECUTED"
+    c.keys["M0"] = key(21)
+    assert c.ok("M0", "token.transfer", {"to": "M1", "amount": 1})["balance"] == 998
+    check_invariants(c.contract)
+
+
+def test_rotations_survive_a_snapshot_and_replicas_agree() -> None:
+    c = _community(2)
+    c.meter("G0", "M0", 50)
+    c.ok("M0", "meter.rotate_key", {"meter_id": "G0", "gateway_key": hexkey(key(51))})
+    c.ok("M1", "member.rotate_key", {"public_key": hexkey(key(30))})
+    other = make_contract(default_genesis(hexkey(key(1)), treasury=TREASURY))
+    for tx, ctx in c.log:
+        other.apply(tx, ctx)
+    assert other.state_digest() == c.contract.state_digest()
+    other.restore(c.contract.snapshot())
+    c.contract.restore(c.contract.snapshot())
+    assert c.tx(key(30), "token.transfer", {"to": "M0", "amount": 1}).code == "INSUFFICIENT_FUNDS"
+    assert c.tx(key(50), "meter.report", sign_report(key(50), "G0", f"{HOUR}:00", 1, 0)).code == (
+        "NOT_GATEWAY"
+    )
+
+
+def test_genesis_allocations_are_checked() -> None:
+    good = default_genesis(hexkey(key(1)), treasury=5)
+    assert make_contract(good).query("grid", {})["supply"] == 5
+    for allocations, needle in [
+        ({"NOBODY": 5}, "not a genesis member"),
+        ({"OPERATOR": 0}, "positive"),
+        ({"OPERATOR": True}, "positive"),
+        ({"OPERATOR": 10**18 + 1}, "positive"),
+        ([5], "object"),
+    ]:
+        with pytest.raises(GenesisError, match=needle):
+            make_contract({**good, "allocations": allocations})
+    with pytest.raises(GenesisError, match="quorum_pct"):
+        default_genesis(hexkey(key(1)), quorum_pct=100)
