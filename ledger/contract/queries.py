@@ -215,6 +215,15 @@ def params_(st: State, params: Mapping[str, Any]) -> Any:
     return copy.deepcopy(st.data["params"])
 
 
+def proposals(st: State, params: Mapping[str, Any]) -> Any:
+    """Every quorum proposal (mint, rekey) with its approvals, by id: what members vote on."""
+    _params(params, ())
+    return [
+        {"proposal_id": pid, **copy.deepcopy(st.data["proposals"][pid])}
+        for pid in sorted(st.data["proposals"])
+    ]
+
+
 QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "balance": balance,
     "member": member,
@@ -231,6 +240,7 @@ QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "reports": reports,
     "grid": grid,
     "params": params_,
+    "proposals": proposals,
 }
 
 

@@ -54,6 +54,9 @@ def test_a_quorum_of_members_mints() -> None:
                     "balance": 1_000}  # fmt: skip
     assert c.q("grid")["supply"] == TREASURY + 1_000
     rejected(c, "M0", "quorum.approve", {"proposal_id": "mint-1"}, "PROPOSAL_CLOSED")
+    assert c.q("proposals") == [{"proposal_id": "mint-1", "action": _mint("M0", 1_000),
+                                 "proposer": "OPERATOR", "approvals": ["M1", "M2"],
+                                 "state": "EXECUTED", "height": 4}]  # fmt: skip
     check_invariants(c.contract)
 
 
