@@ -4,7 +4,11 @@ rotation and revocation of both on chain."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.contract import GenesisError, default_genesis, make_contract
 from tests.contract.harness import (
@@ -199,3 +203,83 @@ def test_genesis_allocations_are_checked() -> None:
             make_contract({**good, "allocations": allocations})
     with pytest.raises(GenesisError, match="quorum_pct"):
         default_genesis(hexkey(key(1)), quorum_pct=100)
+
+
+SIGNERS = [1, 10, 11, 12, 10, 11, 12, 13, 50]  # the operator, members (often), a spare, a meter
+NEW_KEYS = [13, 14, 15, 52, 53, 10, 50]  # mostly unused keys, and some in use
+MEMBERS = ["OPERATOR", "M0", "M1", "M2", "NOBODY"]
+METERS = ["G0", "G1", "G9"]
+PROPOSALS = ["p1", "p2"]
+_who = st.sampled_from(SIGNERS)
+_action = st.one_of(
+    st.tuples(st.just("propose"), _who, st.sampled_from(PROPOSALS), st.sampled_from(MEMBERS),
+              st.integers(1, 10**6), st.booleans(), st.sampled_from(NEW_KEYS)),
+    st.tuples(st.just("approve"), _who, st.sampled_from(PROPOSALS)),
+    st.tuples(st.just("rotate"), _who, st.sampled_from(NEW_KEYS)),
+    st.tuples(st.just("revoke"), _who, st.sampled_from(MEMBERS)),
+    st.tuples(st.just("meter_rotate"), _who, st.sampled_from(METERS), st.sampled_from(NEW_KEYS)),
+    st.tuples(st.just("meter_revoke"), _who, st.sampled_from(METERS)),
+    st.tuples(st.just("transfer"), _who, st.sampled_from(MEMBERS), st.integers(1, 10**6)),
+)  # fmt: skip
+
+
+def _apply(c: Community, a: tuple[Any, ...]) -> None:
+    who = key(a[1])
+    if a[0] == "propose":
+        _, _, pid, to, amount, mint, new = a
+        action = _mint(to, amount) if mint else {"kind": "rekey", "id_grid": to,
+                                                 "public_key": hexkey(key(new))}  # fmt: skip
+        c.tx(who, "quorum.propose", {"proposal_id": pid, "action": action})
+    elif a[0] == "approve":
+        c.tx(who, "quorum.approve", {"proposal_id": a[2]})
+    elif a[0] == "rotate":
+        c.tx(who, "member.rotate_key", {"public_key": hexkey(key(a[2]))})
+    elif a[0] == "revoke":
+        c.tx(who, "member.revoke_key", {"id_grid": a[2]})
+    elif a[0] == "meter_rotate":
+        c.tx(who, "meter.rotate_key", {"meter_id": a[2], "gateway_key": hexkey(key(a[3]))})
+    elif a[0] == "meter_revoke":
+        c.tx(who, "meter.revoke", {"meter_id": a[2]})
+    else:
+        c.tx(who, "token.transfer", {"to": a[2], "amount": a[3]})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_action, max_size=40))
+def test_any_sequence_of_votes_and_key_changes_keeps_the_powers_bounded(
+    actions: list[tuple[Any, ...]],
+) -> None:
+    c = _community(3)
+    c.meter("G0", "M0", 50)
+    c.meter("G1", "M1", 51)
+    c.mint("M0", 10**7)
+    c.ok("OPERATOR", "quorum.propose", {"proposal_id": "p1", "action": _mint("M2", 7)})
+    retired: set[str] = set()
+    for a in actions:
+        live_before = _live_keys(c)
+        _apply(c, a)
+        live = _live_keys(c)
+        retired |= set(live_before) - set(live)
+        # a key is one member's or one meter's, never both, and a retired key never returns
+        assert len(live) == len(set(live)) and not retired & set(live)
+        # the supply grows only by executed mint proposals
+        minted = sum(p["action"]["amount"] for p in c.q("proposals")
+                     if p["state"] == "EXECUTED" and p["action"]["kind"] == "mint")  # fmt: skip
+        assert c.q("grid")["supply"] == TREASURY + minted
+        # the operator's key never approves, and no approval is counted twice
+        for p in c.q("proposals"):
+            assert "OPERATOR" not in p["approvals"] and len(set(p["approvals"])) == len(
+                p["approvals"]
+            )
+    check_invariants(c.contract)
+    replay = make_contract(default_genesis(hexkey(key(1)), treasury=TREASURY))
+    for tx, ctx in c.log:
+        replay.apply(tx, ctx)
+    assert replay.state_digest() == c.contract.state_digest()
+    replay.restore(c.contract.snapshot())
+    assert replay.query("meters", {}) == c.q("meters")
+
+
+def _live_keys(c: Community) -> list[str]:
+    keys = [m["public_key"] for m in c.q("members") if m["public_key"]]
+    return keys + [m["gateway_key"] for m in c.q("meters") if m["gateway_key"]]
