@@ -12,7 +12,16 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ledger.contract import credentials, market, metering, queries, quorum, registry, settlement
+from ledger.contract import (
+    audit,
+    credentials,
+    market,
+    metering,
+    queries,
+    quorum,
+    registry,
+    settlement,
+)
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
@@ -107,6 +116,11 @@ class CommunityContract:
         try:
             if type(tx.body) is not dict and not isinstance(tx.body, Mapping):  # dict: fast
                 raise Rejected("BAD_BODY", "body must be an object")
+            if tx.kind in audit.AUDITED:
+                by = self._state.member_of(tx.sender)  # before a key change in this transaction
+                result = handler(self._state, tx, ctx)
+                audit.record(self._state, tx, ctx, by)
+                return Receipt("OK", result, "")
             return Receipt("OK", handler(self._state, tx, ctx), "")
         except Rejected as exc:
             return Receipt(exc.code, {}, exc.message)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ledger.contract import fields as f
 from ledger.contract.api import QueryError
+from ledger.contract.audit import PAGE
 from ledger.contract.clearing import payment
 from ledger.contract.codes import Rejected
 from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, trade_dict
@@ -215,6 +216,15 @@ def params_(st: State, params: Mapping[str, Any]) -> Any:
     return copy.deepcopy(st.data["params"])
 
 
+def registry_log(st: State, params: Mapping[str, Any]) -> Any:
+    """The registry's audit log from entry ``start`` (default 0), at most ``audit.PAGE`` entries."""
+    _params(params, (), ("start",))
+    start = params.get("start", 0)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise QueryError("start must be a non-negative integer")
+    return copy.deepcopy(st.data["registry_log"][start : start + PAGE])
+
+
 def proposals(st: State, params: Mapping[str, Any]) -> Any:
     """Every quorum proposal (mint, rekey) with its approvals, by id: what members vote on."""
     _params(params, ())
@@ -241,6 +251,7 @@ QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "grid": grid,
     "params": params_,
     "proposals": proposals,
+    "registry_log": registry_log,
 }
 
 

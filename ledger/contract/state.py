@@ -41,6 +41,7 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "seq": 0,  # last order sequence number handed out (FIFO across all listings)
         "retired_keys": {},  # key hex -> height it was rotated away or revoked: never reused
         "proposals": {},  # proposal_id -> quorum proposal (see quorum.py)
+        "registry_log": [],  # every accepted registry change, in order (see audit.py)
     }
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.contract import GenesisError, default_genesis, make_contract
+from ledger.contract import GenesisError, QueryError, default_genesis, make_contract
 from tests.contract.harness import (
     HOUR,
     TREASURY,
@@ -187,6 +187,32 @@ def test_rotations_survive_a_snapshot_and_replicas_agree() -> None:
     assert c.tx(key(50), "meter.report", sign_report(key(50), "G0", f"{HOUR}:00", 1, 0)).code == (
         "NOT_GATEWAY"
     )
+
+
+def test_every_registry_change_is_in_the_audit_log() -> None:
+    c = _community(3)
+    c.meter("G0", "M0", 50)
+    rejected(c, "M1", "meter.revoke", {"meter_id": "G0"}, "NOT_OWNER")  # refused: not logged
+    c.ok("OPERATOR", "meter.revoke", {"meter_id": "G0"})
+    c.ok("M1", "member.rotate_key", {"public_key": hexkey(key(30))})
+    c.ok("M0", "quorum.propose", {"proposal_id": "p", "action": _mint("M0", 5)})
+    c.ok("OPERATOR", "token.transfer", {"to": "M0", "amount": 1})  # not a registry change
+    log = c.q("registry_log")
+    assert [(e["kind"], e["by"]) for e in log] == [
+        ("registry.admit", "OPERATOR"),
+        ("registry.admit", "OPERATOR"),
+        ("registry.admit", "OPERATOR"),
+        ("registry.add_meter", "OPERATOR"),
+        ("meter.revoke", "OPERATOR"),
+        ("member.rotate_key", "M1"),
+        ("quorum.propose", "M0"),
+    ]
+    assert log[3]["body"] == {"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(50))}
+    assert [e["height"] for e in log] == sorted(e["height"] for e in log)
+    assert c.q("registry_log", start=5) == log[5:]
+    for bad in ({"start": -1}, {"start": True}, {"from": 1}):
+        with pytest.raises(QueryError):
+            c.contract.query("registry_log", bad)
 
 
 def test_genesis_allocations_are_checked() -> None:
