@@ -85,7 +85,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--id-grid", required=True)
     p.set_defaults(func=cmd_personal)
 
-    p = sub.add_parser("init", help="create keys and a cluster file on loopback ports")
+    p = sub.add_parser(
+        "init",
+        help="local clusters and tests: every key and a cluster file in one directory (a "
+        "community uses keygen on each host and genesis instead)",
+    )
     p.add_argument("--replicas", type=_positive, default=4, help="3f+1 replicas (default 4)")
     p.add_argument("--dir", type=Path, required=True, help="an empty or new directory")
     p.add_argument("--base-port", type=_positive, default=None, help="ports P..P+n-1")
