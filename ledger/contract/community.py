@@ -86,6 +86,8 @@ def allocate(st: State, allocations: Value) -> None:
     there is until a quorum of members mints more (quorum.py)."""
     if not isinstance(allocations, Mapping):
         raise GenesisError("genesis.allocations must be an object {id_grid: micro-tokens}")
+    if not all(isinstance(k, str) for k in allocations):
+        raise GenesisError("genesis.allocations: keys must be id_grid strings")
     for id_grid in sorted(allocations):
         amount = allocations[id_grid]
         if id_grid not in st.data["members"]:

@@ -224,6 +224,7 @@ def test_genesis_allocations_are_checked() -> None:
         ({"OPERATOR": True}, "positive"),
         ({"OPERATOR": 10**18 + 1}, "positive"),
         ([5], "object"),
+        ({1: 5, "OPERATOR": 5}, "strings"),
     ]:
         with pytest.raises(GenesisError, match=needle):
             make_contract({**good, "allocations": allocations})
@@ -309,3 +310,34 @@ def test_any_sequence_of_votes_and_key_changes_keeps_the_powers_bounded(
 def _live_keys(c: Community) -> list[str]:
     keys = [m["public_key"] for m in c.q("members") if m["public_key"]]
     return keys + [m["gateway_key"] for m in c.q("meters") if m["gateway_key"]]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["members", "allocations", "params", "version", "extra"]),
+    st.sampled_from(["replace", "member_field", "allocation"]),
+    st.text(max_size=10),
+    _json,
+)
+def test_a_hostile_genesis_is_a_genesis_error_never_a_crash(
+    where: str, how: str, name: str, value: Any
+) -> None:
+    genesis: dict[str, Any] = default_genesis(hexkey(key(1)), treasury=5)
+    if how == "replace":
+        genesis[where] = value
+    elif how == "member_field":
+        genesis["members"] = [{**genesis["members"][0], name: value}]
+    else:
+        genesis["allocations"] = {name: value}
+    try:
+        make_contract(genesis)
+    except GenesisError as exc:
+        assert str(exc)
