@@ -50,6 +50,8 @@ TOO_EARLY: Final = "TOO_EARLY"  # settle before the delivery hour has ended
 # metering
 NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered gateway key
 METER_REVOKED: Final = "METER_REVOKED"  # the meter's reporting key was revoked
+METER_UNCONFIRMED: Final = "METER_UNCONFIRMED"  # its owner has not confirmed the meter yet
+METER_CONFIRMED: Final = "METER_CONFIRMED"  # meter.confirm of a meter already confirmed
 BAD_SIGNATURE: Final = "BAD_SIGNATURE"
 DUPLICATE_REPORT: Final = "DUPLICATE_REPORT"
 REPORT_TOO_LATE: Final = "REPORT_TOO_LATE"  # the report's hour is already settled

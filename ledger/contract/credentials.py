@@ -8,11 +8,17 @@ that was rotated away or revoked is retired for good, so a stolen key never come
 | --- | --- | --- |
 | ``member.rotate_key`` | ``public_key`` | the member, signing with its current key |
 | ``member.revoke_key`` | ``id_grid`` | the member itself, or the operator (freezes the account) |
+| ``meter.confirm`` | ``meter_id`` | the meter's owner (wallet key) |
 | ``meter.rotate_key`` | ``meter_id, gateway_key`` | the meter's owner (wallet key) |
 | ``meter.revoke`` | ``meter_id`` | the meter's owner, or the operator (a stolen gateway) |
 
 A revoked member keeps its tokens; nobody can move them until a quorum of members gives it a new
 key (``quorum.py``, action ``rekey``). The operator can stop a key, never choose one.
+
+A meter the operator registers (``registry.add_meter``) takes no report until its owner confirms
+it (``meter.confirm``) or sets its key (``meter.rotate_key``): reports bill the owner at
+settlement, so without that consent an operator holding a meter key of its own choosing could
+move a member's tokens to the grid account.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ledger.contract.api import BlockContext, Transaction
 from ledger.contract.codes import (
     KEY_IN_USE,
     KEY_REVOKED,
+    METER_CONFIRMED,
     NOT_OWNER,
     UNKNOWN_METER,
     Rejected,
@@ -71,6 +78,16 @@ def _meter(st: State, tx: Transaction, body: Any, operator_may: bool) -> str:
     return meter_id
 
 
+def confirm_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    f.exact(body, ("meter_id",))
+    meter_id = _meter(st, tx, body, operator_may=False)
+    if meter_id not in st.data["unconfirmed_meters"]:
+        raise Rejected(METER_CONFIRMED, f"{meter_id} is already confirmed")
+    del st.data["unconfirmed_meters"][meter_id]
+    return {"meter_id": meter_id, "gateway_key": st.data["meters"][meter_id]["gateway_key"]}
+
+
 def rotate_meter_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("meter_id", "gateway_key"))
@@ -79,6 +96,7 @@ def rotate_meter_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str,
     if st.key_in_use(new):
         raise Rejected(KEY_IN_USE, IN_USE)
     st.set_meter_key(meter_id, new, ctx.height)
+    st.data["unconfirmed_meters"].pop(meter_id, None)  # a key the owner chose is its consent
     return {"meter_id": meter_id, "gateway_key": new}
 
 

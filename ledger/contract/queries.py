@@ -102,7 +102,11 @@ def res(st: State, params: Mapping[str, Any]) -> Any:
 
 def meters(st: State, params: Mapping[str, Any]) -> Any:
     _params(params, ())
-    return [{"meter_id": m, **st.data["meters"][m]} for m in sorted(st.data["meters"])]
+    pending = st.data["unconfirmed_meters"]
+    return [
+        {"meter_id": m, **st.data["meters"][m], "confirmed": m not in pending}
+        for m in sorted(st.data["meters"])
+    ]
 
 
 def listing(st: State, params: Mapping[str, Any]) -> Any:

@@ -115,6 +115,7 @@ def add_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     if st.key_in_use(gateway_key):  # a wallet key would let a stolen gateway spend
         raise Rejected(KEY_IN_USE, "gateway_key belongs to a member or meter, or was retired")
     st.add_meter(meter_id, {"owner": owner, "gateway_key": gateway_key})
+    st.data["unconfirmed_meters"][meter_id] = ctx.height  # reports wait for the owner's consent
     return {"meter_id": meter_id}
 
 

@@ -42,6 +42,9 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "retired_keys": {},  # key hex -> height it was rotated away or revoked: never reused
         "proposals": {},  # proposal_id -> quorum proposal (see quorum.py)
         "registry_log": [],  # every accepted registry change, in order (see audit.py)
+        # meter_id -> height registered: meters the operator registered that their owner has
+        # not confirmed yet (meter.confirm); their reports are refused (see credentials.py)
+        "unconfirmed_meters": {},
     }
 
 

@@ -94,6 +94,7 @@ class Community:
             "registry.add_meter",
             {"meter_id": meter_id, "owner": owner, "gateway_key": hexkey(key(gateway))},
         )
+        self.ok(owner, "meter.confirm", {"meter_id": meter_id})  # the owner's consent
 
     def mint(self, to: str, amount: int) -> None:
         """Tokens for a member: bought from the operator's treasury (the genesis supply)."""

@@ -81,6 +81,7 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
         "member.revoke_key": {"id_grid": "C1"},
         "meter.rotate_key": {"meter_id": "M1", "gateway_key": "cd" * 32},
         "meter.revoke": {"meter_id": "M1"},
+        "meter.confirm": {"meter_id": "M1"},
         "quorum.propose": {
             "proposal_id": "Q2",
             "action": {"kind": "mint", "to": "C1", "amount": 5},

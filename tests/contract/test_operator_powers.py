@@ -149,7 +149,36 @@ def test_meter_keys_are_rotated_by_their_owner_and_revoked_by_owner_or_operator(
     stolen = key(50)
     body = sign_report(stolen, "G0", f"{HOUR}:15", 1, 0)
     assert c.tx(stolen, "meter.report", body).code == "NOT_GATEWAY"
-    assert c.q("meters") == [{"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(51))}]
+    assert c.q("meters") == [
+        {"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(51)), "confirmed": True}
+    ]
+
+
+def test_a_meter_the_operator_registers_reports_only_once_its_owner_consents() -> None:
+    c = _community(2)
+    c.mint("M0", 10**8)
+    # the operator registers a meter for M0 with a key it holds itself, to bill M0 for imports
+    mine = key(60)
+    meter = {"meter_id": "G9", "owner": "M0", "gateway_key": hexkey(mine)}
+    c.ok("OPERATOR", "registry.add_meter", meter)
+    assert c.q("meters")[0]["confirmed"] is False
+    forged = sign_report(mine, "G9", f"{HOUR}:00", 10**6, 0)
+    assert c.tx(mine, "meter.report", forged).code == "METER_UNCONFIRMED"
+    rejected(c, "OPERATOR", "meter.confirm", {"meter_id": "G9"}, "NOT_OWNER")
+    rejected(c, "M1", "meter.confirm", {"meter_id": "G9"}, "NOT_OWNER")
+    rejected(c, mine, "meter.confirm", {"meter_id": "G9"}, "NOT_MEMBER")
+    assert c.q("reports", meter_id="G9") == [] and c.balance("M0") == 10**8
+    # the owner recognises its own gateway and confirms, or sets a key of its own choosing
+    c.ok("M0", "meter.confirm", {"meter_id": "G9"})
+    rejected(c, "M0", "meter.confirm", {"meter_id": "G9"}, "METER_CONFIRMED")
+    assert c.tx(mine, "meter.report", forged).ok
+    c.ok(
+        "OPERATOR",
+        "registry.add_meter",
+        {**meter, "meter_id": "G8", "gateway_key": hexkey(key(61))},
+    )
+    c.ok("M0", "meter.rotate_key", {"meter_id": "G8", "gateway_key": hexkey(key(62))})
+    assert c.tx(key(62), "meter.report", sign_report(key(62), "G8", f"{HOUR}:00", 1, 0)).ok
 
 
 def test_member_keys_rotate_and_a_revoked_member_is_rekeyed_by_a_quorum() -> None:
@@ -203,13 +232,14 @@ def test_every_registry_change_is_in_the_audit_log() -> None:
         ("registry.admit", "OPERATOR"),
         ("registry.admit", "OPERATOR"),
         ("registry.add_meter", "OPERATOR"),
+        ("meter.confirm", "M0"),
         ("meter.revoke", "OPERATOR"),
         ("member.rotate_key", "M1"),
         ("quorum.propose", "M0"),
     ]
     assert log[3]["body"] == {"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(50))}
     assert [e["height"] for e in log] == sorted(e["height"] for e in log)
-    assert c.q("registry_log", start=5) == log[5:]
+    assert c.q("registry_log", start=5) == log[5:] and len(log) == 8
     for bad in ({"start": -1}, {"start": True}, {"from": 1}):
         with pytest.raises(QueryError):
             c.contract.query("registry_log", bad)

@@ -90,7 +90,9 @@ def test_res_and_meters() -> None:
     )
     rejected(c, "P1", "registry.add_res", body | {"owner": "P1"}, "NOT_OPERATOR")
     c.meter("M1", "C1", 50)
-    assert c.q("meters") == [{"meter_id": "M1", "owner": "C1", "gateway_key": hexkey(key(50))}]
+    assert c.q("meters") == [
+        {"meter_id": "M1", "owner": "C1", "gateway_key": hexkey(key(50)), "confirmed": True}
+    ]
     meter = {"meter_id": "M1", "owner": "C1", "gateway_key": hexkey(key(51))}
     rejected(c, "OPERATOR", "registry.add_meter", meter, "METER_EXISTS")
     rejected(

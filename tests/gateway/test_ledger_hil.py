@@ -101,6 +101,9 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
             "registry.add_meter", {"meter_id": "plug7", "owner": "PT0001", "gateway_key": gw_pub}
         )
         assert r.ok, r
+    async with LedgerClient.from_cluster_file(cluster, member, timeout_s=30) as owner:
+        r = await owner.submit_new("meter.confirm", {"meter_id": "plug7"})  # the owner consents
+        assert r.ok, r
     replicas.stop()  # the ledger goes away before any interval closes
 
     cfg = GatewayConfig(

@@ -39,11 +39,13 @@ class ContractLedger:
                                 "role": "consumer"}),
             ("registry.add_meter", {"meter_id": "m1", "owner": "H1",
                                     "gateway_key": public_hex(METER)}),
+            ("meter.confirm", {"meter_id": "m1"}),
             ("token.transfer", {"to": "H1", "amount": 10**9}),
             ("auction.open", {"listing_id": HOUR}),
         ]:  # fmt: skip
             self.nonce += 1
-            assert self.submit_now(sign_tx(OPERATOR, kind, body, self.nonce)).ok
+            signer = WALLET if kind == "meter.confirm" else OPERATOR
+            assert self.submit_now(sign_tx(signer, kind, body, self.nonce)).ok
 
     def submit_now(self, tx: SignedTx) -> Receipt:
         assert tx.verify()

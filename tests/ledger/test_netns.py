@@ -235,6 +235,7 @@ async def test_separate_hosts_commit_and_the_operators_powers_are_bounded(
         stolen = await gw.submit_new("token.transfer", {"to": "OPERATOR", "amount": 1_000})
         assert stolen.code == "NOT_MEMBER"
     async with LedgerClient.from_cluster_file(path, wallet, timeout_s=60) as member:
+        assert (await member.submit_new("meter.confirm", {"meter_id": "m1"})).ok
         paid = await member.submit_new("token.transfer", {"to": "OPERATOR", "amount": 400})
         assert paid.ok and paid.result["balance"] == 600
         assert (await member.query("grid"))["supply"] == 10**12

@@ -240,6 +240,9 @@ class DemoRun:
                 "meter_id": h.meter_id, "owner": h.id_grid,
                 "gateway_key": public_hex(self.meter_keys[h.id_grid]),
             })
+            # the member recognises its gateway's key: the meter may report (its owner's consent)
+            member = Actor(h.id_grid, self.wallet_keys[h.id_grid])
+            await self.tx(member, "meter.confirm", {"meter_id": h.meter_id})
             await self.tx(op, "token.transfer", {"to": h.id_grid, "amount": START_TOKENS})
 
     # -- the day ----------------------------------------------------------------------------
