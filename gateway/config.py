@@ -120,9 +120,9 @@ class GatewayConfig:
     # the member's billing meter. Empty (every meter reported) unless a config file says so.
     unreported: frozenset[str] = frozenset()
     ems: EmsConfig | None = None
-    # the member's wallet key, if it lets this gateway trade (gateway.signers); key_file is the
-    # meter-reporting key
-    wallet_key_file: Path | None = None
+    # the order key the member delegated to this gateway for its offers and bids
+    # (gateway.signers); key_file is the meter-reporting key
+    order_key_file: Path | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -220,7 +220,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     gateway_id = gw.get("id", str, pattern=ID_RE)
     data_dir = _path(base, gw.get("data_dir", str, "."))
     key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
-    wallet_s = gw.get("wallet_key_file", str, None)
+    order_s = gw.get("order_key_file", str, None)
     keystore_s = gw.get("keystore", str, None)
     interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
     if interval_min != INTERVAL_MIN:
@@ -339,7 +339,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         gateway_id=gateway_id,
         data_dir=data_dir,
         key_file=key_file,
-        wallet_key_file=_path(data_dir, wallet_s) if wallet_s else None,
+        order_key_file=_path(data_dir, order_s) if order_s else None,
         keystore=_path(base, keystore_s) if keystore_s else None,
         interval_ms=interval_min * 60_000,
         grace_ms=int(grace_s * 1000),

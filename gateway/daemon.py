@@ -27,7 +27,7 @@ from gateway.intervals import MISSING, Interval, IntervalAggregator, MeterSpec
 from gateway.outbox import Backoff, Deliverer, OutboxRow, deliver_due
 from gateway.publish import HaPublisher, MeterInfo
 from gateway.report import REPORT_KIND, report_body
-from gateway.signers import Signers, load_wallet_key
+from gateway.signers import Signers, load_order_key
 from gateway.sources.base import NodeSource, SourceError
 from gateway.sources.modbus import MeterReading, ModbusBus
 from gateway.store import Reading, Store
@@ -142,7 +142,7 @@ class Gateway:
         self.cfg = cfg
         self.clock: Clock = clock or SystemClock()
         self.key = load_or_create_key(cfg.key_file)  # the meter-reporting key
-        self.signers = Signers(self.key, load_wallet_key(cfg.wallet_key_file))
+        self.signers = Signers(self.key, load_order_key(cfg.order_key_file))
         self.node_keys = dict(node_keys) if node_keys is not None else self._keys()
         self.verifier = FrameVerifier(self.node_keys, window=cfg.replay_window)
         self.aggregator = IntervalAggregator(interval_ms=cfg.interval_ms, grace_ms=cfg.grace_ms)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 PENDING = "pending"
 DELIVERED = "delivered"
 REJECTED = "rejected"
-NO_WALLET_KEY = "NO_WALLET_KEY"  # a row's code when no key on this gateway may sign its kind
+NO_KEY = "NO_KEY"  # a row's code when no key on this gateway may sign its kind (gateway.signers)
 
 # Receipt codes that mean "the ledger already has this": delivered, not an error. (A retried
 # transaction gets its original receipt back; DUPLICATE_REPORT means the ledger holds a report
@@ -97,15 +97,15 @@ async def deliver_due(
     """Try every row that is due, oldest first; stop at the first transport failure (the ledger
     is unreachable, so the rest would fail too). Returns (delivered or rejected, failed).
     ``key``: one key for every row, or the key for a row's kind (``gateway.signers``); a row
-    with no key to sign it is rejected here (``NO_WALLET_KEY``), never sent."""
+    with no key to sign it is rejected here (``NO_KEY``), never sent."""
     done = failed = 0
     due = store.outbox_due(now_ms, limit)
     for k, row in enumerate(due):
         signer = key if isinstance(key, Ed25519PrivateKey) else key(row.kind)
         if signer is None:
-            why = f"{row.kind}: this gateway holds no wallet key"
-            store.outbox_save(next_state(row, now_ms, policy, code=NO_WALLET_KEY, error=why))
-            log.warning("outbox %d (%s): no wallet key on this gateway", row.id, row.kind)
+            why = f"{row.kind}: this gateway holds no key that may sign it"
+            store.outbox_save(next_state(row, now_ms, policy, code=NO_KEY, error=why))
+            log.warning("outbox %d (%s): no key on this gateway may sign it", row.id, row.kind)
             done += 1
             continue
         tx = sign_tx(signer, row.kind, row.body, row.nonce)

@@ -23,6 +23,7 @@ AUDITED = frozenset(
         "registry.add_meter",
         "member.rotate_key",
         "member.revoke_key",
+        "member.set_order_key",
         "meter.confirm",
         "meter.rotate_key",
         "meter.revoke",

@@ -45,6 +45,7 @@ HANDLERS: dict[str, Handler] = {
     "meter.report": metering.report,
     "member.rotate_key": credentials.rotate_member_key,
     "member.revoke_key": credentials.revoke_member_key,
+    "member.set_order_key": credentials.set_order_key,
     "meter.confirm": credentials.confirm_meter,
     "meter.rotate_key": credentials.rotate_meter_key,
     "meter.revoke": credentials.revoke_meter,

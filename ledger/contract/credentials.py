@@ -1,13 +1,17 @@
-"""Rotation and revocation of keys on chain: a member's wallet key and a meter's reporting key.
+"""Keys changed on chain: a member's wallet and order keys, a meter's reporting key.
 
 A wallet key spends (transfers, orders, votes); a meter's reporting key (held by the home's
-gateway) only reports. Both kinds are distinct keys (``State.key_in_use`` spans both), and a key
-that was rotated away or revoked is retired for good, so a stolen key never comes back.
+gateway) only reports; an order key, which a member may delegate to its gateway's trading agent,
+signs only that member's offers and bids (``registry.ORDER_KINDS``): it buys and sells energy in
+the tariff band, never transfers a token, votes or changes a key. All are distinct keys
+(``State.key_in_use`` spans them), and a key that was rotated away or revoked is retired for
+good, so a stolen key never comes back.
 
 | kind | body | who |
 | --- | --- | --- |
 | ``member.rotate_key`` | ``public_key`` | the member, signing with its current key |
 | ``member.revoke_key`` | ``id_grid`` | the member itself, or the operator (freezes the account) |
+| ``member.set_order_key`` | ``id_grid, public_key`` (null: none) | the member; operator: clear |
 | ``meter.confirm`` | ``meter_id`` | the meter's owner (wallet key) |
 | ``meter.rotate_key`` | ``meter_id, gateway_key`` | the meter's owner (wallet key) |
 | ``meter.revoke`` | ``meter_id`` | the meter's owner, or the operator (a stolen gateway) |
@@ -63,7 +67,23 @@ def revoke_member_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str
     if st.data["members"][target]["public_key"] is None:
         raise Rejected(KEY_REVOKED, f"the key of {target} is already revoked")
     st.set_member_key(target, None, ctx.height)
+    st.set_order_key(target, None, ctx.height)  # a frozen account places no orders either
     return {"id_grid": target}
+
+
+def set_order_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    f.exact(body, ("id_grid", "public_key"))
+    target = f.ident(body, "id_grid")
+    new = None if body["public_key"] is None else f.key_hex(body, "public_key")
+    who = sender_member(st, tx)
+    known_member(st, target)
+    if who != target and not (new is None and st.role(who) == "operator"):
+        raise Rejected(NOT_OWNER, "a member sets its own order key (the operator may clear one)")
+    if new is not None and st.key_in_use(new):
+        raise Rejected(KEY_IN_USE, IN_USE)
+    st.set_order_key(target, new, ctx.height)
+    return {"id_grid": target, "order_key": new}
 
 
 def _meter(st: State, tx: Transaction, body: Any, operator_may: bool) -> str:

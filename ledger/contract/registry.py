@@ -39,8 +39,13 @@ RES_KINDS_MAX = 32
 MAX_RATED_POWER_W = 10**8  # 100 MW
 
 
+ORDER_KINDS = ("auction.offer", "auction.bid")  # what a member's order key may sign for it
+
+
 def sender_member(st: State, tx: Transaction) -> str:
     who = st.member_of(tx.sender)
+    if who is None and tx.kind in ORDER_KINDS:
+        who = st.orderer_of(tx.sender)
     if who is None:
         raise Rejected(NOT_MEMBER, "the sender's key belongs to no member")
     return who
@@ -66,6 +71,7 @@ def member_record(body: Any) -> tuple[str, dict[str, Any]]:
         "commitment": f.digest_hex(body, "commitment"),
         "public_key": f.key_hex(body, "public_key"),
         "role": f.choice(body, "role", ROLES),
+        "order_key": None,
     }
 
 

@@ -25,8 +25,9 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "params": dict(params),
-        # id_grid -> {commitment, public_key, role}: personal data stays off the chain, only its
-        # salted hash is here; public_key is None once revoked (see credentials.py)
+        # id_grid -> {commitment, public_key, role, order_key}: personal data stays off the
+        # chain, only its salted hash is here; public_key is None once revoked; order_key (None:
+        # none) is the key the member delegated for its offers and bids (see credentials.py)
         "members": {},
         "balances": {},  # id_grid -> micro-tokens
         "debts": {},  # id_grid -> micro-tokens owed to the grid (only entries > 0)
@@ -49,12 +50,13 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class State:
-    __slots__ = ("_by_key", "_meter_keys", "data")
+    __slots__ = ("_by_key", "_meter_keys", "_order_keys", "data")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self._by_key: dict[str, str] = {}
         self._meter_keys: dict[str, str] = {}
+        self._order_keys: dict[str, str] = {}
         self.reindex()
 
     def reindex(self) -> None:
@@ -64,11 +66,18 @@ class State:
         self._meter_keys = {
             m["gateway_key"]: i for i, m in self.data["meters"].items() if m["gateway_key"]
         }
+        self._order_keys = {
+            m["order_key"]: i for i, m in self.data["members"].items() if m["order_key"]
+        }
 
     # identities: a member's (wallet) key and a meter's reporting key are never the same key,
     # so a key that can report can never spend, and the reverse
     def member_of(self, sender: bytes) -> str | None:
         return self._by_key.get(sender.hex())
+
+    def orderer_of(self, sender: bytes) -> str | None:
+        """The member whose order key this is: it may sign that member's offers and bids only."""
+        return self._order_keys.get(sender.hex())
 
     def meter_of(self, sender: bytes) -> str | None:
         """The meter whose reporting key this is (None: no live meter key)."""
@@ -79,6 +88,7 @@ class State:
         return (
             key_hex in self._by_key
             or key_hex in self._meter_keys
+            or key_hex in self._order_keys
             or key_hex in self.data["retired_keys"]
         )
 
@@ -92,6 +102,17 @@ class State:
         record["public_key"] = key_hex
         if key_hex:
             self._by_key[key_hex] = id_grid
+
+    def set_order_key(self, id_grid: str, key_hex: str | None, height: int) -> None:
+        """Set, replace or (with None) clear a member's order key; an old one is retired."""
+        record = self.data["members"][id_grid]
+        old = record["order_key"]
+        if old:
+            self._order_keys.pop(old, None)
+            self.data["retired_keys"][old] = height
+        record["order_key"] = key_hex
+        if key_hex:
+            self._order_keys[key_hex] = id_grid
 
     def set_meter_key(self, meter_id: str, key_hex: str | None, height: int) -> None:
         """Set, replace or (with None) revoke a meter's reporting key; an old one is retired."""

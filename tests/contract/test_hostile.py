@@ -82,6 +82,7 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
         "meter.rotate_key": {"meter_id": "M1", "gateway_key": "cd" * 32},
         "meter.revoke": {"meter_id": "M1"},
         "meter.confirm": {"meter_id": "M1"},
+        "member.set_order_key": {"id_grid": "P1", "public_key": "ab" * 32},
         "quorum.propose": {
             "proposal_id": "Q2",
             "action": {"kind": "mint", "to": "C1", "amount": 5},

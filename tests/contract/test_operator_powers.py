@@ -131,6 +131,39 @@ def test_a_meter_key_is_never_a_wallet_key() -> None:
     assert c.report("G0", f"{HOUR}:00", 10, 0).ok
 
 
+def test_an_order_key_trades_for_its_member_and_does_nothing_else() -> None:
+    c = _community(2)
+    c.mint("M0", 10**9)
+    c.res("PV0", "M0", 5_000)
+    c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
+    agent = key(40)  # what the member gives its gateway's trading agent
+    body = {"id_grid": "M0", "public_key": hexkey(agent)}
+    rejected(c, "OPERATOR", "member.set_order_key", body, "NOT_OWNER")  # the operator cannot
+    rejected(c, "M1", "member.set_order_key", body, "NOT_OWNER")
+    rejected(c, "M0", "member.set_order_key", body | {"public_key": hexkey(key(11))}, "KEY_IN_USE")
+    assert c.ok("M0", "member.set_order_key", body) == {"id_grid": "M0", "order_key": hexkey(agent)}
+    assert c.q("member", id_grid="M0")["order_key"] == hexkey(agent)
+    bid = {"listing_id": HOUR, "wh": 100, "bid_price": 50_000}
+    assert c.ok(agent, "auction.bid", bid)["escrow"] == 5_000  # on M0's behalf
+    assert c.q("order_book", listing_id=HOUR)["bids"][0]["buyer"] == "M0"
+    for kind, what in [
+        ("token.transfer", {"to": "M1", "amount": 5}),
+        ("member.rotate_key", {"public_key": hexkey(key(41))}),
+        ("member.set_order_key", {"id_grid": "M0", "public_key": hexkey(key(41))}),
+        ("quorum.propose", {"proposal_id": "p", "action": _mint("M0", 5)}),
+        ("meter.confirm", {"meter_id": "G0"}),
+    ]:
+        rejected(c, agent, kind, what, "NOT_MEMBER")
+    # a stolen gateway: the operator clears its order key, which is then retired
+    c.ok("OPERATOR", "member.set_order_key", {"id_grid": "M0", "public_key": None})
+    rejected(c, agent, "auction.bid", {**bid, "listing_id": HOUR}, "NOT_MEMBER")
+    rejected(c, "M0", "member.set_order_key", body, "KEY_IN_USE")
+    c.ok("M0", "member.set_order_key", {"id_grid": "M0", "public_key": hexkey(key(42))})
+    c.ok("OPERATOR", "member.revoke_key", {"id_grid": "M0"})  # freezing clears it too
+    assert c.q("member", id_grid="M0")["order_key"] is None
+    check_invariants(c.contract)
+
+
 def test_meter_keys_are_rotated_by_their_owner_and_revoked_by_owner_or_operator() -> None:
     c = _community(2)
     c.meter("G0", "M0", 50)
@@ -277,6 +310,9 @@ _action = st.one_of(
     st.tuples(st.just("meter_rotate"), _who, st.sampled_from(METERS), st.sampled_from(NEW_KEYS)),
     st.tuples(st.just("meter_revoke"), _who, st.sampled_from(METERS)),
     st.tuples(st.just("transfer"), _who, st.sampled_from(MEMBERS), st.integers(1, 10**6)),
+    st.tuples(st.just("order_key"), _who, st.sampled_from(MEMBERS),
+              st.none() | st.sampled_from(NEW_KEYS)),
+    st.tuples(st.just("bid"), _who, st.integers(1, 10**4)),
 )  # fmt: skip
 
 
@@ -297,6 +333,11 @@ def _apply(c: Community, a: tuple[Any, ...]) -> None:
         c.tx(who, "meter.rotate_key", {"meter_id": a[2], "gateway_key": hexkey(key(a[3]))})
     elif a[0] == "meter_revoke":
         c.tx(who, "meter.revoke", {"meter_id": a[2]})
+    elif a[0] == "order_key":
+        new = None if a[3] is None else hexkey(key(a[3]))
+        c.tx(who, "member.set_order_key", {"id_grid": a[2], "public_key": new})
+    elif a[0] == "bid":
+        c.tx(who, "auction.bid", {"listing_id": HOUR, "wh": a[2], "bid_price": 50_000})
     else:
         c.tx(who, "token.transfer", {"to": a[2], "amount": a[3]})
 
@@ -311,6 +352,7 @@ def test_any_sequence_of_votes_and_key_changes_keeps_the_powers_bounded(
     c.meter("G1", "M1", 51)
     c.mint("M0", 10**7)
     c.ok("OPERATOR", "quorum.propose", {"proposal_id": "p1", "action": _mint("M2", 7)})
+    c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
     retired: set[str] = set()
     for a in actions:
         live_before = _live_keys(c)
@@ -339,6 +381,7 @@ def test_any_sequence_of_votes_and_key_changes_keeps_the_powers_bounded(
 
 def _live_keys(c: Community) -> list[str]:
     keys = [m["public_key"] for m in c.q("members") if m["public_key"]]
+    keys += [m["order_key"] for m in c.q("members") if m["order_key"]]
     return keys + [m["gateway_key"] for m in c.q("meters") if m["gateway_key"]]
 
 

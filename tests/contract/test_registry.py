@@ -28,6 +28,7 @@ def test_operator_admits_members_with_the_table_9_fields() -> None:
         "commitment": commitment("PT0001"),
         "public_key": hexkey(key(10)),
         "role": "prosumer",
+        "order_key": None,
         "balance": 0,
     }
     assert [m["id_grid"] for m in c.q("members")] == ["OPERATOR", "PT0001"]

@@ -165,10 +165,12 @@ class DemoRun:
         self.rng = random.Random(opts.seed)
         self.homes: list[Home] = build_community(opts.households, opts.seed)
         self.operator = Actor(OPERATOR, Ed25519PrivateKey.generate())
-        # each home has two keys: its wallet key (spends: orders, transfers) and its meter key
-        # (the gateway's: reports only); the member lets its gateway trade, so both are there
+        # each home's keys: the member's wallet key (transfers, votes, key changes; it stays
+        # with the member, here the demo), and on its gateway the meter key (reports only) and
+        # the order key the member delegates to the gateway's trading agent (offers, bids only)
         self.wallet_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
         self.meter_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
+        self.order_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
         # the whole supply, fixed in the genesis: the operator's treasury, sold to the homes
         self.minted = START_TOKENS * len(self.homes)
         self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule,
@@ -240,9 +242,12 @@ class DemoRun:
                 "meter_id": h.meter_id, "owner": h.id_grid,
                 "gateway_key": public_hex(self.meter_keys[h.id_grid]),
             })
-            # the member recognises its gateway's key: the meter may report (its owner's consent)
+            # the member recognises its gateway's key (the meter may report: its owner's
+            # consent) and delegates an order key to the gateway's trading agent
             member = Actor(h.id_grid, self.wallet_keys[h.id_grid])
             await self.tx(member, "meter.confirm", {"meter_id": h.meter_id})
+            await self.tx(member, "member.set_order_key", {
+                "id_grid": h.id_grid, "public_key": public_hex(self.order_keys[h.id_grid])})
             await self.tx(op, "token.transfer", {"to": h.id_grid, "amount": START_TOKENS})
 
     # -- the day ----------------------------------------------------------------------------
@@ -336,7 +341,7 @@ class DemoRun:
             self.supply[h.id_grid] = supply
             spec = EdgeSpec(h.id_grid, h.meter_id, self.meter_keys[h.id_grid],
                             supply.power_w, plugs, mqtt_nodes, node_relays,
-                            wallet_key=self.wallet_keys[h.id_grid])
+                            order_key=self.order_keys[h.id_grid])
             edge = await start_edge(
                 spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
                 self.current_ledger, plug_keys, self.plug_load, self.mqtt_port,
