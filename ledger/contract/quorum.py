@@ -10,8 +10,9 @@ asked for what and who agreed.
 Actions (``action`` field of a proposal, exactly these fields):
 
 * ``{"kind": "mint", "to", "amount"}``: ``amount`` new micro-tokens to member ``to``;
-* ``{"kind": "rekey", "id_grid", "public_key"}``: a new wallet key for a member that lost or
-  revoked its own (without a quorum nobody, the operator included, can take a member's key).
+* ``{"kind": "rekey", "id_grid", "public_key"}``: a new wallet key for a member whose key was
+  revoked (by itself, or by the operator when the member lost it). Both are needed: a quorum
+  alone cannot take a live member's account, and the operator alone cannot choose its key.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ledger.contract.codes import (
     BAD_AMOUNT,
     BAD_BODY,
     KEY_IN_USE,
+    NOT_REVOKED,
     PROPOSAL_CLOSED,
     PROPOSAL_EXISTS,
     ROLE_FORBIDDEN,
@@ -82,6 +84,8 @@ def _check(st: State, action: dict[str, Any]) -> None:
             raise Rejected(BAD_AMOUNT, f"supply would exceed {MAX_SUPPLY}")
     else:
         known_member(st, action["id_grid"])
+        if st.data["members"][action["id_grid"]]["public_key"] is not None:
+            raise Rejected(NOT_REVOKED, f"{action['id_grid']}'s key is live: it rotates its own")
         if st.key_in_use(action["public_key"]):
             raise Rejected(KEY_IN_USE, "that key belongs to a member or meter, or was retired")
 

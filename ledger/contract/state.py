@@ -31,7 +31,7 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "members": {},
         "balances": {},  # id_grid -> micro-tokens
         "debts": {},  # id_grid -> micro-tokens owed to the grid (only entries > 0)
-        "supply": 0,  # micro-tokens minted
+        "supply": 0,  # micro-tokens allocated in the genesis plus minted by quorum proposals
         "grid": {"balance": 0, "sold_wh": 0, "bought_wh": 0},
         "res": {},  # res_id -> {owner, kind, rated_power_w}
         "meters": {},  # meter_id -> {owner, gateway_key}

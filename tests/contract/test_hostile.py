@@ -14,7 +14,7 @@ from ledger.contract import codes, sign_report
 from ledger.contract.api import BlockContext, QueryError, Transaction
 from ledger.contract.community import HANDLERS
 from ledger.contract.queries import QUERIES
-from tests.contract.harness import AFTER, HOUR, Community, hexkey, key
+from tests.contract.harness import AFTER, HOUR, Community, key
 
 STABLE = {v for k, v in vars(codes).items() if k.isupper() and isinstance(v, str)} - {
     codes.INTERNAL_ERROR
@@ -44,8 +44,8 @@ def _community() -> Community:
         {"listing_id": HOUR, "res_id": "PV1", "wh": 1000, "reserve_price": 40_000},
     )
     c.ok("C1", "auction.bid", {"listing_id": HOUR, "wh": 800, "bid_price": 60_000})
-    rekey = {"kind": "rekey", "id_grid": "C1", "public_key": hexkey(key(77))}
-    c.ok("OPERATOR", "quorum.propose", {"proposal_id": "Q1", "action": rekey})
+    mint = {"kind": "mint", "to": "C1", "amount": 5}
+    c.ok("OPERATOR", "quorum.propose", {"proposal_id": "Q1", "action": mint})
     return c
 
 

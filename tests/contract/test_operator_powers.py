@@ -81,7 +81,7 @@ def test_proposals_are_validated_and_bounded() -> None:
         (_mint("M0", 0), "BAD_AMOUNT"),
         ({"kind": "burn", "to": "M0", "amount": 5}, "BAD_BODY"),
         ({**_mint("M0", 5), "extra": 1}, "BAD_BODY"),
-        ({"kind": "rekey", "id_grid": "M0", "public_key": hexkey(key(11))}, "KEY_IN_USE"),
+        ({"kind": "rekey", "id_grid": "M0", "public_key": hexkey(key(30))}, "NOT_REVOKED"),
         ("mint", "BAD_BODY"),
     ]:
         rejected(c, "M0", "quorum.propose", {"proposal_id": "x", "action": action}, code)
@@ -225,6 +225,8 @@ def test_member_keys_rotate_and_a_revoked_member_is_rekeyed_by_a_quorum() -> Non
     rejected(c, "M1", "member.revoke_key", {"id_grid": "M0"}, "NOT_OWNER")
     c.ok("M0", "member.revoke_key", {"id_grid": "M0"})  # the member lost its phone
     rejected(c, "OPERATOR", "member.revoke_key", {"id_grid": "M0"}, "KEY_REVOKED")
+    taken = {"kind": "rekey", "id_grid": "M0", "public_key": hexkey(key(11))}
+    rejected(c, "M1", "quorum.propose", {"proposal_id": "rk", "action": taken}, "KEY_IN_USE")
     rekey = {"kind": "rekey", "id_grid": "M0", "public_key": hexkey(key(21))}
     c.ok("M1", "quorum.propose", {"proposal_id": "rk", "action": rekey})
     # the voters are now M1 and M2 (M0 has no live key): two approvals
