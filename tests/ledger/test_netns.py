@@ -226,7 +226,10 @@ async def test_separate_hosts_commit_and_the_operators_powers_are_bounded(
         admit = {"id_grid": "PT0001", "commitment": "ab" * 32,
                  "public_key": public_hex(wallet), "role": "prosumer"}  # fmt: skip
         assert (await op.submit_new("registry.admit", admit)).ok
-        meter_body = {"meter_id": "m1", "owner": "PT0001", "gateway_key": public_hex(meter)}
+        meter_body = {"meter_id": "m1", "owner": "PT0001", "gateway_key": public_hex(wallet)}
+        refused = await op.submit_new("registry.add_meter", meter_body)
+        assert refused.code == "KEY_IN_USE"  # a gateway never holds the wallet key
+        meter_body["gateway_key"] = public_hex(meter)
         assert (await op.submit_new("registry.add_meter", meter_body)).ok
         assert (await op.submit_new("token.transfer", {"to": "PT0001", "amount": 1_000})).ok
         minted = await op.submit_new("token.mint", {"to": "OPERATOR", "amount": 10**15})
