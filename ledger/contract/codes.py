@@ -27,6 +27,7 @@ PROPOSAL_EXISTS: Final = "PROPOSAL_EXISTS"
 UNKNOWN_PROPOSAL: Final = "UNKNOWN_PROPOSAL"
 PROPOSAL_CLOSED: Final = "PROPOSAL_CLOSED"  # approval of an executed proposal
 ALREADY_APPROVED: Final = "ALREADY_APPROVED"
+TOO_MANY_PROPOSALS: Final = "TOO_MANY_PROPOSALS"  # the proposer has 16 open proposals already
 NOT_REVOKED: Final = "NOT_REVOKED"  # a rekey proposal for a member whose key is still live
 UNKNOWN_MEMBER: Final = "UNKNOWN_MEMBER"
 RES_EXISTS: Final = "RES_EXISTS"

@@ -30,6 +30,7 @@ from ledger.contract.codes import (
     PROPOSAL_CLOSED,
     PROPOSAL_EXISTS,
     ROLE_FORBIDDEN,
+    TOO_MANY_PROPOSALS,
     UNKNOWN_PROPOSAL,
     Rejected,
 )
@@ -121,7 +122,7 @@ def propose(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         1 for p in st.data["proposals"].values() if p["proposer"] == proposer and p["state"] == OPEN
     )
     if mine >= MAX_OPEN_PER_PROPOSER:
-        raise Rejected(ROLE_FORBIDDEN, f"at most {MAX_OPEN_PER_PROPOSER} open proposals each")
+        raise Rejected(TOO_MANY_PROPOSALS, f"at most {MAX_OPEN_PER_PROPOSER} open proposals each")
     _check(st, action)
     votes = st.role(proposer) != "operator"
     proposal: dict[str, Any] = {

@@ -88,7 +88,7 @@ def test_proposals_are_validated_and_bounded() -> None:
     for n in range(16):
         c.ok("M0", "quorum.propose", {"proposal_id": f"p{n}", "action": _mint("M1", 1)})
     rejected(c, "M0", "quorum.propose", {"proposal_id": "p16", "action": _mint("M1", 1)},
-             "ROLE_FORBIDDEN")  # fmt: skip
+             "TOO_MANY_PROPOSALS")  # fmt: skip
 
 
 def test_the_operator_cannot_move_or_take_a_members_tokens() -> None:
