@@ -147,6 +147,9 @@ class GatewayConfig:
     # the member's billing meter. Empty (every meter reported) unless a config file says so.
     unreported: frozenset[str] = frozenset()
     ems: EmsConfig | None = None
+    # the order key the member delegated to this gateway for its offers and bids
+    # (gateway.signers); key_file is the meter-reporting key
+    order_key_file: Path | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -282,6 +285,7 @@ def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
     gateway_id = gw.get("id", str, pattern=ID_RE)
     data_dir = _path(base, gw.get("data_dir", str, "."))
     key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
+    order_key = gw.get("order_key_file", str, None)
     keystore = gw.get("keystore", str, None)  # as written: parse_config resolves it
     interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
     if interval_min != INTERVAL_MIN:
@@ -295,6 +299,7 @@ def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
         gateway_id=gateway_id,
         data_dir=data_dir,
         key_file=key_file,
+        order_key_file=_path(data_dir, order_key) if order_key else None,
         keystore=keystore,
         interval_ms=interval_min * 60_000,
         grace_ms=int(gw.get("grace_s", (int, float), 30, min=0, max=600) * 1000),

@@ -52,7 +52,8 @@ class Gateway:
             ble_backend=ble_backend,
         )
         self.parts = parts
-        self.key = parts.key
+        self.key = parts.key  # the meter-reporting key
+        self.signers = parts.signers  # which key signs which kind (gateway.signers)
         self.ingest = parts.ingest
         self.verifier = parts.ingest.verifier
         self.aggregator = parts.ingest.aggregator
@@ -142,7 +143,8 @@ class Gateway:
             self._outbox_wake.clear()
             try:
                 await deliver_due(
-                    self.recorder.db(), self.key, self.deliverer, self.clock.now_ms(), self.backoff
+                    self.recorder.db(), self.signers.key_for, self.deliverer, self.clock.now_ms(),
+                    self.backoff,
                 )
             except Exception:  # a store error, say: log it and try again in a while
                 log.exception("delivery round failed")

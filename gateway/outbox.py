@@ -11,7 +11,7 @@ out. ``deliver_due`` is the thin adapter that signs and submits through a ``Deli
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 PENDING = "pending"
 DELIVERED = "delivered"
 REJECTED = "rejected"
+NO_KEY = "NO_KEY"  # a row's code when no key on this gateway may sign its kind (gateway.signers)
 
 # Receipt codes that mean "the ledger already has this": delivered, not an error. (A retried
 # transaction gets its original receipt back; DUPLICATE_REPORT means the ledger holds a report
@@ -81,9 +82,12 @@ class OutboxStore(Protocol):
     def outbox_save(self, row: OutboxRow) -> None: ...
 
 
+KeyFor = Callable[[str], Ed25519PrivateKey | None]
+
+
 async def deliver_due(
     store: OutboxStore,
-    key: Ed25519PrivateKey,
+    key: Ed25519PrivateKey | KeyFor,
     deliverer: Deliverer,
     now_ms: int,
     policy: Backoff,
@@ -91,11 +95,20 @@ async def deliver_due(
     limit: int = 100,
 ) -> tuple[int, int]:
     """Try every row that is due, oldest first; stop at the first transport failure (the ledger
-    is unreachable, so the rest would fail too). Returns (delivered or rejected, failed)."""
+    is unreachable, so the rest would fail too). Returns (delivered or rejected, failed).
+    ``key``: one key for every row, or the key for a row's kind (``gateway.signers``); a row
+    with no key to sign it is rejected here (``NO_KEY``), never sent."""
     done = failed = 0
     due = store.outbox_due(now_ms, limit)
     for k, row in enumerate(due):
-        tx = sign_tx(key, row.kind, row.body, row.nonce)
+        signer = key if isinstance(key, Ed25519PrivateKey) else key(row.kind)
+        if signer is None:
+            why = f"{row.kind}: this gateway holds no key that may sign it"
+            store.outbox_save(next_state(row, now_ms, policy, code=NO_KEY, error=why))
+            log.warning("outbox %d (%s): no key on this gateway may sign it", row.id, row.kind)
+            done += 1
+            continue
+        tx = sign_tx(signer, row.kind, row.body, row.nonce)
         try:
             receipt = await deliverer.submit(tx)
         except Exception as exc:  # any transport failure: retry later, never lose the row

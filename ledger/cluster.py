@@ -233,17 +233,21 @@ def cluster_document(
     genesis: Mapping[str, Any],
     *,
     host: str = "127.0.0.1",
+    hosts: list[str] | None = None,
     timers: Mapping[str, int] | None = None,
     batch: Mapping[str, int] | None = None,
     checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
 ) -> dict[str, Any]:
-    """The JSON document of a new cluster (validated by ``parse_cluster`` before it is returned)."""
+    """The JSON document of a new cluster (validated by ``parse_cluster`` before it is returned).
+    ``hosts``: each replica's own address (separate hosts); without it all share ``host``."""
     n = len(public_keys)
+    if hosts is None:
+        hosts = [host] * n
     doc: dict[str, Any] = {
         "version": VERSION,
         "f": (n - 1) // 3,
         "replicas": [
-            {"id": i, "host": host, "port": ports[i], "public_key": public_keys[i]}
+            {"id": i, "host": hosts[i], "port": ports[i], "public_key": public_keys[i]}
             for i in range(n)
         ],
         "timers": dict(DEFAULT_TIMERS, **(timers or {})),

@@ -4,16 +4,16 @@ Here in ``tools`` (not in ``ledger``) because it drives the cluster through ``le
 which ``ledger`` does not import; the figures are in ledger/README.md.
 
 It creates a throw-away cluster (real community contract), starts the replicas as separate
-processes on loopback, admits ``--members`` members and mints them tokens, pre-signs every
-load transaction (``token.transfer`` between members, so each one is verified by every replica
-and changes state), then drives them from ``--clients`` concurrent clients, each keeping
-``--window`` transactions in flight, for ``--seconds``. With ``--kill-primary-after T`` the
-primary is killed with SIGKILL T seconds in. At the end it waits for in-flight transactions,
-then checks every submitted transaction against a surviving replica's store. Admission is on
-(every request is judged by the contract's admission predicate and counted against its signer's
-limits); the bench's genesis raises the per-signer limits (``BENCH_LIMITS``), because its few
-members each send thousands of transfers a minute and the operator admits all of them at once:
-the limits are checked on every request, not reached.
+processes on loopback, admits ``--members`` members and gives them tokens from the operator's
+genesis treasury, pre-signs every load transaction (``token.transfer`` between members, so
+each one is verified by every replica and changes state), then drives them from ``--clients``
+concurrent clients, each keeping ``--window`` transactions in flight, for ``--seconds``. With
+``--kill-primary-after T`` the primary is killed with SIGKILL T seconds in. At the end it waits
+for in-flight transactions, then checks every submitted transaction against a surviving
+replica's store. Admission is on (every request is judged by the contract's admission predicate
+and counted against its signer's limits); the bench's genesis raises the per-signer limits
+(``BENCH_LIMITS``), because its few members each send thousands of transfers a minute and the
+operator admits all of them at once: the limits are checked on every request, not reached.
 
 Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p99_ms``
 (submit to f+1 matching replies), ``committed`` (acknowledged by f+1 replicas), ``lost``
@@ -52,7 +52,7 @@ from ledger.store import BlockStore
 from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient, LedgerError
 
-MINT = 10**12
+FUNDS = 10**12  # micro-tokens each member gets from the treasury
 BENCH_LIMITS: dict[str, Any] = {
     "max_pending_per_signer": 1_000_000,
     "max_bytes_per_signer_hour": 2**40,
@@ -70,8 +70,7 @@ WINDOW = 200
 def _member(k: int, key: Ed25519PrivateKey) -> dict[str, Any]:
     return {
         "id_grid": f"M{k:05d}",
-        "name": f"member {k}",
-        "email": f"m{k}@example.org",
+        "commitment": public_hex(key),  # stands in for a commitment to personal data
         "public_key": public_hex(key),
         "role": "prosumer",
     }
@@ -152,7 +151,9 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         },
         batch={"max_txs": args.batch_max, "max_delay_ms": args.batch_delay_ms},
         checkpoint_interval=args.checkpoint_interval,
-        genesis=lambda operator_hex: default_genesis(operator_hex, **BENCH_LIMITS),
+        genesis=lambda operator_hex: default_genesis(
+            operator_hex, treasury=FUNDS * args.members, **BENCH_LIMITS
+        ),
     )
     cluster = load_cluster(directory / "cluster.json")
     operator = load_key(directory / "operator.key")
@@ -174,7 +175,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                                    for k, key in enumerate(keys)))  # fmt: skip
             await asyncio.gather(
                 *(
-                    admin.submit_new("token.mint", {"to": f"M{k:05d}", "amount": MINT})
+                    admin.submit_new("token.transfer", {"to": f"M{k:05d}", "amount": FUNDS})
                     for k in range(len(keys))
                 )
             )

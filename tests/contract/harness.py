@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,6 +17,11 @@ OFFPEAK = "2026-11-24T03"
 AFTER = 1_900_000_000_000  # a block timestamp (ms) after every hour used in the tests
 
 
+def commitment(id_grid: str) -> str:
+    """A stand-in commitment to a member's personal data (64 hex, as ``ledger.personal`` makes)."""
+    return hashlib.sha256(id_grid.encode()).hexdigest()
+
+
 def key(n: int) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32)
 
@@ -25,13 +31,15 @@ def hexkey(k: Ed25519PrivateKey) -> str:
 
 
 OPERATOR = key(1)
+TREASURY = 10**17  # micro-tokens the genesis allocates to the operator: the whole supply
 
 
 class Community:
     """Members by id_grid with their keys; ``tx`` signs and applies one transaction."""
 
     def __init__(self, **params: Any) -> None:
-        self.contract: Contract = make_contract(default_genesis(hexkey(OPERATOR), **params))
+        genesis = default_genesis(hexkey(OPERATOR), treasury=TREASURY, **params)
+        self.contract: Contract = make_contract(genesis)
         self.keys: dict[str, Ed25519PrivateKey] = {"OPERATOR": OPERATOR}
         self.gateways: dict[str, Ed25519PrivateKey] = {}
         self.height = 0
@@ -66,8 +74,7 @@ class Community:
             "registry.admit",
             {
                 "id_grid": id_grid,
-                "name": f"Member {id_grid}",
-                "email": f"{id_grid}@example.org",
+                "commitment": commitment(id_grid),
                 "public_key": hexkey(key(n)),
                 "role": role,
             },
@@ -87,9 +94,11 @@ class Community:
             "registry.add_meter",
             {"meter_id": meter_id, "owner": owner, "gateway_key": hexkey(key(gateway))},
         )
+        self.ok(owner, "meter.confirm", {"meter_id": meter_id})  # the owner's consent
 
     def mint(self, to: str, amount: int) -> None:
-        self.ok("OPERATOR", "token.mint", {"to": to, "amount": amount})
+        """Tokens for a member: bought from the operator's treasury (the genesis supply)."""
+        self.ok("OPERATOR", "token.transfer", {"to": to, "amount": amount})
 
     def report(self, meter_id: str, interval: str, import_wh: int, export_wh: int) -> Receipt:
         gw = self.gateways[meter_id]
@@ -154,8 +163,10 @@ __all__ = [
     "HOUR",
     "OFFPEAK",
     "OPERATOR",
+    "TREASURY",
     "Community",
     "check_invariants",
+    "commitment",
     "key",
     "rejected",
     "sign_report",

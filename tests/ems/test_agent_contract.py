@@ -23,7 +23,7 @@ LISTING = "2026-06-15T14"
 
 class Ledger:
     def __init__(self) -> None:
-        self.contract = make_contract(default_genesis(OPERATOR.hex()))
+        self.contract = make_contract(default_genesis(OPERATOR.hex(), treasury=10**12))
         self.nonce = itertools.count(1)
         self.height = itertools.count(1)
 
@@ -39,13 +39,13 @@ class Ledger:
 @pytest.fixture
 def ledger() -> Ledger:
     led = Ledger()
-    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-1", "name": "Seller",
-              "email": "s@example.org", "public_key": SELLER.hex(), "role": "prosumer"})
-    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-2", "name": "Buyer",
-              "email": "b@example.org", "public_key": BUYER.hex(), "role": "consumer"})
+    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-1", "commitment": "ab" * 32,
+              "public_key": SELLER.hex(), "role": "prosumer"})
+    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-2", "commitment": "cd" * 32,
+              "public_key": BUYER.hex(), "role": "consumer"})
     led.apply(OPERATOR, "registry.add_res", {"res_id": "pv-1", "owner": "home-1", "kind": "PV",
                                              "rated_power_w": 3000})
-    led.apply(OPERATOR, "token.mint", {"to": "home-2", "amount": 5_000_000})
+    led.apply(OPERATOR, "token.transfer", {"to": "home-2", "amount": 5_000_000})
     led.apply(OPERATOR, "auction.open", {"listing_id": LISTING})
     return led
 
