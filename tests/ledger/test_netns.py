@@ -30,7 +30,7 @@ from ledger.cli import _statuses
 from ledger.cluster import load_cluster
 from ledger.keys import load_key, new_key, public_hex
 from ledger.personal import PersonalStore
-from ledger_client.client import LedgerClient
+from ledger_client.client import LedgerClient, RejectedError
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = 4
@@ -235,8 +235,9 @@ async def test_separate_hosts_commit_and_the_operators_powers_are_bounded(
         minted = await op.submit_new("token.mint", {"to": "OPERATOR", "amount": 10**15})
         assert minted.code == "QUORUM_REQUIRED"
     async with LedgerClient.from_cluster_file(path, meter, timeout_s=60) as gw:
-        stolen = await gw.submit_new("token.transfer", {"to": "OPERATOR", "amount": 1_000})
-        assert stolen.code == "NOT_MEMBER"
+        with pytest.raises(RejectedError) as stolen:  # refused before ordering, never stored
+            await gw.submit_new("token.transfer", {"to": "OPERATOR", "amount": 1_000})
+        assert stolen.value.code == "NOT_ADMITTED"
     async with LedgerClient.from_cluster_file(path, wallet, timeout_s=60) as member:
         assert (await member.submit_new("meter.confirm", {"meter_id": "m1"})).ok
         paid = await member.submit_new("token.transfer", {"to": "OPERATOR", "amount": 400})
