@@ -18,6 +18,8 @@ from typing import Any
 
 from ledger.encoding import canonical, decode
 
+# 2 (issue 17, once for admission and keys): commitments and order keys in members, retired
+# keys, proposals, the registry log, unconfirmed meters, applications
 STATE_VERSION = 2
 
 
@@ -40,7 +42,7 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from reports
         "mcp_history": [],  # [{listing_id, rule, mcp, height}] in order of clearing
         "seq": 0,  # last order sequence number handed out (FIFO across all listings)
-        "applications": {},  # public key hex -> {id_grid, role, at_ms} (admission.py)
+        "applications": {},  # public key hex -> {id_grid, role, commitment, at_ms} (admission.py)
         "retired_keys": {},  # key hex -> height it was rotated away or revoked: never reused
         "proposals": {},  # proposal_id -> quorum proposal (see quorum.py)
         "registry_log": [],  # every accepted registry change, in order (see audit.py)
