@@ -233,6 +233,11 @@ class Replica:
             times.append(relay_at)
         return min(times)
 
+    def knows_request(self, tx_id: str) -> bool:
+        """This replica holds the request, or a pre-prepare in its log carries it (the IO layer
+        asks clients for requests they only announced and the primary has not ordered)."""
+        return tx_id in self.pending or tx_id in self.in_log
+
     def _relay_due(self) -> int | None:
         """When a backup's oldest request not yet relayed is due (``to_relay`` is in order of
         arrival)."""

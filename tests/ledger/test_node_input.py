@@ -31,6 +31,13 @@ class Capture:
     def is_closing(self) -> bool:
         return False
 
+    @property
+    def transport(self) -> Capture:
+        return self
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> ReplicaNode:
