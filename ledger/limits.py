@@ -62,6 +62,7 @@ RANGES: dict[str, tuple[int, int]] = {
 # descriptors a replica keeps for itself whatever its connection limits: the store (database,
 # WAL, shared memory, journal), stdio and logs, the event loop's own, and some slack
 RESERVED_FDS = 64
+HANDSHAKE_SLOTS = (16, 256)  # bounds of the connections in their handshake at once
 LOG_EVERY_S = 60.0
 
 
@@ -104,15 +105,21 @@ def raise_nofile() -> int:
 
 
 def peer_slots(n: int) -> int:
-    """Descriptors for peers: an inbound and an outbound link per peer, and as many again for
-    the over-cap handshakes a reconnecting peer gets in through."""
+    """Descriptors for peers: up to two inbound links per peer (a reconnect overlaps the old
+    one), one outbound, and one to spare."""
     return 4 * n
+
+
+def handshake_slots(nofile: int) -> int:
+    """Connections that may be in their handshake at once: an eighth of the descriptors."""
+    return max(HANDSHAKE_SLOTS[0], min(HANDSHAKE_SLOTS[1], nofile // 8))
 
 
 def client_slots(limits: Limits, nofile: int, n: int) -> int:
     """Client connections this replica accepts: the configured cap, but never so many that its
-    peers' links and its store would find no descriptor."""
-    return max(1, min(limits.max_clients, nofile - RESERVED_FDS - peer_slots(n)))
+    peers' links, its handshakes and its store would find no descriptor."""
+    spare = nofile - RESERVED_FDS - peer_slots(n) - handshake_slots(nofile)
+    return max(1, min(limits.max_clients, spare))
 
 
 class Incidents:

@@ -36,7 +36,7 @@ from ledger.contract.api import QueryError
 from ledger.encoding import EncodingError, canonical
 from ledger.executor import LedgerState, SigCache
 from ledger.keys import load_key
-from ledger.limits import Incidents, Limits, client_slots, raise_nofile
+from ledger.limits import Incidents, Limits, client_slots, handshake_slots, raise_nofile
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
@@ -133,6 +133,7 @@ class ReplicaNode:
             on_client_closed=self._on_client_closed,
             limits=self.limits,
             client_slots=client_slots(self.limits, nofile, self.cluster.n),
+            handshake_slots=handshake_slots(nofile),
             incidents=self.incidents,
         )
         self.links: dict[int, PeerLink] = {}

@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ledger.encoding import EncodingError, canonical, decode
-from ledger.limits import DEFAULTS, Incidents, Limits
+from ledger.limits import DEFAULTS, HANDSHAKE_SLOTS, Incidents, Limits
 from ledger.limits import MAX_CLIENT_FRAME as MAX_CLIENT_FRAME  # what a client may send
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 READ_LIMIT = 32 * 1024  # a connection's read buffer beyond the frame being read
 SMALL_FRAME = 32 * 1024  # frames above this are read only within the read budget
-HANDSHAKE_SLOTS_MIN, HANDSHAKE_SLOTS_MAX = 16, 256
 MAX_LINKS_PER_PEER = 2  # inbound links one replica may hold open (a reconnect overlaps)
 WRITE_AHEAD = 1024 * 1024  # bytes a peer link hands to its socket before waiting for it
 WATCHDOG_S = 1.0
@@ -249,6 +248,7 @@ class Listener:
         *,
         limits: Limits | None = None,
         client_slots: int | None = None,
+        handshake_slots: int | None = None,
         incidents: Incidents | None = None,
     ) -> None:
         self.me = me
@@ -259,7 +259,7 @@ class Listener:
         self.counters = counters
         self.limits = limits or Limits.from_dict()
         self.client_slots = client_slots if client_slots is not None else self.limits.max_clients
-        self.handshake_slots = max(HANDSHAKE_SLOTS_MIN, min(HANDSHAKE_SLOTS_MAX, self.client_slots))
+        self.handshake_slots = handshake_slots or HANDSHAKE_SLOTS[0]
         self.incidents = incidents or Incidents(counters, log)
         self.budget = Budget(self.limits.read_budget, self.limits.read_budget_per_source)
         self.server: asyncio.Server | None = None

@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import keys
-from ledger.limits import Incidents, Limits
+from ledger.limits import (
+    RESERVED_FDS,
+    Incidents,
+    Limits,
+    client_slots,
+    handshake_slots,
+    peer_slots,
+)
 from ledger.transport import (
     HEADER,
     MAX_CLIENT_FRAME,
@@ -391,3 +398,13 @@ def test_incidents_are_counted_always_and_logged_once_per_cause_per_minute(
         "refused_clients (999 more since the last report)",
     ]
     assert not any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("nofile", [256, 1024, 4096, 20_000, 1 << 20])
+def test_client_and_handshake_slots_leave_descriptors_for_peers_and_the_store(nofile: int) -> None:
+    for n in (4, 7, 64):
+        clients = client_slots(Limits.from_dict(), nofile, n)
+        assert 1 <= clients <= Limits.from_dict().max_clients
+        if nofile >= 1024:
+            used = clients + handshake_slots(nofile) + peer_slots(n) + RESERVED_FDS
+            assert used <= nofile
