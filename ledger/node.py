@@ -62,7 +62,7 @@ WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re
 MAX_QUERY_ID = 2**63 - 1
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
-EVICT_CHUNK = 256  # waits taken at once from the largest holder when the table is full
+EVICT_CHUNK = 256  # most waits taken at once from the largest holder when the table is full
 
 
 def wall_ms() -> int:
@@ -288,9 +288,10 @@ class ReplicaNode:
         """Note that ``conn`` waits for ``tx_id``; False if the table has no room for it.
 
         A connection may hold ``max_waiters_per_client`` waits. When the whole table is full,
-        the connection holding the most waits gives up its oldest (``EVICT_CHUNK`` at a time,
-        so the search for it is rare) unless that is the asking connection itself: whoever
-        floods the table pays for it, a client that waits for a few is always served."""
+        the connection holding the most waits gives up its oldest (half the difference to the
+        asking connection, at most ``EVICT_CHUNK``, so the search for it is rare) unless that
+        is the asking connection itself: whoever floods the table pays for it, a client that
+        waits for a few is always served."""
         if conn.closed:
             return False
         mine = self.held.get(conn)
@@ -318,7 +319,9 @@ class ReplicaNode:
         if largest is conn or len(self.held[largest]) <= len(self.held[conn]) + 1:
             return False
         theirs = self.held[largest]
-        for tx_id in list(theirs)[:EVICT_CHUNK]:
+        # half the difference (so two floods end up with equal shares), at most a chunk
+        count = max(1, min(EVICT_CHUNK, (len(theirs) - len(self.held[conn])) // 2))
+        for tx_id in list(theirs)[:count]:
             self._unwait(largest, tx_id)
         self.counters["waiters_evicted"] += 1
         return True
