@@ -124,7 +124,8 @@ def client_slots(limits: Limits, nofile: int, n: int) -> int:
 
 class Incidents:
     """Counts what went wrong, by cause, and logs each cause at most once a minute (with how
-    often it happened since), never a traceback per connection."""
+    often it happened since), never a traceback per connection. (The standard library's
+    logging has no rate limit; a filter could drop lines but not count them for ``status``.)"""
 
     def __init__(
         self,

@@ -20,7 +20,9 @@ What a connection may make a replica hold is bounded (``ledger.limits``): connec
 per source, the handshake's and a frame's duration, a client's idle time, frame sizes (a
 client's 1 MiB, a replica's 8 MiB), the bytes of client frames being read at once, replies a
 client leaves unread, and the bytes queued for a peer. Each breach closes that connection only,
-is counted, and is logged once per cause per minute (``Incidents``).
+is counted, and is logged once per cause per minute (``Incidents``). (By hand because asyncio's
+server has none of these: no connection cap, no deadline, no bound on what a reader buffers
+while ``readexactly`` waits for a large frame; the limits sit on the same streams.)
 """
 
 from __future__ import annotations
