@@ -281,7 +281,10 @@ async def test_a_frozen_primary_is_replaced_without_the_clients_resend(tmp_path:
             committed += await asyncio.wait_for(load(client, cluster, 3, 100), 20)
             assert client.resends == 0
             statuses = await cluster.wait_for([1, 2, 3], lambda ss: all(s["view"] >= 1 for s in ss))
-            assert all(s["counters"].get("io_requests_asked", 0) >= 1 for s in statuses)
+            # f+1 backups must time the primary out on their own to start a view change (the
+            # third may join on their view-change messages before its own timer runs out)
+            asked = [s["counters"].get("io_requests_asked", 0) for s in statuses]
+            assert sum(n >= 1 for n in asked) >= 2, asked
             cluster.resume(0)
             await check(cluster, [0, 1, 2, 3], committed)
     finally:
