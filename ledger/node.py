@@ -7,7 +7,14 @@ message that fails to parse or verify is counted by the core and dropped; a peer
 garbage loses its connection; nothing a peer or client sends can stop the loop.
 
 Client connections are mapped to the transactions they wait for (``request`` and ``await``);
-``ReplyTo`` and ``BlockReplies`` actions go to those connections.
+``ReplyTo`` and ``BlockReplies`` actions go to those connections. The table of waits is bounded
+in all and per connection and indexed both ways, so a reply, an expiry and a closing connection
+each cost what they touch, not the table. A transaction a client awaits here, but that this
+replica neither holds nor has seen in a pre-prepare for half a view-change timeout, is asked
+of the client (``want``): once this replica holds the request its view-change timer runs, so a
+primary that stopped without closing its connections is replaced without waiting for the
+client's own re-send. State-transfer requests (``FetchBlocks``) from each peer are served at a
+bounded rate and not while that peer has not read the earlier answers.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,7 @@ from ledger.encoding import EncodingError, canonical
 from ledger.executor import LedgerState, SigCache
 from ledger.gate import AdmissionGate
 from ledger.keys import load_key
+from ledger.limits import Incidents, Limits, client_slots, handshake_slots, raise_nofile
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
@@ -52,12 +60,12 @@ from ledger.tx import SignedTx, TxError
 
 log = logging.getLogger(__name__)
 
-MAX_WAITERS = 200_000
 WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re-sent or gone
 MAX_QUERY_ID = 2**63 - 1
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
 RECONCILE_MS = 1000  # how often admission's pending counts are matched against the core's
+EVICT_CHUNK = 256  # most waits taken at once from the largest holder when the table is full
 
 
 def wall_ms() -> int:
@@ -76,6 +84,7 @@ class ReplicaNode:
         cluster: ClusterConfig | None = None,
         relay_requests: bool = True,
         listen_port: int | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.directory = directory
         self.me = replica_id
@@ -86,6 +95,11 @@ class ReplicaNode:
         self.config = PbftConfig.from_dict(dict(self.cluster.raw))
         self.clock = clock
         self.counters = Counters()
+        self.limits = Limits.from_dict(self.cluster.limits)
+        self.incidents = Incidents(self.counters, log)
+        if nofile is None:
+            nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.nofile = nofile
         self.sigs = SigCache()
         # Load the batch signature check now rather than at the first large batch, so that a
         # replica runs with the Go runtime from its start (signals, kill -9 and restarts are
@@ -119,6 +133,10 @@ class ReplicaNode:
             self._on_client,
             self.counters,
             on_client_closed=self._on_client_closed,
+            limits=self.limits,
+            client_slots=client_slots(self.limits, nofile, self.cluster.n),
+            handshake_slots=handshake_slots(nofile),
+            incidents=self.incidents,
         )
         self.gate = AdmissionGate(self.state.contract)
         self.next_reconcile = clock() + RECONCILE_MS
@@ -126,10 +144,22 @@ class ReplicaNode:
         for r in self.cluster.replicas:
             if r.id != replica_id:
                 self.links[r.id] = PeerLink(
-                    replica_id, r.id, r.host, r.port, self.key, self.counters
+                    replica_id,
+                    r.id,
+                    r.host,
+                    r.port,
+                    self.key,
+                    self.counters,
+                    max_bytes=self.limits.max_link_bytes,
                 )
-        self.waiters: dict[str, set[ClientConn]] = defaultdict(set)
+        # client waits: tx_id -> connections, and each connection's tx_ids (in order of age)
+        self.waiters: dict[str, set[ClientConn]] = {}
+        self.held: dict[ClientConn, dict[str, None]] = {}
+        self.wait_count = 0  # (transaction, connection) pairs in the table
         self.waiting_since: dict[str, int] = {}  # insertion order = age order
+        self.to_ask: dict[str, int] = {}  # awaited, not yet asked of the client: since when
+        self.ask_after_ms = max(1, self.config.view_change_timeout_ms // 2)
+        self.fetch_tokens: dict[int, tuple[float, int]] = {}  # peer -> (tokens, at ms)
         self.next_prune = clock() + WAITER_TTL_MS
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -152,6 +182,8 @@ class ReplicaNode:
                 if now >= self.next_reconcile:
                     self.gate.reconcile(self.replica.batcher.pending)
                     self.next_reconcile = now + RECONCILE_MS
+                if self.to_ask:
+                    self.ask_stale(now)
                 deadline = self.replica.next_deadline()
                 wait_ms = tick_ms if deadline is None else max(0, min(tick_ms, deadline - now))
                 self.wake.clear()
@@ -173,15 +205,37 @@ class ReplicaNode:
     # -- inputs ---------------------------------------------------------------------------------
 
     def _on_peer(self, sender: int, message: dict[str, Any]) -> None:
+        now = self.clock()
         if message["t"] == "request":  # a backup relays a client's request: admitted here too
             tx = self._admit_relayed(message.get("tx"))
             if tx is None:
                 self.counters["rejected_relayed"] += 1
                 return
-            self._perform(self.replica.on_request(tx, self.clock(), verified=True))
+            self._perform(self.replica.on_request(tx, now, verified=True))
+        elif message["t"] == "fetch" and not self._may_serve_fetch(sender, now):
+            return
         else:
-            self._perform(self.replica.on_message(message, sender, self.clock()))
+            self._perform(self.replica.on_message(message, sender, now))
         self.wake.set()
+
+    def _may_serve_fetch(self, sender: int, now: int) -> bool:
+        """A token bucket per peer (``fetch_per_s``, two seconds' worth of burst), and no answer
+        while that peer has ``max_fetch_backlog`` bytes unread: signed ``FetchBlocks`` with a
+        new ``from_seq`` each time pass the core's repeat guard, and each answer is up to
+        ``fetch_limit`` blocks."""
+        link = self.links.get(sender)
+        if link is not None and link.backlog > self.limits.max_fetch_backlog:
+            self.incidents("fetches_refused", f"replica {sender} has not read its answers")
+            return False
+        rate = self.limits.fetch_per_s
+        tokens, at = self.fetch_tokens.get(sender, (2.0 * rate, now))
+        tokens = min(2.0 * rate, tokens + (now - at) * rate / 1000)
+        if tokens < 1:
+            self.fetch_tokens[sender] = (tokens, now)
+            self.incidents("fetches_refused", f"replica {sender} over {rate}/s")
+            return False
+        self.fetch_tokens[sender] = (tokens - 1, now)
+        return True
 
     def _on_client(self, conn: ClientConn, message: dict[str, Any]) -> None:
         kind = message["t"]
@@ -203,7 +257,8 @@ class ReplicaNode:
                 return
             wanted = [t for t in ids if isinstance(t, str) and len(t) == 64]
             for tx_id in wanted:
-                self._wait_for(conn, tx_id)
+                if self._wait_for(conn, tx_id):
+                    self.to_ask.setdefault(tx_id, self.clock())
             # one query for the whole frame; usually none has executed yet
             for tx_id in self.state.store.known(wanted):
                 self._reply_if_executed(tx_id)
@@ -291,33 +346,133 @@ class ReplicaNode:
             {"t": "reject", "replica": self.me, "tx_id": tx_id, "code": code, "message": message}
         )
 
-    def _wait_for(self, conn: ClientConn, tx_id: str) -> None:
-        if len(self.waiters) >= MAX_WAITERS and tx_id not in self.waiters:
-            self.counters["waiters_dropped"] += 1
-            return
-        if tx_id not in self.waiters:
+    def _wait_for(self, conn: ClientConn, tx_id: str) -> bool:
+        """Note that ``conn`` waits for ``tx_id``; False if the table has no room for it.
+
+        A connection may hold ``max_waiters_per_client`` waits. When the whole table is full,
+        the connection holding the most waits gives up its oldest (half the difference to the
+        asking connection, at most ``EVICT_CHUNK``, so the search for it is rare) unless that
+        is the asking connection itself: whoever floods the table pays for it, a client that
+        waits for a few is always served."""
+        if conn.closed:
+            return False
+        mine = self.held.get(conn)
+        if mine is None:
+            mine = self.held[conn] = {}
+        if tx_id in mine:
+            return True
+        if len(mine) >= self.limits.max_waiters_per_client:
+            self.incidents("waiters_refused", f"a client from {conn.source} at its limit")
+            return False
+        if self.wait_count >= self.limits.max_waiters and not self._evict_for(conn):
+            self.incidents("waiters_refused", "the table is full")
+            return False
+        conns = self.waiters.get(tx_id)
+        if conns is None:
+            conns = self.waiters[tx_id] = set()
             self.waiting_since[tx_id] = self.clock()
-        self.waiters[tx_id].add(conn)
+        conns.add(conn)
+        mine[tx_id] = None
+        self.wait_count += 1
+        return True
+
+    def _evict_for(self, conn: ClientConn) -> bool:
+        largest = max(self.held, key=lambda c: len(self.held[c]))
+        if largest is conn or len(self.held[largest]) <= len(self.held[conn]) + 1:
+            return False
+        theirs = self.held[largest]
+        # half the difference (so two floods end up with equal shares), at most a chunk
+        count = max(1, min(EVICT_CHUNK, (len(theirs) - len(self.held[conn])) // 2))
+        for tx_id in list(theirs)[:count]:
+            self._unwait(largest, tx_id)
+        self.counters["waiters_evicted"] += 1
+        return True
+
+    def _unwait(self, conn: ClientConn, tx_id: str) -> None:
+        mine = self.held.get(conn)
+        if mine is None or tx_id not in mine:
+            return
+        del mine[tx_id]
+        self.wait_count -= 1
+        conns = self.waiters.get(tx_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                self._forget(tx_id)
+
+    def _forget(self, tx_id: str) -> None:
+        del self.waiters[tx_id]
+        self.waiting_since.pop(tx_id, None)
+        self.to_ask.pop(tx_id, None)
+
+    def _take_waiters(self, tx_id: str) -> set[ClientConn] | None:
+        """The connections waiting for ``tx_id``, removed from the table (it was answered)."""
+        conns = self.waiters.pop(tx_id, None)
+        if conns is None:
+            return None
+        self.waiting_since.pop(tx_id, None)
+        self.to_ask.pop(tx_id, None)
+        held = self.held
+        for conn in conns:
+            mine = held.get(conn)
+            if mine is not None:
+                del mine[tx_id]
+        self.wait_count -= len(conns)
+        return conns
 
     def prune_waiters(self, now: int) -> None:
         """Forget waits for transactions that never executed (refused, never ordered) so the
         table cannot grow without bound; a client still interested re-sends."""
         cutoff = now - WAITER_TTL_MS
-        for tx_id, since in list(self.waiting_since.items()):
+        expired = []
+        for tx_id, since in self.waiting_since.items():
             if since > cutoff:
                 break
-            del self.waiting_since[tx_id]
-            if self.waiters.pop(tx_id, None) is not None:
+            expired.append(tx_id)
+        for tx_id in expired:
+            if self._take_waiters(tx_id) is not None:
                 self.counters["waiters_expired"] += 1
 
+    def ask_stale(self, now: int) -> None:
+        """Ask the waiting clients for the transactions they await here that this replica has
+        neither received nor seen in a pre-prepare for ``ask_after_ms``: once it holds one,
+        its view-change timer runs (a frozen primary is replaced), and it relays it to the
+        primary. Each transaction is asked for once; the client answers with a ``requests``
+        frame only for those it still waits for."""
+        cutoff = now - self.ask_after_ms
+        due: dict[ClientConn, list[str]] = {}
+        for tx_id, since in self.to_ask.items():
+            if since > cutoff:
+                break
+            if not self.replica.knows_request(tx_id):
+                for conn in self.waiters.get(tx_id, ()):
+                    due.setdefault(conn, []).append(tx_id)
+        asked = 0
+        for conn, ids in due.items():
+            for start in range(0, len(ids), MAX_PER_FRAME):
+                conn.send(
+                    {"t": "want", "replica": self.me, "tx_ids": ids[start : start + MAX_PER_FRAME]}
+                )
+            asked += len(ids)
+        for tx_id in list(self.to_ask):
+            if self.to_ask[tx_id] > cutoff:
+                break
+            del self.to_ask[tx_id]
+        if asked:
+            self.counters["requests_asked"] += asked
+
     def _on_client_closed(self, conn: ClientConn) -> None:
-        # cheap enough: connections close rarely, waiters are pruned on every reply
-        for tx_id in [t for t, conns in self.waiters.items() if conn in conns]:
-            conns = self.waiters[tx_id]
-            conns.discard(conn)
-            if not conns:
-                del self.waiters[tx_id]
-                self.waiting_since.pop(tx_id, None)
+        """Forget the connection's waits: work in proportion to what it held."""
+        mine = self.held.pop(conn, None)
+        if not mine:
+            return
+        self.wait_count -= len(mine)
+        for tx_id in mine:
+            conns = self.waiters.get(tx_id)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    self._forget(tx_id)
 
     def _reply_if_executed(self, tx_id: str) -> None:
         found = self.state.receipt(tx_id)
@@ -344,18 +499,16 @@ class ReplicaNode:
                     for link in self.links.values():
                         link.send_frame(frame)
             elif isinstance(action, ReplyTo):
-                conns = self.waiters.pop(action.tx_id, None)
-                self.waiting_since.pop(action.tx_id, None)
+                conns = self._take_waiters(action.tx_id)
                 if conns:
                     wire = action.reply.to_wire()
                     for conn in conns:
                         replies.setdefault(conn, []).append(wire)
             elif isinstance(action, BlockReplies):
                 view, height, me = action.view, action.height, action.replica
-                waiters, since = self.waiters, self.waiting_since
+                waiters, take = self.waiters, self._take_waiters
                 for tx_id, receipt in zip(action.tx_ids, action.receipts, strict=True):
-                    conns = waiters.pop(tx_id, None)
-                    since.pop(tx_id, None)
+                    conns = take(tx_id) if tx_id in waiters else None
                     if conns:
                         wire = Reply.wire(view, tx_id, height, receipt, me)
                         for conn in conns:
@@ -379,8 +532,7 @@ class ReplicaNode:
                 return frame(msg.encoded())  # the batch's bytes, encoded once
             return encode_frame(msg.to_wire())
         except FrameError as exc:
-            self.counters["oversized_messages"] += 1
-            log.error("replica %d: %s not sent: %s", self.me, type(msg).__name__, exc)
+            self.incidents("oversized_messages", f"{type(msg).__name__} not sent: {exc}")
             return None
 
     # -- queries --------------------------------------------------------------------------------
@@ -403,6 +555,12 @@ class ReplicaNode:
             "counters": counters,
             "signatures_verified": self.sigs.verified,
             "batch_verify": self.batch_verify,
+            "io": dict(
+                self.listener.snapshot(),
+                nofile=self.nofile,
+                waiters=self.wait_count,
+                link_backlog=sum(link.backlog for link in self.links.values()),
+            ),
         }
 
     def _answer(self, message: dict[str, Any], reader: bytes | None = None) -> dict[str, Any]:
@@ -468,6 +626,14 @@ def _public(hex_key: str) -> Any:
     return parse_public_hex(hex_key, "public_key")
 
 
+def _loop_error(incidents: Incidents, context: dict[str, Any]) -> None:
+    """What asyncio would log with a traceback (an ``accept()`` that found no descriptor, a
+    callback that raised): counted, and logged once per cause per minute without one."""
+    exc = context.get("exception")
+    detail = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+    incidents("loop_errors", f"{context.get('message', '')} {detail}".strip())
+
+
 def tune_gc() -> None:
     """A replica allocates a few dicts per transaction, almost none of them in reference cycles,
     so the cyclic collector's default (a young-generation pass every 700 allocations) mostly
@@ -486,9 +652,11 @@ async def serve(
 ) -> None:
     """Run one replica until SIGTERM or SIGINT, then stop cleanly. ``listen_port`` binds another
     port than the cluster file's (tests put a cuttable proxy on the advertised one)."""
-    node = ReplicaNode(directory, replica_id, factory, listen_port=listen_port)
+    nofile = raise_nofile()
+    node = ReplicaNode(directory, replica_id, factory, listen_port=listen_port, nofile=nofile)
     tune_gc()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: _loop_error(node.incidents, context))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stop)
     await node.run()

@@ -29,7 +29,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
-from ledger.transport import FrameDecoder, FrameError, decode_payload, encode_frame, read_message
+from ledger.transport import (
+    HEADER,
+    MAX_CLIENT_FRAME,
+    FrameDecoder,
+    FrameError,
+    decode_payload,
+    encode_frame,
+    read_message,
+)
 from ledger.tx import MAX_NONCE, SignedTx, public_bytes, sign_tx
 from ledger_client.protocol import (
     answer_key,
@@ -75,6 +83,19 @@ class _Conn:
         self.writer.write(encode_frame(message))
         return True
 
+    def send_list(self, kind: str, field: str, items: list[Any]) -> None:
+        """``items`` in frames of ``kind``, halved until each fits a client frame (a replica
+        drops a connection that sends a larger one)."""
+        if self.writer is None or self.writer.is_closing():
+            return
+        data = encode_frame({"t": kind, field: items})
+        if len(data) - HEADER.size > MAX_CLIENT_FRAME and len(items) > 1:
+            half = len(items) // 2
+            self.send_list(kind, field, items[:half])
+            self.send_list(kind, field, items[half:])
+            return
+        self.writer.write(data)
+
     def request(self, wire: dict[str, Any]) -> None:
         """Queue a transaction; all queued in one turn of the loop go out in one frame."""
         self._requests.append(wire)
@@ -94,9 +115,9 @@ class _Conn:
         requests, self._requests = self._requests, []
         awaits, self._awaits = self._awaits, []
         for start in range(0, len(requests), MAX_PER_FRAME):
-            self.send({"t": "requests", "txs": requests[start : start + MAX_PER_FRAME]})
+            self.send_list("requests", "txs", requests[start : start + MAX_PER_FRAME])
         for start in range(0, len(awaits), MAX_PER_FRAME):
-            self.send({"t": "await", "tx_ids": awaits[start : start + MAX_PER_FRAME]})
+            self.send_list("await", "tx_ids", awaits[start : start + MAX_PER_FRAME])
 
     async def run(self) -> None:
         while True:
@@ -520,6 +541,18 @@ class LedgerClient:
                     if conn.index != index:
                         conn.request(pending.wire)
 
+    def _on_want(self, index: int, ids: Any) -> None:
+        """A replica asks for transactions this client announced to it with ``await`` and that
+        it has not seen ordered: it gets them in full (only those still waited for), so that it
+        holds them and times a stalled primary out."""
+        if not isinstance(ids, list):
+            return
+        conn = self._conns[index]
+        for tx_id in ids[:MAX_PER_FRAME]:
+            pending = self._txs.get(tx_id) if isinstance(tx_id, str) else None
+            if pending is not None and pending.wire is not None and not pending.finished:
+                conn.request(pending.wire)
+
     def _on_message(self, index: int, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "reply":
@@ -535,6 +568,8 @@ class LedgerClient:
                 return
             code = str(message.get("code"))
             pending.reject(index, code, RejectedError(code, str(message.get("message"))))
+        elif kind == "want":
+            self._on_want(index, message.get("tx_ids"))
         elif kind == "answer":
             qid = message.get("id")
             if not isinstance(qid, int):

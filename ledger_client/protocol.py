@@ -29,6 +29,14 @@ replica -> client
   `NOT_ADMITTED`, `UNKNOWN_KIND`, `TX_TOO_LARGE`, `OVER_LIMIT`, `APPLICATION_EXISTS`,
   `APPLICATIONS_FULL` (ledger README, "Admission").
 - ``{"t": "answer", "replica": i, "id": <int>, "ok": bool, "value": ..., "error": <str>}``.
+- ``{"t": "want", "replica": i, "tx_ids": [<hex>, ...]}``: send me these transactions in full
+  (ones this client awaited at that replica which it has neither received nor seen in a
+  pre-prepare for half a view-change timeout; holding them, it can time a stalled primary out).
+  The client answers with ``requests`` for those it still waits for, and ignores the others.
+
+A client frame is at most ``ledger.limits.MAX_CLIENT_FRAME`` (1 MiB) long; a replica closes a
+connection that sends a longer one, sends nothing for ``limits.client_idle_ms`` (the client
+reconnects and announces again what it waits for), or leaves too many replies unread.
 
 A client accepts a result once f+1 replicas sent the same one: at least one of them is correct.
 """

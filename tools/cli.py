@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 BENCH_MODULES: tuple[str, ...] = (
     "tools.ledger_bench",  # wattmesh bench ledger
+    "tools.ledger_abuse_bench",  # wattmesh bench ledger-abuse
     "ledger.contract.bench",  # wattmesh bench auction
     "gateway.bench",  # wattmesh bench ingest
     "gateway.ems.bench",  # wattmesh bench ems
