@@ -45,6 +45,9 @@ NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered 
 BAD_SIGNATURE: Final = "BAD_SIGNATURE"
 DUPLICATE_REPORT: Final = "DUPLICATE_REPORT"
 REPORT_TOO_LATE: Final = "REPORT_TOO_LATE"  # the report's hour is already settled
+IMPLAUSIBLE_ENERGY: Final = "IMPLAUSIBLE_ENERGY"  # more Wh than the meter's limit x 15 minutes
+INTERVAL_IN_FUTURE: Final = "INTERVAL_IN_FUTURE"  # ends after the block, beyond the tolerance
+INTERVAL_TOO_OLD: Final = "INTERVAL_TOO_OLD"  # starts before the block's report window
 
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"  # a bug: never expected, reported instead of raised
 

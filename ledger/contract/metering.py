@@ -13,6 +13,14 @@ reads low). It is signed with the figures, stored with them and answered by the 
 query, so that whoever settles or disputes an hour sees which figures were measured cleanly; it
 does not change settlement. A report without flags omits the field, and signs exactly the bytes
 it signed before flags existed.
+
+What a report may claim is bounded by physics and by time (the contract cannot see the wires, but
+it can refuse what no wire could carry): each meter is registered with its connection's import
+and export limits in W, and a report of more Wh than limit x 15 minutes is ``IMPLAUSIBLE_ENERGY``;
+an interval that ends after the block's timestamp plus ``report_clock_tolerance_ms`` is
+``INTERVAL_IN_FUTURE``; one that starts more than ``report_window_ms`` before it is
+``INTERVAL_TOO_OLD``. A feeder meter's reports are stored like any other but bill nobody:
+settlement balances each interval of the members' reports against them (settlement.py).
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from ledger.contract.codes import (
     BAD_BODY,
     BAD_SIGNATURE,
     DUPLICATE_REPORT,
+    IMPLAUSIBLE_ENERGY,
+    INTERVAL_IN_FUTURE,
+    INTERVAL_TOO_OLD,
     NOT_GATEWAY,
     REPORT_TOO_LATE,
     UNKNOWN_METER,
@@ -39,6 +50,8 @@ from ledger.encoding import canonical
 
 REPORT_DOMAIN = b"wattmesh/report/v1\x00"
 MAX_INTERVAL_WH = 10**8  # 100 MWh in 15 minutes: far above any community meter
+INTERVAL_MS = 15 * 60_000
+HOUR_MS = 3_600_000
 # The quality flags a report may carry, in their one order (a report lists its flags in this
 # order, each once). The gateway numbers its interval flags from this tuple (bit i = entry i).
 REPORT_FLAGS = (
@@ -113,6 +126,45 @@ def report_flags(body: Mapping[str, Any]) -> list[str]:
     return list(flags)
 
 
+def interval_start_ms(interval: str) -> int:
+    """Milliseconds since the epoch (UTC) at which a valid interval ``YYYY-MM-DDTHH:MM`` starts."""
+    return f.hour_end_ms(interval[:13]) - HOUR_MS + int(interval[14:16]) * 60_000
+
+
+def max_interval_wh(limit_w: int) -> int:
+    """The most Wh a connection limited to ``limit_w`` W can pass in one interval (rounded down:
+    a meter that reports whole Wh never reads more than was there)."""
+    return limit_w * INTERVAL_MS // HOUR_MS
+
+
+def _plausible(
+    st: State, meter: dict[str, Any], interval: str, imp: int, exp: int, ctx: BlockContext
+) -> None:
+    params = st.data["params"]
+    start = interval_start_ms(interval)
+    if start + INTERVAL_MS > ctx.timestamp_ms + params["report_clock_tolerance_ms"]:
+        raise Rejected(
+            INTERVAL_IN_FUTURE,
+            f"interval {interval} ends after the block ({ctx.timestamp_ms} ms) plus the "
+            f"tolerance of {params['report_clock_tolerance_ms']} ms",
+        )
+    if start < ctx.timestamp_ms - params["report_window_ms"]:
+        raise Rejected(
+            INTERVAL_TOO_OLD,
+            f"interval {interval} starts over {params['report_window_ms']} ms before the block",
+        )
+    for name, wh, limit in (
+        ("import_wh", imp, meter["import_limit_w"]),
+        ("export_wh", exp, meter["export_limit_w"]),
+    ):
+        if wh > max_interval_wh(limit):
+            raise Rejected(
+                IMPLAUSIBLE_ENERGY,
+                f"{name} {wh} exceeds the meter's limit of {limit} W for 15 minutes "
+                f"({max_interval_wh(limit)} Wh)",
+            )
+
+
 def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, (*FIELDS, "flags") if "flags" in body else FIELDS)
@@ -131,6 +183,7 @@ def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     signed = report_signing_bytes(meter_id, interval, import_wh, export_wh, flags)
     if not ed25519.verify(gateway_key, signature, signed):
         raise Rejected(BAD_SIGNATURE, "report signature does not verify")
+    _plausible(st, meter, interval, import_wh, export_wh, ctx)
     seen = st.data["reports"].get(meter_id)
     if seen is not None and interval in seen:
         raise Rejected(DUPLICATE_REPORT, f"{meter_id} already reported {interval}")
@@ -144,9 +197,10 @@ def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         export_wh,
         *([flags] if flags else []),
     ]
-    totals = st.data["hourly"].setdefault(hour, {}).setdefault(meter["owner"], [0, 0])
-    totals[0] += import_wh
-    totals[1] += export_wh
+    if meter["role"] == "member":  # a feeder's figures balance the members', they bill nobody
+        totals = st.data["hourly"].setdefault(hour, {}).setdefault(meter["owner"], [0, 0])
+        totals[0] += import_wh
+        totals[1] += export_wh
     result: dict[str, Any] = {"meter_id": meter_id, "interval": interval, "owner": meter["owner"]}
     if flags:
         result["flags"] = flags

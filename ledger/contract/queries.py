@@ -149,7 +149,8 @@ def settlement(st: State, params: Mapping[str, Any]) -> Any:
 
 def energy(st: State, params: Mapping[str, Any]) -> Any:
     """Energy tokens of an hour per member: minted (Wh exported, from signed reports), spent on
-    the community's trades and to the grid at settlement, and still unspent (before settlement)."""
+    the community's trades and to the grid at settlement, voided by the feeder balance check,
+    and still unspent (before settlement)."""
     _params(params, ("listing_id",))
     listing_id = _read(f.listing_id, params, "listing_id")
     metered = st.data["hourly"].get(listing_id, {})
@@ -163,13 +164,15 @@ def energy(st: State, params: Mapping[str, Any]) -> Any:
         line = lines.get(member)
         to_trades = line["delivered_wh"] if line else 0
         to_grid = line["feed_in_wh"] if line else 0
+        voided = line["export_cut_wh"] if line else 0
         out.append(
             {
                 "id_grid": member,
                 "minted_wh": minted,
                 "spent_on_trades_wh": to_trades,
                 "spent_to_grid_wh": to_grid,
-                "unspent_wh": minted - to_trades - to_grid,
+                "voided_wh": voided,  # cut by the feeder balance check: never backed by energy
+                "unspent_wh": minted - to_trades - to_grid - voided,
             }
         )
     return out

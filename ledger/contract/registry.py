@@ -30,6 +30,9 @@ SELLER_ROLES = ("producer", "prosumer")
 BUYER_ROLES = ("consumer", "prosumer")
 RES_KINDS_MAX = 32
 MAX_RATED_POWER_W = 10**8  # 100 MW
+# A meter is a member's billing meter, or the community's own meter at its grid connection (the
+# feeder or transformer), read by the operator's gateway or signed by the DSO's key.
+METER_ROLES = ("member", "feeder")
 
 
 def sender_member(st: State, tx: Transaction) -> str:
@@ -91,17 +94,35 @@ def add_res(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"res_id": res_id}
 
 
+METER_FIELDS = ("meter_id", "owner", "gateway_key", "import_limit_w", "export_limit_w")
+
+
 def add_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    """A meter with its connection's physical limits: the contracted import power and the
+    inverter's (or the connection's) export limit, in W. Reports are held to limit x interval.
+    ``role`` is ``member`` (the default, a billing meter) or ``feeder`` (the community's grid
+    connection, owned by an operator; its reports balance the members' and bill nobody)."""
     body = tx.body
-    f.exact(body, ("meter_id", "owner", "gateway_key"))
+    f.exact(body, (*METER_FIELDS, "role") if "role" in body else METER_FIELDS)
     meter_id = f.ident(body, "meter_id")
     owner = f.ident(body, "owner")
     gateway_key = f.key_hex(body, "gateway_key")
+    import_limit = f.non_negative(body, "import_limit_w", MAX_RATED_POWER_W)
+    export_limit = f.non_negative(body, "export_limit_w", MAX_RATED_POWER_W)
+    role = f.choice(body, "role", METER_ROLES) if "role" in body else "member"
     sender_operator(st, tx)
     known_member(st, owner)
+    if role == "feeder" and st.role(owner) != "operator":
+        raise Rejected(ROLE_FORBIDDEN, f"a feeder meter belongs to an operator, not {owner}")
     if meter_id in st.data["meters"]:
         raise Rejected(METER_EXISTS, f"meter {meter_id} already exists")
-    st.data["meters"][meter_id] = {"owner": owner, "gateway_key": gateway_key}
+    st.data["meters"][meter_id] = {
+        "owner": owner,
+        "gateway_key": gateway_key,
+        "import_limit_w": import_limit,
+        "export_limit_w": export_limit,
+        "role": role,
+    }
     return {"meter_id": meter_id}
 
 

@@ -31,10 +31,11 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "supply": 0,  # micro-tokens minted
         "grid": {"balance": 0, "sold_wh": 0, "bought_wh": 0},
         "res": {},  # res_id -> {owner, kind, rated_power_w}
-        "meters": {},  # meter_id -> {owner, gateway_key}
+        # meter_id -> {owner, gateway_key, import_limit_w, export_limit_w, role}
+        "meters": {},
         "listings": {},  # listing_id -> listing record (see market.py)
         "reports": {},  # meter_id -> {interval -> [import_wh, export_wh(, [flags])]}
-        "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from reports
+        "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from members' reports
         "mcp_history": [],  # [{listing_id, rule, mcp, height}] in order of clearing
         "seq": 0,  # last order sequence number handed out (FIFO across all listings)
     }

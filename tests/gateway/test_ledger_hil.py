@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,10 @@ from ledger_client.client import LedgerClient
 from tests.gateway.conftest import until
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_795_000_000_000 - 1_795_000_000_000 % INTERVAL_MS + 30_000
+# The gateway's clock starts two hours ago: the replicas stamp blocks with the real time, and the
+# contract takes reports of intervals that have ended, within its report window (7 days).
+_NOW = time.time_ns() // 1_000_000
+T0 = _NOW - _NOW % INTERVAL_MS - 8 * INTERVAL_MS + 30_000
 KEY7 = bytes(range(32))
 
 
@@ -98,8 +102,10 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
         )  # fmt: skip
         assert r.ok, r
         r = await op.submit_new(
-            "registry.add_meter", {"meter_id": "plug7", "owner": "PT0001", "gateway_key": gw_pub}
-        )
+            "registry.add_meter",
+            {"meter_id": "plug7", "owner": "PT0001", "gateway_key": gw_pub,
+             "import_limit_w": 6_900, "export_limit_w": 0},
+        )  # fmt: skip
         assert r.ok, r
     replicas.stop()  # the ledger goes away before any interval closes
 

@@ -61,6 +61,18 @@ VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
 METERED_REGULAR = ("Television", "Personal Computer", "Refrigerator")
 
 
+IMPORT_LIMIT_W = 13_800  # every home's contracted power: 60 A at 230 V
+
+
+def report_window_ms(date: dt.date) -> int:
+    """The contract takes reports of intervals up to its report window before the block's time.
+    The replicas stamp blocks with today's time while the demo replays a past day, so the
+    demo's community widens the window from its default (7 days) to reach back to that day."""
+    day0 = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC)
+    return max(7 * 86_400_000, int((dt.datetime.now(dt.UTC) - day0).total_seconds()) * 1000
+               + 2 * 86_400_000)
+
+
 class DemoError(RuntimeError):
     """The demo could not go on (a part failed to start, the ledger refused a setup step)."""
 
@@ -165,7 +177,8 @@ class DemoRun:
         self.homes: list[Home] = build_community(opts.households, opts.seed)
         self.operator = Actor(OPERATOR, Ed25519PrivateKey.generate())
         self.gateway_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
-        self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule)
+        self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule,
+                                       report_window_ms=report_window_ms(opts.date))
         self.tariffs = Tariffs.from_params(self.genesis["params"])
         # Each home's agent trades with its own margin around the expected price (seeded), so
         # the hourly books have the spread of real supply and demand curves.
@@ -226,6 +239,8 @@ class DemoRun:
             await self.tx(op, "registry.add_meter", {
                 "meter_id": h.meter_id, "owner": h.id_grid,
                 "gateway_key": public_hex(self.gateway_keys[h.id_grid]),
+                # the connection's limits: contracted import power, the inverter's export
+                "import_limit_w": IMPORT_LIMIT_W, "export_limit_w": h.pv_w,
             })
             await self.tx(op, "token.mint", {"to": h.id_grid, "amount": START_TOKENS})
             self.minted += START_TOKENS
