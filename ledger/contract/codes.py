@@ -39,6 +39,12 @@ RES_CAPACITY_EXCEEDED: Final = "RES_CAPACITY_EXCEEDED"  # offers exceed rated po
 PRICE_OUT_OF_BAND: Final = "PRICE_OUT_OF_BAND"
 BOTH_SIDES: Final = "BOTH_SIDES"  # offer and bid by one member in one listing
 TOO_EARLY: Final = "TOO_EARLY"  # settle before the delivery hour has ended
+SEALED_LISTING: Final = "SEALED_LISTING"  # an open offer/bid on a listing that takes commitments
+NOT_SEALED: Final = "NOT_SEALED"  # commit/reveal/clear on a listing with an open book
+NOT_REVEALING: Final = "NOT_REVEALING"  # reveal/clear on a listing not in its reveal phase
+UNKNOWN_COMMITMENT: Final = "UNKNOWN_COMMITMENT"  # a reveal that matches none of the sender's
+ALREADY_REVEALED: Final = "ALREADY_REVEALED"
+REVEAL_OPEN: Final = "REVEAL_OPEN"  # clear before every order is revealed or the window is over
 
 # metering
 NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered gateway key

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ledger.contract import fields as f
-from ledger.contract import market, metering, queries, registry, settlement
+from ledger.contract import market, metering, queries, registry, sealed, settlement
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
@@ -33,6 +33,9 @@ HANDLERS: dict[str, Handler] = {
     "auction.offer": market.offer,
     "auction.bid": market.bid,
     "auction.close": market.close,
+    "auction.commit": sealed.commit,
+    "auction.reveal": sealed.reveal,
+    "auction.clear": sealed.clear,
     "auction.settle": settlement.settle,
     "meter.report": metering.report,
 }

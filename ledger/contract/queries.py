@@ -11,7 +11,8 @@ from ledger.contract import fields as f
 from ledger.contract.api import QueryError
 from ledger.contract.clearing import payment
 from ledger.contract.codes import Rejected
-from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, trade_dict
+from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, REVEAL, trade_dict
+from ledger.contract.sealed import held
 from ledger.contract.state import State
 
 MAX_HISTORY = 10_000
@@ -58,13 +59,17 @@ def _listing(st: State, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
 
 
 def _escrow(st: State, id_grid: str) -> int:
-    return sum(
-        payment(wh, price)
-        for listing in st.data["listings"].values()
-        if listing["state"] == AUTHORIZE_OFFERS
-        for _seq, buyer, wh, price in listing["bids"]
-        if buyer == id_grid
-    )
+    """What the member has held in listings not yet cleared: bids' escrow and sealed orders'
+    deposits."""
+    deposit = st.data["params"]["commit_deposit"]
+    total = 0
+    for listing in st.data["listings"].values():
+        if listing["state"] not in (AUTHORIZE_OFFERS, REVEAL):
+            continue
+        bids = listing["bids"]
+        total += sum(payment(wh, price) for _s, buyer, wh, price in bids if buyer == id_grid)
+        total += deposit * sum(1 for entry in listing["commits"].values() if entry[0] == id_grid)
+    return total
 
 
 def balance(st: State, params: Mapping[str, Any]) -> Any:
@@ -116,7 +121,18 @@ def listing(st: State, params: Mapping[str, Any]) -> Any:
         "offers": len(record["offers"]),
         "bids": len(record["bids"]),
         "traded_wh": sum(row[3] for row in record["trades"]),
+        "policy": record["policy"],
+        "sealed": record["sealed"],
+        "commitments": len(record["commits"]),
+        "revealed": len(record["revealed"]),
+        "efficiency": _efficiency(record["efficiency"]),
     }
+
+
+def _efficiency(gains: list[int] | None) -> dict[str, int] | None:
+    if gains is None:
+        return None
+    return {"traded_gains": gains[0], "efficient_gains": gains[1]}
 
 
 def listings(st: State, params: Mapping[str, Any]) -> Any:
@@ -210,7 +226,14 @@ def reports(st: State, params: Mapping[str, Any]) -> Any:
 
 def grid(st: State, params: Mapping[str, Any]) -> Any:
     _params(params, ())
-    return {**st.data["grid"], "supply": st.data["supply"], "debts": dict(st.data["debts"])}
+    deposit = st.data["params"]["commit_deposit"]
+    return {
+        **st.data["grid"],
+        "supply": st.data["supply"],
+        "debts": dict(st.data["debts"]),
+        # escrow and deposits held by listings not yet cleared
+        "held": sum(held(listing, deposit) for listing in st.data["listings"].values()),
+    }
 
 
 def params_(st: State, params: Mapping[str, Any]) -> Any:

@@ -80,6 +80,16 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
         "auction.offer": {"listing_id": HOUR, "res_id": "PV1", "wh": 10, "reserve_price": 40_000},
         "auction.bid": {"listing_id": HOUR, "wh": 10, "bid_price": 50_000},
         "auction.close": {"listing_id": HOUR},
+        "auction.commit": {"listing_id": HOUR, "side": "bid", "commitment": "ab" * 32},
+        "auction.reveal": {
+            "listing_id": HOUR,
+            "side": "bid",
+            "wh": 10,
+            "price": 50_000,
+            "res_id": "",
+            "salt": "cd" * 32,
+        },
+        "auction.clear": {"listing_id": HOUR},
         "auction.settle": {"listing_id": HOUR},
         "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2, ["gap", "clipped"]),
     }
