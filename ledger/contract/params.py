@@ -42,7 +42,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "price_min": FEED_IN,
     "price_max": RETAIL_PEAK,
     "order_policy": "one",
-    "sealed_bids": False,
+    "sealed_bids": True,
     "commit_deposit": COMMIT_DEPOSIT,
     "reveal_window_ms": REVEAL_WINDOW_MS,
     "report_clock_tolerance_ms": REPORT_CLOCK_TOLERANCE_MS,

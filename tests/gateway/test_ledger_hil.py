@@ -195,17 +195,30 @@ async def test_the_ems_reads_a_listing_clearing_from_the_ledger(
         assert (await op.submit_new("auction.open", {"listing_id": hour})).ok
         ledger = LedgerDeliverer(cluster, buyer, 30.0)
         try:
+            # a new community takes sealed orders: commitments now, reveals after the close
             assert await ledger.clearing(hour) is None  # still taking orders
-            offer = {"listing_id": hour, "res_id": "PV1", "wh": 1000, "reserve_price": 50_000}
-            async with LedgerClient.from_cluster_file(cluster, seller, timeout_s=30) as s:
-                assert (await s.submit_new("auction.offer", offer)).ok
-            bid = {"listing_id": hour, "wh": 600, "bid_price": 80_000}
-            async with LedgerClient.from_cluster_file(cluster, buyer, timeout_s=30) as b:
-                assert (await b.submit_new("auction.bid", bid)).ok
-            assert (await op.submit_new("auction.close", {"listing_id": hour})).ok
+            tariff = Tariff()
+            sell = TradingAgent("PT0001", tariff, res_id="PV1", res_rated_w=3000, sealed=True)
+            buy = TradingAgent("PT0002", tariff, sealed=True)
+            buy.expected[13] = sell.expected[13] = 70_000
+            offer, bid = sell.decide(hour, -1200), buy.decide(hour, 700)
+            assert offer is not None and bid is not None and offer.kind == "auction.commit"
+            async with LedgerClient.from_cluster_file(cluster, seller, timeout_s=30) as s, \
+                    LedgerClient.from_cluster_file(cluster, buyer, timeout_s=30) as b:
+                assert (await op.submit_new("token.mint", {"to": "PT0001", "amount": 10**6})).ok
+                assert (await s.submit_new(offer.kind, offer.body)).ok
+                assert (await b.submit_new(bid.kind, bid.body)).ok
+                assert (await op.submit_new("auction.close", {"listing_id": hour})).ok
+                closed = await ledger.clearing(hour)
+                assert closed is not None and closed["state"] == "REVEAL"
+                for agent, client in ((sell, s), (buy, b)):
+                    reveal = agent.reveal(hour)
+                    assert reveal is not None
+                    assert (await client.submit_new(reveal.kind, reveal.body)).ok
+            assert (await op.submit_new("auction.clear", {"listing_id": hour})).ok
             result = await ledger.clearing(hour)
-            assert result is not None and result["state"] != "AUTHORIZE_OFFERS"
-            got = TradingAgent("PT0002", Tariff()).read_clearing(result)
-            assert (got.bought_wh, got.sold_wh) == (600, 0) and got.mcp == result["mcp"] > 0
+            assert result is not None and result["state"] == "BIDS_CLOSED"
+            got = buy.read_clearing(result)
+            assert (got.bought_wh, got.sold_wh) == (int(700 * 0.9), 0) and got.mcp == result["mcp"]
         finally:
             await ledger.close()

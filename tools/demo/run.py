@@ -182,10 +182,12 @@ class DemoRun:
         self.tariffs = Tariffs.from_params(self.genesis["params"])
         # Each home's agent trades with its own margin around the expected price (seeded), so
         # the hourly books have the spread of real supply and demand curves.
+        params = self.genesis["params"]
         self.agents = {
             h.id_grid: TradingAgent(
                 h.id_grid, ems_tariff(self.tariffs), res_id=h.res_id if h.pv_w else None,
-                res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3))
+                res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3),
+                sealed=params["sealed_bids"], commit_deposit=params["commit_deposit"])
             for h in self.homes}
         self.record = DayRecord(date=opts.date.isoformat(), rule=opts.rule)
         self.dr = DemandResponse(*opts.dr) if opts.dr else None  # the grid operator's request
@@ -493,6 +495,15 @@ class DemoRun:
         await self.wait_for(lambda: all(self.outbox_state(e, oid) != "pending"
                                         for e, oid in queued), 15.0, "orders delivered")
         closed = await self.tx(op, "auction.close", {"listing_id": listing_id})
+        if closed.result.get("state") == "REVEAL":  # sealed orders: each agent opens its own
+            queued = []
+            for e in self.edges:
+                reveal = self.agents[e.id_grid].reveal(listing_id)
+                if reveal is not None:
+                    queued.append((e, e.gateway.enqueue_tx(reveal.kind, reveal.body)))
+            await self.wait_for(lambda: all(self.outbox_state(e, oid) != "pending"
+                                            for e, oid in queued), 15.0, "reveals delivered")
+            closed = await self.tx(op, "auction.clear", {"listing_id": listing_id})
         res = closed.result
         for agent in self.agents.values():
             agent.read_clearing(res)
@@ -501,6 +512,9 @@ class DemoRun:
                             trades=[dict(t) for t in res.get("trades", [])],
                             kwh_available=int(res.get("kwh_available", 0)),
                             kwh_wanted=int(res.get("kwh_wanted", 0)))
+        if isinstance(res.get("efficiency"), Mapping):
+            result.gains = (int(res["efficiency"]["traded_gains"]),
+                            int(res["efficiency"]["efficient_gains"]))
         self.listings.append(listing_id)
         self.results[listing_id] = result
         result.relay_actions = await self.deliver(k, day, hod, book)
@@ -595,6 +609,7 @@ class DemoRun:
                 assert self.ledger is not None
                 settled = await self.ledger.query("settlement", listing_id=listing_id)
                 self.results[listing_id].settlement = [dict(ln) for ln in settled["lines"]]
+                self.results[listing_id].balance = [dict(b) for b in settled.get("balance", [])]
 
     async def snapshot_balances(self, label: str) -> None:
         assert self.ledger is not None
