@@ -24,8 +24,11 @@ the largest honest exporters at most that lie; the interval is flagged for the o
 way. An interval below the allowance (more import than the feeder saw: an over-reported import
 or an under-reported export) harms only the reporter and is flagged, not changed.
 
-Without a feeder meter the check is off (``[]``); an interval for which some feeder meter has no
-report is ``unchecked`` and settled as reported (the operator reads the feeder, and its missing
+Where a member's report in the hour is flagged ``missing`` or ``gap`` (its meter did not answer
+and the energy of the gap came in a later interval), the hour is checked as one window
+(``quarters`` 4), so that energy displaced within the hour balances. Without a feeder meter the
+check is off (``[]``); a window for which some feeder meter has no report is ``unchecked`` and
+settled as reported (the operator reads the feeder, and its missing
 report is on the ledger for all to see).
 """
 
@@ -70,35 +73,53 @@ def cut_largest_first(claims: dict[str, int], excess: int) -> dict[str, int]:
     return kept
 
 
+DISPLACING = ("missing", "gap")  # flags of a report whose energy belongs to other intervals
+
+
+def _windows(st: State, hour: str, meters: list[str]) -> list[list[str]]:
+    """The intervals checked together: each on its own, or the whole hour as one window when a
+    member's report in it says its energy was displaced in time (a meter that did not answer
+    reports ``missing`` with 0 Wh, and its next report carries the gap's energy, ``gap``)."""
+    intervals = [f"{hour}:{q}" for q in QUARTERS]
+    reports = st.data["reports"]
+    for meter_id in meters:
+        for interval in intervals:
+            row = reports.get(meter_id, {}).get(interval)
+            if row is not None and len(row) > 2 and any(x in DISPLACING for x in row[2]):
+                return [intervals]
+    return [[i] for i in intervals]
+
+
 def check_hour(st: State, hour: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """The members' credited export of ``hour`` (member -> Wh, after any cut) and one record per
-    interval of the check (empty when the community has no feeder meter)."""
+    window of the check (empty when the community has no feeder meter)."""
     meters = st.data["meters"]
     reports = st.data["reports"]
     feeders = sorted(m for m, rec in meters.items() if rec["role"] == "feeder")
+    members = sorted(m for m, rec in meters.items() if rec["role"] == "member")
     credited: dict[str, int] = {}
     checks: list[dict[str, Any]] = []
     tolerance = st.data["params"]["feeder_tolerance_permille"]
-    for quarter in QUARTERS:
-        interval = f"{hour}:{quarter}"
+    for window in _windows(st, hour, members):
         imports: dict[str, int] = {}
         exports: dict[str, int] = {}
         n_reports = 0
-        for meter_id in sorted(meters):
-            rec = meters[meter_id]
-            row = reports.get(meter_id, {}).get(interval)
-            if rec["role"] != "member" or row is None:
-                continue
-            owner = rec["owner"]
-            imports[owner] = imports.get(owner, 0) + row[0]
-            exports[owner] = exports.get(owner, 0) + row[1]
-            n_reports += 1
+        for meter_id in members:
+            for interval in window:
+                row = reports.get(meter_id, {}).get(interval)
+                if row is None:
+                    continue
+                owner = meters[meter_id]["owner"]
+                imports[owner] = imports.get(owner, 0) + row[0]
+                exports[owner] = exports.get(owner, 0) + row[1]
+                n_reports += 1
         kept = exports
         if feeders:
-            rows = [reports.get(m, {}).get(interval) for m in feeders]
+            rows = [reports.get(m, {}).get(i) for m in feeders for i in window]
             m_imp, m_exp = sum(imports.values()), sum(exports.values())
             record: dict[str, Any] = {
-                "interval": interval,
+                "interval": window[0],
+                "quarters": len(window),
                 "members_import_wh": m_imp,
                 "members_export_wh": m_exp,
             }
@@ -108,7 +129,7 @@ def check_hour(st: State, hour: str) -> tuple[dict[str, int], list[dict[str, Any
                 f_imp = sum(row[0] for row in rows if row is not None)
                 f_exp = sum(row[1] for row in rows if row is not None)
                 loss = (f_imp - f_exp) - (m_imp - m_exp)
-                allowed = (m_imp + m_exp) * tolerance // 1000 + n_reports + len(feeders)
+                allowed = (m_imp + m_exp) * tolerance // 1000 + n_reports + len(rows)
                 excess = loss - allowed
                 if excess > 0:
                     kept = cut_largest_first(exports, excess)

@@ -17,6 +17,8 @@ it signed before flags existed.
 What a report may claim is bounded by physics and by time (the contract cannot see the wires, but
 it can refuse what no wire could carry): each meter is registered with its connection's import
 and export limits in W, and a report of more Wh than limit x 15 minutes is ``IMPLAUSIBLE_ENERGY``;
+a report flagged ``gap`` may also carry the limit's worth of each interval just before it that
+the meter reported ``missing`` (the gateway counts a gap's energy when the meter answers again);
 an interval that ends after the block's timestamp plus ``report_clock_tolerance_ms`` is
 ``INTERVAL_IN_FUTURE``; one that starts more than ``report_window_ms`` before it is
 ``INTERVAL_TOO_OLD``. A feeder meter's reports are stored like any other but bill nobody:
@@ -25,6 +27,7 @@ settlement balances each interval of the members' reports against them (settleme
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -131,6 +134,31 @@ def interval_start_ms(interval: str) -> int:
     return f.hour_end_ms(interval[:13]) - HOUR_MS + int(interval[14:16]) * 60_000
 
 
+MAX_GAP_INTERVALS = 4 * 24  # a gap report may cover at most a day of missing intervals
+
+
+def _interval_name(start_ms: int) -> str:
+    # time.gmtime is calendar arithmetic on the number given: no clock is read
+    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(start_ms // 1000))
+
+
+def _gap_span(st: State, meter_id: str, interval: str, flags: Sequence[str]) -> int:
+    """Intervals whose energy a report may carry: 1, or for a report flagged ``gap`` also each
+    interval just before it that this meter reported ``missing`` (with 0 Wh): the gateway counts
+    the energy of a gap in the first interval after it, so that nothing is lost."""
+    if "gap" not in flags:
+        return 1
+    seen = st.data["reports"].get(meter_id, {})
+    start = interval_start_ms(interval)
+    span = 1
+    while span <= MAX_GAP_INTERVALS:
+        row = seen.get(_interval_name(start - span * INTERVAL_MS))
+        if row is None or len(row) < 3 or "missing" not in row[2]:
+            break
+        span += 1
+    return span
+
+
 def max_interval_wh(limit_w: int) -> int:
     """The most Wh a connection limited to ``limit_w`` W can pass in one interval (rounded down:
     a meter that reports whole Wh never reads more than was there)."""
@@ -138,9 +166,16 @@ def max_interval_wh(limit_w: int) -> int:
 
 
 def _plausible(
-    st: State, meter: dict[str, Any], interval: str, imp: int, exp: int, ctx: BlockContext
+    st: State,
+    meter_id: str,
+    interval: str,
+    imp: int,
+    exp: int,
+    flags: Sequence[str],
+    ctx: BlockContext,
 ) -> None:
     params = st.data["params"]
+    meter = st.data["meters"][meter_id]
     start = interval_start_ms(interval)
     if start + INTERVAL_MS > ctx.timestamp_ms + params["report_clock_tolerance_ms"]:
         raise Rejected(
@@ -153,15 +188,16 @@ def _plausible(
             INTERVAL_TOO_OLD,
             f"interval {interval} starts over {params['report_window_ms']} ms before the block",
         )
+    span = _gap_span(st, meter_id, interval, flags)
     for name, wh, limit in (
         ("import_wh", imp, meter["import_limit_w"]),
         ("export_wh", exp, meter["export_limit_w"]),
     ):
-        if wh > max_interval_wh(limit):
+        if wh > span * max_interval_wh(limit):
             raise Rejected(
                 IMPLAUSIBLE_ENERGY,
-                f"{name} {wh} exceeds the meter's limit of {limit} W for 15 minutes "
-                f"({max_interval_wh(limit)} Wh)",
+                f"{name} {wh} exceeds the meter's limit of {limit} W for {15 * span} minutes "
+                f"({span * max_interval_wh(limit)} Wh)",
             )
 
 
@@ -183,7 +219,7 @@ def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     signed = report_signing_bytes(meter_id, interval, import_wh, export_wh, flags)
     if not ed25519.verify(gateway_key, signature, signed):
         raise Rejected(BAD_SIGNATURE, "report signature does not verify")
-    _plausible(st, meter, interval, import_wh, export_wh, ctx)
+    _plausible(st, meter_id, interval, import_wh, export_wh, flags, ctx)
     seen = st.data["reports"].get(meter_id)
     if seen is not None and interval in seen:
         raise Rejected(DUPLICATE_REPORT, f"{meter_id} already reported {interval}")
