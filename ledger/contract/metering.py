@@ -18,11 +18,12 @@ What a report may claim is bounded by physics and by time (the contract cannot s
 it can refuse what no wire could carry): each meter is registered with its connection's import
 and export limits in W, and a report of more Wh than limit x 15 minutes is ``IMPLAUSIBLE_ENERGY``;
 a report flagged ``gap`` may also carry the limit's worth of each interval just before it that
-the meter reported ``missing`` (the gateway counts a gap's energy when the meter answers again);
-an interval that ends after the block's timestamp plus ``report_clock_tolerance_ms`` is
-``INTERVAL_IN_FUTURE``; one that starts more than ``report_window_ms`` before it is
-``INTERVAL_TOO_OLD``. A feeder meter's reports are stored like any other but bill nobody:
-settlement balances each interval of the members' reports against them (settlement.py).
+the meter reported ``missing`` or did not report (the gateway counts a gap's energy when the
+meter answers again); an interval that ends after the block's timestamp plus
+``report_clock_tolerance_ms`` is ``INTERVAL_IN_FUTURE``; one that starts more than
+``report_window_ms`` before it is ``INTERVAL_TOO_OLD``. A feeder meter's reports are stored
+like any other but bill nobody: settlement balances the members' reports against them
+(balance.py).
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ def _interval_name(start_ms: int) -> str:
 
 def _gap_span(st: State, meter_id: str, interval: str, flags: Sequence[str]) -> int:
     """Intervals whose energy a report may carry: 1, or for a report flagged ``gap`` also each
-    interval just before it that this meter reported ``missing`` (with 0 Wh): the gateway counts
-    the energy of a gap in the first interval after it, so that nothing is lost."""
+    interval just before it that this meter reported ``missing`` (with 0 Wh) or did not report:
+    the gateway counts the energy of a gap in the first interval after it, so that nothing is
+    lost. Over the span the report is still held to the meter's limit."""
     if "gap" not in flags:
         return 1
     seen = st.data["reports"].get(meter_id, {})
@@ -153,7 +155,7 @@ def _gap_span(st: State, meter_id: str, interval: str, flags: Sequence[str]) -> 
     span = 1
     while span <= MAX_GAP_INTERVALS:
         row = seen.get(_interval_name(start - span * INTERVAL_MS))
-        if row is None or len(row) < 3 or "missing" not in row[2]:
+        if row is not None and (len(row) < 3 or "missing" not in row[2]):
             break
         span += 1
     return span

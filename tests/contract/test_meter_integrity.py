@@ -194,10 +194,17 @@ def test_a_meter_gap_within_the_hour_is_balanced_over_the_hour() -> None:
                           ("45", 900, [])):  # fmt: skip
         assert c.tx(gw, "meter.report", sign_report(gw, "MC1", f"{HOUR}:{q}", imp, 0, flags)).ok
     # the gap's 1800 Wh is above 15 minutes at 6.9 kW (1725 Wh), not above 30 minutes: the
-    # interval before it was reported missing; without that, the same figure is refused
-    body = sign_report(gw, "MC1", f"{HOUR}:45", 1800, 0, ["gap"])
+    # interval before it was reported missing (or not reported); after a reported interval the
+    # same figure is refused, and so is more than 30 minutes' worth
     other = _community(feeder=True)
-    rejected(other, other.gateways["MC1"], "meter.report", body, "IMPLAUSIBLE_ENERGY")
+    ogw = other.gateways["MC1"]
+    assert other.report("MC1", f"{HOUR}:00", 900, 0).code == "OK"
+    rejected(other, ogw, "meter.report", sign_report(ogw, "MC1", f"{HOUR}:15", 1800, 0, ["gap"]),
+             "IMPLAUSIBLE_ENERGY")  # fmt: skip
+    rejected(other, ogw, "meter.report", sign_report(ogw, "MC1", f"{HOUR}:30", 3451, 0, ["gap"]),
+             "IMPLAUSIBLE_ENERGY")  # fmt: skip
+    assert other.tx(ogw, "meter.report",
+                    sign_report(ogw, "MC1", f"{HOUR}:30", 3450, 0, ["gap"])).ok  # fmt: skip
     lines = _settle(c)
     assert [(chk["quarters"], chk["status"]) for chk in lines["_"]["balance"]] == [(4, "balanced")]
     assert lines["P1"]["exported_wh"] == 1200

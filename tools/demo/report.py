@@ -54,6 +54,8 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
             "net_export_wh": h.net_export_wh,
             "settled": h.settled,
             "settlement_lines": h.settlement or [],
+            # the contract's check of the homes' reports against the feeder meter
+            "balance": h.balance or [],
             "relay_actions": h.relay_actions,
             "trades": h.trades,
             "order_book": {
@@ -319,6 +321,16 @@ def render_html(record: DayRecord, data: dict[str, Any]) -> str:
         value = costs[name].get("efficiency")
         return "" if value is None else f"{100 * value:.1f} %"
 
+    windows = [(h["listing_id"], w) for h in data["hours"] for w in h["balance"]]
+    flagged = [w for _, w in windows if w["status"] != "balanced"]
+    balance = _table(
+        [[w["interval"], str(w["quarters"]), w["status"], str(w["members_import_wh"]),
+          str(w["members_export_wh"]), str(w.get("feeder_import_wh", "")),
+          str(w.get("feeder_export_wh", "")), str(w.get("loss_wh", "")),
+          str(w.get("allowed_wh", "")), str(w["export_cut_wh"])] for w in flagged],
+        ["window", "quarters", "status", "homes' import Wh", "homes' export Wh",
+         "feeder import Wh", "feeder export Wh", "loss Wh", "allowed Wh", "export cut Wh"],
+    ) if flagged else "<p>Every window balanced.</p>"
     cost_rows = [[name, f"{costs[name]['community_cost_utok'] / 1e6:.2f}",
                   "" if name == "grid_only" else f"{costs[name]['saving_utok'] / 1e6:.2f}",
                   "" if name == "grid_only" else f"{costs[name]['traded_wh'] / 1000:.2f}",
@@ -364,6 +376,11 @@ what the market did not match goes to the grid, a seller's shortfall is bought a
 <img alt="cost comparison" src="data:image/png;base64,{imgs['costs']}">
 {_table(cost_rows, ["rule", "community cost €", "saving against grid €", "traded kWh",
                      "efficiency (gains traded ÷ possible)"])}
+<h2>Community balance against the feeder meter</h2>
+<p>The operator's gateway reads the community's feeder meter; at settlement the contract checks
+{len(windows)} windows of the homes' reports against it (losses and meter error within the
+genesis tolerance). A window that does not balance is flagged, and exports the feeder never
+saw are cut, the largest claims first, before anything is paid.</p>{balance}
 <h2>Appliances on plugs and on the firmware node</h2>
 <p>Each flexible appliance is switched by its relay at the EMS plan's slot edges; one regular
 appliance per home is only metered. The node's CT clamps measure like the real ones do.</p>{subs}

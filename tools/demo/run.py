@@ -34,6 +34,7 @@ from tools.demo.checks import self_checks
 from tools.demo.economics import HourBook, Tariffs
 from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, start_edge
 from tools.demo.faults import plan_faults
+from tools.demo.feeder import FEEDER_ID, FEEDER_LIMIT_W, FEEDER_MODEL, Liar, feeder_power
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import (
@@ -177,6 +178,9 @@ class DemoRun:
         self.homes: list[Home] = build_community(opts.households, opts.seed)
         self.operator = Actor(OPERATOR, Ed25519PrivateKey.generate())
         self.gateway_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
+        self.feeder_key = Ed25519PrivateKey.generate()  # the operator's gateway at the feeder
+        self.feeder: HomeEdge | None = None
+        self.liar: Liar | None = None  # --faults: the home whose gateway over-reports
         self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule,
                                        report_window_ms=report_window_ms(opts.date))
         self.tariffs = Tariffs.from_params(self.genesis["params"])
@@ -246,6 +250,11 @@ class DemoRun:
             })
             await self.tx(op, "token.mint", {"to": h.id_grid, "amount": START_TOKENS})
             self.minted += START_TOKENS
+        await self.tx(op, "registry.add_meter", {
+            "meter_id": FEEDER_ID, "owner": OPERATOR, "role": "feeder",
+            "gateway_key": public_hex(self.feeder_key),
+            "import_limit_w": FEEDER_LIMIT_W, "export_limit_w": FEEDER_LIMIT_W,
+        })
 
     # -- the day ----------------------------------------------------------------------------
 
@@ -275,7 +284,7 @@ class DemoRun:
             if self.vm is not None:
                 self.record.counters.update({f"vm_{k}": v for k, v in self.vm.stats().items()})
                 await self.vm.close()
-            for e in self.edges:
+            for e in self.metered_edges():
                 await e.close()
 
     async def start_edges(self) -> None:
@@ -348,6 +357,14 @@ class DemoRun:
             supply.switched += [plug_draw(p.emulator.core) for p in edge.plugs]
             supply.switched += [relay_draw(self.relays[(h.id_grid, name)])
                                 for name in node_relays]
+        # the operator's gateway at the community's connection: the feeder meter sees every
+        # home's billing meter's power at once, plus the lines' losses
+        self.feeder = await start_edge(
+            EdgeSpec(OPERATOR, FEEDER_ID, self.feeder_key,
+                     feeder_power(self.supply[h.id_grid].power_w for h in self.homes), [],
+                     model=FEEDER_MODEL),
+            self.clock, gw_dir / "operator", POLL_MS // 1000, self.current_ledger, {},
+            self.plug_load, None)
         if self.vm is not None:
             vm_edge = next(e for e in self.edges if e.id_grid == vm_home.id_grid)  # type: ignore[union-attr]
             mqtt_src = [src for src in vm_edge.gateway.sources
@@ -357,13 +374,16 @@ class DemoRun:
         n_plugs = sum(len(e.plugs) for e in self.edges)
         self.record.parts["meters"] = (f"{len(self.edges)} emulated {METER_MODEL} meters on "
                                        "pymodbus TCP servers (loopback)")
+        self.record.parts["feeder meter"] = (
+            f"an emulated {FEEDER_MODEL} at the community's grid connection on a pymodbus TCP "
+            "server, read by the operator's gateway daemon and registered as the feeder")
         self.record.parts["gateways"] = (f"{len(self.edges)} gateway daemons (gateway.daemon), "
                                          "one SQLite store each, on the demo's clock")
         self.record.parts["plugs"] = (f"{n_plugs} emulated BLE plugs on bumble virtual links, "
                                       "reached through the bleak API")
         await self.wait_for(lambda: all(e.ble_ready() for e in self.edges), 20.0,
                             "plugs connected")
-        await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.edges), 10.0,
+        await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.metered_edges()), 10.0,
                             "first Modbus polls")
         for e in self.edges:
             for p in e.plugs:
@@ -575,8 +595,8 @@ class DemoRun:
         await self.clock.set(t_ms)
         if poll:
             due = (t_ms - self.day0_ms) // POLL_MS + 1
-            await self.wait_for(lambda: all(e.cycles() >= due for e in self.edges), 5.0,
-                                "Modbus polls")
+            await self.wait_for(lambda: all(e.cycles() >= due for e in self.metered_edges()),
+                                5.0, "Modbus polls")
             if self.vm is not None:
                 vm = self.vm
                 await self.wait_for(lambda: vm.caught_up(t_ms), 20.0, "firmware node")
@@ -585,7 +605,11 @@ class DemoRun:
         if self.ledger_down:
             return False
         return all(e.hour_reported(start_ms, start_ms + HOUR_MS, SLOTS_PER_HOUR)
-                   for e in self.edges)
+                   for e in self.metered_edges())
+
+    def metered_edges(self) -> list[HomeEdge]:
+        """The homes' edges and the operator's at the feeder."""
+        return [*self.edges, *([self.feeder] if self.feeder is not None else [])]
 
     # -- faults on request ------------------------------------------------------------------
 
