@@ -33,7 +33,9 @@ from ledger.contract.sealed import order_commitment
 
 
 @dataclass(frozen=True, slots=True)
-class Order:
+class OrderTx:
+    """A transaction the agent wants sent (not a book order: that is the contract's ``Order``)."""
+
     kind: str  # "auction.offer", "auction.bid", "auction.commit" or "auction.reveal"
     body: dict[str, Any]
 
@@ -75,7 +77,7 @@ class TradingAgent:
         return int(min(max(round(price), lo), hi))
 
     def decide(self, listing_id: str, net_wh: int, balance_utok: int | None = None
-               ) -> Order | None:
+               ) -> OrderTx | None:
         """The order for one listing from the plan's net energy of that hour (import > 0,
         export < 0), or None; sealed: its commitment. ``balance_utok`` caps a bid to what its
         escrow (and a commitment's deposit) can cover."""
@@ -86,7 +88,7 @@ class TradingAgent:
             return order
         return self._commit(listing_id, order)
 
-    def _commit(self, listing_id: str, order: Order) -> Order:
+    def _commit(self, listing_id: str, order: OrderTx) -> OrderTx:
         body = order.body
         if order.kind == "auction.offer":
             side, price, res_id = "offer", int(body["reserve_price"]), str(body["res_id"])
@@ -99,15 +101,15 @@ class TradingAgent:
         self.pending[listing_id] = {"listing_id": listing_id, "side": side, "wh": wh,
                                     "price": price, "res_id": res_id, "salt": salt.hex()}
         commitment = order_commitment(listing_id, self.id_grid, side, wh, price, res_id, salt)
-        return Order("auction.commit", {"listing_id": listing_id, "side": side,
+        return OrderTx("auction.commit", {"listing_id": listing_id, "side": side,
                                         "commitment": commitment})
 
-    def reveal(self, listing_id: str) -> Order | None:
+    def reveal(self, listing_id: str) -> OrderTx | None:
         """The reveal of this home's sealed order for a closed listing (once), or None."""
         body = self.pending.pop(listing_id, None)
-        return None if body is None else Order("auction.reveal", body)
+        return None if body is None else OrderTx("auction.reveal", body)
 
-    def _order(self, listing_id: str, net_wh: int, balance_utok: int | None) -> Order | None:
+    def _order(self, listing_id: str, net_wh: int, balance_utok: int | None) -> OrderTx | None:
         hour = parse_listing_id(listing_id).hour
         lo, hi = self.tariff.band(hour)
         band = hi - lo
@@ -118,7 +120,7 @@ class TradingAgent:
             if wh < self.min_wh:
                 return None
             price = self._clamp(expected - self.margin * band, hour)
-            return Order("auction.offer", {"listing_id": listing_id, "res_id": self.res_id,
+            return OrderTx("auction.offer", {"listing_id": listing_id, "res_id": self.res_id,
                                            "wh": wh, "reserve_price": price})
         if net_wh > 0:
             wh = int(net_wh * self.buy_share)
@@ -127,7 +129,7 @@ class TradingAgent:
                 wh = min(wh, balance_utok * 1000 // price)
             if wh < self.min_wh:
                 return None
-            return Order("auction.bid", {"listing_id": listing_id, "wh": wh,
+            return OrderTx("auction.bid", {"listing_id": listing_id, "wh": wh,
                                          "bid_price": price})
         return None
 

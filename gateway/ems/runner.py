@@ -71,7 +71,7 @@ class ClockLike(Protocol):
 SendRelay = Callable[[int, int, bool], Awaitable[int]]
 EnqueueTx = Callable[[str, dict[str, Any]], object]
 History = Callable[[str, int, int], Sequence[IntervalRow]]
-Clearing = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+ClearingFetch = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,7 @@ class StepReport:
 class EmsRunner:
     def __init__(self, appliances: Sequence[Appliance], tariff: Tariff, config: RunnerConfig,
                  *, clock: ClockLike, send_relay: SendRelay, enqueue_tx: EnqueueTx,
-                 interval_history: History, clearing: Clearing | None = None,
+                 interval_history: History, clearing: ClearingFetch | None = None,
                  agent: TradingAgent | None = None) -> None:
         self.appliances = list(appliances)
         self.tariff = tariff

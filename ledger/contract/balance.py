@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 QUARTERS = ("00", "15", "30", "45")
 BALANCED = "balanced"
@@ -76,7 +76,7 @@ def cut_largest_first(claims: dict[str, int], excess: int) -> dict[str, int]:
 DISPLACING = ("missing", "gap")  # flags of a report whose energy belongs to other intervals
 
 
-def _windows(st: State, hour: str, meters: list[str]) -> list[list[str]]:
+def _windows(st: ContractState, hour: str, meters: list[str]) -> list[list[str]]:
     """The intervals checked together: each on its own, or the whole hour as one window when a
     member's report in it says its energy was displaced in time (a meter that did not answer
     reports ``missing`` with 0 Wh, and its next report carries the gap's energy, ``gap``)."""
@@ -90,7 +90,7 @@ def _windows(st: State, hour: str, meters: list[str]) -> list[list[str]]:
     return [[i] for i in intervals]
 
 
-def check_hour(st: State, hour: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
+def check_hour(st: ContractState, hour: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """The members' credited export of ``hour`` (member -> Wh, after any cut) and one record per
     window of the check (empty when the community has no feeder meter)."""
     meters = st.data["meters"]

@@ -243,7 +243,7 @@ def _ahead(ranked: list[Order], marginal: Order) -> list[Order]:
     return ranked[: ranked.index(marginal)]
 
 
-RULES: Final[dict[str, Callable[[Sequence[Order], Sequence[Order]], Clearing]]] = {
+RULE_FUNCTIONS: Final[dict[str, Callable[[Sequence[Order], Sequence[Order]], Clearing]]] = {
     "paper": clear_paper,
     "uniform": clear_uniform,
     "pay_as_bid": clear_pay_as_bid,
@@ -275,7 +275,7 @@ def book_orders(book: Mapping[str, Any]) -> tuple[list[Order], list[Order]]:
 def clear(rule: str, offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
     """Clear one listing's book with the named rule (``paper``, ``uniform``, ``pay_as_bid`` or
     ``mcafee``)."""
-    fn = RULES.get(rule)
+    fn = RULE_FUNCTIONS.get(rule)
     if fn is None:
-        raise ValueError(f"unknown clearing rule {rule!r}; known: {sorted(RULES)}")
+        raise ValueError(f"unknown clearing rule {rule!r}; known: {sorted(RULE_FUNCTIONS)}")
     return fn(offers, bids)

@@ -17,11 +17,11 @@ from ledger.contract import market, metering, queries, registry, sealed, settlem
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
-from ledger.contract.state import State, empty_state
+from ledger.contract.state import ContractState, empty_state
 
 GENESIS_VERSION = 1
 
-Handler = Callable[[State, Transaction, BlockContext], dict[str, Any]]
+Handler = Callable[[ContractState, Transaction, BlockContext], dict[str, Any]]
 
 HANDLERS: dict[str, Handler] = {
     "registry.admit": registry.admit,
@@ -41,7 +41,7 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def state_from_genesis(genesis: Mapping[str, Value]) -> State:
+def state_from_genesis(genesis: Mapping[str, Value]) -> ContractState:
     if not isinstance(genesis, Mapping):
         raise GenesisError("genesis must be an object")
     unknown = sorted(set(genesis) - {"version", "params", "members"})
@@ -49,7 +49,7 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> State:
         raise GenesisError(f"unknown genesis keys {unknown}")
     if genesis.get("version") != GENESIS_VERSION:
         raise GenesisError(f"genesis.version must be {GENESIS_VERSION}")
-    st = State(empty_state(check_params(genesis.get("params", {}))))
+    st = ContractState(empty_state(check_params(genesis.get("params", {}))))
     members = genesis.get("members")
     if not isinstance(members, list) or not members:
         raise GenesisError("genesis.members must be a non-empty list")
@@ -104,4 +104,4 @@ class CommunityContract:
         return hashlib.sha256(self.snapshot()).digest()
 
     def restore(self, data: bytes) -> None:
-        self._state = State.from_snapshot(data)
+        self._state = ContractState.from_snapshot(data)

@@ -59,7 +59,7 @@ from ledger.contract.codes import (
 )
 from ledger.contract.params import retail_price
 from ledger.contract.registry import BUYER_ROLES, SELLER_ROLES, sender_member, sender_operator
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 OFFER_FIELDS = ("seq", "seller", "wh", "price", "res_id")
 BID_FIELDS = ("seq", "buyer", "wh", "price")
@@ -92,21 +92,21 @@ def trade_dict(row: list[Any]) -> dict[str, Any]:
     }
 
 
-def listing_of(st: State, listing_id: str) -> dict[str, Any]:
+def listing_of(st: ContractState, listing_id: str) -> dict[str, Any]:
     listing = st.data["listings"].get(listing_id)
     if listing is None:
         raise Rejected(UNKNOWN_LISTING, f"no listing {listing_id}")
     return listing  # type: ignore[no-any-return]
 
 
-def _open_listing(st: State, listing_id: str) -> dict[str, Any]:
+def _open_listing(st: ContractState, listing_id: str) -> dict[str, Any]:
     listing = listing_of(st, listing_id)
     if listing["state"] != AUTHORIZE_OFFERS:
         raise Rejected(LISTING_CLOSED, f"listing {listing_id} is {listing['state']}")
     return listing
 
 
-def _in_band(st: State, name: str, price: int, listing_id: str) -> None:
+def _in_band(st: ContractState, name: str, price: int, listing_id: str) -> None:
     """The community's band, capped by the grid's retail price of the listing's hour: nobody
     buys from a neighbour above what the grid charges then (off-peak retail is lower)."""
     params = st.data["params"]
@@ -125,7 +125,7 @@ def _one_side(listing: dict[str, Any], member: str, side: str) -> None:
         raise Rejected(BOTH_SIDES, f"{member} already placed an {other} in this listing")
 
 
-def open_listing(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def open_listing(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """AuthorizeOfferCom."""
     body = tx.body
     f.exact(body, ("listing_id",))
@@ -170,7 +170,7 @@ def _previous(listing: dict[str, Any], rows: list[list[Any]], member: str) -> in
 
 
 def check_offer(
-    st: State, listing: dict[str, Any], listing_id: str, seller: str, res_id: str, wh: int,
+    st: ContractState, listing: dict[str, Any], listing_id: str, seller: str, res_id: str, wh: int,
     price: int, replaced_wh: int = 0,
 ) -> None:  # fmt: skip
     """Everything an offer must satisfy; ``replaced_wh``: Wh of the same RES it replaces."""
@@ -192,7 +192,7 @@ def check_offer(
 
 
 def check_bid(
-    st: State, listing: dict[str, Any], listing_id: str, buyer: str, wh: int, price: int,
+    st: ContractState, listing: dict[str, Any], listing_id: str, buyer: str, wh: int, price: int,
     returned: int = 0,
 ) -> int:  # fmt: skip
     """Everything a bid must satisfy; returns its escrow. ``returned``: escrow of the bid it
@@ -225,14 +225,14 @@ def add_bid(listing: dict[str, Any], seq: int, buyer: str, wh: int, price: int) 
     listing["kwh_wanted"] += wh
 
 
-def _open_book(st: State, listing_id: str) -> dict[str, Any]:
+def _open_book(st: ContractState, listing_id: str) -> dict[str, Any]:
     listing = _open_listing(st, listing_id)
     if listing["sealed"]:
         raise Rejected(SEALED_LISTING, f"listing {listing_id} takes sealed orders: auction.commit")
     return listing
 
 
-def offer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def offer(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """RESOffer: Wh from one RES at a reserve price, from the RES's owner. Under policy ``one``
     it replaces the member's previous offer in the listing."""
     body = tx.body
@@ -261,7 +261,7 @@ def offer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return result
 
 
-def bid(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def bid(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """BuyOffer: escrows wh x bid_price / 1000 micro-tokens (rounded down) until clearing. Under
     policy ``one`` it replaces the member's previous bid (whose escrow comes back)."""
     body = tx.body
@@ -290,7 +290,7 @@ def bid(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return result
 
 
-def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def close(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """Bid_Closed: close the listing; an open book is cleared in the same transaction, a sealed
     one starts its reveal (``auction.clear`` clears it, sealed.py)."""
     body = tx.body
@@ -306,7 +306,7 @@ def close(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
 
 
 def clear_listing(
-    st: State,
+    st: ContractState,
     listing: dict[str, Any],
     listing_id: str,
     ctx: BlockContext,

@@ -49,7 +49,7 @@ from ledger.contract.codes import (
     UNKNOWN_METER,
     Rejected,
 )
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 from ledger.encoding import canonical
 
 REPORT_DOMAIN = b"wattmesh/report/v1\x00"
@@ -143,7 +143,7 @@ def _interval_name(start_ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(start_ms // 1000))
 
 
-def _gap_span(st: State, meter_id: str, interval: str, flags: Sequence[str]) -> int:
+def _gap_span(st: ContractState, meter_id: str, interval: str, flags: Sequence[str]) -> int:
     """Intervals whose energy a report may carry: 1, or for a report flagged ``gap`` also each
     interval just before it that this meter reported ``missing`` (with 0 Wh) or did not report:
     the gateway counts the energy of a gap in the first interval after it, so that nothing is
@@ -168,7 +168,7 @@ def max_interval_wh(limit_w: int) -> int:
 
 
 def _plausible(
-    st: State,
+    st: ContractState,
     meter_id: str,
     interval: str,
     imp: int,
@@ -203,7 +203,7 @@ def _plausible(
             )
 
 
-def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def report(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, (*FIELDS, "flags") if "flags" in body else FIELDS)
     meter_id = f.ident(body, "meter_id")

@@ -13,7 +13,7 @@ from ledger.contract.clearing import payment
 from ledger.contract.codes import Rejected
 from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, REVEAL, trade_dict
 from ledger.contract.sealed import held
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 MAX_HISTORY = 10_000
 
@@ -41,7 +41,7 @@ def _read(
         raise QueryError(exc.message) from None
 
 
-def _member(st: State, params: Mapping[str, Any]) -> str:
+def _member(st: ContractState, params: Mapping[str, Any]) -> str:
     _params(params, ("id_grid",))
     id_grid = _read(f.ident, params, "id_grid")
     if id_grid not in st.data["members"]:
@@ -49,7 +49,7 @@ def _member(st: State, params: Mapping[str, Any]) -> str:
     return id_grid
 
 
-def _listing(st: State, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def _listing(st: ContractState, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     _params(params, ("listing_id",))
     listing_id = _read(f.listing_id, params, "listing_id")
     listing = st.data["listings"].get(listing_id)
@@ -58,7 +58,7 @@ def _listing(st: State, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
     return listing_id, listing
 
 
-def _escrow(st: State, id_grid: str) -> int:
+def _escrow(st: ContractState, id_grid: str) -> int:
     """What the member has held in listings not yet cleared: bids' escrow and sealed orders'
     deposits."""
     deposit = st.data["params"]["commit_deposit"]
@@ -72,7 +72,7 @@ def _escrow(st: State, id_grid: str) -> int:
     return total
 
 
-def balance(st: State, params: Mapping[str, Any]) -> Any:
+def balance(st: ContractState, params: Mapping[str, Any]) -> Any:
     id_grid = _member(st, params)
     return {
         "id_grid": id_grid,
@@ -82,12 +82,12 @@ def balance(st: State, params: Mapping[str, Any]) -> Any:
     }
 
 
-def member(st: State, params: Mapping[str, Any]) -> Any:
+def member(st: ContractState, params: Mapping[str, Any]) -> Any:
     id_grid = _member(st, params)
     return {"id_grid": id_grid, **st.data["members"][id_grid], "balance": st.balance(id_grid)}
 
 
-def members(st: State, params: Mapping[str, Any]) -> Any:
+def members(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return [
         {"id_grid": i, **st.data["members"][i], "balance": st.balance(i)}
@@ -95,7 +95,7 @@ def members(st: State, params: Mapping[str, Any]) -> Any:
     ]
 
 
-def res(st: State, params: Mapping[str, Any]) -> Any:
+def res(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ("res_id",))
     res_id = _read(f.ident, params, "res_id")
     record = st.data["res"].get(res_id)
@@ -104,12 +104,12 @@ def res(st: State, params: Mapping[str, Any]) -> Any:
     return {"res_id": res_id, **record}
 
 
-def meters(st: State, params: Mapping[str, Any]) -> Any:
+def meters(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return [{"meter_id": m, **st.data["meters"][m]} for m in sorted(st.data["meters"])]
 
 
-def listing(st: State, params: Mapping[str, Any]) -> Any:
+def listing(st: ContractState, params: Mapping[str, Any]) -> Any:
     listing_id, record = _listing(st, params)
     return {
         "listing_id": listing_id,
@@ -135,7 +135,7 @@ def _efficiency(gains: list[int] | None) -> dict[str, int] | None:
     return {"traded_gains": gains[0], "efficient_gains": gains[1]}
 
 
-def listings(st: State, params: Mapping[str, Any]) -> Any:
+def listings(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return [
         {"listing_id": i, "state": st.data["listings"][i]["state"]}
@@ -143,7 +143,7 @@ def listings(st: State, params: Mapping[str, Any]) -> Any:
     ]
 
 
-def order_book(st: State, params: Mapping[str, Any]) -> Any:
+def order_book(st: ContractState, params: Mapping[str, Any]) -> Any:
     listing_id, record = _listing(st, params)
     offers = [dict(zip(OFFER_FIELDS, row, strict=True)) for row in record["offers"]]
     bids = [
@@ -153,17 +153,17 @@ def order_book(st: State, params: Mapping[str, Any]) -> Any:
     return {"listing_id": listing_id, "offers": offers, "bids": bids}
 
 
-def trades(st: State, params: Mapping[str, Any]) -> Any:
+def trades(st: ContractState, params: Mapping[str, Any]) -> Any:
     _, record = _listing(st, params)
     return [trade_dict(row) for row in record["trades"]]
 
 
-def settlement(st: State, params: Mapping[str, Any]) -> Any:
+def settlement(st: ContractState, params: Mapping[str, Any]) -> Any:
     _, record = _listing(st, params)
     return copy.deepcopy(record["settlement"])
 
 
-def energy(st: State, params: Mapping[str, Any]) -> Any:
+def energy(st: ContractState, params: Mapping[str, Any]) -> Any:
     """Energy tokens of an hour per member: minted (Wh exported, from signed reports), spent on
     the community's trades and to the grid at settlement, voided by the feeder balance check,
     and still unspent (before settlement)."""
@@ -194,7 +194,7 @@ def energy(st: State, params: Mapping[str, Any]) -> Any:
     return out
 
 
-def mcp_history(st: State, params: Mapping[str, Any]) -> Any:
+def mcp_history(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, (), ("limit",))
     limit = params.get("limit", MAX_HISTORY)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_HISTORY:
@@ -202,7 +202,7 @@ def mcp_history(st: State, params: Mapping[str, Any]) -> Any:
     return copy.deepcopy(st.data["mcp_history"][-limit:])
 
 
-def reports(st: State, params: Mapping[str, Any]) -> Any:
+def reports(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ("meter_id",), ("interval",))
     meter_id = _read(f.ident, params, "meter_id")
     if meter_id not in st.data["meters"]:
@@ -224,7 +224,7 @@ def reports(st: State, params: Mapping[str, Any]) -> Any:
     ]
 
 
-def grid(st: State, params: Mapping[str, Any]) -> Any:
+def grid(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     deposit = st.data["params"]["commit_deposit"]
     return {
@@ -236,12 +236,12 @@ def grid(st: State, params: Mapping[str, Any]) -> Any:
     }
 
 
-def params_(st: State, params: Mapping[str, Any]) -> Any:
+def params_(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return copy.deepcopy(st.data["params"])
 
 
-QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
+QUERIES: dict[str, Callable[[ContractState, Mapping[str, Any]], Any]] = {
     "balance": balance,
     "member": member,
     "members": members,
@@ -260,7 +260,7 @@ QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
 }
 
 
-def run(st: State, path: str, params: Mapping[str, Any]) -> Any:
+def run(st: ContractState, path: str, params: Mapping[str, Any]) -> Any:
     handler = QUERIES.get(path) if isinstance(path, str) else None
     if handler is None:
         raise QueryError(f"unknown query {path!r}; known: {sorted(QUERIES)}")

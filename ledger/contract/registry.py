@@ -23,7 +23,7 @@ from ledger.contract.codes import (
     UNKNOWN_MEMBER,
     Rejected,
 )
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 ROLES = ("consumer", "producer", "prosumer", "operator")
 SELLER_ROLES = ("producer", "prosumer")
@@ -35,26 +35,26 @@ MAX_RATED_POWER_W = 10**8  # 100 MW
 METER_ROLES = ("member", "feeder")
 
 
-def sender_member(st: State, tx: Transaction) -> str:
+def sender_member(st: ContractState, tx: Transaction) -> str:
     who = st.member_of(tx.sender)
     if who is None:
         raise Rejected(NOT_MEMBER, "the sender's key belongs to no member")
     return who
 
 
-def sender_operator(st: State, tx: Transaction) -> str:
+def sender_operator(st: ContractState, tx: Transaction) -> str:
     who = st.member_of(tx.sender)
     if who is None or st.role(who) != "operator":
         raise Rejected(NOT_OPERATOR, f"{tx.kind} is for the community operator only")
     return who
 
 
-def known_member(st: State, id_grid: str) -> None:
+def known_member(st: ContractState, id_grid: str) -> None:
     if id_grid not in st.data["members"]:
         raise Rejected(UNKNOWN_MEMBER, f"no member {id_grid}")
 
 
-def admit(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def admit(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("id_grid", "name", "email", "public_key", "role"))
     id_grid = f.ident(body, "id_grid")
@@ -73,7 +73,7 @@ def admit(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"id_grid": id_grid}
 
 
-def add_res(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def add_res(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("res_id", "owner", "kind", "rated_power_w"))
     res_id = f.ident(body, "res_id")
@@ -97,7 +97,7 @@ def add_res(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
 METER_FIELDS = ("meter_id", "owner", "gateway_key", "import_limit_w", "export_limit_w")
 
 
-def add_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def add_meter(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """A meter with its connection's physical limits: the contracted import power and the
     inverter's (or the connection's) export limit, in W. Reports are held to limit x interval.
     ``role`` is ``member`` (the default, a billing meter) or ``feeder`` (the community's grid
@@ -126,7 +126,7 @@ def add_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"meter_id": meter_id}
 
 
-def mint(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def mint(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("to", "amount"))
     to = f.ident(body, "to")
@@ -138,7 +138,7 @@ def mint(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"to": to, "amount": amount, "balance": st.balance(to)}
 
 
-def transfer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def transfer(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("to", "amount"))
     to = f.ident(body, "to")

@@ -52,7 +52,7 @@ from ledger.contract.market import (
     listing_of,
 )
 from ledger.contract.registry import BUYER_ROLES, SELLER_ROLES, sender_member, sender_operator
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 from ledger.encoding import canonical
 
 ORDER_DOMAIN = b"wattmesh/order/v1\x00"
@@ -80,7 +80,7 @@ def _hex32(body: Any, name: str) -> str:
     return value
 
 
-def _sealed(st: State, listing_id: str, state: str) -> dict[str, Any]:
+def _sealed(st: ContractState, listing_id: str, state: str) -> dict[str, Any]:
     listing = listing_of(st, listing_id)
     if not listing["sealed"]:
         raise Rejected(NOT_SEALED, f"listing {listing_id} has an open book: auction.offer/bid")
@@ -90,7 +90,7 @@ def _sealed(st: State, listing_id: str, state: str) -> dict[str, Any]:
     return listing
 
 
-def commit(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def commit(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """A sealed order: ``{listing_id, side, commitment}``; holds the deposit. Under policy
     ``one`` it replaces the member's previous commitment in the listing (deposit returned)."""
     body = tx.body
@@ -127,7 +127,7 @@ def commit(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return result
 
 
-def reveal(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def reveal(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """``{listing_id, side, wh, price, res_id ("" for a bid), salt}`` after the close."""
     body = tx.body
     f.exact(body, REVEAL_FIELDS)
@@ -175,7 +175,7 @@ def service_keys(revealed: list[list[str]]) -> list[bytes]:
     return [sha256(seed + bytes.fromhex(c)).digest() for c, _s in revealed]
 
 
-def clear(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def clear(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """Clear a sealed listing: once every commitment is revealed, or the reveal window is over."""
     body = tx.body
     f.exact(body, ("listing_id",))

@@ -37,10 +37,10 @@ from ledger.contract.codes import LISTING_OPEN, LISTING_SETTLED, TOO_EARLY, Reje
 from ledger.contract.market import AUTHORIZE_OFFERS, SETTLED, listing_of
 from ledger.contract.params import retail_price
 from ledger.contract.registry import sender_operator
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 
-def settle(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def settle(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("listing_id",))
     listing_id = f.listing_id(body)

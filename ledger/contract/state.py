@@ -1,6 +1,6 @@
 """The contract's whole state as plain JSON-like data, with its token-moving primitives.
 
-Everything a replica must agree on lives in ``State.data`` (so ``snapshot`` is one canonical
+Everything a replica must agree on lives in ``ContractState.data`` (so ``snapshot`` is one canonical
 encoding of it); ``_by_key`` is an index rebuilt from it. Balances are micro-tokens.
 
 Accounts: every member has a balance (never negative); open bids hold escrow; the grid is one
@@ -41,7 +41,7 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class State:
+class ContractState:
     __slots__ = ("_by_key", "data")
 
     def __init__(self, data: dict[str, Any]) -> None:
@@ -99,7 +99,7 @@ class State:
         return canonical(self.data, checked=False)
 
     @classmethod
-    def from_snapshot(cls, raw: bytes) -> State:
+    def from_snapshot(cls, raw: bytes) -> ContractState:
         data = decode(raw)
         if (
             not isinstance(data, dict)
