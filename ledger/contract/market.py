@@ -305,6 +305,14 @@ def close(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, An
     return clear_listing(st, listing, listing_id, ctx)
 
 
+def _merged(a: dict[str, int], b: dict[str, int]) -> list[tuple[str, int]]:
+    """The two amounts per member added, in member id order."""
+    total = dict(b)
+    for member, amount in a.items():
+        total[member] = total.get(member, 0) + amount
+    return sorted(total.items())
+
+
 def clear_listing(
     st: ContractState,
     listing: dict[str, Any],
@@ -335,9 +343,14 @@ def clear_listing(
         left = payment(wh, price) - paid.get(seq, 0)
         if left:
             refund[buyer] = refund.get(buyer, 0) + left
-    # one credit per member, in id order (credit pays debts first, so the order is fixed)
-    for member in sorted(income.keys() | refund.keys()):
-        st.credit(member, income.get(member, 0) + refund.get(member, 0))
+    # one credit per member, in id order (credit pays debts first, so the order is fixed); a
+    # member without debt is credited in place (this loop runs once per member in the book)
+    balances, debts = st.data["balances"], st.data["debts"]
+    for member, amount in _merged(income, refund):
+        if member in debts:
+            st.credit(member, amount)
+        else:
+            balances[member] += amount
     # what buyers paid beyond what sellers received (McAfee's rule only) goes to the grid
     # account, the community's common purse
     surplus = sum(row[5] - row[9] for row in rows)
