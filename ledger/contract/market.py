@@ -318,10 +318,8 @@ def clear_listing(
     listing: dict[str, Any],
     listing_id: str,
     ctx: BlockContext,
-    returned: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Clear the book with the listing's rule and move the tokens. Nothing here can fail.
-    ``returned``: micro-tokens held for members (sealed orders' deposits) that come back."""
+    """Clear the book with the listing's rule and move the tokens. Nothing here can fail."""
     offers = list(map(Order._make, listing["offers"]))
     bids = [Order(*row) for row in listing["bids"]]
     result = clear(listing["rule"], offers, bids)
@@ -338,7 +336,7 @@ def clear_listing(
         income[t.seller] = income.get(t.seller, 0) + proceeds
         append([t.buyer, t.seller, t.res_id, t.wh, t.price, amount, t.bid_seq, t.offer_seq,
                 t.seller_price, proceeds])  # fmt: skip
-    refund: dict[str, int] = dict(returned) if returned else {}
+    refund: dict[str, int] = {}
     for seq, buyer, wh, price in listing["bids"]:
         left = payment(wh, price) - paid.get(seq, 0)
         if left:

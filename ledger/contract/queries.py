@@ -59,8 +59,8 @@ def _listing(st: ContractState, params: Mapping[str, Any]) -> tuple[str, dict[st
 
 
 def _escrow(st: ContractState, id_grid: str) -> int:
-    """What the member has held in listings not yet cleared: bids' escrow and sealed orders'
-    deposits."""
+    """What the member has held in listings not yet cleared: bids' escrow and unrevealed sealed
+    orders' deposits."""
     deposit = st.data["params"]["commit_deposit"]
     total = 0
     for listing in st.data["listings"].values():
@@ -68,7 +68,8 @@ def _escrow(st: ContractState, id_grid: str) -> int:
             continue
         bids = listing["bids"]
         total += sum(payment(wh, price) for _s, buyer, wh, price in bids if buyer == id_grid)
-        total += deposit * sum(1 for entry in listing["commits"].values() if entry[0] == id_grid)
+        commits = listing["commits"].values()
+        total += deposit * sum(1 for e in commits if e[0] == id_grid and not e[2])
     return total
 
 

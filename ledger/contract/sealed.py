@@ -5,7 +5,7 @@ SHA-256 of its order and a salt it keeps (``order_commitment``), and a deposit
 (``params.commit_deposit``) is held. ``auction.close`` (Bid_Closed) moves the listing to
 ``REVEAL``: each member sends ``auction.reveal`` with the order and the salt; the contract checks
 that they hash to one of the sender's commitments and that the order is valid (band, RES,
-capacity, the bid's escrow, which is taken then), and returns the deposit at clearing.
+capacity, the bid's escrow, which is taken then) and returns the deposit at once.
 ``auction.clear`` (operator) clears once every commitment is revealed or
 ``params.reveal_window_ms`` has passed since the close; clearing uses only revealed orders, and
 a commitment never revealed (or whose order turns out invalid) forfeits its deposit to the grid
@@ -141,6 +141,7 @@ def reveal(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, A
     salt = bytes.fromhex(_hex32(body, "salt"))
     member = sender_member(st, tx)
     listing = _sealed(st, listing_id, REVEAL)
+    deposit = st.data["params"]["commit_deposit"]
     commitment = order_commitment(listing_id, member, side, wh, price, str(res_id), salt)
     entry = listing["commits"].get(commitment)
     if entry is None or entry[0] != member:
@@ -155,9 +156,13 @@ def reveal(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, A
         add_offer(listing, position, member, wh, price, str(res_id))
         escrow = 0
     else:
-        escrow = check_bid(st, listing, listing_id, member, wh, price)
-        st.debit(member, escrow)
+        escrow = check_bid(st, listing, listing_id, member, wh, price, returned=deposit)
         add_bid(listing, position, member, wh, price)
+    # the deposit has done its work: it comes back now (against the bid's escrow, if any)
+    if escrow > deposit:
+        st.debit(member, escrow - deposit)
+    elif deposit > escrow:
+        st.credit(member, deposit - escrow)
     entry[2] = True
     listing["revealed"].append([commitment, salt.hex()])
     return {"listing_id": listing_id, "commitment": commitment, "escrow": escrow}
@@ -196,24 +201,19 @@ def clear(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, An
         for row in rows:
             row[0] = rank[row[0]]
         rows.sort(key=_first)
-    deposit = st.data["params"]["commit_deposit"]
-    returned: dict[str, int] = {}
-    forfeited = 0
-    for member, _side, revealed in listing["commits"].values():
-        if revealed:
-            returned[member] = returned.get(member, 0) + deposit
-        else:
-            forfeited += deposit
+    # revealed orders had their deposits back at reveal; the others' go to the community
+    forfeited = unrevealed * st.data["params"]["commit_deposit"]
     st.data["grid"]["balance"] += forfeited
-    result = clear_listing(st, listing, listing_id, ctx, returned)
+    result = clear_listing(st, listing, listing_id, ctx)
     result["forfeited"] = forfeited
     result["unrevealed"] = unrevealed
     return result
 
 
 def held(listing: dict[str, Any], deposit: int) -> int:
-    """Micro-tokens a listing holds before it clears: deposits and revealed bids' escrow."""
+    """Micro-tokens a listing holds before it clears: unrevealed commitments' deposits and
+    bids' escrow."""
     if listing["state"] not in (AUTHORIZE_OFFERS, REVEAL):
         return 0
-    deposits = len(listing["commits"]) * deposit if listing["sealed"] else 0
-    return deposits + sum(payment(wh, price) for _seq, _buyer, wh, price in listing["bids"])
+    unrevealed = sum(1 for entry in listing["commits"].values() if not entry[2])
+    return unrevealed * deposit + sum(payment(wh, p) for _s, _b, wh, p in listing["bids"])
