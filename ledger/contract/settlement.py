@@ -34,7 +34,7 @@ from ledger.contract.api import BlockContext, Transaction
 from ledger.contract.balance import check_hour
 from ledger.contract.clearing import payment
 from ledger.contract.codes import LISTING_OPEN, LISTING_SETTLED, TOO_EARLY, Rejected
-from ledger.contract.market import AUTHORIZE_OFFERS, SETTLED, listing_of
+from ledger.contract.market import AUTHORIZE_OFFERS, REVEAL, SETTLED, listing_of
 from ledger.contract.params import retail_price
 from ledger.contract.registry import sender_operator
 from ledger.contract.state import ContractState
@@ -46,8 +46,8 @@ def settle(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, A
     listing_id = f.listing_id(body)
     sender_operator(st, tx)
     listing = listing_of(st, listing_id)
-    if listing["state"] == AUTHORIZE_OFFERS:
-        raise Rejected(LISTING_OPEN, f"listing {listing_id} has not been closed")
+    if listing["state"] in (AUTHORIZE_OFFERS, REVEAL):
+        raise Rejected(LISTING_OPEN, f"listing {listing_id} has not been cleared")
     if listing["state"] == SETTLED:
         raise Rejected(LISTING_SETTLED, f"listing {listing_id} is already settled")
     end = f.hour_end_ms(listing_id)

@@ -158,6 +158,16 @@ def test_commit_rules() -> None:
     check_invariants(c.contract)
 
 
+def test_a_listing_in_its_reveal_is_not_settled() -> None:
+    """Found by the random event orders: settlement took a sealed listing that was closed but
+    not yet cleared, so its escrow and deposits would never have been cleared."""
+    c = _community()
+    c.ok("B1", "auction.commit", Sealed("B1", "bid", 10, 90_000).commit())
+    c.ok("OPERATOR", "auction.close", {"listing_id": HOUR}, ts=CLOSE_MS)
+    rejected(c, "OPERATOR", "auction.settle", {"listing_id": HOUR}, "LISTING_OPEN",
+             ts=CLOSE_MS + 10**8)  # fmt: skip
+
+
 def test_an_invalid_order_behind_a_commitment_forfeits() -> None:
     c = _community()
     too_big = Sealed("S1", "offer", 6000, 40_000)  # PV rated 5000 W: 5000 Wh in the hour
