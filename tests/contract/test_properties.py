@@ -4,16 +4,15 @@ executions (also one resumed from a snapshot) reach the same state digest."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import hashlib
+from typing import Any
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from ledger.contract import sign_report
-from ledger.contract.sealed import order_commitment
 from ledger.contract.api import BlockContext, Transaction
+from ledger.contract.sealed import order_commitment
 from tests.contract.harness import AFTER, Community, check_invariants
 
 LISTINGS = ("2026-11-24T13", "2026-11-24T03")
