@@ -77,6 +77,7 @@ def test_short_run_passes_its_self_checks(short_run) -> None:  # type: ignore[no
         "no valid frame rejected": True,
         "relays switched as planned": True,
         "metered energy follows the relays": True,
+        "the community balances against its feeder meter": True,
     }
     assert "all self-checks passed" in proc.stdout
 
