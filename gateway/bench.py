@@ -19,9 +19,9 @@ from typing import Any
 
 from firmware import frame
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig, NodeConfig
+from gateway.config import BusConfig, GatewayConfig, MeterConfig, NodeConfig
 from gateway.intervals import INTERVAL_MS
-from gateway.sources.modbus import BusConfig, MeterConfig, ModbusBus, plan_summary
+from gateway.sources.modbus import ModbusBus, plan_summary
 from hardware.meters import MODELS
 
 TARGET_FRAMES_PER_S = 20_000

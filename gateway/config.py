@@ -7,7 +7,6 @@ See ``deploy/gateway.example.toml`` for a commented example.
 from __future__ import annotations
 
 import json
-import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -28,8 +27,8 @@ from gateway.ems.tariff import (
 )
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import INTERVAL_MS
-from gateway.sources.modbus import BusConfig, MeterConfig
 from hardware.meters import MODELS, load_map
+from ledger.fields import Fields
 
 INTERVAL_MIN = INTERVAL_MS // 60_000
 
@@ -38,7 +37,7 @@ TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
 MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
 
 
-class ConfigError(ValueError):
+class GatewayConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
 
 
@@ -74,6 +73,34 @@ class MqttConfig:
     publish_min_s: float = 10.0
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """One Modbus meter on a bus (``[[modbus.buses.meters]]``)."""
+
+    meter_id: str
+    model: str
+    unit: int
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """One Modbus bus (``[[modbus.buses]]``): RS-485 line or TCP gateway, and its meters."""
+
+    name: str
+    meters: tuple[MeterConfig, ...]
+    tcp: tuple[str, int] | None = None
+    serial: str | None = None
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    poll_s: float = 10.0
+    timeout_s: float = 1.0
+    retries: int = 1
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,42 +164,37 @@ class GatewayConfig:
                     and any(n.meter_id == base for n in self.nodes))
 
 
+_READ = Fields(GatewayConfigError)  # the project's strict field readers, raising our error
+
+
 class _Table:
     """A TOML table being read: remembers which keys were used so unknown ones are errors."""
 
     def __init__(self, doc: Any, where: str) -> None:
         if not isinstance(doc, dict):
-            raise ConfigError(f"{where or 'config'}: must be a table")
+            raise GatewayConfigError(f"{where or 'config'}: must be a table")
         self.doc, self.where, self.used = doc, where, set[str]()
 
     def _name(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., **rules: Any) -> Any:
+        """The value of ``key`` (``default`` when absent; required without one), checked by
+        ``ledger.fields``: of type ``kind``, within ``min``/``max``, among ``choices``,
+        matching ``pattern``."""
         self.used.add(key)
-        name = self._name(key)
-        if key not in self.doc:
-            if default is ...:
-                raise ConfigError(f"{name}: missing (required)")
+        if key not in self.doc and default is not ...:
             return default
-        value = self.doc[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        wanted = "/".join(k.__name__ for k in kinds)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise ConfigError(f"{name}: expected {wanted}, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            # TOML has nan and inf; both slip through the range test below (nan compares false)
-            raise ConfigError(f"{name}: {value!r} is not a finite number")
-        lo, hi = rules.get("min"), rules.get("max")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{name}: {value!r} is outside [{lo}, {hi}]")
-        choices = rules.get("choices")
-        if choices is not None and value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
-        pattern = rules.get("pattern")
-        if pattern is not None and not pattern.match(value):
-            raise ConfigError(f"{name}: {value!r} is not a valid name")
-        return value
+        return _READ.typed(
+            self.doc,
+            key,
+            kind,
+            lo=rules.get("min"),
+            hi=rules.get("max"),
+            choices=rules.get("choices"),
+            pattern=rules.get("pattern"),
+            name=self._name(key),
+        )
 
     def table(self, key: str) -> _Table | None:
         self.used.add(key)
@@ -184,13 +206,13 @@ class _Table:
         self.used.add(key)
         value = self.doc.get(key, [])
         if not isinstance(value, list):
-            raise ConfigError(f"{self._name(key)}: must be an array of tables ([[{key}]])")
+            raise GatewayConfigError(f"{self._name(key)}: must be an array of tables ([[{key}]])")
         return [_Table(v, f"{self._name(key)}[{i}]") for i, v in enumerate(value)]
 
     def done(self) -> None:
         extra = sorted(set(self.doc) - self.used)
         if extra:
-            raise ConfigError(f"{self._name(extra[0])}: unknown key")
+            raise GatewayConfigError(f"{self._name(extra[0])}: unknown key")
 
 
 def _decimal(text: str) -> bool:
@@ -207,152 +229,168 @@ def _path(base: Path, value: str) -> Path:
 def _host_port(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not _decimal(port) or not 0 < int(port) < 65536:
-        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+        raise GatewayConfigError(f"{name}: expected host:port, got {value!r}")
     return host, int(port)
+
+
+@dataclass(slots=True)
+class _Meters:
+    """The nodes and meters the sections declare, in order, and which of them only sub-meter."""
+
+    nodes: list[NodeConfig] = field(default_factory=list)
+    buses: list[BusConfig] = field(default_factory=list)
+    unreported: set[str] = field(default_factory=set)
 
 
 def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     root = _Table(dict(doc), "")
     gw = root.table("gateway")
     if gw is None:
-        raise ConfigError("gateway: missing (required)")
-    gateway_id = gw.get("id", str, pattern=ID_RE)
-    data_dir = _path(base, gw.get("data_dir", str, "."))
-    key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
-    keystore_s = gw.get("keystore", str, None)
-    interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
-    if interval_min != INTERVAL_MIN:
-        # The ledger names and bills meter reports by 15-minute interval: 5-minute reports are
-        # refused, 30- or 60-minute ones would put a longer period's energy into one slot.
-        raise ConfigError(
-            f"gateway.interval_minutes: must be {INTERVAL_MIN} (the ledger meters "
-            f"{INTERVAL_MIN}-minute intervals), got {interval_min}"
-        )
-    grace_s = gw.get("grace_s", (int, float), 30, min=0, max=600)
-    window = gw.get("replay_window", int, 64, min=1, max=1024)
-    flush_ms = gw.get("flush_ms", int, 1000, min=10, max=60_000)
-    retention = gw.get("retention_days", int, 7, min=1, max=3650)
-    cmd_timeout = gw.get("command_timeout_s", (int, float), 5.0, min=0.1, max=120)
-    gw.done()
-
-    ledger = None
-    if (lt := root.table("ledger")) is not None:
-        ledger = LedgerConfig(
-            cluster=_path(base, lt.get("cluster", str)),
-            timeout_s=float(lt.get("timeout_s", (int, float), 10.0, min=0.1, max=600)),
-            retry_initial_s=float(lt.get("retry_initial_s", (int, float), 1.0, min=0.01, max=3600)),
-            retry_max_s=float(lt.get("retry_max_s", (int, float), 300.0, min=0.01, max=86400)),
-        )
-        lt.done()
-
-    nodes: list[NodeConfig] = []
-    unreported: set[str] = set()
-    mqtt = None
-    if (mt := root.table("mqtt")) is not None:
-        disc = mt.table("discovery")
-        mqtt = MqttConfig(
-            host=mt.get("host", str, "127.0.0.1"),
-            port=mt.get("port", int, 1883, min=1, max=65535),
-            username=mt.get("username", str, None),
-            password=mt.get("password", str, None),
-            discovery=disc.get("enabled", bool, True) if disc else True,
-            discovery_prefix=disc.get("prefix", str, "homeassistant", pattern=TOPIC_RE)
-            if disc
-            else "homeassistant",
-            base_topic=mt.get("base_topic", str, "wattmesh", pattern=TOPIC_RE),
-            publish_min_s=float(mt.get("publish_min_s", (int, float), 10.0, min=0, max=3600)),
-        )
-        if disc:
-            disc.done()
-        for t in mt.tables("nodes"):
-            nid = t.get("node_id", int, min=0, max=0xFFFF)
-            nodes.append(
-                NodeConfig(
-                    node_id=nid,
-                    transport="mqtt",
-                    meter_id=t.get("meter_id", str, f"node{nid}", pattern=ID_RE),
-                    topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE),
-                )
-            )
-            if not t.get("report", bool, False):  # nodes are sub-meters unless marked billing
-                unreported.add(nodes[-1].meter_id)
-            t.done()
-        mt.done()
-
-    ble_backend = "bleak"
-    ble_silence_timeout_s: float | None = None
+        raise GatewayConfigError("gateway: missing (required)")
+    section = _gateway(gw, base)  # GatewayConfig's fields that [gateway] holds
+    ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
+    found = _Meters()
+    mqtt = _mqtt(mt, found) if (mt := root.table("mqtt")) is not None else None
+    ble_backend, ble_silence_timeout_s = "bleak", None
     if (bt := root.table("ble")) is not None:
-        ble_backend = bt.get("backend", str, "bleak")
-        if ble_backend != "bleak" and not ble_backend.startswith("bumble:"):
-            raise ConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
-        silence = bt.get("silence_timeout_s", (int, float), None)
-        if silence is not None:
-            if not 0 < silence <= MAX_SILENCE_S:  # also refuses TOML's nan and inf
-                raise ConfigError(
-                    f"ble.silence_timeout_s: {silence!r} must be seconds in (0, {MAX_SILENCE_S}]"
-                )
-            ble_silence_timeout_s = float(silence)
-        for t in bt.tables("nodes"):
-            nid = t.get("node_id", int, min=0, max=0xFFFF)
-            nodes.append(
-                NodeConfig(
-                    node_id=nid,
-                    transport="ble",
-                    meter_id=t.get("meter_id", str, f"node{nid}", pattern=ID_RE),
-                    address=t.get("address", str),
-                )
-            )
-            if not t.get("report", bool, False):  # plugs are sub-meters unless marked billing
-                unreported.add(nodes[-1].meter_id)
-            t.done()
-        bt.done()
-
-    buses: list[BusConfig] = []
+        ble_backend, ble_silence_timeout_s = _ble(bt, found)
     if (mb := root.table("modbus")) is not None:
-        for bus in mb.tables("buses"):
-            buses.append(_bus(bus, base, unreported))
+        found.buses += [_bus(bus, base, found.unreported) for bus in mb.tables("buses")]
         mb.done()
     ems_table = root.table("ems")
     root.done()
-
-    seen: dict[str, str] = {}
-    for n in nodes:
-        where = f"{n.transport}.nodes (node {n.node_id})"
-        if any(o.node_id == n.node_id for o in nodes if o is not n):
-            raise ConfigError(f"{where}: node_id {n.node_id} is configured twice")
-        if n.meter_id in seen:
-            raise ConfigError(f"{where}: meter_id {n.meter_id!r} is used twice")
-        seen[n.meter_id] = where
-    for b in buses:
-        for m in b.meters:
-            if m.meter_id in seen:
-                raise ConfigError(f"modbus bus {b.name}: meter_id {m.meter_id!r} is used twice")
-            seen[m.meter_id] = b.name
-    if nodes and keystore_s is None:
-        raise ConfigError("gateway.keystore: required when nodes are configured")
+    meters = _unique_meters(found)
+    keystore = section.pop("keystore")
+    if found.nodes and keystore is None:
+        raise GatewayConfigError("gateway.keystore: required when nodes are configured")
     ems = None
     if ems_table is not None:
-        ems = _ems(ems_table, base, nodes, set(seen), trading=ledger is not None)
+        ems = _ems(ems_table, base, found.nodes, meters, trading=ledger is not None)
     return GatewayConfig(
-        gateway_id=gateway_id,
-        data_dir=data_dir,
-        key_file=key_file,
-        keystore=_path(base, keystore_s) if keystore_s else None,
-        interval_ms=interval_min * 60_000,
-        grace_ms=int(grace_s * 1000),
-        replay_window=window,
-        flush_ms=flush_ms,
-        retention_days=retention,
-        command_timeout_s=float(cmd_timeout),
+        **section,
+        keystore=_path(base, keystore) if keystore else None,
         ledger=ledger,
         mqtt=mqtt,
         ble_backend=ble_backend,
         ble_silence_timeout_s=ble_silence_timeout_s,
-        nodes=tuple(nodes),
-        buses=tuple(buses),
-        unreported=frozenset(unreported),
+        nodes=tuple(found.nodes),
+        buses=tuple(found.buses),
+        unreported=frozenset(found.unreported),
         ems=ems,
     )
+
+
+def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
+    gateway_id = gw.get("id", str, pattern=ID_RE)
+    data_dir = _path(base, gw.get("data_dir", str, "."))
+    key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
+    keystore = gw.get("keystore", str, None)  # as written: parse_config resolves it
+    interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
+    if interval_min != INTERVAL_MIN:
+        # The ledger names and bills meter reports by 15-minute interval: 5-minute reports are
+        # refused, 30- or 60-minute ones would put a longer period's energy into one slot.
+        raise GatewayConfigError(
+            f"gateway.interval_minutes: must be {INTERVAL_MIN} (the ledger meters "
+            f"{INTERVAL_MIN}-minute intervals), got {interval_min}"
+        )
+    section = dict(
+        gateway_id=gateway_id,
+        data_dir=data_dir,
+        key_file=key_file,
+        keystore=keystore,
+        interval_ms=interval_min * 60_000,
+        grace_ms=int(gw.get("grace_s", (int, float), 30, min=0, max=600) * 1000),
+        replay_window=gw.get("replay_window", int, 64, min=1, max=1024),
+        flush_ms=gw.get("flush_ms", int, 1000, min=10, max=60_000),
+        retention_days=gw.get("retention_days", int, 7, min=1, max=3650),
+        command_timeout_s=float(gw.get("command_timeout_s", (int, float), 5.0, min=0.1, max=120)),
+    )
+    gw.done()
+    return section
+
+
+def _ledger(lt: _Table, base: Path) -> LedgerConfig:
+    ledger = LedgerConfig(
+        cluster=_path(base, lt.get("cluster", str)),
+        timeout_s=float(lt.get("timeout_s", (int, float), 10.0, min=0.1, max=600)),
+        retry_initial_s=float(lt.get("retry_initial_s", (int, float), 1.0, min=0.01, max=3600)),
+        retry_max_s=float(lt.get("retry_max_s", (int, float), 300.0, min=0.01, max=86400)),
+    )
+    lt.done()
+    return ledger
+
+
+def _mqtt(mt: _Table, found: _Meters) -> MqttConfig:
+    disc = mt.table("discovery")
+    mqtt = MqttConfig(
+        host=mt.get("host", str, "127.0.0.1"),
+        port=mt.get("port", int, 1883, min=1, max=65535),
+        username=mt.get("username", str, None),
+        password=mt.get("password", str, None),
+        discovery=disc.get("enabled", bool, True) if disc else True,
+        discovery_prefix=disc.get("prefix", str, "homeassistant", pattern=TOPIC_RE)
+        if disc
+        else "homeassistant",
+        base_topic=mt.get("base_topic", str, "wattmesh", pattern=TOPIC_RE),
+        publish_min_s=float(mt.get("publish_min_s", (int, float), 10.0, min=0, max=3600)),
+    )
+    if disc:
+        disc.done()
+    for t in mt.tables("nodes"):
+        _node(t, "mqtt", found)
+    mt.done()
+    return mqtt
+
+
+def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None]:
+    """``[ble]``: the backend, the silence watchdog (None: none) and the BLE nodes."""
+    backend = bt.get("backend", str, "bleak")
+    if backend != "bleak" and not backend.startswith("bumble:"):
+        raise GatewayConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
+    silence = bt.get("silence_timeout_s", (int, float), None)
+    if silence is not None and not 0 < silence <= MAX_SILENCE_S:  # also refuses nan and inf
+        raise GatewayConfigError(
+            f"ble.silence_timeout_s: {silence!r} must be seconds in (0, {MAX_SILENCE_S}]"
+        )
+    for t in bt.tables("nodes"):
+        _node(t, "ble", found)
+    bt.done()
+    return backend, None if silence is None else float(silence)
+
+
+def _node(t: _Table, transport: str, found: _Meters) -> None:
+    """One ``[[mqtt.nodes]]`` (with its topic) or ``[[ble.nodes]]`` (with its address)."""
+    nid = t.get("node_id", int, min=0, max=0xFFFF)
+    meter_id = t.get("meter_id", str, f"node{nid}", pattern=ID_RE)
+    if transport == "mqtt":
+        node = NodeConfig(nid, transport, meter_id,
+                          topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE))
+    else:
+        node = NodeConfig(nid, transport, meter_id, address=t.get("address", str))
+    found.nodes.append(node)
+    if not t.get("report", bool, False):  # nodes and plugs are sub-meters unless marked billing
+        found.unreported.add(node.meter_id)
+    t.done()
+
+
+def _unique_meters(found: _Meters) -> set[str]:
+    """Every meter id the config declares; a node id or meter id given twice is an error."""
+    seen: dict[str, str] = {}
+    for n in found.nodes:
+        where = f"{n.transport}.nodes (node {n.node_id})"
+        if any(o.node_id == n.node_id for o in found.nodes if o is not n):
+            raise GatewayConfigError(f"{where}: node_id {n.node_id} is configured twice")
+        if n.meter_id in seen:
+            raise GatewayConfigError(f"{where}: meter_id {n.meter_id!r} is used twice")
+        seen[n.meter_id] = where
+    for b in found.buses:
+        for m in b.meters:
+            if m.meter_id in seen:
+                raise GatewayConfigError(
+                    f"modbus bus {b.name}: meter_id {m.meter_id!r} is used twice"
+                )
+            seen[m.meter_id] = b.name
+    return set(seen)
 
 
 def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
@@ -360,7 +398,9 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
     tcp_s = t.get("tcp", str, None)
     serial = t.get("serial", str, None)
     if (tcp_s is None) == (serial is None):
-        raise ConfigError(f'{t.where}: give exactly one of tcp = "host:port" or serial = PATH')
+        raise GatewayConfigError(
+            f'{t.where}: give exactly one of tcp = "host:port" or serial = PATH'
+        )
     meters = []
     units: set[int] = set()
     for mt in t.tables("meters"):
@@ -370,14 +410,14 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
             unit=mt.get("unit", int, min=1, max=247),
         )
         if m.unit in units:
-            raise ConfigError(f"{mt.where}.unit: unit {m.unit} is already used on this bus")
+            raise GatewayConfigError(f"{mt.where}.unit: unit {m.unit} is already used on this bus")
         units.add(m.unit)
         meters.append(m)
         if not mt.get("report", bool, True):  # a Modbus meter is a billing meter unless unset
             unreported.add(m.meter_id)
         mt.done()
     if not meters:
-        raise ConfigError(f"{t.where}.meters: a bus needs at least one [[...meters]] entry")
+        raise GatewayConfigError(f"{t.where}.meters: a bus needs at least one [[...meters]] entry")
     cfg = BusConfig(
         name=name,
         meters=tuple(meters),
@@ -404,7 +444,7 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
         for m in cfg.meters:
             rates = load_map(m.model).baudrates
             if rates and cfg.baudrate not in rates:
-                raise ConfigError(
+                raise GatewayConfigError(
                     f"{t.where}.baudrate: {cfg.baudrate} is not a speed the {m.model} of meter "
                     f"{m.meter_id!r} can be set to ({', '.join(map(str, rates))})"
                 )
@@ -422,7 +462,7 @@ def _ems(
             return None
         node_meter, _, channel = value.rpartition(".")  # a node's other clamp: "<meter>.<n>"
         if value not in meters and not (node_meter in meters and _decimal(channel)):
-            raise ConfigError(f"ems.{key}: {value!r} is not a configured meter")
+            raise GatewayConfigError(f"ems.{key}: {value!r} is not a configured meter")
         return str(value)
 
     site = meter("site_meter")
@@ -433,18 +473,22 @@ def _ems(
     try:
         appliances, notes = load_appliances(spec, repair)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"ems.appliances: {exc}") from exc
+        raise GatewayConfigError(f"ems.appliances: {exc}") from exc
     node_ids = {n.node_id for n in nodes}
     for a in appliances:
         if a.node is not None and a.node not in node_ids:
-            raise ConfigError(f"ems.appliances: {a.name}: node {a.node} is not configured")
+            raise GatewayConfigError(f"ems.appliances: {a.name}: node {a.node} is not configured")
         if a.meter is not None and a.meter not in meters:
             node_meter, _, channel = a.meter.rpartition(".")
             if not (node_meter in meters and _decimal(channel)):
-                raise ConfigError(f"ems.appliances: {a.name}'s meter {a.meter!r} is not configured")
+                raise GatewayConfigError(
+                    f"ems.appliances: {a.name}'s meter {a.meter!r} is not configured"
+                )
     peak = t.get("peak_hours", list, list(PEAK_HOURS))
     if len(peak) != 2 or not all(type(h) is int and 0 <= h <= 24 for h in peak):
-        raise ConfigError(f"ems.peak_hours: expected [start, end] hours in 0..24, got {peak!r}")
+        raise GatewayConfigError(
+            f"ems.peak_hours: expected [start, end] hours in 0..24, got {peak!r}"
+        )
     try:
         tariff = Tariff(
             feed_in=t.get("feed_in", int, FEED_IN, min=0, max=10**9),
@@ -454,14 +498,16 @@ def _ems(
             peak_end_h=peak[1],
         )
     except TariffError as exc:
-        raise ConfigError(f"ems: {exc}") from exc
+        raise GatewayConfigError(f"ems: {exc}") from exc
     id_grid = t.get("id_grid", str, None, pattern=ID_RE)
     res_id = t.get("res_id", str, None, pattern=ID_RE)
     res_rated_w = t.get("res_rated_w", int, 0, min=0, max=10**8)
     if id_grid is not None and not trading:
-        raise ConfigError("ems.id_grid: trading needs a [ledger] to send the orders to")
+        raise GatewayConfigError("ems.id_grid: trading needs a [ledger] to send the orders to")
     if (res_id is None) != (res_rated_w == 0) or (res_id is not None and id_grid is None):
-        raise ConfigError("ems.res_id: give res_id with res_rated_w, and id_grid, to sell PV")
+        raise GatewayConfigError(
+            "ems.res_id: give res_id with res_rated_w, and id_grid, to sell PV"
+        )
     cfg = EmsConfig(
         appliances=tuple(appliances),
         site_meter=site,
@@ -489,11 +535,11 @@ def load_config(path: str | Path) -> GatewayConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read: {exc}") from exc
+        raise GatewayConfigError(f"{p}: cannot read: {exc}") from exc
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        raise GatewayConfigError(f"{p}: not valid TOML: {exc}") from exc
     cfg = parse_config(doc, p.resolve().parent)
     return GatewayConfig(**{**_fields(cfg), "source": p})
 
@@ -509,19 +555,21 @@ def load_keystore(path: Path, nodes: tuple[NodeConfig, ...]) -> dict[int, bytes]
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"gateway.keystore: cannot read {path.name}: {exc}") from exc
+        raise GatewayConfigError(f"gateway.keystore: cannot read {path.name}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), dict):
-        raise ConfigError('gateway.keystore: expected {"nodes": {"<id>": {"key": ...}}}')
+        raise GatewayConfigError('gateway.keystore: expected {"nodes": {"<id>": {"key": ...}}}')
     keys: dict[int, bytes] = {}
     for sid, entry in doc["nodes"].items():
         where = f"gateway.keystore: node {sid!r}"
         if not (isinstance(sid, str) and _decimal(sid) and int(sid) <= 0xFFFF):
-            raise ConfigError(f"{where}: node ids are integers in [0, 65535]")
+            raise GatewayConfigError(f"{where}: node ids are integers in [0, 65535]")
         key = entry.get("key") if isinstance(entry, dict) else None
         if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{64}", key):
-            raise ConfigError(f"{where}: key must be 64 lowercase hex characters")
+            raise GatewayConfigError(f"{where}: key must be 64 lowercase hex characters")
         keys[int(sid)] = bytes.fromhex(key)
     for n in nodes:
         if n.node_id not in keys:
-            raise ConfigError(f"gateway.keystore: no key for node {n.node_id} ({n.transport})")
+            raise GatewayConfigError(
+                f"gateway.keystore: no key for node {n.node_id} ({n.transport})"
+            )
     return keys

@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.broker import broker_client, keep_sessions
 from gateway.config import MqttConfig
 from gateway.ems.plan import DrRequest
 from gateway.ems.problem import PlanError
-from gateway.sources.mqtt import broker_client, keep_sessions
 
 log = logging.getLogger(__name__)
 

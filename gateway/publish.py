@@ -14,23 +14,17 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 
+from gateway.broker import broker_client, keep_sessions
 from gateway.clock import Clock, wait_until_or_set
 from gateway.config import MqttConfig
-from gateway.sources.mqtt import broker_client, keep_sessions
+from gateway.ingest import MeterInfo
 from gateway.store import Reading
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class MeterInfo:
-    meter_id: str
-    model: str  # "sdm630", "node", ...
 
 
 def _obj(text: str) -> str:
@@ -170,13 +164,7 @@ class HaPublisher:
     async def offline(self) -> None:
         """Best effort on a clean stop: mark the gateway offline (the will covers crashes)."""
         try:
-            async with aiomqtt.Client(
-                self.cfg.host,
-                self.cfg.port,
-                timeout=2,
-                username=self.cfg.username,
-                password=self.cfg.password,
-            ) as c:
+            async with broker_client(self.cfg, "gw-offline", timeout_s=2) as c:
                 await c.publish(
                     availability_topic(self.cfg, self.gateway_id), b"offline", qos=1, retain=True
                 )

@@ -8,9 +8,10 @@ key).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,21 @@ class Store:
         )
 
     # -- readings and state, one transaction per flush ---------------------------------------
-    def flush(self, readings: Sequence[Reading], state: Mapping[str, Any]) -> None:
+    @contextlib.contextmanager
+    def _transaction(self, state: Mapping[str, Any] | None = None) -> Iterator[None]:
+        """One write transaction, which also saves ``state``; rolled back on any error."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            yield
+            for key, value in (state or {}).items():
+                self._put_state(key, value)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def flush(self, readings: Sequence[Reading], state: Mapping[str, Any]) -> None:
+        with self._transaction(state):
             self.db.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -86,12 +99,6 @@ class Store:
                     for r in readings
                 ],
             )
-            for key, value in state.items():
-                self._put_state(key, value)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def close_intervals(
         self,
@@ -104,8 +111,7 @@ class Store:
         (meter_id, start_ms) to (kind, body, nonce)) and save ``state``, atomically. Returns the
         outbox ids created."""
         ids: list[int] = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(state):
             for i in intervals:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO intervals VALUES (?, ?, ?, ?, ?, ?)",
@@ -114,12 +120,6 @@ class Store:
                 report = reports.get((i.meter_id, i.start_ms))
                 if cur.rowcount == 1 and report is not None:
                     ids.append(self._enqueue(*report, now_ms))
-            for key, value in state.items():
-                self._put_state(key, value)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return ids
 
     def readings(self, meter_id: str, since_ms: int, until_ms: int) -> list[Reading]:
@@ -155,14 +155,8 @@ class Store:
         return cur.lastrowid
 
     def enqueue(self, kind: str, body: Mapping[str, Any], nonce: int, now_ms: int) -> int:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            oid = self._enqueue(kind, body, nonce, now_ms)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return oid
+        with self._transaction():
+            return self._enqueue(kind, body, nonce, now_ms)
 
     def max_nonce(self) -> int:
         row = self.db.execute("SELECT MAX(nonce) FROM outbox").fetchone()

@@ -55,9 +55,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--replica", type=_positive, required=True)
     p.add_argument("--contract", default=DEFAULT_CONTRACT, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--fault", choices=("silent", "equivocate"), default=None, help=argparse.SUPPRESS
-    )
     p.add_argument("--listen-port", type=_positive, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
@@ -137,13 +134,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(
-            serve(args.dir, args.replica, factory, fault=args.fault, listen_port=args.listen_port)
+            serve(args.dir, args.replica, factory, listen_port=args.listen_port)
         )
     except (KeyFileError, ClusterFileError) as exc:
         return _fail(str(exc))
     except (StoreError, sqlite3.DatabaseError) as exc:
         return _fail(f"replica {args.replica}: store: {exc}")
-    except ValueError as exc:  # the core's ConfigError, the contract's GenesisError
+    except ValueError as exc:  # the core's PbftConfigError, the contract's GenesisError
         return _fail(f"replica {args.replica}: {exc}")
     except OSError as exc:
         return _fail(f"replica {args.replica}: {exc}")

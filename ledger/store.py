@@ -24,7 +24,7 @@ block 9-12 us, this 7-9 us (duplicate checks included).
 - ``checkpoints``: the contract snapshot and state digest at every checkpoint height.
 - ``meta``: small values the replica keeps across restarts (stable checkpoint, view).
 - ``journal``: the consensus core's protocol log: the pre-prepare, batch and prepared certificate
-  (one row each) of every sequence number above the stable checkpoint (``ledger.pbft.executor``).
+  (one row each) of every sequence number above the stable checkpoint (``ledger.pbft.backend``).
   It is committed with ``synchronous=NORMAL`` (switched on the one connection around each
   journal write): a commit is in the WAL, and so survives the process being killed, before the
   vote that depends on it is sent, without an fsync per vote; the next block's commit fsyncs it
@@ -123,7 +123,7 @@ class BlockRow:
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class StateSnapshot:
     height: int
     state_digest: bytes
     snapshot: bytes
@@ -187,7 +187,7 @@ class BlockStore:
         self,
         block: BlockRow,
         receipts: Sequence[tuple[str, int, Any]],
-        checkpoint: Checkpoint | None = None,
+        checkpoint: StateSnapshot | None = None,
     ) -> None:
         """Store one executed block with its receipts (and checkpoint) atomically. ``receipts``
         are ``(tx_id, index, receipt)``, the receipt a JSON-like value, in index order; the caller
@@ -232,12 +232,12 @@ class BlockStore:
         else:
             self._recent.update(fresh)
 
-    def put_checkpoint(self, checkpoint: Checkpoint) -> None:
+    def put_checkpoint(self, checkpoint: StateSnapshot) -> None:
         with _atomic(self.db) as cur:
             self._put_checkpoint(cur, checkpoint)
 
     @staticmethod
-    def _put_checkpoint(cur: sqlite3.Cursor, checkpoint: Checkpoint) -> None:
+    def _put_checkpoint(cur: sqlite3.Cursor, checkpoint: StateSnapshot) -> None:
         cur.execute(
             "INSERT OR REPLACE INTO checkpoints (height, state_digest, snapshot) VALUES (?, ?, ?)",
             (checkpoint.height, checkpoint.state_digest, checkpoint.snapshot),
@@ -380,11 +380,11 @@ class BlockStore:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def latest_checkpoint(self) -> Checkpoint | None:
+    def latest_checkpoint(self) -> StateSnapshot | None:
         row = self.db.execute(
             "SELECT height, state_digest, snapshot FROM checkpoints ORDER BY height DESC LIMIT 1"
         ).fetchone()
-        return None if row is None else Checkpoint(int(row[0]), bytes(row[1]), bytes(row[2]))
+        return None if row is None else StateSnapshot(int(row[0]), bytes(row[1]), bytes(row[2]))
 
     def receipt_count(self) -> int:
         indexed = int(self.db.execute("SELECT COUNT(*) FROM tx_index").fetchone()[0])

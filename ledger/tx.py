@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ledger import ed25519
 from ledger.contract.api import Transaction
 from ledger.encoding import EncodingError, canonical, check
-from ledger.hexbytes import parse_hex
+from ledger.fields import Fields
 
 TX_DOMAIN = b"wattmesh/tx/v1\x00"
 MAX_KIND_LEN = 64
@@ -36,6 +36,9 @@ _set = object.__setattr__
 
 class TxError(ValueError):
     """A transaction that is malformed or whose signature does not verify."""
+
+
+_READ = Fields(TxError)
 
 
 def public_bytes(key: Ed25519PublicKey) -> bytes:
@@ -118,8 +121,8 @@ class SignedTx:
             raise TxError("body must be an object")
         if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce <= MAX_NONCE:
             raise TxError("nonce must be an integer in [0, 2**63)")
-        sender = _hex_field(wire, "sender", 32)
-        sig = _hex_field(wire, "sig", 64)
+        sender = _READ.hex_bytes(wire, "sender", 32)
+        sig = _READ.hex_bytes(wire, "sig", 64)
         unsigned = {"body": body, "kind": kind, "nonce": nonce, "sender": wire["sender"]}
         try:
             # the body is the one part not checked above; then the bytes the id and the
@@ -143,13 +146,6 @@ class SignedTx:
         _set(tx, "_id", "")
         _set(tx, "_wire", wire)
         return tx
-
-
-def _hex_field(wire: Mapping[str, Any], name: str, size: int) -> bytes:
-    try:
-        return parse_hex(wire[name], size)
-    except ValueError as exc:
-        raise TxError(f"{name}: {exc}") from None
 
 
 def sign_tx(key: Ed25519PrivateKey, kind: str, body: Mapping[str, Any], nonce: int) -> SignedTx:

@@ -17,19 +17,20 @@ from types import ModuleType
 
 COMMAND_MODULES: tuple[str, ...] = (
     "ledger.cli",  # wattmesh ledger init|run|cluster|status|verify
-    "gateway.cli",  # wattmesh gateway run|check
-    "gateway.ems.cli",  # wattmesh ems plan
-    "hardware.cli",  # wattmesh emulate meter|plug|node
+    "gateway.gateway_cli",  # wattmesh gateway run|check
+    "gateway.ems.ems_cli",  # wattmesh ems plan
+    "hardware.emulate_cli",  # wattmesh emulate meter|plug|node
     "tools.firmware_cli",  # wattmesh firmware build|flash, wattmesh provision node
     "tools.demo",  # wattmesh demo
 )
 
 BENCH_MODULES: tuple[str, ...] = (
-    "ledger.bench",  # wattmesh bench ledger
+    "tools.ledger_bench",  # wattmesh bench ledger
+    "tools.ledger_abuse_bench",  # wattmesh bench ledger-abuse
     "ledger.contract.bench",  # wattmesh bench auction
     "gateway.bench",  # wattmesh bench ingest
     "gateway.ems.bench",  # wattmesh bench ems
-    "hardware.ble.bench",  # wattmesh bench ble
+    "tools.ble_bench",  # wattmesh bench ble
     "tools.firmware_cli",  # wattmesh bench firmware
 )
 

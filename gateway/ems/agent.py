@@ -34,7 +34,7 @@ from ledger.contract.sealed import order_commitment
 
 @dataclass(frozen=True, slots=True)
 class OrderTx:
-    """A transaction the agent wants sent (not a book order: that is the contract's ``Order``)."""
+    """The ledger transaction that places the agent's order for a listing (for the outbox)."""
 
     kind: str  # "auction.offer", "auction.bid", "auction.commit" or "auction.reveal"
     body: dict[str, Any]

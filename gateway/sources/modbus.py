@@ -24,34 +24,11 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer.rtu import FramerRTU
 
 from gateway.clock import Clock
-from hardware.meters import Block, MapError, RegisterMap, energy_mwh, load_map
+from gateway.config import BusConfig, MeterConfig
+from hardware.meters import MapError, RegisterBlock, RegisterMap, energy_mwh, load_map
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are counted here instead
-
-
-@dataclass(frozen=True, slots=True)
-class MeterConfig:
-    meter_id: str
-    model: str
-    unit: int
-
-
-@dataclass(frozen=True, slots=True)
-class BusConfig:
-    name: str
-    meters: tuple[MeterConfig, ...]
-    tcp: tuple[str, int] | None = None
-    serial: str | None = None
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    poll_s: float = 10.0
-    timeout_s: float = 1.0
-    retries: int = 1
-    backoff_initial_s: float = 5.0
-    backoff_max_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +45,7 @@ class MeterReading:
 class _MeterState:
     cfg: MeterConfig
     map: RegisterMap
-    blocks: list[Block]
+    blocks: list[RegisterBlock]
     failures: int = 0
     next_ms: int = 0
     counts: Counter[str] = field(default_factory=Counter)
@@ -155,7 +132,7 @@ class ModbusBus:
             trace_packet=self._trace,
         )
 
-    async def _read(self, m: _MeterState, block: Block) -> list[int]:
+    async def _read(self, m: _MeterState, block: RegisterBlock) -> list[int]:
         read = (
             self._client.read_input_registers
             if m.map.function == "input"

@@ -220,7 +220,7 @@ class PlugCore:
 
 
 @dataclass
-class Faults:
+class PlugFaults:
     """Faults to inject; counters decrement as frames go out."""
 
     silent: bool = False  # connected, but no readings are notified
@@ -245,7 +245,7 @@ class PlugEmulator:
     ) -> None:
         self.device = device
         self.core = core
-        self.faults = Faults()
+        self.faults = PlugFaults()
         self._now_ms = now_ms
         self._sent: list[bytes] = []
         self.notified = 0

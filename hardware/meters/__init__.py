@@ -41,7 +41,7 @@ class Quantity:
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
+class RegisterBlock:
     """One read request: ``count`` registers from ``address``."""
 
     address: int
@@ -99,7 +99,7 @@ class RegisterMap:
         return words if self.word_order == "big" else list(reversed(words))
 
     # -- request planning ---------------------------------------------------------------------
-    def plan(self, names: Iterable[str] | None = None) -> list[Block]:
+    def plan(self, names: Iterable[str] | None = None) -> list[RegisterBlock]:
         """The fewest read requests that fetch the given quantities (all if ``None``).
 
         Quantities sorted by address are covered greedily: each request starts at the first
@@ -111,7 +111,7 @@ class RegisterMap:
             (self.quantities[n] for n in (names if names is not None else self.quantities)),
             key=lambda q: q.address,
         )
-        blocks: list[Block] = []
+        blocks: list[RegisterBlock] = []
         for q in chosen:
             if blocks:
                 last = blocks[-1]
@@ -121,12 +121,14 @@ class RegisterMap:
                 if end - last.address <= self.max_per_request and self.is_readable(
                     last.address, end - last.address
                 ):
-                    blocks[-1] = Block(last.address, end - last.address)
+                    blocks[-1] = RegisterBlock(last.address, end - last.address)
                     continue
-            blocks.append(Block(q.address, q.count))
+            blocks.append(RegisterBlock(q.address, q.count))
         return blocks
 
-    def values(self, blocks: Sequence[Block], regs: Sequence[Sequence[int]]) -> dict[str, float]:
+    def values(
+        self, blocks: Sequence[RegisterBlock], regs: Sequence[Sequence[int]]
+    ) -> dict[str, float]:
         """Decode every quantity covered by the blocks from their registers."""
         out: dict[str, float] = {}
         for block, got in zip(blocks, regs, strict=True):

@@ -17,6 +17,18 @@ NOT_MEMBER: Final = "NOT_MEMBER"  # the sender's key belongs to no member
 NOT_OPERATOR: Final = "NOT_OPERATOR"  # operator-only transaction from someone else
 ROLE_FORBIDDEN: Final = "ROLE_FORBIDDEN"  # the member's role may not do this
 
+# admission (answered in a ``reject`` before ordering; NOT_ADMITTED also as a receipt, when a
+# faulty primary ordered such a transaction anyway)
+NOT_ADMITTED: Final = "NOT_ADMITTED"  # the signer is no member, meter or operator
+TX_TOO_LARGE: Final = "TX_TOO_LARGE"  # larger than its kind's bound
+OVER_LIMIT: Final = "OVER_LIMIT"  # the signer is over its pending or bytes-per-hour limit
+APPLICATION_EXISTS: Final = "APPLICATION_EXISTS"  # this key has an open application
+APPLICATIONS_FULL: Final = "APPLICATIONS_FULL"  # max_applications are open
+UNKNOWN_APPLICATION: Final = "UNKNOWN_APPLICATION"
+
+# reads
+NOT_PERMITTED: Final = "NOT_PERMITTED"  # the read policy does not grant this query to the reader
+
 # registry and tokens
 MEMBER_EXISTS: Final = "MEMBER_EXISTS"
 KEY_IN_USE: Final = "KEY_IN_USE"  # a public key already belongs to a member

@@ -48,6 +48,11 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "report_clock_tolerance_ms": REPORT_CLOCK_TOLERANCE_MS,
     "report_window_ms": REPORT_WINDOW_MS,
     "feeder_tolerance_permille": FEEDER_TOLERANCE_PERMILLE,
+    # admission (ledger README, "Admission"): per signer, transactions admitted and not yet
+    # executed, and canonical bytes ordered per hour of block time; open applications at once
+    "max_pending_per_signer": 256,
+    "max_bytes_per_signer_hour": 4 * 1024 * 1024,
+    "max_applications": 32,
 }
 
 # The seed paper's market exactly as published: any number of open orders, FIFO by arrival.
@@ -56,6 +61,8 @@ PAPER_MARKET: Final[Mapping[str, Any]] = {
     "order_policy": "many",
     "sealed_bids": False,
 }
+LIMITS: Final = ("max_pending_per_signer", "max_bytes_per_signer_hour", "max_applications")
+MAX_LIMIT: Final = 2**40
 
 
 class GenesisError(ValueError):
@@ -97,6 +104,10 @@ def check_params(raw: Any) -> dict[str, Any]:
     _bounded(params, "report_clock_tolerance_ms", 0, 3_600_000)
     _bounded(params, "report_window_ms", 3_600_000, MAX_REPORT_WINDOW_MS)
     _bounded(params, "feeder_tolerance_permille", 0, 1000)
+    for name in LIMITS:
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LIMIT:
+            raise GenesisError(f"params.{name} must be an integer in 1..{MAX_LIMIT}")
     if params["price_min"] > params["price_max"]:
         raise GenesisError("params.price_min must not exceed params.price_max")
     peak = params["peak_hours"]

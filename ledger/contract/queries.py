@@ -242,6 +242,12 @@ def params_(st: ContractState, params: Mapping[str, Any]) -> Any:
     return copy.deepcopy(st.data["params"])
 
 
+def applications(st: ContractState, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    apps = st.data["applications"]
+    return [{"public_key": k, **apps[k]} for k in sorted(apps)]
+
+
 QUERIES: dict[str, Callable[[ContractState, Mapping[str, Any]], Any]] = {
     "balance": balance,
     "member": member,
@@ -258,6 +264,7 @@ QUERIES: dict[str, Callable[[ContractState, Mapping[str, Any]], Any]] = {
     "reports": reports,
     "grid": grid,
     "params": params_,
+    "applications": applications,
 }
 
 

@@ -38,6 +38,7 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from members' reports
         "mcp_history": [],  # [{listing_id, rule, mcp, height}] in order of clearing
         "seq": 0,  # last order sequence number handed out (FIFO across all listings)
+        "applications": {},  # public key hex -> {id_grid, role, at_ms} (admission.py)
     }
 
 

@@ -1,6 +1,7 @@
 """PBFT consensus core (sans-IO): see README.md for the API and how the IO layer drives it."""
 
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed, ReplyTo, Send
+from ledger.pbft.backend import Executor, ReceiptWire
 from ledger.pbft.block import (
     GENESIS_HASH,
     NULL_DIGEST,
@@ -10,8 +11,8 @@ from ledger.pbft.block import (
     batch_digest,
     block_hash,
 )
-from ledger.pbft.config import ConfigError, PbftConfig, ReplicaInfo
-from ledger.pbft.executor import Executor, Receipt
+from ledger.pbft.checkpoints import checkpoint_digest
+from ledger.pbft.config import PbftConfig, PbftConfigError, ReplicaInfo
 from ledger.pbft.memory import MemoryExecutor
 from ledger.pbft.messages import (
     Blocks,
@@ -29,7 +30,7 @@ from ledger.pbft.messages import (
     ViewChange,
     parse,
 )
-from ledger.pbft.replica import Replica, checkpoint_digest, fast_tx_id
+from ledger.pbft.replica import Replica
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import WireError
 
@@ -45,7 +46,6 @@ __all__ = [
     "Certificate",
     "Checkpoint",
     "Commit",
-    "ConfigError",
     "Executed",
     "Executor",
     "FetchBlocks",
@@ -54,10 +54,11 @@ __all__ = [
     "Message",
     "NewView",
     "PbftConfig",
+    "PbftConfigError",
     "PrePrepare",
     "Prepare",
     "PreparedProof",
-    "Receipt",
+    "ReceiptWire",
     "Replica",
     "ReplicaInfo",
     "Reply",
@@ -71,6 +72,5 @@ __all__ = [
     "batch_digest",
     "block_hash",
     "checkpoint_digest",
-    "fast_tx_id",
     "parse",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ledger.pbft.backend import ReceiptWire
 from ledger.pbft.block import Block
-from ledger.pbft.executor import Receipt
 from ledger.pbft.messages import Blocks, Message, Reply
 
 
@@ -43,7 +43,7 @@ class BlockReplies:
     height: int
     replica: int
     tx_ids: tuple[str, ...]
-    receipts: tuple[Receipt, ...]
+    receipts: tuple[ReceiptWire, ...]
 
     def replies(self) -> Iterator[ReplyTo]:
         """The same replies one by one."""
@@ -56,7 +56,7 @@ class Executed:
     """A block was executed and stored (informational: metrics, subscribers, logs)."""
 
     block: Block
-    receipts: tuple[Receipt, ...]
+    receipts: tuple[ReceiptWire, ...]
 
 
 Action = Send | Broadcast | ReplyTo | BlockReplies | Executed

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 MAX_REPLICAS = 64
 
 
-class ConfigError(ValueError):
+class PbftConfigError(ValueError):
     """A consensus configuration that cannot be used; the message names the bad key."""
 
 
@@ -56,42 +56,44 @@ class PbftConfig:
     def __post_init__(self) -> None:
         n = len(self.replicas)
         if n < 4:
-            raise ConfigError(f"replicas: need at least 4 replicas (3f+1 with f >= 1), got {n}")
+            raise PbftConfigError(f"replicas: need at least 4 replicas (3f+1 with f >= 1), got {n}")
         if n > MAX_REPLICAS:
-            raise ConfigError(f"replicas: at most {MAX_REPLICAS} replicas")
+            raise PbftConfigError(f"replicas: at most {MAX_REPLICAS} replicas")
         for index, info in enumerate(self.replicas):
             if info.id != index:
-                raise ConfigError(f"replicas[{index}].id: ids must be 0..n-1 in order")
+                raise PbftConfigError(f"replicas[{index}].id: ids must be 0..n-1 in order")
             if len(info.public_key) != 32:
-                raise ConfigError(f"replicas[{index}].public_key: must be 32 bytes")
+                raise PbftConfigError(f"replicas[{index}].public_key: must be 32 bytes")
         if len({info.public_key for info in self.replicas}) != n:
-            raise ConfigError("replicas: public keys must be distinct")
+            raise PbftConfigError("replicas: public keys must be distinct")
         if self.fault_bound and 3 * self.fault_bound + 1 > n:
-            raise ConfigError(
+            raise PbftConfigError(
                 f"f: {self.fault_bound} needs at least {3 * self.fault_bound + 1} replicas"
             )
         if self.checkpoint_interval < 1:
-            raise ConfigError("checkpoint_interval: must be >= 1")
+            raise PbftConfigError("checkpoint_interval: must be >= 1")
         if (
             self.log_window < 2 * self.checkpoint_interval
             or self.log_window % self.checkpoint_interval
         ):
-            raise ConfigError("log_window: must be a multiple of checkpoint_interval, at least 2x")
+            raise PbftConfigError(
+                "log_window: must be a multiple of checkpoint_interval, at least 2x"
+            )
         if self.batch_max < 1:
-            raise ConfigError("batch.max_txs: must be >= 1")
+            raise PbftConfigError("batch.max_txs: must be >= 1")
         if self.batch_delay_ms < 0:
-            raise ConfigError("batch.max_delay_ms: must be >= 0")
+            raise PbftConfigError("batch.max_delay_ms: must be >= 0")
         if not 1 <= self.view_change_timeout_ms <= self.max_view_change_timeout_ms:
-            raise ConfigError("timers.view_change_ms: must be in [1, max_view_change_ms]")
+            raise PbftConfigError("timers.view_change_ms: must be in [1, max_view_change_ms]")
         if self.status_interval_ms < 1:
-            raise ConfigError("timers.status_ms: must be >= 1")
+            raise PbftConfigError("timers.status_ms: must be >= 1")
         if self.fetch_limit < 1:
-            raise ConfigError("fetch_limit: must be >= 1")
+            raise PbftConfigError("fetch_limit: must be >= 1")
         for info in self.replicas:
             try:
                 Ed25519PublicKey.from_public_bytes(info.public_key)
             except ValueError as exc:
-                raise ConfigError(f"replicas[{info.id}].public_key: {exc}") from exc
+                raise PbftConfigError(f"replicas[{info.id}].public_key: {exc}") from exc
 
     @property
     def n(self) -> int:
@@ -116,12 +118,12 @@ class PbftConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> PbftConfig:
-        """Build from the cluster file's JSON; raises ``ConfigError`` naming the bad key."""
+        """Build from the cluster file's JSON; raises ``PbftConfigError`` naming the bad key."""
         if not isinstance(data, Mapping):
-            raise ConfigError("cluster: must be an object")
+            raise PbftConfigError("cluster: must be an object")
         replicas_raw = data.get("replicas")
         if not isinstance(replicas_raw, list) or not replicas_raw:
-            raise ConfigError("replicas: must be a non-empty list")
+            raise PbftConfigError("replicas: must be a non-empty list")
         replicas = tuple(_replica(i, r) for i, r in enumerate(replicas_raw))
         timers = _section(data, "timers")
         batch = _section(data, "batch")
@@ -140,7 +142,7 @@ class PbftConfig:
             if key in section:
                 kwargs[name] = _int(section[key], sect_name + key)
         if "fault_bound" in kwargs and kwargs["fault_bound"] < 1:
-            raise ConfigError("f: must be >= 1")
+            raise PbftConfigError("f: must be >= 1")
         if "log_window" not in kwargs and "checkpoint_interval" in kwargs:
             kwargs["log_window"] = 4 * kwargs["checkpoint_interval"]
         return cls(**kwargs)
@@ -149,35 +151,35 @@ class PbftConfig:
 def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     section = data.get(key, {})
     if not isinstance(section, Mapping):
-        raise ConfigError(f"{key}: must be an object")
+        raise PbftConfigError(f"{key}: must be an object")
     return section
 
 
 def _int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: must be an integer")
+        raise PbftConfigError(f"{key}: must be an integer")
     return value
 
 
 def _replica(index: int, raw: Any) -> ReplicaInfo:
     where = f"replicas[{index}]"
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be an object")
+        raise PbftConfigError(f"{where}: must be an object")
     for key in ("id", "host", "port", "public_key"):
         if key not in raw:
-            raise ConfigError(f"{where}.{key}: missing")
+            raise PbftConfigError(f"{where}.{key}: missing")
     rid = _int(raw["id"], f"{where}.id")
     port = _int(raw["port"], f"{where}.port")
     if not 0 < port < 65536:
-        raise ConfigError(f"{where}.port: must be in 1..65535")
+        raise PbftConfigError(f"{where}.port: must be in 1..65535")
     host = raw["host"]
     if not isinstance(host, str) or not host:
-        raise ConfigError(f"{where}.host: must be a non-empty string")
+        raise PbftConfigError(f"{where}.host: must be a non-empty string")
     key_hex = raw["public_key"]
     if not isinstance(key_hex, str) or len(key_hex) != 64:
-        raise ConfigError(f"{where}.public_key: must be 64 hex characters")
+        raise PbftConfigError(f"{where}.public_key: must be 64 hex characters")
     try:
         key_raw = bytes.fromhex(key_hex)
     except ValueError as exc:
-        raise ConfigError(f"{where}.public_key: not hex") from exc
+        raise PbftConfigError(f"{where}.public_key: not hex") from exc
     return ReplicaInfo(id=rid, host=host, port=port, public_key=key_raw)

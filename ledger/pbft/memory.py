@@ -14,8 +14,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ledger.encoding import digest
+from ledger.pbft.backend import ReceiptWire
 from ledger.pbft.block import GENESIS_HASH, Block
-from ledger.pbft.executor import Receipt
 
 
 class MemoryExecutor:
@@ -24,7 +24,7 @@ class MemoryExecutor:
         self.blocks: list[Block] = []
         self.hashes: list[bytes] = []
         self.state: dict[str, int] = {}
-        self.receipts: dict[str, tuple[int, Receipt]] = {}
+        self.receipts: dict[str, tuple[int, ReceiptWire]] = {}
         self.checkpoint: tuple[int, bytes, list[dict[str, Any]]] | None = None
         self.journal: dict[int, dict[str, bytes]] = {}
         self.digests: dict[int, bytes] = {}  # state digest after each block
@@ -36,10 +36,10 @@ class MemoryExecutor:
     def last_block_hash(self) -> bytes:
         return self.hashes[-1] if self.hashes else self.genesis_hash
 
-    def execute(self, block: Block) -> Sequence[Receipt]:
+    def execute(self, block: Block) -> Sequence[ReceiptWire]:
         if block.height != len(self.blocks) + 1 or block.prev_hash != self.last_block_hash():
             raise ValueError(f"block {block.height} does not extend the chain")
-        receipts: list[Receipt] = []
+        receipts: list[ReceiptWire] = []
         for tx_id, wire in zip(block.ids(), block.txs, strict=True):
             done = self.receipts.get(tx_id)
             if done is not None:
@@ -53,7 +53,7 @@ class MemoryExecutor:
         self.digests[block.height] = self.state_digest()
         return receipts
 
-    def _apply(self, kind: str, body: dict[str, Any]) -> Receipt:
+    def _apply(self, kind: str, body: dict[str, Any]) -> ReceiptWire:
         # Blocks hold transactions the replicas validated (or certified): read the wire dict.
         key = body.get("key")
         if not isinstance(key, str):
@@ -66,7 +66,7 @@ class MemoryExecutor:
             return {"code": "UNKNOWN_KIND", "message": "", "result": {}}
         return {"code": "OK", "message": "", "result": {"value": self.state[key]}}
 
-    def receipt(self, tx_id: str) -> tuple[int, Receipt] | None:
+    def receipt(self, tx_id: str) -> tuple[int, ReceiptWire] | None:
         return self.receipts.get(tx_id)
 
     def known(self, tx_ids: Sequence[str]) -> Collection[str]:

@@ -1,10 +1,14 @@
-"""Consensus messages: one definition of each wire form, parsed strictly.
+"""Consensus messages: each declared once, as field specifications, parsed strictly.
 
 Every message is a dict with a type tag ``"t"``. Replica messages carry the sender ``"r"`` and an
 Ed25519 signature ``"sig"`` over the domain-tagged canonical encoding of the *header*: the wire
 dict without ``sig`` and without the attachments (``batch`` of a pre-prepare, ``batches`` of a
 view-change or new-view). Attachments are bound by digest (the header names the batch digest),
 so a proof can travel without them and still be checked by a third replica.
+
+Each dataclass field names its wire key and its codec (``on_wire(key, CODEC)``), as bumble
+declares HCI fields once; ``to_wire``, ``from_wire`` and ``header`` are written once, here, for
+all of them. Test vectors pin the bytes (``tests/ledger/test_pbft_wire_vectors.py``).
 
 ``parse(wire)`` turns any value into a message or raises ``WireError``; it checks form, not
 signatures (the replica checks those against its keyring, because it also counts them).
@@ -13,73 +17,216 @@ signatures (the replica checks those against its keyring, because it also counts
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Self, TypeVar
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from ledger.encoding import canonical
 from ledger.pbft.block import Batch, Block, KnownTx
 from ledger.pbft.signing import Keyring, Signer
-from ledger.pbft.wire import WireError, exact_keys, hex_bytes, listed, nat
+from ledger.pbft.wire import MAX_INT, READ, WireError
 from ledger.tx import SignedTx, TxError
 
 MAX_REPLICA_ID = 255
 MAX_PROOF = 4096  # prepared entries in one view-change
 MAX_BLOCKS = 1024  # blocks in one state-transfer answer
 
-
-def _rid(wire: dict[str, Any]) -> int:
-    return nat(wire, "r", MAX_REPLICA_ID)
-
-
-def _sig(wire: dict[str, Any]) -> bytes:
-    return hex_bytes(wire, "sig", 64)
+Part = Literal["header", "sig", "attachment", "body"]
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """A client transaction (``SignedTx`` wire dict) sent to a replica."""
+class Codec:
+    """How one field travels: ``encode`` the attribute into a JSON value, ``decode`` the wire
+    dict's value at a key into the attribute (raising ``WireError``; ``known`` is handed to a
+    batch, see ``Batch.from_wire``)."""
 
-    tx: SignedTx
+    encode: Callable[[Any], Any]
+    decode: Callable[[Mapping[str, Any], str, KnownTx | None], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    attr: str
+    key: str
+    codec: Codec
+    part: Part
+
+
+def on_wire(key: str, codec: Codec, part: Part = "header") -> dict[str, Any]:
+    """A message field's specification, as ``field(metadata=on_wire(...))``: its wire key, its
+    codec, and which part of the message it is (signed ``header``, the ``sig``, an
+    ``attachment`` sent only when not empty, or the ``body`` of an unsigned form)."""
+    return {"wire": (key, codec, part)}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _nat(limit: int) -> Codec:
+    return Codec(_same, lambda w, k, _: READ.nat(w, k, limit))
+
+
+def _hex(size: int) -> Codec:
+    return Codec(bytes.hex, lambda w, k, _: READ.hex_bytes(w, k, size))
+
+
+def _listed(item: Callable[[Any], Any], limit: int, *, check: str = "") -> Codec:
+    """A list of forms (each ``item.from_wire``); with ``check``, none may carry attachments."""
+
+    def decode(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> tuple[Any, ...]:
+        items = tuple(item(w) for w in READ.listed(wire, key, limit))
+        if check and any(getattr(x, "batch", None) or getattr(x, "batches", None) for x in items):
+            raise WireError(check)
+        return items
+
+    return Codec(lambda xs: [x.to_wire() for x in xs], decode)
+
+
+def _batches_from_wire(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> dict[bytes, Batch]:
+    raw = wire[key]
+    if not isinstance(raw, dict) or len(raw) > MAX_PROOF:
+        raise WireError("batches: must be an object")
+    out: dict[bytes, Batch] = {}
+    for digest_hex, value in raw.items():
+        digest = READ.hex_bytes({"batch": digest_hex}, "batch", 32)
+        batch = Batch.from_wire(value)
+        if batch.digest() != digest:
+            raise WireError("batches: a batch does not match its digest")
+        out[digest] = batch
+    return out
+
+
+def _tx(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> SignedTx:
+    try:
+        return SignedTx.from_wire(wire[key])
+    except TxError as exc:
+        raise WireError(f"request.tx: {exc}") from exc
+
+
+def _tx_id(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> str:
+    tx_id = wire[key]
+    if not isinstance(tx_id, str) or len(tx_id) != 64:
+        raise WireError(f"{key}: must be a 64-character transaction id")
+    READ.hex_bytes(wire, key, 32)
+    return tx_id
+
+
+def _receipt(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> Mapping[str, Any]:
+    if not isinstance(wire[key], dict):
+        raise WireError(f"{key}: must be an object")
+    return wire[key]  # type: ignore[no-any-return]
+
+
+def _batch(wire: Mapping[str, Any], key: str, known: KnownTx | None) -> Batch:
+    return Batch.from_wire(wire[key], known)
+
+
+NAT = _nat(MAX_INT)
+REPLICA = _nat(MAX_REPLICA_ID)
+DIGEST = _hex(32)
+SIGNATURE = _hex(64)
+BATCH = Codec(lambda b: b.to_wire(), _batch)
+BATCHES = Codec(lambda bs: {d.hex(): b.to_wire() for d, b in bs.items()}, _batches_from_wire)
+TX = Codec(lambda tx: tx.to_wire(), _tx)
+TX_ID = Codec(_same, _tx_id)
+RECEIPT = Codec(_same, _receipt)
+
+
+class WireForm:
+    """A form declared by its fields' specifications (``on_wire``); ``TAG`` is its ``"t"``
+    (none for a part of another message) and ``WHAT`` how errors name it."""
+
+    __slots__ = ()
+    TAG: ClassVar[str] = ""
+    WHAT: ClassVar[str] = ""
+    _SPECS: ClassVar[tuple[Spec, ...]] = ()
+    _KEYS: ClassVar[tuple[str, ...]] = ()  # every wire key, sorted
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ()  # attachment keys
 
     def to_wire(self) -> dict[str, Any]:
-        return {"t": "request", "tx": self.tx.to_wire()}
+        wire: dict[str, Any] = {"t": self.TAG} if self.TAG else {}
+        for spec in self._SPECS:
+            value = getattr(self, spec.attr)
+            if spec.part != "attachment" or value:
+                wire[spec.key] = spec.codec.encode(value)
+        return wire
 
     @classmethod
-    def from_wire(cls, wire: Any) -> Request:
-        exact_keys(wire, ("t", "tx"), "request")
-        try:
-            return cls(SignedTx.from_wire(wire["tx"]))
-        except TxError as exc:
-            raise WireError(f"request.tx: {exc}") from exc
+    def from_wire(cls, wire: Any, known: KnownTx | None = None) -> Self:
+        keys = cls._KEYS
+        if cls._OPTIONAL and isinstance(wire, dict):
+            keys = tuple(k for k in keys if k not in cls._OPTIONAL or k in wire)
+        READ.exact(wire, keys, cls.WHAT)
+        values = {
+            spec.attr: spec.codec.decode(wire, spec.key, known)
+            for spec in cls._SPECS
+            if spec.key in wire
+        }
+        return cls(**values)
+
+
+class SignedForm(WireForm):
+    """A replica message signed over its header."""
+
+    __slots__ = ()
+
+    def header(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"t": self.TAG}
+        for spec in self._SPECS:
+            if spec.part == "header":
+                wire[spec.key] = spec.codec.encode(getattr(self, spec.attr))
+        return wire
+
+
+F = TypeVar("F", bound=type[WireForm])
+
+
+def form(tag: str, what: str = "") -> Callable[[F], F]:
+    """Read the field specifications of a message dataclass once, when it is defined."""
+
+    def declare(cls: F) -> F:
+        specs = []
+        for f in fields(cls):  # type: ignore[arg-type]
+            if "wire" in f.metadata:
+                key, codec, part = f.metadata["wire"]
+                specs.append(Spec(f.name, key, codec, part))
+        cls.TAG, cls.WHAT = tag, what or tag
+        cls._SPECS = tuple(specs)
+        cls._KEYS = tuple(sorted([s.key for s in specs] + (["t"] if tag else [])))
+        cls._OPTIONAL = tuple(s.key for s in specs if s.part == "attachment")
+        return cls
+
+    return declare
+
+
+@form("request")
+@dataclass(frozen=True, slots=True)
+class Request(WireForm):
+    """A client transaction (``SignedTx`` wire dict) sent to a replica."""
+
+    tx: SignedTx = field(metadata=on_wire("tx", TX, "body"))
 
 
 @dataclass(frozen=True, slots=True)
-class PrePrepare:
-    view: int
-    seq: int
-    digest: bytes
-    replica: int
-    sig: bytes = b""
-    batch: Batch | None = None  # attachment; absent inside proofs
+class _Ordering(SignedForm):
+    """(view, seq, batch digest) signed by a replica: the fields a pre-prepare and the votes
+    on it (PREPARE, COMMIT) share."""
 
-    def header(self) -> dict[str, Any]:
-        return {
-            "d": self.digest.hex(),
-            "n": self.seq,
-            "r": self.replica,
-            "t": "pre-prepare",
-            "v": self.view,
-        }
+    view: int = field(metadata=on_wire("v", NAT))
+    seq: int = field(metadata=on_wire("n", NAT))
+    digest: bytes = field(metadata=on_wire("d", DIGEST))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+
+
+@form("pre-prepare")
+@dataclass(frozen=True, slots=True)
+class PrePrepare(_Ordering):
+    # attachment; absent inside proofs
+    batch: Batch | None = field(default=None, metadata=on_wire("batch", BATCH, "attachment"))
 
     def stripped(self) -> PrePrepare:
         return replace(self, batch=None) if self.batch is not None else self
-
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        if self.batch is not None:
-            wire["batch"] = self.batch.to_wire()
-        return wire
 
     def encoded(self) -> bytes:
         """``canonical(self.to_wire())`` with the batch's own bytes spliced in (``batch`` sorts
@@ -92,330 +239,163 @@ class PrePrepare:
             return rest
         return b'{"batch":' + self.batch.encoded() + b"," + rest[1:]
 
-    @classmethod
-    def from_wire(cls, wire: Any, known: KnownTx | None = None) -> PrePrepare:
-        keys: tuple[str, ...] = ("batch", "d", "n", "r", "sig", "t", "v")
-        if isinstance(wire, dict) and "batch" not in wire:
-            keys = keys[1:]
-        exact_keys(wire, keys, "pre-prepare")
-        batch = Batch.from_wire(wire["batch"], known) if "batch" in wire else None
-        return cls(
-            nat(wire, "v"), nat(wire, "n"), hex_bytes(wire, "d", 32), _rid(wire), _sig(wire), batch
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class _Vote:
+class _Vote(_Ordering):
     """A replica's vote for (view, seq, batch digest): PREPARE and COMMIT share this form and
     differ only in their type tag, which the signature covers."""
 
-    TAG: ClassVar[str] = ""
-    view: int
-    seq: int
-    digest: bytes
-    replica: int
-    sig: bytes = b""
 
-    def header(self) -> dict[str, Any]:
-        return {
-            "d": self.digest.hex(),
-            "n": self.seq,
-            "r": self.replica,
-            "t": self.TAG,
-            "v": self.view,
-        }
-
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> Self:
-        exact_keys(wire, ("d", "n", "r", "sig", "t", "v"), cls.TAG)
-        return cls(nat(wire, "v"), nat(wire, "n"), hex_bytes(wire, "d", 32), _rid(wire), _sig(wire))
-
-
+@form("prepare")
 @dataclass(frozen=True, slots=True)
 class Prepare(_Vote):
-    TAG: ClassVar[str] = "prepare"
+    pass
 
 
+@form("commit")
 @dataclass(frozen=True, slots=True)
 class Commit(_Vote):
-    TAG: ClassVar[str] = "commit"
+    pass
 
 
+@form("checkpoint")
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class Checkpoint(SignedForm):
     """A replica's state digest after executing ``seq`` (see ``checkpoint_digest``)."""
 
-    seq: int
-    digest: bytes
-    replica: int
-    sig: bytes = b""
-
-    def header(self) -> dict[str, Any]:
-        return {"d": self.digest.hex(), "n": self.seq, "r": self.replica, "t": "checkpoint"}
-
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> Checkpoint:
-        exact_keys(wire, ("d", "n", "r", "sig", "t"), "checkpoint")
-        return cls(nat(wire, "n"), hex_bytes(wire, "d", 32), _rid(wire), _sig(wire))
+    seq: int = field(metadata=on_wire("n", NAT))
+    digest: bytes = field(metadata=on_wire("d", DIGEST))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
 
+def _bare_pre_prepare(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> PrePrepare:
+    pp = PrePrepare.from_wire(wire[key])
+    if pp.batch is not None:
+        raise WireError("prepared proof: pre-prepare must not carry its batch")
+    return pp
+
+
+BARE_PRE_PREPARE = Codec(lambda pp: pp.to_wire(), _bare_pre_prepare)
+PREPARES = _listed(Prepare.from_wire, MAX_REPLICA_ID)
+
+
+@form("", "prepared proof")
 @dataclass(frozen=True, slots=True)
-class PreparedProof:
+class PreparedProof(WireForm):
     """A prepared certificate: the pre-prepare (without batch) and 2f matching prepares."""
 
-    pre_prepare: PrePrepare
-    prepares: tuple[Prepare, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"pp": self.pre_prepare.to_wire(), "prepares": [p.to_wire() for p in self.prepares]}
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> PreparedProof:
-        exact_keys(wire, ("pp", "prepares"), "prepared proof")
-        pp = PrePrepare.from_wire(wire["pp"])
-        if pp.batch is not None:
-            raise WireError("prepared proof: pre-prepare must not carry its batch")
-        prepares = tuple(Prepare.from_wire(p) for p in listed(wire, "prepares", MAX_REPLICA_ID))
-        return cls(pp, prepares)
+    pre_prepare: PrePrepare = field(metadata=on_wire("pp", BARE_PRE_PREPARE))
+    prepares: tuple[Prepare, ...] = field(metadata=on_wire("prepares", PREPARES))
 
 
-def _batches_to_wire(batches: Mapping[bytes, Batch]) -> dict[str, Any]:
-    return {d.hex(): b.to_wire() for d, b in batches.items()}
+CHECKPOINTS = _listed(Checkpoint.from_wire, MAX_REPLICA_ID)
+PREPARED = _listed(PreparedProof.from_wire, MAX_PROOF)
+ATTACHED_BATCHES = on_wire("batches", BATCHES, "attachment")
 
 
-def _batches_from_wire(wire: Any) -> dict[bytes, Batch]:
-    if not isinstance(wire, dict) or len(wire) > MAX_PROOF:
-        raise WireError("batches: must be an object")
-    out: dict[bytes, Batch] = {}
-    for key, value in wire.items():
-        digest = hex_bytes({"batch": key}, "batch", 32)
-        batch = Batch.from_wire(value)
-        if batch.digest() != digest:
-            raise WireError("batches: a batch does not match its digest")
-        out[digest] = batch
-    return out
-
-
+@form("view-change")
 @dataclass(frozen=True, slots=True)
-class ViewChange:
-    view: int  # the view being moved to
-    stable_seq: int
-    checkpoint_proof: tuple[Checkpoint, ...]  # quorum of matching checkpoints at stable_seq
-    prepared: tuple[PreparedProof, ...]  # one per sequence number above stable_seq
-    replica: int
-    sig: bytes = b""
-    batches: Mapping[bytes, Batch] = field(default_factory=dict)  # attachment, by digest
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "c": [c.to_wire() for c in self.checkpoint_proof],
-            "n": self.stable_seq,
-            "p": [p.to_wire() for p in self.prepared],
-            "r": self.replica,
-            "t": "view-change",
-            "v": self.view,
-        }
+class ViewChange(SignedForm):
+    view: int = field(metadata=on_wire("v", NAT))  # the view being moved to
+    stable_seq: int = field(metadata=on_wire("n", NAT))
+    # a quorum of matching checkpoints at stable_seq
+    checkpoint_proof: tuple[Checkpoint, ...] = field(metadata=on_wire("c", CHECKPOINTS))
+    # one per sequence number above stable_seq
+    prepared: tuple[PreparedProof, ...] = field(metadata=on_wire("p", PREPARED))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+    # attachment, by digest
+    batches: Mapping[bytes, Batch] = field(default_factory=dict, metadata=ATTACHED_BATCHES)
 
     def stripped(self) -> ViewChange:
         return replace(self, batches={}) if self.batches else self
 
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        if self.batches:
-            wire["batches"] = _batches_to_wire(self.batches)
-        return wire
 
-    @classmethod
-    def from_wire(cls, wire: Any) -> ViewChange:
-        keys: tuple[str, ...] = ("batches", "c", "n", "p", "r", "sig", "t", "v")
-        if isinstance(wire, dict) and "batches" not in wire:
-            keys = keys[1:]
-        exact_keys(wire, keys, "view-change")
-        return cls(
-            view=nat(wire, "v"),
-            stable_seq=nat(wire, "n"),
-            checkpoint_proof=tuple(
-                Checkpoint.from_wire(c) for c in listed(wire, "c", MAX_REPLICA_ID)
-            ),
-            prepared=tuple(PreparedProof.from_wire(p) for p in listed(wire, "p", MAX_PROOF)),
-            replica=_rid(wire),
-            sig=_sig(wire),
-            batches=_batches_from_wire(wire["batches"]) if "batches" in wire else {},
-        )
+BARE_VIEW_CHANGES = _listed(
+    ViewChange.from_wire,
+    MAX_REPLICA_ID,
+    check="new-view: view-changes inside must not carry batches",
+)
+BARE_PRE_PREPARES = _listed(
+    PrePrepare.from_wire, MAX_PROOF, check="new-view: pre-prepares inside must not carry batches"
+)
 
 
+@form("new-view")
 @dataclass(frozen=True, slots=True)
-class NewView:
-    view: int
-    view_changes: tuple[ViewChange, ...]  # V: a quorum of view-changes (without batches)
-    pre_prepares: tuple[PrePrepare, ...]  # O: pre-prepares for the new view (without batches)
-    replica: int
-    sig: bytes = b""
-    batches: Mapping[bytes, Batch] = field(default_factory=dict)
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "o": [p.to_wire() for p in self.pre_prepares],
-            "r": self.replica,
-            "t": "new-view",
-            "v": self.view,
-            "vc": [vc.to_wire() for vc in self.view_changes],
-        }
-
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        if self.batches:
-            wire["batches"] = _batches_to_wire(self.batches)
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> NewView:
-        keys: tuple[str, ...] = ("batches", "o", "r", "sig", "t", "v", "vc")
-        if isinstance(wire, dict) and "batches" not in wire:
-            keys = keys[1:]
-        exact_keys(wire, keys, "new-view")
-        vcs = tuple(ViewChange.from_wire(v) for v in listed(wire, "vc", MAX_REPLICA_ID))
-        if any(vc.batches for vc in vcs):
-            raise WireError("new-view: view-changes inside must not carry batches")
-        pps = tuple(PrePrepare.from_wire(p) for p in listed(wire, "o", MAX_PROOF))
-        if any(pp.batch is not None for pp in pps):
-            raise WireError("new-view: pre-prepares inside must not carry batches")
-        return cls(
-            nat(wire, "v"),
-            vcs,
-            pps,
-            _rid(wire),
-            _sig(wire),
-            _batches_from_wire(wire["batches"]) if "batches" in wire else {},
-        )
+class NewView(SignedForm):
+    view: int = field(metadata=on_wire("v", NAT))
+    # V: a quorum of view-changes (without batches)
+    view_changes: tuple[ViewChange, ...] = field(metadata=on_wire("vc", BARE_VIEW_CHANGES))
+    # O: pre-prepares for the new view (without batches)
+    pre_prepares: tuple[PrePrepare, ...] = field(metadata=on_wire("o", BARE_PRE_PREPARES))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+    batches: Mapping[bytes, Batch] = field(default_factory=dict, metadata=ATTACHED_BATCHES)
 
 
+@form("status")
 @dataclass(frozen=True, slots=True)
-class Status:
+class Status(SignedForm):
     """Periodic gossip: lets a lagging replica notice it is behind (in view or in blocks)."""
 
-    view: int
-    last_executed: int
-    stable_seq: int
-    replica: int
-    sig: bytes = b""
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "e": self.last_executed,
-            "n": self.stable_seq,
-            "r": self.replica,
-            "t": "status",
-            "v": self.view,
-        }
-
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> Status:
-        exact_keys(wire, ("e", "n", "r", "sig", "t", "v"), "status")
-        return cls(nat(wire, "v"), nat(wire, "e"), nat(wire, "n"), _rid(wire), _sig(wire))
+    view: int = field(metadata=on_wire("v", NAT))
+    last_executed: int = field(metadata=on_wire("e", NAT))
+    stable_seq: int = field(metadata=on_wire("n", NAT))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
 
+@form("fetch")
 @dataclass(frozen=True, slots=True)
-class FetchBlocks:
+class FetchBlocks(SignedForm):
     """State transfer: 'send me your blocks from height ``from_seq`` on'."""
 
-    from_seq: int
-    replica: int
-    sig: bytes = b""
-
-    def header(self) -> dict[str, Any]:
-        return {"n": self.from_seq, "r": self.replica, "t": "fetch"}
-
-    def to_wire(self) -> dict[str, Any]:
-        wire = self.header()
-        wire["sig"] = self.sig.hex()
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> FetchBlocks:
-        exact_keys(wire, ("n", "r", "sig", "t"), "fetch")
-        return cls(nat(wire, "n"), _rid(wire), _sig(wire))
+    from_seq: int = field(metadata=on_wire("n", NAT))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
 
+BLOCKS = _listed(Block.from_wire, MAX_BLOCKS)
+
+
+@form("blocks")
 @dataclass(frozen=True, slots=True)
-class Blocks:
+class Blocks(WireForm):
     """State transfer answer: blocks, and the sender's stable checkpoint proof (a quorum of
     signed checkpoints) so the receiver can move its watermarks too. Not signed itself: every
     block carries its commit certificate and the proof its signatures; the receiver checks them
     and the hash chain, so the sender need not be trusted."""
 
-    blocks: tuple[Block, ...]
-    replica: int
-    proof: tuple[Checkpoint, ...] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "blocks": [b.to_wire() for b in self.blocks],
-            "proof": [c.to_wire() for c in self.proof],
-            "r": self.replica,
-            "t": "blocks",
-        }
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> Blocks:
-        exact_keys(wire, ("blocks", "proof", "r", "t"), "blocks")
-        return cls(
-            tuple(Block.from_wire(b) for b in listed(wire, "blocks", MAX_BLOCKS)),
-            _rid(wire),
-            tuple(Checkpoint.from_wire(c) for c in listed(wire, "proof", MAX_REPLICA_ID)),
-        )
+    blocks: tuple[Block, ...] = field(metadata=on_wire("blocks", BLOCKS, "body"))
+    replica: int = field(metadata=on_wire("r", REPLICA, "body"))
+    proof: tuple[Checkpoint, ...] = field(
+        default=(), metadata=on_wire("proof", CHECKPOINTS, "body")
+    )
 
 
+@form("reply")
 @dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(WireForm):
     """A replica's answer to a client for one executed transaction. Not signed: the client
     gets it on its own connection to that replica and accepts a result once f+1 replicas sent
     matching replies (signing each reply would cost one signature per transaction)."""
 
-    view: int
-    tx_id: str
-    height: int
-    receipt: Mapping[str, Any]
-    replica: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return self.wire(self.view, self.tx_id, self.height, self.receipt, self.replica)
+    view: int = field(metadata=on_wire("v", NAT, "body"))
+    tx_id: str = field(metadata=on_wire("tx", TX_ID, "body"))
+    height: int = field(metadata=on_wire("h", NAT, "body"))
+    receipt: Mapping[str, Any] = field(metadata=on_wire("receipt", RECEIPT, "body"))
+    replica: int = field(metadata=on_wire("r", REPLICA, "body"))
 
     @staticmethod
     def wire(
         view: int, tx_id: str, height: int, receipt: Mapping[str, Any], replica: int
     ) -> dict[str, Any]:
-        """The wire form, built without a ``Reply`` (the node answers a block's worth at once).
-        ``receipt`` is put in as it is: encode the result before the receipt changes."""
+        """The wire form, built without a ``Reply`` (the node answers a block's worth at once;
+        a test holds it equal to ``to_wire``). ``receipt`` is put in as it is: encode the
+        result before the receipt changes."""
         return {"h": height, "r": replica, "receipt": receipt, "t": "reply", "tx": tx_id, "v": view}
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> Reply:
-        exact_keys(wire, ("h", "r", "receipt", "t", "tx", "v"), "reply")
-        tx_id = wire["tx"]
-        if not isinstance(tx_id, str) or len(tx_id) != 64:
-            raise WireError("tx: must be a 64-character transaction id")
-        hex_bytes(wire, "tx", 32)
-        if not isinstance(wire["receipt"], dict):
-            raise WireError("receipt: must be an object")
-        return cls(nat(wire, "v"), tx_id, nat(wire, "h"), wire["receipt"], _rid(wire))
 
 
 ReplicaMessage = (
@@ -423,18 +403,21 @@ ReplicaMessage = (
 )
 Message = Request | ReplicaMessage | Blocks | Reply
 
-_PARSERS: dict[str, Callable[[Any], Message]] = {
-    "request": Request.from_wire,
-    "pre-prepare": PrePrepare.from_wire,
-    "prepare": Prepare.from_wire,
-    "commit": Commit.from_wire,
-    "checkpoint": Checkpoint.from_wire,
-    "view-change": ViewChange.from_wire,
-    "new-view": NewView.from_wire,
-    "status": Status.from_wire,
-    "fetch": FetchBlocks.from_wire,
-    "blocks": Blocks.from_wire,
-    "reply": Reply.from_wire,
+_FORMS: dict[str, type[WireForm]] = {
+    cls.TAG: cls
+    for cls in (
+        Request,
+        PrePrepare,
+        Prepare,
+        Commit,
+        Checkpoint,
+        ViewChange,
+        NewView,
+        Status,
+        FetchBlocks,
+        Blocks,
+        Reply,
+    )
 }
 
 
@@ -444,13 +427,11 @@ def parse(wire: Any, known: KnownTx | None = None) -> Message:
     if not isinstance(wire, dict):
         raise WireError("message: must be an object")
     kind = wire.get("t")
-    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
-    if parser is None:
+    cls = _FORMS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
         raise WireError(f"message: unknown type {wire.get('t')!r}")
     try:
-        if kind == "pre-prepare" and known is not None:
-            return PrePrepare.from_wire(wire, known)
-        return parser(wire)
+        return cls.from_wire(wire, known)  # type: ignore[return-value]
     except WireError:
         raise
     except (KeyError, TypeError, ValueError, RecursionError) as exc:  # defence in depth

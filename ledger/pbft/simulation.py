@@ -21,7 +21,7 @@ from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.config import PbftConfig, ReplicaInfo
 from ledger.pbft.memory import MemoryExecutor
 from ledger.pbft.messages import Message, Reply
-from ledger.pbft.replica import Fault, Replica
+from ledger.pbft.replica import Replica
 from ledger.tx import SignedTx, public_bytes, sign_tx
 
 
@@ -50,7 +50,8 @@ class Network:
     duplicate: float = 0.0
     delay: tuple[int, int] = (1, 3)
     tick_ms: int = 5
-    faults: dict[int, Fault] = field(default_factory=dict)
+    # replica id -> the class it runs instead of ``Replica`` (a faulty one, from the tests)
+    faults: dict[int, type[Replica]] = field(default_factory=dict)
     now: int = 0
     replicas: list[Replica] = field(init=False)
     executors: list[MemoryExecutor] = field(init=False)
@@ -69,14 +70,8 @@ class Network:
         self._next_tick = 0
 
     def _boot(self, i: int) -> Replica:
-        return Replica(
-            self.config,
-            i,
-            replica_key(i),
-            self.executors[i],
-            now_ms=self.now,
-            fault=self.faults.get(i),
-        )
+        core = self.faults.get(i, Replica)
+        return core(self.config, i, replica_key(i), self.executors[i], now_ms=self.now)
 
     # -- faults
     def crash(self, i: int) -> None:
@@ -152,6 +147,23 @@ class Network:
                 actions = self.replicas[i].on_request(tx, self.now, verified=verified, tx_id=tx_id)
                 self._perform(i, actions)
 
+    def submit_all(
+        self, txs: Iterable[SignedTx], to: Iterable[int] | None = None, **how: Any
+    ) -> None:
+        """``submit`` each of ``txs`` (to the same replicas, ``to`` taken once)."""
+        targets = None if to is None else list(to)
+        for tx in txs:
+            self.submit(tx, targets, **how)
+
+    def resend_uncommitted(self, txs: Iterable[SignedTx]) -> None:
+        """What a client does on its timeout: every one of ``txs`` it has not seen committed
+        goes again, to every replica."""
+        self.submit_all((tx for tx in txs if not self.committed(tx.tx_id)), range(self.config.n))
+
+    def all_committed(self, txs: Iterable[SignedTx]) -> bool:
+        """The client saw every one of ``txs`` committed (see ``committed``)."""
+        return all(self.committed(tx.tx_id) for tx in txs)
+
     def view_hint(self) -> int:
         views = [r.view for i, r in enumerate(self.replicas) if i not in self.crashed]
         return max(set(views), key=views.count)
@@ -201,7 +213,7 @@ def prepared_nowhere_committed(**tuning: Any) -> tuple[Network, list[SignedTx]]:
     for tx in txs:
         net.submit(tx)
     net.run(50)
-    assert all(r.slots[1].prepared and not r.slots[1].committed for r in net.replicas)
+    assert all(r.log.slots[1].prepared and not r.log.slots[1].committed for r in net.replicas)
     return net, txs
 
 

@@ -4,6 +4,7 @@ bumble central behind the real bleak API."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -144,3 +145,11 @@ async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(wait(), timeout)
+
+
+async def start_plugs(*args: str) -> asyncio.subprocess.Process:
+    """``plug`` in a process of its own, its HCI server on a free loopback port."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hardware.ble.plug_cli", "plug", "--hci", "tcp-server:127.0.0.1:0",
+        *args, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,15 @@ from hypothesis import strategies as st
 from firmware import frame
 from gateway.sources.base import SourceError
 from gateway.sources.ble import BleNode, BleNodeSource
-from hardware.ble import cli
+from hardware.ble import plug_cli
 from hardware.ble.bleak_bumble import backend_from_spec, close_remote_centrals
-from tests.ble.conftest import KEYS, eventually, received
+from tests.ble.conftest import KEYS, eventually, received, start_plugs
 
 K1 = KEYS[1].hex()
 
 
 def parse(*argv: str) -> object:
-    return cli.build_parser().parse_args(["plug", *argv])
+    return plug_cli.build_parser().parse_args(["plug", *argv])
 
 
 @pytest.mark.parametrize(
@@ -55,9 +54,9 @@ def test_bad_arguments_are_refused_naming_the_argument(
 
 
 def test_missing_or_duplicate_nodes_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["plug"]) == 2
+    assert plug_cli.main(["plug"]) == 2
     assert "no plugs" in capsys.readouterr().err
-    assert cli.main(["plug", "--node", f"1:{K1}", "--node", f"1:{K1}"]) == 2
+    assert plug_cli.main(["plug", "--node", f"1:{K1}", "--node", f"1:{K1}"]) == 2
     assert "duplicate node id" in capsys.readouterr().err
 
 
@@ -73,7 +72,7 @@ def test_keystore_nodes_and_keystore_errors(tmp_path: Path) -> None:
             }
         )
     )
-    assert cli.load_keystore(path) == [(4, KEYS[4])]
+    assert plug_cli.load_keystore(path) == [(4, KEYS[4])]
     for bad, message in [
         ("{", "keystore"),
         ("[]", "'nodes'"),
@@ -82,9 +81,9 @@ def test_keystore_nodes_and_keystore_errors(tmp_path: Path) -> None:
     ]:
         path.write_text(bad)
         with pytest.raises(ValueError, match=message):
-            cli.load_keystore(path)
+            plug_cli.load_keystore(path)
     with pytest.raises(ValueError, match="keystore"):
-        cli.load_keystore(tmp_path / "absent.json")
+        plug_cli.load_keystore(tmp_path / "absent.json")
 
 
 @settings(max_examples=200)
@@ -93,20 +92,14 @@ def test_any_node_argument_parses_or_is_refused_cleanly(text: str) -> None:
     import argparse
 
     try:
-        node_id, key = cli._node(text)
+        node_id, key = plug_cli._node(text)
     except argparse.ArgumentTypeError:
         return
     assert 0 <= node_id <= 0xFFFF and len(key) == 32
 
 
 async def test_plug_process_serves_a_gateway_in_another_process() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hardware.ble.cli",
-        "plug",
-        "--hci",
-        "tcp-server:127.0.0.1:0",
+    proc = await start_plugs(
         "--node",
         f"1:{KEYS[1].hex()}",
         "--node",
@@ -123,7 +116,6 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         "3",
         "--duration-s",
         "120",
-        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     try:
@@ -203,19 +195,7 @@ def test_wattmesh_emulate_plug_is_wired_into_the_wattmesh_command(
 
 
 async def test_plug_process_stops_by_itself_after_its_duration() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hardware.ble.cli",
-        "plug",
-        "--hci",
-        "tcp-server:127.0.0.1:0",
-        "--node",
-        f"3:{KEYS[3].hex()}",
-        "--duration-s",
-        "0.3",
-        stdout=asyncio.subprocess.PIPE,
-    )
+    proc = await start_plugs("--node", f"3:{KEYS[3].hex()}", "--duration-s", "0.3")
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0
     hello = json.loads(out.decode().splitlines()[0])

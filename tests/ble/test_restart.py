@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 
 from bleak import BleakClient
 from bumble import hci
@@ -24,15 +23,13 @@ from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
 from hardware.ble.controller import HciServer, serve_controller
 from hardware.ble.plug import PlugEmulator, constant_load
 from hardware.ble.profile import GATEWAY_ADDRESS, PROFILE
-from tests.ble.conftest import KEYS, eventually, received
+from tests.ble.conftest import KEYS, eventually, received, start_plugs
 
 
 async def plug_process(*extra: str) -> tuple[asyncio.subprocess.Process, dict[str, object]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hardware.ble.cli", "plug", "--hci", "tcp-server:127.0.0.1:0",
+    proc = await start_plugs(
         "--node", f"1:{KEYS[1].hex()}", "--node", f"2:{KEYS[2].hex()}",
         "--interval-s", "0.1", "--duration-s", "120", *extra,
-        stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
     hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))

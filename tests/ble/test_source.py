@@ -311,7 +311,7 @@ async def test_repeated_drops_never_lose_the_link_for_good(world: World) -> None
 
 
 async def test_the_ble_benchmark_runs_and_reports_json_figures() -> None:
-    from hardware.ble.bench import bench
+    from tools.ble_bench import bench
 
     figures = await bench(plugs=2, frames=3)
     assert figures["frames"] == 6 and figures["plugs"] == 2

@@ -92,6 +92,8 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
         "auction.clear": {"listing_id": HOUR},
         "auction.settle": {"listing_id": HOUR},
         "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2, ["gap", "clipped"]),
+        "registry.apply": {"id_grid": "N2", "role": "prosumer"},
+        "registry.dismiss": {"public_key": "ab" * 32},
     }
     return bodies[kind]
 

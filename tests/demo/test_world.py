@@ -15,7 +15,7 @@ from tools.demo.checks import (
     relay_energy_mwh,
     relay_plan_problems,
 )
-from tools.demo.run import HomeSupply, Relay, relay_draw
+from tools.demo.supply import HomeSupply, RelayLog, relay_draw
 from tools.demo.vmnode import channel_curve
 from tools.demo.world import build_community, fixed_mwh, habit_schedule, pv_mwh, sun_factor
 
@@ -69,7 +69,7 @@ def test_the_billing_meter_follows_what_the_relay_really_did(
     t0 = 1_782_000_000_000 - 1_782_000_000_000 % SLOT_MS
     base = [b * 1000 for b, _, _ in slots] + [0] * (SLOTS_PER_DAY - len(slots))
     pv = [p * 1000 for _, p, _ in slots] + [0] * (SLOTS_PER_DAY - len(slots))
-    relay = Relay("PT0001", "Water Heater", 1500, [(t0 + k * SLOT_MS, on)
+    relay = RelayLog("PT0001", "Water Heater", 1500, [(t0 + k * SLOT_MS, on)
                                                    for k, (_, _, on) in enumerate(slots)])
     supply = HomeSupply(t0, base, pv, [relay_draw(relay)])
     drawn = relay_energy_mwh(relay, habit_draws(None), t0, len(slots))
@@ -89,11 +89,11 @@ def test_the_billing_meter_follows_what_the_relay_really_did(
 def test_a_relay_that_did_other_than_confirmed_shows_in_the_checks() -> None:
     t0 = 0
     plan_on = {1, 2}
-    confirmed = Relay("PT0002", "Dish Washer", 1000, [(0, False), (SLOT_MS, True),
+    confirmed = RelayLog("PT0002", "Dish Washer", 1000, [(0, False), (SLOT_MS, True),
                                                        (3 * SLOT_MS, False)])
     assert relay_plan_problems({("PT0002", "Dish Washer"): confirmed},
                                {("PT0002", "Dish Washer"): plan_on}, t0, 4) == []
-    stuck = Relay("PT0002", "Dish Washer", 1000, [(0, False)])  # no command got through
+    stuck = RelayLog("PT0002", "Dish Washer", 1000, [(0, False)])  # no command got through
     assert relay_plan_problems({("PT0002", "Dish Washer"): stuck},
                                {("PT0002", "Dish Washer"): plan_on}, t0, 4) == [
         "PT0002 Dish Washer: confirmed state differs from the plan in 2 slots (first at slot 1)"]

@@ -95,7 +95,7 @@ def test_bench_prints_solve_time_and_savings(capsys):
 def test_any_dr_argument_parses_or_is_refused_clearly(text):
     from datetime import date
 
-    from gateway.ems.cli import parse_dr
+    from gateway.ems.ems_cli import parse_dr
     from gateway.ems.problem import PlanError
 
     try:

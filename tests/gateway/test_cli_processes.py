@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Broker, free_port
+from tests.gateway.conftest import Broker, free_port, stop_processes
 from tools.cli import main
 
 KEY7 = bytes(range(32))
@@ -42,15 +42,7 @@ class Procs:
         return p, line
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs)
 
 
 @pytest.fixture
@@ -150,27 +142,17 @@ tcp = "127.0.0.1:{tcp_port}"
 poll_s = 0.5
 timeout_s = 0.3
 backoff_initial_s = 1
-[[modbus.buses.meters]]
-meter_id = "grid"
-model = "sdm630"
-unit = 1
-[[modbus.buses.meters]]
-meter_id = "pv"
-model = "sdm630"
-unit = 2
-[[modbus.buses.meters]]
-meter_id = "ghost"
-model = "sdm630"
-unit = 3
+meters = [
+    {{meter_id = "grid", model = "sdm630", unit = 1}},
+    {{meter_id = "pv", model = "sdm630", unit = 2}},
+    {{meter_id = "ghost", model = "sdm630", unit = 3}},
+]
 [[modbus.buses]]
 name = "uart"
 serial = "{pty_path}"
 poll_s = 0.5
 timeout_s = 0.3
-[[modbus.buses.meters]]
-meter_id = "ev"
-model = "pzem004t"
-unit = 1
+meters = [{{meter_id = "ev", model = "pzem004t", unit = 1}}]
 """
         )
         # The node publishes its LWT once connected; give it the time a process start takes.

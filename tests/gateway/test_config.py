@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, load_config, load_keystore, parse_config
+from gateway.config import GatewayConfigError, load_config, load_keystore, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "gateway.example.toml"
 MINIMAL = """
@@ -56,7 +56,7 @@ def test_ble_silence_timeout_is_off_unless_set(tmp_path: Path) -> None:
 def test_a_bad_ble_silence_timeout_is_named(tmp_path: Path, value: str) -> None:
     p = tmp_path / "gw.toml"
     p.write_text(with_ble(f"silence_timeout_s = {value}"))
-    with pytest.raises(ConfigError, match=r"^ble\.silence_timeout_s: "):
+    with pytest.raises(GatewayConfigError, match=r"^ble\.silence_timeout_s: "):
         load_config(p)
 
 
@@ -101,19 +101,19 @@ def test_wrong_keys_and_values_are_named(tmp_path: Path, old: str, new: str, mes
     p = tmp_path / "gw.toml"
     assert old in MINIMAL
     p.write_text(MINIMAL.replace(old, new, 1))
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(GatewayConfigError, match=message):
         load_config(p)
 
 
 def test_unreadable_and_truncated_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(GatewayConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
     p = tmp_path / "gw.toml"
     p.write_text(MINIMAL[: MINIMAL.index("tcp =") + 8])  # cut inside a string
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(GatewayConfigError, match="not valid TOML"):
         load_config(p)
     p.write_bytes(b"\xff\xfe[gateway]")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(GatewayConfigError, match="cannot read"):
         load_config(p)
 
 
@@ -126,7 +126,7 @@ def test_every_truncation_is_a_config_error_or_valid(cut: int) -> None:
         return
     try:
         parse_config(doc, Path("."))
-    except ConfigError:
+    except GatewayConfigError:
         pass
 
 
@@ -185,7 +185,7 @@ toml_values = st.recursive(
 def test_hostile_documents_only_raise_config_error(doc: dict[str, object]) -> None:
     try:
         parse_config(doc, Path("."))
-    except ConfigError:
+    except GatewayConfigError:
         pass
 
 
@@ -206,10 +206,10 @@ def test_keystore(tmp_path: Path) -> None:
         ([], "expected"),
     ]:
         ks.write_text(json.dumps(bad))
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(GatewayConfigError, match=message):
             load_keystore(ks, cfg.nodes)
     ks.write_text('{"nodes": {"7": ')
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(GatewayConfigError, match="cannot read"):
         load_keystore(ks, cfg.nodes)
 
 
@@ -248,5 +248,5 @@ def test_report_can_be_set_on_every_kind_of_meter(tmp_path: Path) -> None:
 def test_a_bad_report_key_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     p = tmp_path / "gw.toml"
     p.write_text(MINIMAL.replace(old, new, 1))
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(GatewayConfigError, match=message):
         load_config(p)

@@ -13,7 +13,7 @@ import aiomqtt
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.config import ConfigError, load_config
+from gateway.config import GatewayConfigError, load_config
 from gateway.daemon import Gateway
 from gateway.ems.timegrid import SLOT_MS
 from hardware.emulators.mqtt_node import MqttNodeEmulator
@@ -166,16 +166,18 @@ def _iso(ms: int) -> str:
     ],
 )
 def test_a_bad_ems_section_is_named(tmp_path: Path, extra: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(GatewayConfigError, match=message):
         load_config(ems_config(tmp_path, 1883, extra))
 
 
 def test_a_bad_appliance_spec_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"ems.appliances: .*boiler: node 9 is not configured"):
+    with pytest.raises(
+        GatewayConfigError, match=r"ems.appliances: .*boiler: node 9 is not configured"
+    ):
         load_config(ems_config(tmp_path, 1883, node=9))
-    with pytest.raises(ConfigError, match=r"ems.appliances: .*power_w"):
+    with pytest.raises(GatewayConfigError, match=r"ems.appliances: .*power_w"):
         load_config(ems_config(tmp_path, 1883, power_w=-5))
     path = ems_config(tmp_path, 1883)
     (tmp_path / "appliances.json").write_text('{"appliances": [')
-    with pytest.raises(ConfigError, match=r"ems.appliances: .*not JSON"):
+    with pytest.raises(GatewayConfigError, match=r"ems.appliances: .*not JSON"):
         load_config(path)

@@ -12,11 +12,10 @@ import pytest
 from firmware import frame
 from gateway import intervals as iv
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig, MqttConfig, NodeConfig
+from gateway.config import BusConfig, GatewayConfig, MeterConfig, MqttConfig, NodeConfig
 from gateway.daemon import Gateway
 from gateway.intervals import INTERVAL_MS
 from gateway.report import report_body, verify_report
-from gateway.sources.modbus import BusConfig, MeterConfig
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, PtyPair, serve_serial
 from hardware.emulators.mqtt_node import MqttNodeEmulator
 from hardware.emulators.profiles import constant

@@ -61,11 +61,7 @@ name = "tcp0"
 tcp = "127.0.0.1:{modbus_port}"
 poll_s = 60
 timeout_s = 0.3
-
-[[modbus.buses.meters]]
-meter_id = "main"
-model = "sdm630"
-unit = 1
+meters = [{{meter_id = "main", model = "sdm630", unit = 1}}]
 """
     )
     return cfg
@@ -247,7 +243,7 @@ async def test_ledger_outage_and_crash_mid_interval_lose_and_duplicate_nothing(h
     for _ in range(7):
         await minute(home, gw)
     await home.node.publish_reading()  # in memory only when the crash comes
-    await until(lambda: len(gw._pending) > 0, what="a reading not yet flushed")
+    await until(lambda: len(gw.ingest.pending) > 0, what="a reading not yet flushed")
     for t in [task, *gw._tasks]:
         t.cancel()
     await asyncio.gather(task, *gw._tasks, return_exceptions=True)

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from firmware import frame
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig, NodeConfig
+from gateway.config import BusConfig, GatewayConfig, MeterConfig, NodeConfig
 from gateway.daemon import Gateway
-from gateway.sources.modbus import BusConfig, MeterConfig, MeterReading, ModbusBus
+from gateway.sources.modbus import MeterReading, ModbusBus
 from hardware.emulators.modbus_meter import EmulatedMeter, PtyPair
 from hardware.emulators.profiles import constant
 from tests.gateway.conftest import free_port

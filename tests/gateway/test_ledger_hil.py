@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from gateway.outbox import DELIVERED
 from ledger.keys import load_key, new_key, public_hex, write_key
 from ledger.setup import init_cluster
 from ledger_client.client import LedgerClient
-from tests.gateway.conftest import until
+from tests.gateway.conftest import stop_processes, until
 
 ROOT = Path(__file__).resolve().parents[2]
 # The gateway's clock starts two hours ago: the replicas stamp blocks with the real time, and the
@@ -59,14 +58,7 @@ class Replicas:
             log.close()
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs)
         self.procs.clear()
 
 
@@ -175,9 +167,9 @@ async def test_the_ems_reads_a_listing_clearing_from_the_ledger(
 ) -> None:
     """What the daemon's EMS calls at each slot edge: nothing while the listing takes orders,
     then the listing with its trades, which the trading agent turns into its commitment."""
-    from gateway.daemon import LedgerDeliverer
     from gateway.ems.agent import TradingAgent
     from gateway.ems.tariff import Tariff
+    from gateway.ledger_link import LedgerDeliverer
 
     cluster = replicas.dir / "cluster.json"
     replicas.start()

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.sources.modbus import BusConfig, MeterConfig, MeterReading, ModbusBus
+from gateway.config import BusConfig, MeterConfig
+from gateway.sources.modbus import MeterReading, ModbusBus
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, PtyPair, serve_serial, serve_tcp
 from hardware.emulators.profiles import constant
 

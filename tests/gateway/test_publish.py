@@ -8,7 +8,8 @@ import aiomqtt
 
 from gateway.clock import ManualClock
 from gateway.config import MqttConfig
-from gateway.publish import HaPublisher, MeterInfo, discovery_messages
+from gateway.ingest import MeterInfo
+from gateway.publish import HaPublisher, discovery_messages
 from gateway.store import Reading
 from tests.gateway.conftest import Broker, collect_json, until
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.meters import MODELS, Block, MapError, load_map, parse_map
+from hardware.meters import MODELS, MapError, RegisterBlock, load_map, parse_map
 
 MAP_DIR = Path(load_map.__code__.co_filename).parent
 
@@ -33,9 +33,9 @@ def test_known_addresses_from_the_datasheets() -> None:
 
 def test_planner_beats_one_request_per_quantity() -> None:
     m = load_map("sdm630")
-    assert m.plan() == [Block(0, 76), Block(342, 2)]
+    assert m.plan() == [RegisterBlock(0, 76), RegisterBlock(342, 2)]
     assert len(m.plan()) < len(m.quantities)
-    assert load_map("pzem004t").plan() == [Block(0, 10)]
+    assert load_map("pzem004t").plan() == [RegisterBlock(0, 10)]
 
 
 @settings(max_examples=60, deadline=None)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import ed25519
-from ledger.bench import register_bench, steal_share, summarize
+from tools.ledger_bench import register_bench, steal_share, summarize
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -97,12 +97,19 @@ def test_bad_genesis_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["ledger", "init", "--dir", str(tmp_path / "c"), "--genesis", missing]) == 2
 
 
-def test_commands_on_a_broken_cluster_file_name_the_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def cluster_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A cluster made by ``ledger init`` (its output read and dropped)."""
     d = tmp_path / "c"
     assert _init(tmp_path, "--dir", str(d)) == 0
     capsys.readouterr()
+    return d
+
+
+def test_commands_on_a_broken_cluster_file_name_the_key(
+    cluster_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = cluster_dir
     doc = json.loads((d / "cluster.json").read_text())
     doc["replicas"][2]["port"] = "seven"
     (d / "cluster.json").write_text(json.dumps(doc))
@@ -119,11 +126,9 @@ def test_commands_on_a_broken_cluster_file_name_the_key(
 
 
 def test_replica_out_of_range_and_bad_contract(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    d = tmp_path / "c"
-    assert _init(tmp_path, "--dir", str(d)) == 0
-    capsys.readouterr()
+    d = cluster_dir
     assert main(["ledger", "run", "--dir", str(d), "--replica", "9"]) == 2
     assert "replica 9 is not in the cluster" in capsys.readouterr().err
     assert main(["ledger", "verify", "--dir", str(d), "--replica", "9"]) == 2
@@ -133,11 +138,9 @@ def test_replica_out_of_range_and_bad_contract(
 
 
 def test_status_of_a_cluster_that_is_down_reports_each_replica(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    d = tmp_path / "c"
-    assert _init(tmp_path, "--dir", str(d)) == 0
-    capsys.readouterr()
+    d = cluster_dir
     assert main(["ledger", "status", "--dir", str(d), "--timeout", "0.5"]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["replica"] for line in lines] == [0, 1, 2, 3]

@@ -13,9 +13,10 @@ from ledger.encoding import canonical
 from ledger.pbft.block import Batch, batch_bytes
 from ledger.pbft.memory import MemoryExecutor
 from ledger.pbft.messages import PrePrepare, ViewChange, sign
-from ledger.pbft.replica import VC_ATTACH_BYTES, Replica
+from ledger.pbft.replica import Replica
 from ledger.pbft.signing import Signer
 from ledger.pbft.simulation import Network, divergence, make_config, replica_key
+from ledger.pbft.viewchange import VC_ATTACH_BYTES
 from ledger.tx import MAX_TX_BYTES, SignedTx, TxError, sign_tx
 
 CLIENT = Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32)
@@ -38,10 +39,9 @@ def test_a_transaction_over_the_bound_is_refused_when_signed_and_when_parsed() -
 def test_the_primary_cuts_batches_by_bytes_and_everything_commits() -> None:
     net = Network(make_config(4, batch_max_bytes=100_000))
     txs = [_big_tx(n) for n in range(40)]  # ~12 KB each: 8 to a batch, not 40
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(500)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     blocks = net.executors[1].blocks
     assert len(blocks) >= 5
     assert all(
@@ -70,9 +70,9 @@ def test_a_pre_prepare_far_ahead_of_execution_is_not_held() -> None:
         pp = sign(PrePrepare(0, seq, batch.digest(), 0), Signer(0, replica_key(0)))
         backup.on_message(PrePrepare(0, seq, pp.digest, 0, pp.sig, batch).to_wire(), 0, 1)
         if counted:
-            assert backup.metrics[counted] == 1 and seq not in backup.slots
+            assert backup.metrics[counted] == 1 and seq not in backup.log.slots
         else:
-            assert backup.slots[seq].pp is not None
+            assert backup.log.slots[seq].pp is not None
 
 
 def test_a_faulty_replica_cannot_fill_memory_with_view_changes_or_future_pre_prepares() -> None:
@@ -88,18 +88,18 @@ def test_a_faulty_replica_cannot_fill_memory_with_view_changes_or_future_pre_pre
         vc = sign(ViewChange(view, 0, (), (), 3), byz)
         r1.on_message(ViewChange(view, 0, (), (), 3, vc.sig, batches).to_wire(), 3, view)
     assert r1.view == 0 and r1.active  # one replica is not f+1: no view change
-    assert sum(len(b) for b in r1.vc_batches.values()) == 0
+    assert sum(len(b) for b in r1.views.batches.values()) == 0
     for i in range(200):  # pre-prepares for view 1 from a replica that is not its primary
         batch = Batch.from_wire({"ts": i, "txs": [tx.to_wire()] * 20})
         fake = PrePrepare(1, 1, batch.digest(), 3, bytes(64), batch)
         r1.on_message(fake.to_wire(), 3, 1000)
-    assert not any(isinstance(m, PrePrepare) for m, _ in r1.future)
+    assert not any(isinstance(m, PrePrepare) for m, _ in r1.log.future)
     assert r1.metrics["rejected_future_pre_prepare"] == 200
     for i in range(cfg.max_ahead + 10):  # signed by view 1's primary: kept, up to the bound
         batch = Batch.from_wire({"ts": i, "txs": [tx.to_wire()]})
         pp = sign(PrePrepare(1, i + 1, batch.digest(), 1), Signer(1, replica_key(1)))
         r1.on_message(PrePrepare(1, i + 1, pp.digest, 1, pp.sig, batch).to_wire(), 1, 1000)
-    assert sum(isinstance(m, PrePrepare) for m, _ in r1.future) == cfg.max_ahead
+    assert sum(isinstance(m, PrePrepare) for m, _ in r1.log.future) == cfg.max_ahead
 
 
 def test_a_view_change_attaches_batches_within_its_byte_budget() -> None:

@@ -18,6 +18,7 @@ from ledger.pbft.simulation import (
     make_txs,
     prepared_nowhere_committed,
 )
+from tests.ledger.faulty import FAULTS, EquivocatingReplica, SilentReplica
 
 
 def _settled(net: Network, txs: list[Any]) -> None:
@@ -43,13 +44,12 @@ def test_primary_crash_view_change_keeps_prepared_requests() -> None:
     backups = net.replicas[1:]
     assert all(r.view == 1 and r.active for r in backups)
     assert all(r.metrics["new_views"] == 1 for r in backups)
-    assert all(net.committed(tx.tx_id) for tx in first)
+    assert net.all_committed(first)
     assert all(len(net.executors[i].blocks[0].txs) == 5 for i in (1, 2, 3))
     later = make_txs(7, start=5)
-    for tx in later:
-        net.submit(tx)
+    net.submit_all(later)
     net.run(300)
-    assert all(net.committed(tx.tx_id) for tx in later)
+    assert net.all_committed(later)
     _settled(net, first + later)
 
 
@@ -58,46 +58,42 @@ def test_successive_primary_failures_back_off_and_recover() -> None:
     net.crash(0)
     net.crash(1)
     txs = make_txs(10)
-    for tx in txs:
-        net.submit(tx, to=range(2, 7))
+    net.submit_all(txs, to=range(2, 7))
     net.run(3000)
     live = net.replicas[2:]
     assert all(r.view == 2 and r.active for r in live)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     assert net.replicas[3].metrics["view_changes"] == 2
     _settled(net, txs)
 
 
 def test_equivocating_primary_cannot_split_the_backups() -> None:
-    net = Network(make_config(4, view_change_timeout_ms=150), faults={0: "equivocate"})
+    net = Network(make_config(4, view_change_timeout_ms=150), faults={0: EquivocatingReplica})
     txs = make_txs(30)
-    for tx in txs:
-        net.submit(tx, to=range(4))
+    net.submit_all(txs, to=range(4))
     net.run(3000)
     assert all(net.replicas[i].view >= 1 for i in (1, 2, 3))  # nothing prepared in view 0
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _settled(net, txs)
 
 
 def test_silent_backup_does_not_stop_progress() -> None:
-    net = Network(make_config(4), faults={3: "silent"})
+    net = Network(make_config(4), faults={3: SilentReplica})
     txs = make_txs(40)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(300)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     assert net.replicas[3].last_executed == 0
     assert all(r.view == 0 for r in net.replicas[:3])
     _settled(net, txs)
 
 
 def test_silent_primary_is_replaced() -> None:
-    net = Network(make_config(4, view_change_timeout_ms=100), faults={0: "silent"})
+    net = Network(make_config(4, view_change_timeout_ms=100), faults={0: SilentReplica})
     txs = make_txs(12)
-    for tx in txs:
-        net.submit(tx, to=range(4))
+    net.submit_all(txs, to=range(4))
     net.run(800)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _settled(net, txs)
 
 
@@ -105,8 +101,7 @@ def test_partitioned_replica_catches_up_by_state_transfer() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=3))
     net.partition([3])
     txs = make_txs(60)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(500)
     assert net.replicas[3].last_executed == 0 and net.replicas[0].last_executed == 20
     net.heal()
@@ -116,8 +111,7 @@ def test_partitioned_replica_catches_up_by_state_transfer() -> None:
     assert lagger.metrics["blocks_fetched"] >= 16  # below the stable checkpoint: fetched
     assert lagger.metrics.get("rejected_bad_block", 0) == 0
     more = make_txs(9, start=60)
-    for tx in more:
-        net.submit(tx)
+    net.submit_all(more)
     net.run(300)
     assert net.replicas[3].last_executed == 23  # and then takes part again
     _settled(net, txs + more)
@@ -126,8 +120,7 @@ def test_partitioned_replica_catches_up_by_state_transfer() -> None:
 def test_restarted_replica_with_empty_disk_rebuilds_its_chain() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
     txs = make_txs(30)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(300)
     net.crash(2)
     net.restart(2, lose_state=True)
@@ -140,18 +133,16 @@ def test_restart_after_view_change_rejoins_the_current_view() -> None:
     net = Network(make_config(4, view_change_timeout_ms=100, checkpoint_interval=4, log_window=8))
     net.crash(0)
     txs = make_txs(10)
-    for tx in txs:
-        net.submit(tx, to=range(1, 4))
+    net.submit_all(txs, to=range(1, 4))
     net.run(800)
     net.restart(0)
     net.run(1500)
     assert net.replicas[0].view == 1 and net.replicas[0].active
     more = make_txs(6, start=10)
     net.crash(3)  # now replica 0 is needed for a quorum
-    for tx in more:
-        net.submit(tx, to=range(3))
+    net.submit_all(more, to=range(3))
     net.run(800)
-    assert all(net.committed(tx.tx_id) for tx in more)
+    assert net.all_committed(more)
     _settled(net, txs + more)
 
 
@@ -159,8 +150,7 @@ def test_forged_certificates_and_broken_chains_are_refused() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
     net.crash(3)
     txs = make_txs(8)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(300)
     net.restart(3, lose_state=True)
     good = net.executors[0].blocks[:4]
@@ -206,13 +196,12 @@ def test_forged_certificates_and_broken_chains_are_refused() -> None:
 
 
 def test_f2_cluster_tolerates_two_faults_at_once() -> None:
-    net = Network(make_config(7, view_change_timeout_ms=100), faults={2: "silent"})
+    net = Network(make_config(7, view_change_timeout_ms=100), faults={2: SilentReplica})
     net.crash(0)
     txs = make_txs(25)
-    for tx in txs:
-        net.submit(tx, to=range(1, 7))
+    net.submit_all(txs, to=range(1, 7))
     net.run(1500)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _settled(net, txs)
 
 
@@ -262,8 +251,7 @@ def test_random_schedules_never_diverge_and_converge_after_healing(
     sent = 0
     for kind, who, after in events:
         victim = faulty[who % len(faulty)]
-        for tx in txs[sent : sent + 10]:
-            net.submit(tx, to=range(n))
+        net.submit_all(txs[sent : sent + 10], to=range(n))
         sent += 10
         net.run(after)
         assert divergence(net) == []
@@ -275,8 +263,7 @@ def test_random_schedules_never_diverge_and_converge_after_healing(
             net.restart(victim, lose_state=bool(seed % 2))
         else:
             net.heal()
-    for tx in txs[sent:]:
-        net.submit(tx, to=range(n))
+    net.submit_all(txs[sent:], to=range(n))
     net.run(800)
     assert divergence(net) == []
     # heal everything, stop losing messages, and let the cluster settle
@@ -284,11 +271,9 @@ def test_random_schedules_never_diverge_and_converge_after_healing(
         net.restart(i)
     net.heal()
     net.drop = net.duplicate = 0.0
-    for tx in txs:  # the client retries what it has not seen committed
-        if not net.committed(tx.tx_id):
-            net.submit(tx, to=range(n))
+    net.resend_uncommitted(txs)  # the client retries what it has not seen committed
     net.run(6000)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _settled(net, txs)
 
 
@@ -308,19 +293,17 @@ def test_random_schedules_with_a_byzantine_replica(
         n, checkpoint_interval=4, log_window=8, batch_max=4, view_change_timeout_ms=150
     )
     bad = 0 if primary_faulty else n - 1
-    net = Network(cfg, seed=seed, drop=drop, delay=(1, max_delay), wire=False, faults={bad: fault})  # type: ignore[dict-item]
+    faults = {bad: FAULTS[fault]}
+    net = Network(cfg, seed=seed, drop=drop, delay=(1, max_delay), wire=False, faults=faults)
     txs = make_txs(40)
     for i in range(4):
-        for tx in txs[i * 10 : (i + 1) * 10]:
-            net.submit(tx, to=range(n))
+        net.submit_all(txs[i * 10 : (i + 1) * 10], to=range(n))
         net.run(300)
         assert divergence(net) == []
     net.drop = 0.0
-    for tx in txs:
-        if not net.committed(tx.tx_id):
-            net.submit(tx, to=range(n))
+    net.resend_uncommitted(txs)
     net.run(6000)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _settled(net, txs)
 
 
@@ -331,18 +314,17 @@ def test_a_new_view_relayed_by_a_backup_brings_a_lagging_replica_in() -> None:
     net = Network(make_config(4, view_change_timeout_ms=100), tamper=lose_new_view_to_3)
     net.crash(0)
     txs = make_txs(4)
-    for tx in txs:
-        net.submit(tx, to=[1, 2, 3])
+    net.submit_all(txs, to=[1, 2, 3])
     net.run(150)
-    while net.replicas[3].view != 1 or net.replicas[2].new_view_msg is None:
+    while net.replicas[3].view != 1 or net.replicas[2].views.new_view_msg is None:
         net.run(5)
     lagger = net.replicas[3]
     assert not lagger.active
-    nv = net.replicas[2].new_view_msg
+    nv = net.replicas[2].views.new_view_msg
     assert nv is not None and nv.replica == 1
     net.inject(3, nv.to_wire(), 2)  # relayed by replica 2, signed by primary 1
     assert lagger.view == 1 and lagger.active
     assert lagger.metrics.get("rejected_sender_mismatch", 0) == 0
     net.run(500)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _settled(net, txs)

@@ -69,8 +69,7 @@ def test_a_restarted_replica_comes_back_in_its_view() -> None:
         net = Network(make_config(4, view_change_timeout_ms=100))
         net.crash(0)
         txs = make_txs(4)
-        for tx in txs:
-            net.submit(tx, to=range(1, 4))
+        net.submit_all(txs, to=range(1, 4))
         net.run(600)
         assert all(r.view == 1 and r.active for r in net.replicas[1:])
         net.crash(2)
@@ -171,8 +170,7 @@ def test_any_replicas_restarting_at_any_moment_never_diverge(
     net = Network(cfg, seed=seed, drop=drop, delay=(1, max_delay), wire=False)
     txs = make_txs(30)
     for k, (who, after) in enumerate(restarts):
-        for tx in txs[k * 6 : (k + 1) * 6]:
-            net.submit(tx, to=range(n))
+        net.submit_all(txs[k * 6 : (k + 1) * 6], to=range(n))
         net.run(after)
         down = {i % n for i in who}
         for i in down:
@@ -182,12 +180,10 @@ def test_any_replicas_restarting_at_any_moment_never_diverge(
             net.restart(i)
         assert divergence(net) == []
     net.drop = 0.0
-    for tx in txs:  # the client re-sends what it has not seen committed
-        if not net.committed(tx.tx_id):
-            net.submit(tx, to=range(n))
+    net.resend_uncommitted(txs)  # the client re-sends what it has not seen committed
     net.run(6000)
     assert divergence(net) == []
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
 
 
 @pytest.mark.parametrize("executed", [4, 6])  # at the checkpoint height, and past it

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ledger.encoding import canonical, decode
 from ledger.pbft.block import NULL_DIGEST, Batch, Block, Certificate, commit_header
-from ledger.pbft.config import ConfigError, PbftConfig
+from ledger.pbft.config import PbftConfig, PbftConfigError
 from ledger.pbft.messages import (
     Blocks,
     Checkpoint,
@@ -236,7 +236,7 @@ def test_config_errors_name_the_key(path: tuple[Any, ...], value: Any, key: str)
     for step in path[:-1]:
         node = node[step]
     node[path[-1]] = value
-    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(PbftConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         PbftConfig.from_dict(data)
 
 
@@ -245,5 +245,5 @@ def test_config_errors_name_the_key(path: tuple[Any, ...], value: Any, key: str)
 def test_hostile_cluster_values_raise_config_error_only(value: Any) -> None:
     data = _cluster()
     data["replicas"][1] = value
-    with pytest.raises(ConfigError):
+    with pytest.raises(PbftConfigError):
         PbftConfig.from_dict(data)

@@ -37,10 +37,9 @@ def _agree(net: Network, expected_total: int) -> None:
 def test_normal_case_batches_and_replies(n: int) -> None:
     net = Network(make_config(n, checkpoint_interval=4, log_window=16, batch_max=10))
     txs = make_txs(95)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(300)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     # 9 full batches cut at once, the last 5 after batch_delay_ms
     assert [r.last_executed for r in net.replicas] == [10] * n
     assert net.replicas[0].metrics["batches_proposed"] == 10
@@ -60,7 +59,7 @@ def test_broadcast_requests_are_verified_once_and_not_relayed() -> None:
     for tx in txs:
         net.submit(tx, to=range(4))  # client broadcasts, as in the PBFT paper
     net.run(200)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _agree(net, 30)
     for replica in net.replicas:
         # each replica checked each signature once: a backup's pre-prepare check was a cache
@@ -74,13 +73,12 @@ def test_broadcast_requests_are_verified_once_and_not_relayed() -> None:
 def test_a_backup_parses_a_transaction_it_already_holds_once() -> None:
     net = Network(make_config(4, batch_max=5))
     txs = make_txs(5)
-    for tx in txs:
-        net.submit(tx, to=range(4))
+    net.submit_all(txs, to=range(4))
     net.run(100)
     _agree(net, 5)
-    (digest,) = [d for d, ids in net.replicas[1].batch_ids.items() if ids]
+    (digest,) = [d for d, ids in net.replicas[1].log.batch_ids.items() if ids]
     # the pre-prepare came as bytes; its transactions are the objects the requests made
-    assert all(a is b for a, b in zip(net.replicas[1].batches[digest].txs, txs, strict=True))
+    assert all(a is b for a, b in zip(net.replicas[1].log.batches[digest].txs, txs, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -106,7 +104,7 @@ def test_a_held_transaction_is_not_taken_for_a_different_wire_form(
     net.inject(1, PrePrepare(0, 1, pp.digest, 0, pp.sig, batch).to_wire(), 0)
     metrics = net.replicas[1].metrics
     assert metrics.get("malformed", 0) + metrics.get("rejected_bad_batch", 0) == 1
-    assert 1 not in net.replicas[1].slots or net.replicas[1].slots[1].pp is None
+    assert 1 not in net.replicas[1].log.slots or net.replicas[1].log.slots[1].pp is None
 
 
 def test_a_request_only_backups_have_is_relayed_to_the_primary() -> None:
@@ -114,13 +112,12 @@ def test_a_request_only_backups_have_is_relayed_to_the_primary() -> None:
     # change timeout, and the primary orders it before anyone times it out
     net = Network(make_config(4, view_change_timeout_ms=1000))
     txs = make_txs(3)
-    for tx in txs:
-        net.submit(tx, to=range(1, 4))
+    net.submit_all(txs, to=range(1, 4))
     net.run(490)
     assert not any(net.committed(tx.tx_id) for tx in txs)
     assert all("requests_relayed" not in r.metrics for r in net.replicas)
     net.run(200)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     assert [r.view for r in net.replicas] == [0] * 4  # no view change was needed
     assert all(r.metrics["requests_relayed"] == 3 for r in net.replicas[1:])
     assert net.replicas[0].metrics["duplicate_tx"] == 6  # the two later copies of each
@@ -138,12 +135,11 @@ def test_requests_are_relayed_once_then_the_view_change_takes_over() -> None:
 
     net = Network(make_config(4, view_change_timeout_ms=1000), tamper=lose_requests_to_0)
     txs = make_txs(3)
-    for tx in txs:
-        net.submit(tx, to=range(1, 4))
+    net.submit_all(txs, to=range(1, 4))
     net.run(990)
     assert all(r.metrics["requests_relayed"] == 3 for r in net.replicas[1:])
     net.run(1500)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     assert all(r.view == 1 for r in net.replicas)
     assert all(r.metrics["requests_relayed"] == 3 for r in net.replicas[2:])
     _agree(net, 3)
@@ -170,8 +166,7 @@ def test_a_request_the_primary_keeps_losing_is_not_relayed_over_and_over() -> No
 def test_resent_executed_transaction_is_answered_not_reapplied() -> None:
     net = Network(make_config(4))
     txs = make_txs(5)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(200)
     before = net.replicas[0].metrics.get("duplicate_tx", 0)
     actions = net.replicas[0].on_request(txs[2].to_wire(), net.now)
@@ -197,8 +192,7 @@ def test_an_executed_block_is_answered_by_one_action_with_every_reply() -> None:
         original(src, actions)
 
     net._perform = watch  # type: ignore[method-assign]
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(200)
     assert sum(len(b.tx_ids) for b in seen) == 3
     for block in seen:
@@ -214,8 +208,7 @@ def test_an_executed_block_is_answered_by_one_action_with_every_reply() -> None:
 def test_a_frame_of_requests_answers_the_executed_and_orders_the_new() -> None:
     net = Network(make_config(4, batch_max=100, batch_delay_ms=0))
     old = make_txs(3)
-    for tx in old:
-        net.submit(tx)
+    net.submit_all(old)
     net.run(200)
     new = make_txs(5)[3:]
     primary = net.replicas[0]
@@ -248,8 +241,7 @@ def test_forged_client_transactions_are_dropped_and_counted() -> None:
     forged = SignedTx.from_wire(wire)
     net.submit(forged)
     net.replicas[0].on_request({"kind": "kv.add"}, net.now)
-    for tx in good:
-        net.submit(tx)
+    net.submit_all(good)
     net.run(200)
     assert net.replicas[0].metrics["rejected_bad_tx"] == 2
     assert not net.committed(forged.tx_id)
@@ -269,10 +261,9 @@ def test_backups_reject_a_batch_with_a_forged_transaction_and_change_view() -> N
     net.run(400)
     assert all(r.view == 1 and r.active for r in net.replicas[1:])
     txs = make_txs(4)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(200)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     _agree(net, 4)
 
 
@@ -333,8 +324,7 @@ def _prepare(view: int, seq: int, digest: bytes, replica: int) -> Prepare:
 def test_bad_protocol_messages_are_counted_never_fatal() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8))
     txs = make_txs(3)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(100)
     r = net.replicas[1]
     d = net.executors[1].blocks[0].batch_digest()
@@ -398,16 +388,15 @@ def test_old_view_and_non_primary_pre_prepares_are_rejected() -> None:
 def test_checkpoints_garbage_collect_and_bound_the_log() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
     txs = make_txs(100)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(1000)
     _agree(net, 100)
     for r in net.replicas:
         assert r.last_executed == 50 and r.stable_seq == 48
-        assert max(r.slots, default=49) > 48 and len(r.slots) <= 8
-        assert len(r.batches) <= 9 and min(r.checkpoints, default=48) >= 48
+        assert max(r.log.slots, default=49) > 48 and len(r.log.slots) <= 8
+        assert len(r.log.batches) <= 9 and min(r.checkpoints.votes, default=48) >= 48
         assert 6 <= r.metrics["checkpoints_stable"] <= 12  # a later one may subsume one
-        assert not r.in_log and not r.pending and not r.queue
+        assert not r.batcher.in_log and not r.batcher.pending and not r.batcher.queue
     saved = net.executors[0].checkpoint
     assert saved is not None and saved[0] == 48 and len(saved[2]) == 3
 
@@ -424,8 +413,7 @@ def test_watermarks_stop_the_primary_until_a_checkpoint_is_stable() -> None:
         tamper=no_checkpoints,
     )
     txs = make_txs(20)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(300)
     assert [r.last_executed for r in net.replicas] == [8] * 4  # high watermark = 0 + L
     blocked = False
@@ -446,18 +434,16 @@ def test_client_signature_can_be_checked_by_the_io_layer() -> None:
 def test_restart_resumes_from_the_saved_checkpoint() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
     txs = make_txs(20)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(300)
     saved = net.executors[1].checkpoint
     assert saved is not None and saved[0] == 8
     net.restart(1)  # a new core over the same executor (process restart, disk kept)
     fresh = net.replicas[1]
     assert (fresh.stable_seq, fresh.last_executed) == (8, 10)
-    assert [c.seq for c in fresh.stable_proof] == [8, 8, 8]
+    assert [c.seq for c in fresh.checkpoints.stable_proof] == [8, 8, 8]
     more = make_txs(10, start=20)
-    for tx in more:
-        net.submit(tx)
+    net.submit_all(more)
     net.run(300)
     assert fresh.last_executed == 15 and fresh.stable_seq == 12
     _agree(net, 30)
@@ -486,7 +472,7 @@ def test_a_forged_transaction_among_many_in_a_pre_prepare_is_found(forged_at: in
         assert metrics["tx_signature_checks"] == 80 and caches[b].verified == 80
         if forged_at is None:
             assert "rejected_bad_batch" not in metrics
-            assert net.replicas[b].slots[1].digest == pp.digest
+            assert net.replicas[b].log.slots[1].digest == pp.digest
         else:
             assert metrics["rejected_bad_batch"] == 1
             assert caches[b].check_many([batch.txs[forged_at]], [batch.txs[forged_at].tx_id]) == [
@@ -507,8 +493,7 @@ def test_io_layer_signature_cache_is_used_for_pre_prepares() -> None:
 
         replica.tx_verifier = verifier
     txs = make_txs(10)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(100)
     _agree(net, 10)
     ids = [tx.tx_id for tx in txs]
@@ -554,17 +539,15 @@ def test_a_pre_prepare_above_a_lagging_window_is_taken_when_the_window_moves(hol
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2), tamper=starve)
     if not hold:
         for replica in net.replicas:
-            replica._hold_above_window = lambda pp: False  # type: ignore[method-assign]
-            replica._hold_vote_above_window = lambda vote: False  # type: ignore[method-assign]
+            replica.log.hold_above_window = lambda pp: False  # type: ignore[method-assign]
+            replica.log.hold_vote_above_window = lambda vote: False  # type: ignore[method-assign]
     first = make_txs(16)
-    for tx in first:
-        net.submit(tx)
+    net.submit_all(first)
     net.run(200)
     assert [r.last_executed for r in net.replicas] == [8, 8, 8, 8]
     assert [r.stable_seq for r in net.replicas] == [8, 8, 0, 0]
     more = make_txs(4, start=16)
-    for tx in more:
-        net.submit(tx)
+    net.submit_all(more)
     net.run(200)
     assert [r.last_executed for r in net.replicas] == [8, 8, 8, 8]  # 9 and 10 cannot prepare
     held = [r.metrics.get("held_above_window", 0) for r in net.replicas]

@@ -11,18 +11,14 @@ from hypothesis import strategies as st
 
 from ledger.pbft.block import NULL_DIGEST
 from ledger.pbft.messages import NewView, PreparedProof, PrePrepare, ViewChange, parse, sign
-from ledger.pbft.replica import fast_tx_id
 from ledger.pbft.signing import Signer
 from ledger.pbft.simulation import (
     Network,
-    client_key,
     divergence,
     make_config,
     make_txs,
     replica_key,
 )
-from ledger.tx import sign_tx
-from tests.ledger.strategies import ints
 
 
 def _stalled_view_zero(extra_drop: Any = None) -> Network:
@@ -48,9 +44,9 @@ def test_new_primary_cannot_drop_a_prepared_batch() -> None:
     # Replica 1 (primary of view 1) is byzantine: its honest NEW-VIEW is lost, and it sends
     # one whose O replaces the prepared batch by a null request.
     net = _stalled_view_zero(lambda src, dst, w: w["t"] == "new-view" and src == 1)
-    while not (net.replicas[1].new_view_msg and net.replicas[2].view == 1):
+    while not (net.replicas[1].views.new_view_msg and net.replicas[2].view == 1):
         net.run(5)
-    honest = net.replicas[1].new_view_msg
+    honest = net.replicas[1].views.new_view_msg
     assert honest is not None and honest.pre_prepares[0].digest != NULL_DIGEST
     lying = sign(
         NewView(
@@ -68,7 +64,7 @@ def test_new_primary_cannot_drop_a_prepared_batch() -> None:
     net.run(3000)  # 2 and 3 give up on view 1, replica 1 joins them in view 2
     assert all(r.view == 2 and r.active for r in net.replicas[1:])
     txs = make_txs(5)
-    assert all(net.committed(tx.tx_id) for tx in txs)
+    assert net.all_committed(txs)
     assert all(net.executors[i].blocks[0].ids() == tuple(t.tx_id for t in txs) for i in (1, 2, 3))
     assert divergence(net) == []
 
@@ -80,7 +76,7 @@ def test_forged_view_change_proofs_are_rejected() -> None:
     )
     net.run(30)
     target = net.replicas[2]
-    slot = net.replicas[3].slots[1]
+    slot = net.replicas[3].log.slots[1]
     assert slot.proof is not None
     proof = slot.proof
     s3 = Signer(3, replica_key(3))
@@ -96,7 +92,7 @@ def test_forged_view_change_proofs_are_rejected() -> None:
     net.inject(2, vc((PreparedProof(sign(later, Signer(1, replica_key(1))), proof.prepares),)), 3)
     net.inject(2, vc(()).__or__({"n": 4}), 3)  # a stable checkpoint without proof
     assert target.metrics["rejected_bad_view_change"] - before == 4
-    assert 3 not in target.vc_by_replica
+    assert 3 not in target.views.by_replica
     blocking[0] = False  # replica 3's real view-change gets through now (it re-sends it)
     net.run(2000)
     assert divergence(net) == []
@@ -188,21 +184,6 @@ def test_hostile_messages_never_break_a_running_replica(
     assert all(net.committed(tx.tx_id) for tx in make_txs(8))
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    body=st.dictionaries(
-        st.text(max_size=8),
-        ints | st.text(max_size=10),
-        max_size=5,
-    ),
-    nonce=st.integers(0, 2**63 - 1),
-    kind=st.text(min_size=1, max_size=20),
-)
-def test_fast_tx_id_is_the_tx_id(body: dict[str, Any], nonce: int, kind: str) -> None:
-    tx = sign_tx(client_key(3), kind, body, nonce)
-    assert fast_tx_id(tx) == tx.tx_id
-
-
 def test_view_change_carries_only_unexecuted_batches_and_laggers_fetch_the_rest() -> None:
     # Replica 3 never sees view 0's pre-prepares or commits; 0, 1, 2 execute 3 batches.
     def starve_3(src: int, dst: int, wire: dict[str, Any]) -> dict[str, Any] | None:
@@ -215,16 +196,14 @@ def test_view_change_carries_only_unexecuted_batches_and_laggers_fetch_the_rest(
         tamper=starve_3,
     )
     txs = make_txs(15)
-    for tx in txs:
-        net.submit(tx)
+    net.submit_all(txs)
     net.run(100)
     assert [r.last_executed for r in net.replicas] == [3, 3, 3, 0]
     net.crash(0)
     more = make_txs(5, start=15)
-    for tx in more:
-        net.submit(tx, to=[1, 2, 3])
+    net.submit_all(more, to=[1, 2, 3])
     net.run(1500)
-    nv = net.replicas[1].new_view_msg
+    nv = net.replicas[1].views.new_view_msg
     assert nv is not None and [pp.seq for pp in nv.pre_prepares] == [1, 2, 3]
     assert not nv.batches  # all three executed by the new primary: none attached
     vc_2 = nv.view_changes[[vc.replica for vc in nv.view_changes].index(2)]

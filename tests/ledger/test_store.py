@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ledger.store as store_module
-from ledger.store import SCHEMA_VERSION, BlockRow, BlockStore, Checkpoint, StoreError
+from ledger.store import SCHEMA_VERSION, BlockRow, BlockStore, StateSnapshot, StoreError
 
 
 def tid(name: str) -> str:
@@ -36,7 +36,7 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     prev = b""
     for h in range(1, 6):
         block = _block(h, prev)
-        cp = Checkpoint(h, b"d%d" % h, b"snap%d" % h) if h % 2 == 0 else None
+        cp = StateSnapshot(h, b"d%d" % h, b"snap%d" % h) if h % 2 == 0 else None
         store.append(block, [(tid(f"tx{h}"), 0, "ok")], cp)
         prev = block.hash
     assert store.head() == (5, prev)
@@ -52,8 +52,8 @@ def test_chain_receipts_and_checkpoints(tmp_path: Path) -> None:
     assert store.known(both) == set(both)  # each spelling asked for
     latest = store.latest_checkpoint()
     assert latest is not None and latest.height == 4
-    store.put_checkpoint(Checkpoint(6, b"d", b"s"))
-    store.put_checkpoint(Checkpoint(8, b"d", b"s"))
+    store.put_checkpoint(StateSnapshot(6, b"d", b"s"))
+    store.put_checkpoint(StateSnapshot(8, b"d", b"s"))
     heights = [r[0] for r in store.db.execute("SELECT height FROM checkpoints ORDER BY height")]
     assert heights == [6, 8]
     store.set_meta("view", b"3")

@@ -12,17 +12,15 @@ the plan.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.intervals import MISSING, flag_names
+from tools.demo.day import DemoDay
 from tools.demo.feeder import feeder_checks
 from tools.demo.record import Check
+from tools.demo.supply import HomeSupply, RelayLog
 from tools.demo.vmnode import VM_NODE_BASE
 from tools.demo.world import run_slots
-
-if TYPE_CHECKING:
-    from tools.demo.run import DemoRun, HomeSupply, Relay
 
 HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
 PLUG_TOLERANCE_WH = 1  # a plug integrates exactly; its intervals round down to whole Wh
@@ -35,7 +33,7 @@ CT_FLOOR_W = 20
 BILLING_TOLERANCE_WH = 5
 
 
-def relay_plan_problems(relays: Mapping[tuple[str, str], Relay],
+def relay_plan_problems(relays: Mapping[tuple[str, str], RelayLog],
                         wanted: Mapping[tuple[str, str], set[int]], day0_ms: int,
                         slots: int) -> list[str]:
     """Where a relay's confirmed state at a slot's start differs from what the plan wanted
@@ -51,7 +49,7 @@ def relay_plan_problems(relays: Mapping[tuple[str, str], Relay],
     return out
 
 
-def relay_energy_mwh(relay: Relay, draws: Callable[[int], bool], day0_ms: int,
+def relay_energy_mwh(relay: RelayLog, draws: Callable[[int], bool], day0_ms: int,
                      slots: int) -> list[float]:
     """Per slot of the run, what the appliance behind ``relay`` drew (mWh) while its relay was
     confirmed on; ``draws(slot)``: whether its owner runs it then (relay allowing)."""
@@ -80,7 +78,7 @@ def billing_expected_wh(supply: HomeSupply, parts: list[list[float]],
     return imp / 1000, exp / 1000
 
 
-async def self_checks(run: DemoRun) -> None:
+async def self_checks(run: DemoDay) -> None:
     """Append every check to ``run.record.checks`` (and the counters behind them)."""
     assert run.ledger is not None
     rec = run.record
@@ -212,7 +210,7 @@ async def self_checks(run: DemoRun) -> None:
     rec.counters["intervals_without_data"] = missing
 
 
-def relay_checks(run: DemoRun, end_ms: int) -> None:
+def relay_checks(run: DemoDay, end_ms: int) -> None:
     """The relays did what the plan said, and the meters measured what the relays did."""
     rec = run.record
     slots = (end_ms - run.day0_ms) // SLOT_MS

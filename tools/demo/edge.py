@@ -55,7 +55,7 @@ SUBMIT_TIMEOUT_S = 3.0  # a ledger that does not answer within this is down: ret
 BLE_RECONNECT_S = (0.05, 0.5)  # real seconds: a dropped virtual link comes back quickly
 
 
-class Deliverer:
+class SharedLedgerDeliverer:
     """The daemon's ``Deliverer``: the shared ledger client, failing fast while the ledger is
     away (the outbox retries). Sub-meter reports never reach it: each home's gateway config
     marks the plugs and nodes ``report = false`` and only the billing meter reports.
@@ -92,7 +92,7 @@ class HomeEdge:
     task: asyncio.Task[None]
     meter: EmulatedMeter
     server: Any
-    deliverer: Deliverer
+    deliverer: SharedLedgerDeliverer
     plugs: list[Plug] = field(default_factory=list)
     link: LocalLink | None = None
     central: BumbleCentral | None = None
@@ -268,7 +268,7 @@ async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s
         from gateway.sources.mqtt import MqttNodeSource
 
         sources.append(MqttNodeSource(mqtt_nodes, cfg.mqtt, clock))
-    deliverer = Deliverer(ledger)
+    deliverer = SharedLedgerDeliverer(ledger)
     gw = Gateway(cfg, clock=clock, deliverer=deliverer, node_sources=sources)
     task = asyncio.create_task(gw.run(), name=f"gateway-{spec.id_grid}")
     edge = HomeEdge(spec.id_grid, spec.meter_id, clock, gw, task, meter, server, deliverer,

@@ -12,21 +12,18 @@ its recovery, and noted on the hour line it hit.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_HOUR
+from tools.demo.day import DemoDay
 from tools.demo.feeder import Liar
 from tools.demo.ledger_port import ClusterLedger
 from tools.demo.record import Fault
-
-if TYPE_CHECKING:
-    from tools.demo.run import DemoRun
 
 HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
 FaultAction = Callable[[int], Awaitable[None]]
 
 
-def plan_faults(run: DemoRun) -> list[tuple[int, FaultAction]]:
+def plan_faults(run: DemoDay) -> list[tuple[int, FaultAction]]:
     """Four faults spread over the run, each inside a delivery hour (simulated times)."""
     hours = run.opts.hours
     at = [run.day0_ms + h * HOUR_MS for h in (hours // 4, hours // 2, (3 * hours) // 4)]

@@ -13,7 +13,7 @@ from types import FrameType
 
 from tools.demo.options import DemoOptions
 from tools.demo.procs import Supervisor
-from tools.demo.progress import Progress
+from tools.demo.progress import ProgressBar
 from tools.demo.record import DayRecord
 from tools.demo.run import DemoError, DemoRun
 
@@ -29,7 +29,7 @@ def run_demo(opts: DemoOptions) -> int:
         except OSError as exc:
             print(f"wattmesh demo: --out: cannot create {opts.out} ({exc})", file=sys.stderr)
             return 2
-    progress = Progress(opts.hours, quiet=opts.quiet)
+    progress = ProgressBar(opts.hours, quiet=opts.quiet)
     progress.say(
         f"wattmesh demo: {opts.households} homes, {opts.hours} h from {opts.date}, "
         f"clearing rule {opts.rule}{', with faults' if opts.faults else ''}"

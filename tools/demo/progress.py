@@ -23,7 +23,7 @@ def price(micro_per_kwh: int | None) -> str:
     return f"{micro_per_kwh / 1_000_000:.4f}"
 
 
-class Progress:
+class ProgressBar:
     def __init__(self, total_steps: int, *, out: TextIO | None = None, err: TextIO | None = None,
                  quiet: bool = False) -> None:
         self.total = max(1, total_steps)

@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
 from gateway.ems.agent import TradingAgent
-from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR, slot_energy_mwh
+from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY, SLOTS_PER_HOUR
 from gateway.sources.mqtt import MqttNodeSource
-from hardware.ble.plug import PlugCore
 from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
@@ -47,8 +46,9 @@ from tools.demo.plan import (
     plan_home,
 )
 from tools.demo.procs import Supervisor, start_mosquitto
-from tools.demo.progress import Progress
+from tools.demo.progress import ProgressBar
 from tools.demo.record import DayRecord, HourResult
+from tools.demo.supply import HomeSupply, RelayLog, home_supply, plug_draw, relay_draw
 from tools.demo.vmnode import VM_NODE_BASE, VmNode
 from tools.demo.world import Home, build_community, run_slots
 
@@ -92,85 +92,8 @@ class Actor:
 PLUGGED_IN_MS = 3_600_000  # the plugs went into their sockets an hour before the day began
 
 
-@dataclass
-class Relay:
-    """A relay the demo switches, and every state it confirmed (ACK with S_OK) with its time."""
-
-    home: str
-    appliance: str
-    power_w: int
-    log: list[tuple[int, bool]] = field(default_factory=list)
-
-    def on_at(self, t_ms: int) -> bool:
-        state = False
-        for at, on in self.log:
-            if at > t_ms:
-                break
-            state = on
-        return state
-
-    def on_ms(self, since_ms: int, until_ms: int) -> int:
-        """How long it was confirmed on within [since_ms, until_ms)."""
-        total = 0
-        marks = [(at, on) for at, on in self.log if at < until_ms]
-        for k, (at, on) in enumerate(marks):
-            end = marks[k + 1][0] if k + 1 < len(marks) else until_ms
-            lo, hi = max(at, since_ms), min(end, until_ms)
-            if on and hi > lo:
-                total += hi - lo
-        return total
-
-
-@dataclass
-class HomeSupply:
-    """What a home's billing meter measures: the part of the home's load that hangs on no relay
-    (standby and the appliances nobody switches, with the deviations of real life from the
-    plan's world), plus what each appliance on a relay draws as that relay lets it, minus PV.
-    The same current passes a plug's chip and the billing meter, so relays change the bill."""
-
-    day0_ms: int
-    base_mwh: list[int]  # per 15-minute slot of the day, repeating daily
-    pv_mwh: list[int]
-    switched: list[Callable[[int], float]] = field(default_factory=list)  # W at a time
-
-    def slot(self, t_ms: int) -> int:
-        return ((t_ms - self.day0_ms) // SLOT_MS) % SLOTS_PER_DAY
-
-    def power_w(self, t_ms: int) -> float:
-        s = self.slot(t_ms)
-        per_slot = (self.base_mwh[s] - self.pv_mwh[s]) * HOUR_MS / SLOT_MS / 1000
-        return per_slot + sum(f(t_ms) for f in self.switched)
-
-
-def plug_draw(core: PlugCore) -> Callable[[int], float]:
-    """W drawn through a plug at a time: what its relay really passed."""
-    return lambda t_ms: core.power_at(t_ms) / 10
-
-
-def relay_draw(relay: Relay) -> Callable[[int], float]:
-    """W drawn through a relay of the firmware node: its appliance's power while the node
-    confirmed it on."""
-    return lambda t_ms: float(relay.power_w) if relay.on_at(t_ms) else 0.0
-
-
-def home_supply(plan: HomePlan, rng: random.Random, day0_ms: int,
-                on_plugs: set[str]) -> HomeSupply:
-    """The home's load on no relay and its PV, per slot: the world's day with real life's
-    deviations (a forecast is never exact). ``on_plugs``: the regular appliances metered through
-    a plug, whose draw the plug's relay passes (so they are not part of the base)."""
-    base, pv = [], []
-    regular = [a for a in plan.home.appliances if a.name in on_plugs]
-    for s in range(SLOTS_PER_DAY):
-        fixed = plan.fixed_mwh[s] - sum(
-            slot_energy_mwh(a.power_w) for a in regular
-            if s in run_slots(a, plan.home.habit_start.get(a.name, 0)))
-        base.append(int(fixed * rng.uniform(0.92, 1.08)))
-        pv.append(int(plan.pv_mwh[s] * rng.uniform(0.9, 1.05)))
-    return HomeSupply(day0_ms, base, pv)
-
-
 class DemoRun:
-    def __init__(self, opts: DemoOptions, progress: Progress, sup: Supervisor,
+    def __init__(self, opts: DemoOptions, progress: ProgressBar, sup: Supervisor,
                  run_dir: Path) -> None:
         self.opts = opts
         self.progress = progress
@@ -205,7 +128,7 @@ class DemoRun:
         self.clock = ManualClock(0)
         self.fault_plan: list[tuple[int, Any]] = []
         self.relay_state: dict[tuple[str, str], bool] = {}  # the plan's relays, as confirmed
-        self.relays: dict[tuple[str, str], Relay] = {}  # every relay switched, with its log
+        self.relays: dict[tuple[str, str], RelayLog] = {}  # every relay switched, with its log
         self.metering_plugs: dict[str, str] = {}  # home -> regular appliance on a plug
         self.supply: dict[str, HomeSupply] = {}
         self.results: dict[str, HourResult] = {}
@@ -261,7 +184,9 @@ class DemoRun:
     async def run(self) -> DayRecord:
         t0 = time.monotonic()
         self.progress.set_status("starting the ledger cluster (4 replica processes)")
-        self.ledger = await open_ledger(self.sup, self.run_dir / "ledger", self.genesis)
+        self.ledger = await open_ledger(
+            self.sup, self.run_dir / "ledger", self.genesis, self.operator.key
+        )
         self.record.parts["ledger"] = self.ledger.kind
         try:
             return await self._run(t0)
@@ -322,7 +247,7 @@ class DemoRun:
             # on, the demo the metering plug's, and only a confirmed switch counts.
             for a in h.flexible:
                 self.relay_state[(h.id_grid, a.name)] = False
-                self.relays[(h.id_grid, a.name)] = Relay(h.id_grid, a.name, a.power_w,
+                self.relays[(h.id_grid, a.name)] = RelayLog(h.id_grid, a.name, a.power_w,
                                                          [(self.day0_ms, False)])
             for k, a in enumerate(h.flexible):
                 if a in on_vm:
@@ -340,7 +265,7 @@ class DemoRun:
                 plugs.append((nid, regular.name, regular.power_w))
                 self.habit_loads[nid] = set(run_slots(regular, h.habit_start.get(regular.name, 0)))
                 self.metering_plugs[h.id_grid] = regular.name
-                self.relays[(h.id_grid, regular.name)] = Relay(
+                self.relays[(h.id_grid, regular.name)] = RelayLog(
                     h.id_grid, regular.name, regular.power_w, [(self.day0_ms, False)])
             supply = home_supply(self.plans[h.index], rng, self.day0_ms,
                                  {regular.name} if regular is not None else set())

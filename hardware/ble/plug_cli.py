@@ -4,7 +4,7 @@ The plugs live on a bumble ``LocalLink`` in this process. One more virtual contr
 is served over an HCI transport (``--hci``, default ``tcp-server:127.0.0.1:9001``); the gateway
 opens the matching client (BLE backend ``bumble:tcp-client:127.0.0.1:9001``) and becomes a BLE
 host on the same link. On start one JSON line on stdout says where to connect and which address
-each plug has. ``hardware/cli.py`` calls ``register_plug`` under ``wattmesh emulate``.
+each plug has. ``hardware/emulate_cli.py`` calls ``register_plug`` under ``wattmesh emulate``.
 """
 
 from __future__ import annotations
@@ -146,40 +146,20 @@ def register_plug(emulate_subparsers: Any) -> argparse.ArgumentParser:
         default=100.0,
         help="constant real power of each plug's load, W (negative: export)",
     )
-    p.add_argument(
-        "--interval-s",
-        type=_positive("--interval-s"),
-        default=5.0,
-        help="seconds of emulated time between readings (default 5)",
-    )
-    p.add_argument(
-        "--speed",
-        type=_positive("--speed"),
-        default=1.0,
-        help="emulated seconds per real second (default 1)",
-    )
-    p.add_argument(
-        "--duration-s",
-        type=_positive("--duration-s"),
-        help="stop after this many emulated seconds (default: run until interrupted)",
-    )
-    p.add_argument(
-        "--drop-every-s",
-        type=_positive("--drop-every-s"),
-        help="fault: drop each plug's link every this many emulated seconds",
-    )
-    p.add_argument(
-        "--corrupt-every",
-        type=_count("--corrupt-every"),
-        default=0,
-        help="fault: corrupt every Nth reading (0: never)",
-    )
-    p.add_argument(
-        "--replay-every",
-        type=_count("--replay-every"),
-        default=0,
-        help="fault: replay an old frame instead of every Nth reading (0: never)",
-    )
+    # the emulated clock and the faults: (option, parser, default, help)
+    numbers: tuple[tuple[str, Any, float | None, str], ...] = (
+        ("--interval-s", _positive, 5.0, "seconds of emulated time between readings (default 5)"),
+        ("--speed", _positive, 1.0, "emulated seconds per real second (default 1)"),
+        ("--duration-s", _positive, None,
+         "stop after this many emulated seconds (default: run until interrupted)"),
+        ("--drop-every-s", _positive, None,
+         "fault: drop each plug's link every this many emulated seconds"),
+        ("--corrupt-every", _count, 0, "fault: corrupt every Nth reading (0: never)"),
+        ("--replay-every", _count, 0,
+         "fault: replay an old frame instead of every Nth reading (0: never)"),
+    )  # fmt: skip
+    for option, parser, default, text in numbers:
+        p.add_argument(option, type=parser(option), default=default, help=text)
     p.set_defaults(func=run_plug)
     return p
 
@@ -273,7 +253,7 @@ async def _serve(args: argparse.Namespace, nodes: list[tuple[int, bytes]]) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser (``python -m hardware.ble.cli plug ...``) with the same sub-command."""
+    """A stand-alone parser (``python -m hardware.ble.plug_cli plug ...``), same sub-command."""
     parser = argparse.ArgumentParser(prog="wattmesh emulate")
     register_plug(parser.add_subparsers(dest="what", required=True))
     return parser

@@ -1,4 +1,5 @@
-"""The seam between the consensus core and storage/contract: the ``Executor`` protocol.
+"""The core's backend: the ``Executor`` protocol, the seam between the consensus core and
+storage and contract.
 
 The IO layer implements it over SQLite and the contract; ``MemoryExecutor`` (in
 ``ledger.pbft.memory``) is the in-memory double used by the core's own tests and simulations.
@@ -20,7 +21,9 @@ from typing import Any, Protocol
 
 from ledger.pbft.block import Block
 
-Receipt = dict[str, Any]  # JSON-like, float-free: {"code": "OK", "result": {...}, "message": ""}
+# a receipt in its wire form (JSON-like, float-free): {"code": "OK", "result": {...}, "message": ""}
+# (``ledger.contract.api.Receipt`` is the contract's dataclass; ``receipt_to_wire`` makes this)
+ReceiptWire = dict[str, Any]
 
 
 class Executor(Protocol):
@@ -32,14 +35,14 @@ class Executor(Protocol):
         """Hash of the last block applied (``GENESIS_HASH`` or a genesis-specific value)."""
         ...
 
-    def execute(self, block: Block) -> Sequence[Receipt]:
+    def execute(self, block: Block) -> Sequence[ReceiptWire]:
         """Append ``block`` (height = last_executed() + 1, with its certificate) and apply its
         transactions in order, atomically; one receipt per transaction. A ``tx_id`` executed
         before (here or in an earlier block) is not applied again: its stored receipt is
         returned. ``block.tx_ids`` holds the ids, filled in by the core."""
         ...
 
-    def receipt(self, tx_id: str) -> tuple[int, Receipt] | None:
+    def receipt(self, tx_id: str) -> tuple[int, ReceiptWire] | None:
         """(height, receipt) of an executed transaction, or None."""
         ...
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, load_config, load_keystore
+from gateway.config import GatewayConfig, GatewayConfigError, load_config, load_keystore
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +32,7 @@ def _load(path: str) -> GatewayConfig | None:
         cfg = load_config(path)
         if cfg.keystore is not None:
             load_keystore(cfg.keystore, cfg.nodes)
-    except ConfigError as exc:
+    except GatewayConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return None
     return cfg
@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         try:
             gw = Gateway(cfg)
-        except ConfigError as exc:
+        except GatewayConfigError as exc:
             print(f"config error: {exc}", file=sys.stderr)
             return 2
         loop = asyncio.get_running_loop()

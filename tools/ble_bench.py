@@ -1,5 +1,5 @@
 """BLE figures on the virtual stack, as JSON: ``wattmesh bench ble [--plugs N] [--frames M]``
-(also ``python -m hardware.ble.bench``).
+(also ``python -m tools.ble_bench``).
 
 Measures, through the gateway's ``BleNodeSource`` and the real bleak API on the bumble backend:
 time to connect and subscribe to N plugs, notification throughput plug -> sink, the time from a
@@ -194,7 +194,7 @@ def register_bench(bench_subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hardware.ble.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.ble_bench", description=__doc__)
     _add_arguments(parser)
     return cmd_ble(parser.parse_args(argv))
 

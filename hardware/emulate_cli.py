@@ -64,9 +64,9 @@ def register(subparsers: Any) -> None:
     n.set_defaults(func=cmd_node)
 
     try:  # the BLE plug emulator lives with the BLE code
-        ble_cli = importlib.import_module("hardware.ble.cli")
+        ble_cli = importlib.import_module("hardware.ble.plug_cli")
     except ModuleNotFoundError as exc:
-        if exc.name is None or not "hardware.ble.cli".startswith(exc.name):
+        if exc.name is None or not "hardware.ble.plug_cli".startswith(exc.name):
             raise
     else:
         ble_cli.register_plug(sub)

@@ -1,0 +1,360 @@
+"""View change: replacing a primary that does not get requests executed.
+
+``ViewChanges`` owns the view-change timer (deadline, and the timeout that doubles on each
+change without progress), the latest VIEW-CHANGE of each replica with the batches it attached,
+and the NEW-VIEW this replica entered its view with (relayed to replicas left behind). Its
+methods append the actions they cause to ``out``. Entering a view rebuilds the message log from
+the NEW-VIEW's pre-prepares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ledger.pbft.actions import Action, Broadcast, Send
+from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, batch_bytes
+from ledger.pbft.messages import NewView, PrePrepare, ViewChange, sign, verify
+from ledger.pbft.wire import WireError
+
+if TYPE_CHECKING:
+    from ledger.pbft.replica import Replica
+
+# Batches attached to one VIEW-CHANGE or NEW-VIEW at most (bytes as block.batch_bytes counts):
+# with the batch bound, the message stays well inside a frame.
+VC_ATTACH_BYTES = 4 * 1024 * 1024
+
+
+def compute_o(vcs: tuple[ViewChange, ...]) -> tuple[int, list[tuple[int, bytes]]]:
+    """(min-s, [(seq, digest)]) of the paper's NEW-VIEW computation."""
+    min_s = max(vc.stable_seq for vc in vcs)
+    best: dict[int, tuple[int, bytes]] = {}
+    for vc in vcs:
+        for proof in vc.prepared:
+            pp = proof.pre_prepare
+            if pp.seq > min_s and (pp.seq not in best or pp.view > best[pp.seq][0]):
+                best[pp.seq] = (pp.view, pp.digest)
+    max_s = max(best, default=min_s)
+    entries = [(n, best[n][1] if n in best else NULL_DIGEST) for n in range(min_s + 1, max_s + 1)]
+    return min_s, entries
+
+
+class ViewChanges:
+    def __init__(self, core: Replica) -> None:
+        self.core = core
+        self.timeout = core.cfg.view_change_timeout_ms
+        self.deadline: int | None = None
+        self.by_replica: dict[int, ViewChange] = {}
+        self.batches: dict[int, dict[bytes, Batch]] = {}  # per sender, its latest VIEW-CHANGE
+        self.new_view_msg: NewView | None = None
+        self.nv_sent_at: dict[int, int] = {}
+        self.resend = False  # restored while changing views: send the VIEW-CHANGE again
+
+    def _back_off(self, now_ms: int) -> None:
+        self.deadline = now_ms + self.timeout
+        self.timeout = min(2 * self.timeout, self.core.cfg.max_view_change_timeout_ms)
+
+    def progress(self) -> None:
+        """Requests were executed in this view: the backoff is reset."""
+        self.timeout = self.core.cfg.view_change_timeout_ms
+        self.deadline = None
+
+    def start(self, new_view: int, now_ms: int, out: list[Action]) -> None:
+        core = self.core
+        if new_view <= core.view and not (new_view == core.view and core.active):
+            return
+        if new_view == core.view:
+            return
+        core.count("view_changes")
+        core.view = new_view
+        core.active = False
+        core.ex.save_view(new_view, False)
+        self.send(now_ms, out)
+
+    def send(self, now_ms: int, out: list[Action]) -> None:
+        """Sign and send this replica's VIEW-CHANGE for ``core.view`` (being changed to)."""
+        core = self.core
+        new_view = core.view
+        self.new_view_msg = None
+        core.batcher.deadline = None
+        stable_seq = core.stable_seq
+        prepared = tuple(
+            slot.proof
+            for seq, slot in sorted(core.log.slots.items())
+            if seq > stable_seq and slot.proof is not None
+        )
+        # Attach only batches not executed here: executed ones are in this replica's store
+        # (and others'), so a view change stays small even with a full window of batches.
+        batches: dict[bytes, Batch] = {}
+        budget = VC_ATTACH_BYTES
+        for p in prepared:  # lowest sequence numbers first, within a byte budget
+            digest = p.pre_prepare.digest
+            batch = core.log.batches.get(digest)
+            if p.pre_prepare.seq <= core.last_executed or digest == NULL_DIGEST or batch is None:
+                continue
+            budget -= batch_bytes(batch.txs)
+            if budget < 0:
+                # the rest the new primary holds itself (it saw those pre-prepares) or fetches
+                core.count("view_change_batches_left_out")
+                break
+            batches[digest] = batch
+        proof = core.checkpoints.stable_proof
+        vc = sign(ViewChange(new_view, stable_seq, proof, prepared, core.me), core.signer)
+        vc = ViewChange(
+            vc.view, vc.stable_seq, vc.checkpoint_proof, vc.prepared, core.me, vc.sig, batches
+        )
+        self.by_replica[core.me] = vc
+        self.batches[core.me] = batches
+        out.append(Broadcast(vc))
+        self._back_off(now_ms)
+        if core.is_primary:
+            self.try_new_view(now_ms, out)
+
+    def on_timeout(self, now_ms: int, out: list[Action]) -> None:
+        core = self.core
+        if core.active:
+            if core.transfer.catching_up():
+                # Behind, not stalled: the others are executing; catch up instead.
+                self.deadline = now_ms + self.timeout
+                return
+            self.start(core.view + 1, now_ms, out)
+            return
+        # Waiting for NEW-VIEW. Give up on this view only if a quorum is in it (its primary is
+        # then to blame); alone, stay and re-send, so an isolated replica does not run ahead
+        # through views the others will never reach.
+        joined = sum(1 for vc in self.by_replica.values() if vc.view >= core.view)
+        if joined >= core.cfg.quorum:
+            self.start(core.view + 1, now_ms, out)
+            return
+        mine = self.by_replica.get(core.me)
+        if mine is not None:
+            out.append(Broadcast(mine))
+        self._back_off(now_ms)
+
+    def valid(self, vc: ViewChange) -> bool:
+        cfg, keyring = self.core.cfg, self.core.keyring
+        if not verify(vc, keyring):
+            return False
+        if vc.stable_seq % cfg.checkpoint_interval:
+            return False
+        if vc.stable_seq > 0:
+            signers = set()
+            for cp in vc.checkpoint_proof:
+                if cp.seq != vc.stable_seq or cp.digest != vc.checkpoint_proof[0].digest:
+                    return False
+                if cp.replica not in signers and verify(cp, keyring):
+                    signers.add(cp.replica)
+            if len(signers) < cfg.quorum:
+                return False
+        seen: set[int] = set()
+        for proof in vc.prepared:
+            pp = proof.pre_prepare
+            if (
+                pp.seq in seen
+                or not vc.stable_seq < pp.seq <= vc.stable_seq + cfg.log_window
+                or pp.view >= vc.view
+                or pp.replica != cfg.primary(pp.view)
+                or not verify(pp, keyring)
+            ):
+                return False
+            seen.add(pp.seq)
+            backers = set()
+            for p in proof.prepares:
+                if (
+                    p.view == pp.view
+                    and p.seq == pp.seq
+                    and p.digest == pp.digest
+                    and p.replica != pp.replica
+                    and p.replica not in backers
+                    and verify(p, keyring)
+                ):
+                    backers.add(p.replica)
+            if len(backers) < cfg.quorum - 1:
+                return False
+        return True
+
+    def on_view_change(self, vc: ViewChange, now_ms: int, out: list[Action]) -> None:
+        core = self.core
+        if vc.view < core.view or (vc.view == core.view and core.active):
+            core.count("stale_view_change")
+            self.send_new_view_to(vc.replica, now_ms, out)
+            return
+        known = self.by_replica.get(vc.replica)
+        if known is not None and known.view >= vc.view:
+            core.count("duplicate_msg")
+            return
+        if not self.valid(vc):
+            core.count("rejected_bad_view_change")
+            return
+        self.by_replica[vc.replica] = vc
+        # Kept: the sender's latest view-change only, and only batches its prepared proofs name
+        # (a faulty replica sending view-changes for ever higher views holds no more memory).
+        named = {p.pre_prepare.digest for p in vc.prepared}
+        self.batches[vc.replica] = {d: b for d, b in vc.batches.items() if d in named}
+        # Liveness: f+1 replicas want a higher view, so at least one correct one does: join.
+        higher = sorted(v.view for r, v in self.by_replica.items() if v.view > core.view)
+        if len(higher) >= core.cfg.weak:
+            self.start(higher[0], now_ms, out)
+        if vc.view == core.view and not core.active and core.is_primary:
+            self.try_new_view(now_ms, out)
+
+    def send_new_view_to(self, replica: int, now_ms: int, out: list[Action]) -> None:
+        core = self.core
+        nv = self.new_view_msg
+        if nv is None or not core.active or replica == core.me:
+            return
+        last = self.nv_sent_at.get(replica)
+        if last is not None and now_ms - last < core.cfg.status_interval_ms:
+            return
+        self.nv_sent_at[replica] = now_ms
+        out.append(Send(replica, nv))
+
+    def _batch_for(self, seq: int, digest: bytes, extra: Mapping[bytes, Batch]) -> Batch | None:
+        core = self.core
+        batch = extra.get(digest) or core.log.batches.get(digest)
+        if batch is None:
+            batch = next((b[digest] for b in self.batches.values() if digest in b), None)
+        if batch is None and seq <= core.last_executed:
+            stored = core.ex.blocks_from(seq, 1)
+            if stored and stored[0].batch_digest() == digest:
+                block = stored[0]
+                try:
+                    batch = Batch.from_wire({"ts": block.timestamp_ms, "txs": list(block.txs)})
+                except WireError:
+                    return None
+                core.log.batch_ids.setdefault(digest, block.ids())
+        return batch
+
+    def try_new_view(self, now_ms: int, out: list[Action]) -> None:
+        core = self.core
+        vcs = tuple(
+            sorted(
+                (vc for vc in self.by_replica.values() if vc.view == core.view),
+                key=lambda vc: vc.replica,
+            )
+        )
+        if len(vcs) < core.cfg.quorum:
+            return
+        # V: my own view-change and the lowest-numbered others, a quorum in all.
+        vcs = tuple(sorted(vcs, key=lambda vc: vc.replica != core.me)[: core.cfg.quorum])
+        min_s, entries = compute_o(vcs)
+        batches: dict[bytes, Batch] = {}
+        attach: dict[bytes, Batch] = {}
+        budget = VC_ATTACH_BYTES
+        missing: list[int] = []
+        for seq, digest in entries:
+            if digest != NULL_DIGEST:
+                batch = self._batch_for(seq, digest, {})
+                if batch is None:
+                    missing.append(seq)
+                    continue
+                batches[digest] = batch
+                if seq > core.last_executed and budget >= batch_bytes(batch.txs):
+                    # executed ones can be fetched from any store; past the budget a backup
+                    # agrees on the digest and fetches the block once committed
+                    budget -= batch_bytes(batch.txs)
+                    attach[digest] = batch
+        if missing:
+            # Every replica that prepared these has executed them (or it would have attached
+            # them): catch up first, then build the NEW-VIEW (retried when blocks arrive).
+            core.count("new_view_missing_batch")
+            core.transfer.start_fetch(max(missing), [vc.replica for vc in vcs], now_ms, out)
+            return
+        pps = tuple(sign(PrePrepare(core.view, n, d, core.me), core.signer) for n, d in entries)
+        nv = sign(NewView(core.view, tuple(vc.stripped() for vc in vcs), pps, core.me), core.signer)
+        nv = NewView(nv.view, nv.view_changes, nv.pre_prepares, core.me, nv.sig, attach)
+        out.append(Broadcast(nv))
+        self._enter(nv, vcs, min_s, batches, now_ms, out)
+
+    def on_new_view(self, nv: NewView, now_ms: int, out: list[Action]) -> None:
+        core = self.core
+        if nv.view < core.view or (nv.view == core.view and core.active):
+            core.count("stale_new_view")
+            return
+        if nv.replica != core.cfg.primary(nv.view):
+            core.count("rejected_not_primary")
+            return
+        if not verify(nv, core.keyring):
+            core.count("rejected_bad_sig")
+            return
+        signers = {vc.replica for vc in nv.view_changes}
+        if len(signers) != len(nv.view_changes) or len(signers) < core.cfg.quorum:
+            core.count("rejected_bad_new_view")
+            return
+        for vc in nv.view_changes:
+            if vc.view != nv.view or not self.valid(vc):
+                core.count("rejected_bad_new_view")
+                return
+        min_s, entries = compute_o(nv.view_changes)
+        if [(pp.seq, pp.digest) for pp in nv.pre_prepares] != entries or any(
+            pp.view != nv.view or pp.replica != nv.replica or not verify(pp, core.keyring)
+            for pp in nv.pre_prepares
+        ):
+            core.count("rejected_bad_new_view")
+            return
+        batches: dict[bytes, Batch] = {}
+        for seq, digest in entries:
+            if digest != NULL_DIGEST:
+                batch = self._batch_for(seq, digest, nv.batches)
+                if batch is not None:
+                    batches[digest] = batch
+        self._enter(nv, nv.view_changes, min_s, batches, now_ms, out)
+
+    def _enter(
+        self,
+        nv: NewView,
+        vcs: tuple[ViewChange, ...],
+        min_s: int,
+        batches: Mapping[bytes, Batch],
+        now_ms: int,
+        out: list[Action],
+    ) -> None:
+        core, log = self.core, self.core.log
+        core.count("new_views")
+        core.view = nv.view
+        core.active = True
+        log.above_window.clear()  # the old view's
+        log.votes_above.clear()
+        core.ex.save_view(nv.view, True)
+        self.new_view_msg = nv  # relayed as is to replicas left behind (bounded attachments)
+        self.deadline = None
+        self.by_replica = {r: vc for r, vc in self.by_replica.items() if vc.view > nv.view}
+        self.batches = {r: b for r, b in self.batches.items() if r in self.by_replica}
+        if min_s > core.stable_seq:
+            source = next(vc for vc in vcs if vc.stable_seq == min_s)
+            core.checkpoints.stabilize(
+                min_s, source.checkpoint_proof[0].digest, source.checkpoint_proof
+            )
+            if min_s > core.last_executed:
+                peers = [vc.replica for vc in vcs if vc.stable_seq == min_s]
+                core.transfer.start_fetch(min_s, peers, now_ms, out)
+        o_seqs = {pp.seq for pp in nv.pre_prepares}
+        for seq in [s for s in log.slots if s > min_s and s not in o_seqs]:
+            log.discard(seq)
+        max_s = max(o_seqs, default=min_s)
+        core.next_seq = max(max_s, core.stable_seq, core.last_executed) + 1
+        for pp in nv.pre_prepares:
+            slot = log.slots.get(pp.seq)
+            if slot is not None and slot.pp is not None and slot.digest != pp.digest:
+                log.discard(pp.seq)
+                slot = None
+            batch = NULL_BATCH if pp.digest == NULL_DIGEST else batches.get(pp.digest)
+            ids: tuple[str, ...] = ()
+            if batch is not None:
+                known = log.batch_ids.get(pp.digest)
+                ids = known if known is not None else tuple(tx.tx_id for tx in batch.txs)
+                if pp.seq > core.last_executed:
+                    core.batcher.add_pending(ids, batch)
+            keep = log.slots.get(pp.seq)
+            committed = keep.committed if keep else False
+            cert = keep.cert if keep else None
+            log.accept(pp, batch, ids, out)
+            if committed:
+                fresh = log.slots[pp.seq]
+                fresh.committed, fresh.cert = True, cert
+        # Requests not yet ordered: the new primary batches them, backups relay them to it.
+        core.batcher.new_view(now_ms, out)
+        self.deadline = None
+        core.arm_request_timer(now_ms)
+        log.replay_future(out, now_ms)
+        core.execute_ready(out)
