@@ -143,7 +143,7 @@ def _totals(offers: Sequence[Order], bids: Sequence[Order]) -> tuple[int, int]:
 
 def clear_paper(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
     available, wanted = _totals(offers, bids)
-    best = _gains(_crossing(offers, bids)[0])
+    best = _best_gains(offers, bids)
     if not bids:
         return Clearing("paper", None, (), available, wanted, best)
     mcp = sum(b.price for b in bids) // len(bids)
@@ -151,6 +151,28 @@ def clear_paper(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
     buyers = _dearest_first([b for b in bids if b.price >= mcp])
     trades = _match(sellers, buyers, mcp)
     return Clearing("paper", mcp, tuple(trades), available, wanted, best)
+
+
+def _best_gains(offers: Sequence[Order], bids: Sequence[Order]) -> int:
+    """The gains of the merit-order allocation, as ``_gains(_crossing(...)[0])`` gives them,
+    without the tie order (which moves no gain) or the matches: one sort per side."""
+    asks = sorted(offers, key=_by_price)
+    buys = sorted(bids, key=_by_price, reverse=True)
+    total = i = j = 0
+    ask_left = asks[0].wh if asks else 0
+    bid_left = buys[0].wh if buys else 0
+    while i < len(buys) and j < len(asks) and buys[i].price >= asks[j].price:
+        wh = bid_left if bid_left < ask_left else ask_left
+        total += wh * (buys[i].price - asks[j].price)
+        bid_left -= wh
+        ask_left -= wh
+        if not bid_left:
+            i += 1
+            bid_left = buys[i].wh if i < len(buys) else 0
+        if not ask_left:
+            j += 1
+            ask_left = asks[j].wh if j < len(asks) else 0
+    return total // 1000
 
 
 def _gains(matches: Sequence[tuple[Order, Order, int]]) -> int:

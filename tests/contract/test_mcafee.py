@@ -119,6 +119,8 @@ def test_budget_balance_and_efficiency(book: tuple[list[Order], list[Order]]) ->
         assert 0 <= traded <= best
         if rule in ("uniform", "pay_as_bid"):
             assert traded == best  # the merit order is the efficient allocation
+    # every rule measures against the same efficient allocation
+    assert len({efficiency(offers, bids, clear(r, offers, bids))[1] for r in RULES}) == 1
     mcafee = clear("mcafee", offers, bids)
     uniform = clear("uniform", offers, bids)
     assert mcafee.traded_wh <= uniform.traded_wh  # the price of truthfulness: the marginal pair
