@@ -42,7 +42,7 @@ from ledger.contract.codes import (
     UNKNOWN_KIND,
     Rejected,
 )
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 APPLY: Final = "registry.apply"
 DISMISS: Final = "registry.dismiss"
@@ -65,7 +65,7 @@ def max_bytes(kind: str) -> int:
 
 
 def admit(
-    st: State,
+    st: ContractState,
     meter_keys: Collection[str],
     known_kinds: Collection[str],
     sender_hex: str,
@@ -94,16 +94,16 @@ def admit(
     return NOT_ADMITTED, "the signer is no member, no meter and not the operator"
 
 
-def _live(st: State, now_ms: int) -> list[str]:
+def _live(st: ContractState, now_ms: int) -> list[str]:
     apps = st.data["applications"]
     return [k for k, a in apps.items() if a["at_ms"] + APPLICATION_TTL_MS > now_ms]
 
 
-def open_applications(st: State, now_ms: int) -> int:
+def open_applications(st: ContractState, now_ms: int) -> int:
     return len(_live(st, now_ms))
 
 
-def _purge(st: State, now_ms: int) -> None:
+def _purge(st: ContractState, now_ms: int) -> None:
     """Drop applications whose key became a member's or that expired (block time)."""
     apps = st.data["applications"]
     for key in sorted(apps):
@@ -111,7 +111,7 @@ def _purge(st: State, now_ms: int) -> None:
             del apps[key]
 
 
-def apply(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def apply(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """``registry.apply``: a newcomer's key asks to be admitted as ``id_grid`` in ``role``."""
     body = tx.body
     f.exact(body, ("id_grid", "role"))
@@ -132,7 +132,7 @@ def apply(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"id_grid": id_grid, "public_key": key}
 
 
-def dismiss(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def dismiss(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """``registry.dismiss``: the operator drops an application (``{"public_key"}``)."""
     body = tx.body
     f.exact(body, ("public_key",))

@@ -12,16 +12,25 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ledger.contract import admission, market, metering, queries, reads, registry, settlement
+from ledger.contract import (
+    admission,
+    market,
+    metering,
+    queries,
+    reads,
+    registry,
+    sealed,
+    settlement,
+)
 from ledger.contract import fields as f
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
-from ledger.contract.state import State, empty_state
+from ledger.contract.state import ContractState, empty_state
 
 GENESIS_VERSION = 1
 
-Handler = Callable[[State, Transaction, BlockContext], dict[str, Any]]
+Handler = Callable[[ContractState, Transaction, BlockContext], dict[str, Any]]
 
 HANDLERS: dict[str, Handler] = {
     "registry.admit": registry.admit,
@@ -33,6 +42,9 @@ HANDLERS: dict[str, Handler] = {
     "auction.offer": market.offer,
     "auction.bid": market.bid,
     "auction.close": market.close,
+    "auction.commit": sealed.commit,
+    "auction.reveal": sealed.reveal,
+    "auction.clear": sealed.clear,
     "auction.settle": settlement.settle,
     "meter.report": metering.report,
     admission.APPLY: admission.apply,
@@ -40,11 +52,12 @@ HANDLERS: dict[str, Handler] = {
 }
 # kinds that never change who may sign: the meter-key index survives them
 _KEYS_UNCHANGED = frozenset(
-    ("token.transfer", "auction.offer", "auction.bid", "meter.report", "auction.close")
-)
+    ("token.transfer", "auction.offer", "auction.bid", "meter.report", "auction.close",
+     "auction.commit", "auction.reveal", "auction.clear")
+)  # fmt: skip
 
 
-def state_from_genesis(genesis: Mapping[str, Value]) -> State:
+def state_from_genesis(genesis: Mapping[str, Value]) -> ContractState:
     if not isinstance(genesis, Mapping):
         raise GenesisError("genesis must be an object")
     unknown = sorted(set(genesis) - {"version", "params", "members"})
@@ -52,7 +65,7 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> State:
         raise GenesisError(f"unknown genesis keys {unknown}")
     if genesis.get("version") != GENESIS_VERSION:
         raise GenesisError(f"genesis.version must be {GENESIS_VERSION}")
-    st = State(empty_state(check_params(genesis.get("params", {}))))
+    st = ContractState(empty_state(check_params(genesis.get("params", {}))))
     members = genesis.get("members")
     if not isinstance(members, list) or not members:
         raise GenesisError("genesis.members must be a non-empty list")
@@ -143,5 +156,5 @@ class CommunityContract:
         return hashlib.sha256(self.snapshot()).digest()
 
     def restore(self, data: bytes) -> None:
-        self._state = State.from_snapshot(data)
+        self._state = ContractState.from_snapshot(data)
         self._meter_keys = None

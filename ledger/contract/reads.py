@@ -22,7 +22,7 @@ from ledger.contract import queries
 from ledger.contract.api import QueryError
 from ledger.contract.codes import NOT_PERMITTED
 from ledger.contract.market import AUTHORIZE_OFFERS
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class Reader:
     meters: frozenset[str] = frozenset()  # meters whose reporting key the reader holds
 
 
-def reader_of(st: State, key: bytes | None) -> Reader:
+def reader_of(st: ContractState, key: bytes | None) -> Reader:
     if key is None:
         return Reader()
     key_hex = key.hex()
@@ -48,17 +48,17 @@ def _refuse(path: str) -> QueryError:
     return QueryError(f"{NOT_PERMITTED}: the read policy does not grant {path!r} to this reader")
 
 
-def _anyone(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _anyone(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     return queries.run(st, path, params)
 
 
-def _members_only(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _members_only(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if r.member is None:
         raise _refuse(path)
     return queries.run(st, path, params)
 
 
-def _community(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _community(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     """The public market record: for members and for the community's meters (a gateway that
     holds only its meter key still follows the market for its EMS)."""
     if r.member is None and not r.meters:
@@ -66,20 +66,20 @@ def _community(st: State, path: str, params: Mapping[str, Any], r: Reader) -> An
     return queries.run(st, path, params)
 
 
-def _own_member(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _own_member(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if r.operator or (r.member is not None and params.get("id_grid") == r.member):
         return queries.run(st, path, params)
     raise _refuse(path)
 
 
-def _members(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _members(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     rows = _members_only(st, path, params, r)
     if r.operator:
         return rows
     return [{"id_grid": m["id_grid"], "role": m["role"]} for m in rows]  # the roster
 
 
-def _meters(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _meters(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     rows = queries.run(st, path, params)
     if r.operator:
         return rows
@@ -88,13 +88,13 @@ def _meters(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     return [row for row in rows if row["meter_id"] in r.meters]
 
 
-def _reports(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _reports(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if r.operator or params.get("meter_id") in r.meters:
         return queries.run(st, path, params)
     raise _refuse(path)
 
 
-def _order_book(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _order_book(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     """Sealed while the listing takes orders: each member sees its own orders only."""
     book = _members_only(st, path, params, r)
     if st.data["listings"][book["listing_id"]]["state"] != AUTHORIZE_OFFERS:
@@ -106,7 +106,7 @@ def _order_book(st: State, path: str, params: Mapping[str, Any], r: Reader) -> A
     }
 
 
-def _settlement(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _settlement(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     """Members: the community's totals and their own line; the operator: every line."""
     result = _members_only(st, path, params, r)
     if result is None or r.operator:
@@ -121,12 +121,12 @@ def _settlement(st: State, path: str, params: Mapping[str, Any], r: Reader) -> A
     return {**{k: v for k, v in result.items() if k != "lines"}, "lines": mine, "totals": totals}
 
 
-def _energy(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _energy(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     rows = _members_only(st, path, params, r)
     return rows if r.operator else [row for row in rows if row["id_grid"] == r.member]
 
 
-def _grid(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _grid(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     result = _members_only(st, path, params, r)
     if r.operator:
         return result
@@ -135,13 +135,13 @@ def _grid(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     return result
 
 
-def _operator(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _operator(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if not r.operator:
         raise _refuse(path)
     return queries.run(st, path, params)
 
 
-Rule = Callable[[State, str, Mapping[str, Any], Reader], Any]
+Rule = Callable[[ContractState, str, Mapping[str, Any], Reader], Any]
 
 POLICY: dict[str, Rule] = {
     "params": _anyone,
@@ -163,7 +163,7 @@ POLICY: dict[str, Rule] = {
 }
 
 
-def run(st: State, path: str, params: Mapping[str, Any], key: bytes | None) -> Any:
+def run(st: ContractState, path: str, params: Mapping[str, Any], key: bytes | None) -> Any:
     rule = POLICY.get(path) if isinstance(path, str) else None
     if rule is None:
         if isinstance(path, str) and path in queries.QUERIES:
@@ -172,6 +172,6 @@ def run(st: State, path: str, params: Mapping[str, Any], key: bytes | None) -> A
     return rule(st, path, params, reader_of(st, key))
 
 
-def may_read_chain(st: State, key: bytes | None) -> bool:
+def may_read_chain(st: ContractState, key: bytes | None) -> bool:
     """Whole blocks carry every transaction (reports, registry records): the operator's."""
     return reader_of(st, key).operator

@@ -32,7 +32,9 @@ from ledger_client.client import LedgerClient, QueryFailed, RejectedError
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
-HOUR = "2026-11-24T13"
+# An hour that is over: the replicas stamp blocks with the real time, and the contract takes a
+# report once its interval has ended and within its report window (7 days).
+HOUR = time.strftime("%Y-%m-%dT%H", time.gmtime(time.time() - 7200))
 
 
 class Community:
@@ -112,7 +114,8 @@ class Community:
                 }
                 assert (await op.submit_new("registry.admit", body)).ok
                 assert (await op.submit_new("token.mint", {"to": id_grid, "amount": 10**9})).ok
-            meter = {"meter_id": "MA", "owner": "A", "gateway_key": public_hex(self.gateway)}
+            meter = {"meter_id": "MA", "owner": "A", "gateway_key": public_hex(self.gateway),
+                     "import_limit_w": 6_900, "export_limit_w": 3_680}
             assert (await op.submit_new("registry.add_meter", meter)).ok
 
 
