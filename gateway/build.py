@@ -184,7 +184,8 @@ def ems_runner(
 
     agent = None
     if cfg.id_grid is not None:
-        agent = TradingAgent(cfg.id_grid, cfg.tariff, cfg.res_id, cfg.res_rated_w)
+        agent = TradingAgent(cfg.id_grid, cfg.tariff, cfg.res_id, cfg.res_rated_w,
+                             sealed=cfg.sealed_orders, commit_deposit=cfg.commit_deposit)
     clearing = deliverer.clearing if isinstance(deliverer, LedgerDeliverer) else None
     return EmsRunner(
         list(cfg.appliances),

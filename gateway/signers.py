@@ -6,7 +6,8 @@ The gateway never holds the member's wallet key. It holds:
   it signs ``meter.report`` and nothing else the ledger would take;
 * optionally an order key (``gateway.order_key_file``), which the member delegated to it on
   chain (``member.set_order_key``, signed with the wallet key) so that its trading agent places
-  the home's offers and bids; the ledger takes nothing else from it.
+  the home's offers and bids (open, or sealed: commit and reveal); the ledger takes nothing
+  else from it.
 
 So a stolen gateway can report and trade energy within the tariff band until the owner or the
 operator revokes its keys on chain (``meter.revoke``, ``member.set_order_key`` with null), but it

@@ -43,7 +43,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "gateway": GATEWAY,
     "gateway.bench": (*GATEWAY, "hardware.emulators"),  # hardware/emulators/README.md
     # gateway/ems/README.md: not the rest of gateway/ (the daemon's hooks are plain callables)
-    "gateway.ems": ("firmware.frame", "ledger.contract.params"),
+    # (ledger.contract.sealed: the one definition of a sealed order's commitment)
+    "gateway.ems": ("firmware.frame", "ledger.contract.params", "ledger.contract.sealed"),
     # gateway/sources/README.md
     "gateway.sources": ("gateway.clock", "gateway.config", "gateway.broker", "hardware.meters",
                         "hardware.ble.profile"),

@@ -7,12 +7,13 @@ asks it again for every transaction of a committed block, against the state that
 on, so a transaction a faulty primary ordered anyway becomes a ``NOT_ADMITTED`` no-op on every
 replica alike.
 
-Who may sign what (each key is one of these, never two: ``State.key_in_use``):
+Who may sign what (each key is one of these, never two: ``ContractState.key_in_use``):
 
 - a member's live wallet key: any transaction kind the contract knows (its handler checks the
   role); a revoked one (``member.revoke_key``, rotated away) nothing at all;
-- a member's order key (``member.set_order_key``): ``auction.offer`` and ``auction.bid`` only
-  (``registry.ORDER_KINDS``), never a transfer, vote or key change;
+- a member's order key (``member.set_order_key``): its orders only, ``auction.offer`` and
+  ``auction.bid``, or sealed ``auction.commit`` and ``auction.reveal`` (``registry.ORDER_KINDS``),
+  never a transfer, vote or key change;
 - a meter's live reporting key (``gateway_key``): ``meter.report`` only; a revoked or rotated
   one nothing. (A meter its owner has not confirmed yet is admitted and refused at execution,
   ``METER_UNCONFIRMED``, like any other handler check.)
@@ -27,9 +28,9 @@ Who may sign what (each key is one of these, never two: ``State.key_in_use``):
   admits the applicant with ``registry.admit`` (the same commitment) after checking, off the
   chain, who it is. A retired key (rotated away or revoked) may not apply again.
 
-The identities come from ``State``'s key indexes, which every key-changing handler updates in
-the same step as the state itself: nothing here is cached across transactions, so a key change
-takes effect for the very next transaction of the same block.
+The identities come from ``ContractState``'s key indexes, which every key-changing handler
+updates in the same step as the state itself: nothing here is cached across transactions, so a
+key change takes effect for the very next transaction of the same block.
 
 Each kind has a size bound (the transaction's canonical unsigned bytes): far above what an
 honest transaction of that kind needs, far below ``ledger.tx.MAX_TX_BYTES``.
@@ -55,7 +56,7 @@ from ledger.contract.codes import (
     Rejected,
 )
 from ledger.contract.registry import ORDER_KINDS
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 APPLY: Final = "registry.apply"
 DISMISS: Final = "registry.dismiss"
@@ -78,7 +79,7 @@ def max_bytes(kind: str) -> int:
 
 
 def admit(
-    st: State,
+    st: ContractState,
     known_kinds: Collection[str],
     sender: bytes,
     kind: str,
@@ -108,9 +109,9 @@ def admit(
     return NOT_ADMITTED, _why(st, sender, kind)
 
 
-def _why(st: State, sender: bytes, kind: str) -> str:
+def _why(st: ContractState, sender: bytes, kind: str) -> str:
     if st.orderer_of(sender) is not None:
-        return f"an order key signs auction offers and bids only, not {kind}"
+        return f"an order key signs its member's orders only, not {kind}"
     if st.meter_of(sender) is not None:
         return f"a meter key signs meter reports only, not {kind}"
     if st.key_in_use(sender.hex()):
@@ -118,16 +119,16 @@ def _why(st: State, sender: bytes, kind: str) -> str:
     return "the signer is no member, no meter and not the operator"
 
 
-def _live(st: State, now_ms: int) -> list[str]:
+def _live(st: ContractState, now_ms: int) -> list[str]:
     apps = st.data["applications"]
     return [k for k, a in apps.items() if a["at_ms"] + APPLICATION_TTL_MS > now_ms]
 
 
-def open_applications(st: State, now_ms: int) -> int:
+def open_applications(st: ContractState, now_ms: int) -> int:
     return len(_live(st, now_ms))
 
 
-def _purge(st: State, now_ms: int) -> None:
+def _purge(st: ContractState, now_ms: int) -> None:
     """Drop applications whose key became a member's or that expired (block time)."""
     apps = st.data["applications"]
     for key in sorted(apps):
@@ -135,7 +136,7 @@ def _purge(st: State, now_ms: int) -> None:
             del apps[key]
 
 
-def apply(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def apply(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """``registry.apply``: a newcomer's key asks to be admitted as ``id_grid`` in ``role``, with
     ``commitment`` to the personal data it gives the operator off the chain."""
     body = tx.body
@@ -163,7 +164,7 @@ def apply(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"id_grid": id_grid, "public_key": key}
 
 
-def dismiss(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def dismiss(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """``registry.dismiss``: the operator drops an application (``{"public_key"}``)."""
     body = tx.body
     f.exact(body, ("public_key",))

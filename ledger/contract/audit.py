@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ledger.contract.api import BlockContext, Transaction
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 AUDITED = frozenset(
     {
@@ -34,7 +34,7 @@ AUDITED = frozenset(
 PAGE = 1000  # entries per ``registry_log`` answer
 
 
-def record(st: State, tx: Transaction, ctx: BlockContext, by: str | None) -> None:
+def record(st: ContractState, tx: Transaction, ctx: BlockContext, by: str | None) -> None:
     """Append an accepted registry transaction (the caller checked ``tx.kind in AUDITED``)."""
     body: Mapping[str, Any] = tx.body
     st.data["registry_log"].append(

@@ -60,6 +60,12 @@ RES_CAPACITY_EXCEEDED: Final = "RES_CAPACITY_EXCEEDED"  # offers exceed rated po
 PRICE_OUT_OF_BAND: Final = "PRICE_OUT_OF_BAND"
 BOTH_SIDES: Final = "BOTH_SIDES"  # offer and bid by one member in one listing
 TOO_EARLY: Final = "TOO_EARLY"  # settle before the delivery hour has ended
+SEALED_LISTING: Final = "SEALED_LISTING"  # an open offer/bid on a listing that takes commitments
+NOT_SEALED: Final = "NOT_SEALED"  # commit/reveal/clear on a listing with an open book
+NOT_REVEALING: Final = "NOT_REVEALING"  # reveal/clear on a listing not in its reveal phase
+UNKNOWN_COMMITMENT: Final = "UNKNOWN_COMMITMENT"  # a reveal that matches none of the sender's
+ALREADY_REVEALED: Final = "ALREADY_REVEALED"
+REVEAL_OPEN: Final = "REVEAL_OPEN"  # clear before every order is revealed or the window is over
 
 # metering
 NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered gateway key
@@ -69,6 +75,9 @@ METER_CONFIRMED: Final = "METER_CONFIRMED"  # meter.confirm of a meter already c
 BAD_SIGNATURE: Final = "BAD_SIGNATURE"
 DUPLICATE_REPORT: Final = "DUPLICATE_REPORT"
 REPORT_TOO_LATE: Final = "REPORT_TOO_LATE"  # the report's hour is already settled
+IMPLAUSIBLE_ENERGY: Final = "IMPLAUSIBLE_ENERGY"  # more Wh than the meter's limit x 15 minutes
+INTERVAL_IN_FUTURE: Final = "INTERVAL_IN_FUTURE"  # ends after the block, beyond the tolerance
+INTERVAL_TOO_OLD: Final = "INTERVAL_TOO_OLD"  # starts before the block's report window
 
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"  # a bug: never expected, reported instead of raised
 

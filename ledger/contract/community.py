@@ -22,16 +22,17 @@ from ledger.contract import (
     quorum,
     reads,
     registry,
+    sealed,
     settlement,
 )
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
-from ledger.contract.state import State, empty_state
+from ledger.contract.state import ContractState, empty_state
 
 GENESIS_VERSION = 1
 
-Handler = Callable[[State, Transaction, BlockContext], dict[str, Any]]
+Handler = Callable[[ContractState, Transaction, BlockContext], dict[str, Any]]
 
 HANDLERS: dict[str, Handler] = {
     "registry.admit": registry.admit,
@@ -43,6 +44,9 @@ HANDLERS: dict[str, Handler] = {
     "auction.offer": market.offer,
     "auction.bid": market.bid,
     "auction.close": market.close,
+    "auction.commit": sealed.commit,
+    "auction.reveal": sealed.reveal,
+    "auction.clear": sealed.clear,
     "auction.settle": settlement.settle,
     "meter.report": metering.report,
     admission.APPLY: admission.apply,
@@ -58,7 +62,7 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def state_from_genesis(genesis: Mapping[str, Value]) -> State:
+def state_from_genesis(genesis: Mapping[str, Value]) -> ContractState:
     if not isinstance(genesis, Mapping):
         raise GenesisError("genesis must be an object")
     unknown = sorted(set(genesis) - {"version", "params", "members", "allocations"})
@@ -66,7 +70,7 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> State:
         raise GenesisError(f"unknown genesis keys {unknown}")
     if genesis.get("version") != GENESIS_VERSION:
         raise GenesisError(f"genesis.version must be {GENESIS_VERSION}")
-    st = State(empty_state(check_params(genesis.get("params", {}))))
+    st = ContractState(empty_state(check_params(genesis.get("params", {}))))
     members = genesis.get("members")
     if not isinstance(members, list) or not members:
         raise GenesisError("genesis.members must be a non-empty list")
@@ -86,7 +90,7 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> State:
     return st
 
 
-def allocate(st: State, allocations: Value) -> None:
+def allocate(st: ContractState, allocations: Value) -> None:
     """The genesis supply: ``{id_grid: micro-tokens}``, each to a genesis member (typically the
     operator's treasury, which sells tokens to members off the ledger). It is all the supply
     there is until a quorum of members mints more (quorum.py)."""
@@ -174,4 +178,4 @@ class CommunityContract:
         return hashlib.sha256(self.snapshot()).digest()
 
     def restore(self, data: bytes) -> None:
-        self._state = State.from_snapshot(data)
+        self._state = ContractState.from_snapshot(data)

@@ -2,10 +2,10 @@
 
 A wallet key spends (transfers, orders, votes); a meter's reporting key (held by the home's
 gateway) only reports; an order key, which a member may delegate to its gateway's trading agent,
-signs only that member's offers and bids (``registry.ORDER_KINDS``): it buys and sells energy in
-the tariff band, never transfers a token, votes or changes a key. All are distinct keys
-(``State.key_in_use`` spans them), and a key that was rotated away or revoked is retired for
-good, so a stolen key never comes back.
+signs only that member's offers and bids, open or sealed (``registry.ORDER_KINDS``): it buys
+and sells energy in the tariff band, never transfers a token, votes or changes a key. All are
+distinct keys (``ContractState.key_in_use`` spans them), and a key that was rotated away or
+revoked is retired for good, so a stolen key never comes back.
 
 | kind | body | who |
 | --- | --- | --- |
@@ -40,12 +40,12 @@ from ledger.contract.codes import (
     Rejected,
 )
 from ledger.contract.registry import known_member, sender_member
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 IN_USE = "that key belongs to a member or meter, or was retired"
 
 
-def rotate_member_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def rotate_member_key(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("public_key",))
     new = f.key_hex(body, "public_key")
@@ -56,7 +56,7 @@ def rotate_member_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str
     return {"id_grid": who, "public_key": new}
 
 
-def revoke_member_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def revoke_member_key(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("id_grid",))
     target = f.ident(body, "id_grid")
@@ -71,7 +71,7 @@ def revoke_member_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str
     return {"id_grid": target}
 
 
-def set_order_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def set_order_key(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("id_grid", "public_key"))
     target = f.ident(body, "id_grid")
@@ -86,7 +86,7 @@ def set_order_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, An
     return {"id_grid": target, "order_key": new}
 
 
-def _meter(st: State, tx: Transaction, body: Any, operator_may: bool) -> str:
+def _meter(st: ContractState, tx: Transaction, body: Any, operator_may: bool) -> str:
     meter_id = f.ident(body, "meter_id")
     who = sender_member(st, tx)
     meter = st.data["meters"].get(meter_id)
@@ -98,7 +98,7 @@ def _meter(st: State, tx: Transaction, body: Any, operator_may: bool) -> str:
     return meter_id
 
 
-def confirm_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def confirm_meter(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("meter_id",))
     meter_id = _meter(st, tx, body, operator_may=False)
@@ -108,7 +108,7 @@ def confirm_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, An
     return {"meter_id": meter_id, "gateway_key": st.data["meters"][meter_id]["gateway_key"]}
 
 
-def rotate_meter_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def rotate_meter_key(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("meter_id", "gateway_key"))
     new = f.key_hex(body, "gateway_key")
@@ -120,7 +120,7 @@ def rotate_meter_key(st: State, tx: Transaction, ctx: BlockContext) -> dict[str,
     return {"meter_id": meter_id, "gateway_key": new}
 
 
-def revoke_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def revoke_meter(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("meter_id",))
     meter_id = _meter(st, tx, body, operator_may=True)

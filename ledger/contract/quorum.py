@@ -35,7 +35,7 @@ from ledger.contract.codes import (
     Rejected,
 )
 from ledger.contract.registry import known_member, sender_member
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 ACTIONS = ("mint", "rekey")
 OPEN = "OPEN"
@@ -64,7 +64,7 @@ def read_action(body: Any) -> dict[str, Any]:
     }
 
 
-def voters(st: State) -> int:
+def voters(st: ContractState) -> int:
     return sum(
         1
         for m in st.data["members"].values()
@@ -72,12 +72,12 @@ def voters(st: State) -> int:
     )
 
 
-def needed(st: State) -> int:
+def needed(st: ContractState) -> int:
     """Approvals that execute a proposal now: more than ``quorum_pct`` % of the voters."""
     return voters(st) * int(st.data["params"]["quorum_pct"]) // 100 + 1
 
 
-def _check(st: State, action: dict[str, Any]) -> None:
+def _check(st: ContractState, action: dict[str, Any]) -> None:
     """Everything execution needs, checked before anything changes (proposal and execution)."""
     if action["kind"] == "mint":
         known_member(st, action["to"])
@@ -91,7 +91,7 @@ def _check(st: State, action: dict[str, Any]) -> None:
             raise Rejected(KEY_IN_USE, "that key belongs to a member or meter, or was retired")
 
 
-def _execute(st: State, action: dict[str, Any], height: int) -> dict[str, Any]:
+def _execute(st: ContractState, action: dict[str, Any], height: int) -> dict[str, Any]:
     if action["kind"] == "mint":
         st.data["supply"] += action["amount"]
         st.credit(action["to"], action["amount"])
@@ -110,7 +110,7 @@ def _result(pid: str, proposal: dict[str, Any], need: int, extra: dict[str, Any]
     }
 
 
-def propose(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def propose(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("proposal_id", "action"))
     pid = f.ident(body, "proposal_id")
@@ -141,7 +141,7 @@ def propose(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return _result(pid, proposal, need, extra)
 
 
-def approve(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def approve(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("proposal_id",))
     pid = f.ident(body, "proposal_id")

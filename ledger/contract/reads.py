@@ -27,7 +27,7 @@ from ledger.contract import queries
 from ledger.contract.api import QueryError
 from ledger.contract.codes import NOT_PERMITTED
 from ledger.contract.market import AUTHORIZE_OFFERS
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class Reader:
     orderer: str | None = None  # id_grid of the member whose order key the reader holds
 
 
-def reader_of(st: State, key: bytes | None) -> Reader:
+def reader_of(st: ContractState, key: bytes | None) -> Reader:
     if key is None:
         return Reader()
     who = st.member_of(key)
@@ -55,17 +55,17 @@ def _refuse(path: str) -> QueryError:
     return QueryError(f"{NOT_PERMITTED}: the read policy does not grant {path!r} to this reader")
 
 
-def _anyone(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _anyone(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     return queries.run(st, path, params)
 
 
-def _members_only(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _members_only(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if r.member is None:
         raise _refuse(path)
     return queries.run(st, path, params)
 
 
-def _community(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _community(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     """The public market record: for members, the community's meters and order keys (a gateway
     that holds only its meter key, or an order key, still follows the market for its EMS)."""
     if r.member is None and not r.meters and r.orderer is None:
@@ -73,20 +73,20 @@ def _community(st: State, path: str, params: Mapping[str, Any], r: Reader) -> An
     return queries.run(st, path, params)
 
 
-def _own_member(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _own_member(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if r.operator or (r.member is not None and params.get("id_grid") == r.member):
         return queries.run(st, path, params)
     raise _refuse(path)
 
 
-def _members(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _members(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     rows = _members_only(st, path, params, r)
     if r.operator:
         return rows
     return [{"id_grid": m["id_grid"], "role": m["role"]} for m in rows]  # the roster
 
 
-def _meters(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _meters(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     rows = queries.run(st, path, params)
     if r.operator:
         return rows
@@ -95,13 +95,13 @@ def _meters(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     return [row for row in rows if row["meter_id"] in r.meters]
 
 
-def _reports(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _reports(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if r.operator or params.get("meter_id") in r.meters:
         return queries.run(st, path, params)
     raise _refuse(path)
 
 
-def _order_book(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _order_book(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     """Sealed while the listing takes orders: each member (or its order key) sees its own
     orders only."""
     who = r.member if r.member is not None else r.orderer
@@ -117,7 +117,7 @@ def _order_book(st: State, path: str, params: Mapping[str, Any], r: Reader) -> A
     }
 
 
-def _settlement(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _settlement(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     """Members: the community's totals and their own line; the operator: every line."""
     result = _members_only(st, path, params, r)
     if result is None or r.operator:
@@ -132,12 +132,12 @@ def _settlement(st: State, path: str, params: Mapping[str, Any], r: Reader) -> A
     return {**{k: v for k, v in result.items() if k != "lines"}, "lines": mine, "totals": totals}
 
 
-def _energy(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _energy(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     rows = _members_only(st, path, params, r)
     return rows if r.operator else [row for row in rows if row["id_grid"] == r.member]
 
 
-def _grid(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _grid(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     result = _members_only(st, path, params, r)
     if r.operator:
         return result
@@ -146,13 +146,13 @@ def _grid(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     return result
 
 
-def _operator(st: State, path: str, params: Mapping[str, Any], r: Reader) -> Any:
+def _operator(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
     if not r.operator:
         raise _refuse(path)
     return queries.run(st, path, params)
 
 
-Rule = Callable[[State, str, Mapping[str, Any], Reader], Any]
+Rule = Callable[[ContractState, str, Mapping[str, Any], Reader], Any]
 
 POLICY: dict[str, Rule] = {
     "params": _anyone,
@@ -176,7 +176,7 @@ POLICY: dict[str, Rule] = {
 }
 
 
-def run(st: State, path: str, params: Mapping[str, Any], key: bytes | None) -> Any:
+def run(st: ContractState, path: str, params: Mapping[str, Any], key: bytes | None) -> Any:
     rule = POLICY.get(path) if isinstance(path, str) else None
     if rule is None:
         if isinstance(path, str) and path in queries.QUERIES:
@@ -185,6 +185,6 @@ def run(st: State, path: str, params: Mapping[str, Any], key: bytes | None) -> A
     return rule(st, path, params, reader_of(st, key))
 
 
-def may_read_chain(st: State, key: bytes | None) -> bool:
+def may_read_chain(st: ContractState, key: bytes | None) -> bool:
     """Whole blocks carry every transaction (reports, registry records): the operator's."""
     return reader_of(st, key).operator

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ledger.contract import GenesisError, QueryError, default_genesis, make_contract
 from tests.contract.harness import (
     HOUR,
+    LIMIT_W,
     TREASURY,
     Community,
     check_invariants,
@@ -22,6 +23,8 @@ from tests.contract.harness import (
     rejected,
     sign_report,
 )
+
+LIMITS = {"import_limit_w": LIMIT_W, "export_limit_w": LIMIT_W}  # a meter's connection limits
 
 
 def _community(members: int = 3) -> Community:
@@ -113,7 +116,7 @@ def test_a_meter_key_is_never_a_wallet_key() -> None:
     c = _community(2)
     c.mint("M0", 10**9)
     wallet = hexkey(key(10))  # M0's wallet key
-    meter = {"meter_id": "G0", "owner": "M0", "gateway_key": wallet}
+    meter = {"meter_id": "G0", "owner": "M0", "gateway_key": wallet, **LIMITS}
     rejected(c, "OPERATOR", "registry.add_meter", meter, "KEY_IN_USE")
     c.meter("G0", "M0", 50)
     admit = {"id_grid": "M9", "commitment": commitment("M9"), "public_key": hexkey(key(50)),
@@ -183,8 +186,9 @@ def test_meter_keys_are_rotated_by_their_owner_and_revoked_by_owner_or_operator(
     body = sign_report(stolen, "G0", f"{HOUR}:15", 1, 0)
     assert c.tx(stolen, "meter.report", body).code == "NOT_GATEWAY"
     assert c.q("meters") == [
-        {"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(51)), "confirmed": True}
-    ]
+        {"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(51)), **LIMITS,
+         "role": "member", "confirmed": True}
+    ]  # fmt: skip
 
 
 def test_a_meter_the_operator_registers_reports_only_once_its_owner_consents() -> None:
@@ -192,10 +196,10 @@ def test_a_meter_the_operator_registers_reports_only_once_its_owner_consents() -
     c.mint("M0", 10**8)
     # the operator registers a meter for M0 with a key it holds itself, to bill M0 for imports
     mine = key(60)
-    meter = {"meter_id": "G9", "owner": "M0", "gateway_key": hexkey(mine)}
+    meter = {"meter_id": "G9", "owner": "M0", "gateway_key": hexkey(mine), **LIMITS}
     c.ok("OPERATOR", "registry.add_meter", meter)
     assert c.q("meters")[0]["confirmed"] is False
-    forged = sign_report(mine, "G9", f"{HOUR}:00", 10**6, 0)
+    forged = sign_report(mine, "G9", f"{HOUR}:00", 4_000, 0)  # within the meter's limit
     assert c.tx(mine, "meter.report", forged).code == "METER_UNCONFIRMED"
     rejected(c, "OPERATOR", "meter.confirm", {"meter_id": "G9"}, "NOT_OWNER")
     rejected(c, "M1", "meter.confirm", {"meter_id": "G9"}, "NOT_OWNER")
@@ -241,7 +245,7 @@ def test_rotations_survive_a_snapshot_and_replicas_agree() -> None:
     c.meter("G0", "M0", 50)
     c.ok("M0", "meter.rotate_key", {"meter_id": "G0", "gateway_key": hexkey(key(51))})
     c.ok("M1", "member.rotate_key", {"public_key": hexkey(key(30))})
-    other = make_contract(default_genesis(hexkey(key(1)), treasury=TREASURY))
+    other = make_contract(default_genesis(hexkey(key(1)), treasury=TREASURY, sealed_bids=False))
     for tx, ctx in c.log:
         other.apply(tx, ctx)
     assert other.state_digest() == c.contract.state_digest()
@@ -272,7 +276,8 @@ def test_every_registry_change_is_in_the_audit_log() -> None:
         ("member.rotate_key", "M1"),
         ("quorum.propose", "M0"),
     ]
-    assert log[3]["body"] == {"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(50))}
+    assert log[3]["body"] == {"meter_id": "G0", "owner": "M0", "gateway_key": hexkey(key(50)),
+                              **LIMITS}  # fmt: skip
     assert [e["height"] for e in log] == sorted(e["height"] for e in log)
     assert c.q("registry_log", start=5) == log[5:] and len(log) == 8
     for bad in ({"start": -1}, {"start": True}, {"from": 1}):
@@ -373,7 +378,7 @@ def test_any_sequence_of_votes_and_key_changes_keeps_the_powers_bounded(
                 p["approvals"]
             )
     check_invariants(c.contract)
-    replay = make_contract(default_genesis(hexkey(key(1)), treasury=TREASURY))
+    replay = make_contract(default_genesis(hexkey(key(1)), treasury=TREASURY, sealed_bids=False))
     for tx, ctx in c.log:
         replay.apply(tx, ctx)
     assert replay.state_digest() == c.contract.state_digest()

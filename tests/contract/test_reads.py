@@ -31,7 +31,7 @@ def _community() -> Community:
     c.ok("P1", "member.set_order_key", {"id_grid": "P1", "public_key": hexkey(ORDER_KEY)})
     c.res("PV1", "P1", 5000)
     c.meter("M1", "P1", 50)
-    c.meter("M2", "C1", 51)
+    c.meter("M2", "C1", 51, import_limit_w=4_000_000)  # room for 777,001 Wh in 15 minutes
     c.mint("C1", 10**9)
     c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
     c.ok(
@@ -68,7 +68,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "reports": {"meter_id": "M2"},
 }
 # what only C1 (and the operator) may see about C1: its meter's import, its bid
-C1_SECRETS = ("777001", '"buyer":"C1"', "60000")
+C1_SECRETS = ("777001", '"buyer":"C1"', '"price":60000')
 
 
 def _read(path: str, who: str) -> Any:

@@ -163,6 +163,9 @@ def _iso(ms: int) -> str:
         ("retail_peak = 10\nfeed_in = 20", "ems: feed-in 20 exceeds a retail price"),
         ("peak_hours = [13, 25]", r"ems.peak_hours: expected \[start, end\]"),
         ("colour = 1", "ems.colour: unknown key"),
+        ('sealed_orders = "yes"', "ems.sealed_orders: expected bool, got str"),
+        ("commit_deposit = -1", r"ems.commit_deposit: -1 is outside"),
+        ("commit_deposit = true", "ems.commit_deposit: expected int, got bool"),
     ],
 )
 def test_a_bad_ems_section_is_named(tmp_path: Path, extra: str, message: str) -> None:

@@ -5,6 +5,7 @@ community contract."""
 
 from __future__ import annotations
 
+import calendar
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from ledger.keys import public_hex, write_key
 from ledger.tx import SignedTx, sign_tx
 
 HOUR = "2026-11-24T13"
+NOW_MS = calendar.timegm((2026, 11, 24, 14, 1, 0)) * 1000  # block time: the hour's reports are due
 OPERATOR = Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32)
 WALLET = Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32)  # the member's, never on the Pi
 METER = Ed25519PrivateKey.from_private_bytes(bytes([3]) * 32)
@@ -30,7 +32,8 @@ class ContractLedger:
     """A deliverer that applies each transaction to the real contract (one per block)."""
 
     def __init__(self) -> None:
-        self.contract = make_contract(default_genesis(public_hex(OPERATOR), treasury=10**12))
+        genesis = default_genesis(public_hex(OPERATOR), treasury=10**12, sealed_bids=False)
+        self.contract = make_contract(genesis)
         self.height = 0
         self.nonce = 0
         for signer, kind, body in [
@@ -40,7 +43,8 @@ class ContractLedger:
                                           "public_key": public_hex(Ed25519PrivateKey.generate()),
                                           "role": "consumer"}),
             (OPERATOR, "registry.add_meter", {"meter_id": "m1", "owner": "H1",
-                                              "gateway_key": public_hex(METER)}),
+                                              "gateway_key": public_hex(METER),
+                                              "import_limit_w": 6_900, "export_limit_w": 3_680}),
             (WALLET, "meter.confirm", {"meter_id": "m1"}),
             (WALLET, "member.set_order_key", {"id_grid": "H1", "public_key": public_hex(ORDER)}),
             (OPERATOR, "token.transfer", {"to": "H1", "amount": 10**9}),
@@ -52,7 +56,7 @@ class ContractLedger:
     def submit_now(self, tx: SignedTx) -> Receipt:
         assert tx.verify()
         self.height += 1
-        return self.contract.apply(tx.to_contract(), BlockContext(self.height, 0, 0))
+        return self.contract.apply(tx.to_contract(), BlockContext(self.height, 0, NOW_MS))
 
     async def submit(self, tx: SignedTx) -> Receipt:
         return self.submit_now(tx)

@@ -231,11 +231,12 @@ def test_each_kind_is_admitted_for_its_signers_only() -> None:
     any (its handler checks the role), an order key offers and bids only, a meter key reports
     only, a never-used key applies only."""
     from ledger.contract.community import HANDLERS
+    from ledger.contract.registry import ORDER_KINDS
 
     c = _keyed_community()
     gate = AdmissionGate(c.contract)
     allowed = {
-        "order": {"auction.offer", "auction.bid"},
+        "order": set(ORDER_KINDS),  # offer and bid, open or sealed (commit, reveal)
         "meter": {"meter.report"},
         "stranger": {"registry.apply"},
     }
@@ -295,7 +296,8 @@ def test_a_key_change_counts_for_the_next_transaction_of_the_same_block(tmp_path
     a, gw = key(10), key(50)
     member = {"id_grid": "A", "commitment": commitment("A"), "public_key": hexkey(a),
               "role": "prosumer"}  # fmt: skip
-    meter = {"meter_id": "MA", "owner": "A", "gateway_key": hexkey(gw)}
+    meter = {"meter_id": "MA", "owner": "A", "gateway_key": hexkey(gw),
+             "import_limit_w": 6_900, "export_limit_w": 0}  # fmt: skip
     setup = [
         sign_tx(OPERATOR, "registry.admit", member, 1),
         sign_tx(OPERATOR, "token.transfer", {"to": "A", "amount": 1000}, 2),

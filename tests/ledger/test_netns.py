@@ -226,7 +226,8 @@ async def test_separate_hosts_commit_and_the_operators_powers_are_bounded(
         admit = {"id_grid": "PT0001", "commitment": "ab" * 32,
                  "public_key": public_hex(wallet), "role": "prosumer"}  # fmt: skip
         assert (await op.submit_new("registry.admit", admit)).ok
-        meter_body = {"meter_id": "m1", "owner": "PT0001", "gateway_key": public_hex(wallet)}
+        meter_body = {"meter_id": "m1", "owner": "PT0001", "gateway_key": public_hex(wallet),
+                      "import_limit_w": 6_900, "export_limit_w": 3_680}  # fmt: skip
         refused = await op.submit_new("registry.add_meter", meter_body)
         assert refused.code == "KEY_IN_USE"  # a gateway never holds the wallet key
         meter_body["gateway_key"] = public_hex(meter)

@@ -35,7 +35,9 @@ from ledger_client.client import LedgerClient, QueryFailed, RejectedError
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
-HOUR = "2026-11-24T13"
+# An hour that is over: the replicas stamp blocks with the real time, and the contract takes a
+# report once its interval has ended and within its report window (7 days).
+HOUR = time.strftime("%Y-%m-%dT%H", time.gmtime(time.time() - 7200))
 
 
 def commitment(id_grid: str) -> str:
@@ -122,7 +124,8 @@ class Community:
                 assert (await op.submit_new("registry.admit", body)).ok
                 funds = {"to": id_grid, "amount": 10**9}  # from the genesis treasury
                 assert (await op.submit_new("token.transfer", funds)).ok
-            meter = {"meter_id": "MA", "owner": "A", "gateway_key": public_hex(self.gateway)}
+            meter = {"meter_id": "MA", "owner": "A", "gateway_key": public_hex(self.gateway),
+                     "import_limit_w": 6_900, "export_limit_w": 3_680}
             assert (await op.submit_new("registry.add_meter", meter)).ok
         async with self.client(self.a) as a:  # the owner's consent: MA may report
             assert (await a.submit_new("meter.confirm", {"meter_id": "MA"})).ok
@@ -351,7 +354,7 @@ async def test_an_order_key_bids_and_a_revoked_meter_key_is_refused(tmp_path: Pa
     admission too, while the rotated-in key reports. On a merge that admitted every key the
     state knows (wallet, order, meter or retired alike) the transfer and the revoked key's
     report were ordered."""
-    async with community(tmp_path) as c:
+    async with community(tmp_path, sealed_bids=False) as c:  # an open book: a plain bid
         order = new_key()
         async with c.client(c.a) as a:
             body = {"id_grid": "A", "public_key": public_hex(order)}

@@ -34,6 +34,7 @@ from tools.demo.checks import self_checks
 from tools.demo.economics import HourBook, Tariffs
 from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, start_edge
 from tools.demo.faults import plan_faults
+from tools.demo.feeder import FEEDER_ID, FEEDER_LIMIT_W, FEEDER_MODEL, Liar, feeder_power
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import (
@@ -60,6 +61,18 @@ POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
 VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
 METERED_REGULAR = ("Television", "Personal Computer", "Refrigerator")
+
+
+IMPORT_LIMIT_W = 13_800  # every home's contracted power: 60 A at 230 V
+
+
+def report_window_ms(date: dt.date) -> int:
+    """The contract takes reports of intervals up to its report window before the block's time.
+    The replicas stamp blocks with today's time while the demo replays a past day, so the
+    demo's community widens the window from its default (7 days) to reach back to that day."""
+    day0 = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC)
+    return max(7 * 86_400_000, int((dt.datetime.now(dt.UTC) - day0).total_seconds()) * 1000
+               + 2 * 86_400_000)
 
 
 class DemoError(RuntimeError):
@@ -94,17 +107,23 @@ class DemoRun:
         self.wallet_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
         self.meter_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
         self.order_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
+        self.feeder_key = Ed25519PrivateKey.generate()  # the operator's gateway at the feeder
+        self.feeder: HomeEdge | None = None
+        self.liar: Liar | None = None  # --faults: the home whose gateway over-reports
         # the whole supply, fixed in the genesis: the operator's treasury, sold to the homes
         self.minted = START_TOKENS * len(self.homes)
         self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule,
-                                       treasury=self.minted)
+                                       treasury=self.minted,
+                                       report_window_ms=report_window_ms(opts.date))
         self.tariffs = Tariffs.from_params(self.genesis["params"])
         # Each home's agent trades with its own margin around the expected price (seeded), so
         # the hourly books have the spread of real supply and demand curves.
+        params = self.genesis["params"]
         self.agents = {
             h.id_grid: TradingAgent(
                 h.id_grid, ems_tariff(self.tariffs), res_id=h.res_id if h.pv_w else None,
-                res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3))
+                res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3),
+                sealed=params["sealed_bids"], commit_deposit=params["commit_deposit"])
             for h in self.homes}
         self.record = DayRecord(date=opts.date.isoformat(), rule=opts.rule)
         self.dr = DemandResponse(*opts.dr) if opts.dr else None  # the grid operator's request
@@ -164,6 +183,8 @@ class DemoRun:
             await self.tx(op, "registry.add_meter", {
                 "meter_id": h.meter_id, "owner": h.id_grid,
                 "gateway_key": public_hex(self.meter_keys[h.id_grid]),
+                # the connection's limits: contracted import power, the inverter's export
+                "import_limit_w": IMPORT_LIMIT_W, "export_limit_w": h.pv_w,
             })
             # the member recognises its gateway's key (the meter may report: its owner's
             # consent) and delegates an order key to the gateway's trading agent
@@ -172,6 +193,12 @@ class DemoRun:
             await self.tx(member, "member.set_order_key", {
                 "id_grid": h.id_grid, "public_key": public_hex(self.order_keys[h.id_grid])})
             await self.tx(op, "token.transfer", {"to": h.id_grid, "amount": START_TOKENS})
+        await self.tx(op, "registry.add_meter", {
+            "meter_id": FEEDER_ID, "owner": OPERATOR, "role": "feeder",
+            "gateway_key": public_hex(self.feeder_key),
+            "import_limit_w": FEEDER_LIMIT_W, "export_limit_w": FEEDER_LIMIT_W,
+        })
+        await self.tx(op, "meter.confirm", {"meter_id": FEEDER_ID})  # the operator's own meter
 
     # -- the day ----------------------------------------------------------------------------
 
@@ -203,7 +230,7 @@ class DemoRun:
             if self.vm is not None:
                 self.record.counters.update({f"vm_{k}": v for k, v in self.vm.stats().items()})
                 await self.vm.close()
-            for e in self.edges:
+            for e in self.metered_edges():
                 await e.close()
 
     async def start_edges(self) -> None:
@@ -277,6 +304,14 @@ class DemoRun:
             supply.switched += [plug_draw(p.emulator.core) for p in edge.plugs]
             supply.switched += [relay_draw(self.relays[(h.id_grid, name)])
                                 for name in node_relays]
+        # the operator's gateway at the community's connection: the feeder meter sees every
+        # home's billing meter's power at once, plus the lines' losses
+        self.feeder = await start_edge(
+            EdgeSpec(OPERATOR, FEEDER_ID, self.feeder_key,
+                     feeder_power(self.supply[h.id_grid].power_w for h in self.homes), [],
+                     model=FEEDER_MODEL),
+            self.clock, gw_dir / "operator", POLL_MS // 1000, self.current_ledger, {},
+            self.plug_load, None)
         if self.vm is not None:
             vm_edge = next(e for e in self.edges if e.id_grid == vm_home.id_grid)  # type: ignore[union-attr]
             mqtt_src = [src for src in vm_edge.gateway.sources
@@ -286,13 +321,16 @@ class DemoRun:
         n_plugs = sum(len(e.plugs) for e in self.edges)
         self.record.parts["meters"] = (f"{len(self.edges)} emulated {METER_MODEL} meters on "
                                        "pymodbus TCP servers (loopback)")
+        self.record.parts["feeder meter"] = (
+            f"an emulated {FEEDER_MODEL} at the community's grid connection on a pymodbus TCP "
+            "server, read by the operator's gateway daemon and registered as the feeder")
         self.record.parts["gateways"] = (f"{len(self.edges)} gateway daemons (gateway.daemon), "
                                          "one SQLite store each, on the demo's clock")
         self.record.parts["plugs"] = (f"{n_plugs} emulated BLE plugs on bumble virtual links, "
                                       "reached through the bleak API")
         await self.wait_for(lambda: all(e.ble_ready() for e in self.edges), 20.0,
                             "plugs connected")
-        await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.edges), 10.0,
+        await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.metered_edges()), 10.0,
                             "first Modbus polls")
         for e in self.edges:
             for p in e.plugs:
@@ -424,6 +462,15 @@ class DemoRun:
         await self.wait_for(lambda: all(self.outbox_state(e, oid) != "pending"
                                         for e, oid in queued), 15.0, "orders delivered")
         closed = await self.tx(op, "auction.close", {"listing_id": listing_id})
+        if closed.result.get("state") == "REVEAL":  # sealed orders: each agent opens its own
+            queued = []
+            for e in self.edges:
+                reveal = self.agents[e.id_grid].reveal(listing_id)
+                if reveal is not None:
+                    queued.append((e, e.gateway.enqueue_tx(reveal.kind, reveal.body)))
+            await self.wait_for(lambda: all(self.outbox_state(e, oid) != "pending"
+                                            for e, oid in queued), 15.0, "reveals delivered")
+            closed = await self.tx(op, "auction.clear", {"listing_id": listing_id})
         res = closed.result
         for agent in self.agents.values():
             agent.read_clearing(res)
@@ -432,6 +479,9 @@ class DemoRun:
                             trades=[dict(t) for t in res.get("trades", [])],
                             kwh_available=int(res.get("kwh_available", 0)),
                             kwh_wanted=int(res.get("kwh_wanted", 0)))
+        if isinstance(res.get("efficiency"), Mapping):
+            result.gains = (int(res["efficiency"]["traded_gains"]),
+                            int(res["efficiency"]["efficient_gains"]))
         self.listings.append(listing_id)
         self.results[listing_id] = result
         result.relay_actions = await self.deliver(k, day, hod, book)
@@ -492,8 +542,8 @@ class DemoRun:
         await self.clock.set(t_ms)
         if poll:
             due = (t_ms - self.day0_ms) // POLL_MS + 1
-            await self.wait_for(lambda: all(e.cycles() >= due for e in self.edges), 5.0,
-                                "Modbus polls")
+            await self.wait_for(lambda: all(e.cycles() >= due for e in self.metered_edges()),
+                                5.0, "Modbus polls")
             if self.vm is not None:
                 vm = self.vm
                 await self.wait_for(lambda: vm.caught_up(t_ms), 20.0, "firmware node")
@@ -502,7 +552,11 @@ class DemoRun:
         if self.ledger_down:
             return False
         return all(e.hour_reported(start_ms, start_ms + HOUR_MS, SLOTS_PER_HOUR)
-                   for e in self.edges)
+                   for e in self.metered_edges())
+
+    def metered_edges(self) -> list[HomeEdge]:
+        """The homes' edges and the operator's at the feeder."""
+        return [*self.edges, *([self.feeder] if self.feeder is not None else [])]
 
     # -- faults on request ------------------------------------------------------------------
 
@@ -526,6 +580,7 @@ class DemoRun:
                 assert self.ledger is not None
                 settled = await self.ledger.query("settlement", listing_id=listing_id)
                 self.results[listing_id].settlement = [dict(ln) for ln in settled["lines"]]
+                self.results[listing_id].balance = [dict(b) for b in settled.get("balance", [])]
 
     async def snapshot_balances(self, label: str) -> None:
         assert self.ledger is not None
