@@ -47,6 +47,8 @@ F_COUNTERS_RESTORED = 1  # counters were restored from flash since the last fram
 F_OVERCURRENT_TRIP = 2  # a relay was tripped by the over-current guard
 F_NO_VOLTAGE = 4  # no voltage channel: voltage is the configured nominal value
 F_ADC_CLIPPED = 8  # a CT window since the last frame ran past the ADC's usable range: reads low
+F_SAMPLING_BEHIND = 16  # a CT window since the last frame fell behind its sample period
+F_SIGN_UNKNOWN = 32  # the meter cannot tell import from export (PZEM-004T): all counted as import
 
 # COMMAND: relay index, action, reserved (0)
 COMMAND_FMT = ">BBH"

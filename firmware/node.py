@@ -16,8 +16,8 @@ def make_meter(hal, m, board, mains_hz):
 
         adc_v = hal.Adc(m["v_pin"]) if "v_pin" in m else None
         return ct.Clamp(hal, hal.Adc(m["adc_pin"]), adc_v, m["ical"], m.get("vcal", 0),
-                        m.get("phasecal", 1.0), board["sample_rate_hz"], mains_hz,
-                        board["cycles"])
+                        m.get("phase_deg", 0.0), board["sample_rate_hz"], mains_hz,
+                        board["cycles"], m["start_a"])
     if t == "hlw8012":
         import hlw8012
 
@@ -44,6 +44,11 @@ class Channel:
         self.acc_imp = 0  # mJ not yet a whole mWh
         self.acc_exp = 0
         self.clipped = False  # a window since the last frame was clipped at the ADC
+        self.behind = False  # a window since the last frame fell behind its sample period
+        # sums over the CT windows since the last frame: the frame carries their means (a window
+        # at 1 % of range has 0.8 % of random noise error; five of them, 0.36 %)
+        self.nw = 0
+        self.si2 = self.sv2 = self.sp = 0.0
 
 
 class Node:
@@ -123,6 +128,8 @@ class Node:
                 ch.i = r.irms
                 if r.clipped:
                     ch.clipped = True
+                if r.behind:
+                    ch.behind = True
                 if ch.has_voltage:
                     ch.v, ch.p, ch.s, ch.pf = r.vrms, r.power, r.apparent, r.pf
                 else:
@@ -130,6 +137,10 @@ class Node:
                     ch.v = self.cfg["nominal_v"]
                     ch.p = ch.s = ch.v * ch.i
                     ch.pf = 1.0
+                ch.nw += 1
+                ch.si2 += ch.i * ch.i
+                ch.sv2 += ch.v * ch.v
+                ch.sp += ch.p
             else:
                 ch.v, ch.i, ch.p, ch.s, ch.pf = r
             self._account(ch, now)
@@ -170,6 +181,18 @@ class Node:
 
     # ---- frames --------------------------------------------------------------------------------
 
+    def _means(self, ch):
+        """(V, I, P, S, PF) for the frame: CT channels the means over the windows since the last
+        frame (rms of V and I, mean P), other meters their last reading."""
+        if not ch.nw:
+            return ch.v, ch.i, ch.p, ch.s, ch.pf
+        v = (ch.sv2 / ch.nw) ** 0.5
+        i = (ch.si2 / ch.nw) ** 0.5
+        p = ch.sp / ch.nw
+        s = v * i
+        pf = p / s if s > 0 else 0.0
+        return v, i, p, s, (1.0 if pf > 1 else (-1.0 if pf < -1 else pf))
+
     def reading(self, ch, now):
         flags = 0
         if self.restored_flag:
@@ -178,6 +201,9 @@ class Node:
             flags |= frame.F_NO_VOLTAGE
         if ch.clipped:
             flags |= frame.F_ADC_CLIPPED
+        if ch.behind:
+            flags |= frame.F_SAMPLING_BEHIND
+        v, i, pw, s, pf = self._means(ch)
         bits = 0
         for k in range(len(self.relays)):
             rl = self.relays[k]
@@ -188,11 +214,11 @@ class Node:
         p = {
             "channel": ch.number,
             "uptime_s": self.up_s & 0xFFFFFFFF,
-            "voltage_dv": _clamp(int(ch.v * 10 + 0.5), 0, 0xFFFF),
-            "current_ma": _clamp(int(ch.i * 1000 + 0.5), 0, 0xFFFFFFFF),
-            "power_dw": _clamp(_round(ch.p * 10), -0x80000000, 0x7FFFFFFF),
-            "apparent_dva": _clamp(int(ch.s * 10 + 0.5), 0, 0xFFFFFFFF),
-            "pf_milli": _clamp(_round(ch.pf * 1000), -1000, 1000),
+            "voltage_dv": _clamp(int(v * 10 + 0.5), 0, 0xFFFF),
+            "current_ma": _clamp(int(i * 1000 + 0.5), 0, 0xFFFFFFFF),
+            "power_dw": _clamp(_round(pw * 10), -0x80000000, 0x7FFFFFFF),
+            "apparent_dva": _clamp(int(s * 10 + 0.5), 0, 0xFFFFFFFF),
+            "pf_milli": _clamp(_round(pf * 1000), -1000, 1000),
             "relays": bits & 0xFF,
             "flags": flags,
             "import_mwh": self.state.imp[ch.index],
@@ -205,7 +231,9 @@ class Node:
         out = [self.reading(ch, now) for ch in self.channels]
         self.restored_flag = False
         for ch in self.channels:
-            ch.clipped = False
+            ch.clipped = ch.behind = False
+            ch.nw = 0
+            ch.si2 = ch.sv2 = ch.sp = 0.0
         for rl in self.relays:
             rl.trip_seen = False
         return out
