@@ -34,11 +34,12 @@ def make_meter(hal, m, board, mains_hz):
 
 
 class Channel:
-    def __init__(self, index, number, meter, has_voltage):
+    def __init__(self, index, number, meter, has_voltage, sign_unknown=False):
         self.index = index  # position in the counters
         self.number = number  # channel number on the wire
         self.meter = meter
         self.has_voltage = has_voltage
+        self.sign_unknown = sign_unknown  # unsigned power (PZEM-004T): export counts as import
         self.v = self.i = self.p = self.s = self.pf = 0.0
         self.last_ms = None
         self.acc_imp = 0  # mJ not yet a whole mWh
@@ -72,7 +73,7 @@ class Node:
         for i, m in enumerate(board["meters"]):
             meter = make_meter(hal, m, board, cfg["mains_hz"])
             has_v = m["type"] != "ct" or "v_pin" in m
-            self.channels.append(Channel(i, m["channel"], meter, has_v))
+            self.channels.append(Channel(i, m["channel"], meter, has_v, m["type"] == "pzem"))
         self.state = store.State(hal, root, len(self.channels), cfg["seq_block"])
         self.state.load()
         self.relays = []
@@ -203,6 +204,8 @@ class Node:
             flags |= frame.F_ADC_CLIPPED
         if ch.behind:
             flags |= frame.F_SAMPLING_BEHIND
+        if ch.sign_unknown:
+            flags |= frame.F_SIGN_UNKNOWN
         v, i, pw, s, pf = self._means(ch)
         bits = 0
         for k in range(len(self.relays)):

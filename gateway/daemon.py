@@ -308,6 +308,8 @@ class Gateway:
                 transport,
                 restored=bool(r[_FLAGS] & frame.F_COUNTERS_RESTORED),
                 clipped=bool(r[_FLAGS] & frame.F_ADC_CLIPPED),
+                behind=bool(r[_FLAGS] & frame.F_SAMPLING_BEHIND),
+                sign_unknown=bool(r[_FLAGS] & frame.F_SIGN_UNKNOWN),
             )
         elif v.ftype == frame.T_ACK:
             cmd_seq, _relay, status, _state = frame.unpack_ack(v.payload)
@@ -318,7 +320,8 @@ class Gateway:
             self.ignored_frames += 1  # a COMMAND from a node is nonsense: authentic, ignored
 
     def _on_meter_reading(self, r: MeterReading) -> None:
-        self._ingest(r.meter_id, r.t_ms, r.power_dw, r.import_mwh, r.export_mwh, "modbus")
+        self._ingest(r.meter_id, r.t_ms, r.power_dw, r.import_mwh, r.export_mwh, "modbus",
+                     sign_unknown=r.sign_unknown)
 
     def _ingest(
         self,
@@ -331,9 +334,12 @@ class Gateway:
         *,
         restored: bool = False,
         clipped: bool = False,
+        behind: bool = False,
+        sign_unknown: bool = False,
     ) -> None:
         if not self.aggregator.sample(
-            meter_id, t_ms, import_mwh, export_mwh, restored=restored, clipped=clipped
+            meter_id, t_ms, import_mwh, export_mwh, restored=restored, clipped=clipped,
+            behind=behind, sign_unknown=sign_unknown,
         ):
             return
         reading = Reading(meter_id, t_ms, power_dw, import_mwh, export_mwh, source)
