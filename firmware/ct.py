@@ -27,9 +27,10 @@
 # * Timing is measured, not assumed: the HAL returns the lag between the voltage and the current
 #   read of a pair and the period the loop achieved (ticks_us), and a window whose loop fell behind
 #   its period is flagged. The voltage is aligned with the current by the exact correction for the
-#   fundamental: with theta the angle per sample and delta the current's lag (measured read lag plus
-#   the sensors' calibrated phase error), vs[k] = a v[k] + b v[k-1], a = sin(delta + theta) / sin
-#   theta, b = -sin(delta) / sin(theta); emonLib's PHASECAL = 1 + lag / period is its first order.
+#   fundamental: with theta the angle per sample and delta the angle the current is read after the
+#   voltage (the measured read lag, less the delay of the current's signal in the sensors that
+#   calibration finds: phase_deg), vs[k] = a v[k] + b v[k-1], a = sin(delta + theta) / sin theta,
+#   b = -sin(delta) / sin(theta); emonLib's PHASECAL = 1 + lag / period is its first order.
 # * A window with any sample at or beyond the ADC's usable limits (hal.ADC_MIN_MV/ADC_MAX_MV) is
 #   flagged clipped: its peaks were cut, so its readings are low, and the node says so in the frame.
 import math
@@ -253,7 +254,7 @@ class Clamp:
         self.off_v += OFFSET_ALPHA * (ov + mv - self.off_v)
         if r.idle:
             return r
-        delta = theta * self.lag_us / period + self.phase
+        delta = theta * self.lag_us / period - self.phase
         st = math.sin(theta)
         ca = math.sin(delta + theta) / st
         cb = -math.sin(delta) / st

@@ -37,6 +37,7 @@ from ledger.keys import load_key, new_key, write_key
 from ledger.tx import MAX_NONCE, SignedTx
 
 if TYPE_CHECKING:
+    from gateway.calibration import Session
     from gateway.dr_inbox import DrInbox
     from gateway.ems.plan import DrRequest
     from gateway.ems.runner import EmsRunner
@@ -184,6 +185,7 @@ class Gateway:
         self._commands: dict[tuple[int, int], _PendingCommand] = {}
         self._cmd_seq: dict[int, int] = {}
         self._node_source: dict[int, NodeSource] = {}
+        self.calibrations: list[Session] = []  # gateway/calibration.py: sessions being fed
         self._nonce = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
@@ -298,6 +300,11 @@ class Gateway:
             if node is None:  # keyed but not configured: verified, counted, not metered
                 self.ignored_frames += 1
                 return
+            if self.calibrations:
+                fields = dict(zip(frame.READING_FIELDS, r, strict=True))
+                for c in self.calibrations:
+                    if c.node_id == v.node_id:
+                        c.node_frame(received_ms, fields)
             meter_id = self._add_node_meter(node, r[_CHANNEL])
             self._ingest(
                 meter_id,
@@ -320,6 +327,8 @@ class Gateway:
             self.ignored_frames += 1  # a COMMAND from a node is nonsense: authentic, ignored
 
     def _on_meter_reading(self, r: MeterReading) -> None:
+        for c in self.calibrations:
+            c.meter_reading(r.meter_id, r.t_ms, r.values, r.power_dw / 10)
         self._ingest(r.meter_id, r.t_ms, r.power_dw, r.import_mwh, r.export_mwh, "modbus",
                      sign_unknown=r.sign_unknown)
 
@@ -371,18 +380,19 @@ class Gateway:
     async def send_relay(self, node_id: int, relay: int, on: bool) -> int:
         """Switch a node's relay; returns the node's ack status (``firmware.frame.S_*``).
         Raises ``SourceError`` if no source can reach the node, ``TimeoutError`` without ack."""
+        payload = frame.pack_command(relay, frame.A_ON if on else frame.A_OFF)
+        return await self.send_node_command(node_id, frame.T_COMMAND, payload, relay)
+
+    async def send_node_command(self, node_id: int, ftype: int, payload: bytes, index: int) -> int:
+        """Send an authenticated command frame (``T_COMMAND``, ``T_CALIBRATE``: see
+        ``gateway.calibration``) to a node and wait for its ack status; ``index`` is the relay or
+        channel it names. Raises as ``send_relay``."""
         key = self.node_keys.get(node_id)
         if key is None:
             raise SourceError(f"node {node_id}: no key")
         seq = max(self._cmd_seq.get(node_id, 0) + 1, self.clock.now_ms() // 1000) & 0xFFFFFFFF
         self._cmd_seq[node_id] = seq
-        raw = frame.encode(
-            key,
-            frame.T_COMMAND,
-            node_id,
-            seq,
-            frame.pack_command(relay, frame.A_ON if on else frame.A_OFF),
-        )
+        raw = frame.encode(key, ftype, node_id, seq, payload)
         candidates = [self._node_source[node_id]] if node_id in self._node_source else []
         node = self.nodes.get(node_id)
         candidates += [
@@ -393,7 +403,7 @@ class Gateway:
         if not candidates:
             raise SourceError(f"node {node_id}: no source reaches it")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._commands[(node_id, seq)] = _PendingCommand(fut, relay)
+        self._commands[(node_id, seq)] = _PendingCommand(fut, index)
         try:
             last: Exception | None = None
             for source in candidates:
