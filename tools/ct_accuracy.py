@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from firmware import hal_host
 from tools import mpvm
 
 BOARD = json.loads(
@@ -166,7 +167,13 @@ def error_table(quick: bool = False) -> dict[str, Any]:
         for e in errors(case, windows):
             for k, v in e.items():
                 band[k] = max(band[k], round(v, 5))
-    return {"bands": table, "sample_rate_hz": {"asked": RATE, "achieved_min": round(min(rates), 1)}}
+    # the emulated loop's own limit (two reads and the loop's bytecode per sample) beside the
+    # board's declared max_sample_rate_hz, which config refuses to exceed
+    loop_us = 2 * hal_host.adc_read_us[0] + hal_host.loop_us[0]
+    return {"bands": table, "sample_rate_hz": {
+        "asked": RATE, "achieved_min": round(min(rates), 1),
+        "board_max": BOARD.get("max_sample_rate_hz"), "emulated_loop_max": round(1e6 / loop_us),
+    }}
 
 
 if __name__ == "__main__":
