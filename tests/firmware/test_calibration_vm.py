@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,51 @@ def test_known_load_calibration_as_tasmota_does() -> None:
     assert abs(out[3]["i1"] - 10.0) <= 0.05 and abs(out[3]["v1"] - 230.0) <= 1.0
     assert abs(out[3]["p1"] - 2300) <= 0.01 * 2300
     assert out[4]["bad"] == frame.S_BAD_CALIBRATION
+
+
+HOSTILE = """
+import hal_host as hal, host_node, json, frame
+h = host_node.Host('/flash', json.loads(PROFILE_JSON))
+h.tick(6000)
+out = []
+for c in CMDS:
+    ack = h.node.command(bytes.fromhex(c))
+    m = h.node.channels[0].meter
+    out.append([None if ack is None else frame.unpack_ack(frame.decode(KEY, ack)[3])[2],
+                m.ical, m.vcal, m.phase * 57.29577951308232])
+h.tick(6000)
+emit({'out': out, 'i': h.node.channels[0].i})
+"""
+
+
+def test_authentic_but_hostile_calibrations_never_leave_the_bounds() -> None:
+    """Every mode, channel and value a key holder could send (the gateway's key may leak; a bug
+    may send garbage): answered, and the constants stay within x0.5..x2 and +-20 deg."""
+    rnd = random.Random(20)
+    edges = [0, 1, 2**31 - 1, 2**32 - 1]
+    cmds = []
+    for seq in range(1, 121):
+        mode = rnd.choice([frame.M_REFERENCE, frame.M_CONSTANTS])
+        channel = rnd.choice([0, 1, 2, 255])
+        a, b = (rnd.choice([*edges, rnd.getrandbits(32)]) for _ in range(2))
+        c = rnd.choice([0, -(2**31), 2**31 - 1, rnd.getrandbits(32) - 2**31])
+        if seq % 4 == 0:  # near the bounds, either side
+            mode, channel = frame.M_CONSTANTS, 0
+            a = round(BOARD["ical"] * rnd.uniform(0.4, 2.2) * 1e6)
+            b = round(BOARD["vcal"] * rnd.uniform(0.4, 2.2) * 1e6)
+            c = round(rnd.uniform(-25, 25) * 1e6)
+        payload = frame.pack_calibrate(channel, mode, a, b, c)
+        cmds.append(frame.encode(nodeutil.KEY, frame.T_CALIBRATE, 7, seq, payload).hex())
+    profile = {"vrms": 230, "load": [[0, 10.0, 1.0]]}
+    head = (f"KEY = {nodeutil.KEY!r}\nCMDS = {cmds!r}\n"
+            f"PROFILE_JSON = {json.dumps(json.dumps(profile))}\n")
+    res = mpvm.run_job(head + HOSTILE, files=nodeutil.node_files("esp32_devkitc_ct")).results[0]
+    statuses = set()
+    for status, ical, vcal, phase in res["out"]:
+        statuses.add(status)
+        assert status in (frame.S_OK, frame.S_BAD_CALIBRATION), status
+        assert 0.5 * BOARD["ical"] <= ical <= 2 * BOARD["ical"]
+        assert 0.5 * BOARD["vcal"] <= vcal <= 2 * BOARD["vcal"]
+        assert -20 <= phase <= 20
+    assert statuses == {frame.S_OK, frame.S_BAD_CALIBRATION}
+    assert res["i"] > 0  # and it still meters
