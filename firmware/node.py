@@ -4,6 +4,7 @@
 # to a link; tests and the host runner do the same with the emulated HAL and a driven clock.
 import math
 
+import config
 import frame
 import relay
 import store
@@ -13,7 +14,6 @@ MJ_PER_MWH = 3600  # W x ms = mJ; 1 mWh = 3600 mJ
 # wrong clamp, burden or wiring, not calibration (and a bad command cannot zero a meter).
 CAL_MIN = 0.5
 CAL_MAX = 2.0
-CAL_MAX_PHASE = 20.0  # degrees, as config.MAX_PHASE_DEG
 
 
 def make_meter(hal, m, board, mains_hz):
@@ -404,7 +404,7 @@ class Node:
             return False
         if ch.has_voltage and not CAL_MIN * vcal <= new[1] <= CAL_MAX * vcal:
             return False
-        return -CAL_MAX_PHASE <= new[2] <= CAL_MAX_PHASE
+        return -config.MAX_PHASE_DEG <= new[2] <= config.MAX_PHASE_DEG
 
     def sensor(self):
         """Tasmota-style SENSOR payload of the first channel (unauthenticated, for people)."""
