@@ -21,7 +21,9 @@ PACKAGES = ("firmware", "gateway", "hardware", "ledger", "ledger_client", "tools
 
 # What the firmware offers to CPython (firmware/README.md): the frame, and the modules that are
 # CPython-clean for the tools; the package itself for its data files.
-FIRMWARE_FOR_HOST = ("firmware.frame", "firmware.config", "firmware.cse7766", "firmware.pzem")
+FIRMWARE_FOR_HOST = (
+    "firmware.frame", "firmware.config", "firmware.cse7766", "firmware.pzem", "firmware.hal_host",
+)
 
 GATEWAY = (  # gateway/README.md
     "firmware.frame",

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.ems.ems_cli",  # wattmesh ems plan
     "hardware.emulate_cli",  # wattmesh emulate meter|plug|node
     "tools.firmware_cli",  # wattmesh firmware build|flash, wattmesh provision node
+    "tools.node_cli",  # wattmesh node calibrate
     "tools.demo",  # wattmesh demo
 )
 

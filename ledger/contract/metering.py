@@ -9,7 +9,8 @@ energy tokens for that hour (see settlement.py).
 ``flags`` says how the interval's energy was measured, in the gateway's words (``REPORT_FLAGS``:
 a counter reset or rollover, a gap in the samples, no data, an implausible counter set aside, a
 rebased counter, a counter restored after a restart, a late close, a clipped current clamp that
-reads low). It is signed with the figures, stored with them and answered by the ``reports``
+reads low, a node whose sampling fell behind its period, a meter that cannot tell export from
+import). It is signed with the figures, stored with them and answered by the ``reports``
 query, so that whoever settles or disputes an hour sees which figures were measured cleanly; it
 does not change settlement. A report without flags omits the field, and signs exactly the bytes
 it signed before flags existed.
@@ -70,6 +71,8 @@ REPORT_FLAGS = (
     "restored",
     "late",
     "clipped",
+    "behind",  # a node's CT sampling fell behind its period in a window of this interval
+    "sign_unknown",  # the meter cannot tell import from export (PZEM-004T): all read as import
 )
 FIELDS = ("meter_id", "interval", "import_wh", "export_wh", "signature")
 
