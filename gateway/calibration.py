@@ -199,6 +199,12 @@ class PairCollector:
     def ref(self, t_ms: int, v: float, p: float) -> None:
         self._bin(t_ms).ref.append((v, p))
 
+    def prune(self, before_ms: int) -> None:
+        """Drop the intervals that started before ``before_ms`` (bounds the memory a session
+        holds while the loads do not vary enough)."""
+        for start in [s for s in self._bins if s < before_ms]:
+            del self._bins[start]
+
     def _steady(self, rows: list[_Row]) -> list[_Row]:
         ps = sorted(r[1] for r in rows)
         med = ps[len(ps) // 2]

@@ -76,6 +76,18 @@ class Store:
             (key, json.dumps(value, separators=(",", ":"))),
         )
 
+    def put_state(self, key: str, value: Any) -> None:
+        """Keep one small value (its own transaction)."""
+        with self._transaction({key: value}):
+            pass
+
+    def states(self, prefix: str) -> dict[str, Any]:
+        """Every small value whose key starts with ``prefix``, by key."""
+        rows = self.db.execute(
+            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
     # -- readings and state, one transaction per flush ---------------------------------------
     @contextlib.contextmanager
     def _transaction(self, state: Mapping[str, Any] | None = None) -> Iterator[None]:

@@ -1,0 +1,126 @@
+"""The configured calibrations' state machine (``gateway/calibrator.py``), sans-IO: when a fit is
+sent, what is kept, what a restart skips, the bounds, retries, and the memory a session holds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from firmware import frame
+from gateway.calibration import Session
+from gateway.calibrator import (
+    APPLIED,
+    COLLECTING,
+    FITTED,
+    REFUSED,
+    SENDING,
+    Calibrator,
+    Save,
+    Send,
+    store_key,
+)
+from gateway.config import CalibrationConfig
+
+T0 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000
+CFG = CalibrationConfig(node_id=7, channel=0, reference="home", voltage="voltage", ical=50.0,
+                        vcal=500.0, phase_deg=0.0, points=4, interval_s=60, apply=True)
+LOADS = [1000.0, 2500.0, 4000.0, 1800.0, 3200.0]
+
+
+def feed(session: Session, minute: int, ref_w: float, gain: float = 0.95) -> None:
+    """One minute of a resistive load: the node reads ``gain`` of the reference's voltage and of
+    its current (twelve readings of each side)."""
+    for k in range(12):
+        t = T0 + minute * 60_000 + k * 5_000
+        session.meter_reading("home", t, {"voltage": 230.0}, ref_w)
+        session.node_frame(t, {"channel": 0, "flags": 0, "voltage_dv": round(2300 * gain),
+                               "power_dw": round(ref_w * 10 * gain * gain),
+                               "apparent_dva": round(ref_w * 10 * gain * gain)})
+
+
+def collect(cal: Calibrator, minutes: int, gain: float = 0.95) -> int:
+    (session,) = cal.feed
+    for m in range(minutes):
+        feed(session, m, LOADS[m % len(LOADS)], gain)
+    return T0 + minutes * 60_000
+
+
+def test_a_fit_within_bounds_is_sent_and_the_ack_kept() -> None:
+    feed_list: list[Session] = []
+    cal = Calibrator((CFG,), {}, feed_list)
+    assert len(feed_list) == 1 and cal.status()["7.0"]["state"] == COLLECTING
+    now = collect(cal, 3)
+    assert cal.due(now) == []  # 3 intervals of 4
+    now = collect(cal, 4)
+    (send,) = cal.due(now)
+    assert isinstance(send, Send) and send.node_id == 7 and send.key == store_key(7, 0)
+    assert frame.unpack_calibrate(send.payload)[:2] == (0, frame.M_CONSTANTS)
+    assert cal.status()["7.0"]["state"] == SENDING and cal.due(now + 1) == []
+    save = cal.sent(send.key, frame.S_OK, now + 2)
+    assert save.record["state"] == APPLIED and save.record["round"] == 1
+    assert save.record["ical"] == pytest.approx(50.0 / 0.95, rel=1e-3)
+    assert save.record["vcal"] == pytest.approx(500.0 / 0.95, rel=1e-3)
+    assert feed_list == []  # no longer fed
+    assert cal.status()["7.0"]["record"]["status"] == frame.S_OK
+
+
+def test_a_kept_record_is_not_calibrated_again_unless_the_round_is_raised() -> None:
+    record: dict[str, Any] = {"round": 1, "state": APPLIED, "ical": 52.0, "vcal": 520.0,
+                              "phase_deg": 1.0}
+    feed_list: list[Session] = []
+    cal = Calibrator((CFG,), {store_key(7, 0): record}, feed_list)
+    assert feed_list == [] and cal.status()["7.0"]["state"] == APPLIED
+    assert cal.due(T0 + 10**9) == []
+    cal = Calibrator((replace(CFG, round=2),), {store_key(7, 0): record}, feed_list)
+    (session,) = feed_list
+    assert (session.constants.ical, session.constants.vcal) == (52.0, 520.0)  # what it reads with
+    # a refusal is kept as well; a fit only shown (apply = false) is redone once apply is set
+    refused = {**record, "state": REFUSED}
+    assert Calibrator((CFG,), {store_key(7, 0): refused}, []).status()["7.0"]["state"] == REFUSED
+    fitted = {**record, "state": FITTED}
+    shown: list[Session] = []
+    Calibrator((replace(CFG, apply=False),), {store_key(7, 0): fitted}, shown)
+    assert shown == []
+    Calibrator((CFG,), {store_key(7, 0): fitted}, shown)
+    assert len(shown) == 1
+
+
+def test_without_apply_the_fit_is_kept_not_sent() -> None:
+    feed_list: list[Session] = []
+    cal = Calibrator((replace(CFG, apply=False),), {}, feed_list)
+    now = collect(cal, 5)
+    (save,) = cal.due(now)
+    assert isinstance(save, Save) and save.record["state"] == FITTED and feed_list == []
+
+
+def test_a_fit_out_of_bounds_is_not_sent() -> None:
+    cal = Calibrator((replace(CFG, max_gain_change=0.02),), {}, [])
+    now = collect(cal, 5, gain=0.9)
+    assert cal.due(now) == []
+    assert "max_gain_change" in cal.status()["7.0"]["error"]
+    assert cal.status()["7.0"]["state"] == COLLECTING
+
+
+def test_a_refusal_is_kept_and_a_lost_command_sent_again() -> None:
+    cal = Calibrator((CFG,), {}, [])
+    now = collect(cal, 5)
+    (send,) = cal.due(now)
+    assert isinstance(send, Send)
+    cal.send_failed(send.key, "no ack")
+    assert cal.due(now + 59_000) == []
+    (again,) = cal.due(now + 60_000)
+    assert isinstance(again, Send) and again.payload == send.payload  # absolute: harmless twice
+    assert cal.sent(send.key, frame.S_BAD_CALIBRATION, now + 61_000).record["state"] == REFUSED
+    assert cal.due(now + 10**8) == []
+
+
+def test_a_session_whose_loads_never_vary_holds_bounded_memory() -> None:
+    cal = Calibrator((CFG,), {}, [])
+    (session,) = cal.feed
+    for m in range(500):
+        feed(session, m, 2000.0)
+        cal.due(T0 + (m + 1) * 60_000)
+    assert len(session.collector.pairs()) <= 8 * CFG.points
+    assert "do not differ" in cal.status()["7.0"]["error"]
