@@ -12,6 +12,7 @@ commander and writes the records through a callable.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,10 +52,22 @@ class Save:
     record: dict[str, Any]
 
 
+def _valid(record: Any) -> bool:
+    """A record as ``Calibrator`` writes it (one the store mangled is left aside, logged)."""
+    return (isinstance(record, Mapping) and record.get("state") in (APPLIED, REFUSED, FITTED)
+            and type(record.get("round")) is int
+            and all(type(record.get(k)) in (int, float) and math.isfinite(record[k])
+                    for k in ("ical", "vcal", "phase_deg")))  # fmt: skip
+
+
 class _Run:
     """One configured channel: its session while under way, its record once done."""
 
     def __init__(self, cfg: CalibrationConfig, record: Mapping[str, Any] | None) -> None:
+        if record is not None and not _valid(record):
+            log.warning("calibration record of node %d channel %d is not readable: ignored",
+                        cfg.node_id, cfg.channel)
+            record = None
         self.cfg = cfg
         self.key = store_key(cfg.node_id, cfg.channel)
         self.record = dict(record) if record else None
@@ -63,7 +76,7 @@ class _Run:
         self.error = ""
         self.pending: tuple[Fit, Constants, bytes] | None = None
         self.retry_ms = 0
-        done = record is not None and int(record.get("round", 0)) >= cfg.round and (
+        done = record is not None and record["round"] >= cfg.round and (
             record["state"] in (APPLIED, REFUSED) or not cfg.apply
         )
         if done:

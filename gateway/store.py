@@ -42,6 +42,25 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def read_states(path: str | Path, prefix: str) -> dict[str, Any]:
+    """``Store.states`` of a store file, opened read-only (a running daemon may hold it); empty
+    if there is no store yet."""
+    if not Path(path).exists():
+        return {}
+    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    finally:
+        db.close()
+    return {k: json.loads(v) for k, v in rows}
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     meter_id: str

@@ -3,7 +3,9 @@ sent, what is kept, what a restart skips, the bounds, retries, and the memory a 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,9 @@ from gateway.calibrator import (
     store_key,
 )
 from gateway.config import CalibrationConfig
+from gateway.store import Store
+from tests.gateway.conftest import free_port
+from tools.cli import main
 
 T0 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000
 CFG = CalibrationConfig(node_id=7, channel=0, reference="home", voltage="voltage", ical=50.0,
@@ -124,3 +129,61 @@ def test_a_session_whose_loads_never_vary_holds_bounded_memory() -> None:
         cal.due(T0 + (m + 1) * 60_000)
     assert len(session.collector.pairs()) <= 8 * CFG.points
     assert "do not differ" in cal.status()["7.0"]["error"]
+
+
+@pytest.mark.parametrize("record", [
+    None, 3, [], {}, {"state": "applied"}, {"round": 1, "state": "done", "ical": 1.0,
+                                            "vcal": 1.0, "phase_deg": 0.0},
+    {"round": "1", "state": APPLIED, "ical": 1.0, "vcal": 1.0, "phase_deg": 0.0},
+    {"round": 1, "state": APPLIED, "ical": "x", "vcal": 1.0, "phase_deg": 0.0},
+    {"round": 1, "state": APPLIED, "ical": float("nan"), "vcal": 1.0, "phase_deg": 0.0},
+])  # fmt: skip
+def test_a_mangled_record_is_left_aside(record: Any) -> None:
+    feed_list: list[Session] = []
+    cal = Calibrator((CFG,), {store_key(7, 0): record} if record is not None else {}, feed_list)
+    assert len(feed_list) == 1 and cal.status()["7.0"]["state"] == COLLECTING
+    assert feed_list[0].constants.ical == CFG.ical
+
+
+def test_check_shows_what_the_store_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "nodes.json").write_text(
+        json.dumps({"nodes": {"7": {"key": "ab" * 32, "transport": "mqtt"}}}))
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f"""
+[gateway]
+id = "home-1"
+data_dir = "data"
+keystore = "nodes.json"
+[mqtt]
+port = {free_port()}
+[[mqtt.nodes]]
+node_id = 7
+[[modbus.buses]]
+name = "b"
+tcp = "127.0.0.1:{free_port()}"
+meters = [{{meter_id = "home", model = "sdm120", unit = 1}}]
+[[calibration]]
+node_id = 7
+reference = "home"
+ical = 50.0
+vcal = 500.0
+apply = true
+""")  # fmt: skip
+    check = ["gateway", "check", "--config", str(cfg), "--timeout", "0.3"]
+    assert main(check) == 1  # nothing answers: only what it says of the calibration matters
+    assert ("calibration: node 7 channel 0 against home: will calibrate and apply, round 1"
+            in capsys.readouterr().out)
+    (tmp_path / "data").mkdir()
+    store = Store(tmp_path / "data" / "gateway.db")
+    store.put_state(store_key(7, 0), {"round": 1, "state": APPLIED, "ical": 48.5, "vcal": 510.0,
+                                      "phase_deg": -1.5, "status": 0})
+    store.close()
+    main(check)
+    out = capsys.readouterr().out
+    assert "against home: applied in round 1: ical 48.5000, vcal 510.000, phase -1.50" in out
+    main([*check, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["calibration"]["7.0"]["state"] == APPLIED
+    assert doc["calibration"]["7.0"]["record"]["ical"] == 48.5
