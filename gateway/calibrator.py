@@ -93,8 +93,6 @@ class _Run:
     def out_of_bounds(self, f: Fit) -> str:
         c = self.cfg
         for name, gain in (("current", f.gain_i), ("voltage", f.gain_v)):
-            if name == "voltage" and c.vcal == 0:
-                continue  # a channel without a voltage sensor: its vcal stays 0
             if abs(gain - 1) > c.max_gain_change:
                 return f"{name} gain {gain:.4f} is beyond max_gain_change {c.max_gain_change}"
         if abs(f.phase_deg) > c.max_phase_deg:
@@ -144,6 +142,8 @@ class Calibrator:
             collector = run.session.collector
             collector.prune(now_ms - KEEP_INTERVALS * run.cfg.points * collector.interval_ms)
             if len(collector.pairs()) < run.cfg.points:
+                if run.session.no_voltage:
+                    run.error = "the node's channel sends no voltage (no voltage sensor)"
                 continue
             try:
                 f, new, payload = run.session.command()

@@ -586,7 +586,9 @@ def _calibrations(tables: list[_Table], found: _Meters) -> tuple[CalibrationConf
             reference=reference,
             voltage=volts.name,
             ical=float(t.get("ical", (int, float), min=0.001, max=3999)),
-            vcal=float(t.get("vcal", (int, float), 0.0, min=0, max=3999)),
+            # a channel without its own voltage sensor reads nominal volts and sends no
+            # voltage: its frames cannot be paired, so it cannot be calibrated this way
+            vcal=float(t.get("vcal", (int, float), min=0.001, max=3999)),
             phase_deg=float(t.get("phase_deg", (int, float), 0.0, min=-20, max=20)),
             points=t.get("points", int, 4, min=MIN_PAIRS, max=96),
             interval_s=t.get("interval_s", int, 60, min=10, max=3600),

@@ -187,3 +187,14 @@ apply = true
     doc = json.loads(capsys.readouterr().out)
     assert doc["calibration"]["7.0"]["state"] == APPLIED
     assert doc["calibration"]["7.0"]["record"]["ical"] == 48.5
+
+
+def test_a_channel_without_voltage_says_why_it_never_fits() -> None:
+    cal = Calibrator((CFG,), {}, [])
+    (session,) = cal.feed
+    for k in range(60):
+        session.node_frame(T0 + k * 5_000, {"channel": 0, "flags": frame.F_NO_VOLTAGE,
+                                            "voltage_dv": 2300, "power_dw": 1000,
+                                            "apparent_dva": 1000})
+    assert cal.due(T0 + 300_000) == []
+    assert "no voltage" in cal.status()["7.0"]["error"]

@@ -36,6 +36,9 @@ def test_the_shipped_example_is_valid() -> None:
     assert cfg.gateway_id == "home-1" and cfg.interval_ms == 15 * 60_000
     assert {n.transport for n in cfg.nodes} == {"ble", "mqtt"}
     assert [m.model for b in cfg.buses for m in b.meters] == ["sdm630", "sdm120", "pzem004t"]
+    (cal,) = cfg.calibrations
+    assert (cal.node_id, cal.channel, cal.reference, cal.voltage, cal.apply) == (
+        12, 0, "pv", "voltage", True)
 
 
 def with_ble(line: str) -> str:
@@ -263,6 +266,7 @@ node_id = 7
 reference = "main"
 ical = 51.282
 vcal = 575.0
+phase_deg = 0.0
 """
 CAL_KEYS = ("node_id", "channel", "reference", "ical", "vcal", "phase_deg", "points",
             "interval_s", "apply", "round", "max_gain_change", "max_phase_deg")
@@ -306,17 +310,19 @@ def test_a_channel_is_calibrated_once(tmp_path: Path) -> None:
         ("ical = 51.282", "ical = '51'", r"^calibration\[0\]\.ical: expected int/float, got str"),
         ("vcal = 575.0", "vcal = -inf", r"^calibration\[0\]\.vcal: -inf is not a finite"),
         ("vcal = 575.0", "vcal = 1e9", r"^calibration\[0\]\.vcal: 1000000000.0 is outside"),
-        ("vcal = 575.0", "phase_deg = 45", r"^calibration\[0\]\.phase_deg: 45 is outside"),
-        ("vcal = 575.0", "channel = 256", r"^calibration\[0\]\.channel: 256 is outside"),
-        ("vcal = 575.0", "points = 2", r"^calibration\[0\]\.points: 2 is outside"),
-        ("vcal = 575.0", "interval_s = 1", r"^calibration\[0\]\.interval_s: 1 is outside"),
-        ("vcal = 575.0", "interval_s = 60.5", r"^calibration\[0\]\.interval_s: expected int"),
-        ("vcal = 575.0", "apply = 'yes'", r"^calibration\[0\]\.apply: expected bool, got str"),
-        ("vcal = 575.0", "apply = 1", r"^calibration\[0\]\.apply: expected bool, got int"),
-        ("vcal = 575.0", "round = 0", r"^calibration\[0\]\.round: 0 is outside"),
-        ("vcal = 575.0", "max_gain_change = 0.9", r"^calibration\[0\]\.max_gain_change: 0.9"),
-        ("vcal = 575.0", "max_phase_deg = 0", r"^calibration\[0\]\.max_phase_deg: 0 is outside"),
-        ("vcal = 575.0", "boards = 'x'", r"^calibration\[0\]\.boards: unknown key"),
+        ("vcal = 575.0", "vcal = 0", r"^calibration\[0\]\.vcal: 0 is outside"),
+        ("vcal = 575.0", "", r"^calibration\[0\]\.vcal: missing"),
+        ("phase_deg = 0.0", "phase_deg = 45", r"^calibration\[0\]\.phase_deg: 45 is outside"),
+        ("phase_deg = 0.0", "channel = 256", r"^calibration\[0\]\.channel: 256 is outside"),
+        ("phase_deg = 0.0", "points = 2", r"^calibration\[0\]\.points: 2 is outside"),
+        ("phase_deg = 0.0", "interval_s = 1", r"^calibration\[0\]\.interval_s: 1 is outside"),
+        ("phase_deg = 0.0", "interval_s = 60.5", r"^calibration\[0\]\.interval_s: expected int"),
+        ("phase_deg = 0.0", "apply = 'yes'", r"^calibration\[0\]\.apply: expected bool, got str"),
+        ("phase_deg = 0.0", "apply = 1", r"^calibration\[0\]\.apply: expected bool, got int"),
+        ("phase_deg = 0.0", "round = 0", r"^calibration\[0\]\.round: 0 is outside"),
+        ("phase_deg = 0.0", "max_gain_change = 0.9", r"^calibration\[0\]\.max_gain_change: 0.9"),
+        ("phase_deg = 0.0", "max_phase_deg = 0", r"^calibration\[0\]\.max_phase_deg: 0 is outside"),
+        ("phase_deg = 0.0", "boards = 'x'", r"^calibration\[0\]\.boards: unknown key"),
     ],
 )
 def test_a_bad_calibration_key_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -341,7 +347,7 @@ def test_calibration_must_be_an_array_of_tables(tmp_path: Path) -> None:
 @given(st.dictionaries(st.sampled_from([*CAL_KEYS, "x"]), toml_values, max_size=6))
 def test_hostile_calibration_values_only_raise_config_error(entry: dict[str, object]) -> None:
     doc = tomllib.loads(MINIMAL)
-    base = {"node_id": 7, "reference": "main", "ical": 51.282}
+    base = {"node_id": 7, "reference": "main", "ical": 51.282, "vcal": 575.0}
     doc["calibration"] = [{**base, **entry}]
     try:
         cfg = parse_config(doc, Path("."))
