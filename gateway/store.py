@@ -49,15 +49,19 @@ def read_states(path: str | Path, prefix: str) -> dict[str, Any]:
         return {}
     db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     try:
-        rows = db.execute(
-            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
-        ).fetchall()
+        return _states(db, prefix)
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return {}
         raise
     finally:
         db.close()
+
+
+def _states(db: sqlite3.Connection, prefix: str) -> dict[str, Any]:
+    rows = db.execute(
+        "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+    ).fetchall()
     return {k: json.loads(v) for k, v in rows}
 
 
@@ -102,10 +106,7 @@ class Store:
 
     def states(self, prefix: str) -> dict[str, Any]:
         """Every small value whose key starts with ``prefix``, by key."""
-        rows = self.db.execute(
-            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
-        ).fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        return _states(self.db, prefix)
 
     # -- readings and state, one transaction per flush ---------------------------------------
     @contextlib.contextmanager

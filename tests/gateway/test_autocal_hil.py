@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from firmware import frame
 from gateway.calibrator import APPLIED, store_key
@@ -25,6 +26,7 @@ from hardware.emulators.modbus_meter import EmulatedMeter, serve_tcp
 from tests.firmware import nodeutil
 from tests.gateway.conftest import Broker, free_port, until
 from tools import mpvm
+from tools.cli import main
 
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % 60_000  # on a whole minute: intervals = loads
 TRUE = {"ical_x": 0.97, "vcal_x": 1.02, "phase_deg": -1.5}
@@ -142,7 +144,9 @@ def _reads_truth(gw: Gateway, i: float, pf: float) -> bool:
     return latest is not None and abs(latest.power_dw / 10 - 230 * i * pf) <= 0.005 * 230 * i
 
 
-async def test_config_enabled_calibration_applies_is_kept_and_not_resent(tmp_path: Path) -> None:
+async def test_config_enabled_calibration_applies_is_kept_and_not_resent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for path, text in nodeutil.node_files("esp32_devkitc_ct", root=str(tmp_path)).items():
         Path(path).write_text(text)
     profile = {"vrms": 230, "load": [list(s) for s in LOADS],
@@ -174,6 +178,12 @@ async def test_config_enabled_calibration_applies_is_kept_and_not_resent(tmp_pat
         assert abs(record["ical"] / BOARD["ical"] - TRUE["ical_x"]) < 0.005, record
         assert abs(record["vcal"] / BOARD["vcal"] - TRUE["vcal_x"]) < 0.005, record
         assert abs(record["phase_deg"] - TRUE["phase_deg"]) < 0.3, record
+        # `gateway check` reads it from the store the running daemon holds
+        check = ["gateway", "check", "--config", str(cfg_path), "--json", "--timeout", "0.5"]
+        capsys.readouterr()
+        await asyncio.to_thread(main, check)
+        shown = json.loads(capsys.readouterr().out)["calibration"]["7.0"]
+        assert shown["state"] == APPLIED and shown["record"] == record
         # the node reads the truth now (16 A at PF 0.7 until 10 minutes), and after a reboot
         applied = clock.now_ms()
         await until(lambda: clock.now_ms() >= applied + 30_000, timeout_s=60, what="30 s more")
