@@ -133,15 +133,16 @@ class Calibrator:
         """Fit every session that has enough intervals; what to send and what to keep."""
         out: list[Send | Save] = []
         for run in self.runs:
+            if run.session is not None:  # fed while it collects and while its command is out
+                collector = run.session.collector
+                collector.prune(now_ms - KEEP_INTERVALS * run.cfg.points * collector.interval_ms)
             if run.state == SENDING and run.pending is not None and now_ms >= run.retry_ms:
                 out.append(Send(run.key, run.cfg.node_id, run.pending[2]))
                 run.retry_ms = now_ms + run.cfg.interval_s * 1000
                 continue
             if run.session is None or run.state != COLLECTING:
                 continue
-            collector = run.session.collector
-            collector.prune(now_ms - KEEP_INTERVALS * run.cfg.points * collector.interval_ms)
-            if len(collector.pairs()) < run.cfg.points:
+            if len(run.session.collector.pairs()) < run.cfg.points:
                 if run.session.no_voltage:
                     run.error = "the node's channel sends no voltage (no voltage sensor)"
                 continue

@@ -198,3 +198,16 @@ def test_a_channel_without_voltage_says_why_it_never_fits() -> None:
                                             "apparent_dva": 1000})
     assert cal.due(T0 + 300_000) == []
     assert "no voltage" in cal.status()["7.0"]["error"]
+
+
+def test_a_command_out_for_long_holds_bounded_memory() -> None:
+    cal = Calibrator((CFG,), {}, [])
+    now = collect(cal, 5)
+    (send,) = cal.due(now)
+    cal.send_failed(send.key, "no source reaches it")
+    (session,) = cal.feed
+    for m in range(5, 400):  # the node is away; the reference keeps being read
+        for k in range(12):
+            session.meter_reading("home", T0 + m * 60_000 + k * 5_000, {"voltage": 230.0}, 900.0)
+        cal.due(T0 + (m + 1) * 60_000)
+    assert len(session.collector._bins) <= 8 * CFG.points + 1
