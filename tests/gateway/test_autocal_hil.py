@@ -102,6 +102,7 @@ class Bridge:
         self.frames: asyncio.Queue[bytes] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.commands: list[bytes] = []
+        self.restored = 0  # frames of a node that started from its flash
         self.ready = asyncio.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -126,6 +127,8 @@ class Bridge:
                     raw = await self.frames.get()
                     ftype = frame.peek(raw)[0]
                     if ftype == frame.T_READING:
+                        fields = frame.unpack_reading(frame.decode(nodeutil.KEY, raw)[3])
+                        self.restored += bool(fields["flags"] & frame.F_COUNTERS_RESTORED)
                         at = frame.HEADER_LEN + 1
                         await self.clock.set(T0 + int.from_bytes(raw[at:at + 4], "big") * 1000)
                         await client.publish(topic_for("telemetry_frame", TOPIC), raw, qos=1)
@@ -178,21 +181,23 @@ async def test_config_enabled_calibration_applies_is_kept_and_not_resent(
         assert abs(record["ical"] / BOARD["ical"] - TRUE["ical_x"]) < 0.005, record
         assert abs(record["vcal"] / BOARD["vcal"] - TRUE["vcal_x"]) < 0.005, record
         assert abs(record["phase_deg"] - TRUE["phase_deg"]) < 0.3, record
+        # the node reads the truth now (16 A at PF 0.7 until 10 minutes), and after a reboot
+        applied = clock.now_ms()
+        await until(lambda: clock.now_ms() >= applied + 30_000, timeout_s=60, what="30 s more")
+        assert _reads_truth(gw, *STEPS[4])
+        assert clock.now_ms() < T0 + 480_000, "the reboot must come before the loads change"
+        assert bridge.restored == 0
+        node.reboot()
+        rebooted = clock.now_ms()
+        await until(lambda: clock.now_ms() >= rebooted + 30_000, timeout_s=60, what="reboot")
+        assert bridge.restored > 0  # it did start again from its flash
+        assert _reads_truth(gw, *STEPS[4])
         # `gateway check` reads it from the store the running daemon holds
         check = ["gateway", "check", "--config", str(cfg_path), "--json", "--timeout", "0.5"]
         capsys.readouterr()
         await asyncio.to_thread(main, check)
         shown = json.loads(capsys.readouterr().out)["calibration"]["7.0"]
         assert shown["state"] == APPLIED and shown["record"] == record
-        # the node reads the truth now (16 A at PF 0.7 until 10 minutes), and after a reboot
-        applied = clock.now_ms()
-        await until(lambda: clock.now_ms() >= applied + 30_000, timeout_s=60, what="30 s more")
-        assert _reads_truth(gw, *STEPS[4])
-        assert clock.now_ms() < T0 + 480_000, "the reboot must come before the loads change"
-        node.reboot()
-        rebooted = clock.now_ms()
-        await until(lambda: clock.now_ms() >= rebooted + 30_000, timeout_s=60, what="reboot")
-        assert _reads_truth(gw, *STEPS[4])
         # a restart of the gateway: the store says done, so loads that vary again (from 10 to
         # 15 minutes) send nothing
         gw.stop()
