@@ -52,12 +52,15 @@ class Save:
     record: dict[str, Any]
 
 
+def _number(x: Any) -> bool:
+    return (type(x) is float and math.isfinite(x)) or (type(x) is int and abs(x) < 10**9)
+
+
 def _valid(record: Any) -> bool:
     """A record as ``Calibrator`` writes it (one the store mangled is left aside, logged)."""
     return (isinstance(record, Mapping) and record.get("state") in (APPLIED, REFUSED, FITTED)
             and type(record.get("round")) is int
-            and all(type(record.get(k)) in (int, float) and math.isfinite(record[k])
-                    for k in ("ical", "vcal", "phase_deg")))  # fmt: skip
+            and all(_number(record.get(k)) for k in ("ical", "vcal", "phase_deg")))  # fmt: skip
 
 
 class _Run:
@@ -110,7 +113,7 @@ class Calibrator:
         feed: list[Session],
     ) -> None:
         """``feed``: the list of sessions being fed (``Ingest.calibrations``); a run's session
-        is in it while the run collects."""
+        is in it until the run is done."""
         self.runs = [_Run(c, records.get(store_key(c.node_id, c.channel))) for c in cfgs]
         self.feed = feed
         feed.extend(r.session for r in self.runs if r.session is not None)

@@ -137,6 +137,8 @@ def test_a_session_whose_loads_never_vary_holds_bounded_memory() -> None:
     {"round": "1", "state": APPLIED, "ical": 1.0, "vcal": 1.0, "phase_deg": 0.0},
     {"round": 1, "state": APPLIED, "ical": "x", "vcal": 1.0, "phase_deg": 0.0},
     {"round": 1, "state": APPLIED, "ical": float("nan"), "vcal": 1.0, "phase_deg": 0.0},
+    {"round": 1, "state": APPLIED, "ical": 10**400, "vcal": 1.0, "phase_deg": 0.0},
+    {"round": True, "state": APPLIED, "ical": 1.0, "vcal": 1.0, "phase_deg": 0.0},
 ])  # fmt: skip
 def test_a_mangled_record_is_left_aside(record: Any) -> None:
     feed_list: list[Session] = []
