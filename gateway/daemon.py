@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from gateway import calibrator
 from gateway.build import build
 from gateway.clock import Clock, SystemClock, wait_until_or_set
 from gateway.config import GatewayConfig
@@ -75,6 +76,7 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
         self._next_prune = 0
+        self.calibrator: calibrator.Calibrator | None = None  # [[calibration]], from start()
 
     # -- hooks for the EMS, the trading agent, the demo and tools (see gateway/README.md) ----------
     @property
@@ -184,8 +186,22 @@ class Gateway:
     def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(self._keep_running(name, run), name=name))
 
+    def _start_calibrations(self) -> None:
+        """The configured calibrations not done yet (the store keeps what was done)."""
+        if not self.cfg.calibrations or self.calibrator is not None:
+            return
+        db = self.recorder.db()
+        cal = calibrator.Calibrator(
+            self.cfg.calibrations, db.states(calibrator.KEY_PREFIX), self.ingest.calibrations
+        )
+        self.calibrator = cal
+        self._spawn("calibration", lambda: calibrator.run(
+            cal, self.clock, self.send_node_command, lambda k, v: self.recorder.db().put_state(k, v)
+        ))  # fmt: skip
+
     async def start(self) -> None:
         self.open()
+        self._start_calibrations()
         for s in self.sources:
             self._spawn(f"source:{s.name}", lambda s=s: s.run(self.on_frame))  # type: ignore[misc]
         for bus in self.buses:
@@ -237,4 +253,5 @@ class Gateway:
             "reports_queued": self.recorder.reports_queued,
             "sources": {s.name: s.stats() for s in self.sources},
             "buses": {b.cfg.name: b.stats() for b in self.buses},
+            "calibration": self.calibrator.status() if self.calibrator is not None else {},
         }
