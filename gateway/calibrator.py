@@ -36,7 +36,7 @@ def store_key(node_id: int, channel: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
+class SendCalibration:
     """Send ``payload`` (``T_CALIBRATE``) to ``node_id``; report with ``sent``/``send_failed``."""
 
     key: str
@@ -132,15 +132,15 @@ class Calibrator:
         }  # fmt: skip
         return Save(run.key, run.record)
 
-    def due(self, now_ms: int) -> list[Send | Save]:
+    def due(self, now_ms: int) -> list[SendCalibration | Save]:
         """Fit every session that has enough intervals; what to send and what to keep."""
-        out: list[Send | Save] = []
+        out: list[SendCalibration | Save] = []
         for run in self.runs:
             if run.session is not None:  # fed while it collects and while its command is out
                 collector = run.session.collector
                 collector.prune(now_ms - KEEP_INTERVALS * run.cfg.points * collector.interval_ms)
             if run.state == SENDING and run.pending is not None and now_ms >= run.retry_ms:
-                out.append(Send(run.key, run.cfg.node_id, run.pending[2]))
+                out.append(SendCalibration(run.key, run.cfg.node_id, run.pending[2]))
                 run.retry_ms = now_ms + run.cfg.interval_s * 1000
                 continue
             if run.session is None or run.state != COLLECTING:
@@ -164,7 +164,7 @@ class Calibrator:
                 out.append(self._record(run, FITTED, f, new, now_ms))
                 continue
             run.state, run.pending = SENDING, (f, new, payload)
-            out.append(Send(run.key, run.cfg.node_id, payload))
+            out.append(SendCalibration(run.key, run.cfg.node_id, payload))
             run.retry_ms = now_ms + run.cfg.interval_s * 1000
         return out
 

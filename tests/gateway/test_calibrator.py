@@ -20,7 +20,7 @@ from gateway.calibrator import (
     SENDING,
     Calibrator,
     Save,
-    Send,
+    SendCalibration,
     store_key,
 )
 from gateway.config import CalibrationConfig
@@ -60,7 +60,7 @@ def test_a_fit_within_bounds_is_sent_and_the_ack_kept() -> None:
     assert cal.due(now) == []  # 3 intervals of 4
     now = collect(cal, 4)
     (send,) = cal.due(now)
-    assert isinstance(send, Send) and send.node_id == 7 and send.key == store_key(7, 0)
+    assert isinstance(send, SendCalibration) and send.node_id == 7 and send.key == store_key(7, 0)
     assert frame.unpack_calibrate(send.payload)[:2] == (0, frame.M_CONSTANTS)
     assert cal.status()["7.0"]["state"] == SENDING and cal.due(now + 1) == []
     save = cal.sent(send.key, frame.S_OK, now + 2)
@@ -112,11 +112,12 @@ def test_a_refusal_is_kept_and_a_lost_command_sent_again() -> None:
     cal = Calibrator((CFG,), {}, [])
     now = collect(cal, 5)
     (send,) = cal.due(now)
-    assert isinstance(send, Send)
+    assert isinstance(send, SendCalibration)
     cal.send_failed(send.key, "no ack")
     assert cal.due(now + 59_000) == []
     (again,) = cal.due(now + 60_000)
-    assert isinstance(again, Send) and again.payload == send.payload  # absolute: harmless twice
+    # the constants are absolute: sending them twice is harmless
+    assert isinstance(again, SendCalibration) and again.payload == send.payload
     assert cal.sent(send.key, frame.S_BAD_CALIBRATION, now + 61_000).record["state"] == REFUSED
     assert cal.due(now + 10**8) == []
 
