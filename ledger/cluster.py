@@ -232,18 +232,22 @@ def cluster_document(
     ports: list[int],
     genesis: Mapping[str, Any],
     *,
-    host: str = "127.0.0.1",
+    host: str | list[str] = "127.0.0.1",
     timers: Mapping[str, int] | None = None,
     batch: Mapping[str, int] | None = None,
     checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
 ) -> dict[str, Any]:
-    """The JSON document of a new cluster (validated by ``parse_cluster`` before it is returned)."""
+    """The JSON document of a new cluster (validated by ``parse_cluster`` before it is returned).
+    ``host``: one address for every replica, or one per replica (replicas on separate hosts)."""
     n = len(public_keys)
+    hosts = [host] * n if isinstance(host, str) else list(host)
+    if len(hosts) != n:
+        raise ClusterFileError(f"replicas: {n} replicas but {len(hosts)} hosts")
     doc: dict[str, Any] = {
         "version": VERSION,
         "f": (n - 1) // 3,
         "replicas": [
-            {"id": i, "host": host, "port": ports[i], "public_key": public_keys[i]}
+            {"id": i, "host": hosts[i], "port": ports[i], "public_key": public_keys[i]}
             for i in range(n)
         ],
         "timers": dict(DEFAULT_TIMERS, **(timers or {})),
