@@ -170,7 +170,8 @@ class LinkShaper:
             rto = self.rto()
             while spec.loss and self.rng.random() < spec.loss:
                 self.lost += 1
-                leave = self._leave(leave + rto, seg)  # sent again one timeout later
+                # sent again one timeout later, taking the link's bandwidth again
+                leave = max(leave + rto, self._leave(now, seg))
                 rto = min(RTO_MAX_S, 2 * rto)
             jitter = self.rng.uniform(-spec.jitter_s, spec.jitter_s) if spec.jitter_s else 0.0
             arrive = max(leave + spec.delay_s + jitter, leave, self.last_arrival)
