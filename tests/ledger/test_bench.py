@@ -170,7 +170,9 @@ def test_bench_refuses_bad_link_arguments(argv: list[str]) -> None:
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize("argv", [["--crash", "2"], ["--hosts", "loopback"]])
+@pytest.mark.parametrize(
+    "argv", [["--crash", "2"], ["--hosts", "loopback"], ["--min-view-change-ms", "2001"]]
+)
 def test_bench_refuses_settings_that_do_not_fit(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,9 +4,12 @@ configured timeout, and a steady slow link causes no view change."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.cluster import ClusterFileError, cluster_document
+from ledger.keys import new_key, public_hex
 from ledger.pbft.config import PbftConfig, PbftConfigError
 from ledger.pbft.simulation import Network, divergence, make_config, make_txs
 
@@ -98,3 +101,14 @@ def test_the_floor_above_the_timeout_is_refused() -> None:
         }
     )
     assert cfg.min_view_change_timeout_ms == 150
+
+
+def test_the_cluster_file_refuses_a_floor_above_the_timeout() -> None:
+    keys = [public_hex(new_key()) for _ in range(4)]
+    ports = [7100, 7101, 7102, 7103]
+    doc = cluster_document(keys, ports, {}, timers={"min_view_change_ms": 300})
+    assert doc["timers"]["min_view_change_ms"] == 300
+    with pytest.raises(ClusterFileError, match="min_view_change_ms"):
+        cluster_document(keys, ports, {}, timers={"view_change_ms": 500, "min_view_change_ms": 600})
+    with pytest.raises(ClusterFileError, match="min_view_change_ms"):
+        cluster_document(keys, ports, {}, timers={"min_view_change_ms": -1})
