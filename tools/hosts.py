@@ -150,7 +150,7 @@ def make_hosts(n: int, *, namespaces: bool = True, quiet: bool = False) -> Hosts
     if not 1 <= n <= 250:
         raise ValueError(f"hosts: between 1 and 250, got {n}")
     pid = os.getpid()
-    tag = f"wm{pid % 100000}"  # interface names stay under 16 characters
+    tag = f"wh{pid % 100000}"  # under 16 characters per interface name; "wm" is the keys test's
     reason = namespaces_unavailable(tag) if namespaces else "namespaces not asked for"
     if reason is None:
         subnet = f"10.214.{pid % 250}"

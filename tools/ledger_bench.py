@@ -9,7 +9,10 @@ load transaction (``token.transfer`` between members, so each one is verified by
 and changes state), then drives them from ``--clients`` concurrent clients, each keeping
 ``--window`` transactions in flight, for ``--seconds``. With ``--kill-primary-after T`` the
 primary is killed with SIGKILL T seconds in. At the end it waits for in-flight transactions,
-then checks every submitted transaction against a surviving replica's store.
+then checks every submitted transaction against a surviving replica's store. With ``--link``
+the replicas run on separate hosts (``tools.hosts``: namespaces, else loopback addresses) with
+every replica-to-replica connection shaped (``tools.netem``); ``--crash K`` kills K backups
+once the setup is done.
 
 Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p99_ms``
 (submit to f+1 matching replies), ``committed`` (acknowledged by f+1 replicas), ``lost``
