@@ -159,6 +159,7 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
         timers={
             "view_change_ms": args.view_change_ms,
             "min_view_change_ms": args.min_view_change_ms,
+            "status_ms": args.status_ms,
             "request_timeout_ms": args.request_timeout_ms,
         },
         batch={"max_txs": args.batch_max, "max_delay_ms": args.batch_delay_ms},
@@ -481,6 +482,12 @@ def register_bench(bench_subparsers: Any) -> None:
         help="floor of the adaptive view-change timeout (0: the fixed --view-change-ms)",
     )
     p.add_argument("--request-timeout-ms", type=_pos_int, default=3000, help="client re-send")
+    p.add_argument(
+        "--status-ms",
+        type=_pos_int,
+        default=500,
+        help="status gossip period (every replica to every other: n(n-1) messages per period)",
+    )
     p.add_argument("--checkpoint-interval", type=_pos_int, default=64)
     p.add_argument("--rate-cap", type=_pos_int, default=6000, help="pre-signed txs per second")
     p.add_argument("--max-txs", type=_pos_int, default=100_000, help=argparse.SUPPRESS)
