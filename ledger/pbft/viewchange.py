@@ -57,7 +57,11 @@ class ViewChanges:
         self.resend = False  # restored while changing views: send the VIEW-CHANGE again
 
     def _back_off(self, now_ms: int) -> None:
-        self.deadline = now_ms + self.timeout
+        # The adaptive timeout detects a dead primary; a view change itself is given at least
+        # the configured timeout: its messages (2f+1 VIEW-CHANGEs in a NEW-VIEW, each with
+        # prepared proofs) are far larger than a block's votes, and on a thin link take
+        # seconds where the normal case took a fraction of one.
+        self.deadline = now_ms + max(self.timeout, self.core.cfg.view_change_timeout_ms)
         self.armed_at = None  # a wait for a view change is not a sample of the normal case
         self.timeout = min(2 * self.timeout, self.core.cfg.max_view_change_timeout_ms)
 

@@ -112,3 +112,23 @@ def test_the_cluster_file_refuses_a_floor_above_the_timeout() -> None:
         cluster_document(keys, ports, {}, timers={"view_change_ms": 500, "min_view_change_ms": 600})
     with pytest.raises(ClusterFileError, match="min_view_change_ms"):
         cluster_document(keys, ports, {}, timers={"min_view_change_ms": -1})
+
+
+def test_a_view_change_itself_gets_the_configured_timeout() -> None:
+    """The short timeout detects the dead primary; the wait for the NEW-VIEW is never shorter
+    than the configured timeout (a NEW-VIEW on a thin link takes seconds)."""
+    cfg = make_config(4, view_change_timeout_ms=SLOW_MS, min_view_change_timeout_ms=50)
+    net = Network(cfg, seed=2, delay=(2, 6))
+    for round_ in range(10):
+        txs = make_txs(10, start=10 * round_)
+        net.submit_all(txs, range(4))
+        while not net.all_committed(txs):
+            net.run(5)
+    net.crash(0)
+    net.submit_all(make_txs(5, start=5000), range(4))
+    backup = net.replicas[2]
+    while backup.active:
+        net.run(1)
+        assert net.now < 100_000
+    assert backup.views.deadline is not None
+    assert backup.views.deadline - net.now >= SLOW_MS - 1
