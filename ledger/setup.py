@@ -121,7 +121,7 @@ def assemble_cluster(
         [key for _, _, key in replicas],
         [port for _, port, _ in replicas],
         genesis,
-        hosts=[host for host, _, _ in replicas],
+        host=[host for host, _, _ in replicas],
         timers=timers,
         batch=batch,
         checkpoint_interval=checkpoint_interval,
@@ -144,12 +144,16 @@ def init_cluster(
     replicas: int,
     *,
     base_port: int | None = None,
+    hosts: list[str] | None = None,
+    ports: list[int] | None = None,
     timers: Mapping[str, int] | None = None,
     batch: Mapping[str, int] | None = None,
     checkpoint_interval: int = 64,
     genesis: Callable[[str], Mapping[str, Any]] | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write keys and ``cluster.json`` into ``directory``; returns the cluster document."""
+    """Write keys and ``cluster.json`` into ``directory``; returns the cluster document.
+    ``hosts`` and ``ports``: each replica's address (separate hosts, ``tools.hosts``); by default
+    all on 127.0.0.1 at ``base_port + i`` or at free ports."""
     if replicas < 4 or (replicas - 1) % 3:
         raise SetupError(f"--replicas: must be 3f+1 with f >= 1 (4, 7, 10, ...), got {replicas}")
     if replicas > 64:
@@ -172,13 +176,17 @@ def init_cluster(
         genesis_doc = genesis(operator_hex)
     else:
         genesis_doc = genesis
-    ports = (
-        [base_port + i for i in range(replicas)] if base_port is not None else free_ports(replicas)
-    )
+    if ports is None:
+        ports = (
+            [base_port + i for i in range(replicas)]
+            if base_port is not None
+            else free_ports(replicas)
+        )
     doc = cluster_document(
         [keys.public_hex(k) for k in replica_keys],
         ports,
         genesis_doc,
+        host=LOOPBACK if hosts is None else hosts,
         timers=timers,
         batch=batch,
         checkpoint_interval=checkpoint_interval,
