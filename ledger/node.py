@@ -37,25 +37,19 @@ from ledger.contract.api import QueryError, ReadPolicy
 from ledger.contract.codes import NOT_PERMITTED
 from ledger.encoding import EncodingError, canonical
 from ledger.executor import LedgerState, SigCache
+from ledger.framing import FrameError, encode_frame, frame
 from ledger.gate import AdmissionGate
 from ledger.keys import load_key
-from ledger.limits import Incidents, Limits, client_slots, handshake_slots, raise_nofile
+from ledger.limits import Counters, Incidents, Limits, client_slots, handshake_slots, raise_nofile
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import PrePrepare, Reply
 from ledger.pbft.replica import Replica
+from ledger.peer_link import PeerLink
 from ledger.setup import ContractFactory
 from ledger.store import INDEX_MERGE_BLOCKS
-from ledger.transport import (
-    ClientConn,
-    Counters,
-    FrameError,
-    Listener,
-    PeerLink,
-    encode_frame,
-    frame,
-)
+from ledger.transport import ClientConn, Listener
 from ledger.tx import SignedTx, TxError
 
 log = logging.getLogger(__name__)

@@ -29,15 +29,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
-from ledger.transport import (
+from ledger.framing import (
     HEADER,
-    MAX_CLIENT_FRAME,
     FrameDecoder,
     FrameError,
     decode_payload,
     encode_frame,
     read_message,
 )
+from ledger.limits import MAX_CLIENT_FRAME
 from ledger.tx import MAX_NONCE, SignedTx, public_bytes, sign_tx
 from ledger_client.protocol import (
     answer_key,

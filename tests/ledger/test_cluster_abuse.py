@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from ledger.framing import HEADER, encode_frame, read_message
 from ledger.keys import load_key
 from ledger.pbft.messages import FetchBlocks, sign
 from ledger.pbft.signing import Signer
-from ledger.transport import HEADER, encode_frame, link_proof, read_message
+from ledger.peer_link import link_proof
 from ledger.tx import SignedTx, sign_tx
 from tests.ledger.cluster_harness import Cluster
 from tests.ledger.test_cluster_processes import check, load

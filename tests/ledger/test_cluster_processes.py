@@ -21,10 +21,11 @@ from ledger import ed25519
 from ledger.cli import cmd_verify
 from ledger.contract.api import Receipt
 from ledger.encoding import canonical
+from ledger.framing import HEADER, encode_frame, read_message
 from ledger.keys import load_key
 from ledger.pbft.messages import Commit, Prepare, sign
 from ledger.pbft.signing import Signer
-from ledger.transport import HEADER, encode_frame, link_proof, read_message
+from ledger.peer_link import link_proof
 from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient
 from tests.ledger.cluster_harness import Cluster

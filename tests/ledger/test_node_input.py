@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ledger.framing import FrameDecoder, decode_payload
 from ledger.node import WAITER_TTL_MS, ReplicaNode
 from ledger.setup import init_cluster
-from ledger.transport import ClientConn, FrameDecoder, decode_payload
+from ledger.transport import ClientConn
 from tests.ledger.strategies import ints
 from tests.ledger.toy_contract import make_contract
 

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.cli import _statuses
 from ledger.cluster import load_cluster, replica_db_file
 from ledger.contract import default_genesis, sign_report
+from ledger.framing import FrameDecoder, decode_payload, encode_frame, read_message
 from ledger.keys import load_key, new_key, public_hex
+from ledger.peer_link import link_proof
 from ledger.setup import init_cluster
-from ledger.transport import FrameDecoder, decode_payload, encode_frame, link_proof, read_message
 from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient, QueryFailed, RejectedError
 
