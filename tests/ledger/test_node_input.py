@@ -159,7 +159,7 @@ def test_a_hello_proves_a_key_for_its_own_connection_only(node: ReplicaNode) -> 
     signed over another connection's challenge, by another key than it names, or a second one,
     is refused and counted."""
     from ledger.keys import new_key
-    from ledger_client.client import hello
+    from ledger_client.connection import hello
 
     key, other = new_key(), new_key()
     conn = ClientConn(cast(asyncio.StreamWriter, Capture()), nonce="aa" * 32)
