@@ -30,11 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ledger import ed25519
-from ledger.client_wire import LEDGER_QUERY_PREFIX, hello_bytes
+from ledger.client_wire import hello_bytes
 from ledger.cluster import ClusterConfig, load_cluster, replica_db_file, replica_key_file
-from ledger.contract.api import QueryError, ReadPolicy
-from ledger.contract.codes import NOT_PERMITTED
-from ledger.encoding import EncodingError, canonical
 from ledger.executor import LedgerState, SigCache
 from ledger.framing import FrameError, encode_frame, frame
 from ledger.gate import AdmissionGate
@@ -46,6 +43,7 @@ from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import PrePrepare, Reply
 from ledger.pbft.replica import Replica
 from ledger.peer_link import PeerLink
+from ledger.queries import ReplicaQueries
 from ledger.setup import ContractFactory
 from ledger.store import INDEX_MERGE_BLOCKS
 from ledger.transport import ClientConn, Listener
@@ -54,7 +52,6 @@ from ledger.waits import WAITER_TTL_MS, ClientWaits
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_ID = 2**63 - 1
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
 RECONCILE_MS = 1000  # how often admission's pending counts are matched against the core's
@@ -131,6 +128,7 @@ class ReplicaNode:
             incidents=self.incidents,
         )
         self.gate = AdmissionGate(self.state.contract)
+        self.queries = ReplicaQueries(self.state, replica_id, self.status, self.counters)
         self.next_reconcile = clock() + RECONCILE_MS
         self.links: dict[int, PeerLink] = {}
         for r in self.cluster.replicas:
@@ -255,7 +253,7 @@ class ReplicaNode:
             for tx_id in self.state.store.known(wanted):
                 self._reply_if_executed(tx_id)
         elif kind == "query":
-            conn.send(self._answer(message, conn.reader))
+            conn.send(self.queries.answer(message, conn.reader))
         elif kind == "hello":
             self._on_hello(conn, message)
         else:
@@ -447,62 +445,6 @@ class ReplicaNode:
                 link_backlog=sum(link.backlog for link in self.links.values()),
             ),
         }
-
-    def _answer(self, message: dict[str, Any], reader: bytes | None = None) -> dict[str, Any]:
-        qid = message.get("id")
-        path = message.get("path")
-        params = message.get("params", {})
-        if isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid <= MAX_QUERY_ID:
-            qid = None  # echoed back, so it must be encodable
-        out: dict[str, Any] = {"t": "answer", "replica": self.me, "id": qid}
-        if qid is None or not isinstance(path, str) or not isinstance(params, dict):
-            self.counters["rejected_client_messages"] += 1
-            return dict(out, ok=False, value=None, error="query needs id, path and params")
-        try:
-            value = self._query(path, params, reader)
-            canonical(value)
-        except (QueryError, EncodingError, ValueError, TypeError, KeyError) as exc:
-            return dict(out, ok=False, value=None, error=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # a contract bug answers an error, never kills the connection
-            self.counters["query_errors"] += 1
-            return dict(out, ok=False, value=None, error=f"internal error: {type(exc).__name__}")
-        return dict(out, ok=True, value=value, error="")
-
-    def _query(self, path: str, params: dict[str, Any], reader: bytes | None = None) -> Any:
-        """Answer a query as ``reader`` may read it: the contract's read policy when the
-        contract has one (a contract without, like the IO tests' toy, answers everything);
-        heights and status to anyone, whole blocks to the operator, a receipt to the
-        transaction's signer and the operator."""
-        contract = self.state.contract
-        policy = contract if isinstance(contract, ReadPolicy) else None
-        if not path.startswith(LEDGER_QUERY_PREFIX):
-            if policy is not None:
-                return policy.read(path, params, reader)
-            return contract.query(path, params)
-        if path == "ledger.height":
-            return self.state.last_executed()
-        if path == "ledger.status":
-            return self.status()
-        chain = policy is None or policy.may_read_chain(reader)
-        if path == "ledger.block":
-            if not chain:
-                raise QueryError(f"{NOT_PERMITTED}: blocks are the operator's to read")
-            height = params.get("height")
-            if isinstance(height, bool) or not isinstance(height, int):
-                raise QueryError("height must be an integer")
-            block = self.state.block(height)
-            if block is None:
-                raise QueryError(f"no block {height}")
-            return block.to_wire()
-        if path == "ledger.receipt":
-            tx_id = params.get("tx_id")
-            if not isinstance(tx_id, str):
-                raise QueryError("tx_id must be a string")
-            found = self.state.receipt(tx_id)
-            if found is not None and not chain and self.state.signer(tx_id) != reader:
-                raise QueryError(f"{NOT_PERMITTED}: a receipt is its signer's to read")
-            return None if found is None else {"height": found[0], "receipt": found[1]}
-        raise QueryError(f"unknown query {path!r}")
 
 
 def _public(hex_key: str) -> Any:
