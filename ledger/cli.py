@@ -380,7 +380,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _statuses(addresses: list[tuple[str, int]], timeout: float) -> list[dict[str, Any]]:
-    from ledger.transport import FrameError, encode_frame, read_message
+    from ledger.framing import FrameError, encode_frame, read_message
 
     async def one(i: int, host: str, port: int) -> dict[str, Any]:
         try:

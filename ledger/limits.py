@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -120,6 +121,10 @@ def client_slots(limits: Limits, nofile: int, n: int) -> int:
     peers' links, its handshakes and its store would find no descriptor."""
     spare = nofile - RESERVED_FDS - peer_slots(n) - handshake_slots(nofile)
     return max(1, min(limits.max_clients, spare))
+
+
+class Counters(Counter[str]):
+    """Named event counts (rejected frames, dropped connections, reconnects) for ``status``."""
 
 
 class Incidents:

@@ -6,10 +6,9 @@ asyncio loop; the core is called synchronously and its actions are performed in 
 message that fails to parse or verify is counted by the core and dropped; a peer that sends
 garbage loses its connection; nothing a peer or client sends can stop the loop.
 
-Client connections are mapped to the transactions they wait for (``request`` and ``await``);
-``ReplyTo`` and ``BlockReplies`` actions go to those connections. The table of waits is bounded
-in all and per connection and indexed both ways, so a reply, an expiry and a closing connection
-each cost what they touch, not the table. A transaction a client awaits here, but that this
+Client connections are mapped to the transactions they wait for (``request`` and ``await``) in
+the table of waits (``ledger.waits``); ``ReplyTo`` and ``BlockReplies`` actions go to those
+connections. A transaction a client awaits here, but that this
 replica neither holds nor has seen in a pre-prepare for half a view-change timeout, is asked
 of the client (``want``): once this replica holds the request its view-change timer runs, so a
 primary that stopped without closing its connections is replaced without waiting for the
@@ -31,41 +30,31 @@ from pathlib import Path
 from typing import Any
 
 from ledger import ed25519
-from ledger.client_wire import LEDGER_QUERY_PREFIX, hello_bytes
+from ledger.client_wire import hello_bytes
 from ledger.cluster import ClusterConfig, load_cluster, replica_db_file, replica_key_file
-from ledger.contract.api import QueryError, ReadPolicy
-from ledger.contract.codes import NOT_PERMITTED
-from ledger.encoding import EncodingError, canonical
 from ledger.executor import LedgerState, SigCache
+from ledger.framing import FrameError, encode_frame, frame
 from ledger.gate import AdmissionGate
 from ledger.keys import load_key
-from ledger.limits import Incidents, Limits, client_slots, handshake_slots, raise_nofile
+from ledger.limits import Counters, Incidents, Limits, client_slots, handshake_slots, raise_nofile
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.messages import PrePrepare, Reply
 from ledger.pbft.replica import Replica
+from ledger.peer_link import PeerLink
+from ledger.queries import ReplicaQueries
 from ledger.setup import ContractFactory
 from ledger.store import INDEX_MERGE_BLOCKS
-from ledger.transport import (
-    ClientConn,
-    Counters,
-    FrameError,
-    Listener,
-    PeerLink,
-    encode_frame,
-    frame,
-)
+from ledger.transport import ClientConn, Listener
 from ledger.tx import SignedTx, TxError
+from ledger.waits import WAITER_TTL_MS, ClientWaits
 
 log = logging.getLogger(__name__)
 
-WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re-sent or gone
-MAX_QUERY_ID = 2**63 - 1
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
 RECONCILE_MS = 1000  # how often admission's pending counts are matched against the core's
-EVICT_CHUNK = 256  # most waits taken at once from the largest holder when the table is full
 
 
 def wall_ms() -> int:
@@ -139,6 +128,7 @@ class ReplicaNode:
             incidents=self.incidents,
         )
         self.gate = AdmissionGate(self.state.contract)
+        self.queries = ReplicaQueries(self.state, replica_id, self.status, self.counters)
         self.next_reconcile = clock() + RECONCILE_MS
         self.links: dict[int, PeerLink] = {}
         for r in self.cluster.replicas:
@@ -152,13 +142,13 @@ class ReplicaNode:
                     self.counters,
                     max_bytes=self.limits.max_link_bytes,
                 )
-        # client waits: tx_id -> connections, and each connection's tx_ids (in order of age)
-        self.waiters: dict[str, set[ClientConn]] = {}
-        self.held: dict[ClientConn, dict[str, None]] = {}
-        self.wait_count = 0  # (transaction, connection) pairs in the table
-        self.waiting_since: dict[str, int] = {}  # insertion order = age order
-        self.to_ask: dict[str, int] = {}  # awaited, not yet asked of the client: since when
-        self.ask_after_ms = max(1, self.config.view_change_timeout_ms // 2)
+        self.waits: ClientWaits[ClientConn] = ClientWaits(
+            self.limits.max_waiters,
+            self.limits.max_waiters_per_client,
+            max(1, self.config.view_change_timeout_ms // 2),
+            self.counters,
+            self.incidents,
+        )
         self.fetch_tokens: dict[int, tuple[float, int]] = {}  # peer -> (tokens, at ms)
         self.next_prune = clock() + WAITER_TTL_MS
         self.wake = asyncio.Event()
@@ -177,12 +167,12 @@ class ReplicaNode:
                 now = self.clock()
                 self._perform(self.replica.on_tick(now))
                 if now >= self.next_prune:
-                    self.prune_waiters(now)
+                    self.waits.expire(now)
                     self.next_prune = now + WAITER_TTL_MS // 10
                 if now >= self.next_reconcile:
                     self.gate.reconcile(self.replica.batcher.pending)
                     self.next_reconcile = now + RECONCILE_MS
-                if self.to_ask:
+                if self.waits.to_ask:
                     self.ask_stale(now)
                 deadline = self.replica.next_deadline()
                 wait_ms = tick_ms if deadline is None else max(0, min(tick_ms, deadline - now))
@@ -256,14 +246,14 @@ class ReplicaNode:
                 self.counters["rejected_client_messages"] += 1
                 return
             wanted = [t for t in ids if isinstance(t, str) and len(t) == 64]
+            now = self.clock()
             for tx_id in wanted:
-                if self._wait_for(conn, tx_id):
-                    self.to_ask.setdefault(tx_id, self.clock())
+                self.waits.add(conn, tx_id, now, ask=True)
             # one query for the whole frame; usually none has executed yet
             for tx_id in self.state.store.known(wanted):
                 self._reply_if_executed(tx_id)
         elif kind == "query":
-            conn.send(self._answer(message, conn.reader))
+            conn.send(self.queries.answer(message, conn.reader))
         elif kind == "hello":
             self._on_hello(conn, message)
         else:
@@ -292,6 +282,7 @@ class ReplicaNode:
                 continue
             parsed.append(tx)
         ids = [tx.tx_id for tx in parsed]
+        now = self.clock()
         accepted: list[SignedTx] = []
         for tx, tx_id, good in zip(parsed, ids, self.sigs.check_many(parsed, ids), strict=True):
             if not good:
@@ -301,7 +292,7 @@ class ReplicaNode:
             if refused is not None:
                 self._reject(conn, tx_id, *refused)
                 continue
-            self._wait_for(conn, tx_id)
+            self.waits.add(conn, tx_id, now)
             accepted.append(tx)
         return accepted
 
@@ -346,107 +337,13 @@ class ReplicaNode:
             {"t": "reject", "replica": self.me, "tx_id": tx_id, "code": code, "message": message}
         )
 
-    def _wait_for(self, conn: ClientConn, tx_id: str) -> bool:
-        """Note that ``conn`` waits for ``tx_id``; False if the table has no room for it.
-
-        A connection may hold ``max_waiters_per_client`` waits. When the whole table is full,
-        the connection holding the most waits gives up its oldest (half the difference to the
-        asking connection, at most ``EVICT_CHUNK``, so the search for it is rare) unless that
-        is the asking connection itself: whoever floods the table pays for it, a client that
-        waits for a few is always served."""
-        if conn.closed:
-            return False
-        mine = self.held.get(conn)
-        if mine is None:
-            mine = self.held[conn] = {}
-        if tx_id in mine:
-            return True
-        if len(mine) >= self.limits.max_waiters_per_client:
-            self.incidents("waiters_refused", f"a client from {conn.source} at its limit")
-            return False
-        if self.wait_count >= self.limits.max_waiters and not self._evict_for(conn):
-            self.incidents("waiters_refused", "the table is full")
-            return False
-        conns = self.waiters.get(tx_id)
-        if conns is None:
-            conns = self.waiters[tx_id] = set()
-            self.waiting_since[tx_id] = self.clock()
-        conns.add(conn)
-        mine[tx_id] = None
-        self.wait_count += 1
-        return True
-
-    def _evict_for(self, conn: ClientConn) -> bool:
-        largest = max(self.held, key=lambda c: len(self.held[c]))
-        if largest is conn or len(self.held[largest]) <= len(self.held[conn]) + 1:
-            return False
-        theirs = self.held[largest]
-        # half the difference (so two floods end up with equal shares), at most a chunk
-        count = max(1, min(EVICT_CHUNK, (len(theirs) - len(self.held[conn])) // 2))
-        for tx_id in list(theirs)[:count]:
-            self._unwait(largest, tx_id)
-        self.counters["waiters_evicted"] += 1
-        return True
-
-    def _unwait(self, conn: ClientConn, tx_id: str) -> None:
-        mine = self.held.get(conn)
-        if mine is None or tx_id not in mine:
-            return
-        del mine[tx_id]
-        self.wait_count -= 1
-        conns = self.waiters.get(tx_id)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                self._forget(tx_id)
-
-    def _forget(self, tx_id: str) -> None:
-        del self.waiters[tx_id]
-        self.waiting_since.pop(tx_id, None)
-        self.to_ask.pop(tx_id, None)
-
-    def _take_waiters(self, tx_id: str) -> set[ClientConn] | None:
-        """The connections waiting for ``tx_id``, removed from the table (it was answered)."""
-        conns = self.waiters.pop(tx_id, None)
-        if conns is None:
-            return None
-        self.waiting_since.pop(tx_id, None)
-        self.to_ask.pop(tx_id, None)
-        held = self.held
-        for conn in conns:
-            mine = held.get(conn)
-            if mine is not None:
-                del mine[tx_id]
-        self.wait_count -= len(conns)
-        return conns
-
-    def prune_waiters(self, now: int) -> None:
-        """Forget waits for transactions that never executed (refused, never ordered) so the
-        table cannot grow without bound; a client still interested re-sends."""
-        cutoff = now - WAITER_TTL_MS
-        expired = []
-        for tx_id, since in self.waiting_since.items():
-            if since > cutoff:
-                break
-            expired.append(tx_id)
-        for tx_id in expired:
-            if self._take_waiters(tx_id) is not None:
-                self.counters["waiters_expired"] += 1
-
     def ask_stale(self, now: int) -> None:
         """Ask the waiting clients for the transactions they await here that this replica has
-        neither received nor seen in a pre-prepare for ``ask_after_ms``: once it holds one,
-        its view-change timer runs (a frozen primary is replaced), and it relays it to the
-        primary. Each transaction is asked for once; the client answers with a ``requests``
-        frame only for those it still waits for."""
-        cutoff = now - self.ask_after_ms
-        due: dict[ClientConn, list[str]] = {}
-        for tx_id, since in self.to_ask.items():
-            if since > cutoff:
-                break
-            if not self.replica.knows_request(tx_id):
-                for conn in self.waiters.get(tx_id, ()):
-                    due.setdefault(conn, []).append(tx_id)
+        neither received nor seen in a pre-prepare for half a view-change timeout: once it
+        holds one, its view-change timer runs (a frozen primary is replaced), and it relays it
+        to the primary. Each transaction is asked for once; the client answers with a
+        ``requests`` frame only for those it still waits for."""
+        due = self.waits.stale(now, self.replica.knows_request)
         asked = 0
         for conn, ids in due.items():
             for start in range(0, len(ids), MAX_PER_FRAME):
@@ -454,25 +351,11 @@ class ReplicaNode:
                     {"t": "want", "replica": self.me, "tx_ids": ids[start : start + MAX_PER_FRAME]}
                 )
             asked += len(ids)
-        for tx_id in list(self.to_ask):
-            if self.to_ask[tx_id] > cutoff:
-                break
-            del self.to_ask[tx_id]
         if asked:
             self.counters["requests_asked"] += asked
 
     def _on_client_closed(self, conn: ClientConn) -> None:
-        """Forget the connection's waits: work in proportion to what it held."""
-        mine = self.held.pop(conn, None)
-        if not mine:
-            return
-        self.wait_count -= len(mine)
-        for tx_id in mine:
-            conns = self.waiters.get(tx_id)
-            if conns is not None:
-                conns.discard(conn)
-                if not conns:
-                    self._forget(tx_id)
+        self.waits.close(conn)
 
     def _reply_if_executed(self, tx_id: str) -> None:
         found = self.state.receipt(tx_id)
@@ -499,14 +382,14 @@ class ReplicaNode:
                     for link in self.links.values():
                         link.send_frame(frame)
             elif isinstance(action, ReplyTo):
-                conns = self._take_waiters(action.tx_id)
+                conns = self.waits.take(action.tx_id)
                 if conns:
                     wire = action.reply.to_wire()
                     for conn in conns:
                         replies.setdefault(conn, []).append(wire)
             elif isinstance(action, BlockReplies):
                 view, height, me = action.view, action.height, action.replica
-                waiters, take = self.waiters, self._take_waiters
+                waiters, take = self.waits.by_tx, self.waits.take
                 for tx_id, receipt in zip(action.tx_ids, action.receipts, strict=True):
                     conns = take(tx_id) if tx_id in waiters else None
                     if conns:
@@ -558,66 +441,10 @@ class ReplicaNode:
             "io": dict(
                 self.listener.snapshot(),
                 nofile=self.nofile,
-                waiters=self.wait_count,
+                waiters=self.waits.count,
                 link_backlog=sum(link.backlog for link in self.links.values()),
             ),
         }
-
-    def _answer(self, message: dict[str, Any], reader: bytes | None = None) -> dict[str, Any]:
-        qid = message.get("id")
-        path = message.get("path")
-        params = message.get("params", {})
-        if isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid <= MAX_QUERY_ID:
-            qid = None  # echoed back, so it must be encodable
-        out: dict[str, Any] = {"t": "answer", "replica": self.me, "id": qid}
-        if qid is None or not isinstance(path, str) or not isinstance(params, dict):
-            self.counters["rejected_client_messages"] += 1
-            return dict(out, ok=False, value=None, error="query needs id, path and params")
-        try:
-            value = self._query(path, params, reader)
-            canonical(value)
-        except (QueryError, EncodingError, ValueError, TypeError, KeyError) as exc:
-            return dict(out, ok=False, value=None, error=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # a contract bug answers an error, never kills the connection
-            self.counters["query_errors"] += 1
-            return dict(out, ok=False, value=None, error=f"internal error: {type(exc).__name__}")
-        return dict(out, ok=True, value=value, error="")
-
-    def _query(self, path: str, params: dict[str, Any], reader: bytes | None = None) -> Any:
-        """Answer a query as ``reader`` may read it: the contract's read policy when the
-        contract has one (a contract without, like the IO tests' toy, answers everything);
-        heights and status to anyone, whole blocks to the operator, a receipt to the
-        transaction's signer and the operator."""
-        contract = self.state.contract
-        policy = contract if isinstance(contract, ReadPolicy) else None
-        if not path.startswith(LEDGER_QUERY_PREFIX):
-            if policy is not None:
-                return policy.read(path, params, reader)
-            return contract.query(path, params)
-        if path == "ledger.height":
-            return self.state.last_executed()
-        if path == "ledger.status":
-            return self.status()
-        chain = policy is None or policy.may_read_chain(reader)
-        if path == "ledger.block":
-            if not chain:
-                raise QueryError(f"{NOT_PERMITTED}: blocks are the operator's to read")
-            height = params.get("height")
-            if isinstance(height, bool) or not isinstance(height, int):
-                raise QueryError("height must be an integer")
-            block = self.state.block(height)
-            if block is None:
-                raise QueryError(f"no block {height}")
-            return block.to_wire()
-        if path == "ledger.receipt":
-            tx_id = params.get("tx_id")
-            if not isinstance(tx_id, str):
-                raise QueryError("tx_id must be a string")
-            found = self.state.receipt(tx_id)
-            if found is not None and not chain and self.state.signer(tx_id) != reader:
-                raise QueryError(f"{NOT_PERMITTED}: a receipt is its signer's to read")
-            return None if found is None else {"height": found[0], "receipt": found[1]}
-        raise QueryError(f"unknown query {path!r}")
 
 
 def _public(hex_key: str) -> Any:

@@ -1,28 +1,21 @@
-"""Framing and links over loopback TCP: the only place replicas and clients touch sockets.
+"""The listening side of a replica: the one port replicas and clients connect to.
 
-Frame: a 4-byte big-endian length, then that many bytes of one canonical-encoded message
-(``ledger.encoding``). ``FrameDecoder`` is the sans-IO parser (bytes in, payloads out); the asyncio
-parts around it are thin.
-
-Replica links are authenticated at connect time: the accepting side sends a fresh random
-challenge, the connecting replica answers with its id and an Ed25519 signature over
-``LINK_DOMAIN + canonical({"from", "to", "nonce"})``. From then on every frame on that connection is
-attributed to that replica. Consensus messages are signed by the core as well, so a forged or
-replayed frame on an authenticated link still fails the core's checks; the link check keeps
-unauthenticated strangers from consuming a replica's CPU. Connections that do not answer the
-challenge with ``auth`` are client connections (requests, queries, replies).
+``Listener`` accepts every connection, sends it a fresh random challenge and reads its first
+frame: a replica's link answers with ``auth`` (checked with ``ledger.peer_link``'s proof, then
+every frame on it is attributed to that replica); any other first frame makes it a client
+connection (requests, queries, replies; ``ClientConn``). Frames are ``ledger.framing``'s.
 
 A peer that sends garbage (bad length, bad encoding, bad auth) has its connection dropped and
-counted; nothing it sends can raise out of the reader. Outbound links reconnect with capped
-exponential backoff and drop the oldest queued frames when a peer is gone for long.
+counted; nothing it sends can raise out of the reader.
 
 What a connection may make a replica hold is bounded (``ledger.limits``): connections in all and
 per source, the handshake's and a frame's duration, a client's idle time, frame sizes (a
-client's 1 MiB, a replica's 8 MiB), the bytes of client frames being read at once, replies a
-client leaves unread, and the bytes queued for a peer. Each breach closes that connection only,
-is counted, and is logged once per cause per minute (``Incidents``). (By hand because asyncio's
-server has none of these: no connection cap, no deadline, no bound on what a reader buffers
-while ``readexactly`` waits for a large frame; the limits sit on the same streams.)
+client's 1 MiB, a replica's 8 MiB), the bytes of client frames being read at once (``Budget``),
+replies a client leaves unread, and the bytes queued for a peer (``ledger.peer_link``). Each
+breach closes that connection only, is counted, and is logged once per cause per minute
+(``Incidents``). (By hand because asyncio's server has none of these: no connection cap, no
+deadline, no bound on what a reader buffers while ``readexactly`` waits for a large frame; the
+limits sit on the same streams.)
 """
 
 from __future__ import annotations
@@ -31,120 +24,22 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ledger.encoding import EncodingError, canonical, decode
-from ledger.limits import DEFAULTS, HANDSHAKE_SLOTS, Incidents, Limits
-from ledger.limits import MAX_CLIENT_FRAME as MAX_CLIENT_FRAME  # what a client may send
+from ledger.encoding import EncodingError
+from ledger.framing import HEADER, FrameError, decode_payload, encode_frame, read_frame
+from ledger.limits import HANDSHAKE_SLOTS, Counters, Incidents, Limits
+from ledger.peer_link import NONCE_BYTES, check_link_proof
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct(">I")
-MAX_FRAME = 8 * 1024 * 1024  # a replica's frames; a client's are bounded by max_client_frame
-LINK_DOMAIN = b"wattmesh/link/v1\x00"
-NONCE_BYTES = 32
-HANDSHAKE_TIMEOUT_S = 5.0  # a replica's link waiting for the challenge of the peer it dialled
-MAX_QUEUED_FRAMES = 20_000
-BACKOFF_MIN_S = 0.05
-BACKOFF_MAX_S = 1.0
 READ_LIMIT = 32 * 1024  # a connection's read buffer beyond the frame being read
 SMALL_FRAME = 32 * 1024  # frames above this are read only within the read budget
 MAX_LINKS_PER_PEER = 2  # inbound links one replica may hold open (a reconnect overlaps)
-WRITE_AHEAD = 1024 * 1024  # bytes a peer link hands to its socket before waiting for it
 WATCHDOG_S = 1.0
-
-
-class FrameError(ValueError):
-    """Bytes that are not a valid frame; the connection that sent them is dropped."""
-
-
-def encode_frame(message: Any) -> bytes:
-    return frame(canonical(message, checked=False))
-
-
-def frame(payload: bytes) -> bytes:
-    """A frame around a message's canonical bytes."""
-    if len(payload) > MAX_FRAME:
-        raise FrameError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return HEADER.pack(len(payload)) + payload
-
-
-def decode_payload(payload: bytes) -> dict[str, Any]:
-    """A frame's payload as a message object (a dict with a string ``t``)."""
-    try:
-        value = decode(payload, strict=False)
-    except EncodingError as exc:
-        raise FrameError(str(exc)) from exc
-    if not isinstance(value, dict) or not isinstance(value.get("t"), str):
-        raise FrameError("message must be an object with a string 't'")
-    return value
-
-
-class FrameDecoder:
-    """Sans-IO: ``feed`` bytes, get whole payloads; raises ``FrameError`` on an oversized header."""
-
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
-        self._max = max_frame
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
-        out: list[bytes] = []
-        while len(self._buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buf)
-            if size > self._max:
-                raise FrameError(f"frame of {size} bytes exceeds {self._max}")
-            if len(self._buf) < HEADER.size + size:
-                break
-            out.append(bytes(self._buf[HEADER.size : HEADER.size + size]))
-            del self._buf[: HEADER.size + size]
-        return out
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-
-async def read_frame(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -> bytes:
-    """One payload; raises ``asyncio.IncompleteReadError`` at EOF and ``FrameError`` on garbage."""
-    header = await reader.readexactly(HEADER.size)
-    (size,) = HEADER.unpack(header)
-    if size > max_frame:
-        raise FrameError(f"frame of {size} bytes exceeds {max_frame}")
-    return await reader.readexactly(size)
-
-
-async def read_message(reader: asyncio.StreamReader) -> dict[str, Any]:
-    return decode_payload(await read_frame(reader))
-
-
-def link_proof(key: Ed25519PrivateKey, sender: int, receiver: int, nonce: str) -> str:
-    body = canonical({"from": sender, "nonce": nonce, "to": receiver}, checked=False)
-    return key.sign(LINK_DOMAIN + body).hex()
-
-
-def check_link_proof(
-    public: Ed25519PublicKey, sender: int, receiver: int, nonce: str, proof: Any
-) -> bool:
-    if not isinstance(proof, str) or len(proof) != 128:
-        return False
-    try:
-        sig = bytes.fromhex(proof)
-        body = canonical({"from": sender, "nonce": nonce, "to": receiver}, checked=False)
-        public.verify(sig, LINK_DOMAIN + body)
-    except (ValueError, InvalidSignature):
-        return False
-    return True
-
-
-class Counters(Counter[str]):
-    """Named event counts (rejected frames, dropped connections, reconnects) for ``status``."""
 
 
 PeerHandler = Callable[[int, dict[str, Any]], None]
@@ -512,108 +407,3 @@ class Listener:
             self._forget_client(conn)
             if self.on_client_closed is not None:
                 self.on_client_closed(conn)
-
-
-class PeerLink:
-    """The outbound, authenticated connection to one other replica, reconnecting with backoff.
-
-    ``send`` never blocks and never raises: frames wait in a queue bounded in frames and in bytes
-    while the peer is slow or away (the oldest go first; the protocol's own retransmission
-    covers what is dropped). Only ``WRITE_AHEAD`` bytes at a time are handed to the socket, so
-    what waits for a peer that does not read stays within ``max_bytes`` plus that."""
-
-    def __init__(
-        self,
-        me: int,
-        peer: int,
-        host: str,
-        port: int,
-        key: Ed25519PrivateKey,
-        counters: Counters,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_bytes: int = DEFAULTS["max_link_bytes"],
-    ) -> None:
-        self.me, self.peer, self.host, self.port = me, peer, host, port
-        self.key = key
-        self.counters = counters
-        self.sleep = sleep
-        self.max_bytes = max_bytes
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
-        self.wakeup = asyncio.Event()
-        self.connected = False
-        self.task: asyncio.Task[None] | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
-
-    @property
-    def backlog(self) -> int:
-        """Bytes waiting for this peer: queued here and handed to the socket but not sent."""
-        writer = self._writer
-        unsent = 0 if writer is None else writer.transport.get_write_buffer_size()
-        return self.queued_bytes + unsent
-
-    def send_frame(self, frame: bytes) -> None:
-        self.queue.append(frame)
-        self.queued_bytes += len(frame)
-        while len(self.queue) > MAX_QUEUED_FRAMES or (
-            self.queued_bytes > self.max_bytes and len(self.queue) > 1
-        ):
-            self.queued_bytes -= len(self.queue.popleft())
-            self.counters["frames_dropped"] += 1  # the oldest goes; the protocol re-sends
-        self.wakeup.set()
-
-    async def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                await self.sleep(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-                continue
-            try:
-                challenge = await asyncio.wait_for(read_message(reader), HANDSHAKE_TIMEOUT_S)
-                nonce = challenge.get("nonce")
-                if challenge["t"] != "challenge" or not isinstance(nonce, str):
-                    raise FrameError("expected a challenge")
-                proof = link_proof(self.key, self.me, self.peer, nonce)
-                writer.write(encode_frame({"t": "auth", "from": self.me, "proof": proof}))
-                self.connected = True
-                self._writer = writer
-                backoff = BACKOFF_MIN_S
-                self.counters["links_up"] += 1
-                eof = asyncio.ensure_future(reader.read(1))
-                try:
-                    while not eof.done():
-                        transport = writer.transport
-                        while self.queue and transport.get_write_buffer_size() < WRITE_AHEAD:
-                            frame = self.queue.popleft()
-                            self.queued_bytes -= len(frame)
-                            writer.write(frame)
-                        await writer.drain()
-                        self.wakeup.clear()
-                        if self.queue:
-                            continue
-                        waiter = asyncio.ensure_future(self.wakeup.wait())
-                        await asyncio.wait({waiter, eof}, return_when=asyncio.FIRST_COMPLETED)
-                        waiter.cancel()
-                finally:
-                    eof.cancel()
-            except (OSError, asyncio.IncompleteReadError, FrameError, TimeoutError):
-                pass
-            finally:
-                self.connected = False
-                self._writer = None
-                writer.close()
-            self.counters["reconnects"] += 1
-            await self.sleep(backoff)
-            backoff = min(BACKOFF_MAX_S, backoff * 2)

@@ -29,28 +29,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
-from ledger.transport import (
-    HEADER,
-    MAX_CLIENT_FRAME,
-    FrameDecoder,
-    FrameError,
-    decode_payload,
-    encode_frame,
-    read_message,
-)
-from ledger.tx import MAX_NONCE, SignedTx, public_bytes, sign_tx
+from ledger.tx import MAX_NONCE, SignedTx, sign_tx
+from ledger_client.connection import MAX_PER_FRAME, ReplicaConnection
+from ledger_client.pending import PendingOutcome
 from ledger_client.protocol import (
     answer_key,
-    hello_bytes,
     receipt_from_wire,
     receipt_is_wire,
     reply_key,
 )
 
 DEFAULT_TIMEOUT_S = 30.0
-RECONNECT_S = 0.2
-MAX_PER_FRAME = 500  # transactions or awaited ids in one frame
-READ_CHUNK = 1 << 16
 
 
 class LedgerError(RuntimeError):
@@ -65,199 +54,6 @@ class RejectedError(LedgerError):
 
 class QueryFailed(LedgerError):
     """2f+1 replicas agree that the query is invalid (unknown path, bad parameters)."""
-
-
-class _Conn:
-    def __init__(self, client: LedgerClient, index: int, host: str, port: int) -> None:
-        self.client, self.index, self.host, self.port = client, index, host, port
-        self.writer: asyncio.StreamWriter | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
-        self._requests: list[dict[str, Any]] = []
-        self._awaits: list[str] = []
-        self._flush_scheduled = False
-
-    def send(self, message: dict[str, Any]) -> bool:
-        if self.writer is None or self.writer.is_closing():
-            return False
-        self.writer.write(encode_frame(message))
-        return True
-
-    def send_list(self, kind: str, field: str, items: list[Any]) -> None:
-        """``items`` in frames of ``kind``, halved until each fits a client frame (a replica
-        drops a connection that sends a larger one)."""
-        if self.writer is None or self.writer.is_closing():
-            return
-        data = encode_frame({"t": kind, field: items})
-        if len(data) - HEADER.size > MAX_CLIENT_FRAME and len(items) > 1:
-            half = len(items) // 2
-            self.send_list(kind, field, items[:half])
-            self.send_list(kind, field, items[half:])
-            return
-        self.writer.write(data)
-
-    def request(self, wire: dict[str, Any]) -> None:
-        """Queue a transaction; all queued in one turn of the loop go out in one frame."""
-        self._requests.append(wire)
-        self._schedule()
-
-    def await_reply(self, tx_id: str) -> None:
-        self._awaits.append(tx_id)
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        requests, self._requests = self._requests, []
-        awaits, self._awaits = self._awaits, []
-        for start in range(0, len(requests), MAX_PER_FRAME):
-            self.send_list("requests", "txs", requests[start : start + MAX_PER_FRAME])
-        for start in range(0, len(awaits), MAX_PER_FRAME):
-            self.send_list("await", "tx_ids", awaits[start : start + MAX_PER_FRAME])
-
-    async def run(self) -> None:
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                await asyncio.sleep(RECONNECT_S)
-                continue
-            try:
-                challenge = await read_message(reader)
-                key = self.client.key
-                if key is not None:  # authenticate the connection: queries read as this key
-                    writer.write(encode_frame(hello(key, challenge)))
-                self.writer = writer
-                self.ready.set()
-                self.client._on_connect(self.index)
-                # read whatever has arrived and split it into frames: one read for many
-                # replies (two awaited reads per frame cost more than the reply itself)
-                decoder = FrameDecoder()
-                while True:
-                    data = await reader.read(READ_CHUNK)
-                    if not data:
-                        break
-                    for payload in decoder.feed(data):
-                        self.client._on_message(self.index, decode_payload(payload))
-            except (OSError, asyncio.IncompleteReadError, FrameError):
-                pass
-            finally:
-                was_up = self.writer is not None
-                self.ready.clear()
-                self.writer = None
-                writer.close()
-                if was_up:
-                    self.client._on_disconnect(self.index)
-            await asyncio.sleep(RECONNECT_S)
-
-
-def hello(key: Ed25519PrivateKey, challenge: dict[str, Any]) -> dict[str, Any]:
-    """The ``hello`` that proves ``key`` to the replica that sent ``challenge``."""
-    nonce, replica = challenge.get("nonce"), challenge.get("replica")
-    if not isinstance(nonce, str) or isinstance(replica, bool) or not isinstance(replica, int):
-        raise FrameError("the replica's challenge has no nonce or replica id")
-    key_hex = public_bytes(key.public_key()).hex()
-    sig = key.sign(hello_bytes(nonce, replica, key_hex)).hex()
-    return {"t": "hello", "key": key_hex, "sig": sig}
-
-
-class _Pending:
-    """One transaction (or query) waiting for matching replies. Every caller waiting for it has
-    a future of its own (``wait``), settled when the outcome is decided, so one caller giving up
-    (cancelled, timed out) cancels only its own future, never the others'. (It was one shared
-    future behind ``asyncio.shield`` per caller, which costs a second future, two callbacks and
-    an extra turn of the event loop per answer: 6-8 % of a loaded client's CPU samples.)"""
-
-    __slots__ = (
-        "_error",
-        "_futures",
-        "_result",
-        "deadline",
-        "finished",
-        "first",
-        "need",
-        "rejects",
-        "resend_at",
-        "to_all",
-        "votes",
-        "wait_s",
-        "waiters",
-        "wire",
-    )
-
-    def __init__(self, need: int) -> None:
-        self.need = need
-        self.votes: dict[bytes, set[int]] = {}
-        self.first: dict[bytes, dict[str, Any]] = {}
-        self.rejects: dict[str, set[int]] = {}
-        self.wire: dict[str, Any] | None = None  # the signed transaction, for re-sends
-        self.to_all = False  # given to every replica (primary unreachable, or re-sent)
-        # re-send and give-up times (loop clock), driven by the client's one sweeper
-        self.resend_at = self.deadline = float("inf")
-        self.wait_s = 0.0
-        self.waiters = 0  # submits waiting; forgotten when the last one returns
-        self.finished = False
-        self._result: dict[str, Any] = {}
-        self._error: BaseException | None = None
-        self._futures: list[asyncio.Future[dict[str, Any]]] = []
-
-    def wait(self) -> asyncio.Future[dict[str, Any]]:
-        """A new future for one caller: the agreed reply, or the error the wait ended with."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if self.finished:
-            self._settle(future)
-        else:
-            if len(self._futures) >= 8:  # callers that gave up (a query's timed-out rounds)
-                self._futures = [f for f in self._futures if not f.done()]
-            self._futures.append(future)
-        return future
-
-    def resolve(self, result: dict[str, Any]) -> None:
-        if not self.finished:
-            self.finished, self._result = True, result
-            self._settle_all()
-
-    def fail(self, error: BaseException) -> None:
-        if not self.finished:
-            self.finished, self._error = True, error
-            self._settle_all()
-
-    def _settle_all(self) -> None:
-        futures, self._futures = self._futures, []
-        for future in futures:
-            self._settle(future)
-
-    def _settle(self, future: asyncio.Future[dict[str, Any]]) -> None:
-        if future.done():  # its caller gave up
-            return
-        if self._error is not None:
-            future.set_exception(self._error)
-        else:
-            future.set_result(self._result)
-
-    def vote(self, replica: int, key: bytes, message: dict[str, Any]) -> None:
-        if self.finished:
-            return
-        for voters in self.votes.values():  # one vote per replica, the latest counts
-            voters.discard(replica)
-        if key not in self.votes:
-            self.votes[key] = set()
-            self.first[key] = message
-        voters = self.votes[key]
-        voters.add(replica)
-        if len(voters) >= self.need:
-            self.resolve(self.first[key])
-
-    def reject(self, replica: int, code: str, error: BaseException) -> None:
-        """A replica refused the transaction; f+1 refusing with one code end the wait."""
-        voters = self.rejects.setdefault(code, set())
-        voters.add(replica)
-        if len(voters) >= self.need:
-            self.fail(error)
 
 
 class LedgerClient:
@@ -285,9 +81,9 @@ class LedgerClient:
         self.broadcast = broadcast
         self.view = 0
         self._views: dict[int, int] = {}  # the highest view each replica's replies named
-        self._conns: list[_Conn] = []
-        self._txs: dict[str, _Pending] = {}
-        self._queries: dict[int, _Pending] = {}
+        self._conns: list[ReplicaConnection] = []
+        self._txs: dict[str, PendingOutcome] = {}
+        self._queries: dict[int, PendingOutcome] = {}
         self._height_collectors: dict[int, Callable[[int, dict[str, Any]], None]] = {}
         self._next_query = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -316,7 +112,7 @@ class LedgerClient:
     async def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         for i, (host, port) in enumerate(self.addresses):
-            conn = _Conn(self, i, host, port)
+            conn = ReplicaConnection(self, i, host, port)
             conn.task = asyncio.get_running_loop().create_task(conn.run())
             self._conns.append(conn)
         # wait until enough replicas are reachable to possibly answer (not all: some may be down)
@@ -358,7 +154,7 @@ class LedgerClient:
         tx_id = tx.tx_id
         pending = self._txs.get(tx_id)
         if pending is None:
-            pending = self._txs[tx_id] = _Pending(self.f + 1)
+            pending = self._txs[tx_id] = PendingOutcome(self.f + 1)
             wire = pending.wire = tx.to_wire()
             now = asyncio.get_running_loop().time()
             pending.wait_s = self.request_timeout_s
@@ -426,7 +222,7 @@ class LedgerClient:
         block reads."""
         self._next_query += 1
         qid = self._next_query
-        pending = self._queries[qid] = _Pending(2 * self.f + 1)
+        pending = self._queries[qid] = PendingOutcome(2 * self.f + 1)
         message = {"t": "query", "id": qid, "path": path, "params": params}
         try:
             async with asyncio.timeout(self.timeout_s):

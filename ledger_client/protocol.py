@@ -1,6 +1,6 @@
 """The client protocol between ``ledger_client`` and a replica: one definition of its messages.
 
-Frames are ``ledger.transport`` frames (4-byte length + canonical JSON). On connect the replica
+Frames are ``ledger.framing`` frames (4-byte length + canonical JSON). On connect the replica
 sends ``{"t": "challenge", "nonce": <hex>, "replica": i}``. Then:
 
 client -> replica

@@ -61,8 +61,9 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # one family of field readers)
     "ledger.contract": ("ledger.encoding", "ledger.ed25519", "ledger.fields"),
     "ledger.pbft": LEDGER_PBFT,  # ledger/pbft/README.md
-    "ledger_client": ("ledger.tx", "ledger.encoding", "ledger.cluster", "ledger.transport",
-                      "ledger.client_wire", "ledger.contract.api"),  # ledger_client/README.md
+    "ledger_client": ("ledger.tx", "ledger.encoding", "ledger.cluster", "ledger.framing",
+                      "ledger.limits", "ledger.client_wire",
+                      "ledger.contract.api"),  # ledger_client/README.md
     # tools/README.md: every part of the project, from the top (nothing imports tools)
     "tools": ("firmware", "gateway", "hardware", "ledger", "ledger_client"),
 }

@@ -43,10 +43,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.cluster import load_cluster
+from ledger.framing import HEADER, encode_frame, read_message
 from ledger.keys import load_key, new_key
 from ledger.limits import raise_nofile
 from ledger.setup import DEFAULT_CONTRACT, init_cluster
-from ledger.transport import HEADER, encode_frame, read_message
 from ledger.tx import SignedTx, sign_tx
 from tools.ledger_bench import FUNDS, _member, _percentile
 

@@ -16,7 +16,7 @@ Two parts:
   cluster; sockets come from a factory, so each can be made in the replica's network namespace.
 
 The model, link by link (each directed replica pair ``i -> j`` is one connection, as
-``ledger.transport.PeerLink`` dials one per peer):
+``ledger.peer_link.PeerLink`` dials one per peer):
 
 * Bandwidth: a token bucket of ``rate`` bits per second with a burst of ``BURST_SEGMENTS``
   segments. A segment leaves when the bucket holds its bytes; the bucket may go into debt, so
@@ -49,7 +49,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ledger.transport import HEADER, FrameError, decode_payload, read_frame
+from ledger.framing import HEADER, FrameError, decode_payload, read_frame
 
 MSS = 1448  # bytes of payload per TCP segment on a 1500-byte Ethernet path
 BURST_SEGMENTS = 10  # the token bucket's depth (a typical initial congestion window)

@@ -35,7 +35,7 @@ class PbftConfig:
     log_window: int = 256  # L: high watermark = low watermark + L (a multiple of K)
     batch_max: int = 400  # most transactions in one pre-prepare
     batch_delay_ms: int = 5  # longest wait of the oldest queued request before a batch is cut
-    # Bounds that keep every consensus message well inside a frame (ledger.transport.MAX_FRAME,
+    # Bounds that keep every consensus message well inside a frame (ledger.framing.MAX_FRAME,
     # 8 MiB) and a faulty peer from filling a replica's memory: the bytes of one batch
     # (block.batch_bytes), how many sequence numbers a primary runs ahead of what it executed,
     # and how far ahead of its own execution a backup takes a pre-prepare (a backup further

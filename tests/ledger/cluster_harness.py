@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ledger.cli import _statuses
-from ledger.cluster import load_cluster, replica_db_file
+from ledger.cluster import load_cluster, replica_db_file, replica_key_file
+from ledger.framing import encode_frame, read_message
 from ledger.keys import load_key, new_key
+from ledger.peer_link import link_proof
 from ledger.setup import free_ports, init_cluster
 from ledger.store import BlockStore
 from ledger_client.client import LedgerClient
@@ -29,6 +31,19 @@ from tests.ledger.proxy import ReplicaProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = "tests.ledger.toy_contract:make_contract"
+
+
+async def replica_link(
+    directory: Path, host: str, port: int, sender: int, receiver: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A link to replica ``receiver`` at ``host:port`` authenticated as replica ``sender``, whose
+    key is in ``directory``: what a faulty replica can open."""
+    key = load_key(directory / replica_key_file(sender))
+    reader, writer = await asyncio.open_connection(host, port)
+    challenge = await read_message(reader)
+    proof = link_proof(key, sender, receiver, challenge["nonce"])
+    writer.write(encode_frame({"t": "auth", "from": sender, "proof": proof}))
+    return reader, writer
 
 
 class Cluster:

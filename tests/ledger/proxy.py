@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from ledger.transport import HEADER, FrameError, decode_payload, read_frame
+from ledger.framing import HEADER, FrameError, decode_payload, read_frame
 
 
 class ReplicaProxy:

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from ledger.keys import new_key
 from ledger.tx import sign_tx
-from ledger_client.client import LedgerClient, RejectedError, _Conn, _Pending
+from ledger_client.client import LedgerClient, RejectedError
+from ledger_client.connection import ReplicaConnection
+from ledger_client.pending import PendingOutcome
 from tests.ledger.strategies import json_values
 
 JSON = json_values()
@@ -31,7 +33,7 @@ async def test_a_replies_frame_counts_like_single_replies() -> None:
     client = _client()
     ids = [f"{k:064x}" for k in range(3)]
     for tx_id in ids:
-        client._txs[tx_id] = _Pending(2)
+        client._txs[tx_id] = PendingOutcome(2)
     client._on_message(0, {"t": "replies", "replies": [_reply(0, t, 7) for t in ids]})
     assert not any(client._txs[t].finished for t in ids)  # one replica is not f+1
     client._on_message(1, {"t": "replies", "replies": [_reply(1, t, 7) for t in ids[:2]]})
@@ -52,7 +54,7 @@ def test_a_reply_whose_receipt_is_no_receipt_is_no_vote(receipt: Any) -> None:
     async def run() -> None:
         client = _client()
         tx_id = "cd" * 32
-        client._txs[tx_id] = _Pending(2)
+        client._txs[tx_id] = PendingOutcome(2)
         for replica in (0, 1):
             client._on_message(replica, dict(_reply(replica, tx_id, 4), receipt=receipt))
         assert client._txs[tx_id].finished == good
@@ -69,7 +71,7 @@ def test_hostile_replies_frames_fail_only_themselves(items: Any, frame: dict[str
     async def run() -> None:
         client = _client()
         tx_id = "ab" * 32
-        client._txs[tx_id] = _Pending(2)
+        client._txs[tx_id] = PendingOutcome(2)
         client._on_message(0, {"t": "replies", "replies": items})
         client._on_message(0, {"t": "replies", "replies": [items, frame, _reply(0, tx_id, 3)]})
         client._on_message(1, dict(frame, t="replies"))
@@ -82,7 +84,7 @@ def test_hostile_replies_frames_fail_only_themselves(items: Any, frame: dict[str
 def _ready_client() -> LedgerClient:
     """A client whose four connections count as ready, though none ever connects."""
     client = _client()
-    client._conns = [_Conn(client, i, "127.0.0.1", 1) for i in range(4)]
+    client._conns = [ReplicaConnection(client, i, "127.0.0.1", 1) for i in range(4)]
     for conn in client._conns:
         conn.ready.set()
     return client
@@ -153,7 +155,7 @@ async def test_one_replica_claiming_a_huge_view_does_not_move_the_client() -> No
     sending full transactions to the primary f+1 replicas agree on."""
     client = _client()
     tx_id = "cd" * 32
-    client._txs[tx_id] = _Pending(2)
+    client._txs[tx_id] = PendingOutcome(2)
     bogus = dict(_reply(3, tx_id, 1), v=4 * 10**15 + 3)
     client._on_message(3, bogus)
     assert client.view == 0
@@ -212,7 +214,8 @@ async def test_a_want_gets_the_transactions_still_waited_for_and_nothing_else() 
     client still waits for, in full, on that connection only; unknown, finished and malformed
     ids get nothing."""
     client = _client()
-    client._conns = [_Conn(client, i, "127.0.0.1", 1) for i in range(4)]  # never connected
+    # never connected
+    client._conns = [ReplicaConnection(client, i, "127.0.0.1", 1) for i in range(4)]
     for conn in client._conns:
         conn.ready.set()
     tx = sign_tx(new_key(), "token.transfer", {"to": "M00001", "amount": 1}, 11)
@@ -238,7 +241,7 @@ async def test_a_want_gets_the_transactions_still_waited_for_and_nothing_else() 
 def test_hostile_want_frames_never_raise(ids: Any) -> None:
     async def run() -> None:
         client = _client()
-        client._conns = [_Conn(client, i, "127.0.0.1", 1) for i in range(4)]
+        client._conns = [ReplicaConnection(client, i, "127.0.0.1", 1) for i in range(4)]
         client._on_message(0, {"t": "want", "tx_ids": ids})
         client._on_message(0, {"t": "want", "tx_ids": [ids]})
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from ledger.framing import HEADER, encode_frame, read_message
 from ledger.keys import load_key
 from ledger.pbft.messages import FetchBlocks, sign
 from ledger.pbft.signing import Signer
-from ledger.transport import HEADER, encode_frame, link_proof, read_message
 from ledger.tx import SignedTx, sign_tx
-from tests.ledger.cluster_harness import Cluster
+from tests.ledger.cluster_harness import Cluster, replica_link
 from tests.ledger.test_cluster_processes import check, load
 
 pytestmark = pytest.mark.timeout(240)
@@ -238,13 +238,7 @@ async def test_a_byzantine_replica_cannot_fill_a_peer_with_state_transfer(tmp_pa
         before = cluster.rss_kib(1, "VmHWM")
         key3 = load_key(cluster.dir / "replica-3.key")
         target = cluster.config.replica(1)
-        reader, writer = await asyncio.open_connection(target.host, target.port)
-        challenge = await read_message(reader)
-        writer.write(
-            encode_frame(
-                {"t": "auth", "from": 3, "proof": link_proof(key3, 3, 1, challenge["nonce"])}
-            )
-        )
+        _, writer = await replica_link(cluster.dir, target.host, target.port, 3, 1)
         signer = Signer(3, key3)
         for k in range(600):
             fetch = sign(FetchBlocks(1 + k % min(height, 4), 3), signer)

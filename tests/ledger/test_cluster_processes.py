@@ -21,13 +21,13 @@ from ledger import ed25519
 from ledger.cli import cmd_verify
 from ledger.contract.api import Receipt
 from ledger.encoding import canonical
+from ledger.framing import HEADER, encode_frame, read_message
 from ledger.keys import load_key
 from ledger.pbft.messages import Commit, Prepare, sign
 from ledger.pbft.signing import Signer
-from ledger.transport import HEADER, encode_frame, link_proof, read_message
 from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient
-from tests.ledger.cluster_harness import Cluster
+from tests.ledger.cluster_harness import Cluster, replica_link
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -223,10 +223,7 @@ async def test_silent_backup_and_hostile_peers(tmp_path: Path) -> None:
             # mismatched, corrupted and replayed consensus messages
             key3 = load_key(cluster.dir / "replica-3.key")
             key2 = load_key(cluster.dir / "replica-2.key")
-            reader, writer = await asyncio.open_connection(target.host, target.port)
-            challenge = await read_message(reader)
-            proof = link_proof(key3, 3, 1, challenge["nonce"])
-            writer.write(encode_frame({"t": "auth", "from": 3, "proof": proof}))
+            reader, writer = await replica_link(cluster.dir, target.host, target.port, 3, 1)
             digest = b"\x07" * 32
             # in replica 1's current view and log window, so each reaches the check it is for
             # (a slow box may have changed views or taken a checkpoint during the first load)

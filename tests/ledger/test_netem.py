@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.transport import encode_frame, read_frame
+from ledger.framing import encode_frame, read_frame
 from tools.netem import (
     MSS,
     RTO_MIN_S,

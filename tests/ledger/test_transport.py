@@ -14,29 +14,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import keys
+from ledger.framing import (
+    HEADER,
+    FrameDecoder,
+    FrameError,
+    decode_payload,
+    encode_frame,
+    read_message,
+)
 from ledger.limits import (
+    MAX_CLIENT_FRAME,
     RESERVED_FDS,
+    Counters,
     Incidents,
     Limits,
     client_slots,
     handshake_slots,
     peer_slots,
 )
-from ledger.transport import (
-    HEADER,
-    MAX_CLIENT_FRAME,
-    Budget,
-    ClientConn,
-    Counters,
-    FrameDecoder,
-    FrameError,
-    Listener,
-    PeerLink,
-    decode_payload,
-    encode_frame,
-    link_proof,
-    read_message,
-)
+from ledger.peer_link import PeerLink, link_proof
+from ledger.transport import Budget, ClientConn, Listener
 from tests.ledger.strategies import ints
 
 messages = st.fixed_dictionaries(

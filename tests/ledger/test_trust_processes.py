@@ -25,13 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.cli import _statuses
 from ledger.cluster import load_cluster, replica_db_file
 from ledger.contract import default_genesis, sign_report
+from ledger.framing import FrameDecoder, decode_payload, encode_frame, read_message
 from ledger.keys import load_key, new_key, public_hex
 from ledger.personal import Opening
 from ledger.personal import commitment as commit
 from ledger.setup import init_cluster
-from ledger.transport import FrameDecoder, decode_payload, encode_frame, link_proof, read_message
 from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient, QueryFailed, RejectedError
+from tests.ledger.cluster_harness import replica_link
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,14 +224,7 @@ async def test_a_backup_relaying_strangers_requests_gets_none_ordered(tmp_path: 
     ordered and the refusals are counted, while a member's transfer still commits."""
     async with community(tmp_path) as c:
         primary = c.config.replica(0)
-        key3 = load_key(c.dir / "replica-3.key")
-        reader, writer = await asyncio.open_connection(primary.host, primary.port)
-        challenge = await read_message(reader)
-        writer.write(
-            encode_frame(
-                {"t": "auth", "from": 3, "proof": link_proof(key3, 3, 0, challenge["nonce"])}
-            )
-        )
+        _, writer = await replica_link(c.dir, primary.host, primary.port, 3, 0)
         stranger = new_key()
         junk = [sign_tx(stranger, "token.transfer", {"to": "A", "amount": 1}, n) for n in range(50)]
         member = sign_tx(c.b, "token.transfer", {"to": "A", "amount": 7}, 1)
