@@ -87,13 +87,16 @@ def digest(value: Any) -> bytes:
     return hashlib.sha256(canonical(value)).digest()
 
 
-def decode(data: bytes | bytearray | memoryview, *, strict: bool = True) -> Any:
+def decode(
+    data: bytes | bytearray | memoryview, *, strict: bool = True, max_bytes: int = MAX_BYTES
+) -> Any:
     """Parse canonical bytes. With ``strict`` the input must be exactly the canonical encoding of
     what it parses to (so two byte strings never stand for one value: no floats, no duplicate
     keys, no whitespace, keys in order). Without it any JSON is accepted (a number may come out
     as a float, a repeated key keeps its last value): for messages whose parsers check every
-    field's type themselves."""
-    if len(data) > MAX_BYTES:
+    field's type themselves. ``max_bytes`` raises the bound for trusted local data only (a
+    replica's own contract snapshot)."""
+    if len(data) > max_bytes:
         raise EncodingError("too large")
     try:
         value = orjson.loads(data)

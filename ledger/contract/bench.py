@@ -67,7 +67,7 @@ def _community(members: int, sealed: bool) -> tuple[_Driver, bytes, list[bytes],
                 "role": "operator",
             }
         ],
-        "allocations": {"OP": members * (10**14 + 10**9)},
+        "allocations": {"OP": members * (10**10 + 10**9)},
     }
     d = _Driver(CommunityContract(genesis))
     producers: list[bytes] = []
@@ -82,7 +82,7 @@ def _community(members: int, sealed: bool) -> tuple[_Driver, bytes, list[bytes],
             out.append(key)
         res = {"res_id": f"PV{i:05d}", "owner": f"P{i:05d}", "kind": "PV"}
         d.apply(op, "registry.add_res", res | {"rated_power_w": 10**8})
-        d.apply(op, "token.transfer", {"to": f"C{i:05d}", "amount": 10**14})
+        d.apply(op, "token.transfer", {"to": f"C{i:05d}", "amount": 10**10})  # > 5 kWh at any price
         d.apply(op, "token.transfer", {"to": f"P{i:05d}", "amount": 10**9})  # sealed: deposits
     d.apply(op, "auction.open", {"listing_id": LISTING})
     return d, op, producers, consumers

@@ -21,6 +21,7 @@ from ledger.encoding import canonical, decode
 # 2 (one bump for issue 17's admission and keys, and issue 18's market as merged with them):
 # commitments and order keys in members, retired keys, proposals, the registry log, unconfirmed
 # meters, applications; meters' limits and roles, sealed listings
+MAX_SNAPSHOT_BYTES = 1 << 30  # a contract snapshot, read back from the replica's own store
 STATE_VERSION = 2
 
 
@@ -175,7 +176,9 @@ class ContractState:
 
     @classmethod
     def from_snapshot(cls, raw: bytes) -> ContractState:
-        data = decode(raw)
+        # a replica's own snapshot, read from its store: larger than any message may be (a
+        # community of 10,000 members with its registry log is past 16 MiB)
+        data = decode(raw, max_bytes=MAX_SNAPSHOT_BYTES)
         if (
             not isinstance(data, dict)
             or data.get("version") != STATE_VERSION
