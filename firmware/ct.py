@@ -4,18 +4,27 @@
 # scale by ICAL/VCAL, align the voltage with the current read after it), with these differences:
 #
 # * Integer sums, floats only per block. ESP32 MicroPython boxes every float on the heap, so a
-#   per-sample float filter would allocate thousands of objects a second. Samples are integer mV
-#   (the calibrated read_uv() reading); the loop keeps sums of small integers, d = sample - integer
-#   offset, and folds them into floats every FOLD samples, before a sum can leave the small-int
-#   range (2**30): 64 * 3300**2 stays below it (only a current that swings rail to rail every
-#   sample could push the second-difference sum past it, and MicroPython would then use a big int:
-#   right, but allocating). Sampling allocates nothing.
+#   per-sample float filter would allocate thousands of objects a second. Samples are the ADC's
+#   raw 12-bit codes; the loop keeps sums of small integers, d = sample - integer offset, and folds
+#   them into floats every FOLD samples, before a sum can leave the small-int range (2**30):
+#   64 * 4095**2 stays below it (only a current that swings rail to rail every sample could push
+#   the second-difference sum past it, and MicroPython would then use a big int: right, but
+#   allocating). Sampling allocates nothing.
+# * The board's calibration (hal Adc.line(): mV per code, the line read_uv() applies) scales the
+#   window's RMS and power once, not every sample: read_uv() rounds each 0.8 mV code to whole mV,
+#   a ripple of 0.25 mV with a 4 mV period that noise of +-2 codes does not smooth, and P at 1 %
+#   of range read up to 1.7 % of S wrong through it. Offsets, hysteresis and the clipping limits
+#   are held in codes.
 # * The DC offset is tracked by a low-pass filter across windows (emonLib's offset filter, run once
 #   per window) and used to find the zero crossings; within the whole-cycle window the exact mean
 #   is removed, the ideal high-pass for whole cycles (a straight-line fit would also remove part of
-#   a sine, about 1/cycles of it: more than the slow drift of a bias it would catch). The filter
-#   starts from the first window's mean: a board's bias sits wherever the ADC's usable window
-#   needs it.
+#   a sine, about 1/cycles of it). The filter starts from the first window's mean: a board's bias
+#   sits wherever the ADC's usable window needs it.
+# * A bias that drifts during the window is a ramp, and a ramp is not orthogonal to the mains
+#   (sum(t sin t) over whole cycles is not 0): 10 mV/s on the current's bias moves P by 0.8 % of S
+#   at 1 % of range. Each channel's slope is taken from the means of the window's two halves, each
+#   of whole cycles (the mains leaves their means alone), and the ramp's share is removed from the
+#   mean squares and from P.
 # * The noise floor is estimated in every window and removed from the current's mean square. ADC
 #   noise and quantisation are white, a mains current is not: the mean square of the second
 #   difference x[k] - 2 x[k-1] + x[k-2] is 6 sigma**2 for white noise, and a sine of angle theta per
@@ -101,58 +110,81 @@ def window(buf, n, offset, spc, hyst=HYST_MV):
     return SKIP, (SKIP + int(cycles * spc)) if cycles else n, cycles
 
 
-def sums(buf_v, buf_i, a, b, ov, oi):
+def sums(buf_v, buf_i, a, b, ov, oi, mid=0):
     """Integer-block sums over [a, b) (a >= SKIP), as floats:
-    (sv, svv, si, sii, svi, spi, s2).
+    (sv, svv, si, sii, svi, spi, s2, stv, sti, sv1, si1).
 
     ov/oi are integer offsets subtracted from every sample; spi = sum(v[k-1] * i[k]) for the phase
-    correction, s2 = sum of the current's squared second differences (the noise estimate). buf_v
-    may be None (current only).
+    correction, s2 = sum of the current's squared second differences (the noise estimate);
+    stv/sti = sum((k - a) * x[k]) (the drift correction); sv1/si1 = the sums over [a, mid) (a
+    block ends at mid). buf_v may be None (current only).
     """
-    fv = fvv = fi = fii = fvi = fpi = f2 = 0.0
+    fv = fvv = fi = fii = fvi = fpi = f2 = ftv = fti = fv1 = fi1 = 0.0
     p1 = buf_i[a - 1] - oi
     p2 = buf_i[a - 2] - oi
     pv = buf_v[a - 1] - ov if buf_v is not None else 0
     k = a
     while k < b:
+        if k == mid:
+            fv1 = fv
+            fi1 = fi
         e = k + FOLD
         if e > b:
             e = b
-        si = sii = s2 = 0
+        if k < mid < e:
+            e = mid
+        si = sii = s2 = sti = 0
         if buf_v is None:
             for j in range(k, e):
                 d = buf_i[j] - oi
                 si += d
                 sii += d * d
+                sti += (j - k) * d
                 x = d - p1 - p1 + p2
                 s2 += x * x
                 p2 = p1
                 p1 = d
         else:
-            sv = svv = svi = spi = 0
+            sv = svv = svi = spi = stv = 0
             for j in range(k, e):
                 d = buf_i[j] - oi
                 v = buf_v[j] - ov
                 si += d
                 sii += d * d
+                sti += (j - k) * d
                 x = d - p1 - p1 + p2
                 s2 += x * x
                 p2 = p1
                 p1 = d
                 sv += v
                 svv += v * v
+                stv += (j - k) * v
                 svi += v * d
                 spi += pv * d
                 pv = v
+            ftv += stv + sv * float(k - a)  # float: (k - a) * sv may leave the small ints
             fv += sv
             fvv += svv
             fvi += svi
             fpi += spi
+        fti += sti + si * float(k - a)
         fi += si
         fii += sii
         f2 += s2
         k = e
-    return fv, fvv, fi, fii, fvi, fpi, f2
+    return fv, fvv, fi, fii, fvi, fpi, f2, ftv, fti, fv1, fi1
+
+
+def _slope(s, s1, a, mid, b):
+    """A channel's drift in codes a sample: the difference of the means of the window's two
+    halves over the distance of their centres. Each half is whole cycles, so the mains and its
+    harmonics leave its mean alone (a straight-line fit over the window would take a share of
+    the sine as slope); 0 for a window under 2 cycles."""
+    if mid <= a:
+        return 0.0
+    m1 = mid - a
+    m2 = b - mid
+    return ((s - s1) / m2 - s1 / m1) / ((m1 + m2) / 2)
 
 
 class Clamp:
@@ -179,11 +211,11 @@ class Clamp:
         self.n = int(self.spc * (cycles + 1.5))  # enough for `cycles` whole cycles after trimming
         self.buf_i = array("H", bytes(2 * self.n))
         self.buf_v = array("H", bytes(2 * self.n)) if adc_v is not None else None
-        self.adc_lo = hal.ADC_MIN_MV
-        self.adc_hi = hal.ADC_MAX_MV
-        self.off_i = self.off_v = 0.0  # the tracked DC offsets...
+        self.adc_lo_mv = hal.ADC_MIN_MV
+        self.adc_hi_mv = hal.ADC_MAX_MV
+        self.off_i = self.off_v = 0.0  # the tracked DC offsets, in codes...
         self.seeded = False  # ...set from the first window's mean
-        self.hyst = HYST_MV
+        self.hyst = HYST_MV  # mV
         # the last window's timing, from the HAL: V-to-I read lag, whole loop span, late samples
         self.lag_us = 0.0
         self.span_us = self.period_us * self.n
@@ -204,31 +236,46 @@ class Clamp:
         self.lag_us, self.span_us, self.late = t
         return self.compute()
 
-    def _clipped(self, buf):
+    def _clipped(self, buf, line):
         # min/max run in C over the array: two cheap passes, no per-sample Python code
-        return min(buf) <= self.adc_lo or max(buf) >= self.adc_hi
+        g, b = line
+        lo = int((self.adc_lo_mv - b) / g + 0.5)
+        hi = int((self.adc_hi_mv - b) / g + 0.5)
+        return min(buf) <= lo or max(buf) >= hi
 
     def compute(self):
         n = self.n
         bv = self.buf_v
         if not self.seeded:
-            # n * 3300 stays a small int (n <= config.MAX_WINDOW_SAMPLES): no big-int sum
+            # n * 4095 stays a small int (n <= config.MAX_WINDOW_SAMPLES): no big-int sum
             self.off_i = sum(self.buf_i) / n
             if bv is not None:
                 self.off_v = sum(bv) / n
             self.seeded = True
+        line_i = self.adc_i.line()
+        line_v = self.adc_v.line() if bv is not None else line_i
+        gi = line_i[0]  # mV per code
+        gv = line_v[0]
         ref, ref_off = (bv, self.off_v) if bv is not None else (self.buf_i, self.off_i)
         period = self.span_us / n  # the period the loop achieved, us
         spc = 1000000 / (period * self.mains_hz)
-        a, b, cycles = window(ref, n, int(ref_off), spc, self.hyst)
+        a, b, cycles = window(ref, n, int(ref_off), spc, self.hyst / gv)
         ov = int(self.off_v)
         oi = int(self.off_i)
-        sv, svv, si, sii, svi, spi, s2 = sums(bv, self.buf_i, a, b, ov, oi)
+        # the two halves of the window, each of whole cycles, for the drift (see _drift)
+        mid = a + int((cycles // 2) * (b - a) / cycles + 0.5) if cycles >= 2 else 0
+        sv, svv, si, sii, svi, spi, s2, tv, ti, sv1, si1 = sums(bv, self.buf_i, a, b, ov, oi, mid)
         m = b - a
+        # drift: each channel's slope (codes a sample) and sum((k - centre) x[k])
+        kc = (m - 1) / 2
+        q = m * (m * m - 1) / 12  # sum((k - centre)**2)
+        di = _slope(si, si1, a, mid, b)
+        ti -= kc * si
         r = Result()
         r.n = m
         r.cycles = cycles
-        r.clipped = self._clipped(self.buf_i) or (bv is not None and self._clipped(bv))
+        r.clipped = self._clipped(self.buf_i, line_i) or (bv is not None
+                                                          and self._clipped(bv, line_v))
         r.behind = self.late > 0
         r.lag_us = self.lag_us
         r.rate_hz = 1000000 / period
@@ -236,11 +283,11 @@ class Clamp:
         theta = 2 * math.pi * (cycles / m if cycles else 1 / spc)
         r.hz = theta * r.rate_hz / (2 * math.pi)
         mi = si / m
-        noise = s2 / (6 * m)  # mV**2 of white noise per sample
-        var_i = sii / m - mi * mi - noise
-        r.irms = self.ical * math.sqrt(var_i if var_i > 0 else 0.0) / 1000
-        r.noise_a = self.ical * math.sqrt(noise) / 1000
-        h = 3 * math.sqrt(noise)
+        noise = s2 / (6 * m)  # codes**2 of white noise per sample
+        var_i = sii / m - mi * mi - noise - (2 * di * ti - di * di * q) / m
+        r.irms = self.ical * gi * math.sqrt(var_i if var_i > 0 else 0.0) / 1000
+        r.noise_a = self.ical * gi * math.sqrt(noise) / 1000
+        h = 3 * gi * math.sqrt(noise)  # mV
         self.hyst = MIN_HYST_MV if h < MIN_HYST_MV else (HYST_MV if h > HYST_MV else h)
         self.off_i += OFFSET_ALPHA * (oi + mi - self.off_i)
         if r.irms < self.start_a:
@@ -249,8 +296,10 @@ class Clamp:
         if bv is None:
             return r
         mv = sv / m
-        var_v = svv / m - mv * mv
-        r.vrms = self.vcal * math.sqrt(var_v if var_v > 0 else 0.0) / 1000
+        dv = _slope(sv, sv1, a, mid, b)
+        tv -= kc * sv
+        var_v = svv / m - mv * mv - (2 * dv * tv - dv * dv * q) / m
+        r.vrms = self.vcal * gv * math.sqrt(var_v if var_v > 0 else 0.0) / 1000
         self.off_v += OFFSET_ALPHA * (ov + mv - self.off_v)
         if r.idle:
             return r
@@ -261,7 +310,11 @@ class Clamp:
         spv = sv + (bv[a - 1] - ov) - (bv[b - 1] - ov)  # sum(v[k-1]) over the window
         svs = ca * sv + cb * spv
         p = ca * svi + cb * spi - mi * svs  # sum((vs - mean vs)(i - mean i))
-        r.power = self.vcal * self.ical * p / m / 1000000
+        # less the drifts' share: vs drifts as v does, by ca + cb; tv stands for vs's own sum
+        # (vs differs from v by a fraction cb of a one-sample shift: 1e-4 of S at 1 % of range)
+        dvs = (ca + cb) * dv
+        p -= dvs * ti + di * (ca + cb) * tv - dvs * di * q
+        r.power = self.vcal * gv * self.ical * gi * p / m / 1000000
         r.apparent = r.vrms * r.irms
         r.pf = r.power / r.apparent if r.apparent > 0 else 0.0
         if r.pf > 1.0:

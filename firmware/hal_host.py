@@ -78,8 +78,9 @@ ADC_MAX_MV = 2450
 
 class Signal:
     """dc_mv + drift_mv_s * t + sum(amp_mv * sin(2 pi order freq t + phase)) + uniform noise,
-    quantised to the ADC's step (lsb_mv; 0: 1 mV, the read_uv() resolution) and clipped to the
-    ADC's usable window (ADC_MIN_MV..ADC_MAX_MV)."""
+    clipped to the ADC's usable window (ADC_MIN_MV..ADC_MAX_MV) and quantised to the ADC's step
+    (lsb_mv; 0: 1 mV codes). The calibration line of a pin that carries it is mv = lsb_mv * code
+    (Adc.line)."""
 
     def __init__(self, dc_mv, freq_hz, parts, noise_mv=0, seed=1, lsb_mv=0, drift_mv_s=0,
                  bell=False):
@@ -88,7 +89,7 @@ class Signal:
         self.parts = parts  # [(amp_mv, order, phase_rad), ...]
         self.noise = noise_mv
         # bell: the sum of three uniforms of the same sigma as uniform +-noise_mv (an ADC's noise is
-        # bell-shaped; uniform noise of +-2 codes does not smooth read_uv's whole-mV rounding)
+        # bell-shaped); else uniform +-noise_mv
         self.bell = bell
         self.lsb = lsb_mv
         self.drift = drift_mv_s
@@ -100,6 +101,12 @@ class Signal:
         return self._rng / 0x7FFFFFFF * 2 - 1
 
     def mv(self, t_us):
+        """The reading in whole mV, as read_uv() // 1000 gives it: the code, then rounded."""
+        lsb = self.lsb or 1
+        return int(self.code(t_us) * lsb + 0.5)
+
+    def code(self, t_us):
+        """The ADC's raw code (of lsb_mv each; lsb_mv 0: 1 mV codes), as read() gives it."""
         t = t_us / 1000000
         x = self.dc + self.drift * t
         for amp, order, phase in self.parts:
@@ -109,10 +116,8 @@ class Signal:
                 x += self.noise / 3 * (self._uniform() + self._uniform() + self._uniform())
             else:
                 x += self.noise * self._uniform()
-        if self.lsb:
-            x = int(x / self.lsb + 0.5) * self.lsb  # the ADC's code, then read_uv's rounded mV
-        x = int(x + 0.5)
-        return ADC_MIN_MV if x < ADC_MIN_MV else (ADC_MAX_MV if x > ADC_MAX_MV else x)
+        x = ADC_MIN_MV if x < ADC_MIN_MV else (ADC_MAX_MV if x > ADC_MAX_MV else x)
+        return int(x / (self.lsb or 1) + 0.5)
 
 
 signals = {}  # type: dict  # pin -> Signal
@@ -131,9 +136,15 @@ class Adc:
         s = signals.get(self.pin)
         return s.mv(_now[0]) if s else 0
 
+    def line(self):
+        """(mv_per_code, mv_at_code_0): the calibration line that turns this pin's raw codes into
+        mV (on the chip, the line of read_uv()'s calibration)."""
+        s = signals.get(self.pin)
+        return (float(s.lsb or 1) if s else 1.0), 0.0
+
 
 def sample(adc_v, adc_i, buf_v, buf_i, n, period_us):
-    """Fill buf_v/buf_i with n readings (mV) period_us apart: voltage first, then current.
+    """Fill buf_v/buf_i with n raw ADC codes period_us apart: voltage first, then current.
 
     Returns (lag_us, span_us, late) as hal_esp32.sample measures them: the voltage-to-current
     read lag, the time the n samples took, and how many found their time already past."""
@@ -145,8 +156,8 @@ def sample(adc_v, adc_i, buf_v, buf_i, n, period_us):
     late = 0
     for k in range(n):
         if sv:
-            buf_v[k] = sv.mv(t)
-        buf_i[k] = si.mv(t + d) if si else 0
+            buf_v[k] = sv.code(t)
+        buf_i[k] = si.code(t + d) if si else 0
         due += period_us
         done = t + busy
         if done >= due:

@@ -32,14 +32,16 @@ def test_class_1_from_1_to_100_percent_of_range(measured: list) -> None:
             continue
         limit = 0.015 if case["frac"] < 0.05 else 0.01
         for e in acc.errors(case, windows):
-            assert e["irms_rel"] <= limit, (case["frac"], case["f"], case["phi"], e)
+            assert e["irms_rel"] <= limit, (case["frac"], case["f"], case["phi"], case["bell"], e)
             if case["v"]:
-                assert e["power_rel_to_s"] <= limit, (case["frac"], case["f"], case["phi"], e)
+                assert e["power_rel_to_s"] <= limit, (case["frac"], case["f"], case["phi"],
+                                                     case["bell"], e)
                 assert e["pf_abs"] <= limit, (case["frac"], case["phi"], e)
         for w in windows:
             assert not w[6] and not w[7]  # not clipped, the loop kept its period
-        seen.add((case["frac"], case["f"], case["phi"], case["lag"]))
-    assert len(seen) == (len(acc.LOW_FRACS) + len(acc.FRACS)) * len(acc.FREQS) * (1 + 6)
+        seen.add((case["frac"], case["f"], case["phi"], case["lag"], case["bell"]))
+    # every in-range case with bell-shaped noise and with uniform +-2-code noise
+    assert len(seen) == 2 * (len(acc.LOW_FRACS) + len(acc.FRACS)) * len(acc.FREQS) * (1 + 6)
 
 
 def test_above_range_right_until_clipped_then_flagged(measured: list) -> None:
@@ -95,6 +97,34 @@ def test_an_idle_channel_books_nothing() -> None:
         assert r["worst_irms"] == 0.0 and r["mean_w"] == 0.0, r
         # the estimated noise floor (0.05 A rms) is well below the starting current
         assert 0.02 < r["noise_a"] < start / 2, r
+
+
+DRIFT = """
+import hal_host as hal, ct
+for phi in (0.0, 1.5707963):
+    hal.reset()
+    hal.signals[34] = hal.Signal(1307, 50.5, [(I_MV, 1, -phi)], 0, 3, LSB, DRIFT, True)
+    hal.signals[35] = hal.Signal(1637, 50.5, [(566, 1, 0.0)], 0, 5, LSB, -DRIFT, True)
+    c = ct.Clamp(hal, hal.Adc(34), hal.Adc(35), ICAL, VCAL, 0.0, 2000, 50, 10, 0.0)
+    emit([[r.irms, r.vrms, r.power] for r in [c.measure() for w in range(5)]])
+"""
+
+
+def test_a_drifting_bias_leaves_power_alone() -> None:
+    """A bias drifting 10 mV/s (the current's up, the voltage's down) at 1 % of range, without
+    noise and with a fine ADC step (0.05 mV) so that only the drift is left: a ramp within a window
+    is not orthogonal to the mains, and P read 0.8 % of S off at PF 1 and at PF 0 before the drift
+    was removed."""
+    i_mv = 0.01 * acc.RANGE_A / acc.ICAL * 1000 * math.sqrt(2)
+    head = (f"LSB = 0.05\nICAL = {acc.ICAL!r}\nVCAL = {acc.VCAL!r}\n"
+            f"I_MV = {i_mv!r}\nDRIFT = {acc.DRIFT_MV_S!r}\n")
+    irms = acc.ICAL * i_mv / math.sqrt(2) / 1000
+    vrms = acc.VCAL * 566 / math.sqrt(2) / 1000
+    for want_pf, windows in zip((1.0, 0.0), mpvm.run_job(head + DRIFT).results, strict=True):
+        for w_irms, _, w_p in windows:
+            # after: Irms within 0.1 %, P 0.2 % of S (the windows' edges); before: P 0.6-1.1 %
+            assert abs(w_irms - irms) <= 0.002 * irms, (want_pf, w_irms, irms)
+            assert abs(w_p - want_pf * irms * vrms) <= 0.003 * irms * vrms, (want_pf, w_p)
 
 
 def _harmonic_current(n: int, spc: float, h3: float, p3: float) -> list[int]:

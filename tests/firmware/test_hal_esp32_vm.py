@@ -1,6 +1,7 @@
 """hal_esp32 on the VM over a stand-in `machine` module (no ESP32 here: the one place a fake is
-the only peer). Checks what the real HAL adds over machine: mV from read_uv, V-then-I order and
-pacing, active-low outputs, edge counting in the pin IRQ, the watchdog and file helpers."""
+the only peer). Checks what the real HAL adds over machine: raw codes and read_uv()'s calibration
+line, V-then-I order and pacing, active-low outputs, edge counting in the pin IRQ, the watchdog
+and file helpers."""
 
 from __future__ import annotations
 
@@ -25,13 +26,21 @@ class Pin:
         self.handler = handler
 class ADC:
     ATTN_11DB = 3
+    WIDTH_12BIT = 12
     def __init__(self, pin, atten=0):
         self.pin = pin
         self.k = 0
-    def read_uv(self):
+        self.bits = 0
+    def width(self, bits):
+        self.bits = bits
+    def read(self):
+        # pin 39 sweeps 3 codes a read (a voltage), pin 36 sits at its bias (an idle clamp)
         self.k += 1
         log.append(('adc', self.pin.n))
-        return 1000000 + self.pin.n * 1000 + self.k * 1500
+        return 1000 + 3 * self.k if self.pin.n == 39 else 1600 + self.k % 3
+    def read_uv(self):
+        # read_uv's calibration: the line 0.8 mV a code + 20 mV, rounded to whole mV
+        return int(self.read() * 0.8 + 20 + 0.5) * 1000
 irq_state = [0]
 def disable_irq():
     irq_state[0] += 1
@@ -56,6 +65,8 @@ SCRIPT = """
 import time, machine, hal_esp32 as hal
 from array import array
 v = hal.Adc(39); i = hal.Adc(36)
+emit({'line_v': list(v.line()), 'line_i': list(i.line()), 'bits': [v.adc.bits, i.adc.bits]})
+machine.log.clear()
 bv = array('H', bytes(20)); bi = array('H', bytes(20))
 t0 = time.ticks_us()
 lag, span, late = hal.sample(v, i, bv, bi, 10, 500)
@@ -90,11 +101,19 @@ emit({'file': hal.read_file('/f.bin').decode(), 'missing': hal.read_file('/nope'
 
 def test_real_hal_over_machine() -> None:
     out = mpvm.run_job(SCRIPT, files={"/lib/machine.py": MACHINE}).results
+    lines = out.pop(0)
+    # 12-bit codes; the calibration line read_uv() applies, found from read_uv() between raw
+    # reads: both terms where the input moves, through 0 for an idle input (1601 codes, 1301 mV)
+    assert lines["bits"] == [12, 12]
+    g, b = lines["line_v"]
+    assert abs(g - 0.8) < 1e-3 and abs(b - 20) < 1.0
+    assert lines["line_i"][1] == 0.0 and abs(lines["line_i"][0] - 1301 / 1601) < 1e-3
     s = out[0]
-    # the voltage read timed first (the lag of the current read after it), then read_uv() -> mV
-    # (integer division), voltage read before current in each pair
+    # the voltage read timed first (the lag of the current read after it), then raw codes,
+    # voltage read before current in each pair
     assert s["order"] == [39] * 4 + [39, 36, 39, 36]
-    assert s["bv"][0] == 1046 and s["bi"][0] == 1037  # 1000000 + 39000 + 5 * 1500 uV -> 1046 mV
+    k_v = 3 * 256 + 4 + 1  # pin 39's reads: 3 a fit step, 4 timing the lag, then the first pair
+    assert s["bv"][0] == 1000 + 3 * k_v and s["bi"][0] == 1600 + (3 * 256 + 1) % 3
     assert s["took_us"] >= 4500  # 10 pairs paced 500 us apart
     # measured with ticks_us: the read lag and the 10 periods (this VM's clock is coarser and its
     # loop over a Python stand-in for machine slower than the chip's: it may run late at 500 us)
