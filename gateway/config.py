@@ -34,6 +34,7 @@ INTERVAL_MIN = INTERVAL_MS // 60_000
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
+BLE_ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # AA:BB:CC:DD:EE:FF
 MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
 
 
@@ -63,10 +64,17 @@ class LedgerConfig:
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
+    """The home's broker. ``tls``: verify the broker's certificate against ``ca_file`` (the
+    system's CAs without one) and its host name; the password is read from ``password_file``
+    (owner-only) or the environment variable ``WATTMESH_MQTT_PASSWORD`` when connecting
+    (``gateway.credentials``), never kept in the config file."""
+
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     base_topic: str = "wattmesh"
@@ -248,7 +256,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     section = _gateway(gw, base)  # GatewayConfig's fields that [gateway] holds
     ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
     found = _Meters()
-    mqtt = _mqtt(mt, found) if (mt := root.table("mqtt")) is not None else None
+    mqtt = _mqtt(mt, found, base) if (mt := root.table("mqtt")) is not None else None
     ble_backend, ble_silence_timeout_s = "bleak", None
     if (bt := root.table("ble")) is not None:
         ble_backend, ble_silence_timeout_s = _ble(bt, found)
@@ -318,13 +326,22 @@ def _ledger(lt: _Table, base: Path) -> LedgerConfig:
     return ledger
 
 
-def _mqtt(mt: _Table, found: _Meters) -> MqttConfig:
+def _mqtt(mt: _Table, found: _Meters, base: Path) -> MqttConfig:
     disc = mt.table("discovery")
+    if "password" in mt.doc:
+        raise GatewayConfigError("mqtt.password: a secret does not go into the config; put it "
+                                 "in a file of mode 0600 named by mqtt.password_file")
+    tls = mt.get("tls", bool, False)
+    pw_file, ca_file = mt.get("password_file", str, None), mt.get("ca_file", str, None)
+    if ca_file is not None and not tls:
+        raise GatewayConfigError("mqtt.ca_file: needs tls = true")
     mqtt = MqttConfig(
         host=mt.get("host", str, "127.0.0.1"),
-        port=mt.get("port", int, 1883, min=1, max=65535),
-        username=mt.get("username", str, None),
-        password=mt.get("password", str, None),
+        port=mt.get("port", int, 8883 if tls else 1883, min=1, max=65535),
+        username=mt.get("username", str, None, pattern=ID_RE),
+        password_file=None if pw_file is None else _path(base, pw_file),
+        tls=tls,
+        ca_file=None if ca_file is None else _path(base, ca_file),
         discovery=disc.get("enabled", bool, True) if disc else True,
         discovery_prefix=disc.get("prefix", str, "homeassistant", pattern=TOPIC_RE)
         if disc
@@ -364,7 +381,8 @@ def _node(t: _Table, transport: str, found: _Meters) -> None:
         node = NodeConfig(nid, transport, meter_id,
                           topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE))
     else:
-        node = NodeConfig(nid, transport, meter_id, address=t.get("address", str))
+        address = t.get("address", str, pattern=BLE_ADDRESS_RE)
+        node = NodeConfig(nid, transport, meter_id, address=address)
     found.nodes.append(node)
     if not t.get("report", bool, False):  # nodes and plugs are sub-meters unless marked billing
         found.unreported.add(node.meter_id)

@@ -28,8 +28,12 @@ def register(subparsers: Any) -> None:
 
 
 def _load(path: str) -> GatewayConfig | None:
+    """The config, checked for everything ``run`` relies on (``gateway.preflight``)."""
+    from gateway.preflight import preflight
+
     try:
         cfg = load_config(path)
+        preflight(cfg)
         if cfg.keystore is not None:
             load_keystore(cfg.keystore, cfg.nodes)
     except GatewayConfigError as exc:
@@ -149,6 +153,7 @@ async def _connect(bus: Any) -> bool:
 async def _probe_mqtt(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, Any]]:
     import aiomqtt
 
+    from gateway.broker import broker_client, explain
     from gateway.sources.mqtt import topic_for
 
     assert cfg.mqtt is not None
@@ -156,13 +161,7 @@ async def _probe_mqtt(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, An
     nodes = [n for n in cfg.nodes if n.transport == "mqtt"]
     status: dict[str, str] = {}
     try:
-        async with aiomqtt.Client(
-            cfg.mqtt.host,
-            cfg.mqtt.port,
-            username=cfg.mqtt.username,
-            password=cfg.mqtt.password,
-            timeout=timeout_s,
-        ) as client:
+        async with broker_client(cfg.mqtt, "check", timeout_s=timeout_s) as client:
             out.append(
                 {
                     "device": f"mqtt broker {cfg.mqtt.host}:{cfg.mqtt.port}",
@@ -189,7 +188,7 @@ async def _probe_mqtt(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, An
             {
                 "device": f"mqtt broker {cfg.mqtt.host}:{cfg.mqtt.port}",
                 "ok": False,
-                "detail": str(exc),
+                "detail": explain(exc),
             }
         )
         return out

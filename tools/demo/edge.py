@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,9 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
              for nid, key in plug_keys.items()}
     for nid, topic, key in spec.mqtt_nodes:
         nodes[str(nid)] = {"key": key.hex(), "name": topic, "transport": "mqtt"}
-    (d / "nodes.json").write_text(json.dumps({"nodes": nodes}, indent=1), encoding="utf-8")
+    fd = os.open(d / "nodes.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # node keys
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"nodes": nodes}, indent=1))
     toml = [
         "# written by `wattmesh demo`: one home's gateway",
         "[gateway]", f'id = "{spec.id_grid.lower()}"', 'data_dir = "data"',

@@ -52,14 +52,16 @@ def provision(directory: Path, node_id: int, mqtt_port: int) -> tuple[Path, Path
 
     name = f"wattmesh_{node_id}"
     keystore = directory / "keystore.json"
+    wifi = directory / "wifi.password"  # an open network: an empty password file
+    wifi.write_text("", encoding="utf-8")
     provision_node(argparse.Namespace(
         id=node_id, keystore=str(keystore), out=str(directory), board=BOARD, link="mqtt",
         name=name, mqtt_host="127.0.0.1", mqtt_port=mqtt_port, wifi_ssid="community",
-        wifi_password="", force=False))
+        wifi_password_file=str(wifi), force=False))
     config = directory / "config.json"
     cfg = json.loads(config.read_text())
     cfg["sample_s"], cfg["publish_s"] = SAMPLE_S, PUBLISH_S
-    config.write_text(json.dumps(cfg, indent=1) + "\n")
+    config.write_text(json.dumps(cfg, indent=1) + "\n")  # keeps provision's mode 0600
     key = bytes.fromhex((directory / "node.key").read_text().strip())
     return config, directory / "node.key", key, name
 
