@@ -34,6 +34,8 @@ INTERVAL_MIN = INTERVAL_MS // 60_000
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
+PUBKEY_RE = re.compile(r"^[0-9a-fA-F]{64}$")  # an Ed25519 public key in hex
+DR_ROLES = ("operator", "dso")  # who may sign a demand-response request
 BLE_ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # AA:BB:CC:DD:EE:FF
 MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
 
@@ -130,6 +132,7 @@ class EmsConfig:
     res_id: str | None = None
     res_rated_w: int = 0
     notes: tuple[str, ...] = ()  # what the repair policy changed in the spec
+    dr_signers: tuple[tuple[str, str], ...] = ()  # (role, Ed25519 public key hex) of DR signers
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +527,19 @@ def _ems(
         raise GatewayConfigError(
             "ems.res_id: give res_id with res_rated_w, and id_grid, to sell PV"
         )
+    signers: list[tuple[str, str]] = []
+    if (st := t.table("dr_signers")) is not None:  # [ems.dr_signers] operator = ["<hex>"]
+        for role in DR_ROLES:
+            for i, k in enumerate(st.get(role, list, [])):
+                if not isinstance(k, str) or not PUBKEY_RE.match(k):
+                    raise GatewayConfigError(
+                        f"ems.dr_signers.{role}[{i}]: expected an Ed25519 public key in hex "
+                        "(64 digits, `wattmesh operator pubkey`)"
+                    )
+                signers.append((role, k.lower()))
+        st.done()
     cfg = EmsConfig(
+        dr_signers=tuple(signers),
         appliances=tuple(appliances),
         site_meter=site,
         pv_meter=pv,

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.build import build
@@ -71,6 +72,7 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
         self._next_prune = 0
+        self.recorder.status = self.status_snapshot
 
     # -- hooks for the EMS, the trading agent, the demo and tools (see gateway/README.md) ----------
     @property
@@ -102,8 +104,18 @@ class Gateway:
         return await self.relays.send(node_id, relay, on)
 
     def open(self) -> None:
-        """Open the store and restore the state a previous run left (idempotent)."""
+        """Open the store and restore the state a previous run left (idempotent), with the
+        demand-response requests that have not ended yet."""
+        fresh = self.recorder.store is None
         self.recorder.open()
+        if fresh and self.ems is not None and self.store is not None:
+            from gateway.dr_inbox import from_row
+
+            for row in self.store.dr_active(self.clock.now_ms()):
+                self.ems.request_demand_response(from_row(row))
+                log.warning("demand-response request %s (%s) still holds: at most %d W until %s",
+                            row.id, row.role, row.max_w,
+                            datetime.fromtimestamp(row.end_ms / 1000, UTC).isoformat())
 
     def flush(self) -> int:
         """Write queued readings and the cores' state (see ``Recorder.flush``)."""
@@ -212,6 +224,19 @@ class Gateway:
         if self.publisher is not None:
             await self.publisher.offline()
 
+    def status_snapshot(self) -> dict[str, Any]:
+        """What ``wattmesh gateway status`` shows of the running daemon (saved at each flush)."""
+        return {
+            "t_ms": self.clock.now_ms(),
+            "gateway_id": self.cfg.gateway_id,
+            "nodes": {
+                str(n): {"last_frame_ms": t, "transport": tr}
+                for n, (t, tr) in sorted(self.ingest.last_frame.items())
+            },
+            "meters": {m: r.t_ms for m, r in sorted(self.ingest.latest.items())},
+            **self.stats(),
+        }
+
     def stats(self) -> dict[str, Any]:
         return {
             "frames": self.verifier.counts(),
@@ -221,4 +246,5 @@ class Gateway:
             "reports_queued": self.recorder.reports_queued,
             "sources": {s.name: s.stats() for s in self.sources},
             "buses": {b.cfg.name: b.stats() for b in self.buses},
+            "dr": self.dr_inbox.stats() if self.dr_inbox is not None else None,
         }

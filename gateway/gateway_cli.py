@@ -25,6 +25,11 @@ def register(subparsers: Any) -> None:
     check.add_argument("--timeout", type=float, default=3.0, help="seconds per probe")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(func=cmd_check)
+    status = sub.add_parser("status", help="what the daemon last saved, outbox, DR, ledger")
+    status.add_argument("--config", required=True, help="gateway TOML config")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds for the ledger")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=cmd_status)
 
 
 def _load(path: str) -> GatewayConfig | None:
@@ -252,3 +257,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['device']}: {r['detail']}")
     return 0 if all(r["ok"] for r in results) else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.status import StatusError, read_status, render
+
+    try:
+        cfg = load_config(args.config)
+    except GatewayConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    now = int(time.time() * 1000)
+    try:
+        status = read_status(cfg.db_path, now)
+    except StatusError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 1
+    if cfg.ledger is not None:
+        status["ledger"] = asyncio.run(_probe_ledger(cfg, args.timeout))
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        print("\n".join(render(status, now)))
+    return 0

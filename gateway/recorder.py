@@ -42,6 +42,8 @@ class Recorder:
         )  # fmt: skip
         self.reports, self.on_queued = reports, on_queued
         self.store: Store | None = None
+        # what `gateway status` reads: saved with the state at every flush (set by the daemon)
+        self.status: Callable[[], dict[str, Any]] | None = None
         self._nonce = 0
         self.intervals_closed = 0
         self.reports_queued = 0
@@ -74,7 +76,10 @@ class Recorder:
         return self._nonce
 
     def _state(self) -> dict[str, Any]:
-        return {**self.ingest.snapshot(), "cmd_seq": self.relays.snapshot()}
+        state = {**self.ingest.snapshot(), "cmd_seq": self.relays.snapshot()}
+        if self.status is not None:
+            state["status"] = self.status()
+        return state
 
     def flush(self) -> int:
         """Write queued readings and the cores' state in one transaction. If the write fails

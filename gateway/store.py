@@ -39,7 +39,24 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_ms);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dr_requests (
+    id TEXT PRIMARY KEY, role TEXT NOT NULL, signer TEXT NOT NULL, start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL, max_w INTEGER NOT NULL, received_ms INTEGER NOT NULL
+);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class DrRow:
+    """A demand-response request the gateway took (``gateway.dr_inbox``)."""
+
+    id: str
+    role: str
+    signer: str
+    start_ms: int
+    end_ms: int
+    max_w: int
+    received_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +75,10 @@ class Store:
         # isolation_level=None: transactions are explicit (BEGIN ... COMMIT) below.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: every commit is on the card before it returns. With NORMAL a power cut could
+        # roll back the last commits, and with them the replay windows (kv "verifier"), the
+        # command sequence numbers and taken demand-response requests (issue 19, finding 4).
+        self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -204,3 +224,23 @@ class Store:
             "WHERE id = ?",
             (row.state, row.attempts, row.next_ms, row.code, row.message, row.id),
         )
+
+    # -- demand-response requests -----------------------------------------------------------
+    def dr_add(self, row: DrRow) -> bool:
+        """Record a request; False (nothing written) when its id was taken before."""
+        with self._transaction():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO dr_requests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.id, row.role, row.signer, row.start_ms, row.end_ms, row.max_w,
+                 row.received_ms),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    def dr_active(self, now_ms: int) -> list[DrRow]:
+        """The requests that have not ended at ``now_ms``, by start."""
+        rows = self.db.execute(
+            "SELECT id, role, signer, start_ms, end_ms, max_w, received_ms FROM dr_requests "
+            "WHERE end_ms > ? ORDER BY start_ms, id",
+            (now_ms,),
+        ).fetchall()
+        return [DrRow(*r) for r in rows]
