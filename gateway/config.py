@@ -384,7 +384,10 @@ def _node(t: _Table, transport: str, found: _Meters) -> None:
         node = NodeConfig(nid, transport, meter_id,
                           topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE))
     else:
-        address = t.get("address", str, pattern=BLE_ADDRESS_RE)
+        address = t.get("address", str)
+        if not BLE_ADDRESS_RE.match(address):
+            raise GatewayConfigError(f"{t.where}.address: {address!r} is not a BLE address "
+                                     "(AA:BB:CC:DD:EE:FF)")
         node = NodeConfig(nid, transport, meter_id, address=address)
     found.nodes.append(node)
     if not t.get("report", bool, False):  # nodes and plugs are sub-meters unless marked billing

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from firmware import frame
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 64
 
@@ -56,6 +59,7 @@ class FrameVerifier:
         self.accepted = 0
         self.dropped: Counter[str] = Counter()
         self.dropped_by_node: Counter[int] = Counter()
+        self._logged: set[tuple[int | None, str]] = set()  # (node, reason) logged once
 
     def set_key(self, node_id: int, key: bytes) -> None:
         if not 0 <= node_id <= 0xFFFF or len(key) < 16:
@@ -65,10 +69,19 @@ class FrameVerifier:
     def known(self, node_id: int) -> bool:
         return node_id in self._mac
 
-    def _drop(self, reason: str, node_id: int | None = None) -> None:
+    def _drop(
+        self, reason: str, node_id: int | None = None, detail: str = "", kind: str = ""
+    ) -> None:
+        """Count a dropped frame; the first drop of each reason (per node) is logged, so a
+        flood of forgeries costs one line, and a fault is never silent."""
         self.dropped[reason] += 1
         if node_id is not None:
             self.dropped_by_node[node_id] += 1
+        if (node_id, reason + kind) not in self._logged:  # kind: a cause worth its own line
+            self._logged.add((node_id, reason + kind))
+            who = "a frame" if node_id is None else f"node {node_id}'s frame"
+            log.warning("dropped %s: %s%s (further drops for this reason are only counted)",
+                        who, reason, f"; {detail}" if detail else "")
 
     def verify(self, raw: bytes) -> Verified | None:
         """The frame if it is authentic and fresh, else ``None`` (the reason is counted)."""
@@ -90,7 +103,16 @@ class FrameVerifier:
             self._drop("tag", node_id)
             return None
         if not self._fresh(node_id, seq):
-            self._drop("replay", node_id)
+            w = self._seq[node_id]
+            if w.highest - seq >= self.window:
+                # far behind: an old capture replayed, or a node whose flash was wiped and
+                # counts again from 1; either way it is refused, and said once in the log
+                self._drop("replay", node_id, f"sequence {seq} is far behind the last accepted "
+                           f"{w.highest}: a replayed capture, or the node restarted its "
+                           "sequence (flash erased or re-flashed: provision it with a new key)",
+                           kind="far")
+            else:
+                self._drop("replay", node_id, f"sequence {seq} was already seen")
             return None
         self.accepted += 1
         return Verified(ftype, node_id, seq, body[frame.HEADER_LEN :])
