@@ -112,7 +112,9 @@ def build(
     )
     relays = RelayCommander(keys, ingest.nodes, sources, clock, cfg.command_timeout_s)
     outbox_wake = asyncio.Event()
-    recorder = Recorder(cfg.db_path, key, ingest, relays, clock, cfg.reports, outbox_wake.set)
+    recorder = Recorder(
+        cfg.db_path, key, ingest, relays, clock, cfg.reports, outbox_wake.set, cfg.member
+    )
     if deliverer is None and cfg.ledger is not None:
         deliverer = LedgerDeliverer(cfg.ledger.cluster, key, cfg.ledger.timeout_s)
     backoff = Backoff(

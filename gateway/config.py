@@ -34,6 +34,7 @@ INTERVAL_MIN = INTERVAL_MS // 60_000
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
+MEMBER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")  # an id_grid: no ":", the scope separator
 PUBKEY_RE = re.compile(r"^[0-9a-fA-F]{64}$")  # an Ed25519 public key in hex
 DR_ROLES = ("operator", "dso")  # who may sign a demand-response request
 BLE_ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # AA:BB:CC:DD:EE:FF
@@ -158,6 +159,9 @@ class GatewayConfig:
     # the member's billing meter. Empty (every meter reported) unless a config file says so.
     unreported: frozenset[str] = frozenset()
     ems: EmsConfig | None = None
+    # the member (id_grid) this home belongs to: its meters are "<member>:<meter_id>" on the
+    # ledger, so every home may call its meter "grid" (gateway.report.ledger_meter_id)
+    member: str | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -313,6 +317,7 @@ def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
         flush_ms=gw.get("flush_ms", int, 1000, min=10, max=60_000),
         retention_days=gw.get("retention_days", int, 7, min=1, max=3650),
         command_timeout_s=float(gw.get("command_timeout_s", (int, float), 5.0, min=0.1, max=120)),
+        member=gw.get("member", str, None, pattern=MEMBER_RE),
     )
     gw.done()
     return section

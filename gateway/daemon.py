@@ -154,8 +154,9 @@ class Gateway:
             self._outbox_wake.clear()
             try:
                 await deliver_due(
-                    self.recorder.db(), self.key, self.deliverer, self.clock.now_ms(), self.backoff
-                )
+                    self.recorder.db(), self.key, self.deliverer, self.clock.now_ms(),
+                    self.backoff, new_nonce=self.recorder.next_nonce,
+                )  # fmt: skip
             except Exception:  # a store error, say: log it and try again in a while
                 log.exception("delivery round failed")
                 await self.clock.sleep_until(self.clock.now_ms() + self.backoff.initial_ms)

@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
     status.add_argument("--timeout", type=float, default=3.0, help="seconds for the ledger")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)
+    pub = sub.add_parser("pubkey", help="the gateway's public key (the key is made if missing)")
+    pub.add_argument("--config", required=True, help="gateway TOML config")
+    pub.set_defaults(func=cmd_pubkey)
 
 
 def _load(path: str) -> GatewayConfig | None:
@@ -281,4 +284,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=1))
     else:
         print("\n".join(render(status, now)))
+    return 0
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    """What the operator registers the home's meters with (``wattmesh operator meter add
+    --gateway-key``). The key is made (mode 0600) if the daemon has not made it yet."""
+    from gateway.build import load_or_create_key
+    from ledger.keys import KeyFileError, public_hex
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    try:
+        key = load_or_create_key(cfg.key_file)
+    except (KeyFileError, OSError) as exc:
+        print(f"gateway.key_file: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"gateway_id": cfg.gateway_id, "member": cfg.member,
+                      "public_key": public_hex(key)}))
     return 0

@@ -220,9 +220,9 @@ class Store:
 
     def outbox_save(self, row: OutboxRow) -> None:
         self.db.execute(
-            "UPDATE outbox SET state = ?, attempts = ?, next_ms = ?, code = ?, message = ? "
-            "WHERE id = ?",
-            (row.state, row.attempts, row.next_ms, row.code, row.message, row.id),
+            "UPDATE outbox SET state = ?, attempts = ?, next_ms = ?, code = ?, message = ?, "
+            "nonce = ? WHERE id = ?",
+            (row.state, row.attempts, row.next_ms, row.code, row.message, row.nonce, row.id),
         )
 
     # -- demand-response requests -----------------------------------------------------------
