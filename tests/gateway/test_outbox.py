@@ -32,6 +32,18 @@ def test_state_machine() -> None:
     assert next_state(failed, 200, p, code="INSUFFICIENT_FUNDS").state == REJECTED
 
 
+def test_a_report_for_an_unregistered_meter_waits_for_registration() -> None:
+    report = OutboxRow(2, "meter.report", {"meter_id": "PT0001:grid"}, 7)
+    p = Backoff(1_000, 300_000)
+    later = next_state(report, 0, p, code="UNKNOWN_METER", error="no meter PT0001:grid")
+    assert (later.state, later.code, later.next_ms) == (PENDING, "UNKNOWN_METER", 60_000)
+    again = next_state(later, 60_000, p, code="UNKNOWN_METER")
+    assert again.state == PENDING and again.next_ms == 60_000 + 120_000  # doubling
+    # only reports wait (one report per meter and interval: a new nonce cannot double it)
+    other = OutboxRow(3, "auction.bid", {}, 8)
+    assert next_state(other, 0, p, code="UNKNOWN_METER").state == REJECTED
+
+
 async def test_outage_lost_replies_and_restart_deliver_exactly_once(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     store = Store(db)
