@@ -179,12 +179,17 @@ def make_tls(folder: Path, name: str = "wattmesh test") -> TlsFiles:
 
 
 def mosquitto_conf(
-    port: int, tls: TlsFiles, password_file: Path, acl_file: Path, extra: str = ""
+    port: int, tls: TlsFiles, password_file: Path, acl_file: Path, extra: str = "",
+    plain_port: int | None = None,
 ) -> str:
-    """A mosquitto 2.x config: one TLS listener on loopback, no anonymous clients, the ACL."""
+    """A mosquitto 2.x config: a TLS listener on loopback, no anonymous clients, the ACL; and,
+    with ``plain_port``, a listener without TLS (same accounts and ACL) for nodes, whose
+    MicroPython link has no TLS."""
+    plain = "" if plain_port is None else f"listener {plain_port} 127.0.0.1\n"
     return (
         "per_listener_settings false\n"
-        f"listener {port} 127.0.0.1\n"
+        + plain
+        + f"listener {port} 127.0.0.1\n"
         f"cafile {tls.ca_cert}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
         "tls_version tlsv1.2\n"
         "allow_anonymous false\n"

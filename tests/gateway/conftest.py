@@ -97,7 +97,8 @@ class SecureBroker(Broker):
     of password-file and ACL lines as ``wattmesh provision`` writes them."""
 
     def __init__(
-        self, tmp: Path, accounts: dict[str, tuple[str, str]], lines: tuple[Path, ...] = ()
+        self, tmp: Path, accounts: dict[str, tuple[str, str]], lines: tuple[Path, ...] = (),
+        plain: bool = False,
     ) -> None:
         from tools.mqtt_auth import make_tls, mosquitto_conf, password_line
 
@@ -115,7 +116,8 @@ class SecureBroker(Broker):
                       + [(d / "mosquitto.acl").read_text() for d in lines])
         )
         conf = tmp / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(self.port, self.tls, pw, acl))
+        self.plain_port = free_port() if plain else None  # nodes: accounts, ACL, no TLS
+        conf.write_text(mosquitto_conf(self.port, self.tls, pw, acl, plain_port=self.plain_port))
         self.log = tmp / "mosquitto.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
