@@ -41,7 +41,7 @@ from hardware.ble.plug import PlugEmulator
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, serve_tcp
 from ledger.keys import write_key
 from ledger.tx import SignedTx
-from tools.demo.procs import free_port
+from tools.demo.procs import DemoBroker, free_port
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class EdgeSpec:
 
 
 def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
-                        plug_keys: dict[int, bytes], mqtt_port: int | None) -> Path:
+                        plug_keys: dict[int, bytes], broker: DemoBroker | None) -> Path:
     (d / "data").mkdir(parents=True, exist_ok=True)
     write_key(d / "data" / "gateway.key", spec.key)
     nodes = {str(nid): {"key": key.hex(), "name": f"plug-{nid}", "transport": "ble"}
@@ -206,10 +206,13 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
         'key_file = "gateway.key"', 'keystore = "nodes.json"', "flush_ms = 60000",
         "command_timeout_s = 30", "",
     ]
-    if mqtt_port is not None:
-        toml += ["[mqtt]", 'host = "127.0.0.1"', f"port = {mqtt_port}", "publish_min_s = 300",
-                 f'base_topic = "wattmesh-{spec.id_grid.lower()}"', "[mqtt.discovery]",
-                 "enabled = true", ""]
+    if broker is not None:  # TLS, the gateway's own account (README: a home's broker)
+        base = f"wattmesh-{spec.id_grid.lower()}"
+        user, pw_file = broker.gateway_account(spec.id_grid.lower(), base)
+        toml += ["[mqtt]", 'host = "127.0.0.1"', f"port = {broker.port}", "tls = true",
+                 f'ca_file = "{broker.ca_file}"', f'username = "{user}"',
+                 f'password_file = "{pw_file}"', "publish_min_s = 300",
+                 f'base_topic = "{base}"', "[mqtt.discovery]", "enabled = true", ""]
         for nid, topic, _ in spec.mqtt_nodes:
             toml += ["[[mqtt.nodes]]", f"node_id = {nid}", f'meter_id = "node-{nid}"',
                      f'topic = "{topic}"', "report = false", ""]
@@ -235,12 +238,12 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
 async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s: int,
                      ledger: Callable[[], Any], plug_keys: dict[int, bytes],
                      plug_load: Callable[[int, int], Callable[[int], int]],
-                     mqtt_port: int | None, plug_boot_ms: int | None = None) -> HomeEdge:
+                     broker: DemoBroker | None, plug_boot_ms: int | None = None) -> HomeEdge:
     meter = EmulatedMeter(METER_MODEL, spec.profile, clock=clock.now_ms)
     port = free_port()
     server = await serve_tcp({UNIT: meter}, "127.0.0.1", port)
     cfg = load_config(write_gateway_files(directory, spec, port, poll_s, plug_keys,
-                                          mqtt_port if spec.mqtt_nodes else None))
+                                          broker if spec.mqtt_nodes else None))
     sources: list[NodeSource] = []
     plugs: list[Plug] = []
     link = central = None
