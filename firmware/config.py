@@ -38,6 +38,21 @@ MAX_RELAYS = 8  # one bit each in frames and in the stored lockouts
 MAX_RELAY_S = 86400  # minimum on/off times
 MAX_TRIP_A = 1000
 MAX_WINDOW_SAMPLES = 8000  # per ADC channel: 16 kB each, in the ESP32's ~100 kB of free heap
+# CT sampling a board can hold: `max_sample_rate_hz` is the rate its ADC loop reaches (V and I
+# read in turn by bytecode; the node measures the rate it achieves in every window and flags one
+# that fell behind), this default for a board that does not say. Fewer than MIN_CYCLES mains
+# cycles per window leave the noise and the window's edges too much weight (1 cycle: 1.1-1.4 % of
+# S in power), fewer than MIN_WINDOW_SAMPLES samples too.
+DEFAULT_MAX_RATE_HZ = 4000
+MIN_RATE_HZ = 1000
+MIN_CYCLES = 5
+MIN_WINDOW_SAMPLES = 200
+# The starting current of a CT channel, as a share of its range_a, when the board gives no
+# start_a: IEC 62053-21 starts class 1 meters at 0.4 % of the basic current; below it the channel
+# reads 0 and books nothing (the no-load condition). Without range_a: START_A_DEFAULT.
+START_FRACTION = 0.004
+START_A_DEFAULT = 0.1
+MAX_PHASE_DEG = 20
 
 
 class ConfigError(ValueError):
@@ -102,10 +117,16 @@ def _meter(m, path):
         for k in ("bias_mv", "range_a", "burden_ohm"):
             if k in m:
                 _positive(m, k, path)
+        if "phasecal" in m:
+            raise ConfigError(path + "phasecal: replaced by phase_deg (the sensors' phase error "
+                              "in degrees; the read lag is measured by the node)")
+        rng = m.get("range_a")
+        m["start_a"] = _range(m, "start_a", path, 0, rng if rng else MAX_TRIP_A, _NUM,
+                              START_FRACTION * rng if rng else START_A_DEFAULT)
         if "v_pin" in m:
             _get(m, "v_pin", path, int)
             _positive(m, "vcal", path)
-            _positive(m, "phasecal", path, _NUM, 1.0)
+            _range(m, "phase_deg", path, -MAX_PHASE_DEG, MAX_PHASE_DEG, _NUM, 0.0)
             if "v_bias_mv" in m:
                 _positive(m, "v_bias_mv", path)
     elif t == "hlw8012":
@@ -197,14 +218,23 @@ def check(cfg):
         if relays[i].get("channel", 0) not in seen:
             raise ConfigError(p + "channel: no meter has this channel")
     board["relays"] = relays
-    rate = board["sample_rate_hz"] = _range(board, "sample_rate_hz", "board.", 500, 20000, _NUM,
-                                            2000)
-    cycles = board["cycles"] = _range(board, "cycles", "board.", 1, 100, int, 10)
+    top = board["max_sample_rate_hz"] = _range(board, "max_sample_rate_hz", "board.",
+                                               MIN_RATE_HZ, 20000, _NUM, DEFAULT_MAX_RATE_HZ)
+    rate = _get(board, "sample_rate_hz", "board.", _NUM, 2000)
+    if not MIN_RATE_HZ <= rate <= top:
+        raise ConfigError("board.sample_rate_hz: %s..%s (the rate this board's ADC loop reaches: "
+                          "board.max_sample_rate_hz)" % (MIN_RATE_HZ, top))
+    board["sample_rate_hz"] = rate
+    cycles = board["cycles"] = _range(board, "cycles", "board.", MIN_CYCLES, 100, int, 10)
     # the CT window's buffer, as ct.Clamp sizes it
     n = int(rate / cfg["mains_hz"] * (cycles + 1.5))
     if n > MAX_WINDOW_SAMPLES:
         raise ConfigError("board.cycles: a window of %d samples, at most %d (fewer cycles or a "
                           "lower sample_rate_hz)" % (n, MAX_WINDOW_SAMPLES))
+    if int(rate / cfg["mains_hz"] * cycles) < MIN_WINDOW_SAMPLES:
+        raise ConfigError("board.cycles: a window of %d samples, at least %d (more cycles or a "
+                          "higher sample_rate_hz)" % (int(rate / cfg["mains_hz"] * cycles),
+                                                      MIN_WINDOW_SAMPLES))
     return cfg
 
 

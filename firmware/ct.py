@@ -1,124 +1,179 @@
 # Current clamp (SCT-013) and optional voltage sensor (ZMPT101B) on the ADC: Irms, Vrms, P, S, PF.
 #
-# The method is OpenEnergyMonitor's emonLib calcVI: sample whole mains cycles, remove the DC bias,
-# apply ICAL/VCAL ratios and the PHASECAL interpolation that aligns the voltage sample with the
-# current sample taken just after it. Two choices differ from emonLib, both for MicroPython speed:
+# The method is OpenEnergyMonitor's emonLib calcVI (sample whole mains cycles, remove the DC bias,
+# scale by ICAL/VCAL, align the voltage with the current read after it), with these differences:
 #
 # * Integer sums, floats only per block. ESP32 MicroPython boxes every float on the heap, so a
 #   per-sample float filter would allocate thousands of objects a second. Samples are integer mV
-#   (the calibrated read_uv() reading); the loop keeps sums of d, d*d and v*i of small integers,
-#   where d = sample - integer offset, and folds them into floats every FOLD samples, before a sum
-#   can leave the small-int range (2**30): 64 * 3300**2 < 2**30. Sampling allocates nothing.
+#   (the calibrated read_uv() reading); the loop keeps sums of small integers, d = sample - integer
+#   offset, and folds them into floats every FOLD samples, before a sum can leave the small-int
+#   range (2**30): 64 * 3300**2 stays below it (only a current that swings rail to rail every
+#   sample could push the second-difference sum past it, and MicroPython would then use a big int:
+#   right, but allocating). Sampling allocates nothing.
 # * The DC offset is tracked by a low-pass filter across windows (emonLib's offset filter, run once
-#   per window instead of once per sample) and used to find the zero crossings; within the
-#   whole-cycle window the exact mean is removed, which is the ideal high-pass for whole cycles.
-#   The filter starts from the first window's mean, not from a nominal bias: the board's bias
-#   divider sits wherever the ADC's usable window needs it (and moves with the 3.3 V rail), and a
-#   start far off it would find no crossings for the first windows of a small current.
+#   per window) and used to find the zero crossings; within the whole-cycle window the exact mean
+#   is removed, the ideal high-pass for whole cycles (a straight-line fit would also remove part of
+#   a sine, about 1/cycles of it: more than the slow drift of a bias it would catch). The filter
+#   starts from the first window's mean: a board's bias sits wherever the ADC's usable window
+#   needs it.
+# * The noise floor is estimated in every window and removed from the current's mean square. ADC
+#   noise and quantisation are white, a mains current is not: the mean square of the second
+#   difference x[k] - 2 x[k-1] + x[k-2] is 6 sigma**2 for white noise, and a sine of angle theta per
+#   sample contributes only (2 - 2 cos theta)**2 of its power (6e-4 at 50 Hz and 40 samples a
+#   cycle, 0.34 for the 5th harmonic), so sigma**2 = mean(d2**2) / 6 over-estimates the noise by a
+#   negligible share of the signal. At 1 % of range the noise would otherwise read 1-3 % high.
+# * Below the starting current (`start_a`, the meter's no-load condition) the channel reads 0: what
+#   is left of the noise after its removal never books energy on an idle channel.
+# * Timing is measured, not assumed: the HAL returns the lag between the voltage and the current
+#   read of a pair and the period the loop achieved (ticks_us), and a window whose loop fell behind
+#   its period is flagged. The voltage is aligned with the current by the exact correction for the
+#   fundamental: with theta the angle per sample and delta the angle the current is read after the
+#   voltage (the measured read lag, less the delay of the current's signal in the sensors that
+#   calibration finds: phase_deg), vs[k] = a v[k] + b v[k-1], a = sin(delta + theta) / sin theta,
+#   b = -sin(delta) / sin(theta); emonLib's PHASECAL = 1 + lag / period is its first order.
 # * A window with any sample at or beyond the ADC's usable limits (hal.ADC_MIN_MV/ADC_MAX_MV) is
 #   flagged clipped: its peaks were cut, so its readings are low, and the node says so in the frame.
 import math
 from array import array
 
 FOLD = 64  # samples per integer block (see above)
-HYST_MV = 8  # zero-crossing hysteresis against ADC noise
+HYST_MV = 8.0  # zero-crossing hysteresis until the noise is known
+MIN_HYST_MV = 3.0
 OFFSET_ALPHA = 0.25  # low-pass weight of each window's mean in the tracked offset
+SKIP = 2  # samples before a window may start: the second difference needs two behind it
 
 
 class Result:
-    __slots__ = ("irms", "vrms", "power", "apparent", "pf", "n", "cycles", "clipped")
+    __slots__ = ("irms", "vrms", "power", "apparent", "pf", "n", "cycles", "clipped", "behind",
+                 "idle", "noise_a", "lag_us", "rate_hz", "hz")
 
     def __init__(self):
         self.irms = self.vrms = self.power = self.apparent = self.pf = 0.0
+        self.noise_a = self.lag_us = self.rate_hz = self.hz = 0.0
         self.n = self.cycles = 0
-        self.clipped = False
+        self.clipped = self.behind = self.idle = False
 
 
-def crossings(buf, n, offset, min_gap):
-    """Indices of upward crossings of offset (with hysteresis), at least min_gap samples apart."""
+def crossings(buf, n, offset, min_gap, hyst=HYST_MV):
+    """Indices of upward crossings of offset (with hysteresis), at least min_gap samples apart.
+
+    The detector arms when the signal goes below offset - hyst and fires on the next sample at or
+    above offset. A crossing too close to the last one (a harmonic's) is not taken, and it disarms
+    the detector like a taken one: the next crossing must again come from below, never from a
+    level that merely stayed high until min_gap had passed.
+    """
     out = []
     armed = False
     last = -min_gap
-    lo = offset - HYST_MV
-    for k in range(n):
+    lo = offset - hyst
+    for k in range(SKIP, n):
         x = buf[k]
         if x < lo:
             armed = True
-        elif armed and x >= offset and k - last >= min_gap:
-            out.append(k)
-            last = k
+        elif armed and x >= offset:
             armed = False
+            if k - last >= min_gap:
+                out.append(k)
+                last = k
     return out
 
 
-def window(buf, n, offset, spc):
+def window(buf, n, offset, spc, hyst=HYST_MV):
     """(start, end, cycles): the whole-cycle span of buf, or the nominal span if no crossings."""
-    xs = crossings(buf, n, offset, (spc * 3) // 4)
-    if len(xs) >= 2:
-        cycles = len(xs) - 1
-        return xs[0], xs[-1], cycles
-    cycles = int(n // spc)
-    return 0, int(cycles * spc) if cycles else n, cycles
+    xs = crossings(buf, n, offset, (spc * 3) // 4, hyst)
+    if len(xs) >= 3:
+        # the cycle in samples: the median gap (a crossing lost in noise doubles one gap)
+        gaps = sorted([xs[k + 1] - xs[k] for k in range(len(xs) - 1)])
+        g = gaps[len(gaps) // 2]
+        # The buffer starts anywhere in a cycle: with a current that crosses zero several times
+        # a cycle, the first crossing taken may be another one than the rest, a fraction early.
+        while len(xs) > 2 and abs(xs[1] - xs[0] - g) > g / 8:
+            xs.pop(0)
+        # whole cycles between the first and the last crossing, counted from the span
+        cycles = int((xs[-1] - xs[0]) / g + 0.5)
+        if cycles:
+            return xs[0], xs[-1], cycles
+    elif len(xs) == 2:
+        cycles = int((xs[1] - xs[0]) / spc + 0.5)
+        if cycles:
+            return xs[0], xs[1], cycles
+    cycles = int((n - SKIP) // spc)
+    return SKIP, (SKIP + int(cycles * spc)) if cycles else n, cycles
 
 
 def sums(buf_v, buf_i, a, b, ov, oi):
-    """Integer-block sums over [a, b): (sv, svv, si, sii, svi, spi, spv) as floats.
+    """Integer-block sums over [a, b) (a >= SKIP), as floats:
+    (sv, svv, si, sii, svi, spi, s2).
 
-    ov/oi are integer offsets subtracted from every sample; spi = sum(v[k-1] * i[k]) and
-    spv = sum(v[k-1]) for the PHASECAL interpolation. buf_v may be None (current only).
+    ov/oi are integer offsets subtracted from every sample; spi = sum(v[k-1] * i[k]) for the phase
+    correction, s2 = sum of the current's squared second differences (the noise estimate). buf_v
+    may be None (current only).
     """
-    fv = fvv = fi = fii = fvi = fpi = fpv = 0.0
+    fv = fvv = fi = fii = fvi = fpi = f2 = 0.0
+    p1 = buf_i[a - 1] - oi
+    p2 = buf_i[a - 2] - oi
+    pv = buf_v[a - 1] - ov if buf_v is not None else 0
     k = a
     while k < b:
         e = k + FOLD
         if e > b:
             e = b
-        si = sii = 0
+        si = sii = s2 = 0
         if buf_v is None:
             for j in range(k, e):
                 d = buf_i[j] - oi
                 si += d
                 sii += d * d
+                x = d - p1 - p1 + p2
+                s2 += x * x
+                p2 = p1
+                p1 = d
         else:
-            sv = svv = svi = spi = spv = 0
-            pv = buf_v[k - 1] - ov if k > 0 else buf_v[k] - ov
+            sv = svv = svi = spi = 0
             for j in range(k, e):
                 d = buf_i[j] - oi
                 v = buf_v[j] - ov
                 si += d
                 sii += d * d
+                x = d - p1 - p1 + p2
+                s2 += x * x
+                p2 = p1
+                p1 = d
                 sv += v
                 svv += v * v
                 svi += v * d
                 spi += pv * d
-                spv += pv
                 pv = v
             fv += sv
             fvv += svv
             fvi += svi
             fpi += spi
-            fpv += spv
         fi += si
         fii += sii
+        f2 += s2
         k = e
-    return fv, fvv, fi, fii, fvi, fpi, fpv
+    return fv, fvv, fi, fii, fvi, fpi, f2
 
 
 class Clamp:
     """One CT channel, with or without a voltage channel, holding its buffers and offsets.
 
-    ical: A per V at the ADC (SCT-013-030: 30; SCT-013-000 with burden R ohm: 2000 / R);
-    vcal: V per V at the ADC for the ZMPT101B (0 when there is no voltage channel);
-    phasecal: emonLib PHASECAL (1 + ADC read lag / sample period, plus the sensors' phase error).
+    ical: A per V at the ADC (SCT-013-000 with burden R ohm: 2000 / R); vcal: V per V at the ADC
+    for the ZMPT101B (0 when there is no voltage channel); phase_deg: how many degrees the sensors
+    delay the current's signal against the voltage's at mains frequency (calibration; the read lag
+    is measured apart); start_a: the starting current, below which the channel reads 0.
     """
 
-    def __init__(self, hal, adc_i, adc_v, ical, vcal, phasecal, rate_hz, mains_hz, cycles):
+    def __init__(self, hal, adc_i, adc_v, ical, vcal, phase_deg, rate_hz, mains_hz, cycles,
+                 start_a=0.0):
         self.hal = hal
         self.adc_i = adc_i
         self.adc_v = adc_v
         self.ical = ical
         self.vcal = vcal
-        self.phasecal = phasecal
+        self.phase = phase_deg * math.pi / 180
+        self.start_a = start_a
+        self.mains_hz = mains_hz
         self.period_us = int(1000000 // rate_hz)
         self.spc = rate_hz / mains_hz  # samples per cycle
         self.n = int(self.spc * (cycles + 1.5))  # enough for `cycles` whole cycles after trimming
@@ -128,9 +183,25 @@ class Clamp:
         self.adc_hi = hal.ADC_MAX_MV
         self.off_i = self.off_v = 0.0  # the tracked DC offsets...
         self.seeded = False  # ...set from the first window's mean
+        self.hyst = HYST_MV
+        # the last window's timing, from the HAL: V-to-I read lag, whole loop span, late samples
+        self.lag_us = 0.0
+        self.span_us = self.period_us * self.n
+        self.late = 0
+
+    def calibrate(self, ical=None, vcal=None, phase_deg=None):
+        """New constants (a calibration); None keeps one."""
+        if ical is not None:
+            self.ical = ical
+        if vcal is not None:
+            self.vcal = vcal
+        if phase_deg is not None:
+            self.phase = phase_deg * math.pi / 180
 
     def measure(self):
-        self.hal.sample(self.adc_v, self.adc_i, self.buf_v, self.buf_i, self.n, self.period_us)
+        t = self.hal.sample(self.adc_v, self.adc_i, self.buf_v, self.buf_i, self.n,
+                            self.period_us)
+        self.lag_us, self.span_us, self.late = t
         return self.compute()
 
     def _clipped(self, buf):
@@ -147,28 +218,49 @@ class Clamp:
                 self.off_v = sum(bv) / n
             self.seeded = True
         ref, ref_off = (bv, self.off_v) if bv is not None else (self.buf_i, self.off_i)
-        a, b, cycles = window(ref, n, int(ref_off), self.spc)
+        period = self.span_us / n  # the period the loop achieved, us
+        spc = 1000000 / (period * self.mains_hz)
+        a, b, cycles = window(ref, n, int(ref_off), spc, self.hyst)
         ov = int(self.off_v)
         oi = int(self.off_i)
-        sv, svv, si, sii, svi, spi, spv = sums(bv, self.buf_i, a, b, ov, oi)
+        sv, svv, si, sii, svi, spi, s2 = sums(bv, self.buf_i, a, b, ov, oi)
         m = b - a
         r = Result()
         r.n = m
         r.cycles = cycles
         r.clipped = self._clipped(self.buf_i) or (bv is not None and self._clipped(bv))
+        r.behind = self.late > 0
+        r.lag_us = self.lag_us
+        r.rate_hz = 1000000 / period
+        # angle per sample of the fundamental: from the whole cycles found, else nominal
+        theta = 2 * math.pi * (cycles / m if cycles else 1 / spc)
+        r.hz = theta * r.rate_hz / (2 * math.pi)
         mi = si / m
-        var_i = sii / m - mi * mi
+        noise = s2 / (6 * m)  # mV**2 of white noise per sample
+        var_i = sii / m - mi * mi - noise
         r.irms = self.ical * math.sqrt(var_i if var_i > 0 else 0.0) / 1000
+        r.noise_a = self.ical * math.sqrt(noise) / 1000
+        h = 3 * math.sqrt(noise)
+        self.hyst = MIN_HYST_MV if h < MIN_HYST_MV else (HYST_MV if h > HYST_MV else h)
         self.off_i += OFFSET_ALPHA * (oi + mi - self.off_i)
+        if r.irms < self.start_a:
+            r.irms = 0.0
+            r.idle = True
         if bv is None:
             return r
         mv = sv / m
         var_v = svv / m - mv * mv
         r.vrms = self.vcal * math.sqrt(var_v if var_v > 0 else 0.0) / 1000
-        pc = self.phasecal
-        # sum((vs_k - mean vs)(i_k - mean i)) with vs_k = v[k-1] + pc (v[k] - v[k-1])
-        svs = (1 - pc) * spv + pc * sv
-        p = (1 - pc) * spi + pc * svi - mi * svs
+        self.off_v += OFFSET_ALPHA * (ov + mv - self.off_v)
+        if r.idle:
+            return r
+        delta = theta * self.lag_us / period - self.phase
+        st = math.sin(theta)
+        ca = math.sin(delta + theta) / st
+        cb = -math.sin(delta) / st
+        spv = sv + (bv[a - 1] - ov) - (bv[b - 1] - ov)  # sum(v[k-1]) over the window
+        svs = ca * sv + cb * spv
+        p = ca * svi + cb * spi - mi * svs  # sum((vs - mean vs)(i - mean i))
         r.power = self.vcal * self.ical * p / m / 1000000
         r.apparent = r.vrms * r.irms
         r.pf = r.power / r.apparent if r.apparent > 0 else 0.0
@@ -176,5 +268,4 @@ class Clamp:
             r.pf = 1.0
         elif r.pf < -1.0:
             r.pf = -1.0
-        self.off_v += OFFSET_ALPHA * (ov + mv - self.off_v)
         return r

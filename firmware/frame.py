@@ -20,6 +20,7 @@ VERSION = 1
 T_READING = 1  # node -> gateway: one measurement and the energy counters
 T_COMMAND = 2  # gateway -> node: switch a relay
 T_ACK = 3  # node -> gateway: outcome of a command
+T_CALIBRATE = 4  # gateway -> node: calibrate a CT channel (answered by an ACK)
 
 HEADER_FMT = ">BBHIH"
 HEADER_LEN = 10
@@ -47,6 +48,8 @@ F_COUNTERS_RESTORED = 1  # counters were restored from flash since the last fram
 F_OVERCURRENT_TRIP = 2  # a relay was tripped by the over-current guard
 F_NO_VOLTAGE = 4  # no voltage channel: voltage is the configured nominal value
 F_ADC_CLIPPED = 8  # a CT window since the last frame ran past the ADC's usable range: reads low
+F_SAMPLING_BEHIND = 16  # a CT window since the last frame fell behind its sample period
+F_SIGN_UNKNOWN = 32  # the meter cannot tell import from export (PZEM-004T): all counted as import
 
 # COMMAND: relay index, action, reserved (0)
 COMMAND_FMT = ">BBH"
@@ -63,8 +66,20 @@ S_MIN_TIME = 1  # refused: minimum on/off time not yet elapsed (the node retries
 S_TRIPPED = 2  # refused: the relay is locked out by the over-current trip
 S_BAD_RELAY = 3  # refused: no such relay
 S_REPLAY = 4  # refused: sequence number not newer than the last accepted command
+S_BAD_CALIBRATION = 5  # refused: no such CT channel, no reading yet, or constants out of bounds
 
-_PAYLOAD_LEN = {T_READING: READING_LEN, T_COMMAND: COMMAND_LEN, T_ACK: ACK_LEN}
+# CALIBRATE: channel, mode, reserved (0), then three values by mode:
+#   M_REFERENCE (Tasmota's VoltageSet/CurrentSet/PowerSet): a known load is on the channel now;
+#     voltage mV, current mA, power dW (signed) of it, 0 where not given; the node scales its
+#     constants by truth / its own reading of the last frame's windows.
+#   M_CONSTANTS: ical and vcal in millionths, phase_deg in millionths of a degree (signed).
+CALIBRATE_FMT = ">BBHIIi"
+CALIBRATE_LEN = 16
+M_REFERENCE = 1
+M_CONSTANTS = 2
+
+_PAYLOAD_LEN = {T_READING: READING_LEN, T_COMMAND: COMMAND_LEN, T_ACK: ACK_LEN,
+                T_CALIBRATE: CALIBRATE_LEN}
 
 
 class FrameError(ValueError):
@@ -169,6 +184,22 @@ def unpack_command(payload):
     if action not in (A_OFF, A_ON, A_TOGGLE):
         raise FrameError("bad_action")
     return relay, action
+
+
+def pack_calibrate(channel, mode, a, b, c):
+    if mode not in (M_REFERENCE, M_CONSTANTS):
+        raise FrameError("bad_mode")
+    return struct.pack(CALIBRATE_FMT, channel, mode, 0, a, b, c)
+
+
+def unpack_calibrate(payload):
+    """(channel, mode, a, b, c) of a CALIBRATE payload."""
+    if len(payload) != CALIBRATE_LEN:
+        raise FrameError("length")
+    channel, mode, _reserved, a, b, c = struct.unpack(CALIBRATE_FMT, bytes(payload))
+    if mode not in (M_REFERENCE, M_CONSTANTS):
+        raise FrameError("bad_mode")
+    return channel, mode, a, b, c
 
 
 def pack_ack(cmd_seq, relay, status, state):

@@ -30,22 +30,41 @@ class Adc:
         return self.adc.read_uv() // 1000
 
 
+LAG_READS = 4  # voltage reads timed before each window: the lag of the current read after it
+
+
 def sample(adc_v, adc_i, buf_v, buf_i, n, period_us):
     """Fill buf_v/buf_i with n readings (mV) period_us apart: voltage first, then current.
 
+    Returns (lag_us, span_us, late): the current read's lag after the voltage read (the time one
+    voltage read and its store take, timed over LAG_READS reads before the window), the time the
+    n samples took (span_us / n is the period the loop achieved) and how many samples found their
+    time already past (the loop fell behind: an interrupt, or a period the chip cannot hold).
     A busy-wait on ticks_us paces the loop: a Timer callback every 500 us would be scheduled, not
-    run at once, and jitter more than this loop. Nothing here allocates.
+    run at once, and jitter more than this loop. Nothing here allocates but the returned tuple.
     """
     ri = adc_i.adc.read_uv
     rv = adc_v.adc.read_uv if adc_v is not None else None
-    t = time.ticks_us()
+    ticks_us = time.ticks_us
+    diff = time.ticks_diff
+    lag = 0.0
+    if rv is not None:
+        t = ticks_us()
+        for k in range(LAG_READS):
+            buf_v[k] = rv() // 1000
+        lag = diff(ticks_us(), t) / LAG_READS
+    late = 0
+    t0 = t = ticks_us()
     for k in range(n):
         if rv is not None:
             buf_v[k] = rv() // 1000
         buf_i[k] = ri() // 1000
         t = time.ticks_add(t, period_us)
-        while time.ticks_diff(t, time.ticks_us()) > 0:
+        if diff(t, ticks_us()) <= 0:
+            late += 1
+        while diff(t, ticks_us()) > 0:
             pass
+    return lag, diff(ticks_us(), t0), late
 
 
 class Output:

@@ -77,14 +77,21 @@ ADC_MAX_MV = 2450
 
 
 class Signal:
-    """dc_mv + sum(amp_mv * sin(2 pi order freq t + phase)) + uniform noise, clipped to the ADC's
-    usable window (ADC_MIN_MV..ADC_MAX_MV)."""
+    """dc_mv + drift_mv_s * t + sum(amp_mv * sin(2 pi order freq t + phase)) + uniform noise,
+    quantised to the ADC's step (lsb_mv; 0: 1 mV, the read_uv() resolution) and clipped to the
+    ADC's usable window (ADC_MIN_MV..ADC_MAX_MV)."""
 
-    def __init__(self, dc_mv, freq_hz, parts, noise_mv=0, seed=1):
+    def __init__(self, dc_mv, freq_hz, parts, noise_mv=0, seed=1, lsb_mv=0, drift_mv_s=0,
+                 bell=False):
         self.dc = dc_mv
         self.w = 2 * math.pi * freq_hz
         self.parts = parts  # [(amp_mv, order, phase_rad), ...]
         self.noise = noise_mv
+        # bell: the sum of three uniforms of the same sigma as uniform +-noise_mv (an ADC's noise is
+        # bell-shaped; uniform noise of +-2 codes does not smooth read_uv's whole-mV rounding)
+        self.bell = bell
+        self.lsb = lsb_mv
+        self.drift = drift_mv_s
         self._rng = seed & 0x7FFFFFFF or 1
 
     def _uniform(self):
@@ -94,17 +101,26 @@ class Signal:
 
     def mv(self, t_us):
         t = t_us / 1000000
-        x = self.dc
+        x = self.dc + self.drift * t
         for amp, order, phase in self.parts:
             x += amp * math.sin(self.w * order * t + phase)
         if self.noise:
-            x += self.noise * self._uniform()
-        x = int(round(x))
+            if self.bell:
+                x += self.noise / 3 * (self._uniform() + self._uniform() + self._uniform())
+            else:
+                x += self.noise * self._uniform()
+        if self.lsb:
+            x = int(x / self.lsb + 0.5) * self.lsb  # the ADC's code, then read_uv's rounded mV
+        x = int(x + 0.5)
         return ADC_MIN_MV if x < ADC_MIN_MV else (ADC_MAX_MV if x > ADC_MAX_MV else x)
 
 
 signals = {}  # type: dict  # pin -> Signal
-adc_delay_us = [40]  # the second read of a pair lags the first, as on the ESP32
+# The emulated ADC loop's timing, as hal_esp32.sample runs it on a chip: a read takes adc_read_us
+# (the current read of a pair starts that long after the voltage read: the lag ct.py corrects) and
+# the loop's own bytecode loop_us more per sample. A period shorter than one pass falls behind.
+adc_read_us = [40]
+loop_us = [20]
 
 
 class Adc:
@@ -117,17 +133,29 @@ class Adc:
 
 
 def sample(adc_v, adc_i, buf_v, buf_i, n, period_us):
-    """Fill buf_v/buf_i with n readings (mV) period_us apart: voltage first, then current."""
+    """Fill buf_v/buf_i with n readings (mV) period_us apart: voltage first, then current.
+
+    Returns (lag_us, span_us, late) as hal_esp32.sample measures them: the voltage-to-current
+    read lag, the time the n samples took, and how many found their time already past."""
     sv = signals.get(adc_v.pin) if adc_v else None
     si = signals.get(adc_i.pin)
-    d = adc_delay_us[0] if sv else 0
-    t = _now[0]
+    d = adc_read_us[0] if adc_v else 0
+    busy = d + adc_read_us[0] + loop_us[0]  # one pass of the loop
+    t0 = t = due = _now[0]
+    late = 0
     for k in range(n):
         if sv:
             buf_v[k] = sv.mv(t)
         buf_i[k] = si.mv(t + d) if si else 0
-        t += period_us
+        due += period_us
+        done = t + busy
+        if done >= due:
+            late += 1
+            t = done
+        else:
+            t = due
     _now[0] = t
+    return d, t - t0, late
 
 
 # ---- digital pins --------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 # profile drives what the emulated meters see:
 #   {"vrms": 230, "mains_hz": 50,
 #    "load": [[t_s, irms_a, pf], ...],            piecewise constant from t_s on; pf < 0 = export
-#    "channels": {"1": [[t_s, irms_a, pf], ...]}}  optional per-channel override
+#    "channels": {"1": [[t_s, irms_a, pf], ...]},  optional per-channel override
+#    "true": {"0": {"ical_x": 1.04, "vcal_x": 0.97, "phase_deg": 2.0}}}  optional: a CT channel's
+#        parts as they really are against its board's constants (ical, vcal off by these factors,
+#        the current's signal delayed this much more), for calibration tests
 # Every frame the node sends is printed as a line "F <hex>"; tick() takes received command frames.
 import json
 import math
@@ -58,6 +61,7 @@ class Scene:
         self.hz = profile.get("mains_hz", cfg["mains_hz"])
         self.load = profile.get("load", [[0, 0.0, 1.0]])
         self.per = profile.get("channels", {})
+        self.true = profile.get("true", {})
         self.now = {}  # channel -> (irms, pf)
 
     def apply(self, t_s):
@@ -79,15 +83,17 @@ class Scene:
         p = v * irms * abs(pf)
         t = m["type"]
         if t == "ct":
+            tru = self.true.get(str(m["channel"]), {})
             phi = math.acos(min(1.0, abs(pf))) + (math.pi if pf < 0 else 0.0)
-            amp = irms / m["ical"] * 1000 * math.sqrt(2)
+            phi += tru.get("phase_deg", 0.0) * math.pi / 180
+            amp = irms / (m["ical"] * tru.get("ical_x", 1.0)) * 1000 * math.sqrt(2)
             # at the board's bias, or mid-window for a board that does not say: a current beyond
             # the board's range clips at the ADC as it would on the device
             mid = (hal.ADC_MIN_MV + hal.ADC_MAX_MV) // 2
             hal.signals[m["adc_pin"]] = hal.Signal(m.get("bias_mv", mid), self.hz,
                                                    [(amp, 1, -phi)], 2, 3)
             if "v_pin" in m:
-                vamp = v / m["vcal"] * 1000 * math.sqrt(2)
+                vamp = v / (m["vcal"] * tru.get("vcal_x", 1.0)) * 1000 * math.sqrt(2)
                 hal.signals[m["v_pin"]] = hal.Signal(m.get("v_bias_mv", mid), self.hz,
                                                      [(vamp, 1, 0.0)], 2, 5)
         elif t == "hlw8012":

@@ -101,8 +101,10 @@ def build(
     ingest.take_new_meters()  # the publisher has them all: it announces each on connect
 
     def on_meter_reading(r: MeterReading) -> None:
+        for session in ingest.calibrations:
+            session.meter_reading(r.meter_id, r.t_ms, r.values, r.power_dw / 10)
         reading = ingest.sample(r.meter_id, r.t_ms, r.power_dw, r.import_mwh, r.export_mwh,
-                                "modbus")  # fmt: skip
+                                "modbus", sign_unknown=r.sign_unknown)  # fmt: skip
         if reading is not None and publisher is not None:
             publisher.offer(reading)
 
@@ -181,7 +183,8 @@ def ems_runner(
 
     agent = None
     if cfg.id_grid is not None:
-        agent = TradingAgent(cfg.id_grid, cfg.tariff, cfg.res_id, cfg.res_rated_w)
+        agent = TradingAgent(cfg.id_grid, cfg.tariff, cfg.res_id, cfg.res_rated_w,
+                             sealed=cfg.sealed_orders, commit_deposit=cfg.commit_deposit)
     clearing = deliverer.clearing if isinstance(deliverer, LedgerDeliverer) else None
     return EmsRunner(
         list(cfg.appliances),

@@ -132,6 +132,8 @@ class EmsConfig:
     id_grid: str | None = None
     res_id: str | None = None
     res_rated_w: int = 0
+    sealed_orders: bool = True  # the community's params.sealed_bids: commit, then reveal
+    commit_deposit: int = 100_000  # its params.commit_deposit (micro-tokens)
     notes: tuple[str, ...] = ()  # what the repair policy changed in the spec
     dr_signers: tuple[tuple[str, str], ...] = ()  # (role, Ed25519 public key hex) of DR signers
 
@@ -561,6 +563,8 @@ def _ems(
         id_grid=id_grid,
         res_id=res_id,
         res_rated_w=res_rated_w,
+        sealed_orders=t.get("sealed_orders", bool, True),
+        commit_deposit=t.get("commit_deposit", int, 100_000, min=0, max=10**9),
         notes=tuple(notes),
     )
     t.done()

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.build import build
 from gateway.clock import Clock, SystemClock, wait_until_or_set
@@ -25,6 +25,9 @@ from gateway.ledger_link import LedgerDeliverer
 from gateway.outbox import Deliverer, OutboxRow, deliver_due
 from gateway.sources.base import NodeSource
 from gateway.store import Reading, Store
+
+if TYPE_CHECKING:
+    from gateway.calibration import Session
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,17 @@ class Gateway:
 
     def outbox_status(self, oid: int) -> OutboxRow | None:
         return self.recorder.outbox_status(oid)
+
+    @property
+    def calibrations(self) -> list[Session]:
+        """Calibration sessions (``gateway.calibration``) being fed every verified frame of
+        their node and every reading of their reference meter."""
+        return self.ingest.calibrations
+
+    async def send_node_command(self, node_id: int, ftype: int, payload: bytes) -> int:
+        """Send an authenticated command frame (``T_COMMAND``, ``T_CALIBRATE``) to a node and
+        wait for its ack status. Raises as ``send_relay``."""
+        return await self.relays.send_command(node_id, ftype, payload)
 
     async def send_relay(self, node_id: int, relay: int, on: bool) -> int:
         """Switch a node's relay; the node's ack status (``firmware.frame.S_*``)."""

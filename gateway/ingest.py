@@ -14,13 +14,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from firmware import frame
 from gateway.config import NodeConfig
 from gateway.intervals import IntervalAggregator, MeterSpec
 from gateway.store import Reading
 from gateway.verify import FrameVerifier
+
+if TYPE_CHECKING:
+    from gateway.calibration import Session
 
 # Field positions in a READING payload, from the firmware's one definition of it; the hot path
 # unpacks with struct directly instead of building frame.unpack_reading's dict per frame.
@@ -73,6 +76,7 @@ class Ingest:
         self.latest: dict[str, Reading] = {}
         self.ignored_frames = 0
         self.last_frame: dict[int, tuple[int, str]] = {}  # node id -> (received ms, transport)
+        self.calibrations: list[Session] = []  # gateway.calibration: fed frames and readings
         for n in self.nodes.values():
             self.add_node_meter(n, 0)
 
@@ -111,6 +115,11 @@ class Ingest:
                 self.ignored_frames += 1
                 return FrameResult(v.node_id)
             r = _READING.unpack(v.payload)
+            if self.calibrations:
+                fields = dict(zip(frame.READING_FIELDS, r, strict=True))
+                for session in self.calibrations:
+                    if session.node_id == v.node_id:
+                        session.node_frame(received_ms, fields)
             reading = self.sample(
                 self.add_node_meter(node, r[_CHANNEL]),
                 received_ms,
@@ -120,6 +129,8 @@ class Ingest:
                 transport,
                 restored=bool(r[_FLAGS] & frame.F_COUNTERS_RESTORED),
                 clipped=bool(r[_FLAGS] & frame.F_ADC_CLIPPED),
+                behind=bool(r[_FLAGS] & frame.F_SAMPLING_BEHIND),
+                sign_unknown=bool(r[_FLAGS] & frame.F_SIGN_UNKNOWN),
             )
             return FrameResult(v.node_id, reading)
         if v.ftype == frame.T_ACK:
@@ -139,10 +150,13 @@ class Ingest:
         *,
         restored: bool = False,
         clipped: bool = False,
+        behind: bool = False,
+        sign_unknown: bool = False,
     ) -> Reading | None:
         """Fold one reading into its meter's interval; the reading if the aggregator took it."""
         if not self.aggregator.sample(
-            meter_id, t_ms, import_mwh, export_mwh, restored=restored, clipped=clipped
+            meter_id, t_ms, import_mwh, export_mwh, restored=restored, clipped=clipped,
+            behind=behind, sign_unknown=sign_unknown,
         ):
             return None
         reading = Reading(meter_id, t_ms, power_dw, import_mwh, export_mwh, source)

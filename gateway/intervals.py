@@ -14,7 +14,9 @@ Output: closed ``Interval`` records with imported and exported Wh.
 - An advance larger than the meter's maximum power allows is implausible: the sample is dropped
   and flagged; after ``REBASE_AFTER`` such samples in a row the counter is re-based (``REBASED``).
 - A sample whose node saw its ADC clip flags the intervals its energy lands in ``CLIPPED``: a
-  current past the clamp's range reads low, so that energy is a lower bound.
+  current past the clamp's range reads low, so that energy is a lower bound. Likewise ``BEHIND``
+  (the node's sampling fell behind its period) and ``SIGN_UNKNOWN`` (a meter that reports
+  unsigned power: exported energy was counted as import).
 - An interval that closes without any sample is emitted with 0 Wh and ``MISSING``; the energy
   accrued over the gap is not zeroed but attributed to the interval where the counter is next
   read, flagged ``GAP``. Closed intervals are never changed afterwards (they may be reported).
@@ -43,6 +45,8 @@ REBASED = 32
 RESTORED = 64
 LATE = 128
 CLIPPED = 256  # the node's ADC clipped (current past the clamp's range): energy reads low
+BEHIND = 512  # the node's CT sampling fell behind its period: that window's timing was off
+SIGN_UNKNOWN = 1024  # the meter cannot tell export from import (PZEM-004T): all counted as import
 # The names are the ledger's (the flags a signed meter report carries): bit i is entry i.
 FLAG_NAMES = {1 << i: name for i, name in enumerate(REPORT_FLAGS)}
 
@@ -175,6 +179,8 @@ class IntervalAggregator:
         *,
         restored: bool = False,
         clipped: bool = False,
+        behind: bool = False,
+        sign_unknown: bool = False,
     ) -> bool:
         """Record one counter sample; ``False`` if it was rejected (unknown meter, stale time,
         negative or implausible counters). ``clipped``: the energy since the last sample is a
@@ -189,6 +195,7 @@ class IntervalAggregator:
         if m.open_start is None:
             m.open_start = self._start(t_ms)
         extra = (RESTORED if restored else 0) | (CLIPPED if clipped else 0)
+        extra |= (BEHIND if behind else 0) | (SIGN_UNKNOWN if sign_unknown else 0)
         modulus = m.spec.modulus_mwh
         if m.last_ts is None and modulus is not None and max(import_mwh, export_mwh) >= modulus:
             self.rejected += 1

@@ -29,11 +29,13 @@ REJECTED = "rejected"
 # transaction gets its original receipt back; DUPLICATE_REPORT means the ledger holds a report
 # for that meter and interval already, e.g. after the gateway's database was restored.)
 ALREADY_APPLIED = frozenset({"DUPLICATE", "DUPLICATE_TX", "DUPLICATE_REPORT"})
-# Receipt codes that mean "not yet": the operator has not registered the meter. The row stays
-# pending and is retried after a backoff with a fresh nonce (the ledger keeps the refusal under
-# the old tx_id). Only meter reports: the ledger takes one report per meter and interval, so a
-# new nonce can never make a report count twice.
-RETRY_LATER = frozenset({"UNKNOWN_METER"})
+# Receipt codes that mean "not yet": the operator has not registered the meter, so the ledger
+# does not know it (UNKNOWN_METER) or, with admission before ordering, does not know the
+# gateway's key at all (NOT_ADMITTED). The row stays pending and is retried after a backoff with
+# a fresh nonce (the ledger keeps an executed refusal under the old tx_id). Only meter reports:
+# the ledger takes one report per meter and interval, so a new nonce can never make a report
+# count twice.
+RETRY_LATER = frozenset({"UNKNOWN_METER", "NOT_ADMITTED"})
 RETRY_LATER_KINDS = frozenset({"meter.report"})
 WAIT_REGISTRATION_MS = 60_000  # first wait after UNKNOWN_METER, doubling up to Backoff.max_ms
 

@@ -61,18 +61,18 @@ class RelayCommander:
     async def send(self, node_id: int, relay: int, on: bool) -> int:
         """Switch a node's relay; returns the node's ack status (``firmware.frame.S_*``).
         Raises ``SourceError`` if no source can reach the node, ``TimeoutError`` without ack."""
+        payload = frame.pack_command(relay, frame.A_ON if on else frame.A_OFF)
+        return await self.send_command(node_id, frame.T_COMMAND, payload)
+
+    async def send_command(self, node_id: int, ftype: int, payload: bytes) -> int:
+        """Send one authenticated command frame (``T_COMMAND``, or ``T_CALIBRATE`` built by
+        ``gateway.calibration``) and wait for the node's ack status. Raises as ``send``."""
         key = self.node_keys.get(node_id)
         if key is None:
             raise SourceError(f"node {node_id}: no key")
         seq = max(self._cmd_seq.get(node_id, 0) + 1, self.clock.now_ms() // 1000) & 0xFFFFFFFF
         self._cmd_seq[node_id] = seq
-        raw = frame.encode(
-            key,
-            frame.T_COMMAND,
-            node_id,
-            seq,
-            frame.pack_command(relay, frame.A_ON if on else frame.A_OFF),
-        )
+        raw = frame.encode(key, ftype, node_id, seq, payload)
         candidates = self._candidates(node_id)
         if not candidates:
             raise SourceError(f"node {node_id}: no source reaches it")

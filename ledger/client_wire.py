@@ -1,5 +1,6 @@
 """The parts of the client protocol a replica itself speaks: a receipt's wire form and the
-prefix of the queries a replica answers (rather than its contract).
+prefix of the queries a replica answers, and what a client signs to prove its key on a
+connection (``hello``) (rather than its contract).
 
 Defined here, on the replica's side, so that ``ledger`` never imports ``ledger_client``; the
 client protocol (``ledger_client.protocol``) takes them from here.
@@ -10,8 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from ledger.contract.api import Receipt
+from ledger.encoding import canonical
 
 LEDGER_QUERY_PREFIX = "ledger."
+HELLO_DOMAIN = b"wattmesh/client-hello/v1\x00"
+
+
+def hello_bytes(nonce: str, replica: int, key_hex: str) -> bytes:
+    """What a client signs to authenticate one connection: the replica's fresh challenge bound
+    to that replica and the key (so the proof is good for this connection only)."""
+    body = {"key": key_hex, "nonce": nonce, "replica": replica}
+    return HELLO_DOMAIN + canonical(body, checked=False)
 
 
 def receipt_to_wire(receipt: Receipt) -> dict[str, Any]:

@@ -13,11 +13,13 @@ Shape::
      "batch": {"max_txs": 400, "max_delay_ms": 5},
      "checkpoint_interval": 64, "log_window": 256, "fetch_limit": 64,
 
+     "limits": {"max_clients": 1024, ...},
+     "genesis": {...}}
+
 ``timers``, ``batch``, ``checkpoint_interval``, ``log_window`` and ``fetch_limit`` are read by the
 consensus core (``ledger.pbft.PbftConfig.from_dict``); ``request_timeout_ms`` (when a client
 re-sends to every replica) and ``tick_ms`` (how often a replica's timers are driven) by the IO
-layer.
-     "genesis": {...}}
+layer, as is the optional ``limits`` (connections, frames, buffers, tables: ``ledger.limits``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ledger.keys import KeyFileError, parse_public_hex
+from ledger.limits import DEFAULTS as DEFAULT_LIMITS
+from ledger.limits import RANGES as LIMIT_RANGES
 
 VERSION = 1
 CLUSTER_FILE = "cluster.json"
@@ -84,6 +88,7 @@ class ClusterConfig:
     checkpoint_interval: int
     genesis: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
     @property
     def n(self) -> int:
@@ -165,6 +170,7 @@ def parse_cluster(data: Any) -> ClusterConfig:
         "log_window",
         "fetch_limit",
         "genesis",
+        "limits",
     }
     unknown = sorted(set(top) - allowed)
     if unknown:
@@ -191,6 +197,7 @@ def parse_cluster(data: Any) -> ClusterConfig:
         seen_key.add(r.public_key)
     timers = _settings(top.get("timers", {}), "timers", DEFAULT_TIMERS, TIMER_LIMITS)
     batch = _settings(top.get("batch", {}), "batch", DEFAULT_BATCH, BATCH_LIMITS)
+    limits = _settings(top.get("limits", {}), "limits", DEFAULT_LIMITS, LIMIT_RANGES)
     interval = _int(
         top.get("checkpoint_interval", DEFAULT_CHECKPOINT_INTERVAL),
         "checkpoint_interval",
@@ -212,6 +219,7 @@ def parse_cluster(data: Any) -> ClusterConfig:
         checkpoint_interval=interval,
         genesis=genesis,
         raw=top,
+        limits=limits,
     )
 
 

@@ -16,6 +16,12 @@ the node for requests), so a committed block carries only transactions at least 
 replicas verified, and a block fetched by state transfer carries a 2f+1 certificate. Checking
 again would double the replica's largest CPU cost. ``verify_signatures=True`` turns the check
 on for a deployment that wants defence in depth; it is deterministic either way.
+
+Admission is asked again here (a contract that is ``Admitting``): a transaction whose signer the
+state it executes on does not admit gets that refusal as its receipt and never reaches the
+contract. Replicas admit requests against their own executed state before ordering (see
+``ledger.gate``); this second look is what makes a faulty primary's unadmitted transaction the
+same no-op on every replica.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 from ledger import ed25519
 from ledger.client_wire import receipt_from_wire, receipt_to_wire
-from ledger.contract.api import BlockContext, Receipt, Transaction
+from ledger.contract.api import Admitting, BlockContext, Receipt, Transaction
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.block import GENESIS_HASH, Block
 from ledger.setup import ContractFactory
@@ -105,6 +111,10 @@ class LedgerState:
         self.sigs = sig_cache or SigCache()
         self.verify_signatures = verify_signatures
         self.contract = factory(genesis)
+        # admission is checked again at execution, on the state the transaction executes on
+        # (deterministic): what a faulty primary ordered without it is a no-op everywhere
+        self.admission = self.contract if isinstance(self.contract, Admitting) else None
+        self.not_admitted = 0
         self.height, self.head_hash = 0, GENESIS_HASH
         self.replayed = 0
         self._recover()
@@ -196,9 +206,13 @@ class LedgerState:
         # core's Batch/Block.from_wire, or a request), and tx_id comes from the core: building
         # the contract's view directly saves a second parse and hash per transaction.
         # (positional: keyword arguments cost a fifth more per transaction)
-        contract_tx = Transaction(
-            tx_id, bytes.fromhex(wire["sender"]), wire["kind"], wire["body"], wire["nonce"]
-        )
+        sender = bytes.fromhex(wire["sender"])
+        if self.admission is not None:
+            refused = self.admission.admit(sender, wire["kind"], 0, block.timestamp_ms)
+            if refused is not None:  # (sizes were bounded at admission and by MAX_TX_BYTES)
+                self.not_admitted += 1
+                return Receipt(code=refused[0], message=refused[1])
+        contract_tx = Transaction(tx_id, sender, wire["kind"], wire["body"], wire["nonce"])
         ctx = BlockContext(block.height, index, block.timestamp_ms)
         try:
             return self.contract.apply(contract_tx, ctx)
@@ -223,6 +237,14 @@ class LedgerState:
     def receipt(self, tx_id: str) -> tuple[int, dict[str, Any]] | None:
         found = self.store.receipt(tx_id)
         return None if found is None else (found[0], found[2])
+
+    def signer(self, tx_id: str) -> bytes | None:
+        """The key that signed an executed transaction (read from its block)."""
+        found = self.store.receipt(tx_id)
+        block = None if found is None else self.block(found[0])
+        if found is None or block is None:
+            return None
+        return bytes.fromhex(block.txs[found[1]]["sender"])
 
     def known(self, tx_ids: Sequence[str]) -> set[str]:
         return self.store.known(tx_ids)

@@ -29,9 +29,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
-from ledger.transport import FrameDecoder, FrameError, decode_payload, encode_frame, read_message
-from ledger.tx import MAX_NONCE, SignedTx, sign_tx
-from ledger_client.protocol import answer_key, receipt_from_wire, receipt_is_wire, reply_key
+from ledger.transport import (
+    HEADER,
+    MAX_CLIENT_FRAME,
+    FrameDecoder,
+    FrameError,
+    decode_payload,
+    encode_frame,
+    read_message,
+)
+from ledger.tx import MAX_NONCE, SignedTx, public_bytes, sign_tx
+from ledger_client.protocol import (
+    answer_key,
+    hello_bytes,
+    receipt_from_wire,
+    receipt_is_wire,
+    reply_key,
+)
 
 DEFAULT_TIMEOUT_S = 30.0
 RECONNECT_S = 0.2
@@ -69,6 +83,19 @@ class _Conn:
         self.writer.write(encode_frame(message))
         return True
 
+    def send_list(self, kind: str, field: str, items: list[Any]) -> None:
+        """``items`` in frames of ``kind``, halved until each fits a client frame (a replica
+        drops a connection that sends a larger one)."""
+        if self.writer is None or self.writer.is_closing():
+            return
+        data = encode_frame({"t": kind, field: items})
+        if len(data) - HEADER.size > MAX_CLIENT_FRAME and len(items) > 1:
+            half = len(items) // 2
+            self.send_list(kind, field, items[:half])
+            self.send_list(kind, field, items[half:])
+            return
+        self.writer.write(data)
+
     def request(self, wire: dict[str, Any]) -> None:
         """Queue a transaction; all queued in one turn of the loop go out in one frame."""
         self._requests.append(wire)
@@ -88,9 +115,9 @@ class _Conn:
         requests, self._requests = self._requests, []
         awaits, self._awaits = self._awaits, []
         for start in range(0, len(requests), MAX_PER_FRAME):
-            self.send({"t": "requests", "txs": requests[start : start + MAX_PER_FRAME]})
+            self.send_list("requests", "txs", requests[start : start + MAX_PER_FRAME])
         for start in range(0, len(awaits), MAX_PER_FRAME):
-            self.send({"t": "await", "tx_ids": awaits[start : start + MAX_PER_FRAME]})
+            self.send_list("await", "tx_ids", awaits[start : start + MAX_PER_FRAME])
 
     async def run(self) -> None:
         while True:
@@ -100,7 +127,10 @@ class _Conn:
                 await asyncio.sleep(RECONNECT_S)
                 continue
             try:
-                await read_message(reader)  # the challenge; clients do not authenticate
+                challenge = await read_message(reader)
+                key = self.client.key
+                if key is not None:  # authenticate the connection: queries read as this key
+                    writer.write(encode_frame(hello(key, challenge)))
                 self.writer = writer
                 self.ready.set()
                 self.client._on_connect(self.index)
@@ -123,6 +153,16 @@ class _Conn:
                 if was_up:
                     self.client._on_disconnect(self.index)
             await asyncio.sleep(RECONNECT_S)
+
+
+def hello(key: Ed25519PrivateKey, challenge: dict[str, Any]) -> dict[str, Any]:
+    """The ``hello`` that proves ``key`` to the replica that sent ``challenge``."""
+    nonce, replica = challenge.get("nonce"), challenge.get("replica")
+    if not isinstance(nonce, str) or isinstance(replica, bool) or not isinstance(replica, int):
+        raise FrameError("the replica's challenge has no nonce or replica id")
+    key_hex = public_bytes(key.public_key()).hex()
+    sig = key.sign(hello_bytes(nonce, replica, key_hex)).hex()
+    return {"t": "hello", "key": key_hex, "sig": sig}
 
 
 class _Pending:
@@ -221,7 +261,11 @@ class _Pending:
 
 
 class LedgerClient:
-    """Async client. Use as ``async with LedgerClient.from_cluster_file(path, key) as c``."""
+    """Async client. Use as ``async with LedgerClient.from_cluster_file(path, key) as c``.
+
+    ``key`` signs ``submit_new``'s transactions and authenticates every connection (``hello``):
+    queries are answered as that key may read them. Without a key the client reads as
+    anonymous (heights, status and the community parameters)."""
 
     def __init__(
         self,
@@ -497,6 +541,18 @@ class LedgerClient:
                     if conn.index != index:
                         conn.request(pending.wire)
 
+    def _on_want(self, index: int, ids: Any) -> None:
+        """A replica asks for transactions this client announced to it with ``await`` and that
+        it has not seen ordered: it gets them in full (only those still waited for), so that it
+        holds them and times a stalled primary out."""
+        if not isinstance(ids, list):
+            return
+        conn = self._conns[index]
+        for tx_id in ids[:MAX_PER_FRAME]:
+            pending = self._txs.get(tx_id) if isinstance(tx_id, str) else None
+            if pending is not None and pending.wire is not None and not pending.finished:
+                conn.request(pending.wire)
+
     def _on_message(self, index: int, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "reply":
@@ -512,6 +568,8 @@ class LedgerClient:
                 return
             code = str(message.get("code"))
             pending.reject(index, code, RejectedError(code, str(message.get("message"))))
+        elif kind == "want":
+            self._on_want(index, message.get("tx_ids"))
         elif kind == "answer":
             qid = message.get("id")
             if not isinstance(qid, int):

@@ -1,9 +1,13 @@
 """The client protocol between ``ledger_client`` and a replica: one definition of its messages.
 
 Frames are ``ledger.transport`` frames (4-byte length + canonical JSON). On connect the replica
-sends ``{"t": "challenge", ...}``, which a client ignores. Then:
+sends ``{"t": "challenge", "nonce": <hex>, "replica": i}``. Then:
 
 client -> replica
+- ``{"t": "hello", "key": <public key hex>, "sig": <hex>}`` (first, once): the client proves it
+  holds ``key`` by signing ``hello_bytes(nonce, replica, key)``; the replica answers its queries
+  as that key may read them (the read policy, ledger README) and sends ``{"t": "hello",
+  "replica": i, "ok": bool}``. Without it a connection reads as anonymous.
 - ``{"t": "request", "tx": <SignedTx wire>}``: order and execute this transaction.
 - ``{"t": "requests", "txs": [<SignedTx wire>, ...]}``: the same for up to 1000 transactions
   (the client coalesces what it submits in one turn of its event loop).
@@ -21,8 +25,18 @@ replica -> client
 - ``{"t": "replies", "replies": [<reply>, ...]}``: up to 1000 replies in one frame (a replica
   sends a block's replies for one client connection together; a single one goes as ``reply``).
 - ``{"t": "reject", "replica": i, "tx_id": <hex>, "code": <str>, "message": <str>}``: the replica
-  refuses the request before ordering it (bad signature, malformed).
+  refuses the request before ordering it: `MALFORMED_TX`, `BAD_SIGNATURE`, or admission's
+  `NOT_ADMITTED`, `UNKNOWN_KIND`, `TX_TOO_LARGE`, `OVER_LIMIT`, `APPLICATION_EXISTS`,
+  `APPLICATIONS_FULL` (ledger README, "Admission").
 - ``{"t": "answer", "replica": i, "id": <int>, "ok": bool, "value": ..., "error": <str>}``.
+- ``{"t": "want", "replica": i, "tx_ids": [<hex>, ...]}``: send me these transactions in full
+  (ones this client awaited at that replica which it has neither received nor seen in a
+  pre-prepare for half a view-change timeout; holding them, it can time a stalled primary out).
+  The client answers with ``requests`` for those it still waits for, and ignores the others.
+
+A client frame is at most ``ledger.limits.MAX_CLIENT_FRAME`` (1 MiB) long; a replica closes a
+connection that sends a longer one, sends nothing for ``limits.client_idle_ms`` (the client
+reconnects and announces again what it waits for), or leaves too many replies unread.
 
 A client accepts a result once f+1 replicas sent the same one: at least one of them is correct.
 """
@@ -32,17 +46,21 @@ from __future__ import annotations
 from typing import Any
 
 from ledger.client_wire import (
+    HELLO_DOMAIN,
     LEDGER_QUERY_PREFIX,
+    hello_bytes,
     receipt_from_wire,
     receipt_is_wire,
     receipt_to_wire,
 )
 from ledger.encoding import canonical
 
-# the receipt's wire form and the replica's query prefix are the replica's (ledger.client_wire)
+# the receipt's wire form, the hello and the query prefix are the replica's (ledger.client_wire)
 __all__ = [
+    "HELLO_DOMAIN",
     "LEDGER_QUERY_PREFIX",
     "answer_key",
+    "hello_bytes",
     "receipt_from_wire",
     "receipt_is_wire",
     "receipt_to_wire",

@@ -21,7 +21,9 @@ PACKAGES = ("firmware", "gateway", "hardware", "ledger", "ledger_client", "tools
 
 # What the firmware offers to CPython (firmware/README.md): the frame, and the modules that are
 # CPython-clean for the tools; the package itself for its data files.
-FIRMWARE_FOR_HOST = ("firmware.frame", "firmware.config", "firmware.cse7766", "firmware.pzem")
+FIRMWARE_FOR_HOST = (
+    "firmware.frame", "firmware.config", "firmware.cse7766", "firmware.pzem", "firmware.hal_host",
+)
 
 GATEWAY = (  # gateway/README.md
     "firmware.frame",
@@ -43,7 +45,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "gateway": GATEWAY,
     "gateway.bench": (*GATEWAY, "hardware.emulators"),  # hardware/emulators/README.md
     # gateway/ems/README.md: not the rest of gateway/ (the daemon's hooks are plain callables)
-    "gateway.ems": ("firmware.frame", "ledger.contract.params"),
+    # (ledger.contract.sealed: the one definition of a sealed order's commitment)
+    "gateway.ems": ("firmware.frame", "ledger.contract.params", "ledger.contract.sealed"),
     # gateway/sources/README.md
     "gateway.sources": ("gateway.clock", "gateway.config", "gateway.broker", "hardware.meters",
                         "hardware.ble.profile"),

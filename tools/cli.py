@@ -22,11 +22,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hardware.emulate_cli",  # wattmesh emulate meter|plug|node
     "tools.firmware_cli",  # wattmesh firmware build|flash, wattmesh provision node|gateway
     "tools.operator_cli",  # wattmesh operator member|meter|res|pubkey|dr
+    "tools.node_cli",  # wattmesh node calibrate
     "tools.demo",  # wattmesh demo
 )
 
 BENCH_MODULES: tuple[str, ...] = (
     "tools.ledger_bench",  # wattmesh bench ledger
+    "tools.ledger_abuse_bench",  # wattmesh bench ledger-abuse
     "ledger.contract.bench",  # wattmesh bench auction
     "gateway.bench",  # wattmesh bench ingest
     "gateway.ems.bench",  # wattmesh bench ems

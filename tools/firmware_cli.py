@@ -365,58 +365,12 @@ BENCH_SCRIPTS = [
 ]
 
 
-ACCURACY_SCRIPT = """
-import hal_host as hal, ct
-out = []
-for c in CASES:
-    hal.reset()
-    hal.signals[36] = hal.Signal(BIAS - 10, 50, c[0], 3, 7)
-    hal.signals[39] = hal.Signal(V_BIAS + 15, 50, c[1], 3, 11)
-    clamp = ct.Clamp(hal, hal.Adc(36), hal.Adc(39), ICAL, VCAL, 1.08, 2000, 50, 10)
-    for w in range(3):
-        r = clamp.measure()
-        out.append([r.irms, r.vrms, r.power, r.apparent, r.pf])
-emit(out)
-"""
-
-
 def accuracy() -> dict[str, Any]:
-    """Worst CT errors over 5..100 % of the esp32_devkitc_ct board's clamp range and PF 1..0
-    (its calibration and bias; sine + 3rd/5th harmonics, noise, DC off the nominal bias, 40 us V/I
-    read lag; the emulated ADC clips at its usable window): Irms and Vrms relative, P relative
-    to S, PF."""
-    import math
+    """The CT error table per load band on the VM (tools/ct_accuracy.py, its quick matrix) and the
+    sample rate the emulated ADC loop held."""
+    from tools import ct_accuracy
 
-    from tools import mpvm
-
-    m = load_board("esp32_devkitc_ct")["meters"][0]
-    range_a, ical, vcal = float(m["range_a"]), float(m["ical"]), float(m["vcal"])
-    harm = [(1, 1.0, 0.0), (3, 0.10, 0.7), (5, 0.05, 2.1)]
-    norm = math.sqrt(sum(a * a for _, a, _ in harm) / 2)
-    v_mv = 230 / vcal * 1000  # mV rms at the ADC for 230 V
-    cases, truth = [], []
-    for frac in (0.05, 0.1, 0.25, 0.5, 0.75, 1.0):
-        for deg in (0, 25, 60, 90):
-            phi = math.radians(deg)
-            amp = frac * range_a / ical * 1000 / norm  # mV at the ADC
-            i_parts = [[amp * a, o, p - o * phi] for o, a, p in harm]
-            v_parts = [[v_mv * math.sqrt(2), 1, 0.0]]
-            cases.append([i_parts, v_parts])
-            irms = range_a * frac
-            vrms = vcal * v_mv / 1000
-            power = vrms * ical * amp / 1000 / math.sqrt(2) * math.cos(phi)
-            truth.append((irms, vrms, power, power / (vrms * irms)))
-    head = (f"CASES = {cases!r}\nICAL = {ical!r}\nVCAL = {vcal!r}\n"
-            f"BIAS = {int(m['bias_mv'])}\nV_BIAS = {int(m['v_bias_mv'])}\n")
-    out = mpvm.run_job(head + ACCURACY_SCRIPT).results[0]
-    worst = {"irms_rel": 0.0, "vrms_rel": 0.0, "power_rel_to_s": 0.0, "pf_abs": 0.0}
-    for k, (irms, vrms, power, s, pf) in enumerate(out):
-        ti, tv, tp, tpf = truth[k // 3]
-        worst["irms_rel"] = max(worst["irms_rel"], abs(irms - ti) / ti)
-        worst["vrms_rel"] = max(worst["vrms_rel"], abs(vrms - tv) / tv)
-        worst["power_rel_to_s"] = max(worst["power_rel_to_s"], abs(power - tp) / s)
-        worst["pf_abs"] = max(worst["pf_abs"], abs(pf - tpf))
-    return {k: round(v, 5) for k, v in worst.items()} | {"windows": len(out)}
+    return ct_accuracy.error_table(quick=True)
 
 
 def bench(steps: int = 120, windows: int = 50) -> dict[str, Any]:
@@ -445,7 +399,7 @@ def bench(steps: int = 120, windows: int = 50) -> dict[str, Any]:
         "bundle_bytes": manifest["total_bytes"],
         "bundle_files": len(manifest["files"]),
         "loaded_from": r["from_bundle"],
-        "ct_worst_error": accuracy(),
+        "ct_accuracy": accuracy(),
     }
 
 

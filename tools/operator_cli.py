@@ -4,9 +4,9 @@ ledger client's transactions and queries (the contract is the one place that dec
 * ``member admit|list``: ``registry.admit`` / the ``members`` query.
 * ``meter add|list``: ``registry.add_meter`` with the meter named ``<member>:<meter>``
   (``gateway.report.ledger_meter_id``: meter ids are per home, every home may have a "grid"
-  meter) and the gateway's public key (``wattmesh gateway pubkey``); ``--limit NAME=INT`` puts
-  each limit the contract asks of a meter into the body as it is, so a contract that adds
-  physical limits needs no change here. / the ``meters`` query.
+  meter), the gateway's public key (``wattmesh gateway pubkey``) and the connection's physical
+  limits (``import_limit_w``, ``export_limit_w``); ``--limit NAME=INT`` puts any further field
+  the contract asks of a meter into the body as it is. / the ``meters`` query.
 * ``res add``: ``registry.add_res``.
 * ``pubkey --key FILE``: the public key of a key file (for ``[ems.dr_signers]``).
 * ``dr sign``: a signed demand-response request for one gateway, printed for the broker
@@ -58,10 +58,11 @@ def _limit(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
-def meter_body(member: str, meter: str, gateway_key: str,
-               limits: list[tuple[str, int]]) -> dict[str, Any]:  # fmt: skip
+def meter_body(member: str, meter: str, gateway_key: str, import_limit_w: int,
+               export_limit_w: int, limits: list[tuple[str, int]]) -> dict[str, Any]:  # fmt: skip
     body: dict[str, Any] = {"meter_id": ledger_meter_id(member, meter), "owner": member,
-                            "gateway_key": gateway_key}  # fmt: skip
+                            "gateway_key": gateway_key, "import_limit_w": import_limit_w,
+                            "export_limit_w": export_limit_w}  # fmt: skip
     for name, value in limits:
         if name in body:
             raise OperatorError(f"--limit {name}: that field is set by the command")
@@ -88,7 +89,9 @@ async def _submit(args: argparse.Namespace, kind: str, body: Mapping[str, Any]) 
 async def _query(args: argparse.Namespace, path: str) -> Any:
     from ledger_client.client import LedgerClient
 
-    async with LedgerClient.from_cluster_file(args.cluster, timeout_s=args.timeout) as client:
+    # the connection proves the operator's key: the read policy answers as it may read
+    async with LedgerClient.from_cluster_file(args.cluster, _key(args.key),
+                                              timeout_s=args.timeout) as client:  # fmt: skip
         return await client.query(path)
 
 
@@ -104,7 +107,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | list[Any]:
                 "public_key": args.public_key, "role": args.role}  # fmt: skip
         return asyncio.run(_submit(args, "registry.admit", body))
     if what == "meter add":
-        body = meter_body(args.member, args.meter, args.gateway_key, args.limit or [])
+        body = meter_body(args.member, args.meter, args.gateway_key, args.import_limit_w,
+                          args.export_limit_w, args.limit or [])
         return asyncio.run(_submit(args, "registry.add_meter", body))
     if what == "res add":
         body = {"res_id": args.res_id, "owner": args.member, "kind": args.kind,
@@ -145,10 +149,10 @@ def cmd(args: argparse.Namespace) -> int:
     return 1 if isinstance(out, dict) and out.get("code", "OK") != "OK" else 0
 
 
-def _ledger_args(p: argparse.ArgumentParser, signed: bool) -> None:
+def _ledger_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True, help="the ledger's cluster.json")
-    if signed:
-        p.add_argument("--key", required=True, help="the operator's key file (mode 0600)")
+    p.add_argument("--key", required=True, help="the operator's key file (mode 0600): signs "
+                   "transactions and proves who reads")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for the ledger")
 
 
@@ -158,32 +162,36 @@ def register(subparsers: Any) -> None:
     member = sub.add_parser("member", help="admit or list members")
     m_sub = member.add_subparsers(dest="action", metavar="ACTION", required=True)
     admit = m_sub.add_parser("admit", help="registry.admit")
-    _ledger_args(admit, True)
+    _ledger_args(admit)
     admit.add_argument("--id-grid", required=True, type=_ident(MEMBER_RE, "--id-grid"))
     admit.add_argument("--name", required=True)
     admit.add_argument("--email", required=True)
     admit.add_argument("--public-key", required=True, type=_pubkey,
                        help="the member's key (the gateway's, `wattmesh gateway pubkey`)")
     admit.add_argument("--role", required=True, choices=ROLES)
-    _ledger_args(m_sub.add_parser("list", help="the members query"), False)
+    _ledger_args(m_sub.add_parser("list", help="the members query"))
     meter = sub.add_parser("meter", help="register or list meters")
     mt_sub = meter.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = mt_sub.add_parser("add", help="registry.add_meter, the id scoped by the member")
-    _ledger_args(add, True)
+    _ledger_args(add)
     add.add_argument("--member", required=True, type=_ident(MEMBER_RE, "--member"))
     add.add_argument("--meter", required=True, type=_ident(ID_RE, "--meter"),
                      help="the meter_id in the home's gateway config")
     add.add_argument("--gateway-key", required=True, type=_pubkey,
                      help="`wattmesh gateway pubkey` of the home's gateway")
+    add.add_argument("--import-limit-w", required=True, type=int,
+                     help="the most the connection can import (W): the contract caps reports")
+    add.add_argument("--export-limit-w", required=True, type=int,
+                     help="the most it can export (W); 0 for a home without generation")
     add.add_argument("--limit", type=_limit, action="append", metavar="NAME=INT",
-                     help="a limit the contract asks of a meter (repeat)")
+                     help="any further field the contract asks of a meter (repeat)")
     mlist = mt_sub.add_parser("list", help="the meters query")
-    _ledger_args(mlist, False)
+    _ledger_args(mlist)
     mlist.add_argument("--member", type=_ident(MEMBER_RE, "--member"))
     res = sub.add_parser("res", help="register a member's RES")
     r_sub = res.add_subparsers(dest="action", metavar="ACTION", required=True)
     radd = r_sub.add_parser("add", help="registry.add_res")
-    _ledger_args(radd, True)
+    _ledger_args(radd)
     radd.add_argument("--member", required=True, type=_ident(MEMBER_RE, "--member"))
     radd.add_argument("--res-id", required=True, type=_ident(ID_RE, "--res-id"))
     radd.add_argument("--kind", default="PV", type=_ident(ID_RE, "--kind"))

@@ -4,7 +4,8 @@ It knows the daemon only through plain callables: ``send_relay(node_id, relay, o
 ``firmware.frame`` S_* status), ``enqueue_tx(kind, body)`` (outbox id; delivered exactly once),
 ``interval_history(meter_id, since_ms, until_ms)`` (rows with ``start_ms``, ``import_wh``,
 ``export_wh``), an optional ``clearing(listing_id)`` (awaitable ``auction.close`` result or None
-while the listing is open) and a clock with ``now_ms()`` and ``async sleep_until(ms)``.
+while the listing is open; a sealed listing in state ``REVEAL`` makes the runner queue the
+agent's reveal) and a clock with ``now_ms()`` and ``async sleep_until(ms)``.
 
 At every slot edge ``step`` does, in order: read clearings of listings it traded (the traded
 quantities enter the plan), record what ran in the slot just ended, forecast load and PV from the
@@ -70,7 +71,7 @@ class ClockLike(Protocol):
 SendRelay = Callable[[int, int, bool], Awaitable[int]]
 EnqueueTx = Callable[[str, dict[str, Any]], object]
 History = Callable[[str, int, int], Sequence[IntervalRow]]
-Clearing = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+ClearingFetch = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,7 @@ class StepReport:
 class EmsRunner:
     def __init__(self, appliances: Sequence[Appliance], tariff: Tariff, config: RunnerConfig,
                  *, clock: ClockLike, send_relay: SendRelay, enqueue_tx: EnqueueTx,
-                 interval_history: History, clearing: Clearing | None = None,
+                 interval_history: History, clearing: ClearingFetch | None = None,
                  agent: TradingAgent | None = None) -> None:
         self.appliances = list(appliances)
         self.tariff = tariff
@@ -200,6 +201,12 @@ class EmsRunner:
             try:
                 result = await self._clearing(lid)
                 if result is None:
+                    continue
+                if result.get("state") == "REVEAL":  # a sealed listing: open our order now
+                    reveal = self.agent.reveal(lid)
+                    if reveal is not None:
+                        report.orders.append((reveal.kind,
+                                              self._enqueue_tx(reveal.kind, reveal.body)))
                     continue
                 c = self.agent.read_clearing(result)
             except Exception as exc:  # one bad listing never stops the others

@@ -39,6 +39,8 @@ class MeterReading:
     import_mwh: int
     export_mwh: int
     values: dict[str, float]
+    # the meter reports unsigned power (its map's power_signed is false): export reads as import
+    sign_unknown: bool = False
 
 
 @dataclass
@@ -71,6 +73,7 @@ def reading_from_values(
         import_mwh=energy_mwh(imp, values[imp.name]) if imp else 0,
         export_mwh=energy_mwh(exp, values[exp.name]) if exp else 0,
         values=values,
+        sign_unknown=not rmap.power_signed,
     )
 
 

@@ -62,6 +62,9 @@ class RegisterMap:
     quantities: Mapping[str, Quantity]
     # the line speeds the meter can be set to (its datasheet); on any other it hears garbage
     baudrates: tuple[int, ...] = ()
+    # False for a meter whose power and energy registers are unsigned (PZEM-004T): it cannot tell
+    # export from import, and the gateway flags its intervals sign_unknown
+    power_signed: bool = True
 
     def by_role(self, role: str) -> Quantity | None:
         for q in self.quantities.values():
@@ -208,6 +211,12 @@ def parse_map(doc: Any, where: str = "register map") -> RegisterMap:
         type(b) is int and 300 <= b <= 4_000_000 for b in baudrates
     ):
         raise MapError(f"{where}: baudrates must be a list of line speeds (300..4000000)")
+    power_signed = doc.get("power_signed", True)
+    if not isinstance(power_signed, bool):
+        raise MapError(f"{where}: power_signed must be true or false")
+    max_power = _req(doc, "max_power_w", int, where)
+    if max_power <= 0:
+        raise MapError(f"{where}: max_power_w must be positive")
     return RegisterMap(
         model=_req(doc, "model", str, where),
         description=str(doc.get("description", "")),
@@ -215,11 +224,12 @@ def parse_map(doc: Any, where: str = "register map") -> RegisterMap:
         max_per_request=max_per,
         word_order=word_order,
         readable=tuple(readable),
-        max_power_w=_req(doc, "max_power_w", int, where),
+        max_power_w=max_power,
         energy_modulus_wh=modulus,
         default_serial=dict(doc.get("default_serial", {})),
         quantities=quantities,
         baudrates=tuple(baudrates),
+        power_signed=power_signed,
     )
 
 

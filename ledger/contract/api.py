@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 # JSON-like, float-free value carried in bodies, receipts and query results.
 Value = Any
@@ -81,6 +81,41 @@ class Contract(Protocol):
 
     def restore(self, data: bytes) -> None:
         """Replace the state by a snapshot taken with ``snapshot``."""
+        ...
+
+
+@runtime_checkable
+class Admitting(Protocol):
+    """A contract that says which transactions may be ordered at all (admission before
+    ordering, see the ledger README). A contract without it admits every signer."""
+
+    def admit(self, sender: bytes, kind: str, size: int, now_ms: int) -> tuple[str, str] | None:
+        """None if a transaction of ``kind`` signed by ``sender`` with ``size`` canonical
+        unsigned bytes may be ordered on the current state at block time ``now_ms``, else
+        (code, message). Deterministic: a function of the state and its arguments only.
+        ``size`` 0: not checked."""
+        ...
+
+    def limits(self) -> tuple[int, int, int]:
+        """Per signer: transactions pending, bytes per hour of block time; open applications."""
+        ...
+
+    def open_applications(self, now_ms: int) -> int:
+        """Applications still open at block time ``now_ms``."""
+        ...
+
+
+@runtime_checkable
+class ReadPolicy(Protocol):
+    """A contract that answers queries under a read policy. ``reader`` is the public key a
+    client connection proved it holds, None for an anonymous connection."""
+
+    def read(self, path: str, params: Mapping[str, Value], reader: bytes | None) -> Value:
+        """``query`` as ``reader`` may see it; ``QueryError`` (``NOT_PERMITTED: ...``) if not."""
+        ...
+
+    def may_read_chain(self, reader: bytes | None) -> bool:
+        """Whether ``reader`` may read whole blocks and every receipt."""
         ...
 
 

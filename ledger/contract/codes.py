@@ -17,6 +17,18 @@ NOT_MEMBER: Final = "NOT_MEMBER"  # the sender's key belongs to no member
 NOT_OPERATOR: Final = "NOT_OPERATOR"  # operator-only transaction from someone else
 ROLE_FORBIDDEN: Final = "ROLE_FORBIDDEN"  # the member's role may not do this
 
+# admission (answered in a ``reject`` before ordering; NOT_ADMITTED also as a receipt, when a
+# faulty primary ordered such a transaction anyway)
+NOT_ADMITTED: Final = "NOT_ADMITTED"  # the signer is no member, meter or operator
+TX_TOO_LARGE: Final = "TX_TOO_LARGE"  # larger than its kind's bound
+OVER_LIMIT: Final = "OVER_LIMIT"  # the signer is over its pending or bytes-per-hour limit
+APPLICATION_EXISTS: Final = "APPLICATION_EXISTS"  # this key has an open application
+APPLICATIONS_FULL: Final = "APPLICATIONS_FULL"  # max_applications are open
+UNKNOWN_APPLICATION: Final = "UNKNOWN_APPLICATION"
+
+# reads
+NOT_PERMITTED: Final = "NOT_PERMITTED"  # the read policy does not grant this query to the reader
+
 # registry and tokens
 MEMBER_EXISTS: Final = "MEMBER_EXISTS"
 KEY_IN_USE: Final = "KEY_IN_USE"  # a public key already belongs to a member
@@ -39,12 +51,21 @@ RES_CAPACITY_EXCEEDED: Final = "RES_CAPACITY_EXCEEDED"  # offers exceed rated po
 PRICE_OUT_OF_BAND: Final = "PRICE_OUT_OF_BAND"
 BOTH_SIDES: Final = "BOTH_SIDES"  # offer and bid by one member in one listing
 TOO_EARLY: Final = "TOO_EARLY"  # settle before the delivery hour has ended
+SEALED_LISTING: Final = "SEALED_LISTING"  # an open offer/bid on a listing that takes commitments
+NOT_SEALED: Final = "NOT_SEALED"  # commit/reveal/clear on a listing with an open book
+NOT_REVEALING: Final = "NOT_REVEALING"  # reveal/clear on a listing not in its reveal phase
+UNKNOWN_COMMITMENT: Final = "UNKNOWN_COMMITMENT"  # a reveal that matches none of the sender's
+ALREADY_REVEALED: Final = "ALREADY_REVEALED"
+REVEAL_OPEN: Final = "REVEAL_OPEN"  # clear before every order is revealed or the window is over
 
 # metering
 NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered gateway key
 BAD_SIGNATURE: Final = "BAD_SIGNATURE"
 DUPLICATE_REPORT: Final = "DUPLICATE_REPORT"
 REPORT_TOO_LATE: Final = "REPORT_TOO_LATE"  # the report's hour is already settled
+IMPLAUSIBLE_ENERGY: Final = "IMPLAUSIBLE_ENERGY"  # more Wh than the meter's limit x 15 minutes
+INTERVAL_IN_FUTURE: Final = "INTERVAL_IN_FUTURE"  # ends after the block, beyond the tolerance
+INTERVAL_TOO_OLD: Final = "INTERVAL_TOO_OLD"  # starts before the block's report window
 
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"  # a bug: never expected, reported instead of raised
 

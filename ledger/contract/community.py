@@ -12,16 +12,25 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ledger.contract import (
+    admission,
+    market,
+    metering,
+    queries,
+    reads,
+    registry,
+    sealed,
+    settlement,
+)
 from ledger.contract import fields as f
-from ledger.contract import market, metering, queries, registry, settlement
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
-from ledger.contract.state import State, empty_state
+from ledger.contract.state import ContractState, empty_state
 
 GENESIS_VERSION = 1
 
-Handler = Callable[[State, Transaction, BlockContext], dict[str, Any]]
+Handler = Callable[[ContractState, Transaction, BlockContext], dict[str, Any]]
 
 HANDLERS: dict[str, Handler] = {
     "registry.admit": registry.admit,
@@ -33,12 +42,22 @@ HANDLERS: dict[str, Handler] = {
     "auction.offer": market.offer,
     "auction.bid": market.bid,
     "auction.close": market.close,
+    "auction.commit": sealed.commit,
+    "auction.reveal": sealed.reveal,
+    "auction.clear": sealed.clear,
     "auction.settle": settlement.settle,
     "meter.report": metering.report,
+    admission.APPLY: admission.apply,
+    admission.DISMISS: admission.dismiss,
 }
+# kinds that never change who may sign: the meter-key index survives them
+_KEYS_UNCHANGED = frozenset(
+    ("token.transfer", "auction.offer", "auction.bid", "meter.report", "auction.close",
+     "auction.commit", "auction.reveal", "auction.clear")
+)  # fmt: skip
 
 
-def state_from_genesis(genesis: Mapping[str, Value]) -> State:
+def state_from_genesis(genesis: Mapping[str, Value]) -> ContractState:
     if not isinstance(genesis, Mapping):
         raise GenesisError("genesis must be an object")
     unknown = sorted(set(genesis) - {"version", "params", "members"})
@@ -46,7 +65,7 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> State:
         raise GenesisError(f"unknown genesis keys {unknown}")
     if genesis.get("version") != GENESIS_VERSION:
         raise GenesisError(f"genesis.version must be {GENESIS_VERSION}")
-    st = State(empty_state(check_params(genesis.get("params", {}))))
+    st = ContractState(empty_state(check_params(genesis.get("params", {}))))
     members = genesis.get("members")
     if not isinstance(members, list) or not members:
         raise GenesisError("genesis.members must be a non-empty list")
@@ -77,8 +96,44 @@ class CommunityContract:
 
     def __init__(self, genesis: Mapping[str, Value]) -> None:
         self._state = state_from_genesis(genesis)
+        self._meter_keys: frozenset[str] | None = None  # index, rebuilt after registry changes
+
+    def admit(self, sender: bytes, kind: str, size: int, now_ms: int) -> tuple[str, str] | None:
+        """None if a transaction of ``kind`` signed by ``sender`` (``size`` canonical unsigned
+        bytes) may be ordered on this state, else (code, message); see ``admission``."""
+        if self._meter_keys is None:
+            self._meter_keys = frozenset(
+                m["gateway_key"] for m in self._state.data["meters"].values()
+            )
+        return admission.admit(
+            self._state, self._meter_keys, HANDLERS, sender.hex(), kind, size, now_ms
+        )
+
+    def limits(self) -> tuple[int, int, int]:
+        """(max_pending_per_signer, max_bytes_per_signer_hour, max_applications)."""
+        params = self._state.data["params"]
+        return (
+            params["max_pending_per_signer"],
+            params["max_bytes_per_signer_hour"],
+            params["max_applications"],
+        )
+
+    def open_applications(self, now_ms: int) -> int:
+        """Applications still open at block time ``now_ms``."""
+        return admission.open_applications(self._state, now_ms)
+
+    def read(self, path: str, params: Mapping[str, Value], reader: bytes | None) -> Value:
+        """A query as ``reader`` (the key a client connection proved, None: anonymous) may see
+        it under the read policy (``reads``); ``QueryError`` if it may not."""
+        return reads.run(self._state, path, params, reader)
+
+    def may_read_chain(self, reader: bytes | None) -> bool:
+        """Whether ``reader`` may read whole blocks and any receipt (the operator only)."""
+        return reads.may_read_chain(self._state, reader)
 
     def apply(self, tx: Transaction, ctx: BlockContext) -> Receipt:
+        if tx.kind not in _KEYS_UNCHANGED:
+            self._meter_keys = None
         handler = HANDLERS.get(tx.kind)
         if handler is None:
             return Receipt(UNKNOWN_KIND, {}, f"unknown transaction kind {tx.kind!r}")
@@ -101,4 +156,5 @@ class CommunityContract:
         return hashlib.sha256(self.snapshot()).digest()
 
     def restore(self, data: bytes) -> None:
-        self._state = State.from_snapshot(data)
+        self._state = ContractState.from_snapshot(data)
+        self._meter_keys = None

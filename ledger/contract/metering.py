@@ -9,14 +9,27 @@ energy tokens for that hour (see settlement.py).
 ``flags`` says how the interval's energy was measured, in the gateway's words (``REPORT_FLAGS``:
 a counter reset or rollover, a gap in the samples, no data, an implausible counter set aside, a
 rebased counter, a counter restored after a restart, a late close, a clipped current clamp that
-reads low). It is signed with the figures, stored with them and answered by the ``reports``
+reads low, a node whose sampling fell behind its period, a meter that cannot tell export from
+import). It is signed with the figures, stored with them and answered by the ``reports``
 query, so that whoever settles or disputes an hour sees which figures were measured cleanly; it
 does not change settlement. A report without flags omits the field, and signs exactly the bytes
 it signed before flags existed.
+
+What a report may claim is bounded by physics and by time (the contract cannot see the wires, but
+it can refuse what no wire could carry): each meter is registered with its connection's import
+and export limits in W, and a report of more Wh than limit x 15 minutes is ``IMPLAUSIBLE_ENERGY``;
+a report flagged ``gap`` may also carry the limit's worth of each interval just before it that
+the meter reported ``missing`` or did not report (the gateway counts a gap's energy when the
+meter answers again); an interval that ends after the block's timestamp plus
+``report_clock_tolerance_ms`` is ``INTERVAL_IN_FUTURE``; one that starts more than
+``report_window_ms`` before it is ``INTERVAL_TOO_OLD``. A feeder meter's reports are stored
+like any other but bill nobody: settlement balances the members' reports against them
+(balance.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,16 +42,21 @@ from ledger.contract.codes import (
     BAD_BODY,
     BAD_SIGNATURE,
     DUPLICATE_REPORT,
+    IMPLAUSIBLE_ENERGY,
+    INTERVAL_IN_FUTURE,
+    INTERVAL_TOO_OLD,
     NOT_GATEWAY,
     REPORT_TOO_LATE,
     UNKNOWN_METER,
     Rejected,
 )
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 from ledger.encoding import canonical
 
 REPORT_DOMAIN = b"wattmesh/report/v1\x00"
 MAX_INTERVAL_WH = 10**8  # 100 MWh in 15 minutes: far above any community meter
+INTERVAL_MS = 15 * 60_000
+HOUR_MS = 3_600_000
 # The quality flags a report may carry, in their one order (a report lists its flags in this
 # order, each once). The gateway numbers its interval flags from this tuple (bit i = entry i).
 REPORT_FLAGS = (
@@ -51,6 +69,8 @@ REPORT_FLAGS = (
     "restored",
     "late",
     "clipped",
+    "behind",  # a node's CT sampling fell behind its period in a window of this interval
+    "sign_unknown",  # the meter cannot tell import from export (PZEM-004T): all read as import
 )
 FIELDS = ("meter_id", "interval", "import_wh", "export_wh", "signature")
 
@@ -113,7 +133,80 @@ def report_flags(body: Mapping[str, Any]) -> list[str]:
     return list(flags)
 
 
-def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def interval_start_ms(interval: str) -> int:
+    """Milliseconds since the epoch (UTC) at which a valid interval ``YYYY-MM-DDTHH:MM`` starts."""
+    return f.hour_end_ms(interval[:13]) - HOUR_MS + int(interval[14:16]) * 60_000
+
+
+MAX_GAP_INTERVALS = 4 * 24  # a gap report may cover at most a day of missing intervals
+
+
+def _interval_name(start_ms: int) -> str:
+    # time.gmtime is calendar arithmetic on the number given: no clock is read
+    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(start_ms // 1000))
+
+
+def _gap_span(st: ContractState, meter_id: str, interval: str, flags: Sequence[str]) -> int:
+    """Intervals whose energy a report may carry: 1, or for a report flagged ``gap`` also each
+    interval just before it that this meter reported ``missing`` (with 0 Wh) or did not report:
+    the gateway counts the energy of a gap in the first interval after it, so that nothing is
+    lost. Over the span the report is still held to the meter's limit."""
+    if "gap" not in flags:
+        return 1
+    seen = st.data["reports"].get(meter_id, {})
+    start = interval_start_ms(interval)
+    span = 1
+    while span <= MAX_GAP_INTERVALS:
+        row = seen.get(_interval_name(start - span * INTERVAL_MS))
+        if row is not None and (len(row) < 3 or "missing" not in row[2]):
+            break
+        span += 1
+    return span
+
+
+def max_interval_wh(limit_w: int) -> int:
+    """The most Wh a connection limited to ``limit_w`` W can pass in one interval (rounded down:
+    a meter that reports whole Wh never reads more than was there)."""
+    return limit_w * INTERVAL_MS // HOUR_MS
+
+
+def _plausible(
+    st: ContractState,
+    meter_id: str,
+    interval: str,
+    imp: int,
+    exp: int,
+    flags: Sequence[str],
+    ctx: BlockContext,
+) -> None:
+    params = st.data["params"]
+    meter = st.data["meters"][meter_id]
+    start = interval_start_ms(interval)
+    if start + INTERVAL_MS > ctx.timestamp_ms + params["report_clock_tolerance_ms"]:
+        raise Rejected(
+            INTERVAL_IN_FUTURE,
+            f"interval {interval} ends after the block ({ctx.timestamp_ms} ms) plus the "
+            f"tolerance of {params['report_clock_tolerance_ms']} ms",
+        )
+    if start < ctx.timestamp_ms - params["report_window_ms"]:
+        raise Rejected(
+            INTERVAL_TOO_OLD,
+            f"interval {interval} starts over {params['report_window_ms']} ms before the block",
+        )
+    span = _gap_span(st, meter_id, interval, flags)
+    for name, wh, limit in (
+        ("import_wh", imp, meter["import_limit_w"]),
+        ("export_wh", exp, meter["export_limit_w"]),
+    ):
+        if wh > span * max_interval_wh(limit):
+            raise Rejected(
+                IMPLAUSIBLE_ENERGY,
+                f"{name} {wh} exceeds the meter's limit of {limit} W for {15 * span} minutes "
+                f"({span * max_interval_wh(limit)} Wh)",
+            )
+
+
+def report(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, (*FIELDS, "flags") if "flags" in body else FIELDS)
     meter_id = f.ident(body, "meter_id")
@@ -131,6 +224,7 @@ def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     signed = report_signing_bytes(meter_id, interval, import_wh, export_wh, flags)
     if not ed25519.verify(gateway_key, signature, signed):
         raise Rejected(BAD_SIGNATURE, "report signature does not verify")
+    _plausible(st, meter_id, interval, import_wh, export_wh, flags, ctx)
     seen = st.data["reports"].get(meter_id)
     if seen is not None and interval in seen:
         raise Rejected(DUPLICATE_REPORT, f"{meter_id} already reported {interval}")
@@ -144,9 +238,10 @@ def report(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         export_wh,
         *([flags] if flags else []),
     ]
-    totals = st.data["hourly"].setdefault(hour, {}).setdefault(meter["owner"], [0, 0])
-    totals[0] += import_wh
-    totals[1] += export_wh
+    if meter["role"] == "member":  # a feeder's figures balance the members', they bill nobody
+        totals = st.data["hourly"].setdefault(hour, {}).setdefault(meter["owner"], [0, 0])
+        totals[0] += import_wh
+        totals[1] += export_wh
     result: dict[str, Any] = {"meter_id": meter_id, "interval": interval, "owner": meter["owner"]}
     if flags:
         result["flags"] = flags

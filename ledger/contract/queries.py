@@ -11,8 +11,9 @@ from ledger.contract import fields as f
 from ledger.contract.api import QueryError
 from ledger.contract.clearing import payment
 from ledger.contract.codes import Rejected
-from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, trade_dict
-from ledger.contract.state import State
+from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, REVEAL, trade_dict
+from ledger.contract.sealed import held
+from ledger.contract.state import ContractState
 
 MAX_HISTORY = 10_000
 
@@ -40,7 +41,7 @@ def _read(
         raise QueryError(exc.message) from None
 
 
-def _member(st: State, params: Mapping[str, Any]) -> str:
+def _member(st: ContractState, params: Mapping[str, Any]) -> str:
     _params(params, ("id_grid",))
     id_grid = _read(f.ident, params, "id_grid")
     if id_grid not in st.data["members"]:
@@ -48,7 +49,7 @@ def _member(st: State, params: Mapping[str, Any]) -> str:
     return id_grid
 
 
-def _listing(st: State, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def _listing(st: ContractState, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     _params(params, ("listing_id",))
     listing_id = _read(f.listing_id, params, "listing_id")
     listing = st.data["listings"].get(listing_id)
@@ -57,17 +58,22 @@ def _listing(st: State, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
     return listing_id, listing
 
 
-def _escrow(st: State, id_grid: str) -> int:
-    return sum(
-        payment(wh, price)
-        for listing in st.data["listings"].values()
-        if listing["state"] == AUTHORIZE_OFFERS
-        for _seq, buyer, wh, price in listing["bids"]
-        if buyer == id_grid
-    )
+def _escrow(st: ContractState, id_grid: str) -> int:
+    """What the member has held in listings not yet cleared: bids' escrow and unrevealed sealed
+    orders' deposits."""
+    deposit = st.data["params"]["commit_deposit"]
+    total = 0
+    for listing in st.data["listings"].values():
+        if listing["state"] not in (AUTHORIZE_OFFERS, REVEAL):
+            continue
+        bids = listing["bids"]
+        total += sum(payment(wh, price) for _s, buyer, wh, price in bids if buyer == id_grid)
+        commits = listing["commits"].values()
+        total += deposit * sum(1 for e in commits if e[0] == id_grid and not e[2])
+    return total
 
 
-def balance(st: State, params: Mapping[str, Any]) -> Any:
+def balance(st: ContractState, params: Mapping[str, Any]) -> Any:
     id_grid = _member(st, params)
     return {
         "id_grid": id_grid,
@@ -77,12 +83,12 @@ def balance(st: State, params: Mapping[str, Any]) -> Any:
     }
 
 
-def member(st: State, params: Mapping[str, Any]) -> Any:
+def member(st: ContractState, params: Mapping[str, Any]) -> Any:
     id_grid = _member(st, params)
     return {"id_grid": id_grid, **st.data["members"][id_grid], "balance": st.balance(id_grid)}
 
 
-def members(st: State, params: Mapping[str, Any]) -> Any:
+def members(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return [
         {"id_grid": i, **st.data["members"][i], "balance": st.balance(i)}
@@ -90,7 +96,7 @@ def members(st: State, params: Mapping[str, Any]) -> Any:
     ]
 
 
-def res(st: State, params: Mapping[str, Any]) -> Any:
+def res(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ("res_id",))
     res_id = _read(f.ident, params, "res_id")
     record = st.data["res"].get(res_id)
@@ -99,12 +105,12 @@ def res(st: State, params: Mapping[str, Any]) -> Any:
     return {"res_id": res_id, **record}
 
 
-def meters(st: State, params: Mapping[str, Any]) -> Any:
+def meters(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return [{"meter_id": m, **st.data["meters"][m]} for m in sorted(st.data["meters"])]
 
 
-def listing(st: State, params: Mapping[str, Any]) -> Any:
+def listing(st: ContractState, params: Mapping[str, Any]) -> Any:
     listing_id, record = _listing(st, params)
     return {
         "listing_id": listing_id,
@@ -116,10 +122,21 @@ def listing(st: State, params: Mapping[str, Any]) -> Any:
         "offers": len(record["offers"]),
         "bids": len(record["bids"]),
         "traded_wh": sum(row[3] for row in record["trades"]),
+        "policy": record["policy"],
+        "sealed": record["sealed"],
+        "commitments": len(record["commits"]),
+        "revealed": len(record["revealed"]),
+        "efficiency": _efficiency(record["efficiency"]),
     }
 
 
-def listings(st: State, params: Mapping[str, Any]) -> Any:
+def _efficiency(gains: list[int] | None) -> dict[str, int] | None:
+    if gains is None:
+        return None
+    return {"traded_gains": gains[0], "efficient_gains": gains[1]}
+
+
+def listings(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return [
         {"listing_id": i, "state": st.data["listings"][i]["state"]}
@@ -127,7 +144,7 @@ def listings(st: State, params: Mapping[str, Any]) -> Any:
     ]
 
 
-def order_book(st: State, params: Mapping[str, Any]) -> Any:
+def order_book(st: ContractState, params: Mapping[str, Any]) -> Any:
     listing_id, record = _listing(st, params)
     offers = [dict(zip(OFFER_FIELDS, row, strict=True)) for row in record["offers"]]
     bids = [
@@ -137,19 +154,20 @@ def order_book(st: State, params: Mapping[str, Any]) -> Any:
     return {"listing_id": listing_id, "offers": offers, "bids": bids}
 
 
-def trades(st: State, params: Mapping[str, Any]) -> Any:
+def trades(st: ContractState, params: Mapping[str, Any]) -> Any:
     _, record = _listing(st, params)
     return [trade_dict(row) for row in record["trades"]]
 
 
-def settlement(st: State, params: Mapping[str, Any]) -> Any:
+def settlement(st: ContractState, params: Mapping[str, Any]) -> Any:
     _, record = _listing(st, params)
     return copy.deepcopy(record["settlement"])
 
 
-def energy(st: State, params: Mapping[str, Any]) -> Any:
+def energy(st: ContractState, params: Mapping[str, Any]) -> Any:
     """Energy tokens of an hour per member: minted (Wh exported, from signed reports), spent on
-    the community's trades and to the grid at settlement, and still unspent (before settlement)."""
+    the community's trades and to the grid at settlement, voided by the feeder balance check,
+    and still unspent (before settlement)."""
     _params(params, ("listing_id",))
     listing_id = _read(f.listing_id, params, "listing_id")
     metered = st.data["hourly"].get(listing_id, {})
@@ -163,19 +181,21 @@ def energy(st: State, params: Mapping[str, Any]) -> Any:
         line = lines.get(member)
         to_trades = line["delivered_wh"] if line else 0
         to_grid = line["feed_in_wh"] if line else 0
+        voided = line["export_cut_wh"] if line else 0
         out.append(
             {
                 "id_grid": member,
                 "minted_wh": minted,
                 "spent_on_trades_wh": to_trades,
                 "spent_to_grid_wh": to_grid,
-                "unspent_wh": minted - to_trades - to_grid,
+                "voided_wh": voided,  # cut by the feeder balance check: never backed by energy
+                "unspent_wh": minted - to_trades - to_grid - voided,
             }
         )
     return out
 
 
-def mcp_history(st: State, params: Mapping[str, Any]) -> Any:
+def mcp_history(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, (), ("limit",))
     limit = params.get("limit", MAX_HISTORY)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_HISTORY:
@@ -183,7 +203,7 @@ def mcp_history(st: State, params: Mapping[str, Any]) -> Any:
     return copy.deepcopy(st.data["mcp_history"][-limit:])
 
 
-def reports(st: State, params: Mapping[str, Any]) -> Any:
+def reports(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ("meter_id",), ("interval",))
     meter_id = _read(f.ident, params, "meter_id")
     if meter_id not in st.data["meters"]:
@@ -205,17 +225,30 @@ def reports(st: State, params: Mapping[str, Any]) -> Any:
     ]
 
 
-def grid(st: State, params: Mapping[str, Any]) -> Any:
+def grid(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
-    return {**st.data["grid"], "supply": st.data["supply"], "debts": dict(st.data["debts"])}
+    deposit = st.data["params"]["commit_deposit"]
+    return {
+        **st.data["grid"],
+        "supply": st.data["supply"],
+        "debts": dict(st.data["debts"]),
+        # escrow and deposits held by listings not yet cleared
+        "held": sum(held(listing, deposit) for listing in st.data["listings"].values()),
+    }
 
 
-def params_(st: State, params: Mapping[str, Any]) -> Any:
+def params_(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
     return copy.deepcopy(st.data["params"])
 
 
-QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
+def applications(st: ContractState, params: Mapping[str, Any]) -> Any:
+    _params(params, ())
+    apps = st.data["applications"]
+    return [{"public_key": k, **apps[k]} for k in sorted(apps)]
+
+
+QUERIES: dict[str, Callable[[ContractState, Mapping[str, Any]], Any]] = {
     "balance": balance,
     "member": member,
     "members": members,
@@ -231,10 +264,11 @@ QUERIES: dict[str, Callable[[State, Mapping[str, Any]], Any]] = {
     "reports": reports,
     "grid": grid,
     "params": params_,
+    "applications": applications,
 }
 
 
-def run(st: State, path: str, params: Mapping[str, Any]) -> Any:
+def run(st: ContractState, path: str, params: Mapping[str, Any]) -> Any:
     handler = QUERIES.get(path) if isinstance(path, str) else None
     if handler is None:
         raise QueryError(f"unknown query {path!r}; known: {sorted(QUERIES)}")

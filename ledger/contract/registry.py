@@ -23,35 +23,38 @@ from ledger.contract.codes import (
     UNKNOWN_MEMBER,
     Rejected,
 )
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 ROLES = ("consumer", "producer", "prosumer", "operator")
 SELLER_ROLES = ("producer", "prosumer")
 BUYER_ROLES = ("consumer", "prosumer")
 RES_KINDS_MAX = 32
 MAX_RATED_POWER_W = 10**8  # 100 MW
+# A meter is a member's billing meter, or the community's own meter at its grid connection (the
+# feeder or transformer), read by the operator's gateway or signed by the DSO's key.
+METER_ROLES = ("member", "feeder")
 
 
-def sender_member(st: State, tx: Transaction) -> str:
+def sender_member(st: ContractState, tx: Transaction) -> str:
     who = st.member_of(tx.sender)
     if who is None:
         raise Rejected(NOT_MEMBER, "the sender's key belongs to no member")
     return who
 
 
-def sender_operator(st: State, tx: Transaction) -> str:
+def sender_operator(st: ContractState, tx: Transaction) -> str:
     who = st.member_of(tx.sender)
     if who is None or st.role(who) != "operator":
         raise Rejected(NOT_OPERATOR, f"{tx.kind} is for the community operator only")
     return who
 
 
-def known_member(st: State, id_grid: str) -> None:
+def known_member(st: ContractState, id_grid: str) -> None:
     if id_grid not in st.data["members"]:
         raise Rejected(UNKNOWN_MEMBER, f"no member {id_grid}")
 
 
-def admit(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def admit(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("id_grid", "name", "email", "public_key", "role"))
     id_grid = f.ident(body, "id_grid")
@@ -70,7 +73,7 @@ def admit(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"id_grid": id_grid}
 
 
-def add_res(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def add_res(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("res_id", "owner", "kind", "rated_power_w"))
     res_id = f.ident(body, "res_id")
@@ -91,21 +94,39 @@ def add_res(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"res_id": res_id}
 
 
-def add_meter(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+METER_FIELDS = ("meter_id", "owner", "gateway_key", "import_limit_w", "export_limit_w")
+
+
+def add_meter(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    """A meter with its connection's physical limits: the contracted import power and the
+    inverter's (or the connection's) export limit, in W. Reports are held to limit x interval.
+    ``role`` is ``member`` (the default, a billing meter) or ``feeder`` (the community's grid
+    connection, owned by an operator; its reports balance the members' and bill nobody)."""
     body = tx.body
-    f.exact(body, ("meter_id", "owner", "gateway_key"))
+    f.exact(body, (*METER_FIELDS, "role") if "role" in body else METER_FIELDS)
     meter_id = f.ident(body, "meter_id")
     owner = f.ident(body, "owner")
     gateway_key = f.key_hex(body, "gateway_key")
+    import_limit = f.non_negative(body, "import_limit_w", MAX_RATED_POWER_W)
+    export_limit = f.non_negative(body, "export_limit_w", MAX_RATED_POWER_W)
+    role = f.choice(body, "role", METER_ROLES) if "role" in body else "member"
     sender_operator(st, tx)
     known_member(st, owner)
+    if role == "feeder" and st.role(owner) != "operator":
+        raise Rejected(ROLE_FORBIDDEN, f"a feeder meter belongs to an operator, not {owner}")
     if meter_id in st.data["meters"]:
         raise Rejected(METER_EXISTS, f"meter {meter_id} already exists")
-    st.data["meters"][meter_id] = {"owner": owner, "gateway_key": gateway_key}
+    st.data["meters"][meter_id] = {
+        "owner": owner,
+        "gateway_key": gateway_key,
+        "import_limit_w": import_limit,
+        "export_limit_w": export_limit,
+        "role": role,
+    }
     return {"meter_id": meter_id}
 
 
-def mint(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def mint(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("to", "amount"))
     to = f.ident(body, "to")
@@ -117,7 +138,7 @@ def mint(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     return {"to": to, "amount": amount, "balance": st.balance(to)}
 
 
-def transfer(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def transfer(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("to", "amount"))
     to = f.ident(body, "to")

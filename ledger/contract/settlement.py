@@ -14,6 +14,12 @@ Per member, for the listing's hour (all members with trades or reports, in id or
 * buyer side: ``taken = min(bought, imported)``; ``bought - taken`` is sold back at feed-in;
   ``imported - taken`` (demand the market did not cover) is bought from the grid at retail.
 
+Before that, the hour's exports are balanced against the feeder meter interval by interval
+(balance.py): in an interval where the members claim more export than the feeder and their own
+imports account for, the largest claims are cut first; ``exported_wh`` is what is credited,
+``reported_export_wh`` what the reports said and ``export_cut_wh`` the difference, and the
+result's ``balance`` lists each interval's check (flagged ``unbalanced`` or ``unchecked``).
+
 Each of the two grid amounts rounds down (``clearing.payment``); a member's lines are netted
 into one transfer with the grid account. If a member owes more than it holds, it pays what it
 has and the rest is recorded as debt (state.py).
@@ -25,22 +31,23 @@ from typing import Any
 
 from ledger.contract import fields as f
 from ledger.contract.api import BlockContext, Transaction
+from ledger.contract.balance import check_hour
 from ledger.contract.clearing import payment
 from ledger.contract.codes import LISTING_OPEN, LISTING_SETTLED, TOO_EARLY, Rejected
-from ledger.contract.market import AUTHORIZE_OFFERS, SETTLED, listing_of
+from ledger.contract.market import AUTHORIZE_OFFERS, REVEAL, SETTLED, listing_of
 from ledger.contract.params import retail_price
 from ledger.contract.registry import sender_operator
-from ledger.contract.state import State
+from ledger.contract.state import ContractState
 
 
-def settle(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+def settle(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     body = tx.body
     f.exact(body, ("listing_id",))
     listing_id = f.listing_id(body)
     sender_operator(st, tx)
     listing = listing_of(st, listing_id)
-    if listing["state"] == AUTHORIZE_OFFERS:
-        raise Rejected(LISTING_OPEN, f"listing {listing_id} has not been closed")
+    if listing["state"] in (AUTHORIZE_OFFERS, REVEAL):
+        raise Rejected(LISTING_OPEN, f"listing {listing_id} has not been cleared")
     if listing["state"] == SETTLED:
         raise Rejected(LISTING_SETTLED, f"listing {listing_id} is already settled")
     end = f.hour_end_ms(listing_id)
@@ -56,9 +63,11 @@ def settle(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
         sold[seller] = sold.get(seller, 0) + wh
         bought[buyer] = bought.get(buyer, 0) + wh
     metered = st.data["hourly"].get(listing_id, {})
+    credited, checks = check_hour(st, listing_id)
     lines = []
     for member in sorted(set(sold) | set(bought) | set(metered)):
-        imported, exported = metered.get(member, (0, 0))
+        imported, reported_export = metered.get(member, (0, 0))
+        exported = credited.get(member, reported_export)
         s, b = sold.get(member, 0), bought.get(member, 0)
         delivered = min(s, exported)
         taken = min(b, imported)
@@ -73,6 +82,8 @@ def settle(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
                 "id_grid": member,
                 "sold_wh": s,
                 "exported_wh": exported,
+                "reported_export_wh": reported_export,
+                "export_cut_wh": reported_export - exported,
                 "delivered_wh": delivered,
                 "shortfall_wh": shortfall,
                 "feed_in_wh": feed_wh,
@@ -103,7 +114,12 @@ def settle(st: State, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
             line["net_to_grid"], line["debt"] = pay, owed - pay
         grid["sold_wh"] += line["shortfall_wh"] + line["grid_import_wh"]
         grid["bought_wh"] += line["feed_in_wh"] + line["excess_wh"]
-    settlement = {"retail_price": retail, "feed_in_price": feed_in, "lines": lines}
+    settlement = {
+        "retail_price": retail,
+        "feed_in_price": feed_in,
+        "lines": lines,
+        "balance": checks,
+    }
     listing["state"] = SETTLED
     listing["settlement"] = settlement
     return {"listing_id": listing_id, "state": SETTLED, **settlement}

@@ -1,6 +1,6 @@
 """The contract's whole state as plain JSON-like data, with its token-moving primitives.
 
-Everything a replica must agree on lives in ``State.data`` (so ``snapshot`` is one canonical
+Everything a replica must agree on lives in ``ContractState.data`` (so ``snapshot`` is one canonical
 encoding of it); ``_by_key`` is an index rebuilt from it. Balances are micro-tokens.
 
 Accounts: every member has a balance (never negative); open bids hold escrow; the grid is one
@@ -31,16 +31,18 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "supply": 0,  # micro-tokens minted
         "grid": {"balance": 0, "sold_wh": 0, "bought_wh": 0},
         "res": {},  # res_id -> {owner, kind, rated_power_w}
-        "meters": {},  # meter_id -> {owner, gateway_key}
+        # meter_id -> {owner, gateway_key, import_limit_w, export_limit_w, role}
+        "meters": {},
         "listings": {},  # listing_id -> listing record (see market.py)
         "reports": {},  # meter_id -> {interval -> [import_wh, export_wh(, [flags])]}
-        "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from reports
+        "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from members' reports
         "mcp_history": [],  # [{listing_id, rule, mcp, height}] in order of clearing
         "seq": 0,  # last order sequence number handed out (FIFO across all listings)
+        "applications": {},  # public key hex -> {id_grid, role, at_ms} (admission.py)
     }
 
 
-class State:
+class ContractState:
     __slots__ = ("_by_key", "data")
 
     def __init__(self, data: dict[str, Any]) -> None:
@@ -98,7 +100,7 @@ class State:
         return canonical(self.data, checked=False)
 
     @classmethod
-    def from_snapshot(cls, raw: bytes) -> State:
+    def from_snapshot(cls, raw: bytes) -> ContractState:
         data = decode(raw)
         if (
             not isinstance(data, dict)

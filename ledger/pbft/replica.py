@@ -160,6 +160,11 @@ class Replica:
             times.append(relay_at)
         return min(times)
 
+    def knows_request(self, tx_id: str) -> bool:
+        """This replica holds the request, or a pre-prepare in its log carries it (the IO layer
+        asks clients for requests they only announced and the primary has not ordered)."""
+        return tx_id in self.batcher.pending or tx_id in self.batcher.in_log
+
     def on_request(
         self,
         tx: SignedTx | dict[str, Any],

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.contract import default_genesis, make_contract, sign_report
 from ledger.contract.api import BlockContext, Contract, Receipt
 from ledger.contract.market import AUTHORIZE_OFFERS
+from ledger.contract.metering import INTERVAL_MS, interval_start_ms
 from ledger.tx import public_bytes, sign_tx
 
 HOUR = "2026-11-24T13"  # a peak hour
@@ -25,12 +26,25 @@ def hexkey(k: Ed25519PrivateKey) -> str:
 
 
 OPERATOR = key(1)
+LIMIT_W = 17_250  # a 3 x 25 A connection: 4312 Wh per 15 minutes
+
+
+def report_time(body: Any) -> int:
+    """The block timestamp a report is delivered in by default: a minute after its interval
+    ends (0 when the body names no valid interval, so that malformed bodies still fail as such)."""
+    try:
+        return interval_start_ms(body["interval"]) + INTERVAL_MS + 60_000
+    except (KeyError, TypeError, ValueError, IndexError):
+        return 0
 
 
 class Community:
-    """Members by id_grid with their keys; ``tx`` signs and applies one transaction."""
+    """Members by id_grid with their keys; ``tx`` signs and applies one transaction, one per
+    block. An open-book community unless ``sealed_bids=True`` is given: the auction's rules are
+    tested on open books, sealed listings in test_sealed.py."""
 
     def __init__(self, **params: Any) -> None:
+        params.setdefault("sealed_bids", False)
         self.contract: Contract = make_contract(default_genesis(hexkey(OPERATOR), **params))
         self.keys: dict[str, Ed25519PrivateKey] = {"OPERATOR": OPERATOR}
         self.gateways: dict[str, Ed25519PrivateKey] = {}
@@ -40,9 +54,11 @@ class Community:
         self.receipts: list[Receipt] = []
 
     def tx(
-        self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int = 0
+        self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int | None = None
     ) -> Receipt:
         signer = self.keys[who] if isinstance(who, str) else who
+        if ts is None:
+            ts = report_time(body) if kind == "meter.report" else 0
         self.height += 1
         self.nonce += 1
         ctx = BlockContext(height=self.height, index=0, timestamp_ms=ts)
@@ -53,7 +69,7 @@ class Community:
         return receipt
 
     def ok(
-        self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int = 0
+        self, who: str | Ed25519PrivateKey, kind: str, body: dict[str, Any], ts: int | None = None
     ) -> dict[str, Any]:
         receipt = self.tx(who, kind, body, ts)
         assert receipt.code == "OK", (kind, body, receipt)
@@ -80,21 +96,36 @@ class Community:
             {"res_id": res_id, "owner": owner, "kind": "PV", "rated_power_w": rated_power_w},
         )
 
-    def meter(self, meter_id: str, owner: str, gateway: int) -> None:
+    def meter(
+        self,
+        meter_id: str,
+        owner: str,
+        gateway: int,
+        import_limit_w: int = LIMIT_W,
+        export_limit_w: int = LIMIT_W,
+        role: str = "member",
+    ) -> None:
         self.gateways[meter_id] = key(gateway)
-        self.ok(
-            "OPERATOR",
-            "registry.add_meter",
-            {"meter_id": meter_id, "owner": owner, "gateway_key": hexkey(key(gateway))},
-        )
+        body = {
+            "meter_id": meter_id,
+            "owner": owner,
+            "gateway_key": hexkey(key(gateway)),
+            "import_limit_w": import_limit_w,
+            "export_limit_w": export_limit_w,
+        }
+        if role != "member":
+            body["role"] = role
+        self.ok("OPERATOR", "registry.add_meter", body)
 
     def mint(self, to: str, amount: int) -> None:
         self.ok("OPERATOR", "token.mint", {"to": to, "amount": amount})
 
-    def report(self, meter_id: str, interval: str, import_wh: int, export_wh: int) -> Receipt:
+    def report(
+        self, meter_id: str, interval: str, import_wh: int, export_wh: int, ts: int | None = None
+    ) -> Receipt:
         gw = self.gateways[meter_id]
         return self.tx(
-            gw, "meter.report", sign_report(gw, meter_id, interval, import_wh, export_wh)
+            gw, "meter.report", sign_report(gw, meter_id, interval, import_wh, export_wh), ts
         )
 
     def balance(self, id_grid: str) -> int:
@@ -111,19 +142,20 @@ def check_invariants(contract: Contract) -> None:
     grid = contract.query("grid", {})
     balances = [m["balance"] for m in members]
     assert all(b >= 0 for b in balances)
-    escrow = 0
+    escrow = grid["held"]
     for h in contract.query("mcp_history", {}):
         assert h["mcp"] is None or h["mcp"] > 0
     listings = _listings(contract)
     for listing_id in listings:
         info = contract.query("listing", {"listing_id": listing_id})
         book = contract.query("order_book", {"listing_id": listing_id})
-        if info["state"] == AUTHORIZE_OFFERS:
-            escrow += sum(b["escrow"] for b in book["bids"])
+        if info["state"] == AUTHORIZE_OFFERS and not info["sealed"]:
+            assert sum(b["escrow"] for b in book["bids"]) <= grid["held"]
         sold_per_offer: dict[int, int] = {}
         bought_per_bid: dict[int, int] = {}
         for t in contract.query("trades", {"listing_id": listing_id}):
             assert t["wh"] > 0 and t["amount"] == t["wh"] * t["price"] // 1000
+            assert t["proceeds"] == t["wh"] * t["seller_price"] // 1000 <= t["amount"]
             sold_per_offer[t["offer_seq"]] = sold_per_offer.get(t["offer_seq"], 0) + t["wh"]
             bought_per_bid[t["bid_seq"]] = bought_per_bid.get(t["bid_seq"], 0) + t["wh"]
         offered = {o["seq"]: o["wh"] for o in book["offers"]}
@@ -135,10 +167,11 @@ def check_invariants(contract: Contract) -> None:
             for line in settlement["lines"]:
                 # energy tokens of the hour: spent once, against sales or to the grid
                 assert line["delivered_wh"] + line["feed_in_wh"] == line["exported_wh"]
+                assert line["exported_wh"] + line["export_cut_wh"] == line["reported_export_wh"]
                 assert line["delivered_wh"] + line["shortfall_wh"] == line["sold_wh"]
                 assert line["taken_wh"] + line["excess_wh"] == line["bought_wh"]
         for tokens in contract.query("energy", {"listing_id": listing_id}):
-            spent = tokens["spent_on_trades_wh"] + tokens["spent_to_grid_wh"]
+            spent = tokens["spent_on_trades_wh"] + tokens["spent_to_grid_wh"] + tokens["voided_wh"]
             assert tokens["unspent_wh"] >= 0 and spent <= tokens["minted_wh"]
             # settled: every token spent exactly once; before settlement none is spent
             assert tokens["unspent_wh"] == (0 if settlement is not None else tokens["minted_wh"])
@@ -152,6 +185,7 @@ def _listings(contract: Contract) -> list[str]:
 __all__ = [
     "AFTER",
     "HOUR",
+    "LIMIT_W",
     "OFFPEAK",
     "OPERATOR",
     "Community",
@@ -168,7 +202,7 @@ def rejected(
     kind: str,
     body: dict[str, Any],
     code: str,
-    ts: int = 0,
+    ts: int | None = None,
 ) -> str:
     """Apply a transaction that must fail with ``code`` and leave the state byte-identical."""
     before = c.contract.snapshot()

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from ledger.contract.bench import register_bench, run
+from ledger.contract.params import RULES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,15 +22,21 @@ def test_bench_auction_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     args = _parser().parse_args(["auction", "--orders", "300", "--repeat", "2", "--json"])
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["orders"] == 300 and report["rule"] == "paper" and report["repeat"] == 2
-    assert report["trades"] > 0 and report["clear_ms"] > 0
-    assert report["clear_ms"] <= report["clear_ms_median"]
+    assert report["orders"] == 300 and report["repeat"] == 2
+    assert sorted(report["rules"]) == sorted(RULES)  # every rule, on the same book
+    for figures in report["rules"].values():
+        assert figures["trades"] > 0 and 0 < figures["clear_ms"] <= figures["clear_ms_median"]
+        assert 0 < figures["efficiency"] <= 1
+    assert report["rules"]["uniform"]["efficiency"] == 1
+    sealed = report["sealed"]
+    assert sealed["reveal_us_per_order"] > 0 and sealed["trades"] > 0
 
 
-@pytest.mark.parametrize("rule", ["uniform", "pay_as_bid"])
+@pytest.mark.parametrize("rule", ["uniform", "pay_as_bid", "mcafee"])
 def test_bench_runs_every_rule_and_is_repeatable(rule: str) -> None:
-    a, b = run(200, 10, rule, seed=3, repeat=1), run(200, 10, rule, seed=3, repeat=1)
-    assert a["rule"] == rule and a["mcp"] == b["mcp"] and a["traded_wh"] == b["traded_wh"]
+    a = run(200, [rule], seed=3, repeat=1, sealed=False)["rules"][rule]
+    b = run(200, [rule], seed=3, repeat=1, sealed=False)["rules"][rule]
+    assert a["mcp"] == b["mcp"] and a["traded_wh"] == b["traded_wh"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The three clearing rules as pure functions: hand-checked books, properties over random ones."""
+"""The paper's, uniform and pay-as-bid clearing rules as pure functions (McAfee's in
+test_mcafee): hand-checked books, properties over random ones."""
 
 from __future__ import annotations
 
@@ -195,5 +196,5 @@ def test_clearing_ignores_the_order_of_the_input_lists(
     shuffled_o, shuffled_b = list(offers), list(bids)
     rnd.shuffle(shuffled_o)  # type: ignore[attr-defined]
     rnd.shuffle(shuffled_b)  # type: ignore[attr-defined]
-    for rule in ("paper", "uniform", "pay_as_bid"):
+    for rule in ("paper", "uniform", "pay_as_bid", "mcafee"):
         assert clear(rule, offers, bids) == clear(rule, shuffled_o, shuffled_b)

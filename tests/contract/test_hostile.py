@@ -67,15 +67,33 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
             "role": "consumer",
         },
         "registry.add_res": {"res_id": "PV2", "owner": "P1", "kind": "PV", "rated_power_w": 9},
-        "registry.add_meter": {"meter_id": "M2", "owner": "C1", "gateway_key": "cd" * 32},
+        "registry.add_meter": {
+            "meter_id": "M2",
+            "owner": "C1",
+            "gateway_key": "cd" * 32,
+            "import_limit_w": 6_900,
+            "export_limit_w": 0,
+        },
         "token.mint": {"to": "C1", "amount": 5},
         "token.transfer": {"to": "P1", "amount": 5},
         "auction.open": {"listing_id": "2026-11-24T14"},
         "auction.offer": {"listing_id": HOUR, "res_id": "PV1", "wh": 10, "reserve_price": 40_000},
         "auction.bid": {"listing_id": HOUR, "wh": 10, "bid_price": 50_000},
         "auction.close": {"listing_id": HOUR},
+        "auction.commit": {"listing_id": HOUR, "side": "bid", "commitment": "ab" * 32},
+        "auction.reveal": {
+            "listing_id": HOUR,
+            "side": "bid",
+            "wh": 10,
+            "price": 50_000,
+            "res_id": "",
+            "salt": "cd" * 32,
+        },
+        "auction.clear": {"listing_id": HOUR},
         "auction.settle": {"listing_id": HOUR},
         "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2, ["gap", "clipped"]),
+        "registry.apply": {"id_grid": "N2", "role": "prosumer"},
+        "registry.dismiss": {"public_key": "ab" * 32},
     }
     return bodies[kind]
 
@@ -199,3 +217,59 @@ def test_a_handler_bug_is_a_receipt_not_a_crash(monkeypatch: pytest.MonkeyPatch)
     assert receipt.code == "INTERNAL_ERROR" and "KeyError" in receipt.message
     monkeypatch.undo()
     assert c.tx("C1", "token.transfer", {"to": "P1", "amount": 5}).ok  # the contract goes on
+
+
+def _sealed_community() -> tuple[Community, dict[str, Any]]:
+    """A sealed listing in its reveal phase, with one revealed and one unrevealed commitment,
+    and the valid reveal body of the unrevealed one."""
+    from tests.contract.test_sealed import Sealed
+
+    c = Community(sealed_bids=True)
+    c.admit("P1", "prosumer", 10)
+    c.admit("C1", "consumer", 11)
+    c.res("PVP1", "P1", 5000)  # the name test_sealed.Sealed gives P1's RES
+    c.mint("C1", 10**9)
+    c.mint("P1", 10**9)
+    c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
+    offer = Sealed("P1", "offer", 1000, 40_000, bytes(32))
+    bid = Sealed("C1", "bid", 800, 60_000, bytes([1]) * 32)
+    c.ok("P1", "auction.commit", offer.commit())
+    c.ok("C1", "auction.commit", bid.commit())
+    c.ok("OPERATOR", "auction.close", {"listing_id": HOUR})
+    c.ok("P1", "auction.reveal", offer.reveal())
+    return c, bid.reveal()
+
+
+_SEALED, _REVEAL = _sealed_community()
+_SEALED_SNAPSHOT = _SEALED.contract.snapshot()
+SEALED_KINDS = ("auction.commit", "auction.reveal", "auction.clear", "auction.close")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SEALED_KINDS), st.sampled_from(("OPERATOR", "P1", "C1", "stranger")),
+       st.sampled_from(("random", "replace", "drop", "add")), json_values, st.integers(0, 10))
+def test_hostile_bodies_on_a_sealed_listing(
+    kind: str, who: str, how: str, value: Any, n: int
+) -> None:  # fmt: skip
+    c = _SEALED
+    c.contract.restore(_SEALED_SNAPSHOT)
+    valid = _REVEAL if kind == "auction.reveal" else {"listing_id": HOUR} | (
+        {"side": "bid", "commitment": "ab" * 32} if kind == "auction.commit" else {})
+    body: Any = dict(valid)
+    if how == "random":
+        body = {"x": value}
+    else:
+        name = sorted(body)[n % len(body)]
+        if how == "replace":
+            body[name] = value
+        elif how == "drop":
+            del body[name]
+        else:
+            body[f"x{n}"] = value
+    before = c.contract.snapshot()
+    signer = key(99) if who == "stranger" else c.keys[who]
+    tx = Transaction("ab" * 32, signer.public_key().public_bytes_raw(), kind, body, 7)
+    receipt = c.contract.apply(tx, BlockContext(100, 0, AFTER))
+    assert receipt.code == "OK" or receipt.code in STABLE, receipt
+    if not receipt.ok:
+        assert receipt.message and c.contract.snapshot() == before

@@ -91,7 +91,7 @@ def test_rule_is_chosen_per_community(rule: str) -> None:
 
 
 def test_offer_rules() -> None:
-    c = _community()
+    c = _community(order_policy="many")  # several offers of one RES add up
     body = {"listing_id": HOUR, "res_id": "PV1", "wh": 1000, "reserve_price": 50_000}
     rejected(c, "P2", "auction.offer", body, "NOT_RES_OWNER")
     rejected(c, "P1", "auction.offer", body | {"res_id": "PV9"}, "UNKNOWN_RES")
@@ -110,7 +110,7 @@ def test_offer_rules() -> None:
 
 
 def test_bid_rules() -> None:
-    c = _community()
+    c = _community(order_policy="many")
     body = {"listing_id": HOUR, "wh": 1000, "bid_price": 60_000}
     rejected(c, "P1", "auction.bid", body, "ROLE_FORBIDDEN")  # a producer does not buy
     rejected(c, "C1", "auction.bid", body | {"wh": 0}, "BAD_AMOUNT")

@@ -70,7 +70,9 @@ def test_flags_are_checked_and_covered_by_the_signature() -> None:
         body = sign_report(gw, "M1", f"{HOUR}:00", 10, 200) | {"flags": flags}
         rejected(c, gw, "meter.report", body, "BAD_BODY")
     assert c.tx(gw, "meter.report", good).code == "OK"
-    assert REPORT_FLAGS[-1] == "clipped" and len(set(REPORT_FLAGS)) == len(REPORT_FLAGS)
+    # appended only, never reordered: a flag's bit is its place
+    assert REPORT_FLAGS[8:] == ("clipped", "behind", "sign_unknown")
+    assert len(set(REPORT_FLAGS)) == len(REPORT_FLAGS)
 
 
 def test_reports_accumulate_per_owner_and_hour() -> None:

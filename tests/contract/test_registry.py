@@ -86,10 +86,35 @@ def test_res_and_meters() -> None:
         c, "OPERATOR", "registry.add_res", body | {"owner": "P1", "rated_power_w": 0}, "BAD_AMOUNT"
     )
     rejected(c, "P1", "registry.add_res", body | {"owner": "P1"}, "NOT_OPERATOR")
-    c.meter("M1", "C1", 50)
-    assert c.q("meters") == [{"meter_id": "M1", "owner": "C1", "gateway_key": hexkey(key(50))}]
+    c.meter("M1", "C1", 50, import_limit_w=6_900, export_limit_w=0)
+    assert c.q("meters") == [
+        {
+            "meter_id": "M1",
+            "owner": "C1",
+            "gateway_key": hexkey(key(50)),
+            "import_limit_w": 6_900,
+            "export_limit_w": 0,
+            "role": "member",
+        }
+    ]
     meter = {"meter_id": "M1", "owner": "C1", "gateway_key": hexkey(key(51))}
+    meter |= {"import_limit_w": 6_900, "export_limit_w": 3_680}
     rejected(c, "OPERATOR", "registry.add_meter", meter, "METER_EXISTS")
+    # the limits are required, whole watts, bounded; the role is member or feeder
+    for field, value, code in [
+        ("import_limit_w", "6900", "BAD_BODY"),
+        ("export_limit_w", -1, "BAD_AMOUNT"),
+        ("export_limit_w", 10**8 + 1, "BAD_AMOUNT"),
+        ("role", "dso", "BAD_BODY"),
+    ]:
+        body = meter | {"meter_id": "M2", field: value}
+        rejected(c, "OPERATOR", "registry.add_meter", body, code)
+    no_limits = {k: v for k, v in meter.items() if k != "export_limit_w"} | {"meter_id": "M2"}
+    rejected(c, "OPERATOR", "registry.add_meter", no_limits, "BAD_BODY")
+    # a feeder meter is the community's, so an operator's
+    feeder = meter | {"meter_id": "F1", "role": "feeder"}
+    rejected(c, "OPERATOR", "registry.add_meter", feeder, "ROLE_FORBIDDEN")
+    c.ok("OPERATOR", "registry.add_meter", feeder | {"owner": "OPERATOR"})
     rejected(
         c,
         "OPERATOR",

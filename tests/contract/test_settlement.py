@@ -105,7 +105,7 @@ def test_settlement_timing_and_once_only() -> None:
     # the hour's energy tokens are spent: no new report can mint more for it
     gw = c.gateways["MP1"]
     rejected(
-        c, gw, "meter.report", sign_report(gw, "MP1", f"{HOUR}:15", 0, 9999), "REPORT_TOO_LATE"
+        c, gw, "meter.report", sign_report(gw, "MP1", f"{HOUR}:15", 0, 999), "REPORT_TOO_LATE"
     )
     assert c.q("energy", listing_id=HOUR) == [
         {
@@ -113,6 +113,7 @@ def test_settlement_timing_and_once_only() -> None:
             "minted_wh": 2000,
             "spent_on_trades_wh": 2000,
             "spent_to_grid_wh": 0,
+            "voided_wh": 0,
             "unspent_wh": 0,
         }
     ]

@@ -77,6 +77,7 @@ def test_short_run_passes_its_self_checks(short_run) -> None:  # type: ignore[no
         "no valid frame rejected": True,
         "relays switched as planned": True,
         "metered energy follows the relays": True,
+        "the community balances against its feeder meter": True,
     }
     assert "all self-checks passed" in proc.stdout
 
@@ -234,9 +235,21 @@ def test_faults_hit_and_the_day_still_completes(tmp_path: Path) -> None:
                              "--faults")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     kinds = {f["kind"]: f for f in summary["faults"]}
-    assert set(kinds) == {"replica killed", "meter silenced", "ledger stopped", "BLE link dropped"}
+    assert set(kinds) == {"replica killed", "meter silenced", "ledger stopped", "BLE link dropped",
+                          "over-reporting gateway"}
     for f in kinds.values():
         assert f["recovered"], f
+    # the over-reporting gateway's claims passed its inverter's limit; the feeder meter caught
+    # them and only the liar's export was cut (issue 18)
+    checks = {c["name"]: c for c in summary["checks"]}
+    caught = checks["over-reporting gateway caught"]
+    assert caught["ok"] and "cut" in caught["detail"], caught
+    assert checks["the community balances against its feeder meter"]["ok"]
+    lie = summary["hours"][0]
+    assert any(w["status"] == "unbalanced" and w["export_cut_wh"] > 0 for w in lie["balance"])
+    cut = {ln["id_grid"]: ln["export_cut_wh"] for h in summary["hours"]
+           for ln in h["settlement_lines"] if ln["export_cut_wh"]}
+    assert len(cut) == 1, cut  # the liar alone
     assert kinds["replica killed"]["sim_time"] == "2026-06-21T01:10"
     assert all(c["ok"] for c in summary["checks"]), summary["checks"]
     # the silenced meter's intervals without data send no report; the energy of the gap lands
@@ -277,5 +290,5 @@ def test_faults_in_a_one_hour_run_follow_one_another(tmp_path: Path) -> None:
     proc, summary = run_demo(tmp_path, "--households", "2", "--hours", "1", "--faults")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     times = [f["sim_time"] for f in summary["faults"]]
-    assert len(times) == 4 and len(set(times)) == 4
+    assert len(times) == 5 and len(set(times)) == 5
     assert all(f["recovered"] for f in summary["faults"])

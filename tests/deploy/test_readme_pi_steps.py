@@ -154,10 +154,10 @@ def test_the_readme_pi_and_operator_steps_work_end_to_end(tmp_path: Path) -> Non
                             "--public-key", public_hex(wallet), "--role", "prosumer").stdout)
         assert r["code"] == "OK", r
         r = json.loads(_run("operator", "meter", "add", *on, "--member", "PT0001",
-                            "--meter", "grid", "--gateway-key", gw_pub).stdout)
+                            "--meter", "grid", "--gateway-key", gw_pub,
+                            "--import-limit-w", "6900", "--export-limit-w", "3000").stdout)
         assert r["result"]["meter_id"] == "PT0001:grid", r
-        listed = json.loads(_run("operator", "meter", "list", "--cluster",
-                                 str(replicas.dir / "cluster.json"), "--member", "PT0001").stdout)
+        listed = json.loads(_run("operator", "meter", "list", *on, "--member", "PT0001").stdout)
         assert [m["meter_id"] for m in listed] == ["PT0001:grid"]
         # -- the daemon, then its status
         gw = start("gateway", "run", *conf)

@@ -98,3 +98,24 @@ def test_tariff_from_community_params_and_contradictions():
             Tariff.from_params(bad)
     with pytest.raises(TariffError, match="peak hours"):
         Tariff(peak_start_h=25)
+
+
+def test_a_sealed_order_is_a_commitment_then_its_reveal() -> None:
+    from ledger.contract.sealed import order_commitment
+
+    salts = iter([bytes(range(32)), b"short"])
+    agent = TradingAgent(id_grid="home-2", tariff=Tariff(), sealed=True, commit_deposit=50_000,
+                         salt_source=lambda: next(salts))
+    order = agent.decide("2026-06-15T14", 1000, balance_utok=50_000 + 60_000)
+    assert order is not None and order.kind == "auction.commit"
+    assert set(order.body) == {"listing_id", "side", "commitment"}  # no price, no quantity
+    reveal = agent.reveal("2026-06-15T14")
+    assert reveal is not None and reveal.kind == "auction.reveal" and reveal.body["res_id"] == ""
+    b = reveal.body
+    assert order.body["commitment"] == order_commitment(
+        b["listing_id"], "home-2", "bid", b["wh"], b["price"], "", bytes(range(32)))
+    # the deposit is set aside before the escrow caps the bid
+    assert b["wh"] * b["price"] // 1000 <= 60_000
+    assert agent.reveal("2026-06-15T14") is None
+    with pytest.raises(ValueError, match="32 bytes"):
+        agent.decide("2026-06-15T15", 1000)

@@ -22,8 +22,8 @@ LISTING = "2026-06-15T14"
 
 
 class Ledger:
-    def __init__(self) -> None:
-        self.contract = make_contract(default_genesis(OPERATOR.hex()))
+    def __init__(self, sealed: bool = False) -> None:
+        self.contract = make_contract(default_genesis(OPERATOR.hex(), sealed_bids=sealed))
         self.nonce = itertools.count(1)
         self.height = itertools.count(1)
 
@@ -36,9 +36,7 @@ class Ledger:
         return dict(receipt.result)
 
 
-@pytest.fixture
-def ledger() -> Ledger:
-    led = Ledger()
+def _setup(led: Ledger) -> Ledger:
     led.apply(OPERATOR, "registry.admit", {"id_grid": "home-1", "name": "Seller",
               "email": "s@example.org", "public_key": SELLER.hex(), "role": "prosumer"})
     led.apply(OPERATOR, "registry.admit", {"id_grid": "home-2", "name": "Buyer",
@@ -48,6 +46,11 @@ def ledger() -> Ledger:
     led.apply(OPERATOR, "token.mint", {"to": "home-2", "amount": 5_000_000})
     led.apply(OPERATOR, "auction.open", {"listing_id": LISTING})
     return led
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return _setup(Ledger())  # an open book
 
 
 def test_offer_and_bid_clear_and_feed_back(ledger: Ledger):
@@ -75,3 +78,33 @@ def test_an_offer_above_the_rated_power_is_never_sent(ledger: Ledger):
     offer = seller.decide(LISTING, -50_000)
     assert offer is not None and offer.body["wh"] == 3000
     ledger.apply(SELLER, offer.kind, offer.body)  # RES_CAPACITY_EXCEEDED would fail here
+
+
+def test_sealed_orders_commit_reveal_and_clear() -> None:
+    """A community with sealed orders (the default for new ones): the agents' commitments,
+    then after Bid_Closed their reveals, then the clearing, which they read back."""
+    ledger = _setup(Ledger(sealed=True))
+    params = ledger.contract.query("params", {})
+    assert params["sealed_bids"] is True
+    tariff = Tariff.from_params(params)
+    deposit = params["commit_deposit"]
+    seller = TradingAgent(id_grid="home-1", tariff=tariff, res_id="pv-1", res_rated_w=3000,
+                          sealed=True, commit_deposit=deposit)
+    buyer = TradingAgent(id_grid="home-2", tariff=tariff, sealed=True, commit_deposit=deposit)
+    # the seller has no tokens: give it its deposit
+    ledger.apply(OPERATOR, "token.mint", {"to": "home-1", "amount": deposit})
+    balance = ledger.contract.query("balance", {"id_grid": "home-2"})["balance"]
+    offer = seller.decide(LISTING, -2500)
+    bid = buyer.decide(LISTING, 1200, balance_utok=balance)
+    assert offer is not None and bid is not None
+    assert offer.kind == bid.kind == "auction.commit"
+    ledger.apply(SELLER, offer.kind, offer.body)
+    ledger.apply(BUYER, bid.kind, bid.body)
+    assert ledger.apply(OPERATOR, "auction.close", {"listing_id": LISTING})["state"] == "REVEAL"
+    for agent, who in ((seller, SELLER), (buyer, BUYER)):
+        reveal = agent.reveal(LISTING)
+        assert reveal is not None and agent.reveal(LISTING) is None  # once
+        ledger.apply(who, reveal.kind, reveal.body)
+    result = ledger.apply(OPERATOR, "auction.clear", {"listing_id": LISTING})
+    assert result["forfeited"] == 0 and result["traded_wh"] > 0
+    assert seller.read_clearing(result).sold_wh == buyer.read_clearing(result).bought_wh > 0

@@ -21,6 +21,7 @@ from gateway.ems.runner import EmsRunner, RunnerConfig
 from gateway.ems.synthetic import household_profile
 from gateway.ems.tariff import Tariff
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY
+from ledger.contract.sealed import order_commitment
 
 START = datetime(2026, 6, 15, 12, tzinfo=UTC)
 START_MS = int(START.timestamp() * 1000)
@@ -178,6 +179,52 @@ async def test_a_day_of_plans_relays_and_orders():
     assert len(runner.commitments) == len(listings)
     assert agent.expected != {}  # learnt from the clearing prices
     assert sum(len(r.mismatches) for r in runner.reports) == 0
+
+
+async def test_a_sealed_market_gets_a_commitment_then_its_reveal_once():
+    """A community with sealed orders: the runner sends each listing's commitment, and when the
+    listing is closed (state REVEAL) the reveal that opens it, once; then reads the clearing."""
+    clock = ManualClock(START_MS)
+    home = Home(clock, appliances())
+    state: dict[str, dict] = {}
+
+    async def clearing(listing_id: str):
+        return state.get(listing_id)
+
+    agent = TradingAgent(id_grid="home-1", tariff=Tariff(), res_id="pv-1", res_rated_w=3000,
+                         sealed=True, commit_deposit=100_000)
+    runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
+                                                           history_days=HISTORY_DAYS),
+                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
+                       interval_history=home.history, clearing=clearing, agent=agent)
+
+    async def market(k: int, report) -> None:
+        # the operator closes each committed listing; once revealed, it is cleared
+        for kind, body in home.tx:
+            lid = body["listing_id"]
+            if kind == "auction.commit" and lid not in state:
+                state[lid] = {"listing_id": lid, "state": "REVEAL", "mcp": None, "trades": []}
+            elif kind == "auction.reveal" and state[lid]["state"] == "REVEAL":
+                mine = {"buyer": "other", "seller": "home-1"} if body["side"] == "offer" else {
+                    "buyer": "home-1", "seller": "other"}
+                state[lid] = {"listing_id": lid, "state": "BIDS_CLOSED", "mcp": 60_000,
+                              "trades": [mine | {"wh": body["wh"]}]}
+
+    await live(home, clock, runner, 24, market)
+    assert not any(r.errors for r in runner.reports)
+    commits = [b for k, b in home.tx if k == "auction.commit"]
+    reveals = [b for k, b in home.tx if k == "auction.reveal"]
+    assert commits and len(reveals) == len({b["listing_id"] for b in reveals})
+    assert all(set(b) == {"listing_id", "side", "commitment"} for b in commits)
+    # each reveal opens its listing's commitment; the commitment alone shows no price
+    for r in reveals:
+        c = next(b for b in commits if b["listing_id"] == r["listing_id"])
+        salt = bytes.fromhex(r["salt"])
+        assert c["commitment"] == order_commitment(
+            r["listing_id"], "home-1", r["side"], r["wh"], r["price"], r["res_id"], salt)
+    assert {c.listing_id for c in runner.commitments.values()} == {
+        b["listing_id"] for b in reveals if b["listing_id"] in runner.commitments}
+    assert any(c.mcp == 60_000 for c in runner.commitments.values())
 
 
 async def test_demand_response_request_replans_and_the_broken_plug_is_flagged():

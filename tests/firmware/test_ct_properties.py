@@ -40,13 +40,13 @@ def test_irms_power_pf_within_one_percent(
     room = min(bias - hal_host.ADC_MIN_MV, hal_host.ADC_MAX_MV - bias) - NOISE - 1
     assert amp * (1 + h3 + h5) <= room
     hal_host.reset()
-    hal_host.adc_delay_us[0] = 40
+    hal_host.adc_read_us[0] = 40
     i_parts = [(amp, 1, -phi), (amp * h3, 3, p3 - 3 * phi), (amp * h5, 5, p5 - 5 * phi)]
     hal_host.signals[36] = hal_host.Signal(bias, hz, i_parts, NOISE, 7)
     vamp = 230 / VCAL * 1000 * math.sqrt(2)
     hal_host.signals[39] = hal_host.Signal(V_BIAS, hz, [(vamp, 1, 0.0)], NOISE, 11)
     adc_v = hal_host.Adc(39) if with_v else None
-    clamp = ct.Clamp(hal_host, hal_host.Adc(36), adc_v, ICAL, VCAL, 1.08, 2000, 50, 10)
+    clamp = ct.Clamp(hal_host, hal_host.Adc(36), adc_v, ICAL, VCAL, 0.0, 2000, 50, 10)
     irms = ICAL * amp * norm / 1000
     vrms = 230.0
     power = vrms * ICAL * amp / 1000 / math.sqrt(2) * math.cos(phi)

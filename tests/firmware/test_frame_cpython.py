@@ -30,6 +30,10 @@ def test_valid_vectors_byte_for_byte(vec: dict) -> None:
     elif ftype == frame.T_COMMAND:
         assert frame.unpack_command(payload) == (f["relay"], f["action"])
         built = frame.pack_command(f["relay"], f["action"])
+    elif ftype == frame.T_CALIBRATE:
+        want = (f["channel"], f["mode"], f["a"], f["b"], f["c"])
+        assert frame.unpack_calibrate(payload) == want
+        built = frame.pack_calibrate(*want)
     else:
         assert frame.unpack_ack(payload) == (f["cmd_seq"], f["relay"], f["status"], f["state"])
         built = frame.pack_ack(f["cmd_seq"], f["relay"], f["status"], f["state"])
@@ -67,3 +71,20 @@ def test_any_single_bit_flip_of_a_valid_frame_is_rejected(data: bytes, pos: int,
     raw[i] ^= 1 << bit
     with pytest.raises(frame.FrameError):
         frame.decode(key, bytes(raw))
+
+
+@given(payload=st.binary(max_size=40))
+def test_hostile_calibrate_payloads_decode_or_raise_frame_error(payload: bytes) -> None:
+    try:
+        channel, mode, a, b, c = frame.unpack_calibrate(payload)
+    except frame.FrameError:
+        return
+    assert len(payload) == frame.CALIBRATE_LEN and mode in (frame.M_REFERENCE, frame.M_CONSTANTS)
+    assert frame.pack_calibrate(channel, mode, a, b, c)[:2] == payload[:2]
+
+
+def test_calibrate_modes_outside_the_two_are_refused() -> None:
+    with pytest.raises(frame.FrameError, match="bad_mode"):
+        frame.unpack_calibrate(bytes([0, 3]) + bytes(14))
+    with pytest.raises(frame.FrameError, match="bad_mode"):
+        frame.pack_calibrate(0, 0, 1, 1, 1)

@@ -25,6 +25,10 @@ for vec in V['valid']:
         r, a = frame.unpack_command(payload)
         fields = {'relay': r, 'action': a}
         built = frame.pack_command(f['relay'], f['action'])
+    elif t == frame.T_CALIBRATE:
+        ch, m, a, b, c = frame.unpack_calibrate(payload)
+        fields = {'channel': ch, 'mode': m, 'a': a, 'b': b, 'c': c}
+        built = frame.pack_calibrate(f['channel'], f['mode'], f['a'], f['b'], f['c'])
     else:
         c, r, s, st = frame.unpack_ack(payload)
         fields = {'cmd_seq': c, 'relay': r, 'status': s, 'state': st}

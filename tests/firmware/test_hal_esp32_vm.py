@@ -58,10 +58,13 @@ from array import array
 v = hal.Adc(39); i = hal.Adc(36)
 bv = array('H', bytes(20)); bi = array('H', bytes(20))
 t0 = time.ticks_us()
-hal.sample(v, i, bv, bi, 10, 500)
+lag, span, late = hal.sample(v, i, bv, bi, 10, 500)
 took = time.ticks_diff(time.ticks_us(), t0)
 order = [e[1] for e in machine.log if e[0] == 'adc']
-emit({'bv': list(bv), 'bi': list(bi), 'order': order[:4], 'took_us': took})
+emit({'bv': list(bv), 'bi': list(bi), 'order': order[:8], 'took_us': took, 'lag': lag,
+      'span': span, 'late': late})
+bv2 = array('H', bytes(20)); bi2 = array('H', bytes(20))
+emit({'late_fast': hal.sample(v, i, bv2, bi2, 10, 1)[2]})
 machine.log.clear()
 o = hal.Output(26, False, False)
 o.set(True)
@@ -88,10 +91,17 @@ emit({'file': hal.read_file('/f.bin').decode(), 'missing': hal.read_file('/nope'
 def test_real_hal_over_machine() -> None:
     out = mpvm.run_job(SCRIPT, files={"/lib/machine.py": MACHINE}).results
     s = out[0]
-    # read_uv() -> mV (integer division), voltage read before current in each pair
-    assert s["order"] == [39, 36, 39, 36]
-    assert s["bv"][0] == 1040 and s["bi"][0] == 1037  # 1000000 + 39000 + 1500 uV -> 1040 mV
+    # the voltage read timed first (the lag of the current read after it), then read_uv() -> mV
+    # (integer division), voltage read before current in each pair
+    assert s["order"] == [39] * 4 + [39, 36, 39, 36]
+    assert s["bv"][0] == 1046 and s["bi"][0] == 1037  # 1000000 + 39000 + 5 * 1500 uV -> 1046 mV
     assert s["took_us"] >= 4500  # 10 pairs paced 500 us apart
+    # measured with ticks_us: the read lag and the 10 periods (this VM's clock is coarser and its
+    # loop over a Python stand-in for machine slower than the chip's: it may run late at 500 us)
+    assert s["lag"] >= 0 and s["span"] >= 4500 and 0 <= s["late"] <= 10
+    # ...and every sample late when the period (1 us) is shorter than a pass of the loop
+    assert out[1]["late_fast"] >= 9
+    out.pop(1)
     assert out[1]["pins"] == [["pin", 26, 0], ["pin", 26, 1]]  # active low: on = 0, off = 1
     assert out[2]["none"] == [0, 0, 0]
     # edge times are ticks_us, so that a driver can measure a period across snapshots

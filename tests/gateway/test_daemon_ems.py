@@ -172,6 +172,9 @@ def _iso(ms: int) -> str:
         ("colour = 1", "ems.colour: unknown key"),
         ('[ems.dr_signers]\ndso = ["ab"]', r"ems.dr_signers.dso\[0\]: expected an Ed25519"),
         ('[ems.dr_signers]\nking = []', "ems.dr_signers.king: unknown key"),
+        ('sealed_orders = "yes"', "ems.sealed_orders: expected bool, got str"),
+        ("commit_deposit = -1", r"ems.commit_deposit: -1 is outside"),
+        ("commit_deposit = true", "ems.commit_deposit: expected int, got bool"),
     ],
 )
 def test_a_bad_ems_section_is_named(tmp_path: Path, extra: str, message: str) -> None:

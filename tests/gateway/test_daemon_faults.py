@@ -97,6 +97,8 @@ async def test_meter_serving_wrong_values_is_flagged_not_counted(tmp_path: Path)
         # wrong values cost nothing: 1.2 kW over the 899 s seen, to within the PZEM's 1 Wh
         # counter resolution at each end
         assert first.import_wh == pytest.approx(1_200 * 899 / 3600, abs=2)
+        # the PZEM's power is unsigned: whatever it counted may have been export (issue 20)
+        assert first.flags & iv.SIGN_UNKNOWN and "sign_unknown" in iv.flag_names(first.flags)
     finally:
         gw.stop()
         await run
@@ -217,3 +219,24 @@ async def test_a_reading_the_node_flags_clipped_marks_its_interval_a_lower_bound
     (second,) = [c for c in gw.close_due() if c.meter_id == "n5"]
     assert not second.flags & iv.CLIPPED
     assert report_body(gw.key, second).get("flags", []) == iv.flag_names(second.flags)
+
+
+@pytest.mark.parametrize(("bit", "flag", "name"), [
+    (frame.F_SAMPLING_BEHIND, iv.BEHIND, "behind"),
+    (frame.F_SIGN_UNKNOWN, iv.SIGN_UNKNOWN, "sign_unknown"),
+])  # fmt: skip
+async def test_a_node_frames_quality_flags_reach_the_interval_and_its_report(
+    tmp_path: Path, bit: int, flag: int, name: str
+) -> None:
+    """A node whose CT sampling fell behind its period, or whose meter cannot tell export from
+    import, says so in its frame; the interval and its signed report say so too."""
+    clock = ManualClock(T0)
+    gw = _open_gateway(tmp_path, clock)
+    for i in range(16):
+        flags = bit if i == 3 else 0
+        gw.on_frame(_reading_frame(i + 1, 0, 1_000_000 + i * 10_000, flags), "mqtt", clock.now_ms())
+        await clock.advance(60_000)
+    gw.flush()
+    (first,) = [c for c in gw.close_due() if c.meter_id == "n5"]
+    assert first.import_wh == 149 and first.flags & flag
+    assert name in report_body(gw.key, first)["flags"]

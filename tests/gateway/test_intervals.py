@@ -203,7 +203,7 @@ def test_flag_bits_name_the_ledgers_report_flags() -> None:
     from ledger.contract import REPORT_FLAGS
 
     bits = [iv.RESET, iv.ROLLOVER, iv.GAP, iv.MISSING, iv.IMPLAUSIBLE, iv.REBASED, iv.RESTORED,
-            iv.LATE, iv.CLIPPED]  # fmt: skip
+            iv.LATE, iv.CLIPPED, iv.BEHIND, iv.SIGN_UNKNOWN]  # fmt: skip
     assert [iv.FLAG_NAMES[b] for b in bits] == list(REPORT_FLAGS)
     assert iv.flag_names(iv.CLIPPED | iv.GAP) == ["gap", "clipped"]
     assert iv.flag_names(0) == []

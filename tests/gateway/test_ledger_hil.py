@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,10 @@ from ledger_client.client import LedgerClient
 from tests.gateway.conftest import stop_processes, until
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_795_000_000_000 - 1_795_000_000_000 % INTERVAL_MS + 30_000
+# The gateway's clock starts two hours ago: the replicas stamp blocks with the real time, and the
+# contract takes reports of intervals that have ended, within its report window (7 days).
+_NOW = time.time_ns() // 1_000_000
+T0 = _NOW - _NOW % INTERVAL_MS - 8 * INTERVAL_MS + 30_000
 KEY7 = bytes(range(32))
 
 
@@ -90,8 +94,10 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
         )  # fmt: skip
         assert r.ok, r
         r = await op.submit_new(
-            "registry.add_meter", {"meter_id": "plug7", "owner": "PT0001", "gateway_key": gw_pub}
-        )
+            "registry.add_meter",
+            {"meter_id": "plug7", "owner": "PT0001", "gateway_key": gw_pub,
+             "import_limit_w": 6_900, "export_limit_w": 0},
+        )  # fmt: skip
         assert r.ok, r
     replicas.stop()  # the ledger goes away before any interval closes
 
@@ -181,17 +187,30 @@ async def test_the_ems_reads_a_listing_clearing_from_the_ledger(
         assert (await op.submit_new("auction.open", {"listing_id": hour})).ok
         ledger = LedgerDeliverer(cluster, buyer, 30.0)
         try:
+            # a new community takes sealed orders: commitments now, reveals after the close
             assert await ledger.clearing(hour) is None  # still taking orders
-            offer = {"listing_id": hour, "res_id": "PV1", "wh": 1000, "reserve_price": 50_000}
-            async with LedgerClient.from_cluster_file(cluster, seller, timeout_s=30) as s:
-                assert (await s.submit_new("auction.offer", offer)).ok
-            bid = {"listing_id": hour, "wh": 600, "bid_price": 80_000}
-            async with LedgerClient.from_cluster_file(cluster, buyer, timeout_s=30) as b:
-                assert (await b.submit_new("auction.bid", bid)).ok
-            assert (await op.submit_new("auction.close", {"listing_id": hour})).ok
+            tariff = Tariff()
+            sell = TradingAgent("PT0001", tariff, res_id="PV1", res_rated_w=3000, sealed=True)
+            buy = TradingAgent("PT0002", tariff, sealed=True)
+            buy.expected[13] = sell.expected[13] = 70_000
+            offer, bid = sell.decide(hour, -1200), buy.decide(hour, 700)
+            assert offer is not None and bid is not None and offer.kind == "auction.commit"
+            async with LedgerClient.from_cluster_file(cluster, seller, timeout_s=30) as s, \
+                    LedgerClient.from_cluster_file(cluster, buyer, timeout_s=30) as b:
+                assert (await op.submit_new("token.mint", {"to": "PT0001", "amount": 10**6})).ok
+                assert (await s.submit_new(offer.kind, offer.body)).ok
+                assert (await b.submit_new(bid.kind, bid.body)).ok
+                assert (await op.submit_new("auction.close", {"listing_id": hour})).ok
+                closed = await ledger.clearing(hour)
+                assert closed is not None and closed["state"] == "REVEAL"
+                for agent, client in ((sell, s), (buy, b)):
+                    reveal = agent.reveal(hour)
+                    assert reveal is not None
+                    assert (await client.submit_new(reveal.kind, reveal.body)).ok
+            assert (await op.submit_new("auction.clear", {"listing_id": hour})).ok
             result = await ledger.clearing(hour)
-            assert result is not None and result["state"] != "AUTHORIZE_OFFERS"
-            got = TradingAgent("PT0002", Tariff()).read_clearing(result)
-            assert (got.bought_wh, got.sold_wh) == (600, 0) and got.mcp == result["mcp"] > 0
+            assert result is not None and result["state"] == "BIDS_CLOSED"
+            got = buy.read_clearing(result)
+            assert (got.bought_wh, got.sold_wh) == (int(700 * 0.9), 0) and got.mcp == result["mcp"]
         finally:
             await ledger.close()

@@ -17,8 +17,8 @@ import pytest
 from gateway.clock import ManualClock
 from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.outbox import DELIVERED, PENDING, WAIT_REGISTRATION_MS
-from ledger.keys import new_key, public_hex, write_key
+from gateway.outbox import DELIVERED, PENDING, RETRY_LATER, WAIT_REGISTRATION_MS
+from ledger.keys import load_key, new_key, public_hex, write_key
 from ledger_client.client import LedgerClient
 from tests.gateway.conftest import until
 from tests.gateway.test_ledger_hil import KEY7, T0, Replicas, reading
@@ -94,16 +94,18 @@ async def test_operator_registers_scoped_meters_and_a_refused_report_is_retried(
             rows = store.outbox_all()
             return rows[0] if rows else None
 
-        await until(lambda: first() is not None and first().code == "UNKNOWN_METER", 60,
+        # refused: the ledger knows neither the meter nor (admission) the gateway's key yet
+        await until(lambda: first() is not None and first().code in RETRY_LATER, 60,
                     "the ledger's refusal")  # fmt: skip
         assert first().state == PENDING and first().body["meter_id"] == "PT0001:grid"
-        refused_nonce = first().nonce
         # the operator registers both homes' "grid" meters: no collision
         for home, member in homes.items():
             r = await _cli(capsys, "operator", "meter", "add", *on, "--key", op_key,
-                     "--member", member, "--meter", "grid", "--gateway-key", pubs[home])
+                     "--member", member, "--meter", "grid", "--gateway-key", pubs[home],
+                     "--import-limit-w", "6900", "--export-limit-w", "0")
             assert r["code"] == "OK" and r["result"]["meter_id"] == f"{member}:grid", r
-        listed = await _cli(capsys, "operator", "meter", "list", *on, "--member", "PT0001")
+        listed = await _cli(capsys, "operator", "meter", "list", *on, "--key", op_key,
+                            "--member", "PT0001")
         assert [m["meter_id"] for m in listed] == ["PT0001:grid"]
 
         async def delivered() -> None:
@@ -112,11 +114,12 @@ async def test_operator_registers_scoped_meters_and_a_refused_report_is_retried(
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(delivered(), 60)
-        assert first().code == "OK" and first().nonce != refused_nonce  # a new transaction
+        assert first().code == "OK" and first().attempts >= 2
     finally:
         gw.stop()
         await task
-    async with LedgerClient.from_cluster_file(cluster, timeout_s=30) as client:
+    async with LedgerClient.from_cluster_file(cluster, load_key(Path(op_key)),
+                                              timeout_s=30) as client:  # fmt: skip
         reports = await client.query("reports", meter_id="PT0001:grid")
     assert len(reports) == 1 and reports[0]["import_wh"] > 0
     # bad input is a usage error, not a traceback

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from gateway.outbox import DELIVERED, PENDING, REJECTED, Backoff, OutboxRow, deliver_due, next_state
 from gateway.store import Store
+from ledger.contract.api import Receipt
+from ledger.tx import SignedTx
 from tests.gateway.fakes import MemoryLedger
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(32))
@@ -77,3 +79,26 @@ async def test_rejection_does_not_block_the_rest(tmp_path: Path) -> None:
     await deliver_due(store, KEY, ledger, 0, Backoff())
     assert store.outbox_get(bad).state == REJECTED  # type: ignore[union-attr]
     assert store.outbox_get(good).state == DELIVERED  # type: ignore[union-attr]
+
+
+async def test_a_refused_report_goes_again_as_a_new_transaction(tmp_path: Path) -> None:
+    """The ledger keeps an executed refusal under its tx_id: the retry needs a new nonce."""
+
+    class NotYet:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        async def submit(self, tx: SignedTx) -> Receipt:
+            self.seen.append(tx.tx_id)
+            return Receipt("OK" if len(self.seen) > 1 else "UNKNOWN_METER", "no meter")
+
+    store = Store(tmp_path / "gw.db")
+    oid = store.enqueue("meter.report", {"meter_id": "PT0001:grid"}, 5, 0)
+    ledger, nonces = NotYet(), iter(range(100, 200))
+    await deliver_due(store, KEY, ledger, 0, Backoff(), new_nonce=lambda: next(nonces))
+    row = store.outbox_get(oid)
+    assert row is not None and row.state == PENDING and row.nonce == 100
+    await deliver_due(store, KEY, ledger, row.next_ms, Backoff(), new_nonce=lambda: next(nonces))
+    row = store.outbox_get(oid)
+    assert row is not None and row.state == DELIVERED
+    assert len(set(ledger.seen)) == 2  # two transactions, the second one applied

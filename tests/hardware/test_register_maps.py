@@ -99,6 +99,8 @@ def _doc(model: str = "sdm120") -> dict:  # type: ignore[type-arg]
         (lambda d: d["quantities"]["import_energy"].update(unit="J"), "energy unit"),
         (lambda d: d.update(readable=[[10, 5]]), "out of order"),
         (lambda d: d.update(quantities=[]), "'quantities' has the wrong type"),
+        (lambda d: d.update(power_signed="no"), "power_signed must be true or false"),
+        (lambda d: d.update(max_power_w=0), "max_power_w must be positive"),
     ],
 )
 def test_bad_maps_name_the_problem(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -121,6 +123,15 @@ def test_hostile_map_documents_raise_map_error_only(doc: object) -> None:
         parse_map(doc)
     except MapError:
         pass
+
+
+def test_limits_from_the_datasheets() -> None:
+    # SDM120-Modbus: 5(45) A at up to 276 V; it was 23 kW, a 100 A meter's (issue 20)
+    assert load_map("sdm120").max_power_w == 45 * 276
+    assert load_map("pzem004t").max_power_w == 23_000  # PZEM-004T-100A: 0-23 kW
+    # the PZEM's power and energy registers are unsigned: it cannot tell export from import
+    assert not load_map("pzem004t").power_signed
+    assert load_map("sdm120").power_signed and load_map("sdm630").power_signed
 
 
 def test_unknown_model() -> None:

@@ -9,7 +9,9 @@ and heals it with SIGCONT. Waiting is polling the replicas' own status, with a d
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -39,6 +41,8 @@ class Cluster:
         batch_max: int = 50,
         faults: dict[int, str] | None = None,
         proxied: bool = False,
+        nofile: dict[int, int] | None = None,
+        limits: dict[str, int] | None = None,
     ) -> None:
         self.dir = directory
         init_cluster(
@@ -49,8 +53,16 @@ class Cluster:
             checkpoint_interval=checkpoint_interval,
             genesis={"toy": 1},
         )
+        if limits:  # the cluster file's optional ``limits`` (ledger.limits)
+            path = directory / "cluster.json"
+            doc = json.loads(path.read_text())
+            doc["limits"] = limits
+            path.write_text(json.dumps(doc))
         self.config = load_cluster(directory / "cluster.json")
         self.faults = faults or {}
+        # replica -> its open-file limit (soft and hard), to reach descriptor exhaustion with
+        # a few hundred connections instead of the thousands a default limit needs
+        self.nofile = nofile or {}
         # with ``proxied``, replica i listens on a private port behind a ReplicaProxy that
         # holds the advertised one (start the proxies with ``await start_proxies()``)
         self.private_ports = free_ports(self.config.n) if proxied else []
@@ -71,7 +83,15 @@ class Cluster:
             cmd += ["--listen-port", str(self.private_ports[i])]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         log = open(self.dir / f"replica-{i}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.procs[i] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        limit = self.nofile.get(i)
+
+        def lower_nofile() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        self.procs[i] = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lower_nofile
+        )
         log.close()
 
     def start_all(self) -> None:
@@ -148,6 +168,16 @@ class Cluster:
             return len({(s["height"], s["head_hash"], s["state_digest"]) for s in ss}) == 1
 
         return await self.wait_for(replicas, same, timeout_s)
+
+    def rss_kib(self, i: int, field: str = "VmRSS") -> int:
+        """A replica's resident memory (``VmHWM``: its peak) from ``/proc``, in KiB."""
+        for line in Path(f"/proc/{self.procs[i].pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} for replica {i}")
+
+    def log_bytes(self, i: int) -> int:
+        return (self.dir / f"replica-{i}.log").stat().st_size
 
     def store(self, i: int) -> BlockStore:
         return BlockStore(self.dir / replica_db_file(i))

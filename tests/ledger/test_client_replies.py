@@ -205,3 +205,41 @@ async def test_height_is_the_f_plus_1th_highest_of_2f_plus_1_answers(
     client = _client()
     client._conns = [_Answering(client, i, h) for i, h in enumerate(heights)]  # type: ignore[misc]
     assert await client.height() == expected
+
+
+async def test_a_want_gets_the_transactions_still_waited_for_and_nothing_else() -> None:
+    """A replica asks (``want``) for transactions the client announced to it: it gets those the
+    client still waits for, in full, on that connection only; unknown, finished and malformed
+    ids get nothing."""
+    client = _client()
+    client._conns = [_Conn(client, i, "127.0.0.1", 1) for i in range(4)]  # never connected
+    for conn in client._conns:
+        conn.ready.set()
+    tx = sign_tx(new_key(), "token.transfer", {"to": "M00001", "amount": 1}, 11)
+    done = sign_tx(new_key(), "token.transfer", {"to": "M00001", "amount": 1}, 12)
+    waiting = [asyncio.ensure_future(client.submit_detail(t)) for t in (tx, done)]
+    await _settle()
+    client._txs[done.tx_id].resolve(_reply(0, done.tx_id, 1))
+    for conn in client._conns:
+        conn._requests.clear()
+    client._on_message(2, {"t": "want", "tx_ids": [tx.tx_id, done.tx_id, "cd" * 32, 7, None]})
+    assert client._conns[2]._requests == [tx.to_wire()]
+    assert all(not client._conns[i]._requests for i in (0, 1, 3))
+    for frame in ({"t": "want"}, {"t": "want", "tx_ids": "x"}, {"t": "want", "tx_ids": {}}):
+        client._on_message(1, frame)
+    assert not client._conns[1]._requests
+    for task in waiting:
+        task.cancel()
+    await _settle()
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=JSON)
+def test_hostile_want_frames_never_raise(ids: Any) -> None:
+    async def run() -> None:
+        client = _client()
+        client._conns = [_Conn(client, i, "127.0.0.1", 1) for i in range(4)]
+        client._on_message(0, {"t": "want", "tx_ids": ids})
+        client._on_message(0, {"t": "want", "tx_ids": [ids]})
+
+    asyncio.run(run())

@@ -30,6 +30,9 @@ def test_document_round_trips(tmp_path: Path) -> None:
     assert config.n == 4 and config.f == 1
     assert config.replica(3).port == 7103
     assert config.timers["view_change_ms"] == cl.DEFAULT_TIMERS["view_change_ms"]
+    assert config.limits == cl.DEFAULT_LIMITS
+    doc["limits"] = {"max_clients": 10}
+    assert cl.parse_cluster(doc).limits["max_clients"] == 10
     with pytest.raises(cl.ClusterFileError, match="replica 4 is not in the cluster"):
         config.replica(4)
 
@@ -50,6 +53,11 @@ BROKEN: list[tuple[str, Any, str]] = [
     ("fetch_limit", 0, "fetch_limit: must be between"),
     ("timers", {"view_change_ms": 5000, "max_view_change_ms": 4000}, "must not exceed"),
     ("genesis", "none", "genesis: must be an object"),
+    ("limits", {"max_clients": 0}, "limits.max_clients: must be between"),
+    ("limits", {"max_client_frame": 4096}, "limits.max_client_frame: must be between"),
+    ("limits", {"max_waiters": True}, "limits.max_waiters: must be an integer"),
+    ("limits", {"sockets": 1}, "limits.sockets: unknown setting"),
+    ("limits", [], "limits: must be an object"),
     ("extra", 1, "extra: unknown key"),
 ]
 

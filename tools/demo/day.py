@@ -4,10 +4,14 @@ modules take a run without importing ``run.py``, which imports them."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from tools.demo.edge import HomeEdge
+from tools.demo.feeder import Liar
 from tools.demo.ledger_port import LedgerPort
 from tools.demo.options import DemoOptions
 from tools.demo.plan import HomePlan
@@ -32,6 +36,10 @@ class DemoDay(Protocol):
     metering_plugs: dict[str, str]
     habit_loads: dict[int, set[int]]
     supply: dict[str, HomeSupply]
+    gateway_keys: dict[str, Ed25519PrivateKey]  # each home's gateway key
+    liar: Liar | None  # --faults: the home whose gateway over-reports
+
+    def listing(self, k: int) -> tuple[str, int, dt.date]: ...
 
     def sim_label(self, t_ms: int) -> str: ...
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ledger.contract.clearing import Clearing, Order, clear, payment
+from ledger.contract.clearing import Clearing, Order, clear, efficiency, payment
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,9 @@ def _split(clearing: Clearing) -> tuple[dict[str, int], dict[str, int], dict[str
         bought[t.buyer] = bought.get(t.buyer, 0) + t.wh
         sold[t.seller] = sold.get(t.seller, 0) + t.wh
         money[t.buyer] = money.get(t.buyer, 0) + amount
-        money[t.seller] = money.get(t.seller, 0) - amount
+        # a seller receives its own price (McAfee's rule: less than the buyer paid; the
+        # difference goes to the community's purse, not to a home)
+        money[t.seller] = money.get(t.seller, 0) - payment(t.wh, t.seller_price)
     return bought, sold, money
 
 
@@ -108,15 +110,29 @@ def compare_rules(
     for rule in rules:
         homes = day_costs(books, tariffs, rule)
         total = sum(homes.values())
-        traded = sum(clear(rule, b.offers, b.bids).traded_wh for b in books)
+        clearings = [clear(rule, b.offers, b.bids) for b in books]
+        gains = [efficiency(b.offers, b.bids, c) for b, c in zip(books, clearings, strict=True)]
+        traded_gains, best_gains = sum(g[0] for g in gains), sum(g[1] for g in gains)
         out[rule] = {
             "community_cost_utok": total,
             "saving_utok": grid_total - total,
             "saving_pct": round(100 * (grid_total - total) / grid_total, 2) if grid_total else 0.0,
-            "traded_wh": traded,
+            "traded_wh": sum(c.traded_wh for c in clearings),
             "per_home_utok": homes,
+            # gains from trade realised against the efficient allocation's, over the day and
+            # per clearing (None where the book allowed no gain at all)
+            "traded_gains_utok": traded_gains,
+            "efficient_gains_utok": best_gains,
+            "efficiency": ratio(traded_gains, best_gains),
+            "efficiency_per_clearing": {
+                b.listing_id: ratio(*g) for b, g in zip(books, gains, strict=True)},
         }
     return out
+
+
+def ratio(part: int, whole: int) -> float | None:
+    """A share for a report (floats only here, never in the contract)."""
+    return round(part / whole, 4) if whole else None
 
 
 def deviations(trades: Iterable[Mapping[str, object]],

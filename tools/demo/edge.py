@@ -10,6 +10,11 @@
 * for the home that hosts it, the node running the real firmware on the MicroPython VM, on MQTT
   through the demo's mosquitto (``tools.demo.vmnode``).
 
+The operator's edge is built the same way: a gateway reading the community's feeder meter (an
+emulated SDM630 that measures what every home draws and feeds in, plus the lines' losses),
+registered on the ledger as the feeder. ``Deliverer.tamper`` lets ``--faults`` make one home's
+gateway rewrite its own reports before they leave (it holds the key, so it can re-sign them).
+
 Time is the demo's ``ManualClock``: meters and plugs integrate energy on it, the daemon stamps and
 closes intervals on it. The daemon's own loops run as in production; the demo moves the clock in
 steps of the poll period and waits, after each step, until every bus has polled.
@@ -54,15 +59,19 @@ BLE_RECONNECT_S = (0.05, 0.5)  # real seconds: a dropped virtual link comes back
 class SharedLedgerDeliverer:
     """The daemon's ``Deliverer``: the shared ledger client, failing fast while the ledger is
     away (the outbox retries). Sub-meter reports never reach it: each home's gateway config
-    marks the plugs and nodes ``report = false`` and only the billing meter reports."""
+    marks the plugs and nodes ``report = false`` and only the billing meter reports.
+    ``tamper``, when set, may replace a transaction on its way out (a dishonest gateway)."""
 
     def __init__(self, ledger: Callable[[], Any]) -> None:
         self.ledger = ledger
+        self.tamper: Callable[[SignedTx], SignedTx] | None = None
 
     async def submit(self, tx: SignedTx) -> Any:
         ledger = self.ledger()
         if ledger is None:
             raise ConnectionError("the ledger is stopped")
+        if self.tamper is not None:
+            tx = self.tamper(tx)
         return await asyncio.wait_for(ledger.submit(tx), SUBMIT_TIMEOUT_S)
 
 
@@ -187,6 +196,7 @@ class EdgeSpec:
     plugs: list[tuple[int, str, int]]  # (node id, appliance, power W)
     mqtt_nodes: list[tuple[int, str, bytes]] = field(default_factory=list)  # (id, topic, key)
     node_relays: dict[str, tuple[int, int]] = field(default_factory=dict)
+    model: str = METER_MODEL  # the billing meter's (the feeder: sdm630)
 
 
 def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
@@ -227,7 +237,7 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
         "[[modbus.buses]]", 'name = "rs485"', f'tcp = "127.0.0.1:{modbus_port}"',
         f"poll_s = {poll_s}", "timeout_s = 0.5", "retries = 0",
         f"backoff_initial_s = {poll_s}", f"backoff_max_s = {poll_s}", "",
-        "[[modbus.buses.meters]]", f'meter_id = "{spec.meter_id}"', f'model = "{METER_MODEL}"',
+        "[[modbus.buses.meters]]", f'meter_id = "{spec.meter_id}"', f'model = "{spec.model}"',
         f"unit = {UNIT}", "report = true", "",
     ]
     path = d / "gateway.toml"
@@ -239,7 +249,7 @@ async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s
                      ledger: Callable[[], Any], plug_keys: dict[int, bytes],
                      plug_load: Callable[[int, int], Callable[[int], int]],
                      broker: DemoBroker | None, plug_boot_ms: int | None = None) -> HomeEdge:
-    meter = EmulatedMeter(METER_MODEL, spec.profile, clock=clock.now_ms)
+    meter = EmulatedMeter(spec.model, spec.profile, clock=clock.now_ms)
     port = free_port()
     server = await serve_tcp({UNIT: meter}, "127.0.0.1", port)
     cfg = load_config(write_gateway_files(directory, spec, port, poll_s, plug_keys,

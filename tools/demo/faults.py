@@ -1,9 +1,11 @@
 """``wattmesh demo --faults``: what goes wrong, when, and how each part recovers.
 
-Four faults, each inside a delivery hour on the simulated clock: a replica killed with SIGKILL
+Five faults, each inside a delivery hour on the simulated clock: a replica killed with SIGKILL
 and restarted (it catches up from its store and its peers), a meter that stops answering Modbus
-requests for a while, a plug's BLE link dropped, and the whole ledger stopped and restarted while
-the gateways' outboxes hold what they could not deliver. Each fault is recorded with its time and
+requests for a while, a plug's BLE link dropped, the whole ledger stopped and restarted while
+the gateways' outboxes hold what they could not deliver, and a prosumer whose gateway
+over-reports its export for a night hour (``tools.demo.feeder``: the feeder meter catches
+it). Each fault is recorded with its time and
 its recovery, and noted on the hour line it hit.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_HOUR
 from tools.demo.day import DemoDay
+from tools.demo.feeder import Liar
 from tools.demo.ledger_port import ClusterLedger
 from tools.demo.record import Fault
 
@@ -91,11 +94,28 @@ def plan_faults(run: DemoDay) -> list[tuple[int, FaultAction]]:
             f"restarted at {run.sim_label(t)}; the {queued} reports queued meanwhile "
             "are delivered from the outboxes")
 
+    # a prosumer whose gateway lies about one night hour (the first eighth of the run)
+    sellers = [(e, h) for e, h in zip(run.edges, run.homes, strict=True) if h.pv_w]
+    lie_k = hours // 8
+
+    async def over_report(t: int) -> None:
+        if not sellers:
+            fault("over-reporting gateway", t, "skipped: no home has PV")
+            return
+        edge, home = sellers[-1]
+        run.liar = Liar(home.id_grid, edge.meter_id, run.gateway_keys[home.id_grid], home.pv_w,
+                        run.listing(lie_k)[0])
+        edge.deliverer.tamper = run.liar.tamper
+        fault("over-reporting gateway", t,
+              f"{home.id_grid}'s gateway claims its {home.pv_w} W inverter exported at full "
+              f"power all of {run.liar.hour} (re-signing its own reports)")
+
     # Minutes into each fault's hour; in runs under 4 hours the hours coincide, so the
     # faults then follow one another instead of overlapping.
     m = (10, 55, 10, 50, 25, 20, 45) if hours >= 4 else (5, 15, 20, 35, 25, 40, 50)
     minute = 60_000
     plan = [
+        (run.day0_ms + lie_k * HOUR_MS, over_report),
         (at[0] + m[0] * minute, kill), (at[0] + m[1] * minute, restart),
         (at[1] + m[2] * minute, silence), (at[1] + m[3] * minute, unsilence),
         (at[1] + m[4] * minute, drop_ble),

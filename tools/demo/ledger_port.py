@@ -38,7 +38,11 @@ class ClusterLedger:
         self.client: Any = None
 
     @classmethod
-    async def start(cls, sup: Any, directory: Any, genesis: Mapping[str, Any]) -> ClusterLedger:
+    async def start(
+        cls, sup: Any, directory: Any, genesis: Mapping[str, Any], reader: Any = None
+    ) -> ClusterLedger:
+        """``reader``: the key the client's connections prove (the read policy answers its
+        queries as that key may read them; the demo reads as the operator)."""
         from ledger.setup import init_cluster
 
         doc = init_cluster(directory, cls.REPLICAS, genesis=genesis,
@@ -50,7 +54,8 @@ class ClusterLedger:
         await self.wait_up(range(cls.REPLICAS))
         from ledger_client.client import LedgerClient
 
-        self.client = LedgerClient(addresses, (cls.REPLICAS - 1) // 3, request_timeout_s=1.0,
+        self.client = LedgerClient(addresses, (cls.REPLICAS - 1) // 3, reader,
+                                   request_timeout_s=1.0,
                                    timeout_s=120.0)
         await self.client.start()
         return self
@@ -129,5 +134,7 @@ class ClusterLedger:
             await self.client.close()
 
 
-async def open_ledger(sup: Any, directory: Any, genesis: Mapping[str, Any]) -> LedgerPort:
-    return await ClusterLedger.start(sup, directory, genesis)
+async def open_ledger(
+    sup: Any, directory: Any, genesis: Mapping[str, Any], reader: Any = None
+) -> LedgerPort:
+    return await ClusterLedger.start(sup, directory, genesis, reader)

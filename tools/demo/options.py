@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-RULES = ("paper", "uniform", "pay_as_bid")
+from ledger.contract.params import RULES
+
 MAX_HOUSEHOLDS = 60  # each home is a gateway, a Modbus server and its plugs in one process
 MAX_HOURS = 24 * 7
 DEFAULT_HOUSEHOLDS = 10
@@ -150,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", default=default_date(), metavar="YYYY-MM-DD",
                         help="the day to simulate, already over (default: the last 21 June)")
     parser.add_argument("--rule", default="paper", metavar="RULE",
-                        help="clearing rule: paper, uniform or pay_as_bid (default paper)")
+                        help=f"clearing rule: {', '.join(RULES)} (default paper)")
     parser.add_argument("--dr", default=DEFAULT_DR, metavar="START-END:W",
                         help="the grid operator's demand-response request: import at most W per "
                         f"home between these hours (UTC), or none (default {DEFAULT_DR})")

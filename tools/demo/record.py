@@ -22,6 +22,8 @@ class HourResult:
     relay_actions: int = 0
     note: str = ""
     settlement: list[dict[str, Any]] | None = None  # the ledger's settlement lines of the hour
+    gains: tuple[int, int] | None = None  # the clearing's (traded, efficient) gains, micro-tokens
+    balance: list[dict[str, Any]] | None = None  # the feeder balance check of each interval
 
     @property
     def listing_id(self) -> str:

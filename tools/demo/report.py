@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from ledger.contract.clearing import Order
-from tools.demo.economics import Tariffs, compare_rules, deviations
+from ledger.contract.params import RULES
+from tools.demo.economics import Tariffs, compare_rules, deviations, ratio
 from tools.demo.record import DayRecord, HourResult
 
-RULES = ("paper", "uniform", "pay_as_bid")
 MAX_CURVE_PANELS = 24
 
 
@@ -44,6 +44,8 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
             "bids": len(h.book.bids),
             "mcp_utok_per_kwh": h.mcp,
             "traded_wh": h.traded_wh,
+            # the ledger's own clearing: gains realised against the efficient allocation's
+            "efficiency": ratio(*h.gains) if h.gains is not None else None,
             "kwh_available_wh": h.kwh_available,
             "kwh_wanted_wh": h.kwh_wanted,
             "grid_import_wh": h.grid_import_wh,  # billed at settlement (the ledger's lines)
@@ -52,6 +54,8 @@ def summary(record: DayRecord, tariffs: Tariffs) -> dict[str, Any]:
             "net_export_wh": h.net_export_wh,
             "settled": h.settled,
             "settlement_lines": h.settlement or [],
+            # the contract's check of the homes' reports against the feeder meter
+            "balance": h.balance or [],
             "relay_actions": h.relay_actions,
             "trades": h.trades,
             "order_book": {
@@ -313,9 +317,24 @@ def render_html(record: DayRecord, data: dict[str, Any]) -> str:
         ["listing", "offers", "bids", "MCP €/kWh", "traded kWh", "grid import kWh (billed)",
          "grid export kWh (billed)", "note"],
     )
+    def _share(name: str) -> str:
+        value = costs[name].get("efficiency")
+        return "" if value is None else f"{100 * value:.1f} %"
+
+    windows = [(h["listing_id"], w) for h in data["hours"] for w in h["balance"]]
+    flagged = [w for _, w in windows if w["status"] != "balanced"]
+    balance = _table(
+        [[w["interval"], str(w["quarters"]), w["status"], str(w["members_import_wh"]),
+          str(w["members_export_wh"]), str(w.get("feeder_import_wh", "")),
+          str(w.get("feeder_export_wh", "")), str(w.get("loss_wh", "")),
+          str(w.get("allowed_wh", "")), str(w["export_cut_wh"])] for w in flagged],
+        ["window", "quarters", "status", "homes' import Wh", "homes' export Wh",
+         "feeder import Wh", "feeder export Wh", "loss Wh", "allowed Wh", "export cut Wh"],
+    ) if flagged else "<p>Every window balanced.</p>"
     cost_rows = [[name, f"{costs[name]['community_cost_utok'] / 1e6:.2f}",
                   "" if name == "grid_only" else f"{costs[name]['saving_utok'] / 1e6:.2f}",
-                  "" if name == "grid_only" else f"{costs[name]['traded_wh'] / 1000:.2f}"]
+                  "" if name == "grid_only" else f"{costs[name]['traded_wh'] / 1000:.2f}",
+                  _share(name)]
                  for name in ["grid_only", *RULES]]
     parts = _table([[k, v] for k, v in sorted(record.parts.items())], ["part", "ran as"])
     tar = data["tariffs_utok_per_kwh"]
@@ -355,7 +374,13 @@ and with the community market, each
 hour's recorded order book cleared again by each rule with the contract's own clearing functions;
 what the market did not match goes to the grid, a seller's shortfall is bought at retail.</p>
 <img alt="cost comparison" src="data:image/png;base64,{imgs['costs']}">
-{_table(cost_rows, ["rule", "community cost €", "saving against grid €", "traded kWh"])}
+{_table(cost_rows, ["rule", "community cost €", "saving against grid €", "traded kWh",
+                     "efficiency (gains traded ÷ possible)"])}
+<h2>Community balance against the feeder meter</h2>
+<p>The operator's gateway reads the community's feeder meter; at settlement the contract checks
+{len(windows)} windows of the homes' reports against it (losses and meter error within the
+genesis tolerance). A window that does not balance is flagged, and exports the feeder never
+saw are cut, the largest claims first, before anything is paid.</p>{balance}
 <h2>Appliances on plugs and on the firmware node</h2>
 <p>Each flexible appliance is switched by its relay at the EMS plan's slot edges; one regular
 appliance per home is only metered. The node's CT clamps measure like the real ones do.</p>{subs}

@@ -33,6 +33,7 @@ from tools.demo.checks import self_checks
 from tools.demo.economics import HourBook, Tariffs
 from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, start_edge
 from tools.demo.faults import plan_faults
+from tools.demo.feeder import FEEDER_ID, FEEDER_LIMIT_W, FEEDER_MODEL, Liar, feeder_power
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import (
@@ -59,6 +60,18 @@ POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
 VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
 METERED_REGULAR = ("Television", "Personal Computer", "Refrigerator")
+
+
+IMPORT_LIMIT_W = 13_800  # every home's contracted power: 60 A at 230 V
+
+
+def report_window_ms(date: dt.date) -> int:
+    """The contract takes reports of intervals up to its report window before the block's time.
+    The replicas stamp blocks with today's time while the demo replays a past day, so the
+    demo's community widens the window from its default (7 days) to reach back to that day."""
+    day0 = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC)
+    return max(7 * 86_400_000, int((dt.datetime.now(dt.UTC) - day0).total_seconds()) * 1000
+               + 2 * 86_400_000)
 
 
 class DemoError(RuntimeError):
@@ -88,14 +101,20 @@ class DemoRun:
         self.homes: list[Home] = build_community(opts.households, opts.seed)
         self.operator = Actor(OPERATOR, Ed25519PrivateKey.generate())
         self.gateway_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
-        self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule)
+        self.feeder_key = Ed25519PrivateKey.generate()  # the operator's gateway at the feeder
+        self.feeder: HomeEdge | None = None
+        self.liar: Liar | None = None  # --faults: the home whose gateway over-reports
+        self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule,
+                                       report_window_ms=report_window_ms(opts.date))
         self.tariffs = Tariffs.from_params(self.genesis["params"])
         # Each home's agent trades with its own margin around the expected price (seeded), so
         # the hourly books have the spread of real supply and demand curves.
+        params = self.genesis["params"]
         self.agents = {
             h.id_grid: TradingAgent(
                 h.id_grid, ems_tariff(self.tariffs), res_id=h.res_id if h.pv_w else None,
-                res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3))
+                res_rated_w=h.pv_w, margin=round(self.rng.uniform(*AGENT_MARGINS), 3),
+                sealed=params["sealed_bids"], commit_deposit=params["commit_deposit"])
             for h in self.homes}
         self.record = DayRecord(date=opts.date.isoformat(), rule=opts.rule)
         self.dr = DemandResponse(*opts.dr) if opts.dr else None  # the grid operator's request
@@ -149,16 +168,25 @@ class DemoRun:
             await self.tx(op, "registry.add_meter", {
                 "meter_id": h.meter_id, "owner": h.id_grid,
                 "gateway_key": public_hex(self.gateway_keys[h.id_grid]),
+                # the connection's limits: contracted import power, the inverter's export
+                "import_limit_w": IMPORT_LIMIT_W, "export_limit_w": h.pv_w,
             })
             await self.tx(op, "token.mint", {"to": h.id_grid, "amount": START_TOKENS})
             self.minted += START_TOKENS
+        await self.tx(op, "registry.add_meter", {
+            "meter_id": FEEDER_ID, "owner": OPERATOR, "role": "feeder",
+            "gateway_key": public_hex(self.feeder_key),
+            "import_limit_w": FEEDER_LIMIT_W, "export_limit_w": FEEDER_LIMIT_W,
+        })
 
     # -- the day ----------------------------------------------------------------------------
 
     async def run(self) -> DayRecord:
         t0 = time.monotonic()
         self.progress.set_status("starting the ledger cluster (4 replica processes)")
-        self.ledger = await open_ledger(self.sup, self.run_dir / "ledger", self.genesis)
+        self.ledger = await open_ledger(
+            self.sup, self.run_dir / "ledger", self.genesis, self.operator.key
+        )
         self.record.parts["ledger"] = self.ledger.kind
         try:
             return await self._run(t0)
@@ -181,7 +209,7 @@ class DemoRun:
             if self.vm is not None:
                 self.record.counters.update({f"vm_{k}": v for k, v in self.vm.stats().items()})
                 await self.vm.close()
-            for e in self.edges:
+            for e in self.metered_edges():
                 await e.close()
 
     async def start_edges(self) -> None:
@@ -255,6 +283,14 @@ class DemoRun:
             supply.switched += [plug_draw(p.emulator.core) for p in edge.plugs]
             supply.switched += [relay_draw(self.relays[(h.id_grid, name)])
                                 for name in node_relays]
+        # the operator's gateway at the community's connection: the feeder meter sees every
+        # home's billing meter's power at once, plus the lines' losses
+        self.feeder = await start_edge(
+            EdgeSpec(OPERATOR, FEEDER_ID, self.feeder_key,
+                     feeder_power(self.supply[h.id_grid].power_w for h in self.homes), [],
+                     model=FEEDER_MODEL),
+            self.clock, gw_dir / "operator", POLL_MS // 1000, self.current_ledger, {},
+            self.plug_load, None)
         if self.vm is not None:
             vm_edge = next(e for e in self.edges if e.id_grid == vm_home.id_grid)  # type: ignore[union-attr]
             mqtt_src = [src for src in vm_edge.gateway.sources
@@ -264,13 +300,16 @@ class DemoRun:
         n_plugs = sum(len(e.plugs) for e in self.edges)
         self.record.parts["meters"] = (f"{len(self.edges)} emulated {METER_MODEL} meters on "
                                        "pymodbus TCP servers (loopback)")
+        self.record.parts["feeder meter"] = (
+            f"an emulated {FEEDER_MODEL} at the community's grid connection on a pymodbus TCP "
+            "server, read by the operator's gateway daemon and registered as the feeder")
         self.record.parts["gateways"] = (f"{len(self.edges)} gateway daemons (gateway.daemon), "
                                          "one SQLite store each, on the demo's clock")
         self.record.parts["plugs"] = (f"{n_plugs} emulated BLE plugs on bumble virtual links, "
                                       "reached through the bleak API")
         await self.wait_for(lambda: all(e.ble_ready() for e in self.edges), 20.0,
                             "plugs connected")
-        await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.edges), 10.0,
+        await self.wait_for(lambda: all(e.cycles() >= 1 for e in self.metered_edges()), 10.0,
                             "first Modbus polls")
         for e in self.edges:
             for p in e.plugs:
@@ -403,6 +442,15 @@ class DemoRun:
         await self.wait_for(lambda: all(self.outbox_state(e, oid) != "pending"
                                         for e, oid in queued), 15.0, "orders delivered")
         closed = await self.tx(op, "auction.close", {"listing_id": listing_id})
+        if closed.result.get("state") == "REVEAL":  # sealed orders: each agent opens its own
+            queued = []
+            for e in self.edges:
+                reveal = self.agents[e.id_grid].reveal(listing_id)
+                if reveal is not None:
+                    queued.append((e, e.gateway.enqueue_tx(reveal.kind, reveal.body)))
+            await self.wait_for(lambda: all(self.outbox_state(e, oid) != "pending"
+                                            for e, oid in queued), 15.0, "reveals delivered")
+            closed = await self.tx(op, "auction.clear", {"listing_id": listing_id})
         res = closed.result
         for agent in self.agents.values():
             agent.read_clearing(res)
@@ -411,6 +459,9 @@ class DemoRun:
                             trades=[dict(t) for t in res.get("trades", [])],
                             kwh_available=int(res.get("kwh_available", 0)),
                             kwh_wanted=int(res.get("kwh_wanted", 0)))
+        if isinstance(res.get("efficiency"), Mapping):
+            result.gains = (int(res["efficiency"]["traded_gains"]),
+                            int(res["efficiency"]["efficient_gains"]))
         self.listings.append(listing_id)
         self.results[listing_id] = result
         result.relay_actions = await self.deliver(k, day, hod, book)
@@ -471,8 +522,8 @@ class DemoRun:
         await self.clock.set(t_ms)
         if poll:
             due = (t_ms - self.day0_ms) // POLL_MS + 1
-            await self.wait_for(lambda: all(e.cycles() >= due for e in self.edges), 5.0,
-                                "Modbus polls")
+            await self.wait_for(lambda: all(e.cycles() >= due for e in self.metered_edges()),
+                                5.0, "Modbus polls")
             if self.vm is not None:
                 vm = self.vm
                 await self.wait_for(lambda: vm.caught_up(t_ms), 20.0, "firmware node")
@@ -481,7 +532,11 @@ class DemoRun:
         if self.ledger_down:
             return False
         return all(e.hour_reported(start_ms, start_ms + HOUR_MS, SLOTS_PER_HOUR)
-                   for e in self.edges)
+                   for e in self.metered_edges())
+
+    def metered_edges(self) -> list[HomeEdge]:
+        """The homes' edges and the operator's at the feeder."""
+        return [*self.edges, *([self.feeder] if self.feeder is not None else [])]
 
     # -- faults on request ------------------------------------------------------------------
 
@@ -505,6 +560,7 @@ class DemoRun:
                 assert self.ledger is not None
                 settled = await self.ledger.query("settlement", listing_id=listing_id)
                 self.results[listing_id].settlement = [dict(ln) for ln in settled["lines"]]
+                self.results[listing_id].balance = [dict(b) for b in settled.get("balance", [])]
 
     async def snapshot_balances(self, label: str) -> None:
         assert self.ledger is not None

@@ -1,0 +1,158 @@
+"""``wattmesh node calibrate``: calibrate a node's CT channel with a known resistive load.
+
+As Tasmota's VoltageSet, CurrentSet and PowerSet: put a load whose voltage, current or power is
+known (a kettle or heater measured with a certified meter) on the channel, wait one frame
+(``publish_s``, 5 s), then give what it draws. The command goes to the node as an authenticated
+``T_CALIBRATE`` frame (the node's HMAC key from the gateway's keystore, a sequence number newer than
+any command before); the node scales its constants so that its last frame's reading becomes the
+truth, checks them against its board's (within x0.5..x2), keeps them in flash across reboots and
+power cuts, and answers with an ACK. Over MQTT (``--mqtt``) the command is published on
+``cmnd/<topic>/FRAME`` and the ACK awaited on ``stat/<topic>/ACK``; ``--print-frame`` prints the
+frame in hex for any other way to the node (BLE, a serial console, the host VM's stdin).
+
+A resistive load calibrates the gains; the phase needs a reactive load (give its voltage, current
+and power: the angle comes from them) or the gateway's multi-point calibration against the
+home's Modbus meter (``gateway/calibration.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from firmware import frame
+from gateway.calibration import CalibrationError, reference_payload
+from hardware.argtypes import int_in
+from tools.firmware_cli import CliError, _guard, load_keystore
+
+PROFILE = json.loads((Path(__file__).resolve().parent.parent / "hardware" / "node_profile.json")
+                     .read_text())["mqtt"]
+STATUS = {frame.S_OK: "ok", frame.S_REPLAY: "replay", frame.S_BAD_CALIBRATION: "refused"}
+
+
+def _positive_float(name: str, hi: float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
+        if not 0 < value <= hi:
+            raise argparse.ArgumentTypeError(f"{name}: {value} is outside (0, {hi}]")
+        return value
+
+    return parse
+
+
+def _power(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--power: {text!r} is not a number") from None
+    if not 0 < abs(value) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"--power: {value} is outside 0 < |P| <= 1000000")
+    return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "1883")
+    try:
+        p = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mqtt: {port!r} is not a port") from None
+    if not host or not 0 < p < 65536:
+        raise argparse.ArgumentTypeError("--mqtt: HOST[:PORT], port 1..65535")
+    return host, p
+
+
+def calibration_frame(args: argparse.Namespace) -> tuple[bytes, int, str, bytes]:
+    """(frame, seq, MQTT topic, key) of the command the arguments ask for."""
+    store = load_keystore(Path(args.keystore))
+    entry = store["nodes"].get(str(args.id))
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+        raise CliError(f"--id: node {args.id} has no key in {args.keystore}")
+    try:
+        key = bytes.fromhex(entry["key"])
+    except ValueError:
+        raise CliError(f"{args.keystore}: node {args.id}: the key is not hex") from None
+    if len(key) != 32:
+        raise CliError(f"{args.keystore}: node {args.id}: the key is not 32 bytes")
+    try:
+        payload = reference_payload(args.channel, args.voltage or 0.0, args.current or 0.0,
+                                    args.power or 0.0)
+    except CalibrationError as exc:
+        raise CliError(f"--voltage/--current/--power: {exc}") from None
+    seq = args.seq if args.seq is not None else int(time.time())
+    raw = frame.encode(key, frame.T_CALIBRATE, args.id, seq, payload)
+    topic = args.topic or str(entry.get("name") or f"wattmesh_{args.id}")
+    return raw, seq, topic, key
+
+
+async def send_over_mqtt(host: str, port: int, topic: str, raw: bytes, key: bytes, node_id: int,
+                         seq: int, timeout_s: float) -> int:
+    """Publish the command, return the node's ack status; TimeoutError without one."""
+    import aiomqtt
+
+    async with aiomqtt.Client(host, port) as client:
+        await client.subscribe(PROFILE["ack_frame"].format(topic=topic), qos=1)
+        await client.publish(PROFILE["command_frame"].format(topic=topic), raw, qos=1)
+        async with asyncio.timeout(timeout_s):
+            async for message in client.messages:
+                payload = message.payload
+                if not isinstance(payload, bytes | bytearray):
+                    continue
+                try:
+                    ftype, nid, _s, body = frame.decode(key, bytes(payload))
+                    if ftype != frame.T_ACK or nid != node_id:
+                        continue
+                    cmd_seq, _channel, status, _state = frame.unpack_ack(body)
+                except frame.FrameError:
+                    continue  # not the node's, or not an ack: wait on
+                if cmd_seq == seq:
+                    return int(status)
+    raise TimeoutError
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if not (args.voltage or args.current or args.power):
+        raise CliError("give the known load: --voltage, --current and/or --power")
+    if args.mqtt is None and not args.print_frame:
+        raise CliError("--mqtt HOST[:PORT] to send the command, or --print-frame")
+    raw, seq, topic, key = calibration_frame(args)
+    if args.print_frame:
+        print(json.dumps({"frame": raw.hex(), "seq": seq, "node_id": args.id}))
+        return 0
+    host, port = args.mqtt
+    try:
+        status = asyncio.run(send_over_mqtt(host, port, topic, raw, key, args.id, seq,
+                                            args.timeout))
+    except TimeoutError:
+        raise CliError(f"node {args.id}: no ack on {topic} within {args.timeout} s") from None
+    except OSError as exc:
+        raise CliError(f"--mqtt: {host}:{port}: {exc}") from None
+    print(json.dumps({"node_id": args.id, "channel": args.channel, "seq": seq,
+                      "status": STATUS.get(status, str(status))}))
+    return 0 if status == frame.S_OK else 1
+
+
+def register(subparsers: Any) -> None:
+    node = subparsers.add_parser("node", help="talk to a provisioned node")
+    sub = node.add_subparsers(dest="node_command", metavar="WHAT", required=True)
+    c = sub.add_parser("calibrate", help="calibrate a CT channel with a known load (Tasmota's "
+                                         "VoltageSet/CurrentSet/PowerSet)")
+    c.add_argument("--keystore", required=True, help="the gateway's keystore (JSON)")
+    c.add_argument("--id", type=int_in(0, 0xFFFF, "--id"), required=True, help="node id")
+    c.add_argument("--channel", type=int_in(0, 255, "--channel"), default=0)
+    c.add_argument("--voltage", type=_positive_float("--voltage", 1000), help="V of the load")
+    c.add_argument("--current", type=_positive_float("--current", 1000), help="A of the load")
+    c.add_argument("--power", type=_power, help="W of the load (negative: export)")
+    c.add_argument("--mqtt", type=_host_port, help="the node's broker, HOST[:PORT]")
+    c.add_argument("--topic", help="the node's MQTT topic (default: its keystore name)")
+    c.add_argument("--timeout", type=_positive_float("--timeout", 600), default=10.0)
+    c.add_argument("--seq", type=int_in(1, 0xFFFFFFFF, "--seq"),
+                   help="command sequence number (default: the time in s, newer than any before)")
+    c.add_argument("--print-frame", action="store_true", help="print the frame, send nothing")
+    c.set_defaults(func=_guard(_cmd_calibrate))
