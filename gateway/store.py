@@ -107,7 +107,9 @@ class Store:
                 self._put_state(key, value)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # a KeyboardInterrupt may land after COMMIT returned: nothing left to roll back
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
 
     def flush(self, readings: Sequence[Reading], state: Mapping[str, Any]) -> None:

@@ -163,3 +163,65 @@ meters = [{{meter_id = "grid", model = "sdm120", unit = 1}}]
     after = text[before:]
     vanished = after.count("meter grid on bus tcp:") + after.count("bus tcp: cannot connect")
     assert 1 <= vanished <= 2, after[-3000:]  # the failed read, then the failed connect
+
+
+def test_a_command_replayed_as_telemetry_does_not_stop_the_nodes_metering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19, finding 1, on real processes: a COMMAND frame (signed with the node's key, as
+    the gateway sends it on ``cmnd/...``) published on ``tele/<node>/FRAME`` with a sequence
+    number far ahead used to move the node's high-water mark, and every later reading of the
+    node was dropped. Now it is refused as the wrong direction and the readings go on."""
+    import asyncio
+
+    import aiomqtt
+
+    from firmware import frame
+
+    broker = Broker(tmp_path)
+    cfg = _config(tmp_path, f"""
+[mqtt]
+port = {broker.port}
+[mqtt.discovery]
+enabled = false
+[[mqtt.nodes]]
+node_id = 7
+meter_id = "heat-pump"
+""")  # fmt: skip
+    log = tmp_path / "gateway.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    with log.open("ab") as out:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "gateway", "run", "--config", str(cfg)],
+            cwd=ROOT, stdout=out, stderr=out))  # fmt: skip
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "emulate", "node", "--node-id", "7", "--keystore",
+         str(tmp_path / "nodes.json"), "--mqtt", f"127.0.0.1:{broker.port}", "--period", "0.1",
+         "--profile", "constant:600"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL))  # fmt: skip
+
+    def accepted() -> int:
+        try:
+            saved = _status(cfg, capsys)["saved"]
+        except AssertionError:
+            return 0
+        return int(saved["frames"]["accepted"]) if saved else 0  # type: ignore[index]
+
+    async def replay() -> None:
+        captured = frame.encode(KEY7, frame.T_COMMAND, 7, 4_000_000_000,
+                                frame.pack_command(0, frame.A_ON))  # fmt: skip
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            await c.publish("tele/wattmesh_7/FRAME", captured, qos=1)
+
+    try:
+        _wait(lambda: accepted() > 10, "the node's readings")
+        asyncio.run(replay())
+        before = accepted()
+        _wait(lambda: accepted() > before + 20, "readings after the replayed command")
+        saved = _status(cfg, capsys)["saved"]
+        assert saved["frames"]["dropped_direction"] == 1  # type: ignore[index]
+        assert saved["frames"]["dropped_replay"] == 0  # type: ignore[index]
+    finally:
+        stop_processes(procs)
+        broker.stop()
+    assert "direction" in log.read_text()
