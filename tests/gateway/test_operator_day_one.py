@@ -127,3 +127,46 @@ async def test_operator_registers_scoped_meters_and_a_refused_report_is_retried(
         main(["operator", "meter", "add", *on, "--key", op_key, "--member", "PT:1",
               "--meter", "grid", "--gateway-key", pubs["home-1"]])
     assert main(["operator", "pubkey", "--key", str(tmp_path / "absent.key")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["operator", "dr", "--role", "dso", "--gateway", "home-1", "--id", "d1",
+          "--start", "2026-06-15T21:00Z", "--end", "2026-06-15T19:00Z", "--max-w", "0"],
+         2, "end must come after start"),
+        (["operator", "dr", "--role", "dso", "--gateway", "home-1", "--id", "d1",
+          "--start", "soon", "--end", "2026-06-15T19:00Z", "--max-w", "0"], 2, "start"),
+        (["operator", "pubkey"], 2, "absent.key"),
+    ],
+)
+def test_operator_input_is_refused_before_anything_is_signed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    key = tmp_path / "dso.key"
+    write_key(key, new_key())
+    argv = [*argv, "--key", str(key if argv[1] == "dr" else tmp_path / "absent.key")]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", ["grid", "x=", "=1", "a b=1", "limit=1.5"])
+def test_a_bad_limit_is_a_usage_error(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        main(["operator", "meter", "add", "--cluster", "c", "--key", "k", "--member", "PT1",
+              "--meter", "grid", "--gateway-key", "ab" * 32, "--import-limit-w", "1",
+              "--export-limit-w", "0", "--limit", bad])
+
+
+def test_status_without_a_store_or_of_garbage_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[gateway]\nid = "g"\ndata_dir = "d"\n')
+    assert main(["gateway", "status", "--config", str(cfg)]) == 1
+    assert "no store yet" in capsys.readouterr().err
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "gateway.db").write_bytes(b"not a database" * 100)
+    assert main(["gateway", "status", "--config", str(cfg)]) == 1
+    assert "cannot read the store" in capsys.readouterr().err
