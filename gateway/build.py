@@ -27,6 +27,7 @@ from gateway.outbox import Backoff, Deliverer
 from gateway.publish import HaPublisher
 from gateway.recorder import Recorder
 from gateway.relays import RelayCommander
+from gateway.signers import Signers, load_order_key
 from gateway.sources.base import FrameSink, NodeSource
 from gateway.sources.modbus import MeterReading, ModbusBus
 from gateway.verify import FrameVerifier
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GatewayParts:
-    key: Ed25519PrivateKey
+    key: Ed25519PrivateKey  # the meter-reporting key
+    signers: Signers  # the meter key reports, the delegated order key (if any) orders
     node_keys: dict[int, bytes]
     ingest: Ingest
     sources: list[NodeSource]
@@ -59,7 +61,8 @@ class GatewayParts:
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The gateway's Ed25519 key; created (mode 0600) on first start."""
+    """The gateway's meter-reporting key (Ed25519, never the member's wallet key); created (mode
+    0600) on first start."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_key(path, new_key())
@@ -80,6 +83,7 @@ def build(
     config names, ``node_keys`` the keystore; without ``deliverer``, ``[ledger]`` gives a
     ``LedgerDeliverer``."""
     key = load_or_create_key(cfg.key_file)
+    signers = Signers(key, load_order_key(cfg.order_key_file))
     if node_keys is None:
         node_keys = load_keystore(cfg.keystore, cfg.nodes) if cfg.keystore is not None else {}
     keys = dict(node_keys)
@@ -130,6 +134,7 @@ def build(
             dr_inbox = _dr_inbox(cfg, ems, recorder, clock)
     return GatewayParts(
         key=key,
+        signers=signers,
         node_keys=keys,
         ingest=ingest,
         sources=sources,

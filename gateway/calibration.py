@@ -199,6 +199,12 @@ class PairCollector:
     def ref(self, t_ms: int, v: float, p: float) -> None:
         self._bin(t_ms).ref.append((v, p))
 
+    def prune(self, before_ms: int) -> None:
+        """Drop the intervals that started before ``before_ms`` (bounds the memory a session
+        holds while the loads do not vary enough)."""
+        for start in [s for s in self._bins if s < before_ms]:
+            del self._bins[start]
+
     def _steady(self, rows: list[_Row]) -> list[_Row]:
         ps = sorted(r[1] for r in rows)
         med = ps[len(ps) // 2]
@@ -237,10 +243,13 @@ class Session:
         self.voltage = voltage
         self.constants = constants
         self.collector = PairCollector(interval_ms)
+        self.no_voltage = 0  # frames of the channel without a voltage (none can be paired)
 
     def node_frame(self, t_ms: int, reading: dict[str, int]) -> None:
         """A verified READING of the node (``frame.unpack_reading``'s fields)."""
-        if reading["channel"] == self.channel and not reading["flags"] & (
+        if reading["channel"] == self.channel and reading["flags"] & frame.F_NO_VOLTAGE:
+            self.no_voltage += 1
+        elif reading["channel"] == self.channel and not reading["flags"] & (
             frame.F_ADC_CLIPPED | frame.F_SAMPLING_BEHIND | frame.F_NO_VOLTAGE
         ):
             self.collector.node(t_ms, reading["voltage_dv"] / 10, reading["power_dw"] / 10,

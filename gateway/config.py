@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.calibration import MIN_PAIRS
 from gateway.ems.appliances import REPAIRS, Appliance, load_appliances
 from gateway.ems.forecast import MAX_HORIZON, Model
 from gateway.ems.forecast import MODELS as FORECAST_MODELS
@@ -139,6 +140,26 @@ class EmsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CalibrationConfig:
+    """Automatic calibration of one node CT channel against a Modbus meter on the same circuit
+    (``[[calibration]]``; ``gateway/calibration.py`` fits, ``gateway/calibrator.py`` runs it)."""
+
+    node_id: int
+    channel: int
+    reference: str  # a configured Modbus meter
+    voltage: str  # the reference map's voltage quantity
+    ical: float  # the constants the node reads with now (its board's, or its config.json's)
+    vcal: float
+    phase_deg: float
+    points: int = 4  # paired intervals (at loads differing by 20 % or more) before a fit
+    interval_s: int = 60  # one paired interval
+    apply: bool = False  # send the constants (False: fit, log and show only)
+    round: int = 1  # raise it to calibrate again a channel the store says is done
+    max_gain_change: float = 0.2  # a fit changing ical or vcal by more is refused
+    max_phase_deg: float = 10.0  # ... or moving the phase by more
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
     data_dir: Path
@@ -164,6 +185,10 @@ class GatewayConfig:
     # the member (id_grid) this home belongs to: its meters are "<member>:<meter_id>" on the
     # ledger, so every home may call its meter "grid" (gateway.report.ledger_meter_id)
     member: str | None = None
+    # the order key the member delegated to this gateway for its offers and bids
+    # (gateway.signers); key_file is the meter-reporting key
+    order_key_file: Path | None = None
+    calibrations: tuple[CalibrationConfig, ...] = ()
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -273,8 +298,10 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         found.buses += [_bus(bus, base, found.unreported) for bus in mb.tables("buses")]
         mb.done()
     ems_table = root.table("ems")
+    cal_tables = root.tables("calibration")
     root.done()
     meters = _unique_meters(found)
+    calibrations = _calibrations(cal_tables, found)
     keystore = section.pop("keystore")
     if found.nodes and keystore is None:
         raise GatewayConfigError("gateway.keystore: required when nodes are configured")
@@ -292,6 +319,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         buses=tuple(found.buses),
         unreported=frozenset(found.unreported),
         ems=ems,
+        calibrations=calibrations,
     )
 
 
@@ -299,6 +327,7 @@ def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
     gateway_id = gw.get("id", str, pattern=ID_RE)
     data_dir = _path(base, gw.get("data_dir", str, "."))
     key_file = _path(data_dir, gw.get("key_file", str, "gateway.key"))
+    order_key = gw.get("order_key_file", str, None)
     keystore = gw.get("keystore", str, None)  # as written: parse_config resolves it
     interval_min = gw.get("interval_minutes", int, INTERVAL_MIN, min=1, max=60)
     if interval_min != INTERVAL_MIN:
@@ -312,6 +341,7 @@ def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
         gateway_id=gateway_id,
         data_dir=data_dir,
         key_file=key_file,
+        order_key_file=_path(data_dir, order_key) if order_key else None,
         keystore=keystore,
         interval_ms=interval_min * 60_000,
         grace_ms=int(gw.get("grace_s", (int, float), 30, min=0, max=600) * 1000),
@@ -569,6 +599,52 @@ def _ems(
     )
     t.done()
     return cfg
+
+
+def _calibrations(tables: list[_Table], found: _Meters) -> tuple[CalibrationConfig, ...]:
+    """``[[calibration]]``: each names a configured node, its CT channel, and a configured
+    Modbus meter with a voltage quantity on the same circuit; one entry per node channel."""
+    node_ids = {n.node_id for n in found.nodes}
+    models = {m.meter_id: m.model for b in found.buses for m in b.meters}
+    out: list[CalibrationConfig] = []
+    for t in tables:
+        node_id = t.get("node_id", int, min=0, max=0xFFFF)
+        if node_id not in node_ids:
+            raise GatewayConfigError(f"{t.where}.node_id: node {node_id} is not configured")
+        channel = t.get("channel", int, 0, min=0, max=255)
+        if any(c.node_id == node_id and c.channel == channel for c in out):
+            raise GatewayConfigError(
+                f"{t.where}.channel: node {node_id} channel {channel} is listed twice"
+            )
+        reference = t.get("reference", str, pattern=ID_RE)
+        if reference not in models:
+            raise GatewayConfigError(
+                f"{t.where}.reference: {reference!r} is not a configured Modbus meter"
+            )
+        volts = load_map(models[reference]).by_role("voltage_v")
+        if volts is None:
+            raise GatewayConfigError(
+                f"{t.where}.reference: the {models[reference]} reads no voltage"
+            )
+        out.append(CalibrationConfig(
+            node_id=node_id,
+            channel=channel,
+            reference=reference,
+            voltage=volts.name,
+            ical=float(t.get("ical", (int, float), min=0.001, max=3999)),
+            # a channel without its own voltage sensor reads nominal volts and sends no
+            # voltage: its frames cannot be paired, so it cannot be calibrated this way
+            vcal=float(t.get("vcal", (int, float), min=0.001, max=3999)),
+            phase_deg=float(t.get("phase_deg", (int, float), 0.0, min=-20, max=20)),
+            points=t.get("points", int, 4, min=MIN_PAIRS, max=96),
+            interval_s=t.get("interval_s", int, 60, min=10, max=3600),
+            apply=t.get("apply", bool, False),
+            round=t.get("round", int, 1, min=1, max=1_000_000),
+            max_gain_change=float(t.get("max_gain_change", (int, float), 0.2, min=0.001, max=0.5)),
+            max_phase_deg=float(t.get("max_phase_deg", (int, float), 10.0, min=0.01, max=20)),
+        ))  # fmt: skip
+        t.done()
+    return tuple(out)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

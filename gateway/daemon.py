@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway import calibrator
 from gateway.build import build
 from gateway.clock import Clock, SystemClock, wait_until_or_set
 from gateway.config import GatewayConfig
@@ -56,7 +57,8 @@ class Gateway:
             ble_backend=ble_backend,
         )
         self.parts = parts
-        self.key = parts.key
+        self.key = parts.key  # the meter-reporting key
+        self.signers = parts.signers  # which key signs which kind (gateway.signers)
         self.ingest = parts.ingest
         self.verifier = parts.ingest.verifier
         self.aggregator = parts.ingest.aggregator
@@ -76,6 +78,7 @@ class Gateway:
         self._started = asyncio.Event()
         self._next_prune = 0
         self.recorder.status = self.status_snapshot
+        self.calibrator: calibrator.Calibrator | None = None  # [[calibration]], from start()
 
     # -- hooks for the EMS, the trading agent, the demo and tools (see gateway/README.md) ----------
     @property
@@ -168,7 +171,7 @@ class Gateway:
             self._outbox_wake.clear()
             try:
                 await deliver_due(
-                    self.recorder.db(), self.key, self.deliverer, self.clock.now_ms(),
+                    self.recorder.db(), self.signers.key_for, self.deliverer, self.clock.now_ms(),
                     self.backoff, new_nonce=self.recorder.next_nonce,
                 )  # fmt: skip
             except Exception:  # a store error, say: log it and try again in a while
@@ -195,8 +198,22 @@ class Gateway:
     def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(self._keep_running(name, run), name=name))
 
+    def _start_calibrations(self) -> None:
+        """The configured calibrations not done yet (the store keeps what was done)."""
+        if not self.cfg.calibrations or self.calibrator is not None:
+            return
+        db = self.recorder.db()
+        cal = calibrator.Calibrator(
+            self.cfg.calibrations, db.states(calibrator.KEY_PREFIX), self.ingest.calibrations
+        )
+        self.calibrator = cal
+        self._spawn("calibration", lambda: calibrator.run(
+            cal, self.clock, self.send_node_command, lambda k, v: self.recorder.db().put_state(k, v)
+        ))  # fmt: skip
+
     async def start(self) -> None:
         self.open()
+        self._start_calibrations()
         for s in self.sources:
             self._spawn(f"source:{s.name}", lambda s=s: s.run(self.on_frame))  # type: ignore[misc]
         for bus in self.buses:
@@ -262,4 +279,5 @@ class Gateway:
             "sources": {s.name: s.stats() for s in self.sources},
             "buses": {b.cfg.name: b.stats() for b in self.buses},
             "dr": self.dr_inbox.stats() if self.dr_inbox is not None else None,
+            "calibration": self.calibrator.status() if self.calibrator is not None else {},
         }

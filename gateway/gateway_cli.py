@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from typing import Any
 
@@ -229,9 +230,41 @@ async def _probe_ledger(cfg: GatewayConfig, timeout_s: float) -> dict[str, Any]:
     return {"device": name, "ok": True, "detail": f"reachable, height {height}"}
 
 
+def calibration_status(cfg: GatewayConfig) -> dict[str, Any]:
+    """Each ``[[calibration]]`` channel (``"<node>.<channel>"``) as the daemon would start it:
+    its state from the store's record (``applied``, ``refused``, ``fitted``: done, not sent
+    again) or ``collecting`` (it will calibrate), with the record's constants."""
+    from gateway.calibrator import KEY_PREFIX, Calibrator
+    from gateway.store import read_states
+
+    if not cfg.calibrations:
+        return {}
+    records = read_states(cfg.db_path, KEY_PREFIX)
+    return Calibrator(cfg.calibrations, records, []).status()
+
+
+def _describe(key: str, c: dict[str, Any]) -> str:
+    node, _, channel = key.partition(".")
+    head = f"calibration: node {node} channel {channel} against {c['reference']}: "
+    rec = c.get("record")
+    if c["state"] == "collecting":
+        done = f" (last: {rec['state']} in round {rec['round']})" if rec else ""
+        verb = "will calibrate and apply" if c["apply"] else "will fit (apply = false: not sent)"
+        return head + f"{verb}, round {c['round']}{done}"
+    assert rec is not None
+    return head + (f"{rec['state']} in round {rec['round']}: ical {rec['ical']:.4f}, "
+                   f"vcal {rec['vcal']:.3f}, phase {rec['phase_deg']:+.2f} deg "
+                   f"(raise round to calibrate again)")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
+        return 2
+    try:
+        calibration = calibration_status(cfg)
+    except sqlite3.Error as exc:
+        print(f"cannot read the store {cfg.db_path}: {exc}", file=sys.stderr)
         return 2
     results = asyncio.run(probe_all(cfg, args.timeout))
     ems: dict[str, Any] | None = None
@@ -244,7 +277,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             "notes": list(cfg.ems.notes),
         }
     if args.json:
-        print(json.dumps({"config": "ok", "devices": results, "ems": ems}, indent=1))
+        print(json.dumps({"config": "ok", "devices": results, "ems": ems,
+                          "calibration": calibration}, indent=1))
     else:
         print(
             f"config ok: gateway {cfg.gateway_id}, {len(cfg.nodes)} nodes, {len(cfg.buses)} buses"
@@ -257,6 +291,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
             for note in ems["notes"]:
                 print(f"ems: {note}")
+        for key, c in calibration.items():
+            print(_describe(key, c))
         for r in results:
             print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['device']}: {r['detail']}")
     return 0 if all(r["ok"] for r in results) else 1

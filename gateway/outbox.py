@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 PENDING = "pending"
 DELIVERED = "delivered"
 REJECTED = "rejected"
+NO_KEY = "NO_KEY"  # a row's code when no key on this gateway may sign its kind (gateway.signers)
 
 # Receipt codes that mean "the ledger already has this": delivered, not an error. (A retried
 # transaction gets its original receipt back; DUPLICATE_REPORT means the ledger holds a report
@@ -31,11 +32,11 @@ REJECTED = "rejected"
 ALREADY_APPLIED = frozenset({"DUPLICATE", "DUPLICATE_TX", "DUPLICATE_REPORT"})
 # Receipt codes that mean "not yet": the operator has not registered the meter, so the ledger
 # does not know it (UNKNOWN_METER) or, with admission before ordering, does not know the
-# gateway's key at all (NOT_ADMITTED). The row stays pending and is retried after a backoff with
-# a fresh nonce (the ledger keeps an executed refusal under the old tx_id). Only meter reports:
-# the ledger takes one report per meter and interval, so a new nonce can never make a report
-# count twice.
-RETRY_LATER = frozenset({"UNKNOWN_METER", "NOT_ADMITTED"})
+# gateway's key at all (NOT_ADMITTED), or the member has not confirmed it (METER_UNCONFIRMED).
+# The row stays pending and is retried after a backoff with a fresh nonce (the ledger keeps an
+# executed refusal under the old tx_id). Only meter reports: the ledger takes one report per
+# meter and interval, so a new nonce can never make a report count twice.
+RETRY_LATER = frozenset({"UNKNOWN_METER", "NOT_ADMITTED", "METER_UNCONFIRMED"})
 RETRY_LATER_KINDS = frozenset({"meter.report"})
 WAIT_REGISTRATION_MS = 60_000  # first wait after UNKNOWN_METER, doubling up to Backoff.max_ms
 
@@ -94,9 +95,12 @@ class OutboxStore(Protocol):
     def outbox_save(self, row: OutboxRow) -> None: ...
 
 
+KeyFor = Callable[[str], Ed25519PrivateKey | None]
+
+
 async def deliver_due(
     store: OutboxStore,
-    key: Ed25519PrivateKey,
+    key: Ed25519PrivateKey | KeyFor,
     deliverer: Deliverer,
     now_ms: int,
     policy: Backoff,
@@ -105,12 +109,21 @@ async def deliver_due(
     new_nonce: Callable[[], int] | None = None,
 ) -> tuple[int, int]:
     """Try every row that is due, oldest first; stop at the first transport failure (the ledger
-    is unreachable, so the rest would fail too). Returns (delivered or rejected, failed). A row
+    is unreachable, so the rest would fail too). Returns (delivered or rejected, failed).
+    ``key``: one key for every row, or the key for a row's kind (``gateway.signers``); a row
+    with no key to sign it is rejected here (``NO_KEY``), never sent. A row
     to retry later (``RETRY_LATER``) gets a nonce from ``new_nonce``."""
     done = failed = 0
     due = store.outbox_due(now_ms, limit)
     for k, row in enumerate(due):
-        tx = sign_tx(key, row.kind, row.body, row.nonce)
+        signer = key if isinstance(key, Ed25519PrivateKey) else key(row.kind)
+        if signer is None:
+            why = f"{row.kind}: this gateway holds no key that may sign it"
+            store.outbox_save(next_state(row, now_ms, policy, code=NO_KEY, error=why))
+            log.warning("outbox %d (%s): no key on this gateway may sign it", row.id, row.kind)
+            done += 1
+            continue
+        tx = sign_tx(signer, row.kind, row.body, row.nonce)
         try:
             receipt = await deliverer.submit(tx)
         except Exception as exc:  # any transport failure: retry later, never lose the row

@@ -46,6 +46,29 @@ CREATE TABLE IF NOT EXISTS dr_requests (
 """
 
 
+def read_states(path: str | Path, prefix: str) -> dict[str, Any]:
+    """``Store.states`` of a store file, opened read-only (a running daemon may hold it); empty
+    if there is no store yet."""
+    if not Path(path).exists():
+        return {}
+    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return _states(db, prefix)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    finally:
+        db.close()
+
+
+def _states(db: sqlite3.Connection, prefix: str) -> dict[str, Any]:
+    rows = db.execute(
+        "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+    ).fetchall()
+    return {k: json.loads(v) for k, v in rows}
+
+
 @dataclass(frozen=True, slots=True)
 class DrRow:
     """A demand-response request the gateway took (``gateway.dr_inbox``)."""
@@ -95,6 +118,15 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value, separators=(",", ":"))),
         )
+
+    def put_state(self, key: str, value: Any) -> None:
+        """Keep one small value (its own transaction)."""
+        with self._transaction({key: value}):
+            pass
+
+    def states(self, prefix: str) -> dict[str, Any]:
+        """Every small value whose key starts with ``prefix``, by key."""
+        return _states(self.db, prefix)
 
     # -- readings and state, one transaction per flush ---------------------------------------
     @contextlib.contextmanager

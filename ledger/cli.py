@@ -1,4 +1,5 @@
-"""``wattmesh ledger init|run|cluster|status|verify``: the replica's command line.
+"""``wattmesh ledger keygen|genesis|init|run|cluster|status|verify|personal``: the replica's
+command line.
 
 Every handler returns an exit code; bad arguments and broken files print one line naming what is
 wrong and return 2, never a traceback.
@@ -17,9 +18,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ledger.cluster import CLUSTER_FILE, ClusterFileError, load_cluster, replica_db_file
-from ledger.keys import KeyFileError
-from ledger.setup import DEFAULT_CONTRACT, SetupError, init_cluster, load_factory
+from ledger.cluster import (
+    CLUSTER_FILE,
+    OPERATOR_KEY_FILE,
+    ClusterConfig,
+    ClusterFileError,
+    load_cluster,
+    replica_db_file,
+    replica_key_file,
+)
+from ledger.keys import KeyFileError, load_key, public_hex
+from ledger.setup import (
+    DEFAULT_CONTRACT,
+    SetupError,
+    assemble_cluster,
+    init_cluster,
+    load_factory,
+    make_key,
+    public_key_file,
+    read_public_key,
+    write_cluster_file,
+)
 
 EXIT_BAD_INPUT = 2
 RESTART_BACKOFF_S = (0.5, 5.0)
@@ -39,15 +58,42 @@ def register(subparsers: Any) -> None:
     ledger = subparsers.add_parser("ledger", help="PBFT ledger replicas")
     sub = ledger.add_subparsers(dest="ledger_command", metavar="ACTION")
 
-    p = sub.add_parser("init", help="create keys and a cluster file on loopback ports")
+    p = sub.add_parser("keygen", help="make this host's key; prints only the public key")
+    p.add_argument("--dir", type=Path, default=None, help="the replica's (or operator's) directory")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--replica", type=_positive, default=None, help="writes replica-I.key")
+    who.add_argument("--operator", action="store_true", help="writes operator.key")
+    who.add_argument("--out", type=Path, default=None, help="any key file (a member's wallet)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("genesis", help="assemble cluster.json from public keys and addresses")
+    p.add_argument("--replica", action="append", default=[], metavar="HOST:PORT:KEY",
+                   help="each replica in id order; KEY: 64 hex or a .pub file")  # fmt: skip
+    p.add_argument("--operator-key", default=None, help="64 hex or the operator's .pub file")
+    p.add_argument("--operator-id", default="OPERATOR")
+    p.add_argument("--treasury", type=_positive, default=0,
+                   help="micro-tokens the genesis allocates to the operator")  # fmt: skip
+    p.add_argument("--params", type=Path, default=None, help="JSON of community parameters")
+    p.add_argument("--genesis", type=Path, default=None, help="a whole genesis JSON instead")
+    _tuning(p)
+    p.add_argument("--out", type=Path, required=True, help="the cluster file to write")
+    p.set_defaults(func=cmd_genesis)
+
+    p = sub.add_parser("personal", help="the operator's register of members' personal data")
+    p.add_argument("action", choices=("add", "show", "erase"))
+    p.add_argument("--db", type=Path, required=True, help="the register (SQLite, mode 0600)")
+    p.add_argument("--id-grid", required=True)
+    p.set_defaults(func=cmd_personal)
+
+    p = sub.add_parser(
+        "init",
+        help="local clusters and tests: every key and a cluster file in one directory (a "
+        "community uses keygen on each host and genesis instead)",
+    )
     p.add_argument("--replicas", type=_positive, default=4, help="3f+1 replicas (default 4)")
     p.add_argument("--dir", type=Path, required=True, help="an empty or new directory")
     p.add_argument("--base-port", type=_positive, default=None, help="ports P..P+n-1")
-    p.add_argument("--view-change-ms", type=_positive, default=None)
-    p.add_argument("--request-timeout-ms", type=_positive, default=None)
-    p.add_argument("--batch-max", type=_positive, default=None)
-    p.add_argument("--batch-delay-ms", type=_positive, default=None)
-    p.add_argument("--checkpoint-interval", type=_positive, default=64)
+    _tuning(p)
     p.add_argument("--genesis", type=Path, default=None, help="genesis JSON instead of default")
     p.set_defaults(func=cmd_init)
 
@@ -76,17 +122,15 @@ def register(subparsers: Any) -> None:
     ledger.set_defaults(func=lambda args: _help(ledger))
 
 
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_BAD_INPUT
+def _tuning(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--view-change-ms", type=_positive, default=None)
+    p.add_argument("--request-timeout-ms", type=_positive, default=None)
+    p.add_argument("--batch-max", type=_positive, default=None)
+    p.add_argument("--batch-delay-ms", type=_positive, default=None)
+    p.add_argument("--checkpoint-interval", type=_positive, default=64)
 
 
-def _fail(message: str) -> int:
-    print(f"wattmesh ledger: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
-def cmd_init(args: argparse.Namespace) -> int:
+def _timers_and_batch(args: argparse.Namespace) -> tuple[dict[str, int], dict[str, int]]:
     timers: dict[str, int] = {}
     if args.view_change_ms is not None:
         timers["view_change_ms"] = args.view_change_ms
@@ -97,15 +141,132 @@ def cmd_init(args: argparse.Namespace) -> int:
         batch["max_txs"] = args.batch_max
     if args.batch_delay_ms is not None:
         batch["max_delay_ms"] = args.batch_delay_ms
-    genesis = None
-    if args.genesis is not None:
-        try:
-            genesis = json.loads(args.genesis.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            return _fail(f"--genesis: cannot read {args.genesis}: {exc}")
-        if not isinstance(genesis, dict):
-            return _fail("--genesis: must hold a JSON object")
+    return timers, batch
+
+
+def _json_object(path: Path, option: str) -> dict[str, Any]:
     try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"{option}: cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise SetupError(f"{option}: must hold a JSON object")
+    return value
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _fail(message: str) -> int:
+    print(f"wattmesh ledger: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        if args.dir is not None:
+            return _fail("--out: give either --out or --dir with --replica/--operator")
+        key_file = args.out
+    else:
+        if args.dir is None:
+            return _fail("--dir: required with --replica or --operator")
+        name = OPERATOR_KEY_FILE if args.operator else replica_key_file(args.replica)
+        key_file = args.dir / name
+    try:
+        public = make_key(key_file)
+    except (SetupError, OSError) as exc:
+        return _fail(str(exc))
+    print(json.dumps({"public_key": public, "public_key_file": str(public_key_file(key_file))}))
+    return 0
+
+
+def _replica_spec(text: str, n: int) -> tuple[str, int, str]:
+    where = f"--replica #{n}"
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3:
+        raise SetupError(f"{where}: expected HOST:PORT:KEY, got {text!r}")
+    host, port_text, key = parts
+    host = host.strip("[]")  # [::1]:7100:KEY for IPv6
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise SetupError(f"{where}: port must be an integer, got {port_text!r}") from None
+    return host, port, read_public_key(key, f"{where} key")
+
+
+def cmd_genesis(args: argparse.Namespace) -> int:
+    from ledger.contract import GenesisError, default_genesis
+
+    timers, batch = _timers_and_batch(args)
+    try:
+        if args.out.exists():
+            raise SetupError(f"--out: {args.out} exists; a cluster file is never overwritten")
+        replicas = [_replica_spec(text, n) for n, text in enumerate(args.replica)]
+        if args.genesis is not None:
+            if args.operator_key or args.params or args.treasury:
+                raise SetupError("--genesis: give a whole genesis or --operator-key, not both")
+            genesis = _json_object(args.genesis, "--genesis")
+        else:
+            if args.operator_key is None:
+                raise SetupError("--operator-key: required (or --genesis)")
+            operator = read_public_key(args.operator_key, "--operator-key")
+            params = _json_object(args.params, "--params") if args.params else {}
+            genesis = default_genesis(
+                operator, operator_id_grid=args.operator_id, treasury=args.treasury, **params
+            )
+        doc = assemble_cluster(
+            replicas,
+            genesis,
+            timers=timers,
+            batch=batch,
+            checkpoint_interval=args.checkpoint_interval,
+        )
+        write_cluster_file(args.out, doc)
+    except (SetupError, ClusterFileError, GenesisError, OSError) as exc:
+        return _fail(str(exc))
+    print(json.dumps({"out": str(args.out), "replicas": len(replicas), "f": doc["f"]}))
+    return 0
+
+
+def cmd_personal(args: argparse.Namespace) -> int:
+    """``add`` reads ``{"name", "email", "address"}`` as JSON on stdin (never on the command
+    line) and prints the commitment for ``registry.admit`` with the opening for the member."""
+    from ledger.personal import PersonalDataError, PersonalStore
+
+    try:
+        with PersonalStore(args.db) as store:
+            if args.action == "add":
+                try:
+                    data = json.loads(sys.stdin.read())
+                except ValueError as exc:
+                    raise PersonalDataError(f"stdin: not JSON: {exc}") from None
+                if not isinstance(data, dict) or set(data) != {"name", "email", "address"}:
+                    raise PersonalDataError('stdin: expected {"name", "email", "address"}')
+                digest, opening = store.add(args.id_grid, **data)
+                out: dict[str, Any] = {"id_grid": args.id_grid, "commitment": digest,
+                                       "opening": opening.as_dict()}  # fmt: skip
+            elif args.action == "show":
+                found = store.get(args.id_grid)
+                if found is None:
+                    raise PersonalDataError(f"{args.id_grid}: not in the register")
+                out = {"id_grid": args.id_grid, "commitment": found[0],
+                       "opening": found[1].as_dict()}  # fmt: skip
+            else:
+                out = {"id_grid": args.id_grid, "erased": store.erase(args.id_grid)}
+    except (PersonalDataError, OSError, sqlite3.DatabaseError) as exc:
+        return _fail(f"personal: {exc}")
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    timers, batch = _timers_and_batch(args)
+    genesis = None
+    try:
+        if args.genesis is not None:
+            genesis = _json_object(args.genesis, "--genesis")
         doc = init_cluster(
             args.dir,
             args.replicas,
@@ -122,10 +283,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_key_matches(directory: Path, cluster: ClusterConfig, replica: int) -> None:
+    """The replica's key file holds the key ``cluster.json`` names for it (a swapped or
+    regenerated key is found at start, not by peers refusing every message)."""
+    path = directory / replica_key_file(replica)
+    if public_hex(load_key(path)) != cluster.replica(replica).public_key:
+        raise KeyFileError(f"{path}: not the key cluster.json names for replica {replica}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         cluster = load_cluster(args.dir / CLUSTER_FILE)
         cluster.replica(args.replica)
+        _own_key_matches(args.dir, cluster, args.replica)
         factory = load_factory(args.contract)
     except (ClusterFileError, ValueError) as exc:
         return _fail(str(exc))

@@ -9,7 +9,7 @@ Shape::
     {"version": 1, "f": 1,
      "replicas": [{"id": 0, "host": "127.0.0.1", "port": 7100, "public_key": "<hex>"}, ...],
      "timers": {"view_change_ms": 1000, "max_view_change_ms": 60000, "status_ms": 500,
-                "request_timeout_ms": 2000, "tick_ms": 20},
+                "request_timeout_ms": 2000, "tick_ms": 20, "min_view_change_ms": 200},
      "batch": {"max_txs": 400, "max_delay_ms": 5},
      "checkpoint_interval": 64, "log_window": 256, "fetch_limit": 64,
 
@@ -52,6 +52,7 @@ DEFAULT_CHECKPOINT_INTERVAL = 64
 TIMER_LIMITS: dict[str, tuple[int, int]] = {
     "view_change_ms": (10, 600_000),
     "max_view_change_ms": (10, 3_600_000),
+    "min_view_change_ms": (0, 600_000),  # optional: the adaptive timeout's floor (0: off)
     "status_ms": (1, 600_000),
     "request_timeout_ms": (10, 600_000),
     "tick_ms": (1, 10_000),
@@ -210,6 +211,8 @@ def parse_cluster(data: Any) -> ClusterConfig:
     _int(top.get("fetch_limit", 64), "fetch_limit", 1, 10_000)
     if timers["view_change_ms"] > timers["max_view_change_ms"]:
         raise ClusterFileError("timers.view_change_ms: must not exceed timers.max_view_change_ms")
+    if timers.get("min_view_change_ms", 0) > timers["view_change_ms"]:
+        raise ClusterFileError("timers.min_view_change_ms: must not exceed timers.view_change_ms")
     genesis = _obj(top["genesis"], "genesis")
     return ClusterConfig(
         f=f,
@@ -240,18 +243,22 @@ def cluster_document(
     ports: list[int],
     genesis: Mapping[str, Any],
     *,
-    host: str = "127.0.0.1",
+    host: str | list[str] = "127.0.0.1",
     timers: Mapping[str, int] | None = None,
     batch: Mapping[str, int] | None = None,
     checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
 ) -> dict[str, Any]:
-    """The JSON document of a new cluster (validated by ``parse_cluster`` before it is returned)."""
+    """The JSON document of a new cluster (validated by ``parse_cluster`` before it is returned).
+    ``host``: one address for every replica, or one per replica (replicas on separate hosts)."""
     n = len(public_keys)
+    hosts = [host] * n if isinstance(host, str) else list(host)
+    if len(hosts) != n:
+        raise ClusterFileError(f"replicas: {n} replicas but {len(hosts)} hosts")
     doc: dict[str, Any] = {
         "version": VERSION,
         "f": (n - 1) // 3,
         "replicas": [
-            {"id": i, "host": host, "port": ports[i], "public_key": public_keys[i]}
+            {"id": i, "host": hosts[i], "port": ports[i], "public_key": public_keys[i]}
             for i in range(n)
         ],
         "timers": dict(DEFAULT_TIMERS, **(timers or {})),

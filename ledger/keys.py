@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ledger.ed25519 import valid_public_key
 from ledger.hexbytes import parse_hex
 from ledger.tx import public_bytes
 
@@ -73,4 +74,6 @@ def parse_public_hex(value: object, where: str) -> Ed25519PublicKey:
         raw = parse_hex(value, SEED_BYTES)
     except ValueError as exc:
         raise KeyFileError(f"{where}: {exc}") from None
+    if not valid_public_key(raw):  # a small-order point would verify nothing (or anything)
+        raise KeyFileError(f"{where}: not a valid Ed25519 public key")
     return Ed25519PublicKey.from_public_bytes(raw)

@@ -1,6 +1,15 @@
-"""Creating a cluster directory: replica keys, the operator key and ``cluster.json``.
+"""Creating clusters: keys made where they are used, ``cluster.json`` assembled from public keys.
 
-Kept apart from the CLI so tests and the benchmark create clusters the same way the command does.
+Two ways, kept apart from the CLI so tests and the benchmark create clusters as the commands do:
+
+* separate hosts (``ledger keygen`` on each, then ``ledger genesis`` anywhere): each replica's
+  host makes its own key (``make_key``: the secret stays there, mode 0600; only the public key
+  leaves, printed and in ``<name>.pub``), the operator makes its own likewise, and
+  ``assemble_cluster`` builds ``cluster.json`` from public keys and addresses alone. No machine
+  ever holds another's secret.
+* one directory for local clusters and tests (``ledger init``, ``init_cluster``): every key in one
+  place, so whoever holds the directory could forge a quorum. Fine on one developer's machine,
+  not for a community.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ from ledger.contract.api import Contract
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_CONTRACT = "ledger.contract:make_contract"
+PUBLIC_SUFFIX = ".pub"
+# What ``ledger init``'s default genesis allocates to the operator (micro-tokens): the supply of a
+# local test community, handed to members by transfer. A real community sets its own genesis.
+LOCAL_TREASURY = 10**15
 
 ContractFactory = Callable[[Mapping[str, Any]], Contract]
 
@@ -47,10 +60,83 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
             s.close()
 
 
-def default_genesis(operator_public_hex: str) -> dict[str, Any]:
+def default_genesis(operator_public_hex: str, treasury: int = LOCAL_TREASURY) -> dict[str, Any]:
     from ledger.contract import default_genesis as contract_genesis
 
-    return dict(contract_genesis(operator_public_hex))
+    return dict(contract_genesis(operator_public_hex, treasury=treasury))
+
+
+def public_key_file(key_file: Path) -> Path:
+    return key_file.with_name(key_file.name.removesuffix(".key") + PUBLIC_SUFFIX)
+
+
+def make_key(key_file: Path) -> str:
+    """A new key made here: the secret in ``key_file`` (mode 0600, never overwritten), the public
+    key in ``<name>.pub`` beside it; returns the public key's hex, the only part that leaves."""
+    if key_file.exists():
+        raise SetupError(f"{key_file}: already exists; a key is never overwritten")
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = keys.new_key()
+    keys.write_key(key_file, key)
+    public = keys.public_hex(key)
+    pub = public_key_file(key_file)
+    tmp = pub.with_name(pub.name + ".tmp")
+    tmp.write_text(public + "\n", encoding="ascii")
+    os.replace(tmp, pub)
+    return public
+
+
+def read_public_key(text: str, where: str) -> str:
+    """A public key given as 64 hex characters or as the path of a ``.pub`` file."""
+    value = text.strip()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        try:
+            value = Path(text).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SetupError(f"{where}: neither 64 hex characters nor a readable key file") from exc
+    try:
+        keys.parse_public_hex(value, where)
+    except keys.KeyFileError as exc:
+        raise SetupError(str(exc)) from None
+    return value
+
+
+def assemble_cluster(
+    replicas: list[tuple[str, int, str]],
+    genesis: Mapping[str, Any],
+    *,
+    timers: Mapping[str, int] | None = None,
+    batch: Mapping[str, int] | None = None,
+    checkpoint_interval: int = 64,
+) -> dict[str, Any]:
+    """``cluster.json`` from each replica's (host, port, public key) and a genesis: public
+    material only. Raises ``ClusterFileError`` naming a bad key, ``GenesisError`` a bad genesis."""
+    from ledger.contract import make_contract
+
+    n = len(replicas)
+    if n < 4 or (n - 1) % 3:
+        raise SetupError(f"--replica: must be 3f+1 with f >= 1 (4, 7, 10, ...), got {n}")
+    make_contract(genesis)  # a bad genesis is reported here, not by every replica at start
+    return cluster_document(
+        [key for _, _, key in replicas],
+        [port for _, port, _ in replicas],
+        genesis,
+        host=[host for host, _, _ in replicas],
+        timers=timers,
+        batch=batch,
+        checkpoint_interval=checkpoint_interval,
+    )
+
+
+def write_cluster_file(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``cluster.json`` atomically (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def init_cluster(
@@ -58,12 +144,16 @@ def init_cluster(
     replicas: int,
     *,
     base_port: int | None = None,
+    hosts: list[str] | None = None,
+    ports: list[int] | None = None,
     timers: Mapping[str, int] | None = None,
     batch: Mapping[str, int] | None = None,
     checkpoint_interval: int = 64,
     genesis: Callable[[str], Mapping[str, Any]] | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write keys and ``cluster.json`` into ``directory``; returns the cluster document."""
+    """Write keys and ``cluster.json`` into ``directory``; returns the cluster document.
+    ``hosts`` and ``ports``: each replica's address (separate hosts, ``tools.hosts``); by default
+    all on 127.0.0.1 at ``base_port + i`` or at free ports."""
     if replicas < 4 or (replicas - 1) % 3:
         raise SetupError(f"--replicas: must be 3f+1 with f >= 1 (4, 7, 10, ...), got {replicas}")
     if replicas > 64:
@@ -86,13 +176,17 @@ def init_cluster(
         genesis_doc = genesis(operator_hex)
     else:
         genesis_doc = genesis
-    ports = (
-        [base_port + i for i in range(replicas)] if base_port is not None else free_ports(replicas)
-    )
+    if ports is None:
+        ports = (
+            [base_port + i for i in range(replicas)]
+            if base_port is not None
+            else free_ports(replicas)
+        )
     doc = cluster_document(
         [keys.public_hex(k) for k in replica_keys],
         ports,
         genesis_doc,
+        host=LOOPBACK if hosts is None else hosts,
         timers=timers,
         batch=batch,
         checkpoint_interval=checkpoint_interval,
@@ -100,13 +194,7 @@ def init_cluster(
     for i, key in enumerate(replica_keys):
         keys.write_key(directory / replica_key_file(i), key)
     keys.write_key(directory / OPERATOR_KEY_FILE, operator)
-    tmp = directory / (CLUSTER_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / CLUSTER_FILE)
+    write_cluster_file(directory / CLUSTER_FILE, doc)
     return doc
 
 

@@ -4,16 +4,19 @@ Here in ``tools`` (not in ``ledger``) because it drives the cluster through ``le
 which ``ledger`` does not import; the figures are in ledger/README.md.
 
 It creates a throw-away cluster (real community contract), starts the replicas as separate
-processes on loopback, admits ``--members`` members and mints them tokens, pre-signs every
-load transaction (``token.transfer`` between members, so each one is verified by every replica
-and changes state), then drives them from ``--clients`` concurrent clients, each keeping
-``--window`` transactions in flight, for ``--seconds``. With ``--kill-primary-after T`` the
-primary is killed with SIGKILL T seconds in. At the end it waits for in-flight transactions,
-then checks every submitted transaction against a surviving replica's store. Admission is on
-(every request is judged by the contract's admission predicate and counted against its signer's
-limits); the bench's genesis raises the per-signer limits (``BENCH_LIMITS``), because its few
-members each send thousands of transfers a minute and the operator admits all of them at once:
-the limits are checked on every request, not reached.
+processes on loopback, admits ``--members`` members and gives them tokens from the operator's
+genesis treasury, pre-signs every load transaction (``token.transfer`` between members, so
+each one is verified by every replica and changes state), then drives them from ``--clients``
+concurrent clients, each keeping ``--window`` transactions in flight, for ``--seconds``. With
+``--kill-primary-after T`` the primary is killed with SIGKILL T seconds in. At the end it waits
+for in-flight transactions, then checks every submitted transaction against a surviving
+replica's store. Admission is on (every request is judged by the contract's admission predicate
+and counted against its signer's limits); the bench's genesis raises the per-signer limits
+(``BENCH_LIMITS``), because its few members each send thousands of transfers a minute and the
+operator admits all of them at once: the limits are checked on every request, not reached.
+With ``--link`` the replicas run on separate hosts (``tools.hosts``: namespaces, else loopback
+addresses) with every replica-to-replica connection shaped (``tools.netem``); ``--crash K``
+kills K backups once the setup is done.
 
 Output (one JSON object): ``tps`` (committed per second of load), ``p50_ms``/``p99_ms``
 (submit to f+1 matching replies), ``committed`` (acknowledged by f+1 replicas), ``lost``
@@ -51,8 +54,10 @@ from ledger.setup import DEFAULT_CONTRACT, init_cluster
 from ledger.store import BlockStore
 from ledger.tx import SignedTx, sign_tx
 from ledger_client.client import LedgerClient, LedgerError
+from tools.hosts import Hosts, make_hosts, relay_routes
+from tools.netem import LinkSpec, LinkSpecError, ShapedRelay, parse_link, uniform_plan
 
-MINT = 10**12
+FUNDS = 10**12  # micro-tokens each member gets from the treasury
 BENCH_LIMITS: dict[str, Any] = {
     "max_pending_per_signer": 1_000_000,
     "max_bytes_per_signer_hour": 2**40,
@@ -70,8 +75,7 @@ WINDOW = 200
 def _member(k: int, key: Ed25519PrivateKey) -> dict[str, Any]:
     return {
         "id_grid": f"M{k:05d}",
-        "name": f"member {k}",
-        "email": f"m{k}@example.org",
+        "commitment": public_hex(key),  # stands in for a commitment to personal data
         "public_key": public_hex(key),
         "role": "prosumer",
     }
@@ -143,30 +147,60 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 
 
 async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    hosts: Hosts | None = None
+    try:
+        if args.link is not None:
+            hosts = make_hosts(args.replicas, namespaces=args.hosts != "loopback")
+        return await _run_on(args, directory, hosts)
+    finally:
+        if hosts is not None:
+            hosts.remove()
+
+
+async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None) -> dict[str, Any]:
+    ports = hosts.ports(2) if hosts is not None else None
     init_cluster(
         directory,
         args.replicas,
+        hosts=hosts.addresses if hosts is not None else None,
+        ports=[p[0] for p in ports] if ports is not None else None,
         timers={
             "view_change_ms": args.view_change_ms,
+            "min_view_change_ms": args.min_view_change_ms,
+            "status_ms": args.status_ms,
             "request_timeout_ms": args.request_timeout_ms,
         },
         batch={"max_txs": args.batch_max, "max_delay_ms": args.batch_delay_ms},
         checkpoint_interval=args.checkpoint_interval,
-        genesis=lambda operator_hex: default_genesis(operator_hex, **BENCH_LIMITS),
+        genesis=lambda operator_hex: default_genesis(
+            operator_hex, treasury=FUNDS * args.members, **BENCH_LIMITS
+        ),
     )
     cluster = load_cluster(directory / "cluster.json")
     operator = load_key(directory / "operator.key")
     procs: dict[int, subprocess.Popen[bytes]] = {}
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    relay: ShapedRelay | None = None
     for i in range(cluster.n):
+        cmd = [sys.executable, "-m", "ledger", "run", "--dir", str(directory), "--replica", str(i),
+               "--contract", DEFAULT_CONTRACT]  # fmt: skip
+        if hosts is not None and ports is not None:
+            cmd = hosts.command(i, [*cmd, "--listen-port", str(ports[i][1])])
         procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "ledger", "run", "--dir", str(directory), "--replica", str(i),
-             "--contract", DEFAULT_CONTRACT],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
     path = directory / "cluster.json"
     try:
+        if hosts is not None and ports is not None:
+            # every replica-to-replica connection through the shaper, each replica behind
+            # its advertised address
+            relay = ShapedRelay(
+                relay_routes(hosts, [p[0] for p in ports], [p[1] for p in ports]),
+                uniform_plan(args.link),
+                seed=args.seed,
+            )
+            await relay.start()
         # setup: members with tokens (not timed)
         keys = [new_key() for _ in range(args.members)]
         async with LedgerClient.from_cluster_file(path, operator, timeout_s=60) as admin:
@@ -174,7 +208,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                                    for k, key in enumerate(keys)))  # fmt: skip
             await asyncio.gather(
                 *(
-                    admin.submit_new("token.mint", {"to": f"M{k:05d}", "amount": MINT})
+                    admin.submit_new("token.transfer", {"to": f"M{k:05d}", "amount": FUNDS})
                     for k in range(len(keys))
                 )
             )
@@ -198,8 +232,6 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         acked: list[SignedTx] = []
         failed = 0
         next_tx = 0
-        started = time.perf_counter()
-        stop_at = started + args.seconds
         clients = [
             LedgerClient.from_cluster_file(
                 path, None, timeout_s=args.seconds + 30, broadcast=args.broadcast
@@ -208,11 +240,20 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         ]
         for c in clients:
             await c.start()
+        crashed = list(range(cluster.n - args.crash, cluster.n))
+        for i in crashed:  # f backups crash before the load starts
+            procs[i].send_signal(signal.SIGKILL)
+            procs[i].wait()
         speed = _verify_us(txs[0])
         batch_speed = _batch_verify_us(txs[: args.batch_max])
         cpu0 = {i: _cpu_seconds(proc.pid) for i, proc in procs.items()}
         client_cpu0 = time.process_time()
         ticks0 = _machine_ticks()
+        sent0 = dict(relay.sent) if relay is not None else {}
+        # the clock starts once every client is connected (31 replicas behind a shaped relay
+        # took seconds to connect to, which a run started earlier counted as idle load time)
+        started = time.perf_counter()
+        stop_at = started + args.seconds
 
         async def worker(client: LedgerClient) -> None:
             nonlocal next_tx, failed
@@ -241,6 +282,12 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         )
         client_cpu = time.process_time() - client_cpu0
         stolen = steal_share(ticks0, _machine_ticks())
+        sent = (
+            {i: sum(v - sent0.get(k, 0) for k, v in relay.sent.items() if k[0] == i)
+             for i in range(cluster.n)}
+            if relay is not None
+            else None
+        )  # fmt: skip
         elapsed = min(time.perf_counter(), stop_at) - started
         drained = time.perf_counter() - started
         kill_task.cancel()
@@ -255,6 +302,8 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         live = [s for s in statuses if "height" in s]
         alive = max(live, key=lambda s: s["height"])["replica"]
     finally:
+        if relay is not None:
+            await relay.close()
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -303,6 +352,15 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             (client_cpu + sum(cpu[i] - cpu0.get(i, 0.0) for i in cpu)) / max(drained, 1e-9), 2
         ),
         "verify_us": speed,
+        # separate hosts and shaped links (--link): how replicas were placed, the link, the
+        # replicas crashed before the load, and the bytes each replica sent to the others per
+        # committed transaction (through the shaper; null without --link)
+        "hosts": None if hosts is None else hosts.mode,
+        "link": None if args.link is None else args.link.describe(),
+        "crashed": args.crash,
+        "bytes_per_tx": None
+        if sent is None
+        else {str(i): round(b / max(committed, 1)) for i, b in sent.items() if i not in crashed},
         # CPU time the hypervisor took for other guests during the run (a virtual machine's
         # cores_busy cannot exceed cores x (1 - steal))
         "steal": stolen,
@@ -314,7 +372,18 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
 
 
 # what a --repeat summary keeps of the runs' settings (the same in every run)
-SETTINGS = ("replicas", "clients", "window", "batch_max", "broadcast", "cores", "batch_verify")
+SETTINGS = (
+    "replicas",
+    "clients",
+    "window",
+    "batch_max",
+    "broadcast",
+    "cores",
+    "batch_verify",
+    "hosts",
+    "link",
+    "crashed",
+)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -326,7 +395,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     tps = [r["tps"] for r in runs]
     views = [r["view_changes"] for r in runs if r["view_changes"] is not None]
     stolen = [r["steal"] for r in runs if r.get("steal") is not None]
-    out: dict[str, Any] = {k: runs[0][k] for k in SETTINGS}
+    out: dict[str, Any] = {k: runs[0].get(k) for k in SETTINGS}
     out.update(
         {
             "repeat": len(runs),
@@ -353,6 +422,15 @@ def _handler(args: argparse.Namespace) -> int:
     if args.replicas < 4 or (args.replicas - 1) % 3:
         print("wattmesh bench ledger: --replicas must be 3f+1 (4, 7, ...)", file=sys.stderr)
         return 2
+    if args.crash > (args.replicas - 1) // 3:
+        print("wattmesh bench ledger: --crash must be at most f", file=sys.stderr)
+        return 2
+    if args.min_view_change_ms > args.view_change_ms:
+        print("wattmesh bench ledger: --min-view-change-ms above --view-change-ms", file=sys.stderr)
+        return 2
+    if args.hosts is not None and args.link is None:
+        print("wattmesh bench ledger: --hosts goes with --link", file=sys.stderr)
+        return 2
     runs = []
     for _ in range(args.repeat):  # a fresh cluster each time: no run inherits a longer chain
         with tempfile.TemporaryDirectory(prefix="wattmesh-bench-") as tmp:
@@ -370,6 +448,19 @@ def _pos_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive integer")
     return value
+
+
+def _nonneg_int(text: str) -> int:
+    if text == "0":
+        return 0
+    return _pos_int(text)
+
+
+def _link(text: str) -> LinkSpec:
+    try:
+        return parse_link(text)
+    except LinkSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _pos_float(text: str) -> float:
@@ -395,7 +486,19 @@ def register_bench(bench_subparsers: Any) -> None:
     p.add_argument("--batch-max", type=_pos_int, default=400)
     p.add_argument("--batch-delay-ms", type=_pos_int, default=5)
     p.add_argument("--view-change-ms", type=_pos_int, default=2000)
+    p.add_argument(
+        "--min-view-change-ms",
+        type=_nonneg_int,
+        default=0,
+        help="floor of the adaptive view-change timeout (0: the fixed --view-change-ms)",
+    )
     p.add_argument("--request-timeout-ms", type=_pos_int, default=3000, help="client re-send")
+    p.add_argument(
+        "--status-ms",
+        type=_pos_int,
+        default=500,
+        help="status gossip period (every replica to every other: n(n-1) messages per period)",
+    )
     p.add_argument("--checkpoint-interval", type=_pos_int, default=64)
     p.add_argument("--rate-cap", type=_pos_int, default=6000, help="pre-signed txs per second")
     p.add_argument("--max-txs", type=_pos_int, default=100_000, help=argparse.SUPPRESS)
@@ -410,5 +513,20 @@ def register_bench(bench_subparsers: Any) -> None:
         default=1,
         help="runs, each on a fresh cluster; prints their median tps, spread and worst p99",
     )
+    p.add_argument(
+        "--link",
+        type=_link,
+        default=None,
+        metavar="DELAY,RATE,LOSS",
+        help="separate hosts, every replica-to-replica link shaped (e.g. 50ms,1mbit,1%%)",
+    )
+    p.add_argument(
+        "--hosts",
+        choices=("auto", "loopback"),
+        default=None,
+        help="with --link: network namespaces where possible (auto), or loopback addresses",
+    )
+    p.add_argument("--crash", type=_nonneg_int, default=0, help="backups killed before the load")
+    p.add_argument("--seed", type=int, default=1, help="the link shaper's random seed")
     p.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     p.set_defaults(func=_handler)

@@ -132,6 +132,12 @@ class HostNode:
         self.proc.stdin.write(frame.hex() + "\n")
         self.proc.stdin.flush()
 
+    def reboot(self) -> None:
+        """Reset the node: it starts again from what its flash holds (the clock runs on)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("reboot\n")
+        self.proc.stdin.flush()
+
     def close_input(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()

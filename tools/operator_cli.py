@@ -1,12 +1,16 @@
 """``wattmesh operator ...``: the community operator's first day, as a thin layer over the
 ledger client's transactions and queries (the contract is the one place that decides).
 
-* ``member admit|list``: ``registry.admit`` / the ``members`` query.
+* ``member admit|list``: ``registry.admit`` (name, e-mail and address go to the operator's
+  register, ``ledger.personal``; the chain gets their salted commitment, the member the
+  opening) / the ``members`` query.
 * ``meter add|list``: ``registry.add_meter`` with the meter named ``<member>:<meter>``
   (``gateway.report.ledger_meter_id``: meter ids are per home, every home may have a "grid"
   meter), the gateway's public key (``wattmesh gateway pubkey``) and the connection's physical
   limits (``import_limit_w``, ``export_limit_w``); ``--limit NAME=INT`` puts any further field
   the contract asks of a meter into the body as it is. / the ``meters`` query.
+* ``meter confirm``: ``meter.confirm``, the member's consent, signed with its wallet key
+  (``--key``): reports bill the member, so the ledger takes none before it.
 * ``res add``: ``registry.add_res``.
 * ``pubkey --key FILE``: the public key of a key file (for ``[ems.dr_signers]``).
 * ``dr sign``: a signed demand-response request for one gateway, printed for the broker
@@ -30,6 +34,7 @@ from gateway.config import DR_ROLES, ID_RE, MEMBER_RE, PUBKEY_RE
 from gateway.report import ledger_meter_id
 from ledger.contract.registry import ROLES
 from ledger.keys import KeyFileError, load_key, public_hex
+from ledger.personal import PersonalDataError, PersonalStore
 
 
 class OperatorError(Exception):
@@ -103,13 +108,23 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | list[Any]:
         return _dr(args)
     what = f"{cmd} {args.action}"
     if what == "member admit":
-        body = {"id_grid": args.id_grid, "name": args.name, "email": args.email,
-                "public_key": args.public_key, "role": args.role}  # fmt: skip
-        return asyncio.run(_submit(args, "registry.admit", body))
+        # personal data stays in the operator's register (0600); the chain gets its commitment
+        try:
+            with PersonalStore(Path(args.register)) as register:
+                digest, opening = register.add(args.id_grid, args.name, args.email, args.address)
+        except (PersonalDataError, OSError) as exc:
+            raise OperatorError(f"--register: {exc}") from None
+        body = {"id_grid": args.id_grid, "commitment": digest, "public_key": args.public_key,
+                "role": args.role}  # fmt: skip
+        out = asyncio.run(_submit(args, "registry.admit", body))
+        return out | {"opening": opening.as_dict()}  # for the member to keep
     if what == "meter add":
         body = meter_body(args.member, args.meter, args.gateway_key, args.import_limit_w,
                           args.export_limit_w, args.limit or [])
         return asyncio.run(_submit(args, "registry.add_meter", body))
+    if what == "meter confirm":  # the member's consent, signed with its wallet key
+        body = {"meter_id": ledger_meter_id(args.member, args.meter)}
+        return asyncio.run(_submit(args, "meter.confirm", body))
     if what == "res add":
         body = {"res_id": args.res_id, "owner": args.member, "kind": args.kind,
                 "rated_power_w": args.rated_w}  # fmt: skip
@@ -166,6 +181,9 @@ def register(subparsers: Any) -> None:
     admit.add_argument("--id-grid", required=True, type=_ident(MEMBER_RE, "--id-grid"))
     admit.add_argument("--name", required=True)
     admit.add_argument("--email", required=True)
+    admit.add_argument("--address", required=True, help="the member's postal address")
+    admit.add_argument("--register", required=True,
+                       help="the operator's register of personal data (SQLite, mode 0600)")
     admit.add_argument("--public-key", required=True, type=_pubkey,
                        help="the member's key (the gateway's, `wattmesh gateway pubkey`)")
     admit.add_argument("--role", required=True, choices=ROLES)
@@ -185,6 +203,10 @@ def register(subparsers: Any) -> None:
                      help="the most it can export (W); 0 for a home without generation")
     add.add_argument("--limit", type=_limit, action="append", metavar="NAME=INT",
                      help="any further field the contract asks of a meter (repeat)")
+    confirm = mt_sub.add_parser("confirm", help="meter.confirm, by the member (wallet key)")
+    _ledger_args(confirm)
+    confirm.add_argument("--member", required=True, type=_ident(MEMBER_RE, "--member"))
+    confirm.add_argument("--meter", required=True, type=_ident(ID_RE, "--meter"))
     mlist = mt_sub.add_parser("list", help="the meters query")
     _ledger_args(mlist)
     mlist.add_argument("--member", type=_ident(MEMBER_RE, "--member"))

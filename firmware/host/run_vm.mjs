@@ -111,10 +111,12 @@ async function stream(argv) {
   }
   const inbox = [];
   let closed = false;
+  let reboot = false;
   const rl = createInterface({ input: process.stdin });
   rl.on("line", (l) => {
     const hex = l.trim();
-    if (/^[0-9a-fA-F]*$/.test(hex) && hex.length % 2 === 0 && hex.length > 0) inbox.push(hex);
+    if (hex === "reboot") reboot = true;
+    else if (/^[0-9a-fA-F]*$/.test(hex) && hex.length % 2 === 0 && hex.length > 0) inbox.push(hex);
   });
   rl.on("close", () => {
     closed = true;
@@ -126,6 +128,11 @@ async function stream(argv) {
   for (let n = 0; ticks === 0 || n < ticks; n++) {
     const cmds = JSON.stringify(inbox.splice(0));
     try {
+      if (reboot) {
+        // a reset: the node starts again from what its flash holds (the clock runs on)
+        reboot = false;
+        mp.runPython("H = host_node.Host('/flash')\n");
+      }
       mp.runPython(`H.tick(${step}, ${cmds})`);
     } catch (err) {
       pyError(err);

@@ -50,24 +50,28 @@ def default_genesis(
     operator_public_key_hex: str,
     *,
     operator_id_grid: str = "OPERATOR",
-    operator_name: str = "Community operator",
-    operator_email: str = "operator@community.invalid",
+    operator_commitment: str = "00" * 32,
+    treasury: int = 0,
     **params: Any,
 ) -> dict[str, Any]:
     """A genesis with one operator member and community parameters (``DEFAULTS`` overridden by
-    ``params``, e.g. ``clearing_rule="uniform"``, ``retail_offpeak=60_000``)."""
-    genesis = {
+    ``params``, e.g. ``clearing_rule="uniform"``, ``retail_offpeak=60_000``). ``treasury``:
+    micro-tokens allocated to the operator, the whole supply until a quorum of members mints
+    more. ``operator_commitment``: the commitment to the operator's personal data
+    (``ledger.personal``); an organisation may leave the all-zero default."""
+    genesis: dict[str, Any] = {
         "version": GENESIS_VERSION,
         "params": check_params(params),
         "members": [
             {
                 "id_grid": operator_id_grid,
-                "name": operator_name,
-                "email": operator_email,
+                "commitment": operator_commitment,
                 "public_key": operator_public_key_hex,
                 "role": "operator",
             }
         ],
     }
+    if treasury:
+        genesis["allocations"] = {operator_id_grid: treasury}
     CommunityContract(genesis)  # validate now, so a bad key is reported where it was given
     return genesis

@@ -62,12 +62,12 @@ def _community(members: int, sealed: bool) -> tuple[_Driver, bytes, list[bytes],
         "members": [
             {
                 "id_grid": "OP",
-                "name": "Operator",
-                "email": "op@bench.invalid",
+                "commitment": "00" * 32,
                 "public_key": op.hex(),
                 "role": "operator",
             }
         ],
+        "allocations": {"OP": members * (10**14 + 10**9)},
     }
     d = _Driver(CommunityContract(genesis))
     producers: list[bytes] = []
@@ -76,14 +76,14 @@ def _community(members: int, sealed: bool) -> tuple[_Driver, bytes, list[bytes],
         for role, out in (("producer", producers), ("consumer", consumers)):
             key = _key(1 + 2 * i + (role == "consumer"))
             who = f"{role[0].upper()}{i:05d}"
-            body = {"id_grid": who, "name": who, "email": f"{who}@bench.invalid"}
-            body |= {"public_key": key.hex(), "role": role}
+            body = {"id_grid": who, "commitment": key.hex(), "public_key": key.hex()}
+            body |= {"role": role}
             d.apply(op, "registry.admit", body)
             out.append(key)
         res = {"res_id": f"PV{i:05d}", "owner": f"P{i:05d}", "kind": "PV"}
         d.apply(op, "registry.add_res", res | {"rated_power_w": 10**8})
-        d.apply(op, "token.mint", {"to": f"C{i:05d}", "amount": 10**14})
-        d.apply(op, "token.mint", {"to": f"P{i:05d}", "amount": 10**9})  # sealed: deposits
+        d.apply(op, "token.transfer", {"to": f"C{i:05d}", "amount": 10**14})
+        d.apply(op, "token.transfer", {"to": f"P{i:05d}", "amount": 10**9})  # sealed: deposits
     d.apply(op, "auction.open", {"listing_id": LISTING})
     return d, op, producers, consumers
 

@@ -31,7 +31,16 @@ NOT_PERMITTED: Final = "NOT_PERMITTED"  # the read policy does not grant this qu
 
 # registry and tokens
 MEMBER_EXISTS: Final = "MEMBER_EXISTS"
-KEY_IN_USE: Final = "KEY_IN_USE"  # a public key already belongs to a member
+KEY_IN_USE: Final = "KEY_IN_USE"  # a key held by a member or meter, or retired: never reused
+KEY_REVOKED: Final = "KEY_REVOKED"  # the member's or meter's key is already revoked
+NOT_OWNER: Final = "NOT_OWNER"  # a meter's key changed by someone other than its owner/operator
+QUORUM_REQUIRED: Final = "QUORUM_REQUIRED"  # minting (or re-keying) needs a quorum of members
+PROPOSAL_EXISTS: Final = "PROPOSAL_EXISTS"
+UNKNOWN_PROPOSAL: Final = "UNKNOWN_PROPOSAL"
+PROPOSAL_CLOSED: Final = "PROPOSAL_CLOSED"  # approval of an executed proposal
+ALREADY_APPROVED: Final = "ALREADY_APPROVED"
+TOO_MANY_PROPOSALS: Final = "TOO_MANY_PROPOSALS"  # the proposer has 16 open proposals already
+NOT_REVOKED: Final = "NOT_REVOKED"  # a rekey proposal for a member whose key is still live
 UNKNOWN_MEMBER: Final = "UNKNOWN_MEMBER"
 RES_EXISTS: Final = "RES_EXISTS"
 UNKNOWN_RES: Final = "UNKNOWN_RES"
@@ -60,6 +69,9 @@ REVEAL_OPEN: Final = "REVEAL_OPEN"  # clear before every order is revealed or th
 
 # metering
 NOT_GATEWAY: Final = "NOT_GATEWAY"  # report not sent by the meter's registered gateway key
+METER_REVOKED: Final = "METER_REVOKED"  # the meter's reporting key was revoked
+METER_UNCONFIRMED: Final = "METER_UNCONFIRMED"  # its owner has not confirmed the meter yet
+METER_CONFIRMED: Final = "METER_CONFIRMED"  # meter.confirm of a meter already confirmed
 BAD_SIGNATURE: Final = "BAD_SIGNATURE"
 DUPLICATE_REPORT: Final = "DUPLICATE_REPORT"
 REPORT_TOO_LATE: Final = "REPORT_TOO_LATE"  # the report's hour is already settled

@@ -14,15 +14,17 @@ from typing import Any
 
 from ledger.contract import (
     admission,
+    audit,
+    credentials,
     market,
     metering,
     queries,
+    quorum,
     reads,
     registry,
     sealed,
     settlement,
 )
-from ledger.contract import fields as f
 from ledger.contract.api import BlockContext, Receipt, Transaction, Value
 from ledger.contract.codes import INTERNAL_ERROR, UNKNOWN_KIND, Rejected
 from ledger.contract.params import GenesisError, check_params
@@ -49,18 +51,21 @@ HANDLERS: dict[str, Handler] = {
     "meter.report": metering.report,
     admission.APPLY: admission.apply,
     admission.DISMISS: admission.dismiss,
+    "member.rotate_key": credentials.rotate_member_key,
+    "member.revoke_key": credentials.revoke_member_key,
+    "member.set_order_key": credentials.set_order_key,
+    "meter.confirm": credentials.confirm_meter,
+    "meter.rotate_key": credentials.rotate_meter_key,
+    "meter.revoke": credentials.revoke_meter,
+    "quorum.propose": quorum.propose,
+    "quorum.approve": quorum.approve,
 }
-# kinds that never change who may sign: the meter-key index survives them
-_KEYS_UNCHANGED = frozenset(
-    ("token.transfer", "auction.offer", "auction.bid", "meter.report", "auction.close",
-     "auction.commit", "auction.reveal", "auction.clear")
-)  # fmt: skip
 
 
 def state_from_genesis(genesis: Mapping[str, Value]) -> ContractState:
     if not isinstance(genesis, Mapping):
         raise GenesisError("genesis must be an object")
-    unknown = sorted(set(genesis) - {"version", "params", "members"})
+    unknown = sorted(set(genesis) - {"version", "params", "members", "allocations"})
     if unknown:
         raise GenesisError(f"unknown genesis keys {unknown}")
     if genesis.get("version") != GENESIS_VERSION:
@@ -73,14 +78,7 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> ContractState:
         if not isinstance(record, Mapping):
             raise GenesisError(f"genesis.members[{n}] must be an object")
         try:
-            f.exact(record, ("id_grid", "name", "email", "public_key", "role"))
-            id_grid = f.ident(record, "id_grid")
-            member = {
-                "name": f.text(record, "name", 128),
-                "email": f.email(record, "email"),
-                "public_key": f.key_hex(record, "public_key"),
-                "role": f.choice(record, "role", registry.ROLES),
-            }
+            id_grid, member = registry.member_record(record)
         except Rejected as exc:
             raise GenesisError(f"genesis.members[{n}]: {exc.message}") from None
         if id_grid in st.data["members"] or st.key_in_use(member["public_key"]):
@@ -88,7 +86,33 @@ def state_from_genesis(genesis: Mapping[str, Value]) -> ContractState:
         st.add_member(id_grid, member)
     if not any(m["role"] == "operator" for m in st.data["members"].values()):
         raise GenesisError("genesis needs at least one member with role operator")
+    allocate(st, genesis.get("allocations", {}))
     return st
+
+
+def allocate(st: ContractState, allocations: Value) -> None:
+    """The genesis supply: ``{id_grid: micro-tokens}``, each to a genesis member (typically the
+    operator's treasury, which sells tokens to members off the ledger). It is all the supply
+    there is until a quorum of members mints more (quorum.py)."""
+    if not isinstance(allocations, Mapping):
+        raise GenesisError("genesis.allocations must be an object {id_grid: micro-tokens}")
+    if not all(isinstance(k, str) for k in allocations):
+        raise GenesisError("genesis.allocations: keys must be id_grid strings")
+    for id_grid in sorted(allocations):
+        amount = allocations[id_grid]
+        if id_grid not in st.data["members"]:
+            raise GenesisError(f"genesis.allocations.{id_grid}: not a genesis member")
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int)
+            or not 0 < amount <= quorum.MAX_SUPPLY - st.data["supply"]
+        ):
+            raise GenesisError(
+                f"genesis.allocations.{id_grid}: must be a positive integer, "
+                f"{quorum.MAX_SUPPLY} micro-tokens in all at most"
+            )
+        st.data["supply"] += amount
+        st.credit(id_grid, amount)
 
 
 class CommunityContract:
@@ -96,18 +120,13 @@ class CommunityContract:
 
     def __init__(self, genesis: Mapping[str, Value]) -> None:
         self._state = state_from_genesis(genesis)
-        self._meter_keys: frozenset[str] | None = None  # index, rebuilt after registry changes
 
     def admit(self, sender: bytes, kind: str, size: int, now_ms: int) -> tuple[str, str] | None:
         """None if a transaction of ``kind`` signed by ``sender`` (``size`` canonical unsigned
-        bytes) may be ordered on this state, else (code, message); see ``admission``."""
-        if self._meter_keys is None:
-            self._meter_keys = frozenset(
-                m["gateway_key"] for m in self._state.data["meters"].values()
-            )
-        return admission.admit(
-            self._state, self._meter_keys, HANDLERS, sender.hex(), kind, size, now_ms
-        )
+        bytes) may be ordered on this state, else (code, message); see ``admission``. Who holds
+        which key comes from the state's own key indexes, which the key-changing handlers keep
+        current: no cache here that a key change could leave stale."""
+        return admission.admit(self._state, HANDLERS, sender, kind, size, now_ms)
 
     def limits(self) -> tuple[int, int, int]:
         """(max_pending_per_signer, max_bytes_per_signer_hour, max_applications)."""
@@ -132,14 +151,17 @@ class CommunityContract:
         return reads.may_read_chain(self._state, reader)
 
     def apply(self, tx: Transaction, ctx: BlockContext) -> Receipt:
-        if tx.kind not in _KEYS_UNCHANGED:
-            self._meter_keys = None
         handler = HANDLERS.get(tx.kind)
         if handler is None:
             return Receipt(UNKNOWN_KIND, {}, f"unknown transaction kind {tx.kind!r}")
         try:
             if type(tx.body) is not dict and not isinstance(tx.body, Mapping):  # dict: fast
                 raise Rejected("BAD_BODY", "body must be an object")
+            if tx.kind in audit.AUDITED:
+                by = self._state.member_of(tx.sender)  # before a key change in this transaction
+                result = handler(self._state, tx, ctx)
+                audit.record(self._state, tx, ctx, by)
+                return Receipt("OK", result, "")
             return Receipt("OK", handler(self._state, tx, ctx), "")
         except Rejected as exc:
             return Receipt(exc.code, {}, exc.message)
@@ -157,4 +179,3 @@ class CommunityContract:
 
     def restore(self, data: bytes) -> None:
         self._state = ContractState.from_snapshot(data)
-        self._meter_keys = None

@@ -67,6 +67,14 @@ def key_hex(body: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def digest_hex(body: Mapping[str, Any], name: str) -> str:
+    """A SHA-256 digest as 64 lowercase hex characters (e.g. a personal-data commitment)."""
+    value = body.get(name)
+    if not isinstance(value, str) or _HEX32.fullmatch(value) is None:
+        raise Rejected(BAD_BODY, f"{name} must be 64 lowercase hex characters (SHA-256)")
+    return value
+
+
 def signature_hex(body: Mapping[str, Any], name: str) -> bytes:
     value = _BODY.text(body, name, pattern=_HEX64, reason="must be 128 lowercase hex characters")
     return bytes.fromhex(value)

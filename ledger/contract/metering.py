@@ -45,6 +45,8 @@ from ledger.contract.codes import (
     IMPLAUSIBLE_ENERGY,
     INTERVAL_IN_FUTURE,
     INTERVAL_TOO_OLD,
+    METER_REVOKED,
+    METER_UNCONFIRMED,
     NOT_GATEWAY,
     REPORT_TOO_LATE,
     UNKNOWN_METER,
@@ -218,6 +220,10 @@ def report(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, A
     meter = st.data["meters"].get(meter_id)
     if meter is None:
         raise Rejected(UNKNOWN_METER, f"no meter {meter_id}")
+    if meter["gateway_key"] is None:
+        raise Rejected(METER_REVOKED, f"the reporting key of {meter_id} is revoked")
+    if meter_id in st.data["unconfirmed_meters"]:
+        raise Rejected(METER_UNCONFIRMED, f"the owner of {meter_id} has not confirmed it")
     gateway_key = bytes.fromhex(meter["gateway_key"])
     if tx.sender != gateway_key:
         raise Rejected(NOT_GATEWAY, f"reports of {meter_id} must come from its registered gateway")

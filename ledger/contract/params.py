@@ -23,6 +23,7 @@ ORDER_POLICIES: Final = ("one", "many")
 RETAIL_PEAK: Final = 95_000  # micro-tokens per kWh, hours peak_start..peak_end-1
 RETAIL_OFFPEAK: Final = 65_000  # community parameter; a typical Portuguese off-peak rate
 FEED_IN: Final = 39_000
+QUORUM_PCT: Final = 50  # percent; more than half of the members decide a mint
 PEAK_HOURS: Final = (13, 23)  # [start, end) in hours of the day, UTC as the listing ids
 
 REPORT_CLOCK_TOLERANCE_MS: Final = 5 * 60_000  # an interval may end this long after the block
@@ -53,6 +54,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "max_pending_per_signer": 256,
     "max_bytes_per_signer_hour": 4 * 1024 * 1024,
     "max_applications": 32,
+    # a quorum proposal (mint, rekey) executes with more than this share of voting members
+    "quorum_pct": QUORUM_PCT,
 }
 
 # The seed paper's market exactly as published: any number of open orders, FIFO by arrival.
@@ -110,6 +113,9 @@ def check_params(raw: Any) -> dict[str, Any]:
             raise GenesisError(f"params.{name} must be an integer in 1..{MAX_LIMIT}")
     if params["price_min"] > params["price_max"]:
         raise GenesisError("params.price_min must not exceed params.price_max")
+    pct = params["quorum_pct"]
+    if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 99:
+        raise GenesisError("params.quorum_pct must be an integer percent in 0..99")
     peak = params["peak_hours"]
     if (
         not isinstance(peak, list | tuple)

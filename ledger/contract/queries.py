@@ -9,6 +9,7 @@ from typing import Any
 
 from ledger.contract import fields as f
 from ledger.contract.api import QueryError
+from ledger.contract.audit import PAGE
 from ledger.contract.clearing import payment
 from ledger.contract.codes import Rejected
 from ledger.contract.market import AUTHORIZE_OFFERS, BID_FIELDS, OFFER_FIELDS, REVEAL, trade_dict
@@ -107,7 +108,11 @@ def res(st: ContractState, params: Mapping[str, Any]) -> Any:
 
 def meters(st: ContractState, params: Mapping[str, Any]) -> Any:
     _params(params, ())
-    return [{"meter_id": m, **st.data["meters"][m]} for m in sorted(st.data["meters"])]
+    pending = st.data["unconfirmed_meters"]
+    return [
+        {"meter_id": m, **st.data["meters"][m], "confirmed": m not in pending}
+        for m in sorted(st.data["meters"])
+    ]
 
 
 def listing(st: ContractState, params: Mapping[str, Any]) -> Any:
@@ -248,6 +253,24 @@ def applications(st: ContractState, params: Mapping[str, Any]) -> Any:
     return [{"public_key": k, **apps[k]} for k in sorted(apps)]
 
 
+def registry_log(st: ContractState, params: Mapping[str, Any]) -> Any:
+    """The registry's audit log from entry ``start`` (default 0), at most ``audit.PAGE`` entries."""
+    _params(params, (), ("start",))
+    start = params.get("start", 0)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise QueryError("start must be a non-negative integer")
+    return copy.deepcopy(st.data["registry_log"][start : start + PAGE])
+
+
+def proposals(st: ContractState, params: Mapping[str, Any]) -> Any:
+    """Every quorum proposal (mint, rekey) with its approvals, by id: what members vote on."""
+    _params(params, ())
+    return [
+        {"proposal_id": pid, **copy.deepcopy(st.data["proposals"][pid])}
+        for pid in sorted(st.data["proposals"])
+    ]
+
+
 QUERIES: dict[str, Callable[[ContractState, Mapping[str, Any]], Any]] = {
     "balance": balance,
     "member": member,
@@ -265,6 +288,8 @@ QUERIES: dict[str, Callable[[ContractState, Mapping[str, Any]], Any]] = {
     "grid": grid,
     "params": params_,
     "applications": applications,
+    "proposals": proposals,
+    "registry_log": registry_log,
 }
 
 

@@ -1,13 +1,18 @@
 """The read policy: what each reader may see of the contract's state (README, "Read policy").
 
 A reader is the key a client connection proved it holds (``None``: an anonymous connection).
-That key is the operator's, a member's, a meter's reporting key, or nobody's. Every member reads
-the public market record (listings, order books once the bidding has closed, MCP, trades, RES,
-community totals) and its own records (balance, member record, meters, reports, orders, its
-settlement and energy lines); a meter's key reads the public market record (but not the order
-books or anyone's money) and its own meters' reports; the operator reads what billing and the
-registry need (every member, meter, report, settlement line and debt); an anonymous reader reads
-only the community parameters. A query the policy does not grant raises ``QueryError`` starting
+That key is the operator's, a member's live wallet key, a member's order key, a meter's live
+reporting key, or nobody's (a revoked or rotated-away key is nobody's). Every member reads the
+public market record (listings, order books once the bidding has closed, MCP, trades, RES,
+community totals), its own records (balance, member record, meters, reports, orders, its
+settlement and energy lines) and audits the registry (``registry_log``, ``proposals``: every
+registry change, key change and quorum vote, commitments and keys only); a meter's key reads the
+public market record (but not the order books or anyone's money) and its own meter's reports; an
+order key (held by a gateway's trading agent) reads the public market record and, while a
+listing takes orders, its member's own orders in the book, nothing of the member's money or
+records; the operator reads what billing and the registry need (every member, meter, report,
+settlement line and debt, the applications); an anonymous reader reads only the community
+parameters. A query the policy does not grant raises ``QueryError`` starting
 with ``NOT_PERMITTED``. The policy is a function of the state and the reader only, so 2f+1
 replicas at one height give one answer.
 """
@@ -28,20 +33,22 @@ from ledger.contract.state import ContractState
 @dataclass(frozen=True, slots=True)
 class Reader:
     operator: bool = False
-    member: str | None = None  # id_grid of the reader's member record
-    meters: frozenset[str] = frozenset()  # meters whose reporting key the reader holds
+    member: str | None = None  # id_grid of the reader's member record (its live wallet key)
+    meters: frozenset[str] = frozenset()  # the meter whose key it holds; a member: its meters
+    orderer: str | None = None  # id_grid of the member whose order key the reader holds
 
 
 def reader_of(st: ContractState, key: bytes | None) -> Reader:
     if key is None:
         return Reader()
-    key_hex = key.hex()
-    meters = frozenset(m for m, rec in st.data["meters"].items() if rec["gateway_key"] == key_hex)
     who = st.member_of(key)
     if who is None:
-        return Reader(meters=meters)
+        meter = st.meter_of(key)  # live keys only: a revoked one reads as nobody's
+        return Reader(
+            meters=frozenset(() if meter is None else (meter,)), orderer=st.orderer_of(key)
+        )
     own = frozenset(m for m, rec in st.data["meters"].items() if rec["owner"] == who)
-    return Reader(st.role(who) == "operator", who, meters | own)
+    return Reader(st.role(who) == "operator", who, own)
 
 
 def _refuse(path: str) -> QueryError:
@@ -59,9 +66,9 @@ def _members_only(st: ContractState, path: str, params: Mapping[str, Any], r: Re
 
 
 def _community(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
-    """The public market record: for members and for the community's meters (a gateway that
-    holds only its meter key still follows the market for its EMS)."""
-    if r.member is None and not r.meters:
+    """The public market record: for members, the community's meters and order keys (a gateway
+    that holds only its meter key, or an order key, still follows the market for its EMS)."""
+    if r.member is None and not r.meters and r.orderer is None:
         raise _refuse(path)
     return queries.run(st, path, params)
 
@@ -95,14 +102,18 @@ def _reports(st: ContractState, path: str, params: Mapping[str, Any], r: Reader)
 
 
 def _order_book(st: ContractState, path: str, params: Mapping[str, Any], r: Reader) -> Any:
-    """Sealed while the listing takes orders: each member sees its own orders only."""
-    book = _members_only(st, path, params, r)
+    """Sealed while the listing takes orders: each member (or its order key) sees its own
+    orders only."""
+    who = r.member if r.member is not None else r.orderer
+    if who is None:
+        raise _refuse(path)
+    book = queries.run(st, path, params)
     if st.data["listings"][book["listing_id"]]["state"] != AUTHORIZE_OFFERS:
         return book
     return {
         "listing_id": book["listing_id"],
-        "offers": [o for o in book["offers"] if o["seller"] == r.member],
-        "bids": [b for b in book["bids"] if b["buyer"] == r.member],
+        "offers": [o for o in book["offers"] if o["seller"] == who],
+        "bids": [b for b in book["bids"] if b["buyer"] == who],
     }
 
 
@@ -160,6 +171,8 @@ POLICY: dict[str, Rule] = {
     "meters": _meters,
     "reports": _reports,
     "applications": _operator,
+    "registry_log": _members_only,  # every member audits the registry
+    "proposals": _members_only,  # and what it votes on
 }
 
 

@@ -1,7 +1,13 @@
-"""Registry and token transactions (issue #2, Table 9): members, RES, meters, mint, transfer.
+"""Registry and token transactions (issue #2, Table 9): members, RES, meters, transfer.
 
 Each handler validates everything first and raises ``Rejected`` before touching the state, then
 commits; so a rejected transaction changes nothing.
+
+A member is on the chain as its id, role, wallet key and a *commitment* to its personal data
+(``ledger.personal``: SHA-256 over a random salt and the name, e-mail and address, which stay
+with the operator and the member). The operator admits members and registers RES and meters, but
+mints nothing on its own (``mint``: a quorum of members, see quorum.py) and never moves a
+member's tokens: ``transfer`` moves only the sender's own.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from ledger.contract.codes import (
     METER_EXISTS,
     NOT_MEMBER,
     NOT_OPERATOR,
+    QUORUM_REQUIRED,
     RES_EXISTS,
     ROLE_FORBIDDEN,
     SELF_TRANSFER,
@@ -35,8 +42,14 @@ MAX_RATED_POWER_W = 10**8  # 100 MW
 METER_ROLES = ("member", "feeder")
 
 
+# what a member's order key may sign for it: its open orders, and its sealed ones (commit, reveal)
+ORDER_KINDS = ("auction.offer", "auction.bid", "auction.commit", "auction.reveal")
+
+
 def sender_member(st: ContractState, tx: Transaction) -> str:
     who = st.member_of(tx.sender)
+    if who is None and tx.kind in ORDER_KINDS:
+        who = st.orderer_of(tx.sender)
     if who is None:
         raise Rejected(NOT_MEMBER, "the sender's key belongs to no member")
     return who
@@ -54,21 +67,26 @@ def known_member(st: ContractState, id_grid: str) -> None:
         raise Rejected(UNKNOWN_MEMBER, f"no member {id_grid}")
 
 
-def admit(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
-    body = tx.body
-    f.exact(body, ("id_grid", "name", "email", "public_key", "role"))
+def member_record(body: Any) -> tuple[str, dict[str, Any]]:
+    """``(id_grid, {commitment, public_key, role})`` of an admission (or a genesis member)."""
+    f.exact(body, ("id_grid", "commitment", "public_key", "role"))
     id_grid = f.ident(body, "id_grid")
-    record = {
-        "name": f.text(body, "name", 128),
-        "email": f.email(body, "email"),
+    return id_grid, {
+        "commitment": f.digest_hex(body, "commitment"),
         "public_key": f.key_hex(body, "public_key"),
         "role": f.choice(body, "role", ROLES),
+        "order_key": None,
     }
+
+
+def admit(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
+    body = tx.body
+    id_grid, record = member_record(body)
     sender_operator(st, tx)
     if id_grid in st.data["members"]:
         raise Rejected(MEMBER_EXISTS, f"member {id_grid} already exists")
     if st.key_in_use(record["public_key"]):
-        raise Rejected(KEY_IN_USE, "that public key already belongs to a member")
+        raise Rejected(KEY_IN_USE, "that key belongs to a member or meter, or was retired")
     st.add_member(id_grid, record)
     return {"id_grid": id_grid}
 
@@ -116,26 +134,26 @@ def add_meter(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str
         raise Rejected(ROLE_FORBIDDEN, f"a feeder meter belongs to an operator, not {owner}")
     if meter_id in st.data["meters"]:
         raise Rejected(METER_EXISTS, f"meter {meter_id} already exists")
-    st.data["meters"][meter_id] = {
-        "owner": owner,
-        "gateway_key": gateway_key,
-        "import_limit_w": import_limit,
-        "export_limit_w": export_limit,
-        "role": role,
-    }
+    if st.key_in_use(gateway_key):  # a wallet key would let a stolen gateway spend
+        raise Rejected(KEY_IN_USE, "gateway_key belongs to a member or meter, or was retired")
+    st.add_meter(
+        meter_id,
+        {
+            "owner": owner,
+            "gateway_key": gateway_key,
+            "import_limit_w": import_limit,
+            "export_limit_w": export_limit,
+            "role": role,
+        },
+    )
+    st.data["unconfirmed_meters"][meter_id] = ctx.height  # reports wait for the owner's consent
     return {"meter_id": meter_id}
 
 
 def mint(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
-    body = tx.body
-    f.exact(body, ("to", "amount"))
-    to = f.ident(body, "to")
-    amount = f.positive(body, "amount", f.MAX_AMOUNT)
-    sender_operator(st, tx)
-    known_member(st, to)
-    st.data["supply"] += amount
-    st.credit(to, amount)
-    return {"to": to, "amount": amount, "balance": st.balance(to)}
+    """The operator's mint of old: refused. Supply is fixed in the genesis; more is minted only
+    by a proposal a quorum of members approves (``quorum.propose`` / ``quorum.approve``)."""
+    raise Rejected(QUORUM_REQUIRED, "tokens are minted only with a quorum of members' approval")
 
 
 def transfer(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:

@@ -18,17 +18,23 @@ from typing import Any
 
 from ledger.encoding import canonical, decode
 
-STATE_VERSION = 1
+# 2 (one bump for issue 17's admission and keys, and issue 18's market as merged with them):
+# commitments and order keys in members, retired keys, proposals, the registry log, unconfirmed
+# meters, applications; meters' limits and roles, sealed listings
+STATE_VERSION = 2
 
 
 def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "params": dict(params),
-        "members": {},  # id_grid -> {name, email, public_key, role}
+        # id_grid -> {commitment, public_key, role, order_key}: personal data stays off the
+        # chain, only its salted hash is here; public_key is None once revoked; order_key (None:
+        # none) is the key the member delegated for its offers and bids (see credentials.py)
+        "members": {},
         "balances": {},  # id_grid -> micro-tokens
         "debts": {},  # id_grid -> micro-tokens owed to the grid (only entries > 0)
-        "supply": 0,  # micro-tokens minted
+        "supply": 0,  # micro-tokens allocated in the genesis plus minted by quorum proposals
         "grid": {"balance": 0, "sold_wh": 0, "bought_wh": 0},
         "res": {},  # res_id -> {owner, kind, rated_power_w}
         # meter_id -> {owner, gateway_key, import_limit_w, export_limit_w, role}
@@ -38,27 +44,91 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         "hourly": {},  # listing_id -> {id_grid -> [import_wh, export_wh]} from members' reports
         "mcp_history": [],  # [{listing_id, rule, mcp, height}] in order of clearing
         "seq": 0,  # last order sequence number handed out (FIFO across all listings)
-        "applications": {},  # public key hex -> {id_grid, role, at_ms} (admission.py)
+        "applications": {},  # public key hex -> {id_grid, role, commitment, at_ms} (admission.py)
+        "retired_keys": {},  # key hex -> height it was rotated away or revoked: never reused
+        "proposals": {},  # proposal_id -> quorum proposal (see quorum.py)
+        "registry_log": [],  # every accepted registry change, in order (see audit.py)
+        # meter_id -> height registered: meters the operator registered that their owner has
+        # not confirmed yet (meter.confirm); their reports are refused (see credentials.py)
+        "unconfirmed_meters": {},
     }
 
 
 class ContractState:
-    __slots__ = ("_by_key", "data")
+    __slots__ = ("_by_key", "_meter_keys", "_order_keys", "data")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self._by_key: dict[str, str] = {}
+        self._meter_keys: dict[str, str] = {}
+        self._order_keys: dict[str, str] = {}
         self.reindex()
 
     def reindex(self) -> None:
-        self._by_key = {m["public_key"]: i for i, m in self.data["members"].items()}
+        self._by_key = {
+            m["public_key"]: i for i, m in self.data["members"].items() if m["public_key"]
+        }
+        self._meter_keys = {
+            m["gateway_key"]: i for i, m in self.data["meters"].items() if m["gateway_key"]
+        }
+        self._order_keys = {
+            m["order_key"]: i for i, m in self.data["members"].items() if m["order_key"]
+        }
 
-    # identities
+    # identities: a member's (wallet) key and a meter's reporting key are never the same key,
+    # so a key that can report can never spend, and the reverse
     def member_of(self, sender: bytes) -> str | None:
         return self._by_key.get(sender.hex())
 
+    def orderer_of(self, sender: bytes) -> str | None:
+        """The member whose order key this is: it may sign that member's offers and bids only."""
+        return self._order_keys.get(sender.hex())
+
+    def meter_of(self, sender: bytes) -> str | None:
+        """The meter whose reporting key this is (None: no live meter key)."""
+        return self._meter_keys.get(sender.hex())
+
     def key_in_use(self, key_hex: str) -> bool:
-        return key_hex in self._by_key
+        """Held by a member or a meter now, or retired (rotated away, revoked): never reused."""
+        return (
+            key_hex in self._by_key
+            or key_hex in self._meter_keys
+            or key_hex in self._order_keys
+            or key_hex in self.data["retired_keys"]
+        )
+
+    def set_member_key(self, id_grid: str, key_hex: str | None, height: int) -> None:
+        """Replace (or, with None, revoke) a member's key; the old one is retired."""
+        record = self.data["members"][id_grid]
+        old = record["public_key"]
+        if old:
+            self._by_key.pop(old, None)
+            self.data["retired_keys"][old] = height
+        record["public_key"] = key_hex
+        if key_hex:
+            self._by_key[key_hex] = id_grid
+
+    def set_order_key(self, id_grid: str, key_hex: str | None, height: int) -> None:
+        """Set, replace or (with None) clear a member's order key; an old one is retired."""
+        record = self.data["members"][id_grid]
+        old = record["order_key"]
+        if old:
+            self._order_keys.pop(old, None)
+            self.data["retired_keys"][old] = height
+        record["order_key"] = key_hex
+        if key_hex:
+            self._order_keys[key_hex] = id_grid
+
+    def set_meter_key(self, meter_id: str, key_hex: str | None, height: int) -> None:
+        """Set, replace or (with None) revoke a meter's reporting key; an old one is retired."""
+        record = self.data["meters"][meter_id]
+        old = record["gateway_key"]
+        if old:
+            self._meter_keys.pop(old, None)
+            self.data["retired_keys"][old] = height
+        record["gateway_key"] = key_hex
+        if key_hex:
+            self._meter_keys[key_hex] = meter_id
 
     def role(self, id_grid: str) -> str:
         return str(self.data["members"][id_grid]["role"])
@@ -67,6 +137,10 @@ class ContractState:
         self.data["members"][id_grid] = record
         self.data["balances"][id_grid] = 0
         self._by_key[record["public_key"]] = id_grid
+
+    def add_meter(self, meter_id: str, record: dict[str, Any]) -> None:
+        self.data["meters"][meter_id] = record
+        self._meter_keys[record["gateway_key"]] = meter_id
 
     # tokens
     def balance(self, id_grid: str) -> int:

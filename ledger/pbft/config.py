@@ -44,6 +44,10 @@ class PbftConfig:
     max_inflight: int = 8
     max_ahead: int = 32
     view_change_timeout_ms: int = 1000  # first timeout; doubles on each failed view change
+    # Lower bound of the adaptive timeout (viewchange.py): where the waits a replica observes
+    # before progress are short, its timeout shrinks towards this, never below it and never
+    # above view_change_timeout_ms. 0: not adaptive (the timeout is view_change_timeout_ms).
+    min_view_change_timeout_ms: int = 0
     max_view_change_timeout_ms: int = 60_000
     status_interval_ms: int = 500  # period of status gossip (catch-up of lagging replicas)
     # A batch stamped further ahead of a backup's clock is refused (the primary is replaced):
@@ -85,6 +89,8 @@ class PbftConfig:
             raise PbftConfigError("batch.max_delay_ms: must be >= 0")
         if not 1 <= self.view_change_timeout_ms <= self.max_view_change_timeout_ms:
             raise PbftConfigError("timers.view_change_ms: must be in [1, max_view_change_ms]")
+        if not 0 <= self.min_view_change_timeout_ms <= self.view_change_timeout_ms:
+            raise PbftConfigError("timers.min_view_change_ms: must be in [0, view_change_ms]")
         if self.status_interval_ms < 1:
             raise PbftConfigError("timers.status_ms: must be >= 1")
         if self.fetch_limit < 1:
@@ -137,6 +143,7 @@ class PbftConfig:
             ("batch_delay_ms", batch, "max_delay_ms", "batch."),
             ("view_change_timeout_ms", timers, "view_change_ms", "timers."),
             ("max_view_change_timeout_ms", timers, "max_view_change_ms", "timers."),
+            ("min_view_change_timeout_ms", timers, "min_view_change_ms", "timers."),
             ("status_interval_ms", timers, "status_ms", "timers."),
         ):
             if key in section:

@@ -300,6 +300,11 @@ class MessageLog:
             # replica voting for two digests cannot grow the log
             core.count("duplicate_msg" if earlier == msg.digest else "conflicting_votes")
             return None
+        if _surplus(slot, msg):
+            # The slot already has the quorum this vote would join: nothing it could change,
+            # so its signature is not checked (about a third of the votes at n = 31).
+            core.count("surplus_votes")
+            return None
         if not verify(msg, core.keyring):
             core.count("rejected_bad_sig")
             return None
@@ -424,3 +429,12 @@ class MessageLog:
                 self.on_pre_prepare(msg, now_ms, out)
             else:
                 self.on_vote(msg, out)
+
+
+def _surplus(slot: Slot, msg: Prepare | Commit) -> bool:
+    """A vote for what the slot has already reached in that view: a PREPARE once the slot is
+    prepared, a COMMIT once it is committed, for the same view and digest."""
+    pp = slot.pp
+    if pp is None or msg.view != pp.view or msg.digest != slot.digest:
+        return False
+    return slot.committed if isinstance(msg, Commit) else slot.prepared

@@ -275,7 +275,7 @@ class Replica:
     def arm_request_timer(self, now_ms: int) -> None:
         """A request waits: the view-change timer runs (if it does not already)."""
         if self.batcher.pending and self.views.deadline is None and self.active:
-            self.views.deadline = now_ms + self.views.timeout
+            self.views.arm(now_ms)
 
     def rearm(self, now_ms: int) -> None:
         if self.views.deadline is None:
@@ -332,5 +332,5 @@ class Replica:
         if not self.active:
             return  # blocks fetched during a view change: the wait for NEW-VIEW goes on
         # Progress in this view: reset the backoff; keep waiting only if requests are pending.
-        self.views.progress()
+        self.views.progress(self.now)
         self.arm_request_timer(self.now)

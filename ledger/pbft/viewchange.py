@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 # Batches attached to one VIEW-CHANGE or NEW-VIEW at most (bytes as block.batch_bytes counts):
 # with the batch bound, the message stays well inside a frame.
 VC_ATTACH_BYTES = 4 * 1024 * 1024
+# The adaptive timeout: ADAPT_FACTOR times (smoothed wait + 4 x its mean deviation), the waits
+# being how long requests were pending before each progress (Jacobson's estimator, as TCP's RTO).
+ADAPT_FACTOR = 2
 
 
 def compute_o(vcs: tuple[ViewChange, ...]) -> tuple[int, list[tuple[int, bytes]]]:
@@ -44,6 +47,9 @@ class ViewChanges:
         self.core = core
         self.timeout = core.cfg.view_change_timeout_ms
         self.deadline: int | None = None
+        self.armed_at: int | None = None  # when the running timer was armed
+        self.srtt: int | None = None  # smoothed wait before progress (ms), None: no sample yet
+        self.rttvar = 0
         self.by_replica: dict[int, ViewChange] = {}
         self.batches: dict[int, dict[bytes, Batch]] = {}  # per sender, its latest VIEW-CHANGE
         self.new_view_msg: NewView | None = None
@@ -51,13 +57,43 @@ class ViewChanges:
         self.resend = False  # restored while changing views: send the VIEW-CHANGE again
 
     def _back_off(self, now_ms: int) -> None:
-        self.deadline = now_ms + self.timeout
+        # The adaptive timeout detects a dead primary; a view change itself is given at least
+        # the configured timeout: its messages (2f+1 VIEW-CHANGEs in a NEW-VIEW, each with
+        # prepared proofs) are far larger than a block's votes, and on a thin link take
+        # seconds where the normal case took a fraction of one.
+        self.deadline = now_ms + max(self.timeout, self.core.cfg.view_change_timeout_ms)
+        self.armed_at = None  # a wait for a view change is not a sample of the normal case
         self.timeout = min(2 * self.timeout, self.core.cfg.max_view_change_timeout_ms)
 
-    def progress(self) -> None:
-        """Requests were executed in this view: the backoff is reset."""
-        self.timeout = self.core.cfg.view_change_timeout_ms
+    def arm(self, now_ms: int) -> None:
+        """A request waits and no timer runs: it runs from now."""
+        self.deadline = now_ms + self.timeout
+        self.armed_at = now_ms
+
+    def base_timeout(self) -> int:
+        """The timeout after progress: the configured one, or (adaptive) ADAPT_FACTOR times
+        the estimate of how long requests wait before progress, within
+        [min_view_change_timeout_ms, view_change_timeout_ms]. The upper bound is today's fixed
+        timeout, so a slow primary that keeps making just enough progress cannot stretch it."""
+        cfg = self.core.cfg
+        if not cfg.min_view_change_timeout_ms or self.srtt is None:
+            return cfg.view_change_timeout_ms
+        estimate = ADAPT_FACTOR * (self.srtt + 4 * self.rttvar)
+        return max(cfg.min_view_change_timeout_ms, min(cfg.view_change_timeout_ms, estimate))
+
+    def progress(self, now_ms: int) -> None:
+        """Requests were executed in this view: the wait since the timer was armed is a
+        sample of the estimate, and the backoff is reset."""
+        if self.armed_at is not None and self.deadline is not None:
+            sample = max(0, now_ms - self.armed_at)
+            if self.srtt is None:
+                self.srtt, self.rttvar = sample, sample // 2
+            else:
+                self.rttvar = (3 * self.rttvar + abs(sample - self.srtt)) // 4
+                self.srtt = (7 * self.srtt + sample) // 8
+        self.timeout = self.base_timeout()
         self.deadline = None
+        self.armed_at = None
 
     def start(self, new_view: int, now_ms: int, out: list[Action]) -> None:
         core = self.core
@@ -105,7 +141,7 @@ class ViewChanges:
         )
         self.by_replica[core.me] = vc
         self.batches[core.me] = batches
-        out.append(Broadcast(vc))
+        self._send_view_change(vc, out)
         self._back_off(now_ms)
         if core.is_primary:
             self.try_new_view(now_ms, out)
@@ -128,8 +164,23 @@ class ViewChanges:
             return
         mine = self.by_replica.get(core.me)
         if mine is not None:
-            out.append(Broadcast(mine))
+            self._send_view_change(mine, out)
         self._back_off(now_ms)
+
+    def _send_view_change(self, vc: ViewChange, out: list[Action]) -> None:
+        """The batches a VIEW-CHANGE attaches go to the new view's primary only, the one that
+        builds the NEW-VIEW from them; the others get it without (same signature: the
+        attachments are outside the signed header). Broadcast to every replica they cost a
+        thin link n-1 times a window of batches per replica and view change."""
+        core = self.core
+        if not vc.batches:
+            out.append(Broadcast(vc))
+            return
+        primary = core.cfg.primary(vc.view)
+        stripped = vc.stripped()
+        for r in range(core.cfg.n):
+            if r != core.me:
+                out.append(Send(r, vc if r == primary else stripped))
 
     def valid(self, vc: ViewChange) -> bool:
         cfg, keyring = self.core.cfg, self.core.keyring

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,6 +18,11 @@ OFFPEAK = "2026-11-24T03"
 AFTER = 1_900_000_000_000  # a block timestamp (ms) after every hour used in the tests
 
 
+def commitment(id_grid: str) -> str:
+    """A stand-in commitment to a member's personal data (64 hex, as ``ledger.personal`` makes)."""
+    return hashlib.sha256(id_grid.encode()).hexdigest()
+
+
 def key(n: int) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32)
 
@@ -26,6 +32,7 @@ def hexkey(k: Ed25519PrivateKey) -> str:
 
 
 OPERATOR = key(1)
+TREASURY = 10**17  # micro-tokens the genesis allocates to the operator: the whole supply
 LIMIT_W = 17_250  # a 3 x 25 A connection: 4312 Wh per 15 minutes
 
 
@@ -45,7 +52,8 @@ class Community:
 
     def __init__(self, **params: Any) -> None:
         params.setdefault("sealed_bids", False)
-        self.contract: Contract = make_contract(default_genesis(hexkey(OPERATOR), **params))
+        genesis = default_genesis(hexkey(OPERATOR), treasury=TREASURY, **params)
+        self.contract: Contract = make_contract(genesis)
         self.keys: dict[str, Ed25519PrivateKey] = {"OPERATOR": OPERATOR}
         self.gateways: dict[str, Ed25519PrivateKey] = {}
         self.height = 0
@@ -82,8 +90,7 @@ class Community:
             "registry.admit",
             {
                 "id_grid": id_grid,
-                "name": f"Member {id_grid}",
-                "email": f"{id_grid}@example.org",
+                "commitment": commitment(id_grid),
                 "public_key": hexkey(key(n)),
                 "role": role,
             },
@@ -116,9 +123,11 @@ class Community:
         if role != "member":
             body["role"] = role
         self.ok("OPERATOR", "registry.add_meter", body)
+        self.ok(owner, "meter.confirm", {"meter_id": meter_id})  # the owner's consent
 
     def mint(self, to: str, amount: int) -> None:
-        self.ok("OPERATOR", "token.mint", {"to": to, "amount": amount})
+        """Tokens for a member: bought from the operator's treasury (the genesis supply)."""
+        self.ok("OPERATOR", "token.transfer", {"to": to, "amount": amount})
 
     def report(
         self, meter_id: str, interval: str, import_wh: int, export_wh: int, ts: int | None = None
@@ -188,8 +197,10 @@ __all__ = [
     "LIMIT_W",
     "OFFPEAK",
     "OPERATOR",
+    "TREASURY",
     "Community",
     "check_invariants",
+    "commitment",
     "key",
     "rejected",
     "sign_report",

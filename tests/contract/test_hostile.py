@@ -44,6 +44,8 @@ def _community() -> Community:
         {"listing_id": HOUR, "res_id": "PV1", "wh": 1000, "reserve_price": 40_000},
     )
     c.ok("C1", "auction.bid", {"listing_id": HOUR, "wh": 800, "bid_price": 60_000})
+    mint = {"kind": "mint", "to": "C1", "amount": 5}
+    c.ok("OPERATOR", "quorum.propose", {"proposal_id": "Q1", "action": mint})
     return c
 
 
@@ -61,8 +63,7 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
     bodies: dict[str, dict[str, Any]] = {
         "registry.admit": {
             "id_grid": "N1",
-            "name": "N",
-            "email": "n@x.org",
+            "commitment": "ef" * 32,
             "public_key": "ab" * 32,
             "role": "consumer",
         },
@@ -92,8 +93,19 @@ def _valid(kind: str, c: Community) -> dict[str, Any]:
         "auction.clear": {"listing_id": HOUR},
         "auction.settle": {"listing_id": HOUR},
         "meter.report": sign_report(c.gateways["M1"], "M1", f"{HOUR}:00", 1, 2, ["gap", "clipped"]),
-        "registry.apply": {"id_grid": "N2", "role": "prosumer"},
+        "registry.apply": {"id_grid": "N2", "role": "prosumer", "commitment": "ef" * 32},
         "registry.dismiss": {"public_key": "ab" * 32},
+        "member.rotate_key": {"public_key": "ab" * 32},
+        "member.revoke_key": {"id_grid": "C1"},
+        "meter.rotate_key": {"meter_id": "M1", "gateway_key": "cd" * 32},
+        "meter.revoke": {"meter_id": "M1"},
+        "meter.confirm": {"meter_id": "M1"},
+        "member.set_order_key": {"id_grid": "P1", "public_key": "ab" * 32},
+        "quorum.propose": {
+            "proposal_id": "Q2",
+            "action": {"kind": "mint", "to": "C1", "amount": 5},
+        },
+        "quorum.approve": {"proposal_id": "Q1"},
     }
     return bodies[kind]
 

@@ -139,7 +139,7 @@ def _run(c: Community, action: tuple[Any, ...]) -> None:
         _, who, to, amount = action
         c.tx(who, "token.transfer", {"to": to, "amount": amount})
     elif kind == "mint":
-        c.tx("OPERATOR", "token.mint", {"to": action[1], "amount": action[2]})
+        c.tx("OPERATOR", "token.transfer", {"to": action[1], "amount": action[2]})
     elif kind in ("open", "close"):
         receipt = c.tx("OPERATOR", f"auction.{kind}", {"listing_id": action[1]})
         if kind == "close" and receipt.ok and _sealed(c):

@@ -1,5 +1,7 @@
-"""The read policy (``reads.py``): for every query and every kind of reader, nothing personal
-reaches a reader the policy does not grant it to."""
+"""The read policy (``reads.py``): for every query and every kind of reader (anonymous, a
+stranger, members, a meter key, an order key, a revoked key, the operator), nothing private
+reaches a reader the policy does not grant it to. Personal data is not on the chain at all (only
+commitments), so what is private here is a member's consumption, its orders and its money."""
 
 from __future__ import annotations
 
@@ -12,16 +14,21 @@ from hypothesis import strategies as st
 from ledger.contract import queries, reads
 from ledger.contract.api import QueryError
 from ledger.encoding import canonical
-from tests.contract.harness import AFTER, HOUR, OPERATOR, Community, key
+from tests.contract.harness import AFTER, HOUR, OPERATOR, Community, commitment, hexkey, key
 from tests.contract.test_hostile import json_values
 
 STRANGER = key(99)
+ORDER_KEY = key(60)  # P1's order key, held by its gateway's trading agent
+REVOKED = key(12)  # R1's wallet key, revoked by the operator
 
 
 def _community() -> Community:
     c = Community()
     c.admit("P1", "prosumer", 10)
     c.admit("C1", "consumer", 11)
+    c.admit("R1", "consumer", 12)
+    c.ok("OPERATOR", "member.revoke_key", {"id_grid": "R1"})
+    c.ok("P1", "member.set_order_key", {"id_grid": "P1", "public_key": hexkey(ORDER_KEY)})
     c.res("PV1", "P1", 5000)
     c.meter("M1", "P1", 50)
     c.meter("M2", "C1", 51, import_limit_w=4_000_000)  # room for 777,001 Wh in 15 minutes
@@ -45,6 +52,8 @@ READERS = {
     "P1": C.keys["P1"],
     "C1": C.keys["C1"],
     "M1-gateway": C.gateways["M1"],
+    "P1-orders": ORDER_KEY,
+    "R1-revoked": REVOKED,
     "operator": OPERATOR,
 }
 PARAMS: dict[str, dict[str, Any]] = {
@@ -58,8 +67,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "energy": {"listing_id": HOUR},
     "reports": {"meter_id": "M2"},
 }
-# what only C1 (and the operator) may see about C1: its e-mail, its meter's import, its bid
-C1_SECRETS = ("C1@example.org", "777001", '"buyer":"C1"', '"price":60000')
+# what only C1 (and the operator) may see about C1: its meter's import, its bid
+C1_SECRETS = ("777001", '"buyer":"C1"', '"price":60000')
 
 
 def _read(path: str, who: str) -> Any:
@@ -73,10 +82,12 @@ def test_every_query_has_a_rule() -> None:
 
 
 @pytest.mark.parametrize("path", sorted(queries.QUERIES))
-@pytest.mark.parametrize("who", ["anonymous", "stranger", "P1", "M1-gateway"])
+@pytest.mark.parametrize(
+    "who", ["anonymous", "stranger", "P1", "M1-gateway", "P1-orders", "R1-revoked"]
+)
 def test_nothing_of_c1_reaches_anyone_else(path: str, who: str) -> None:
     """Before BIDS_CLOSED and with C1's meter reported: no reader but C1 and the operator sees
-    C1's e-mail, consumption or bid."""
+    C1's consumption or bid."""
     try:
         answer = canonical(_read(path, who)).decode()
     except QueryError as exc:
@@ -92,7 +103,7 @@ def test_the_secrets_are_there_for_those_they_belong_to() -> None:
     everything = canonical([_read(path, "operator") for path in ("members", "reports")])
     for secret in C1_SECRETS:
         assert secret in mine.decode()
-    assert "C1@example.org" in everything.decode() and "777001" in everything.decode()
+    assert commitment("C1") in everything.decode() and "777001" in everything.decode()
 
 
 def test_anonymous_reads_only_the_parameters() -> None:
@@ -110,12 +121,43 @@ def test_members_read_their_own_and_the_public_record() -> None:
     book = _read("order_book", "C1")
     assert len(book["bids"]) == 1 and book["offers"] == []  # sealed: its own bid only
     assert _read("order_book", "P1")["bids"] == []
-    assert {m["id_grid"] for m in _read("members", "P1")} == {"OPERATOR", "P1", "C1"}
+    assert {m["id_grid"] for m in _read("members", "P1")} == {"OPERATOR", "P1", "C1", "R1"}
     assert [m["meter_id"] for m in _read("meters", "M1-gateway")] == ["M1"]
     assert _read("listings", "M1-gateway") == [{"listing_id": HOUR, "state": "AUTHORIZE_OFFERS"}]
     with pytest.raises(QueryError, match="NOT_PERMITTED"):
         _read("order_book", "M1-gateway")  # a meter's key follows the market, no more
     assert _read("grid", "C1")["debt"] == 0 and "debts" not in _read("grid", "C1")
+
+
+def test_members_audit_the_registry_and_the_proposals() -> None:
+    """registry_log and proposals: every member audits them; no meter or order key, nobody
+    revoked, no stranger."""
+    log = _read("registry_log", "C1")
+    kinds = [entry["kind"] for entry in log]
+    assert "registry.admit" in kinds and "member.revoke_key" in kinds
+    assert "member.set_order_key" in kinds
+    assert _read("proposals", "P1") == []
+    for who in ("anonymous", "stranger", "M1-gateway", "P1-orders", "R1-revoked"):
+        for path in ("registry_log", "proposals"):
+            with pytest.raises(QueryError, match="NOT_PERMITTED"):
+                _read(path, who)
+
+
+def test_an_order_key_follows_the_market_and_its_members_orders_only() -> None:
+    assert _read("listings", "P1-orders") == [{"listing_id": HOUR, "state": "AUTHORIZE_OFFERS"}]
+    book = _read("order_book", "P1-orders")  # sealed: P1's own offer, nobody's bid
+    assert [o["seller"] for o in book["offers"]] == ["P1"] and book["bids"] == []
+    for path in ("balance", "member", "reports", "settlement", "grid", "members"):
+        with pytest.raises(QueryError, match="NOT_PERMITTED"):
+            _read(path, "P1-orders")
+
+
+def test_a_revoked_key_reads_like_a_stranger() -> None:
+    for path in queries.QUERIES:
+        if path == "params":
+            continue
+        with pytest.raises(QueryError, match="NOT_PERMITTED"):
+            _read(path, "R1-revoked")
 
 
 def test_after_the_close_the_book_is_public_and_settlement_lines_are_private() -> None:

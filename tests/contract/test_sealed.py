@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.contract.sealed import order_commitment
-from tests.contract.harness import HOUR, Community, check_invariants, rejected
+from tests.contract.harness import HOUR, Community, check_invariants, hexkey, key, rejected
 
 DEPOSIT = 100_000
 CLOSE_MS = 1_790_000_000_000
@@ -186,3 +186,19 @@ def test_open_book_transactions_and_sealed_ones_do_not_mix() -> None:
     c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
     rejected(c, "B1", "auction.commit", Sealed("B1", "bid", 1, 50_000).commit(), "NOT_SEALED")
     rejected(c, "OPERATOR", "auction.clear", {"listing_id": HOUR}, "NOT_SEALED")
+
+
+def test_an_order_key_commits_and_reveals_its_members_sealed_order() -> None:
+    """A member's order key (its gateway's trading agent, ``member.set_order_key``) places the
+    member's sealed orders as it places open ones: the commitment and the reveal are the
+    member's, the escrow its money; the key still cannot transfer a token."""
+    c = _community()
+    agent = key(70)
+    c.ok("B1", "member.set_order_key", {"id_grid": "B1", "public_key": hexkey(agent)})
+    bid = Sealed("B1", "bid", 500, 60_000)
+    c.ok(agent, "auction.commit", bid.commit())
+    assert c.ok("OPERATOR", "auction.close", {"listing_id": HOUR}, ts=CLOSE_MS)["state"] == "REVEAL"
+    assert c.ok(agent, "auction.reveal", bid.reveal(), ts=CLOSE_MS + 1)["escrow"] == 30_000
+    assert [b["buyer"] for b in c.q("order_book", listing_id=HOUR)["bids"]] == ["B1"]
+    rejected(c, agent, "token.transfer", {"to": "S1", "amount": 1}, "NOT_MEMBER")
+    check_invariants(c.contract)

@@ -3,7 +3,8 @@
 config, appliances, keystore and password as the README says (a temporary folder stands in for
 ``/etc/wattmesh`` and ``/var/lib/wattmesh``; no sudo, so the owner is this user, the modes are
 the README's), edit the config for this "hardware", ``gateway check``, ``gateway pubkey``, the
-operator's ``member admit`` / ``meter add`` / ``meter list`` against a local ledger,
+operator's ``member admit`` / ``meter add`` / ``meter list`` (and the member's ``meter confirm``)
+against a local ledger,
 ``gateway run``, ``gateway status`` and a signed ``operator dr`` request. Every command is a
 real process: mosquitto with TLS and the provisioned accounts and ACLs, the meter and node
 emulators, four ledger replicas, the gateway."""
@@ -80,7 +81,7 @@ def test_the_readme_pi_and_operator_steps_work_end_to_end(tmp_path: Path) -> Non
                  "install -m 0600 -o wattmesh -g wattmesh nodes.json /etc/wattmesh/nodes.json",
                  "wattmesh provision gateway --gateway-id home-1 --out gw-mqtt",
                  "wattmesh gateway pubkey --config /etc/wattmesh/gateway.toml",
-                 "wattmesh operator meter add"):  # fmt: skip
+                 "wattmesh operator meter add", "wattmesh operator meter confirm"):  # fmt: skip
         assert step in readme, step  # the steps below are the README's
     assert 'keystore = "/etc/wattmesh/nodes.json"' in (
         ROOT / "deploy" / "gateway.example.toml").read_text()
@@ -151,12 +152,18 @@ def test_the_readme_pi_and_operator_steps_work_end_to_end(tmp_path: Path) -> Non
         wallet = new_key()
         r = json.loads(_run("operator", "member", "admit", *on, "--id-grid", "PT0001",
                             "--name", "Home 1", "--email", "home1@example.org",
+                            "--address", "Rua 1, Lisboa", "--register", str(work / "personal.db"),
                             "--public-key", public_hex(wallet), "--role", "prosumer").stdout)
         assert r["code"] == "OK", r
         r = json.loads(_run("operator", "meter", "add", *on, "--member", "PT0001",
                             "--meter", "grid", "--gateway-key", gw_pub,
                             "--import-limit-w", "6900", "--export-limit-w", "3000").stdout)
         assert r["result"]["meter_id"] == "PT0001:grid", r
+        write_key(work / "wallet.key", wallet)  # the member's, on its own machine
+        r = json.loads(_run("operator", "meter", "confirm", "--cluster",
+                            str(replicas.dir / "cluster.json"), "--key", str(work / "wallet.key"),
+                            "--member", "PT0001", "--meter", "grid").stdout)
+        assert r["code"] == "OK", r
         listed = json.loads(_run("operator", "meter", "list", *on, "--member", "PT0001").stdout)
         assert [m["meter_id"] for m in listed] == ["PT0001:grid"]
         # -- the daemon, then its status

@@ -23,7 +23,8 @@ LISTING = "2026-06-15T14"
 
 class Ledger:
     def __init__(self, sealed: bool = False) -> None:
-        self.contract = make_contract(default_genesis(OPERATOR.hex(), sealed_bids=sealed))
+        genesis = default_genesis(OPERATOR.hex(), treasury=10**12, sealed_bids=sealed)
+        self.contract = make_contract(genesis)
         self.nonce = itertools.count(1)
         self.height = itertools.count(1)
 
@@ -37,13 +38,13 @@ class Ledger:
 
 
 def _setup(led: Ledger) -> Ledger:
-    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-1", "name": "Seller",
-              "email": "s@example.org", "public_key": SELLER.hex(), "role": "prosumer"})
-    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-2", "name": "Buyer",
-              "email": "b@example.org", "public_key": BUYER.hex(), "role": "consumer"})
+    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-1", "commitment": "ab" * 32,
+              "public_key": SELLER.hex(), "role": "prosumer"})
+    led.apply(OPERATOR, "registry.admit", {"id_grid": "home-2", "commitment": "cd" * 32,
+              "public_key": BUYER.hex(), "role": "consumer"})
     led.apply(OPERATOR, "registry.add_res", {"res_id": "pv-1", "owner": "home-1", "kind": "PV",
                                              "rated_power_w": 3000})
-    led.apply(OPERATOR, "token.mint", {"to": "home-2", "amount": 5_000_000})
+    led.apply(OPERATOR, "token.transfer", {"to": "home-2", "amount": 5_000_000})
     led.apply(OPERATOR, "auction.open", {"listing_id": LISTING})
     return led
 
@@ -92,7 +93,7 @@ def test_sealed_orders_commit_reveal_and_clear() -> None:
                           sealed=True, commit_deposit=deposit)
     buyer = TradingAgent(id_grid="home-2", tariff=tariff, sealed=True, commit_deposit=deposit)
     # the seller has no tokens: give it its deposit
-    ledger.apply(OPERATOR, "token.mint", {"to": "home-1", "amount": deposit})
+    ledger.apply(OPERATOR, "token.transfer", {"to": "home-1", "amount": deposit})
     balance = ledger.contract.query("balance", {"id_grid": "home-2"})["balance"]
     offer = seller.decide(LISTING, -2500)
     bid = buyer.decide(LISTING, 1200, balance_utok=balance)

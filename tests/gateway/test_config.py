@@ -36,6 +36,9 @@ def test_the_shipped_example_is_valid() -> None:
     assert cfg.gateway_id == "home-1" and cfg.interval_ms == 15 * 60_000
     assert {n.transport for n in cfg.nodes} == {"ble", "mqtt"}
     assert [m.model for b in cfg.buses for m in b.meters] == ["sdm630", "sdm120", "pzem004t"]
+    (cal,) = cfg.calibrations
+    assert (cal.node_id, cal.channel, cal.reference, cal.voltage, cal.apply) == (
+        12, 0, "pv", "voltage", True)
 
 
 def with_ble(line: str) -> str:
@@ -165,6 +168,10 @@ toml_values = st.recursive(
                     "timeout_s",
                     "backoff_max_s",
                     "silence_timeout_s",
+                    "calibration",
+                    "reference",
+                    "channel",
+                    "ical",
                     "x",
                 ]
             ),
@@ -179,7 +186,8 @@ toml_values = st.recursive(
 @settings(max_examples=80, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["gateway", "mqtt", "ble", "modbus", "ledger", "x"]), toml_values
+        st.sampled_from(["gateway", "mqtt", "ble", "modbus", "ledger", "calibration", "x"]),
+        toml_values,
     )
 )
 def test_hostile_documents_only_raise_config_error(doc: dict[str, object]) -> None:
@@ -251,3 +259,101 @@ def test_a_bad_report_key_is_named(tmp_path: Path, old: str, new: str, message: 
     p.write_text(MINIMAL.replace(old, new, 1))
     with pytest.raises(GatewayConfigError, match=message):
         load_config(p)
+
+
+CALIBRATION = """
+[[calibration]]
+node_id = 7
+reference = "main"
+ical = 51.282
+vcal = 575.0
+phase_deg = 0.0
+"""
+CAL_KEYS = ("node_id", "channel", "reference", "ical", "vcal", "phase_deg", "points",
+            "interval_s", "apply", "round", "max_gain_change", "max_phase_deg")
+
+
+def test_calibration_defaults_and_reference_voltage(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL)
+    assert load_config(p).calibrations == ()
+    p.write_text(MINIMAL + CALIBRATION)
+    (c,) = load_config(p).calibrations
+    assert (c.node_id, c.channel, c.reference, c.voltage) == (7, 0, "main", "voltage_l1")
+    assert (c.ical, c.vcal, c.phase_deg) == (51.282, 575.0, 0.0)
+    assert (c.points, c.interval_s, c.apply, c.round) == (4, 60, False, 1)  # apply: opt in
+    p.write_text(MINIMAL + CALIBRATION + "channel = 1\napply = true\nround = 3\npoints = 6\n")
+    (c,) = load_config(p).calibrations
+    assert (c.channel, c.apply, c.round, c.points) == (1, True, 3, 6)
+
+
+def test_a_channel_is_calibrated_once(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL + CALIBRATION + CALIBRATION)
+    with pytest.raises(GatewayConfigError, match=r"^calibration\[1\]\.channel: node 7 channel 0"):
+        load_config(p)
+    p.write_text(MINIMAL + CALIBRATION + CALIBRATION + "channel = 1\n")
+    assert [c.channel for c in load_config(p).calibrations] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("node_id = 7", "node_id = 9", r"^calibration\[0\]\.node_id: node 9 is not configured"),
+        ("node_id = 7", "node_id = -1", r"^calibration\[0\]\.node_id: -1 is outside"),
+        ('reference = "main"', 'reference = "node7"',
+         r"^calibration\[0\]\.reference: 'node7' is not a configured Modbus meter"),
+        ('reference = "main"', 'reference = "nope"', r"^calibration\[0\]\.reference: 'nope'"),
+        ('reference = "main"', "", r"^calibration\[0\]\.reference: missing"),
+        ("ical = 51.282", "", r"^calibration\[0\]\.ical: missing"),
+        ("ical = 51.282", "ical = 0", r"^calibration\[0\]\.ical: 0 is outside"),
+        ("ical = 51.282", "ical = nan", r"^calibration\[0\]\.ical: nan is not a finite"),
+        ("ical = 51.282", "ical = '51'", r"^calibration\[0\]\.ical: expected int/float, got str"),
+        ("vcal = 575.0", "vcal = -inf", r"^calibration\[0\]\.vcal: -inf is not a finite"),
+        ("vcal = 575.0", "vcal = 1e9", r"^calibration\[0\]\.vcal: 1000000000.0 is outside"),
+        ("vcal = 575.0", "vcal = 0", r"^calibration\[0\]\.vcal: 0 is outside"),
+        ("vcal = 575.0", "", r"^calibration\[0\]\.vcal: missing"),
+        ("phase_deg = 0.0", "phase_deg = 45", r"^calibration\[0\]\.phase_deg: 45 is outside"),
+        ("phase_deg = 0.0", "channel = 256", r"^calibration\[0\]\.channel: 256 is outside"),
+        ("phase_deg = 0.0", "points = 2", r"^calibration\[0\]\.points: 2 is outside"),
+        ("phase_deg = 0.0", "interval_s = 1", r"^calibration\[0\]\.interval_s: 1 is outside"),
+        ("phase_deg = 0.0", "interval_s = 60.5", r"^calibration\[0\]\.interval_s: expected int"),
+        ("phase_deg = 0.0", "apply = 'yes'", r"^calibration\[0\]\.apply: expected bool, got str"),
+        ("phase_deg = 0.0", "apply = 1", r"^calibration\[0\]\.apply: expected bool, got int"),
+        ("phase_deg = 0.0", "round = 0", r"^calibration\[0\]\.round: 0 is outside"),
+        ("phase_deg = 0.0", "max_gain_change = 0.9", r"^calibration\[0\]\.max_gain_change: 0.9"),
+        ("phase_deg = 0.0", "max_phase_deg = 0", r"^calibration\[0\]\.max_phase_deg: 0 is outside"),
+        ("phase_deg = 0.0", "boards = 'x'", r"^calibration\[0\]\.boards: unknown key"),
+    ],
+)
+def test_a_bad_calibration_key_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    p = tmp_path / "gw.toml"
+    assert old in CALIBRATION
+    p.write_text(MINIMAL + CALIBRATION.replace(old, new, 1))
+    with pytest.raises(GatewayConfigError, match=message):
+        load_config(p)
+
+
+def test_calibration_must_be_an_array_of_tables(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL.replace("[gateway]", "calibration = 3\n[gateway]", 1))
+    with pytest.raises(GatewayConfigError, match=r"^calibration: must be an array of tables"):
+        load_config(p)
+    p.write_text(MINIMAL.replace("[gateway]", "calibration = [1]\n[gateway]", 1))
+    with pytest.raises(GatewayConfigError, match=r"^calibration\[0\]: must be a table"):
+        load_config(p)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from([*CAL_KEYS, "x"]), toml_values, max_size=6))
+def test_hostile_calibration_values_only_raise_config_error(entry: dict[str, object]) -> None:
+    doc = tomllib.loads(MINIMAL)
+    base = {"node_id": 7, "reference": "main", "ical": 51.282, "vcal": 575.0}
+    doc["calibration"] = [{**base, **entry}]
+    try:
+        cfg = parse_config(doc, Path("."))
+    except GatewayConfigError as exc:
+        assert str(exc).startswith(("calibration[0].", "calibration[0]:")), exc
+        return
+    (c,) = cfg.calibrations
+    assert c.node_id == 7 and 0 <= c.channel <= 255 and c.points >= 3 and c.interval_s >= 10

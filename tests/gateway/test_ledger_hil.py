@@ -89,7 +89,7 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
         member = new_key()
         r = await op.submit_new(
             "registry.admit",
-            {"id_grid": "PT0001", "name": "Ana", "email": "ana@example.org",
+            {"id_grid": "PT0001", "commitment": "ab" * 32,
              "public_key": public_hex(member), "role": "consumer"},
         )  # fmt: skip
         assert r.ok, r
@@ -98,6 +98,9 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
             {"meter_id": "plug7", "owner": "PT0001", "gateway_key": gw_pub,
              "import_limit_w": 6_900, "export_limit_w": 0},
         )  # fmt: skip
+        assert r.ok, r
+    async with LedgerClient.from_cluster_file(cluster, member, timeout_s=30) as owner:
+        r = await owner.submit_new("meter.confirm", {"meter_id": "plug7"})  # the owner consents
         assert r.ok, r
     replicas.stop()  # the ledger goes away before any interval closes
 
@@ -178,12 +181,12 @@ async def test_the_ems_reads_a_listing_clearing_from_the_ledger(
     operator = load_key(replicas.dir / "operator.key")
     async with LedgerClient.from_cluster_file(cluster, operator, timeout_s=30) as op:
         for who, key, role in (("PT0001", seller, "producer"), ("PT0002", buyer, "consumer")):
-            body = {"id_grid": who, "name": who, "email": f"{who}@example.org",
+            body = {"id_grid": who, "commitment": "ab" * 32,
                     "public_key": public_hex(key), "role": role}  # fmt: skip
             assert (await op.submit_new("registry.admit", body)).ok
         res = {"res_id": "PV1", "owner": "PT0001", "kind": "PV", "rated_power_w": 3000}
         assert (await op.submit_new("registry.add_res", res)).ok
-        assert (await op.submit_new("token.mint", {"to": "PT0002", "amount": 10**9})).ok
+        assert (await op.submit_new("token.transfer", {"to": "PT0002", "amount": 10**9})).ok
         assert (await op.submit_new("auction.open", {"listing_id": hour})).ok
         ledger = LedgerDeliverer(cluster, buyer, 30.0)
         try:
@@ -197,7 +200,7 @@ async def test_the_ems_reads_a_listing_clearing_from_the_ledger(
             assert offer is not None and bid is not None and offer.kind == "auction.commit"
             async with LedgerClient.from_cluster_file(cluster, seller, timeout_s=30) as s, \
                     LedgerClient.from_cluster_file(cluster, buyer, timeout_s=30) as b:
-                assert (await op.submit_new("token.mint", {"to": "PT0001", "amount": 10**6})).ok
+                assert (await op.submit_new("token.transfer", {"to": "PT0001", "amount": 10**6})).ok
                 assert (await s.submit_new(offer.kind, offer.body)).ok
                 assert (await b.submit_new(bid.kind, bid.body)).ok
                 assert (await op.submit_new("auction.close", {"listing_id": hour})).ok

@@ -74,7 +74,8 @@ async def test_operator_registers_scoped_meters_and_a_refused_report_is_retried(
         write_key(tmp_path / f"{member}.key", wallet)
         r = await _cli(capsys, "operator", "member", "admit", *on, "--key", op_key,
                  "--id-grid", member, "--name", f"Home {member}",
-                 "--email", f"{member.lower()}@example.org",
+                 "--email", f"{member.lower()}@example.org", "--address", "Rua 1, Lisboa",
+                 "--register", str(tmp_path / "personal.sqlite"),
                  "--public-key", public_hex(wallet), "--role", "consumer")  # fmt: skip
         assert r["code"] == "OK", r
     # home-1's gateway runs before its meter is registered: the first report is refused
@@ -104,6 +105,11 @@ async def test_operator_registers_scoped_meters_and_a_refused_report_is_retried(
                      "--member", member, "--meter", "grid", "--gateway-key", pubs[home],
                      "--import-limit-w", "6900", "--export-limit-w", "0")
             assert r["code"] == "OK" and r["result"]["meter_id"] == f"{member}:grid", r
+            # the member's consent, with its own wallet key (reports bill it)
+            r = await _cli(capsys, "operator", "meter", "confirm", *on,
+                           "--key", str(tmp_path / f"{member}.key"), "--member", member,
+                           "--meter", "grid")  # fmt: skip
+            assert r["code"] == "OK", r
         listed = await _cli(capsys, "operator", "meter", "list", *on, "--key", op_key,
                             "--member", "PT0001")
         assert [m["meter_id"] for m in listed] == ["PT0001:grid"]

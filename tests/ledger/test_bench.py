@@ -136,3 +136,45 @@ def test_steal_is_a_share_of_the_ticks_between_two_readings(
         assert share is not None and 0 <= share <= 1
         assert share == round(more_steal / (more_steal + more_other), 3)
     assert steal_share(None, after) is None and steal_share(before, None) is None
+
+
+def test_bench_on_shaped_links_with_a_crashed_backup(capsys: pytest.CaptureFixture[str]) -> None:
+    """Separate hosts (namespaces where they can be made), every replica link shaped, one
+    backup crashed before the load: the rest still commit everything, and each live replica's
+    bytes per committed transaction are reported (the primary's the most: it sends the
+    batches)."""
+    argv = ["--seconds", "3", "--members", "8", "--clients", "1", "--window", "40",
+            "--link", "10ms,5mbit,1%", "--crash", "1", "--json"]  # fmt: skip
+    assert bench(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["committed"] > 0 and report["lost"] == 0 and report["acked_missing"] == 0
+    assert report["hosts"] in ("netns", "loopback") and report["crashed"] == 1
+    assert report["link"] == "10ms,5000000bit,1%"
+    per_replica = report["bytes_per_tx"]
+    assert set(per_replica) == {"0", "1", "2"}
+    assert per_replica["0"] == max(per_replica.values()) > 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--link", "50ms,1mb,1%"],
+        ["--link", "fast"],
+        ["--link", "50ms,1mbit,1%", "--crash", "-1"],
+        ["--link", "50ms,1mbit,1%", "--hosts", "moon"],
+    ],
+)
+def test_bench_refuses_bad_link_arguments(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench(argv)
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv", [["--crash", "2"], ["--hosts", "loopback"], ["--min-view-change-ms", "2001"]]
+)
+def test_bench_refuses_settings_that_do_not_fit(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench(argv) == 2
+    assert "wattmesh bench ledger:" in capsys.readouterr().err

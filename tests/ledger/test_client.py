@@ -17,7 +17,7 @@ import pytest
 
 from ledger.cluster import load_cluster
 from ledger.keys import load_key, new_key, public_hex
-from ledger.setup import init_cluster
+from ledger.setup import LOCAL_TREASURY, init_cluster
 from ledger.tx import SignedTx, sign_tx
 from ledger_client import (
     LedgerClient,
@@ -74,14 +74,16 @@ def test_sync_client_with_the_real_contract(community: Path) -> None:
     with SyncLedgerClient.from_cluster_file(community / "cluster.json", operator) as c:
         admit = c.submit_new(
             "registry.admit",
-            {"id_grid": "PT0001", "name": "Ana", "email": "ana@example.org",
+            {"id_grid": "PT0001", "commitment": "ab" * 32,
              "public_key": public_hex(member), "role": "prosumer"},
         )  # fmt: skip
         assert admit.ok, admit
-        minted = c.submit_new("token.mint", {"to": "PT0001", "amount": 5_000_000})
-        assert minted.ok and minted.result["balance"] == 5_000_000
-        refused = c.submit_new("token.mint", {"to": "NOBODY", "amount": 1})
+        bought = c.submit_new("token.transfer", {"to": "PT0001", "amount": 5_000_000})
+        assert bought.ok and bought.result["balance"] == LOCAL_TREASURY - 5_000_000
+        refused = c.submit_new("token.transfer", {"to": "NOBODY", "amount": 1})
         assert refused.code == "UNKNOWN_MEMBER"
+        minted = c.submit_new("token.mint", {"to": "PT0001", "amount": 10**12})
+        assert minted.code == "QUORUM_REQUIRED"  # the operator mints nothing on its own
         assert c.query("balance", id_grid="PT0001")["balance"] == 5_000_000
         assert {m["id_grid"] for m in c.query("members")} == {"OPERATOR", "PT0001"}
         height = c.height()
@@ -98,7 +100,7 @@ def test_sync_client_with_the_real_contract(community: Path) -> None:
         before = set(children(supervisor))
         assert len(before) == 4
         os.kill(sorted(before)[0], signal.SIGKILL)
-        assert c.submit_new("token.mint", {"to": "PT0001", "amount": 1}).ok
+        assert c.submit_new("token.transfer", {"to": "PT0001", "amount": 1}).ok
         deadline = time.monotonic() + 60
         while len(set(children(supervisor)) - before) < 1:
             assert time.monotonic() < deadline, "the supervisor did not restart the replica"
@@ -108,22 +110,23 @@ def test_sync_client_with_the_real_contract(community: Path) -> None:
 async def test_resubmission_from_a_fresh_client_applies_once(community: Path) -> None:
     operator = load_key(community / "operator.key")
     path = community / "cluster.json"
-    tx = sign_tx(operator, "token.mint", {"to": "OPERATOR", "amount": 7}, nonce=42)
+    mint = {"proposal_id": "p1", "action": {"kind": "mint", "to": "OPERATOR", "amount": 7}}
+    tx = sign_tx(operator, "quorum.propose", mint, nonce=42)
     async with LedgerClient.from_cluster_file(path, operator, request_timeout_s=0.5) as c:
         first = await c.submit_detail(tx)
-        assert first["receipt"]["result"]["balance"] == 7
+        assert first["receipt"]["code"] == "OK"  # applied again it would be PROPOSAL_EXISTS
     # a new process after a crash: same signed transaction, same tx_id
     async with LedgerClient.from_cluster_file(path, operator, request_timeout_s=0.5) as c:
         again = await c.submit_detail(tx)
         both = await asyncio.gather(c.submit_detail(tx), c.submit_detail(tx))
         assert again == first and all(b == first for b in both)
-        assert (await c.query("balance", id_grid="OPERATOR"))["balance"] == 7
 
-        forged = SignedTx(tx.sender, tx.kind, {"to": "OPERATOR", "amount": 10**9}, 43, tx.signature)
+        forged_body = {**mint, "proposal_id": "p2"}
+        forged = SignedTx(tx.sender, tx.kind, forged_body, 43, tx.signature)
         with pytest.raises(RejectedError) as exc:
             await c.submit(forged)
         assert exc.value.code == "BAD_SIGNATURE"
-        assert (await c.query("balance", id_grid="OPERATOR"))["balance"] == 7
+        assert (await c.query("balance", id_grid="OPERATOR"))["balance"] == LOCAL_TREASURY
 
 
 async def test_client_survives_a_replica_that_is_down(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from ledger.executor import LedgerState
 from ledger.gate import HOUR_MS, AdmissionGate
 from ledger.pbft.block import Block
 from ledger.tx import SignedTx, sign_tx
-from tests.contract.harness import OPERATOR, Community, hexkey, key
+from tests.contract.harness import HOUR, OPERATOR, Community, commitment, hexkey, key
 
 STRANGER = key(99)
 
@@ -29,6 +29,11 @@ def _community(**params: Any) -> Community:
     c.meter("MA", "A", 50)
     c.mint("A", 10**6)
     return c
+
+
+def _application(id_grid: str) -> dict[str, str]:
+    """A newcomer's ``registry.apply`` body: a commitment to its personal data, never the data."""
+    return {"id_grid": id_grid, "role": "consumer", "commitment": commitment(id_grid)}
 
 
 def _transfer(signer: Any, nonce: int, **extra: Any) -> SignedTx:
@@ -43,10 +48,11 @@ def test_who_may_sign_what() -> None:
     refused = gate.check(_transfer(STRANGER, 1))
     assert refused is not None and refused[0] == "NOT_ADMITTED"
     meter = c.gateways["MA"]
-    assert gate.check(_transfer(meter, 1)) == ("NOT_ADMITTED", refused[1])  # no spending
+    spend = gate.check(_transfer(meter, 1))  # no spending, and the refusal says why
+    assert spend == ("NOT_ADMITTED", "a meter key signs meter reports only, not token.transfer")
     report = sign_tx(meter, "meter.report", {"x": 1}, 1)
     assert gate.check(report) is None  # its one kind (the body is the contract's to judge)
-    apply = sign_tx(STRANGER, "registry.apply", {"id_grid": "N", "role": "consumer"}, 1)
+    apply = sign_tx(STRANGER, "registry.apply", _application("N"), 1)
     assert gate.check(apply) is None
     unknown = gate.check(sign_tx(key(10), "token.steal", {}, 1))
     assert unknown is not None and unknown[0] == "UNKNOWN_KIND"
@@ -98,12 +104,12 @@ def test_bytes_per_hour_of_block_time() -> None:
 def test_applications_open_and_pending_are_bounded() -> None:
     c = _community(max_applications=1)
     gate = AdmissionGate(c.contract)
-    first = sign_tx(key(70), "registry.apply", {"id_grid": "N1", "role": "consumer"}, 1)
-    second = sign_tx(key(71), "registry.apply", {"id_grid": "N2", "role": "consumer"}, 1)
+    first = sign_tx(key(70), "registry.apply", _application("N1"), 1)
+    second = sign_tx(key(71), "registry.apply", _application("N2"), 1)
     assert gate.charge(first, first.tx_id) is None
     refused = gate.charge(second, second.tx_id)
     assert refused is not None and refused[0] == "APPLICATIONS_FULL"
-    c.ok(key(70), "registry.apply", {"id_grid": "N1", "role": "consumer"})
+    c.ok(key(70), "registry.apply", _application("N1"))
     gate.executed(0, [first.tx_id])
     refused = gate.check(second)
     assert refused is not None and refused[0] == "APPLICATIONS_FULL"  # now open on the chain
@@ -113,7 +119,7 @@ def test_applications_open_and_pending_are_bounded() -> None:
 
 _BASE = _community(max_pending_per_signer=4, max_applications=2)
 _TXS = [_transfer(key(10 + n % 2), n) for n in range(24)] + [
-    sign_tx(key(80 + n), "registry.apply", {"id_grid": f"N{n}", "role": "consumer"}, 1)
+    sign_tx(key(80 + n), "registry.apply", _application(f"N{n}"), 1)
     for n in range(7)
 ]
 
@@ -153,7 +159,8 @@ def test_an_unadmitted_transaction_a_faulty_primary_ordered_is_a_no_op_everywher
     executing that block turns it into the same ``NOT_ADMITTED`` receipt and the same state."""
     genesis = default_genesis(hexkey(OPERATOR))
     stranger = _transfer(STRANGER, 1)
-    mint = sign_tx(OPERATOR, "token.mint", {"to": "OPERATOR", "amount": 5}, 1)
+    action = {"kind": "mint", "to": "OPERATOR", "amount": 5}
+    mint = sign_tx(OPERATOR, "quorum.propose", {"proposal_id": "Q1", "action": action}, 1)
     results = []
     for name in ("r0", "r1"):
         state = LedgerState(tmp_path / f"{name}.sqlite", genesis, make_contract, 64)
@@ -187,9 +194,9 @@ def test_an_expired_application_no_longer_holds_a_place() -> None:
     from ledger.contract.admission import APPLICATION_TTL_MS
 
     c = _community(max_applications=1)
-    c.ok(key(70), "registry.apply", {"id_grid": "N1", "role": "consumer"}, ts=1000)
+    c.ok(key(70), "registry.apply", _application("N1"), ts=1000)
     gate = AdmissionGate(c.contract)
-    second = sign_tx(key(71), "registry.apply", {"id_grid": "N2", "role": "consumer"}, 1)
+    second = sign_tx(key(71), "registry.apply", _application("N2"), 1)
     gate.executed(1000 + APPLICATION_TTL_MS - 1, [])
     refused = gate.check(second)
     assert refused is not None and refused[0] == "APPLICATIONS_FULL"
@@ -198,7 +205,127 @@ def test_an_expired_application_no_longer_holds_a_place() -> None:
     c.ok(
         key(71),
         "registry.apply",
-        {"id_grid": "N2", "role": "consumer"},
+        _application("N2"),
         ts=1000 + APPLICATION_TTL_MS,
     )
     assert [a["id_grid"] for a in c.q("applications")] == ["N2"]
+
+
+# -- the keys of issue 17's second half: order keys, meter keys, rotation, revocation ----------
+
+ORDER = key(60)  # A's order key, delegated to its gateway's trading agent
+
+
+def _keyed_community() -> Community:
+    c = _community()
+    c.ok("A", "member.set_order_key", {"id_grid": "A", "public_key": hexkey(ORDER)})
+    return c
+
+
+def _signers(c: Community) -> dict[str, Any]:
+    return {"member": key(10), "order": ORDER, "meter": c.gateways["MA"], "stranger": STRANGER}
+
+
+def test_each_kind_is_admitted_for_its_signers_only() -> None:
+    """Every kind the contract knows, against every kind of key: a member's wallet key may sign
+    any (its handler checks the role), an order key offers and bids only, a meter key reports
+    only, a never-used key applies only."""
+    from ledger.contract.community import HANDLERS
+    from ledger.contract.registry import ORDER_KINDS
+
+    c = _keyed_community()
+    gate = AdmissionGate(c.contract)
+    allowed = {
+        "order": set(ORDER_KINDS),  # offer and bid, open or sealed (commit, reveal)
+        "meter": {"meter.report"},
+        "stranger": {"registry.apply"},
+    }
+    for kind in sorted(HANDLERS):
+        for who, signer in _signers(c).items():
+            verdict = gate.check(sign_tx(signer, kind, {}, 1))
+            if who == "member" or kind in allowed[who]:
+                assert verdict is None, (kind, who, verdict)
+            else:
+                assert verdict is not None and verdict[0] == "NOT_ADMITTED", (kind, who)
+
+
+def test_an_order_key_bids_but_never_spends() -> None:
+    c = _keyed_community()
+    gate = AdmissionGate(c.contract)
+    bid = sign_tx(ORDER, "auction.bid", {"listing_id": HOUR, "wh": 10, "bid_price": 60_000}, 1)
+    assert gate.check(bid) is None
+    refused = gate.check(_transfer(ORDER, 2))
+    assert refused is not None and refused[0] == "NOT_ADMITTED"
+    assert "order key" in refused[1]
+    c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
+    c.ok(ORDER, "auction.bid", {"listing_id": HOUR, "wh": 10, "bid_price": 60_000})
+    assert [b["buyer"] for b in c.q("order_book", listing_id=HOUR)["bids"]] == ["A"]
+
+
+def test_revoked_and_rotated_keys_are_refused_at_admission() -> None:
+    c = _keyed_community()
+    gate = AdmissionGate(c.contract)
+    report = sign_tx(c.gateways["MA"], "meter.report", {}, 1)
+    assert gate.check(report) is None
+    c.ok("OPERATOR", "meter.revoke", {"meter_id": "MA"})
+    refused = gate.check(report)
+    assert refused is not None and refused[0] == "NOT_ADMITTED"
+    c.ok("A", "meter.rotate_key", {"meter_id": "MA", "gateway_key": hexkey(key(52))})
+    assert gate.check(sign_tx(key(52), "meter.report", {}, 1)) is None
+    assert gate.check(report) is not None  # the revoked key stays refused
+    c.ok("A", "member.rotate_key", {"public_key": hexkey(key(20))})
+    assert gate.check(_transfer(key(20), 1)) is None
+    old = gate.check(_transfer(key(10), 1))
+    assert old is not None and old[0] == "NOT_ADMITTED" and "revoked" in old[1]
+    c.ok("OPERATOR", "member.revoke_key", {"id_grid": "B"})
+    for signer in (key(11), ORDER):
+        assert gate.check(_transfer(signer, 1)) is not None
+    c.ok(key(20), "member.revoke_key", {"id_grid": "A"})  # also clears A's order key
+    bid = sign_tx(ORDER, "auction.bid", {"listing_id": HOUR, "wh": 10, "bid_price": 60_000}, 1)
+    assert gate.check(bid) is not None
+    for retired in (key(10), key(11), c.gateways["MA"], ORDER):  # no way back in by applying
+        again = gate.check(sign_tx(retired, "registry.apply", _application("X"), 1))
+        assert again is not None and again[0] == "NOT_ADMITTED"
+
+
+def test_a_key_change_counts_for_the_next_transaction_of_the_same_block(tmp_path: Path) -> None:
+    """The executor's second look uses the state as it is after each transaction: a revocation
+    early in a block refuses the revoked key's transactions later in that block (no index that a
+    key change could leave stale), identically on two replicas."""
+    genesis = default_genesis(hexkey(OPERATOR), treasury=10**9)
+    a, gw = key(10), key(50)
+    member = {"id_grid": "A", "commitment": commitment("A"), "public_key": hexkey(a),
+              "role": "prosumer"}  # fmt: skip
+    meter = {"meter_id": "MA", "owner": "A", "gateway_key": hexkey(gw),
+             "import_limit_w": 6_900, "export_limit_w": 0}  # fmt: skip
+    setup = [
+        sign_tx(OPERATOR, "registry.admit", member, 1),
+        sign_tx(OPERATOR, "token.transfer", {"to": "A", "amount": 1000}, 2),
+        sign_tx(OPERATOR, "registry.add_meter", meter, 3),
+    ]
+    bid = {"listing_id": HOUR, "wh": 10, "bid_price": 60_000}
+    block = [
+        sign_tx(a, "member.set_order_key", {"id_grid": "A", "public_key": hexkey(ORDER)}, 4),
+        sign_tx(ORDER, "auction.bid", bid, 1),  # admitted (the listing is not open: refused)
+        sign_tx(gw, "meter.report", {}, 1),  # admitted (its body is refused)
+        sign_tx(OPERATOR, "meter.revoke", {"meter_id": "MA"}, 4),
+        sign_tx(gw, "meter.report", {}, 2),
+        sign_tx(a, "member.revoke_key", {"id_grid": "A"}, 5),
+        sign_tx(ORDER, "auction.bid", bid, 2),
+        sign_tx(a, "token.transfer", {"to": "OPERATOR", "amount": 1}, 6),
+    ]
+    results = []
+    for name in ("r0", "r1"):
+        state = LedgerState(tmp_path / f"{name}.sqlite", genesis, make_contract, 64)
+        first = state.execute(Block(1, 1000, state.last_block_hash(),
+                                    tuple(tx.to_wire() for tx in setup)))  # fmt: skip
+        assert [r["code"] for r in first] == ["OK", "OK", "OK"]
+        receipts = state.execute(Block(2, 1001, state.last_block_hash(),
+                                       tuple(tx.to_wire() for tx in block)))  # fmt: skip
+        codes = [r["code"] for r in receipts]
+        assert codes[0] == "OK" and codes[3] == "OK" and codes[5] == "OK"
+        assert "NOT_ADMITTED" not in (codes[1], codes[2])
+        assert codes[4] == codes[6] == codes[7] == "NOT_ADMITTED"
+        results.append((codes, state.state_digest()))
+        state.close()
+    assert results[0] == results[1]

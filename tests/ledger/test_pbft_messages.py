@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -166,7 +167,9 @@ def test_arbitrary_values_raise_wire_error_only(value: Any) -> None:
 def test_mutated_valid_messages_raise_wire_error_or_parse(
     index: int, path_seed: int, replacement: Any
 ) -> None:
-    wire = _samples()[index].to_wire()
+    # to_wire() shares the request and batch dicts a message was built from (no copy on the
+    # hot path), so mutate a copy, not the samples the wire vectors pin
+    wire = copy.deepcopy(_samples()[index].to_wire())
     # walk to a random nested container and replace (or delete) one entry
     node: Any = wire
     rng = path_seed

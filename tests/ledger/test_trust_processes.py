@@ -1,5 +1,6 @@
 """Who may write and who may read, against four real replica processes running the community
-contract (issue 17: admission before ordering, per-signer limits, the read policy).
+contract (issue 17: admission before ordering, per-signer limits, the read policy, and the keys
+each signer holds: wallet, order and meter keys, rotated and revoked on chain).
 
 Each attack here was run against the code before admission and the read policy, and failed
 there: strangers' transactions were ordered and stored, nothing was refused for a signer's
@@ -25,6 +26,8 @@ from ledger.cli import _statuses
 from ledger.cluster import load_cluster, replica_db_file
 from ledger.contract import default_genesis, sign_report
 from ledger.keys import load_key, new_key, public_hex
+from ledger.personal import Opening
+from ledger.personal import commitment as commit
 from ledger.setup import init_cluster
 from ledger.transport import FrameDecoder, decode_payload, encode_frame, link_proof, read_message
 from ledger.tx import SignedTx, sign_tx
@@ -37,6 +40,13 @@ ROOT = Path(__file__).resolve().parents[2]
 HOUR = time.strftime("%Y-%m-%dT%H", time.gmtime(time.time() - 7200))
 
 
+def commitment(id_grid: str) -> str:
+    """The commitment a member's personal data gets (``ledger.personal``); its salt is fixed
+    here only so the test can name it twice."""
+    data = Opening(f"Member {id_grid}", f"{id_grid.lower()}@home.example", "1 Grid St", "00" * 32)
+    return commit(data)
+
+
 class Community:
     """Four replica processes with the community contract, an operator and two members."""
 
@@ -47,7 +57,7 @@ class Community:
             4,
             timers={"view_change_ms": 1000, "request_timeout_ms": 500, "status_ms": 100},
             batch={"max_txs": 400, "max_delay_ms": 2},
-            genesis=lambda op: default_genesis(op, **params),
+            genesis=lambda op: default_genesis(op, treasury=10**12, **params),
         )
         self.config = load_cluster(directory / "cluster.json")
         self.operator = load_key(directory / "operator.key")
@@ -107,16 +117,18 @@ class Community:
             for id_grid, key in (("A", self.a), ("B", self.b)):
                 body = {
                     "id_grid": id_grid,
-                    "name": f"Member {id_grid}",
-                    "email": f"{id_grid.lower()}@home.example",
+                    "commitment": commitment(id_grid),
                     "public_key": public_hex(key),
                     "role": "prosumer",
                 }
                 assert (await op.submit_new("registry.admit", body)).ok
-                assert (await op.submit_new("token.mint", {"to": id_grid, "amount": 10**9})).ok
+                funds = {"to": id_grid, "amount": 10**9}  # from the genesis treasury
+                assert (await op.submit_new("token.transfer", funds)).ok
             meter = {"meter_id": "MA", "owner": "A", "gateway_key": public_hex(self.gateway),
                      "import_limit_w": 6_900, "export_limit_w": 3_680}
             assert (await op.submit_new("registry.add_meter", meter)).ok
+        async with self.client(self.a) as a:  # the owner's consent: MA may report
+            assert (await a.submit_new("meter.confirm", {"meter_id": "MA"})).ok
 
 
 @asynccontextmanager
@@ -243,12 +255,12 @@ async def test_a_newcomer_applies_once_with_its_own_key(tmp_path: Path) -> None:
     async with community(tmp_path, max_applications=2) as c:
         newcomer = new_key()
         async with c.client(newcomer) as client:
-            receipt = await client.submit_new(
-                "registry.apply", {"id_grid": "N", "role": "consumer"}
-            )
+            application = {"id_grid": "N", "role": "consumer", "commitment": commitment("N")}
+            receipt = await client.submit_new("registry.apply", application)
             assert receipt.ok, receipt
             with pytest.raises(RejectedError) as refused:
-                await client.submit_new("registry.apply", {"id_grid": "N2", "role": "consumer"})
+                again = {"id_grid": "N2", "role": "consumer", "commitment": commitment("N2")}
+                await client.submit_new("registry.apply", again)
             assert refused.value.code == "APPLICATION_EXISTS"
             with pytest.raises(RejectedError) as refused:
                 await client.submit_new("token.transfer", {"to": "A", "amount": 1})
@@ -256,10 +268,10 @@ async def test_a_newcomer_applies_once_with_its_own_key(tmp_path: Path) -> None:
         async with c.client(c.operator) as op:
             apps = await op.query("applications")
             assert [a["public_key"] for a in apps] == [public_hex(newcomer)]
+            assert apps[0]["commitment"] == commitment("N")  # the data itself is off the chain
             body = {
                 "id_grid": "N",
-                "name": "New member",
-                "email": "n@home.example",
+                "commitment": commitment("N"),
                 "public_key": public_hex(newcomer),
                 "role": "consumer",
             }
@@ -287,7 +299,8 @@ async def test_a_signer_over_its_limit_is_refused_and_others_are_not(tmp_path: P
 async def test_reads_follow_the_read_policy(tmp_path: Path) -> None:
     """Before: with no key at all, ``members`` returned names, e-mails and keys, and
     ``reports`` every home's series. Now anonymous reads get nothing personal; a member reads
-    its own records and the roster; the operator reads what billing needs."""
+    its own records and the roster and audits the registry; the operator reads what billing
+    needs (and the chain holds commitments, never names or e-mails)."""
     async with community(tmp_path) as c:
         report = sign_tx(
             c.gateway, "meter.report", sign_report(c.gateway, "MA", f"{HOUR}:00", 120, 30), 1
@@ -315,7 +328,9 @@ async def test_reads_follow_the_read_policy(tmp_path: Path) -> None:
         async with c.client(c.b) as b:
             roster = await b.query("members")
             assert {m["id_grid"] for m in roster} == {"OPERATOR", "A", "B"}
-            assert all(set(m) == {"id_grid", "role"} for m in roster)  # no names, e-mails, keys
+            assert all(set(m) == {"id_grid", "role"} for m in roster)  # no commitments, keys
+            log = await b.query("registry_log")  # every member audits the registry
+            assert [e["kind"] for e in log].count("registry.admit") == 2
             with pytest.raises(QueryFailed, match="NOT_PERMITTED"):
                 await b.query("reports", meter_id="MA")
             with pytest.raises(QueryFailed, match="NOT_PERMITTED"):
@@ -328,5 +343,56 @@ async def test_reads_follow_the_read_policy(tmp_path: Path) -> None:
             assert [r["import_wh"] for r in await a.query("reports", meter_id="MA")] == [120]
         async with c.client(c.operator) as op:
             full = await op.query("members")
-            assert {m["email"] for m in full} >= {"a@home.example", "b@home.example"}
+            assert {m["commitment"] for m in full} >= {commitment("A"), commitment("B")}
             assert len(await op.query("reports", meter_id="MA")) == 1
+
+
+async def test_an_order_key_bids_and_a_revoked_meter_key_is_refused(tmp_path: Path) -> None:
+    """Keys held where they are used, on real replicas: the order key A delegated to its
+    gateway places A's bid but cannot move A's tokens (refused at admission, never ordered);
+    once A revokes its meter's key (a stolen gateway), that key's reports are refused at
+    admission too, while the rotated-in key reports. On a merge that admitted every key the
+    state knows (wallet, order, meter or retired alike) the transfer and the revoked key's
+    report were ordered."""
+    async with community(tmp_path, sealed_bids=False) as c:  # an open book: a plain bid
+        order = new_key()
+        async with c.client(c.a) as a:
+            body = {"id_grid": "A", "public_key": public_hex(order)}
+            assert (await a.submit_new("member.set_order_key", body)).ok
+        async with c.client(c.operator) as op:
+            assert (await op.submit_new("auction.open", {"listing_id": HOUR})).ok
+        async with c.client(order) as agent:
+            bid = {"listing_id": HOUR, "wh": 500, "bid_price": 60_000}
+            assert (await agent.submit_new("auction.bid", bid)).ok
+            book = await agent.query("order_book", listing_id=HOUR)  # its member's orders
+            assert [b["buyer"] for b in book["bids"]] == ["A"]
+            steal = sign_tx(order, "token.transfer", {"to": "B", "amount": 1}, 99)
+            with pytest.raises(RejectedError) as refused:
+                await agent.submit(steal)
+            assert refused.value.code == "NOT_ADMITTED"
+            with pytest.raises(QueryFailed, match="NOT_PERMITTED"):
+                await agent.query("balance", id_grid="A")
+        fresh = new_key()
+        async with c.client(c.a) as a:
+            assert (await a.submit_new("meter.revoke", {"meter_id": "MA"})).ok
+            assert (await a.query("balance", id_grid="A"))["balance"] == 10**9 - 30_000
+        stolen = sign_tx(
+            c.gateway, "meter.report", sign_report(c.gateway, "MA", f"{HOUR}:00", 120, 30), 1
+        )
+        async with c.client(c.gateway) as gw:
+            with pytest.raises(RejectedError) as refused:
+                await gw.submit(stolen)
+            assert refused.value.code == "NOT_ADMITTED"
+        async with c.client(c.a) as a:
+            body = {"meter_id": "MA", "gateway_key": public_hex(fresh)}
+            assert (await a.submit_new("meter.rotate_key", body)).ok
+        report = sign_tx(fresh, "meter.report", sign_report(fresh, "MA", f"{HOUR}:00", 120, 30), 1)
+        async with c.client(fresh) as gw:
+            assert (await gw.submit(report)).ok
+        statuses = await c.converged()
+        async with c.client(c.operator) as op:
+            for tx in (steal, stolen):
+                assert await op.receipt(tx.tx_id) is None  # never ordered, never stored
+            assert (await op.query("balance", id_grid="A"))["balance"] == 10**9 - 30_000
+        refused = sum(s["counters"].get("admission_refused_not_admitted", 0) for s in statuses)
+        assert refused >= 2, [s["counters"] for s in statuses]

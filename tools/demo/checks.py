@@ -96,7 +96,7 @@ async def self_checks(run: DemoDay) -> None:
     total = sum(int(m["balance"]) for m in members) + escrow + int(grid["balance"])
     rec.checks.append(Check(
         "tokens conserved", total == run.minted == int(grid["supply"]),
-        f"balances + escrow + grid account = {total} micro-tokens; minted {run.minted}; "
+        f"balances + escrow + grid account = {total} micro-tokens; genesis supply {run.minted}; "
         f"ledger supply {grid['supply']}"))
     end_ms = run.day0_ms + run.opts.hours * HOUR_MS
     net_wh = [0] * min(SLOTS_PER_DAY, run.opts.hours * SLOTS_PER_HOUR)

@@ -36,7 +36,7 @@ class DemoDay(Protocol):
     metering_plugs: dict[str, str]
     habit_loads: dict[int, set[int]]
     supply: dict[str, HomeSupply]
-    gateway_keys: dict[str, Ed25519PrivateKey]  # each home's gateway key
+    meter_keys: dict[str, Ed25519PrivateKey]  # each home's meter-reporting key (its gateway's)
     liar: Liar | None  # --faults: the home whose gateway over-reports
 
     def listing(self, k: int) -> tuple[str, int, dt.date]: ...

@@ -197,12 +197,17 @@ class EdgeSpec:
     mqtt_nodes: list[tuple[int, str, bytes]] = field(default_factory=list)  # (id, topic, key)
     node_relays: dict[str, tuple[int, int]] = field(default_factory=dict)
     model: str = METER_MODEL  # the billing meter's (the feeder: sdm630)
+    # the order key the member delegated on chain so that the gateway trades for the home;
+    # ``key`` is the meter-reporting key; the member's wallet key is never on the gateway
+    order_key: Ed25519PrivateKey | None = None
 
 
 def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
                         plug_keys: dict[int, bytes], broker: DemoBroker | None) -> Path:
     (d / "data").mkdir(parents=True, exist_ok=True)
     write_key(d / "data" / "gateway.key", spec.key)
+    if spec.order_key is not None:
+        write_key(d / "data" / "order.key", spec.order_key)
     nodes = {str(nid): {"key": key.hex(), "name": f"plug-{nid}", "transport": "ble"}
              for nid, key in plug_keys.items()}
     for nid, topic, key in spec.mqtt_nodes:
@@ -214,7 +219,8 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
         "# written by `wattmesh demo`: one home's gateway",
         "[gateway]", f'id = "{spec.id_grid.lower()}"', 'data_dir = "data"',
         'key_file = "gateway.key"', 'keystore = "nodes.json"', "flush_ms = 60000",
-        "command_timeout_s = 30", "",
+        "command_timeout_s = 30",
+        *(['order_key_file = "order.key"'] if spec.order_key is not None else []), "",
     ]
     if broker is not None:  # TLS, the gateway's own account (README: a home's broker)
         base = f"wattmesh-{spec.id_grid.lower()}"

@@ -103,7 +103,7 @@ def plan_faults(run: DemoDay) -> list[tuple[int, FaultAction]]:
             fault("over-reporting gateway", t, "skipped: no home has PV")
             return
         edge, home = sellers[-1]
-        run.liar = Liar(home.id_grid, edge.meter_id, run.gateway_keys[home.id_grid], home.pv_w,
+        run.liar = Liar(home.id_grid, edge.meter_id, run.meter_keys[home.id_grid], home.pv_w,
                         run.listing(lie_k)[0])
         edge.deliverer.tamper = run.liar.tamper
         fault("over-reporting gateway", t,

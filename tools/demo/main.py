@@ -86,11 +86,13 @@ def _finish(opts: DemoOptions, run: DemoRun, record: DayRecord, _tmp: Path) -> i
         f"(the community's net flow: import {t['net_import_wh'] / 1000:.1f} kWh, export "
         f"{t['net_export_wh'] / 1000:.1f} kWh)")
     say(f"cost of the day at grid tariffs alone: {_eur(costs['grid_only']['community_cost_utok'])}")
-    for rule in ("paper", "uniform", "pay_as_bid"):
+    for rule in (r for r in costs if r != "grid_only"):
         c = costs[rule]
         mark = "  (this run)" if rule == opts.rule else ""
+        efficiency = c.get("efficiency")
+        traded = "" if efficiency is None else f"  efficiency {efficiency:.2f}"
         say(f"  with the community market, rule {rule:<10}: {_eur(c['community_cost_utok'])}"
-            f"  saving {_eur(c['saving_utok'])} ({c['saving_pct']}%){mark}")
+            f"  saving {_eur(c['saving_utok'])} ({c['saving_pct']}%){traded}{mark}")
     for f in record.faults:
         say(f"fault at {f.sim_time}: {f.kind}: {f.detail}. {f.recovered}")
     say("self-checks:")

@@ -28,6 +28,7 @@ from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
 from ledger.keys import public_hex
+from ledger.personal import PersonalStore
 from ledger.tx import sign_tx
 from tools.demo.checks import self_checks
 from tools.demo.economics import HourBook, Tariffs
@@ -52,7 +53,7 @@ from tools.demo.supply import HomeSupply, RelayLog, home_supply, plug_draw, rela
 from tools.demo.vmnode import VM_NODE_BASE, VmNode
 from tools.demo.world import Home, build_community, run_slots
 
-START_TOKENS = 25_000_000  # micro-tokens minted to every home at the start (25 €)
+START_TOKENS = 25_000_000  # micro-tokens every home buys from the operator at the start (25 €)
 OPERATOR = "OPERATOR"
 AGENT_MARGINS = (0.02, 0.4)  # share of the tariff band each home's agent asks below / bids above
 HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
@@ -100,11 +101,19 @@ class DemoRun:
         self.rng = random.Random(opts.seed)
         self.homes: list[Home] = build_community(opts.households, opts.seed)
         self.operator = Actor(OPERATOR, Ed25519PrivateKey.generate())
-        self.gateway_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
+        # each home's keys: the member's wallet key (transfers, votes, key changes; it stays
+        # with the member, here the demo), and on its gateway the meter key (reports only) and
+        # the order key the member delegates to the gateway's trading agent (offers, bids only)
+        self.wallet_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
+        self.meter_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
+        self.order_keys = {h.id_grid: Ed25519PrivateKey.generate() for h in self.homes}
         self.feeder_key = Ed25519PrivateKey.generate()  # the operator's gateway at the feeder
         self.feeder: HomeEdge | None = None
         self.liar: Liar | None = None  # --faults: the home whose gateway over-reports
+        # the whole supply, fixed in the genesis: the operator's treasury, sold to the homes
+        self.minted = START_TOKENS * len(self.homes)
         self.genesis = default_genesis(public_hex(self.operator.key), clearing_rule=opts.rule,
+                                       treasury=self.minted,
                                        report_window_ms=report_window_ms(opts.date))
         self.tariffs = Tariffs.from_params(self.genesis["params"])
         # Each home's agent trades with its own margin around the expected price (seeded), so
@@ -121,7 +130,6 @@ class DemoRun:
         self.ledger: LedgerPort | None = None
         self.sup = sup
         self.run_dir = run_dir
-        self.minted = 0
         self.edges: list[HomeEdge] = []
         self.ledger_down = False
         self.day0_ms = 0
@@ -152,13 +160,20 @@ class DemoRun:
 
     async def register(self) -> None:
         op = self.operator
+        # personal data stays with the operator (its register, mode 0600); the chain holds a
+        # salted hash of it
+        personal = PersonalStore(self.run_dir / "personal.sqlite")
+        try:
+            commitments = {h.id_grid: personal.add(
+                h.id_grid, h.name, f"{h.id_grid.lower()}@community.invalid",
+                f"{h.name}'s home, the community")[0] for h in self.homes}
+        finally:
+            personal.close()
         for h in self.homes:
             role = "prosumer" if h.pv_w else "consumer"
             await self.tx(op, "registry.admit", {
-                "id_grid": h.id_grid, "name": h.name,
-                "email": f"{h.id_grid.lower()}@community.invalid",
-                # the home's gateway holds the member's key: it signs its orders and reports
-                "public_key": public_hex(self.gateway_keys[h.id_grid]), "role": role,
+                "id_grid": h.id_grid, "commitment": commitments[h.id_grid],
+                "public_key": public_hex(self.wallet_keys[h.id_grid]), "role": role,
             })
             if h.pv_w:
                 await self.tx(op, "registry.add_res", {
@@ -167,17 +182,23 @@ class DemoRun:
                 })
             await self.tx(op, "registry.add_meter", {
                 "meter_id": h.meter_id, "owner": h.id_grid,
-                "gateway_key": public_hex(self.gateway_keys[h.id_grid]),
+                "gateway_key": public_hex(self.meter_keys[h.id_grid]),
                 # the connection's limits: contracted import power, the inverter's export
                 "import_limit_w": IMPORT_LIMIT_W, "export_limit_w": h.pv_w,
             })
-            await self.tx(op, "token.mint", {"to": h.id_grid, "amount": START_TOKENS})
-            self.minted += START_TOKENS
+            # the member recognises its gateway's key (the meter may report: its owner's
+            # consent) and delegates an order key to the gateway's trading agent
+            member = Actor(h.id_grid, self.wallet_keys[h.id_grid])
+            await self.tx(member, "meter.confirm", {"meter_id": h.meter_id})
+            await self.tx(member, "member.set_order_key", {
+                "id_grid": h.id_grid, "public_key": public_hex(self.order_keys[h.id_grid])})
+            await self.tx(op, "token.transfer", {"to": h.id_grid, "amount": START_TOKENS})
         await self.tx(op, "registry.add_meter", {
             "meter_id": FEEDER_ID, "owner": OPERATOR, "role": "feeder",
             "gateway_key": public_hex(self.feeder_key),
             "import_limit_w": FEEDER_LIMIT_W, "export_limit_w": FEEDER_LIMIT_W,
         })
+        await self.tx(op, "meter.confirm", {"meter_id": FEEDER_ID})  # the operator's own meter
 
     # -- the day ----------------------------------------------------------------------------
 
@@ -271,8 +292,9 @@ class DemoRun:
             supply = home_supply(self.plans[h.index], rng, self.day0_ms,
                                  {regular.name} if regular is not None else set())
             self.supply[h.id_grid] = supply
-            spec = EdgeSpec(h.id_grid, h.meter_id, self.gateway_keys[h.id_grid],
-                            supply.power_w, plugs, mqtt_nodes, node_relays)
+            spec = EdgeSpec(h.id_grid, h.meter_id, self.meter_keys[h.id_grid],
+                            supply.power_w, plugs, mqtt_nodes, node_relays,
+                            order_key=self.order_keys[h.id_grid])
             edge = await start_edge(
                 spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
                 self.current_ledger, plug_keys, self.plug_load, self.broker,
