@@ -10,7 +10,8 @@ ledger client's transactions and queries (the contract is the one place that dec
   limits (``import_limit_w``, ``export_limit_w``); ``--limit NAME=INT`` puts any further field
   the contract asks of a meter into the body as it is. / the ``meters`` query.
 * ``meter confirm``: ``meter.confirm``, the member's consent, signed with its wallet key
-  (``--key``): reports bill the member, so the ledger takes none before it.
+  (``--key``): reports bill the member, so the ledger takes none before it. ``meter revoke``:
+  ``meter.revoke`` (the owner, or the operator for a stolen gateway).
 * ``res add``: ``registry.add_res``.
 * ``pubkey --key FILE``: the public key of a key file (for ``[ems.dr_signers]``).
 * ``dr sign``: a signed demand-response request for one gateway, printed for the broker
@@ -122,9 +123,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | list[Any]:
         body = meter_body(args.member, args.meter, args.gateway_key, args.import_limit_w,
                           args.export_limit_w, args.limit or [])
         return asyncio.run(_submit(args, "registry.add_meter", body))
-    if what == "meter confirm":  # the member's consent, signed with its wallet key
+    if what in ("meter confirm", "meter revoke"):  # confirm: the member's consent (wallet
+        # key); revoke: the owner, or the operator for a stolen gateway
         body = {"meter_id": ledger_meter_id(args.member, args.meter)}
-        return asyncio.run(_submit(args, "meter.confirm", body))
+        return asyncio.run(_submit(args, f"meter.{args.action}", body))
     if what == "res add":
         body = {"res_id": args.res_id, "owner": args.member, "kind": args.kind,
                 "rated_power_w": args.rated_w}  # fmt: skip
@@ -203,10 +205,12 @@ def register(subparsers: Any) -> None:
                      help="the most it can export (W); 0 for a home without generation")
     add.add_argument("--limit", type=_limit, action="append", metavar="NAME=INT",
                      help="any further field the contract asks of a meter (repeat)")
-    confirm = mt_sub.add_parser("confirm", help="meter.confirm, by the member (wallet key)")
-    _ledger_args(confirm)
-    confirm.add_argument("--member", required=True, type=_ident(MEMBER_RE, "--member"))
-    confirm.add_argument("--meter", required=True, type=_ident(ID_RE, "--meter"))
+    for action, what in (("confirm", "meter.confirm, by the member (wallet key)"),
+                         ("revoke", "meter.revoke: the meter's reports end (a stolen gateway)")):
+        one = mt_sub.add_parser(action, help=what)
+        _ledger_args(one)
+        one.add_argument("--member", required=True, type=_ident(MEMBER_RE, "--member"))
+        one.add_argument("--meter", required=True, type=_ident(ID_RE, "--meter"))
     mlist = mt_sub.add_parser("list", help="the meters query")
     _ledger_args(mlist)
     mlist.add_argument("--member", type=_ident(MEMBER_RE, "--member"))

@@ -128,6 +128,10 @@ async def test_operator_registers_scoped_meters_and_a_refused_report_is_retried(
                                               timeout_s=30) as client:  # fmt: skip
         reports = await client.query("reports", meter_id="PT0001:grid")
     assert len(reports) == 1 and reports[0]["import_wh"] > 0
+    # a stolen gateway: the operator revokes home-2's meter
+    r = await _cli(capsys, "operator", "meter", "revoke", *on, "--key", op_key,
+                   "--member", "PT0002", "--meter", "grid")
+    assert r["code"] == "OK", r
     # bad input is a usage error, not a traceback
     with pytest.raises(SystemExit):  # a member id with the scope separator: a usage error
         main(["operator", "meter", "add", *on, "--key", op_key, "--member", "PT:1",
