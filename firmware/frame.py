@@ -7,6 +7,7 @@
 # Frame = header | payload | tag
 #   header  ">BBHIH"  version (=1), type, node id, sequence number, payload length   (10 bytes)
 #   tag     first 16 bytes of HMAC-SHA256(node key, header | payload)
+# Each frame type travels one way (DIRECTION); receivers refuse the other direction.
 # The tag is truncated to 128 bits as RFC 4868 does for HMAC-SHA256-128, so that a reading fits
 # one BLE notification at a modest MTU. Sequence numbers never repeat for a node across reboots
 # (the firmware reserves them in blocks on flash); the gateway accepts them forward only.
@@ -65,7 +66,8 @@ S_OK = 0
 S_MIN_TIME = 1  # refused: minimum on/off time not yet elapsed (the node retries at expiry)
 S_TRIPPED = 2  # refused: the relay is locked out by the over-current trip
 S_BAD_RELAY = 3  # refused: no such relay
-S_REPLAY = 4  # refused: sequence number not newer than the last accepted command
+S_REPLAY = 4  # (emulators) not newer than the last accepted command; the firmware drops such a
+#               command unanswered (node.py), a gateway treats the status as not done
 S_BAD_CALIBRATION = 5  # refused: no such CT channel, no reading yet, or constants out of bounds
 
 # CALIBRATE: channel, mode, reserved (0), then three values by mode:
@@ -80,6 +82,16 @@ M_CONSTANTS = 2
 
 _PAYLOAD_LEN = {T_READING: READING_LEN, T_COMMAND: COMMAND_LEN, T_ACK: ACK_LEN,
                 T_CALIBRATE: CALIBRATE_LEN}
+
+# Direction: each type travels one way, and the header's node id is the sender of an UP frame and
+# the target of a DOWN one. A receiver names the direction it listens to, so an authentic frame
+# of the other direction (a COMMAND captured on the broker and replayed as telemetry, a node's
+# ACK reflected back to it) is refused as "direction" before it can touch a sequence window.
+# Sequence numbers are counted per direction (the node's counter for READING and ACK, the
+# gateway's per node for COMMAND and CALIBRATE) and kept per frame type by the receiver.
+UP = 1  # node -> gateway
+DOWN = 2  # gateway -> node
+DIRECTION = {T_READING: UP, T_ACK: UP, T_COMMAND: DOWN, T_CALIBRATE: DOWN}
 
 
 class FrameError(ValueError):
@@ -120,8 +132,9 @@ def encode(key, ftype, node_id, seq, payload):
     return body + tag(key, body)
 
 
-def peek(frame):
-    """(type, node id, seq) from the header, unauthenticated: only to find the node's key."""
+def peek(frame, direction=None):
+    """(type, node id, seq) from the header, unauthenticated: only to find the node's key.
+    ``direction`` (UP or DOWN): a frame of the other direction is refused ("direction")."""
     if len(frame) < HEADER_LEN + TAG_LEN:
         raise FrameError("short")
     version, ftype, node_id, seq, plen = struct.unpack(HEADER_FMT, bytes(frame[:HEADER_LEN]))
@@ -131,12 +144,15 @@ def peek(frame):
         raise FrameError("type")
     if plen != _PAYLOAD_LEN[ftype] or len(frame) != HEADER_LEN + plen + TAG_LEN:
         raise FrameError("length")
+    if direction is not None and DIRECTION[ftype] != direction:
+        raise FrameError("direction")
     return ftype, node_id, seq
 
 
-def decode(key, frame):
-    """Check a frame's header and tag; return (type, node id, seq, payload bytes)."""
-    ftype, node_id, seq = peek(frame)
+def decode(key, frame, direction=None):
+    """Check a frame's header (and ``direction``, see ``peek``) and tag; return (type, node id,
+    seq, payload bytes)."""
+    ftype, node_id, seq = peek(frame, direction)
     body = bytes(frame[:-TAG_LEN])
     if not _same(tag(key, body), bytes(frame[-TAG_LEN:])):
         raise FrameError("tag")

@@ -293,29 +293,30 @@ class Node:
     def command(self, raw):
         """An ACK frame for an authenticated COMMAND addressed to this node; None if dropped.
 
-        Frames that fail the tag, name another node or are not commands are dropped without an
-        answer (an attacker learns nothing); an authentic but stale seq is answered S_REPLAY.
+        Frames that fail the tag, name another node or travel the other way (a READING or ACK
+        reflected back) are dropped without an answer (an attacker learns nothing). An authentic
+        command whose seq is not newer than the last accepted one (a replay) is dropped too,
+        counted as "replay": not executed, not answered (an ACK would burn a sequence number
+        and, at a block's end, a flash write), nothing saved.
         """
         try:
-            ftype, nid, seq = frame.peek(raw)
+            ftype, nid, seq = frame.peek(raw, frame.DOWN)
             if nid != self.node_id:
                 return self._drop("node")
-            if ftype != frame.T_COMMAND and ftype != frame.T_CALIBRATE:
-                return self._drop("type")
-            _t, _n, seq, payload = frame.decode(self.key, raw)
+            _t, _n, seq, payload = frame.decode(self.key, raw, frame.DOWN)
             if ftype == frame.T_CALIBRATE:
                 cal = frame.unpack_calibrate(payload)
             else:
                 index, action = frame.unpack_command(payload)
         except frame.FrameError as e:
             return self._drop(e.args[0])
+        if not self.state.accept_command(seq):  # (saved to flash only when accepted)
+            return self._drop("replay")
         if ftype == frame.T_CALIBRATE:
             return self._calibrate(seq, cal)
         now = self._clock()
         state = 0
-        if not self.state.accept_command(seq):
-            status = frame.S_REPLAY
-        elif index >= len(self.relays):
+        if index >= len(self.relays):
             status = frame.S_BAD_RELAY
         else:
             rl = self.relays[index]
@@ -331,10 +332,7 @@ class Node:
     def _calibrate(self, seq, cal):
         """Answer an authentic CALIBRATE: new constants for a CT channel, kept in flash."""
         number, mode, a, b, c = cal
-        if not self.state.accept_command(seq):
-            status = frame.S_REPLAY
-        else:
-            status = self._apply_calibration(number, mode, a, b, c)
+        status = self._apply_calibration(number, mode, a, b, c)  # seq accepted by command()
         ack = frame.pack_ack(seq, number, status, 0)
         return frame.encode(self.key, frame.T_ACK, self.node_id, self.state.next_seq(), ack)
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 
 from gateway.config import MqttConfig
+from gateway.credentials import mqtt_password, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,31 @@ def broker_client(
     cfg: MqttConfig, role: str, will: aiomqtt.Will | None = None, timeout_s: float = 10
 ) -> aiomqtt.Client:
     """A connection to the home's broker as the config says; ``role`` names it in the client
-    id (``wattmesh-<role>-<random>``), so two gateway parts never take each other's session."""
+    id (``wattmesh-<role>-<random>``), so two gateway parts never take each other's session.
+    The password is read now (``gateway.credentials``), TLS checks the broker's certificate."""
     return aiomqtt.Client(
         cfg.host,
         cfg.port,
         username=cfg.username,
-        password=cfg.password,
+        password=mqtt_password(cfg),
         identifier=f"wattmesh-{role}-{secrets.token_hex(4)}",
         will=will,
         timeout=timeout_s,
+        tls_context=tls_context(cfg),
     )
+
+
+def explain(exc: aiomqtt.MqttError) -> str:
+    """An MQTT failure in words an operator can act on: a refused login, a certificate the
+    broker's CA does not sign or that names another host, a broker not listening."""
+    text = str(exc)
+    low = text.lower()
+    if "not authorized" in low or "bad user name or password" in low or "code:5" in low \
+            or "code:4" in low or "code:134" in low or "code:135" in low:
+        return f"the broker refused the login (user name or password wrong): {text}"
+    if "certificate" in low or "ssl" in low or "tls" in low or "hostname" in low:
+        return f"TLS failed: the broker's certificate is not trusted (mqtt.ca_file, host): {text}"
+    return text
 
 
 async def keep_sessions(
@@ -67,7 +83,7 @@ async def keep_sessions(
         except aiomqtt.MqttError as exc:
             if on_drop is not None:
                 on_drop()
-            log.info("%s: %s; reconnecting in %.1f s", name, exc, delay)
+            log.warning("%s: %s; reconnecting in %.1f s", name, explain(exc), delay)
         if up.is_set():
             delay = cfg.reconnect_initial_s
         up.clear()

@@ -118,7 +118,9 @@ def build(
     )
     relays = RelayCommander(keys, ingest.nodes, sources, clock, cfg.command_timeout_s)
     outbox_wake = asyncio.Event()
-    recorder = Recorder(cfg.db_path, key, ingest, relays, clock, cfg.reports, outbox_wake.set)
+    recorder = Recorder(
+        cfg.db_path, key, ingest, relays, clock, cfg.reports, outbox_wake.set, cfg.member
+    )
     if deliverer is None and cfg.ledger is not None:
         deliverer = LedgerDeliverer(cfg.ledger.cluster, key, cfg.ledger.timeout_s)
     backoff = Backoff(
@@ -129,7 +131,7 @@ def build(
     if cfg.ems is not None:
         ems = ems_runner(cfg.ems, cfg.command_timeout_s, clock, relays, recorder, deliverer)
         if cfg.mqtt is not None:
-            dr_inbox = _dr_inbox(cfg, ems)
+            dr_inbox = _dr_inbox(cfg, ems, recorder, clock)
     return GatewayParts(
         key=key,
         signers=signers,
@@ -210,17 +212,23 @@ def ems_runner(
     )
 
 
-def _dr_inbox(cfg: GatewayConfig, ems: EmsRunner) -> DrInbox:
-    from gateway.dr_inbox import DrInbox
+def _dr_inbox(cfg: GatewayConfig, ems: EmsRunner, recorder: Recorder, clock: Clock) -> DrInbox:
+    from gateway.dr_inbox import DrInbox, SignedDr, to_row
     from gateway.ems.plan import DrRequest
+
+    assert cfg.mqtt is not None and cfg.ems is not None
+
+    def store_request(dr: SignedDr) -> bool:
+        """Persisted before the EMS sees it: a request survives a SIGKILL right after."""
+        return recorder.db().dr_add(to_row(dr, clock.now_ms()))
 
     async def on_request(req: DrRequest) -> None:
         """A demand-response request: planned for at once, not at the next slot edge."""
         ems.request_demand_response(req)
         await ems.replan_now()
 
-    assert cfg.mqtt is not None
-    return DrInbox(cfg.mqtt, cfg.gateway_id, on_request)
+    signers = {key: role for role, key in cfg.ems.dr_signers}
+    return DrInbox(cfg.mqtt, cfg.gateway_id, signers, clock.now_ms, store_request, on_request)
 
 
 def _node_sources(cfg: GatewayConfig, clock: Clock, ble_backend: type | None) -> list[NodeSource]:

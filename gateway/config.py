@@ -35,6 +35,10 @@ INTERVAL_MIN = INTERVAL_MS // 60_000
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TOPIC_RE = re.compile(r"^[^#+/\s]{1,64}$")
+MEMBER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")  # an id_grid: no ":", the scope separator
+PUBKEY_RE = re.compile(r"^[0-9a-fA-F]{64}$")  # an Ed25519 public key in hex
+DR_ROLES = ("operator", "dso")  # who may sign a demand-response request
+BLE_ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # AA:BB:CC:DD:EE:FF
 MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
 
 
@@ -64,10 +68,17 @@ class LedgerConfig:
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
+    """The home's broker. ``tls``: verify the broker's certificate against ``ca_file`` (the
+    system's CAs without one) and its host name; the password is read from ``password_file``
+    (owner-only) or the environment variable ``WATTMESH_MQTT_PASSWORD`` when connecting
+    (``gateway.credentials``), never kept in the config file."""
+
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     base_topic: str = "wattmesh"
@@ -125,6 +136,7 @@ class EmsConfig:
     sealed_orders: bool = True  # the community's params.sealed_bids: commit, then reveal
     commit_deposit: int = 100_000  # its params.commit_deposit (micro-tokens)
     notes: tuple[str, ...] = ()  # what the repair policy changed in the spec
+    dr_signers: tuple[tuple[str, str], ...] = ()  # (role, Ed25519 public key hex) of DR signers
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +182,9 @@ class GatewayConfig:
     # the member's billing meter. Empty (every meter reported) unless a config file says so.
     unreported: frozenset[str] = frozenset()
     ems: EmsConfig | None = None
+    # the member (id_grid) this home belongs to: its meters are "<member>:<meter_id>" on the
+    # ledger, so every home may call its meter "grid" (gateway.report.ledger_meter_id)
+    member: str | None = None
     # the order key the member delegated to this gateway for its offers and bids
     # (gateway.signers); key_file is the meter-reporting key
     order_key_file: Path | None = None
@@ -275,7 +290,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     section = _gateway(gw, base)  # GatewayConfig's fields that [gateway] holds
     ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
     found = _Meters()
-    mqtt = _mqtt(mt, found) if (mt := root.table("mqtt")) is not None else None
+    mqtt = _mqtt(mt, found, base) if (mt := root.table("mqtt")) is not None else None
     ble_backend, ble_silence_timeout_s = "bleak", None
     if (bt := root.table("ble")) is not None:
         ble_backend, ble_silence_timeout_s = _ble(bt, found)
@@ -334,6 +349,7 @@ def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
         flush_ms=gw.get("flush_ms", int, 1000, min=10, max=60_000),
         retention_days=gw.get("retention_days", int, 7, min=1, max=3650),
         command_timeout_s=float(gw.get("command_timeout_s", (int, float), 5.0, min=0.1, max=120)),
+        member=gw.get("member", str, None, pattern=MEMBER_RE),
     )
     gw.done()
     return section
@@ -350,13 +366,22 @@ def _ledger(lt: _Table, base: Path) -> LedgerConfig:
     return ledger
 
 
-def _mqtt(mt: _Table, found: _Meters) -> MqttConfig:
+def _mqtt(mt: _Table, found: _Meters, base: Path) -> MqttConfig:
     disc = mt.table("discovery")
+    if "password" in mt.doc:
+        raise GatewayConfigError("mqtt.password: a secret does not go into the config; put it "
+                                 "in a file of mode 0600 named by mqtt.password_file")
+    tls = mt.get("tls", bool, False)
+    pw_file, ca_file = mt.get("password_file", str, None), mt.get("ca_file", str, None)
+    if ca_file is not None and not tls:
+        raise GatewayConfigError("mqtt.ca_file: needs tls = true")
     mqtt = MqttConfig(
         host=mt.get("host", str, "127.0.0.1"),
-        port=mt.get("port", int, 1883, min=1, max=65535),
-        username=mt.get("username", str, None),
-        password=mt.get("password", str, None),
+        port=mt.get("port", int, 8883 if tls else 1883, min=1, max=65535),
+        username=mt.get("username", str, None, pattern=ID_RE),
+        password_file=None if pw_file is None else _path(base, pw_file),
+        tls=tls,
+        ca_file=None if ca_file is None else _path(base, ca_file),
         discovery=disc.get("enabled", bool, True) if disc else True,
         discovery_prefix=disc.get("prefix", str, "homeassistant", pattern=TOPIC_RE)
         if disc
@@ -396,7 +421,11 @@ def _node(t: _Table, transport: str, found: _Meters) -> None:
         node = NodeConfig(nid, transport, meter_id,
                           topic=t.get("topic", str, f"wattmesh_{nid}", pattern=TOPIC_RE))
     else:
-        node = NodeConfig(nid, transport, meter_id, address=t.get("address", str))
+        address = t.get("address", str)
+        if not BLE_ADDRESS_RE.match(address):
+            raise GatewayConfigError(f"{t.where}.address: {address!r} is not a BLE address "
+                                     "(AA:BB:CC:DD:EE:FF)")
+        node = NodeConfig(nid, transport, meter_id, address=address)
     found.nodes.append(node)
     if not t.get("report", bool, False):  # nodes and plugs are sub-meters unless marked billing
         found.unreported.add(node.meter_id)
@@ -538,7 +567,19 @@ def _ems(
         raise GatewayConfigError(
             "ems.res_id: give res_id with res_rated_w, and id_grid, to sell PV"
         )
+    signers: list[tuple[str, str]] = []
+    if (st := t.table("dr_signers")) is not None:  # [ems.dr_signers] operator = ["<hex>"]
+        for role in DR_ROLES:
+            for i, k in enumerate(st.get(role, list, [])):
+                if not isinstance(k, str) or not PUBKEY_RE.match(k):
+                    raise GatewayConfigError(
+                        f"ems.dr_signers.{role}[{i}]: expected an Ed25519 public key in hex "
+                        "(64 digits, `wattmesh operator pubkey`)"
+                    )
+                signers.append((role, k.lower()))
+        st.done()
     cfg = EmsConfig(
+        dr_signers=tuple(signers),
         appliances=tuple(appliances),
         site_meter=site,
         pv_meter=pv,

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway import calibrator
@@ -76,6 +77,7 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
         self._next_prune = 0
+        self.recorder.status = self.status_snapshot
         self.calibrator: calibrator.Calibrator | None = None  # [[calibration]], from start()
 
     # -- hooks for the EMS, the trading agent, the demo and tools (see gateway/README.md) ----------
@@ -119,8 +121,18 @@ class Gateway:
         return await self.relays.send(node_id, relay, on)
 
     def open(self) -> None:
-        """Open the store and restore the state a previous run left (idempotent)."""
+        """Open the store and restore the state a previous run left (idempotent), with the
+        demand-response requests that have not ended yet."""
+        fresh = self.recorder.store is None
         self.recorder.open()
+        if fresh and self.ems is not None and self.store is not None:
+            from gateway.dr_inbox import from_row
+
+            for row in self.store.dr_active(self.clock.now_ms()):
+                self.ems.request_demand_response(from_row(row))
+                log.warning("demand-response request %s (%s) still holds: at most %d W until %s",
+                            row.id, row.role, row.max_w,
+                            datetime.fromtimestamp(row.end_ms / 1000, UTC).isoformat())
 
     def flush(self) -> int:
         """Write queued readings and the cores' state (see ``Recorder.flush``)."""
@@ -160,8 +172,8 @@ class Gateway:
             try:
                 await deliver_due(
                     self.recorder.db(), self.signers.key_for, self.deliverer, self.clock.now_ms(),
-                    self.backoff,
-                )
+                    self.backoff, new_nonce=self.recorder.next_nonce,
+                )  # fmt: skip
             except Exception:  # a store error, say: log it and try again in a while
                 log.exception("delivery round failed")
                 await self.clock.sleep_until(self.clock.now_ms() + self.backoff.initial_ms)
@@ -244,6 +256,19 @@ class Gateway:
         if self.publisher is not None:
             await self.publisher.offline()
 
+    def status_snapshot(self) -> dict[str, Any]:
+        """What ``wattmesh gateway status`` shows of the running daemon (saved at each flush)."""
+        return {
+            "t_ms": self.clock.now_ms(),
+            "gateway_id": self.cfg.gateway_id,
+            "nodes": {
+                str(n): {"last_frame_ms": t, "transport": tr}
+                for n, (t, tr) in sorted(self.ingest.last_frame.items())
+            },
+            "meters": {m: r.t_ms for m, r in sorted(self.ingest.latest.items())},
+            **self.stats(),
+        }
+
     def stats(self) -> dict[str, Any]:
         return {
             "frames": self.verifier.counts(),
@@ -253,5 +278,6 @@ class Gateway:
             "reports_queued": self.recorder.reports_queued,
             "sources": {s.name: s.stats() for s in self.sources},
             "buses": {b.cfg.name: b.stats() for b in self.buses},
+            "dr": self.dr_inbox.stats() if self.dr_inbox is not None else None,
             "calibration": self.calibrator.status() if self.calibrator is not None else {},
         }

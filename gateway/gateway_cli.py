@@ -26,11 +26,23 @@ def register(subparsers: Any) -> None:
     check.add_argument("--timeout", type=float, default=3.0, help="seconds per probe")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(func=cmd_check)
+    status = sub.add_parser("status", help="what the daemon last saved, outbox, DR, ledger")
+    status.add_argument("--config", required=True, help="gateway TOML config")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds for the ledger")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=cmd_status)
+    pub = sub.add_parser("pubkey", help="the gateway's public key (the key is made if missing)")
+    pub.add_argument("--config", required=True, help="gateway TOML config")
+    pub.set_defaults(func=cmd_pubkey)
 
 
 def _load(path: str) -> GatewayConfig | None:
+    """The config, checked for everything ``run`` relies on (``gateway.preflight``)."""
+    from gateway.preflight import preflight
+
     try:
         cfg = load_config(path)
+        preflight(cfg)
         if cfg.keystore is not None:
             load_keystore(cfg.keystore, cfg.nodes)
     except GatewayConfigError as exc:
@@ -150,6 +162,7 @@ async def _connect(bus: Any) -> bool:
 async def _probe_mqtt(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, Any]]:
     import aiomqtt
 
+    from gateway.broker import broker_client, explain
     from gateway.sources.mqtt import topic_for
 
     assert cfg.mqtt is not None
@@ -157,13 +170,7 @@ async def _probe_mqtt(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, An
     nodes = [n for n in cfg.nodes if n.transport == "mqtt"]
     status: dict[str, str] = {}
     try:
-        async with aiomqtt.Client(
-            cfg.mqtt.host,
-            cfg.mqtt.port,
-            username=cfg.mqtt.username,
-            password=cfg.mqtt.password,
-            timeout=timeout_s,
-        ) as client:
+        async with broker_client(cfg.mqtt, "check", timeout_s=timeout_s) as client:
             out.append(
                 {
                     "device": f"mqtt broker {cfg.mqtt.host}:{cfg.mqtt.port}",
@@ -190,7 +197,7 @@ async def _probe_mqtt(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, An
             {
                 "device": f"mqtt broker {cfg.mqtt.host}:{cfg.mqtt.port}",
                 "ok": False,
-                "detail": str(exc),
+                "detail": explain(exc),
             }
         )
         return out
@@ -289,3 +296,47 @@ def cmd_check(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['device']}: {r['detail']}")
     return 0 if all(r["ok"] for r in results) else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.status import StatusError, read_status, render
+
+    try:
+        cfg = load_config(args.config)
+    except GatewayConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    now = int(time.time() * 1000)
+    try:
+        status = read_status(cfg.db_path, now)
+    except StatusError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 1
+    if cfg.ledger is not None:
+        status["ledger"] = asyncio.run(_probe_ledger(cfg, args.timeout))
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        print("\n".join(render(status, now)))
+    return 0
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    """What the operator registers the home's meters with (``wattmesh operator meter add
+    --gateway-key``). The key is made (mode 0600) if the daemon has not made it yet."""
+    from gateway.build import load_or_create_key
+    from ledger.keys import KeyFileError, public_hex
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    try:
+        key = load_or_create_key(cfg.key_file)
+    except (KeyFileError, OSError) as exc:
+        print(f"gateway.key_file: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"gateway_id": cfg.gateway_id, "member": cfg.member,
+                      "public_key": public_hex(key)}))
+    return 0

@@ -75,6 +75,7 @@ class Ingest:
         self.pending: list[Reading] = []  # accepted, not yet stored
         self.latest: dict[str, Reading] = {}
         self.ignored_frames = 0
+        self.last_frame: dict[int, tuple[int, str]] = {}  # node id -> (received ms, transport)
         self.calibrations: list[Session] = []  # gateway.calibration: fed frames and readings
         for n in self.nodes.values():
             self.add_node_meter(n, 0)
@@ -107,6 +108,7 @@ class Ingest:
         v = self.verifier.verify(raw)
         if v is None:
             return None
+        self.last_frame[v.node_id] = (received_ms, transport)
         if v.ftype == frame.T_READING:
             node = self.nodes.get(v.node_id)
             if node is None:  # keyed but not configured: verified, counted, not metered

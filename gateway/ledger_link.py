@@ -4,6 +4,7 @@ real ledger client, also the EMS's reader of clearing results."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.contract.market import AUTHORIZE_OFFERS
 from ledger.tx import SignedTx
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A transaction the replicas refused to order, as the outbox reads a receipt."""
+
+    code: str
+    message: str
 
 
 class LedgerDeliverer:
@@ -39,9 +48,14 @@ class LedgerDeliverer:
         return self._client
 
     async def submit(self, tx: SignedTx) -> Any:
+        from ledger_client.client import RejectedError
+
         client = await self._connected()
         try:
             return await client.submit(tx)
+        except RejectedError as exc:  # refused before ordering (admission): an answer, with a
+            # code the outbox judges like a receipt's, not a transport failure
+            return Refusal(exc.code, str(exc))
         except Exception:
             await self.close()
             raise

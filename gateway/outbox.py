@@ -30,6 +30,15 @@ NO_KEY = "NO_KEY"  # a row's code when no key on this gateway may sign its kind 
 # transaction gets its original receipt back; DUPLICATE_REPORT means the ledger holds a report
 # for that meter and interval already, e.g. after the gateway's database was restored.)
 ALREADY_APPLIED = frozenset({"DUPLICATE", "DUPLICATE_TX", "DUPLICATE_REPORT"})
+# Receipt codes that mean "not yet": the operator has not registered the meter, so the ledger
+# does not know it (UNKNOWN_METER) or, with admission before ordering, does not know the
+# gateway's key at all (NOT_ADMITTED), or the member has not confirmed it (METER_UNCONFIRMED).
+# The row stays pending and is retried after a backoff with a fresh nonce (the ledger keeps an
+# executed refusal under the old tx_id). Only meter reports: the ledger takes one report per
+# meter and interval, so a new nonce can never make a report count twice.
+RETRY_LATER = frozenset({"UNKNOWN_METER", "NOT_ADMITTED", "METER_UNCONFIRMED"})
+RETRY_LATER_KINDS = frozenset({"meter.report"})
+WAIT_REGISTRATION_MS = 60_000  # first wait after UNKNOWN_METER, doubling up to Backoff.max_ms
 
 
 class Deliverer(Protocol):
@@ -73,6 +82,10 @@ def next_state(
         )
     if code == "OK" or code in ALREADY_APPLIED:
         return replace(row, state=DELIVERED, attempts=attempts, code=code, message="")
+    if code in RETRY_LATER and row.kind in RETRY_LATER_KINDS:
+        wait = Backoff(WAIT_REGISTRATION_MS, max(policy.max_ms, WAIT_REGISTRATION_MS))
+        return replace(row, attempts=attempts, next_ms=now_ms + wait.delay_ms(attempts),
+                       code=code, message=error[:200])  # fmt: skip
     return replace(row, state=REJECTED, attempts=attempts, code=code, message=error[:200])
 
 
@@ -93,11 +106,13 @@ async def deliver_due(
     policy: Backoff,
     *,
     limit: int = 100,
+    new_nonce: Callable[[], int] | None = None,
 ) -> tuple[int, int]:
     """Try every row that is due, oldest first; stop at the first transport failure (the ledger
     is unreachable, so the rest would fail too). Returns (delivered or rejected, failed).
     ``key``: one key for every row, or the key for a row's kind (``gateway.signers``); a row
-    with no key to sign it is rejected here (``NO_KEY``), never sent."""
+    with no key to sign it is rejected here (``NO_KEY``), never sent. A row
+    to retry later (``RETRY_LATER``) gets a nonce from ``new_nonce``."""
     done = failed = 0
     due = store.outbox_due(now_ms, limit)
     for k, row in enumerate(due):
@@ -126,6 +141,14 @@ async def deliver_due(
             log.warning(
                 "outbox %d (%s) rejected by the ledger: %s %s", row.id, row.kind, code, message
             )
+        elif new.state == PENDING:  # RETRY_LATER: the next try is a new transaction
+            if new_nonce is not None:
+                new = replace(new, nonce=new_nonce())
+            (log.warning if row.code != code else log.info)(
+                "outbox %d (%s): %s %s; is it registered? (`wattmesh operator meter add`); "
+                "retrying in %d s", row.id, row.kind, code, message,
+                (new.next_ms - now_ms) // 1000,
+            )  # fmt: skip
         store.outbox_save(new)
         done += 1
     return done, failed

@@ -1,7 +1,17 @@
 """Publish readings to MQTT with Home Assistant discovery, so a Home Assistant user sees every
 meter of the home with no configuration: per meter a power sensor (device_class power,
-state_class measurement, W) and imported/exported energy sensors (device_class energy,
-state_class total_increasing, kWh), on one retained JSON state topic per meter.
+state_class measurement, W) and imported/exported energy sensors (device_class energy, kWh),
+on one retained JSON state topic per meter.
+
+What HA's MQTT sensor discovery expects (and ``tests/gateway/test_publish.py`` checks):
+``default_entity_id`` (``sensor.<slug>``; ``object_id`` is deprecated since HA 2025.10), a
+``device`` with no ``via_device`` (the gateway itself is not announced as a device), an
+``availability`` list with mode ``all``: the gateway's own topic (its MQTT will) and one per
+meter, and ``expire_after``, so a meter that falls silent goes ``unavailable`` instead of
+showing its last value for ever. A Modbus meter's energy registers only grow (a rollover is a
+real reset): ``total_increasing``. A node's counters can step back after a flash restore (up
+to its save step), which ``total_increasing`` would read as a meter reset and count the whole
+counter again: its energy sensors are ``total``, where a step back is a small negative.
 
 ``discovery_messages`` and ``state_message`` are pure (topic, payload) builders; ``HaPublisher``
 is the aiomqtt adapter. State updates are coalesced per meter and rate-limited.
@@ -39,12 +49,22 @@ def availability_topic(cfg: MqttConfig, gateway_id: str) -> str:
     return f"{cfg.base_topic}/{gateway_id}/status"
 
 
+def meter_availability_topic(cfg: MqttConfig, gateway_id: str, meter_id: str) -> str:
+    return f"{cfg.base_topic}/{gateway_id}/{meter_id}/availability"
+
+
+MIN_EXPIRE_S = 300  # a meter silent this long (or 3 publish periods) shows as unavailable
+
 SENSORS = (
     # object id, name, device class, state class, unit, JSON key
     ("power", "Power", "power", "measurement", "W", "power_w"),
     ("energy_import", "Energy imported", "energy", "total_increasing", "kWh", "import_kwh"),
     ("energy_export", "Energy exported", "energy", "total_increasing", "kWh", "export_kwh"),
 )
+
+
+def expire_after_s(cfg: MqttConfig) -> int:
+    return max(MIN_EXPIRE_S, int(3 * cfg.publish_min_s))
 
 
 def discovery_messages(
@@ -56,23 +76,30 @@ def discovery_messages(
         "name": f"{meter.meter_id} ({gateway_id})",
         "manufacturer": "wattmesh",
         "model": meter.model,
-        "via_device": f"wattmesh_{_obj(gateway_id)}",
     }
+    steps_back = meter.model.startswith("node")  # flash-restored counters (see above)
     out = []
     for obj, name, dclass, sclass, unit, key in SENSORS:
+        if steps_back and sclass == "total_increasing":
+            sclass = "total"
         out.append(
             (
                 f"{cfg.discovery_prefix}/sensor/{node}/{obj}/config",
                 {
                     "name": name,
                     "unique_id": f"{node}_{obj}",
-                    "object_id": f"{node}_{obj}",
+                    "default_entity_id": f"sensor.{node}_{obj}".lower().replace("-", "_"),
                     "state_topic": state_topic(cfg, gateway_id, meter.meter_id),
                     "value_template": f"{{{{ value_json.{key} }}}}",
                     "device_class": dclass,
                     "state_class": sclass,
                     "unit_of_measurement": unit,
-                    "availability_topic": availability_topic(cfg, gateway_id),
+                    "availability": [
+                        {"topic": availability_topic(cfg, gateway_id)},
+                        {"topic": meter_availability_topic(cfg, gateway_id, meter.meter_id)},
+                    ],
+                    "availability_mode": "all",
+                    "expire_after": expire_after_s(cfg),
                     "device": device,
                 },
             )
@@ -104,6 +131,7 @@ class HaPublisher:
         self._undiscovered: list[MeterInfo] = []  # added while connected: announce them
         self._latest: dict[str, Reading] = {}
         self._last_sent: dict[str, int] = {}
+        self._available: set[str] = set()  # meters marked online in this session
         self._wake = asyncio.Event()
         self.published = 0
         self.connected = asyncio.Event()
@@ -129,6 +157,7 @@ class HaPublisher:
         will = aiomqtt.Will(avail, b"offline", qos=1, retain=True)
         async with broker_client(self.cfg, "gw", will) as client:
             self._undiscovered.clear()
+            self._available = set()
             await self._discover(client, list(self.meters))
             await client.publish(avail, b"online", qos=1, retain=True)
             self.connected.set()
@@ -155,6 +184,12 @@ class HaPublisher:
                     due = last + min_ms if due is None else min(due, last + min_ms)
                     continue  # rate-limited: published when its time comes (see below)
                 del self._latest[meter_id]
+                if meter_id not in self._available:  # this session's first state of it
+                    self._available.add(meter_id)
+                    await client.publish(
+                        meter_availability_topic(self.cfg, self.gateway_id, meter_id),
+                        b"online", qos=1, retain=True,
+                    )  # fmt: skip
                 topic, payload = state_message(self.cfg, self.gateway_id, r)
                 await client.publish(topic, json.dumps(payload), qos=0, retain=True)
                 self._last_sent[meter_id] = now

@@ -34,14 +34,17 @@ class Recorder:
         clock: Clock,
         reports: Callable[[str], bool],
         on_queued: Callable[[], None],
+        member: str | None = None,
     ) -> None:
         """``reports(meter_id)``: whether that meter's intervals are reported to the ledger;
         ``on_queued()``: called when rows were added to the outbox (wakes the delivery loop)."""
         self.db_path, self.key, self.ingest, self.relays, self.clock = (
             db_path, key, ingest, relays, clock
         )  # fmt: skip
-        self.reports, self.on_queued = reports, on_queued
+        self.reports, self.on_queued, self.member = reports, on_queued, member
         self.store: Store | None = None
+        # what `gateway status` reads: saved with the state at every flush (set by the daemon)
+        self.status: Callable[[], dict[str, Any]] | None = None
         self._nonce = 0
         self.intervals_closed = 0
         self.reports_queued = 0
@@ -69,12 +72,15 @@ class Recorder:
             self.store.close()
             self.store = None
 
-    def _next_nonce(self) -> int:
+    def next_nonce(self) -> int:
         self._nonce = min(max(self._nonce + 1, self.clock.now_ms() * 1000), MAX_NONCE)
         return self._nonce
 
     def _state(self) -> dict[str, Any]:
-        return {**self.ingest.snapshot(), "cmd_seq": self.relays.snapshot()}
+        state = {**self.ingest.snapshot(), "cmd_seq": self.relays.snapshot()}
+        if self.status is not None:
+            state["status"] = self.status()
+        return state
 
     def flush(self) -> int:
         """Write queued readings and the cores' state in one transaction. If the write fails
@@ -116,8 +122,8 @@ class Recorder:
                 continue  # a sub-meter: kept here, the ledger bills the member's billing meter
             reports[(i.meter_id, i.start_ms)] = (
                 REPORT_KIND,
-                report_body(self.key, i),
-                self._next_nonce(),
+                report_body(self.key, i, self.member),
+                self.next_nonce(),
             )
         ids = self.db().close_intervals(closed, reports, self._state(), now)
         self.intervals_closed += len(closed)
@@ -129,7 +135,7 @@ class Recorder:
     def enqueue_tx(self, kind: str, body: Mapping[str, Any]) -> int:
         """Queue a ledger transaction; its nonce is fixed now, so every retry is the same
         transaction. Returns the outbox id."""
-        oid = self.db().enqueue(kind, body, self._next_nonce(), self.clock.now_ms())
+        oid = self.db().enqueue(kind, body, self.next_nonce(), self.clock.now_ms())
         self.on_queued()
         return oid
 

@@ -17,12 +17,24 @@ from ledger.contract import report_signing_bytes, sign_report
 REPORT_KIND = "meter.report"
 
 
-def report_body(key: Ed25519PrivateKey, interval: Interval) -> dict[str, Any]:
+SCOPE_SEP = ":"  # "<member>:<meter_id>": the ledger allows ":" in ids, a gateway id does not
+
+
+def ledger_meter_id(member: str | None, meter_id: str) -> str:
+    """The meter's id on the ledger: scoped by the member, so meter ids are per home (every home
+    has a "grid" meter). Without a member (a gateway configured before scoping): as it is."""
+    return meter_id if member is None else f"{member}{SCOPE_SEP}{meter_id}"
+
+
+def report_body(
+    key: Ed25519PrivateKey, interval: Interval, member: str | None = None
+) -> dict[str, Any]:
     """The signed ``meter.report`` body of a closed interval, with its quality flags (clipped,
-    gap, missing, ...: see ``gateway.intervals``) when it has any."""
+    gap, missing, ...: see ``gateway.intervals``) when it has any; the meter named as the ledger
+    knows it (``ledger_meter_id``)."""
     return sign_report(
         key,
-        interval.meter_id,
+        ledger_meter_id(member, interval.meter_id),
         interval.name,
         interval.import_wh,
         interval.export_wh,

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_ms);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dr_requests (
+    id TEXT PRIMARY KEY, role TEXT NOT NULL, signer TEXT NOT NULL, start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL, max_w INTEGER NOT NULL, received_ms INTEGER NOT NULL
+);
 """
 
 
@@ -66,6 +70,19 @@ def _states(db: sqlite3.Connection, prefix: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class DrRow:
+    """A demand-response request the gateway took (``gateway.dr_inbox``)."""
+
+    id: str
+    role: str
+    signer: str
+    start_ms: int
+    end_ms: int
+    max_w: int
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     meter_id: str
     t_ms: int
@@ -81,7 +98,10 @@ class Store:
         # isolation_level=None: transactions are explicit (BEGIN ... COMMIT) below.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: every commit is on the card before it returns. With NORMAL a power cut could
+        # roll back the last commits, and with them the replay windows (kv "verifier"), the
+        # command sequence numbers and taken demand-response requests (issue 19, finding 4).
+        self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -119,7 +139,9 @@ class Store:
                 self._put_state(key, value)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # a KeyboardInterrupt may land after COMMIT returned: nothing left to roll back
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
 
     def flush(self, readings: Sequence[Reading], state: Mapping[str, Any]) -> None:
@@ -232,7 +254,27 @@ class Store:
 
     def outbox_save(self, row: OutboxRow) -> None:
         self.db.execute(
-            "UPDATE outbox SET state = ?, attempts = ?, next_ms = ?, code = ?, message = ? "
-            "WHERE id = ?",
-            (row.state, row.attempts, row.next_ms, row.code, row.message, row.id),
+            "UPDATE outbox SET state = ?, attempts = ?, next_ms = ?, code = ?, message = ?, "
+            "nonce = ? WHERE id = ?",
+            (row.state, row.attempts, row.next_ms, row.code, row.message, row.nonce, row.id),
         )
+
+    # -- demand-response requests -----------------------------------------------------------
+    def dr_add(self, row: DrRow) -> bool:
+        """Record a request; False (nothing written) when its id was taken before."""
+        with self._transaction():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO dr_requests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.id, row.role, row.signer, row.start_ms, row.end_ms, row.max_w,
+                 row.received_ms),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    def dr_active(self, now_ms: int) -> list[DrRow]:
+        """The requests that have not ended at ``now_ms``, by start."""
+        rows = self.db.execute(
+            "SELECT id, role, signer, start_ms, end_ms, max_w, received_ms FROM dr_requests "
+            "WHERE end_ms > ? ORDER BY start_ms, id",
+            (now_ms,),
+        ).fetchall()
+        return [DrRow(*r) for r in rows]

@@ -7,16 +7,19 @@ HMAC state instead of ``frame.tag``: it is the same RFC 2104 construction (tests
 agree on random frames), but reusing the keyed inner/outer hash states makes verification several
 times faster, which the gateway needs to handle a thousand nodes on a Raspberry Pi.
 
-Sequence numbers: a node's sequence numbers only move forward. To tolerate a little reordering
-between transports (a BLE notification and an MQTT message in flight at once), a sliding replay
-window as in IPsec (RFC 4303 section 3.4.3) accepts a sequence number below the highest seen if it
-is inside the window and has not been seen; anything else is a replay and is dropped.
+Direction: only node-to-gateway frames (``frame.UP``) are taken. Sequence numbers: a node's
+sequence numbers only move forward, counted here per node and frame type. To tolerate a little
+reordering between transports (a BLE notification and an MQTT message in flight at once), a
+sliding replay window as in IPsec (RFC 4303 section 3.4.3) accepts a sequence number below the
+highest seen if it is inside the window and has not been seen; anything else is a replay and is
+dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,10 +27,14 @@ from typing import Any
 
 from firmware import frame
 
+log = logging.getLogger(__name__)
+
 DEFAULT_WINDOW = 64
+UP_TYPES = tuple(t for t, way in frame.DIRECTION.items() if way == frame.UP)
 
 # Stable drop reasons, as counted in ``FrameVerifier.dropped``.
-DROP_REASONS = ("short", "version", "type", "length", "unknown_node", "tag", "replay", "payload")
+DROP_REASONS = ("short", "version", "type", "length", "direction", "unknown_node", "tag",
+                "replay", "payload")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +59,11 @@ class FrameVerifier:
         self._mac: dict[int, Any] = {}
         for node_id, key in keys.items():
             self.set_key(node_id, key)
-        self._seq: dict[int, _Window] = {}
+        self._seq: dict[tuple[int, int], _Window] = {}  # (node, frame type) -> window
         self.accepted = 0
         self.dropped: Counter[str] = Counter()
         self.dropped_by_node: Counter[int] = Counter()
+        self._logged: set[tuple[int | None, str]] = set()  # (node, reason) logged once
 
     def set_key(self, node_id: int, key: bytes) -> None:
         if not 0 <= node_id <= 0xFFFF or len(key) < 16:
@@ -65,15 +73,26 @@ class FrameVerifier:
     def known(self, node_id: int) -> bool:
         return node_id in self._mac
 
-    def _drop(self, reason: str, node_id: int | None = None) -> None:
+    def _drop(
+        self, reason: str, node_id: int | None = None, detail: str = "", kind: str = ""
+    ) -> None:
+        """Count a dropped frame; the first drop of each reason (per node) is logged, so a
+        flood of forgeries costs one line, and a fault is never silent."""
         self.dropped[reason] += 1
         if node_id is not None:
             self.dropped_by_node[node_id] += 1
+        if (node_id, reason + kind) not in self._logged:  # kind: a cause worth its own line
+            self._logged.add((node_id, reason + kind))
+            who = "a frame" if node_id is None else f"node {node_id}'s frame"
+            log.warning("dropped %s: %s%s (further drops for this reason are only counted)",
+                        who, reason, f"; {detail}" if detail else "")
 
     def verify(self, raw: bytes) -> Verified | None:
         """The frame if it is authentic and fresh, else ``None`` (the reason is counted)."""
         try:
-            ftype, node_id, seq = frame.peek(raw)
+            # only what nodes send (READING, ACK): a COMMAND of the gateway's own, captured
+            # and replayed as telemetry, is refused here and never moves a window
+            ftype, node_id, seq = frame.peek(raw, frame.UP)
         except (frame.FrameError, TypeError) as exc:
             self._drop(
                 str(exc.args[0]) if exc.args and isinstance(exc, frame.FrameError) else "short"
@@ -89,16 +108,26 @@ class FrameVerifier:
         if not hmac.compare_digest(h.digest()[: frame.TAG_LEN], bytes(raw[-frame.TAG_LEN :])):
             self._drop("tag", node_id)
             return None
-        if not self._fresh(node_id, seq):
-            self._drop("replay", node_id)
+        if not self._fresh((node_id, ftype), seq):
+            w = self._seq[(node_id, ftype)]
+            if w.highest - seq >= self.window:
+                # far behind: an old capture replayed, or a node whose flash was wiped and
+                # counts again from 1; either way it is refused, and said once in the log
+                self._drop("replay", node_id, f"sequence {seq} is far behind the last accepted "
+                           f"{w.highest}: a replayed capture, or the node restarted its "
+                           "sequence (flash erased or re-flashed: provision it with a new key)",
+                           kind="far")
+            else:
+                self._drop("replay", node_id, f"sequence {seq} was already seen")
             return None
         self.accepted += 1
         return Verified(ftype, node_id, seq, body[frame.HEADER_LEN :])
 
-    def _fresh(self, node_id: int, seq: int) -> bool:
-        w = self._seq.get(node_id)
+    def _fresh(self, stream: tuple[int, int], seq: int) -> bool:
+        """Forward-only with a replay window, per (node, frame type)."""
+        w = self._seq.get(stream)
         if w is None:
-            self._seq[node_id] = _Window(seq, 1)
+            self._seq[stream] = _Window(seq, 1)
             return True
         if seq > w.highest:
             shift = seq - w.highest
@@ -120,9 +149,13 @@ class FrameVerifier:
         return out
 
     def snapshot(self) -> dict[str, list[int]]:
-        """Sequence state per node, to persist so a restart cannot reopen the replay window."""
-        return {str(n): [w.highest, w.seen] for n, w in self._seq.items()}
+        """Sequence state per node and frame type ("<node>/<type>"), to persist so a restart
+        cannot reopen the replay window."""
+        return {f"{n}/{t}": [w.highest, w.seen] for (n, t), w in self._seq.items()}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        for node, (highest, seen) in state.items():
-            self._seq[int(node)] = _Window(int(highest), int(seen))
+        for stream, (highest, seen) in state.items():
+            node, _, ftype = str(stream).partition("/")
+            # a state saved before windows were per type ("<node>") holds for both node types
+            for t in (int(ftype),) if ftype else UP_TYPES:
+                self._seq[(int(node), t)] = _Window(int(highest), int(seen))

@@ -55,6 +55,8 @@ def register(subparsers: Any) -> None:
     key.add_argument("--keystore", help="keystore JSON (wattmesh provision node)")
     n.add_argument("--mqtt", default="127.0.0.1:1883", metavar="HOST:PORT")
     n.add_argument("--topic", help="node topic (default wattmesh_<id>)")
+    n.add_argument("--account", metavar="CONFIG_JSON",
+                   help="the node's config.json (provision node): its broker user and password")
     n.add_argument(
         "--period", type=_finite(0.0, MAX_PERIOD_S), default=5.0, help="seconds between readings"
     )
@@ -256,6 +258,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         if not args.period > 0:
             raise ValueError("--period: must be positive")
         profile = _profile(args.profile)
+        user = password = None
+        if args.account is not None:  # as the device does: the account from its config.json
+            mq = json.loads(Path(args.account).read_text())["mqtt"]
+            user, password = mq.get("user"), mq.get("password")
         emu = MqttNodeEmulator(
             args.node_id,
             bytes.fromhex(hexkey),
@@ -266,6 +272,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             period_s=args.period,
             seq=args.seq,
             fault=args.fault,
+            username=user,
+            password=password,
         )
     except (ValueError, OSError, KeyError, TypeError) as exc:
         print(f"error: {exc!r}" if isinstance(exc, KeyError) else f"error: {exc}", file=sys.stderr)

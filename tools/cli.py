@@ -17,10 +17,11 @@ from types import ModuleType
 
 COMMAND_MODULES: tuple[str, ...] = (
     "ledger.cli",  # wattmesh ledger init|run|cluster|status|verify
-    "gateway.gateway_cli",  # wattmesh gateway run|check
+    "gateway.gateway_cli",  # wattmesh gateway run|check|status|pubkey
     "gateway.ems.ems_cli",  # wattmesh ems plan
     "hardware.emulate_cli",  # wattmesh emulate meter|plug|node
-    "tools.firmware_cli",  # wattmesh firmware build|flash, wattmesh provision node
+    "tools.firmware_cli",  # wattmesh firmware build|flash, wattmesh provision node|gateway
+    "tools.operator_cli",  # wattmesh operator member|meter|res|pubkey|dr
     "tools.node_cli",  # wattmesh node calibrate
     "tools.demo",  # wattmesh demo
 )

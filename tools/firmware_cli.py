@@ -6,13 +6,15 @@
   mip, then copy the bundle, the node's config and key with mpremote. ``--dry-run`` prints every
   command instead of running it.
 * provision node: make a node's 32-byte HMAC key and config.json (board data from
-  ``hardware/boards/``) and record the key in the gateway's keystore (format in
-  ``hardware/node_profile.json``).
+  ``hardware/boards/``; mode 0600, it holds the Wi-Fi and broker passwords) and record the key
+  in the gateway's keystore (format in ``hardware/node_profile.json``); an MQTT node also gets
+  its broker account (``mosquitto.passwd`` and ``mosquitto.acl`` lines, ``tools.mqtt_auth``).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import json
 import os
@@ -30,6 +32,7 @@ import firmware
 import hardware
 from firmware import config as fwconfig
 from hardware.argtypes import int_in
+from tools import mqtt_auth
 
 FIRMWARE_DIR = Path(firmware.__file__).parent
 BOARDS_DIR = Path(hardware.__file__).parent / "boards"
@@ -272,6 +275,26 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
+WIFI_ENV = "WATTMESH_WIFI_PASSWORD"
+
+
+def wifi_password(args: argparse.Namespace) -> str:
+    """The Wi-Fi password, never from the command line: ``--wifi-password-file``, else the
+    environment (``WATTMESH_WIFI_PASSWORD``; set and empty for an open network), else a prompt
+    when a terminal is attached."""
+    if args.wifi_password_file:
+        try:
+            return Path(args.wifi_password_file).read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--wifi-password-file: cannot read it ({exc})") from None
+    if WIFI_ENV in os.environ:
+        return os.environ[WIFI_ENV]
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Wi-Fi password for {args.wifi_ssid}: ")
+    raise CliError(f"the Wi-Fi password: give --wifi-password-file FILE or set {WIFI_ENV} "
+                   "(empty for an open network); it never goes on the command line")
+
+
 def provision(args: argparse.Namespace) -> dict[str, Any]:
     node_id: int = args.id
     if str(args.keystore).strip() == "":
@@ -286,11 +309,15 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     name = args.name or f"wattmesh_{node_id}"
     cfg: dict[str, Any] = {"node_id": node_id, "name": name, "link": args.link,
                            "board": load_board(args.board)}
+    mqtt_password = ""
     if args.link == "mqtt":
         if not args.mqtt_host or not args.wifi_ssid:
             raise CliError("--link mqtt needs --mqtt-host and --wifi-ssid")
-        cfg["mqtt"] = {"host": args.mqtt_host, "port": args.mqtt_port, "topic": name}
-        cfg["wifi"] = {"ssid": args.wifi_ssid, "password": args.wifi_password or ""}
+        # the node's own broker account: the ACL lets it publish only its own topics
+        mqtt_password = mqtt_auth.new_password()
+        cfg["mqtt"] = {"host": args.mqtt_host, "port": args.mqtt_port, "topic": name,
+                       "user": name, "password": mqtt_password}
+        cfg["wifi"] = {"ssid": args.wifi_ssid, "password": wifi_password(args)}
     try:
         fwconfig.check(json.loads(json.dumps(cfg)))
     except fwconfig.ConfigError as exc:
@@ -298,8 +325,13 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     key = secrets.token_bytes(32)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        # config.json holds the Wi-Fi and broker passwords: owner-only, like the key
+        _write_private(out / "config.json", json.dumps(cfg, indent=1) + "\n")
         _write_private(out / "node.key", key.hex() + "\n")
+        if args.link == "mqtt":  # lines for the broker's password file and ACL
+            _write_private(out / "mosquitto.passwd",
+                           mqtt_auth.password_line(name, mqtt_password) + "\n")
+            (out / "mosquitto.acl").write_text(mqtt_auth.node_acl(name, name))
     except OSError as exc:
         raise CliError(f"--out: cannot write the node's files to {out} ({exc})") from None
     store["nodes"][str(node_id)] = {"key": key.hex(), "name": name, "transport": args.link}
@@ -448,7 +480,8 @@ def register(subparsers: Any) -> None:
     _add_bench_parser(fw_sub, "bench")
     prov = subparsers.add_parser("provision", help="provision nodes")
     prov_sub = prov.add_subparsers(dest="provision_command", metavar="WHAT", required=True)
-    n = prov_sub.add_parser("node", help="make a node's key and config, record the key")
+    n = prov_sub.add_parser("node", help="make a node's key and config, record the key",
+                           allow_abbrev=False)  # --wifi-password is not --wifi-password-file
     n.add_argument("--id", type=_node_id, required=True, help="node id, 0..65535")
     n.add_argument("--keystore", required=True, help="the gateway's keystore (JSON)")
     n.add_argument("--out", required=True, help="directory for config.json and node.key")
@@ -458,9 +491,11 @@ def register(subparsers: Any) -> None:
     n.add_argument("--mqtt-host")
     n.add_argument("--mqtt-port", type=int_in(1, 65535), default=1883)
     n.add_argument("--wifi-ssid")
-    n.add_argument("--wifi-password")
+    n.add_argument("--wifi-password-file", metavar="FILE",
+                   help=f"file holding the Wi-Fi password (or ${WIFI_ENV}, or a prompt)")
     n.add_argument("--force", action="store_true", help="replace an existing key for this id")
     n.set_defaults(func=_guard(_cmd_provision))
+    mqtt_auth.register_provision(prov_sub)
 
 
 def _positive(text: str) -> int:

@@ -152,6 +152,8 @@ class EmsRunner:
     async def step(self) -> StepReport:
         now = self.clock.now_ms()
         t0 = now // SLOT_MS
+        # a demand-response request that has ended is dropped (its span is over)
+        self.requests = [r for r in self.requests if _end_ms(r) > now]
         report = StepReport(slot_ms=t0 * SLOT_MS)
         await self._read_clearings(report)
         if self._last_step_slot is not None and self._last_step_slot < t0:
@@ -170,6 +172,8 @@ class EmsRunner:
         """Re-plan mid-slot (new request, prices or forecast) without advancing the slot."""
         now = self.clock.now_ms()
         t0 = now // SLOT_MS
+        # a demand-response request that has ended is dropped (its span is over)
+        self.requests = [r for r in self.requests if _end_ms(r) > now]
         report = StepReport(slot_ms=t0 * SLOT_MS)
         self._replan(t0, report)
         await self._drive_relays(now, t0, report)
@@ -439,3 +443,7 @@ class EmsRunner:
             measured = {int(row.start_ms): int(row.import_wh) for row in rows}
             report.mismatches.extend(
                 reconcile(name, r.spec.power_w, {prev: commanded[prev]}, measured))
+
+
+def _end_ms(req: DrRequest) -> int:
+    return dt_to_ms(req.end if req.end.tzinfo else req.end.replace(tzinfo=UTC))

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,13 +25,14 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakError
 
 from gateway.clock import Clock, SystemClock
+from gateway.config import BLE_ADDRESS_RE
 from gateway.sources.base import FrameSink, SourceError
 from hardware.ble.profile import PROFILE
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "ble"
-_ADDRESS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+_ADDRESS = BLE_ADDRESS_RE
 DEFAULT_CONNECT_TIMEOUT_S = 20.0
 
 

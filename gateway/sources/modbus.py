@@ -95,6 +95,11 @@ class ModbusBus:
         self.counts: Counter[str] = Counter()
         self._rx = b""
         self._client: Any = None
+        self._unreachable = False  # the bus could not be opened: logged once per outage
+
+    def _where(self) -> str:
+        c = self.cfg
+        return f"{c.tcp[0]}:{c.tcp[1]}" if c.tcp is not None else str(c.serial)
 
     # -- stats ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -186,7 +191,15 @@ class ModbusBus:
             self._client = self._make_client()
         if not self._client.connected and not await self._client.connect():
             self.counts["connect"] += 1
+            if not self._unreachable:  # said once per outage; counted every time
+                self._unreachable = True
+                log.warning("bus %s: cannot connect to %s (meters %s get no readings); "
+                            "retrying every %.1f s", self.cfg.name, self._where(),
+                            ", ".join(m.cfg.meter_id for m in self.meters), self.cfg.poll_s)
             return 0
+        if self._unreachable:
+            self._unreachable = False
+            log.warning("bus %s: connected to %s again", self.cfg.name, self._where())
         good = 0
         for m in self.meters:
             now = self.clock.now_ms()
@@ -200,8 +213,14 @@ class ModbusBus:
                     self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (m.failures - 1)
                 )
                 m.next_ms = now + int(delay * 1000)
-                log.info("meter %s: %s, next try in %.0f s", m.cfg.meter_id, exc.kind, delay)
+                (log.warning if m.failures == 1 else log.debug)(  # once per outage
+                    "meter %s on bus %s: %s (no answer: gone or off?), next try in %.0f s",
+                    m.cfg.meter_id, self.cfg.name, exc.kind, delay,
+                )  # fmt: skip
                 continue
+            if m.failures:
+                log.warning("meter %s on bus %s answers again after %d failed polls",
+                            m.cfg.meter_id, self.cfg.name, m.failures)
             m.failures = 0
             m.next_ms = 0
             m.counts["ok"] += 1

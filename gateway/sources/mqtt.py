@@ -93,6 +93,9 @@ class MqttNodeSource:
         payload = message.payload
         if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_PAYLOAD:
             self.counts["bad_payload"] += 1
+            if self.counts["bad_payload"] == 1:  # said once; counted always
+                log.warning("dropped a message on %s: bad_payload (not bytes, or over %d "
+                            "bytes); further ones are only counted", message.topic, MAX_PAYLOAD)
             return
         self.counts["frames"] += 1
         try:

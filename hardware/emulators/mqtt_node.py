@@ -55,10 +55,13 @@ class MqttNodeEmulator:
         fault: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         seed: int = 0,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}: expected one of {', '.join(FAULTS)}")
         self.node_id, self.key, self.host, self.port = node_id, key, host, port
+        self.username, self.password = username, password  # the node's broker account
         self.topic = topic or f"wattmesh_{node_id}"
         self.profile = profile or constant(500.0)
         # the counters integrate what the load really drew: nothing while its relays are off
@@ -163,6 +166,8 @@ class MqttNodeEmulator:
             self.host,
             self.port,
             identifier=f"{self.topic}-{secrets.token_hex(3)}",
+            username=self.username,
+            password=self.password,
             will=aiomqtt.Will(self.t("lwt"), PROFILE["lwt_offline"], qos=1, retain=True),
         ) as client:
             self._client = client

@@ -99,9 +99,12 @@ def test_provision_refuses_to_overwrite_a_key_unless_forced(tmp_path: Path) -> N
     assert (tmp_path / "n7" / "node.key").read_bytes() != key_before
 
 
-def test_provision_mqtt_node_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_provision_mqtt_node_and_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert _provision(tmp_path, "--link", "mqtt") == 2  # no broker given
     assert "--mqtt-host" in capsys.readouterr().err
+    monkeypatch.setenv("WATTMESH_WIFI_PASSWORD", "")  # an open network
     ok = _provision(tmp_path, "--link", "mqtt", "--mqtt-host", "127.0.0.1", "--wifi-ssid", "x")
     assert ok == 0
     cfg = json.loads((tmp_path / "n7" / "config.json").read_text())

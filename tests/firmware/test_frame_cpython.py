@@ -43,7 +43,7 @@ def test_valid_vectors_byte_for_byte(vec: dict) -> None:
 @pytest.mark.parametrize("vec", VECTORS["invalid"], ids=lambda v: v["name"])
 def test_invalid_vectors_are_rejected_with_their_reason(vec: dict) -> None:
     with pytest.raises(frame.FrameError) as err:
-        frame.decode(bytes.fromhex(vec["key"]), bytes.fromhex(vec["frame"]))
+        frame.decode(bytes.fromhex(vec["key"]), bytes.fromhex(vec["frame"]), vec.get("direction"))
     assert err.value.args[0] == vec["error"]
 
 
@@ -88,3 +88,12 @@ def test_calibrate_modes_outside_the_two_are_refused() -> None:
         frame.unpack_calibrate(bytes([0, 3]) + bytes(14))
     with pytest.raises(frame.FrameError, match="bad_mode"):
         frame.pack_calibrate(0, 0, 1, 1, 1)
+
+
+@pytest.mark.parametrize("vec", VECTORS["valid"], ids=lambda v: v["name"])
+def test_each_type_travels_one_way(vec: dict) -> None:
+    key, raw = bytes.fromhex(vec["key"]), bytes.fromhex(vec["frame"])
+    way = frame.DIRECTION[vec["type"]]
+    assert frame.decode(key, raw, way)[0] == vec["type"]
+    with pytest.raises(frame.FrameError, match="direction"):
+        frame.decode(key, raw, frame.UP if way == frame.DOWN else frame.DOWN)

@@ -37,7 +37,7 @@ for vec in V['valid']:
     emit({'name': vec['name'], 'hdr': [t, nid, seq], 'fields': fields, 'frame': enc.hex()})
 for vec in V['invalid']:
     try:
-        frame.decode(bytes.fromhex(vec['key']), bytes.fromhex(vec['frame']))
+        frame.decode(bytes.fromhex(vec['key']), bytes.fromhex(vec['frame']), vec.get('direction'))
         emit({'name': vec['name'], 'error': None})
     except frame.FrameError as e:
         emit({'name': vec['name'], 'error': e.args[0]})

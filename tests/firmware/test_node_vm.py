@@ -130,7 +130,7 @@ def test_relay_commands_authenticated_with_min_times_and_replay() -> None:
     script = [
         (5, [on0]),  # boot counts as a switch: min off 60 s -> refused, done at expiry
         (61, []),
-        (70, [on0, wrong_key, other_node]),  # replay: answered; forgeries: dropped
+        (70, [on0, wrong_key, other_node]),  # replay and forgeries: dropped, unanswered
         (80, [cmd(4, 0, frame.A_OFF)]),  # min on 60 s not elapsed since t=60
         (125, [cmd(5, 1, frame.A_TOGGLE), cmd(6, 9, frame.A_ON)]),
         (126, ["00ff", "zz"]),
@@ -139,7 +139,6 @@ def test_relay_commands_authenticated_with_min_times_and_replay() -> None:
     acks = [f[3] for f in frames if f[0] == frame.T_ACK]
     assert acks == [
         (1, 0, frame.S_MIN_TIME, 0),
-        (1, 0, frame.S_REPLAY, 1),
         (4, 0, frame.S_MIN_TIME, 1),
         (5, 1, frame.S_OK, 1),
         (6, 9, frame.S_BAD_RELAY, 0),
@@ -150,7 +149,7 @@ def test_relay_commands_authenticated_with_min_times_and_replay() -> None:
     assert pins[1]["26"] == 0  # switched on at the end of the minimum off time
     assert pins[4]["26"] == 1  # the deferred OFF happened at t = 120 s
     assert pins[4]["27"] == 0
-    assert results[-1]["dropped"] == {"tag": 1, "node": 1, "short": 1}
+    assert results[-1]["dropped"] == {"replay": 1, "tag": 1, "node": 1, "short": 1}
 
 
 def test_over_current_trip_locks_out_until_acknowledged() -> None:
@@ -374,3 +373,37 @@ def test_a_window_whose_loop_fell_behind_is_flagged_in_the_frame() -> None:
     assert all(r["channel"] == 0 for r in readings if r["flags"] & frame.F_SAMPLING_BEHIND)
     assert not any(r["flags"] & frame.F_SAMPLING_BEHIND for r in readings
                    if r["uptime_s"] <= 10 or r["uptime_s"] > 30)
+
+
+REPLAY = """
+import json, hal_host as hal, host_node
+writes = [0]
+_write = hal.write_file
+def counting(path, data):
+    writes[0] += 1
+    _write(path, data)
+hal.write_file = counting
+hal.reset()
+h = host_node.Host('/flash', {"load": [[0, 1.0, 1.0]]})
+h.tick(5000)
+first = h.node.command(bytes.fromhex(CMD))
+w0, seq0 = writes[0], h.node.state.seq
+again = [h.node.command(bytes.fromhex(CMD)) for k in range(300)]
+reflected = h.node.command(first)  # the node's own ACK sent back to it
+emit({'first': first is not None, 'again': [a is None for a in again], 'writes': writes[0] - w0,
+      'seq': h.node.state.seq - seq0, 'dropped': h.node.dropped,
+      'reflected': reflected is None})
+"""
+
+
+def test_a_replayed_command_is_not_executed_answered_or_written_to_flash() -> None:
+    """Issue 19, finding 4, on the MicroPython VM: a replayed command used to be ACKed
+    (S_REPLAY), burning a sequence number each time and, at each block's end, a flash write.
+    Now it is dropped and counted; so is the node's own ACK reflected back at it."""
+    cmd = nodeutil.command(5, 0, frame.A_ON)
+    out = mpvm.run_job([f"CMD = {cmd!r}\n" + REPLAY],
+                       files=nodeutil.node_files("esp32_devkitc_ct", seq_block=16)).results[0]
+    assert out["first"] is True  # the command itself: answered
+    assert all(out["again"]) and out["reflected"] is True
+    assert out["writes"] == 0 and out["seq"] == 0  # no flash write, no sequence number burnt
+    assert out["dropped"] == {"replay": 300, "direction": 1}

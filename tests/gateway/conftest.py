@@ -90,6 +90,62 @@ class Broker:
                 self.proc.wait()
 
 
+class SecureBroker(Broker):
+    """A private mosquitto as a home should run it: TLS only (certificates made now by
+    ``tools.mqtt_auth.make_tls``), no anonymous clients, a password file and an ACL with one
+    block per account. ``accounts`` maps user to (password, ACL block); ``lines`` adds files
+    of password-file and ACL lines as ``wattmesh provision`` writes them."""
+
+    def __init__(
+        self, tmp: Path, accounts: dict[str, tuple[str, str]], lines: tuple[Path, ...] = (),
+        plain: bool = False,
+    ) -> None:
+        from tools.mqtt_auth import make_tls, mosquitto_conf, password_line
+
+        self.tls = make_tls(tmp / "tls")
+        self.port = free_port()
+        self.accounts = accounts
+        pw = tmp / "mosquitto.passwd"
+        pw.write_text(
+            "".join(password_line(u, p) + "\n" for u, (p, _) in accounts.items())
+            + "".join((d / "mosquitto.passwd").read_text() for d in lines)
+        )
+        acl = tmp / "mosquitto.acl"
+        acl.write_text(
+            "\n".join([b for _, b in accounts.values()]
+                      + [(d / "mosquitto.acl").read_text() for d in lines])
+        )
+        conf = tmp / "mosquitto.conf"
+        self.plain_port = free_port() if plain else None  # nodes: accounts, ACL, no TLS
+        conf.write_text(mosquitto_conf(self.port, self.tls, pw, acl, plain_port=self.plain_port))
+        self.log = tmp / "mosquitto.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}") from None
+                time.sleep(0.02)
+
+    def client(self, user: str | None, password: str | None = None, **kw: Any) -> Any:
+        """An aiomqtt client over TLS trusting this broker's CA, as ``user``."""
+        import ssl
+
+        import aiomqtt
+
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        if user is not None and password is None:
+            password = self.accounts[user][0]
+        return aiomqtt.Client(
+            "127.0.0.1", self.port, username=user, password=password, tls_context=ctx, **kw
+        )
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path)

@@ -51,6 +51,7 @@ def _load(t_ms: int) -> float:
 def _config(tmp: Path, mqtt_port: int, modbus_port: int) -> Path:
     (tmp / "nodes.json").write_text(json.dumps(
         {"nodes": {"7": {"key": nodeutil.KEY.hex(), "name": "n7", "transport": "mqtt"}}}))
+    (tmp / "nodes.json").chmod(0o600)  # node keys: owner-only, or check and run refuse them
     path = tmp / "gateway.toml"
     path.write_text(f"""
 [gateway]

@@ -153,6 +153,7 @@ def test_check_shows_what_the_store_says(
 ) -> None:
     (tmp_path / "nodes.json").write_text(
         json.dumps({"nodes": {"7": {"key": "ab" * 32, "transport": "mqtt"}}}))
+    (tmp_path / "nodes.json").chmod(0o600)  # node keys: owner-only, or check refuses them
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(f"""
 [gateway]

@@ -118,6 +118,7 @@ def test_emulators_check_and_daemon_as_processes(
                            "1": {"key": KEY1.hex(), "name": "p1", "transport": "ble"}}}
             )
         )  # fmt: skip
+        (tmp_path / "nodes.json").chmod(0o600)  # node keys: owner-only, or check refuses them
         cfg = tmp_path / "gateway.toml"
         cfg.write_text(
             f"""

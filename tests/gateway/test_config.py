@@ -249,7 +249,8 @@ def test_report_can_be_set_on_every_kind_of_meter(tmp_path: Path) -> None:
         ("node_id = 7", "node_id = 7\nreport = 1", r"^mqtt\.nodes\[0\]\.report: expected bool"),
         ("unit = 1", "unit = 1\nreport = 'yes'",
          r"^modbus\.buses\[0\]\.meters\[0\]\.report: expected bool, got str"),
-        ("[[mqtt.nodes]]", "[ble]\n[[ble.nodes]]\nnode_id = 3\naddress = 'x'\nreport = []\n"
+        ("[[mqtt.nodes]]",
+         "[ble]\n[[ble.nodes]]\nnode_id = 3\naddress = '24:0A:C4:00:00:03'\nreport = []\n"
          "[[mqtt.nodes]]", r"^ble\.nodes\[0\]\.report: expected bool, got list"),
     ],
 )

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfigError, load_config
 from gateway.daemon import Gateway
+from gateway.dr_inbox import sign_request
 from gateway.ems.timegrid import SLOT_MS
 from hardware.emulators.mqtt_node import MqttNodeEmulator
 from hardware.emulators.profiles import constant
@@ -80,6 +82,10 @@ async def nodes() -> AsyncIterator[list[asyncio.Task[None]]]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+DSO = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+DSO_SIGNER = f'[ems.dr_signers]\ndso = ["{DSO.public_key().public_bytes_raw().hex()}"]\n'
+
+
 async def _home(
     tmp_path: Path, broker: Broker, nodes: list[asyncio.Task[None]]
 ) -> tuple[ManualClock, MqttNodeEmulator, Gateway]:
@@ -89,7 +95,7 @@ async def _home(
     )
     nodes.append(asyncio.create_task(node.run(publish=False)))
     await until(node.ready.is_set, what="node connected")
-    cfg = load_config(ems_config(tmp_path, broker.port))
+    cfg = load_config(ems_config(tmp_path, broker.port, DSO_SIGNER))
     assert cfg.ems is not None and [a.name for a in cfg.ems.appliances] == ["boiler"]
     return clock, node, Gateway(cfg, clock=clock, deliverer=MemoryLedger())
 
@@ -122,7 +128,8 @@ async def test_a_demand_response_request_over_mqtt_sheds_the_boiler(
     on the result topic and the boiler stays off (it is shed, and the plan says so)."""
     clock, node, gw = await _home(tmp_path, broker, nodes)
     start = T0 - T0 % SLOT_MS
-    request = {"start": _iso(start), "end": _iso(start + 4 * SLOT_MS), "max_w": 0}
+    request = {"id": "dso-1", "to": "home-1", "role": "dso", "start": _iso(start),
+               "end": _iso(start + 4 * SLOT_MS), "max_w": 0}
     answers: list[dict[str, object]] = []
     run = asyncio.create_task(gw.run())
     try:
@@ -133,10 +140,10 @@ async def test_a_demand_response_request_over_mqtt_sheds_the_boiler(
             assert gw.dr_inbox is not None
             await until(gw.dr_inbox.subscribed.is_set, what="inbox subscribed")
             await client.publish("wattmesh/home-1/ems/dr", b'{"start": "soon"}')
-            await client.publish("wattmesh/home-1/ems/dr", json.dumps(request).encode())
+            await client.publish("wattmesh/home-1/ems/dr", sign_request(DSO, request))
             await until(lambda: len(answers) == 2, what="two answers")
             collector.cancel()
-        assert answers[0]["ok"] is False and "start" in str(answers[0]["error"])
+        assert answers[0]["ok"] is False and "unsigned" in str(answers[0]["error"])
         assert answers[1]["ok"] is True and answers[1]["max_w"] == 0
         on_in_slot = await _walk_slots(gw, clock, node)
     finally:
@@ -163,6 +170,8 @@ def _iso(ms: int) -> str:
         ("retail_peak = 10\nfeed_in = 20", "ems: feed-in 20 exceeds a retail price"),
         ("peak_hours = [13, 25]", r"ems.peak_hours: expected \[start, end\]"),
         ("colour = 1", "ems.colour: unknown key"),
+        ('[ems.dr_signers]\ndso = ["ab"]', r"ems.dr_signers.dso\[0\]: expected an Ed25519"),
+        ('[ems.dr_signers]\nking = []', "ems.dr_signers.king: unknown key"),
         ('sealed_orders = "yes"', "ems.sealed_orders: expected bool, got str"),
         ("commit_deposit = -1", r"ems.commit_deposit: -1 is outside"),
         ("commit_deposit = true", "ems.commit_deposit: expected int, got bool"),

@@ -25,6 +25,7 @@ from hardware.emulators.profiles import constant
 from ledger.tx import public_bytes
 from tests.gateway.conftest import Broker, free_port, until
 from tests.gateway.fakes import MemoryLedger
+from tests.gateway.test_publish import check_ha_sensor_discovery
 
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % INTERVAL_MS + 60_000  # one minute into an interval
 KEY7 = bytes(range(32))
@@ -217,6 +218,8 @@ async def test_home_assistant_discovery(home: Home) -> None:
     )
     assert energy["state_topic"] == "wattmesh/home-1/main/state"
     assert seen["wattmesh/home-1/plug7/state"]["power_w"] == 600.0
+    # what crossed the broker meets HA's sensor discovery schema (test_publish states it)
+    check_ha_sensor_discovery([(t, p) for t, p in seen.items() if t.endswith("/config")])
 
 
 async def test_bad_frames_are_dropped_and_counted(home: Home) -> None:

@@ -66,8 +66,9 @@ def test_forged_replayed_unconfigured_and_command_frames_meter_nothing() -> None
     stranger = reading(1, 1_000, node=9)  # keyed, but not configured
     assert ing.frame(stranger, "mqtt", T0 + 2) == (9, None, None)
     command = frame.encode(KEY, frame.T_COMMAND, 7, 2, frame.pack_command(0, frame.A_ON))
-    assert ing.frame(command, "mqtt", T0 + 3) == (7, None, None)
-    assert ing.ignored_frames == 2 and len(ing.take_pending()) == 1
+    assert ing.frame(command, "mqtt", T0 + 3) is None  # the gateway's own kind: wrong way
+    assert ing.ignored_frames == 1 and len(ing.take_pending()) == 1
+    assert ing.verifier.counts()["dropped_direction"] == 1
     assert ing.verifier.counts()["dropped_tag"] == 1
     assert ing.verifier.counts()["dropped_replay"] == 1
 

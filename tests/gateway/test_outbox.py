@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from gateway.outbox import DELIVERED, PENDING, REJECTED, Backoff, OutboxRow, deliver_due, next_state
 from gateway.store import Store
+from ledger.contract.api import Receipt
+from ledger.tx import SignedTx
 from tests.gateway.fakes import MemoryLedger
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(32))
@@ -30,6 +32,18 @@ def test_state_machine() -> None:
     assert next_state(failed, 200, p, code="OK").state == DELIVERED
     assert next_state(failed, 200, p, code="DUPLICATE").state == DELIVERED
     assert next_state(failed, 200, p, code="INSUFFICIENT_FUNDS").state == REJECTED
+
+
+def test_a_report_for_an_unregistered_meter_waits_for_registration() -> None:
+    report = OutboxRow(2, "meter.report", {"meter_id": "PT0001:grid"}, 7)
+    p = Backoff(1_000, 300_000)
+    later = next_state(report, 0, p, code="UNKNOWN_METER", error="no meter PT0001:grid")
+    assert (later.state, later.code, later.next_ms) == (PENDING, "UNKNOWN_METER", 60_000)
+    again = next_state(later, 60_000, p, code="UNKNOWN_METER")
+    assert again.state == PENDING and again.next_ms == 60_000 + 120_000  # doubling
+    # only reports wait (one report per meter and interval: a new nonce cannot double it)
+    other = OutboxRow(3, "auction.bid", {}, 8)
+    assert next_state(other, 0, p, code="UNKNOWN_METER").state == REJECTED
 
 
 async def test_outage_lost_replies_and_restart_deliver_exactly_once(tmp_path: Path) -> None:
@@ -65,3 +79,26 @@ async def test_rejection_does_not_block_the_rest(tmp_path: Path) -> None:
     await deliver_due(store, KEY, ledger, 0, Backoff())
     assert store.outbox_get(bad).state == REJECTED  # type: ignore[union-attr]
     assert store.outbox_get(good).state == DELIVERED  # type: ignore[union-attr]
+
+
+async def test_a_refused_report_goes_again_as_a_new_transaction(tmp_path: Path) -> None:
+    """The ledger keeps an executed refusal under its tx_id: the retry needs a new nonce."""
+
+    class NotYet:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        async def submit(self, tx: SignedTx) -> Receipt:
+            self.seen.append(tx.tx_id)
+            return Receipt("OK" if len(self.seen) > 1 else "UNKNOWN_METER", "no meter")
+
+    store = Store(tmp_path / "gw.db")
+    oid = store.enqueue("meter.report", {"meter_id": "PT0001:grid"}, 5, 0)
+    ledger, nonces = NotYet(), iter(range(100, 200))
+    await deliver_due(store, KEY, ledger, 0, Backoff(), new_nonce=lambda: next(nonces))
+    row = store.outbox_get(oid)
+    assert row is not None and row.state == PENDING and row.nonce == 100
+    await deliver_due(store, KEY, ledger, row.next_ms, Backoff(), new_nonce=lambda: next(nonces))
+    row = store.outbox_get(oid)
+    assert row is not None and row.state == DELIVERED
+    assert len(set(ledger.seen)) == 2  # two transactions, the second one applied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiomqtt
 
@@ -14,6 +15,69 @@ from gateway.store import Reading
 from tests.gateway.conftest import Broker, collect_json, until
 
 T0 = 1_795_000_000_000
+
+
+# Home Assistant's MQTT sensor discovery, as its documentation states it (MQTT Sensor, sensor
+# device classes and state classes, the energy dashboard) and as HA 2025.10 changed it:
+SENSOR_KEYS = {
+    "availability", "availability_mode", "availability_template", "availability_topic",
+    "default_entity_id", "device", "device_class", "enabled_by_default", "encoding",
+    "entity_category", "entity_picture", "expire_after", "force_update", "icon",
+    "json_attributes_template", "json_attributes_topic", "last_reset_value_template", "name",
+    "options", "payload_available", "payload_not_available", "platform", "qos",
+    "state_class", "state_topic", "suggested_display_precision", "unique_id",
+    "unit_of_measurement", "value_template",
+}  # fmt: skip
+DEVICE_KEYS = {"configuration_url", "connections", "hw_version", "identifiers", "manufacturer",
+               "model", "model_id", "name", "serial_number", "suggested_area", "sw_version",
+               "via_device"}  # fmt: skip
+UNITS = {"power": {"W", "kW"}, "energy": {"Wh", "kWh", "MWh"}}
+STATE_CLASSES = {"power": {"measurement"}, "energy": {"total", "total_increasing"}}
+
+
+def check_ha_sensor_discovery(msgs: list[tuple[str, dict[str, object]]]) -> None:
+    """The rules of HA's sensor discovery schema the gateway's messages must meet."""
+    announced = {i for _, p in msgs for i in p["device"]["identifiers"]}  # type: ignore[index]
+    unique: set[object] = set()
+    for topic, p in msgs:
+        assert topic.endswith("/config") and topic.split("/")[1] == "sensor", topic
+        assert set(p) <= SENSOR_KEYS, set(p) - SENSOR_KEYS  # no object_id: deprecated
+        assert p["unique_id"] not in unique
+        unique.add(p["unique_id"])
+        eid = p["default_entity_id"]
+        assert isinstance(eid, str) and re.fullmatch(r"sensor\.[a-z0-9_]+", eid), eid
+        assert "availability_topic" not in p or "availability" not in p  # one or the other
+        avail = p["availability"]
+        assert isinstance(avail, list) and avail and all(set(a) <= {
+            "topic", "payload_available", "payload_not_available", "value_template"
+        } and "topic" in a for a in avail)  # fmt: skip
+        assert p["availability_mode"] in {"all", "any", "latest"}
+        assert isinstance(p["expire_after"], int) and p["expire_after"] > 0
+        dev = p["device"]
+        assert isinstance(dev, dict) and set(dev) <= DEVICE_KEYS and dev["identifiers"]
+        if "via_device" in dev:  # must name a device that is announced
+            assert dev["via_device"] in announced, dev["via_device"]
+        dclass = p["device_class"]
+        assert p["unit_of_measurement"] in UNITS[dclass]  # type: ignore[index]
+        assert p["state_class"] in STATE_CLASSES[dclass]  # type: ignore[index]
+
+
+def test_discovery_meets_home_assistants_sensor_schema() -> None:
+    cfg = MqttConfig()
+    msgs = [m for meter in (MeterInfo("grid", "sdm630"), MeterInfo("heat-pump", "node-mqtt"),
+                            MeterInfo("heat-pump.1", "node-mqtt"))
+            for m in discovery_messages(cfg, "home-1", meter)]  # fmt: skip
+    check_ha_sensor_discovery(msgs)
+    by_topic = dict(msgs)
+    grid = by_topic["homeassistant/sensor/home-1_grid/energy_import/config"]
+    assert grid["state_class"] == "total_increasing"  # a Modbus register only grows
+    assert grid["default_entity_id"] == "sensor.home_1_grid_energy_import"
+    for obj in ("energy_import", "energy_export"):  # a node's counters can step back
+        assert by_topic[f"homeassistant/sensor/home-1_heat-pump/{obj}/config"][
+            "state_class"] == "total"  # fmt: skip
+    assert grid["availability"] == [
+        {"topic": "wattmesh/home-1/status"}, {"topic": "wattmesh/home-1/grid/availability"}
+    ]
 
 
 def test_discovery_payloads_follow_the_convention() -> None:

@@ -73,7 +73,25 @@ def test_vectors_from_the_firmware() -> None:
     for vec in doc["valid"]:
         v = FrameVerifier({vec["node_id"]: bytes.fromhex(vec["key"])})
         got = v.verify(bytes.fromhex(vec["frame"]))
-        assert got is not None and got.seq == vec["seq"], vec["name"]
+        if frame.DIRECTION[vec["type"]] == frame.UP:
+            assert got is not None and got.seq == vec["seq"], vec["name"]
+        else:  # the gateway's own commands are never taken as telemetry
+            assert got is None and v.counts()["dropped_direction"] == 1, vec["name"]
+
+
+def test_a_replayed_command_cannot_move_a_nodes_window() -> None:
+    """Issue 19, finding 1: a COMMAND captured on the broker, sent back as telemetry, moved the
+    node's high-water mark to the command's sequence number; every later reading was dropped."""
+    v = FrameVerifier({7: KEY})
+    command = frame.encode(KEY, frame.T_COMMAND, 7, 1_000_000, frame.pack_command(0, frame.A_ON))
+    assert v.verify(reading(1)) is not None
+    assert v.verify(command) is None
+    assert v.counts()["dropped_direction"] == 1
+    assert all(v.verify(reading(seq)) is not None for seq in range(2, 20))
+    # an ACK and a reading are windows of their own: neither shadows the other
+    ack = frame.encode(KEY, frame.T_ACK, 7, 500, frame.pack_ack(1, 0, frame.S_OK, 1))
+    assert v.verify(ack) is not None and v.verify(reading(20)) is not None
+    assert v.verify(ack) is None  # the ACK again: a replay
 
 
 MANY = FrameVerifier({n: KEY for n in range(0, 300)})

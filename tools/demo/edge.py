@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from hardware.ble.plug import PlugEmulator
 from hardware.emulators.modbus_meter import EmulatedMeter, Faults, serve_tcp
 from ledger.keys import write_key
 from ledger.tx import SignedTx
-from tools.demo.procs import free_port
+from tools.demo.procs import DemoBroker, free_port
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class EdgeSpec:
 
 
 def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
-                        plug_keys: dict[int, bytes], mqtt_port: int | None) -> Path:
+                        plug_keys: dict[int, bytes], broker: DemoBroker | None) -> Path:
     (d / "data").mkdir(parents=True, exist_ok=True)
     write_key(d / "data" / "gateway.key", spec.key)
     if spec.order_key is not None:
@@ -211,7 +212,9 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
              for nid, key in plug_keys.items()}
     for nid, topic, key in spec.mqtt_nodes:
         nodes[str(nid)] = {"key": key.hex(), "name": topic, "transport": "mqtt"}
-    (d / "nodes.json").write_text(json.dumps({"nodes": nodes}, indent=1), encoding="utf-8")
+    fd = os.open(d / "nodes.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # node keys
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"nodes": nodes}, indent=1))
     toml = [
         "# written by `wattmesh demo`: one home's gateway",
         "[gateway]", f'id = "{spec.id_grid.lower()}"', 'data_dir = "data"',
@@ -219,10 +222,13 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
         "command_timeout_s = 30",
         *(['order_key_file = "order.key"'] if spec.order_key is not None else []), "",
     ]
-    if mqtt_port is not None:
-        toml += ["[mqtt]", 'host = "127.0.0.1"', f"port = {mqtt_port}", "publish_min_s = 300",
-                 f'base_topic = "wattmesh-{spec.id_grid.lower()}"', "[mqtt.discovery]",
-                 "enabled = true", ""]
+    if broker is not None:  # TLS, the gateway's own account (README: a home's broker)
+        base = f"wattmesh-{spec.id_grid.lower()}"
+        user, pw_file = broker.gateway_account(spec.id_grid.lower(), base)
+        toml += ["[mqtt]", 'host = "127.0.0.1"', f"port = {broker.port}", "tls = true",
+                 f'ca_file = "{broker.ca_file}"', f'username = "{user}"',
+                 f'password_file = "{pw_file}"', "publish_min_s = 300",
+                 f'base_topic = "{base}"', "[mqtt.discovery]", "enabled = true", ""]
         for nid, topic, _ in spec.mqtt_nodes:
             toml += ["[[mqtt.nodes]]", f"node_id = {nid}", f'meter_id = "node-{nid}"',
                      f'topic = "{topic}"', "report = false", ""]
@@ -248,12 +254,12 @@ def write_gateway_files(d: Path, spec: EdgeSpec, modbus_port: int, poll_s: int,
 async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s: int,
                      ledger: Callable[[], Any], plug_keys: dict[int, bytes],
                      plug_load: Callable[[int, int], Callable[[int], int]],
-                     mqtt_port: int | None, plug_boot_ms: int | None = None) -> HomeEdge:
+                     broker: DemoBroker | None, plug_boot_ms: int | None = None) -> HomeEdge:
     meter = EmulatedMeter(spec.model, spec.profile, clock=clock.now_ms)
     port = free_port()
     server = await serve_tcp({UNIT: meter}, "127.0.0.1", port)
     cfg = load_config(write_gateway_files(directory, spec, port, poll_s, plug_keys,
-                                          mqtt_port if spec.mqtt_nodes else None))
+                                          broker if spec.mqtt_nodes else None))
     sources: list[NodeSource] = []
     plugs: list[Plug] = []
     link = central = None

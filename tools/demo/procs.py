@@ -144,18 +144,58 @@ def wait_port(host: str, port: int, timeout_s: float, child: Child | None = None
     raise RuntimeError(f"{name} did not start listening on {host}:{port} in {timeout_s:.0f} s")
 
 
-def start_mosquitto(sup: Supervisor, run_dir: Path) -> int:
-    """Start a private mosquitto on a free loopback port; returns the port."""
+@dataclass
+class DemoBroker:
+    """The demo's mosquitto, as a home runs it (README): TLS with a CA made now for the
+    gateways, no anonymous clients, an account per gateway and node with its ACL, and a
+    listener without TLS (same accounts and ACL) for the firmware node, whose MicroPython link
+    has none. Accounts added later are loaded with SIGHUP."""
+
+    port: int  # TLS
+    node_port: int  # accounts and ACL, no TLS
+    ca_file: Path
+    folder: Path
+    child: Child
+
+    def add_accounts(self, lines: Path) -> None:
+        """Append the ``mosquitto.passwd`` and ``mosquitto.acl`` lines ``wattmesh provision``
+        wrote in ``lines`` and make the broker load them."""
+        with (self.folder / "passwd").open("a", encoding="utf-8") as f:
+            f.write((lines / "mosquitto.passwd").read_text(encoding="utf-8"))
+        with (self.folder / "acl").open("a", encoding="utf-8") as f:
+            f.write("\n" + (lines / "mosquitto.acl").read_text(encoding="utf-8"))
+        os.kill(self.child.pid, signal.SIGHUP)
+
+    def gateway_account(self, gateway_id: str, base_topic: str) -> tuple[str, Path]:
+        """``wattmesh provision gateway`` for one home: (user, password file)."""
+        from tools.mqtt_auth import provision_gateway
+
+        out = self.folder / f"gateway-{gateway_id}"
+        done = provision_gateway(gateway_id, out, base_topic=base_topic)
+        self.add_accounts(out)
+        return done["user"], Path(done["password_file"])
+
+
+def start_mosquitto(sup: Supervisor, run_dir: Path) -> DemoBroker:
+    """Start a private mosquitto on free loopback ports (TLS, accounts, ACL)."""
+    from tools.mqtt_auth import make_tls, mosquitto_conf
+
     exe = find_mosquitto()
     if exe is None:
         raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-    port = free_port()
+    port, node_port = free_ports(2)
+    folder = run_dir / "mosquitto"
+    folder.mkdir(parents=True, exist_ok=True)
+    tls = make_tls(folder / "tls", "wattmesh demo")
+    for name in ("passwd", "acl"):
+        (folder / name).write_text("", encoding="utf-8")
     conf = run_dir / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "log_dest stderr\nlog_type error\nlog_type warning\n",
+        mosquitto_conf(port, tls, folder / "passwd", folder / "acl", plain_port=node_port,
+                       extra="log_dest stderr\nlog_type error\nlog_type warning\n"),
         encoding="utf-8",
     )
     child = sup.spawn("mosquitto", [exe, "-c", str(conf)])
     wait_port("127.0.0.1", port, 10.0, child)
-    return port
+    wait_port("127.0.0.1", node_port, 10.0, child)
+    return DemoBroker(port, node_port, tls.ca_cert, folder, child)

@@ -46,7 +46,7 @@ from tools.demo.plan import (
     forecast_error,
     plan_home,
 )
-from tools.demo.procs import Supervisor, start_mosquitto
+from tools.demo.procs import DemoBroker, Supervisor, start_mosquitto
 from tools.demo.progress import ProgressBar
 from tools.demo.record import DayRecord, HourResult
 from tools.demo.supply import HomeSupply, RelayLog, home_supply, plug_draw, relay_draw
@@ -143,7 +143,7 @@ class DemoRun:
         self.hour_notes: dict[int, list[str]] = {}
         self.habit_loads: dict[int, set[int]] = {}
         self.vm: VmNode | None = None
-        self.mqtt_port = 0
+        self.broker: DemoBroker | None = None
         self.listings: list[str] = []
         self.unsettled: list[str] = []
 
@@ -241,12 +241,13 @@ class DemoRun:
         rng = random.Random(self.opts.seed ^ 0x5EED)
         plug_keys: dict[int, bytes] = {}
         try:
-            self.mqtt_port = start_mosquitto(self.sup, self.run_dir)
+            self.broker = start_mosquitto(self.sup, self.run_dir)
         except RuntimeError as exc:  # no broker: the firmware node (on MQTT) sits this one out
             self.record.parts["mqtt"] = f"not run: {exc}"
             vm_home = None
         else:
-            self.record.parts["mqtt"] = "mosquitto, started by the demo on a free loopback port"
+            self.record.parts["mqtt"] = ("mosquitto, started by the demo on free loopback ports: "
+                                         "TLS for gateways, an account and ACL per client")
             vm_home = self.vm_home()
         for h in self.homes:
             plugs = []
@@ -296,7 +297,7 @@ class DemoRun:
                             order_key=self.order_keys[h.id_grid])
             edge = await start_edge(
                 spec, self.clock, gw_dir / h.id_grid.lower(), POLL_MS // 1000,
-                self.current_ledger, plug_keys, self.plug_load, self.mqtt_port,
+                self.current_ledger, plug_keys, self.plug_load, self.broker,
                 plug_boot_ms=self.day0_ms - PLUGGED_IN_MS)
             self.edges.append(edge)
             # what the billing meter sees of each switched appliance: through a plug, what the
@@ -377,7 +378,8 @@ class DemoRun:
         for a in appliances:
             on = set(plan.schedule.get(a.name, ()))
             channels.append([a.power_w if s in on else 0 for s in range(SLOTS_PER_DAY)] * days)
-        vm = VmNode.start(self.sup, self.run_dir / "vm-node", node_id, self.mqtt_port,
+        assert self.broker is not None
+        vm = VmNode.start(self.sup, self.run_dir / "vm-node", node_id, self.broker,
                           self.clock, self.day0_ms, channels, SLOT_MS // 1000)
         self.record.parts["firmware node"] = (
             f"node {node_id} of {home.id_grid}: the real firmware on the MicroPython VM "

@@ -29,7 +29,7 @@ import aiomqtt
 
 from firmware import frame
 from gateway.clock import ManualClock
-from tools.demo.procs import Child, Supervisor
+from tools.demo.procs import Child, DemoBroker, Supervisor
 from tools.mpvm import REPO, RUNNER, check_vm
 
 BOARD = "esp32_devkitc_ct"
@@ -52,14 +52,16 @@ def provision(directory: Path, node_id: int, mqtt_port: int) -> tuple[Path, Path
 
     name = f"wattmesh_{node_id}"
     keystore = directory / "keystore.json"
+    wifi = directory / "wifi.password"  # an open network: an empty password file
+    wifi.write_text("", encoding="utf-8")
     provision_node(argparse.Namespace(
         id=node_id, keystore=str(keystore), out=str(directory), board=BOARD, link="mqtt",
         name=name, mqtt_host="127.0.0.1", mqtt_port=mqtt_port, wifi_ssid="community",
-        wifi_password="", force=False))
+        wifi_password_file=str(wifi), force=False))
     config = directory / "config.json"
     cfg = json.loads(config.read_text())
     cfg["sample_s"], cfg["publish_s"] = SAMPLE_S, PUBLISH_S
-    config.write_text(json.dumps(cfg, indent=1) + "\n")
+    config.write_text(json.dumps(cfg, indent=1) + "\n")  # keeps provision's mode 0600
     key = bytes.fromhex((directory / "node.key").read_text().strip())
     return config, directory / "node.key", key, name
 
@@ -86,7 +88,8 @@ class VmNode:
     child: Child
     clock: ManualClock
     day0_ms: int  # when the VM booted, on the community's clock
-    mqtt_port: int
+    broker: DemoBroker
+    account: tuple[str, str]  # the node's broker user and password (its config.json)
     frames: deque[bytes] = field(default_factory=deque)
     ack_queue: deque[bytes] = field(default_factory=deque)
     produced_ms: int = 0  # simulated time the VM has reached (of its last reading)
@@ -99,12 +102,13 @@ class VmNode:
     _task: asyncio.Task[None] | None = None
 
     @classmethod
-    def start(cls, sup: Supervisor, directory: Path, node_id: int, mqtt_port: int,
+    def start(cls, sup: Supervisor, directory: Path, node_id: int, broker: DemoBroker,
               clock: ManualClock, day0_ms: int, channels: list[list[int]],
               slot_s: int) -> VmNode:
         node_exe = check_vm()
         directory.mkdir(parents=True, exist_ok=True)
-        config, key_path, key, name = provision(directory, node_id, mqtt_port)
+        config, key_path, key, name = provision(directory, node_id, broker.node_port)
+        broker.add_accounts(directory)  # the node's account: its own topics only
         # The VM boots one publish period before midnight, so that its first reading (one
         # period after boot) lands at midnight: the gateway's baseline for the day's counters.
         profile = {"vrms": NOMINAL_V, "load": [[0, 0.0, 1.0]],
@@ -119,7 +123,8 @@ class VmNode:
             [node_exe, str(RUNNER), "stream", "--config", str(config), "--key", str(key_path),
              "--profile", json.dumps(profile), "--step-ms", str(STEP_MS), "--ticks", str(ticks)],
             cwd=REPO, stdin=subprocess.PIPE, stdout_pipe=True)
-        vm = cls(node_id, name, key, child, clock, day0_ms, mqtt_port)
+        mq = json.loads(config.read_text())["mqtt"]
+        vm = cls(node_id, name, key, child, clock, day0_ms, broker, (mq["user"], mq["password"]))
         loop = asyncio.get_running_loop()
         threading.Thread(target=vm._reader, args=(loop,), daemon=True).start()
         vm._task = asyncio.create_task(vm._bridge(), name=f"vm-bridge-{node_id}")
@@ -165,7 +170,8 @@ class VmNode:
     async def _bridge(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client("127.0.0.1", self.mqtt_port,
+                async with aiomqtt.Client("127.0.0.1", self.broker.node_port,
+                                          username=self.account[0], password=self.account[1],
                                           identifier=f"{self.name}-vm") as client:
                     await client.publish(topic("lwt", self.name), b"Online", retain=True)
                     await client.subscribe(topic("command_frame", self.name), qos=1)
