@@ -11,7 +11,8 @@ import sqlite3
 import sys
 from typing import Any
 
-from gateway.config import GatewayConfig, GatewayConfigError, load_config, load_keystore
+from gateway.config import GatewayConfig, GatewayConfigError, load_keystore
+from gateway.config_parse import load_config
 
 
 def register(subparsers: Any) -> None:

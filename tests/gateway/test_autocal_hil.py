@@ -19,7 +19,7 @@ import pytest
 from firmware import frame
 from gateway.calibrator import APPLIED, store_key
 from gateway.clock import ManualClock
-from gateway.config import load_config
+from gateway.config_parse import load_config
 from gateway.daemon import Gateway
 from gateway.sources.mqtt import topic_for
 from hardware.emulators.modbus_meter import EmulatedMeter, serve_tcp

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfigError, load_config, load_keystore, parse_config
+from gateway.config import GatewayConfigError, load_keystore
+from gateway.config_parse import load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "gateway.example.toml"
 MINIMAL = """

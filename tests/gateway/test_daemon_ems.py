@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfigError, load_config
+from gateway.config import GatewayConfigError
+from gateway.config_parse import load_config
 from gateway.daemon import Gateway
 from gateway.dr_inbox import sign_request
 from gateway.ems.timegrid import SLOT_MS

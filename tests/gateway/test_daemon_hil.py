@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from firmware import frame
 from gateway.clock import ManualClock
-from gateway.config import load_config
+from gateway.config_parse import load_config
 from gateway.daemon import Gateway
 from gateway.intervals import INTERVAL_MS, interval_name
 from gateway.report import verify_report

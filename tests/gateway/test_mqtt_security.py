@@ -14,7 +14,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.config import GatewayConfigError, load_config
+from gateway.config import GatewayConfigError
+from gateway.config_parse import load_config
 from tests.gateway.conftest import SecureBroker
 from tools.cli import main
 from tools.mqtt_auth import make_tls

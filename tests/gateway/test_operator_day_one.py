@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.config import load_config
+from gateway.config_parse import load_config
 from gateway.daemon import Gateway
 from gateway.outbox import DELIVERED, PENDING, RETRY_LATER, WAIT_REGISTRATION_MS
 from ledger.keys import load_key, new_key, public_hex, write_key

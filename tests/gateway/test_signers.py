@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.config import GatewayConfigError, load_config
+from gateway.config import GatewayConfigError
+from gateway.config_parse import load_config
 from gateway.outbox import DELIVERED, NO_KEY, REJECTED, Backoff, deliver_due
 from gateway.signers import SignerError, Signers, load_order_key
 from gateway.store import Store

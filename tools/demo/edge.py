@@ -35,7 +35,7 @@ from bumble.link import LocalLink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import ManualClock
-from gateway.config import load_config
+from gateway.config_parse import load_config
 from gateway.daemon import Gateway
 from gateway.intervals import MISSING, Interval
 from gateway.outbox import DELIVERED, PENDING
