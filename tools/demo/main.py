@@ -15,7 +15,8 @@ from tools.demo.options import DemoOptions
 from tools.demo.procs import Supervisor
 from tools.demo.progress import ProgressBar
 from tools.demo.record import DayRecord
-from tools.demo.run import DemoError, DemoRun
+from tools.demo.registration import DemoError
+from tools.demo.run import DemoRun
 
 
 def _eur(utok: int) -> str:

@@ -14,7 +14,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,11 @@ from ledger.contract import default_genesis
 from ledger.contract.api import Receipt
 from ledger.contract.clearing import Order
 from ledger.keys import public_hex
-from ledger.personal import PersonalStore
-from ledger.tx import sign_tx
 from tools.demo.checks import self_checks
 from tools.demo.economics import HourBook, Tariffs
 from tools.demo.edge import METER_MODEL, EdgeSpec, HomeEdge, start_edge
 from tools.demo.faults import plan_faults
-from tools.demo.feeder import FEEDER_ID, FEEDER_LIMIT_W, FEEDER_MODEL, Liar, feeder_power
+from tools.demo.feeder import FEEDER_ID, FEEDER_MODEL, Liar, feeder_power
 from tools.demo.ledger_port import LedgerPort, open_ledger
 from tools.demo.options import DemoOptions
 from tools.demo.plan import (
@@ -49,45 +46,25 @@ from tools.demo.plan import (
 from tools.demo.procs import DemoBroker, Supervisor, start_mosquitto
 from tools.demo.progress import ProgressBar
 from tools.demo.record import DayRecord, HourResult
+from tools.demo.registration import (
+    OPERATOR,
+    START_TOKENS,
+    Actor,
+    CommunityKeys,
+    register,
+    report_window_ms,
+    submit,
+)
 from tools.demo.supply import HomeSupply, RelayLog, home_supply, plug_draw, relay_draw
 from tools.demo.vmnode import VM_NODE_BASE, VmNode
 from tools.demo.world import Home, build_community, run_slots
 
-START_TOKENS = 25_000_000  # micro-tokens every home buys from the operator at the start (25 €)
-OPERATOR = "OPERATOR"
 AGENT_MARGINS = (0.02, 0.4)  # share of the tariff band each home's agent asks below / bids above
 HOUR_MS = SLOT_MS * SLOTS_PER_HOUR
 POLL_MS = 300_000  # the gateways poll their meters every 5 simulated minutes
 CLOSE_GRACE_MS = 31_000  # just past the aggregator's grace: the hour's last interval closes
 VM_CHANNELS = 2  # the CT board's two clamps, each with its relay
 METERED_REGULAR = ("Television", "Personal Computer", "Refrigerator")
-
-
-IMPORT_LIMIT_W = 13_800  # every home's contracted power: 60 A at 230 V
-
-
-def report_window_ms(date: dt.date) -> int:
-    """The contract takes reports of intervals up to its report window before the block's time.
-    The replicas stamp blocks with today's time while the demo replays a past day, so the
-    demo's community widens the window from its default (7 days) to reach back to that day."""
-    day0 = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC)
-    return max(7 * 86_400_000, int((dt.datetime.now(dt.UTC) - day0).total_seconds()) * 1000
-               + 2 * 86_400_000)
-
-
-class DemoError(RuntimeError):
-    """The demo could not go on (a part failed to start, the ledger refused a setup step)."""
-
-
-@dataclass
-class Actor:
-    id_grid: str
-    key: Ed25519PrivateKey
-    nonce: int = 0
-
-    def next_nonce(self) -> int:
-        self.nonce += 1
-        return self.nonce
 
 
 PLUGGED_IN_MS = 3_600_000  # the plugs went into their sockets an hour before the day began
@@ -152,53 +129,12 @@ class DemoRun:
     async def tx(self, actor: Actor, kind: str, body: Mapping[str, Any], *,
                  must: bool = True) -> Receipt:
         assert self.ledger is not None
-        signed = sign_tx(actor.key, kind, body, actor.next_nonce())
-        receipt = await self.ledger.submit(signed)
-        if must and not receipt.ok:
-            raise DemoError(f"{kind} by {actor.id_grid} refused: {receipt.code} {receipt.message}")
-        return receipt
+        return await submit(self.ledger, actor, kind, body, must=must)
 
     async def register(self) -> None:
-        op = self.operator
-        # personal data stays with the operator (its register, mode 0600); the chain holds a
-        # salted hash of it
-        personal = PersonalStore(self.run_dir / "personal.sqlite")
-        try:
-            commitments = {h.id_grid: personal.add(
-                h.id_grid, h.name, f"{h.id_grid.lower()}@community.invalid",
-                f"{h.name}'s home, the community")[0] for h in self.homes}
-        finally:
-            personal.close()
-        for h in self.homes:
-            role = "prosumer" if h.pv_w else "consumer"
-            await self.tx(op, "registry.admit", {
-                "id_grid": h.id_grid, "commitment": commitments[h.id_grid],
-                "public_key": public_hex(self.wallet_keys[h.id_grid]), "role": role,
-            })
-            if h.pv_w:
-                await self.tx(op, "registry.add_res", {
-                    "res_id": h.res_id, "owner": h.id_grid, "kind": "PV",
-                    "rated_power_w": h.pv_w,
-                })
-            await self.tx(op, "registry.add_meter", {
-                "meter_id": h.meter_id, "owner": h.id_grid,
-                "gateway_key": public_hex(self.meter_keys[h.id_grid]),
-                # the connection's limits: contracted import power, the inverter's export
-                "import_limit_w": IMPORT_LIMIT_W, "export_limit_w": h.pv_w,
-            })
-            # the member recognises its gateway's key (the meter may report: its owner's
-            # consent) and delegates an order key to the gateway's trading agent
-            member = Actor(h.id_grid, self.wallet_keys[h.id_grid])
-            await self.tx(member, "meter.confirm", {"meter_id": h.meter_id})
-            await self.tx(member, "member.set_order_key", {
-                "id_grid": h.id_grid, "public_key": public_hex(self.order_keys[h.id_grid])})
-            await self.tx(op, "token.transfer", {"to": h.id_grid, "amount": START_TOKENS})
-        await self.tx(op, "registry.add_meter", {
-            "meter_id": FEEDER_ID, "owner": OPERATOR, "role": "feeder",
-            "gateway_key": public_hex(self.feeder_key),
-            "import_limit_w": FEEDER_LIMIT_W, "export_limit_w": FEEDER_LIMIT_W,
-        })
-        await self.tx(op, "meter.confirm", {"meter_id": FEEDER_ID})  # the operator's own meter
+        assert self.ledger is not None
+        keys = CommunityKeys(self.wallet_keys, self.meter_keys, self.order_keys, self.feeder_key)
+        await register(self.ledger, self.operator, self.homes, keys, self.run_dir)
 
     # -- the day ----------------------------------------------------------------------------
 
