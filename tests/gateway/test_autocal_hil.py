@@ -148,6 +148,9 @@ def _reads_truth(gw: Gateway, i: float, pf: float) -> bool:
     return latest is not None and abs(latest.power_dw / 10 - 230 * i * pf) <= 0.005 * 230 * i
 
 
+# The node's 17 minutes run on the VM at 20x its clock: about a minute alone, several when the
+# two cores are shared; each wait below has its own bound, so the test cannot hang.
+@pytest.mark.timeout(900)
 async def test_config_enabled_calibration_applies_is_kept_and_not_resent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
