@@ -274,7 +274,7 @@ class ShapedRelay:
                 spec = self.plan(source, route.replica)
             if spec is None or not isinstance(source, int):
                 uwriter.write(first)
-                await asyncio.gather(_pump(creader, uwriter), _pump(ureader, cwriter))
+                await asyncio.gather(pump(creader, uwriter), pump(ureader, cwriter))
                 return
             loop = asyncio.get_running_loop()
             rng = random.Random(f"{self.seed}:{source}:{route.replica}:{self.connections}")
@@ -282,7 +282,7 @@ class ShapedRelay:
             pair = (source, route.replica)
             await asyncio.gather(
                 _shaped_pump(creader, cwriter, uwriter, shaper, first, self.sent, self.lost, pair),
-                _pump(ureader, cwriter),
+                pump(ureader, cwriter),
             )
         except (OSError, asyncio.IncompleteReadError, FrameError):
             pass
@@ -292,7 +292,8 @@ class ShapedRelay:
             uwriter.close()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until EOF or a broken link, then close ``writer``."""
     with contextlib.suppress(OSError):
         while data := await reader.read(65536):
             writer.write(data)

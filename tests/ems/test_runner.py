@@ -113,13 +113,17 @@ class Home:
         self._meter(i, used, ev)
 
 
-def make(home: Home, clock: ManualClock, **kw) -> EmsRunner:
-    agent = TradingAgent(id_grid="home-1", tariff=Tariff(), res_id="pv-1", res_rated_w=3000)
+def make(home: Home, clock: ManualClock, agent: TradingAgent | None = None,
+         clearing=None, **kw) -> EmsRunner:
+    """A runner over ``home`` with the default trading agent (or ``agent``); ``kw`` go to its
+    ``RunnerConfig``."""
+    if agent is None:
+        agent = TradingAgent(id_grid="home-1", tariff=Tariff(), res_id="pv-1", res_rated_w=3000)
     return EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
                                                          history_days=HISTORY_DAYS, **kw),
                      clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
-                     interval_history=home.history, agent=agent, **(
-                         {"clearing": kw.pop("clearing")} if "clearing" in kw else {}))
+                     interval_history=home.history, agent=agent,
+                     **({"clearing": clearing} if clearing is not None else {}))
 
 
 async def live(home: Home, clock: ManualClock, runner: EmsRunner, slots: int, on_step=None):
@@ -144,10 +148,7 @@ async def test_a_day_of_plans_relays_and_orders():
         return cleared.get(listing_id)
 
     agent = TradingAgent(id_grid="home-1", tariff=Tariff(), res_id="pv-1", res_rated_w=3000)
-    runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
-                                                           history_days=HISTORY_DAYS),
-                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
-                       interval_history=home.history, clearing=clearing, agent=agent)
+    runner = make(home, clock, agent=agent, clearing=clearing)
 
     async def market(k: int, report) -> None:
         # the ledger clears each ordered listing at once: every offer sells, every bid buys
@@ -193,10 +194,7 @@ async def test_a_sealed_market_gets_a_commitment_then_its_reveal_once():
 
     agent = TradingAgent(id_grid="home-1", tariff=Tariff(), res_id="pv-1", res_rated_w=3000,
                          sealed=True, commit_deposit=100_000)
-    runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
-                                                           history_days=HISTORY_DAYS),
-                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
-                       interval_history=home.history, clearing=clearing, agent=agent)
+    runner = make(home, clock, agent=agent, clearing=clearing)
 
     async def market(k: int, report) -> None:
         # the operator closes each committed listing; once revealed, it is cleared

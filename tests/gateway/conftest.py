@@ -69,6 +69,11 @@ class Broker:
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        self._wait_listening(lambda: "")
+
+    def _wait_listening(self, log: Callable[[], str]) -> None:
+        """Until the broker accepts on ``self.port``; stops it and raises (the message ending
+        in ``log()``) if it exits or 10 s pass first."""
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -77,7 +82,7 @@ class Broker:
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError("mosquitto did not start") from None
+                    raise RuntimeError(f"mosquitto did not start{log()}") from None
                 time.sleep(0.02)
 
     def stop(self) -> None:
@@ -121,16 +126,7 @@ class SecureBroker(Broker):
         self.log = tmp / "mosquitto.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}") from None
-                time.sleep(0.02)
+        self._wait_listening(lambda: f": {self.log.read_text()}")
 
     def client(self, user: str | None, password: str | None = None, **kw: Any) -> Any:
         """An aiomqtt client over TLS trusting this broker's CA, as ``user``."""

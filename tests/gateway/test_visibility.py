@@ -39,6 +39,12 @@ def _config(tmp: Path, extra: str = "", gateway: str = "") -> Path:
     return cfg
 
 
+def _node7(mqtt_port: int) -> str:
+    """The ``[mqtt]`` tables of a gateway with one configured node (7, meter "heat-pump")."""
+    return (f"[mqtt]\nport = {mqtt_port}\n[mqtt.discovery]\nenabled = false\n"
+            '[[mqtt.nodes]]\nnode_id = 7\nmeter_id = "heat-pump"\n')
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -92,14 +98,7 @@ def test_a_restarted_node_and_a_vanished_meter_are_logged_once(
 ) -> None:
     broker = Broker(tmp_path)
     port = free_port()
-    cfg = _config(tmp_path, f"""
-[mqtt]
-port = {broker.port}
-[mqtt.discovery]
-enabled = false
-[[mqtt.nodes]]
-node_id = 7
-meter_id = "heat-pump"
+    cfg = _config(tmp_path, _node7(broker.port) + f"""
 [[modbus.buses]]
 name = "tcp"
 tcp = "127.0.0.1:{port}"
@@ -179,15 +178,7 @@ def test_a_command_replayed_as_telemetry_does_not_stop_the_nodes_metering(
     from firmware import frame
 
     broker = Broker(tmp_path)
-    cfg = _config(tmp_path, f"""
-[mqtt]
-port = {broker.port}
-[mqtt.discovery]
-enabled = false
-[[mqtt.nodes]]
-node_id = 7
-meter_id = "heat-pump"
-""")  # fmt: skip
+    cfg = _config(tmp_path, _node7(broker.port))
     log = tmp_path / "gateway.log"
     procs: list[subprocess.Popen[bytes]] = []
     with log.open("ab") as out:

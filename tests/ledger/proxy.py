@@ -10,9 +10,9 @@ get through; ``heal()`` lets links form again. The replicas are not told: they s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from ledger.framing import HEADER, FrameError, decode_payload, read_frame
+from tools.netem import pump
 
 
 class ReplicaProxy:
@@ -63,7 +63,7 @@ class ReplicaProxy:
                     return
                 self.links.append((source, cwriter, uwriter))
             uwriter.write(HEADER.pack(len(first)) + first)
-            await asyncio.gather(_pump(creader, uwriter), _pump(ureader, cwriter))
+            await asyncio.gather(pump(creader, uwriter), pump(ureader, cwriter))
         except (OSError, asyncio.IncompleteReadError, FrameError):
             pass
         finally:
@@ -71,10 +71,3 @@ class ReplicaProxy:
             uwriter.close()
             self.links = [link for link in self.links if link[1] is not cwriter]
 
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
