@@ -48,7 +48,7 @@ from ledger.keys import load_key, new_key
 from ledger.limits import raise_nofile
 from ledger.setup import DEFAULT_CONTRACT, init_cluster
 from ledger.tx import SignedTx, sign_tx
-from tools.ledger_bench import FUNDS, _member, _percentile
+from tools.ledger_bench import FUNDS, _member, _percentile, bounded
 
 ATTACK_SOURCES = [f"127.0.0.{k}" for k in range(2, 34)]
 CONNECTIONS = 5000
@@ -378,34 +378,9 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError("must be in (0, 100]")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 1 <= value <= 3600:
-        raise argparse.ArgumentTypeError("must be between 1 and 3600 seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-    if not 2 <= value <= 10_000:
-        raise argparse.ArgumentTypeError("must be between 2 and 10000")
-    return value
+_scale = bounded(float, lambda v: 0 < v <= 100, "must be in (0, 100]")
+_seconds = bounded(float, lambda v: 1 <= v <= 3600, "must be between 1 and 3600 seconds")
+_count = bounded(int, lambda v: 2 <= v <= 10_000, "must be between 2 and 10000")
 
 
 def register_bench(bench_subparsers: Any) -> None:

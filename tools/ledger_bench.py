@@ -40,8 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -440,14 +441,27 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pos_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
+_N = TypeVar("_N", int, float)
+
+
+def bounded(cast: Callable[[str], _N], ok: Callable[[_N], bool], rule: str) -> Callable[[str], _N]:
+    """An argparse type for the bench commands: ``cast`` (int or float) of the text, refused
+    with ``rule`` unless ``ok`` holds for it."""
+    what = "an integer" if cast is int else "a number"
+
+    def parse(text: str) -> _N:
+        try:
+            value = cast(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from exc
+        if not ok(value):
+            raise argparse.ArgumentTypeError(rule)
+        return value
+
+    return parse
+
+
+_pos_int = bounded(int, lambda v: v > 0, "must be a positive integer")
 
 
 def _nonneg_int(text: str) -> int:
@@ -463,14 +477,7 @@ def _link(text: str) -> LinkSpec:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _pos_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value < 86_400:
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return value
+_pos_float = bounded(float, lambda v: 0 < v < 86_400, "must be a positive number of seconds")
 
 
 def register_bench(bench_subparsers: Any) -> None:
