@@ -6,9 +6,11 @@ import hashlib
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import strategies as st
 
 from ledger.contract import default_genesis, make_contract, sign_report
 from ledger.contract.api import BlockContext, Contract, Receipt
+from ledger.contract.clearing import Order
 from ledger.contract.market import AUTHORIZE_OFFERS
 from ledger.contract.metering import INTERVAL_MS, interval_start_ms
 from ledger.tx import public_bytes, sign_tx
@@ -33,6 +35,10 @@ def hexkey(k: Ed25519PrivateKey) -> str:
 
 OPERATOR = key(1)
 TREASURY = 10**17  # micro-tokens the genesis allocates to the operator: the whole supply
+# the members of the two-seller, two-buyer communities: (id_grid, role, key number)
+TWO_SELLERS_TWO_BUYERS = (
+    ("P1", "producer", 10), ("P2", "prosumer", 11), ("C1", "consumer", 12), ("C2", "consumer", 13)
+)
 LIMIT_W = 17_250  # a 3 x 25 A connection: 4312 Wh per 15 minutes
 
 
@@ -96,6 +102,11 @@ class Community:
             },
         )
 
+    def members(self, *rows: tuple[str, str, int]) -> None:
+        """``admit`` each (id_grid, role, key number) in turn."""
+        for id_grid, role, n in rows:
+            self.admit(id_grid, role, n)
+
     def res(self, res_id: str, owner: str, rated_power_w: int) -> None:
         self.ok(
             "OPERATOR",
@@ -124,6 +135,13 @@ class Community:
             body["role"] = role
         self.ok("OPERATOR", "registry.add_meter", body)
         self.ok(owner, "meter.confirm", {"meter_id": meter_id})  # the owner's consent
+
+    def offer(self, who: str, listing_id: str, res_id: str, wh: int, reserve_price: int) -> None:
+        body = {"listing_id": listing_id, "res_id": res_id, "wh": wh}
+        self.ok(who, "auction.offer", {**body, "reserve_price": reserve_price})
+
+    def bid(self, who: str, listing_id: str, wh: int, bid_price: int) -> None:
+        self.ok(who, "auction.bid", {"listing_id": listing_id, "wh": wh, "bid_price": bid_price})
 
     def mint(self, to: str, amount: int) -> None:
         """Tokens for a member: bought from the operator's treasury (the genesis supply)."""
@@ -222,3 +240,27 @@ def rejected(
     assert receipt.message and receipt.result == {}
     assert c.contract.snapshot() == before
     return receipt.message
+
+
+def order_books(
+    side: st.SearchStrategy[list[tuple[int, int]]], bidders: int = 0
+) -> st.SearchStrategy[tuple[list[Order], list[Order]]]:
+    """Random books for the clearing: offers and bids of (wh, price) drawn from ``side``,
+    arrival interleaved at random (seq numbers a permutation over both sides). Orders are
+    spread over ``bidders`` sellers and as many buyers, or each is its own bidder (0)."""
+
+    def who(i: int) -> int:
+        return i % bidders if bidders else i
+
+    @st.composite
+    def books(draw: st.DrawFn) -> tuple[list[Order], list[Order]]:
+        raw_offers, raw_bids = draw(side), draw(side)
+        seqs = draw(st.permutations(range(1, len(raw_offers) + len(raw_bids) + 1)))
+        offers = [
+            Order(seqs[i], f"S{who(i)}", wh, p, f"PV{i}") for i, (wh, p) in enumerate(raw_offers)
+        ]
+        k = len(raw_offers)
+        bids = [Order(seqs[k + i], f"B{who(i)}", wh, p) for i, (wh, p) in enumerate(raw_bids)]
+        return offers, bids
+
+    return books()

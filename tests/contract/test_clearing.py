@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.contract.clearing import Clearing, Order, clear, payment
+from tests.contract.harness import order_books
 
 # A book checked by hand (prices in micro-tokens/kWh, energy in Wh); seq = order of arrival.
 OFFERS = [
@@ -98,15 +99,9 @@ def test_payment_rounds_down() -> None:
 _side = st.lists(st.tuples(st.integers(1, 5000), st.integers(1, 200_000)), max_size=25)
 
 
-@st.composite
-def books(draw: st.DrawFn) -> tuple[list[Order], list[Order]]:
-    raw_offers, raw_bids = draw(_side), draw(_side)
-    # interleave arrival: seq numbers drawn as a permutation over both sides
-    seqs = draw(st.permutations(range(1, len(raw_offers) + len(raw_bids) + 1)))
-    offers = [Order(seqs[i], f"S{i % 4}", wh, p, f"PV{i}") for i, (wh, p) in enumerate(raw_offers)]
-    k = len(raw_offers)
-    bids = [Order(seqs[k + i], f"B{i % 4}", wh, p) for i, (wh, p) in enumerate(raw_bids)]
-    return offers, bids
+def books() -> st.SearchStrategy[tuple[list[Order], list[Order]]]:
+    """Books of four sellers and four buyers, arrival interleaved at random."""
+    return order_books(_side, bidders=4)
 
 
 def _filled(c: Clearing) -> tuple[dict[int, int], dict[int, int]]:

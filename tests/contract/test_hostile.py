@@ -38,12 +38,8 @@ def _community() -> Community:
     c.mint("C1", 10**9)
     c.mint("P1", 10**9)
     c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
-    c.ok(
-        "P1",
-        "auction.offer",
-        {"listing_id": HOUR, "res_id": "PV1", "wh": 1000, "reserve_price": 40_000},
-    )
-    c.ok("C1", "auction.bid", {"listing_id": HOUR, "wh": 800, "bid_price": 60_000})
+    c.offer("P1", HOUR, "PV1", 1000, 40_000)
+    c.bid("C1", HOUR, 800, 60_000)
     mint = {"kind": "mint", "to": "C1", "amount": 5}
     c.ok("OPERATOR", "quorum.propose", {"proposal_id": "Q1", "action": mint})
     return c

@@ -7,15 +7,19 @@ from typing import Any
 import pytest
 
 from ledger.contract import book_orders, clear
-from tests.contract.harness import HOUR, OFFPEAK, Community, check_invariants, rejected
+from tests.contract.harness import (
+    HOUR,
+    OFFPEAK,
+    TWO_SELLERS_TWO_BUYERS,
+    Community,
+    check_invariants,
+    rejected,
+)
 
 
 def _community(**params: Any) -> Community:
     c = Community(**params)
-    c.admit("P1", "producer", 10)
-    c.admit("P2", "prosumer", 11)
-    c.admit("C1", "consumer", 12)
-    c.admit("C2", "consumer", 13)
+    c.members(*TWO_SELLERS_TWO_BUYERS)
     c.res("PV1", "P1", 5000)
     c.res("PV2", "P2", 3000)
     for who in ("C1", "C2", "P2"):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ledger.contract.clearing import Clearing, Order, clear, efficiency
 from ledger.contract.params import RULES
+from tests.contract.harness import order_books
 
 OFFERS = [
     Order(1, "S1", 3000, 50_000, "PV1"),
@@ -61,15 +62,9 @@ def test_the_issue_s_lying_seller_gains_under_pay_as_bid_and_not_under_mcafee() 
 _side = st.lists(st.tuples(st.integers(1, 3000), st.integers(39_000, 95_000)), max_size=10)
 
 
-@st.composite
-def books(draw: st.DrawFn) -> tuple[list[Order], list[Order]]:
+def books() -> st.SearchStrategy[tuple[list[Order], list[Order]]]:
     """Books of distinct bidders (one order each), arrival interleaved at random."""
-    raw_offers, raw_bids = draw(_side), draw(_side)
-    seqs = draw(st.permutations(range(1, len(raw_offers) + len(raw_bids) + 1)))
-    offers = [Order(seqs[i], f"S{i}", wh, p, f"PV{i}") for i, (wh, p) in enumerate(raw_offers)]
-    k = len(raw_offers)
-    bids = [Order(seqs[k + i], f"B{i}", wh, p) for i, (wh, p) in enumerate(raw_bids)]
-    return offers, bids
+    return order_books(_side)
 
 
 def _utility(c: Clearing, order: Order, value: int, buyer: bool) -> int:

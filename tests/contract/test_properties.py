@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ledger.contract import sign_report
 from ledger.contract.api import BlockContext, Transaction
 from ledger.contract.sealed import order_commitment
-from tests.contract.harness import AFTER, Community, check_invariants
+from tests.contract.harness import AFTER, TWO_SELLERS_TWO_BUYERS, Community, check_invariants
 
 LISTINGS = ("2026-11-24T13", "2026-11-24T03")
 SELLERS = ("P1", "P2")  # P2 is a prosumer
@@ -78,10 +78,7 @@ def _community(rule: str, mode: str = "open") -> Community:
         sealed_bids=mode.startswith("sealed"),
         order_policy="many" if mode == "open-many" else "one",
     )
-    c.admit("P1", "producer", 10)
-    c.admit("P2", "prosumer", 11)
-    c.admit("C1", "consumer", 12)
-    c.admit("C2", "consumer", 13)
+    c.members(*TWO_SELLERS_TWO_BUYERS)
     c.res("PV1", "P1", 4000)
     c.res("PV2", "P2", 2500)
     for n, meter in enumerate(METERS):

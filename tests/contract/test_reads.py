@@ -34,12 +34,8 @@ def _community() -> Community:
     c.meter("M2", "C1", 51, import_limit_w=4_000_000)  # room for 777,001 Wh in 15 minutes
     c.mint("C1", 10**9)
     c.ok("OPERATOR", "auction.open", {"listing_id": HOUR})
-    c.ok(
-        "P1",
-        "auction.offer",
-        {"listing_id": HOUR, "res_id": "PV1", "wh": 1000, "reserve_price": 40_000},
-    )
-    c.ok("C1", "auction.bid", {"listing_id": HOUR, "wh": 800, "bid_price": 60_000})
+    c.offer("P1", HOUR, "PV1", 1000, 40_000)
+    c.bid("C1", HOUR, 800, 60_000)
     c.report("M1", f"{HOUR}:00", 5, 700)
     c.report("M2", f"{HOUR}:00", 777_001, 0)
     return c

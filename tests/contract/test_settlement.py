@@ -11,18 +11,15 @@ END_OF_HOUR_MS = 1_795_528_800_000  # 2026-11-24T14:00Z, the end of the delivery
 def _traded(listing: str = HOUR, price: int = 80_000) -> Community:
     """P1 sells 2000 Wh to C1 at MCP ``price`` (one offer, one bid at that price)."""
     c = Community()
-    c.admit("P1", "producer", 10)
-    c.admit("C1", "consumer", 11)
-    c.admit("C2", "consumer", 12)
+    c.members(("P1", "producer", 10), ("C1", "consumer", 11), ("C2", "consumer", 12))
     c.res("PV1", "P1", 5000)
     c.meter("MP1", "P1", 50)
     c.meter("MC1", "C1", 51)
     c.meter("MC2", "C2", 52)
     c.mint("C1", 1_000_000)
     c.ok("OPERATOR", "auction.open", {"listing_id": listing})
-    body = {"listing_id": listing, "res_id": "PV1", "wh": 3000, "reserve_price": 40_000}
-    c.ok("P1", "auction.offer", body)
-    c.ok("C1", "auction.bid", {"listing_id": listing, "wh": 2000, "bid_price": price})
+    c.offer("P1", listing, "PV1", 3000, 40_000)
+    c.bid("C1", listing, 2000, price)
     close = c.ok("OPERATOR", "auction.close", {"listing_id": listing})
     assert close["mcp"] == price and close["trades"][0]["amount"] == 2 * price
     return c
