@@ -35,6 +35,17 @@ def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
+async def _collect(client: aiomqtt.Client, got: list[tuple[str, bytes]], until: bytes) -> None:
+    """Append each (topic, payload) ``client`` receives to ``got``, up to the payload ``until``
+    (5 s at most)."""
+    async with asyncio.timeout(5):
+        async for m in client.messages:
+            assert isinstance(m.payload, bytes)
+            got.append((str(m.topic), m.payload))
+            if m.payload == until:
+                break
+
+
 def test_provision_keeps_secrets_off_the_command_line_and_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -85,12 +96,7 @@ async def test_a_node_publishes_only_its_own_topics(
                 await n.publish("tele/wattmesh_12/FRAME", b"forged", qos=1)
                 await n.publish("stat/wattmesh_12/ACK", b"forged", qos=1)
                 await n.publish("tele/wattmesh_7/FRAME", b"own", qos=1)
-            async with asyncio.timeout(5):
-                async for m in g.messages:
-                    assert isinstance(m.payload, bytes)
-                    got.append((str(m.topic), m.payload))
-                    if m.payload == b"own":
-                        break
+            await _collect(g, got, until=b"own")
             # the node's account cannot command other nodes either
             other_pw = json.loads((other / "config.json").read_text())["mqtt"]["password"]
             async with broker.client("wattmesh_12", other_pw) as n12, \
@@ -98,12 +104,7 @@ async def test_a_node_publishes_only_its_own_topics(
                 await n12.subscribe("cmnd/wattmesh_12/FRAME")
                 await n.publish("cmnd/wattmesh_12/FRAME", b"forged", qos=1)
                 await g.publish("cmnd/wattmesh_12/FRAME", b"gw", qos=1)
-                async with asyncio.timeout(5):
-                    async for m in n12.messages:
-                        assert isinstance(m.payload, bytes)
-                        got.append((str(m.topic), m.payload))
-                        if m.payload == b"gw":
-                            break
+                await _collect(n12, got, until=b"gw")
     finally:
         broker.stop()
     assert got == [("tele/wattmesh_7/FRAME", b"own"), ("cmnd/wattmesh_12/FRAME", b"gw")], got

@@ -16,6 +16,15 @@ from ledger.pbft.simulation import Network, divergence, make_config, make_txs
 SLOW_MS = 2000
 
 
+def _warm(net: Network, rounds: int) -> None:
+    """``rounds`` rounds of ten transactions to all four replicas, each run until committed."""
+    for round_ in range(rounds):
+        txs = make_txs(10, start=10 * round_)
+        net.submit_all(txs, range(4))
+        while not net.all_committed(txs):
+            net.run(5)
+
+
 def _recovery_ms(min_view_change_ms: int, seed: int = 1) -> tuple[int, Network]:
     """Warm a 4-replica cluster up with a few rounds of load, kill the primary, submit more
     to every replica and return how long (simulated) until all of it commits."""
@@ -23,11 +32,7 @@ def _recovery_ms(min_view_change_ms: int, seed: int = 1) -> tuple[int, Network]:
         4, view_change_timeout_ms=SLOW_MS, min_view_change_timeout_ms=min_view_change_ms
     )
     net = Network(cfg, seed=seed, delay=(2, 6))
-    for round_ in range(20):
-        txs = make_txs(10, start=10 * round_)
-        net.submit_all(txs, range(4))
-        while not net.all_committed(txs):
-            net.run(5)
+    _warm(net, 20)
     net.crash(0)
     txs = make_txs(10, start=1000)
     net.submit_all(txs, range(4))
@@ -119,11 +124,7 @@ def test_a_view_change_itself_gets_the_configured_timeout() -> None:
     than the configured timeout (a NEW-VIEW on a thin link takes seconds)."""
     cfg = make_config(4, view_change_timeout_ms=SLOW_MS, min_view_change_timeout_ms=50)
     net = Network(cfg, seed=2, delay=(2, 6))
-    for round_ in range(10):
-        txs = make_txs(10, start=10 * round_)
-        net.submit_all(txs, range(4))
-        while not net.all_committed(txs):
-            net.run(5)
+    _warm(net, 10)
     net.crash(0)
     net.submit_all(make_txs(5, start=5000), range(4))
     backup = net.replicas[2]

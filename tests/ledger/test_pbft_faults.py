@@ -21,6 +21,15 @@ from ledger.pbft.simulation import (
 from tests.ledger.faulty import FAULTS, EquivocatingReplica, SilentReplica
 
 
+def _load(net: Network, count: int, run_ms: int, to: range | None = None) -> list[Any]:
+    """Submit ``count`` new transactions (to every replica, or those in ``to``) and run the
+    network ``run_ms`` simulated milliseconds; returns the transactions."""
+    txs = make_txs(count)
+    net.submit_all(txs, to=to)
+    net.run(run_ms)
+    return txs
+
+
 def _settled(net: Network, txs: list[Any]) -> None:
     """Every transaction the client saw committed is in every correct replica's chain, and all
     correct replicas have the same chain head and state digest."""
@@ -57,9 +66,7 @@ def test_successive_primary_failures_back_off_and_recover() -> None:
     net = Network(make_config(7, view_change_timeout_ms=100))  # f = 2
     net.crash(0)
     net.crash(1)
-    txs = make_txs(10)
-    net.submit_all(txs, to=range(2, 7))
-    net.run(3000)
+    txs = _load(net, 10, 3000, range(2, 7))
     live = net.replicas[2:]
     assert all(r.view == 2 and r.active for r in live)
     assert net.all_committed(txs)
@@ -69,9 +76,7 @@ def test_successive_primary_failures_back_off_and_recover() -> None:
 
 def test_equivocating_primary_cannot_split_the_backups() -> None:
     net = Network(make_config(4, view_change_timeout_ms=150), faults={0: EquivocatingReplica})
-    txs = make_txs(30)
-    net.submit_all(txs, to=range(4))
-    net.run(3000)
+    txs = _load(net, 30, 3000, range(4))
     assert all(net.replicas[i].view >= 1 for i in (1, 2, 3))  # nothing prepared in view 0
     assert net.all_committed(txs)
     _settled(net, txs)
@@ -79,9 +84,7 @@ def test_equivocating_primary_cannot_split_the_backups() -> None:
 
 def test_silent_backup_does_not_stop_progress() -> None:
     net = Network(make_config(4), faults={3: SilentReplica})
-    txs = make_txs(40)
-    net.submit_all(txs)
-    net.run(300)
+    txs = _load(net, 40, 300)
     assert net.all_committed(txs)
     assert net.replicas[3].last_executed == 0
     assert all(r.view == 0 for r in net.replicas[:3])
@@ -90,9 +93,7 @@ def test_silent_backup_does_not_stop_progress() -> None:
 
 def test_silent_primary_is_replaced() -> None:
     net = Network(make_config(4, view_change_timeout_ms=100), faults={0: SilentReplica})
-    txs = make_txs(12)
-    net.submit_all(txs, to=range(4))
-    net.run(800)
+    txs = _load(net, 12, 800, range(4))
     assert net.all_committed(txs)
     _settled(net, txs)
 
@@ -100,9 +101,7 @@ def test_silent_primary_is_replaced() -> None:
 def test_partitioned_replica_catches_up_by_state_transfer() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=3))
     net.partition([3])
-    txs = make_txs(60)
-    net.submit_all(txs)
-    net.run(500)
+    txs = _load(net, 60, 500)
     assert net.replicas[3].last_executed == 0 and net.replicas[0].last_executed == 20
     net.heal()
     net.run(1500)
@@ -119,9 +118,7 @@ def test_partitioned_replica_catches_up_by_state_transfer() -> None:
 
 def test_restarted_replica_with_empty_disk_rebuilds_its_chain() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
-    txs = make_txs(30)
-    net.submit_all(txs)
-    net.run(300)
+    txs = _load(net, 30, 300)
     net.crash(2)
     net.restart(2, lose_state=True)
     net.run(1500)  # idle cluster: status gossip alone tells it how far behind it is
@@ -132,9 +129,7 @@ def test_restarted_replica_with_empty_disk_rebuilds_its_chain() -> None:
 def test_restart_after_view_change_rejoins_the_current_view() -> None:
     net = Network(make_config(4, view_change_timeout_ms=100, checkpoint_interval=4, log_window=8))
     net.crash(0)
-    txs = make_txs(10)
-    net.submit_all(txs, to=range(1, 4))
-    net.run(800)
+    txs = _load(net, 10, 800, range(1, 4))
     net.restart(0)
     net.run(1500)
     assert net.replicas[0].view == 1 and net.replicas[0].active
@@ -149,9 +144,7 @@ def test_restart_after_view_change_rejoins_the_current_view() -> None:
 def test_forged_certificates_and_broken_chains_are_refused() -> None:
     net = Network(make_config(4, checkpoint_interval=4, log_window=8, batch_max=2))
     net.crash(3)
-    txs = make_txs(8)
-    net.submit_all(txs)
-    net.run(300)
+    txs = _load(net, 8, 300)
     net.restart(3, lose_state=True)
     good = net.executors[0].blocks[:4]
     lagger = net.replicas[3]
@@ -198,9 +191,7 @@ def test_forged_certificates_and_broken_chains_are_refused() -> None:
 def test_f2_cluster_tolerates_two_faults_at_once() -> None:
     net = Network(make_config(7, view_change_timeout_ms=100), faults={2: SilentReplica})
     net.crash(0)
-    txs = make_txs(25)
-    net.submit_all(txs, to=range(1, 7))
-    net.run(1500)
+    txs = _load(net, 25, 1500, range(1, 7))
     assert net.all_committed(txs)
     _settled(net, txs)
 
