@@ -1,14 +1,17 @@
-"""Shared rigs for the gateway's tests: a real mosquitto on a free loopback port, free ports,
-and a helper to wait (in real time, for real IO only) until a condition holds."""
+"""Shared rigs for the gateway's tests: a real mosquitto on a free loopback port, a real ledger
+of four replica processes (``replicas``), free ports, and a helper to wait (in real time, for
+real IO only) until a condition holds."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from ledger.setup import init_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
@@ -57,6 +63,15 @@ def collect_json(client: Any, into: list[Any]) -> asyncio.Task[None]:
             into.append(json.loads(m.payload))
 
     return asyncio.create_task(collect())
+
+
+def write_keystore(directory: Path, nodes: dict[str, dict[str, str]]) -> Path:
+    """``directory``/nodes.json holding ``nodes`` (node id -> entry), owner-only: node keys
+    others can read are refused by ``gateway check`` and ``run``."""
+    ks = directory / "nodes.json"
+    ks.write_text(json.dumps({"nodes": nodes}))
+    ks.chmod(0o600)
+    return ks
 
 
 class Broker:
@@ -149,3 +164,44 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.stop()
+
+
+class Replicas:
+    """A real ledger: four replica processes on loopback (fast timers), started and stopped
+    by the test."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        init_cluster(
+            directory,
+            4,
+            timers={"view_change_ms": 300, "request_timeout_ms": 500, "status_ms": 100},
+            batch={"max_txs": 50, "max_delay_ms": 2},
+        )
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        for i in range(4):
+            log = open(self.dir / f"replica-{i}.log", "ab")  # noqa: SIM115 - owned by the child
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "ledger", "run",
+                     "--dir", str(self.dir), "--replica", str(i)],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+            log.close()
+
+    def stop(self) -> None:
+        stop_processes(self.procs)
+        self.procs.clear()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    r = Replicas(tmp_path / "ledger")
+    try:
+        yield r
+    finally:
+        r.stop()

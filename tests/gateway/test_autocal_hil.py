@@ -24,34 +24,23 @@ from gateway.daemon import Gateway
 from gateway.sources.mqtt import topic_for
 from hardware.emulators.modbus_meter import EmulatedMeter, serve_tcp
 from tests.firmware import nodeutil
-from tests.gateway.conftest import Broker, free_port, until
+from tests.gateway.conftest import Broker, free_port, until, write_keystore
+from tests.gateway.test_calibration_hil import BOARD, T0, TRUE, stepped_load
 from tools import mpvm
 from tools.cli import main
 
-T0 = 1_795_000_000_000 - 1_795_000_000_000 % 60_000  # on a whole minute: intervals = loads
-TRUE = {"ical_x": 0.97, "vcal_x": 1.02, "phase_deg": -1.5}
 STEPS = [(6.0, 1.0), (14.0, 0.75), (22.0, 0.6), (9.0, 0.9), (16.0, 0.7)]
 # varying loads for 5 minutes, 16 A at PF 0.7 until 10 minutes, then varying loads again
 LOADS = [(60 * k, i, pf) for k, (i, pf) in enumerate(STEPS)] + [
     (600 + 60 * k, i, pf) for k, (i, pf) in enumerate(STEPS)
 ]
-BOARD = nodeutil.board("esp32_devkitc_ct")["meters"][0]
 TOPIC = "wattmesh_7"
 
-
-def _load(t_ms: int) -> float:
-    t = (t_ms - T0) / 1000
-    i, pf = LOADS[0][1:]
-    for start, seg_i, seg_pf in LOADS:
-        if start <= t:
-            i, pf = seg_i, seg_pf
-    return 230.0 * i * pf
+_load = stepped_load(LOADS)
 
 
 def _config(tmp: Path, mqtt_port: int, modbus_port: int) -> Path:
-    (tmp / "nodes.json").write_text(json.dumps(
-        {"nodes": {"7": {"key": nodeutil.KEY.hex(), "name": "n7", "transport": "mqtt"}}}))
-    (tmp / "nodes.json").chmod(0o600)  # node keys: owner-only, or check and run refuse them
+    write_keystore(tmp, {"7": {"key": nodeutil.KEY.hex(), "name": "n7", "transport": "mqtt"}})
     path = tmp / "gateway.toml"
     path.write_text(f"""
 [gateway]

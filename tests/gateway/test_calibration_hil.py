@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from firmware import frame
@@ -30,13 +31,22 @@ SEGMENTS = [(0, 6.0, 1.0), (60, 14.0, 0.75), (120, 22.0, 0.6), (180, 9.0, 0.9), 
 BOARD = nodeutil.board("esp32_devkitc_ct")["meters"][0]
 
 
-def _load(t_ms: int) -> float:
-    t = (t_ms - T0) / 1000
-    i, pf = SEGMENTS[0][1:]
-    for start, seg_i, seg_pf in SEGMENTS:
-        if start <= t:
-            i, pf = seg_i, seg_pf
-    return 230.0 * i * pf
+def stepped_load(segments: list[tuple[int, float, float]]) -> Callable[[int], float]:
+    """The active power (W, at 230 V) at a time (ms) of the load that takes each (start in s
+    after ``T0``, current A, power factor) of ``segments`` in turn."""
+
+    def load(t_ms: int) -> float:
+        t = (t_ms - T0) / 1000
+        i, pf = segments[0][1:]
+        for start, seg_i, seg_pf in segments:
+            if start <= t:
+                i, pf = seg_i, seg_pf
+        return 230.0 * i * pf
+
+    return load
+
+
+_load = stepped_load(SEGMENTS)
 
 
 class VmNodeSource:

@@ -25,7 +25,7 @@ from gateway.calibrator import (
 )
 from gateway.config import CalibrationConfig
 from gateway.store import Store
-from tests.gateway.conftest import free_port
+from tests.gateway.conftest import free_port, write_keystore
 from tools.cli import main
 
 T0 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000
@@ -151,9 +151,7 @@ def test_a_mangled_record_is_left_aside(record: Any) -> None:
 def test_check_shows_what_the_store_says(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "nodes.json").write_text(
-        json.dumps({"nodes": {"7": {"key": "ab" * 32, "transport": "mqtt"}}}))
-    (tmp_path / "nodes.json").chmod(0o600)  # node keys: owner-only, or check refuses them
+    write_keystore(tmp_path, {"7": {"key": "ab" * 32, "transport": "mqtt"}})
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(f"""
 [gateway]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Broker, free_port, stop_processes
+from tests.gateway.conftest import Broker, free_port, stop_processes, write_keystore
 from tools.cli import main
 
 KEY7 = bytes(range(32))
@@ -112,13 +112,8 @@ def test_emulators_check_and_daemon_as_processes(
             "--interval-s", "0.5", "--power-w", "1000", read_line=True,
         )  # fmt: skip
         plug = json.loads(line)
-        (tmp_path / "nodes.json").write_text(
-            json.dumps(
-                {"nodes": {"7": {"key": KEY7.hex(), "name": "n7", "transport": "mqtt"},
-                           "1": {"key": KEY1.hex(), "name": "p1", "transport": "ble"}}}
-            )
-        )  # fmt: skip
-        (tmp_path / "nodes.json").chmod(0o600)  # node keys: owner-only, or check refuses them
+        write_keystore(tmp_path, {"7": {"key": KEY7.hex(), "name": "n7", "transport": "mqtt"},
+                                  "1": {"key": KEY1.hex(), "name": "p1", "transport": "ble"}})
         cfg = tmp_path / "gateway.toml"
         cfg.write_text(
             f"""

@@ -22,7 +22,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.dr_inbox import sign_request
-from tests.gateway.conftest import Broker, collect_json, stop_processes, until
+from tests.gateway.conftest import (
+    Broker,
+    collect_json,
+    stop_processes,
+    until,
+    write_keystore,
+)
 from tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +45,7 @@ def _config(tmp: Path, port: int, operator: Ed25519PrivateKey) -> Path:
          "working_min": 60, "power_w": 1200, "node": 12, "relay": 0},
     ]}))  # fmt: skip
     pub = operator.public_key().public_bytes_raw().hex()
-    keys = {"nodes": {"12": {"key": "11" * 32, "name": "n12", "transport": "mqtt"}}}
-    (tmp / "nodes.json").write_text(json.dumps(keys))
-    (tmp / "nodes.json").chmod(0o600)
+    write_keystore(tmp, {"12": {"key": "11" * 32, "name": "n12", "transport": "mqtt"}})
     cfg = tmp / "gateway.toml"
     cfg.write_text(
         f'[gateway]\nid = "home-1"\ndata_dir = "data"\nkeystore = "nodes.json"\n'

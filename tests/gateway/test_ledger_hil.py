@@ -5,14 +5,8 @@ re-submission after a lost acknowledgement is still applied only once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from firmware import frame
 from gateway.clock import ManualClock
@@ -21,54 +15,14 @@ from gateway.daemon import Gateway
 from gateway.intervals import INTERVAL_MS, interval_name
 from gateway.outbox import DELIVERED
 from ledger.keys import load_key, new_key, public_hex, write_key
-from ledger.setup import init_cluster
 from ledger_client.client import LedgerClient
-from tests.gateway.conftest import stop_processes, until
+from tests.gateway.conftest import Replicas, until
 
-ROOT = Path(__file__).resolve().parents[2]
 # The gateway's clock starts two hours ago: the replicas stamp blocks with the real time, and the
 # contract takes reports of intervals that have ended, within its report window (7 days).
 _NOW = time.time_ns() // 1_000_000
 T0 = _NOW - _NOW % INTERVAL_MS - 8 * INTERVAL_MS + 30_000
 KEY7 = bytes(range(32))
-
-
-class Replicas:
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        init_cluster(
-            directory,
-            4,
-            timers={"view_change_ms": 300, "request_timeout_ms": 500, "status_ms": 100},
-            batch={"max_txs": 50, "max_delay_ms": 2},
-        )
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        for i in range(4):
-            log = open(self.dir / f"replica-{i}.log", "ab")  # noqa: SIM115 - owned by the child
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "ledger", "run",
-                     "--dir", str(self.dir), "--replica", str(i)],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
-                )
-            )  # fmt: skip
-            log.close()
-
-    def stop(self) -> None:
-        stop_processes(self.procs)
-        self.procs.clear()
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Replicas]:
-    r = Replicas(tmp_path / "ledger")
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def reading(seq: int, import_mwh: int, flags: int = 0) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,9 @@ from gateway.daemon import Gateway
 from gateway.outbox import DELIVERED, PENDING, RETRY_LATER, WAIT_REGISTRATION_MS
 from ledger.keys import load_key, new_key, public_hex, write_key
 from ledger_client.client import LedgerClient
-from tests.gateway.conftest import until
-from tests.gateway.test_ledger_hil import KEY7, T0, Replicas, reading
+from tests.gateway.conftest import Replicas, until, write_keystore
+from tests.gateway.test_ledger_hil import KEY7, T0, reading
 from tools.cli import main
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Replicas]:
-    r = Replicas(tmp_path / "ledger")
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 async def _cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
@@ -43,10 +33,7 @@ async def _cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) ->
 def _home(tmp: Path, name: str, member: str, cluster: Path) -> Path:
     d = tmp / name
     d.mkdir()
-    ks = d / "nodes.json"
-    ks.write_text(json.dumps({"nodes": {"7": {"key": KEY7.hex(), "name": "n7",
-                                              "transport": "mqtt"}}}))  # fmt: skip
-    ks.chmod(0o600)
+    write_keystore(d, {"7": {"key": KEY7.hex(), "name": "n7", "transport": "mqtt"}})
     cfg = d / "gateway.toml"
     cfg.write_text(
         f'[gateway]\nid = "{name}"\nmember = "{member}"\ndata_dir = "data"\n'
@@ -59,11 +46,11 @@ def _home(tmp: Path, name: str, member: str, cluster: Path) -> Path:
 
 
 async def test_operator_registers_scoped_meters_and_a_refused_report_is_retried(
-    tmp_path: Path, ledger: Replicas, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, replicas: Replicas, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster = ledger.dir / "cluster.json"
-    op_key = str(ledger.dir / "operator.key")
-    ledger.start()
+    cluster = replicas.dir / "cluster.json"
+    op_key = str(replicas.dir / "operator.key")
+    replicas.start()
     homes = {"home-1": "PT0001", "home-2": "PT0002"}
     cfgs = {h: _home(tmp_path, h, m, cluster) for h, m in homes.items()}
     pubs = {h: (await _cli(capsys, "gateway", "pubkey", "--config", str(c)))["public_key"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Broker, free_port, stop_processes
+from tests.gateway.conftest import Broker, free_port, stop_processes, write_keystore
 from tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,11 +24,7 @@ KEY7 = bytes(range(32))
 
 
 def _keystore(tmp: Path) -> Path:
-    ks = tmp / "nodes.json"
-    ks.write_text(json.dumps({"nodes": {"7": {"key": KEY7.hex(), "name": "n7",
-                                              "transport": "mqtt"}}}))  # fmt: skip
-    ks.chmod(0o600)
-    return ks
+    return write_keystore(tmp, {"7": {"key": KEY7.hex(), "name": "n7", "transport": "mqtt"}})
 
 
 def _config(tmp: Path, extra: str = "", gateway: str = "") -> Path:
