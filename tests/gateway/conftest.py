@@ -74,6 +74,14 @@ def write_keystore(directory: Path, nodes: dict[str, dict[str, str]]) -> Path:
     return ks
 
 
+def gateway_status(cfg: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """What ``wattmesh gateway status --json`` prints for ``cfg`` (the command must succeed)."""
+    from tools.cli import main
+
+    assert main(["gateway", "status", "--config", str(cfg), "--json"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
 class Broker:
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()

@@ -25,11 +25,11 @@ from gateway.dr_inbox import sign_request
 from tests.gateway.conftest import (
     Broker,
     collect_json,
+    gateway_status,
     stop_processes,
     until,
     write_keystore,
 )
-from tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "wattmesh/home-1/ems/dr"
@@ -88,11 +88,6 @@ async def _ask(port: int, payloads: list[bytes], gw: subprocess.Popen[bytes]) ->
     return answers
 
 
-def _status(cfg: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    assert main(["gateway", "status", "--config", str(cfg), "--json"]) == 0
-    return dict(json.loads(capsys.readouterr().out))
-
-
 def test_only_signed_requests_are_taken_and_they_survive_sigkill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -125,12 +120,12 @@ def test_only_signed_requests_are_taken_and_they_survive_sigkill(
         assert "request.to" in answers[3]["error"]
         assert "already ended" in answers[4]["error"]
         assert answers[6].get("duplicate") is True
-        status = _status(cfg, capsys)
+        status = gateway_status(cfg, capsys)
         assert [d["id"] for d in status["demand_response"]] == ["op-1"]
         assert status["demand_response"][0]["max_w"] == 1500
         gw.send_signal(signal.SIGKILL)  # a power cut, right after
         gw.wait(10)
-        assert [d["id"] for d in _status(cfg, capsys)["demand_response"]] == ["op-1"]
+        assert [d["id"] for d in gateway_status(cfg, capsys)["demand_response"]] == ["op-1"]
         gw = _start(cfg, log)
         procs.append(gw)
 

@@ -6,7 +6,6 @@ sources, the last frame per node, the drops and the outbox."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -16,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Broker, free_port, stop_processes, write_keystore
+from tests.gateway.conftest import (
+    Broker,
+    free_port,
+    gateway_status,
+    stop_processes,
+    write_keystore,
+)
 from tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,11 +89,6 @@ def _wait(cond: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
         time.sleep(0.1)
 
 
-def _status(cfg: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
-    assert main(["gateway", "status", "--config", str(cfg), "--json"]) == 0
-    return dict(json.loads(capsys.readouterr().out))
-
-
 def test_a_restarted_node_and_a_vanished_meter_are_logged_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -125,7 +125,7 @@ meters = [{{meter_id = "grid", model = "sdm120", unit = 1}}]
         def nodes_seen() -> bool:
             assert gw.poll() is None, log.read_text()[-3000:]
             try:
-                saved = _status(cfg, capsys)["saved"]
+                saved = gateway_status(cfg, capsys)["saved"]
             except AssertionError:
                 return False
             # the node's sequence must climb past the replay window (64) first
@@ -144,7 +144,7 @@ meters = [{{meter_id = "grid", model = "sdm120", unit = 1}}]
               or "bus tcp: cannot connect" in log.read_text()[before:],
               "the vanished meter in the log")
         time.sleep(1.0)  # more refused frames and failed polls: counted, not logged again
-        status = _status(cfg, capsys)
+        status = gateway_status(cfg, capsys)
         saved = status["saved"]
         assert saved["frames"]["dropped_replay"] > 1  # type: ignore[index]
         assert saved["nodes"]["7"]["transport"] == "mqtt"  # type: ignore[index]
@@ -189,7 +189,7 @@ def test_a_command_replayed_as_telemetry_does_not_stop_the_nodes_metering(
 
     def accepted() -> int:
         try:
-            saved = _status(cfg, capsys)["saved"]
+            saved = gateway_status(cfg, capsys)["saved"]
         except AssertionError:
             return 0
         return int(saved["frames"]["accepted"]) if saved else 0  # type: ignore[index]
@@ -205,7 +205,7 @@ def test_a_command_replayed_as_telemetry_does_not_stop_the_nodes_metering(
         asyncio.run(replay())
         before = accepted()
         _wait(lambda: accepted() > before + 20, "readings after the replayed command")
-        saved = _status(cfg, capsys)["saved"]
+        saved = gateway_status(cfg, capsys)["saved"]
         assert saved["frames"]["dropped_direction"] == 1  # type: ignore[index]
         assert saved["frames"]["dropped_replay"] == 0  # type: ignore[index]
     finally:
