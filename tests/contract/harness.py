@@ -264,3 +264,18 @@ def order_books(
         return offers, bids
 
     return books()
+
+
+# A book checked by hand (prices in micro-tokens/kWh, energy in Wh); seq = order of arrival:
+# the clearing tests and McAfee's rule's tests work it out by hand.
+OFFERS = [
+    Order(1, "S1", 3000, 50_000, "PV1"),
+    Order(2, "S2", 2000, 70_000, "PV2"),
+    Order(3, "S3", 4000, 40_000, "PV3"),
+]
+BIDS = [
+    Order(4, "B1", 2500, 60_000),
+    Order(5, "B2", 3000, 90_000),
+    Order(6, "B3", 1000, 45_000),
+    Order(7, "B4", 2000, 90_000),
+]

@@ -10,20 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.contract.clearing import Clearing, Order, clear, payment
-from tests.contract.harness import order_books
-
-# A book checked by hand (prices in micro-tokens/kWh, energy in Wh); seq = order of arrival.
-OFFERS = [
-    Order(1, "S1", 3000, 50_000, "PV1"),
-    Order(2, "S2", 2000, 70_000, "PV2"),
-    Order(3, "S3", 4000, 40_000, "PV3"),
-]
-BIDS = [
-    Order(4, "B1", 2500, 60_000),
-    Order(5, "B2", 3000, 90_000),
-    Order(6, "B3", 1000, 45_000),
-    Order(7, "B4", 2000, 90_000),
-]
+from tests.contract.harness import BIDS, OFFERS, order_books
 
 
 def _flows(c: Clearing) -> list[tuple[str, str, int, int]]:
