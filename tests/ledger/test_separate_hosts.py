@@ -100,11 +100,14 @@ async def test_a_cluster_on_separate_hosts_commits_over_shaped_links(
             statuses = await _statuses(addresses, 3.0)
             heads = {(s.get("height"), s.get("state_digest")) for s in statuses}
             shaped = {pair for pair, sent in relay.sent.items() if sent}
-            if all("error" not in s for s in statuses) and len(heads) == 1 and shaped == pairs:
+            # a 2% segment loss over few segments may not have struck yet: the gossip goes on
+            # until it has (the shaper dropping nothing for a minute fails the test)
+            lossy = sum(relay.lost.values()) > 0
+            converged = all("error" not in s for s in statuses) and len(heads) == 1
+            if converged and shaped == pairs and lossy:
                 break
-            assert time.monotonic() < deadline, (statuses, pairs - shaped)
+            assert time.monotonic() < deadline, (statuses, pairs - shaped, relay.lost)
             await asyncio.sleep(0.2)  # polling real replicas
-        assert sum(relay.lost.values()) > 0
     finally:
         if relay is not None:
             await relay.close()
