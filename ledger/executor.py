@@ -32,7 +32,7 @@ from typing import Any
 
 from ledger import ed25519
 from ledger.client_wire import receipt_from_wire, receipt_to_wire
-from ledger.contract.api import Admitting, BlockContext, Receipt, Transaction
+from ledger.contract.api import Admitting, BlockContext, Receipt, Reconfiguring, Transaction
 from ledger.encoding import EncodingError, canonical, decode
 from ledger.pbft.block import GENESIS_HASH, Block
 from ledger.setup import ContractFactory
@@ -115,6 +115,8 @@ class LedgerState:
         # (deterministic): what a faulty primary ordered without it is a no-op everywhere
         self.admission = self.contract if isinstance(self.contract, Admitting) else None
         self.not_admitted = 0
+        # the replica sets members decided (a contract without them: the cluster file's only)
+        self.reconfiguring = self.contract if isinstance(self.contract, Reconfiguring) else None
         self.height, self.head_hash = 0, GENESIS_HASH
         self.replayed = 0
         self._recover()
@@ -284,6 +286,9 @@ class LedgerState:
 
     def prune_journal(self, upto: int) -> None:
         self.store.prune_journal(upto)
+
+    def reconfigurations(self) -> Sequence[tuple[int, Sequence[Mapping[str, Any]]]]:
+        return () if self.reconfiguring is None else self.reconfiguring.reconfigurations()
 
     # -- reads for clients and tools ------------------------------------------------------------
 

@@ -71,6 +71,7 @@ MAX_BYTES: Final[Mapping[str, int]] = {
     DISMISS: 512,
     "token.transfer": 512,
     "token.mint": 512,
+    "quorum.propose": 8192,  # a new replica set names up to 64 replicas (about 120 bytes each)
 }
 
 

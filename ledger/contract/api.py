@@ -119,6 +119,16 @@ class ReadPolicy(Protocol):
         ...
 
 
+@runtime_checkable
+class Reconfiguring(Protocol):
+    """A contract through which members decide the ledger's replica set (a quorum action)."""
+
+    def reconfigurations(self) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Every replica set decided, in order: (height of its block, its replicas
+        ``[{"id", "host", "port", "public_key"}]``). Cheap: asked after every block."""
+        ...
+
+
 class QueryError(ValueError):
     """A query path or parameter that the contract does not know."""
 

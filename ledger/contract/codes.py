@@ -79,6 +79,9 @@ IMPLAUSIBLE_ENERGY: Final = "IMPLAUSIBLE_ENERGY"  # more Wh than the meter's lim
 INTERVAL_IN_FUTURE: Final = "INTERVAL_IN_FUTURE"  # ends after the block, beyond the tolerance
 INTERVAL_TOO_OLD: Final = "INTERVAL_TOO_OLD"  # starts before the block's report window
 
+# the replica set (quorum action ``replicas``)
+BAD_REPLICA_SET: Final = "BAD_REPLICA_SET"  # a key or address twice; an id or key used otherwise
+
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"  # a bug: never expected, reported instead of raised
 
 

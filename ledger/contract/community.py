@@ -120,6 +120,7 @@ class CommunityContract:
 
     def __init__(self, genesis: Mapping[str, Value]) -> None:
         self._state = state_from_genesis(genesis)
+        self._replica_sets: list[tuple[int, list[dict[str, Any]]]] = []
 
     def admit(self, sender: bytes, kind: str, size: int, now_ms: int) -> tuple[str, str] | None:
         """None if a transaction of ``kind`` signed by ``sender`` (``size`` canonical unsigned
@@ -150,6 +151,14 @@ class CommunityContract:
         """Whether ``reader`` may read whole blocks and any receipt (the operator only)."""
         return reads.may_read_chain(self._state, reader)
 
+    def reconfigurations(self) -> list[tuple[int, list[dict[str, Any]]]]:
+        """The replica sets members decided, in order: (height, replicas) (``replicas.py``).
+        Asked after every block, so the list is built again only when it grew."""
+        sets = self._state.data["replica_sets"]
+        if len(sets) != len(self._replica_sets):
+            self._replica_sets = [(c["height"], c["replicas"]) for c in sets]
+        return self._replica_sets
+
     def apply(self, tx: Transaction, ctx: BlockContext) -> Receipt:
         handler = HANDLERS.get(tx.kind)
         if handler is None:
@@ -179,3 +188,4 @@ class CommunityContract:
 
     def restore(self, data: bytes) -> None:
         self._state = ContractState.from_snapshot(data)
+        self._replica_sets = []

@@ -13,6 +13,8 @@ Actions (``action`` field of a proposal, exactly these fields):
 * ``{"kind": "rekey", "id_grid", "public_key"}``: a new wallet key for a member whose key was
   revoked (by itself, or by the operator when the member lost it). Both are needed: a quorum
   alone cannot take a live member's account, and the operator alone cannot choose its key.
+* ``{"kind": "replicas", "replicas": [{"id", "host", "port", "public_key"}, ...]}``: the
+  ledger's new replica set (``replicas.py``): adding or removing a replica.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ledger.contract import fields as f
+from ledger.contract import replicas
 from ledger.contract.api import BlockContext, Transaction
 from ledger.contract.codes import (
     ALREADY_APPROVED,
@@ -37,7 +40,7 @@ from ledger.contract.codes import (
 from ledger.contract.registry import known_member, sender_member
 from ledger.contract.state import ContractState
 
-ACTIONS = ("mint", "rekey")
+ACTIONS = ("mint", "rekey", "replicas")
 OPEN = "OPEN"
 EXECUTED = "EXECUTED"
 MAX_SUPPLY = 10**18  # micro-tokens in all (a million million tokens), far below 2**63
@@ -49,6 +52,9 @@ def read_action(body: Any) -> dict[str, Any]:
     if not isinstance(action, dict):
         raise Rejected(BAD_BODY, "action must be an object")
     kind = f.choice(action, "kind", ACTIONS)
+    if kind == "replicas":
+        f.exact(action, ("kind", "replicas"))
+        return {"kind": kind, "replicas": replicas.read_replicas(action)}
     if kind == "mint":
         f.exact(action, ("kind", "to", "amount"))
         return {
@@ -83,6 +89,8 @@ def _check(st: ContractState, action: dict[str, Any]) -> None:
         known_member(st, action["to"])
         if st.data["supply"] + action["amount"] > MAX_SUPPLY:
             raise Rejected(BAD_AMOUNT, f"supply would exceed {MAX_SUPPLY}")
+    elif action["kind"] == "replicas":
+        replicas.check(st, action["replicas"])
     else:
         known_member(st, action["id_grid"])
         if st.data["members"][action["id_grid"]]["public_key"] is not None:
@@ -96,6 +104,8 @@ def _execute(st: ContractState, action: dict[str, Any], height: int) -> dict[str
         st.data["supply"] += action["amount"]
         st.credit(action["to"], action["amount"])
         return {"balance": st.balance(action["to"])}
+    if action["kind"] == "replicas":
+        return replicas.execute(st, action["replicas"], height)
     st.set_member_key(action["id_grid"], action["public_key"], height)
     return {}
 

@@ -20,9 +20,9 @@ from ledger.encoding import canonical, decode
 
 # 2 (one bump for issue 17's admission and keys, and issue 18's market as merged with them):
 # commitments and order keys in members, retired keys, proposals, the registry log, unconfirmed
-# meters, applications; meters' limits and roles, sealed listings
+# meters, applications; meters' limits and roles, sealed listings. 3: replica_sets.
 MAX_SNAPSHOT_BYTES = 1 << 30  # a contract snapshot, read back from the replica's own store
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,6 +52,8 @@ def empty_state(params: Mapping[str, Any]) -> dict[str, Any]:
         # meter_id -> height registered: meters the operator registered that their owner has
         # not confirmed yet (meter.confirm); their reports are refused (see credentials.py)
         "unconfirmed_meters": {},
+        # the ledger's replica sets members decided (replicas.py): [{height, replicas}]
+        "replica_sets": [],
     }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ledger.pbft.backend import ReceiptWire
 from ledger.pbft.block import Block
+from ledger.pbft.config import ReplicaInfo
 from ledger.pbft.messages import Blocks, Message, Reply
 
 
@@ -20,7 +21,7 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """Send ``msg`` to every other replica."""
+    """Send ``msg`` to every other replica this one talks to (``Replica.peers()``)."""
 
     msg: Message
 
@@ -59,4 +60,12 @@ class Executed:
     receipts: tuple[ReceiptWire, ...]
 
 
-Action = Send | Broadcast | ReplyTo | BlockReplies | Executed
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """The replicas this one talks to changed (a reconfiguration, see ``ledger.pbft.epochs``):
+    links to each of ``replicas`` (and only those), and links from them only, are accepted."""
+
+    replicas: tuple[ReplicaInfo, ...]
+
+
+Action = Send | Broadcast | ReplyTo | BlockReplies | Executed | Peers

@@ -87,6 +87,12 @@ class Executor(Protocol):
         """(view, active, parts by sequence number); (0, True, {}) for a new replica."""
         ...
 
+    def reconfigurations(self) -> Sequence[tuple[int, Sequence[Mapping[str, Any]]]]:
+        """Every change of the replica set the executed blocks made, in order: (height of the
+        block that executed it, the new replicas ``[{"id", "host", "port", "public_key"}]``).
+        Asked after every block; cheap (the contract's own list, not a copy). See epochs.py."""
+        ...
+
     def prune_journal(self, upto: int) -> None:
         """Drop the entries of sequence numbers up to ``upto`` (now below a stable checkpoint)."""
         ...

@@ -188,15 +188,19 @@ class Batcher:
 
     def cut(self, now_ms: int, out: list[Action], *, force: bool) -> None:
         """The primary proposes batches of what waits, while its window and pipeline allow;
-        without ``force`` only full batches."""
+        without ``force`` only full batches. With a reconfiguration executed, nothing past the
+        epoch's last sequence number, and up to it batches even if empty: an idle cluster
+        reaches the switch point too (epochs.py)."""
         core = self.core
         cfg = core.cfg
+        end = core.epoch_end
         while (
-            self.queue
+            (self.queue or end is not None)
             and core.next_seq <= core.high
             and core.next_seq <= core.last_executed + cfg.max_inflight
+            and (end is None or core.next_seq <= end)
         ):
-            if not force and len(self.queue) < cfg.batch_max:
+            if not force and end is None and len(self.queue) < cfg.batch_max:
                 break
             ids: list[str] = []
             size = 0

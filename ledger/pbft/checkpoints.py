@@ -97,7 +97,11 @@ class Checkpoints:
         if votes is not None and msg.replica in votes:
             core.count("duplicate_msg")
             return
-        if not verify(msg, core.keyring):
+        epoch = core.epoch_of(msg.seq)  # the set that ordered the blocks up to it signs it
+        if msg.replica not in epoch.members:
+            core.count("rejected_other_epoch")
+            return
+        if not verify(msg, epoch.keyring):
             core.count("rejected_bad_sig")
             return
         mine = [s for s, v in self.votes.items() if msg.replica in v]
@@ -113,12 +117,13 @@ class Checkpoints:
         by_digest: dict[bytes, list[Checkpoint]] = {}
         for cp in votes.values():
             by_digest.setdefault(cp.digest, []).append(cp)
+        quorum = core.epoch_of(seq).config.quorum
         for digest, cps in by_digest.items():
-            if len(cps) >= core.cfg.quorum and seq > self.stable_seq:
+            if len(cps) >= quorum and seq > self.stable_seq:
                 own = votes.get(core.me)
                 if own is not None and own.digest != digest:
                     core.count("checkpoint_mismatch")
-                self.stabilize(seq, digest, tuple(cps[: core.cfg.quorum]))
+                self.stabilize(seq, digest, tuple(cps[:quorum]))
                 if seq > core.last_executed:
                     core.transfer.start_fetch(seq, [c.replica for c in cps], now, out)
                 if core.log.above_window or core.log.votes_above:
@@ -138,6 +143,7 @@ class Checkpoints:
             del self.votes[s]
         if core.next_seq <= seq:
             core.next_seq = seq + 1
+        core.stable_moved()
 
     def adopt_proof(self, proof: tuple[Checkpoint, ...], now_ms: int, out: list[Action]) -> None:
         """Take a stable checkpoint proven by a quorum of signed checkpoints."""
@@ -149,16 +155,17 @@ class Checkpoints:
         ):
             return
         seq, digest = proof[0].seq, proof[0].digest
+        epoch = core.epoch_of(seq)
         signers: dict[int, Checkpoint] = {}
         for cp in proof:
             if cp.seq != seq or cp.digest != digest or cp.replica in signers:
                 core.count("rejected_bad_checkpoint")
                 return
-            if not verify(cp, core.keyring):
+            if not verify(cp, epoch.keyring):
                 core.count("rejected_bad_sig")
                 return
             signers[cp.replica] = cp
-        if len(signers) < core.cfg.quorum:
+        if len(signers) < epoch.config.quorum:
             core.count("rejected_bad_checkpoint")
             return
         votes = self.votes.setdefault(seq, {})

@@ -8,12 +8,13 @@ ignores keys that are not about consensus (``version``, ``genesis``, ...), which
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 MAX_REPLICAS = 64
+MAX_REPLICA_ID = 255  # the highest id: ids are never reused, so they outrun n
 
 
 class PbftConfigError(ValueError):
@@ -64,8 +65,13 @@ class PbftConfig:
         if n > MAX_REPLICAS:
             raise PbftConfigError(f"replicas: at most {MAX_REPLICAS} replicas")
         for index, info in enumerate(self.replicas):
-            if info.id != index:
-                raise PbftConfigError(f"replicas[{index}].id: ids must be 0..n-1 in order")
+            # ids are a replica's identity for good: after a reconfiguration (epochs.py) a removed
+            # replica leaves a hole and a new one takes an id never used before
+            previous = self.replicas[index - 1].id if index else -1
+            if not previous < info.id <= MAX_REPLICA_ID:
+                raise PbftConfigError(
+                    f"replicas[{index}].id: ids must increase, each in 0..{MAX_REPLICA_ID}"
+                )
             if len(info.public_key) != 32:
                 raise PbftConfigError(f"replicas[{index}].public_key: must be 32 bytes")
         if len({info.public_key for info in self.replicas}) != n:
@@ -119,8 +125,19 @@ class PbftConfig:
         """f+1: at least one of them is correct."""
         return self.f + 1
 
+    @property
+    def ids(self) -> frozenset[int]:
+        return frozenset(info.id for info in self.replicas)
+
     def primary(self, view: int) -> int:
-        return view % self.n
+        return self.replicas[view % self.n].id
+
+    def info(self, replica: int) -> ReplicaInfo | None:
+        return next((r for r in self.replicas if r.id == replica), None)
+
+    def with_replicas(self, replicas: tuple[ReplicaInfo, ...]) -> PbftConfig:
+        """The same tuning over another replica set (a reconfiguration): f follows n."""
+        return replace(self, replicas=replicas, fault_bound=0)
 
     @classmethod
     def from_dict(cls, data: Any) -> PbftConfig:
@@ -131,6 +148,9 @@ class PbftConfig:
         if not isinstance(replicas_raw, list) or not replicas_raw:
             raise PbftConfigError("replicas: must be a non-empty list")
         replicas = tuple(_replica(i, r) for i, r in enumerate(replicas_raw))
+        for index, info in enumerate(replicas):
+            if info.id != index:  # the first set; reconfigurations may leave holes later
+                raise PbftConfigError(f"replicas[{index}].id: the cluster file numbers them 0..n-1")
         timers = _section(data, "timers")
         batch = _section(data, "batch")
         kwargs: dict[str, Any] = {"replicas": replicas}

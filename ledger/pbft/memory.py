@@ -5,7 +5,9 @@ simulations (and a reference for what the IO layer's executor must do): blocks f
 chain, a transaction id is applied at most once, checkpoints are kept.
 
 Contract: ``kv.put`` with body ``{"key": str, "value": int}`` sets a key; ``kv.add`` with
-``{"key": str, "by": int}`` adds to it; anything else gets an ``UNKNOWN_KIND`` receipt.
+``{"key": str, "by": int}`` adds to it; ``kv.replicas`` with ``{"key": str, "replicas": [...]}``
+records a new replica set (``Executor.reconfigurations``; the community contract takes it only
+from a quorum of members); anything else gets an ``UNKNOWN_KIND`` receipt.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class MemoryExecutor:
         self.journal: dict[int, dict[str, bytes]] = {}
         self.digests: dict[int, bytes] = {}  # state digest after each block
         self.view: tuple[int, bool] = (0, True)
+        self.replica_sets: list[tuple[int, Sequence[Mapping[str, Any]]]] = []
 
     def last_executed(self) -> int:
         return len(self.blocks)
@@ -45,7 +48,7 @@ class MemoryExecutor:
             if done is not None:
                 receipts.append(done[1])
                 continue
-            receipt = self._apply(wire["kind"], wire["body"])
+            receipt = self._apply(wire["kind"], wire["body"], block.height)
             self.receipts[tx_id] = (block.height, receipt)
             receipts.append(receipt)
         self.blocks.append(block)
@@ -53,11 +56,15 @@ class MemoryExecutor:
         self.digests[block.height] = self.state_digest()
         return receipts
 
-    def _apply(self, kind: str, body: dict[str, Any]) -> ReceiptWire:
+    def _apply(self, kind: str, body: dict[str, Any], height: int) -> ReceiptWire:
         # Blocks hold transactions the replicas validated (or certified): read the wire dict.
         key = body.get("key")
         if not isinstance(key, str):
             return {"code": "BAD_KEY", "message": "", "result": {}}
+        if kind == "kv.replicas":
+            self.replica_sets.append((height, body.get("replicas", [])))
+            self.state[key] = len(self.replica_sets)
+            return {"code": "OK", "message": "", "result": {"value": self.state[key]}}
         if kind == "kv.put" and type(body.get("value")) is int:
             self.state[key] = body["value"]
         elif kind == "kv.add" and type(body.get("by")) is int:
@@ -104,6 +111,9 @@ class MemoryExecutor:
 
     def load_journal(self) -> tuple[int, bool, dict[int, dict[str, bytes]]]:
         return self.view[0], self.view[1], {seq: dict(p) for seq, p in self.journal.items()}
+
+    def reconfigurations(self) -> Sequence[tuple[int, Sequence[Mapping[str, Any]]]]:
+        return self.replica_sets
 
     def prune_journal(self, upto: int) -> None:
         for seq in [s for s in self.journal if s <= upto]:

@@ -22,15 +22,15 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from ledger.encoding import canonical
 from ledger.pbft.block import Batch, Block, KnownTx
+from ledger.pbft.config import MAX_REPLICA_ID
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import MAX_INT, READ, WireError
 from ledger.tx import SignedTx, TxError
 
-MAX_REPLICA_ID = 255
 MAX_PROOF = 4096  # prepared entries in one view-change
 MAX_BLOCKS = 1024  # blocks in one state-transfer answer
 
-Part = Literal["header", "sig", "attachment", "body"]
+Part = Literal["header", "optional", "sig", "attachment", "body"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,8 @@ class Spec:
 
 def on_wire(key: str, codec: Codec, part: Part = "header") -> dict[str, Any]:
     """A message field's specification, as ``field(metadata=on_wire(...))``: its wire key, its
-    codec, and which part of the message it is (signed ``header``, the ``sig``, an
+    codec, and which part of the message it is (signed ``header``; ``optional``, signed and
+    sent only when not zero, so older messages keep their bytes; the ``sig``, an
     ``attachment`` sent only when not empty, or the ``body`` of an unsigned form)."""
     return {"wire": (key, codec, part)}
 
@@ -132,6 +133,16 @@ TX_ID = Codec(_same, _tx_id)
 RECEIPT = Codec(_same, _receipt)
 
 
+def _epoch(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> int:
+    value = READ.nat(wire, key, MAX_INT)
+    if value == 0:
+        raise WireError(f"{key}: epoch 0 is sent by leaving it out")
+    return value
+
+
+EPOCH = Codec(_same, _epoch)  # an optional field: absent means epoch 0 (ledger.pbft.epochs)
+
+
 class WireForm:
     """A form declared by its fields' specifications (``on_wire``); ``TAG`` is its ``"t"``
     (none for a part of another message) and ``WHAT`` how errors name it."""
@@ -147,7 +158,7 @@ class WireForm:
         wire: dict[str, Any] = {"t": self.TAG} if self.TAG else {}
         for spec in self._SPECS:
             value = getattr(self, spec.attr)
-            if spec.part != "attachment" or value:
+            if value or spec.part not in ("attachment", "optional"):
                 wire[spec.key] = spec.codec.encode(value)
         return wire
 
@@ -173,7 +184,7 @@ class SignedForm(WireForm):
     def header(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"t": self.TAG}
         for spec in self._SPECS:
-            if spec.part == "header":
+            if spec.part == "header" or (spec.part == "optional" and getattr(self, spec.attr)):
                 wire[spec.key] = spec.codec.encode(getattr(self, spec.attr))
         return wire
 
@@ -193,7 +204,7 @@ def form(tag: str, what: str = "") -> Callable[[F], F]:
         cls.TAG, cls.WHAT = tag, what or tag
         cls._SPECS = tuple(specs)
         cls._KEYS = tuple(sorted([s.key for s in specs] + (["t"] if tag else [])))
-        cls._OPTIONAL = tuple(s.key for s in specs if s.part == "attachment")
+        cls._OPTIONAL = tuple(s.key for s in specs if s.part in ("attachment", "optional"))
         return cls
 
     return declare
@@ -307,6 +318,8 @@ class ViewChange(SignedForm):
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
     # attachment, by digest
     batches: Mapping[bytes, Batch] = field(default_factory=dict, metadata=ATTACHED_BATCHES)
+    # the epoch (replica set) the view change is made in: views do not carry over its end
+    epoch: int = field(default=0, metadata=on_wire("e", EPOCH, "optional"))
 
     def stripped(self) -> ViewChange:
         return replace(self, batches={}) if self.batches else self
@@ -333,6 +346,7 @@ class NewView(SignedForm):
     replica: int = field(metadata=on_wire("r", REPLICA))
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
     batches: Mapping[bytes, Batch] = field(default_factory=dict, metadata=ATTACHED_BATCHES)
+    epoch: int = field(default=0, metadata=on_wire("e", EPOCH, "optional"))
 
 
 @form("status")

@@ -33,12 +33,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed
+from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed, Peers
 from ledger.pbft.backend import Executor
 from ledger.pbft.batching import Batcher
 from ledger.pbft.block import Block
 from ledger.pbft.checkpoints import Checkpoints
-from ledger.pbft.config import PbftConfig
+from ledger.pbft.config import MAX_REPLICA_ID, PbftConfig, ReplicaInfo
+from ledger.pbft.epochs import Epoch, Epochs
 from ledger.pbft.journal import restore
 from ledger.pbft.log import MessageLog
 from ledger.pbft.messages import (
@@ -90,17 +91,24 @@ class Replica:
         relay_requests: bool = True,
         tx_verifier: TxVerifier | None = None,
     ) -> None:
-        if not 0 <= me < config.n:
-            raise ValueError(f"replica id {me} is not in the cluster")
-        self.cfg = config
         self.me = me
+        # Epochs: the cluster file's replica set, then each reconfiguration executed so far
+        # (epochs.py). ``cfg``, ``keyring`` and ``members`` are the epoch that orders the next
+        # block; ``peer_keyring`` holds every replica this one talks to (see ``peers``).
+        self.epochs = Epochs(config)
+        self.epochs.learn(executor.reconfigurations())
+        self.epoch = self.epochs.at(executor.last_executed() + 1)
+        self.cfg = self.epoch.config
+        self.keyring = self.epoch.keyring
+        self.members = self.epoch.members
+        if not 0 <= me <= MAX_REPLICA_ID:
+            raise ValueError(f"replica id {me} is not a replica id (0..{MAX_REPLICA_ID})")
         self.relay_requests = relay_requests
         # (txs, their ids) -> is each signature valid? Lets the IO layer share one verdict cache
         # between the requests it checks and the pre-prepares the core checks, and check a
         # pre-prepare's transactions together (a batch check). Default: ``tx.verify()`` each.
         self.tx_verifier = tx_verifier
         self.signer = Signer(me, signing_key)
-        self.keyring = Keyring(r.public_key for r in config.replicas)
         self.ex = executor
         self.metrics: dict[str, int] = {}
         self.view = 0
@@ -115,6 +123,10 @@ class Replica:
         self.views = ViewChanges(self)
         self.transfer = StateTransfer(self, now_ms)
         self.resend: list[Prepare | Commit] = []  # restored votes, sent again on the first tick
+        self.peer_keyring = Keyring({})
+        self.peer_set: dict[int, ReplicaInfo] = {}
+        self._update_peers()
+        self.peers_dirty = False  # the IO layer builds its links from ``peer_set`` at start
         restore(self)
         self.checkpoints.sign_again()
 
@@ -123,6 +135,25 @@ class Replica:
     @property
     def is_primary(self) -> bool:
         return self.cfg.primary(self.view) == self.me
+
+    @property
+    def is_member(self) -> bool:
+        """This replica votes in the current epoch (a joining one only fetches and executes
+        until its epoch begins; a removed one stops voting when the next begins)."""
+        return self.me in self.members
+
+    @property
+    def epoch_end(self) -> int | None:
+        """The last sequence number of the current epoch, once a reconfiguration is executed."""
+        following = self.epochs.after(self.epoch)
+        return None if following is None else following.start
+
+    def epoch_of(self, seq: int) -> Epoch:
+        return self.epochs.at(seq)
+
+    def peers(self) -> list[int]:
+        """The replicas this one sends to (``Broadcast``): see ``Epochs.live_peers``."""
+        return list(self.peer_set)
 
     @property
     def stable_seq(self) -> int:
@@ -213,19 +244,23 @@ class Replica:
         if isinstance(msg, Reply):
             self.count("unexpected")
             return out
-        if not self.keyring.known(sender) or sender == self.me:
+        if sender not in self.peer_set or sender == self.me:
+            # (a removed replica, once the epoch that removed it has a stable checkpoint)
             self.count("rejected_unknown_sender")
             return out
         if msg.replica != sender and not isinstance(msg, NewView):
             # (a NEW-VIEW is self-certifying and is relayed by any replica to one left behind)
             self.count("rejected_sender_mismatch")
             return out
-        if isinstance(msg, Prepare):
-            self.log.on_prepare(msg, out)
-        elif isinstance(msg, Commit):
-            self.log.on_commit(msg, out)
-        elif isinstance(msg, PrePrepare):
-            self.log.on_pre_prepare(msg, now_ms, out)
+        if isinstance(msg, Prepare | Commit | PrePrepare):
+            if not self._in_epoch(msg.seq, sender):
+                return out
+            if isinstance(msg, Prepare):
+                self.log.on_prepare(msg, out)
+            elif isinstance(msg, Commit):
+                self.log.on_commit(msg, out)
+            else:
+                self.log.on_pre_prepare(msg, now_ms, out)
         elif isinstance(msg, Checkpoint):
             self.checkpoints.on_checkpoint(msg, now_ms, out)
         elif isinstance(msg, ViewChange):
@@ -238,7 +273,23 @@ class Replica:
             self.transfer.on_fetch(msg, out)
         elif isinstance(msg, Blocks):
             self.transfer.on_blocks(msg, now_ms, out)
+        if self.peers_dirty:
+            self._announce_peers(out)
         return out
+
+    def _in_epoch(self, seq: int, sender: int) -> bool:
+        """The normal case runs within the current epoch: a pre-prepare or vote for a sequence
+        number another epoch orders, by a replica that is not a member of this one, or reaching
+        a replica that is not, is dropped (a later epoch's: state transfer brings its blocks)."""
+        epoch = self.epoch
+        if seq <= epoch.start or sender not in self.members or self.me not in self.members:
+            self.count("rejected_other_epoch")
+            return False
+        following = self.epochs.after(epoch)
+        if following is not None and seq > following.start:
+            self.count("rejected_other_epoch")
+            return False
+        return True
 
     def on_tick(self, now_ms: int) -> list[Action]:
         self.now = now_ms
@@ -261,6 +312,8 @@ class Replica:
             and now_ms >= batcher.deadline
         ):
             batcher.cut(now_ms, out, force=True)
+        elif self.is_primary and self.active and self.epoch_end is not None:
+            batcher.cut(now_ms, out, force=True)  # up to the switch point, batches or empty
         relay_at = batcher.relay_due()
         if relay_at is not None and now_ms >= relay_at:
             batcher.relay_stale(now_ms, out)
@@ -268,6 +321,8 @@ class Replica:
             self.count("timeouts")
             views.on_timeout(now_ms, out)
         self.transfer.tick(now_ms, out)
+        if self.peers_dirty:
+            self._announce_peers(out)
         return out
 
     # ------------------------------------------------------------------ timers
@@ -311,9 +366,15 @@ class Replica:
             progressed = True
         if progressed:
             self.after_progress(out)
-            if self.is_primary and self.active and len(self.batcher.queue) >= self.cfg.batch_max:
-                # full batches that waited for the pipeline (max_inflight) go now
-                self.batcher.cut(self.now, out, force=False)
+            ending = self.epoch_end is not None
+            if (
+                self.is_primary
+                and self.active
+                and (ending or len(self.batcher.queue) >= self.cfg.batch_max)
+            ):
+                # full batches that waited for the pipeline (max_inflight) go now (before a
+                # switch point, whatever waits, down to empty batches)
+                self.batcher.cut(self.now, out, force=ending)
 
     def execute_block(self, block: Block, digest: bytes, out: list[Action]) -> None:
         receipts = tuple(self.ex.execute(block))
@@ -326,6 +387,62 @@ class Replica:
         out.append(BlockReplies(self.view, block.height, self.me, block.tx_ids, receipts))
         self.batcher.executed(block)
         self.checkpoints.executed(block.height, out)
+        changes = self.ex.reconfigurations()
+        if len(changes) > self.epochs.seen:
+            self._learn(changes)
+        following = self.epochs.after(self.epoch)
+        if following is not None and block.height >= following.start:
+            self._switch(following, out)
+
+    # ------------------------------------------------------------------ reconfiguration
+
+    def _learn(self, changes: Sequence[Any]) -> None:
+        """A reconfiguration was executed: the epoch it starts is known from now on (its new
+        replicas are peers at once, so a joining one can fetch the chain)."""
+        before = self.epochs.ignored
+        new = self.epochs.learn(changes)
+        self.count("reconfigurations", len(new))
+        self.count("rejected_reconfigurations", self.epochs.ignored - before)
+        if new:
+            self._update_peers()
+
+    def _switch(self, epoch: Epoch, out: list[Action]) -> None:
+        """Block ``epoch.start`` is executed: the next epoch orders what follows, here as on
+        every correct replica. Nothing above it was accepted in the old epoch (pre-prepares for
+        it were refused), so the log above it holds only votes, dropped. The new epoch begins
+        with a view change: its first NEW-VIEW is made by the new set's primary with the new
+        quorum, which also replaces a primary that is no longer a member."""
+        self.epoch = epoch
+        self.cfg, self.keyring, self.members = epoch.config, epoch.keyring, epoch.members
+        self.count("epochs_entered")
+        log = self.log
+        for seq in [s for s in log.slots if s > epoch.start]:
+            log.discard(seq)
+        log.above_window.clear()
+        log.votes_above.clear()
+        self.views.new_epoch()
+        self.transfer.new_epoch()
+        self._update_peers()
+        if self.is_member:
+            self.views.start(self.view + 1, self.now, out)
+        else:
+            self.active = False  # removed: it no longer votes; it still answers reads
+
+    def _update_peers(self) -> None:
+        peers = self.epochs.live_peers(self.me, self.checkpoints.stable_seq, self.epoch)
+        if peers != self.peer_set:
+            self.peer_set = peers
+            self.peer_keyring = Keyring.of(peers.values())
+            self.peers_dirty = True
+
+    def _announce_peers(self, out: list[Action]) -> None:
+        self.peers_dirty = False
+        out.append(Peers(tuple(self.peer_set.values())))
+
+    def stable_moved(self) -> None:
+        """A checkpoint became stable: the previous epoch's replicas may be dropped now."""
+        if self.epoch.number:
+            self._update_peers()
 
     def after_progress(self, out: list[Action]) -> None:
         self.transfer.progress()

@@ -26,24 +26,35 @@ def signing_bytes(header: Mapping[str, Any]) -> bytes:
 
 
 class Keyring:
-    """The replicas' public keys, by replica id."""
+    """The replicas' public keys, by replica id: ``Keyring(keys)`` numbers them 0..n-1,
+    ``Keyring.of(replicas)`` takes each one's own id (ids may have holes after a
+    reconfiguration)."""
 
     __slots__ = ("_keys",)
 
-    def __init__(self, public_keys: Iterable[bytes]) -> None:
+    def __init__(self, public_keys: Iterable[bytes] | Mapping[int, bytes]) -> None:
+        pairs = public_keys.items() if isinstance(public_keys, Mapping) else enumerate(public_keys)
         # parsed once to refuse a malformed key at start-up; checks use the raw bytes
-        self._keys = [Ed25519PublicKey.from_public_bytes(k).public_bytes_raw() for k in public_keys]
+        self._keys = {
+            i: Ed25519PublicKey.from_public_bytes(k).public_bytes_raw() for i, k in pairs
+        }
+
+    @classmethod
+    def of(cls, replicas: Iterable[Any]) -> Keyring:
+        """The keys of ``replicas`` (anything with ``id`` and ``public_key``, raw bytes)."""
+        return cls({r.id: r.public_key for r in replicas})
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def known(self, replica: int) -> bool:
-        return 0 <= replica < len(self._keys)
+        return replica in self._keys
 
     def verify(self, replica: int, signature: bytes, header: Mapping[str, Any]) -> bool:
-        if not 0 <= replica < len(self._keys):
+        key = self._keys.get(replica)
+        if key is None:
             return False
-        return ed25519.verify(self._keys[replica], signature, signing_bytes(header))
+        return ed25519.verify(key, signature, signing_bytes(header))
 
 
 class Signer:

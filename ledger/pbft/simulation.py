@@ -84,10 +84,18 @@ class Network:
             self.executors[i] = MemoryExecutor()
         self.replicas[i] = self._boot(i)
 
+    def add_replica(self) -> int:
+        """Boot a new replica (the next id, never used before) over an empty executor: it is
+        in no epoch yet, and joins once a reconfiguration names it (state transfer first)."""
+        i = len(self.replicas)
+        self.executors.append(MemoryExecutor())
+        self.replicas.append(self._boot(i))
+        return i
+
     def partition(self, group: Iterable[int]) -> None:
         inside = set(group)
         for a in inside:
-            for b in range(self.config.n):
+            for b in range(len(self.replicas)):
                 if b not in inside:
                     self.cut.add(frozenset((a, b)))
 
@@ -96,7 +104,7 @@ class Network:
 
     # -- traffic
     def _post(self, src: int, dst: int, msg: Message | dict[str, Any]) -> None:
-        if dst in self.crashed or frozenset((src, dst)) in self.cut:
+        if dst >= len(self.replicas) or dst in self.crashed or frozenset((src, dst)) in self.cut:
             return
         if self.drop and self.rng.random() < self.drop:
             return
@@ -120,9 +128,8 @@ class Network:
             if isinstance(action, Send):
                 self._post(src, action.to, action.msg)
             elif isinstance(action, Broadcast):
-                for dst in range(self.config.n):
-                    if dst != src:
-                        self._post(src, dst, action.msg)
+                for dst in self.replicas[src].peers():
+                    self._post(src, dst, action.msg)
             elif isinstance(action, ReplyTo | BlockReplies):
                 for one in action.replies() if isinstance(action, BlockReplies) else (action,):
                     self.replies.setdefault(one.tx_id, {})[one.reply.replica] = one.reply
@@ -141,7 +148,7 @@ class Network:
         verified: bool = False,
         tx_id: str | None = None,
     ) -> None:
-        targets = [self.replicas[0].cfg.primary(self.view_hint())] if to is None else list(to)
+        targets = [self.newest().cfg.primary(self.view_hint())] if to is None else list(to)
         for i in targets:
             if i not in self.crashed:
                 actions = self.replicas[i].on_request(tx, self.now, verified=verified, tx_id=tx_id)
@@ -158,7 +165,9 @@ class Network:
     def resend_uncommitted(self, txs: Iterable[SignedTx]) -> None:
         """What a client does on its timeout: every one of ``txs`` it has not seen committed
         goes again, to every replica."""
-        self.submit_all((tx for tx in txs if not self.committed(tx.tx_id)), range(self.config.n))
+        self.submit_all(
+            (tx for tx in txs if not self.committed(tx.tx_id)), range(len(self.replicas))
+        )
 
     def all_committed(self, txs: Iterable[SignedTx]) -> bool:
         """The client saw every one of ``txs`` committed (see ``committed``)."""
@@ -167,6 +176,11 @@ class Network:
     def view_hint(self) -> int:
         views = [r.view for i, r in enumerate(self.replicas) if i not in self.crashed]
         return max(set(views), key=views.count)
+
+    def newest(self) -> Replica:
+        """A running replica in the newest epoch any has entered (what a client learns)."""
+        live = [r for i, r in enumerate(self.replicas) if i not in self.crashed]
+        return max(live, key=lambda r: r.epoch.number)
 
     def run(self, duration_ms: int) -> None:
         end = self.now + duration_ms
@@ -194,10 +208,12 @@ class Network:
         for r in replies.values():
             key = (r.height, canonical(dict(r.receipt)).decode())
             counts[key] = counts.get(key, 0) + 1
-        return any(c >= self.config.f + 1 for c in counts.values())
+        return any(c >= self.newest().cfg.f + 1 for c in counts.values())
 
     def correct(self) -> list[int]:
-        return [i for i in range(self.config.n) if i not in self.crashed and i not in self.faults]
+        return [
+            i for i in range(len(self.replicas)) if i not in self.crashed and i not in self.faults
+        ]
 
 
 def prepared_nowhere_committed(**tuning: Any) -> tuple[Network, list[SignedTx]]:

@@ -32,6 +32,13 @@ class StateTransfer:
         self.retries = 0
         self.served: dict[int, tuple[int, int]] = {}  # replica -> (from_seq, at ms)
 
+    def new_epoch(self) -> None:
+        """Forget what replicas outside the new peer set reported."""
+        peers = self.core.peer_set
+        for table in (self.peer_view, self.peer_exec):
+            for r in [r for r in table if r not in peers]:
+                del table[r]
+
     def catching_up(self) -> bool:
         """A fetch is under way for blocks beyond what this replica executed."""
         return self.deadline is not None and self.target > self.core.last_executed
@@ -44,7 +51,8 @@ class StateTransfer:
     def tick(self, now_ms: int, out: list[Action]) -> None:
         if self.deadline is not None and now_ms >= self.deadline:
             self.retries += 1
-            if self.retries > 2 * self.core.cfg.n:  # nobody has it: give up until told again
+            if self.retries > 2 * max(1, len(self.core.peer_set)):
+                # nobody has it: give up until told again
                 self.target, self.deadline, self.retries = 0, None, 0
             else:
                 self._send_fetch(now_ms, out, rotate=True)
@@ -86,7 +94,7 @@ class StateTransfer:
 
     def on_status(self, msg: Status, now_ms: int, out: list[Action]) -> None:
         core, cfg = self.core, self.core.cfg
-        if not verify(msg, core.keyring):
+        if not verify(msg, core.peer_keyring):
             core.count("rejected_bad_sig")
             return
         self.peer_view[msg.replica] = msg.view
@@ -117,17 +125,19 @@ class StateTransfer:
         if core.last_executed >= self.target:
             self.deadline = None
             return
-        if rotate or self.peer < 0:
-            self.peer = (self.peer + 1) % core.cfg.n
-            if self.peer == core.me:
-                self.peer = (self.peer + 1) % core.cfg.n
+        peers = sorted(core.peer_set)
+        if not peers:
+            self.deadline = None
+            return
+        if rotate or self.peer not in core.peer_set:
+            self.peer = next((p for p in peers if p > self.peer), peers[0])
         msg = sign(FetchBlocks(core.last_executed + 1, core.me), core.signer)
         out.append(Send(self.peer, msg))
         self.deadline = now_ms + core.cfg.view_change_timeout_ms
 
     def on_fetch(self, msg: FetchBlocks, out: list[Action]) -> None:
         core = self.core
-        if not verify(msg, core.keyring):
+        if not verify(msg, core.peer_keyring):
             core.count("rejected_bad_sig")
             return
         last = self.served.get(msg.replica)
@@ -151,13 +161,16 @@ class StateTransfer:
                 continue
             cert = block.certificate
             digest = block.batch_digest()
+            # certified by the set of the epoch that ordered it: executing in order, this
+            # replica knows every reconfiguration executed before it (epochs.py)
+            epoch = core.epoch_of(block.height)
             if (
                 block.height != core.last_executed + 1
                 or cert is None
                 or cert.seq != block.height
                 or cert.digest != digest
                 or block.prev_hash != core.last_hash
-                or not cert.verify(core.keyring, core.cfg.quorum)
+                or not cert.verify(epoch.keyring, epoch.config.quorum)
             ):
                 core.count("rejected_bad_block")
                 break

@@ -10,6 +10,7 @@ the NEW-VIEW's pre-prepares.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ledger.pbft.actions import Action, Broadcast, Send
@@ -28,9 +29,13 @@ VC_ATTACH_BYTES = 4 * 1024 * 1024
 ADAPT_FACTOR = 2
 
 
-def compute_o(vcs: tuple[ViewChange, ...]) -> tuple[int, list[tuple[int, bytes]]]:
-    """(min-s, [(seq, digest)]) of the paper's NEW-VIEW computation."""
-    min_s = max(vc.stable_seq for vc in vcs)
+def compute_o(
+    vcs: tuple[ViewChange, ...], floor: int = 0
+) -> tuple[int, list[tuple[int, bytes]]]:
+    """(min-s, [(seq, digest)]) of the paper's NEW-VIEW computation. ``floor``: where the
+    epoch begins (every replica in it has executed that far; nothing at or below it is
+    proposed again, see epochs.py)."""
+    min_s = max(floor, *(vc.stable_seq for vc in vcs))
     best: dict[int, tuple[int, bytes]] = {}
     for vc in vcs:
         for proof in vc.prepared:
@@ -95,8 +100,17 @@ class ViewChanges:
         self.deadline = None
         self.armed_at = None
 
+    def new_epoch(self) -> None:
+        """A new epoch began: view-changes and the NEW-VIEW of the old one are another set's."""
+        self.by_replica.clear()
+        self.batches.clear()
+        self.new_view_msg = None
+        self.nv_sent_at.clear()
+
     def start(self, new_view: int, now_ms: int, out: list[Action]) -> None:
         core = self.core
+        if not core.is_member:
+            return  # a joining or removed replica has no say in views
         if new_view <= core.view and not (new_view == core.view and core.active):
             return
         if new_view == core.view:
@@ -114,10 +128,11 @@ class ViewChanges:
         self.new_view_msg = None
         core.batcher.deadline = None
         stable_seq = core.stable_seq
+        since = max(stable_seq, core.epoch.start)  # an earlier epoch's slots are executed
         prepared = tuple(
             slot.proof
             for seq, slot in sorted(core.log.slots.items())
-            if seq > stable_seq and slot.proof is not None
+            if seq > since and slot.proof is not None
         )
         # Attach only batches not executed here: executed ones are in this replica's store
         # (and others'), so a view change stays small even with a full window of batches.
@@ -135,10 +150,10 @@ class ViewChanges:
                 break
             batches[digest] = batch
         proof = core.checkpoints.stable_proof
-        vc = sign(ViewChange(new_view, stable_seq, proof, prepared, core.me), core.signer)
-        vc = ViewChange(
-            vc.view, vc.stable_seq, vc.checkpoint_proof, vc.prepared, core.me, vc.sig, batches
-        )
+        epoch = core.epoch.number
+        vc = ViewChange(new_view, stable_seq, proof, prepared, core.me, epoch=epoch)
+        vc = sign(vc, core.signer)
+        vc = replace(vc, batches=batches)
         self.by_replica[core.me] = vc
         self.batches[core.me] = batches
         self._send_view_change(vc, out)
@@ -178,30 +193,34 @@ class ViewChanges:
             return
         primary = core.cfg.primary(vc.view)
         stripped = vc.stripped()
-        for r in range(core.cfg.n):
-            if r != core.me:
-                out.append(Send(r, vc if r == primary else stripped))
+        for r in core.peers():
+            out.append(Send(r, vc if r == primary else stripped))
 
     def valid(self, vc: ViewChange) -> bool:
-        cfg, keyring = self.core.cfg, self.core.keyring
+        core = self.core
+        cfg, keyring = core.cfg, core.keyring
+        if vc.epoch != core.epoch.number or vc.replica not in core.members:
+            return False
         if not verify(vc, keyring):
             return False
         if vc.stable_seq % cfg.checkpoint_interval:
             return False
         if vc.stable_seq > 0:
+            signed_by = core.epoch_of(vc.stable_seq)  # an earlier epoch's set may have signed it
             signers = set()
             for cp in vc.checkpoint_proof:
                 if cp.seq != vc.stable_seq or cp.digest != vc.checkpoint_proof[0].digest:
                     return False
-                if cp.replica not in signers and verify(cp, keyring):
+                if cp.replica not in signers and verify(cp, signed_by.keyring):
                     signers.add(cp.replica)
-            if len(signers) < cfg.quorum:
+            if len(signers) < signed_by.config.quorum:
                 return False
         seen: set[int] = set()
         for proof in vc.prepared:
             pp = proof.pre_prepare
             if (
                 pp.seq in seen
+                or pp.seq <= core.epoch.start
                 or not vc.stable_seq < pp.seq <= vc.stable_seq + cfg.log_window
                 or pp.view >= vc.view
                 or pp.replica != cfg.primary(pp.view)
@@ -226,6 +245,10 @@ class ViewChanges:
 
     def on_view_change(self, vc: ViewChange, now_ms: int, out: list[Action]) -> None:
         core = self.core
+        if vc.epoch != core.epoch.number or not core.is_member:
+            # another replica set's view change: the one behind catches up by state transfer
+            core.count("rejected_other_epoch")
+            return
         if vc.view < core.view or (vc.view == core.view and core.active):
             core.count("stale_view_change")
             self.send_new_view_to(vc.replica, now_ms, out)
@@ -288,7 +311,9 @@ class ViewChanges:
             return
         # V: my own view-change and the lowest-numbered others, a quorum in all.
         vcs = tuple(sorted(vcs, key=lambda vc: vc.replica != core.me)[: core.cfg.quorum])
-        min_s, entries = compute_o(vcs)
+        min_s, entries = compute_o(vcs, core.epoch.start)
+        if self._too_far_ahead(entries, [vc.replica for vc in vcs], now_ms, out):
+            return
         batches: dict[bytes, Batch] = {}
         attach: dict[bytes, Batch] = {}
         budget = VC_ATTACH_BYTES
@@ -312,13 +337,17 @@ class ViewChanges:
             core.transfer.start_fetch(max(missing), [vc.replica for vc in vcs], now_ms, out)
             return
         pps = tuple(sign(PrePrepare(core.view, n, d, core.me), core.signer) for n, d in entries)
-        nv = sign(NewView(core.view, tuple(vc.stripped() for vc in vcs), pps, core.me), core.signer)
-        nv = NewView(nv.view, nv.view_changes, nv.pre_prepares, core.me, nv.sig, attach)
+        bare = tuple(vc.stripped() for vc in vcs)
+        nv = sign(NewView(core.view, bare, pps, core.me, epoch=core.epoch.number), core.signer)
+        nv = replace(nv, batches=attach)
         out.append(Broadcast(nv))
         self._enter(nv, vcs, min_s, batches, now_ms, out)
 
     def on_new_view(self, nv: NewView, now_ms: int, out: list[Action]) -> None:
         core = self.core
+        if nv.epoch != core.epoch.number or not core.is_member:
+            core.count("rejected_other_epoch")
+            return
         if nv.view < core.view or (nv.view == core.view and core.active):
             core.count("stale_new_view")
             return
@@ -336,13 +365,15 @@ class ViewChanges:
             if vc.view != nv.view or not self.valid(vc):
                 core.count("rejected_bad_new_view")
                 return
-        min_s, entries = compute_o(nv.view_changes)
+        min_s, entries = compute_o(nv.view_changes, core.epoch.start)
         if [(pp.seq, pp.digest) for pp in nv.pre_prepares] != entries or any(
             pp.view != nv.view or pp.replica != nv.replica or not verify(pp, core.keyring)
             for pp in nv.pre_prepares
         ):
             core.count("rejected_bad_new_view")
             return
+        if self._too_far_ahead(entries, [vc.replica for vc in nv.view_changes], now_ms, out):
+            return  # peers send the NEW-VIEW again once this replica's status is past it
         batches: dict[bytes, Batch] = {}
         for seq, digest in entries:
             if digest != NULL_DIGEST:
@@ -350,6 +381,21 @@ class ViewChanges:
                 if batch is not None:
                     batches[digest] = batch
         self._enter(nv, nv.view_changes, min_s, batches, now_ms, out)
+
+    def _too_far_ahead(
+        self, entries: list[tuple[int, bytes]], peers: list[int], now_ms: int, out: list[Action]
+    ) -> bool:
+        """A NEW-VIEW proposing sequence numbers more than ``max_ahead`` past what this replica
+        executed is not entered (nor made): it catches up first. So a correct replica votes
+        only for sequence numbers within ``max_ahead`` of its own execution, in a new view as
+        in the normal case, which is what makes a reconfiguration's switch point safe
+        (epochs.py, README "Reconfiguration")."""
+        core = self.core
+        if not entries or entries[-1][0] <= core.last_executed + core.cfg.max_ahead:
+            return False
+        core.count("new_view_too_far_ahead")
+        core.transfer.start_fetch(entries[-1][0] - core.cfg.max_ahead, peers, now_ms, out)
+        return True
 
     def _enter(
         self,
@@ -371,8 +417,8 @@ class ViewChanges:
         self.deadline = None
         self.by_replica = {r: vc for r, vc in self.by_replica.items() if vc.view > nv.view}
         self.batches = {r: b for r, b in self.batches.items() if r in self.by_replica}
-        if min_s > core.stable_seq:
-            source = next(vc for vc in vcs if vc.stable_seq == min_s)
+        source = next((vc for vc in vcs if vc.stable_seq == min_s), None)
+        if min_s > core.stable_seq and source is not None:
             core.checkpoints.stabilize(
                 min_s, source.checkpoint_proof[0].digest, source.checkpoint_proof
             )
