@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ from ledger.cluster import (
     replica_key_file,
 )
 from ledger.keys import KeyFileError, load_key, public_hex
+from ledger.pbft.config import MAX_REPLICA_ID
 from ledger.setup import (
     DEFAULT_CONTRACT,
     SetupError,
@@ -102,6 +104,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replica", type=_positive, required=True)
     p.add_argument("--contract", default=DEFAULT_CONTRACT, help=argparse.SUPPRESS)
     p.add_argument("--listen-port", type=_positive, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="a replica joining by a reconfiguration (not in cluster.json): where it "
+                   "listens, as the members' change names it")  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("cluster", help="run every replica of --dir as child processes")
@@ -291,11 +296,33 @@ def _own_key_matches(directory: Path, cluster: ClusterConfig, replica: int) -> N
         raise KeyFileError(f"{path}: not the key cluster.json names for replica {replica}")
 
 
+def _address(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise SetupError(f"--address: must be IP:PORT, got {text!r}") from None
+    if not 0 < number < 65536:
+        raise SetupError(f"--address: port must be in 1..65535, got {number}")
+    return host, number
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         cluster = load_cluster(args.dir / CLUSTER_FILE)
-        cluster.replica(args.replica)
-        _own_key_matches(args.dir, cluster, args.replica)
+        if args.replica < cluster.n:
+            _own_key_matches(args.dir, cluster, args.replica)
+        elif args.replica > MAX_REPLICA_ID or not (
+            args.address or (args.dir / replica_db_file(args.replica)).exists()
+        ):
+            raise ClusterFileError(
+                f"replica {args.replica} is not in the cluster (0..{cluster.n - 1}); a replica "
+                "joining by a reconfiguration is started with --address"
+            )
+        join = _address(args.address)
         factory = load_factory(args.contract)
     except (ClusterFileError, ValueError) as exc:
         return _fail(str(exc))
@@ -304,7 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(
-            serve(args.dir, args.replica, factory, listen_port=args.listen_port)
+            serve(args.dir, args.replica, factory, listen_port=args.listen_port, join_address=join)
         )
     except (KeyFileError, ClusterFileError) as exc:
         return _fail(str(exc))
@@ -407,7 +434,6 @@ async def _statuses(addresses: list[tuple[str, int]], timeout: float) -> list[di
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         cluster = load_cluster(args.dir / CLUSTER_FILE)
-        cluster.replica(args.replica)
     except ClusterFileError as exc:
         return _fail(str(exc))
     path = args.dir / replica_db_file(args.replica)
@@ -416,14 +442,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ledger.pbft.config import PbftConfig
     from ledger.pbft.signing import Keyring
     from ledger.store import BlockStore
-    from ledger.verify import certificate_checker, verify_chain
+    from ledger.verify import certificate_checker, epochs_of_store, verify_chain
 
     config = PbftConfig.from_dict(dict(cluster.raw))
     keyring = Keyring(r.public_key for r in config.replicas)
     try:
         store = BlockStore(path)
         try:
-            problems = verify_chain(store.blocks(), certificate_checker(keyring, config.quorum))
+            epochs = epochs_of_store(store, config)
+            check = certificate_checker(keyring, config.quorum, epochs)
+            problems = verify_chain(store.blocks(), check)
             height = store.head()[0]
         finally:
             store.close()

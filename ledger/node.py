@@ -29,17 +29,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from ledger import ed25519
 from ledger.client_wire import hello_bytes
-from ledger.cluster import ClusterConfig, load_cluster, replica_db_file, replica_key_file
+from ledger.cluster import (
+    ClusterConfig,
+    ClusterFileError,
+    load_cluster,
+    replica_db_file,
+    replica_key_file,
+)
 from ledger.executor import LedgerState, SigCache
 from ledger.framing import FrameError, encode_frame, frame
 from ledger.gate import AdmissionGate
 from ledger.keys import load_key
 from ledger.limits import Counters, Incidents, Limits, client_slots, handshake_slots, raise_nofile
-from ledger.pbft.actions import Action, BlockReplies, Broadcast, ReplyTo, Send
+from ledger.pbft.actions import Action, BlockReplies, Broadcast, Peers, ReplyTo, Send
 from ledger.pbft.actions import Executed as ExecutedAction
-from ledger.pbft.config import PbftConfig
+from ledger.pbft.config import PbftConfig, ReplicaInfo
 from ledger.pbft.messages import PrePrepare, Reply
 from ledger.pbft.replica import Replica
 from ledger.peer_link import PeerLink
@@ -74,12 +82,11 @@ class ReplicaNode:
         relay_requests: bool = True,
         listen_port: int | None = None,
         nofile: int | None = None,
+        join_address: tuple[str, int] | None = None,
     ) -> None:
         self.directory = directory
         self.me = replica_id
         self.cluster = cluster or load_cluster(directory / "cluster.json")
-        self.address = self.cluster.replica(replica_id)
-        self.listen_port = listen_port if listen_port is not None else self.address.port
         self.key = load_key(directory / replica_key_file(replica_id))
         self.config = PbftConfig.from_dict(dict(self.cluster.raw))
         self.clock = clock
@@ -114,10 +121,20 @@ class ReplicaNode:
             # this backup too (a re-send) is verified once, not once per path
             tx_verifier=self.sigs.check_many,
         )
-        peer_keys = {r.id: _public(r.public_key) for r in self.cluster.replicas}
+        # Where this replica listens: the newest replica set naming it (the cluster file's, or
+        # one members decided on chain); a replica joining a cluster, named by no set it has
+        # executed yet, is given its address (the one the members' change names) on its first
+        # start (``ledger run --address``).
+        own = self.own_address()
+        if own is None and join_address is None:
+            raise ClusterFileError(
+                f"replica {replica_id} is in no replica set this store holds: give --address"
+            )
+        self.address = own or join_address or ("", 0)
+        self.listen_port = listen_port if listen_port is not None else self.address[1]
         self.listener = Listener(
             replica_id,
-            peer_keys,
+            {},
             self._on_peer,
             self._on_client,
             self.counters,
@@ -128,20 +145,14 @@ class ReplicaNode:
             incidents=self.incidents,
         )
         self.gate = AdmissionGate(self.state.contract)
-        self.queries = ReplicaQueries(self.state, replica_id, self.status, self.counters)
+        self.queries = ReplicaQueries(
+            self.state, replica_id, self.status, self.counters, self.replica_set
+        )
         self.next_reconcile = clock() + RECONCILE_MS
         self.links: dict[int, PeerLink] = {}
-        for r in self.cluster.replicas:
-            if r.id != replica_id:
-                self.links[r.id] = PeerLink(
-                    replica_id,
-                    r.id,
-                    r.host,
-                    r.port,
-                    self.key,
-                    self.counters,
-                    max_bytes=self.limits.max_link_bytes,
-                )
+        self.running = False
+        self._closing: set[asyncio.Future[None]] = set()
+        self._set_peers(tuple(self.replica.peer_set.values()))
         self.waits: ClientWaits[ClientConn] = ClientWaits(
             self.limits.max_waiters,
             self.limits.max_waiters_per_client,
@@ -157,8 +168,45 @@ class ReplicaNode:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    def own_address(self) -> tuple[str, int] | None:
+        for epoch in reversed(self.replica.epochs.all):
+            info = epoch.config.info(self.me)
+            if info is not None:
+                return info.host, info.port
+        return None
+
+    def _set_peers(self, peers: tuple[ReplicaInfo, ...]) -> None:
+        """Links to exactly these replicas, and only their links accepted (a reconfiguration:
+        a new replica is dialled, a removed one's links are closed and refused)."""
+        wanted = {r.id: r for r in peers}
+        self.listener.peer_keys = {
+            r.id: Ed25519PublicKey.from_public_bytes(r.public_key) for r in peers
+        }
+        for rid in [rid for rid in self.links if rid not in wanted]:
+            self._close_link(self.links.pop(rid))
+            self.listener.drop_peer(rid)
+        for rid, r in wanted.items():
+            link = self.links.get(rid)
+            if link is not None and (link.host, link.port) == (r.host, r.port):
+                continue
+            if link is not None:  # moved to another address
+                self._close_link(link)
+            self.links[rid] = PeerLink(
+                self.me, rid, r.host, r.port, self.key, self.counters,
+                max_bytes=self.limits.max_link_bytes,
+            )  # fmt: skip
+            if self.running:
+                self.links[rid].start()
+
+    def _close_link(self, link: PeerLink) -> None:
+        if self.running:
+            task = asyncio.ensure_future(link.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def run(self) -> None:
-        await self.listener.start(self.address.host, self.listen_port)
+        await self.listener.start(self.address[0], self.listen_port)
+        self.running = True
         for link in self.links.values():
             link.start()
         tick_ms = self.cluster.timers["tick_ms"]
@@ -190,6 +238,8 @@ class ReplicaNode:
         await self.listener.close()
         for link in self.links.values():
             await link.close()
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=2.0)
         self.state.close()
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -399,6 +449,8 @@ class ReplicaNode:
             elif isinstance(action, ExecutedAction):
                 self.executed_blocks += 1
                 self.gate.executed(action.block.timestamp_ms, action.block.ids())
+            elif isinstance(action, Peers):
+                self._set_peers(action.replicas)
         for conn, wires in replies.items():
             if len(wires) == 1:
                 conn.send(wires[0])
@@ -420,6 +472,20 @@ class ReplicaNode:
 
     # -- queries --------------------------------------------------------------------------------
 
+    def replica_set(self) -> dict[str, Any]:
+        """``ledger.replicas``: the replica set ordering the ledger now, as clients need it
+        (a client holding an older cluster file learns it from f+1 matching answers)."""
+        epoch = self.replica.epoch
+        return {
+            "epoch": epoch.number,
+            "since": epoch.start,
+            "f": epoch.config.f,
+            "replicas": [
+                {"id": r.id, "host": r.host, "port": r.port, "public_key": r.public_key.hex()}
+                for r in epoch.config.replicas
+            ],
+        }
+
     def status(self) -> dict[str, Any]:
         stable = self.state.load_checkpoint()
         counters = {k: v for k, v in self.replica.metrics.items() if v}
@@ -430,7 +496,9 @@ class ReplicaNode:
         return {
             "replica": self.me,
             "view": self.replica.view,
-            "primary": self.config.primary(self.replica.view),
+            "primary": self.replica.cfg.primary(self.replica.view),
+            "epoch": self.replica.epoch.number,
+            "member": self.replica.is_member,
             "height": self.state.last_executed(),
             "stable_checkpoint": 0 if stable is None else stable[0],
             "state_digest": self.state.state_digest().hex(),
@@ -445,12 +513,6 @@ class ReplicaNode:
                 link_backlog=sum(link.backlog for link in self.links.values()),
             ),
         }
-
-
-def _public(hex_key: str) -> Any:
-    from ledger.keys import parse_public_hex
-
-    return parse_public_hex(hex_key, "public_key")
 
 
 def _loop_error(incidents: Incidents, context: dict[str, Any]) -> None:
@@ -476,11 +538,20 @@ async def serve(
     replica_id: int,
     factory: ContractFactory,
     listen_port: int | None = None,
+    join_address: tuple[str, int] | None = None,
 ) -> None:
     """Run one replica until SIGTERM or SIGINT, then stop cleanly. ``listen_port`` binds another
-    port than the cluster file's (tests put a cuttable proxy on the advertised one)."""
+    port than the cluster file's (tests put a cuttable proxy on the advertised one);
+    ``join_address``: where a replica joining by a reconfiguration listens (see ``ReplicaNode``)."""
     nofile = raise_nofile()
-    node = ReplicaNode(directory, replica_id, factory, listen_port=listen_port, nofile=nofile)
+    node = ReplicaNode(
+        directory,
+        replica_id,
+        factory,
+        listen_port=listen_port,
+        nofile=nofile,
+        join_address=join_address,
+    )
     tune_gc()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, context: _loop_error(node.incidents, context))

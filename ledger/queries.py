@@ -1,11 +1,11 @@
 """A replica's answers to client queries, as the asking key may read them.
 
-``ledger.``-prefixed paths (``ledger.height``, ``ledger.status``, ``ledger.block``,
-``ledger.receipt``) are answered from the store; the others go to the contract, through its read
-policy when it has one (``ledger.contract.api.ReadPolicy``; a contract without, like the IO
-tests' toy, answers everything). An answer is an ``answer`` frame: a bad query, a refused read
-and a contract bug are each an answer with ``ok`` false, never an exception out of the
-connection's handler.
+``ledger.``-prefixed paths (``ledger.height``, ``ledger.status``, ``ledger.replicas``,
+``ledger.block``, ``ledger.receipt``) are answered from the store and the core; the others go
+to the contract, through its read policy when it has one (``ledger.contract.api.ReadPolicy``; a
+contract without, like the IO tests' toy, answers everything). An answer is an ``answer``
+frame: a bad query, a refused read and a contract bug are each an answer with ``ok`` false,
+never an exception out of the connection's handler.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ class ReplicaQueries:
         me: int,
         status: Callable[[], dict[str, Any]],
         counters: Counter[str],
+        replicas: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.state = state
         self.me = me
         self.status = status
         self.counters = counters
+        self.replicas = replicas
 
     def answer(self, message: dict[str, Any], reader: bytes | None = None) -> dict[str, Any]:
         """The ``answer`` frame to a client's ``query`` frame; never raises."""
@@ -75,6 +77,8 @@ class ReplicaQueries:
             return self.state.last_executed()
         if path == "ledger.status":
             return self.status()
+        if path == "ledger.replicas" and self.replicas is not None:
+            return self.replicas()  # public, as the cluster file is
         chain = policy is None or policy.may_read_chain(reader)
         if path == "ledger.block":
             if not chain:

@@ -197,6 +197,12 @@ class Listener:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
 
+    def drop_peer(self, replica: int) -> None:
+        """Close the links ``replica`` opened (it was removed from the replica set); a new one
+        is refused, its key being no longer in ``peer_keys``."""
+        for writer in self.peer_writers.pop(replica, []):
+            writer.close()
+
     def snapshot(self) -> dict[str, int]:
         """Connection counts and budgets for ``status``."""
         return {

@@ -13,6 +13,12 @@ nothing: the backups forward it and time the primary out. The
 transaction id is fixed by the signed transaction, so a retry (even from a new process after a
 crash) can only ever be ordered once; a replica that already executed it answers with the
 original receipt.
+
+The replica set can change (a reconfiguration members approved on chain, ledger/pbft
+README): on start, and every ``refresh_s`` after, the client asks the replicas it knows for
+``ledger.replicas`` and, once f+1 of them name the same newer set, talks to that set with its
+f. So a client given an older cluster file still works, as long as f+1 of the replicas it
+names are still correct members or were when they answered.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from ledger_client.protocol import (
 )
 
 DEFAULT_TIMEOUT_S = 30.0
+REFRESH_S = 30.0  # how often the client asks which replica set orders the ledger
 
 
 class LedgerError(RuntimeError):
@@ -72,8 +79,15 @@ class LedgerClient:
         request_timeout_s: float = 2.0,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         broadcast: bool = False,
+        ids: list[int] | None = None,
+        refresh_s: float = REFRESH_S,
     ) -> None:
         self.addresses = addresses
+        self.ids = list(range(len(addresses))) if ids is None else list(ids)
+        self.epoch = 0  # of the replica set the client talks to (0: the cluster file's)
+        self.refresh_s = refresh_s
+        self._refreshing: asyncio.Task[bool] | None = None
+        self._next_refresh = float("inf")
         self.f = f
         self.key = key
         self.request_timeout_s = request_timeout_s
@@ -81,7 +95,7 @@ class LedgerClient:
         self.broadcast = broadcast
         self.view = 0
         self._views: dict[int, int] = {}  # the highest view each replica's replies named
-        self._conns: list[ReplicaConnection] = []
+        self._conns: list[ReplicaConnection] = []  # in the set's order (primary: view % n)
         self._txs: dict[str, PendingOutcome] = {}
         self._queries: dict[int, PendingOutcome] = {}
         self._height_collectors: dict[int, Callable[[int, dict[str, Any]], None]] = {}
@@ -111,10 +125,8 @@ class LedgerClient:
 
     async def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        for i, (host, port) in enumerate(self.addresses):
-            conn = ReplicaConnection(self, i, host, port)
-            conn.task = asyncio.get_running_loop().create_task(conn.run())
-            self._conns.append(conn)
+        for rid, (host, port) in zip(self.ids, self.addresses, strict=True):
+            self._conns.append(self._connect(rid, host, port))
         # wait until enough replicas are reachable to possibly answer (not all: some may be down)
         waiters = [asyncio.ensure_future(c.ready.wait()) for c in self._conns]
         try:
@@ -129,8 +141,62 @@ class LedgerClient:
         finally:
             for w in waiters:
                 w.cancel()
+        # the set may have changed since the cluster file was written; a set still in its
+        # change (answers differ) is asked again by the sweeper, not waited for here
+        with contextlib.suppress(LedgerError, TimeoutError):
+            async with asyncio.timeout(min(self.timeout_s, 2 * self.request_timeout_s)):
+                await self.refresh_replicas()
+        self._next_refresh = asyncio.get_running_loop().time() + self.refresh_s
+
+    def _connect(self, rid: int, host: str, port: int) -> ReplicaConnection:
+        conn = ReplicaConnection(self, rid, host, port)
+        conn.task = asyncio.get_running_loop().create_task(conn.run())
+        return conn
+
+    def _conn(self, rid: int) -> ReplicaConnection | None:
+        """The connection to replica ``rid`` (connects and wants are rare: a scan will do)."""
+        return next((c for c in self._conns if c.index == rid), None)
+
+    async def refresh_replicas(self) -> bool:
+        """Ask the replicas for the set ordering the ledger (``ledger.replicas``); when f+1
+        name the same set of a newer epoch, talk to it from now on. True if it changed."""
+        value = await self._query("ledger.replicas", self.f + 1, {})
+        return self._adopt(value)
+
+    def _adopt(self, value: Any) -> bool:
+        try:
+            epoch, f, raw = value["epoch"], value["f"], value["replicas"]
+            replicas = [(r["id"], r["host"], r["port"]) for r in raw]
+        except (TypeError, KeyError):
+            return False
+        if (
+            not all(type(x) is int for x in (epoch, f))
+            or epoch <= self.epoch
+            or not 3 * f + 1 <= len(replicas) <= 64
+            or not all(type(i) is int and type(h) is str and type(p) is int for i, h, p in replicas)
+            or len({i for i, _, _ in replicas}) != len(replicas)
+        ):
+            return False
+        known = {c.index: c for c in self._conns}
+        conns: list[ReplicaConnection] = []
+        for rid, host, port in replicas:
+            conn = known.get(rid)
+            if conn is None or (conn.host, conn.port) != (host, port):
+                conn = self._connect(rid, host, port)
+            conns.append(conn)
+        for conn in self._conns:
+            if conn not in conns and conn.task is not None:
+                conn.task.cancel()  # a replica no longer in the set
+        self._conns = conns
+        self.ids = [rid for rid, _, _ in replicas]
+        self.addresses = [(host, port) for _, host, port in replicas]
+        self.f, self.epoch = f, epoch
+        self._views = {r: v for r, v in self._views.items() if r in self.ids}
+        return True
 
     async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(BaseException):
@@ -160,13 +226,13 @@ class LedgerClient:
             pending.wait_s = self.request_timeout_s
             pending.resend_at = now + pending.wait_s
             pending.deadline = now + self.timeout_s
-            primary = self.view % len(self._conns)
+            primary = self._conns[self.view % len(self._conns)]
             # the primary we would use is not connected (down, or restarting): give the
             # transaction to every replica, so the backups hold it and time the primary out
-            everyone = self.broadcast or not self._conns[primary].ready.is_set()
+            everyone = self.broadcast or not primary.ready.is_set()
             pending.to_all = everyone
             for conn in self._conns:
-                if everyone or conn.index == primary:
+                if everyone or conn is primary:
                     conn.request(wire)
                 else:
                     conn.await_reply(tx_id)
@@ -189,6 +255,9 @@ class LedgerClient:
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
+            if now >= self._next_refresh and (self._refreshing is None or self._refreshing.done()):
+                self._next_refresh = now + self.refresh_s
+                self._refreshing = loop.create_task(self._refresh_quietly())
             for tx_id, pending in list(self._txs.items()):
                 if pending.finished:
                     continue
@@ -203,6 +272,12 @@ class LedgerClient:
                         conn.request(pending.wire)
                     pending.wait_s *= 2
                     pending.resend_at = now + pending.wait_s
+
+    async def _refresh_quietly(self) -> bool:
+        try:
+            return await self.refresh_replicas()
+        except LedgerError:
+            return False  # asked again at the next refresh
 
     async def submit_new(self, kind: str, body: Mapping[str, Any]) -> Receipt:
         """Sign with this client's key and a fresh random nonce, then ``submit``."""
@@ -220,9 +295,16 @@ class LedgerClient:
         plus a faulty one) could agree on the state before it. With 2f+1 a read made after a
         write sees it. Lagging replicas catch up and re-answer, so one dead replica does not
         block reads."""
+        return await self._query(path, 2 * self.f + 1, params)
+
+    async def query_agreed(self, path: str, need: int, params: dict[str, Any]) -> Any:
+        """``query`` with ``need`` matching answers instead of 2f+1."""
+        return await self._query(path, need, params)
+
+    async def _query(self, path: str, need: int, params: dict[str, Any]) -> Any:
         self._next_query += 1
         qid = self._next_query
-        pending = self._queries[qid] = PendingOutcome(2 * self.f + 1)
+        pending = self._queries[qid] = PendingOutcome(need)
         message = {"t": "query", "id": qid, "path": path, "params": params}
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -235,7 +317,7 @@ class LedgerClient:
                     except TimeoutError:
                         pending.votes.clear()
         except TimeoutError as exc:
-            raise LedgerError(f"no 2f+1 matching answers to {path} in {self.timeout_s}s") from exc
+            raise LedgerError(f"no {need} matching answers to {path} in {self.timeout_s}s") from exc
         finally:
             self._queries.pop(qid, None)
         if not answer.get("ok"):
@@ -291,7 +373,9 @@ class LedgerClient:
         # the full transactions that went to every replica (a hand-over from a lost primary,
         # a re-send). Without them a backup that connected late never holds those requests,
         # never times the primary out, and the view cannot change.
-        conn = self._conns[index]
+        conn = self._conn(index)
+        if conn is None:
+            return
         for tx_id, pending in list(self._txs.items()):
             if pending.to_all and pending.wire is not None:
                 conn.request(pending.wire)
@@ -328,7 +412,7 @@ class LedgerClient:
         to, the transactions waiting on it go to every other replica now rather than after
         ``request_timeout_s``: a backup that holds a request arms its view-change timer, so a
         crashed primary is replaced one view-change timeout after the crash."""
-        if not self._conns or index != self.view % len(self._conns):
+        if not self._conns or index != self._conns[self.view % len(self._conns)].index:
             return
         for pending in self._txs.values():
             if pending.wire is not None and not pending.finished:
@@ -343,7 +427,9 @@ class LedgerClient:
         holds them and times a stalled primary out."""
         if not isinstance(ids, list):
             return
-        conn = self._conns[index]
+        conn = self._conn(index)
+        if conn is None:
+            return
         for tx_id in ids[:MAX_PER_FRAME]:
             pending = self._txs.get(tx_id) if isinstance(tx_id, str) else None
             if pending is not None and pending.wire is not None and not pending.finished:

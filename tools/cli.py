@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hardware.emulate_cli",  # wattmesh emulate meter|plug|node
     "tools.firmware_cli",  # wattmesh firmware build|flash, wattmesh provision node|gateway
     "tools.operator_cli",  # wattmesh operator member|meter|res|pubkey|dr
+    "tools.replicas_cli",  # wattmesh replicas show|add|remove|approve
     "tools.node_cli",  # wattmesh node calibrate
     "tools.demo",  # wattmesh demo
 )
