@@ -49,7 +49,7 @@ class Checkpoints:
         checkpoint would never become stable and the window would stay shut."""
         core = self.core
         height = core.last_executed - core.last_executed % core.cfg.checkpoint_interval
-        if height <= self.stable_seq:
+        if height <= self.stable_seq or core.me not in core.epoch_of(height).members:
             return
         state = core.ex.state_digest_at(height)
         blocks = [] if height == core.last_executed else core.ex.blocks_from(height, 1)
@@ -64,8 +64,8 @@ class Checkpoints:
     def executed(self, height: int, out: list[Action]) -> None:
         """Block ``height`` was executed: at a checkpoint height, sign and send a checkpoint."""
         core = self.core
-        if height % core.cfg.checkpoint_interval:
-            return
+        if height % core.cfg.checkpoint_interval or core.me not in core.epoch_of(height).members:
+            return  # (a replica joining signs no checkpoint of blocks its set did not order)
         cp_digest = checkpoint_digest(height, core.last_hash, core.ex.state_digest())
         cp = sign(Checkpoint(height, cp_digest, core.me), core.signer)
         out.append(Broadcast(cp))
@@ -114,10 +114,12 @@ class Checkpoints:
         core = self.core
         now = core.now if now_ms is None else now_ms
         votes = self.votes.get(seq, {})
+        epoch = core.epoch_of(seq)
         by_digest: dict[bytes, list[Checkpoint]] = {}
         for cp in votes.values():
-            by_digest.setdefault(cp.digest, []).append(cp)
-        quorum = core.epoch_of(seq).config.quorum
+            if cp.replica in epoch.members:
+                by_digest.setdefault(cp.digest, []).append(cp)
+        quorum = epoch.config.quorum
         for digest, cps in by_digest.items():
             if len(cps) >= quorum and seq > self.stable_seq:
                 own = votes.get(core.me)

@@ -58,15 +58,18 @@ class Cluster:
         proxied: bool = False,
         nofile: dict[int, int] | None = None,
         limits: dict[str, int] | None = None,
+        genesis: Any = None,
+        contract: str = TOY,
     ) -> None:
         self.dir = directory
+        self.contract = contract  # the toy, or the community's (``genesis`` then its genesis)
         init_cluster(
             directory,
             4,
             timers={"view_change_ms": view_change_ms, "request_timeout_ms": 500, "status_ms": 100},
             batch={"max_txs": batch_max, "max_delay_ms": 2},
             checkpoint_interval=checkpoint_interval,
-            genesis={"toy": 1},
+            genesis={"toy": 1} if genesis is None else genesis,
         )
         if limits:  # the cluster file's optional ``limits`` (ledger.limits)
             path = directory / "cluster.json"
@@ -88,12 +91,12 @@ class Cluster:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, extra: list[str] | None = None) -> None:
         # a faulty replica runs tests.ledger.faulty's core in place of the correct one
         entry = ["tests.ledger.faulty", "--fault", self.faults[i]] if i in self.faults else [
             "ledger", "run"]
         cmd = [sys.executable, "-m", *entry, "--dir", str(self.dir), "--replica", str(i),
-               "--contract", TOY]  # fmt: skip
+               "--contract", self.contract, *(extra or [])]  # fmt: skip
         if self.private_ports:
             cmd += ["--listen-port", str(self.private_ports[i])]
         env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -163,3 +163,25 @@ def test_malformed_and_rule_breaking_changes_are_ignored_by_every_replica() -> N
     net2.submit(change([0, 1, 2, 3, 4], 3), range(4))  # 4 again, removed before
     run_until(net2, lambda: all(r.epochs.seen == 3 for r in net2.replicas))
     assert all(len(r.epochs.all) == 3 and r.epochs.ignored == 1 for r in net2.replicas)
+
+
+def test_the_new_epoch_begins_with_one_view_change_even_when_it_needs_the_joiner() -> None:
+    """A backup dies between the decision and the switch: n = 5 needs all four others, the new
+    replica included, whose VIEW-CHANGE carries a checkpoint proof it fetched. (Its own
+    checkpoint, signed for a block its set did not order, was in that proof and made every
+    VIEW-CHANGE of it invalid: the epoch began only after two more view changes.)"""
+    net = Network(_config())
+    net.add_replica()
+    load(net, 20, 0)
+    net.submit(change([0, 1, 2, 3, 4], 1), range(4))
+    run_until(net, lambda: bool(net.executors[1].replica_sets))
+    net.crash(2)
+    live = (0, 1, 3, 4)
+    run_until(net, lambda: all(net.replicas[i].epoch.number == 1 and net.replicas[i].active
+                               for i in live))  # fmt: skip
+    for i in live:
+        assert net.replicas[i].metrics.get("view_changes") == 1
+        assert net.replicas[i].metrics.get("rejected_bad_view_change", 0) == 0
+    assert 4 not in {cp.replica for cp in net.replicas[4].checkpoints.stable_proof}
+    more = load(net, 20, 100)
+    run_until(net, lambda: net.all_committed(more))
