@@ -48,6 +48,13 @@ def _address(text: str) -> tuple[str, int]:
     return host, number
 
 
+def _public_key(text: str) -> str:
+    try:
+        return read_public_key(text, "--public-key")
+    except SetupError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _replica_id(text: str) -> int:
     try:
         value = int(text)
@@ -68,10 +75,7 @@ def new_set(current: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
         if len(kept) < MIN_REPLICAS:
             raise ReplicasError(f"a set keeps at least {MIN_REPLICAS} replicas")
         return kept
-    try:
-        key = read_public_key(args.public_key, "--public-key")
-    except SetupError as exc:
-        raise ReplicasError(str(exc)) from None
+    key = args.public_key
     rid = args.id if args.id is not None else max(r["id"] for r in replicas) + 1
     if rid in {r["id"] for r in replicas} or rid > MAX_REPLICA_ID:
         raise ReplicasError(f"--id: {rid} is taken or out of range")
@@ -134,7 +138,8 @@ def register(subparsers: Any) -> None:
             p.add_argument("--key", required=True, help="your wallet key file (mode 0600)")
             p.add_argument("--proposal-id", required=True)
     parsers["add"].add_argument("--address", required=True, type=_address, metavar="IP:PORT")
-    parsers["add"].add_argument("--public-key", required=True, help="64 hex or a .pub file")
+    parsers["add"].add_argument("--public-key", required=True, type=_public_key,
+                                help="64 hex or a .pub file")  # fmt: skip
     parsers["add"].add_argument("--id", type=_replica_id, default=None)
     parsers["remove"].add_argument("--replica", required=True, type=_replica_id)
     top.set_defaults(func=cmd)

@@ -41,8 +41,10 @@ class Epoch:
 
 
 def effective_height(height: int, previous_start: int, config: PbftConfig) -> int:
-    """The last sequence number the old set orders after a change executed at ``height``."""
-    base = max(height, previous_start) + config.max_ahead
+    """The last sequence number the old set orders after a change executed at ``height``:
+    the first checkpoint height at least the voting bound above it (a correct replica votes
+    only within ``max_ahead`` of its execution, a primary proposes within ``max_inflight``)."""
+    base = max(height, previous_start) + max(config.max_ahead, config.max_inflight)
     k = config.checkpoint_interval
     return -(-base // k) * k
 

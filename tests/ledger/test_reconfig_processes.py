@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from ledger_client.client import LedgerClient
 from tests.ledger.cluster_harness import Cluster, replica_link
 
 pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[2]
 COMMUNITY = "ledger.contract:make_contract"
 MEMBERS = ("M0", "M1", "M2")
 
@@ -79,6 +82,18 @@ async def wait_until(addresses: dict[int, tuple[str, int]], ok: Any, timeout_s: 
 
 def converged(ss: dict[int, dict[str, Any]]) -> bool:
     return len({(s["height"], s["head_hash"], s["state_digest"]) for s in ss.values()}) == 1
+
+
+async def wattmesh(*argv: str) -> Any:
+    """``wattmesh ...`` as its own process (the command runs its own event loop); its JSON."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.cli", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out)
 
 
 def entry(i: int, host: str, port: int, key: str) -> dict[str, Any]:
@@ -181,13 +196,17 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
             cluster.start(2)
             await wait_until(addresses, lambda ss: all(s["epoch"] == 1 for s in ss.values()))
 
-            # members remove replica 3
-            four = [e for e in five if e["id"] != 3]
-            await vote("M2", "quorum.propose", {"proposal_id": "remove-3", "action": {
-                "kind": "replicas", "replicas": four}})  # fmt: skip
-            assert (await vote("M0", "quorum.approve", {"proposal_id": "remove-3"}))["state"] == (
-                "EXECUTED"
-            )
+            # members remove replica 3, with the command line (keys from files)
+            for m in ("M0", "M2"):
+                write_key(tmp_path / f"{m}.key", keys[m])
+            removed = await wattmesh("replicas", "remove", "--cluster", str(cluster_file),
+                                     "--key", str(tmp_path / "M2.key"),
+                                     "--proposal-id", "remove-3", "--replica", "3")  # fmt: skip
+            assert removed["result"]["state"] == "OPEN"
+            approved = await wattmesh("replicas", "approve", "--cluster", str(cluster_file),
+                                      "--key", str(tmp_path / "M0.key"),
+                                      "--proposal-id", "remove-3")  # fmt: skip
+            assert approved["result"]["state"] == "EXECUTED"
             kept = {i: addresses[i] for i in (0, 1, 2, 4)}
             ss = await wait_until(kept, lambda ss: all(
                 s["epoch"] == 2 and s["member"] for s in ss.values()))  # fmt: skip
@@ -202,6 +221,9 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(reader.read(), 10) == b""
             writer.close()
+
+            shown = await wattmesh("replicas", "show", "--cluster", str(cluster_file))
+            assert shown["epoch"] == 2 and [r["id"] for r in shown["replicas"]] == [0, 1, 2, 4]
 
             # a client holding the first cluster file learns the new set and works with it
             async with client(keys["M1"]) as learner:
