@@ -172,6 +172,7 @@ class LedgerClient:
         if (
             not all(type(x) is int for x in (epoch, f))
             or epoch <= self.epoch
+            or f < 1
             or not 3 * f + 1 <= len(replicas) <= 64
             or not all(type(i) is int and type(h) is str and type(p) is int for i, h, p in replicas)
             or len({i for i, _, _ in replicas}) != len(replicas)
