@@ -231,6 +231,11 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
                 tx = sign_tx(keys["M1"], "quorum.approve", {"proposal_id": "op-alone"}, 7)
                 assert (await learner.submit(tx)).ok  # M1's approval; one short of the quorum
 
+            # the joined replica, killed and restarted without --address, finds it on chain
+            cluster.kill(4)
+            cluster.start(4)
+            await wait_until(kept, lambda ss: ss[4]["epoch"] == 2 and ss[4]["height"] > 0)
+
             load.stop.set()
             await load_task
             load_task = None
