@@ -28,6 +28,7 @@ Protocol summary (names as in the paper):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ from ledger.pbft.checkpoints import Checkpoints
 from ledger.pbft.config import MAX_REPLICA_ID, PbftConfig, ReplicaInfo
 from ledger.pbft.epochs import Epoch, Epochs
 from ledger.pbft.journal import restore
-from ledger.pbft.log import MessageLog
+from ledger.pbft.log import FUTURE_BUFFER, MessageLog
 from ledger.pbft.messages import (
     Blocks,
     Checkpoint,
@@ -420,6 +421,8 @@ class Replica:
             log.discard(seq)
         log.above_window.clear()
         log.votes_above.clear()
+        # messages held for a later view: those of the old epoch's sequence numbers are done
+        log.future = deque(((m, r) for m, r in log.future if m.seq > epoch.start), FUTURE_BUFFER)
         self.views.new_epoch()
         self.transfer.new_epoch()
         self._update_peers()
@@ -427,6 +430,7 @@ class Replica:
             self.views.start(self.view + 1, self.now, out)
         else:
             self.active = False  # removed: it no longer votes; it still answers reads
+            self.views.deadline = None
 
     def _update_peers(self) -> None:
         peers = self.epochs.live_peers(self.me, self.checkpoints.stable_seq, self.epoch)

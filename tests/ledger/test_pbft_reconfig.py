@@ -102,7 +102,8 @@ def test_remove_a_replica_and_the_primary_then_its_messages_are_ignored() -> Non
     txs = load(net, 20, 0)
     net.submit(change(keep, 2), range(5))
     run_until(net, lambda: all(net.replicas[i].epoch.number == 2 for i in keep))
-    assert not net.replicas[primary].is_member
+    removed = net.replicas[primary]
+    assert not removed.is_member and not removed.active and removed.views.deadline is None
     more = load(net, 40, 100)
     run_until(net, lambda: net.all_committed(txs + more))
     run_until(net, lambda: all(net.replicas[i].stable_seq >= net.replicas[i].epoch.start
