@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import signal
 import sqlite3
@@ -37,6 +36,7 @@ from ledger.setup import (
     init_cluster,
     load_factory,
     make_key,
+    parse_address,
     public_key_file,
     read_public_key,
     write_cluster_file,
@@ -296,20 +296,6 @@ def _own_key_matches(directory: Path, cluster: ClusterConfig, replica: int) -> N
         raise KeyFileError(f"{path}: not the key cluster.json names for replica {replica}")
 
 
-def _address(text: str | None) -> tuple[str, int] | None:
-    if text is None:
-        return None
-    host, _, port = text.rpartition(":")
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        raise SetupError(f"--address: must be IP:PORT, got {text!r}") from None
-    if not 0 < number < 65536:
-        raise SetupError(f"--address: port must be in 1..65535, got {number}")
-    return host, number
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         cluster = load_cluster(args.dir / CLUSTER_FILE)
@@ -322,7 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"replica {args.replica} is not in the cluster (0..{cluster.n - 1}); a replica "
                 "joining by a reconfiguration is started with --address"
             )
-        join = _address(args.address)
+        join = None if args.address is None else parse_address(args.address, "--address")
         factory = load_factory(args.contract)
     except (ClusterFileError, ValueError) as exc:
         return _fail(str(exc))

@@ -15,6 +15,7 @@ Two ways, kept apart from the CLI so tests and the benchmark create clusters as 
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import os
 import socket
@@ -84,6 +85,20 @@ def make_key(key_file: Path) -> str:
     tmp.write_text(public + "\n", encoding="ascii")
     os.replace(tmp, pub)
     return public
+
+
+def parse_address(text: str, where: str) -> tuple[str, int]:
+    """``IP:PORT`` (``[IPv6]:PORT`` too) as (host, port); ``SetupError`` names ``where``."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise SetupError(f"{where}: expected IP:PORT, got {text!r}") from None
+    if not 0 < number < 65536:
+        raise SetupError(f"{where}: port {number} is not in 1..65535")
+    return host, number
 
 
 def read_public_key(text: str, where: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from ledger.contract.replicas import MAX_REPLICA_ID, MIN_REPLICAS
 from ledger.keys import KeyFileError, load_key
-from ledger.setup import SetupError, read_public_key
+from ledger.setup import SetupError, parse_address, read_public_key
 
 
 class ReplicasError(Exception):
@@ -37,15 +36,10 @@ class ReplicasError(Exception):
 
 
 def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
     try:
-        ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--address: expected IP:PORT, got {text!r}") from None
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"--address: port {number} is not in 1..65535")
-    return host, number
+        return parse_address(text, "--address")
+    except SetupError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _public_key(text: str) -> str:
