@@ -81,11 +81,15 @@ def test_add_a_replica_it_joins_by_state_transfer_and_counts() -> None:
     run_until(net, lambda: same_chain(net, [0, 1, 2, 3, 4]))
     assert net.replicas[4].epoch.start == switch and net.replicas[4].cfg.n == 5
     assert net.replicas[4].metrics.get("blocks_fetched", 0) >= switch  # by state transfer
-    # n = 5, f = 1: a quorum is 4, so with two of the first four crashed nothing commits
-    # unless the new replica votes; with one crashed, it must vote for anything to commit
+    # n = 5, f = 1: a quorum is 4, so with one of the first four crashed nothing commits
+    # unless the new replica votes. The one crashed is the new epoch's first primary
+    # (view 1, the set's second replica): a view change of the new epoch replaces it.
+    first_primary = net.replicas[0].cfg.primary(net.replicas[0].view)
+    assert first_primary == 1
     net.crash(1)
     late = load(net, 10, 200)
     run_until(net, lambda: net.all_committed(late))
+    assert all(net.replicas[i].view >= 2 and net.replicas[i].active for i in (0, 2, 3, 4))
     certs = [b.certificate for b in net.executors[4].blocks[switch:] if b.certificate]
     assert any(4 in {r for r, _ in c.commits} for c in certs)
     assert divergence(net) == []
