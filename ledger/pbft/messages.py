@@ -359,6 +359,8 @@ class Status(SignedForm):
     stable_seq: int = field(metadata=on_wire("n", NAT))
     replica: int = field(metadata=on_wire("r", REPLICA))
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+    # the epoch its view is in: a view is followed only within an epoch (omitted for epoch 0)
+    epoch: int = field(default=0, metadata=on_wire("ep", EPOCH, "optional"))
 
 
 @form("fetch")

@@ -426,8 +426,13 @@ class Replica:
         self.views.new_epoch()
         self.transfer.new_epoch()
         self._update_peers()
-        if self.is_member:
+        if self.is_member and self.active:
             self.views.start(self.view + 1, self.now, out)
+        elif self.is_member:
+            # in a view change of the old epoch: it goes on among the new set, for the same
+            # view (the others, active at the switch, move one view up to it)
+            self.ex.save_view(self.view, False)
+            self.views.send(self.now, out)
         else:
             self.active = False  # removed: it no longer votes; it still answers reads
             self.views.deadline = None

@@ -67,7 +67,8 @@ class StateTransfer:
 
     def _status_tick(self, now_ms: int, out: list[Action]) -> None:
         core, cfg = self.core, self.core.cfg
-        status = Status(core.view, core.last_executed, core.stable_seq, core.me)
+        epoch = core.epoch.number
+        status = Status(core.view, core.last_executed, core.stable_seq, core.me, epoch=epoch)
         out.append(Broadcast(sign(status, core.signer)))
         # Re-send my newest checkpoint that is not stable yet: a lost checkpoint must not stall
         # the window (the primary stops at the high watermark until one becomes stable).
@@ -97,13 +98,18 @@ class StateTransfer:
         if not verify(msg, core.peer_keyring):
             core.count("rejected_bad_sig")
             return
-        self.peer_view[msg.replica] = msg.view
         self.peer_exec[msg.replica] = msg.last_executed
         target = self._target_of(cfg.f)
         if len(self.peer_exec) > cfg.f and target > core.last_executed + cfg.log_window:
             # f+1 replicas are beyond my whole window: the normal case cannot catch me up.
             peers = [r for r, e in self.peer_exec.items() if e >= target]
             self.start_fetch(target, peers, now_ms, out)
+        if msg.epoch != core.epoch.number:
+            # another epoch's view says nothing about this one's: the one behind catches up
+            # by state transfer, switches, and then follows the views of its new set
+            self.peer_view.pop(msg.replica, None)
+            return
+        self.peer_view[msg.replica] = msg.view
         if msg.view < core.view:
             core.views.send_new_view_to(msg.replica, now_ms, out)
 

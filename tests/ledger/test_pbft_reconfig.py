@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.epochs import effective_height
-from ledger.pbft.messages import NewView, ViewChange, parse, sign, verify
+from ledger.pbft.messages import NewView, Status, ViewChange, parse, sign, verify
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.simulation import (
     Network,
@@ -213,3 +215,49 @@ def test_the_epoch_of_a_view_change_is_signed_and_left_out_for_epoch_zero() -> N
             parse({**wire, "e": bad})
     nv = sign(NewView(3, (two.stripped(),), (), 3, epoch=2), Signer(3, replica_key(3)))
     assert parse(nv.to_wire()) == nv and nv.to_wire()["e"] == 2
+    status = sign(Status(3, 50, 48, 1, epoch=2), signer)
+    assert status.to_wire()["ep"] == 2 and parse(status.to_wire()) == status
+    assert "ep" not in sign(Status(3, 50, 48, 1), signer).to_wire()
+    assert not verify(parse({**status.to_wire(), "ep": 1}), keyring)
+
+
+def test_n_and_f_grow_from_4_to_7_and_the_set_then_tolerates_two_faults() -> None:
+    net = Network(_config())
+    for _ in range(3):
+        net.add_replica()
+    net.submit(change(list(range(7)), 1), range(4))
+    run_until(net, lambda: all(r.epoch.number == 1 and r.active for r in net.replicas))
+    assert all(r.cfg.n == 7 and r.cfg.f == 2 and r.cfg.quorum == 5 for r in net.replicas)
+    net.crash(0)
+    net.crash(5)  # f = 2 down, one of them a first-epoch replica, one a new one
+    txs = load(net, 30, 0)
+    run_until(net, lambda: net.all_committed(txs), 40_000)
+    run_until(net, lambda: same_chain(net, [1, 2, 3, 4, 6]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    victim=st.integers(0, 4),
+    crash_at=st.integers(0, 600),
+    down_ms=st.integers(50, 3000),
+)
+def test_a_crash_anywhere_in_the_change_never_forks_and_loses_nothing(
+    seed: int, victim: int, crash_at: int, down_ms: int
+) -> None:
+    """One replica (any, the joiner too) crashes at any moment from the change's submission
+    through the switch, and comes back from its executor later."""
+    net = Network(_config(), seed=seed, delay=(1, 6))
+    net.add_replica()
+    txs = load(net, 20, 0)
+    net.submit(change([0, 1, 2, 3, 4], 1), range(4))
+    net.run(crash_at)
+    net.crash(victim)
+    more = load(net, 20, 100)
+    net.run(down_ms)
+    net.restart(victim)
+    run_until(net, lambda: all(r.epoch.number == 1 and r.active for r in net.replicas), 60_000)
+    late = load(net, 10, 200)
+    run_until(net, lambda: net.all_committed(txs + more + late), 60_000)
+    run_until(net, lambda: same_chain(net, [0, 1, 2, 3, 4]), 60_000)
+    assert divergence(net) == []
