@@ -247,6 +247,17 @@ def test_a_crash_anywhere_in_the_change_never_forks_and_loses_nothing(
 ) -> None:
     """One replica (any, the joiner too) crashes at any moment from the change's submission
     through the switch, and comes back from its executor later."""
+    crash_during_change(seed, victim, crash_at, down_ms)
+
+
+def test_a_replica_restarted_in_the_old_epoch_follows_views_of_its_own_epoch_only() -> None:
+    """The primary crashes as the change is submitted and restarts when the others are in the
+    new epoch: told their view by status, it jumped to it while still in the old epoch, one
+    view further at its switch, and waited there alone (found by the property above)."""
+    crash_during_change(0, 0, 0, 1001)
+
+
+def crash_during_change(seed: int, victim: int, crash_at: int, down_ms: int) -> None:
     net = Network(_config(), seed=seed, delay=(1, 6))
     net.add_replica()
     txs = load(net, 20, 0)
