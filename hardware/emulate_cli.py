@@ -287,7 +287,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         if task.done() and not task.cancelled() and task.exception() is not None:
             print(f"error: {task.exception()}", file=sys.stderr)
             return 1
-        print(json.dumps({"sent": emu.sent, "commands": emu.commands}), flush=True)
+        print(json.dumps({"sent": emu.sent, "commands": emu.commands, "dropped": emu.dropped}),
+              flush=True)
         return 0
 
     return asyncio.run(main())

@@ -1,7 +1,9 @@
 """An emulated wattmesh node on MQTT (aiomqtt against a real broker), speaking the firmware's
 frames on the Tasmota-style topics of ``hardware/node_profile.json``: READING frames on
 ``tele/<topic>/FRAME`` (and a human-readable ``tele/<topic>/SENSOR``), COMMAND frames taken from
-``cmnd/<topic>/FRAME`` and answered with ACK frames on ``stat/<topic>/ACK``; ``tele/<topic>/LWT``
+``cmnd/<topic>/FRAME`` and answered with ACK frames on ``stat/<topic>/ACK`` (taken as the
+firmware takes them, ``frame.open_command``: a replayed, forged or misdirected command is dropped
+unanswered, logged and counted in ``dropped``); ``tele/<topic>/LWT``
 is ``Online``/``Offline`` (the broker publishes ``Offline`` if the node dies).
 
 The metered load hangs on the node's relays: it draws (and the import counter rises) only while
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import secrets
 import time
@@ -29,6 +32,7 @@ from firmware import frame
 from hardware.emulators.profiles import EnergyCounters, Profile, constant
 
 FAULTS = ("tamper", "replay", "garbage")
+log = logging.getLogger(__name__)
 PROFILE: dict[str, Any] = json.loads(
     resources.files("hardware").joinpath("node_profile.json").read_text()
 )["mqtt"]
@@ -71,9 +75,10 @@ class MqttNodeEmulator:
         self.relay_state = 0
         self.relays = relays
         self.fault = fault
-        self.last_cmd_seq = -1
+        self.last_cmd_seq = 0  # the last command taken (the gateway counts from 1)
         self.sent = 0
-        self.commands = 0
+        self.commands = 0  # commands taken (and acked)
+        self.dropped: dict[str, int] = {}  # reason -> command frames dropped unanswered
         self._rng = random.Random(seed)
         self._client: aiomqtt.Client | None = None
         self.ready = asyncio.Event()
@@ -125,17 +130,21 @@ class MqttNodeEmulator:
 
     async def _on_command(self, raw: bytes) -> None:
         assert self._client is not None
-        try:
-            _, node_id, seq, payload = frame.decode(self.key, raw)
+        try:  # as the firmware: only an authentic, new COMMAND for this node gets anywhere
+            ftype, seq, payload = frame.open_command(self.key, self.node_id, raw,
+                                                     self.last_cmd_seq)
+            if ftype != frame.T_COMMAND:
+                raise frame.FrameError("type")  # no CT channel here to calibrate
             relay, action = frame.unpack_command(payload)
-        except frame.FrameError:
-            return  # a node drops what it cannot authenticate
-        if node_id != self.node_id:
+        except frame.FrameError as exc:
+            # dropped unanswered, a replay too: an ACK would burn a sequence number
+            reason = exc.args[0]
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            log.warning("node %d: command dropped (%s)", self.node_id, reason)
             return
         self.commands += 1
-        if seq <= self.last_cmd_seq:
-            status = frame.S_REPLAY
-        elif relay >= self.relays:
+        self.last_cmd_seq = seq
+        if relay >= self.relays:
             status = frame.S_BAD_RELAY
         else:
             status = frame.S_OK
@@ -147,8 +156,6 @@ class MqttNodeEmulator:
                 self.relay_state &= ~bit
             else:
                 self.relay_state ^= bit
-        if status != frame.S_REPLAY:
-            self.last_cmd_seq = seq
         ack = frame.encode(
             self.key,
             frame.T_ACK,
