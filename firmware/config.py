@@ -184,7 +184,16 @@ def check(cfg):
     if link == "mqtt":
         mq = _get(cfg, "mqtt", "", dict)
         _get(mq, "host", "mqtt.", str)
-        port = mq["port"] = _get(mq, "port", "mqtt.", int, 1883)
+        # TLS unless switched off by hand: the broker's certificate is checked against the CA
+        # file `ca` (written beside config.json by `wattmesh provision node`) and its host name
+        tls = mq["tls"] = _get(mq, "tls", "mqtt.", bool, True, required=False)
+        if tls:
+            ca = mq["ca"] = _get(mq, "ca", "mqtt.", str, "ca.crt")
+            if not ca:
+                raise ConfigError("mqtt.ca: the broker's CA certificate file, not empty")
+        elif "ca" in mq:
+            raise ConfigError("mqtt.ca: needs tls true")
+        port = mq["port"] = _get(mq, "port", "mqtt.", int, 8883 if tls else 1883)
         if not 0 < port < 65536:
             raise ConfigError("mqtt.port: 1..65535")
         mq["topic"] = _get(mq, "topic", "mqtt.", str, cfg["name"])

@@ -16,15 +16,62 @@
 # socket is closed and the next attempt waits a backoff (doubling up to BACKOFF_MAX_MS) on the
 # clock passed in, so the link never sleeps: a dead broker costs frames (the counters are
 # cumulative, nothing is lost), never metering time or a watchdog reset.
+#
+# TLS (mqtt.tls, on unless switched off by hand): umqtt.simple wraps its socket with the
+# SSLContext it is given, passing the broker's host as server_hostname, so mbedtls checks the
+# certificate's chain against the provisioned CA file (mqtt.ca) and its name against mqtt.host.
+# MicroPython's ssl.SSLContext starts with verify_mode CERT_NONE (micropython-lib's ssl.py), so
+# CERT_REQUIRED is set here: without it any certificate would do. A failed session is logged on
+# the console in words (why()) and kept in last_error: an untrusted certificate, a refused login,
+# an unreachable broker; a CA file that cannot be read is such an error too, never a reboot.
 import json
 import time
 
 import network
-from umqtt.simple import MQTTClient
+from umqtt.simple import MQTTClient, MQTTException
 
 BACKOFF_MIN_MS = 1000
 BACKOFF_MAX_MS = 60000
 MAX_MSGS = 8  # messages taken per received() call, and kept in the inbox
+
+
+class CaError(Exception):
+    pass
+
+
+def tls_context(mq):
+    """The SSLContext for mqtt.tls: the broker's certificate must chain to the CA file mqtt.ca."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # (the ESP32 stubs' SSLContext lacks the attribute that micropython-lib's ssl.py has)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+    try:
+        ctx.load_verify_locations(cafile=mq["ca"])
+    except Exception as e:  # missing, unreadable, not a certificate
+        raise CaError("TLS: cannot load the CA file mqtt.ca (%s): %r" % (mq["ca"], e))
+    return ctx
+
+
+def why(e):
+    """A failed broker session in words, for the console."""
+    if isinstance(e, CaError):
+        return e.args[0]
+    if isinstance(e, MQTTException):
+        code = e.args[0] if e.args else None
+        if code in (4, 5):  # CONNACK: bad user name or password / not authorised
+            return ("the broker refused the login: mqtt.user or mqtt.password wrong "
+                    "(CONNACK %d)" % code)
+        return "the broker refused the session (%r)" % (code,)
+    if isinstance(e, ValueError):  # mbedtls' certificate check, in words (MicroPython's tls)
+        return "TLS: the broker's certificate is not trusted (mqtt.ca, mqtt.host): %s" % e
+    code = e.args[0] if isinstance(e, OSError) and e.args else 0
+    if code == -0x2700:  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED, as a code
+        return "TLS: the broker's certificate is not trusted (mqtt.ca, mqtt.host)"
+    if isinstance(code, int) and code <= -0x1000:  # an mbedtls error code
+        return ("TLS: the handshake failed (mbedtls -0x%04x; is mqtt.port the broker's TLS "
+                "port?)" % -code)
+    return "the broker is unreachable or closed the connection (%r)" % (e,)
 
 
 class Link:
@@ -40,6 +87,8 @@ class Link:
         self.t_cmd = "cmnd/%s/FRAME" % topic
         self.wifi = cfg["wifi"]
         self.keepalive_ms = mq.get("keepalive", 60) * 1000
+        self.tls = mq.get("tls", True)
+        self.mq = mq
         self.client = MQTTClient(cfg["name"], mq["host"], mq["port"], mq.get("user"),
                                  mq.get("password"), keepalive=mq.get("keepalive", 60))
         self.client.set_callback(self._on_msg)
@@ -53,6 +102,7 @@ class Link:
         self.sent_at = 0  # ticks_ms of the last packet to the broker (for the keepalive ping)
         self.sessions = 0  # broker sessions set up so far
         self.failures = 0  # sessions or attempts that failed
+        self.last_error = None  # why the last one failed, in words (also printed)
 
     def _on_msg(self, topic, msg):
         if topic == self.t_cmd.encode() and len(self.inbox) < MAX_MSGS:
@@ -64,9 +114,11 @@ class Link:
         self.retry_at = c.ticks_add(c.ticks_ms(), self.backoff)
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_MS)
 
-    def _down(self):
+    def _down(self, e):
         self.up = False
         self.failures += 1
+        self.last_error = why(e)
+        print("mqtt: " + self.last_error)
         sock = self.client.sock
         self.client.sock = None
         if sock is not None:
@@ -94,11 +146,13 @@ class Link:
             self._later()
             return False
         try:
+            if self.tls and self.client.ssl is None:
+                self.client.ssl = tls_context(self.mq)
             self.client.connect()
             self.client.subscribe(self.t_cmd)
             self.client.publish(self.t_lwt, b"Online", retain=True)
-        except Exception:  # any broker failure: see the top of the file
-            self._down()
+        except Exception as e:  # any broker failure: see the top of the file
+            self._down(e)
             return False
         self.up = True
         self.sessions += 1
@@ -115,8 +169,8 @@ class Link:
             return False
         try:
             self.client.publish(topic, payload)
-        except Exception:
-            self._down()
+        except Exception as e:
+            self._down(e)
             return False
         self.sent_at = self.clock.ticks_ms()
         return True
@@ -146,7 +200,7 @@ class Link:
                 for _ in range(MAX_MSGS):
                     if self.client.check_msg() is None:
                         break
-            except Exception:
-                self._down()
+            except Exception as e:
+                self._down(e)
         out, self.inbox = self.inbox, []
         return out
