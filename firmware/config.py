@@ -18,6 +18,7 @@ DEFAULTS = {
 }
 
 _NUM = (int, float)
+DEFAULT_NTP = "pool.ntp.org"
 
 # Physical and practical bounds (key -> (low, high, kind)), checked at boot so that a config that
 # passes does not crash or exhaust the node later: mains_hz sizes the sample buffers (0.001 Hz
@@ -194,6 +195,10 @@ def check(cfg):
         elif "ca" in mq:
             raise ConfigError("mqtt.ca: needs tls true")
         port = mq["port"] = _get(mq, "port", "mqtt.", int, 8883 if tls else 1883)
+        # the clock for the certificates' dates (the ESP32's RTC starts at 2000)
+        if not _get(cfg, "ntp", "", str, DEFAULT_NTP):
+            raise ConfigError("ntp: an NTP server's name, not empty")
+        cfg["ntp"] = cfg.get("ntp", DEFAULT_NTP)
         if not 0 < port < 65536:
             raise ConfigError("mqtt.port: 1..65535")
         mq["topic"] = _get(mq, "topic", "mqtt.", str, cfg["name"])

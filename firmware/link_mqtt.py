@@ -24,6 +24,9 @@
 # CERT_REQUIRED is set here: without it any certificate would do. A failed session is logged on
 # the console in words (why()) and kept in last_error: an untrusted certificate, a refused login,
 # an unreachable broker; a CA file that cannot be read is such an error too, never a reboot.
+# MicroPython's ESP32 builds check a certificate's dates too (MBEDTLS_HAVE_TIME_DATE, against
+# the RTC), and the RTC starts at 2000, before any certificate: before a TLS session the link
+# sets the clock by NTP (`ntp` in config.json) when it was never set.
 import json
 import time
 
@@ -35,8 +38,31 @@ BACKOFF_MAX_MS = 60000
 MAX_MSGS = 8  # messages taken per received() call, and kept in the inbox
 
 
+CLOCK_SET_YEAR = 2024  # an RTC before this year was never set (the ESP32's starts at 2000)
+
+
 class CaError(Exception):
     pass
+
+
+class ClockError(Exception):
+    pass
+
+
+def rtc_year():
+    return time.localtime()[0]
+
+
+def set_clock(host):
+    """The RTC by NTP from ``host``: certificates' dates are checked against it."""
+    import ntptime
+
+    ntptime.host = host
+    try:
+        ntptime.settime()
+    except Exception as e:
+        raise ClockError("TLS: the clock is not set and NTP (%s) failed (%r): a certificate's "
+                         "dates cannot be checked" % (host, e))
 
 
 def tls_context(mq):
@@ -55,7 +81,7 @@ def tls_context(mq):
 
 def why(e):
     """A failed broker session in words, for the console."""
-    if isinstance(e, CaError):
+    if isinstance(e, (CaError, ClockError)):
         return e.args[0]
     if isinstance(e, MQTTException):
         code = e.args[0] if e.args else None
@@ -89,6 +115,7 @@ class Link:
         self.keepalive_ms = mq.get("keepalive", 60) * 1000
         self.tls = mq.get("tls", True)
         self.mq = mq
+        self.ntp = cfg.get("ntp", "pool.ntp.org")
         self.client = MQTTClient(cfg["name"], mq["host"], mq["port"], mq.get("user"),
                                  mq.get("password"), keepalive=mq.get("keepalive", 60))
         self.client.set_callback(self._on_msg)
@@ -148,6 +175,8 @@ class Link:
         try:
             if self.tls and self.client.ssl is None:
                 self.client.ssl = tls_context(self.mq)
+            if self.tls and rtc_year() < CLOCK_SET_YEAR:
+                set_clock(self.ntp)
             self.client.connect()
             self.client.subscribe(self.t_cmd)
             self.client.publish(self.t_lwt, b"Online", retain=True)
@@ -183,7 +212,7 @@ class Link:
 
     def sensor(self, payload):
         t = time.localtime()
-        if t[0] >= 2024:  # the RTC was set (ntptime): Tasmota's "Time" field
+        if t[0] >= CLOCK_SET_YEAR:  # the RTC was set (ntptime): Tasmota's "Time" field
             payload["Time"] = "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
         return self._publish(self.t_sensor, json.dumps(payload))
 

@@ -331,6 +331,7 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
         cfg["mqtt"] = {"host": args.mqtt_host, "port": args.mqtt_port, "topic": name,
                        "user": name, "password": mqtt_password, "tls": True, "ca": CA_FILE}
         cfg["wifi"] = {"ssid": args.wifi_ssid, "password": wifi_password(args)}
+        cfg["ntp"] = args.ntp_host  # the clock the certificates' dates are checked against
     try:
         fwconfig.check(json.loads(json.dumps(cfg)))
     except fwconfig.ConfigError as exc:
@@ -506,6 +507,8 @@ def register(subparsers: Any) -> None:
     n.add_argument("--mqtt-port", type=int_in(1, 65535), default=8883, help="its TLS port")
     n.add_argument("--mqtt-ca", metavar="FILE",
                    help="PEM file of the CA that signed the broker's certificate")
+    n.add_argument("--ntp-host", default=fwconfig.DEFAULT_NTP,
+                   help="NTP server that sets the node's clock before TLS (e.g. the Pi)")
     n.add_argument("--wifi-ssid")
     n.add_argument("--wifi-password-file", metavar="FILE",
                    help=f"file holding the Wi-Fi password (or ${WIFI_ENV}, or a prompt)")

@@ -86,6 +86,8 @@ BAD = {
                                 wifi={"ssid": "s"})), "mqtt.ca: expected a string"),
     "ca_no_tls": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "tls": False, "ca": "c"},
                                   wifi={"ssid": "s"})), "mqtt.ca: needs tls true"),
+    "ntp_empty": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h"}, wifi={"ssid": "s"}, ntp="")),
+                  "ntp: an NTP server's name"),
     "no_meters": (json.dumps(_cfg(board=_board(meters=[]))), "board.meters: 1 to 8"),
     "meter_type": (
         json.dumps(_cfg(board=_board(meters=[{"channel": 0, "type": "x"}]))),

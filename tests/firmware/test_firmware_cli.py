@@ -128,6 +128,9 @@ def test_provision_mqtt_node_and_bad_input(
     assert cfg["mqtt"]["topic"] == "wattmesh_7"
     assert (cfg["mqtt"]["tls"], cfg["mqtt"]["ca"], cfg["mqtt"]["port"]) == (True, "ca.crt", 8883)
     assert (tmp_path / "n7" / "ca.crt").read_bytes() == ca.read_bytes()
+    assert cfg["ntp"] == "pool.ntp.org"  # the clock TLS checks the certificate's dates against
+    assert _provision(tmp_path, *mqtt, str(ca), "--ntp-host", "pi.home", node_id=8) == 0
+    assert json.loads((tmp_path / "n8" / "config.json").read_text())["ntp"] == "pi.home"
     assert _provision(tmp_path, "--board", "nope", node_id=9) == 2
     assert "unknown board" in capsys.readouterr().err
     (tmp_path / "keys.json").write_text("{not json")

@@ -210,6 +210,22 @@ class SSLContext:
         return sock
 """
 
+# micropython-lib's ntptime, as far as the link uses it: settime() from `host`; the year the
+# RTC reads (link_mqtt.rtc_year) is `year` here, set by a settime() that gets through.
+NTPTIME = """
+host = 'pool.ntp.org'
+year = 2026
+fail = []
+calls = []
+
+def settime():
+    global year
+    calls.append(host)
+    if fail:
+        raise fail.pop(0)
+    year = 2026
+"""
+
 SCRIPT = """
 import hal_host as hal, link_mqtt, network
 from umqtt.simple import broker, MQTTException
@@ -300,6 +316,7 @@ def _run(part: str, script: str = SCRIPT, files: dict[str, str] | None = None,
         "/lib/umqtt/__init__.py": "",
         "/lib/umqtt/simple.py": UMQTT_SIMPLE,
         "/lib/ssl.py": SSL,
+        "/lib/ntptime.py": NTPTIME,
     }
     res = mpvm.run_job(script + part, files=lib | (files or {}))
     if output is not None:
@@ -347,8 +364,9 @@ def test_mqtt_link_survives_any_broker_failure_with_backoff() -> None:
 
 TLS_SCRIPT = """
 import os
-import hal_host as hal, link_mqtt, config
+import hal_host as hal, link_mqtt, config, ntptime
 from umqtt.simple import broker
+link_mqtt.rtc_year = lambda: ntptime.year
 os.chdir('/node')  # the node's files as `wattmesh provision node` wrote them, as on its flash
 cfg = config.load('config.json')
 mq = cfg['mqtt']
@@ -382,6 +400,11 @@ attempt('good', {'ca': CA, 'names': NAMES}, ACCOUNT, steps=0)
 attempt('other_ca', {'ca': OTHER, 'names': NAMES}, ACCOUNT)
 attempt('other_name', {'ca': CA, 'names': ['broker.example']}, ACCOUNT)
 attempt('password', {'ca': CA, 'names': NAMES}, {mq['user']: 'not-the-password'})
+# the RTC was never set (2000): NTP first, from the config's server; one failure, then it works
+ntptime.year = 2000
+ntptime.fail = [OSError(110)]
+attempt('clock', {'ca': CA, 'names': NAMES}, ACCOUNT, steps=2)
+emit({'tag': 'ntp', 'calls': ntptime.calls, 'year': ntptime.year})
 os.remove('ca.crt')
 attempt('no_ca', {'ca': CA, 'names': NAMES}, ACCOUNT)
 """
@@ -406,6 +429,13 @@ def test_mqtt_link_checks_the_broker_certificate_and_says_why_it_failed(
     good = out["good"]
     assert good["up"] and good["error"] is None and good["errors"] == []
     assert good["mqtt"] == ["127.0.0.1", 8883, True, "ca.crt"]
+    # an unset clock (a certificate's dates are checked against it) is set by NTP first; its
+    # failure is said and retried like any other
+    clock = out["clock"]
+    assert clock["up"] and clock["errors"] == [] and clock["connects"][-1] == 1
+    assert clock["error"].startswith("TLS: the clock is not set and NTP (pool.ntp.org) failed")
+    assert f"mqtt: {clock['error']}" in console
+    assert out["ntp"] == {"tag": "ntp", "calls": ["pool.ntp.org"] * 2, "year": 2026}
     # checked (not micropython-lib's default CERT_NONE), against the provisioned CA, by name
     assert good["handshakes"] == [{"verify": 2, "name": "127.0.0.1", "ca": True}]
     why = {

@@ -29,6 +29,7 @@ from typing import Any
 import aiomqtt
 
 from firmware import frame
+from firmware.config import DEFAULT_NTP
 from gateway.clock import ManualClock
 from hardware.emulators.mqtt_node import NodeAccount, node_account
 from tools.demo.procs import Child, DemoBroker, Supervisor
@@ -60,7 +61,7 @@ def provision(directory: Path, node_id: int, broker: DemoBroker) -> tuple[Path, 
     provision_node(argparse.Namespace(
         id=node_id, keystore=str(keystore), out=str(directory), board=BOARD, link="mqtt",
         name=name, mqtt_host="127.0.0.1", mqtt_port=broker.port, mqtt_ca=str(broker.ca_file),
-        wifi_ssid="community",
+        wifi_ssid="community", ntp_host=DEFAULT_NTP,
         wifi_password_file=str(wifi), force=False))
     config = directory / "config.json"
     cfg = json.loads(config.read_text())
