@@ -30,6 +30,7 @@
 import json
 import time
 
+import config
 import network
 from umqtt.simple import MQTTClient, MQTTException
 
@@ -115,7 +116,7 @@ class Link:
         self.keepalive_ms = mq.get("keepalive", 60) * 1000
         self.tls = mq.get("tls", True)
         self.mq = mq
-        self.ntp = cfg.get("ntp", "pool.ntp.org")
+        self.ntp = cfg.get("ntp", config.DEFAULT_NTP)
         self.client = MQTTClient(cfg["name"], mq["host"], mq["port"], mq.get("user"),
                                  mq.get("password"), keepalive=mq.get("keepalive", 60))
         self.client.set_callback(self._on_msg)
