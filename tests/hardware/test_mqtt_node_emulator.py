@@ -99,6 +99,16 @@ class Home:
         return MqttNodeEmulator.with_account(nid, self.keys[nid], acc, **kw)
 
 
+async def _frames_until(client: aiomqtt.Client, into: list[bytes], node_id: int) -> None:
+    """Append each frame ``client`` receives to ``into``, up to one from ``node_id`` (10 s)."""
+    async with asyncio.timeout(10):
+        async for m in client.messages:
+            assert isinstance(m.payload, bytes)
+            into.append(m.payload)
+            if frame.peek(m.payload)[1] == node_id:
+                return
+
+
 async def _session(node: MqttNodeEmulator) -> BaseException | None:
     """Run the node until its session is up (None) or its connection fails (the error)."""
     task = asyncio.create_task(node.run(publish=False))
@@ -123,11 +133,7 @@ async def test_a_provisioned_node_reaches_the_gateway_over_tls(home: Home) -> No
             await gw.subscribe("tele/wattmesh_7/FRAME", qos=1)
             await until(node.ready.is_set, what="the node's TLS session")
             await node.publish_reading()
-            async with asyncio.timeout(10):
-                async for m in gw.messages:
-                    assert isinstance(m.payload, bytes)
-                    got.append(m.payload)
-                    break
+            await _frames_until(gw, got, 7)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -168,12 +174,7 @@ async def test_a_node_cannot_publish_on_another_nodes_topics(home: Home) -> None
             for _ in range(3):
                 await posing.publish_reading()  # QoS 1: the broker has it when this returns
             await own.publish_reading()
-            async with asyncio.timeout(10):
-                async for m in gw.messages:
-                    assert isinstance(m.payload, bytes)
-                    got.append(m.payload)
-                    if frame.peek(m.payload)[1] == 12:
-                        break
+            await _frames_until(gw, got, 12)
     finally:
         for t in tasks:
             t.cancel()
