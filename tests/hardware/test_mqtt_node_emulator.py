@@ -148,6 +148,24 @@ async def test_a_broker_certificate_from_another_ca_is_refused(home: Home) -> No
     assert isinstance(err, aiomqtt.MqttError) and "CERTIFICATE_VERIFY_FAILED" in str(err), err
 
 
+async def test_a_broker_certificate_for_another_host_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the right CA, but the broker's certificate names another host than the node dials
+    monkeypatch.setenv("WATTMESH_WIFI_PASSWORD", "wifi")
+    tls = make_tls(tmp_path / "named", hosts=("broker.example",))
+    node = provision_node(tmp_path, 7, tls.ca_cert)
+    (tmp_path / "broker").mkdir()
+    broker = SecureBroker(tmp_path / "broker", {}, lines=(node,), tls=tls)
+    try:
+        key = bytes.fromhex(json.loads((tmp_path / "nodes.json").read_text())["nodes"]["7"]["key"])
+        acc = dataclasses.replace(node_account(node / "config.json"), port=broker.port)
+        err = await _session(MqttNodeEmulator.with_account(7, key, acc))
+    finally:
+        broker.stop()
+    assert isinstance(err, aiomqtt.MqttError) and "IP address mismatch" in str(err), err
+
+
 async def test_a_wrong_password_is_refused(home: Home) -> None:
     cfg = home.nodes[7] / "config.json"
     doc = json.loads(cfg.read_text())
