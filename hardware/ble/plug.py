@@ -80,7 +80,8 @@ class PlugCore:
     import_mwh: int = 0
     export_mwh: int = 0
     last_command_seq: int = 0
-    commands_rejected: int = 0
+    commands_rejected: int = 0  # command frames dropped unanswered, for any reason
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     _last_ms: int | None = None
     _import_rem: int = 0  # dW*ms not yet a whole mWh
     _export_rem: int = 0
@@ -178,24 +179,23 @@ class PlugCore:
 
     def command(self, raw: bytes, now_ms: int) -> bytes | None:
         """Handle a written COMMAND frame; the ACK frame to notify, or None when the frame is not
-        a genuine command for this node (dropped, as the firmware does)."""
+        a genuine new command for this node (dropped unanswered and counted by reason in
+        ``dropped``, as the firmware does: a replay too, which an ACK would burn a sequence
+        number for)."""
         try:
-            ftype, node_id, seq, payload = frame.decode(self.key, raw)
-            if ftype != frame.T_COMMAND or node_id != self.node_id:
-                raise frame.FrameError("type")
+            ftype, seq, payload = frame.open_command(self.key, self.node_id, raw,
+                                                     self.last_command_seq)
+            if ftype != frame.T_COMMAND:
+                raise frame.FrameError("type")  # no CT channel here to calibrate
             relay, action = frame.unpack_command(payload)
-        except frame.FrameError:
+        except frame.FrameError as exc:
             self.commands_rejected += 1
+            self.dropped[exc.args[0]] = self.dropped.get(exc.args[0], 0) + 1
+            log.warning("plug %d: command dropped (%s)", self.node_id, exc.args[0])
             return None
         self.advance(now_ms)
-        if seq <= self.last_command_seq:
-            status = frame.S_REPLAY
-        elif relay != 0:
-            self.last_command_seq = seq
-            status = frame.S_BAD_RELAY
-        else:
-            self.last_command_seq = seq
-            status = self._relay_command(action, now_ms)
+        self.last_command_seq = seq
+        status = frame.S_BAD_RELAY if relay != 0 else self._relay_command(action, now_ms)
         # as the firmware: the addressed relay's state after the command, 0 for no such relay
         ack = frame.pack_ack(seq, relay, status, 1 if relay == 0 and self.relay_on else 0)
         out: bytes = frame.encode(self.key, frame.T_ACK, self.node_id, self._next_seq(), ack)
