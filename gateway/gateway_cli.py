@@ -131,8 +131,9 @@ async def probe_all(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, Any]
 async def _probe_ble(
     cfg: GatewayConfig, node_id: int, address: str, timeout_s: float
 ) -> dict[str, Any]:
-    """Connect with the real bleak API (through the configured backend) and look for the node's
-    GATT service."""
+    """Connect with the real bleak API (through the configured backend, with the daemon's bonds:
+    a bonded node's link is encrypted, as the daemon's would be) and look for the node's GATT
+    service. No pairing: that is the daemon's first connect."""
     name = f"ble node {node_id} ({address})"
     try:
         from bleak import BleakClient
@@ -143,7 +144,7 @@ async def _probe_ble(
         if cfg.ble_backend.startswith("bumble:"):
             from hardware.ble.bleak_bumble import backend_from_spec
 
-            backend = backend_from_spec(cfg.ble_backend)
+            backend = backend_from_spec(cfg.ble_backend, cfg.ble_bond_store)
         async with asyncio.timeout(timeout_s + 1):
             async with BleakClient(address, timeout=timeout_s, backend=backend) as client:
                 uuids = {str(s.uuid).lower() for s in client.services}
