@@ -406,3 +406,22 @@ def test_any_bond_store_content_loads_or_is_a_bond_store_error(doc: object, raw:
             parse_bond_store(text, Path("bonds.json"))
         except BondStoreError as exc:
             assert "bonds.json" in str(exc)
+
+
+def test_gateway_ble_passkey_prints_what_the_node_pairs_with(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For BlueZ, which pairs through its own agent: the installer types these six digits."""
+    from tests.gateway.conftest import write_keystore
+    from tools.cli import main
+
+    write_keystore(tmp_path, {"1": {"key": KEYS[1].hex(), "name": "p1", "transport": "ble"}})
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text('[gateway]\nid = "home-1"\ndata_dir = "data"\nkeystore = "nodes.json"\n[ble]\n'
+                   f'[[ble.nodes]]\nnode_id = 1\naddress = "{world.plugs[1].address}"\n')
+    assert main(["gateway", "ble-passkey", "--config", str(cfg), "--node", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"node_id": 1, "address": world.plugs[1].address,
+                   "passkey": f"{world.plugs[1].passkey:06d}"}
+    assert main(["gateway", "ble-passkey", "--config", str(cfg), "--node", "2"]) == 2
+    assert "no BLE node 2" in capsys.readouterr().err
