@@ -355,8 +355,9 @@ class BumbleBleakClient(BaseBleakClient):
         keys = await central.bond(self.address)
         if keys is None or keys.ltk is None or not keys.ltk.authenticated or not connection.sc:
             await central.forget(self.address)
-            raise BleakError(f"pairing with {self.address} was not LE Secure Connections with "
-                             "Passkey Entry: bond dropped")
+            raise BleakError(f"pairing with {self.address} left no authenticated LE Secure "
+                             "Connections bond in the store (Just Works, legacy, or the store "
+                             "could not be written): bond dropped")
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
         """Pair with the connected node (Passkey Entry with ``passkey=`` or the client's), and

@@ -90,6 +90,13 @@ async def test_the_gateway_pairs_bonds_and_commands_over_an_encrypted_link(
             stored = json.loads(bonds.read_text())
             assert list(stored) == ["C0:57:A7:FF:FF:02"]
             await client.pair()  # already bonded and encrypted: nothing to do
+            await client.unpair()  # forgets the bond and disconnects, as BlueZ's RemoveDevice
+            assert not client.is_connected and await central.bond(plug.address) is None
+            assert json.loads(bonds.read_text()) == {"C0:57:A7:FF:FF:02": {}}
+        # the node takes a new pairing from its gateway's address
+        async with BleakClient(plug.address, pair=True, passkey=_passkey(1),
+                               backend=bumble_backend(central), timeout=2):  # fmt: skip
+            assert await central.bond(plug.address) is not None
         # a wrong passkey fails the pairing: no bond, no command
         async with BleakClient(
             world.plugs[2].address, passkey=(_passkey(2) + 1) % 1_000_000,
