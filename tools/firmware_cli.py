@@ -41,7 +41,7 @@ BOARDS_DIR = Path(hardware.__file__).parent / "boards"
 # boot). hal_host and host_node are host-only and stay out.
 DEVICE_MODULES = (
     "frame", "config", "hal_esp32", "ct", "hlw8012", "cse7766", "pzem", "store", "relay", "node",
-    "link_ble", "link_mqtt",
+    "link_ble", "ble_guard", "link_mqtt",
 )
 ENTRY = "main.py"
 ARCH = "xtensawin"

@@ -25,10 +25,11 @@ async def test_readings_arrive_and_verify_with_the_node_key(world: World) -> Non
         await eventually(lambda: source.stats()["connected"] == 3)
         await world.clock.advance(5000)
         world.switch_all_on()
-        for _ in range(3):
+        for i in range(3):
             await world.clock.advance(5000)
             await world.tick_all()
-        await sink.until(lambda: all(len(sink.of(n)) == 3 for n in (1, 2, 3)))
+            # each batch in before the clock moves on: frames are stamped when received
+            await sink.until(lambda i=i: len(sink.raw) == 3 * (i + 1))
         assert all(t == "ble" for _, t, _ in sink.raw)
         counts = sink.verifier.counts()
         assert counts["accepted"] == 9
