@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,24 @@ def replica_command(directory: Path, replica: int, contract: str = DEFAULT_CONTR
     ]  # fmt: skip
 
 
+def stop_replicas(
+    procs: Iterable[subprocess.Popen[bytes]], timeout_s: float, *, resume: bool = False
+) -> None:
+    """SIGTERM each live replica process (after SIGCONT with ``resume``: a stopped one must run
+    to act on it), then wait ``timeout_s`` for each and kill the ones still running."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            if resume:
+                proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     try:
         cluster = load_cluster(args.dir / CLUSTER_FILE)
@@ -357,14 +376,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             elif now >= restart_at[i]:
                 del restart_at[i]
                 procs[i] = subprocess.Popen(replica_command(args.dir, i, args.contract))
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_replicas(procs.values(), timeout_s=10)
     return 0
 
 
