@@ -184,7 +184,7 @@ def ems_runner(
     node sources, orders through the outbox, forecasts from the closed intervals, and
     clearing results from the ledger (when it trades)."""
     from gateway.ems.agent import TradingAgent
-    from gateway.ems.runner import EmsRunner, RunnerConfig
+    from gateway.ems.runner import DaemonHooks, EmsRunner, RunnerConfig
 
     agent = None
     if cfg.id_grid is not None:
@@ -203,11 +203,8 @@ def ems_runner(
             model=cfg.model,
             relay_timeout_s=relay_timeout_s,
         ),
+        DaemonHooks(relays.send, recorder.enqueue_tx, recorder.interval_history, clearing),
         clock=clock,
-        send_relay=relays.send,
-        enqueue_tx=recorder.enqueue_tx,
-        interval_history=recorder.interval_history,
-        clearing=clearing,
         agent=agent,
     )
 
