@@ -18,7 +18,6 @@ import asyncio
 import json
 import random
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -26,16 +25,12 @@ from typing import Any
 import aiomqtt
 
 from firmware import frame
-from hardware.emulators.profiles import EnergyCounters, Profile, constant
+from hardware.emulators.profiles import EnergyCounters, Profile, constant, wall_ms
 
 FAULTS = ("tamper", "replay", "garbage")
 PROFILE: dict[str, Any] = json.loads(
     resources.files("hardware").joinpath("node_profile.json").read_text()
 )["mqtt"]
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class MqttNodeEmulator:
