@@ -75,8 +75,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--treasury", type=_positive, default=0,
                    help="micro-tokens the genesis allocates to the operator")  # fmt: skip
     p.add_argument("--params", type=Path, default=None, help="JSON of community parameters")
-    p.add_argument("--genesis", type=Path, default=None, help="a whole genesis JSON instead")
-    _tuning(p)
+    _genesis_options(p, "a whole genesis JSON instead")
     p.add_argument("--out", type=Path, required=True, help="the cluster file to write")
     p.set_defaults(func=cmd_genesis)
 
@@ -94,8 +93,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replicas", type=_positive, default=4, help="3f+1 replicas (default 4)")
     p.add_argument("--dir", type=Path, required=True, help="an empty or new directory")
     p.add_argument("--base-port", type=_positive, default=None, help="ports P..P+n-1")
-    _tuning(p)
-    p.add_argument("--genesis", type=Path, default=None, help="genesis JSON instead of default")
+    _genesis_options(p, "genesis JSON instead of default")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("run", help="run one replica in the foreground (SIGTERM stops it)")
@@ -123,7 +121,10 @@ def register(subparsers: Any) -> None:
     ledger.set_defaults(func=lambda args: _help(ledger))
 
 
-def _tuning(p: argparse.ArgumentParser) -> None:
+def _genesis_options(p: argparse.ArgumentParser, genesis_help: str) -> None:
+    """What a new cluster starts from, for ``genesis`` and ``init``: a genesis file, and the
+    consensus tuning its cluster file records."""
+    p.add_argument("--genesis", type=Path, default=None, help=genesis_help)
     p.add_argument("--view-change-ms", type=_positive, default=None)
     p.add_argument("--request-timeout-ms", type=_positive, default=None)
     p.add_argument("--batch-max", type=_positive, default=None)
