@@ -203,8 +203,7 @@ def ems_runner(
             model=cfg.model,
             relay_timeout_s=relay_timeout_s,
         ),
-        DaemonHooks(relays.send, recorder.enqueue_tx, recorder.interval_history, clearing),
-        clock=clock,
+        DaemonHooks(clock, relays.send, recorder.enqueue_tx, recorder.interval_history, clearing),
         agent=agent,
     )
 

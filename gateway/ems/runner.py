@@ -76,9 +76,10 @@ ClearingFetch = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 
 @dataclass(frozen=True, slots=True)
 class DaemonHooks:
-    """The daemon's plain callables the runner works through (see the module's docstring);
-    without ``clearing`` (no ledger) the runner reads no clearings."""
+    """The daemon's plain callables and clock the runner works through (see the module's
+    docstring); without ``clearing`` (no ledger) the runner reads no clearings."""
 
+    clock: ClockLike
     send_relay: SendRelay
     enqueue_tx: EnqueueTx
     interval_history: History
@@ -114,13 +115,12 @@ class StepReport:
 
 class EmsRunner:
     def __init__(self, appliances: Sequence[Appliance], tariff: Tariff, config: RunnerConfig,
-                 hooks: DaemonHooks, *, clock: ClockLike,
-                 agent: TradingAgent | None = None) -> None:
+                 hooks: DaemonHooks, agent: TradingAgent | None = None) -> None:
         self.appliances = list(appliances)
         self.tariff = tariff
         self.config = config
         self.hooks = hooks
-        self.clock = clock
+        self.clock = hooks.clock
         self.agent = agent
         self.relays = RelayController(relay_specs(self.appliances))
         self.state = HorizonState()
