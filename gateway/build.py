@@ -10,6 +10,7 @@ them. The daemon (``gateway.daemon``) only runs what is built here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ def ems_runner(
     node sources, orders through the outbox, forecasts from the closed intervals, and
     clearing results from the ledger (when it trades)."""
     from gateway.ems.agent import TradingAgent
-    from gateway.ems.runner import DaemonHooks, EmsRunner, RunnerConfig
+    from gateway.ems.runner import DaemonHooks, EmsRunner
 
     agent = None
     if cfg.id_grid is not None:
@@ -194,15 +195,7 @@ def ems_runner(
     return EmsRunner(
         list(cfg.appliances),
         cfg.tariff,
-        RunnerConfig(
-            site_meter=cfg.site_meter,
-            pv_meter=cfg.pv_meter,
-            horizon_slots=cfg.horizon_slots,
-            history_days=cfg.history_days,
-            limit_w=cfg.limit_w,
-            model=cfg.model,
-            relay_timeout_s=relay_timeout_s,
-        ),
+        dataclasses.replace(cfg.runner, relay_timeout_s=relay_timeout_s),
         DaemonHooks(clock, relays.send, recorder.enqueue_tx, recorder.interval_history, clearing),
         agent=agent,
     )
