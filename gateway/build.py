@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.clock import Clock
 from gateway.config import EmsConfig, GatewayConfig, GatewayConfigError, NodeConfig, load_keystore
 from gateway.ingest import Ingest
-from gateway.intervals import IntervalAggregator, MeterSpec
+from gateway.intervals import SIGN_UNKNOWN, IntervalAggregator, MeterSpec
 from gateway.ledger_link import LedgerDeliverer
 from gateway.outbox import Backoff, Deliverer
 from gateway.publish import HaPublisher
@@ -109,7 +109,7 @@ def build(
         for session in ingest.calibrations:
             session.meter_reading(r.meter_id, r.t_ms, r.values, r.power_dw / 10)
         reading = ingest.sample(r.meter_id, r.t_ms, r.power_dw, r.import_mwh, r.export_mwh,
-                                "modbus", sign_unknown=r.sign_unknown)  # fmt: skip
+                                "modbus", SIGN_UNKNOWN if r.sign_unknown else 0)  # fmt: skip
         if reading is not None and publisher is not None:
             publisher.offer(reading)
 
