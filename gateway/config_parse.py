@@ -47,7 +47,7 @@ from gateway.ems.tariff import (
 )
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from hardware.meters import MODELS, load_map
-from ledger.fields import Fields
+from ledger.fields import Fields, read_document
 
 _READ = Fields(GatewayConfigError)  # the project's strict field readers, raising our error
 
@@ -492,14 +492,7 @@ def _calibrations(tables: list[_Table], found: _Meters) -> tuple[CalibrationConf
 
 def load_config(path: str | Path) -> GatewayConfig:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GatewayConfigError(f"{p}: cannot read: {exc}") from exc
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise GatewayConfigError(f"{p}: not valid TOML: {exc}") from exc
+    doc = read_document(p, tomllib.loads, GatewayConfigError, syntax="not valid TOML")
     cfg = parse_config(doc, p.resolve().parent)
     return GatewayConfig(**{**_fields(cfg), "source": p})
 
