@@ -18,6 +18,7 @@ DEFAULTS = {
 }
 
 _NUM = (int, float)
+DEFAULT_NTP = "pool.ntp.org"
 
 # Physical and practical bounds (key -> (low, high, kind)), checked at boot so that a config that
 # passes does not crash or exhaust the node later: mains_hz sizes the sample buffers (0.001 Hz
@@ -184,7 +185,20 @@ def check(cfg):
     if link == "mqtt":
         mq = _get(cfg, "mqtt", "", dict)
         _get(mq, "host", "mqtt.", str)
-        port = mq["port"] = _get(mq, "port", "mqtt.", int, 1883)
+        # TLS unless switched off by hand: the broker's certificate is checked against the CA
+        # file `ca` (written beside config.json by `wattmesh provision node`) and its host name
+        tls = mq["tls"] = _get(mq, "tls", "mqtt.", bool, True, required=False)
+        if tls:
+            ca = mq["ca"] = _get(mq, "ca", "mqtt.", str, "ca.crt")
+            if not ca:
+                raise ConfigError("mqtt.ca: the broker's CA certificate file, not empty")
+        elif "ca" in mq:
+            raise ConfigError("mqtt.ca: needs tls true")
+        port = mq["port"] = _get(mq, "port", "mqtt.", int, 8883 if tls else 1883)
+        # the clock for the certificates' dates (the ESP32's RTC starts at 2000)
+        if not _get(cfg, "ntp", "", str, DEFAULT_NTP):
+            raise ConfigError("ntp: an NTP server's name, not empty")
+        cfg["ntp"] = cfg.get("ntp", DEFAULT_NTP)
         if not 0 < port < 65536:
             raise ConfigError("mqtt.port: 1..65535")
         mq["topic"] = _get(mq, "topic", "mqtt.", str, cfg["name"])

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware import ble_guard
 from gateway.clock import Clock
 from gateway.config import EmsConfig, GatewayConfig, GatewayConfigError, NodeConfig, load_keystore
 from gateway.ingest import Ingest
@@ -115,7 +116,9 @@ def build(
 
     buses = [ModbusBus(bus, on_meter_reading, clock) for bus in cfg.buses]
     sources = (
-        list(node_sources) if node_sources is not None else _node_sources(cfg, clock, ble_backend)
+        list(node_sources)
+        if node_sources is not None
+        else _node_sources(cfg, clock, ble_backend, keys)
     )
     relays = RelayCommander(keys, ingest.nodes, sources, clock, cfg.command_timeout_s)
     outbox_wake = asyncio.Event()
@@ -220,7 +223,9 @@ def _dr_inbox(cfg: GatewayConfig, ems: EmsRunner, recorder: Recorder, clock: Clo
     return DrInbox(cfg.mqtt, cfg.gateway_id, signers, clock.now_ms, store_request, on_request)
 
 
-def _node_sources(cfg: GatewayConfig, clock: Clock, ble_backend: type | None) -> list[NodeSource]:
+def _node_sources(
+    cfg: GatewayConfig, clock: Clock, ble_backend: type | None, keys: Mapping[int, bytes]
+) -> list[NodeSource]:
     sources: list[NodeSource] = []
     mqtt_nodes = [n for n in cfg.nodes if n.transport == "mqtt"]
     if mqtt_nodes and cfg.mqtt is not None:
@@ -229,13 +234,19 @@ def _node_sources(cfg: GatewayConfig, clock: Clock, ble_backend: type | None) ->
         sources.append(MqttNodeSource(mqtt_nodes, cfg.mqtt, clock))
     ble_nodes = [n for n in cfg.nodes if n.transport == "ble"]
     if ble_nodes:
-        sources.append(_ble_source(cfg, clock, ble_nodes, ble_backend))
+        sources.append(_ble_source(cfg, clock, ble_nodes, ble_backend, keys))
     return sources
 
 
 def _ble_source(
-    cfg: GatewayConfig, clock: Clock, nodes: list[NodeConfig], backend: type | None
+    cfg: GatewayConfig,
+    clock: Clock,
+    nodes: list[NodeConfig],
+    backend: type | None,
+    keys: Mapping[int, bytes],
 ) -> NodeSource:
+    """Every BLE node is paired (Passkey Entry, the passkey from its key in the keystore) and
+    its link encrypted before anything is read or written."""
     try:
         from gateway.sources.ble import BleNode, BleNodeSource
     except ImportError as exc:
@@ -244,10 +255,20 @@ def _ble_source(
         ) from exc
     if backend is None and cfg.ble_backend.startswith("bumble:"):
         from hardware.ble.bleak_bumble import backend_from_spec
+        from hardware.ble.bonds import BondStoreError, read_bond_store
 
-        backend = backend_from_spec(cfg.ble_backend)
+        try:
+            read_bond_store(cfg.ble_bond_store)  # a bad store stops the start, not a pairing
+        except BondStoreError as exc:
+            raise GatewayConfigError(f"ble.bond_store: {exc}") from exc
+        backend = backend_from_spec(cfg.ble_backend, cfg.ble_bond_store)
+    missing = [n.node_id for n in nodes if n.node_id not in keys]
+    if missing:
+        raise GatewayConfigError(f"ble.nodes: no key (so no passkey) for node(s) {missing}")
     try:
-        ble_nodes = [BleNode(n.node_id, n.address) for n in nodes]
+        ble_nodes = [
+            BleNode(n.node_id, n.address, ble_guard.passkey(keys[n.node_id])) for n in nodes
+        ]
     except ValueError as exc:
         raise GatewayConfigError(f"ble.nodes: {exc}") from exc
     source: NodeSource = BleNodeSource(

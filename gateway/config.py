@@ -29,6 +29,7 @@ PUBKEY_RE = re.compile(r"^[0-9a-fA-F]{64}$")  # an Ed25519 public key in hex
 DR_ROLES = ("operator", "dso")  # who may sign a demand-response request
 BLE_ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # AA:BB:CC:DD:EE:FF
 MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
+BLE_BOND_STORE = "ble-bonds.json"  # in data_dir unless ble.bond_store names a file
 
 class GatewayConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
@@ -159,6 +160,9 @@ class GatewayConfig:
     mqtt: MqttConfig | None = None
     ble_backend: str = "bleak"
     ble_silence_timeout_s: float | None = None  # None: no silence watchdog
+    # the bumble backend's bonds with the nodes (owner-only; BlueZ keeps its own bonds);
+    # None: <data_dir>/ble-bonds.json
+    ble_bond_store_file: Path | None = None
     nodes: tuple[NodeConfig, ...] = ()
     buses: tuple[BusConfig, ...] = ()
     # Meters (and a node's channels, ``<meter_id>.<n>``) whose intervals are kept in the gateway
@@ -178,6 +182,13 @@ class GatewayConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "gateway.db"
+
+    @property
+    def ble_bond_store(self) -> Path:
+        """Where the bumble BLE backend keeps its bonds (long-term keys: a secret)."""
+        if self.ble_bond_store_file is not None:
+            return self.ble_bond_store_file
+        return self.data_dir / BLE_BOND_STORE
 
     def reports(self, meter_id: str) -> bool:
         """Whether a signed report of this meter's intervals goes to the ledger."""

@@ -130,9 +130,9 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
     found = _Meters()
     mqtt = _mqtt(mt, found, base) if (mt := root.table("mqtt")) is not None else None
-    ble_backend, ble_silence_timeout_s = "bleak", None
+    ble_backend, ble_silence_timeout_s, bond_store = "bleak", None, None
     if (bt := root.table("ble")) is not None:
-        ble_backend, ble_silence_timeout_s = _ble(bt, found)
+        ble_backend, ble_silence_timeout_s, bond_store = _ble(bt, found)
     if (mb := root.table("modbus")) is not None:
         found.buses += [_bus(bus, base, found.unreported) for bus in mb.tables("buses")]
         mb.done()
@@ -154,6 +154,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         mqtt=mqtt,
         ble_backend=ble_backend,
         ble_silence_timeout_s=ble_silence_timeout_s,
+        ble_bond_store_file=None if bond_store is None else _path(section["data_dir"], bond_store),
         nodes=tuple(found.nodes),
         buses=tuple(found.buses),
         unreported=frozenset(found.unreported),
@@ -236,11 +237,15 @@ def _mqtt(mt: _Table, found: _Meters, base: Path) -> MqttConfig:
     return mqtt
 
 
-def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None]:
-    """``[ble]``: the backend, the silence watchdog (None: none) and the BLE nodes."""
+def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None, str | None]:
+    """``[ble]``: the backend, the silence watchdog (None: none), the bond store file (as
+    written; relative to data_dir) and the BLE nodes."""
     backend = bt.get("backend", str, "bleak")
     if backend != "bleak" and not backend.startswith("bumble:"):
         raise GatewayConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
+    bond_store = bt.get("bond_store", str, None)
+    if bond_store is not None and (not bond_store.strip() or "\0" in bond_store):
+        raise GatewayConfigError(f"ble.bond_store: {bond_store!r} is not a file name")
     silence = bt.get("silence_timeout_s", (int, float), None)
     if silence is not None and not 0 < silence <= MAX_SILENCE_S:  # also refuses nan and inf
         raise GatewayConfigError(
@@ -249,7 +254,7 @@ def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None]:
     for t in bt.tables("nodes"):
         _node(t, "ble", found)
     bt.done()
-    return backend, None if silence is None else float(silence)
+    return backend, None if silence is None else float(silence), bond_store
 
 
 def _node(t: _Table, transport: str, found: _Meters) -> None:
