@@ -28,7 +28,6 @@ import logging
 import random
 import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -38,17 +37,13 @@ from typing import Any
 import aiomqtt
 
 from firmware import frame
-from hardware.emulators.profiles import EnergyCounters, Profile, constant
+from hardware.emulators.profiles import EnergyCounters, Profile, constant, wall_ms
 
 FAULTS = ("tamper", "replay", "garbage")
 log = logging.getLogger(__name__)
 PROFILE: dict[str, Any] = json.loads(
     resources.files("hardware").joinpath("node_profile.json").read_text()
 )["mqtt"]
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
