@@ -252,30 +252,26 @@ def check(cfg):
     return cfg
 
 
-def load(path):
+def _read(path, parse, what):
+    """``parse`` of the text of the file at ``path``; ``what`` says why when it refuses it."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         raise ConfigError(path + ": cannot read")
     try:
-        cfg = json.loads(text)
+        return parse(text)
     except ValueError:
-        raise ConfigError(path + ": not valid JSON")
-    return check(cfg)
+        raise ConfigError(path + ": " + what)
+
+
+def load(path):
+    return check(_read(path, json.loads, "not valid JSON"))
 
 
 def load_key(path):
     """The node's 32-byte HMAC key, stored as 64 hex characters."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        raise ConfigError(path + ": cannot read")
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(path + ": not hex")
+    key = _read(path, lambda text: bytes.fromhex(text.strip()), "not hex")
     if len(key) != 32:
         raise ConfigError(path + ": expected 32 bytes")
     return key

@@ -220,6 +220,17 @@ def unpack_command(payload):
     return relay, action
 
 
+def open_relay_command(key, node_id, frame, last_seq):
+    """``open_command`` for a node with relays and no CT channel to calibrate (the emulated
+    plug and MQTT node): (seq, relay, action) of an authentic new COMMAND; a CALIBRATE raises
+    FrameError("type")."""
+    ftype, seq, payload = open_command(key, node_id, frame, last_seq)
+    if ftype != T_COMMAND:
+        raise FrameError("type")
+    relay, action = unpack_command(payload)
+    return seq, relay, action
+
+
 def pack_calibrate(channel, mode, a, b, c):
     if mode not in (M_REFERENCE, M_CONSTANTS):
         raise FrameError("bad_mode")

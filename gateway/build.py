@@ -10,6 +10,7 @@ them. The daemon (``gateway.daemon``) only runs what is built here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from firmware import ble_guard
 from gateway.clock import Clock
 from gateway.config import EmsConfig, GatewayConfig, GatewayConfigError, NodeConfig, load_keystore
 from gateway.ingest import Ingest
-from gateway.intervals import IntervalAggregator, MeterSpec
+from gateway.intervals import SIGN_UNKNOWN, IntervalAggregator, MeterSpec
 from gateway.ledger_link import LedgerDeliverer
 from gateway.outbox import Backoff, Deliverer
 from gateway.publish import HaPublisher
@@ -109,7 +110,7 @@ def build(
         for session in ingest.calibrations:
             session.meter_reading(r.meter_id, r.t_ms, r.values, r.power_dw / 10)
         reading = ingest.sample(r.meter_id, r.t_ms, r.power_dw, r.import_mwh, r.export_mwh,
-                                "modbus", sign_unknown=r.sign_unknown)  # fmt: skip
+                                "modbus", SIGN_UNKNOWN if r.sign_unknown else 0)  # fmt: skip
         if reading is not None and publisher is not None:
             publisher.offer(reading)
 
@@ -187,7 +188,7 @@ def ems_runner(
     node sources, orders through the outbox, forecasts from the closed intervals, and
     clearing results from the ledger (when it trades)."""
     from gateway.ems.agent import TradingAgent
-    from gateway.ems.runner import EmsRunner, RunnerConfig
+    from gateway.ems.runner import DaemonHooks, EmsRunner
 
     agent = None
     if cfg.id_grid is not None:
@@ -197,20 +198,8 @@ def ems_runner(
     return EmsRunner(
         list(cfg.appliances),
         cfg.tariff,
-        RunnerConfig(
-            site_meter=cfg.site_meter,
-            pv_meter=cfg.pv_meter,
-            horizon_slots=cfg.horizon_slots,
-            history_days=cfg.history_days,
-            limit_w=cfg.limit_w,
-            model=cfg.model,
-            relay_timeout_s=relay_timeout_s,
-        ),
-        clock=clock,
-        send_relay=relays.send,
-        enqueue_tx=recorder.enqueue_tx,
-        interval_history=recorder.interval_history,
-        clearing=clearing,
+        dataclasses.replace(cfg.runner, relay_timeout_s=relay_timeout_s),
+        DaemonHooks(clock, relays.send, recorder.enqueue_tx, recorder.interval_history, clearing),
         agent=agent,
     )
 

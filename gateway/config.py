@@ -11,12 +11,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.ems.appliances import Appliance
-from gateway.ems.forecast import Model
 from gateway.ems.tariff import Tariff
-from gateway.ems.timegrid import SLOTS_PER_DAY
 from gateway.intervals import INTERVAL_MS
+
+if TYPE_CHECKING:  # the runner (numpy, the planner) only where [ems] is set
+    from gateway.ems.runner import RunnerConfig
 
 INTERVAL_MIN = INTERVAL_MS // 60_000
 
@@ -106,16 +108,12 @@ class BusConfig:
 class EmsConfig:
     """The home energy management system the daemon runs (``[ems]``): which appliances it
     switches (the spec file ``wattmesh ems plan`` reads, already loaded and checked), which
-    meters it forecasts from, the tariff it plans with, and, with ``id_grid``, the member it
-    trades for (its orders go through the outbox to the ledger)."""
+    meters it forecasts from and how (``runner``: the runner's own config, whose relay timeout
+    the daemon sets from ``command_timeout_s``), the tariff it plans with, and, with
+    ``id_grid``, the member it trades for (its orders go through the outbox to the ledger)."""
 
     appliances: tuple[Appliance, ...]
-    site_meter: str
-    limit_w: int  # the home's contracted power
-    pv_meter: str | None = None
-    horizon_slots: int = SLOTS_PER_DAY
-    history_days: int = 28
-    model: Model = "ridge"
+    runner: RunnerConfig
     tariff: Tariff = field(default_factory=Tariff)
     id_grid: str | None = None
     res_id: str | None = None

@@ -47,7 +47,7 @@ from gateway.ems.tariff import (
 )
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from hardware.meters import MODELS, load_map
-from ledger.fields import Fields
+from ledger.fields import Fields, read_document
 
 _READ = Fields(GatewayConfigError)  # the project's strict field readers, raising our error
 
@@ -357,7 +357,9 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
 def _ems(
     t: _Table, base: Path, nodes: list[NodeConfig], meters: set[str], *, trading: bool
 ) -> EmsConfig:
-    from gateway.ems.plan import DEFAULT_LIMIT_W  # the planner (scipy) only when [ems] is set
+    # the planner (scipy) only when [ems] is set
+    from gateway.ems.plan import DEFAULT_LIMIT_W
+    from gateway.ems.runner import RunnerConfig
 
     def meter(key: str, default: Any = ...) -> str | None:
         value = t.get(key, str, default, pattern=ID_RE)
@@ -425,14 +427,16 @@ def _ems(
     cfg = EmsConfig(
         dr_signers=tuple(signers),
         appliances=tuple(appliances),
-        site_meter=site,
-        pv_meter=pv,
-        limit_w=t.get("limit_w", int, DEFAULT_LIMIT_W, min=100, max=10**7),
-        horizon_slots=t.get(
-            "horizon_slots", int, SLOTS_PER_DAY, min=SLOTS_PER_HOUR, max=MAX_HORIZON
+        runner=RunnerConfig(
+            site_meter=site,
+            pv_meter=pv,
+            limit_w=t.get("limit_w", int, DEFAULT_LIMIT_W, min=100, max=10**7),
+            horizon_slots=t.get(
+                "horizon_slots", int, SLOTS_PER_DAY, min=SLOTS_PER_HOUR, max=MAX_HORIZON
+            ),
+            history_days=t.get("history_days", int, 28, min=1, max=365),
+            model=t.get("model", str, "ridge", choices=FORECAST_MODELS),
         ),
-        history_days=t.get("history_days", int, 28, min=1, max=365),
-        model=t.get("model", str, "ridge", choices=FORECAST_MODELS),
         tariff=tariff,
         id_grid=id_grid,
         res_id=res_id,
@@ -493,14 +497,7 @@ def _calibrations(tables: list[_Table], found: _Meters) -> tuple[CalibrationConf
 
 def load_config(path: str | Path) -> GatewayConfig:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GatewayConfigError(f"{p}: cannot read: {exc}") from exc
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise GatewayConfigError(f"{p}: not valid TOML: {exc}") from exc
+    doc = read_document(p, tomllib.loads, GatewayConfigError, syntax="not valid TOML")
     cfg = parse_config(doc, p.resolve().parent)
     return GatewayConfig(**{**_fields(cfg), "source": p})
 

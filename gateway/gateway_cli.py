@@ -281,7 +281,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ems = {
             "appliances": [a.name for a in cfg.ems.appliances],
             "switched": [a.name for a in cfg.ems.appliances if a.relay is not None],
-            "site_meter": cfg.ems.site_meter,
+            "site_meter": cfg.ems.runner.site_meter,
             "trading_as": cfg.ems.id_grid,
             "notes": list(cfg.ems.notes),
         }

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hardware.argtypes import int_in
+from hardware.argtypes import float_in, int_in
 from hardware.meters import MODELS
 
 
@@ -41,12 +41,12 @@ def register(subparsers: Any) -> None:
     m.add_argument("--profile", default="house", help="house, pv, prosumer or constant:<W>")
     m.add_argument(
         "--import-kwh",
-        type=_finite(0.0, MAX_IMPORT_KWH),
+        type=float_in(0.0, MAX_IMPORT_KWH),
         default=0.0,
         help=f"initial import counter, 0..{MAX_IMPORT_KWH:.0f} kWh",
     )
     m.add_argument("--fault", choices=("silence", "crc", "wrong", "exception"))
-    m.add_argument("--fault-rate", type=_finite(0.0, 1.0), default=1.0, help="0..1")
+    m.add_argument("--fault-rate", type=float_in(0.0, 1.0), default=1.0, help="0..1")
     m.set_defaults(func=cmd_meter)
 
     n = sub.add_parser("node", help="a wattmesh node on MQTT")
@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
                    help="the node's config.json (provision node): its broker, user and "
                    "password, and TLS against the CA file beside it")
     n.add_argument(
-        "--period", type=_finite(0.0, MAX_PERIOD_S), default=5.0, help="seconds between readings"
+        "--period", type=float_in(0.0, MAX_PERIOD_S), default=5.0, help="seconds between readings"
     )
     n.add_argument("--profile", default="house")
     n.add_argument("--seq", type=_seq, default=1, help="first sequence number")
@@ -81,21 +81,6 @@ MAX_IMPORT_KWH = 1e9  # beyond any meter's display; keeps the mWh counter an exa
 MAX_PERIOD_S = 86_400.0
 MAX_CONSTANT_W = 1e6  # a constant:<W> profile: what a house connection (or a node frame) can carry
 MAX_BAUDRATE = 4_000_000
-
-
-def _finite(lo: float, hi: float) -> Any:
-    """An argparse type: a finite float in [lo, hi] (nan and inf refused)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be a finite number in [{lo:g}, {hi:g}]")
-        return value
-
-    return parse
 
 
 def _baudrate(text: str) -> int:

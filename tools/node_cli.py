@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from firmware import frame
 from gateway.calibration import CalibrationError, reference_payload
-from hardware.argtypes import int_in
+from hardware.argtypes import float_in, int_in
 from tools.firmware_cli import CliError, _guard, load_keystore
 
 if TYPE_CHECKING:
@@ -40,26 +40,10 @@ PROFILE = json.loads((Path(__file__).resolve().parent.parent / "hardware" / "nod
 STATUS = {frame.S_OK: "ok", frame.S_REPLAY: "replay", frame.S_BAD_CALIBRATION: "refused"}
 
 
-def _positive_float(name: str, hi: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
-        if not 0 < value <= hi:
-            raise argparse.ArgumentTypeError(f"{name}: {value} is outside (0, {hi}]")
-        return value
-
-    return parse
-
-
 def _power(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--power: {text!r} is not a number") from None
-    if not 0 < abs(value) <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"--power: {value} is outside 0 < |P| <= 1000000")
+    value = float_in(-1_000_000, 1_000_000, "--power")(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"--power {text!r}: must not be 0")
     return value
 
 
@@ -184,15 +168,17 @@ def register(subparsers: Any) -> None:
     c.add_argument("--keystore", required=True, help="the gateway's keystore (JSON)")
     c.add_argument("--id", type=int_in(0, 0xFFFF, "--id"), required=True, help="node id")
     c.add_argument("--channel", type=int_in(0, 255, "--channel"), default=0)
-    c.add_argument("--voltage", type=_positive_float("--voltage", 1000), help="V of the load")
-    c.add_argument("--current", type=_positive_float("--current", 1000), help="A of the load")
+    c.add_argument("--voltage", type=float_in(0, 1000, "--voltage", above_lo=True),
+                   help="V of the load")
+    c.add_argument("--current", type=float_in(0, 1000, "--current", above_lo=True),
+                   help="A of the load")
     c.add_argument("--power", type=_power, help="W of the load (negative: export)")
     c.add_argument("--gateway-config", metavar="TOML",
                    help="the gateway's config: its broker, TLS and account send the command")
     c.add_argument("--mqtt", type=_host_port,
                    help="the node's broker, HOST[:PORT], plain and anonymous (tests, demos)")
     c.add_argument("--topic", help="the node's MQTT topic (default: its keystore name)")
-    c.add_argument("--timeout", type=_positive_float("--timeout", 600), default=10.0)
+    c.add_argument("--timeout", type=float_in(0, 600, "--timeout", above_lo=True), default=10.0)
     c.add_argument("--seq", type=int_in(1, 0xFFFFFFFF, "--seq"),
                    help="command sequence number (default: the time in s, newer than any before)")
     c.add_argument("--print-frame", action="store_true", help="print the frame, send nothing")

@@ -202,11 +202,8 @@ class PlugCore:
         ``dropped``, as the firmware does: a replay too, which an ACK would burn a sequence
         number for)."""
         try:
-            ftype, seq, payload = frame.open_command(self.key, self.node_id, raw,
-                                                     self.last_command_seq)
-            if ftype != frame.T_COMMAND:
-                raise frame.FrameError("type")  # no CT channel here to calibrate
-            relay, action = frame.unpack_command(payload)
+            seq, relay, action = frame.open_relay_command(self.key, self.node_id, raw,
+                                                          self.last_command_seq)
         except frame.FrameError as exc:
             self.commands_rejected += 1
             self.dropped[exc.args[0]] = self.dropped.get(exc.args[0], 0) + 1

@@ -28,7 +28,6 @@ import logging
 import random
 import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -38,17 +37,13 @@ from typing import Any
 import aiomqtt
 
 from firmware import frame
-from hardware.emulators.profiles import EnergyCounters, Profile, constant
+from hardware.emulators.profiles import EnergyCounters, Profile, constant, wall_ms
 
 FAULTS = ("tamper", "replay", "garbage")
 log = logging.getLogger(__name__)
 PROFILE: dict[str, Any] = json.loads(
     resources.files("hardware").joinpath("node_profile.json").read_text()
 )["mqtt"]
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -183,11 +178,8 @@ class MqttNodeEmulator:
     async def _on_command(self, raw: bytes) -> None:
         assert self._client is not None
         try:  # as the firmware: only an authentic, new COMMAND for this node gets anywhere
-            ftype, seq, payload = frame.open_command(self.key, self.node_id, raw,
-                                                     self.last_cmd_seq)
-            if ftype != frame.T_COMMAND:
-                raise frame.FrameError("type")  # no CT channel here to calibrate
-            relay, action = frame.unpack_command(payload)
+            seq, relay, action = frame.open_relay_command(self.key, self.node_id, raw,
+                                                          self.last_cmd_seq)
         except frame.FrameError as exc:
             # dropped unanswered, a replay too: an ACK would burn a sequence number
             reason = exc.args[0]

@@ -4,6 +4,7 @@ bumble central behind the real bleak API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -130,6 +131,20 @@ def received(keys: dict[int, bytes] | None = None) -> Received:
 
 async def running(source: BleNodeSource, sink: Received) -> asyncio.Task[None]:
     return asyncio.create_task(source.run(sink))
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    world: World, ids: list[int] | None = None, **kw: object
+) -> AsyncIterator[tuple[BleNodeSource, Received]]:
+    """``world.source(ids, **kw)`` running into a fresh sink; stopped on the way out."""
+    sink = received()
+    source = world.source(ids, **kw)
+    task = await running(source, sink)
+    try:
+        yield source, sink
+    finally:
+        await stop(task)
 
 
 async def stop(task: asyncio.Task[None]) -> None:

@@ -31,7 +31,7 @@ from hardware.ble.bleak_bumble import BumbleCentral, backend_from_spec, bumble_b
 from hardware.ble.bonds import BondStoreError, parse_bond_store, passkey_pairing, read_bond_store
 from hardware.ble.controller import VirtualController, local_device
 from hardware.ble.profile import GATEWAY_ADDRESS, PROFILE
-from tests.ble.conftest import KEYS, World, eventually, received, running, stop
+from tests.ble.conftest import KEYS, World, eventually, received, running, serving, stop
 
 STRANGER = "C0:57:A7:FF:FF:66"
 OTHER_STRANGER = "C0:57:A7:FF:FF:67"
@@ -174,11 +174,8 @@ async def test_a_gateway_that_lost_its_bond_store_pairs_again_and_a_node_reset_i
 
 
 async def test_the_gateway_source_pairs_before_it_commands(world: World) -> None:
-    sink = received()
-    source = world.source([1])
-    task = await running(source, sink)
     plug = world.plugs[1]
-    try:
+    async with serving(world, [1]) as (source, sink):
         await eventually(lambda: source.stats()["connected"] == 1)
         (theirs,) = plug.device.connections.values()
         assert theirs.encryption and plug.trusted(theirs)
@@ -186,8 +183,6 @@ async def test_the_gateway_source_pairs_before_it_commands(world: World) -> None
         await source.send_command(1, _command(1, 100, frame.A_ON))
         await sink.until(lambda: len(sink.of(1, frame.T_ACK)) == 1)
         assert plug.core.relay_on and plug.refused_writes == 0
-    finally:
-        await stop(task)
 
 
 # -- attacks: each fails on the code before pairing (an open command characteristic, one slot) --

@@ -14,14 +14,11 @@ from hypothesis import strategies as st
 from firmware import frame
 from gateway.sources.base import SourceError
 from gateway.sources.ble import BleNode, BleNodeSource, backoff_delay
-from tests.ble.conftest import KEYS, World, eventually, received, running, stop
+from tests.ble.conftest import KEYS, World, eventually, received, running, serving, stop
 
 
 async def test_readings_arrive_and_verify_with_the_node_key(world: World) -> None:
-    sink = received()
-    source = world.source()
-    task = await running(source, sink)
-    try:
+    async with serving(world) as (source, sink):
         await eventually(lambda: source.stats()["connected"] == 3)
         await world.clock.advance(5000)
         world.switch_all_on()
@@ -44,8 +41,6 @@ async def test_readings_arrive_and_verify_with_the_node_key(world: World) -> Non
         assert [v.seq for v in sink.of(2)] == sorted(v.seq for v in sink.of(2))
         now = world.clock.now_ms()
         assert {ms for _, _, ms in sink.raw} == {now - 10000, now - 5000, now}
-    finally:
-        await stop(task)
 
 
 def _command(nid: int, seq: int, action: int, relay: int = 0, key: bytes | None = None) -> bytes:
@@ -59,10 +54,7 @@ def _command(nid: int, seq: int, action: int, relay: int = 0, key: bytes | None 
 
 
 async def test_relay_command_switches_the_plug_and_is_acked(world: World) -> None:
-    sink = received()
-    source = world.source([1, 2])
-    task = await running(source, sink)
-    try:
+    async with serving(world, [1, 2]) as (source, sink):
         await eventually(lambda: source.stats()["connected"] == 2)
         plug = world.plugs[1]
         assert not plug.core.relay_on  # plugs boot with the relay off
@@ -96,34 +88,25 @@ async def test_relay_command_switches_the_plug_and_is_acked(world: World) -> Non
         assert not plug.core.relay_on and plug.core.pending is None
         assert plug.core.dropped == {"replay": 1, "tag": 1}
         assert source.stats()["commands"] == 5
-    finally:
-        await stop(task)
 
 
 async def test_send_command_to_unknown_or_disconnected_node_raises_source_error(
     world: World,
 ) -> None:
-    sink = received()
     await world.plugs[3].go_dead()
-    source = world.source([1, 3], connect_timeout_s=0.2)
-    task = await running(source, sink)
-    try:
+    async with serving(world, [1, 3], connect_timeout_s=0.2) as (source, _):
         await eventually(lambda: source.stats()["connected"] == 1)
         with pytest.raises(SourceError, match="unknown node 9"):
             await source.send_command(9, _command(1, 1, frame.A_ON))
         with pytest.raises(SourceError, match="not connected"):
             await source.send_command(3, _command(3, 1, frame.A_ON))
         assert source.stats()["write_errors"] == 1
-    finally:
-        await stop(task)
 
 
 async def test_link_drop_reconnects_with_backoff_and_nothing_after_is_lost(world: World) -> None:
-    sink = received()
     world.wake.clear()  # hold the source in its backoff sleep until the test lets it go
-    source = world.source([1, 2], reconnect_initial_s=2.0, reconnect_max_s=30.0)
-    task = await running(source, sink)
-    try:
+    held = serving(world, [1, 2], reconnect_initial_s=2.0, reconnect_max_s=30.0)
+    async with held as (source, sink):
         await eventually(lambda: source.stats()["connected"] == 2)
         await world.plugs[1].drop_link()
         await eventually(lambda: source.stats()["drops"] == 1)
@@ -141,8 +124,6 @@ async def test_link_drop_reconnects_with_backoff_and_nothing_after_is_lost(world
         await world.tick_all()
         await sink.until(lambda: len(sink.of(1)) == 1 and len(sink.of(2)) == 2)
         assert source.stats()["connects"] == 3
-    finally:
-        await stop(task)
 
 
 async def test_backoff_grows_exponentially_and_is_capped_for_a_dead_node(world: World) -> None:
@@ -191,11 +172,8 @@ async def test_a_dead_plug_never_stalls_the_others(world: World) -> None:
 async def test_corrupt_replayed_truncated_frames_are_delivered_raw_and_rejected(
     world: World,
 ) -> None:
-    sink = received()
-    source = world.source([1])
-    task = await running(source, sink)
     plug = world.plugs[1]
-    try:
+    async with serving(world, [1]) as (source, sink):
         await eventually(lambda: source.stats()["connected"] == 1)
         for _ in range(2):
             await world.clock.advance(1000)
@@ -220,8 +198,6 @@ async def test_corrupt_replayed_truncated_frames_are_delivered_raw_and_rejected(
         assert counts["dropped_short"] + counts["dropped_length"] == 1
         assert len(sink.of(1)) == 3 and sink.of(1)[-1].seq == frame.peek(good)[2]
         assert source.stats()["connected"] == 1 and source.stats()["drops"] == 0
-    finally:
-        await stop(task)
 
 
 async def test_a_failing_sink_is_counted_and_never_drops_the_link(world: World) -> None:
@@ -293,11 +269,8 @@ async def test_a_silent_node_is_reconnected_by_the_watchdog_on_the_injected_cloc
 async def test_repeated_drops_never_lose_the_link_for_good(world: World) -> None:
     """Many drop/reconnect cycles of one plug while others stay connected: after each reconnect
     the next reading arrives, and no link drops that the plug did not drop."""
-    sink = received()
-    source = world.source(reconnect_initial_s=0.001, reconnect_max_s=0.002)
-    task = await running(source, sink)
     plug = world.plugs[1]
-    try:
+    async with serving(world, reconnect_initial_s=0.001, reconnect_max_s=0.002) as (source, sink):
         await eventually(lambda: source.stats()["connected"] == 3)
         for cycle in range(25):
             reconnects = source.stats()["reconnects"]
@@ -312,8 +285,6 @@ async def test_repeated_drops_never_lose_the_link_for_good(world: World) -> None
             assert source.stats()["connected"] == 3, cycle
         assert source.node_stats(1)["drops"] == 25  # only the drops the plug made
         assert source.node_stats(2).get("drops", 0) == 0
-    finally:
-        await stop(task)
 
 
 async def test_the_ble_benchmark_runs_and_reports_json_figures() -> None:

@@ -197,6 +197,11 @@ def irq(event, data):
 async def settle():
     for _ in range(20):
         await asyncio.sleep_ms(0)
+async def arrive(handle, addr):   # a central connects (handle, address); the link settles
+    c = DeviceConnection(handle, addr)
+    aioble.arrive(c)
+    await settle()
+    return c
 def state(tag, L, **kw):
     d = {'tag': tag, 'links': sorted(L.links), 'gateway': L.guard.gateway.hex() if L.guard.gateway
          else None, 'dropped': L.guard.dropped, 'log': [list(x) for x in aioble.core.log],
@@ -218,12 +223,8 @@ async def main():
     L.start()
     await settle()
     # a phone connects first and never pairs; the gateway connects to the second slot
-    phone = DeviceConnection(1, PHONE)
-    aioble.arrive(phone)
-    await settle()
-    gw = DeviceConnection(2, GW)
-    aioble.arrive(gw)
-    await settle()
+    phone = await arrive(1, PHONE)
+    gw = await arrive(2, GW)
     state('two links', L)
     # the stack asks for the passkey: the gateway gets it; a write before pairing is dropped
     L.command.remote_write(gw, b'early')
@@ -243,9 +244,7 @@ async def main():
     state('phone timed out', L, phone_gone=phone.gone)
     # a thief (knows the passkey) connects while the gateway is up: its pairing is refused
     # before the passkey is given, and its writes never reach the node
-    thief = DeviceConnection(3, THIEF)
-    aioble.arrive(thief)
-    await settle()
+    thief = await arrive(3, THIEF)
     irq(31, (3, 2, 0))
     await settle()
     L.command.remote_write(thief, b'thief-cmd')
@@ -254,12 +253,8 @@ async def main():
     # the gateway goes; a stranger gets a slot but not the one kept for the gateway
     gw.drop()
     await settle()
-    s1 = DeviceConnection(4, PHONE)
-    aioble.arrive(s1)
-    await settle()
-    s2 = DeviceConnection(5, THIEF)
-    aioble.arrive(s2)
-    await settle()
+    s1 = await arrive(4, PHONE)
+    s2 = await arrive(5, THIEF)
     state('reserved', L, s1_gone=s1.gone, s2_gone=s2.gone)
     # a Just Works pairing (unauthenticated) from the stranger: refused and dropped
     irq(28, (4, True, False, True, 16))
@@ -273,9 +268,7 @@ async def main():
     L = link_ble.Link({'node_id': 7}, KEY)   # the gateway's address read back from flash
     L.start()
     await settle()
-    gw = DeviceConnection(8, GW)
-    aioble.arrive(gw)
-    await settle()
+    gw = await arrive(8, GW)
     irq(28, (8, True, True, True, 16))       # re-encrypted under the stored bond
     L.command.remote_write(gw, b'cmd2')
     await settle()
@@ -283,15 +276,11 @@ async def main():
     # three wrong passkeys (failed encryption updates) from the gateway's address: locked
     for h in (9, 10, 11):
         gw.drop()
-        c = DeviceConnection(h, GW)
-        aioble.arrive(c)
-        await settle()
+        c = await arrive(h, GW)
         irq(31, (h, 2, 0))
         irq(28, (h, False, False, False, 0))
         await settle()
-    c = DeviceConnection(12, GW)
-    aioble.arrive(c)
-    await settle()
+    c = await arrive(12, GW)
     irq(31, (12, 2, 0))
     state('locked', L)
 asyncio.run(main())

@@ -93,11 +93,8 @@ class MQTTClient:
         self.server = server
         self.user = user
         self.pswd = password
-        self.ssl = ssl
-        self.sock = None
-        self.cb = None
-        self.lw = None
-        self.keepalive = keepalive
+        self.ssl = ssl  # (keepalive: the link pings by itself, the fake broker never times out)
+        self.sock = self.cb = self.lw = None  # set by connect, set_callback, set_last_will
 
     def set_callback(self, f):
         self.cb = f

@@ -77,6 +77,15 @@ def write_keystore(directory: Path, nodes: dict[str, dict[str, str]]) -> Path:
     return ks
 
 
+def write_gateway_config(directory: Path, rest: str) -> Path:
+    """``directory``/gateway.toml: the ``[gateway]`` table of a test home (``home-1``, its data
+    in ``data``, its node keys in ``nodes.json``), then ``rest`` (more of that table, then the
+    other tables)."""
+    path = directory / "gateway.toml"
+    path.write_text('[gateway]\nid = "home-1"\ndata_dir = "data"\nkeystore = "nodes.json"\n' + rest)
+    return path
+
+
 def gateway_status(cfg: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     """What ``wattmesh gateway status --json`` prints for ``cfg`` (the command must succeed)."""
     from tools.cli import main

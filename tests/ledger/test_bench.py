@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from typing import Any
@@ -13,16 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import ed25519
+from tests.ledger.cluster_harness import run_bench
 from tools.ledger_bench import register_bench, steal_share, summarize
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def bench(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    register_bench(parser.add_subparsers())
-    args = parser.parse_args(["ledger", *argv])
-    return int(args.func(args))
+    return run_bench(register_bench, ["ledger", *argv])
 
 
 def test_bench_kills_the_primary_and_loses_nothing(capsys: pytest.CaptureFixture[str]) -> None:
