@@ -16,6 +16,7 @@ signatures (the replica checks those against its keyring, because it also counts
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, Self, TypeVar
@@ -29,6 +30,7 @@ from ledger.tx import SignedTx, TxError
 MAX_REPLICA_ID = 255
 MAX_PROOF = 4096  # prepared entries in one view-change
 MAX_BLOCKS = 1024  # blocks in one state-transfer answer
+VIEW_CHANGE_DOMAIN = b"wattmesh/pbft/view-change/v1\x00"
 
 Part = Literal["header", "sig", "attachment", "body"]
 
@@ -311,7 +313,27 @@ class ViewChange(SignedForm):
     def stripped(self) -> ViewChange:
         return replace(self, batches={}) if self.batches else self
 
+    def digest(self) -> bytes:
+        """What a NEW-VIEW names this view-change by: the hash of its wire form without
+        batches, signature included (so it names exactly the message its sender signed)."""
+        wire = canonical(self.stripped().to_wire(), checked=False)
+        return hashlib.sha256(VIEW_CHANGE_DOMAIN + wire).digest()
 
+
+@form("", "view-change reference")
+@dataclass(frozen=True, slots=True)
+class ViewChangeRef(WireForm):
+    """A VIEW-CHANGE named in a NEW-VIEW: its sender and ``ViewChange.digest``."""
+
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    digest: bytes = field(metadata=on_wire("d", DIGEST))
+
+
+def view_change_refs(view_changes: tuple[ViewChange, ...]) -> tuple[ViewChangeRef, ...]:
+    return tuple(ViewChangeRef(vc.replica, vc.digest()) for vc in view_changes)
+
+
+VIEW_CHANGE_REFS = _listed(ViewChangeRef.from_wire, MAX_REPLICA_ID)
 BARE_VIEW_CHANGES = _listed(
     ViewChange.from_wire,
     MAX_REPLICA_ID,
@@ -325,14 +347,26 @@ BARE_PRE_PREPARES = _listed(
 @form("new-view")
 @dataclass(frozen=True, slots=True)
 class NewView(SignedForm):
+    """V is signed as references (sender, digest) to the view-changes; the view-changes
+    themselves are an attachment, like the batches: sent to a replica that may not hold them
+    (one left behind, or one that asks), left out where the replicas received them already."""
+
     view: int = field(metadata=on_wire("v", NAT))
-    # V: a quorum of view-changes (without batches)
-    view_changes: tuple[ViewChange, ...] = field(metadata=on_wire("vc", BARE_VIEW_CHANGES))
+    # V: a quorum of view-changes, by reference
+    refs: tuple[ViewChangeRef, ...] = field(metadata=on_wire("vd", VIEW_CHANGE_REFS))
     # O: pre-prepares for the new view (without batches)
     pre_prepares: tuple[PrePrepare, ...] = field(metadata=on_wire("o", BARE_PRE_PREPARES))
     replica: int = field(metadata=on_wire("r", REPLICA))
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+    # attachments: the view-changes V names (without batches), and batches by digest
+    view_changes: tuple[ViewChange, ...] = field(
+        default=(), metadata=on_wire("vc", BARE_VIEW_CHANGES, "attachment")
+    )
     batches: Mapping[bytes, Batch] = field(default_factory=dict, metadata=ATTACHED_BATCHES)
+
+    def compact(self) -> NewView:
+        """Without attachments (the same signature)."""
+        return replace(self, view_changes=(), batches={})
 
 
 @form("status")

@@ -51,9 +51,10 @@ def test_new_primary_cannot_drop_a_prepared_batch() -> None:
     lying = sign(
         NewView(
             1,
-            honest.view_changes,
+            honest.refs,
             (sign(PrePrepare(1, 1, NULL_DIGEST, 1), Signer(1, replica_key(1))),),
             1,
+            view_changes=honest.view_changes,
         ),
         Signer(1, replica_key(1)),
     )
