@@ -119,6 +119,8 @@ def _recorded_traffic() -> list[dict[str, Any]]:
     net.crash(0)
     for tx in make_txs(4, start=8):
         net.submit(tx, to=[1, 2, 3])
+    # one the new primary never got: relayed to it in view 1
+    net.submit(make_txs(1, start=12)[0], to=[2, 3])
     net.run(1500)
     net.restart(0, lose_state=True)
     net.run(1500)
