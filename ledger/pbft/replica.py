@@ -270,6 +270,15 @@ class Replica:
         self.transfer.tick(now_ms, out)
         return out
 
+    def on_peer_unreachable(self, peer: int, now_ms: int) -> list[Action]:
+        """The IO layer has not been able to reach replica ``peer`` for a while (its connection
+        refused or reset). If that is the primary this replica waits on, the view-change timer
+        fires now (``ViewChanges.primary_unreachable``)."""
+        self.now = now_ms
+        if peer == self.cfg.primary(self.view) and peer != self.me:
+            self.views.primary_unreachable(now_ms)
+        return self.on_tick(now_ms)
+
     # ------------------------------------------------------------------ timers
 
     def arm_request_timer(self, now_ms: int) -> None:

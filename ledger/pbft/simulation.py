@@ -142,6 +142,10 @@ class Network:
         self._perform(dst, actions)
         return actions
 
+    def report_unreachable(self, i: int, peer: int) -> None:
+        """What the IO layer does when replica ``i``'s link to ``peer`` stays down."""
+        self._perform(i, self.replicas[i].on_peer_unreachable(peer, self.now))
+
     def submit(
         self,
         tx: SignedTx,

@@ -66,6 +66,7 @@ class ViewChanges:
         # a NEW-VIEW (signature checked) naming view-changes this replica does not hold yet
         self.pending: NewView | None = None
         self.heard: set[int] = set()  # replicas whose VIEW-CHANGE for this view arrived
+        self.hinted_view = -1  # the view whose primary the IO layer last reported unreachable
         self.new_view_msg: NewView | None = None  # with its view-changes attached
         self.nv_sent_at: dict[int, int] = {}
         self.resend = False  # restored while changing views: send the VIEW-CHANGE again
@@ -108,6 +109,21 @@ class ViewChanges:
         self.timeout = self.base_timeout()
         self.deadline = None
         self.armed_at = None
+
+    def primary_unreachable(self, now_ms: int) -> None:
+        """The IO layer lost its connection to this view's primary (refused or reset, for a
+        while): while requests wait, the timer fires now rather than at its deadline, once per
+        view. A hint only: it brings forward what the timer would do, so safety is untouched;
+        where the transport cannot tell (a host gone without closing its connections), the
+        timer decides as before."""
+        core = self.core
+        if core.is_primary or self.deadline is None or self.deadline <= now_ms:
+            return
+        if self.hinted_view == core.view:
+            return
+        self.hinted_view = core.view
+        core.count("primary_unreachable")
+        self.deadline = now_ms
 
     def start(self, new_view: int, now_ms: int, out: list[Action]) -> None:
         core = self.core

@@ -104,3 +104,26 @@ def test_a_new_view_whose_attached_view_changes_do_not_match_its_references_is_r
     assert three.metrics["new_view_incomplete"] == 1 and not three.active
     network.inject(3, nv.to_wire(), 2)  # in full: entered
     assert three.active and three.view == 1
+
+
+def test_a_primary_the_io_layer_cannot_reach_is_given_up_at_once_while_requests_wait() -> None:
+    network = Network(make_config(4, view_change_timeout_ms=2000))
+    network.submit_all(make_txs(3))
+    network.run(100)
+    for i in (1, 2, 3):  # nothing waits: the hint changes nothing
+        network.report_unreachable(i, 0)
+        network.report_unreachable(i, 2)  # not the primary
+    network.run(100)
+    assert all(r.view == 0 and r.active for r in network.replicas)
+    network.crash(0)
+    txs = make_txs(3, start=3)
+    network.submit_all(txs, range(1, 4))
+    network.run(50)
+    for i in (1, 2, 3):
+        network.report_unreachable(i, 0)
+        network.report_unreachable(i, 0)  # once per view
+    network.run(400)  # far below the 2 s timer
+    assert network.all_committed(txs)
+    assert all(network.replicas[i].view == 1 for i in (1, 2, 3))
+    assert all(network.replicas[i].metrics["primary_unreachable"] == 1 for i in (1, 2, 3))
+    assert divergence(network, network.correct()) == []
