@@ -65,6 +65,7 @@ class ViewChanges:
         self.fully_checked: set[bytes] = set()
         # a NEW-VIEW (signature checked) naming view-changes this replica does not hold yet
         self.pending: NewView | None = None
+        self.pending_view, self.pending_at = -1, 0  # its view, and since when (ms)
         self.heard: set[int] = set()  # replicas whose VIEW-CHANGE for this view arrived
         self.hinted_view = -1  # the view whose primary the IO layer last reported unreachable
         self.new_view_msg: NewView | None = None  # with its view-changes attached
@@ -451,11 +452,15 @@ class ViewChanges:
                 return
             vcs.append(vc)
         if missing:
-            # A view-change not here yet (it may still be on its way): held until it comes,
-            # and the NEW-VIEW with its view-changes asked of the primary.
-            core.count("new_view_incomplete")
+            # A view-change not here yet: most often still on its way (the NEW-VIEW is small,
+            # a view-change is not), so the NEW-VIEW is held and taken when the view-changes
+            # come; if they have not by the next status tick, the NEW-VIEW with its
+            # view-changes is asked of the primary (ask_full). Asked at once, at n = 31, 27
+            # backups each drew a 1 MB NEW-VIEW through their 1 Mbit/s link.
+            if self.pending_view != nv.view:
+                core.count("new_view_incomplete")
+                self.pending_view, self.pending_at = nv.view, now_ms
             self.pending = nv
-            self.ask_full(now_ms, out)
             return
         for vc in vcs:
             if vc.view != nv.view:
@@ -487,11 +492,12 @@ class ViewChanges:
         self._enter(full, view_changes, min_s, batches, now_ms, out)
 
     def ask_full(self, now_ms: int, out: list[Action]) -> None:
-        """Ask the primary of the held NEW-VIEW's view for it with its view-changes: a replica
-        in that view sends its own VIEW-CHANGE again (the primary answers one for its current
-        view with the NEW-VIEW), one in a lower view its status (answered alike)."""
+        """At a status tick, once the held NEW-VIEW has waited half a status period for its
+        view-changes, ask its primary for it with them: a replica in that view sends its own
+        VIEW-CHANGE again (the primary answers a second one for its current view with the
+        NEW-VIEW), one in a lower view its status (answered alike)."""
         core, nv = self.core, self.pending
-        if nv is None:
+        if nv is None or now_ms - self.pending_at < core.cfg.status_interval_ms // 2:
             return
         mine = self.by_replica.get(core.me)
         if core.view == nv.view and mine is not None and mine.view == nv.view:
