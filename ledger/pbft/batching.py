@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ledger.encoding import EncodingError, canonical
 from ledger.pbft.actions import Action, Broadcast, ReplyTo, Send
 from ledger.pbft.block import Batch, Block, tx_bytes
-from ledger.pbft.messages import PrePrepare, Reply, Request, sign
+from ledger.pbft.messages import BatchIds, PrePrepare, Reply, Request, sign
 from ledger.tx import SignedTx, TxError
 
 if TYPE_CHECKING:
@@ -221,7 +221,11 @@ class Batcher:
             core.next_seq += 1
             pp = sign(PrePrepare(core.view, seq, digest, core.me), core.signer)
             core.log.accept(pp, batch, tuple(ids), out)
-            out.append(Broadcast(PrePrepare(pp.view, seq, digest, core.me, pp.sig, batch)))
+            if core.pre_prepare_ids:
+                named = BatchIds(batch.timestamp_ms, tuple(ids))
+                out.append(Broadcast(PrePrepare(pp.view, seq, digest, core.me, pp.sig, ids=named)))
+            else:
+                out.append(Broadcast(PrePrepare(pp.view, seq, digest, core.me, pp.sig, batch)))
             core.count("batches_proposed")
         self.deadline = now_ms + cfg.batch_delay_ms if self.queue else None
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from ledger.encoding import canonical
-from ledger.pbft.block import Batch, Block, KnownTx
+from ledger.pbft.block import MAX_BATCH_WIRE, Batch, Block, KnownTx
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import MAX_INT, READ, WireError
 from ledger.tx import SignedTx, TxError
@@ -77,7 +77,10 @@ def _listed(item: Callable[[Any], Any], limit: int, *, check: str = "") -> Codec
 
     def decode(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> tuple[Any, ...]:
         items = tuple(item(w) for w in READ.listed(wire, key, limit))
-        if check and any(getattr(x, "batch", None) or getattr(x, "batches", None) for x in items):
+        if check and any(
+            getattr(x, "batch", None) or getattr(x, "batches", None) or getattr(x, "ids", None)
+            for x in items
+        ):
             raise WireError(check)
         return items
 
@@ -131,6 +134,13 @@ BATCH = Codec(lambda b: b.to_wire(), _batch)
 BATCHES = Codec(lambda bs: {d.hex(): b.to_wire() for d, b in bs.items()}, _batches_from_wire)
 TX = Codec(lambda tx: tx.to_wire(), _tx)
 TX_ID = Codec(_same, _tx_id)
+
+
+def _tx_ids(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> tuple[str, ...]:
+    return tuple(_tx_id({key: w}, key, None) for w in READ.listed(wire, key, MAX_BATCH_WIRE))
+
+
+TX_IDS = Codec(list, _tx_ids)
 RECEIPT = Codec(_same, _receipt)
 
 
@@ -221,19 +231,43 @@ class _Ordering(SignedForm):
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
 
+@form("", "batch by id")
+@dataclass(frozen=True, slots=True)
+class BatchIds(WireForm):
+    """A pre-prepare's batch named by its transactions' ids, for backups that hold them (the
+    clients send every request to every replica): the timestamp and the ids in order. A
+    backup rebuilds the batch from its own requests, and the pre-prepare's digest (signed)
+    says whether it rebuilt the batch the primary signed."""
+
+    timestamp_ms: int = field(metadata=on_wire("ts", NAT))
+    tx_ids: tuple[str, ...] = field(metadata=on_wire("ids", TX_IDS))
+
+
+BATCH_IDS = Codec(lambda b: b.to_wire(), lambda w, k, _: BatchIds.from_wire(w[k]))
+
+
 @form("pre-prepare")
 @dataclass(frozen=True, slots=True)
 class PrePrepare(_Ordering):
-    # attachment; absent inside proofs
+    # attachments, at most one of them; neither inside proofs
     batch: Batch | None = field(default=None, metadata=on_wire("batch", BATCH, "attachment"))
+    ids: BatchIds | None = field(default=None, metadata=on_wire("ids", BATCH_IDS, "attachment"))
+
+    def __post_init__(self) -> None:
+        if self.batch is not None and self.ids is not None:
+            raise WireError("pre-prepare: a batch or its ids, not both")
 
     def stripped(self) -> PrePrepare:
-        return replace(self, batch=None) if self.batch is not None else self
+        if self.batch is None and self.ids is None:
+            return self
+        return replace(self, batch=None, ids=None)
 
     def encoded(self) -> bytes:
         """``canonical(self.to_wire())`` with the batch's own bytes spliced in (``batch`` sorts
         before every other key), so the primary does not encode a batch again to send it; a
         test holds the two ways equal."""
+        if self.ids is not None:
+            return canonical(self.to_wire(), checked=False)
         wire = self.header()
         wire["sig"] = self.sig.hex()
         rest = canonical(wire, checked=False)
@@ -273,7 +307,7 @@ class Checkpoint(SignedForm):
 
 def _bare_pre_prepare(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> PrePrepare:
     pp = PrePrepare.from_wire(wire[key])
-    if pp.batch is not None:
+    if pp.batch is not None or pp.ids is not None:
         raise WireError("prepared proof: pre-prepare must not carry its batch")
     return pp
 
@@ -391,6 +425,18 @@ class FetchBlocks(SignedForm):
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
 
+@form("fetch-pp")
+@dataclass(frozen=True, slots=True)
+class FetchPrePrepare(SignedForm):
+    """'Send me your pre-prepare at (``view``, ``seq``) with its batch': a backup that does
+    not hold every transaction a pre-prepare named by id."""
+
+    view: int = field(metadata=on_wire("v", NAT))
+    seq: int = field(metadata=on_wire("n", NAT))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+
+
 BLOCKS = _listed(Block.from_wire, MAX_BLOCKS)
 
 
@@ -433,7 +479,15 @@ class Reply(WireForm):
 
 
 ReplicaMessage = (
-    PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | Status | FetchBlocks
+    PrePrepare
+    | Prepare
+    | Commit
+    | Checkpoint
+    | ViewChange
+    | NewView
+    | Status
+    | FetchBlocks
+    | FetchPrePrepare
 )
 Message = Request | ReplicaMessage | Blocks | Reply
 
@@ -449,6 +503,7 @@ _FORMS: dict[str, type[WireForm]] = {
         NewView,
         Status,
         FetchBlocks,
+        FetchPrePrepare,
         Blocks,
         Reply,
     )
@@ -483,6 +538,7 @@ Signed = TypeVar(
     NewView,
     Status,
     FetchBlocks,
+    FetchPrePrepare,
 )
 
 

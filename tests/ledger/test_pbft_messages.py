@@ -13,10 +13,12 @@ from ledger.encoding import canonical, decode
 from ledger.pbft.block import NULL_DIGEST, Batch, Block, Certificate, commit_header
 from ledger.pbft.config import PbftConfig, PbftConfigError
 from ledger.pbft.messages import (
+    BatchIds,
     Blocks,
     Checkpoint,
     Commit,
     FetchBlocks,
+    FetchPrePrepare,
     NewView,
     Prepare,
     PreparedProof,
@@ -41,6 +43,7 @@ SIGNERS = [Signer(i, replica_key(i)) for i in range(4)]
 TXS = make_txs(3)
 BATCH = Batch.from_txs(1000, TXS)
 D = BATCH.digest()
+BATCH_IDS = tuple(tx.tx_id for tx in TXS)
 
 
 def _samples() -> list[Any]:
@@ -80,6 +83,8 @@ def _samples() -> list[Any]:
         Blocks((block,), 2, cps),
         Reply(0, TXS[0].tx_id, 1, {"code": "OK", "message": "", "result": {}}, 3),
         nv.compact(),  # as a primary sends it: the view-changes by reference only
+        PrePrepare(pp.view, pp.seq, pp.digest, 0, pp.sig, ids=BatchIds(1000, BATCH_IDS)),
+        sign(FetchPrePrepare(0, 1, 2), SIGNERS[2]),
     ]
 
 
@@ -98,7 +103,7 @@ def test_signature_binds_every_header_field(msg: Any) -> None:
     assert verify(msg, KEYRING)
     wire = msg.to_wire()
     for key in wire:
-        if key in ("sig", "t", "batch", "batches", "vc"):
+        if key in ("sig", "t", "batch", "batches", "vc", "ids"):
             continue  # attachments: bound by the digests the header names
         hostile = dict(wire)
         value = hostile[key]

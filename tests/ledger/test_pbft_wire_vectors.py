@@ -32,15 +32,19 @@ VECTORS = [
     ("Blocks", "eda1dd682d6ca04fa17a38b3099aa398", ""),
     ("Reply", "fd5c78aaa5357c76329b1d5fbbfcc137", ""),
     ("NewView", "8bdd4d9ca79bb4ad45d57a2d8144909f", "f6ba2cbd1f3e7b73fcba853c48934148"),
+    # the batch by ids: the same signed header as the pre-prepare with its batch
+    ("PrePrepare", "9e018e085e1c911953b24e4a937a67e9", "e1d890b6560a2fd89813881db7a02d90"),
+    ("FetchPrePrepare", "b3eae81dd21b59e70fa087afc93add40", "cbade6b47c2e8afb3c11a0ed113f583a"),
 ]
 STATUS = (
     b'{"e":9,"n":8,"r":2,"sig":"c57568c549f99cc5217a15f8fd4b83289de37cae0382d9aa070b509c474246fe'
     b'45a8eecbec25157ca8ea2030972d849f2827a2875c04d8d965254dfb19e40b05","t":"status","v":2}'
 )
 # variants, and those that still parse (see _outcomes); the NEW-VIEW's references and its
-# form without attachments added variants (was 3024, 538, "6d90e83a...")
-OUTCOMES_ALL, OUTCOMES_OK = 3264, 573
-OUTCOMES = "49593044cc5ec340126d594ad7bc3a78"
+# form without attachments, the pre-prepare by ids and FETCH-PP added variants (was 3024,
+# 538, "6d90e83a...")
+OUTCOMES_ALL, OUTCOMES_OK = 3456, 594
+OUTCOMES = "c6b03d30e969efc355e60a3b7bf08337"
 PREPARE_HEADER = (
     b'{"d":"ea603d578bea7c04cdbee676d9f4d717338ff23d0f53f7683f00ec6a130b4da3","n":1,"r":1,'
     b'"t":"prepare","v":0}'
