@@ -76,6 +76,7 @@ class ReplicaNode:
         core: type[Replica] = Replica,
         cluster: ClusterConfig | None = None,
         relay_requests: bool = True,
+        pre_prepare_ids: bool = False,
         listen_port: int | None = None,
         nofile: int | None = None,
     ) -> None:
@@ -114,6 +115,7 @@ class ReplicaNode:
             self.state,
             now_ms=clock(),
             relay_requests=relay_requests,
+            pre_prepare_ids=pre_prepare_ids,
             # one verdict cache for requests and pre-prepares: a transaction a client sent to
             # this backup too (a re-send) is verified once, not once per path
             tx_verifier=self.sigs.check_many,
@@ -501,11 +503,20 @@ async def serve(
     replica_id: int,
     factory: ContractFactory,
     listen_port: int | None = None,
+    *,
+    pre_prepare_ids: bool = False,
 ) -> None:
     """Run one replica until SIGTERM or SIGINT, then stop cleanly. ``listen_port`` binds another
     port than the cluster file's (tests put a cuttable proxy on the advertised one)."""
     nofile = raise_nofile()
-    node = ReplicaNode(directory, replica_id, factory, listen_port=listen_port, nofile=nofile)
+    node = ReplicaNode(
+        directory,
+        replica_id,
+        factory,
+        listen_port=listen_port,
+        nofile=nofile,
+        pre_prepare_ids=pre_prepare_ids,
+    )
     tune_gc()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, context: _loop_error(node.incidents, context))
