@@ -124,6 +124,13 @@ def _recorded_traffic() -> list[dict[str, Any]]:
     net.run(1500)
     net.restart(0, lose_state=True)
     net.run(1500)
+    # batches by id, and a backup that lacks a request fetching the pre-prepare in full
+    by_id = Network(make_config(4), tamper=record)
+    for replica in by_id.replicas:
+        replica.pre_prepare_ids = True
+    seen.pop("pre-prepare", None)
+    by_id.submit_all(make_txs(3), to=[0, 1, 2])
+    by_id.run(200)
     return list(seen.values())
 
 
@@ -148,7 +155,9 @@ def test_recorded_traffic_covers_every_replica_message() -> None:
         "fetch",
         "blocks",
         "request",
+        "fetch-pp",
     } <= kinds
+    assert any("ids" in w for w in TRAFFIC if w["t"] == "pre-prepare")
     for wire in TRAFFIC:
         parse(wire)
 
