@@ -229,7 +229,7 @@ class ViewChanges:
         if vc.stable_seq % cfg.checkpoint_interval:
             return False
         if vc.stable_seq > 0:
-            if any(
+            if not vc.checkpoint_proof or any(
                 cp.seq != vc.stable_seq or cp.digest != vc.checkpoint_proof[0].digest
                 for cp in vc.checkpoint_proof
             ):

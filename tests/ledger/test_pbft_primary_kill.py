@@ -15,7 +15,9 @@ from dataclasses import replace
 from typing import Any
 
 from ledger.encoding import canonical
-from ledger.pbft.simulation import Network, divergence, make_config, make_txs
+from ledger.pbft.messages import ViewChange, sign
+from ledger.pbft.signing import Signer
+from ledger.pbft.simulation import Network, divergence, make_config, make_txs, replica_key
 from ledger.tx import SignedTx
 
 
@@ -132,3 +134,19 @@ def test_a_primary_the_io_layer_cannot_reach_is_given_up_at_once_while_requests_
     assert all(network.replicas[i].view == 1 for i in (1, 2, 3))
     assert all(network.replicas[i].metrics["primary_unreachable"] == 1 for i in (1, 2, 3))
     assert divergence(network, network.correct()) == []
+
+
+def test_a_view_change_with_an_empty_checkpoint_proof_is_refused_not_raised() -> None:
+    """The stable checkpoint a replica knows lets it skip the proof's signatures, never the
+    proof: a VIEW-CHANGE naming that checkpoint with no proof at all is refused."""
+    network = Network(make_config(4, checkpoint_interval=2, log_window=4, batch_max=2))
+    txs = make_txs(8)
+    network.submit_all(txs)
+    while not network.all_committed(txs):
+        network.run(20)
+    network.run(200)
+    target = network.replicas[1]
+    assert target.stable_seq >= 2
+    bare = sign(ViewChange(1, target.stable_seq, (), (), 2), Signer(2, replica_key(2)))
+    network.inject(1, bare.to_wire(), 2)
+    assert target.metrics["rejected_bad_view_change"] == 1
