@@ -101,6 +101,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replica", type=_positive, required=True)
     p.add_argument("--contract", default=DEFAULT_CONTRACT, help=argparse.SUPPRESS)
     p.add_argument("--listen-port", type=_positive, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--pre-prepare-ids",
+        action="store_true",
+        help="as primary, name a batch's transactions by id (for clients that send every "
+        "request to every replica)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("cluster", help="run every replica of --dir as child processes")
@@ -306,7 +312,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(
-            serve(args.dir, args.replica, factory, listen_port=args.listen_port)
+            serve(
+                args.dir,
+                args.replica,
+                factory,
+                listen_port=args.listen_port,
+                pre_prepare_ids=args.pre_prepare_ids,
+            )
         )
     except (KeyFileError, ClusterFileError) as exc:
         return _fail(str(exc))

@@ -218,6 +218,8 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
     for i in range(cluster.n):
         cmd = [sys.executable, "-m", "ledger", "run", "--dir", str(directory), "--replica", str(i),
                "--contract", DEFAULT_CONTRACT]  # fmt: skip
+        if args.pre_prepare_ids:
+            cmd.append("--pre-prepare-ids")
         if hosts is not None and ports is not None:
             cmd = hosts.command(i, [*cmd, "--listen-port", str(ports[i][1])])
         procs[i] = subprocess.Popen(
@@ -347,6 +349,7 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
         "window": args.window,
         "batch_max": args.batch_max,
         "broadcast": args.broadcast,
+        "pre_prepare_ids": args.pre_prepare_ids,
         "cores": os.cpu_count(),
         "client_cpu_ms_per_tx": round(1000 * client_cpu / max(committed, 1), 3),
         "replica_cpu_ms_per_tx": {
@@ -386,6 +389,7 @@ SETTINGS = (
     "window",
     "batch_max",
     "broadcast",
+    "pre_prepare_ids",
     "cores",
     "batch_verify",
     "hosts",
@@ -435,6 +439,9 @@ def _handler(args: argparse.Namespace) -> int:
         return 2
     if args.min_view_change_ms > args.view_change_ms:
         print("wattmesh bench ledger: --min-view-change-ms above --view-change-ms", file=sys.stderr)
+        return 2
+    if args.pre_prepare_ids and not args.broadcast:
+        print("wattmesh bench ledger: --pre-prepare-ids goes with --broadcast", file=sys.stderr)
         return 2
     if args.hosts is not None and args.link is None:
         print("wattmesh bench ledger: --hosts goes with --link", file=sys.stderr)
@@ -520,6 +527,11 @@ def register_bench(bench_subparsers: Any) -> None:
         "--broadcast",
         action="store_true",
         help="clients send every transaction to every replica (not only to the primary)",
+    )
+    p.add_argument(
+        "--pre-prepare-ids",
+        action="store_true",
+        help="primaries name a batch's transactions by id (with --broadcast: backups hold them)",
     )
     p.add_argument(
         "--repeat",

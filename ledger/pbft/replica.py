@@ -46,6 +46,7 @@ from ledger.pbft.messages import (
     Checkpoint,
     Commit,
     FetchBlocks,
+    FetchPrePrepare,
     Message,
     NewView,
     Prepare,
@@ -89,12 +90,16 @@ class Replica:
         now_ms: int,
         relay_requests: bool = True,
         tx_verifier: TxVerifier | None = None,
+        pre_prepare_ids: bool = False,
     ) -> None:
         if not 0 <= me < config.n:
             raise ValueError(f"replica id {me} is not in the cluster")
         self.cfg = config
         self.me = me
         self.relay_requests = relay_requests
+        # as primary, name a batch's transactions by id in the PRE-PREPARE (clients send every
+        # request to every replica); a backup lacking one fetches the pre-prepare in full
+        self.pre_prepare_ids = pre_prepare_ids
         # (txs, their ids) -> is each signature valid? Lets the IO layer share one verdict cache
         # between the requests it checks and the pre-prepares the core checks, and check a
         # pre-prepare's transactions together (a batch check). Default: ``tx.verify()`` each.
@@ -236,6 +241,8 @@ class Replica:
             self.transfer.on_status(msg, now_ms, out)
         elif isinstance(msg, FetchBlocks):
             self.transfer.on_fetch(msg, out)
+        elif isinstance(msg, FetchPrePrepare):
+            self.log.on_fetch_pre_prepare(msg, out)
         elif isinstance(msg, Blocks):
             self.transfer.on_blocks(msg, now_ms, out)
         return out
@@ -269,6 +276,15 @@ class Replica:
             views.on_timeout(now_ms, out)
         self.transfer.tick(now_ms, out)
         return out
+
+    def on_peer_unreachable(self, peer: int, now_ms: int) -> list[Action]:
+        """The IO layer has not been able to reach replica ``peer`` for a while (its connection
+        refused or reset). If that is the primary this replica waits on, the view-change timer
+        fires now (``ViewChanges.primary_unreachable``)."""
+        self.now = now_ms
+        if peer == self.cfg.primary(self.view) and peer != self.me:
+            self.views.primary_unreachable(now_ms)
+        return self.on_tick(now_ms)
 
     # ------------------------------------------------------------------ timers
 
