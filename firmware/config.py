@@ -18,6 +18,7 @@ DEFAULTS = {
 }
 
 _NUM = (int, float)
+DEFAULT_NTP = "pool.ntp.org"
 
 # Physical and practical bounds (key -> (low, high, kind)), checked at boot so that a config that
 # passes does not crash or exhaust the node later: mains_hz sizes the sample buffers (0.001 Hz
@@ -184,7 +185,20 @@ def check(cfg):
     if link == "mqtt":
         mq = _get(cfg, "mqtt", "", dict)
         _get(mq, "host", "mqtt.", str)
-        port = mq["port"] = _get(mq, "port", "mqtt.", int, 1883)
+        # TLS unless switched off by hand: the broker's certificate is checked against the CA
+        # file `ca` (written beside config.json by `wattmesh provision node`) and its host name
+        tls = mq["tls"] = _get(mq, "tls", "mqtt.", bool, True, required=False)
+        if tls:
+            ca = mq["ca"] = _get(mq, "ca", "mqtt.", str, "ca.crt")
+            if not ca:
+                raise ConfigError("mqtt.ca: the broker's CA certificate file, not empty")
+        elif "ca" in mq:
+            raise ConfigError("mqtt.ca: needs tls true")
+        port = mq["port"] = _get(mq, "port", "mqtt.", int, 8883 if tls else 1883)
+        # the clock for the certificates' dates (the ESP32's RTC starts at 2000)
+        if not _get(cfg, "ntp", "", str, DEFAULT_NTP):
+            raise ConfigError("ntp: an NTP server's name, not empty")
+        cfg["ntp"] = cfg.get("ntp", DEFAULT_NTP)
         if not 0 < port < 65536:
             raise ConfigError("mqtt.port: 1..65535")
         mq["topic"] = _get(mq, "topic", "mqtt.", str, cfg["name"])
@@ -238,30 +252,26 @@ def check(cfg):
     return cfg
 
 
-def load(path):
+def _read(path, parse, what):
+    """``parse`` of the text of the file at ``path``; ``what`` says why when it refuses it."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         raise ConfigError(path + ": cannot read")
     try:
-        cfg = json.loads(text)
+        return parse(text)
     except ValueError:
-        raise ConfigError(path + ": not valid JSON")
-    return check(cfg)
+        raise ConfigError(path + ": " + what)
+
+
+def load(path):
+    return check(_read(path, json.loads, "not valid JSON"))
 
 
 def load_key(path):
     """The node's 32-byte HMAC key, stored as 64 hex characters."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        raise ConfigError(path + ": cannot read")
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(path + ": not hex")
+    key = _read(path, lambda text: bytes.fromhex(text.strip()), "not hex")
     if len(key) != 32:
         raise ConfigError(path + ": expected 32 bytes")
     return key

@@ -134,28 +134,20 @@ def sums(buf_v, buf_i, a, b, ov, oi, mid=0):
         if k < mid < e:
             e = mid
         si = sii = s2 = sti = 0
-        if buf_v is None:
-            for j in range(k, e):
-                d = buf_i[j] - oi
-                si += d
-                sii += d * d
-                sti += (j - k) * d
-                x = d - p1 - p1 + p2
-                s2 += x * x
-                p2 = p1
-                p1 = d
-        else:
+        for j in range(k, e):
+            d = buf_i[j] - oi
+            si += d
+            sii += d * d
+            sti += (j - k) * d
+            x = d - p1 - p1 + p2
+            s2 += x * x
+            p2 = p1
+            p1 = d
+        if buf_v is not None:  # the voltage's sums, and its products with the current
             sv = svv = svi = spi = stv = 0
             for j in range(k, e):
                 d = buf_i[j] - oi
                 v = buf_v[j] - ov
-                si += d
-                sii += d * d
-                sti += (j - k) * d
-                x = d - p1 - p1 + p2
-                s2 += x * x
-                p2 = p1
-                p1 = d
                 sv += v
                 svv += v * v
                 stv += (j - k) * v

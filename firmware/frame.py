@@ -66,8 +66,8 @@ S_OK = 0
 S_MIN_TIME = 1  # refused: minimum on/off time not yet elapsed (the node retries at expiry)
 S_TRIPPED = 2  # refused: the relay is locked out by the over-current trip
 S_BAD_RELAY = 3  # refused: no such relay
-S_REPLAY = 4  # (emulators) not newer than the last accepted command; the firmware drops such a
-#               command unanswered (node.py), a gateway treats the status as not done
+S_REPLAY = 4  # retired: no node answers a replayed command (open_command); kept so that an
+#               old node's ACK still decodes, and a gateway treats the status as not done
 S_BAD_CALIBRATION = 5  # refused: no such CT channel, no reading yet, or constants out of bounds
 
 # CALIBRATE: channel, mode, reserved (0), then three values by mode:
@@ -159,6 +159,24 @@ def decode(key, frame, direction=None):
     return ftype, node_id, seq, body[HEADER_LEN:]
 
 
+def open_command(key, node_id, frame, last_seq):
+    """A node's first look at a frame it received: (type, seq, payload) of an authentic DOWN
+    frame (COMMAND or CALIBRATE) for ``node_id`` whose seq is newer than ``last_seq``, the last
+    command the node accepted. Anything else raises FrameError with the reason to drop it
+    unanswered: "direction" (an UP frame, e.g. the node's own ACK reflected back), "node"
+    (another node's), "tag", "replay" (seq not newer: not executed, not ACKed, nothing saved: an
+    answer would burn a sequence number and, at a block's end, a flash write), or a header fault.
+    The caller records seq as its last command before acting on it. The firmware (node.py) and
+    the emulators (hardware/) all take commands through here."""
+    ftype, nid, seq = peek(frame, DOWN)
+    if nid != node_id:
+        raise FrameError("node")
+    payload = decode(key, frame, DOWN)[3]
+    if seq <= last_seq:
+        raise FrameError("replay")
+    return ftype, seq, payload
+
+
 def pack_reading(r):
     """Payload of a READING from a dict with the keys of READING_FIELDS."""
     return struct.pack(
@@ -200,6 +218,17 @@ def unpack_command(payload):
     if action not in (A_OFF, A_ON, A_TOGGLE):
         raise FrameError("bad_action")
     return relay, action
+
+
+def open_relay_command(key, node_id, frame, last_seq):
+    """``open_command`` for a node with relays and no CT channel to calibrate (the emulated
+    plug and MQTT node): (seq, relay, action) of an authentic new COMMAND; a CALIBRATE raises
+    FrameError("type")."""
+    ftype, seq, payload = open_command(key, node_id, frame, last_seq)
+    if ftype != T_COMMAND:
+        raise FrameError("type")
+    relay, action = unpack_command(payload)
+    return seq, relay, action
 
 
 def pack_calibrate(channel, mode, a, b, c):

@@ -16,15 +16,89 @@
 # socket is closed and the next attempt waits a backoff (doubling up to BACKOFF_MAX_MS) on the
 # clock passed in, so the link never sleeps: a dead broker costs frames (the counters are
 # cumulative, nothing is lost), never metering time or a watchdog reset.
+#
+# TLS (mqtt.tls, on unless switched off by hand): umqtt.simple wraps its socket with the
+# SSLContext it is given, passing the broker's host as server_hostname, so mbedtls checks the
+# certificate's chain against the provisioned CA file (mqtt.ca) and its name against mqtt.host.
+# MicroPython's ssl.SSLContext starts with verify_mode CERT_NONE (micropython-lib's ssl.py), so
+# CERT_REQUIRED is set here: without it any certificate would do. A failed session is logged on
+# the console in words (why()) and kept in last_error: an untrusted certificate, a refused login,
+# an unreachable broker; a CA file that cannot be read is such an error too, never a reboot.
+# MicroPython's ESP32 builds check a certificate's dates too (MBEDTLS_HAVE_TIME_DATE, against
+# the RTC), and the RTC starts at 2000, before any certificate: before a TLS session the link
+# sets the clock by NTP (`ntp` in config.json) when it was never set.
 import json
 import time
 
+import config
 import network
-from umqtt.simple import MQTTClient
+from umqtt.simple import MQTTClient, MQTTException
 
 BACKOFF_MIN_MS = 1000
 BACKOFF_MAX_MS = 60000
 MAX_MSGS = 8  # messages taken per received() call, and kept in the inbox
+
+
+CLOCK_SET_YEAR = 2024  # an RTC before this year was never set (the ESP32's starts at 2000)
+
+
+class CaError(Exception):
+    pass
+
+
+class ClockError(Exception):
+    pass
+
+
+def rtc_year():
+    return time.localtime()[0]
+
+
+def set_clock(host):
+    """The RTC by NTP from ``host``: certificates' dates are checked against it."""
+    import ntptime
+
+    ntptime.host = host
+    try:
+        ntptime.settime()
+    except Exception as e:
+        raise ClockError("TLS: the clock is not set and NTP (%s) failed (%r): a certificate's "
+                         "dates cannot be checked" % (host, e))
+
+
+def tls_context(mq):
+    """The SSLContext for mqtt.tls: the broker's certificate must chain to the CA file mqtt.ca."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # (the ESP32 stubs' SSLContext lacks the attribute that micropython-lib's ssl.py has)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+    try:
+        ctx.load_verify_locations(cafile=mq["ca"])
+    except Exception as e:  # missing, unreadable, not a certificate
+        raise CaError("TLS: cannot load the CA file mqtt.ca (%s): %r" % (mq["ca"], e))
+    return ctx
+
+
+def why(e):
+    """A failed broker session in words, for the console."""
+    if isinstance(e, (CaError, ClockError)):
+        return e.args[0]
+    if isinstance(e, MQTTException):
+        code = e.args[0] if e.args else None
+        if code in (4, 5):  # CONNACK: bad user name or password / not authorised
+            return ("the broker refused the login: mqtt.user or mqtt.password wrong "
+                    "(CONNACK %d)" % code)
+        return "the broker refused the session (%r)" % (code,)
+    if isinstance(e, ValueError):  # mbedtls' certificate check, in words (MicroPython's tls)
+        return "TLS: the broker's certificate is not trusted (mqtt.ca, mqtt.host): %s" % e
+    code = e.args[0] if isinstance(e, OSError) and e.args else 0
+    if code == -0x2700:  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED, as a code
+        return "TLS: the broker's certificate is not trusted (mqtt.ca, mqtt.host)"
+    if isinstance(code, int) and code <= -0x1000:  # an mbedtls error code
+        return ("TLS: the handshake failed (mbedtls -0x%04x; is mqtt.port the broker's TLS "
+                "port?)" % -code)
+    return "the broker is unreachable or closed the connection (%r)" % (e,)
 
 
 class Link:
@@ -40,6 +114,9 @@ class Link:
         self.t_cmd = "cmnd/%s/FRAME" % topic
         self.wifi = cfg["wifi"]
         self.keepalive_ms = mq.get("keepalive", 60) * 1000
+        self.tls = mq.get("tls", True)
+        self.mq = mq
+        self.ntp = cfg.get("ntp", config.DEFAULT_NTP)
         self.client = MQTTClient(cfg["name"], mq["host"], mq["port"], mq.get("user"),
                                  mq.get("password"), keepalive=mq.get("keepalive", 60))
         self.client.set_callback(self._on_msg)
@@ -53,6 +130,7 @@ class Link:
         self.sent_at = 0  # ticks_ms of the last packet to the broker (for the keepalive ping)
         self.sessions = 0  # broker sessions set up so far
         self.failures = 0  # sessions or attempts that failed
+        self.last_error = None  # why the last one failed, in words (also printed)
 
     def _on_msg(self, topic, msg):
         if topic == self.t_cmd.encode() and len(self.inbox) < MAX_MSGS:
@@ -64,9 +142,11 @@ class Link:
         self.retry_at = c.ticks_add(c.ticks_ms(), self.backoff)
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_MS)
 
-    def _down(self):
+    def _down(self, e):
         self.up = False
         self.failures += 1
+        self.last_error = why(e)
+        print("mqtt: " + self.last_error)
         sock = self.client.sock
         self.client.sock = None
         if sock is not None:
@@ -94,11 +174,15 @@ class Link:
             self._later()
             return False
         try:
+            if self.tls and self.client.ssl is None:
+                self.client.ssl = tls_context(self.mq)
+            if self.tls and rtc_year() < CLOCK_SET_YEAR:
+                set_clock(self.ntp)
             self.client.connect()
             self.client.subscribe(self.t_cmd)
             self.client.publish(self.t_lwt, b"Online", retain=True)
-        except Exception:  # any broker failure: see the top of the file
-            self._down()
+        except Exception as e:  # any broker failure: see the top of the file
+            self._down(e)
             return False
         self.up = True
         self.sessions += 1
@@ -115,8 +199,8 @@ class Link:
             return False
         try:
             self.client.publish(topic, payload)
-        except Exception:
-            self._down()
+        except Exception as e:
+            self._down(e)
             return False
         self.sent_at = self.clock.ticks_ms()
         return True
@@ -129,7 +213,7 @@ class Link:
 
     def sensor(self, payload):
         t = time.localtime()
-        if t[0] >= 2024:  # the RTC was set (ntptime): Tasmota's "Time" field
+        if t[0] >= CLOCK_SET_YEAR:  # the RTC was set (ntptime): Tasmota's "Time" field
             payload["Time"] = "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
         return self._publish(self.t_sensor, json.dumps(payload))
 
@@ -146,7 +230,7 @@ class Link:
                 for _ in range(MAX_MSGS):
                     if self.client.check_msg() is None:
                         break
-            except Exception:
-                self._down()
+            except Exception as e:
+                self._down(e)
         out, self.inbox = self.inbox, []
         return out

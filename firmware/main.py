@@ -11,11 +11,11 @@ import node
 LOOP_MS = 50
 
 
-def make_link(cfg, feed):
+def make_link(cfg, feed, key):
     if cfg["link"] == "ble":
         import link_ble
 
-        return link_ble.Link(cfg)
+        return link_ble.Link(cfg, key)  # its pairing passkey comes from the node key
     if cfg["link"] == "mqtt":
         import link_mqtt
 
@@ -27,7 +27,7 @@ async def run():
     cfg = config.load("config.json")
     key = config.load_key("node.key")
     n = node.Node(hal, cfg, key, "")
-    link = make_link(cfg, n.wdt.feed)
+    link = make_link(cfg, n.wdt.feed, key)
     if link:
         link.start()
     gc.collect()

@@ -300,10 +300,8 @@ class Node:
         and, at a block's end, a flash write), nothing saved.
         """
         try:
-            ftype, nid, seq = frame.peek(raw, frame.DOWN)
-            if nid != self.node_id:
-                return self._drop("node")
-            _t, _n, seq, payload = frame.decode(self.key, raw, frame.DOWN)
+            ftype, seq, payload = frame.open_command(self.key, self.node_id, raw,
+                                                     self.state.cmd_seq)
             if ftype == frame.T_CALIBRATE:
                 cal = frame.unpack_calibrate(payload)
             else:

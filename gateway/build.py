@@ -10,6 +10,7 @@ them. The daemon (``gateway.daemon``) only runs what is built here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware import ble_guard
 from gateway.clock import Clock
 from gateway.config import EmsConfig, GatewayConfig, GatewayConfigError, NodeConfig, load_keystore
 from gateway.ingest import Ingest
-from gateway.intervals import IntervalAggregator, MeterSpec
+from gateway.intervals import SIGN_UNKNOWN, IntervalAggregator, MeterSpec
 from gateway.ledger_link import LedgerDeliverer
 from gateway.outbox import Backoff, Deliverer
 from gateway.publish import HaPublisher
@@ -108,13 +110,15 @@ def build(
         for session in ingest.calibrations:
             session.meter_reading(r.meter_id, r.t_ms, r.values, r.power_dw / 10)
         reading = ingest.sample(r.meter_id, r.t_ms, r.power_dw, r.import_mwh, r.export_mwh,
-                                "modbus", sign_unknown=r.sign_unknown)  # fmt: skip
+                                "modbus", SIGN_UNKNOWN if r.sign_unknown else 0)  # fmt: skip
         if reading is not None and publisher is not None:
             publisher.offer(reading)
 
     buses = [ModbusBus(bus, on_meter_reading, clock) for bus in cfg.buses]
     sources = (
-        list(node_sources) if node_sources is not None else _node_sources(cfg, clock, ble_backend)
+        list(node_sources)
+        if node_sources is not None
+        else _node_sources(cfg, clock, ble_backend, keys)
     )
     relays = RelayCommander(keys, ingest.nodes, sources, clock, cfg.command_timeout_s)
     outbox_wake = asyncio.Event()
@@ -184,7 +188,7 @@ def ems_runner(
     node sources, orders through the outbox, forecasts from the closed intervals, and
     clearing results from the ledger (when it trades)."""
     from gateway.ems.agent import TradingAgent
-    from gateway.ems.runner import EmsRunner, RunnerConfig
+    from gateway.ems.runner import DaemonHooks, EmsRunner
 
     agent = None
     if cfg.id_grid is not None:
@@ -194,20 +198,8 @@ def ems_runner(
     return EmsRunner(
         list(cfg.appliances),
         cfg.tariff,
-        RunnerConfig(
-            site_meter=cfg.site_meter,
-            pv_meter=cfg.pv_meter,
-            horizon_slots=cfg.horizon_slots,
-            history_days=cfg.history_days,
-            limit_w=cfg.limit_w,
-            model=cfg.model,
-            relay_timeout_s=relay_timeout_s,
-        ),
-        clock=clock,
-        send_relay=relays.send,
-        enqueue_tx=recorder.enqueue_tx,
-        interval_history=recorder.interval_history,
-        clearing=clearing,
+        dataclasses.replace(cfg.runner, relay_timeout_s=relay_timeout_s),
+        DaemonHooks(clock, relays.send, recorder.enqueue_tx, recorder.interval_history, clearing),
         agent=agent,
     )
 
@@ -231,7 +223,9 @@ def _dr_inbox(cfg: GatewayConfig, ems: EmsRunner, recorder: Recorder, clock: Clo
     return DrInbox(cfg.mqtt, cfg.gateway_id, signers, clock.now_ms, store_request, on_request)
 
 
-def _node_sources(cfg: GatewayConfig, clock: Clock, ble_backend: type | None) -> list[NodeSource]:
+def _node_sources(
+    cfg: GatewayConfig, clock: Clock, ble_backend: type | None, keys: Mapping[int, bytes]
+) -> list[NodeSource]:
     sources: list[NodeSource] = []
     mqtt_nodes = [n for n in cfg.nodes if n.transport == "mqtt"]
     if mqtt_nodes and cfg.mqtt is not None:
@@ -240,13 +234,19 @@ def _node_sources(cfg: GatewayConfig, clock: Clock, ble_backend: type | None) ->
         sources.append(MqttNodeSource(mqtt_nodes, cfg.mqtt, clock))
     ble_nodes = [n for n in cfg.nodes if n.transport == "ble"]
     if ble_nodes:
-        sources.append(_ble_source(cfg, clock, ble_nodes, ble_backend))
+        sources.append(_ble_source(cfg, clock, ble_nodes, ble_backend, keys))
     return sources
 
 
 def _ble_source(
-    cfg: GatewayConfig, clock: Clock, nodes: list[NodeConfig], backend: type | None
+    cfg: GatewayConfig,
+    clock: Clock,
+    nodes: list[NodeConfig],
+    backend: type | None,
+    keys: Mapping[int, bytes],
 ) -> NodeSource:
+    """Every BLE node is paired (Passkey Entry, the passkey from its key in the keystore) and
+    its link encrypted before anything is read or written."""
     try:
         from gateway.sources.ble import BleNode, BleNodeSource
     except ImportError as exc:
@@ -255,10 +255,20 @@ def _ble_source(
         ) from exc
     if backend is None and cfg.ble_backend.startswith("bumble:"):
         from hardware.ble.bleak_bumble import backend_from_spec
+        from hardware.ble.bonds import BondStoreError, read_bond_store
 
-        backend = backend_from_spec(cfg.ble_backend)
+        try:
+            read_bond_store(cfg.ble_bond_store)  # a bad store stops the start, not a pairing
+        except BondStoreError as exc:
+            raise GatewayConfigError(f"ble.bond_store: {exc}") from exc
+        backend = backend_from_spec(cfg.ble_backend, cfg.ble_bond_store)
+    missing = [n.node_id for n in nodes if n.node_id not in keys]
+    if missing:
+        raise GatewayConfigError(f"ble.nodes: no key (so no passkey) for node(s) {missing}")
     try:
-        ble_nodes = [BleNode(n.node_id, n.address) for n in nodes]
+        ble_nodes = [
+            BleNode(n.node_id, n.address, ble_guard.passkey(keys[n.node_id])) for n in nodes
+        ]
     except ValueError as exc:
         raise GatewayConfigError(f"ble.nodes: {exc}") from exc
     source: NodeSource = BleNodeSource(

@@ -228,6 +228,7 @@ class PairCollector:
         return out
 
 
+@dataclass(eq=False)
 class Session:
     """One calibration under way: node ``node_id``'s CT ``channel`` against the Modbus meter
     ``reference`` (its quantity ``voltage`` and its real power), starting from the constants the
@@ -235,15 +236,18 @@ class Session:
     ``meter_reading``); ``command()`` fits and gives the payload and the new constants, which
     ``Gateway.send_node_command(node_id, frame.T_CALIBRATE, payload, channel)`` delivers."""
 
-    def __init__(self, node_id: int, channel: int, reference: str, constants: Constants,
-                 interval_ms: int = 60_000, voltage: str = "voltage") -> None:
-        self.node_id = node_id
-        self.channel = channel
-        self.reference = reference
-        self.voltage = voltage
-        self.constants = constants
-        self.collector = PairCollector(interval_ms)
-        self.no_voltage = 0  # frames of the channel without a voltage (none can be paired)
+    node_id: int
+    channel: int
+    reference: str
+    constants: Constants
+    interval_ms: int = 60_000
+    voltage: str = "voltage"
+    collector: PairCollector = field(init=False)
+    # frames of the channel without a voltage (none can be paired)
+    no_voltage: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.collector = PairCollector(self.interval_ms)
 
     def node_frame(self, t_ms: int, reading: dict[str, int]) -> None:
         """A verified READING of the node (``frame.unpack_reading``'s fields)."""

@@ -11,12 +11,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.ems.appliances import Appliance
-from gateway.ems.forecast import Model
 from gateway.ems.tariff import Tariff
-from gateway.ems.timegrid import SLOTS_PER_DAY
 from gateway.intervals import INTERVAL_MS
+
+if TYPE_CHECKING:  # the runner (numpy, the planner) only where [ems] is set
+    from gateway.ems.runner import RunnerConfig
 
 INTERVAL_MIN = INTERVAL_MS // 60_000
 
@@ -27,6 +29,7 @@ PUBKEY_RE = re.compile(r"^[0-9a-fA-F]{64}$")  # an Ed25519 public key in hex
 DR_ROLES = ("operator", "dso")  # who may sign a demand-response request
 BLE_ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # AA:BB:CC:DD:EE:FF
 MAX_SILENCE_S = 86_400  # a day: a longer silence watchdog is a typo, not a setting
+BLE_BOND_STORE = "ble-bonds.json"  # in data_dir unless ble.bond_store names a file
 
 class GatewayConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
@@ -105,16 +108,12 @@ class BusConfig:
 class EmsConfig:
     """The home energy management system the daemon runs (``[ems]``): which appliances it
     switches (the spec file ``wattmesh ems plan`` reads, already loaded and checked), which
-    meters it forecasts from, the tariff it plans with, and, with ``id_grid``, the member it
-    trades for (its orders go through the outbox to the ledger)."""
+    meters it forecasts from and how (``runner``: the runner's own config, whose relay timeout
+    the daemon sets from ``command_timeout_s``), the tariff it plans with, and, with
+    ``id_grid``, the member it trades for (its orders go through the outbox to the ledger)."""
 
     appliances: tuple[Appliance, ...]
-    site_meter: str
-    limit_w: int  # the home's contracted power
-    pv_meter: str | None = None
-    horizon_slots: int = SLOTS_PER_DAY
-    history_days: int = 28
-    model: Model = "ridge"
+    runner: RunnerConfig
     tariff: Tariff = field(default_factory=Tariff)
     id_grid: str | None = None
     res_id: str | None = None
@@ -161,6 +160,9 @@ class GatewayConfig:
     mqtt: MqttConfig | None = None
     ble_backend: str = "bleak"
     ble_silence_timeout_s: float | None = None  # None: no silence watchdog
+    # the bumble backend's bonds with the nodes (owner-only; BlueZ keeps its own bonds);
+    # None: <data_dir>/ble-bonds.json
+    ble_bond_store_file: Path | None = None
     nodes: tuple[NodeConfig, ...] = ()
     buses: tuple[BusConfig, ...] = ()
     # Meters (and a node's channels, ``<meter_id>.<n>``) whose intervals are kept in the gateway
@@ -180,6 +182,13 @@ class GatewayConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "gateway.db"
+
+    @property
+    def ble_bond_store(self) -> Path:
+        """Where the bumble BLE backend keeps its bonds (long-term keys: a secret)."""
+        if self.ble_bond_store_file is not None:
+            return self.ble_bond_store_file
+        return self.data_dir / BLE_BOND_STORE
 
     def reports(self, meter_id: str) -> bool:
         """Whether a signed report of this meter's intervals goes to the ledger."""

@@ -47,7 +47,7 @@ from gateway.ems.tariff import (
 )
 from gateway.ems.timegrid import SLOTS_PER_DAY, SLOTS_PER_HOUR
 from hardware.meters import MODELS, load_map
-from ledger.fields import Fields
+from ledger.fields import Fields, read_document
 
 _READ = Fields(GatewayConfigError)  # the project's strict field readers, raising our error
 
@@ -130,9 +130,9 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
     ledger = _ledger(lt, base) if (lt := root.table("ledger")) is not None else None
     found = _Meters()
     mqtt = _mqtt(mt, found, base) if (mt := root.table("mqtt")) is not None else None
-    ble_backend, ble_silence_timeout_s = "bleak", None
+    ble_backend, ble_silence_timeout_s, bond_store = "bleak", None, None
     if (bt := root.table("ble")) is not None:
-        ble_backend, ble_silence_timeout_s = _ble(bt, found)
+        ble_backend, ble_silence_timeout_s, bond_store = _ble(bt, found)
     if (mb := root.table("modbus")) is not None:
         found.buses += [_bus(bus, base, found.unreported) for bus in mb.tables("buses")]
         mb.done()
@@ -154,6 +154,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> GatewayConfig:
         mqtt=mqtt,
         ble_backend=ble_backend,
         ble_silence_timeout_s=ble_silence_timeout_s,
+        ble_bond_store_file=None if bond_store is None else _path(section["data_dir"], bond_store),
         nodes=tuple(found.nodes),
         buses=tuple(found.buses),
         unreported=frozenset(found.unreported),
@@ -236,11 +237,15 @@ def _mqtt(mt: _Table, found: _Meters, base: Path) -> MqttConfig:
     return mqtt
 
 
-def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None]:
-    """``[ble]``: the backend, the silence watchdog (None: none) and the BLE nodes."""
+def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None, str | None]:
+    """``[ble]``: the backend, the silence watchdog (None: none), the bond store file (as
+    written; relative to data_dir) and the BLE nodes."""
     backend = bt.get("backend", str, "bleak")
     if backend != "bleak" and not backend.startswith("bumble:"):
         raise GatewayConfigError("ble.backend: must be 'bleak' or 'bumble:<transport spec>'")
+    bond_store = bt.get("bond_store", str, None)
+    if bond_store is not None and (not bond_store.strip() or "\0" in bond_store):
+        raise GatewayConfigError(f"ble.bond_store: {bond_store!r} is not a file name")
     silence = bt.get("silence_timeout_s", (int, float), None)
     if silence is not None and not 0 < silence <= MAX_SILENCE_S:  # also refuses nan and inf
         raise GatewayConfigError(
@@ -249,7 +254,7 @@ def _ble(bt: _Table, found: _Meters) -> tuple[str, float | None]:
     for t in bt.tables("nodes"):
         _node(t, "ble", found)
     bt.done()
-    return backend, None if silence is None else float(silence)
+    return backend, None if silence is None else float(silence), bond_store
 
 
 def _node(t: _Table, transport: str, found: _Meters) -> None:
@@ -352,7 +357,9 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
 def _ems(
     t: _Table, base: Path, nodes: list[NodeConfig], meters: set[str], *, trading: bool
 ) -> EmsConfig:
-    from gateway.ems.plan import DEFAULT_LIMIT_W  # the planner (scipy) only when [ems] is set
+    # the planner (scipy) only when [ems] is set
+    from gateway.ems.plan import DEFAULT_LIMIT_W
+    from gateway.ems.runner import RunnerConfig
 
     def meter(key: str, default: Any = ...) -> str | None:
         value = t.get(key, str, default, pattern=ID_RE)
@@ -420,14 +427,16 @@ def _ems(
     cfg = EmsConfig(
         dr_signers=tuple(signers),
         appliances=tuple(appliances),
-        site_meter=site,
-        pv_meter=pv,
-        limit_w=t.get("limit_w", int, DEFAULT_LIMIT_W, min=100, max=10**7),
-        horizon_slots=t.get(
-            "horizon_slots", int, SLOTS_PER_DAY, min=SLOTS_PER_HOUR, max=MAX_HORIZON
+        runner=RunnerConfig(
+            site_meter=site,
+            pv_meter=pv,
+            limit_w=t.get("limit_w", int, DEFAULT_LIMIT_W, min=100, max=10**7),
+            horizon_slots=t.get(
+                "horizon_slots", int, SLOTS_PER_DAY, min=SLOTS_PER_HOUR, max=MAX_HORIZON
+            ),
+            history_days=t.get("history_days", int, 28, min=1, max=365),
+            model=t.get("model", str, "ridge", choices=FORECAST_MODELS),
         ),
-        history_days=t.get("history_days", int, 28, min=1, max=365),
-        model=t.get("model", str, "ridge", choices=FORECAST_MODELS),
         tariff=tariff,
         id_grid=id_grid,
         res_id=res_id,
@@ -488,14 +497,7 @@ def _calibrations(tables: list[_Table], found: _Meters) -> tuple[CalibrationConf
 
 def load_config(path: str | Path) -> GatewayConfig:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GatewayConfigError(f"{p}: cannot read: {exc}") from exc
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise GatewayConfigError(f"{p}: not valid TOML: {exc}") from exc
+    doc = read_document(p, tomllib.loads, GatewayConfigError, syntax="not valid TOML")
     cfg = parse_config(doc, p.resolve().parent)
     return GatewayConfig(**{**_fields(cfg), "source": p})
 

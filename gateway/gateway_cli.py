@@ -35,6 +35,13 @@ def register(subparsers: Any) -> None:
     pub = sub.add_parser("pubkey", help="the gateway's public key (the key is made if missing)")
     pub.add_argument("--config", required=True, help="gateway TOML config")
     pub.set_defaults(func=cmd_pubkey)
+    pk = sub.add_parser(
+        "ble-passkey",
+        help="a BLE node's pairing passkey, for BlueZ's agent (bluetoothctl) when pairing once",
+    )
+    pk.add_argument("--config", required=True, help="gateway TOML config")
+    pk.add_argument("--node", required=True, type=int, help="the BLE node's id")
+    pk.set_defaults(func=cmd_ble_passkey)
 
 
 def _load(path: str) -> GatewayConfig | None:
@@ -131,8 +138,9 @@ async def probe_all(cfg: GatewayConfig, timeout_s: float) -> list[dict[str, Any]
 async def _probe_ble(
     cfg: GatewayConfig, node_id: int, address: str, timeout_s: float
 ) -> dict[str, Any]:
-    """Connect with the real bleak API (through the configured backend) and look for the node's
-    GATT service."""
+    """Connect with the real bleak API (through the configured backend, with the daemon's bonds:
+    a bonded node's link is encrypted, as the daemon's would be) and look for the node's GATT
+    service. No pairing: that is the daemon's first connect."""
     name = f"ble node {node_id} ({address})"
     try:
         from bleak import BleakClient
@@ -143,7 +151,7 @@ async def _probe_ble(
         if cfg.ble_backend.startswith("bumble:"):
             from hardware.ble.bleak_bumble import backend_from_spec
 
-            backend = backend_from_spec(cfg.ble_backend)
+            backend = backend_from_spec(cfg.ble_backend, cfg.ble_bond_store)
         async with asyncio.timeout(timeout_s + 1):
             async with BleakClient(address, timeout=timeout_s, backend=backend) as client:
                 uuids = {str(s.uuid).lower() for s in client.services}
@@ -273,7 +281,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ems = {
             "appliances": [a.name for a in cfg.ems.appliances],
             "switched": [a.name for a in cfg.ems.appliances if a.relay is not None],
-            "site_meter": cfg.ems.site_meter,
+            "site_meter": cfg.ems.runner.site_meter,
             "trading_as": cfg.ems.id_grid,
             "notes": list(cfg.ems.notes),
         }
@@ -340,4 +348,24 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps({"gateway_id": cfg.gateway_id, "member": cfg.member,
                       "public_key": public_hex(key)}))
+    return 0
+
+
+def cmd_ble_passkey(args: argparse.Namespace) -> int:
+    """The six digits a BLE node pairs with (``firmware.ble_guard.passkey`` of its key). The
+    bumble backend types them itself; on BlueZ the installer pairs each node once with
+    ``bluetoothctl`` (``agent KeyboardOnly``, ``pair <address>``) and types them, after which
+    BlueZ keeps the bond. Printed, never passed on a command line; treat it as a secret."""
+    from firmware import ble_guard
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    node = next((n for n in cfg.nodes if n.node_id == args.node and n.transport == "ble"), None)
+    if node is None or cfg.keystore is None:
+        print(f"ble.nodes: no BLE node {args.node} in {args.config}", file=sys.stderr)
+        return 2
+    key = load_keystore(cfg.keystore, cfg.nodes)[node.node_id]
+    print(json.dumps({"node_id": node.node_id, "address": node.address,
+                      "passkey": f"{ble_guard.passkey(key):06d}"}))
     return 0

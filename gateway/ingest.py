@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from firmware import frame
 from gateway.config import NodeConfig
-from gateway.intervals import IntervalAggregator, MeterSpec
+from gateway.intervals import (
+    BEHIND,
+    CLIPPED,
+    RESTORED,
+    SIGN_UNKNOWN,
+    IntervalAggregator,
+    MeterSpec,
+)
 from gateway.store import Reading
 from gateway.verify import FrameVerifier
 
@@ -31,6 +38,13 @@ _READING = struct.Struct(frame.READING_FMT)
 _CHANNEL, _POWER, _FLAGS, _IMPORT, _EXPORT = (
     frame.READING_FIELDS.index(f)
     for f in ("channel", "power_dw", "flags", "import_mwh", "export_mwh")
+)
+# a frame's flag -> the interval flag its reading brings (intervals.SAMPLE_FLAGS)
+_SAMPLE_FLAGS = (
+    (frame.F_COUNTERS_RESTORED, RESTORED),
+    (frame.F_ADC_CLIPPED, CLIPPED),
+    (frame.F_SAMPLING_BEHIND, BEHIND),
+    (frame.F_SIGN_UNKNOWN, SIGN_UNKNOWN),
 )
 NODE_MAX_POWER_W = 50_000  # a node's CT clamp tops out near 100 A at 230 V
 NODE_COUNTER_MODULUS_MWH = 2**64  # node counters are u64 mWh in the frame
@@ -127,10 +141,7 @@ class Ingest:
                 r[_IMPORT],
                 r[_EXPORT],
                 transport,
-                restored=bool(r[_FLAGS] & frame.F_COUNTERS_RESTORED),
-                clipped=bool(r[_FLAGS] & frame.F_ADC_CLIPPED),
-                behind=bool(r[_FLAGS] & frame.F_SAMPLING_BEHIND),
-                sign_unknown=bool(r[_FLAGS] & frame.F_SIGN_UNKNOWN),
+                sum(flag for bit, flag in _SAMPLE_FLAGS if r[_FLAGS] & bit),
             )
             return FrameResult(v.node_id, reading)
         if v.ftype == frame.T_ACK:
@@ -147,17 +158,11 @@ class Ingest:
         import_mwh: int,
         export_mwh: int,
         source: str,
-        *,
-        restored: bool = False,
-        clipped: bool = False,
-        behind: bool = False,
-        sign_unknown: bool = False,
+        flags: int = 0,
     ) -> Reading | None:
-        """Fold one reading into its meter's interval; the reading if the aggregator took it."""
-        if not self.aggregator.sample(
-            meter_id, t_ms, import_mwh, export_mwh, restored=restored, clipped=clipped,
-            behind=behind, sign_unknown=sign_unknown,
-        ):
+        """Fold one reading into its meter's interval (``flags``: the interval flags it brings,
+        ``intervals.SAMPLE_FLAGS``); the reading if the aggregator took it."""
+        if not self.aggregator.sample(meter_id, t_ms, import_mwh, export_mwh, flags):
             return None
         reading = Reading(meter_id, t_ms, power_dw, import_mwh, export_mwh, source)
         self.pending.append(reading)

@@ -47,6 +47,7 @@ LATE = 128
 CLIPPED = 256  # the node's ADC clipped (current past the clamp's range): energy reads low
 BEHIND = 512  # the node's CT sampling fell behind its period: that window's timing was off
 SIGN_UNKNOWN = 1024  # the meter cannot tell export from import (PZEM-004T): all counted as import
+SAMPLE_FLAGS = RESTORED | CLIPPED | BEHIND | SIGN_UNKNOWN  # those a sample brings with it
 # The names are the ledger's (the flags a signed meter report carries): bit i is entry i.
 FLAG_NAMES = {1 << i: name for i, name in enumerate(REPORT_FLAGS)}
 
@@ -176,15 +177,12 @@ class IntervalAggregator:
         t_ms: int,
         import_mwh: int,
         export_mwh: int,
-        *,
-        restored: bool = False,
-        clipped: bool = False,
-        behind: bool = False,
-        sign_unknown: bool = False,
+        flags: int = 0,
     ) -> bool:
         """Record one counter sample; ``False`` if it was rejected (unknown meter, stale time,
-        negative or implausible counters). ``clipped``: the energy since the last sample is a
-        lower bound (flag ``CLIPPED`` on the intervals it lands in)."""
+        negative or implausible counters). ``flags``: what the sample says of itself
+        (``SAMPLE_FLAGS``), set on the intervals its energy lands in; ``CLIPPED``: the energy
+        since the last sample is a lower bound."""
         m = self._meters.get(meter_id)
         if m is None or import_mwh < 0 or export_mwh < 0:
             self.rejected += 1
@@ -194,8 +192,8 @@ class IntervalAggregator:
             return False
         if m.open_start is None:
             m.open_start = self._start(t_ms)
-        extra = (RESTORED if restored else 0) | (CLIPPED if clipped else 0)
-        extra |= (BEHIND if behind else 0) | (SIGN_UNKNOWN if sign_unknown else 0)
+        extra = flags & SAMPLE_FLAGS
+        restored = bool(flags & RESTORED)
         modulus = m.spec.modulus_mwh
         if m.last_ts is None and modulus is not None and max(import_mwh, export_mwh) >= modulus:
             self.rejected += 1

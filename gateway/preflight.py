@@ -2,7 +2,8 @@
 and ``gateway run`` alike, so a fault is one named line, not a traceback from inside ``run``:
 the data folder (exists or can be made, writable), the key file and the keystore (owner-only
 when they exist), the MQTT password file (owner-only, not empty), the broker's CA file
-(loads), the ledger's cluster file and the EMS's appliance spec (already read by the config).
+(loads), the BLE bond store of the bumble backend (owner-only, well-formed), the ledger's
+cluster file and the EMS's appliance spec (already read by the config).
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ def _writable_dir(path: Path, what: str) -> None:
         )
 
 
+def _bond_store(cfg: GatewayConfig) -> None:
+    """The BLE bond store: owner-only and well-formed if it exists, else its folder writable."""
+    from hardware.ble.bonds import BondStoreError, read_bond_store
+
+    path = cfg.ble_bond_store
+    try:
+        read_bond_store(path)
+    except BondStoreError as exc:
+        raise GatewayConfigError(f"ble.bond_store: {exc}") from None
+    if not path.exists():
+        _writable_dir(path.parent, "ble.bond_store")
+
+
 def preflight(cfg: GatewayConfig) -> None:
     """Raise ``GatewayConfigError`` naming the first thing ``run`` would fail on."""
     _writable_dir(cfg.data_dir, "gateway.data_dir")
@@ -41,6 +55,8 @@ def preflight(cfg: GatewayConfig) -> None:
         _writable_dir(cfg.key_file.parent, "gateway.key_file")
     if cfg.keystore is not None and cfg.keystore.exists():
         check_private(cfg.keystore, "gateway.keystore")
+    if cfg.ble_backend.startswith("bumble:") and any(n.transport == "ble" for n in cfg.nodes):
+        _bond_store(cfg)
     if cfg.mqtt is not None:
         mqtt_password(cfg.mqtt)
         tls_context(cfg.mqtt)

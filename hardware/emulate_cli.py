@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import math
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hardware.argtypes import int_in
+from hardware.argtypes import float_in, int_in
 from hardware.meters import MODELS
 
 
@@ -40,12 +41,12 @@ def register(subparsers: Any) -> None:
     m.add_argument("--profile", default="house", help="house, pv, prosumer or constant:<W>")
     m.add_argument(
         "--import-kwh",
-        type=_finite(0.0, MAX_IMPORT_KWH),
+        type=float_in(0.0, MAX_IMPORT_KWH),
         default=0.0,
         help=f"initial import counter, 0..{MAX_IMPORT_KWH:.0f} kWh",
     )
     m.add_argument("--fault", choices=("silence", "crc", "wrong", "exception"))
-    m.add_argument("--fault-rate", type=_finite(0.0, 1.0), default=1.0, help="0..1")
+    m.add_argument("--fault-rate", type=float_in(0.0, 1.0), default=1.0, help="0..1")
     m.set_defaults(func=cmd_meter)
 
     n = sub.add_parser("node", help="a wattmesh node on MQTT")
@@ -53,12 +54,14 @@ def register(subparsers: Any) -> None:
     key = n.add_mutually_exclusive_group(required=True)
     key.add_argument("--key", help="the node's 32-byte key as 64 hex characters")
     key.add_argument("--keystore", help="keystore JSON (wattmesh provision node)")
-    n.add_argument("--mqtt", default="127.0.0.1:1883", metavar="HOST:PORT")
+    n.add_argument("--mqtt", metavar="HOST:PORT",
+                   help="the broker (default: the account's, else 127.0.0.1:1883)")
     n.add_argument("--topic", help="node topic (default wattmesh_<id>)")
     n.add_argument("--account", metavar="CONFIG_JSON",
-                   help="the node's config.json (provision node): its broker user and password")
+                   help="the node's config.json (provision node): its broker, user and "
+                   "password, and TLS against the CA file beside it")
     n.add_argument(
-        "--period", type=_finite(0.0, MAX_PERIOD_S), default=5.0, help="seconds between readings"
+        "--period", type=float_in(0.0, MAX_PERIOD_S), default=5.0, help="seconds between readings"
     )
     n.add_argument("--profile", default="house")
     n.add_argument("--seq", type=_seq, default=1, help="first sequence number")
@@ -78,21 +81,6 @@ MAX_IMPORT_KWH = 1e9  # beyond any meter's display; keeps the mWh counter an exa
 MAX_PERIOD_S = 86_400.0
 MAX_CONSTANT_W = 1e6  # a constant:<W> profile: what a house connection (or a node frame) can carry
 MAX_BAUDRATE = 4_000_000
-
-
-def _finite(lo: float, hi: float) -> Any:
-    """An argparse type: a finite float in [lo, hi] (nan and inf refused)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be a finite number in [{lo:g}, {hi:g}]")
-        return value
-
-    return parse
 
 
 def _baudrate(text: str) -> int:
@@ -242,7 +230,7 @@ def cmd_meter(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from hardware.emulators.mqtt_node import MqttNodeEmulator
+    from hardware.emulators.mqtt_node import MqttNodeEmulator, NodeAccount, node_account
 
     try:
         if not 0 <= args.node_id <= 0xFFFF:
@@ -254,26 +242,24 @@ def cmd_node(args: argparse.Namespace) -> int:
             hexkey = doc["nodes"][str(args.node_id)]["key"]
         if not isinstance(hexkey, str) or not re.fullmatch(r"[0-9a-f]{64}", hexkey):
             raise ValueError("key: expected 64 lowercase hex characters")
-        host, port = _host_port(args.mqtt, "--mqtt")
         if not args.period > 0:
             raise ValueError("--period: must be positive")
         profile = _profile(args.profile)
-        user = password = None
-        if args.account is not None:  # as the device does: the account from its config.json
-            mq = json.loads(Path(args.account).read_text())["mqtt"]
-            user, password = mq.get("user"), mq.get("password")
-        emu = MqttNodeEmulator(
+        # as the device does: broker, account and TLS trust from its config.json
+        account = (NodeAccount("127.0.0.1", 1883, None, None, None) if args.account is None
+                   else node_account(Path(args.account)))
+        if args.mqtt is not None:
+            host, port = _host_port(args.mqtt, "--mqtt")
+            account = dataclasses.replace(account, host=host, port=port)
+        emu = MqttNodeEmulator.with_account(
             args.node_id,
             bytes.fromhex(hexkey),
-            host,
-            port,
+            account,
             topic=args.topic,
             profile=profile,
             period_s=args.period,
             seq=args.seq,
             fault=args.fault,
-            username=user,
-            password=password,
         )
     except (ValueError, OSError, KeyError, TypeError) as exc:
         print(f"error: {exc!r}" if isinstance(exc, KeyError) else f"error: {exc}", file=sys.stderr)
@@ -285,9 +271,11 @@ def cmd_node(args: argparse.Namespace) -> int:
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         task.cancel()
         if task.done() and not task.cancelled() and task.exception() is not None:
-            print(f"error: {task.exception()}", file=sys.stderr)
+            print(f"error: node {emu.node_id}, broker {emu.host}:{emu.port}: "
+                  f"{task.exception()}", file=sys.stderr)
             return 1
-        print(json.dumps({"sent": emu.sent, "commands": emu.commands}), flush=True)
+        print(json.dumps({"sent": emu.sent, "commands": emu.commands, "dropped": emu.dropped}),
+              flush=True)
         return 0
 
     return asyncio.run(main())

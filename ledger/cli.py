@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--treasury", type=_positive, default=0,
                    help="micro-tokens the genesis allocates to the operator")  # fmt: skip
     p.add_argument("--params", type=Path, default=None, help="JSON of community parameters")
-    p.add_argument("--genesis", type=Path, default=None, help="a whole genesis JSON instead")
-    _tuning(p)
+    _genesis_options(p, "a whole genesis JSON instead")
     p.add_argument("--out", type=Path, required=True, help="the cluster file to write")
     p.set_defaults(func=cmd_genesis)
 
@@ -95,8 +95,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replicas", type=_positive, default=4, help="3f+1 replicas (default 4)")
     p.add_argument("--dir", type=Path, required=True, help="an empty or new directory")
     p.add_argument("--base-port", type=_positive, default=None, help="ports P..P+n-1")
-    _tuning(p)
-    p.add_argument("--genesis", type=Path, default=None, help="genesis JSON instead of default")
+    _genesis_options(p, "genesis JSON instead of default")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("run", help="run one replica in the foreground (SIGTERM stops it)")
@@ -107,6 +106,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--address", default=None, metavar="HOST:PORT",
                    help="a replica joining by a reconfiguration (not in cluster.json): where it "
                    "listens, as the members' change names it")  # fmt: skip
+    p.add_argument(
+        "--pre-prepare-ids",
+        action="store_true",
+        help="as primary, name a batch's transactions by id (for clients that send every "
+        "request to every replica)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("cluster", help="run every replica of --dir as child processes")
@@ -127,7 +132,10 @@ def register(subparsers: Any) -> None:
     ledger.set_defaults(func=lambda args: _help(ledger))
 
 
-def _tuning(p: argparse.ArgumentParser) -> None:
+def _genesis_options(p: argparse.ArgumentParser, genesis_help: str) -> None:
+    """What a new cluster starts from, for ``genesis`` and ``init``: a genesis file, and the
+    consensus tuning its cluster file records."""
+    p.add_argument("--genesis", type=Path, default=None, help=genesis_help)
     p.add_argument("--view-change-ms", type=_positive, default=None)
     p.add_argument("--request-timeout-ms", type=_positive, default=None)
     p.add_argument("--batch-max", type=_positive, default=None)
@@ -317,7 +325,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(
-            serve(args.dir, args.replica, factory, listen_port=args.listen_port, join_address=join)
+            serve(
+                args.dir,
+                args.replica,
+                factory,
+                listen_port=args.listen_port,
+                pre_prepare_ids=args.pre_prepare_ids,
+                join_address=join,
+            )
         )
     except (KeyFileError, ClusterFileError) as exc:
         return _fail(str(exc))
@@ -335,6 +350,24 @@ def replica_command(directory: Path, replica: int, contract: str = DEFAULT_CONTR
         sys.executable, "-m", "ledger", "run",
         "--dir", str(directory), "--replica", str(replica), "--contract", contract,
     ]  # fmt: skip
+
+
+def stop_replicas(
+    procs: Iterable[subprocess.Popen[bytes]], timeout_s: float, *, resume: bool = False
+) -> None:
+    """SIGTERM each live replica process (after SIGCONT with ``resume``: a stopped one must run
+    to act on it), then wait ``timeout_s`` for each and kill the ones still running."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            if resume:
+                proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -370,14 +403,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             elif now >= restart_at[i]:
                 del restart_at[i]
                 procs[i] = subprocess.Popen(replica_command(args.dir, i, args.contract))
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_replicas(procs.values(), timeout_s=10)
     return 0
 
 

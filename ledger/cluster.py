@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger.fields import read_document
 from ledger.keys import KeyFileError, parse_public_hex
 from ledger.limits import DEFAULTS as DEFAULT_LIMITS
 from ledger.limits import RANGES as LIMIT_RANGES
@@ -227,14 +228,7 @@ def parse_cluster(data: Any) -> ClusterConfig:
 
 
 def load_cluster(path: Path) -> ClusterConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClusterFileError(f"{path}: cannot read cluster file: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ClusterFileError(f"{path}: not JSON: {exc}") from exc
+    data = read_document(path, json.loads, ClusterFileError, syntax="not JSON", what="cluster file")
     return parse_cluster(data)
 
 

@@ -18,6 +18,10 @@ field, and nothing else escapes (no ``KeyError``, no ``TypeError``).
     READ.typed(table, "port", int, lo=1, hi=65535)  # a TOML-like value of one of some types
     raise READ.fail("x", "must be even")           # the error, for a rule of the caller's own
 
+A config file comes in whole through ``read_document(path, json.loads, Error, syntax=...)``: the
+one reader of a file's text whose errors name the file and say whether it could not be read or
+parsed.
+
 Messages are ``name + sep + reason``; ``sep`` is ": " unless the decoder's messages are written
 another way. Hand-written, not a schema library: these run for every transaction and message a
 replica receives, and each caller keeps the error type (and for the contract, the receipt
@@ -29,6 +33,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ledger.hexbytes import parse_hex
@@ -36,6 +41,22 @@ from ledger.hexbytes import parse_hex
 MAX_INT = 2**63 - 1  # the canonical encoding's bound (64-bit integers only)
 
 ErrorFactory = Callable[[str], Exception]  # an error class taking a message, or a partial
+
+
+def read_document(
+    path: Path, parse: Callable[[str], Any], error: ErrorFactory, *, syntax: str, what: str = ""
+) -> Any:
+    """The file at ``path`` (UTF-8) as ``parse`` reads it (``json.loads``, ``tomllib.loads``);
+    ``error`` names the file and says that it cannot be read (a ``what``, when given) or is not
+    ``syntax`` (``parse``'s ``ValueError``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read{' ' + what if what else ''}: {exc}") from exc
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise error(f"{path}: {syntax}: {exc}") from exc
 
 
 class Fields:

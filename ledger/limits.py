@@ -18,7 +18,7 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 KIB = 1024
@@ -127,24 +127,18 @@ class Counters(Counter[str]):
     """Named event counts (rejected frames, dropped connections, reconnects) for ``status``."""
 
 
+@dataclass(eq=False)
 class Incidents:
     """Counts what went wrong, by cause, and logs each cause at most once a minute (with how
     often it happened since), never a traceback per connection. (The standard library's
     logging has no rate limit; a filter could drop lines but not count them for ``status``.)"""
 
-    def __init__(
-        self,
-        counters: Any,
-        log: logging.Logger,
-        clock: Callable[[], float] = time.monotonic,
-        every_s: float = LOG_EVERY_S,
-    ) -> None:
-        self.counters = counters
-        self.log = log
-        self.clock = clock
-        self.every_s = every_s
-        self._last: dict[str, float] = {}
-        self._since: dict[str, int] = {}
+    counters: Any
+    log: logging.Logger
+    clock: Callable[[], float] = time.monotonic
+    every_s: float = LOG_EVERY_S
+    _last: dict[str, float] = field(default_factory=dict, init=False)  # cause -> last logged
+    _since: dict[str, int] = field(default_factory=dict, init=False)  # cause -> unlogged since
 
     def __call__(self, cause: str, detail: str = "") -> None:
         self.counters[cause] += 1

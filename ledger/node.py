@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 MAX_PER_FRAME = 1000  # transactions or awaited ids a client may put in one frame
 RECONCILE_MS = 1000  # how often admission's pending counts are matched against the core's
+# A link to the primary that was up and has been down this long (refused or reset: a killed
+# process's sockets close) is reported to the core, which then gives up on that primary now
+# if requests wait, instead of at its view-change timeout (ViewChanges.primary_unreachable).
+UNREACHABLE_MS = 500
 
 
 def wall_ms() -> int:
@@ -80,6 +84,7 @@ class ReplicaNode:
         core: type[Replica] = Replica,
         cluster: ClusterConfig | None = None,
         relay_requests: bool = True,
+        pre_prepare_ids: bool = False,
         listen_port: int | None = None,
         nofile: int | None = None,
         join_address: tuple[str, int] | None = None,
@@ -117,6 +122,7 @@ class ReplicaNode:
             self.state,
             now_ms=clock(),
             relay_requests=relay_requests,
+            pre_prepare_ids=pre_prepare_ids,
             # one verdict cache for requests and pre-prepares: a transaction a client sent to
             # this backup too (a re-send) is verified once, not once per path
             tx_verifier=self.sigs.check_many,
@@ -161,6 +167,8 @@ class ReplicaNode:
             self.incidents,
         )
         self.fetch_tokens: dict[int, tuple[float, int]] = {}  # peer -> (tokens, at ms)
+        self.links_seen_up: set[int] = set()  # peers this replica's link has reached
+        self.down_since: dict[int, int] = {}  # peer -> when its link was first seen down
         self.next_prune = clock() + WAITER_TTL_MS
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -222,6 +230,7 @@ class ReplicaNode:
                     self.next_reconcile = now + RECONCILE_MS
                 if self.waits.to_ask:
                     self.ask_stale(now)
+                self.watch_primary(now)
                 deadline = self.replica.next_deadline()
                 wait_ms = tick_ms if deadline is None else max(0, min(tick_ms, deadline - now))
                 self.wake.clear()
@@ -387,6 +396,24 @@ class ReplicaNode:
             {"t": "reject", "replica": self.me, "tx_id": tx_id, "code": code, "message": message}
         )
 
+    def watch_primary(self, now: int) -> None:
+        """Report the primary to the core once its link, up before, has been down for
+        ``UNREACHABLE_MS`` (once per outage)."""
+        primary = self.config.primary(self.replica.view)
+        link = self.links.get(primary)
+        if link is None:
+            return
+        if link.connected:
+            self.links_seen_up.add(primary)
+            self.down_since.pop(primary, None)
+            return
+        if primary not in self.links_seen_up:
+            return  # not reached yet (starting up): not a sign of anything
+        since = self.down_since.setdefault(primary, now)
+        if now - since >= UNREACHABLE_MS:
+            self.links_seen_up.discard(primary)  # reported; again only after it was up again
+            self._perform(self.replica.on_peer_unreachable(primary, now))
+
     def ask_stale(self, now: int) -> None:
         """Ask the waiting clients for the transactions they await here that this replica has
         neither received nor seen in a pre-prepare for half a view-change timeout: once it
@@ -540,6 +567,8 @@ async def serve(
     replica_id: int,
     factory: ContractFactory,
     listen_port: int | None = None,
+    *,
+    pre_prepare_ids: bool = False,
     join_address: tuple[str, int] | None = None,
 ) -> None:
     """Run one replica until SIGTERM or SIGINT, then stop cleanly. ``listen_port`` binds another
@@ -552,6 +581,7 @@ async def serve(
         factory,
         listen_port=listen_port,
         nofile=nofile,
+        pre_prepare_ids=pre_prepare_ids,
         join_address=join_address,
     )
     tune_gc()

@@ -124,6 +124,10 @@ class _Pending:
         self.writer, self.source, self.deadline = writer, source, deadline
 
 
+def _no_owner_to_tell(conn: ClientConn) -> None:
+    """``on_client_closed`` of a listener whose owner keeps nothing per client connection."""
+
+
 def _source(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
@@ -160,7 +164,7 @@ class Listener:
         self.peer_keys = peer_keys
         self.on_peer = on_peer
         self.on_client = on_client
-        self.on_client_closed = on_client_closed
+        self.on_client_closed = on_client_closed or _no_owner_to_tell
         self.counters = counters
         self.limits = limits or Limits.from_dict()
         self.client_slots = client_slots if client_slots is not None else self.limits.max_clients
@@ -411,5 +415,4 @@ class Listener:
                 self.incidents("backlog_exceeded", f"from {source}")
             conn.closed = True
             self._forget_client(conn)
-            if self.on_client_closed is not None:
-                self.on_client_closed(conn)
+            self.on_client_closed(conn)

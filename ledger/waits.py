@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 WAITER_TTL_MS = 300_000  # a client waiting this long for one transaction has re-sent or gone
@@ -31,30 +32,27 @@ class Waiter(Hashable, Protocol):
 C = TypeVar("C", bound=Waiter)
 
 
+@dataclass(eq=False)
 class ClientWaits(Generic[C]):
     """The waits of client connections (``C``) for transaction ids, bounded and two-way indexed.
 
     ``incidents(cause, detail)`` is told of each refused wait (``waiters_refused``); evictions
     and expiries are counted in ``counters`` (``waiters_evicted``, ``waiters_expired``)."""
 
-    def __init__(
-        self,
-        max_waits: int,
-        max_per_client: int,
-        ask_after_ms: int,
-        counters: Counter[str],
-        incidents: Callable[[str, str], None],
-    ) -> None:
-        self.max_waits = max_waits
-        self.max_per_client = max_per_client
-        self.ask_after_ms = ask_after_ms
-        self.counters = counters
-        self.incidents = incidents
-        self.by_tx: dict[str, set[C]] = {}  # tx_id -> the connections waiting for it
-        self.held: dict[C, dict[str, None]] = {}  # connection -> its tx_ids, oldest first
-        self.count = 0  # (transaction, connection) pairs in the table
-        self.since: dict[str, int] = {}  # tx_id -> when first awaited; insertion = age order
-        self.to_ask: dict[str, int] = {}  # awaited, not yet asked of the client: since when
+    max_waits: int
+    max_per_client: int
+    ask_after_ms: int
+    counters: Counter[str]
+    incidents: Callable[[str, str], None]
+    # tx_id -> the connections waiting for it
+    by_tx: dict[str, set[C]] = field(default_factory=dict, init=False)
+    # connection -> its tx_ids, oldest first
+    held: dict[C, dict[str, None]] = field(default_factory=dict, init=False)
+    count: int = field(default=0, init=False)  # (transaction, connection) pairs in the table
+    # tx_id -> when first awaited; insertion = age order
+    since: dict[str, int] = field(default_factory=dict, init=False)
+    # awaited, not yet asked of the client: since when
+    to_ask: dict[str, int] = field(default_factory=dict, init=False)
 
     def add(self, conn: C, tx_id: str, now: int, ask: bool = False) -> bool:
         """Note that ``conn`` waits for ``tx_id``; False if the table has no room for it.

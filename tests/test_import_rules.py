@@ -23,10 +23,12 @@ PACKAGES = ("firmware", "gateway", "hardware", "ledger", "ledger_client", "tools
 # CPython-clean for the tools; the package itself for its data files.
 FIRMWARE_FOR_HOST = (
     "firmware.frame", "firmware.config", "firmware.cse7766", "firmware.pzem", "firmware.hal_host",
+    "firmware.ble_guard",
 )
 
 GATEWAY = (  # gateway/README.md
     "firmware.frame",
+    "firmware.ble_guard",
     "ledger.tx",
     "ledger.encoding",
     "ledger.contract",
@@ -36,6 +38,7 @@ GATEWAY = (  # gateway/README.md
     "hardware.meters",
     "hardware.ble.profile",
     "hardware.ble.bleak_bumble",
+    "hardware.ble.bonds",
 )
 LEDGER_PBFT = ("ledger.encoding", "ledger.fields", "ledger.ed25519", "ledger.tx",
                "ledger.contract.api")
@@ -53,7 +56,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "hardware": ("firmware.frame",),  # hardware/README.md
     "hardware.meters": (),  # hardware/meters/README.md: the standard library
     "hardware.emulators": ("firmware.frame", "hardware.meters"),  # hardware/emulators/README.md
-    "hardware.ble": ("firmware.frame",),  # hardware/ble/README.md
+    "hardware.ble": ("firmware.frame", "firmware.ble_guard"),  # hardware/ble/README.md
     "hardware.boards": (),  # hardware/boards/README.md: imports nothing
     # ledger/README.md: never ledger_client, which is built on it
     "ledger": (),

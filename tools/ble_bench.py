@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from bumble import hci
@@ -25,7 +27,7 @@ from bumble.device import Device
 from bumble.link import LocalLink
 from bumble.transport import open_transport
 
-from firmware import frame
+from firmware import ble_guard, frame
 from gateway.sources.ble import BleNode, BleNodeSource
 from hardware.argtypes import int_in
 from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
@@ -58,7 +60,7 @@ async def bench(plugs: int, frames: int) -> dict[str, object]:
     central = BumbleCentral.on_link(link)
     got: list[float] = []
     source = BleNodeSource(
-        [BleNode(nid, e.address) for nid, e in emus.items()],
+        [BleNode(nid, e.address, ble_guard.passkey(keys[nid])) for nid, e in emus.items()],
         backend=bumble_backend(central),
         reconnect_initial_s=0.001,
         reconnect_max_s=0.002,
@@ -131,17 +133,20 @@ async def bench_restart(plugs: int) -> dict[str, object]:
     server = HciServer(link)
     await server.start("127.0.0.1", 0)
     spec = f"tcp-client:127.0.0.1:{server.port}"
-    nodes = [BleNode(e.core.node_id, e.address) for e in emus]
+    nodes = [BleNode(e.core.node_id, e.address, ble_guard.passkey(bytes(32))) for e in emus]
     times: list[float] = []
+    bonds = tempfile.TemporaryDirectory()
     try:
         for _generation in range(2):
             transport = await open_transport(spec)
             device = Device.with_hci(
                 "gateway", hci.Address(GATEWAY_ADDRESS), transport.source, transport.sink
             )
+            # the new host finds the bonds the old one stored: it encrypts, no pairing
+            central = BumbleCentral(device, bond_store=Path(bonds.name) / "ble-bonds.json")
             source = BleNodeSource(
                 nodes,
-                backend=bumble_backend(BumbleCentral(device)),
+                backend=bumble_backend(central),
                 reconnect_initial_s=0.001,
                 reconnect_max_s=0.002,
             )
@@ -154,6 +159,7 @@ async def bench_restart(plugs: int) -> dict[str, object]:
             await asyncio.gather(task, return_exceptions=True)
     finally:
         await server.close()
+        bonds.cleanup()
     return {
         "first_host_all_connected_s": round(times[0], 4),
         "after_kill_all_connected_s": round(times[1], 4),

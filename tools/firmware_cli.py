@@ -8,7 +8,8 @@
 * provision node: make a node's 32-byte HMAC key and config.json (board data from
   ``hardware/boards/``; mode 0600, it holds the Wi-Fi and broker passwords) and record the key
   in the gateway's keystore (format in ``hardware/node_profile.json``); an MQTT node also gets
-  its broker account (``mosquitto.passwd`` and ``mosquitto.acl`` lines, ``tools.mqtt_auth``).
+  the broker's CA certificate (``ca.crt``: its link checks the broker's certificate against it)
+  and its broker account (``mosquitto.passwd`` and ``mosquitto.acl`` lines, ``tools.mqtt_auth``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ BOARDS_DIR = Path(hardware.__file__).parent / "boards"
 # boot). hal_host and host_node are host-only and stay out.
 DEVICE_MODULES = (
     "frame", "config", "hal_esp32", "ct", "hlw8012", "cse7766", "pzem", "store", "relay", "node",
-    "link_ble", "link_mqtt",
+    "link_ble", "ble_guard", "link_mqtt",
 )
 ENTRY = "main.py"
 ARCH = "xtensawin"
@@ -218,7 +219,13 @@ def flash_plan(
     for lib in LINK_LIBS[cfg["link"]]:
         steps.append([*mpremote, "mip", "install", lib])
     sources = [str(bundle / e["name"]) for e in manifest["files"]]
-    steps.append([*mpremote, "fs", "cp", *sources, str(cfg_file), str(key_file), ":"])
+    node_files = [str(cfg_file), str(key_file)]
+    if cfg["link"] == "mqtt" and cfg["mqtt"]["tls"]:  # the broker's CA, as config.json names it
+        ca = node_dir / cfg["mqtt"]["ca"]
+        if not ca.is_file():
+            raise CliError(f"--node: {ca}: missing (mqtt.ca); provision the node again")
+        node_files.append(str(ca))
+    steps.append([*mpremote, "fs", "cp", *sources, *node_files, ":"])
     steps.append([*mpremote, "reset"])
     return steps
 
@@ -276,6 +283,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 WIFI_ENV = "WATTMESH_WIFI_PASSWORD"
+CA_FILE = "ca.crt"  # the broker's CA on the node, beside config.json (its mqtt.ca)
 
 
 def wifi_password(args: argparse.Namespace) -> str:
@@ -310,14 +318,20 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
     cfg: dict[str, Any] = {"node_id": node_id, "name": name, "link": args.link,
                            "board": load_board(args.board)}
     mqtt_password = ""
+    ca = b""
     if args.link == "mqtt":
-        if not args.mqtt_host or not args.wifi_ssid:
-            raise CliError("--link mqtt needs --mqtt-host and --wifi-ssid")
+        if not args.mqtt_host or not args.wifi_ssid or not args.mqtt_ca:
+            raise CliError("--link mqtt needs --mqtt-host, --mqtt-ca and --wifi-ssid")
+        try:  # the CA that signed the broker's certificate: the node trusts it alone
+            ca = mqtt_auth.read_ca(Path(args.mqtt_ca))
+        except mqtt_auth.MqttAuthError as exc:
+            raise CliError(f"--mqtt-ca: {exc}") from None
         # the node's own broker account: the ACL lets it publish only its own topics
         mqtt_password = mqtt_auth.new_password()
         cfg["mqtt"] = {"host": args.mqtt_host, "port": args.mqtt_port, "topic": name,
-                       "user": name, "password": mqtt_password}
+                       "user": name, "password": mqtt_password, "tls": True, "ca": CA_FILE}
         cfg["wifi"] = {"ssid": args.wifi_ssid, "password": wifi_password(args)}
+        cfg["ntp"] = args.ntp_host  # the clock the certificates' dates are checked against
     try:
         fwconfig.check(json.loads(json.dumps(cfg)))
     except fwconfig.ConfigError as exc:
@@ -328,7 +342,8 @@ def provision(args: argparse.Namespace) -> dict[str, Any]:
         # config.json holds the Wi-Fi and broker passwords: owner-only, like the key
         _write_private(out / "config.json", json.dumps(cfg, indent=1) + "\n")
         _write_private(out / "node.key", key.hex() + "\n")
-        if args.link == "mqtt":  # lines for the broker's password file and ACL
+        if args.link == "mqtt":  # the broker's CA, and lines for its password file and ACL
+            _write_private(out / CA_FILE, ca.decode())
             _write_private(out / "mosquitto.passwd",
                            mqtt_auth.password_line(name, mqtt_password) + "\n")
             (out / "mosquitto.acl").write_text(mqtt_auth.node_acl(name, name))
@@ -488,8 +503,12 @@ def register(subparsers: Any) -> None:
     n.add_argument("--board", default="esp32_devkitc_ct", help="a board of hardware/boards/")
     n.add_argument("--link", default="ble", choices=fwconfig.LINKS)
     n.add_argument("--name", help="node name / MQTT topic (default wattmesh_<id>)")
-    n.add_argument("--mqtt-host")
-    n.add_argument("--mqtt-port", type=int_in(1, 65535), default=1883)
+    n.add_argument("--mqtt-host", help="the broker's name as its TLS certificate gives it")
+    n.add_argument("--mqtt-port", type=int_in(1, 65535), default=8883, help="its TLS port")
+    n.add_argument("--mqtt-ca", metavar="FILE",
+                   help="PEM file of the CA that signed the broker's certificate")
+    n.add_argument("--ntp-host", default=fwconfig.DEFAULT_NTP,
+                   help="NTP server that sets the node's clock before TLS (e.g. the Pi)")
     n.add_argument("--wifi-ssid")
     n.add_argument("--wifi-password-file", metavar="FILE",
                    help=f"file holding the Wi-Fi password (or ${WIFI_ENV}, or a prompt)")

@@ -42,13 +42,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger.cli import stop_replicas
 from ledger.cluster import load_cluster
 from ledger.framing import HEADER, encode_frame, read_message
 from ledger.keys import load_key, new_key
 from ledger.limits import raise_nofile
 from ledger.setup import DEFAULT_CONTRACT, init_cluster
 from ledger.tx import SignedTx, sign_tx
-from tools.ledger_bench import FUNDS, _member, _percentile, bounded
+from tools.ledger_bench import FUNDS, Load, _member, _percentile, bounded
 
 ATTACK_SOURCES = [f"127.0.0.{k}" for k in range(2, 34)]
 CONNECTIONS = 5000
@@ -83,9 +84,6 @@ async def _members_load(
         )
         for n in range(int(seconds * rate))
     ]
-    latencies: list[float] = []
-    failed = 0
-    next_tx = 0
     client = LedgerClient.from_cluster_file(path, None, timeout_s=seconds + 30)
     try:
         await client.start()
@@ -94,31 +92,18 @@ async def _members_load(
     try:
         started = time.perf_counter()
         stop_at = started + seconds
-
-        async def worker() -> None:
-            nonlocal next_tx, failed
-            while time.perf_counter() < stop_at and next_tx < len(txs):
-                tx = txs[next_tx]
-                next_tx += 1
-                t0 = time.perf_counter()
-                try:
-                    await client.submit(tx)
-                except LedgerError:
-                    failed += 1
-                    continue
-                latencies.append((time.perf_counter() - t0) * 1000)
-
-        await asyncio.gather(*(worker() for _ in range(WINDOW)))
+        load = Load(txs, stop_at)
+        await asyncio.gather(*(load.worker(client) for _ in range(WINDOW)))
         elapsed = min(time.perf_counter(), stop_at) - started
     finally:
         await client.close()
-    latencies.sort()
+    latencies = sorted(load.latencies)
     return {
         "tps": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
         "p50_ms": round(_percentile(latencies, 0.50), 1),
         "p99_ms": round(_percentile(latencies, 0.99), 1),
         "committed": len(latencies),
-        "failed_submits": failed,
+        "failed_submits": load.failed,
     }
 
 
@@ -334,15 +319,7 @@ async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     finally:
         if attacker is not None and attacker.is_alive():
             attacker.terminate()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_replicas(procs.values(), timeout_s=20, resume=True)
     counters: dict[str, int] = {}
     for status in statuses:
         for name, value in status.get("counters", {}).items():

@@ -41,12 +41,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import ed25519
+from ledger.cli import stop_replicas
 from ledger.cluster import load_cluster, replica_db_file
 from ledger.contract import default_genesis
 from ledger.keys import load_key, new_key, public_hex
@@ -147,6 +149,36 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
 
 
+@dataclass
+class Load:
+    """Pre-signed transactions that workers submit, each one at a time, until ``stop_at``
+    (``time.perf_counter``) or until none is left; what was sent and acknowledged, and the
+    latency of each acknowledgement in ms."""
+
+    txs: list[SignedTx]
+    stop_at: float
+    next_tx: int = 0
+    failed: int = 0
+    submitted: list[SignedTx] = field(default_factory=list)
+    acked: list[SignedTx] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    async def worker(self, client: LedgerClient) -> None:
+        txs = self.txs
+        while time.perf_counter() < self.stop_at and self.next_tx < len(txs):
+            tx = txs[self.next_tx]
+            self.next_tx += 1
+            self.submitted.append(tx)
+            t0 = time.perf_counter()
+            try:
+                await client.submit(tx)
+            except LedgerError:
+                self.failed += 1
+                continue
+            self.latencies.append((time.perf_counter() - t0) * 1000)
+            self.acked.append(tx)
+
+
 async def _run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     hosts: Hosts | None = None
     try:
@@ -186,6 +218,8 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
     for i in range(cluster.n):
         cmd = [sys.executable, "-m", "ledger", "run", "--dir", str(directory), "--replica", str(i),
                "--contract", DEFAULT_CONTRACT]  # fmt: skip
+        if args.pre_prepare_ids:
+            cmd.append("--pre-prepare-ids")
         if hosts is not None and ports is not None:
             cmd = hosts.command(i, [*cmd, "--listen-port", str(ports[i][1])])
         procs[i] = subprocess.Popen(
@@ -228,11 +262,6 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
         # The pre-signed load lives for the whole run: keep the cyclic collector from rescanning
         # it (as a replica does with its start-up objects).
         tune_gc()
-        latencies: list[float] = []
-        submitted: list[SignedTx] = []
-        acked: list[SignedTx] = []
-        failed = 0
-        next_tx = 0
         clients = [
             LedgerClient.from_cluster_file(
                 path, None, timeout_s=args.seconds + 30, broadcast=args.broadcast
@@ -256,20 +285,7 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
         started = time.perf_counter()
         stop_at = started + args.seconds
 
-        async def worker(client: LedgerClient) -> None:
-            nonlocal next_tx, failed
-            while time.perf_counter() < stop_at and next_tx < len(txs):
-                tx = txs[next_tx]
-                next_tx += 1
-                submitted.append(tx)
-                t0 = time.perf_counter()
-                try:
-                    await client.submit(tx)
-                except LedgerError:
-                    failed += 1
-                    continue
-                latencies.append((time.perf_counter() - t0) * 1000)
-                acked.append(tx)
+        load = Load(txs, stop_at)
 
         async def killer() -> None:
             if args.kill_primary_after is None:
@@ -279,7 +295,7 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
 
         kill_task = asyncio.ensure_future(killer())
         await asyncio.gather(
-            *(worker(clients[k % len(clients)]) for k in range(args.clients * args.window))
+            *(load.worker(clients[k % len(clients)]) for k in range(args.clients * args.window))
         )
         client_cpu = time.process_time() - client_cpu0
         stolen = steal_share(ticks0, _machine_ticks())
@@ -305,33 +321,26 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
     finally:
         if relay is not None:
             await relay.close()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_replicas(procs.values(), timeout_s=20)
     store = BlockStore(directory / replica_db_file(alive))
     try:
-        in_chain = store.known([tx.tx_id for tx in submitted])
-        acked_missing = sum(1 for tx in acked if tx.tx_id not in in_chain)
+        in_chain = store.known([tx.tx_id for tx in load.submitted])
+        acked_missing = sum(1 for tx in load.acked if tx.tx_id not in in_chain)
         height = store.head()[0]
     finally:
         store.close()
-    latencies.sort()
+    latencies = sorted(load.latencies)
     committed = len(latencies)
     return {
         "tps": round(committed / elapsed, 1) if elapsed > 0 else 0.0,
         "p50_ms": round(_percentile(latencies, 0.50), 1),
         "p99_ms": round(_percentile(latencies, 0.99), 1),
         "committed": committed,
-        "lost": len(submitted) - len(in_chain),
+        "lost": len(load.submitted) - len(in_chain),
         "acked_missing": acked_missing,
-        "submitted": len(submitted),
+        "submitted": len(load.submitted),
         "view_changes": max(views) if views else None,
-        "failed_submits": failed,
+        "failed_submits": load.failed,
         "seconds": round(elapsed, 2),
         "drain_seconds": round(drained - elapsed, 2),
         "blocks": height - start_height,
@@ -340,6 +349,7 @@ async def _run_on(args: argparse.Namespace, directory: Path, hosts: Hosts | None
         "window": args.window,
         "batch_max": args.batch_max,
         "broadcast": args.broadcast,
+        "pre_prepare_ids": args.pre_prepare_ids,
         "cores": os.cpu_count(),
         "client_cpu_ms_per_tx": round(1000 * client_cpu / max(committed, 1), 3),
         "replica_cpu_ms_per_tx": {
@@ -379,6 +389,7 @@ SETTINGS = (
     "window",
     "batch_max",
     "broadcast",
+    "pre_prepare_ids",
     "cores",
     "batch_verify",
     "hosts",
@@ -428,6 +439,9 @@ def _handler(args: argparse.Namespace) -> int:
         return 2
     if args.min_view_change_ms > args.view_change_ms:
         print("wattmesh bench ledger: --min-view-change-ms above --view-change-ms", file=sys.stderr)
+        return 2
+    if args.pre_prepare_ids and not args.broadcast:
+        print("wattmesh bench ledger: --pre-prepare-ids goes with --broadcast", file=sys.stderr)
         return 2
     if args.hosts is not None and args.link is None:
         print("wattmesh bench ledger: --hosts goes with --link", file=sys.stderr)
@@ -513,6 +527,11 @@ def register_bench(bench_subparsers: Any) -> None:
         "--broadcast",
         action="store_true",
         help="clients send every transaction to every replica (not only to the primary)",
+    )
+    p.add_argument(
+        "--pre-prepare-ids",
+        action="store_true",
+        help="primaries name a batch's transactions by id (with --broadcast: backups hold them)",
     )
     p.add_argument(
         "--repeat",

@@ -109,8 +109,17 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def make_tls(folder: Path, name: str = "wattmesh test") -> TlsFiles:
-    """A new CA and a server certificate it signs for ``127.0.0.1`` and ``localhost``, written
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_tls(
+    folder: Path, name: str = "wattmesh test", hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> TlsFiles:
+    """A new CA and a server certificate it signs for ``hosts`` (names or IP addresses), written
     to ``folder`` (keys mode 0600). For private brokers on loopback (tests, the demo)."""
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
@@ -141,18 +150,13 @@ def make_tls(folder: Path, name: str = "wattmesh test") -> TlsFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
@@ -178,18 +182,35 @@ def make_tls(folder: Path, name: str = "wattmesh test") -> TlsFiles:
     return files
 
 
+def read_ca(path: Path, now: datetime.datetime | None = None) -> bytes:
+    """The broker's CA certificate(s) from a PEM file, checked and written out again as PEM: the
+    trust anchor a node is provisioned with (``mqtt.ca``). ``MqttAuthError`` names what is
+    wrong: unreadable, not PEM certificates, expired."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MqttAuthError(f"cannot read it ({exc})") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise MqttAuthError(
+            f"{path}: not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+    now = now or datetime.datetime.now(datetime.UTC)
+    for cert in certs:
+        if cert.not_valid_after_utc < now:
+            raise MqttAuthError(f"{path}: the certificate {cert.subject.rfc4514_string()} "
+                                f"expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
 def mosquitto_conf(
-    port: int, tls: TlsFiles, password_file: Path, acl_file: Path, extra: str = "",
-    plain_port: int | None = None,
+    port: int, tls: TlsFiles, password_file: Path, acl_file: Path, extra: str = ""
 ) -> str:
-    """A mosquitto 2.x config: a TLS listener on loopback, no anonymous clients, the ACL; and,
-    with ``plain_port``, a listener without TLS (same accounts and ACL) for nodes, whose
-    MicroPython link has no TLS."""
-    plain = "" if plain_port is None else f"listener {plain_port} 127.0.0.1\n"
+    """A mosquitto 2.x config: one TLS listener on loopback (nodes and gateways alike), no
+    anonymous clients, the password file and the ACL."""
     return (
         "per_listener_settings false\n"
-        + plain
-        + f"listener {port} 127.0.0.1\n"
+        f"listener {port} 127.0.0.1\n"
         f"cafile {tls.ca_cert}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
         "tls_version tlsv1.2\n"
         "allow_anonymous false\n"

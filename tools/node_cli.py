@@ -6,9 +6,11 @@ known (a kettle or heater measured with a certified meter) on the channel, wait 
 ``T_CALIBRATE`` frame (the node's HMAC key from the gateway's keystore, a sequence number newer than
 any command before); the node scales its constants so that its last frame's reading becomes the
 truth, checks them against its board's (within x0.5..x2), keeps them in flash across reboots and
-power cuts, and answers with an ACK. Over MQTT (``--mqtt``) the command is published on
-``cmnd/<topic>/FRAME`` and the ACK awaited on ``stat/<topic>/ACK``; ``--print-frame`` prints the
-frame in hex for any other way to the node (BLE, a serial console, the host VM's stdin).
+power cuts, and answers with an ACK. Over MQTT the command is published on
+``cmnd/<topic>/FRAME`` and the ACK awaited on ``stat/<topic>/ACK``, as the gateway
+(``--gateway-config``: its broker, TLS and account, the one allowed to command nodes) or to a
+plain broker (``--mqtt``); ``--print-frame`` prints the frame in hex for any other way to the
+node (BLE, a serial console, the host VM's stdin).
 
 A resistive load calibrates the gains; the phase needs a reactive load (give its voltage, current
 and power: the angle comes from them) or the gateway's multi-point calibration against the
@@ -21,39 +23,27 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware import frame
 from gateway.calibration import CalibrationError, reference_payload
-from hardware.argtypes import int_in
+from hardware.argtypes import float_in, int_in
 from tools.firmware_cli import CliError, _guard, load_keystore
+
+if TYPE_CHECKING:
+    import aiomqtt
 
 PROFILE = json.loads((Path(__file__).resolve().parent.parent / "hardware" / "node_profile.json")
                      .read_text())["mqtt"]
 STATUS = {frame.S_OK: "ok", frame.S_REPLAY: "replay", frame.S_BAD_CALIBRATION: "refused"}
 
 
-def _positive_float(name: str, hi: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
-        if not 0 < value <= hi:
-            raise argparse.ArgumentTypeError(f"{name}: {value} is outside (0, {hi}]")
-        return value
-
-    return parse
-
-
 def _power(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--power: {text!r} is not a number") from None
-    if not 0 < abs(value) <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"--power: {value} is outside 0 < |P| <= 1000000")
+    value = float_in(-1_000_000, 1_000_000, "--power")(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"--power {text!r}: must not be 0")
     return value
 
 
@@ -91,12 +81,11 @@ def calibration_frame(args: argparse.Namespace) -> tuple[bytes, int, str, bytes]
     return raw, seq, topic, key
 
 
-async def send_over_mqtt(host: str, port: int, topic: str, raw: bytes, key: bytes, node_id: int,
-                         seq: int, timeout_s: float) -> int:
-    """Publish the command, return the node's ack status; TimeoutError without one."""
-    import aiomqtt
-
-    async with aiomqtt.Client(host, port) as client:
+async def send_over_mqtt(connect: Callable[[], aiomqtt.Client], topic: str, raw: bytes,
+                         key: bytes, node_id: int, seq: int, timeout_s: float) -> int:
+    """Publish the command on the connection ``connect()`` makes, return the node's ack status;
+    TimeoutError without one."""
+    async with connect() as client:
         await client.subscribe(PROFILE["ack_frame"].format(topic=topic), qos=1)
         await client.publish(PROFILE["command_frame"].format(topic=topic), raw, qos=1)
         async with asyncio.timeout(timeout_s):
@@ -119,23 +108,56 @@ async def send_over_mqtt(host: str, port: int, topic: str, raw: bytes, key: byte
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     if not (args.voltage or args.current or args.power):
         raise CliError("give the known load: --voltage, --current and/or --power")
-    if args.mqtt is None and not args.print_frame:
-        raise CliError("--mqtt HOST[:PORT] to send the command, or --print-frame")
+    if args.mqtt is None and args.gateway_config is None and not args.print_frame:
+        raise CliError("--gateway-config FILE (the gateway's broker, TLS and account) or "
+                       "--mqtt HOST[:PORT] to send the command, or --print-frame")
     raw, seq, topic, key = calibration_frame(args)
     if args.print_frame:
         print(json.dumps({"frame": raw.hex(), "seq": seq, "node_id": args.id}))
         return 0
-    host, port = args.mqtt
+    import aiomqtt
+
+    from gateway.broker import explain
+
+    flag, connect = _connection(args)
     try:
-        status = asyncio.run(send_over_mqtt(host, port, topic, raw, key, args.id, seq,
+        status = asyncio.run(send_over_mqtt(connect, topic, raw, key, args.id, seq,
                                             args.timeout))
     except TimeoutError:
         raise CliError(f"node {args.id}: no ack on {topic} within {args.timeout} s") from None
+    except aiomqtt.MqttError as exc:
+        raise CliError(f"{flag}: {explain(exc)}") from None
     except OSError as exc:
-        raise CliError(f"--mqtt: {host}:{port}: {exc}") from None
+        raise CliError(f"{flag}: {exc}") from None
     print(json.dumps({"node_id": args.id, "channel": args.channel, "seq": seq,
                       "status": STATUS.get(status, str(status))}))
     return 0 if status == frame.S_OK else 1
+
+
+def _connection(args: argparse.Namespace) -> tuple[str, Callable[[], aiomqtt.Client]]:
+    """(the flag that named the broker, a maker of the connection): the gateway's own broker
+    session (TLS with its CA and host name checked, its account, whose ACL may command nodes),
+    or a plain one to ``--mqtt``."""
+    import aiomqtt
+
+    if args.gateway_config is not None:
+        from gateway.broker import broker_client
+        from gateway.config import GatewayConfigError
+        from gateway.config_parse import load_config
+        from gateway.credentials import mqtt_password, tls_context
+
+        try:
+            mqtt = load_config(args.gateway_config).mqtt
+            if mqtt is None:
+                raise GatewayConfigError("no [mqtt] section: the gateway has no broker")
+            mqtt_password(mqtt)  # read now: a missing or open password file is a clear error
+            tls_context(mqtt)
+        except GatewayConfigError as exc:
+            raise CliError(f"--gateway-config: {exc}") from None
+        return (f"--gateway-config: broker {mqtt.host}:{mqtt.port}",
+                lambda: broker_client(mqtt, "calibrate"))
+    host, port = args.mqtt
+    return f"--mqtt: {host}:{port}", lambda: aiomqtt.Client(host, port)
 
 
 def register(subparsers: Any) -> None:
@@ -146,12 +168,17 @@ def register(subparsers: Any) -> None:
     c.add_argument("--keystore", required=True, help="the gateway's keystore (JSON)")
     c.add_argument("--id", type=int_in(0, 0xFFFF, "--id"), required=True, help="node id")
     c.add_argument("--channel", type=int_in(0, 255, "--channel"), default=0)
-    c.add_argument("--voltage", type=_positive_float("--voltage", 1000), help="V of the load")
-    c.add_argument("--current", type=_positive_float("--current", 1000), help="A of the load")
+    c.add_argument("--voltage", type=float_in(0, 1000, "--voltage", above_lo=True),
+                   help="V of the load")
+    c.add_argument("--current", type=float_in(0, 1000, "--current", above_lo=True),
+                   help="A of the load")
     c.add_argument("--power", type=_power, help="W of the load (negative: export)")
-    c.add_argument("--mqtt", type=_host_port, help="the node's broker, HOST[:PORT]")
+    c.add_argument("--gateway-config", metavar="TOML",
+                   help="the gateway's config: its broker, TLS and account send the command")
+    c.add_argument("--mqtt", type=_host_port,
+                   help="the node's broker, HOST[:PORT], plain and anonymous (tests, demos)")
     c.add_argument("--topic", help="the node's MQTT topic (default: its keystore name)")
-    c.add_argument("--timeout", type=_positive_float("--timeout", 600), default=10.0)
+    c.add_argument("--timeout", type=float_in(0, 600, "--timeout", above_lo=True), default=10.0)
     c.add_argument("--seq", type=int_in(1, 0xFFFFFFFF, "--seq"),
                    help="command sequence number (default: the time in s, newer than any before)")
     c.add_argument("--print-frame", action="store_true", help="print the frame, send nothing")

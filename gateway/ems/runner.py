@@ -75,6 +75,18 @@ ClearingFetch = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonHooks:
+    """The daemon's plain callables and clock the runner works through (see the module's
+    docstring); without ``clearing`` (no ledger) the runner reads no clearings."""
+
+    clock: ClockLike
+    send_relay: SendRelay
+    enqueue_tx: EnqueueTx
+    interval_history: History
+    clearing: ClearingFetch | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunnerConfig:
     site_meter: str  # the home's grid meter: import and export
     pv_meter: str | None = None  # the PV inverter's meter (its export is the production)
@@ -103,17 +115,12 @@ class StepReport:
 
 class EmsRunner:
     def __init__(self, appliances: Sequence[Appliance], tariff: Tariff, config: RunnerConfig,
-                 *, clock: ClockLike, send_relay: SendRelay, enqueue_tx: EnqueueTx,
-                 interval_history: History, clearing: ClearingFetch | None = None,
-                 agent: TradingAgent | None = None) -> None:
+                 hooks: DaemonHooks, agent: TradingAgent | None = None) -> None:
         self.appliances = list(appliances)
         self.tariff = tariff
         self.config = config
-        self.clock = clock
-        self._send_relay = send_relay
-        self._enqueue_tx = enqueue_tx
-        self._history = interval_history
-        self._clearing = clearing
+        self.hooks = hooks
+        self.clock = hooks.clock
         self.agent = agent
         self.relays = RelayController(relay_specs(self.appliances))
         self.state = HorizonState()
@@ -195,18 +202,19 @@ class EmsRunner:
 
     # --- parts ------------------------------------------------------------------------------
     async def _read_clearings(self, report: StepReport) -> None:
-        if self._clearing is None or self.agent is None:
+        clearing = self.hooks.clearing
+        if clearing is None or self.agent is None:
             return
         for lid in sorted(self.ordered - set(self.commitments)):
             try:
-                result = await self._clearing(lid)
+                result = await clearing(lid)
                 if result is None:
                     continue
                 if result.get("state") == "REVEAL":  # a sealed listing: open our order now
                     reveal = self.agent.reveal(lid)
                     if reveal is not None:
                         report.orders.append((reveal.kind,
-                                              self._enqueue_tx(reveal.kind, reveal.body)))
+                                              self.hooks.enqueue_tx(reveal.kind, reveal.body)))
                     continue
                 c = self.agent.read_clearing(result)
             except Exception as exc:  # one bad listing never stops the others
@@ -246,7 +254,7 @@ class EmsRunner:
         n = (until - since) // SLOT_MS
         out = np.zeros(n, dtype=np.int64)
         present = np.zeros(n, dtype=np.bool_)
-        for row in self._history(meter, since, until):
+        for row in self.hooks.interval_history(meter, since, until):
             start = int(row.start_ms)
             i = (start - since) // SLOT_MS
             if 0 <= i < n and start % SLOT_MS == 0:
@@ -399,7 +407,7 @@ class EmsRunner:
     async def _send(self, cmd: RelayCommand) -> int | None:
         try:
             async with asyncio.timeout(self.config.relay_timeout_s):
-                status = await self._send_relay(cmd.node_id, cmd.relay, cmd.on)
+                status = await self.hooks.send_relay(cmd.node_id, cmd.relay, cmd.on)
         except Exception:  # a dead node or link: unknown state, retried at the next step
             return None
         return status if isinstance(status, int) else frame.S_REPLAY
@@ -421,7 +429,7 @@ class EmsRunner:
             if order is None:
                 continue
             try:
-                outbox_id = self._enqueue_tx(order.kind, order.body)
+                outbox_id = self.hooks.enqueue_tx(order.kind, order.body)
             except Exception as exc:
                 self.ordered.discard(lid)
                 report.errors.append(f"order {lid}: {exc}")
@@ -436,7 +444,7 @@ class EmsRunner:
             if meter is None or prev not in commanded:
                 continue
             try:
-                rows = self._history(meter, prev, prev + SLOT_MS)
+                rows = self.hooks.interval_history(meter, prev, prev + SLOT_MS)
             except Exception as exc:
                 report.errors.append(f"history {meter}: {exc}")
                 continue

@@ -7,6 +7,10 @@ try again with exponential backoff and jitter. A node's faults stay inside its o
 
 Only the public bleak API is used (``BleakClient``); ``backend=None`` is bleak's platform backend
 (BlueZ on a Raspberry Pi), and tests and the demo pass a bumble-backed backend class instead.
+
+Security: a node with a passkey (``BleNode.passkey``, ``firmware.ble_guard.passkey`` of its key)
+is connected with ``pair=True``: the link is encrypted under the stored bond, or paired (LE Secure
+Connections, Passkey Entry, bonding) before any notification is subscribed or command written.
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ DEFAULT_CONNECT_TIMEOUT_S = 20.0
 class BleNode:
     node_id: int
     address: str
+    passkey: int | None = None  # None: no pairing (a node without link security)
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_id <= 0xFFFF:
             raise ValueError(f"BLE node id {self.node_id} out of range 0..65535")
+        if self.passkey is not None and not 0 <= self.passkey <= 999_999:
+            raise ValueError(f"BLE node {self.node_id}: passkey must be 0..999999")
         if _ADDRESS.fullmatch(self.address) is None:
             raise ValueError(
                 f"BLE node {self.node_id}: address {self.address!r} is not AA:BB:CC:DD:EE:FF"
@@ -209,11 +216,17 @@ class BleNodeSource:
         """Connect and stream until the link drops. True if a session was established."""
         node_id = link.node.node_id
         dropped = asyncio.Event()
+        passkey = link.node.passkey
+        # the passkey goes to the backend (bleak passes unknown keywords on); BlueZ takes it
+        # from its agent instead (see the gateway README), and bonds itself
+        extra: dict[str, Any] = {} if passkey is None else {"passkey": passkey}
         client = BleakClient(
             link.node.address,
             disconnected_callback=lambda _c: dropped.set(),
             timeout=self._timeout,
+            pair=passkey is not None,
             backend=self._backend,
+            **extra,
         )
 
         def on_notify(_char: BleakGATTCharacteristic, data: bytearray) -> None:

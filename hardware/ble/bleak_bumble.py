@@ -9,7 +9,14 @@ speaking HCI over a bumble transport (e.g. ``bumble:tcp-client:127.0.0.1:9001`` 
 served by ``wattmesh emulate plug --hci tcp-server:127.0.0.1:9001``), opened on first use.
 
 Scope: connect/disconnect (with the disconnected callback), service discovery, notifications,
-writes with and without response, reads, MTU. No pairing (wattmesh frames carry their own MAC).
+writes with and without response, reads, MTU, and pairing: ``pair()``, ``connect(pair=True)``,
+``unpair()``. Pairing is LE Secure Connections Passkey Entry with bonding, this end "typing" the
+node's passkey (``BleakClient(..., passkey=N)`` or ``pair(passkey=N)``; ``firmware.ble_guard``
+derives it from the node key). The bonds go to the central's key store: a ``BondStore`` file
+(owner-only) when the central has one, else memory. A connect to a bonded node encrypts the link
+with the stored key before any GATT request, as BlueZ does; with ``pair=True`` a node that lost
+our bond is paired again (Passkey Entry authenticates the node too, so this cannot bond an
+impostor).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from bleak.args import SizedBuffer
@@ -34,10 +42,19 @@ from bumble.att import ATT_Error
 from bumble.device import Advertisement, Connection, Device, Peer
 from bumble.gatt import Characteristic
 from bumble.gatt_client import CharacteristicProxy
+from bumble.keys import PairingKeys
 from bumble.link import LocalLink
+from bumble.pairing import PairingConfig
 from bumble.transport import open_transport
 from bumble.transport.common import Transport
 
+from hardware.ble.bonds import (
+    BondStore,
+    BondStoreError,
+    passkey_pairing,
+    read_bond_store,
+    same_address,
+)
 from hardware.ble.controller import local_device
 from hardware.ble.profile import GATEWAY_ADDRESS
 
@@ -69,11 +86,21 @@ def _uuid(uuid: core.UUID) -> str:
 class BumbleCentral:
     """One bumble host acting as the gateway's BLE adapter: scans continuously (so a connect is
     only attempted once the peer is heard advertising, as BlueZ does) and serialises connection
-    attempts (a controller initiates one LE connection at a time)."""
+    attempts (a controller initiates one LE connection at a time). ``bond_store``: the file its
+    bonds are kept in (checked now: a bad store is an error here, not at the first pairing);
+    None keeps them in memory."""
 
-    def __init__(self, device: Device, transport: Transport | None = None) -> None:
+    def __init__(
+        self, device: Device, transport: Transport | None = None, bond_store: Path | None = None
+    ) -> None:
         self.device = device
         self._transport = transport
+        self.bond_store = bond_store
+        if bond_store is not None:
+            read_bond_store(bond_store)
+            device.keystore = BondStore(bond_store, namespace=str(device.random_address))
+        self.passkeys: dict[str, int] = {}  # by peer address (no type): what pairing types
+        device.pairing_config_factory = self._pairing_config
         self._started = False
         self._start_lock = asyncio.Lock()
         self.connect_lock = asyncio.Lock()
@@ -82,16 +109,41 @@ class BumbleCentral:
         self._reapers: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def on_link(cls, link: LocalLink, address: str = GATEWAY_ADDRESS) -> BumbleCentral:
-        return cls(local_device(link, "wattmesh-gateway", address))
+    def on_link(
+        cls, link: LocalLink, address: str = GATEWAY_ADDRESS, bond_store: Path | None = None
+    ) -> BumbleCentral:
+        return cls(local_device(link, "wattmesh-gateway", address), bond_store=bond_store)
 
     @classmethod
-    async def open(cls, transport_spec: str, address: str = GATEWAY_ADDRESS) -> BumbleCentral:
+    async def open(
+        cls, transport_spec: str, address: str = GATEWAY_ADDRESS, bond_store: Path | None = None
+    ) -> BumbleCentral:
+        if bond_store is not None:
+            read_bond_store(bond_store)  # before a transport is opened that would then leak
         transport = await open_transport(transport_spec)
         device = Device.with_hci(
             "wattmesh-gateway", hci.Address(address), transport.source, transport.sink
         )
-        return cls(device, transport)
+        return cls(device, transport, bond_store)
+
+    def _pairing_config(self, connection: Connection) -> PairingConfig:
+        return passkey_pairing(self.passkeys.get(connection.peer_address.to_string(False)))
+
+    async def bond(self, address: str) -> PairingKeys | None:
+        """The stored bond with ``address``, if any (the central must have started)."""
+        assert self.device.keystore is not None
+        for name, keys in await self.device.keystore.get_all():
+            if same_address(name, address):
+                return keys
+        return None
+
+    async def forget(self, address: str) -> bool:
+        """Delete the bond with ``address``; whether there was one."""
+        assert self.device.keystore is not None
+        names = [n for n, _ in await self.device.keystore.get_all() if same_address(n, address)]
+        for name in names:
+            await self.device.keystore.delete(name)
+        return bool(names)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -180,11 +232,13 @@ class BumbleBleakClient(BaseBleakClient):
         *,
         disconnected_callback: Callable[[], None] | None,
         timeout: float,
+        passkey: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout
         )
+        self._passkey = passkey
         self._connection: Connection | None = None
         self._peer: Peer | None = None
         self._proxies: dict[int, CharacteristicProxy[bytes]] = {}
@@ -238,6 +292,7 @@ class BumbleBleakClient(BaseBleakClient):
             raise BleakError(f"{self.address}: link lost while connecting")
         try:
             self._peer = Peer(connection)
+            await self._guard(self._secure(central, connection, pair))
             await self._guard(self._peer.request_mtu(DEFAULT_MTU))
             await self._guard(self._discover())
         except BaseException:
@@ -270,11 +325,58 @@ class BumbleBleakClient(BaseBleakClient):
             self._connection = None
             self._peer = None
 
+    # -- security --------------------------------------------------------------------------
+    async def _secure(self, central: BumbleCentral, connection: Connection, pair: bool) -> None:
+        """Encrypt with the stored bond; without one (or when the node lost it) pair if asked."""
+        if await central.bond(self.address) is not None:
+            try:
+                await connection.encrypt()
+                return
+            except (core.BaseBumbleError, hci.HCI_Error) as exc:
+                if not pair or not central.is_live(connection):
+                    raise BleakError(
+                        f"{self.address}: encrypting with our bond failed: {exc}"
+                    ) from exc
+                log.warning("%s refused our bond (%s): pairing again", self.address, exc)
+                await central.forget(self.address)
+        if pair:
+            await self._pair(central, connection, self._passkey)
+
+    async def _pair(
+        self, central: BumbleCentral, connection: Connection, passkey: int | None
+    ) -> None:
+        if passkey is None:
+            raise BleakError(f"pairing with {self.address} needs its passkey (passkey=...)")
+        central.passkeys[hci.Address(self.address).to_string(False)] = passkey
+        try:
+            await connection.pair()
+        except (core.BaseBumbleError, hci.HCI_Error) as exc:
+            raise BleakError(f"pairing with {self.address} failed: {exc}") from exc
+        keys = await central.bond(self.address)
+        if keys is None or keys.ltk is None or not keys.ltk.authenticated or not connection.sc:
+            await central.forget(self.address)
+            raise BleakError(f"pairing with {self.address} left no authenticated LE Secure "
+                             "Connections bond in the store (Just Works, legacy, or the store "
+                             "could not be written): bond dropped")
+
     async def pair(self, *args: Any, **kwargs: Any) -> None:
-        raise BleakError("pairing is not supported by the bumble backend")
+        """Pair with the connected node (Passkey Entry with ``passkey=`` or the client's), and
+        bond; nothing to do if the link is already encrypted under a bond."""
+        central = await type(self).get_central()
+        connection = self._connection
+        if connection is None:
+            raise BleakError(f"not connected to {self.address}")
+        if connection.encryption and await central.bond(self.address) is not None:
+            return
+        passkey = kwargs.get("passkey", self._passkey)
+        await self._guard(self._pair(central, connection, passkey))
 
     async def unpair(self) -> None:
-        raise BleakError("pairing is not supported by the bumble backend")
+        """Forget the bond with this node and disconnect (as BlueZ's RemoveDevice does)."""
+        central = await type(self).get_central()
+        await central.start()
+        await central.forget(self.address)
+        await self.disconnect()
 
     # -- discovery -------------------------------------------------------------------------
     async def _discover(self) -> None:
@@ -414,10 +516,13 @@ _REMOTE: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
-def backend_from_spec(spec: str | None) -> type[BaseBleakClient] | None:
+def backend_from_spec(
+    spec: str | None, bond_store: Path | None = None
+) -> type[BaseBleakClient] | None:
     """Parse a backend setting: ``None``/``""``/``"bleak"``/``"platform"`` -> None (bleak's
-    platform backend, BlueZ on a Pi); ``"bumble:<transport spec>"`` -> a bumble backend on that
-    HCI transport, one host per event loop and spec, opened on first connect."""
+    platform backend, BlueZ on a Pi, which keeps its bonds itself); ``"bumble:<transport spec>"``
+    -> a bumble backend on that HCI transport, one host per event loop and spec, opened on first
+    connect, its bonds in ``bond_store`` (memory if None)."""
     if spec is None or spec in ("", "platform", "bleak"):
         return None
     scheme, _, transport_spec = spec.partition(":")
@@ -445,13 +550,16 @@ def backend_from_spec(spec: str | None) -> type[BaseBleakClient] | None:
             _REMOTE[loop] = (asyncio.Lock(), {})
         lock, centrals = _REMOTE[loop]
         async with lock:
-            central = centrals.get(transport_spec)
+            key = f"{transport_spec}|{bond_store}"
+            central = centrals.get(key)
             if central is None:
                 try:
-                    central = await BumbleCentral.open(transport_spec)
+                    central = await BumbleCentral.open(transport_spec, bond_store=bond_store)
+                except BondStoreError:
+                    raise
                 except (OSError, ValueError, core.BaseBumbleError) as exc:
                     raise BleakError(f"BLE backend {spec!r}: {exc}") from exc
-                centrals[transport_spec] = central
+                centrals[key] = central
             return central
 
     return type(

@@ -9,6 +9,14 @@ the firmware (``firmware/relay.py``): off at boot, and a switch inside the minim
 ``PlugEmulator`` puts it on a bumble ``Device`` serving the node's GATT profile
 (``hardware/node_profile.json``) and adds fault injection: drop the link, go dead (stop
 advertising), go silent, corrupt, truncate or replay frames.
+
+Link security is the firmware's (``firmware/ble_guard.py``, the one definition of the policy):
+LE Secure Connections Passkey Entry with bonding, the passkey derived from the node key; the
+command characteristic needs an encrypted, authenticated link and is refused ("insufficient
+authorization") to anyone but the bonded gateway; readings and acks go to the gateway's link only
+(reads need the same); two connection slots, one kept for the gateway once bonded, and a link
+that is not the gateway's secure link within ``UNAUTH_TIMEOUT_MS`` of the injected clock is
+dropped. The emulator keeps its bond in memory: a restarted emulator is a node reset.
 """
 
 from __future__ import annotations
@@ -18,17 +26,22 @@ import bisect
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from bumble.att import ATT_Error, ErrorCode
 from bumble.core import AdvertisingData
 from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
+from bumble.keys import PairingKeys
 from bumble.link import LocalLink
+from bumble.pairing import PairingConfig
+from bumble.smp import ErrorCode as SmpErrorCode
 
-from firmware import frame
+from firmware import ble_guard, frame
+from hardware.ble.bonds import passkey_pairing
 from hardware.ble.controller import local_device
 from hardware.ble.profile import PROFILE, plug_address, plug_name
 
@@ -41,6 +54,12 @@ DW_MS_PER_MWH = 36_000
 ADVERTISING_INTERVAL_MS = 50  # short, so a virtual reconnect takes milliseconds
 
 DEFAULT_BOARD = "plug_hlw8012"
+
+# pairing failures that can tell an attacker something about the passkey (ble_guard counts them)
+PASSKEY_FAILURES = frozenset({
+    SmpErrorCode.CONFIRM_VALUE_FAILED, SmpErrorCode.PASSKEY_ENTRY_FAILED,
+    SmpErrorCode.DHKEY_CHECK_FAILED, SmpErrorCode.NUMERIC_COMPARISON_FAILED,
+})
 
 LoadProfile = Callable[[int], int]
 """Real power in deciwatts at a time in ms (negative: export, e.g. a PV inverter)."""
@@ -80,7 +99,8 @@ class PlugCore:
     import_mwh: int = 0
     export_mwh: int = 0
     last_command_seq: int = 0
-    commands_rejected: int = 0
+    commands_rejected: int = 0  # command frames dropped unanswered, for any reason
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     _last_ms: int | None = None
     _import_rem: int = 0  # dW*ms not yet a whole mWh
     _export_rem: int = 0
@@ -178,24 +198,20 @@ class PlugCore:
 
     def command(self, raw: bytes, now_ms: int) -> bytes | None:
         """Handle a written COMMAND frame; the ACK frame to notify, or None when the frame is not
-        a genuine command for this node (dropped, as the firmware does)."""
+        a genuine new command for this node (dropped unanswered and counted by reason in
+        ``dropped``, as the firmware does: a replay too, which an ACK would burn a sequence
+        number for)."""
         try:
-            ftype, node_id, seq, payload = frame.decode(self.key, raw)
-            if ftype != frame.T_COMMAND or node_id != self.node_id:
-                raise frame.FrameError("type")
-            relay, action = frame.unpack_command(payload)
-        except frame.FrameError:
+            seq, relay, action = frame.open_relay_command(self.key, self.node_id, raw,
+                                                          self.last_command_seq)
+        except frame.FrameError as exc:
             self.commands_rejected += 1
+            self.dropped[exc.args[0]] = self.dropped.get(exc.args[0], 0) + 1
+            log.warning("plug %d: command dropped (%s)", self.node_id, exc.args[0])
             return None
         self.advance(now_ms)
-        if seq <= self.last_command_seq:
-            status = frame.S_REPLAY
-        elif relay != 0:
-            self.last_command_seq = seq
-            status = frame.S_BAD_RELAY
-        else:
-            self.last_command_seq = seq
-            status = self._relay_command(action, now_ms)
+        self.last_command_seq = seq
+        status = frame.S_BAD_RELAY if relay != 0 else self._relay_command(action, now_ms)
         # as the firmware: the addressed relay's state after the command, 0 for no such relay
         ack = frame.pack_ack(seq, relay, status, 1 if relay == 0 and self.relay_on else 0)
         out: bytes = frame.encode(self.key, frame.T_ACK, self.node_id, self._next_seq(), ack)
@@ -242,33 +258,48 @@ class PlugEmulator:
         core: PlugCore,
         *,
         now_ms: Callable[[], int],
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.device = device
         self.core = core
         self.faults = PlugFaults()
         self._now_ms = now_ms
+        self._sleep = sleep
         self._sent: list[bytes] = []
         self.notified = 0
-        self._advertising = False
+        self._advertising = False  # wanted: advertise while a slot is free
         self._tasks: set[asyncio.Task[None]] = set()
+        self.guard = ble_guard.Guard()
+        self.passkey = ble_guard.passkey(core.key)
+        self.refused_writes = 0
+        self._last: dict[str, bytes] = {PROFILE.readings_uuid: b"", PROFILE.ack_uuid: b""}
+        secure_read = (
+            Characteristic.READABLE
+            | Characteristic.READ_REQUIRES_ENCRYPTION
+            | Characteristic.READ_REQUIRES_AUTHENTICATION
+        )
         self.readings_char: Characteristic[bytes] = Characteristic(
             PROFILE.readings_uuid,
             Characteristic.Properties.READ | Characteristic.Properties.NOTIFY,
-            Characteristic.READABLE,
-            b"",
+            secure_read,
+            CharacteristicValue(read=lambda c: self._read(c, PROFILE.readings_uuid)),
         )
         self.ack_char: Characteristic[bytes] = Characteristic(
             PROFILE.ack_uuid,
             Characteristic.Properties.READ | Characteristic.Properties.NOTIFY,
-            Characteristic.READABLE,
-            b"",
+            secure_read,
+            CharacteristicValue(read=lambda c: self._read(c, PROFILE.ack_uuid)),
         )
         self.command_char: Characteristic[bytes] = Characteristic(
             PROFILE.command_uuid,
             Characteristic.Properties.WRITE | Characteristic.Properties.WRITE_WITHOUT_RESPONSE,
-            Characteristic.WRITEABLE,
+            Characteristic.WRITEABLE
+            | Characteristic.WRITE_REQUIRES_ENCRYPTION
+            | Characteristic.WRITE_REQUIRES_AUTHENTICATION,
             CharacteristicValue(write=self._on_command),
         )
+        device.pairing_config_factory = self._pairing_config
+        device.on(Device.EVENT_CONNECTION, self._on_connection)
         device.add_service(
             Service(PROFILE.service_uuid, [self.readings_char, self.command_char, self.ack_char])
         )
@@ -291,13 +322,15 @@ class PlugEmulator:
         load: LoadProfile,
         now_ms: Callable[[], int],
         boot_ms: int | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> PlugEmulator:
         """``boot_ms``: when the plug was plugged in, if before now (a plug that has been in
-        its socket for a while is past its boot-time minimum off time)."""
+        its socket for a while is past its boot-time minimum off time). ``sleep``: the clock
+        the unauthenticated-link timeout runs on (inject the test's clock)."""
         start = now_ms() if boot_ms is None else boot_ms
         core = PlugCore(node_id, key, load, start_ms=start)
         device = local_device(link, plug_name(node_id), plug_address(node_id))
-        return cls(device, core, now_ms=now_ms)
+        return cls(device, core, now_ms=now_ms, sleep=sleep)
 
     @property
     def address(self) -> str:
@@ -312,13 +345,106 @@ class PlugEmulator:
         await self.advertise()
 
     async def advertise(self) -> None:
-        if not self._advertising:
+        self._advertising = True
+        await self._readvertise()
+
+    async def _readvertise(self) -> None:
+        """Advertise while wanted and a connection slot is free (the controller stops
+        advertising at each connection; the node starts again for the next central)."""
+        if (
+            not self._advertising
+            or self.device.is_advertising
+            or not self.guard.advertise(len(self.device.connections))
+        ):
+            return
+        with contextlib.suppress(Exception):  # a connection racing the start: next event retries
             await self.device.start_advertising(
-                auto_restart=True,
+                auto_restart=False,
                 advertising_interval_min=ADVERTISING_INTERVAL_MS,
                 advertising_interval_max=ADVERTISING_INTERVAL_MS,
             )
-            self._advertising = True
+
+    # -- link security (firmware/ble_guard.py) -------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _peer(connection: Connection) -> str:
+        return str(connection.peer_address.to_string(False))
+
+    def trusted(self, connection: Connection) -> bool:
+        """Whether ``connection`` is the bonded gateway's encrypted, authenticated link."""
+        return bool(self.guard.trusted(
+            self._peer(connection), connection.encryption, connection.authenticated
+        ))
+
+    def _pairing_config(self, connection: Connection) -> PairingConfig:
+        return passkey_pairing(
+            self.passkey, accept=lambda: bool(self.guard.may_pair(self._peer(connection)))
+        )
+
+    def _on_connection(self, connection: Connection) -> None:
+        peer = self._peer(connection)
+        others = [self._peer(c) for c in self.device.connections.values() if c is not connection]
+        connection.on(Connection.EVENT_DISCONNECTION, lambda _r: self._spawn(self._readvertise()))
+        if not self.guard.admit(peer, others):
+            log.info("plug %d: no slot for %s", self.core.node_id, peer)
+            self._spawn(self._drop(connection))
+            return
+        connection.on(Connection.EVENT_PAIRING, lambda keys: self._on_paired(connection, keys))
+        connection.on(Connection.EVENT_PAIRING_FAILURE, self._on_pairing_failure)
+        self._spawn(self._watch(connection, self._now_ms()))
+        self._spawn(self._readvertise())
+
+    def _on_paired(self, connection: Connection, keys: PairingKeys) -> None:
+        authenticated = keys.ltk is not None and keys.ltk.authenticated
+        if not self.guard.paired(self._peer(connection), authenticated, connection.sc):
+            log.info("plug %d: refused the bond of %s", self.core.node_id, connection.peer_address)
+            self._spawn(self._forget_and_drop(connection))
+
+    def _on_pairing_failure(self, reason: int) -> None:
+        if reason in PASSKEY_FAILURES:
+            self.guard.pair_failed()
+
+    async def _forget_and_drop(self, connection: Connection) -> None:
+        if self.device.keystore is not None:
+            with contextlib.suppress(Exception):
+                await self.device.keystore.delete(str(connection.peer_address))
+        await self._drop(connection)
+
+    async def _watch(self, connection: Connection, since_ms: int) -> None:
+        """Drop a link that is not the gateway's secure link UNAUTH_TIMEOUT_MS after it came up
+        (on the injected clock)."""
+        await self._sleep(ble_guard.UNAUTH_TIMEOUT_MS / 1000)
+        if self.device.connections.get(connection.handle) is not connection:
+            return
+        age = self._now_ms() - since_ms
+        if self.guard.overdue(self._peer(connection), connection.encryption,
+                              connection.authenticated, age):
+            log.info("plug %d: dropping %s, not the gateway's secure link after %d ms",
+                     self.core.node_id, connection.peer_address, age)
+            await self._drop(connection)
+
+    @staticmethod
+    async def _drop(connection: Connection) -> None:
+        with contextlib.suppress(Exception):
+            await connection.disconnect()
+
+    def _read(self, connection: Connection, uuid: str) -> bytes:
+        if not self.trusted(connection):
+            raise ATT_Error(ErrorCode.INSUFFICIENT_AUTHORIZATION)
+        return self._last[uuid]
+
+    async def _notify_gateway(self, char: Characteristic[bytes], raw: bytes) -> bool:
+        sent = False
+        for connection in list(self.device.connections.values()):
+            if self.trusted(connection):
+                with contextlib.suppress(Exception):
+                    await self.device.notify_subscriber(connection, char, raw)
+                    sent = True
+        return sent
 
     # -- the node's work ---------------------------------------------------------------
     async def tick(self) -> bytes | None:
@@ -350,10 +476,10 @@ class PlugEmulator:
         return out
 
     async def notify(self, raw: bytes) -> None:
-        """Notify raw bytes on the readings characteristic (a hostile node may send anything)."""
-        self.readings_char.value = raw
-        with contextlib.suppress(Exception):
-            await self.device.notify_subscribers(self.readings_char, raw)
+        """Notify raw bytes on the readings characteristic (a hostile node may send anything),
+        to the bonded gateway's link only."""
+        self._last[PROFILE.readings_uuid] = raw
+        if await self._notify_gateway(self.readings_char, raw):
             self.notified += 1
 
     async def run(self, interval_s: float, sleep: Callable[[float], Awaitable[Any]]) -> None:
@@ -362,18 +488,18 @@ class PlugEmulator:
             await sleep(interval_s)
             await self.tick()
 
-    def _on_command(self, _connection: Connection, value: bytes) -> None:
+    def _on_command(self, connection: Connection, value: bytes) -> None:
+        if not self.trusted(connection):  # the allow-list: the bonded gateway only
+            self.refused_writes += 1
+            raise ATT_Error(ErrorCode.INSUFFICIENT_AUTHORIZATION)
         ack = self.core.command(bytes(value), self._now_ms())
         if ack is None:
             return
-        self.ack_char.value = ack
-        task = asyncio.get_running_loop().create_task(self._notify_ack(ack))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._last[PROFILE.ack_uuid] = ack
+        self._spawn(self._notify_ack(ack))
 
     async def _notify_ack(self, ack: bytes) -> None:
-        with contextlib.suppress(Exception):
-            await self.device.notify_subscribers(self.ack_char, ack)
+        await self._notify_gateway(self.ack_char, ack)
 
     # -- link faults -------------------------------------------------------------------
     async def drop_link(self) -> None:
@@ -387,9 +513,10 @@ class PlugEmulator:
     async def go_dead(self) -> None:
         """Stop advertising and drop the link: to the gateway the plug has vanished."""
         self.faults.count("dead")
-        if self._advertising:
-            self._advertising = False
-            await self.device.stop_advertising()
+        self._advertising = False
+        if self.device.is_advertising:
+            with contextlib.suppress(Exception):
+                await self.device.stop_advertising()
         for connection in list(self.device.connections.values()):
             with contextlib.suppress(Exception):
                 await connection.disconnect()

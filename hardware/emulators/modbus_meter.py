@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import termios
-import time
 import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,16 +24,12 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-from hardware.emulators.profiles import EnergyCounters, Profile, constant
+from hardware.emulators.profiles import EnergyCounters, Profile, constant, wall_ms
 from hardware.meters import RegisterMap, load_map
 
 FAULTS = ("silence", "crc", "wrong", "exception")
 NOMINAL_V = 230.0
 NOMINAL_HZ = 50.0
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

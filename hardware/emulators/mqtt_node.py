@@ -1,7 +1,9 @@
 """An emulated wattmesh node on MQTT (aiomqtt against a real broker), speaking the firmware's
 frames on the Tasmota-style topics of ``hardware/node_profile.json``: READING frames on
 ``tele/<topic>/FRAME`` (and a human-readable ``tele/<topic>/SENSOR``), COMMAND frames taken from
-``cmnd/<topic>/FRAME`` and answered with ACK frames on ``stat/<topic>/ACK``; ``tele/<topic>/LWT``
+``cmnd/<topic>/FRAME`` and answered with ACK frames on ``stat/<topic>/ACK`` (taken as the
+firmware takes them, ``frame.open_command``: a replayed, forged or misdirected command is dropped
+unanswered, logged and counted in ``dropped``); ``tele/<topic>/LWT``
 is ``Online``/``Offline`` (the broker publishes ``Offline`` if the node dies).
 
 The metered load hangs on the node's relays: it draws (and the import counter rises) only while
@@ -10,32 +12,71 @@ the addressed relay's state after the command (1/0; 0 for no such relay), as ``f
 
 Faults for tests: ``tamper`` (frames with a wrong tag), ``replay`` (every frame sent twice),
 ``garbage`` (random bytes instead of frames).
+
+``node_account(config.json)`` reads the broker, the account and the TLS trust of a provisioned
+node (``wattmesh provision node``) as the firmware does: TLS with the broker's certificate checked
+against the CA file beside the config (``mqtt.ca``) and against the host name; the emulator
+connects with it. A refused login or an untrusted certificate fails ``run()`` with
+``aiomqtt.MqttError`` saying so (paho's and OpenSSL's words).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import secrets
-import time
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from firmware import frame
-from hardware.emulators.profiles import EnergyCounters, Profile, constant
+from hardware.emulators.profiles import EnergyCounters, Profile, constant, wall_ms
 
 FAULTS = ("tamper", "replay", "garbage")
+log = logging.getLogger(__name__)
 PROFILE: dict[str, Any] = json.loads(
     resources.files("hardware").joinpath("node_profile.json").read_text()
 )["mqtt"]
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+@dataclass(frozen=True)
+class NodeAccount:
+    """How a provisioned node reaches its broker: where, as whom, trusting which CA."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: ssl.SSLContext | None  # None: plain MQTT (a config that says ``"tls": false``)
+
+
+def node_account(config: Path) -> NodeAccount:
+    """The ``mqtt`` section of a node's config.json, with its CA file (``mqtt.ca``, beside the
+    config) loaded into a context that checks the broker's chain and host name, as the node's
+    link does. ``ValueError`` names the key or file at fault."""
+    try:
+        mq = json.loads(config.read_text(encoding="utf-8"))["mqtt"]
+        host, port = mq["host"], mq.get("port", 8883 if mq.get("tls", True) else 1883)
+        user, password = mq.get("user"), mq.get("password")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{config}: not a provisioned MQTT node's config ({exc!r})") from None
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+        raise ValueError(f"{config}: mqtt.host must be a string and mqtt.port a number")
+    ctx = None
+    if mq.get("tls", True):
+        ca = config.parent / str(mq.get("ca", "ca.crt"))
+        try:
+            ctx = ssl.create_default_context(cafile=str(ca))  # CERT_REQUIRED, host name checked
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"{config}: mqtt.ca: cannot load {ca} ({exc})") from None
+    return NodeAccount(host, port, user, password, ctx)
 
 
 class MqttNodeEmulator:
@@ -57,11 +98,13 @@ class MqttNodeEmulator:
         seed: int = 0,
         username: str | None = None,
         password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}: expected one of {', '.join(FAULTS)}")
         self.node_id, self.key, self.host, self.port = node_id, key, host, port
         self.username, self.password = username, password  # the node's broker account
+        self.tls = tls  # checks the broker's certificate (node_account), None: plain MQTT
         self.topic = topic or f"wattmesh_{node_id}"
         self.profile = profile or constant(500.0)
         # the counters integrate what the load really drew: nothing while its relays are off
@@ -71,13 +114,22 @@ class MqttNodeEmulator:
         self.relay_state = 0
         self.relays = relays
         self.fault = fault
-        self.last_cmd_seq = -1
+        self.last_cmd_seq = 0  # the last command taken (the gateway counts from 1)
         self.sent = 0
-        self.commands = 0
+        self.commands = 0  # commands taken (and acked)
+        self.dropped: dict[str, int] = {}  # reason -> command frames dropped unanswered
         self._rng = random.Random(seed)
         self._client: aiomqtt.Client | None = None
         self.ready = asyncio.Event()
         self._start_ms = clock()
+
+    @classmethod
+    def with_account(
+        cls, node_id: int, key: bytes, account: NodeAccount, **kw: Any
+    ) -> MqttNodeEmulator:
+        """An emulator that reaches the broker as ``account`` (``node_account``) says."""
+        return cls(node_id, key, account.host, account.port, username=account.username,
+                   password=account.password, tls=account.tls, **kw)
 
     def _drawn(self, t_ms: int) -> float:
         return self.profile(t_ms) if self.relay_state or self.relays == 0 else 0.0
@@ -125,17 +177,18 @@ class MqttNodeEmulator:
 
     async def _on_command(self, raw: bytes) -> None:
         assert self._client is not None
-        try:
-            _, node_id, seq, payload = frame.decode(self.key, raw)
-            relay, action = frame.unpack_command(payload)
-        except frame.FrameError:
-            return  # a node drops what it cannot authenticate
-        if node_id != self.node_id:
+        try:  # as the firmware: only an authentic, new COMMAND for this node gets anywhere
+            seq, relay, action = frame.open_relay_command(self.key, self.node_id, raw,
+                                                          self.last_cmd_seq)
+        except frame.FrameError as exc:
+            # dropped unanswered, a replay too: an ACK would burn a sequence number
+            reason = exc.args[0]
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            log.warning("node %d: command dropped (%s)", self.node_id, reason)
             return
         self.commands += 1
-        if seq <= self.last_cmd_seq:
-            status = frame.S_REPLAY
-        elif relay >= self.relays:
+        self.last_cmd_seq = seq
+        if relay >= self.relays:
             status = frame.S_BAD_RELAY
         else:
             status = frame.S_OK
@@ -147,8 +200,6 @@ class MqttNodeEmulator:
                 self.relay_state &= ~bit
             else:
                 self.relay_state ^= bit
-        if status != frame.S_REPLAY:
-            self.last_cmd_seq = seq
         ack = frame.encode(
             self.key,
             frame.T_ACK,
@@ -168,6 +219,7 @@ class MqttNodeEmulator:
             identifier=f"{self.topic}-{secrets.token_hex(3)}",
             username=self.username,
             password=self.password,
+            tls_context=self.tls,
             will=aiomqtt.Will(self.t("lwt"), PROFILE["lwt_offline"], qos=1, retain=True),
         ) as client:
             self._client = client

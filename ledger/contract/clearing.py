@@ -155,15 +155,25 @@ def clear_paper(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
 
 def _best_gains(offers: Sequence[Order], bids: Sequence[Order]) -> int:
     """The gains of the merit-order allocation, as ``_gains(_crossing(...)[0])`` gives them,
-    without the tie order (which moves no gain) or the matches: one sort per side."""
+    without the tie order (which moves no gain): one sort per side."""
     asks = sorted(offers, key=_by_price)
     buys = sorted(bids, key=_by_price, reverse=True)
-    total = i = j = 0
+    return _gains(_cross(buys, asks)[0])
+
+
+def _cross(
+    buys: Sequence[Order], asks: Sequence[Order]
+) -> tuple[list[tuple[Order, Order, int]], int, int]:
+    """Match ``buys`` (dearest first) against ``asks`` (cheapest first) in that order while
+    bid >= ask: the matches (bid, ask, Wh), and the index of the first bid and of the first ask
+    not wholly matched."""
+    i = j = 0
     ask_left = asks[0].wh if asks else 0
     bid_left = buys[0].wh if buys else 0
+    matches: list[tuple[Order, Order, int]] = []
     while i < len(buys) and j < len(asks) and buys[i].price >= asks[j].price:
         wh = bid_left if bid_left < ask_left else ask_left
-        total += wh * (buys[i].price - asks[j].price)
+        matches.append((buys[i], asks[j], wh))
         bid_left -= wh
         ask_left -= wh
         if not bid_left:
@@ -172,7 +182,7 @@ def _best_gains(offers: Sequence[Order], bids: Sequence[Order]) -> int:
         if not ask_left:
             j += 1
             ask_left = asks[j].wh if j < len(asks) else 0
-    return total // 1000
+    return matches, i, j
 
 
 def _gains(matches: Sequence[tuple[Order, Order, int]]) -> int:
@@ -194,54 +204,40 @@ def _merit(
     """``_crossing`` plus the bids and asks in merit order."""
     asks = sorted(sorted(offers, key=_by_seq), key=_by_price)  # stable: ties stay first in
     bids_sorted = _dearest_first(bids)
-    i = j = 0
-    ask_left = asks[0].wh if asks else 0
-    bid_left = bids_sorted[0].wh if bids_sorted else 0
-    last_ask = last_bid = None
-    matches: list[tuple[Order, Order, int]] = []
-    while i < len(bids_sorted) and j < len(asks) and bids_sorted[i].price >= asks[j].price:
-        bid, ask = bids_sorted[i], asks[j]
-        wh = bid_left if bid_left < ask_left else ask_left
-        matches.append((bid, ask, wh))
-        last_ask, last_bid = ask.price, bid.price
-        bid_left -= wh
-        ask_left -= wh
-        if not bid_left:
-            i += 1
-            bid_left = bids_sorted[i].wh if i < len(bids_sorted) else 0
-        if not ask_left:
-            j += 1
-            ask_left = asks[j].wh if j < len(asks) else 0
-    if last_ask is None or last_bid is None:
+    matches, i, j = _cross(bids_sorted, asks)
+    if not matches:
         return matches, None, bids_sorted, asks
+    last_bid, last_ask = matches[-1][0].price, matches[-1][1].price
     low = max(last_ask, bids_sorted[i].price) if i < len(bids_sorted) else last_ask
     high = min(last_bid, asks[j].price) if j < len(asks) else last_bid
     return matches, (low + high) // 2, bids_sorted, asks
 
 
 def clear_uniform(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
-    available, wanted = _totals(offers, bids)
-    matches, price = _crossing(offers, bids)
-    if price is None:
-        return Clearing("uniform", None, (), available, wanted)
-    trades = tuple(
-        Trade(b.owner, a.owner, a.ref, wh, price, b.seq, a.seq, price) for b, a, wh in matches
-    )
-    return Clearing("uniform", price, trades, available, wanted, _gains(matches))
+    return _clear_crossing("uniform", offers, bids, lambda bid, price: price)
 
 
 def clear_pay_as_bid(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:
+    return _clear_crossing("pay_as_bid", offers, bids, lambda bid, price: bid.price)
+
+
+def _clear_crossing(
+    rule: str, offers: Sequence[Order], bids: Sequence[Order], pays: Callable[[Order, int], int]
+) -> Clearing:
+    """The merit-order crossing, each match at ``pays(bid, uniform price)`` per kWh (to the
+    seller too); the clearing's price is the volume-weighted mean of the trades' (the uniform
+    price itself where every trade pays it)."""
     available, wanted = _totals(offers, bids)
     matches, price = _crossing(offers, bids)
     if price is None:
-        return Clearing("pay_as_bid", None, (), available, wanted)
-    trades = tuple(
-        Trade(b.owner, a.owner, a.ref, wh, b.price, b.seq, a.seq, b.price)
-        for b, a, wh in matches
-    )
+        return Clearing(rule, None, (), available, wanted)
+    trades = []
+    for b, a, wh in matches:
+        paid = pays(b, price)
+        trades.append(Trade(b.owner, a.owner, a.ref, wh, paid, b.seq, a.seq, paid))
     volume = sum(t.wh for t in trades)
     mean = sum(t.wh * t.price for t in trades) // volume
-    return Clearing("pay_as_bid", mean, trades, available, wanted, _gains(matches))
+    return Clearing(rule, mean, tuple(trades), available, wanted, _gains(matches))
 
 
 def clear_mcafee(offers: Sequence[Order], bids: Sequence[Order]) -> Clearing:

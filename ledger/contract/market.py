@@ -232,6 +232,28 @@ def _open_book(st: ContractState, listing_id: str) -> dict[str, Any]:
     return listing
 
 
+def _replacing(
+    st: ContractState, tx: Transaction, listing_id: str, side: str
+) -> tuple[str, dict[str, Any], int | None]:
+    """The sender's member id, the open book of ``listing_id`` and the index in its ``side``
+    (``offers`` or ``bids``) of the order a new one replaces under policy ``one`` (or None)."""
+    member = sender_member(st, tx)
+    listing = _open_book(st, listing_id)
+    return member, listing, _previous(listing, listing[side], member)
+
+
+def _placed(
+    listing: dict[str, Any], member: str, old_row: list[Any] | None, result: dict[str, Any]
+) -> dict[str, Any]:
+    """``result`` of the order just placed (``result["seq"]``), noted as the member's one order
+    under policy ``one``, naming the order it replaced."""
+    if listing["policy"] == "one":
+        listing["mine"][member] = result["seq"]
+    if old_row is not None:
+        result["replaced_seq"] = old_row[0]
+    return result
+
+
 def offer(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
     """RESOffer: Wh from one RES at a reserve price, from the RES's owner. Under policy ``one``
     it replaces the member's previous offer in the listing."""
@@ -241,9 +263,7 @@ def offer(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, An
     res_id = f.ident(body, "res_id")
     wh = f.positive(body, "wh", f.MAX_WH)
     price = f.integer(body, "reserve_price")
-    seller = sender_member(st, tx)
-    listing = _open_book(st, listing_id)
-    old = _previous(listing, listing["offers"], seller)
+    seller, listing, old = _replacing(st, tx, listing_id, "offers")
     old_row = listing["offers"][old] if old is not None else None
     replaced = old_row[2] if old_row is not None and old_row[4] == res_id else 0
     check_offer(st, listing, listing_id, seller, res_id, wh, price, replaced)
@@ -253,12 +273,7 @@ def offer(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, An
         listing["kwh_available"] -= old_row[2]
     seq = st.next_seq()
     add_offer(listing, seq, seller, wh, price, res_id)
-    if listing["policy"] == "one":
-        listing["mine"][seller] = seq
-    result = {"listing_id": listing_id, "seq": seq}
-    if old_row is not None:
-        result["replaced_seq"] = old_row[0]
-    return result
+    return _placed(listing, seller, old_row, {"listing_id": listing_id, "seq": seq})
 
 
 def bid(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:
@@ -269,9 +284,7 @@ def bid(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]
     listing_id = f.listing_id(body)
     wh = f.positive(body, "wh", f.MAX_WH)
     price = f.integer(body, "bid_price")
-    buyer = sender_member(st, tx)
-    listing = _open_book(st, listing_id)
-    old = _previous(listing, listing["bids"], buyer)
+    buyer, listing, old = _replacing(st, tx, listing_id, "bids")
     old_row = listing["bids"][old] if old is not None else None
     returned = payment(old_row[2], old_row[3]) if old_row is not None else 0
     escrow = check_bid(st, listing, listing_id, buyer, wh, price, returned)
@@ -282,12 +295,8 @@ def bid(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]
     st.debit(buyer, escrow)
     seq = st.next_seq()
     add_bid(listing, seq, buyer, wh, price)
-    if listing["policy"] == "one":
-        listing["mine"][buyer] = seq
     result = {"listing_id": listing_id, "seq": seq, "escrow": escrow}
-    if old_row is not None:
-        result["replaced_seq"] = old_row[0]
-    return result
+    return _placed(listing, buyer, old_row, result)
 
 
 def close(st: ContractState, tx: Transaction, ctx: BlockContext) -> dict[str, Any]:

@@ -102,36 +102,35 @@ class ContractState:
 
     def set_member_key(self, id_grid: str, key_hex: str | None, height: int) -> None:
         """Replace (or, with None, revoke) a member's key; the old one is retired."""
-        record = self.data["members"][id_grid]
-        old = record["public_key"]
-        if old:
-            self._by_key.pop(old, None)
-            self.data["retired_keys"][old] = height
-        record["public_key"] = key_hex
-        if key_hex:
-            self._by_key[key_hex] = id_grid
+        self._set_key(self._by_key, "members", id_grid, "public_key", key_hex, height)
 
     def set_order_key(self, id_grid: str, key_hex: str | None, height: int) -> None:
         """Set, replace or (with None) clear a member's order key; an old one is retired."""
-        record = self.data["members"][id_grid]
-        old = record["order_key"]
-        if old:
-            self._order_keys.pop(old, None)
-            self.data["retired_keys"][old] = height
-        record["order_key"] = key_hex
-        if key_hex:
-            self._order_keys[key_hex] = id_grid
+        self._set_key(self._order_keys, "members", id_grid, "order_key", key_hex, height)
 
     def set_meter_key(self, meter_id: str, key_hex: str | None, height: int) -> None:
         """Set, replace or (with None) revoke a meter's reporting key; an old one is retired."""
-        record = self.data["meters"][meter_id]
-        old = record["gateway_key"]
+        self._set_key(self._meter_keys, "meters", meter_id, "gateway_key", key_hex, height)
+
+    def _set_key(
+        self,
+        index: dict[str, str],
+        table: str,
+        owner: str,
+        slot: str,
+        key_hex: str | None,
+        height: int,
+    ) -> None:
+        """Put ``key_hex`` in ``owner``'s ``slot`` of ``table`` and in its ``index`` (key ->
+        owner); the key it replaces leaves the index and is retired at ``height``."""
+        record = self.data[table][owner]
+        old = record[slot]
         if old:
-            self._meter_keys.pop(old, None)
+            index.pop(old, None)
             self.data["retired_keys"][old] = height
-        record["gateway_key"] = key_hex
+        record[slot] = key_hex
         if key_hex:
-            self._meter_keys[key_hex] = meter_id
+            index[key_hex] = owner
 
     def role(self, id_grid: str) -> str:
         return str(self.data["members"][id_grid]["role"])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ledger.encoding import EncodingError, canonical
 from ledger.pbft.actions import Action, Broadcast, ReplyTo, Send
 from ledger.pbft.block import Batch, Block, tx_bytes
-from ledger.pbft.messages import PrePrepare, Reply, Request, sign
+from ledger.pbft.messages import BatchIds, PrePrepare, Reply, Request, sign
 from ledger.tx import SignedTx, TxError
 
 if TYPE_CHECKING:
@@ -151,9 +151,12 @@ class Batcher:
             self.core.count("requests_relayed", relayed)
 
     def new_view(self, now_ms: int, out: list[Action]) -> None:
-        """A view began: the new primary batches what is not ordered yet; backups relay it to
-        the new primary at once (the old primary may never have had it: the reason for the
-        change)."""
+        """A view began: the new primary batches what is not ordered yet; backups relay to it,
+        once, what it has not ordered in half a view-change timeout (``relay_stale``). Not at
+        once: a client whose primary's connection dropped, or whose wait ran out, gave the
+        request to every replica, the new primary too; relayed at once, at n = 31 after a
+        primary kill with 500 requests waiting, 29 backups sent it 150 KB each (1.2 s on a
+        1 Mbit/s link, ahead of their votes) and it parsed 14,500 copies."""
         core = self.core
         self.to_relay.clear()
         if not self.queue:
@@ -161,9 +164,8 @@ class Batcher:
         if core.is_primary:
             self.deadline = now_ms + core.cfg.batch_delay_ms
         elif core.relay_requests:
-            primary = core.cfg.primary(core.view)
             for tx_id in self.queue:
-                out.append(Send(primary, Request(self.pending[tx_id][0])))
+                self.to_relay[tx_id] = now_ms
 
     def known_tx(self, wire: Any) -> SignedTx | None:
         """The parsed transaction a pre-prepare carries if this replica holds it already (a
@@ -223,7 +225,11 @@ class Batcher:
             core.next_seq += 1
             pp = sign(PrePrepare(core.view, seq, digest, core.me), core.signer)
             core.log.accept(pp, batch, tuple(ids), out)
-            out.append(Broadcast(PrePrepare(pp.view, seq, digest, core.me, pp.sig, batch)))
+            if core.pre_prepare_ids:
+                named = BatchIds(batch.timestamp_ms, tuple(ids))
+                out.append(Broadcast(PrePrepare(pp.view, seq, digest, core.me, pp.sig, ids=named)))
+            else:
+                out.append(Broadcast(PrePrepare(pp.view, seq, digest, core.me, pp.sig, batch)))
             core.count("batches_proposed")
         self.deadline = now_ms + cfg.batch_delay_ms if self.queue else None
 

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ledger.encoding import canonical
-from ledger.pbft.actions import Action, Broadcast
+from ledger.pbft.actions import Action, Broadcast, Send
 from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, Certificate, batch_bytes
-from ledger.pbft.messages import Commit, Prepare, PreparedProof, PrePrepare, sign, verify
+from ledger.pbft.messages import (
+    Commit,
+    FetchPrePrepare,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    sign,
+    verify,
+)
 from ledger.tx import SignedTx
 
 if TYPE_CHECKING:
@@ -44,6 +53,7 @@ class Slot:
         "prepares",
         "proof",
         "seq",
+        "served",
         "view",
     )
 
@@ -61,6 +71,7 @@ class Slot:
         self.committed = False
         self.cert: Certificate | None = None
         self.proof: PreparedProof | None = None  # highest-view prepared certificate
+        self.served: set[int] = set()  # replicas sent this slot's pre-prepare in full on request
 
     def add_vote(self, vote: Prepare | Commit) -> None:
         """Enter a signed PREPARE or COMMIT (this replica's own, or one checked before)."""
@@ -139,6 +150,10 @@ class MessageLog:
         if not verify(pp, core.keyring):
             core.count("rejected_bad_sig")
             return
+        if pp.ids is not None:
+            pp = self._rebuilt(pp, out)
+            if pp.batch is None:
+                return  # asked of the primary in full
         batch = pp.batch
         if batch is None or batch.digest() != pp.digest or pp.digest == NULL_DIGEST:
             core.count("rejected_bad_digest")
@@ -188,6 +203,47 @@ class MessageLog:
         core.batcher.add_pending(ids, batch)
         core.arm_request_timer(now_ms)
         self.accept(pp.stripped(), batch, tuple(ids), out)
+
+    def _rebuilt(self, pp: PrePrepare, out: list[Action]) -> PrePrepare:
+        """A pre-prepare that names its batch by ids, with the batch rebuilt from the requests
+        this replica holds (the digest check that follows says whether it is the batch the
+        primary signed); if one is missing, the pre-prepare is asked of its sender in full
+        and returned without a batch."""
+        core = self.core
+        assert pp.ids is not None
+        pending = core.batcher.pending
+        held = [pending.get(tx_id) for tx_id in pp.ids.tx_ids]
+        if any(h is None for h in held):
+            core.count("pre_prepares_fetched")
+            fetch = FetchPrePrepare(pp.view, pp.seq, core.me)
+            out.append(Send(pp.replica, sign(fetch, core.signer)))
+            return pp.stripped()
+        txs = tuple(h[0] for h in held if h is not None)
+        wires = tuple(h[1] for h in held if h is not None)
+        return replace(pp, batch=Batch(pp.ids.timestamp_ms, txs, wires), ids=None)
+
+    def on_fetch_pre_prepare(self, msg: FetchPrePrepare, out: list[Action]) -> None:
+        """A backup lacks transactions this primary's pre-prepare named by id: the pre-prepare
+        goes to it in full, once per replica and sequence number."""
+        core = self.core
+        slot = self.slots.get(msg.seq)
+        if (
+            slot is None
+            or slot.pp is None
+            or slot.view != msg.view
+            or slot.pp.replica != core.me
+            or msg.replica in slot.served
+        ):
+            core.count("stale_fetch")
+            return
+        batch = self.batches.get(slot.digest)
+        if batch is None or not verify(msg, core.keyring):
+            core.count("rejected_bad_sig" if batch is not None else "stale_fetch")
+            return
+        slot.served.add(msg.replica)
+        pp = slot.pp
+        full = PrePrepare(pp.view, pp.seq, pp.digest, pp.replica, pp.sig, batch)
+        out.append(Send(msg.replica, full))
 
     def _just_above_window(self, seq: int) -> bool:
         high = self.core.high

@@ -16,12 +16,13 @@ signatures (the replica checks those against its keyring, because it also counts
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from ledger.encoding import canonical
-from ledger.pbft.block import Batch, Block, KnownTx
+from ledger.pbft.block import MAX_BATCH_WIRE, Batch, Block, KnownTx
 from ledger.pbft.config import MAX_REPLICA_ID
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import MAX_INT, READ, WireError
@@ -29,6 +30,7 @@ from ledger.tx import SignedTx, TxError
 
 MAX_PROOF = 4096  # prepared entries in one view-change
 MAX_BLOCKS = 1024  # blocks in one state-transfer answer
+VIEW_CHANGE_DOMAIN = b"wattmesh/pbft/view-change/v1\x00"
 
 Part = Literal["header", "optional", "sig", "attachment", "body"]
 
@@ -76,7 +78,10 @@ def _listed(item: Callable[[Any], Any], limit: int, *, check: str = "") -> Codec
 
     def decode(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> tuple[Any, ...]:
         items = tuple(item(w) for w in READ.listed(wire, key, limit))
-        if check and any(getattr(x, "batch", None) or getattr(x, "batches", None) for x in items):
+        if check and any(
+            getattr(x, "batch", None) or getattr(x, "batches", None) or getattr(x, "ids", None)
+            for x in items
+        ):
             raise WireError(check)
         return items
 
@@ -130,6 +135,13 @@ BATCH = Codec(lambda b: b.to_wire(), _batch)
 BATCHES = Codec(lambda bs: {d.hex(): b.to_wire() for d, b in bs.items()}, _batches_from_wire)
 TX = Codec(lambda tx: tx.to_wire(), _tx)
 TX_ID = Codec(_same, _tx_id)
+
+
+def _tx_ids(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> tuple[str, ...]:
+    return tuple(_tx_id({key: w}, key, None) for w in READ.listed(wire, key, MAX_BATCH_WIRE))
+
+
+TX_IDS = Codec(list, _tx_ids)
 RECEIPT = Codec(_same, _receipt)
 
 
@@ -230,19 +242,43 @@ class _Ordering(SignedForm):
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
 
+@form("", "batch by id")
+@dataclass(frozen=True, slots=True)
+class BatchIds(WireForm):
+    """A pre-prepare's batch named by its transactions' ids, for backups that hold them (the
+    clients send every request to every replica): the timestamp and the ids in order. A
+    backup rebuilds the batch from its own requests, and the pre-prepare's digest (signed)
+    says whether it rebuilt the batch the primary signed."""
+
+    timestamp_ms: int = field(metadata=on_wire("ts", NAT))
+    tx_ids: tuple[str, ...] = field(metadata=on_wire("ids", TX_IDS))
+
+
+BATCH_IDS = Codec(lambda b: b.to_wire(), lambda w, k, _: BatchIds.from_wire(w[k]))
+
+
 @form("pre-prepare")
 @dataclass(frozen=True, slots=True)
 class PrePrepare(_Ordering):
-    # attachment; absent inside proofs
+    # attachments, at most one of them; neither inside proofs
     batch: Batch | None = field(default=None, metadata=on_wire("batch", BATCH, "attachment"))
+    ids: BatchIds | None = field(default=None, metadata=on_wire("ids", BATCH_IDS, "attachment"))
+
+    def __post_init__(self) -> None:
+        if self.batch is not None and self.ids is not None:
+            raise WireError("pre-prepare: a batch or its ids, not both")
 
     def stripped(self) -> PrePrepare:
-        return replace(self, batch=None) if self.batch is not None else self
+        if self.batch is None and self.ids is None:
+            return self
+        return replace(self, batch=None, ids=None)
 
     def encoded(self) -> bytes:
         """``canonical(self.to_wire())`` with the batch's own bytes spliced in (``batch`` sorts
         before every other key), so the primary does not encode a batch again to send it; a
         test holds the two ways equal."""
+        if self.ids is not None:
+            return canonical(self.to_wire(), checked=False)
         wire = self.header()
         wire["sig"] = self.sig.hex()
         rest = canonical(wire, checked=False)
@@ -282,7 +318,7 @@ class Checkpoint(SignedForm):
 
 def _bare_pre_prepare(wire: Mapping[str, Any], key: str, _: KnownTx | None) -> PrePrepare:
     pp = PrePrepare.from_wire(wire[key])
-    if pp.batch is not None:
+    if pp.batch is not None or pp.ids is not None:
         raise WireError("prepared proof: pre-prepare must not carry its batch")
     return pp
 
@@ -324,7 +360,27 @@ class ViewChange(SignedForm):
     def stripped(self) -> ViewChange:
         return replace(self, batches={}) if self.batches else self
 
+    def digest(self) -> bytes:
+        """What a NEW-VIEW names this view-change by: the hash of its wire form without
+        batches, signature included (so it names exactly the message its sender signed)."""
+        wire = canonical(self.stripped().to_wire(), checked=False)
+        return hashlib.sha256(VIEW_CHANGE_DOMAIN + wire).digest()
 
+
+@form("", "view-change reference")
+@dataclass(frozen=True, slots=True)
+class ViewChangeRef(WireForm):
+    """A VIEW-CHANGE named in a NEW-VIEW: its sender and ``ViewChange.digest``."""
+
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    digest: bytes = field(metadata=on_wire("d", DIGEST))
+
+
+def view_change_refs(view_changes: tuple[ViewChange, ...]) -> tuple[ViewChangeRef, ...]:
+    return tuple(ViewChangeRef(vc.replica, vc.digest()) for vc in view_changes)
+
+
+VIEW_CHANGE_REFS = _listed(ViewChangeRef.from_wire, MAX_REPLICA_ID)
 BARE_VIEW_CHANGES = _listed(
     ViewChange.from_wire,
     MAX_REPLICA_ID,
@@ -338,15 +394,27 @@ BARE_PRE_PREPARES = _listed(
 @form("new-view")
 @dataclass(frozen=True, slots=True)
 class NewView(SignedForm):
+    """V is signed as references (sender, digest) to the view-changes; the view-changes
+    themselves are an attachment, like the batches: sent to a replica that may not hold them
+    (one left behind, or one that asks), left out where the replicas received them already."""
+
     view: int = field(metadata=on_wire("v", NAT))
-    # V: a quorum of view-changes (without batches)
-    view_changes: tuple[ViewChange, ...] = field(metadata=on_wire("vc", BARE_VIEW_CHANGES))
+    # V: a quorum of view-changes, by reference
+    refs: tuple[ViewChangeRef, ...] = field(metadata=on_wire("vd", VIEW_CHANGE_REFS))
     # O: pre-prepares for the new view (without batches)
     pre_prepares: tuple[PrePrepare, ...] = field(metadata=on_wire("o", BARE_PRE_PREPARES))
     replica: int = field(metadata=on_wire("r", REPLICA))
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+    # attachments: the view-changes V names (without batches), and batches by digest
+    view_changes: tuple[ViewChange, ...] = field(
+        default=(), metadata=on_wire("vc", BARE_VIEW_CHANGES, "attachment")
+    )
     batches: Mapping[bytes, Batch] = field(default_factory=dict, metadata=ATTACHED_BATCHES)
     epoch: int = field(default=0, metadata=on_wire("e", EPOCH, "optional"))
+
+    def compact(self) -> NewView:
+        """Without attachments (the same signature)."""
+        return replace(self, view_changes=(), batches={})
 
 
 @form("status")
@@ -369,6 +437,18 @@ class FetchBlocks(SignedForm):
     """State transfer: 'send me your blocks from height ``from_seq`` on'."""
 
     from_seq: int = field(metadata=on_wire("n", NAT))
+    replica: int = field(metadata=on_wire("r", REPLICA))
+    sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
+
+
+@form("fetch-pp")
+@dataclass(frozen=True, slots=True)
+class FetchPrePrepare(SignedForm):
+    """'Send me your pre-prepare at (``view``, ``seq``) with its batch': a backup that does
+    not hold every transaction a pre-prepare named by id."""
+
+    view: int = field(metadata=on_wire("v", NAT))
+    seq: int = field(metadata=on_wire("n", NAT))
     replica: int = field(metadata=on_wire("r", REPLICA))
     sig: bytes = field(default=b"", metadata=on_wire("sig", SIGNATURE, "sig"))
 
@@ -415,7 +495,15 @@ class Reply(WireForm):
 
 
 ReplicaMessage = (
-    PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | Status | FetchBlocks
+    PrePrepare
+    | Prepare
+    | Commit
+    | Checkpoint
+    | ViewChange
+    | NewView
+    | Status
+    | FetchBlocks
+    | FetchPrePrepare
 )
 Message = Request | ReplicaMessage | Blocks | Reply
 
@@ -431,6 +519,7 @@ _FORMS: dict[str, type[WireForm]] = {
         NewView,
         Status,
         FetchBlocks,
+        FetchPrePrepare,
         Blocks,
         Reply,
     )
@@ -465,6 +554,7 @@ Signed = TypeVar(
     NewView,
     Status,
     FetchBlocks,
+    FetchPrePrepare,
 )
 
 

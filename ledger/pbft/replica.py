@@ -48,6 +48,7 @@ from ledger.pbft.messages import (
     Checkpoint,
     Commit,
     FetchBlocks,
+    FetchPrePrepare,
     Message,
     NewView,
     Prepare,
@@ -91,6 +92,7 @@ class Replica:
         now_ms: int,
         relay_requests: bool = True,
         tx_verifier: TxVerifier | None = None,
+        pre_prepare_ids: bool = False,
     ) -> None:
         self.me = me
         # Epochs: the cluster file's replica set, then each reconfiguration executed so far
@@ -105,6 +107,9 @@ class Replica:
         if not 0 <= me <= MAX_REPLICA_ID:
             raise ValueError(f"replica id {me} is not a replica id (0..{MAX_REPLICA_ID})")
         self.relay_requests = relay_requests
+        # as primary, name a batch's transactions by id in the PRE-PREPARE (clients send every
+        # request to every replica); a backup lacking one fetches the pre-prepare in full
+        self.pre_prepare_ids = pre_prepare_ids
         # (txs, their ids) -> is each signature valid? Lets the IO layer share one verdict cache
         # between the requests it checks and the pre-prepares the core checks, and check a
         # pre-prepare's transactions together (a batch check). Default: ``tx.verify()`` each.
@@ -272,6 +277,8 @@ class Replica:
             self.transfer.on_status(msg, now_ms, out)
         elif isinstance(msg, FetchBlocks):
             self.transfer.on_fetch(msg, out)
+        elif isinstance(msg, FetchPrePrepare):
+            self.log.on_fetch_pre_prepare(msg, out)
         elif isinstance(msg, Blocks):
             self.transfer.on_blocks(msg, now_ms, out)
         if self.peers_dirty:
@@ -326,11 +333,27 @@ class Replica:
             self._announce_peers(out)
         return out
 
+    def on_peer_unreachable(self, peer: int, now_ms: int) -> list[Action]:
+        """The IO layer has not been able to reach replica ``peer`` for a while (its connection
+        refused or reset). If that is the primary this replica waits on, the view-change timer
+        fires now (``ViewChanges.primary_unreachable``)."""
+        self.now = now_ms
+        if peer == self.cfg.primary(self.view) and peer != self.me:
+            self.views.primary_unreachable(now_ms)
+        return self.on_tick(now_ms)
+
     # ------------------------------------------------------------------ timers
 
     def arm_request_timer(self, now_ms: int) -> None:
-        """A request waits: the view-change timer runs (if it does not already)."""
-        if self.batcher.pending and self.views.deadline is None and self.active:
+        """A request waits, or the blocks up to a reconfiguration's switch point do (the
+        primary owes them even to an idle ledger): the view-change timer runs (if it does
+        not already). A replica that is not a member has no timer (it changes no views)."""
+        if (
+            (self.batcher.pending or self.epoch_end is not None)
+            and self.views.deadline is None
+            and self.active
+            and self.me in self.members
+        ):
             self.views.arm(now_ms)
 
     def rearm(self, now_ms: int) -> None:
@@ -433,6 +456,8 @@ class Replica:
             # view (the others, active at the switch, move one view up to it)
             self.ex.save_view(self.view, False)
             self.views.send(self.now, out)
+        if self.is_member:
+            self.views.take_early(self.now, out)
         else:
             self.active = False  # removed: it no longer votes; it still answers reads
             self.views.deadline = None

@@ -49,6 +49,9 @@ class Network:
     drop: float = 0.0
     duplicate: float = 0.0
     delay: tuple[int, int] = (1, 3)
+    # bytes per ms each directed link carries (0: unlimited); a message waits for those sent
+    # before it on the same link, then takes len(bytes) / rate to send, then the delay
+    rate: int = 0
     tick_ms: int = 5
     # replica id -> the class it runs instead of ``Replica`` (a faulty one, from the tests)
     faults: dict[int, type[Replica]] = field(default_factory=dict)
@@ -65,6 +68,7 @@ class Network:
         self.rng = random.Random(self.seed)
         self._queue: list[tuple[int, int, int, int, Any]] = []
         self._counter = 0
+        self._link_free: dict[tuple[int, int], int] = {}  # when each link has sent its queue
         self.executors = [MemoryExecutor() for _ in range(self.config.n)]
         self.replicas = [self._boot(i) for i in range(self.config.n)]
         self._next_tick = 0
@@ -117,9 +121,14 @@ class Network:
                 return
             payload = canonical(data)
         copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
+        sent_at = self.now
+        if self.rate and isinstance(payload, bytes):
+            start = max(self.now, self._link_free.get((src, dst), 0))
+            sent_at = start + -(-len(payload) // self.rate)
+            self._link_free[(src, dst)] = sent_at
         for _ in range(copies):
             self._counter += 1
-            at = self.now + self.rng.randint(*self.delay)
+            at = sent_at + self.rng.randint(*self.delay)
             heapq.heappush(self._queue, (at, self._counter, src, dst, payload))
         self.sent += 1
 
@@ -139,6 +148,10 @@ class Network:
         actions = self.replicas[dst].on_message(msg, sender, self.now)
         self._perform(dst, actions)
         return actions
+
+    def report_unreachable(self, i: int, peer: int) -> None:
+        """What the IO layer does when replica ``i``'s link to ``peer`` stays down."""
+        self._perform(i, self.replicas[i].on_peer_unreachable(peer, self.now))
 
     def submit(
         self,

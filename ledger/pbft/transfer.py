@@ -80,6 +80,7 @@ class StateTransfer:
             peers = [r for r, e in self.peer_exec.items() if e >= self.behind_target]
             self.start_fetch(self.behind_target, peers, now_ms, out)
         self.behind_target = target if target > core.last_executed else None
+        core.views.ask_full(now_ms, out)  # a NEW-VIEW still held for a view-change
         views = sorted(self.peer_view.values(), reverse=True)
         if len(views) > cfg.f:
             w = views[cfg.f]

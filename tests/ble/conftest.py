@@ -4,6 +4,7 @@ bumble central behind the real bleak API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 from bumble.link import LocalLink
 
-from firmware import frame
+from firmware import ble_guard, frame
 from gateway.clock import ManualClock
 from gateway.sources.ble import BleNode, BleNodeSource
 from gateway.verify import FrameVerifier, Verified
@@ -64,7 +65,9 @@ class World:
 
     def nodes(self, ids: list[int] | None = None) -> list[BleNode]:
         return [
-            BleNode(nid, p.address) for nid, p in self.plugs.items() if ids is None or nid in ids
+            BleNode(nid, p.address, ble_guard.passkey(KEYS[nid]))
+            for nid, p in self.plugs.items()
+            if ids is None or nid in ids
         ]
 
     async def fake_sleep(self, seconds: float) -> None:
@@ -102,7 +105,8 @@ async def make_world(ids: tuple[int, ...] = (1, 2, 3)) -> World:
     clock = ManualClock(1_700_000_000_000)
     plugs = {
         nid: PlugEmulator.on_link(
-            link, nid, KEYS[nid], load=constant_load(POWER_W.get(nid, 50.0)), now_ms=clock.now_ms
+            link, nid, KEYS[nid], load=constant_load(POWER_W.get(nid, 50.0)), now_ms=clock.now_ms,
+            sleep=clock.sleep,
         )
         for nid in ids
     }
@@ -127,6 +131,20 @@ def received(keys: dict[int, bytes] | None = None) -> Received:
 
 async def running(source: BleNodeSource, sink: Received) -> asyncio.Task[None]:
     return asyncio.create_task(source.run(sink))
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    world: World, ids: list[int] | None = None, **kw: object
+) -> AsyncIterator[tuple[BleNodeSource, Received]]:
+    """``world.source(ids, **kw)`` running into a fresh sink; stopped on the way out."""
+    sink = received()
+    source = world.source(ids, **kw)
+    task = await running(source, sink)
+    try:
+        yield source, sink
+    finally:
+        await stop(task)
 
 
 async def stop(task: asyncio.Task[None]) -> None:

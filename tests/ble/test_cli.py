@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware import frame
+from firmware import ble_guard, frame
 from gateway.sources.base import SourceError
 from gateway.sources.ble import BleNode, BleNodeSource
 from hardware.ble import plug_cli
@@ -123,7 +123,10 @@ async def test_plug_process_serves_a_gateway_in_another_process() -> None:
         assert hello["plugs"] == {"1": "D0:57:A7:00:00:01", "2": "D0:57:A7:00:00:02"}
         sink = received()
         source = BleNodeSource(
-            [BleNode(int(k), a) for k, a in hello["plugs"].items()],
+            [
+                BleNode(int(k), a, ble_guard.passkey(KEYS[int(k)]))
+                for k, a in hello["plugs"].items()
+            ],
             backend=backend_from_spec(hello["backend"]),
             reconnect_initial_s=0.01,
             reconnect_max_s=0.05,

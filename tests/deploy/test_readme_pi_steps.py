@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.keys import new_key, public_hex, write_key
-from tests.gateway.conftest import SecureBroker, free_port, stop_processes
+from tests.gateway.conftest import SecureBroker, broker_tls, free_port, stop_processes
 from tests.gateway.test_ledger_hil import Replicas
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,18 +81,22 @@ def test_the_readme_pi_and_operator_steps_work_end_to_end(tmp_path: Path) -> Non
                  "install -m 0600 -o wattmesh -g wattmesh nodes.json /etc/wattmesh/nodes.json",
                  "wattmesh provision gateway --gateway-id home-1 --out gw-mqtt",
                  "wattmesh gateway pubkey --config /etc/wattmesh/gateway.toml",
-                 "wattmesh operator meter add", "wattmesh operator meter confirm"):  # fmt: skip
+                 "wattmesh operator meter add", "wattmesh operator meter confirm",
+                 "--link mqtt --mqtt-host pi.home --mqtt-ca mqtt-ca.crt"):  # fmt: skip
         assert step in readme, step  # the steps below are the README's
     assert 'keystore = "/etc/wattmesh/nodes.json"' in (
         ROOT / "deploy" / "gateway.example.toml").read_text()
     work, etc, var = tmp_path / "work", tmp_path / "etc", tmp_path / "var"
     work.mkdir()
     env = dict(os.environ, WATTMESH_WIFI_PASSWORD="wifi-secret")
-    # -- Flashing a node: provision (the example's two nodes, both on MQTT here)
+    # -- Flashing a node: provision (the example's two nodes, both on MQTT here) with the CA of
+    #    the home's broker (made first: the nodes trust it alone)
+    tls = broker_tls(tmp_path / "broker")
+    shutil.copyfile(tls.ca_cert, work / "mqtt-ca.crt")
     for nid in (7, 12):
         _run("provision", "node", "--id", str(nid), "--keystore", str(work / "nodes.json"),
              "--out", str(work / f"node{nid}"), "--link", "mqtt", "--mqtt-host", "127.0.0.1",
-             "--wifi-ssid", "home", env=env)  # fmt: skip
+             "--mqtt-ca", str(work / "mqtt-ca.crt"), "--wifi-ssid", "home", env=env)  # fmt: skip
     # -- Running the gateway on a Raspberry Pi
     etc.mkdir(mode=0o750)
     _install(ROOT / "deploy" / "gateway.example.toml", etc / "gateway.toml", 0o640)
@@ -101,9 +105,9 @@ def test_the_readme_pi_and_operator_steps_work_end_to_end(tmp_path: Path) -> Non
     _run("provision", "gateway", "--gateway-id", "home-1", "--out", str(work / "gw-mqtt"))
     _install(work / "gw-mqtt" / "mqtt.password", etc / "mqtt.password", 0o600)
     var.mkdir(mode=0o750)
-    broker = SecureBroker(tmp_path / "broker", {}, plain=True,
+    broker = SecureBroker(tmp_path / "broker", {}, tls=tls,
                           lines=(work / "gw-mqtt", work / "node7", work / "node12"))
-    shutil.copyfile(broker.tls.ca_cert, etc / "mqtt-ca.crt")
+    shutil.copyfile(work / "mqtt-ca.crt", etc / "mqtt-ca.crt")
     replicas = Replicas(tmp_path / "ledger")
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -124,10 +128,10 @@ def test_the_readme_pi_and_operator_steps_work_end_to_end(tmp_path: Path) -> Non
         procs.append(pzem)
         assert pzem.stdout is not None
         pty = json.loads(pzem.stdout.readline())["serial"]
-        for nid in (7, 12):  # the nodes with their provisioned accounts, on the plain listener
+        for nid in (7, 12):  # the nodes with their provisioned accounts and CA, over TLS
             start("emulate", "node", "--node-id", str(nid), "--keystore", str(etc / "nodes.json"),
                   "--account", str(work / f"node{nid}" / "config.json"),
-                  "--mqtt", f"127.0.0.1:{broker.plain_port}", "--period", "0.5",
+                  "--mqtt", f"127.0.0.1:{broker.port}", "--period", "0.5",
                   "--profile", "constant:600")  # fmt: skip
         operator_key = replicas.dir / "operator.key"
         dso = new_key()

@@ -17,7 +17,7 @@ from gateway.ems.agent import TradingAgent
 from gateway.ems.appliances import Appliance, parse_appliances
 from gateway.ems.dr import MismatchKind
 from gateway.ems.plan import DrRequest
-from gateway.ems.runner import EmsRunner, RunnerConfig
+from gateway.ems.runner import ClearingFetch, DaemonHooks, EmsRunner, RunnerConfig
 from gateway.ems.synthetic import household_profile
 from gateway.ems.tariff import Tariff
 from gateway.ems.timegrid import SLOT_MS, SLOTS_PER_DAY
@@ -99,6 +99,9 @@ class Home:
     def history(self, meter: str, since: int, until: int) -> list[Row]:
         return [r for r in self.rows[meter] if since <= r.start_ms < until]
 
+    def hooks(self, clearing: ClearingFetch | None = None) -> DaemonHooks:
+        return DaemonHooks(self.clock, self.send_relay, self.enqueue_tx, self.history, clearing)
+
     def close_slot(self, slot_ms: int) -> None:
         i = (slot_ms - self.first_ms) // SLOT_MS
         used = 125 // 4  # the fridge
@@ -121,9 +124,7 @@ def make(home: Home, clock: ManualClock, agent: TradingAgent | None = None,
         agent = TradingAgent(id_grid="home-1", tariff=Tariff(), res_id="pv-1", res_rated_w=3000)
     return EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
                                                          history_days=HISTORY_DAYS, **kw),
-                     clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
-                     interval_history=home.history, agent=agent,
-                     **({"clearing": clearing} if clearing is not None else {}))
+                     home.hooks(clearing), agent=agent)
 
 
 async def live(home: Home, clock: ManualClock, runner: EmsRunner, slots: int, on_step=None):
@@ -266,8 +267,7 @@ async def test_runner_without_history_or_with_a_failing_outbox_keeps_going():
         raise OSError("disk full")
 
     runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv"),
-                       clock=clock, send_relay=home.send_relay, enqueue_tx=broken_outbox,
-                       interval_history=home.history,
+                       DaemonHooks(clock, home.send_relay, broken_outbox, home.history),
                        agent=TradingAgent(id_grid="h", tariff=Tariff()))
     report = await runner.step()
     assert report.planned
@@ -318,8 +318,7 @@ async def test_unreadable_history_and_a_new_tariff():
         raise OSError("database is locked")
 
     runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv"),
-                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
-                       interval_history=broken_history)
+                       DaemonHooks(clock, home.send_relay, home.enqueue_tx, broken_history))
     report = await runner.step()
     assert report.planned and any(e.startswith("history:") for e in report.errors)
     await clock.set(clock.now_ms() + SLOT_MS)
@@ -335,8 +334,7 @@ async def test_short_history_forecasts_with_the_naive_model_not_zeros(days):
     home = Home(clock, appliances())
     runner = EmsRunner(appliances(), Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
                                                            history_days=days),
-                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
-                       interval_history=home.history)
+                       home.hooks())
     report = await runner.step()
     assert report.planned and runner.plan_input is not None
     # the naive forecast repeats the last day of the metered home, less the fridge: a plan job
@@ -381,8 +379,7 @@ async def test_a_run_is_credited_to_its_own_day_only():
     runner = EmsRunner(apps, Tariff(), RunnerConfig(site_meter="site", pv_meter="pv",
                                                     history_days=HISTORY_DAYS,
                                                     horizon_slots=2 * SLOTS_PER_DAY),
-                       clock=clock, send_relay=home.send_relay, enqueue_tx=home.enqueue_tx,
-                       interval_history=home.history)
+                       home.hooks())
     await live(home, clock, runner, 92)  # to 2026-06-16 11:00, the TV has run today's 4 h
     await runner.step()
     assert len(home.on_log["ev"]) == 24 and len(home.on_log["tv"]) == 16

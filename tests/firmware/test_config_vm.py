@@ -77,6 +77,17 @@ BAD = {
                 "wifi.password: expected a string"),
     "keepalive": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "keepalive": 70000},
                                   wifi={"ssid": "s"})), "mqtt.keepalive: 1..65535"),
+    # issue 19: TLS is on unless switched off; its CA file is named, not empty
+    "tls_kind": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "tls": "yes"},
+                                 wifi={"ssid": "s"})), "mqtt.tls: expected true or false"),
+    "ca_empty": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "ca": ""},
+                                 wifi={"ssid": "s"})), "mqtt.ca: the broker's CA certificate"),
+    "ca_kind": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "ca": 5},
+                                wifi={"ssid": "s"})), "mqtt.ca: expected a string"),
+    "ca_no_tls": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "tls": False, "ca": "c"},
+                                  wifi={"ssid": "s"})), "mqtt.ca: needs tls true"),
+    "ntp_empty": (json.dumps(_cfg(link="mqtt", mqtt={"host": "h"}, wifi={"ssid": "s"}, ntp="")),
+                  "ntp: an NTP server's name"),
     "no_meters": (json.dumps(_cfg(board=_board(meters=[]))), "board.meters: 1 to 8"),
     "meter_type": (
         json.dumps(_cfg(board=_board(meters=[{"channel": 0, "type": "x"}]))),
@@ -129,13 +140,24 @@ with open('/c.json', 'w') as f:
     f.write(GOOD)
 cfg = config.load('/c.json')
 emit(['good', [cfg['publish_s'], cfg['board']['sample_rate_hz'], cfg['name']]])
+for name, text in MQTT.items():
+    with open('/c.json', 'w') as f:
+        f.write(text)
+    mq = config.load('/c.json')['mqtt']
+    emit([name, [mq['tls'], mq.get('ca'), mq['port']]])
 """
+MQTT = {  # the defaults: TLS on port 8883 with the CA file beside config.json; plain by hand only
+    "mqtt_default": json.dumps(_cfg(link="mqtt", mqtt={"host": "h"}, wifi={"ssid": "s"})),
+    "mqtt_plain": json.dumps(_cfg(link="mqtt", mqtt={"host": "h", "tls": False},
+                                  wifi={"ssid": "s"})),
+}
 
 
 def test_bad_configs_and_keys_name_the_problem_on_the_vm() -> None:
     cases = {k: v[0] for k, v in BAD.items()}
     keys = {k: v[0] for k, v in KEYS.items()}
-    head = f"CASES = {cases!r}\nKEYS = {keys!r}\nGOOD = {json.dumps(_cfg())!r}\n"
+    head = (f"CASES = {cases!r}\nKEYS = {keys!r}\nGOOD = {json.dumps(_cfg())!r}\n"
+            f"MQTT = {MQTT!r}\n")
     out = dict(mpvm.run_job(head + SCRIPT).results)
     for name, (_text, want) in BAD.items():
         assert out[name] is not None and want in out[name], (name, out[name])
@@ -144,3 +166,5 @@ def test_bad_configs_and_keys_name_the_problem_on_the_vm() -> None:
     assert out["key_good"] == 32
     assert "cannot read" in out["missing"]
     assert out["good"] == [5, 2000, "wattmesh_7"]
+    assert out["mqtt_default"] == [True, "ca.crt", 8883]
+    assert out["mqtt_plain"] == [False, None, 1883]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import json
 import shlex
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,12 @@ from hypothesis import strategies as st
 
 from firmware import config as fwconfig
 from firmware import ct, hal_host
-from tools import firmware_cli, mpvm
+from tools import firmware_cli, mpvm, mqtt_auth
 from tools.cli import main
+from tools.mqtt_auth import make_tls
 
+_TMP = tempfile.TemporaryDirectory()  # for the hypothesis cases' files (one per run)
+_PEM = make_tls(Path(_TMP.name) / "tls").ca_cert.read_bytes()
 PROFILE = json.loads(
     (Path(firmware_cli.BOARDS_DIR).parent / "node_profile.json").read_text()
 )
@@ -103,12 +108,29 @@ def test_provision_mqtt_node_and_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert _provision(tmp_path, "--link", "mqtt") == 2  # no broker given
-    assert "--mqtt-host" in capsys.readouterr().err
+    assert "--mqtt-host, --mqtt-ca" in capsys.readouterr().err
     monkeypatch.setenv("WATTMESH_WIFI_PASSWORD", "")  # an open network
-    ok = _provision(tmp_path, "--link", "mqtt", "--mqtt-host", "127.0.0.1", "--wifi-ssid", "x")
-    assert ok == 0
+    mqtt = ["--link", "mqtt", "--mqtt-host", "127.0.0.1", "--wifi-ssid", "x", "--mqtt-ca"]
+    # the broker's CA: readable, PEM certificates, not expired; else nothing is written
+    (tmp_path / "garbage.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n")
+    expired = make_tls(tmp_path / "old").ca_cert
+    for ca, why in ((tmp_path / "none.pem", "cannot read it"),
+                    (tmp_path / "garbage.pem", "not a PEM certificate")):
+        assert _provision(tmp_path, *mqtt, str(ca)) == 2
+        err = capsys.readouterr().err
+        assert "--mqtt-ca:" in err and why in err, err
+        assert not (tmp_path / "n7").exists()
+    with pytest.raises(mqtt_auth.MqttAuthError, match="expired on"):
+        mqtt_auth.read_ca(expired, now=datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC))
+    ca = make_tls(tmp_path / "tls").ca_cert
+    assert _provision(tmp_path, *mqtt, str(ca)) == 0
     cfg = json.loads((tmp_path / "n7" / "config.json").read_text())
     assert cfg["mqtt"]["topic"] == "wattmesh_7"
+    assert (cfg["mqtt"]["tls"], cfg["mqtt"]["ca"], cfg["mqtt"]["port"]) == (True, "ca.crt", 8883)
+    assert (tmp_path / "n7" / "ca.crt").read_bytes() == ca.read_bytes()
+    assert cfg["ntp"] == "pool.ntp.org"  # the clock TLS checks the certificate's dates against
+    assert _provision(tmp_path, *mqtt, str(ca), "--ntp-host", "pi.home", node_id=8) == 0
+    assert json.loads((tmp_path / "n8" / "config.json").read_text())["ntp"] == "pi.home"
     assert _provision(tmp_path, "--board", "nope", node_id=9) == 2
     assert "unknown board" in capsys.readouterr().err
     (tmp_path / "keys.json").write_text("{not json")
@@ -139,6 +161,43 @@ def test_flash_dry_run_prints_every_step(
     assert copied == {f"{m}.mpy" for m in firmware_cli.DEVICE_MODULES} | {
         "main.py", "config.json", "node.key"}
     assert cp[-1] == ":" and steps[-1][-1] == "reset"
+
+
+def test_flash_copies_the_broker_ca_of_an_mqtt_node(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATTMESH_WIFI_PASSWORD", "w")
+    ca = make_tls(tmp_path / "tls").ca_cert
+    assert _provision(tmp_path, "--link", "mqtt", "--mqtt-host", "pi.home", "--mqtt-ca",
+                      str(ca), "--wifi-ssid", "x") == 0
+    base = ["firmware", "flash", "--port", "p", "--bundle", str(bundle), "--node",
+            str(tmp_path / "n7"), "--dry-run"]
+    capsys.readouterr()
+    assert main(base) == 0
+    steps = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    cp = next(s for s in steps if "cp" in s)
+    assert {"config.json", "node.key", "ca.crt"} <= {Path(p).name for p in cp}
+    (tmp_path / "n7" / "ca.crt").unlink()
+    assert main(base) == 2
+    assert "ca.crt: missing (mqtt.ca)" in capsys.readouterr().err
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=600),
+    st.integers(0, len(_PEM)).map(lambda n: _PEM[:n]),  # truncated anywhere
+    st.tuples(st.integers(0, len(_PEM) - 1), st.integers(1, 255)).map(  # one byte changed
+        lambda t: _PEM[:t[0]] + bytes([_PEM[t[0]] ^ t[1]]) + _PEM[t[0] + 1:]),
+))
+def test_a_hostile_ca_file_is_refused_in_words(data: bytes) -> None:
+    path = Path(_TMP.name) / "ca.pem"
+    path.write_bytes(data)
+    try:
+        pem = mqtt_auth.read_ca(path)
+    except mqtt_auth.MqttAuthError as exc:
+        assert "\n" not in str(exc)
+    else:  # what passed is certificates, written out again as PEM
+        assert pem.startswith(b"-----BEGIN CERTIFICATE-----")
 
 
 def test_flash_validates_its_inputs(tmp_path: Path, bundle: Path,
@@ -358,7 +417,8 @@ def test_any_manifest_is_accepted_or_refused_with_a_clear_error(
     ("argv", "flag"),
     [
         (["provision", "node", "--id", "7", "--keystore", "{tmp}/k", "--out", "{tmp}/o",
-          "--link", "mqtt", "--mqtt-host", "h", "--wifi-ssid", "s", "--mqtt-port", "99999"],
+          "--link", "mqtt", "--mqtt-host", "h", "--wifi-ssid", "s", "--mqtt-ca", "c",
+          "--mqtt-port", "99999"],
          "--mqtt-port"),
         (["firmware", "flash", "--port", "p", "--bundle", "{tmp}/b", "--node", "{tmp}/n",
           "--baud", "-3"], "--baud"),

@@ -47,6 +47,19 @@ def test_invalid_vectors_are_rejected_with_their_reason(vec: dict) -> None:
     assert err.value.args[0] == vec["error"]
 
 
+@pytest.mark.parametrize("vec", VECTORS["commands"], ids=lambda v: v["name"])
+def test_command_vectors_are_taken_or_dropped_with_their_reason(vec: dict) -> None:
+    args = (bytes.fromhex(vec["key"]), vec["node_id"], bytes.fromhex(vec["frame"]),
+            vec["last_seq"])
+    if "error" in vec:
+        with pytest.raises(frame.FrameError) as err:
+            frame.open_command(*args)
+        assert err.value.args[0] == vec["error"]
+    else:
+        ftype, seq, payload = frame.open_command(*args)
+        assert (ftype, seq, payload.hex()) == (vec["type"], vec["seq"], vec["payload"])
+
+
 @given(key=st.binary(max_size=100), msg=st.binary(max_size=300))
 def test_hand_written_hmac_matches_the_standard_library(key: bytes, msg: bytes) -> None:
     assert frame.tag(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()[:16]

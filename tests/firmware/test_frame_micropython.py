@@ -41,6 +41,13 @@ for vec in V['invalid']:
         emit({'name': vec['name'], 'error': None})
     except frame.FrameError as e:
         emit({'name': vec['name'], 'error': e.args[0]})
+for vec in V['commands']:
+    try:
+        t, s, p = frame.open_command(bytes.fromhex(vec['key']), vec['node_id'],
+                                     bytes.fromhex(vec['frame']), vec['last_seq'])
+        emit({'command': vec['name'], 'got': [t, s, p.hex()]})
+    except frame.FrameError as e:
+        emit({'command': vec['name'], 'got': e.args[0]})
 # Tags over lengths that cross the 64-byte HMAC block and the long-key branch.
 for n in (0, 1, 55, 56, 63, 64, 65, 127, 128, 200):
     emit({'tag': n, 'hex': frame.tag(bytes(range(n % 97)) * 2, bytes(n)).hex()})
@@ -50,6 +57,12 @@ for n in (0, 1, 55, 56, 63, 64, 65, 127, 128, 200):
 def test_micropython_passes_the_vectors_byte_for_byte() -> None:
     vectors = json.loads(VECTORS)
     out = mpvm.run_job(SCRIPT, files={"/vectors.json": VECTORS}).results
+    commands = [r for r in out if "command" in r]
+    out = [r for r in out if "command" not in r]
+    assert [c["command"] for c in commands] == [v["name"] for v in vectors["commands"]]
+    for got, vec in zip(commands, vectors["commands"], strict=True):
+        want = vec.get("error") or [vec["type"], vec["seq"], vec["payload"]]
+        assert got["got"] == want, vec["name"]
     valid = [r for r in out if "frame" in r]
     invalid = [r for r in out if "error" in r]
     tags = [r for r in out if "tag" in r]

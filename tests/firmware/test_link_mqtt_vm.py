@@ -12,8 +12,13 @@ closed the connection. The link's clock is the emulated HAL's, driven here: noth
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
+import pytest
+
+from tests.gateway.conftest import broker_tls, provision_node
 from tools import mpvm
+from tools.mqtt_auth import make_tls
 
 NETWORK = """
 STA_IF = 0
@@ -35,6 +40,9 @@ class MQTTException(Exception):
 
 class Broker:
     def __init__(self):
+        self.tls = None         # {'ca': PEM of the CA that signed its certificate, 'names': [...]}
+        self.accounts = None    # user -> password; None: anyone
+        self.handshakes = []    # what each TLS client asked for
         self.retained = {}
         self.stored = {}        # client id -> subscriptions of a persistent (non-clean) session
         self.conn = None        # the live connection: a Sock
@@ -82,10 +90,11 @@ class MQTTClient:
     def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0,
                  ssl=None):
         self.client_id = client_id
-        self.sock = None
-        self.cb = None
-        self.lw = None
-        self.keepalive = keepalive
+        self.server = server
+        self.user = user
+        self.pswd = password
+        self.ssl = ssl  # (keepalive: the link pings by itself, the fake broker never times out)
+        self.sock = self.cb = self.lw = None  # set by connect, set_callback, set_last_will
 
     def set_callback(self, f):
         self.cb = f
@@ -96,6 +105,14 @@ class MQTTClient:
     def connect(self, clean_session=True):
         broker.log.append('connect clean=%d' % clean_session)
         self.sock = Sock(self.client_id, clean_session, self.lw)
+        if self.ssl:  # as umqtt.simple: the context wraps the socket, the server is the name
+            self.sock = self.ssl.wrap_socket(self.sock, server_hostname=self.server)
+        if broker.tls is not None and not getattr(self.sock, 'tls', False):
+            self.sock.alive = False
+            raise IndexError('index out of range')  # plain MQTT to a TLS listener: closed
+        if broker.accounts is not None and broker.accounts.get(self.user) != self.pswd:
+            self.sock.alive = False
+            raise MQTTException(5)  # CONNACK: not authorised (mosquitto, a wrong password)
         if broker.refuse:
             e = broker.refuse.pop(0)
             self.sock.alive = False
@@ -151,10 +168,66 @@ class MQTTClient:
         return self.wait_msg()
 """
 
+# micropython-lib's ssl.py over the tls module, as far as the link uses it: a new context does
+# not verify (verify_mode CERT_NONE), load_verify_locations(cafile=) reads the file;
+# wrap_socket(server_hostname=) is where mbedtls checks the broker's chain and name when asked
+# to, and raises ValueError in words (extmod/modtls_mbedtls.c) when they fail.
+SSL = """
+CERT_NONE = 0
+CERT_OPTIONAL = 1
+CERT_REQUIRED = 2
+PROTOCOL_TLS_CLIENT = 0
+
+class SSLContext:
+    def __init__(self, protocol):
+        self.verify_mode = CERT_NONE
+        self.cadata = None
+
+    def load_verify_locations(self, cafile=None, cadata=None):
+        if cafile:
+            with open(cafile, 'rb') as f:
+                cadata = f.read()
+        if not cadata or b'-----BEGIN CERTIFICATE-----' not in cadata:
+            raise OSError(-0x2180)  # MBEDTLS_ERR_X509_INVALID_FORMAT
+        self.cadata = cadata
+
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True,
+                    server_hostname=None):
+        from umqtt.simple import broker
+        broker.handshakes.append({'verify': self.verify_mode, 'name': server_hostname,
+                                  'ca': self.cadata == (broker.tls or {}).get('ca')})
+        t = broker.tls
+        if t is not None and self.verify_mode == CERT_REQUIRED:
+            if self.cadata != t['ca']:
+                raise ValueError('The certificate is not correctly signed by the trusted CA')
+            if server_hostname not in t['names']:
+                raise ValueError('The certificate Common Name (CN) does not match with the '
+                                 'expected CN')
+        sock.tls = True
+        return sock
+"""
+
+# micropython-lib's ntptime, as far as the link uses it: settime() from `host`; the year the
+# RTC reads (link_mqtt.rtc_year) is `year` here, set by a settime() that gets through.
+NTPTIME = """
+host = 'pool.ntp.org'
+year = 2026
+fail = []
+calls = []
+
+def settime():
+    global year
+    calls.append(host)
+    if fail:
+        raise fail.pop(0)
+    year = 2026
+"""
+
 SCRIPT = """
 import hal_host as hal, link_mqtt, network
 from umqtt.simple import broker, MQTTException
-CFG = {'name': 'n7', 'mqtt': {'host': 'b', 'port': 1883, 'topic': 'n7', 'keepalive': 60},
+CFG = {'name': 'n7', 'mqtt': {'host': 'b', 'port': 1883, 'topic': 'n7', 'keepalive': 60,
+                              'tls': False},
        'wifi': {'ssid': 's'}}
 CMD = 'cmnd/n7/FRAME'
 LWT = 'tele/n7/LWT'
@@ -233,13 +306,18 @@ state(L, 'keepalive')
 """
 
 
-def _run(part: str) -> dict[str, dict]:
-    files = {
+def _run(part: str, script: str = SCRIPT, files: dict[str, str] | None = None,
+         output: list[str] | None = None) -> dict[str, dict]:
+    lib = {
         "/lib/network.py": NETWORK,
         "/lib/umqtt/__init__.py": "",
         "/lib/umqtt/simple.py": UMQTT_SIMPLE,
+        "/lib/ssl.py": SSL,
+        "/lib/ntptime.py": NTPTIME,
     }
-    res = mpvm.run_job(SCRIPT + part, files=files)
+    res = mpvm.run_job(script + part, files=lib | (files or {}))
+    if output is not None:
+        output.extend(res.output)
     return {r["tag"]: r for r in res.results}
 
 
@@ -279,3 +357,102 @@ def test_mqtt_link_survives_any_broker_failure_with_backoff() -> None:
     assert not wifi["up"] and wifi["wifi_connects"] == 1 and wifi["log"] == []
     keep = out["keepalive"]
     assert keep["up"] and keep["log"][-1] == "ping"
+
+
+TLS_SCRIPT = """
+import os
+import hal_host as hal, link_mqtt, config, ntptime
+from umqtt.simple import broker
+link_mqtt.rtc_year = lambda: ntptime.year
+os.chdir('/node')  # the node's files as `wattmesh provision node` wrote them, as on its flash
+cfg = config.load('config.json')
+mq = cfg['mqtt']
+with open('ca.crt', 'rb') as f:
+    CA = f.read()
+with open('/other-ca.crt', 'rb') as f:
+    OTHER = f.read()
+NAMES = ['127.0.0.1', 'localhost']  # what the broker's certificate names (tools.mqtt_auth)
+ACCOUNT = {mq['user']: mq['password']}
+
+def attempt(tag, tls, accounts, steps=16):
+    # a fresh boot against this broker; then the clock runs 500 ms a step for `steps` steps
+    broker.tls, broker.accounts = tls, accounts
+    broker.handshakes.clear()
+    broker.log.clear()
+    hal.reset()
+    L = link_mqtt.Link(cfg, None, hal)
+    errors, connects = [], []
+    for k in range(steps + 1):
+        try:
+            L.received()
+        except Exception as e:
+            errors.append(repr(e))
+        connects.append(sum(1 for x in broker.log if x.startswith('connect')))
+        hal.advance_ms(500)
+    emit({'tag': tag, 'up': L.up, 'error': L.last_error, 'errors': errors,
+          'handshakes': broker.handshakes[:3], 'connects': connects,
+          'mqtt': [mq['host'], mq['port'], mq['tls'], mq['ca']]})
+
+attempt('good', {'ca': CA, 'names': NAMES}, ACCOUNT, steps=0)
+attempt('other_ca', {'ca': OTHER, 'names': NAMES}, ACCOUNT)
+attempt('other_name', {'ca': CA, 'names': ['broker.example']}, ACCOUNT)
+attempt('password', {'ca': CA, 'names': NAMES}, {mq['user']: 'not-the-password'})
+# the RTC was never set (2000): NTP first, from the config's server; one failure, then it works
+ntptime.year = 2000
+ntptime.fail = [OSError(110)]
+attempt('clock', {'ca': CA, 'names': NAMES}, ACCOUNT, steps=2)
+emit({'tag': 'ntp', 'calls': ntptime.calls, 'year': ntptime.year})
+os.remove('ca.crt')
+attempt('no_ca', {'ca': CA, 'names': NAMES}, ACCOUNT)
+"""
+
+
+def test_mqtt_link_checks_the_broker_certificate_and_says_why_it_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's TLS on the VM with the files `wattmesh provision node` wrote: the context it
+    builds (CERT_REQUIRED, the provisioned CA, the broker's host as the name to check), and what
+    it does when the check or the login fails: a line on the console naming the cause, retries
+    spaced by the backoff, never an exception. The handshake itself is the stand-in's (the
+    WebAssembly VM has no sockets); the emulator's TLS to a real mosquitto is in
+    tests/hardware/test_mqtt_node_emulator.py."""
+    monkeypatch.setenv("WATTMESH_WIFI_PASSWORD", "wifi")
+    node = provision_node(tmp_path, 7, broker_tls(tmp_path / "broker").ca_cert)
+    other = make_tls(tmp_path / "other")  # a CA that did not sign the broker's certificate
+    files = {f"/node/{name}": (node / name).read_text() for name in ("config.json", "ca.crt")}
+    files["/other-ca.crt"] = other.ca_cert.read_text()
+    console: list[str] = []
+    out = _run("", TLS_SCRIPT, files, console)
+    good = out["good"]
+    assert good["up"] and good["error"] is None and good["errors"] == []
+    assert good["mqtt"] == ["127.0.0.1", 8883, True, "ca.crt"]
+    # an unset clock (a certificate's dates are checked against it) is set by NTP first; its
+    # failure is said and retried like any other
+    clock = out["clock"]
+    assert clock["up"] and clock["errors"] == [] and clock["connects"][-1] == 1
+    assert clock["error"].startswith("TLS: the clock is not set and NTP (pool.ntp.org) failed")
+    assert f"mqtt: {clock['error']}" in console
+    assert out["ntp"] == {"tag": "ntp", "calls": ["pool.ntp.org"] * 2, "year": 2026}
+    # checked (not micropython-lib's default CERT_NONE), against the provisioned CA, by name
+    assert good["handshakes"] == [{"verify": 2, "name": "127.0.0.1", "ca": True}]
+    why = {
+        "other_ca": "TLS: the broker's certificate is not trusted (mqtt.ca, mqtt.host): The "
+                    "certificate is not correctly signed by the trusted CA",
+        "other_name": "TLS: the broker's certificate is not trusted (mqtt.ca, mqtt.host): The "
+                      "certificate Common Name (CN) does not match with the expected CN",
+        "password": "the broker refused the login: mqtt.user or mqtt.password wrong (CONNACK 5)",
+        "no_ca": "TLS: cannot load the CA file mqtt.ca (ca.crt)",
+    }
+    for tag, text in why.items():
+        r = out[tag]
+        assert not r["up"] and r["errors"] == [], r
+        assert r["error"].startswith(text), r["error"]
+        assert f"mqtt: {r['error']}" in console
+        # attempts at 0, 1, 3 and 7 s of the 8 s (backoff 1 s doubling), not a loop
+        changes = [k for k in range(1, len(r["connects"]))
+                   if r["connects"][k] != r["connects"][k - 1]]
+        if tag != "no_ca":
+            assert r["connects"][0] == 1 and changes == [2, 6, 14], r["connects"]
+        else:  # no CA: no connection is even tried, the file is looked for again each time
+            assert r["connects"][-1] == 0
+        assert console.count(f"mqtt: {r['error']}") == 4

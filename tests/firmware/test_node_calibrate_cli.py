@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pytest
 
 from firmware import frame
 from tests.firmware import nodeutil
-from tests.gateway.conftest import Broker
+from tests.gateway.conftest import Broker, SecureBroker
 from tools import mpvm
 from tools.cli import main
+from tools.mqtt_auth import gateway_acl, make_tls, node_acl
 
 TRUE = {"0": {"ical_x": 1.05, "vcal_x": 0.98}}
 PROFILE = {"vrms": 230, "load": [[0, 10.0, 1.0]], "channels": {"1": [[0, 0.0, 1.0]]},
@@ -87,12 +89,45 @@ def test_bad_arguments_name_the_problem(
     assert "Traceback" not in captured.err
 
 
-def test_over_mqtt_to_the_firmware_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _gateway_config(tmp: Path, broker: SecureBroker, password: str, ca: Path) -> Path:
+    """The gateway's config naming its broker: TLS against ``ca``, its account."""
+    pw = tmp / "gw.password"
+    pw.write_text(password + "\n")
+    pw.chmod(0o600)
+    cfg = tmp / "gateway.toml"
+    cfg.write_text(f'[gateway]\nid = "home-1"\ndata_dir = "{tmp / "data"}"\n'
+                   f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = true\n'
+                   f'ca_file = "{ca}"\nusername = "gw"\npassword_file = "{pw}"\n')
+    return cfg
+
+
+def _secure_broker(tmp: Path) -> SecureBroker:
+    """TLS, the gateway's account ``gw`` and node n7's, with their ACLs."""
+    return SecureBroker(tmp / "broker", {"gw": ("gw-pw", gateway_acl("gw", "home-1")),
+                                         "n7": ("n7-pw", node_acl("n7", "n7"))})
+
+
+@pytest.mark.parametrize("how", ["gateway", "plain"])
+def test_over_mqtt_to_the_firmware_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
     """The command crosses a real mosquitto to the node's topic; a bridge plays the node's MQTT
     link (what link_mqtt does on the device) in front of the firmware on the VM; the ACK comes back
-    on stat/n7/ACK and the CLI reports it."""
+    on stat/n7/ACK and the CLI reports it. ``gateway``: as the README says, with the gateway's
+    config (TLS, its account: the one the ACL lets command nodes), the bridge as node n7 over
+    TLS; ``plain``: an anonymous broker (``--mqtt``)."""
     config, key, keystore = _provision(tmp_path)
-    broker = Broker(tmp_path)
+    if how == "gateway":
+        broker: Broker = (secure := _secure_broker(tmp_path))
+        ctx = ssl.create_default_context(cafile=str(secure.tls.ca_cert))
+        connect = lambda: aiomqtt.Client("127.0.0.1", secure.port, username="n7",  # noqa: E731
+                                         password="n7-pw", tls_context=ctx)
+        where = ["--gateway-config", str(_gateway_config(tmp_path, secure, "gw-pw",
+                                                          secure.tls.ca_cert))]
+    else:
+        broker = Broker(tmp_path)
+        connect = lambda: aiomqtt.Client("127.0.0.1", broker.port)  # noqa: E731
+        where = ["--mqtt", f"127.0.0.1:{broker.port}"]
     node = mpvm.HostNode(config, key, PROFILE, step_ms=1000, speed=5.0)
     acks: list[bytes] = []
     reader = threading.Thread(target=lambda: acks.extend(
@@ -101,7 +136,7 @@ def test_over_mqtt_to_the_firmware_node(tmp_path: Path, capsys: pytest.CaptureFi
     stop = threading.Event()
 
     async def bridge() -> None:
-        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        async with connect() as client:
             await client.subscribe("cmnd/n7/FRAME", qos=1)
             ready.set()
             sent = 0
@@ -137,7 +172,7 @@ def test_over_mqtt_to_the_firmware_node(tmp_path: Path, capsys: pytest.CaptureFi
     try:
         assert ready.wait(10)
         args = ["node", "calibrate", "--keystore", str(keystore), "--id", "7", "--current", "10",
-                "--voltage", "230", "--mqtt", f"127.0.0.1:{broker.port}", "--timeout", "30"]
+                "--voltage", "230", *where, "--timeout", "30"]
         assert main(args) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["status"] == "ok" and out["node_id"] == 7
@@ -148,4 +183,26 @@ def test_over_mqtt_to_the_firmware_node(tmp_path: Path, capsys: pytest.CaptureFi
         runner.join(10)
         node.close_input()
         node.kill()
+        broker.stop()
+
+
+def test_a_wrong_password_or_an_untrusted_broker_is_said_in_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _config, _key, keystore = _provision(tmp_path)
+    broker = _secure_broker(tmp_path)
+    args = ["node", "calibrate", "--keystore", str(keystore), "--id", "7", "--current", "10",
+            "--timeout", "5", "--gateway-config"]
+    try:
+        cfg = _gateway_config(tmp_path, broker, "not-the-password", broker.tls.ca_cert)
+        assert main([*args, str(cfg)]) == 2
+        assert "the broker refused the login" in capsys.readouterr().err
+        stranger = make_tls(tmp_path / "stranger").ca_cert
+        cfg = _gateway_config(tmp_path, broker, "gw-pw", stranger)
+        assert main([*args, str(cfg)]) == 2
+        assert "TLS failed: the broker's certificate is not trusted" in capsys.readouterr().err
+        (tmp_path / "gw.password").chmod(0o644)
+        assert main([*args, str(cfg)]) == 2
+        assert "--gateway-config: " in capsys.readouterr().err
+    finally:
         broker.stop()

@@ -15,11 +15,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ledger.setup import init_cluster
+
+if TYPE_CHECKING:
+    from tools.mqtt_auth import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -74,6 +77,15 @@ def write_keystore(directory: Path, nodes: dict[str, dict[str, str]]) -> Path:
     return ks
 
 
+def write_gateway_config(directory: Path, rest: str) -> Path:
+    """``directory``/gateway.toml: the ``[gateway]`` table of a test home (``home-1``, its data
+    in ``data``, its node keys in ``nodes.json``), then ``rest`` (more of that table, then the
+    other tables)."""
+    path = directory / "gateway.toml"
+    path.write_text('[gateway]\nid = "home-1"\ndata_dir = "data"\nkeystore = "nodes.json"\n' + rest)
+    return path
+
+
 def gateway_status(cfg: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     """What ``wattmesh gateway status --json`` prints for ``cfg`` (the command must succeed)."""
     from tools.cli import main
@@ -118,19 +130,41 @@ class Broker:
                 self.proc.wait()
 
 
+def broker_tls(tmp: Path) -> TlsFiles:
+    """A CA and the broker's certificate for 127.0.0.1 / localhost, made now in ``tmp``/tls:
+    ``ca_cert`` is what ``wattmesh provision node --mqtt-ca`` takes."""
+    from tools.mqtt_auth import make_tls
+
+    return make_tls(tmp / "tls")
+
+
+def provision_node(tmp: Path, node_id: int, ca: Path) -> Path:
+    """``wattmesh provision node`` for an MQTT node of a broker on 127.0.0.1 whose CA is ``ca``,
+    keys in ``tmp``/nodes.json (the Wi-Fi password from ``WATTMESH_WIFI_PASSWORD``, which the
+    caller sets); the node's folder."""
+    from tools.cli import main
+
+    out = tmp / f"node{node_id}"
+    assert main(["provision", "node", "--id", str(node_id), "--keystore", str(tmp / "nodes.json"),
+                 "--out", str(out), "--link", "mqtt", "--mqtt-host", "127.0.0.1",
+                 "--mqtt-ca", str(ca), "--wifi-ssid", "home"]) == 0  # fmt: skip
+    return out
+
+
 class SecureBroker(Broker):
     """A private mosquitto as a home should run it: TLS only (certificates made now by
     ``tools.mqtt_auth.make_tls``), no anonymous clients, a password file and an ACL with one
     block per account. ``accounts`` maps user to (password, ACL block); ``lines`` adds files
-    of password-file and ACL lines as ``wattmesh provision`` writes them."""
+    of password-file and ACL lines as ``wattmesh provision`` writes them; ``tls``: certificates
+    made before (``broker_tls``: nodes are provisioned with the CA before the broker starts)."""
 
     def __init__(
         self, tmp: Path, accounts: dict[str, tuple[str, str]], lines: tuple[Path, ...] = (),
-        plain: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
-        from tools.mqtt_auth import make_tls, mosquitto_conf, password_line
+        from tools.mqtt_auth import mosquitto_conf, password_line
 
-        self.tls = make_tls(tmp / "tls")
+        self.tls = tls or broker_tls(tmp)
         self.port = free_port()
         self.accounts = accounts
         pw = tmp / "mosquitto.passwd"
@@ -144,8 +178,7 @@ class SecureBroker(Broker):
                       + [(d / "mosquitto.acl").read_text() for d in lines])
         )
         conf = tmp / "mosquitto.conf"
-        self.plain_port = free_port() if plain else None  # nodes: accounts, ACL, no TLS
-        conf.write_text(mosquitto_conf(self.port, self.tls, pw, acl, plain_port=self.plain_port))
+        conf.write_text(mosquitto_conf(self.port, self.tls, pw, acl))
         self.log = tmp / "mosquitto.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)

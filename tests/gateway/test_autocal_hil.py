@@ -24,7 +24,7 @@ from gateway.daemon import Gateway
 from gateway.sources.mqtt import topic_for
 from hardware.emulators.modbus_meter import EmulatedMeter, serve_tcp
 from tests.firmware import nodeutil
-from tests.gateway.conftest import Broker, free_port, until, write_keystore
+from tests.gateway.conftest import Broker, free_port, until, write_gateway_config, write_keystore
 from tests.gateway.test_calibration_hil import BOARD, T0, TRUE, stepped_load
 from tools import mpvm
 from tools.cli import main
@@ -41,13 +41,9 @@ _load = stepped_load(LOADS)
 
 def _config(tmp: Path, mqtt_port: int, modbus_port: int) -> Path:
     write_keystore(tmp, {"7": {"key": nodeutil.KEY.hex(), "name": "n7", "transport": "mqtt"}})
-    path = tmp / "gateway.toml"
-    path.write_text(f"""
-[gateway]
-id = "home-1"
-data_dir = "data"
-keystore = "nodes.json"
-command_timeout_s = 30
+    path = write_gateway_config(
+        tmp,
+        f"""command_timeout_s = 30
 
 [mqtt]
 port = {mqtt_port}

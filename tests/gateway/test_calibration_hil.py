@@ -51,7 +51,8 @@ _load = stepped_load(SEGMENTS)
 
 class VmNodeSource:
     """The node source of a node on the VM: its frames to the gateway at the node's time (the
-    gateway's clock follows the node's uptime), commands to its stdin."""
+    gateway's clock follows the node's uptime up to ``until_s``, and again from the first
+    command on), commands to its stdin."""
 
     name = "mqtt"
 
@@ -60,6 +61,9 @@ class VmNodeSource:
         self.frames: asyncio.Queue[bytes] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.sent = 0
+        # (node uptime, gateway clock) at the first reading after a command: the node runs on
+        # while the test fits, so from then on the clock follows the uptime elapsed since
+        self.resumed: tuple[int, int] | None = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -72,8 +76,13 @@ class VmNodeSource:
             ftype, _nid, _seq = frame.peek(raw)
             if ftype == frame.T_READING:
                 uptime = int.from_bytes(raw[frame.HEADER_LEN + 1:frame.HEADER_LEN + 5], "big")
-                if uptime <= self.until_s or self.sent:
-                    await self.clock.set(T0 + uptime * 1000)
+                if not self.sent:
+                    if uptime <= self.until_s:
+                        await self.clock.set(T0 + uptime * 1000)
+                else:
+                    if self.resumed is None:
+                        self.resumed = (uptime, self.clock.now_ms())
+                    await self.clock.set(self.resumed[1] + (uptime - self.resumed[0]) * 1000)
             sink(raw, self.name, self.clock.now_ms())
 
     async def send_command(self, node_id: int, raw: bytes) -> None:

@@ -25,7 +25,7 @@ from gateway.calibrator import (
 )
 from gateway.config import CalibrationConfig
 from gateway.store import Store
-from tests.gateway.conftest import free_port, write_keystore
+from tests.gateway.conftest import free_port, write_gateway_config, write_keystore
 from tools.cli import main
 
 T0 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000
@@ -152,13 +152,9 @@ def test_check_shows_what_the_store_says(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_keystore(tmp_path, {"7": {"key": "ab" * 32, "transport": "mqtt"}})
-    cfg = tmp_path / "gateway.toml"
-    cfg.write_text(f"""
-[gateway]
-id = "home-1"
-data_dir = "data"
-keystore = "nodes.json"
-[mqtt]
+    cfg = write_gateway_config(
+        tmp_path,
+        f"""[mqtt]
 port = {free_port()}
 [[mqtt.nodes]]
 node_id = 7

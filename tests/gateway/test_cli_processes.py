@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Broker, free_port, stop_processes, write_keystore
+from tests.gateway.conftest import (
+    Broker,
+    free_port,
+    stop_processes,
+    write_gateway_config,
+    write_keystore,
+)
 from tools.cli import main
 
 KEY7 = bytes(range(32))
@@ -114,14 +120,9 @@ def test_emulators_check_and_daemon_as_processes(
         plug = json.loads(line)
         write_keystore(tmp_path, {"7": {"key": KEY7.hex(), "name": "n7", "transport": "mqtt"},
                                   "1": {"key": KEY1.hex(), "name": "p1", "transport": "ble"}})
-        cfg = tmp_path / "gateway.toml"
-        cfg.write_text(
-            f"""
-[gateway]
-id = "home-1"
-data_dir = "data"
-keystore = "nodes.json"
-flush_ms = 100
+        cfg = write_gateway_config(
+            tmp_path,
+            f"""flush_ms = 100
 [mqtt]
 port = {broker.port}
 [[mqtt.nodes]]

@@ -56,6 +56,25 @@ def test_ble_silence_timeout_is_off_unless_set(tmp_path: Path) -> None:
     assert load_config(p).ble_silence_timeout_s == 0.5
 
 
+def test_the_ble_bond_store_lives_in_data_dir_unless_named(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(MINIMAL)
+    cfg = load_config(p)
+    assert cfg.ble_bond_store == cfg.data_dir / "ble-bonds.json"
+    p.write_text(with_ble('bond_store = "keys/bonds.json"'))
+    assert load_config(p).ble_bond_store == cfg.data_dir / "keys" / "bonds.json"
+    p.write_text(with_ble('bond_store = "/etc/wattmesh/bonds.json"'))
+    assert load_config(p).ble_bond_store == Path("/etc/wattmesh/bonds.json")
+
+
+@pytest.mark.parametrize("value", ['""', "' '", "3", "true", "[]", '"a\\u0000b"'])
+def test_a_bad_ble_bond_store_is_named(tmp_path: Path, value: str) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(with_ble(f"bond_store = {value}"))
+    with pytest.raises(GatewayConfigError, match=r"^ble\.bond_store: "):
+        load_config(p)
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "-inf", "1e9", "'30'", "true", "[]"])
 def test_a_bad_ble_silence_timeout_is_named(tmp_path: Path, value: str) -> None:
     p = tmp_path / "gw.toml"

@@ -23,7 +23,7 @@ from hardware.emulators.modbus_meter import EmulatedMeter, serve_tcp
 from hardware.emulators.mqtt_node import MqttNodeEmulator
 from hardware.emulators.profiles import constant
 from ledger.tx import public_bytes
-from tests.gateway.conftest import Broker, free_port, until
+from tests.gateway.conftest import Broker, free_port, until, write_gateway_config
 from tests.gateway.fakes import MemoryLedger
 from tests.gateway.test_publish import check_ha_sensor_discovery
 
@@ -38,14 +38,9 @@ def write_config(tmp: Path, mqtt_port: int, modbus_port: int, node_report: str =
     (tmp / "nodes.json").write_text(
         json.dumps({"nodes": {"7": {"key": KEY7.hex(), "name": "plug", "transport": "mqtt"}}})
     )
-    cfg = tmp / "gateway.toml"
-    cfg.write_text(
-        f"""
-[gateway]
-id = "home-1"
-data_dir = "data"
-keystore = "nodes.json"
-flush_ms = 1000
+    cfg = write_gateway_config(
+        tmp,
+        f"""flush_ms = 1000
 
 [mqtt]
 host = "127.0.0.1"

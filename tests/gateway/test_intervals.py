@@ -63,7 +63,7 @@ def test_a_node_that_restored_its_counters_counts_on_from_them() -> None:
     a.sample("m", T0 + 1 * MIN, 20_000_000, 7_000)
     a.sample("m", T0 + 2 * MIN, 20_008_000, 7_000)  # 8 Wh
     # half an hour without power; back 5 Wh behind, flagged as restored, then counting on
-    a.sample("m", T0 + 32 * MIN, 20_003_000, 6_000, restored=True)
+    a.sample("m", T0 + 32 * MIN, 20_003_000, 6_000, iv.RESTORED)
     a.sample("m", T0 + 33 * MIN, 20_012_000, 6_500)  # 9 Wh after the restore
     closed = a.tick(T0 + 3 * INTERVAL_MS)
     assert sum(c.import_wh for c in closed) == 8 + 9

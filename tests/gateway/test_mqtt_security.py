@@ -16,19 +16,19 @@ import pytest
 
 from gateway.config import GatewayConfigError
 from gateway.config_parse import load_config
-from tests.gateway.conftest import SecureBroker
+from tests.gateway.conftest import SecureBroker, broker_tls, provision_node
 from tools.cli import main
-from tools.mqtt_auth import make_tls
+from tools.mqtt_auth import TlsFiles, make_tls
 
 
-def _provision(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+def _provision(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, TlsFiles]:
+    """Node 7 and gateway home-1, and the broker's certificates (in ``tmp``/broker/tls) whose
+    CA the node was provisioned with."""
     monkeypatch.setenv("WATTMESH_WIFI_PASSWORD", "hunter2-wifi")
-    node, gw = tmp / "node7", tmp / "gw"
-    assert main(["provision", "node", "--id", "7", "--keystore", str(tmp / "nodes.json"),
-                 "--out", str(node), "--link", "mqtt", "--mqtt-host", "127.0.0.1",
-                 "--wifi-ssid", "home"]) == 0  # fmt: skip
+    tls = broker_tls(tmp / "broker")
+    node, gw = provision_node(tmp, 7, tls.ca_cert), tmp / "gw"
     assert main(["provision", "gateway", "--gateway-id", "home-1", "--out", str(gw)]) == 0
-    return node, gw
+    return node, gw, tls
 
 
 def _mode(p: Path) -> int:
@@ -49,13 +49,16 @@ async def _collect(client: aiomqtt.Client, got: list[tuple[str, bytes]], until: 
 def test_provision_keeps_secrets_off_the_command_line_and_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    node, gw = _provision(tmp_path, monkeypatch)
+    node, gw, tls = _provision(tmp_path, monkeypatch)
     cfg = json.loads((node / "config.json").read_text())
     assert cfg["wifi"]["password"] == "hunter2-wifi"  # from the environment
     assert cfg["mqtt"]["user"] == "wattmesh_7" and len(cfg["mqtt"]["password"]) >= 24
     for p in (node / "config.json", node / "node.key", node / "mosquitto.passwd",
-              gw / "mqtt.password", tmp_path / "nodes.json"):  # fmt: skip
+              node / "ca.crt", gw / "mqtt.password", tmp_path / "nodes.json"):  # fmt: skip
         assert _mode(p) == 0o600, p
+    # TLS against the broker's CA, which provision copied beside the config
+    assert (cfg["mqtt"]["tls"], cfg["mqtt"]["ca"], cfg["mqtt"]["port"]) == (True, "ca.crt", 8883)
+    assert (node / "ca.crt").read_bytes() == tls.ca_cert.read_bytes()
     # the flag that put the password on the command line is gone
     with pytest.raises(SystemExit):
         main(["provision", "node", "--id", "8", "--keystore", str(tmp_path / "k.json"),
@@ -64,12 +67,13 @@ def test_provision_keeps_secrets_off_the_command_line_and_owner_only(
     monkeypatch.delenv("WATTMESH_WIFI_PASSWORD")
     assert main(["provision", "node", "--id", "9", "--keystore", str(tmp_path / "k.json"),
                  "--out", str(tmp_path / "n9"), "--link", "mqtt", "--mqtt-host", "h",
-                 "--wifi-ssid", "home"]) == 2  # fmt: skip
+                 "--mqtt-ca", str(tls.ca_cert), "--wifi-ssid", "home"]) == 2  # fmt: skip
     assert "never goes on the command line" in capsys.readouterr().err
     (tmp_path / "wifi.txt").write_text("from-a-file\n")
     assert main(["provision", "node", "--id", "9", "--keystore", str(tmp_path / "k.json"),
                  "--out", str(tmp_path / "n9"), "--link", "mqtt", "--mqtt-host", "h",
-                 "--wifi-ssid", "home", "--wifi-password-file", str(tmp_path / "wifi.txt")]) == 0
+                 "--mqtt-ca", str(tls.ca_cert), "--wifi-ssid", "home",
+                 "--wifi-password-file", str(tmp_path / "wifi.txt")]) == 0
     assert json.loads((tmp_path / "n9" / "config.json").read_text())["wifi"]["password"] == (
         "from-a-file"
     )
@@ -78,12 +82,9 @@ def test_provision_keeps_secrets_off_the_command_line_and_owner_only(
 async def test_a_node_publishes_only_its_own_topics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    node, gw = _provision(tmp_path, monkeypatch)
-    other = tmp_path / "node12"
-    assert main(["provision", "node", "--id", "12", "--keystore", str(tmp_path / "nodes.json"),
-                 "--out", str(other), "--link", "mqtt", "--mqtt-host", "127.0.0.1",
-                 "--wifi-ssid", "home"]) == 0  # fmt: skip
-    broker = SecureBroker(tmp_path / "broker", {}, lines=(node, other, gw))
+    node, gw, tls = _provision(tmp_path, monkeypatch)
+    other = provision_node(tmp_path, 12, tls.ca_cert)
+    broker = SecureBroker(tmp_path / "broker", {}, lines=(node, other, gw), tls=tls)
     node_pw = json.loads((node / "config.json").read_text())["mqtt"]["password"]
     gw_pw = (gw / "mqtt.password").read_text().strip()
     got: list[tuple[str, bytes]] = []
@@ -131,7 +132,7 @@ def _check(cfg: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
 def test_gateway_check_names_wrong_credentials_and_untrusted_certificates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, gw = _provision(tmp_path, monkeypatch)
+    _, gw, _tls = _provision(tmp_path, monkeypatch)
     capsys.readouterr()
     broker = SecureBroker(tmp_path / "broker", {}, lines=(gw,))
     try:

@@ -54,6 +54,8 @@ def _node7(mqtt_port: int) -> str:
         ("keystore", "gateway.keystore: "),
         ("data_dir", "gateway.data_dir: "),
         ("password", "mqtt.password_file: "),
+        ("bond_store_json", "ble.bond_store: bond store "),
+        ("bond_store_mode", "chmod 600"),
     ],
 )
 def test_check_refuses_what_run_would_trip_over(
@@ -68,6 +70,13 @@ def test_check_refuses_what_run_would_trip_over(
         (tmp_path / "data" / "gateway.key").chmod(0o644)
     elif setup == "data_dir":
         (tmp_path / "data").write_text("not a folder")
+    elif setup.startswith("bond_store"):  # the bumble backend's BLE bonds (issue 19, finding 3)
+        (tmp_path / "data").mkdir()
+        bonds = tmp_path / "data" / "bonds.json"
+        bonds.write_text("{" if setup == "bond_store_json" else "{}")
+        bonds.chmod(0o600 if setup == "bond_store_json" else 0o644)
+        extra = ('[ble]\nbackend = "bumble:tcp-client:127.0.0.1:9"\nbond_store = "bonds.json"\n'
+                 '[[ble.nodes]]\nnode_id = 7\naddress = "D0:57:A7:00:00:07"\n')
     elif setup == "password":
         (tmp_path / "pw").write_text("secret")
         (tmp_path / "pw").chmod(0o640)

@@ -8,6 +8,7 @@ and heals it with SIGCONT. Waiting is polling the replicas' own status, with a d
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,15 @@ from tests.ledger.proxy import ReplicaProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = "tests.ledger.toy_contract:make_contract"
+
+
+def run_bench(register: Callable[[Any], None], argv: list[str]) -> int:
+    """Parse ``argv`` (the bench's name first) with the commands ``register`` adds, as
+    ``wattmesh bench`` does, and run the one it names."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return int(args.func(args))
 
 
 async def replica_link(

@@ -3,21 +3,18 @@ JSON object; its arguments are checked."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
+from tests.ledger.cluster_harness import run_bench
 from tools.ledger_abuse_bench import register_bench
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def bench(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    register_bench(parser.add_subparsers())
-    args = parser.parse_args(["ledger-abuse", *argv])
-    return int(args.func(args))
+    return run_bench(register_bench, ["ledger-abuse", *argv])
 
 
 def test_a_small_abuse_run_reports_both_runs_memory_and_what_was_refused(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -92,51 +94,67 @@ async def check(cluster: Cluster, correct: list[int], committed: list[SignedTx])
     assert len({s["state_digest"] for s in statuses}) == 1
 
 
-async def test_crashes_restarts_and_a_cut_off_replica(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def started(
+    tmp_path: Path, first: int
+) -> AsyncIterator[tuple[Cluster, LedgerClient, list[SignedTx]]]:
+    """Four replica processes, a client, and ``first`` transactions committed through it; on
+    the way out every replica gets SIGTERM and must stop cleanly with a chain that verifies."""
     cluster = Cluster(tmp_path / "c")
     cluster.start_all()
-    committed: list[SignedTx] = []
     try:
         async with cluster.client() as client:
-            committed += await load(client, cluster, 60, 0)
-            await check(cluster, [0, 1, 2, 3], committed)
-
-            # the same signed transaction again: the original receipt, applied once
-            again = await client.submit_detail(committed[0])
-            first = await client.receipt(committed[0].tx_id)
-            assert first is not None and again["height"] == first["height"]
-
-            # primary crash -> view change -> progress
-            cluster.kill(0)
-            committed += await load(client, cluster, 40, 1000)
-            statuses = await cluster.wait_for([1, 2, 3], lambda ss: all(s["view"] >= 1 for s in ss))
-            assert all(s["counters"].get("view_changes", 0) >= 1 for s in statuses)
-            await check(cluster, [1, 2, 3], committed)
-
-            # the old primary restarts from its store and catches up
-            cluster.start(0)
-            await cluster.converge([0, 1, 2, 3])
-
-            # a backup killed with SIGKILL in the middle of a load, then restarted
-            first = asyncio.Event()
-            task = asyncio.ensure_future(load(client, cluster, 1000, 2000, first))
-            await first.wait()
-            cluster.kill(2)
-            assert not task.done(), "the kill must land in the middle of the load"
-            committed += await task
-            cluster.start(2)
-            committed += await load(client, cluster, 20, 3000)
-            await check(cluster, [0, 1, 2, 3], committed)
-
-            # one replica cut off (SIGSTOP: nothing in or out) while the others go on; healed
-            cluster.pause(3)
-            committed += await load(client, cluster, 60, 4000)
-            cluster.resume(3)
-            committed += await load(client, cluster, 10, 5000)
-            await check(cluster, [0, 1, 2, 3], committed)
+            yield cluster, client, await load(client, cluster, first, 0)
     finally:
         codes = cluster.stop_all()
     stopped_cleanly_and_chains_verify(cluster, codes)
+
+
+async def interrupted_load(
+    client: LedgerClient, cluster: Cluster, count: int, start: int, interrupt: Callable[[], None]
+) -> list[SignedTx]:
+    """``load``, with ``interrupt()`` done once the first transaction committed, while the
+    others are in flight."""
+    first = asyncio.Event()
+    task = asyncio.ensure_future(load(client, cluster, count, start, first))
+    await first.wait()
+    interrupt()
+    assert not task.done(), "the interruption must land in the middle of the load"
+    return await task
+
+
+async def test_crashes_restarts_and_a_cut_off_replica(tmp_path: Path) -> None:
+    async with started(tmp_path, 60) as (cluster, client, committed):
+        await check(cluster, [0, 1, 2, 3], committed)
+
+        # the same signed transaction again: the original receipt, applied once
+        again = await client.submit_detail(committed[0])
+        first = await client.receipt(committed[0].tx_id)
+        assert first is not None and again["height"] == first["height"]
+
+        # primary crash -> view change -> progress
+        cluster.kill(0)
+        committed += await load(client, cluster, 40, 1000)
+        statuses = await cluster.wait_for([1, 2, 3], lambda ss: all(s["view"] >= 1 for s in ss))
+        assert all(s["counters"].get("view_changes", 0) >= 1 for s in statuses)
+        await check(cluster, [1, 2, 3], committed)
+
+        # the old primary restarts from its store and catches up
+        cluster.start(0)
+        await cluster.converge([0, 1, 2, 3])
+
+        # a backup killed with SIGKILL in the middle of a load, then restarted
+        committed += await interrupted_load(client, cluster, 1000, 2000, lambda: cluster.kill(2))
+        cluster.start(2)
+        committed += await load(client, cluster, 20, 3000)
+        await check(cluster, [0, 1, 2, 3], committed)
+
+        # one replica cut off (SIGSTOP: nothing in or out) while the others go on; healed
+        cluster.pause(3)
+        committed += await load(client, cluster, 60, 4000)
+        cluster.resume(3)
+        committed += await load(client, cluster, 10, 5000)
+        await check(cluster, [0, 1, 2, 3], committed)
     # a certificate signature flipped on disk, then a transaction changed: both are caught
     store = cluster.store(3)
     row = store.block(2)
@@ -336,23 +354,14 @@ async def test_the_whole_cluster_killed_under_load_restarts_and_loses_nothing(
     prepared, committed at some and not others), then all restart from their stores and
     journals: every transaction the client saw committed is kept, the ones in flight commit once
     (the client re-sends), and the replicas agree again."""
-    cluster = Cluster(tmp_path / "c")
-    cluster.start_all()
-    committed: list[SignedTx] = []
-    try:
-        async with cluster.client() as client:
-            committed += await load(client, cluster, 40, 0)
-            await cluster.wait_for([0, 1, 2, 3], lambda ss: all(s["height"] >= 1 for s in ss))
-            first = asyncio.Event()
-            task = asyncio.ensure_future(load(client, cluster, 600, 1000, first))
-            await first.wait()
+    async with started(tmp_path, 40) as (cluster, client, committed):
+        await cluster.wait_for([0, 1, 2, 3], lambda ss: all(s["height"] >= 1 for s in ss))
+
+        def kill_and_restart_all() -> None:
             for i in range(4):
                 cluster.kill(i)
-            assert not task.done(), "the kills must land in the middle of the load"
             cluster.start_all()
-            committed += await task
-            committed += await load(client, cluster, 20, 2000)
-            await check(cluster, [0, 1, 2, 3], committed)
-    finally:
-        codes = cluster.stop_all()
-    stopped_cleanly_and_chains_verify(cluster, codes)
+
+        committed += await interrupted_load(client, cluster, 600, 1000, kill_and_restart_all)
+        committed += await load(client, cluster, 20, 2000)
+        await check(cluster, [0, 1, 2, 3], committed)

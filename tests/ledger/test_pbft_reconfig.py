@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.epochs import effective_height
-from ledger.pbft.messages import NewView, Status, ViewChange, parse, sign, verify
+from ledger.pbft.messages import (
+    NewView,
+    Status,
+    ViewChange,
+    parse,
+    sign,
+    verify,
+    view_change_refs,
+)
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.simulation import (
     Network,
@@ -213,7 +221,7 @@ def test_the_epoch_of_a_view_change_is_signed_and_left_out_for_epoch_zero() -> N
     for bad in (0, -1, "2", True, None):
         with pytest.raises(WireError):
             parse({**wire, "e": bad})
-    nv = sign(NewView(3, (two.stripped(),), (), 3, epoch=2), Signer(3, replica_key(3)))
+    nv = sign(NewView(3, view_change_refs((two,)), (), 3, epoch=2), Signer(3, replica_key(3)))
     assert parse(nv.to_wire()) == nv and nv.to_wire()["e"] == 2
     status = sign(Status(3, 50, 48, 1, epoch=2), signer)
     assert status.to_wire()["ep"] == 2 and parse(status.to_wire()) == status
@@ -255,6 +263,20 @@ def test_a_replica_restarted_in_the_old_epoch_follows_views_of_its_own_epoch_onl
     new epoch: told their view by status, it jumped to it while still in the old epoch, one
     view further at its switch, and waited there alone (found by the property above)."""
     crash_during_change(0, 0, 0, 1001)
+
+
+def test_an_idle_ledger_replaces_a_primary_that_does_not_fill_up_to_the_switch() -> None:
+    """The primary crashes right after the change and restarts apart (in a view of its own):
+    with no request waiting, no backup timed it out and the switch point was never reached;
+    a pending switch now runs the backups' view-change timer as a waiting request does."""
+    crash_during_change(0, 0, 5, 50)
+
+
+def test_the_next_epochs_view_changes_are_held_until_the_switch() -> None:
+    """A backup restarts and switches after the others: their first VIEW-CHANGEs of the new
+    epoch reached it before its switch and were dropped, its NEW-VIEW came incomplete, and it
+    gave up on the view alone."""
+    crash_during_change(0, 1, 0, 51)
 
 
 def crash_during_change(seed: int, victim: int, crash_at: int, down_ms: int) -> None:

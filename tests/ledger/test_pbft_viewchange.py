@@ -51,9 +51,10 @@ def test_new_primary_cannot_drop_a_prepared_batch() -> None:
     lying = sign(
         NewView(
             1,
-            honest.view_changes,
+            honest.refs,
             (sign(PrePrepare(1, 1, NULL_DIGEST, 1), Signer(1, replica_key(1))),),
             1,
+            view_changes=honest.view_changes,
         ),
         Signer(1, replica_key(1)),
     )
@@ -118,9 +119,18 @@ def _recorded_traffic() -> list[dict[str, Any]]:
     net.crash(0)
     for tx in make_txs(4, start=8):
         net.submit(tx, to=[1, 2, 3])
+    # one the new primary never got: relayed to it in view 1
+    net.submit(make_txs(1, start=12)[0], to=[2, 3])
     net.run(1500)
     net.restart(0, lose_state=True)
     net.run(1500)
+    # batches by id, and a backup that lacks a request fetching the pre-prepare in full
+    by_id = Network(make_config(4), tamper=record)
+    for replica in by_id.replicas:
+        replica.pre_prepare_ids = True
+    seen.pop("pre-prepare", None)
+    by_id.submit_all(make_txs(3), to=[0, 1, 2])
+    by_id.run(200)
     return list(seen.values())
 
 
@@ -145,7 +155,9 @@ def test_recorded_traffic_covers_every_replica_message() -> None:
         "fetch",
         "blocks",
         "request",
+        "fetch-pp",
     } <= kinds
+    assert any("ids" in w for w in TRAFFIC if w["t"] == "pre-prepare")
     for wire in TRAFFIC:
         parse(wire)
 

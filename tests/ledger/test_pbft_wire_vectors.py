@@ -24,18 +24,27 @@ VECTORS = [
     ("Checkpoint", "ad95f10ad140115eba2f971837591aef", "71129bc880abfab69be888d8d2aca46d"),
     ("ViewChange", "a1954d7f37ac356c058c607393e06e4d", "ee9e128e24f2ef895a2c576cf6602781"),
     ("ViewChange", "2420b87ef3b85d7bf6734fd14f01b35e", "ee9e128e24f2ef895a2c576cf6602781"),
-    ("NewView", "0f0e56c6d3badcca7f84642f29af8490", "a20145176ddcaa031b8d08adb33a732c"),
+    # V signed as references (sender, digest), the view-changes an attachment (was: signed in
+    # full), so that a NEW-VIEW sent without them carries the same signature
+    ("NewView", "b5a21cba1af7fe100476e191e736240f", "f6ba2cbd1f3e7b73fcba853c48934148"),
     ("Status", "730804b5bf2b0350473f32b53fdc2e06", "f0357aabdfbdd56a9a91e536939d1350"),
     ("FetchBlocks", "234267402ea1a9949d3670e7703b85ae", "0577011a46132320801e41fb522495bb"),
     ("Blocks", "eda1dd682d6ca04fa17a38b3099aa398", ""),
     ("Reply", "fd5c78aaa5357c76329b1d5fbbfcc137", ""),
+    ("NewView", "8bdd4d9ca79bb4ad45d57a2d8144909f", "f6ba2cbd1f3e7b73fcba853c48934148"),
+    # the batch by ids: the same signed header as the pre-prepare with its batch
+    ("PrePrepare", "9e018e085e1c911953b24e4a937a67e9", "e1d890b6560a2fd89813881db7a02d90"),
+    ("FetchPrePrepare", "b3eae81dd21b59e70fa087afc93add40", "cbade6b47c2e8afb3c11a0ed113f583a"),
 ]
 STATUS = (
     b'{"e":9,"n":8,"r":2,"sig":"c57568c549f99cc5217a15f8fd4b83289de37cae0382d9aa070b509c474246fe'
     b'45a8eecbec25157ca8ea2030972d849f2827a2875c04d8d965254dfb19e40b05","t":"status","v":2}'
 )
-OUTCOMES_ALL, OUTCOMES_OK = 3024, 538  # variants, and those that still parse (see _outcomes)
-OUTCOMES = "6d90e83ad2fe8651b7f194761cb50cc6"
+# variants, and those that still parse (see _outcomes); the NEW-VIEW's references and its
+# form without attachments, the pre-prepare by ids and FETCH-PP added variants (was 3024,
+# 538, "6d90e83a...")
+OUTCOMES_ALL, OUTCOMES_OK = 3456, 594
+OUTCOMES = "c6b03d30e969efc355e60a3b7bf08337"
 PREPARE_HEADER = (
     b'{"d":"ea603d578bea7c04cdbee676d9f4d717338ff23d0f53f7683f00ec6a130b4da3","n":1,"r":1,'
     b'"t":"prepare","v":0}'

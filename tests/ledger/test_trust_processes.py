@@ -252,6 +252,9 @@ async def test_a_newcomer_applies_once_with_its_own_key(tmp_path: Path) -> None:
             application = {"id_grid": "N", "role": "consumer", "commitment": commitment("N")}
             receipt = await client.submit_new("registry.apply", application)
             assert receipt.ok, receipt
+            # f+1 replies may come before the primary has executed the application; once every
+            # replica has, the second one is refused before ordering
+            await c.converged()
             with pytest.raises(RejectedError) as refused:
                 again = {"id_grid": "N2", "role": "consumer", "commitment": commitment("N2")}
                 await client.submit_new("registry.apply", again)

@@ -34,6 +34,7 @@ from typing import Any
 from bumble.link import LocalLink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware import ble_guard
 from gateway.clock import ManualClock
 from gateway.config_parse import load_config
 from gateway.daemon import Gateway
@@ -272,7 +273,8 @@ async def start_edge(spec: EdgeSpec, clock: ManualClock, directory: Path, poll_s
             plugs.append(Plug(nid, appliance, watts, emu))
         central = BumbleCentral.on_link(link)
         sources.append(BleNodeSource(
-            [BleNode(n.node_id, n.address) for n in cfg.nodes if n.transport == "ble"],
+            [BleNode(n.node_id, n.address, ble_guard.passkey(plug_keys[n.node_id]))
+             for n in cfg.nodes if n.transport == "ble"],
             backend=bumble_backend(central), clock=clock,
             reconnect_initial_s=BLE_RECONNECT_S[0], reconnect_max_s=BLE_RECONNECT_S[1]))
     mqtt_nodes = [n for n in cfg.nodes if n.transport == "mqtt"]

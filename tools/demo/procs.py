@@ -146,13 +146,11 @@ def wait_port(host: str, port: int, timeout_s: float, child: Child | None = None
 
 @dataclass
 class DemoBroker:
-    """The demo's mosquitto, as a home runs it (README): TLS with a CA made now for the
-    gateways, no anonymous clients, an account per gateway and node with its ACL, and a
-    listener without TLS (same accounts and ACL) for the firmware node, whose MicroPython link
-    has none. Accounts added later are loaded with SIGHUP."""
+    """The demo's mosquitto, as a home runs it (README): TLS with a CA made now, no anonymous
+    clients, an account per gateway and node with its ACL. Accounts added later are loaded with
+    SIGHUP."""
 
-    port: int  # TLS
-    node_port: int  # accounts and ACL, no TLS
+    port: int  # TLS, for gateways and nodes
     ca_file: Path
     folder: Path
     child: Child
@@ -183,7 +181,7 @@ def start_mosquitto(sup: Supervisor, run_dir: Path) -> DemoBroker:
     exe = find_mosquitto()
     if exe is None:
         raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-    port, node_port = free_ports(2)
+    port = free_port()
     folder = run_dir / "mosquitto"
     folder.mkdir(parents=True, exist_ok=True)
     tls = make_tls(folder / "tls", "wattmesh demo")
@@ -191,11 +189,10 @@ def start_mosquitto(sup: Supervisor, run_dir: Path) -> DemoBroker:
         (folder / name).write_text("", encoding="utf-8")
     conf = run_dir / "mosquitto.conf"
     conf.write_text(
-        mosquitto_conf(port, tls, folder / "passwd", folder / "acl", plain_port=node_port,
+        mosquitto_conf(port, tls, folder / "passwd", folder / "acl",
                        extra="log_dest stderr\nlog_type error\nlog_type warning\n"),
         encoding="utf-8",
     )
     child = sup.spawn("mosquitto", [exe, "-c", str(conf)])
     wait_port("127.0.0.1", port, 10.0, child)
-    wait_port("127.0.0.1", node_port, 10.0, child)
-    return DemoBroker(port, node_port, tls.ca_cert, folder, child)
+    return DemoBroker(port, tls.ca_cert, folder, child)

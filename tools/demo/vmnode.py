@@ -1,8 +1,9 @@
 """The node that runs the real firmware: ``firmware/`` on the MicroPython VM (WebAssembly port,
 run by ``node`` through ``firmware/host/run_vm.mjs`` stream mode, as ``tools.mpvm`` does), with
-the emulated HAL fed a load profile, bridged onto MQTT as the ESP32's own MQTT link would be:
-READING frames to ``tele/<topic>/FRAME``, ACK frames to ``stat/<topic>/ACK``, and COMMAND frames
-from ``cmnd/<topic>/FRAME`` into the VM (``hardware/node_profile.json`` topics).
+the emulated HAL fed a load profile, bridged onto MQTT as the ESP32's own MQTT link would be (TLS
+against the node's provisioned CA, as its own account): READING frames to
+``tele/<topic>/FRAME``, ACK frames to ``stat/<topic>/ACK``, and COMMAND frames from
+``cmnd/<topic>/FRAME`` into the VM (``hardware/node_profile.json`` topics).
 
 The VM keeps its own simulated clock and runs faster than the community's: the bridge releases
 each reading when the demo's clock reaches the reading's time (the node's uptime from midnight),
@@ -28,7 +29,9 @@ from typing import Any
 import aiomqtt
 
 from firmware import frame
+from firmware.config import DEFAULT_NTP
 from gateway.clock import ManualClock
+from hardware.emulators.mqtt_node import NodeAccount, node_account
 from tools.demo.procs import Child, DemoBroker, Supervisor
 from tools.mpvm import REPO, RUNNER, check_vm
 
@@ -46,8 +49,9 @@ def topic(kind: str, name: str) -> str:
     return str(TOPIC_PREFIX[kind]).format(topic=name)
 
 
-def provision(directory: Path, node_id: int, mqtt_port: int) -> tuple[Path, Path, bytes, str]:
-    """``wattmesh provision node`` for the VM node, then the demo's sampling periods."""
+def provision(directory: Path, node_id: int, broker: DemoBroker) -> tuple[Path, Path, bytes, str]:
+    """``wattmesh provision node`` for the VM node (the demo broker's TLS port and CA), then the
+    demo's sampling periods."""
     from tools.firmware_cli import provision as provision_node
 
     name = f"wattmesh_{node_id}"
@@ -56,7 +60,8 @@ def provision(directory: Path, node_id: int, mqtt_port: int) -> tuple[Path, Path
     wifi.write_text("", encoding="utf-8")
     provision_node(argparse.Namespace(
         id=node_id, keystore=str(keystore), out=str(directory), board=BOARD, link="mqtt",
-        name=name, mqtt_host="127.0.0.1", mqtt_port=mqtt_port, wifi_ssid="community",
+        name=name, mqtt_host="127.0.0.1", mqtt_port=broker.port, mqtt_ca=str(broker.ca_file),
+        wifi_ssid="community", ntp_host=DEFAULT_NTP,
         wifi_password_file=str(wifi), force=False))
     config = directory / "config.json"
     cfg = json.loads(config.read_text())
@@ -89,7 +94,7 @@ class VmNode:
     clock: ManualClock
     day0_ms: int  # when the VM booted, on the community's clock
     broker: DemoBroker
-    account: tuple[str, str]  # the node's broker user and password (its config.json)
+    account: NodeAccount  # the node's broker, user, password and CA (its config.json)
     frames: deque[bytes] = field(default_factory=deque)
     ack_queue: deque[bytes] = field(default_factory=deque)
     produced_ms: int = 0  # simulated time the VM has reached (of its last reading)
@@ -107,7 +112,7 @@ class VmNode:
               slot_s: int) -> VmNode:
         node_exe = check_vm()
         directory.mkdir(parents=True, exist_ok=True)
-        config, key_path, key, name = provision(directory, node_id, broker.node_port)
+        config, key_path, key, name = provision(directory, node_id, broker)
         broker.add_accounts(directory)  # the node's account: its own topics only
         # The VM boots one publish period before midnight, so that its first reading (one
         # period after boot) lands at midnight: the gateway's baseline for the day's counters.
@@ -123,8 +128,7 @@ class VmNode:
             [node_exe, str(RUNNER), "stream", "--config", str(config), "--key", str(key_path),
              "--profile", json.dumps(profile), "--step-ms", str(STEP_MS), "--ticks", str(ticks)],
             cwd=REPO, stdin=subprocess.PIPE, stdout_pipe=True)
-        mq = json.loads(config.read_text())["mqtt"]
-        vm = cls(node_id, name, key, child, clock, day0_ms, broker, (mq["user"], mq["password"]))
+        vm = cls(node_id, name, key, child, clock, day0_ms, broker, node_account(config))
         loop = asyncio.get_running_loop()
         threading.Thread(target=vm._reader, args=(loop,), daemon=True).start()
         vm._task = asyncio.create_task(vm._bridge(), name=f"vm-bridge-{node_id}")
@@ -170,8 +174,9 @@ class VmNode:
     async def _bridge(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client("127.0.0.1", self.broker.node_port,
-                                          username=self.account[0], password=self.account[1],
+                acc = self.account  # TLS, as the node's own link (firmware/link_mqtt.py)
+                async with aiomqtt.Client(acc.host, acc.port, username=acc.username,
+                                          password=acc.password, tls_context=acc.tls,
                                           identifier=f"{self.name}-vm") as client:
                     await client.publish(topic("lwt", self.name), b"Online", retain=True)
                     await client.subscribe(topic("command_frame", self.name), qos=1)
