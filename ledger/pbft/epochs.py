@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.pbft.config import MAX_REPLICA_ID, PbftConfig, PbftConfigError, ReplicaInfo
+from ledger.pbft.messages import NewView, ViewChange
 from ledger.pbft.signing import Keyring
 
 # What the executor reports: (height of the block that executed the change, the new replicas as
@@ -140,3 +141,37 @@ class Epochs:
                 if r.id != me:
                     peers.setdefault(r.id, r)
         return peers
+
+
+class NextEpochViews:
+    """The next epoch's VIEW-CHANGEs (the latest of each replica) and NEW-VIEW (of the highest
+    view) that reach a replica before it switches, held until it does. The others switch a
+    little earlier and begin the epoch with a view change at once; dropped, those messages
+    were not sent again, and the NEW-VIEW (naming them by reference) came incomplete."""
+
+    def __init__(self) -> None:
+        self.view_changes: dict[int, ViewChange] = {}
+        self.new_view: NewView | None = None
+
+    def hold(self, msg: ViewChange | NewView, epoch: int, peers: Mapping[int, Any]) -> bool:
+        """Held if of epoch ``epoch + 1`` and from one of ``peers`` (bounded: one each)."""
+        if msg.epoch != epoch + 1 or msg.replica not in peers:
+            return False
+        if isinstance(msg, NewView):
+            if self.new_view is None or msg.view > self.new_view.view:
+                self.new_view = msg
+            return True
+        known = self.view_changes.get(msg.replica)
+        if known is None or msg.view > known.view:
+            self.view_changes[msg.replica] = msg
+        return True
+
+    def take(self, epoch: int) -> list[ViewChange | NewView]:
+        """What is held for ``epoch``, view-changes first; the rest is dropped."""
+        out: list[ViewChange | NewView] = [
+            vc for vc in self.view_changes.values() if vc.epoch == epoch
+        ]
+        if self.new_view is not None and self.new_view.epoch == epoch:
+            out.append(self.new_view)
+        self.view_changes, self.new_view = {}, None
+        return out

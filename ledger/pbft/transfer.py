@@ -114,6 +114,21 @@ class StateTransfer:
         if msg.view < core.view:
             core.views.send_new_view_to(msg.replica, now_ms, out)
 
+    def behind_new_view(
+        self, entries: list[tuple[int, bytes]], peers: list[int], now_ms: int, out: list[Action]
+    ) -> bool:
+        """A NEW-VIEW proposing sequence numbers more than ``max_ahead`` past what this replica
+        executed is not entered (nor made): it catches up first. So a correct replica votes
+        only for sequence numbers within ``max_ahead`` of its own execution, in a new view as
+        in the normal case, which is what makes a reconfiguration's switch point safe
+        (epochs.py, README "Reconfiguration")."""
+        core = self.core
+        if not entries or entries[-1][0] <= core.last_executed + core.cfg.max_ahead:
+            return False
+        core.count("new_view_too_far_ahead")
+        self.start_fetch(entries[-1][0] - core.cfg.max_ahead, peers, now_ms, out)
+        return True
+
     def start_fetch(self, target: int, peers: list[int], now_ms: int, out: list[Action]) -> None:
         core = self.core
         peers = [p for p in peers if p != core.me]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ledger.pbft.actions import Action, Broadcast, Send
 from ledger.pbft.block import NULL_BATCH, NULL_DIGEST, Batch, batch_bytes
+from ledger.pbft.epochs import NextEpochViews
 from ledger.pbft.messages import (
     NewView,
     PrePrepare,
@@ -76,10 +77,7 @@ class ViewChanges:
         self.new_view_msg: NewView | None = None  # with its view-changes attached
         self.nv_sent_at: dict[int, int] = {}
         self.resend = False  # restored while changing views: send the VIEW-CHANGE again
-        # the next epoch's VIEW-CHANGEs (latest per replica) and NEW-VIEW that arrived before
-        # this replica switched: taken when it does (epochs.py)
-        self.early: dict[int, ViewChange] = {}
-        self.early_nv: NewView | None = None
+        self.early = NextEpochViews()  # the next epoch's, held until this replica switches
 
     def _back_off(self, now_ms: int) -> None:
         # The adaptive timeout detects a dead primary; a view change itself is given at least
@@ -120,33 +118,13 @@ class ViewChanges:
         self.deadline = None
         self.armed_at = None
 
-    def hold_early(self, msg: ViewChange | NewView) -> bool:
-        """A VIEW-CHANGE or NEW-VIEW of the next epoch, from a replica this one talks to: held
-        (one per sender, the NEW-VIEW of the highest view) until this replica switches too.
-        The others switch a little earlier and begin the epoch with a view change at once;
-        dropped, those messages were not sent again, and the NEW-VIEW came incomplete."""
-        core = self.core
-        if msg.epoch != core.epoch.number + 1 or msg.replica not in core.peer_set:
-            return False
-        if isinstance(msg, NewView):
-            if self.early_nv is None or msg.view > self.early_nv.view:
-                self.early_nv = msg
-        else:
-            known = self.early.get(msg.replica)
-            if known is None or msg.view > known.view:
-                self.early[msg.replica] = msg
-        core.count("held_next_epoch")
-        return True
-
     def take_early(self, now_ms: int, out: list[Action]) -> None:
         """This replica switched: the held messages of its new epoch are taken now."""
-        early, nv = self.early, self.early_nv
-        self.early, self.early_nv = {}, None
-        for vc in early.values():
-            if vc.epoch == self.core.epoch.number:
-                self.on_view_change(vc, now_ms, out)
-        if nv is not None and nv.epoch == self.core.epoch.number:
-            self.on_new_view(nv, now_ms, out)
+        for msg in self.early.take(self.core.epoch.number):
+            if isinstance(msg, NewView):
+                self.on_new_view(msg, now_ms, out)
+            else:
+                self.on_view_change(msg, now_ms, out)
 
     def new_epoch(self) -> None:
         """A new epoch began: view-changes and the NEW-VIEW of the old one are another set's."""
@@ -362,8 +340,8 @@ class ViewChanges:
         if vc.epoch != core.epoch.number or not core.is_member:
             # another replica set's view change: the one behind catches up by state transfer;
             # the next epoch's is held until this replica switches
-            if not self.hold_early(vc):
-                core.count("rejected_other_epoch")
+            kept = self.early.hold(vc, core.epoch.number, core.peer_set)
+            core.count("held_next_epoch" if kept else "rejected_other_epoch")
             return
         if vc.view < core.view or (vc.view == core.view and core.active):
             core.count("stale_view_change")
@@ -446,7 +424,7 @@ class ViewChanges:
             return
         vcs = tuple(chosen)
         min_s, entries = compute_o(vcs, core.epoch.start)
-        if self._too_far_ahead(entries, [vc.replica for vc in vcs], now_ms, out):
+        if self.core.transfer.behind_new_view(entries, [vc.replica for vc in vcs], now_ms, out):
             return
         batches: dict[bytes, Batch] = {}
         attach: dict[bytes, Batch] = {}
@@ -488,8 +466,8 @@ class ViewChanges:
     def on_new_view(self, nv: NewView, now_ms: int, out: list[Action]) -> None:
         core = self.core
         if nv.epoch != core.epoch.number or not core.is_member:
-            if not self.hold_early(nv):
-                core.count("rejected_other_epoch")
+            kept = self.early.hold(nv, core.epoch.number, core.peer_set)
+            core.count("held_next_epoch" if kept else "rejected_other_epoch")
             return
         if nv.view < core.view or (nv.view == core.view and core.active):
             core.count("stale_new_view")
@@ -546,7 +524,8 @@ class ViewChanges:
         ):
             core.count("rejected_bad_new_view")
             return
-        if self._too_far_ahead(entries, [vc.replica for vc in view_changes], now_ms, out):
+        peers = [vc.replica for vc in view_changes]
+        if core.transfer.behind_new_view(entries, peers, now_ms, out):
             return  # peers send the NEW-VIEW again once this replica's status is past it
         batches: dict[bytes, Batch] = {}
         for seq, digest in entries:
@@ -582,21 +561,6 @@ class ViewChanges:
                 core.view, core.last_executed, core.stable_seq, core.me, epoch=core.epoch.number
             )
             out.append(Send(nv.replica, sign(status, core.signer)))
-
-    def _too_far_ahead(
-        self, entries: list[tuple[int, bytes]], peers: list[int], now_ms: int, out: list[Action]
-    ) -> bool:
-        """A NEW-VIEW proposing sequence numbers more than ``max_ahead`` past what this replica
-        executed is not entered (nor made): it catches up first. So a correct replica votes
-        only for sequence numbers within ``max_ahead`` of its own execution, in a new view as
-        in the normal case, which is what makes a reconfiguration's switch point safe
-        (epochs.py, README "Reconfiguration")."""
-        core = self.core
-        if not entries or entries[-1][0] <= core.last_executed + core.cfg.max_ahead:
-            return False
-        core.count("new_view_too_far_ahead")
-        core.transfer.start_fetch(entries[-1][0] - core.cfg.max_ahead, peers, now_ms, out)
-        return True
 
     def _enter(
         self,
