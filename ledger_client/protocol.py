@@ -16,7 +16,9 @@ client -> replica
   they know where to reply; answered at once for one already executed).
 - ``{"t": "query", "id": <int>, "path": <str>, "params": {...}}``: read-only query. Paths starting
   with ``ledger.`` are answered by the replica (``ledger.height``, ``ledger.block`` {height},
-  ``ledger.receipt`` {tx_id}, ``ledger.status``); any other path goes to the contract.
+  ``ledger.receipt`` {tx_id}, ``ledger.status``, ``ledger.replicas``: the replica set ordering
+  the ledger, ``{"epoch", "since", "f", "replicas": [{"id", "host", "port", "public_key"}]}``);
+  any other path goes to the contract.
 
 replica -> client
 - ``{"t": "reply", "r": i, "v": view, "tx": <tx_id hex>, "h": height,
