@@ -97,6 +97,7 @@ class Cluster:
         self.private_ports = free_ports(self.config.n) if proxied else []
         self.proxies: list[ReplicaProxy] = []
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.joined: list[tuple[str, int]] = []  # addresses of replicas n, n+1, ... that joined
         self.operator = load_key(directory / "operator.key")
         self.user = new_key()
 
@@ -174,7 +175,9 @@ class Cluster:
         return LedgerClient.from_cluster_file(self.dir / "cluster.json", self.user, **kwargs)
 
     async def statuses(self) -> list[dict[str, Any]]:
-        return await _statuses([(r.host, r.port) for r in self.config.replicas], 3.0)
+        """Each replica's status, by id: the cluster file's, then those that joined."""
+        addresses = [(r.host, r.port) for r in self.config.replicas] + self.joined
+        return await _statuses(addresses, 3.0)
 
     async def wait_for(
         self, replicas: list[int], predicate: Any, timeout_s: float = 60.0

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.cli import _statuses, cmd_verify
+from ledger.cli import cmd_verify
 from ledger.cluster import replica_key_file
 from ledger.contract import default_genesis
 from ledger.keys import new_key, public_hex, write_key
@@ -58,32 +58,6 @@ class Load:
             self.committed += txs
 
 
-async def statuses(addresses: dict[int, tuple[str, int]]) -> dict[int, dict[str, Any]]:
-    got = await _statuses(list(addresses.values()), 3.0)
-    return dict(zip(addresses, got, strict=True))
-
-
-async def wait_until(addresses: dict[int, tuple[str, int]], ok: Any, timeout_s: float = 90) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        ss = await statuses(addresses)
-        if all("error" not in s for s in ss.values()) and ok(ss):
-            return ss
-        if loop.time() > deadline:
-            brief = {
-                i: {k: s.get(k) for k in ("view", "active", "height", "epoch", "member",
-                                          "stable_checkpoint", "counters", "error")}
-                for i, s in ss.items()
-            }  # fmt: skip
-            raise AssertionError(f"not reached: {json.dumps(brief, default=str)}")
-        await asyncio.sleep(0.1)  # polling real processes, not standing in for a clock
-
-
-def converged(ss: dict[int, dict[str, Any]]) -> bool:
-    return len({(s["height"], s["head_hash"], s["state_digest"]) for s in ss.values()}) == 1
-
-
 async def wattmesh(*argv: str) -> Any:
     """``wattmesh ...`` as its own process (the command runs its own event loop); its JSON."""
     proc = await asyncio.create_subprocess_exec(
@@ -111,7 +85,6 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
     operator = cluster.operator
     keys = {m: new_key() for m in MEMBERS}
     first = [entry(r.id, r.host, r.port, r.public_key) for r in cluster.config.replicas]
-    addresses = {r.id: (r.host, r.port) for r in cluster.config.replicas}
     cluster_file = cluster.dir / "cluster.json"
 
     def client(key: Ed25519PrivateKey) -> LedgerClient:
@@ -140,7 +113,7 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
             write_key(cluster.dir / replica_key_file(4), joiner_key)
             port = free_ports(1)[0]
             cluster.start(4, ["--address", f"127.0.0.1:{port}"])
-            addresses[4] = ("127.0.0.1", port)
+            cluster.joined.append(("127.0.0.1", port))
             five = [*first, entry(4, "127.0.0.1", port, public_hex(joiner_key))]
 
             # an unapproved change changes nothing: the operator proposes, nobody approves
@@ -163,12 +136,13 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
             finally:
                 store.close()
 
-            live = {i: addresses[i] for i in (0, 1, 3, 4)}
-            ss = await wait_until(live, lambda ss: all(
-                s["epoch"] == 1 and s["member"] for s in ss.values()))  # fmt: skip
+            live = [0, 1, 3, 4]
+            await cluster.wait_for(
+                live, lambda ss: all(s["epoch"] == 1 and s["member"] for s in ss)
+            )
             # n = 5 (quorum 4) with replica 2 down: every commit now needs the new replica
             at_switch = len(load.committed)
-            await wait_until(live, lambda _: len(load.committed) >= at_switch + 400)
+            await cluster.wait_for(live, lambda _: len(load.committed) >= at_switch + 400)
             assert at_switch >= before_switch
             async with client(operator) as c:
                 current = await c.query_agreed("ledger.replicas", 2, {})
@@ -194,7 +168,7 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
 
             # the killed replica comes back from its store, takes the change from its chain
             cluster.start(2)
-            await wait_until(addresses, lambda ss: all(s["epoch"] == 1 for s in ss.values()))
+            await cluster.wait_for([0, 1, 2, 3, 4], lambda ss: all(s["epoch"] == 1 for s in ss))
 
             # members remove replica 3, with the command line (keys from files)
             for m in ("M0", "M2"):
@@ -207,17 +181,18 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
                                       "--key", str(tmp_path / "M0.key"),
                                       "--proposal-id", "remove-3")  # fmt: skip
             assert approved["result"]["state"] == "EXECUTED"
-            kept = {i: addresses[i] for i in (0, 1, 2, 4)}
-            ss = await wait_until(kept, lambda ss: all(
-                s["epoch"] == 2 and s["member"] for s in ss.values()))  # fmt: skip
+            kept = [0, 1, 2, 4]
+            await cluster.wait_for(
+                kept, lambda ss: all(s["epoch"] == 2 and s["member"] for s in ss)
+            )
             # once a checkpoint of the new set is stable, replica 3 is no longer a peer
-            await wait_until(kept, lambda ss: all(
-                s["stable_checkpoint"] >= s["epoch_start"] for s in ss.values()))  # fmt: skip
-            statuses_3 = (await statuses({3: addresses[3]}))[3]
-            assert statuses_3.get("member") is False  # it knows it was removed
+            await cluster.wait_for(kept, lambda ss: all(
+                s["stable_checkpoint"] >= s["epoch_start"] for s in ss))  # fmt: skip
+            assert (await cluster.statuses())[3].get("member") is False  # it knows, too
 
             # a removed replica's link is refused: its auth no longer opens a link
-            reader, writer = await replica_link(cluster.dir, *addresses[0], sender=3, receiver=0)
+            first_host, first_port = first[0]["host"], first[0]["port"]
+            reader, writer = await replica_link(cluster.dir, first_host, first_port, 3, 0)
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(reader.read(), 10) == b""
             writer.close()
@@ -234,13 +209,13 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
             # the joined replica, killed and restarted without --address, finds it on chain
             cluster.kill(4)
             cluster.start(4)
-            await wait_until(kept, lambda ss: ss[4]["epoch"] == 2 and ss[4]["height"] > 0)
+            await cluster.wait_for([4], lambda ss: ss[0]["epoch"] == 2 and ss[0]["height"] > 0)
 
             load.stop.set()
             await load_task
             load_task = None
-            ss = await wait_until(kept, converged)
-            assert all(s["epoch"] == 2 for s in ss.values())
+            ss = await cluster.converge(kept, timeout_s=90)
+            assert all(s["epoch"] == 2 for s in ss)
             for i in kept:
                 store = cluster.store(i)
                 try:
