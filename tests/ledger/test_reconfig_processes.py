@@ -27,7 +27,7 @@ from ledger.contract import default_genesis
 from ledger.keys import new_key, public_hex, write_key
 from ledger.setup import free_ports
 from ledger.tx import SignedTx, sign_tx
-from ledger_client.client import LedgerClient
+from ledger_client.client import LedgerClient, RejectedError
 from tests.ledger.cluster_harness import Cluster, replica_link
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,6 +121,13 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
                           "replicas": [*five, entry(5, "127.0.0.1", port + 1,
                                                      public_hex(new_key()))]}}  # fmt: skip
             assert (await op.submit_new("quorum.propose", unapproved)).ok
+            # a malformed change is refused, and a stranger's is not even ordered
+            three = {"proposal_id": "three", "action": {"kind": "replicas", "replicas": first[:3]}}
+            assert (await op.submit_new("quorum.propose", three)).code == "BAD_BODY"
+            async with client(new_key()) as stranger:
+                with pytest.raises(RejectedError) as refused:
+                    await stranger.submit_new("quorum.propose", unapproved)
+            assert refused.value.code == "NOT_ADMITTED"
 
             # members decide: M0 proposes (its own approval counts), M1's approval executes it
             opened = await vote("M0", "quorum.propose", {"proposal_id": "add-4", "action": {
