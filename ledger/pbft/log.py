@@ -136,6 +136,8 @@ class MessageLog:
 
     def on_pre_prepare(self, pp: PrePrepare, now_ms: int, out: list[Action]) -> None:
         core, cfg = self.core, self.core.cfg
+        if not core.in_epoch(pp.seq, pp.replica):
+            return
         if pp.view != core.view or not core.active:
             if not self.buffer_future(pp, pp.replica):
                 core.count("rejected_wrong_view")
@@ -339,6 +341,8 @@ class MessageLog:
         (``tables`` picks them). Returns the slot and the votes for the message's (view,
         digest), or None if the message was dropped."""
         core = self.core
+        if not core.in_epoch(msg.seq, msg.replica):
+            return None
         if msg.view != core.view or not core.active:
             if not self.buffer_future(msg, msg.replica):
                 core.count("rejected_wrong_view")

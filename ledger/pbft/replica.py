@@ -258,15 +258,12 @@ class Replica:
             # (a NEW-VIEW is self-certifying and is relayed by any replica to one left behind)
             self.count("rejected_sender_mismatch")
             return out
-        if isinstance(msg, Prepare | Commit | PrePrepare):
-            if not self._in_epoch(msg.seq, sender):
-                return out
-            if isinstance(msg, Prepare):
-                self.log.on_prepare(msg, out)
-            elif isinstance(msg, Commit):
-                self.log.on_commit(msg, out)
-            else:
-                self.log.on_pre_prepare(msg, now_ms, out)
+        if isinstance(msg, Prepare):
+            self.log.on_prepare(msg, out)
+        elif isinstance(msg, Commit):
+            self.log.on_commit(msg, out)
+        elif isinstance(msg, PrePrepare):
+            self.log.on_pre_prepare(msg, now_ms, out)
         elif isinstance(msg, Checkpoint):
             self.checkpoints.on_checkpoint(msg, now_ms, out)
         elif isinstance(msg, ViewChange):
@@ -285,10 +282,12 @@ class Replica:
             self._announce_peers(out)
         return out
 
-    def _in_epoch(self, seq: int, sender: int) -> bool:
+    def in_epoch(self, seq: int, sender: int) -> bool:
         """The normal case runs within the current epoch: a pre-prepare or vote for a sequence
         number another epoch orders, by a replica that is not a member of this one, or reaching
-        a replica that is not, is dropped (a later epoch's: state transfer brings its blocks)."""
+        a replica that is not, is dropped (a later epoch's: state transfer brings its blocks).
+        Asked where the log takes one, so also of those held above the window or for a later
+        view and taken after this replica learned of a change."""
         epoch = self.epoch
         if seq <= epoch.start or sender not in self.members or self.me not in self.members:
             self.count("rejected_other_epoch")

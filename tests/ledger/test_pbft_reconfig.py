@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.pbft.block import Batch
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.epochs import effective_height
 from ledger.pbft.messages import (
     NewView,
+    PrePrepare,
     Status,
     ViewChange,
     parse,
@@ -294,3 +296,33 @@ def crash_during_change(seed: int, victim: int, crash_at: int, down_ms: int) -> 
     run_until(net, lambda: net.all_committed(txs + more + late), 60_000)
     run_until(net, lambda: same_chain(net, [0, 1, 2, 3, 4]), 60_000)
     assert divergence(net) == []
+
+
+def test_a_pre_prepare_held_before_the_change_is_not_taken_past_the_switch_point() -> None:
+    """A pre-prepare for a number the next epoch orders, held above the window (or for a later
+    view) and taken once the replica knows of the change, is refused there too, not only when
+    it arrives: the old epoch takes nothing past its last number."""
+    net = Network(_config())
+    net.add_replica()
+    net.submit(change([0, 1, 2, 3, 4], 1), range(4))
+    backup = net.replicas[2]
+    run_until(net, lambda: backup.epoch_end is not None)
+    end = backup.epoch_end
+    assert end is not None
+    run_until(net, lambda: backup.stable_seq >= end - CP, 5_000)  # the window reaches past E
+    assert backup.epoch.number == 0 and backup.in_window(end + 1)
+    primary = backup.cfg.primary(backup.view)
+    batch = Batch(
+        net.now, tuple(make_txs(1, start=900)), tuple(t.wire() for t in make_txs(1, start=900))
+    )
+    pp = sign(
+        PrePrepare(backup.view, end + 1, batch.digest(), primary),
+        Signer(primary, replica_key(primary)),
+    )
+    pp = PrePrepare(pp.view, pp.seq, pp.digest, pp.replica, pp.sig, batch)
+    before = backup.metrics.get("rejected_other_epoch", 0)
+    backup.log.above_window[end + 1] = pp
+    out: list[Any] = []
+    backup.log.take_held(net.now, out)
+    assert end + 1 not in backup.log.slots and not out
+    assert backup.metrics.get("rejected_other_epoch", 0) == before + 1
