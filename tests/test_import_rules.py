@@ -34,6 +34,7 @@ GATEWAY = (  # gateway/README.md
     "ledger.contract",
     "ledger.fields",
     "ledger.keys",
+    "ledger.secret_files",
     "ledger_client",
     "hardware.meters",
     "hardware.ble.profile",
@@ -56,7 +57,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "hardware": ("firmware.frame",),  # hardware/README.md
     "hardware.meters": (),  # hardware/meters/README.md: the standard library
     "hardware.emulators": ("firmware.frame", "hardware.meters"),  # hardware/emulators/README.md
-    "hardware.ble": ("firmware.frame", "firmware.ble_guard"),  # hardware/ble/README.md
+    # hardware/ble/README.md (ledger.secret_files: the one owner-only check of a secret file)
+    "hardware.ble": ("firmware.frame", "firmware.ble_guard", "ledger.secret_files"),
     "hardware.boards": (),  # hardware/boards/README.md: imports nothing
     # ledger/README.md: never ledger_client, which is built on it
     "ledger": (),
