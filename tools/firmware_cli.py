@@ -32,7 +32,7 @@ from typing import Any
 import firmware
 import hardware
 from firmware import config as fwconfig
-from hardware.argtypes import int_in
+from ledger.argtypes import int_in
 from tools import mqtt_auth
 
 FIRMWARE_DIR = Path(firmware.__file__).parent
@@ -517,20 +517,12 @@ def register(subparsers: Any) -> None:
     mqtt_auth.register_provision(prov_sub)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{value} is outside 1..100000")
-    return value
-
-
 def _add_bench_parser(sub: Any, name: str) -> None:
     bb = sub.add_parser(name, help="firmware heap, RMS window time and bundle size, as JSON")
-    bb.add_argument("--steps", type=_positive, default=120, help="simulated s of steady state")
-    bb.add_argument("--windows", type=_positive, default=50, help="RMS windows to time")
+    bb.add_argument("--steps", type=int_in(1, 100_000, "--steps"), default=120,
+                    help="simulated s of steady state")
+    bb.add_argument("--windows", type=int_in(1, 100_000, "--windows"), default=50,
+                    help="RMS windows to time")
     bb.set_defaults(func=_guard(_cmd_bench))
 
 

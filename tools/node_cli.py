@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from firmware import frame
 from gateway.calibration import CalibrationError, reference_payload
-from hardware.argtypes import float_in, int_in
+from ledger.argtypes import float_in, int_in
 from tools.firmware_cli import CliError, _guard, load_keystore
 
 if TYPE_CHECKING:
