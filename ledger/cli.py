@@ -29,6 +29,7 @@ from ledger.cluster import (
     replica_db_file,
     replica_key_file,
 )
+from ledger.fields import read_json_object
 from ledger.keys import KeyFileError, load_key, public_hex
 from ledger.setup import (
     DEFAULT_CONTRACT,
@@ -140,16 +141,6 @@ def _timers_and_batch(args: argparse.Namespace) -> tuple[dict[str, int], dict[st
     return timers, batch
 
 
-def _json_object(path: Path, option: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SetupError(f"{option}: cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise SetupError(f"{option}: must hold a JSON object")
-    return value
-
-
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_BAD_INPUT
@@ -203,12 +194,12 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         if args.genesis is not None:
             if args.operator_key or args.params or args.treasury:
                 raise SetupError("--genesis: give a whole genesis or --operator-key, not both")
-            genesis = _json_object(args.genesis, "--genesis")
+            genesis = read_json_object(args.genesis, SetupError, "--genesis")
         else:
             if args.operator_key is None:
                 raise SetupError("--operator-key: required (or --genesis)")
             operator = read_public_key(args.operator_key, "--operator-key")
-            params = _json_object(args.params, "--params") if args.params else {}
+            params = read_json_object(args.params, SetupError, "--params") if args.params else {}
             genesis = default_genesis(
                 operator, operator_id_grid=args.operator_id, treasury=args.treasury, **params
             )
@@ -262,7 +253,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     genesis = None
     try:
         if args.genesis is not None:
-            genesis = _json_object(args.genesis, "--genesis")
+            genesis = read_json_object(args.genesis, SetupError, "--genesis")
         doc = init_cluster(
             args.dir,
             args.replicas,

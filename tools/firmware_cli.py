@@ -33,6 +33,7 @@ import firmware
 import hardware
 from firmware import config as fwconfig
 from ledger.argtypes import int_in
+from ledger.fields import read_json_object
 from tools import mqtt_auth
 
 FIRMWARE_DIR = Path(firmware.__file__).parent
@@ -164,7 +165,7 @@ def _check_entry(entry: object, where: str, seen: set[str]) -> tuple[str, int, s
 
 def check_bundle(bundle: Path) -> dict[str, Any]:
     path = bundle / "manifest.json"
-    manifest = _json_object(path, f"{bundle}: not a firmware bundle (manifest.json", ")")
+    manifest = read_json_object(path, CliError, f"{bundle}: not a firmware bundle")
     entries = manifest.get("files")
     if not isinstance(entries, list) or not entries:
         raise CliError(f"{path}: files: expected a non-empty list")
@@ -238,19 +239,7 @@ def load_board(name: str) -> dict[str, Any]:
     if name not in known:  # a name, never a path out of hardware/boards/
         raise CliError(f"--board: unknown board {name!r} (known: {', '.join(known)})")
     path = BOARDS_DIR / f"{name}.json"
-    return _json_object(path, f"--board: {path.name}: unreadable (", ")")
-
-
-def _json_object(path: Path, unreadable: str, end: str) -> dict[str, Any]:
-    """A JSON file that must hold an object; ``CliError`` says why not (``unreadable`` + the
-    reason + ``end`` when it cannot be read or parsed)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"{unreadable}{exc}{end}") from None
-    if not isinstance(value, dict):
-        raise CliError(f"{path}: expected a JSON object")
-    return value
+    return read_json_object(path, CliError, "--board")
 
 
 def load_keystore(path: Path) -> dict[str, Any]:
