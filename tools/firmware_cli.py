@@ -35,6 +35,7 @@ from firmware import config as fwconfig
 from ledger.argtypes import int_in
 from ledger.fields import read_json_object
 from tools import mqtt_auth
+from tools.cli_error import CliError, reporting
 
 FIRMWARE_DIR = Path(firmware.__file__).parent
 BOARDS_DIR = Path(hardware.__file__).parent / "boards"
@@ -50,10 +51,6 @@ MPY_ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
               "xtensa", "xtensawin", "rv32imc", "rv64imc", "host", "debug")
 LINK_LIBS = {"ble": ("aioble",), "mqtt": ("umqtt.simple", "umqtt.robust"), "none": ()}
 MP_FIRMWARE_OFFSET = {"esp32": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0"}
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
 
 
 def _sha256(path: Path) -> str:
@@ -420,17 +417,6 @@ def _node_id(text: str) -> int:
     return value
 
 
-def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except CliError as exc:
-            print(f"wattmesh: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     manifest = build(check_out_dir(args.out, "--out"), args.arch)
     print(json.dumps({"bundle": str(args.out), "files": len(manifest["files"]),
@@ -471,7 +457,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--out", required=True, help="bundle directory")
     b.add_argument("--arch", default=ARCH, choices=MPY_ARCHES, metavar="ARCH",
                    help=f"mpy-cross -march: {', '.join(MPY_ARCHES)} (default {ARCH})")
-    b.set_defaults(func=_guard(_cmd_build))
+    b.set_defaults(func=reporting(_cmd_build))
     f = fw_sub.add_parser("flash", help="flash MicroPython, libraries, bundle, config and key")
     f.add_argument("--port", required=True, help="serial port of the ESP32")
     f.add_argument("--bundle", required=True, help="directory made by `firmware build`")
@@ -480,7 +466,7 @@ def register(subparsers: Any) -> None:
     f.add_argument("--chip", default="esp32", choices=sorted(MP_FIRMWARE_OFFSET))
     f.add_argument("--baud", type=int_in(1, 4_000_000), default=460800)
     f.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
-    f.set_defaults(func=_guard(_cmd_flash))
+    f.set_defaults(func=reporting(_cmd_flash))
     _add_bench_parser(fw_sub, "bench")
     prov = subparsers.add_parser("provision", help="provision nodes")
     prov_sub = prov.add_subparsers(dest="provision_command", metavar="WHAT", required=True)
@@ -502,7 +488,7 @@ def register(subparsers: Any) -> None:
     n.add_argument("--wifi-password-file", metavar="FILE",
                    help=f"file holding the Wi-Fi password (or ${WIFI_ENV}, or a prompt)")
     n.add_argument("--force", action="store_true", help="replace an existing key for this id")
-    n.set_defaults(func=_guard(_cmd_provision))
+    n.set_defaults(func=reporting(_cmd_provision))
     mqtt_auth.register_provision(prov_sub)
 
 
@@ -512,7 +498,7 @@ def _add_bench_parser(sub: Any, name: str) -> None:
                     help="simulated s of steady state")
     bb.add_argument("--windows", type=int_in(1, 100_000, "--windows"), default=50,
                     help="RMS windows to time")
-    bb.set_defaults(func=_guard(_cmd_bench))
+    bb.set_defaults(func=reporting(_cmd_bench))
 
 
 def register_bench(bench_subparsers: Any) -> None:
