@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from ledger.contract.registry import ROLES
 from ledger.keys import KeyFileError, load_key, public_hex
 from ledger.personal import PersonalDataError, PersonalStore
 from tools.cli_error import CliError, reporting
+from tools.ledger_answer import print_answer
 
 
 def _ident(pattern: Any, what: str) -> Any:
@@ -149,15 +149,7 @@ def _dr(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd(args: argparse.Namespace) -> int:
-    from ledger_client.client import LedgerError
-
-    try:
-        out = _run(args)
-    except (LedgerError, OSError, TimeoutError, ValueError) as exc:
-        print(f"wattmesh: the ledger: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=1, sort_keys=True))
-    return 1 if isinstance(out, dict) and out.get("code", "OK") != "OK" else 0
+    return print_answer(lambda: _run(args))
 
 
 def _ledger_args(p: argparse.ArgumentParser) -> None:
