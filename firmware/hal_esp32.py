@@ -170,14 +170,6 @@ class Wdt:
         self.wdt.feed()
 
 
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def write_file(path, data):
     with open(path, "wb") as f:
         f.write(data)

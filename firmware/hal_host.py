@@ -268,19 +268,15 @@ class PowerCut(Exception):
 power_cut_after = [None]  # bytes a write may still put down before the power fails
 
 
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def write_file(path, data):
     """Rewrite a file in place; a power cut leaves the new bytes' prefix over the old content."""
     budget = power_cut_after[0]
     if budget is not None and len(data) > budget:
-        old = read_file(path) or b""
+        try:
+            with open(path, "rb") as f:
+                old = f.read()
+        except OSError:
+            old = b""
         torn = data[:budget] + old[budget:]
         power_cut_after[0] = None
         with open(path, "wb") as f:

@@ -21,11 +21,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware import ble_guard
 from gateway.clock import Clock
-from gateway.config import EmsConfig, GatewayConfig, GatewayConfigError, NodeConfig, load_keystore
+from gateway.config import (
+    Backoff,
+    EmsConfig,
+    GatewayConfig,
+    GatewayConfigError,
+    NodeConfig,
+    load_keystore,
+)
 from gateway.ingest import Ingest
 from gateway.intervals import SIGN_UNKNOWN, IntervalAggregator, MeterSpec
 from gateway.ledger_link import LedgerDeliverer
-from gateway.outbox import Backoff, Deliverer
+from gateway.outbox import Deliverer
 from gateway.publish import HaPublisher
 from gateway.recorder import Recorder
 from gateway.relays import RelayCommander
@@ -127,10 +134,7 @@ def build(
     )
     if deliverer is None and cfg.ledger is not None:
         deliverer = LedgerDeliverer(cfg.ledger.cluster, key, cfg.ledger.timeout_s)
-    backoff = Backoff(
-        int((cfg.ledger.retry_initial_s if cfg.ledger else 1.0) * 1000),
-        int((cfg.ledger.retry_max_s if cfg.ledger else 300.0) * 1000),
-    )
+    backoff = cfg.ledger.retry if cfg.ledger else Backoff()
     ems = dr_inbox = None
     if cfg.ems is not None:
         ems = ems_runner(cfg.ems, cfg.command_timeout_s, clock, relays, recorder, deliverer)

@@ -48,11 +48,23 @@ class NodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long to wait after ``attempts`` failed tries before the next: ``initial_ms``, doubled
+    at each failure, never above ``max_ms`` (the ledger's retries ``[ledger] retry_*_s``, a
+    silent meter's polls ``[[modbus.buses]] backoff_*_s``)."""
+
+    initial_ms: int = 1_000
+    max_ms: int = 300_000
+
+    def delay_ms(self, attempts: int) -> int:
+        return int(min(self.max_ms, self.initial_ms * (2 ** min(max(attempts - 1, 0), 30))))
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerConfig:
     cluster: Path
     timeout_s: float = 10.0
-    retry_initial_s: float = 1.0
-    retry_max_s: float = 300.0
+    retry: Backoff = Backoff()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +112,7 @@ class BusConfig:
     poll_s: float = 10.0
     timeout_s: float = 1.0
     retries: int = 1
-    backoff_initial_s: float = 5.0
-    backoff_max_s: float = 300.0
+    backoff: Backoff = Backoff(5_000, 300_000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from gateway.config import (
     MEMBER_RE,
     PUBKEY_RE,
     TOPIC_RE,
+    Backoff,
     BusConfig,
     CalibrationConfig,
     EmsConfig,
@@ -195,12 +196,19 @@ def _gateway(gw: _Table, base: Path) -> dict[str, Any]:
     return section
 
 
+def _backoff(t: _Table, prefix: str, initial_s: float) -> Backoff:
+    """``<prefix>_initial_s`` and ``<prefix>_max_s`` (seconds in the file, the longest 300 s
+    unless set) as a ``Backoff``."""
+    initial = float(t.get(f"{prefix}_initial_s", (int, float), initial_s, min=0.01, max=3600))
+    longest = float(t.get(f"{prefix}_max_s", (int, float), 300.0, min=0.01, max=86400))
+    return Backoff(round(initial * 1000), round(longest * 1000))
+
+
 def _ledger(lt: _Table, base: Path) -> LedgerConfig:
     ledger = LedgerConfig(
         cluster=_path(base, lt.get("cluster", str)),
         timeout_s=float(lt.get("timeout_s", (int, float), 10.0, min=0.1, max=600)),
-        retry_initial_s=float(lt.get("retry_initial_s", (int, float), 1.0, min=0.01, max=3600)),
-        retry_max_s=float(lt.get("retry_max_s", (int, float), 300.0, min=0.01, max=86400)),
+        retry=_backoff(lt, "retry", 1.0),
     )
     lt.done()
     return ledger
@@ -337,8 +345,7 @@ def _bus(t: _Table, base: Path, unreported: set[str]) -> BusConfig:
         poll_s=float(t.get("poll_s", (int, float), 10.0, min=0.1, max=3600)),
         timeout_s=float(t.get("timeout_s", (int, float), 1.0, min=0.01, max=60)),
         retries=t.get("retries", int, 1, min=0, max=10),
-        backoff_initial_s=float(t.get("backoff_initial_s", (int, float), 5.0, min=0.01, max=3600)),
-        backoff_max_s=float(t.get("backoff_max_s", (int, float), 300.0, min=0.01, max=86400)),
+        backoff=_backoff(t, "backoff", 5.0),
     )
     t.done()
     if cfg.serial is not None:

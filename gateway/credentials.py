@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import ssl
-import stat
 from pathlib import Path
 
 from gateway.config import GatewayConfigError, MqttConfig
+from ledger.secret_files import check_owner_only
 
 PASSWORD_ENV = "WATTMESH_MQTT_PASSWORD"
 MAX_SECRET = 4096
@@ -26,17 +26,7 @@ class CredentialError(GatewayConfigError):
 
 def check_private(path: Path, what: str) -> None:
     """Refuse a secret file that others may read or write (it must be mode 0600 or 0400)."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise CredentialError(f"{what}: cannot read {path} ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CredentialError(f"{what}: {path} is not a file")
-    if st.st_mode & 0o077:
-        raise CredentialError(
-            f"{what}: {path} is mode {stat.S_IMODE(st.st_mode):04o}; a secret must be readable "
-            f"by its owner only (chmod 600 {path})"
-        )
+    check_owner_only(path, what, CredentialError)
 
 
 def read_secret(path: Path, what: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.config import Backoff
 from ledger.tx import SignedTx, sign_tx
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,6 @@ class OutboxRow:
     next_ms: int = 0
     code: str = ""
     message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    initial_ms: int = 1_000
-    max_ms: int = 300_000
-
-    def delay_ms(self, attempts: int) -> int:
-        return int(min(self.max_ms, self.initial_ms * (2 ** min(max(attempts - 1, 0), 30))))
 
 
 def next_state(

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hardware.argtypes import float_in, int_in
 from hardware.meters import MODELS
+from ledger.argtypes import float_in, int_in
 
 
 def register(subparsers: Any) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ledger.argtypes import int_in
 from ledger.cluster import (
     CLUSTER_FILE,
     OPERATOR_KEY_FILE,
@@ -28,6 +29,7 @@ from ledger.cluster import (
     replica_db_file,
     replica_key_file,
 )
+from ledger.fields import read_json_object
 from ledger.keys import KeyFileError, load_key, public_hex
 from ledger.pbft.config import MAX_REPLICA_ID
 from ledger.setup import (
@@ -47,14 +49,7 @@ EXIT_BAD_INPUT = 2
 RESTART_BACKOFF_S = (0.5, 5.0)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
+_non_negative = int_in(0)
 
 
 def register(subparsers: Any) -> None:
@@ -64,7 +59,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("keygen", help="make this host's key; prints only the public key")
     p.add_argument("--dir", type=Path, default=None, help="the replica's (or operator's) directory")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--replica", type=_positive, default=None, help="writes replica-I.key")
+    who.add_argument("--replica", type=_non_negative, default=None, help="writes replica-I.key")
     who.add_argument("--operator", action="store_true", help="writes operator.key")
     who.add_argument("--out", type=Path, default=None, help="any key file (a member's wallet)")
     p.set_defaults(func=cmd_keygen)
@@ -74,7 +69,7 @@ def register(subparsers: Any) -> None:
                    help="each replica in id order; KEY: 64 hex or a .pub file")  # fmt: skip
     p.add_argument("--operator-key", default=None, help="64 hex or the operator's .pub file")
     p.add_argument("--operator-id", default="OPERATOR")
-    p.add_argument("--treasury", type=_positive, default=0,
+    p.add_argument("--treasury", type=_non_negative, default=0,
                    help="micro-tokens the genesis allocates to the operator")  # fmt: skip
     p.add_argument("--params", type=Path, default=None, help="JSON of community parameters")
     _genesis_options(p, "a whole genesis JSON instead")
@@ -92,17 +87,17 @@ def register(subparsers: Any) -> None:
         help="local clusters and tests: every key and a cluster file in one directory (a "
         "community uses keygen on each host and genesis instead)",
     )
-    p.add_argument("--replicas", type=_positive, default=4, help="3f+1 replicas (default 4)")
+    p.add_argument("--replicas", type=_non_negative, default=4, help="3f+1 replicas (default 4)")
     p.add_argument("--dir", type=Path, required=True, help="an empty or new directory")
-    p.add_argument("--base-port", type=_positive, default=None, help="ports P..P+n-1")
+    p.add_argument("--base-port", type=_non_negative, default=None, help="ports P..P+n-1")
     _genesis_options(p, "genesis JSON instead of default")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("run", help="run one replica in the foreground (SIGTERM stops it)")
     p.add_argument("--dir", type=Path, required=True)
-    p.add_argument("--replica", type=_positive, required=True)
+    p.add_argument("--replica", type=_non_negative, required=True)
     p.add_argument("--contract", default=DEFAULT_CONTRACT, help=argparse.SUPPRESS)
-    p.add_argument("--listen-port", type=_positive, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--listen-port", type=_non_negative, default=None, help=argparse.SUPPRESS)
     p.add_argument("--address", default=None, metavar="HOST:PORT",
                    help="a replica joining by a reconfiguration (not in cluster.json): where it "
                    "listens, as the members' change names it")  # fmt: skip
@@ -126,7 +121,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("verify", help="re-check a replica's chain and certificates from disk")
     p.add_argument("--dir", type=Path, required=True)
-    p.add_argument("--replica", type=_positive, required=True)
+    p.add_argument("--replica", type=_non_negative, required=True)
     p.set_defaults(func=cmd_verify)
 
     ledger.set_defaults(func=lambda args: _help(ledger))
@@ -136,11 +131,11 @@ def _genesis_options(p: argparse.ArgumentParser, genesis_help: str) -> None:
     """What a new cluster starts from, for ``genesis`` and ``init``: a genesis file, and the
     consensus tuning its cluster file records."""
     p.add_argument("--genesis", type=Path, default=None, help=genesis_help)
-    p.add_argument("--view-change-ms", type=_positive, default=None)
-    p.add_argument("--request-timeout-ms", type=_positive, default=None)
-    p.add_argument("--batch-max", type=_positive, default=None)
-    p.add_argument("--batch-delay-ms", type=_positive, default=None)
-    p.add_argument("--checkpoint-interval", type=_positive, default=64)
+    p.add_argument("--view-change-ms", type=_non_negative, default=None)
+    p.add_argument("--request-timeout-ms", type=_non_negative, default=None)
+    p.add_argument("--batch-max", type=_non_negative, default=None)
+    p.add_argument("--batch-delay-ms", type=_non_negative, default=None)
+    p.add_argument("--checkpoint-interval", type=_non_negative, default=64)
 
 
 def _timers_and_batch(args: argparse.Namespace) -> tuple[dict[str, int], dict[str, int]]:
@@ -155,16 +150,6 @@ def _timers_and_batch(args: argparse.Namespace) -> tuple[dict[str, int], dict[st
     if args.batch_delay_ms is not None:
         batch["max_delay_ms"] = args.batch_delay_ms
     return timers, batch
-
-
-def _json_object(path: Path, option: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SetupError(f"{option}: cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise SetupError(f"{option}: must hold a JSON object")
-    return value
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -220,12 +205,12 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         if args.genesis is not None:
             if args.operator_key or args.params or args.treasury:
                 raise SetupError("--genesis: give a whole genesis or --operator-key, not both")
-            genesis = _json_object(args.genesis, "--genesis")
+            genesis = read_json_object(args.genesis, SetupError, "--genesis")
         else:
             if args.operator_key is None:
                 raise SetupError("--operator-key: required (or --genesis)")
             operator = read_public_key(args.operator_key, "--operator-key")
-            params = _json_object(args.params, "--params") if args.params else {}
+            params = read_json_object(args.params, SetupError, "--params") if args.params else {}
             genesis = default_genesis(
                 operator, operator_id_grid=args.operator_id, treasury=args.treasury, **params
             )
@@ -279,7 +264,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     genesis = None
     try:
         if args.genesis is not None:
-            genesis = _json_object(args.genesis, "--genesis")
+            genesis = read_json_object(args.genesis, SetupError, "--genesis")
         doc = init_cluster(
             args.dir,
             args.replicas,

@@ -20,7 +20,7 @@ field, and nothing else escapes (no ``KeyError``, no ``TypeError``).
 
 A config file comes in whole through ``read_document(path, json.loads, Error, syntax=...)``: the
 one reader of a file's text whose errors name the file and say whether it could not be read or
-parsed.
+parsed; ``read_json_object`` is that reader for a JSON file that must hold an object.
 
 Messages are ``name + sep + reason``; ``sep`` is ": " unless the decoder's messages are written
 another way. Hand-written, not a schema library: these run for every transaction and message a
@@ -30,6 +30,7 @@ code) its own callers match on.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -57,6 +58,20 @@ def read_document(
         return parse(text)
     except ValueError as exc:
         raise error(f"{path}: {syntax}: {exc}") from exc
+
+
+def read_json_object(path: Path, error: ErrorFactory, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (a genesis, a firmware manifest, a board), read as
+    ``read_document`` reads it; every refusal is ``error`` starting with ``what`` (the option or
+    the thing the file was given as), then the file and why."""
+
+    def named(message: str) -> Exception:
+        return error(f"{what}: {message}")
+
+    value = read_document(path, json.loads, named, syntax="not JSON")
+    if not isinstance(value, dict):
+        raise named(f"{path}: must hold a JSON object")
+    return value
 
 
 class Fields:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ledger.ed25519 import valid_public_key
 from ledger.hexbytes import parse_hex
+from ledger.secret_files import check_owner_only
 from ledger.tx import public_bytes
 
 SEED_BYTES = 32
@@ -52,13 +53,11 @@ def write_key(path: Path, key: Ed25519PrivateKey) -> None:
 
 
 def load_key(path: Path) -> Ed25519PrivateKey:
+    check_owner_only(path, "key file", KeyFileError)
     try:
-        st = path.stat()
         raw = path.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from exc
-    if st.st_mode & 0o077:
-        raise KeyFileError(f"{path}: key file must not be readable by group or others (chmod 600)")
     text = raw.decode("ascii", errors="replace").strip()
     if len(text) != 2 * SEED_BYTES:
         raise KeyFileError(f"{path}: expected {2 * SEED_BYTES} hex characters")

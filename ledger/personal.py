@@ -25,6 +25,7 @@ from typing import Any
 from ledger.contract import fields
 from ledger.contract.codes import Rejected
 from ledger.encoding import canonical
+from ledger.secret_files import check_owner_only
 
 DOMAIN = b"wattmesh/personal/v1\x00"
 SALT_BYTES = 32
@@ -92,8 +93,8 @@ class PersonalStore:
     def __init__(self, path: Path) -> None:
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        elif path.stat().st_mode & 0o077:
-            raise PersonalDataError(f"{path}: must not be readable by group or others (chmod 600)")
+        else:
+            check_owner_only(path, "personal data register", PersonalDataError)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA secure_delete = ON")
         self._db.execute(_SCHEMA)

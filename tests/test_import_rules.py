@@ -34,6 +34,7 @@ GATEWAY = (  # gateway/README.md
     "ledger.contract",
     "ledger.fields",
     "ledger.keys",
+    "ledger.secret_files",
     "ledger_client",
     "hardware.meters",
     "hardware.ble.profile",
@@ -49,14 +50,17 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "gateway.bench": (*GATEWAY, "hardware.emulators"),  # hardware/emulators/README.md
     # gateway/ems/README.md: not the rest of gateway/ (the daemon's hooks are plain callables)
     # (ledger.contract.sealed: the one definition of a sealed order's commitment)
-    "gateway.ems": ("firmware.frame", "ledger.contract.params", "ledger.contract.sealed"),
+    # (ledger.argtypes: the argparse types every command line shares)
+    "gateway.ems": ("firmware.frame", "ledger.contract.params", "ledger.contract.sealed",
+                    "ledger.argtypes"),
     # gateway/sources/README.md
     "gateway.sources": ("gateway.clock", "gateway.config", "gateway.broker", "hardware.meters",
                         "hardware.ble.profile"),
-    "hardware": ("firmware.frame",),  # hardware/README.md
+    "hardware": ("firmware.frame", "ledger.argtypes"),  # hardware/README.md
     "hardware.meters": (),  # hardware/meters/README.md: the standard library
     "hardware.emulators": ("firmware.frame", "hardware.meters"),  # hardware/emulators/README.md
-    "hardware.ble": ("firmware.frame", "firmware.ble_guard"),  # hardware/ble/README.md
+    # hardware/ble/README.md (ledger.secret_files: the one owner-only check of a secret file)
+    "hardware.ble": ("firmware.frame", "firmware.ble_guard", "ledger.secret_files"),
     "hardware.boards": (),  # hardware/boards/README.md: imports nothing
     # ledger/README.md: never ledger_client, which is built on it
     "ledger": (),

@@ -29,11 +29,11 @@ from bumble.transport import open_transport
 
 from firmware import ble_guard, frame
 from gateway.sources.ble import BleNode, BleNodeSource
-from hardware.argtypes import int_in
 from hardware.ble.bleak_bumble import BumbleCentral, bumble_backend
 from hardware.ble.controller import HciServer
 from hardware.ble.plug import PlugEmulator, constant_load
 from hardware.ble.profile import GATEWAY_ADDRESS
+from ledger.argtypes import int_in
 
 
 def _exceeds(value: Callable[[], int], floor: int) -> bool:

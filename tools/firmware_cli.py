@@ -32,8 +32,10 @@ from typing import Any
 import firmware
 import hardware
 from firmware import config as fwconfig
-from hardware.argtypes import int_in
+from ledger.argtypes import int_in
+from ledger.fields import read_json_object
 from tools import mqtt_auth
+from tools.cli_error import CliError, reporting
 
 FIRMWARE_DIR = Path(firmware.__file__).parent
 BOARDS_DIR = Path(hardware.__file__).parent / "boards"
@@ -49,10 +51,6 @@ MPY_ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
               "xtensa", "xtensawin", "rv32imc", "rv64imc", "host", "debug")
 LINK_LIBS = {"ble": ("aioble",), "mqtt": ("umqtt.simple", "umqtt.robust"), "none": ()}
 MP_FIRMWARE_OFFSET = {"esp32": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0"}
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
 
 
 def _sha256(path: Path) -> str:
@@ -164,7 +162,7 @@ def _check_entry(entry: object, where: str, seen: set[str]) -> tuple[str, int, s
 
 def check_bundle(bundle: Path) -> dict[str, Any]:
     path = bundle / "manifest.json"
-    manifest = _json_object(path, f"{bundle}: not a firmware bundle (manifest.json", ")")
+    manifest = read_json_object(path, CliError, f"{bundle}: not a firmware bundle")
     entries = manifest.get("files")
     if not isinstance(entries, list) or not entries:
         raise CliError(f"{path}: files: expected a non-empty list")
@@ -238,19 +236,7 @@ def load_board(name: str) -> dict[str, Any]:
     if name not in known:  # a name, never a path out of hardware/boards/
         raise CliError(f"--board: unknown board {name!r} (known: {', '.join(known)})")
     path = BOARDS_DIR / f"{name}.json"
-    return _json_object(path, f"--board: {path.name}: unreadable (", ")")
-
-
-def _json_object(path: Path, unreadable: str, end: str) -> dict[str, Any]:
-    """A JSON file that must hold an object; ``CliError`` says why not (``unreadable`` + the
-    reason + ``end`` when it cannot be read or parsed)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"{unreadable}{exc}{end}") from None
-    if not isinstance(value, dict):
-        raise CliError(f"{path}: expected a JSON object")
-    return value
+    return read_json_object(path, CliError, "--board")
 
 
 def load_keystore(path: Path) -> dict[str, Any]:
@@ -431,17 +417,6 @@ def _node_id(text: str) -> int:
     return value
 
 
-def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except CliError as exc:
-            print(f"wattmesh: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     manifest = build(check_out_dir(args.out, "--out"), args.arch)
     print(json.dumps({"bundle": str(args.out), "files": len(manifest["files"]),
@@ -482,7 +457,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--out", required=True, help="bundle directory")
     b.add_argument("--arch", default=ARCH, choices=MPY_ARCHES, metavar="ARCH",
                    help=f"mpy-cross -march: {', '.join(MPY_ARCHES)} (default {ARCH})")
-    b.set_defaults(func=_guard(_cmd_build))
+    b.set_defaults(func=reporting(_cmd_build))
     f = fw_sub.add_parser("flash", help="flash MicroPython, libraries, bundle, config and key")
     f.add_argument("--port", required=True, help="serial port of the ESP32")
     f.add_argument("--bundle", required=True, help="directory made by `firmware build`")
@@ -491,7 +466,7 @@ def register(subparsers: Any) -> None:
     f.add_argument("--chip", default="esp32", choices=sorted(MP_FIRMWARE_OFFSET))
     f.add_argument("--baud", type=int_in(1, 4_000_000), default=460800)
     f.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
-    f.set_defaults(func=_guard(_cmd_flash))
+    f.set_defaults(func=reporting(_cmd_flash))
     _add_bench_parser(fw_sub, "bench")
     prov = subparsers.add_parser("provision", help="provision nodes")
     prov_sub = prov.add_subparsers(dest="provision_command", metavar="WHAT", required=True)
@@ -513,25 +488,17 @@ def register(subparsers: Any) -> None:
     n.add_argument("--wifi-password-file", metavar="FILE",
                    help=f"file holding the Wi-Fi password (or ${WIFI_ENV}, or a prompt)")
     n.add_argument("--force", action="store_true", help="replace an existing key for this id")
-    n.set_defaults(func=_guard(_cmd_provision))
+    n.set_defaults(func=reporting(_cmd_provision))
     mqtt_auth.register_provision(prov_sub)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{value} is outside 1..100000")
-    return value
 
 
 def _add_bench_parser(sub: Any, name: str) -> None:
     bb = sub.add_parser(name, help="firmware heap, RMS window time and bundle size, as JSON")
-    bb.add_argument("--steps", type=_positive, default=120, help="simulated s of steady state")
-    bb.add_argument("--windows", type=_positive, default=50, help="RMS windows to time")
-    bb.set_defaults(func=_guard(_cmd_bench))
+    bb.add_argument("--steps", type=int_in(1, 100_000, "--steps"), default=120,
+                    help="simulated s of steady state")
+    bb.add_argument("--windows", type=int_in(1, 100_000, "--windows"), default=50,
+                    help="RMS windows to time")
+    bb.set_defaults(func=reporting(_cmd_bench))
 
 
 def register_bench(bench_subparsers: Any) -> None:

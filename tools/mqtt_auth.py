@@ -192,7 +192,7 @@ def read_ca(path: Path, now: datetime.datetime | None = None) -> bytes:
         raise MqttAuthError(f"cannot read it ({exc})") from None
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # a certificate of an unknown X.509 version
         raise MqttAuthError(
             f"{path}: not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
     now = now or datetime.datetime.now(datetime.UTC)

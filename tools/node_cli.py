@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from firmware import frame
 from gateway.calibration import CalibrationError, reference_payload
-from hardware.argtypes import float_in, int_in
-from tools.firmware_cli import CliError, _guard, load_keystore
+from ledger.argtypes import float_in, int_in
+from tools.cli_error import CliError, reporting
+from tools.firmware_cli import load_keystore
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -182,4 +183,4 @@ def register(subparsers: Any) -> None:
     c.add_argument("--seq", type=int_in(1, 0xFFFFFFFF, "--seq"),
                    help="command sequence number (default: the time in s, newer than any before)")
     c.add_argument("--print-frame", action="store_true", help="print the frame, send nothing")
-    c.set_defaults(func=_guard(_cmd_calibrate))
+    c.set_defaults(func=reporting(_cmd_calibrate))

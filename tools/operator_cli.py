@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,8 @@ from gateway.report import ledger_meter_id
 from ledger.contract.registry import ROLES
 from ledger.keys import KeyFileError, load_key, public_hex
 from ledger.personal import PersonalDataError, PersonalStore
-
-
-class OperatorError(Exception):
-    """A usage error: printed as one line, exit code 2."""
+from tools.cli_error import CliError, reporting
+from tools.ledger_answer import print_answer
 
 
 def _ident(pattern: Any, what: str) -> Any:
@@ -71,7 +68,7 @@ def meter_body(member: str, meter: str, gateway_key: str, import_limit_w: int,
                             "export_limit_w": export_limit_w}  # fmt: skip
     for name, value in limits:
         if name in body:
-            raise OperatorError(f"--limit {name}: that field is set by the command")
+            raise CliError(f"--limit {name}: that field is set by the command")
         body[name] = value
     return body
 
@@ -80,7 +77,7 @@ def _key(path: str) -> Any:
     try:
         return load_key(Path(path))
     except (KeyFileError, OSError) as exc:
-        raise OperatorError(f"--key: {exc}") from None
+        raise CliError(f"--key: {exc}") from None
 
 
 async def _submit(args: argparse.Namespace, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,7 +111,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | list[Any]:
             with PersonalStore(Path(args.register)) as register:
                 digest, opening = register.add(args.id_grid, args.name, args.email, args.address)
         except (PersonalDataError, OSError) as exc:
-            raise OperatorError(f"--register: {exc}") from None
+            raise CliError(f"--register: {exc}") from None
         body = {"id_grid": args.id_grid, "commitment": digest, "public_key": args.public_key,
                 "role": args.role}  # fmt: skip
         out = asyncio.run(_submit(args, "registry.admit", body))
@@ -136,7 +133,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | list[Any]:
     if what == "meter list":
         rows = list(asyncio.run(_query(args, "meters")))
         return [r for r in rows if args.member is None or r.get("owner") == args.member]
-    raise OperatorError(f"unknown command {what}")  # argparse allows no other
+    raise CliError(f"unknown command {what}")  # argparse allows no other
 
 
 def _dr(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,23 +144,12 @@ def _dr(args: argparse.Namespace) -> dict[str, Any]:
     try:
         decode_body(body)  # the same checks the gateway makes, before anything is signed
     except DrDecodeError as exc:
-        raise OperatorError(f"dr: {exc}") from None
+        raise CliError(f"dr: {exc}") from None
     return dict(json.loads(sign_request(_key(args.key), body)))
 
 
 def cmd(args: argparse.Namespace) -> int:
-    from ledger_client.client import LedgerError
-
-    try:
-        out = _run(args)
-    except OperatorError as exc:
-        print(f"wattmesh: {exc}", file=sys.stderr)
-        return 2
-    except (LedgerError, OSError, TimeoutError, ValueError) as exc:
-        print(f"wattmesh: the ledger: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=1, sort_keys=True))
-    return 1 if isinstance(out, dict) and out.get("code", "OK") != "OK" else 0
+    return print_answer(lambda: _run(args))
 
 
 def _ledger_args(p: argparse.ArgumentParser) -> None:
@@ -232,4 +218,4 @@ def register(subparsers: Any) -> None:
     dr.add_argument("--start", required=True, help="ISO 8601, e.g. 2026-06-15T19:00Z")
     dr.add_argument("--end", required=True, help="ISO 8601")
     dr.add_argument("--max-w", required=True, type=int)
-    op.set_defaults(func=cmd)
+    op.set_defaults(func=reporting(cmd))

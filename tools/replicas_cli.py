@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from ledger.argtypes import int_in
 from ledger.contract.replicas import MAX_REPLICA_ID, MIN_REPLICAS
 from ledger.keys import KeyFileError, load_key
 from ledger.setup import SetupError, parse_address, read_public_key
+from tools.cli_error import CliError, reporting
+from tools.ledger_answer import print_answer
 
 
-class ReplicasError(Exception):
+class ReplicasError(CliError):
     """A usage error: one line, exit code 2."""
 
 
@@ -49,14 +50,7 @@ def _public_key(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _replica_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_REPLICA_ID:
-        raise argparse.ArgumentTypeError(f"a replica id is in 0..{MAX_REPLICA_ID}")
-    return value
+_replica_id = int_in(0, MAX_REPLICA_ID, "a replica id")
 
 
 def new_set(current: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -102,18 +96,7 @@ async def _run(args: argparse.Namespace) -> Any:
 
 
 def cmd(args: argparse.Namespace) -> int:
-    from ledger_client.client import LedgerError
-
-    try:
-        out = asyncio.run(_run(args))
-    except ReplicasError as exc:
-        print(f"wattmesh: {exc}", file=sys.stderr)
-        return 2
-    except (LedgerError, OSError, TimeoutError, ValueError) as exc:
-        print(f"wattmesh: the ledger: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=1, sort_keys=True))
-    return 1 if out.get("code", "OK") != "OK" else 0
+    return print_answer(lambda: asyncio.run(_run(args)))
 
 
 def register(subparsers: Any) -> None:
@@ -136,4 +119,4 @@ def register(subparsers: Any) -> None:
                                 help="64 hex or a .pub file")  # fmt: skip
     parsers["add"].add_argument("--id", type=_replica_id, default=None)
     parsers["remove"].add_argument("--replica", required=True, type=_replica_id)
-    top.set_defaults(func=cmd)
+    top.set_defaults(func=reporting(cmd))

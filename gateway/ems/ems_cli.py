@@ -19,6 +19,7 @@ from gateway.ems.scenario import household_day, scenario_input
 from gateway.ems.synthetic import KINDS, household_profile
 from gateway.ems.tariff import FEED_IN, RETAIL_OFFPEAK_DEFAULT, RETAIL_PEAK, Tariff, TariffError
 from gateway.ems.timegrid import SLOT_MIN, SLOTS_PER_DAY
+from ledger.argtypes import int_in
 
 
 def _date(value: str) -> date:
@@ -28,14 +29,7 @@ def _date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date YYYY-MM-DD") from exc
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from exc
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
-    return n
+_non_negative = int_in(0)
 
 
 def parse_dr(value: str, day: date) -> DrRequest:
@@ -165,22 +159,22 @@ def register(subparsers: Any) -> None:
     plan.add_argument("--household", choices=KINDS, default="prosumer",
                       help="synthetic household whose meter history feeds the forecast of the "
                            "rest of the home's load and of its PV")
-    plan.add_argument("--seed", type=_positive_int, default=1, help="household seed")
+    plan.add_argument("--seed", type=_non_negative, default=1, help="household seed")
     plan.add_argument("--forecast", choices=("ridge", "naive", "actual"), default="ridge",
                       help="forecast model, or 'actual' for the day's true values")
-    plan.add_argument("--limit-w", type=_positive_int, default=DEFAULT_LIMIT_W,
+    plan.add_argument("--limit-w", type=_non_negative, default=DEFAULT_LIMIT_W,
                       help="contracted power in W")
     plan.add_argument("--dr", action="append", default=[], metavar="HH:MM-HH:MM=W",
                       help="demand-response request: import at most W watts in that span")
-    plan.add_argument("--feed-in", type=_positive_int, default=FEED_IN)
-    plan.add_argument("--retail-peak", type=_positive_int, default=RETAIL_PEAK)
-    plan.add_argument("--retail-offpeak", type=_positive_int, default=RETAIL_OFFPEAK_DEFAULT)
+    plan.add_argument("--feed-in", type=_non_negative, default=FEED_IN)
+    plan.add_argument("--retail-peak", type=_non_negative, default=RETAIL_PEAK)
+    plan.add_argument("--retail-offpeak", type=_non_negative, default=RETAIL_OFFPEAK_DEFAULT)
     plan.set_defaults(func=cmd_plan)
     bt = sub.add_parser("backtest", help="score the forecasters on a synthetic year")
     bt.add_argument("--json", action="store_true")
     bt.add_argument("--household", choices=KINDS, default="prosumer")
-    bt.add_argument("--seed", type=_positive_int, default=1)
+    bt.add_argument("--seed", type=_non_negative, default=1)
     bt.add_argument("--start", type=_date, default=date(2026, 1, 1))
-    bt.add_argument("--days", type=_positive_int, default=365)
-    bt.add_argument("--horizon", type=_positive_int, default=SLOTS_PER_DAY)
+    bt.add_argument("--days", type=_non_negative, default=365)
+    bt.add_argument("--horizon", type=_non_negative, default=SLOTS_PER_DAY)
     bt.set_defaults(func=cmd_backtest)

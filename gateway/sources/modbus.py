@@ -209,13 +209,11 @@ class ModbusBus:
                 reading = await self.poll_meter(m)
             except ReadFailed as exc:
                 m.failures += 1
-                delay = min(
-                    self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (m.failures - 1)
-                )
-                m.next_ms = now + int(delay * 1000)
+                delay_ms = self.cfg.backoff.delay_ms(m.failures)
+                m.next_ms = now + delay_ms
                 (log.warning if m.failures == 1 else log.debug)(  # once per outage
                     "meter %s on bus %s: %s (no answer: gone or off?), next try in %.0f s",
-                    m.cfg.meter_id, self.cfg.name, exc.kind, delay,
+                    m.cfg.meter_id, self.cfg.name, exc.kind, delay_ms / 1000,
                 )  # fmt: skip
                 continue
             if m.failures:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 from bumble import hci
 from bumble.keys import JsonKeyStore, PairingKeys
 from bumble.pairing import PairingConfig, PairingDelegate
+
+from ledger.secret_files import check_owner_only
 
 MAX_BYTES = 1 << 20  # a store for a few hundred nodes is a few hundred kB
 KEY_FIELDS = ("ltk", "ltk_central", "ltk_peripheral", "irk", "csrk", "link_key")
@@ -88,19 +89,8 @@ def parse_bond_store(text: str, path: Path) -> dict[str, dict[str, dict[str, Any
 def read_bond_store(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """Read and check a bond store file; a missing file is an empty store. A file that others
     may read or write is refused: it holds the keys that let anyone decrypt the node links."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+    if not check_owner_only(path, "bond store", BondStoreError, missing_ok=True):
         return {}
-    except OSError as exc:
-        raise BondStoreError(f"bond store {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise BondStoreError(f"bond store {path}: not a file")
-    if st.st_mode & 0o077:
-        raise BondStoreError(
-            f"bond store {path}: mode {stat.S_IMODE(st.st_mode):04o}; it holds secret keys and "
-            f"must be readable by its owner only (chmod 600 {path})"
-        )
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_BYTES + 1)

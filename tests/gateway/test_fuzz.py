@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from firmware import frame
 from gateway.clock import ManualClock
-from gateway.config import BusConfig, GatewayConfig, MeterConfig, NodeConfig
+from gateway.config import Backoff, BusConfig, GatewayConfig, MeterConfig, NodeConfig
 from gateway.daemon import Gateway
 from gateway.sources.modbus import MeterReading, ModbusBus
 from hardware.emulators.modbus_meter import EmulatedMeter, PtyPair
@@ -70,7 +70,7 @@ async def _hostile_tcp(payloads: list[bytes]) -> tuple[dict[str, int], list[Mete
     got: list[MeterReading] = []
     cfg = BusConfig(
         "fuzz", (MeterConfig("m", "sdm120", 1),), tcp=("127.0.0.1", port),
-        timeout_s=0.1, retries=0, backoff_initial_s=0.001, backoff_max_s=0.001,
+        timeout_s=0.1, retries=0, backoff=Backoff(1, 1),
     )  # fmt: skip
     bus = ModbusBus(cfg, got.append, clock)
     try:
@@ -115,7 +115,7 @@ async def _hostile_rtu(payloads: list[bytes]) -> dict[str, int]:
     clock = ManualClock(T0)
     cfg = BusConfig(
         "fuzz", (MeterConfig("m", "pzem004t", 1),), serial=pty.host_path, baudrate=115200,
-        timeout_s=0.1, retries=0, backoff_initial_s=0.001, backoff_max_s=0.001,
+        timeout_s=0.1, retries=0, backoff=Backoff(1, 1),
     )  # fmt: skip
     bus = ModbusBus(cfg, lambda r: None, clock)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from firmware import frame
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig, LedgerConfig, NodeConfig
+from gateway.config import Backoff, GatewayConfig, LedgerConfig, NodeConfig
 from gateway.daemon import Gateway
 from gateway.intervals import INTERVAL_MS, interval_name
 from gateway.outbox import DELIVERED
@@ -64,7 +64,7 @@ async def test_ledger_stopped_and_brought_back(tmp_path: Path, replicas: Replica
         key_file=data / "gateway.key",
         keystore=None,
         nodes=(NodeConfig(7, "mqtt", "plug7", topic="wattmesh_7"),),
-        ledger=LedgerConfig(cluster, timeout_s=1.0, retry_initial_s=1.0, retry_max_s=4.0),
+        ledger=LedgerConfig(cluster, timeout_s=1.0, retry=Backoff(1_000, 4_000)),
     )
     clock = ManualClock(T0)
     gw = Gateway(cfg, clock=clock, node_keys={7: KEY7}, node_sources=[])

@@ -6,9 +6,9 @@ See ``tools/demo/README.md`` for what runs where. ``register(subparsers)`` adds 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from tools.demo.options import OptionError, add_arguments, parse_options
+from tools.cli_error import reporting
+from tools.demo.options import add_arguments, parse_options
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,15 +22,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     add_arguments(parser)
-    parser.set_defaults(func=_handler)
+    parser.set_defaults(func=reporting(_handler, "wattmesh demo"))
 
 
 def _handler(args: argparse.Namespace) -> int:
-    try:
-        opts = parse_options(args)
-    except OptionError as exc:
-        print(f"wattmesh demo: {exc}", file=sys.stderr)
-        return 2
+    opts = parse_options(args)  # an OptionError is a CliError: one line, exit 2
     from tools.demo.main import run_demo
 
     return run_demo(opts)

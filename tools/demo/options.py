@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.contract.params import RULES
+from tools.cli_error import CliError
 
 MAX_HOUSEHOLDS = 60  # each home is a gateway, a Modbus server and its plugs in one process
 MAX_HOURS = 24 * 7
@@ -20,7 +21,7 @@ MAX_DR_W = 100_000
 MIDSUMMER = (6, 21)  # the default day: the longest one, when the community has PV to trade
 
 
-class OptionError(ValueError):
+class OptionError(CliError, ValueError):
     """A demo option that cannot be used; the message names the option."""
 
 

@@ -1,6 +1,6 @@
-"""argparse types shared by the command lines of the emulators and the tools: one wording of
-"not a whole number", "not a number" and "out of range" for every command (tools import this;
-the emulators' own commands may not import tools)."""
+"""argparse types shared by every command line (the ledger's, the EMS's, the emulators', the
+tools'): one wording of "not a whole number", "not a number" and "out of range" for every
+command. It sits in the ledger, the lowest part each of those may import."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import math
 from collections.abc import Callable
 
 
-def int_in(lo: int, hi: int, name: str = "") -> Callable[[str], int]:
-    """An argparse type: a whole number in [lo, hi] (decimal digits only)."""
+def int_in(lo: int, hi: int | None = None, name: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in [lo, hi], or at least lo without hi (decimal digits
+    only)."""
     prefix = f"{name} {{!r}}: " if name else "{!r}: "
 
     def parse(text: str) -> int:
@@ -18,8 +19,9 @@ def int_in(lo: int, hi: int, name: str = "") -> Callable[[str], int]:
             value = int(text, 10)
         except ValueError:
             raise argparse.ArgumentTypeError(prefix.format(text) + "not a whole number") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(prefix.format(text) + f"must be in {lo}..{hi}")
+        if value < lo or (hi is not None and value > hi):
+            span = f"in {lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(prefix.format(text) + f"must be {span}")
         return value
 
     return parse
