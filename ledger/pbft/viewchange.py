@@ -335,23 +335,28 @@ class ViewChanges:
         self.batches.pop(vc.replica, None)
         return False
 
+    def _of_this_set(self, msg: ViewChange | NewView) -> bool:
+        """Whether ``msg`` belongs to this replica's set and epoch. Another set's is dropped
+        (the replica behind catches up by state transfer); the next epoch's is held until
+        this replica switches."""
+        core = self.core
+        if msg.epoch == core.epoch.number and core.is_member:
+            return True
+        kept = self.early.hold(msg, core.epoch.number, core.peer_set)
+        core.count("held_next_epoch" if kept else "rejected_other_epoch")
+        return False
+
+    def _settled(self, view: int) -> bool:
+        """Whether ``view`` is behind this replica's, or is its view and already entered."""
+        core = self.core
+        return view < core.view or (view == core.view and core.active)
+
     def on_view_change(self, vc: ViewChange, now_ms: int, out: list[Action]) -> None:
         core = self.core
-        if vc.epoch != core.epoch.number or not core.is_member:
-            # another replica set's view change: the one behind catches up by state transfer;
-            # the next epoch's is held until this replica switches
-            kept = self.early.hold(vc, core.epoch.number, core.peer_set)
-            core.count("held_next_epoch" if kept else "rejected_other_epoch")
+        if not self._of_this_set(vc):
             return
-        if vc.view < core.view or (vc.view == core.view and core.active):
-            core.count("stale_view_change")
-            if vc.view < core.view or vc.replica in self.heard:
-                self.send_new_view_to(vc.replica, now_ms, out)
-            else:
-                # The first view-change for this view from it, arriving after the NEW-VIEW
-                # was entered: the NEW-VIEW (broadcast) is on its way to it. A second one asks
-                # for it (ask_full, or a timeout) and gets it with its view-changes.
-                self.heard.add(vc.replica)
+        if self._settled(vc.view):
+            self._answer_late(vc, now_ms, out)
             return
         known = self.by_replica.get(vc.replica)
         if known is not None and known.view >= vc.view:
@@ -376,6 +381,17 @@ class ViewChanges:
         if pending is not None and vc.view == pending.view:
             self.pending = None
             self.on_new_view(pending, now_ms, out)  # (held again if still incomplete)
+
+    def _answer_late(self, vc: ViewChange, now_ms: int, out: list[Action]) -> None:
+        """A view-change for a view this replica has settled: its sender missed the NEW-VIEW."""
+        self.core.count("stale_view_change")
+        if vc.view < self.core.view or vc.replica in self.heard:
+            self.send_new_view_to(vc.replica, now_ms, out)
+        else:
+            # The first view-change for this view from it, arriving after the NEW-VIEW
+            # was entered: the NEW-VIEW (broadcast) is on its way to it. A second one asks
+            # for it (ask_full, or a timeout) and gets it with its view-changes.
+            self.heard.add(vc.replica)
 
     def send_new_view_to(self, replica: int, now_ms: int, out: list[Action]) -> None:
         core = self.core
@@ -465,11 +481,9 @@ class ViewChanges:
 
     def on_new_view(self, nv: NewView, now_ms: int, out: list[Action]) -> None:
         core = self.core
-        if nv.epoch != core.epoch.number or not core.is_member:
-            kept = self.early.hold(nv, core.epoch.number, core.peer_set)
-            core.count("held_next_epoch" if kept else "rejected_other_epoch")
+        if not self._of_this_set(nv):
             return
-        if nv.view < core.view or (nv.view == core.view and core.active):
+        if self._settled(nv.view):
             core.count("stale_new_view")
             return
         if nv.replica != core.cfg.primary(nv.view):
