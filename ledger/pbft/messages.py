@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from ledger.encoding import canonical
 from ledger.pbft.block import MAX_BATCH_WIRE, Batch, Block, KnownTx
@@ -507,23 +507,8 @@ ReplicaMessage = (
 )
 Message = Request | ReplicaMessage | Blocks | Reply
 
-_FORMS: dict[str, type[WireForm]] = {
-    cls.TAG: cls
-    for cls in (
-        Request,
-        PrePrepare,
-        Prepare,
-        Commit,
-        Checkpoint,
-        ViewChange,
-        NewView,
-        Status,
-        FetchBlocks,
-        FetchPrePrepare,
-        Blocks,
-        Reply,
-    )
-}
+# the union above is the one list of message types
+_FORMS: dict[str, type[WireForm]] = {cls.TAG: cls for cls in get_args(Message)}
 
 
 def parse(wire: Any, known: KnownTx | None = None) -> Message:
@@ -543,19 +528,7 @@ def parse(wire: Any, known: KnownTx | None = None) -> Message:
         raise WireError(f"{wire.get('t')}: malformed ({exc.__class__.__name__})") from exc
 
 
-Signed = TypeVar(
-    "Signed",
-    PrePrepare,
-    Prepare,
-    Commit,
-    _Vote,  # either of the two above
-    Checkpoint,
-    ViewChange,
-    NewView,
-    Status,
-    FetchBlocks,
-    FetchPrePrepare,
-)
+Signed = TypeVar("Signed", bound=ReplicaMessage | _Vote)  # (a _Vote: either of Prepare, Commit)
 
 
 def sign(message: Signed, signer: Signer) -> Signed:
