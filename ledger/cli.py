@@ -285,7 +285,7 @@ def _own_key_matches(directory: Path, cluster: ClusterConfig, replica: int) -> N
     """The replica's key file holds the key ``cluster.json`` names for it (a swapped or
     regenerated key is found at start, not by peers refusing every message)."""
     path = directory / replica_key_file(replica)
-    if public_hex(load_key(path)) != cluster.replica(replica).public_key:
+    if public_hex(load_key(path)) != cluster.replica(replica).public_key.hex():
         raise KeyFileError(f"{path}: not the key cluster.json names for replica {replica}")
 
 

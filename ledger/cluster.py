@@ -35,11 +35,11 @@ from ledger.fields import read_document
 from ledger.keys import KeyFileError, parse_public_hex
 from ledger.limits import DEFAULTS as DEFAULT_LIMITS
 from ledger.limits import RANGES as LIMIT_RANGES
+from ledger.pbft.config import MAX_REPLICAS, ReplicaInfo
 
 VERSION = 1
 CLUSTER_FILE = "cluster.json"
 OPERATOR_KEY_FILE = "operator.key"
-MAX_REPLICAS = 64
 
 DEFAULT_TIMERS: dict[str, int] = {
     "view_change_ms": 1000,
@@ -74,17 +74,9 @@ def replica_db_file(replica_id: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaAddress:
-    id: int
-    host: str
-    port: int
-    public_key: str
-
-
-@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     f: int
-    replicas: tuple[ReplicaAddress, ...]
+    replicas: tuple[ReplicaInfo, ...]
     timers: Mapping[str, int]
     batch: Mapping[str, int]
     checkpoint_interval: int
@@ -96,7 +88,7 @@ class ClusterConfig:
     def n(self) -> int:
         return len(self.replicas)
 
-    def replica(self, replica_id: int) -> ReplicaAddress:
+    def replica(self, replica_id: int) -> ReplicaInfo:
         if not 0 <= replica_id < self.n:
             raise ClusterFileError(f"replica {replica_id} is not in the cluster (0..{self.n - 1})")
         return self.replicas[replica_id]
@@ -130,7 +122,7 @@ def _settings(
     return out
 
 
-def _replica(value: Any, index: int) -> ReplicaAddress:
+def _replica(value: Any, index: int) -> ReplicaInfo:
     where = f"replicas[{index}]"
     item = _obj(value, where)
     for key in ("id", "host", "port", "public_key"):
@@ -154,7 +146,7 @@ def _replica(value: Any, index: int) -> ReplicaAddress:
         parse_public_hex(item["public_key"], f"{where}.public_key")
     except KeyFileError as exc:
         raise ClusterFileError(str(exc)) from exc
-    return ReplicaAddress(id=rid, host=host, port=port, public_key=item["public_key"])
+    return ReplicaInfo(id=rid, host=host, port=port, public_key=bytes.fromhex(item["public_key"]))
 
 
 def parse_cluster(data: Any) -> ClusterConfig:
@@ -189,7 +181,7 @@ def parse_cluster(data: Any) -> ClusterConfig:
         )
     replicas = tuple(_replica(item, i) for i, item in enumerate(reps))
     seen_addr: set[tuple[str, int]] = set()
-    seen_key: set[str] = set()
+    seen_key: set[bytes] = set()
     for r in replicas:
         if (r.host, r.port) in seen_addr:
             raise ClusterFileError(f"replicas[{r.id}].port: address {r.host}:{r.port} used twice")

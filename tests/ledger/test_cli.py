@@ -49,7 +49,7 @@ def test_init_writes_keys_and_cluster_file(
     for i in range(7):
         path = d / f"replica-{i}.key"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert public_hex(load_key(path)) == config.replica(i).public_key
+        assert public_hex(load_key(path)) == config.replica(i).public_key.hex()
     assert stat.S_IMODE((d / "operator.key").stat().st_mode) == 0o600
     assert config.genesis == GENESIS
     # a second init into the same directory is refused and changes nothing

@@ -71,7 +71,7 @@ def test_genesis_assembles_the_cluster_from_public_keys(
     cluster = load_cluster(out)
     assert [r.host for r in cluster.replicas] == [f"10.9.0.{i}" for i in (1, 2, 3, 4)]
     for i, r in enumerate(cluster.replicas):
-        assert r.public_key == public_hex(load_key(tmp_path / f"h{i}" / f"replica-{i}.key"))
+        assert r.public_key.hex() == public_hex(load_key(tmp_path / f"h{i}" / f"replica-{i}.key"))
     operator = cluster.genesis["members"][0]
     assert operator["public_key"] == public_hex(load_key(tmp_path / "op" / "operator.key"))
     assert cluster.genesis["allocations"] == {"OPERATOR": 1000}

@@ -208,7 +208,7 @@ def test_each_host_holds_only_its_own_secret(hosts: Hosts, cluster: Path) -> Non
     doc = load_cluster(cluster / "cluster.json")
     assert [r.host for r in doc.replicas] == [hosts.address(i) for i in range(REPLICAS)]
     for i, r in enumerate(doc.replicas):
-        assert r.public_key == public_hex(load_key(hosts.host_dir(i) / f"replica-{i}.key"))
+        assert r.public_key.hex() == public_hex(load_key(hosts.host_dir(i) / f"replica-{i}.key"))
     # nothing secret in the public file: no key file's content appears in it
     text = (cluster / "cluster.json").read_text()
     for path in [*hosts.base.glob("host-*/*.key"), cluster / "operator.key"]:

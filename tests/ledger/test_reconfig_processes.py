@@ -84,7 +84,7 @@ async def test_add_and_remove_a_replica_under_load_with_a_crash(tmp_path: Path) 
     )
     operator = cluster.operator
     keys = {m: new_key() for m in MEMBERS}
-    first = [entry(r.id, r.host, r.port, r.public_key) for r in cluster.config.replicas]
+    first = [entry(r.id, r.host, r.port, r.public_key.hex()) for r in cluster.config.replicas]
     cluster_file = cluster.dir / "cluster.json"
 
     def client(key: Ed25519PrivateKey) -> LedgerClient:
