@@ -156,6 +156,27 @@ def test_block_hash_chains_and_ignores_view_and_certificate() -> None:
     assert Block(1, 1001, bytes(32), block.txs).hash() != block.hash()
 
 
+def test_the_epoch_of_a_view_change_is_signed_and_left_out_for_epoch_zero() -> None:
+    signer = SIGNERS[1]
+    zero = sign(ViewChange(3, 0, (), (), 1), signer)
+    assert "e" not in zero.to_wire() and "e" not in zero.header()
+    two = sign(ViewChange(3, 0, (), (), 1, epoch=2), signer)
+    wire = two.to_wire()
+    assert wire["e"] == 2 and two.header()["e"] == 2 and parse(wire) == two
+    assert verify(two, KEYRING) and verify(zero, KEYRING)
+    assert not verify(parse({**wire, "e": 3}), KEYRING)  # the epoch is under the signature
+    assert not verify(parse({k: v for k, v in wire.items() if k != "e"}), KEYRING)
+    for bad in (0, -1, "2", True, None):
+        with pytest.raises(WireError):
+            parse({**wire, "e": bad})
+    nv = sign(NewView(3, view_change_refs((two,)), (), 3, epoch=2), SIGNERS[3])
+    assert parse(nv.to_wire()) == nv and nv.to_wire()["e"] == 2
+    status = sign(Status(3, 50, 48, 1, epoch=2), signer)
+    assert status.to_wire()["ep"] == 2 and parse(status.to_wire()) == status
+    assert "ep" not in sign(Status(3, 50, 48, 1), signer).to_wire()
+    assert not verify(parse({**status.to_wire(), "ep": 1}), KEYRING)
+
+
 wire_values = st.recursive(
     st.none() | st.booleans() | ints | st.text(max_size=70),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=6),

@@ -6,24 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.pbft.block import Batch
 from ledger.pbft.config import PbftConfig
 from ledger.pbft.epochs import effective_height
-from ledger.pbft.messages import (
-    NewView,
-    PrePrepare,
-    Status,
-    ViewChange,
-    parse,
-    sign,
-    verify,
-    view_change_refs,
-)
-from ledger.pbft.signing import Keyring, Signer
+from ledger.pbft.messages import PrePrepare, sign
+from ledger.pbft.signing import Signer
 from ledger.pbft.simulation import (
     Network,
     client_key,
@@ -32,7 +22,6 @@ from ledger.pbft.simulation import (
     make_txs,
     replica_key,
 )
-from ledger.pbft.wire import WireError
 from ledger.tx import SignedTx, public_bytes, sign_tx
 
 CP = 8  # checkpoint interval of these clusters (log window 32)
@@ -207,28 +196,6 @@ def test_the_new_epoch_begins_with_one_view_change_even_when_it_needs_the_joiner
     assert 4 not in {cp.replica for cp in net.replicas[4].checkpoints.stable_proof}
     more = load(net, 20, 100)
     run_until(net, lambda: net.all_committed(more))
-
-
-def test_the_epoch_of_a_view_change_is_signed_and_left_out_for_epoch_zero() -> None:
-    signer = Signer(1, replica_key(1))
-    zero = sign(ViewChange(3, 0, (), (), 1), signer)
-    assert "e" not in zero.to_wire() and "e" not in zero.header()
-    two = sign(ViewChange(3, 0, (), (), 1, epoch=2), signer)
-    wire = two.to_wire()
-    assert wire["e"] == 2 and two.header()["e"] == 2 and parse(wire) == two
-    keyring = Keyring.of(make_config(4).replicas)
-    assert verify(two, keyring) and verify(zero, keyring)
-    assert not verify(parse({**wire, "e": 3}), keyring)  # the epoch is under the signature
-    assert not verify(parse({k: v for k, v in wire.items() if k != "e"}), keyring)
-    for bad in (0, -1, "2", True, None):
-        with pytest.raises(WireError):
-            parse({**wire, "e": bad})
-    nv = sign(NewView(3, view_change_refs((two,)), (), 3, epoch=2), Signer(3, replica_key(3)))
-    assert parse(nv.to_wire()) == nv and nv.to_wire()["e"] == 2
-    status = sign(Status(3, 50, 48, 1, epoch=2), signer)
-    assert status.to_wire()["ep"] == 2 and parse(status.to_wire()) == status
-    assert "ep" not in sign(Status(3, 50, 48, 1), signer).to_wire()
-    assert not verify(parse({**status.to_wire(), "ep": 1}), keyring)
 
 
 def test_n_and_f_grow_from_4_to_7_and_the_set_then_tolerates_two_faults() -> None:
