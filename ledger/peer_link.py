@@ -14,7 +14,6 @@ waits for a peer bounded in frames and in bytes (the oldest go first).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ledger.encoding import canonical
 from ledger.framing import FrameError, encode_frame, read_message
 from ledger.limits import DEFAULTS, Counters
+from ledger.tasks import cancel_and_wait
 
 LINK_DOMAIN = b"wattmesh/link/v1\x00"
 NONCE_BYTES = 32
@@ -89,10 +89,7 @@ class PeerLink:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
+        await cancel_and_wait(self.task)
 
     @property
     def backlog(self) -> int:

@@ -21,7 +21,6 @@ limits sit on the same streams.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from ledger.encoding import EncodingError
 from ledger.framing import HEADER, FrameError, decode_payload, encode_frame, read_frame
 from ledger.limits import HANDSHAKE_SLOTS, Counters, Incidents, Limits
 from ledger.peer_link import NONCE_BYTES, check_link_proof
+from ledger.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,7 @@ class Listener:
         handler tasks instead makes asyncio log each one as an error)."""
         if self.server is not None:
             self.server.close()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(BaseException):
-                await self._watchdog
+        await cancel_and_wait(self._watchdog)
         for writer in list(self._writers):
             writer.close()
         if self._tasks:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.cluster import load_cluster
 from ledger.contract.api import Receipt
+from ledger.tasks import cancel_and_wait
 from ledger.tx import MAX_NONCE, SignedTx, sign_tx
 from ledger_client.connection import MAX_PER_FRAME, ReplicaConnection
 from ledger_client.pending import PendingOutcome
@@ -198,16 +199,10 @@ class LedgerClient:
     async def close(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sweeper
-            self._sweeper = None
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
         for conn in self._conns:
-            if conn.task is not None:
-                conn.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await conn.task
+            await cancel_and_wait(conn.task)
         self._conns.clear()
 
     # -- transactions ---------------------------------------------------------------------------

@@ -69,7 +69,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "ledger.contract": ("ledger.encoding", "ledger.ed25519", "ledger.fields"),
     "ledger.pbft": LEDGER_PBFT,  # ledger/pbft/README.md
     "ledger_client": ("ledger.tx", "ledger.encoding", "ledger.cluster", "ledger.framing",
-                      "ledger.limits", "ledger.client_wire",
+                      "ledger.limits", "ledger.client_wire", "ledger.tasks",
                       "ledger.contract.api"),  # ledger_client/README.md
     # tools/README.md: every part of the project, from the top (nothing imports tools)
     "tools": ("firmware", "gateway", "hardware", "ledger", "ledger_client"),
