@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ledger.encoding import canonical
@@ -37,41 +37,26 @@ VoteSets = dict[tuple[int, bytes], dict[int, Any]]  # (view, digest) -> replica 
 Future = deque[tuple[PrePrepare | Prepare | Commit, int]]
 
 
+@dataclass(slots=True, eq=False)
 class Slot:
     """Everything the log holds for one sequence number."""
 
-    __slots__ = (
-        "cert",
-        "commit_sent",
-        "commit_votes",
-        "commits",
-        "committed",
-        "digest",
-        "pp",
-        "prepare_votes",
-        "prepared",
-        "prepares",
-        "proof",
-        "seq",
-        "served",
-        "view",
-    )
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-        self.view = -1  # view of the accepted pre-prepare
-        self.pp: PrePrepare | None = None  # accepted pre-prepare (without batch) in self.view
-        self.digest = b""
-        self.prepares: dict[tuple[int, bytes], dict[int, Prepare]] = {}
-        self.commits: dict[tuple[int, bytes], dict[int, Commit]] = {}
-        self.prepare_votes: dict[tuple[int, int], bytes] = {}  # (view, replica) -> digest
-        self.commit_votes: dict[tuple[int, int], bytes] = {}
-        self.prepared = False  # prepared in self.view
-        self.commit_sent = False
-        self.committed = False
-        self.cert: Certificate | None = None
-        self.proof: PreparedProof | None = None  # highest-view prepared certificate
-        self.served: set[int] = set()  # replicas sent this slot's pre-prepare in full on request
+    seq: int
+    view: int = -1  # view of the accepted pre-prepare
+    pp: PrePrepare | None = None  # accepted pre-prepare (without batch) in self.view
+    digest: bytes = b""
+    prepares: dict[tuple[int, bytes], dict[int, Prepare]] = field(default_factory=dict)
+    commits: dict[tuple[int, bytes], dict[int, Commit]] = field(default_factory=dict)
+    # (view, replica) -> digest
+    prepare_votes: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    commit_votes: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    prepared: bool = False  # prepared in self.view
+    commit_sent: bool = False
+    committed: bool = False
+    cert: Certificate | None = None
+    proof: PreparedProof | None = None  # highest-view prepared certificate
+    # replicas sent this slot's pre-prepare in full on request
+    served: set[int] = field(default_factory=set)
 
     def add_vote(self, vote: Prepare | Commit) -> None:
         """Enter a signed PREPARE or COMMIT (this replica's own, or one checked before)."""
