@@ -14,15 +14,8 @@ from ledger.pbft.block import Batch
 from ledger.pbft.messages import Commit, Prepare, PrePrepare, Reply, sign
 from ledger.pbft.replica import Replica
 from ledger.pbft.signing import Signer
-from ledger.pbft.simulation import (
-    Network,
-    client_key,
-    divergence,
-    make_config,
-    make_txs,
-    replica_key,
-)
-from ledger.tx import SignedTx, sign_tx
+from ledger.pbft.simulation import Network, divergence, make_config, make_txs, replica_key
+from ledger.tx import SignedTx
 
 
 def _agree(net: Network, expected_total: int) -> None:
@@ -425,7 +418,7 @@ def test_watermarks_stop_the_primary_until_a_checkpoint_is_stable() -> None:
 
 def test_client_signature_can_be_checked_by_the_io_layer() -> None:
     net = Network(make_config(4))
-    tx = sign_tx(client_key(1), "kv.add", {"key": "k", "by": 7}, 1)
+    (tx,) = make_txs(1, client=1)
     net.replicas[0].on_request(tx, net.now, verified=True)
     acts = net.replicas[0].on_tick(net.now + 10)
     assert any(isinstance(a, Broadcast) and isinstance(a.msg, PrePrepare) for a in acts)
