@@ -29,9 +29,9 @@ from ledger.cluster import (
     replica_db_file,
     replica_key_file,
 )
+from ledger.contract.api import MAX_REPLICA_ID
 from ledger.fields import read_json_object
 from ledger.keys import KeyFileError, load_key, public_hex
-from ledger.pbft.config import MAX_REPLICA_ID
 from ledger.setup import (
     DEFAULT_CONTRACT,
     SetupError,

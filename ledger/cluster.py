@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger.contract.api import MAX_REPLICAS
 from ledger.fields import read_document
 from ledger.keys import KeyFileError, parse_public_hex
 from ledger.limits import DEFAULTS as DEFAULT_LIMITS
 from ledger.limits import RANGES as LIMIT_RANGES
-from ledger.pbft.config import MAX_REPLICAS, ReplicaInfo
+from ledger.pbft.config import ReplicaInfo
 
 VERSION = 1
 CLUSTER_FILE = "cluster.json"

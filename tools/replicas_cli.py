@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.argtypes import int_in
-from ledger.contract.replicas import MAX_REPLICA_ID, MIN_REPLICAS
+from ledger.contract.api import MAX_REPLICA_ID, MIN_REPLICAS
 from ledger.keys import KeyFileError, load_key
 from ledger.setup import SetupError, parse_address, read_public_key
 from tools.cli_error import CliError, reporting

@@ -119,6 +119,14 @@ class ReadPolicy(Protocol):
         ...
 
 
+# A replica set's bounds, the same for the contract (what a change may name) and the consensus
+# core (what it runs and switches to): n = 3f+1 with f >= 1, up to 64 replicas; ids are never
+# reused, so they outrun n.
+MIN_REPLICAS = 4
+MAX_REPLICAS = 64
+MAX_REPLICA_ID = 255
+
+
 @runtime_checkable
 class Reconfiguring(Protocol):
     """A contract through which members decide the ledger's replica set (a quorum action)."""

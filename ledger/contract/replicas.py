@@ -17,12 +17,10 @@ import ipaddress
 from typing import Any
 
 from ledger.contract import fields as f
+from ledger.contract.api import MAX_REPLICA_ID, MAX_REPLICAS, MIN_REPLICAS
 from ledger.contract.codes import BAD_BODY, BAD_REPLICA_SET, Rejected
 from ledger.contract.state import ContractState
 
-MIN_REPLICAS = 4  # 3f+1 with f >= 1
-MAX_REPLICAS = 64
-MAX_REPLICA_ID = 255
 FIELDS = ("host", "id", "port", "public_key")
 
 

@@ -13,8 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-MAX_REPLICAS = 64
-MAX_REPLICA_ID = 255  # the highest id: ids are never reused, so they outrun n
+from ledger.contract.api import MAX_REPLICA_ID, MAX_REPLICAS, MIN_REPLICAS
 
 
 class PbftConfigError(ValueError):
@@ -60,7 +59,7 @@ class PbftConfig:
 
     def __post_init__(self) -> None:
         n = len(self.replicas)
-        if n < 4:
+        if n < MIN_REPLICAS:
             raise PbftConfigError(f"replicas: need at least 4 replicas (3f+1 with f >= 1), got {n}")
         if n > MAX_REPLICAS:
             raise PbftConfigError(f"replicas: at most {MAX_REPLICAS} replicas")

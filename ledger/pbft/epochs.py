@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.pbft.config import MAX_REPLICA_ID, PbftConfig, PbftConfigError, ReplicaInfo
+from ledger.contract.api import MAX_REPLICA_ID
+from ledger.pbft.config import PbftConfig, PbftConfigError, ReplicaInfo
 from ledger.pbft.messages import NewView, ViewChange
 from ledger.pbft.signing import Keyring
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, Self, TypeVar, get_args
 
+from ledger.contract.api import MAX_REPLICA_ID
 from ledger.encoding import canonical
 from ledger.pbft.block import MAX_BATCH_WIRE, Batch, Block, KnownTx
-from ledger.pbft.config import MAX_REPLICA_ID
 from ledger.pbft.signing import Keyring, Signer
 from ledger.pbft.wire import MAX_INT, READ, WireError
 from ledger.tx import SignedTx, TxError

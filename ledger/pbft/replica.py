@@ -34,12 +34,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger.contract.api import MAX_REPLICA_ID
 from ledger.pbft.actions import Action, BlockReplies, Broadcast, Executed, Peers
 from ledger.pbft.backend import Executor
 from ledger.pbft.batching import Batcher
 from ledger.pbft.block import Block
 from ledger.pbft.checkpoints import Checkpoints
-from ledger.pbft.config import MAX_REPLICA_ID, PbftConfig, ReplicaInfo
+from ledger.pbft.config import PbftConfig, ReplicaInfo
 from ledger.pbft.epochs import Epoch, Epochs
 from ledger.pbft.journal import restore
 from ledger.pbft.log import FUTURE_BUFFER, MessageLog
