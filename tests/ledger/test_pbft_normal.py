@@ -260,18 +260,24 @@ def test_backups_reject_a_batch_with_a_forged_transaction_and_change_view() -> N
     _agree(net, 4)
 
 
+def _with_sig_caches(net: Network) -> list[SigCache]:
+    """Each replica of ``net`` booted again with a signature cache as its transaction checker,
+    as ``ReplicaNode`` wires it; the caches, by replica."""
+    caches = [SigCache() for _ in net.replicas]
+    for i, cache in enumerate(caches):
+        net.replicas[i] = Replica(
+            net.config, i, replica_key(i), net.executors[i], now_ms=0, tx_verifier=cache.check_many
+        )
+    return caches
+
+
 def test_a_checked_transaction_with_its_signature_replaced_is_checked_again() -> None:
     """The backups verified a client's transaction when it reached them (the node's signature
     cache, keyed by id); a faulty primary proposes it with the signature replaced by zeros.
     The id hashes the unsigned payload only, so a cache keyed by id alone took the old verdict
     and the backups committed a transaction whose signature does not verify."""
     net = Network(make_config(4, view_change_timeout_ms=100), wire=True)
-    caches = [SigCache() for _ in range(4)]
-    for i in range(4):  # as ReplicaNode wires it
-        net.replicas[i] = Replica(
-            net.config, i, replica_key(i), net.executors[i], now_ms=0,
-            tx_verifier=caches[i].check_many,
-        )
+    caches = _with_sig_caches(net)
     (tx,) = make_txs(1)
     for b in (1, 2, 3):  # what the node does with a client request: check it, hand it over
         assert caches[b].check(tx, tx.tx_id)
@@ -447,12 +453,7 @@ def test_a_forged_transaction_among_many_in_a_pre_prepare_is_found(forged_at: in
     """Backups check a pre-prepare's transactions together (one batch check when the native
     verifier is built); one forged signature anywhere in the batch still rejects it."""
     net = Network(make_config(4, batch_max=100))
-    caches = [SigCache() for _ in range(4)]
-    for i in range(4):
-        net.replicas[i] = Replica(
-            net.config, i, replica_key(i), net.executors[i], now_ms=0,
-            tx_verifier=caches[i].check_many,
-        )  # fmt: skip
+    caches = _with_sig_caches(net)
     wires = [tx.to_wire() for tx in make_txs(80)]
     if forged_at is not None:
         other = make_txs(1, start=500)[0]
