@@ -59,6 +59,10 @@ class Pair:
 
 @dataclass(frozen=True, slots=True)
 class Constants:
+    """A CT channel's calibration as the node applies it (``firmware/ct.py``): ``ical`` A per V
+    at the ADC, ``vcal`` V per V at the ADC, ``phase_deg`` the voltage-to-current phase
+    correction in degrees."""
+
     ical: float
     vcal: float
     phase_deg: float
@@ -66,6 +70,9 @@ class Constants:
 
 @dataclass(frozen=True, slots=True)
 class Fit:
+    """What :func:`fit` found: the factors to multiply ``vcal`` and ``ical`` by, the phase to
+    add, how well the model explains the pairs, and whether the phase could be told."""
+
     gain_v: float
     gain_i: float
     phase_deg: float  # to add to the node's phase_deg
