@@ -28,7 +28,7 @@ def restore(core: Replica) -> None:
     core.view, core.active = view, active
     if not active:
         core.views.resend = True
-        core.views.deadline = core.now + core.views.timeout
+        core.views.timer.deadline = core.now + core.views.timer.timeout
     for seq in sorted(entries):
         if seq <= core.stable_seq:
             continue

@@ -79,7 +79,7 @@ class Replica:
       case (pre-prepare, prepare, commit);
     * ``batcher`` (``Batcher``): client requests pending, relaying, cutting batches;
     * ``checkpoints`` (``Checkpoints``): checkpoint votes and the stable checkpoint;
-    * ``views`` (``ViewChanges``): the view-change timer, view-changes, new-view;
+    * ``views`` (``ViewChanges``): the view-change timer (``views.timer``), view-changes, new-view;
     * ``transfer`` (``StateTransfer``): status gossip, fetching and serving blocks.
     """
 
@@ -187,7 +187,7 @@ class Replica:
     def next_deadline(self) -> int | None:
         """Earliest ``now_ms`` at which ``on_tick`` has work to do."""
         times = [self.transfer.next_status]
-        for t in (self.views.deadline, self.transfer.deadline):
+        for t in (self.views.timer.deadline, self.transfer.deadline):
             if t is not None:
                 times.append(t)
         batch_at = self.batcher.deadline
@@ -325,7 +325,7 @@ class Replica:
         relay_at = batcher.relay_due()
         if relay_at is not None and now_ms >= relay_at:
             batcher.relay_stale(now_ms, out)
-        if views.deadline is not None and now_ms >= views.deadline:
+        if views.timer.deadline is not None and now_ms >= views.timer.deadline:
             self.count("timeouts")
             views.on_timeout(now_ms, out)
         self.transfer.tick(now_ms, out)
@@ -350,14 +350,14 @@ class Replica:
         not already). A replica that is not a member has no timer (it changes no views)."""
         if (
             (self.batcher.pending or self.epoch_end is not None)
-            and self.views.deadline is None
+            and self.views.timer.deadline is None
             and self.active
             and self.me in self.members
         ):
-            self.views.arm(now_ms)
+            self.views.timer.arm(now_ms)
 
     def rearm(self, now_ms: int) -> None:
-        if self.views.deadline is None:
+        if self.views.timer.deadline is None:
             self.arm_request_timer(now_ms)
 
     # ------------------------------------------------------------------ execution
@@ -460,7 +460,7 @@ class Replica:
             self.views.take_early(self.now, out)
         else:
             self.active = False  # removed: it no longer votes; it still answers reads
-            self.views.deadline = None
+            self.views.timer.deadline = None
 
     def _update_peers(self) -> None:
         peers = self.epochs.live_peers(self.me, self.checkpoints.stable_seq, self.epoch)
@@ -483,5 +483,5 @@ class Replica:
         if not self.active:
             return  # blocks fetched during a view change: the wait for NEW-VIEW goes on
         # Progress in this view: reset the backoff; keep waiting only if requests are pending.
-        self.views.progress(self.now)
+        self.views.timer.progress(self.now)
         self.arm_request_timer(self.now)

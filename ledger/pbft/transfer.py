@@ -88,7 +88,7 @@ class StateTransfer:
                 w == core.view
                 and not core.active
                 and core.views.new_view_msg is None
-                and core.views.deadline is None
+                and core.views.timer.deadline is None
             ):
                 core.count("behind_in_view")
                 core.views.start(w, now_ms, out)

@@ -1,10 +1,9 @@
 """View change: replacing a primary that does not get requests executed.
 
-``ViewChanges`` owns the view-change timer (deadline, and the timeout that doubles on each
-change without progress), the latest VIEW-CHANGE of each replica with the batches it attached,
-and the NEW-VIEW this replica entered its view with (relayed to replicas left behind). Its
-methods append the actions they cause to ``out``. Entering a view rebuilds the message log from
-the NEW-VIEW's pre-prepares.
+``ViewChanges`` owns the view-change timer (``viewtimer.ViewTimer``), the latest VIEW-CHANGE of
+each replica with the batches it attached, and the NEW-VIEW this replica entered its view with
+(relayed to replicas left behind). Its methods append the actions they cause to ``out``.
+Entering a view rebuilds the message log from the NEW-VIEW's pre-prepares.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from ledger.pbft.messages import (
     sign,
     verify,
 )
+from ledger.pbft.viewtimer import ViewTimer
 from ledger.pbft.wire import WireError
 
 if TYPE_CHECKING:
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 # Batches attached to one VIEW-CHANGE or NEW-VIEW at most (bytes as block.batch_bytes counts):
 # with the batch bound, the message stays well inside a frame.
 VC_ATTACH_BYTES = 4 * 1024 * 1024
-# The adaptive timeout: ADAPT_FACTOR times (smoothed wait + 4 x its mean deviation), the waits
-# being how long requests were pending before each progress (Jacobson's estimator, as TCP's RTO).
-ADAPT_FACTOR = 2
 
 
 def compute_o(
@@ -59,11 +56,7 @@ def compute_o(
 class ViewChanges:
     def __init__(self, core: Replica) -> None:
         self.core = core
-        self.timeout = core.cfg.view_change_timeout_ms
-        self.deadline: int | None = None
-        self.armed_at: int | None = None  # when the running timer was armed
-        self.srtt: int | None = None  # smoothed wait before progress (ms), None: no sample yet
-        self.rttvar = 0
+        self.timer = ViewTimer(core)
         self.by_replica: dict[int, ViewChange] = {}
         self.digests: dict[int, bytes] = {}  # ViewChange.digest of each by_replica entry
         self.batches: dict[int, dict[bytes, Batch]] = {}  # per sender, its latest VIEW-CHANGE
@@ -78,45 +71,6 @@ class ViewChanges:
         self.nv_sent_at: dict[int, int] = {}
         self.resend = False  # restored while changing views: send the VIEW-CHANGE again
         self.early = NextEpochViews()  # the next epoch's, held until this replica switches
-
-    def _back_off(self, now_ms: int) -> None:
-        # The adaptive timeout detects a dead primary; a view change itself is given at least
-        # the configured timeout: its messages (2f+1 VIEW-CHANGEs in a NEW-VIEW, each with
-        # prepared proofs) are far larger than a block's votes, and on a thin link take
-        # seconds where the normal case took a fraction of one.
-        self.deadline = now_ms + max(self.timeout, self.core.cfg.view_change_timeout_ms)
-        self.armed_at = None  # a wait for a view change is not a sample of the normal case
-        self.timeout = min(2 * self.timeout, self.core.cfg.max_view_change_timeout_ms)
-
-    def arm(self, now_ms: int) -> None:
-        """A request waits and no timer runs: it runs from now."""
-        self.deadline = now_ms + self.timeout
-        self.armed_at = now_ms
-
-    def base_timeout(self) -> int:
-        """The timeout after progress: the configured one, or (adaptive) ADAPT_FACTOR times
-        the estimate of how long requests wait before progress, within
-        [min_view_change_timeout_ms, view_change_timeout_ms]. The upper bound is today's fixed
-        timeout, so a slow primary that keeps making just enough progress cannot stretch it."""
-        cfg = self.core.cfg
-        if not cfg.min_view_change_timeout_ms or self.srtt is None:
-            return cfg.view_change_timeout_ms
-        estimate = ADAPT_FACTOR * (self.srtt + 4 * self.rttvar)
-        return max(cfg.min_view_change_timeout_ms, min(cfg.view_change_timeout_ms, estimate))
-
-    def progress(self, now_ms: int) -> None:
-        """Requests were executed in this view: the wait since the timer was armed is a
-        sample of the estimate, and the backoff is reset."""
-        if self.armed_at is not None and self.deadline is not None:
-            sample = max(0, now_ms - self.armed_at)
-            if self.srtt is None:
-                self.srtt, self.rttvar = sample, sample // 2
-            else:
-                self.rttvar = (3 * self.rttvar + abs(sample - self.srtt)) // 4
-                self.srtt = (7 * self.srtt + sample) // 8
-        self.timeout = self.base_timeout()
-        self.deadline = None
-        self.armed_at = None
 
     def take_early(self, now_ms: int, out: list[Action]) -> None:
         """This replica switched: the held messages of its new epoch are taken now."""
@@ -144,13 +98,13 @@ class ViewChanges:
         where the transport cannot tell (a host gone without closing its connections), the
         timer decides as before."""
         core = self.core
-        if core.is_primary or self.deadline is None or self.deadline <= now_ms:
+        if core.is_primary or self.timer.deadline is None or self.timer.deadline <= now_ms:
             return
         if self.hinted_view == core.view:
             return
         self.hinted_view = core.view
         core.count("primary_unreachable")
-        self.deadline = now_ms
+        self.timer.deadline = now_ms
 
     def start(self, new_view: int, now_ms: int, out: list[Action]) -> None:
         core = self.core
@@ -205,7 +159,7 @@ class ViewChanges:
         if self.pending is not None and self.pending.view < new_view:
             self.pending = None
         self._send_view_change(vc, out)
-        self._back_off(now_ms)
+        self.timer.back_off(now_ms)
         if core.is_primary:
             self.try_new_view(now_ms, out)
 
@@ -214,7 +168,7 @@ class ViewChanges:
         if core.active:
             if core.transfer.catching_up():
                 # Behind, not stalled: the others are executing; catch up instead.
-                self.deadline = now_ms + self.timeout
+                self.timer.deadline = now_ms + self.timer.timeout
                 return
             self.start(core.view + 1, now_ms, out)
             return
@@ -228,7 +182,7 @@ class ViewChanges:
         mine = self.by_replica.get(core.me)
         if mine is not None:
             self._send_view_change(mine, out)
-        self._back_off(now_ms)
+        self.timer.back_off(now_ms)
 
     def _send_view_change(self, vc: ViewChange, out: list[Action]) -> None:
         """The batches a VIEW-CHANGE attaches go to the new view's primary only, the one that
@@ -593,7 +547,7 @@ class ViewChanges:
         log.votes_above.clear()
         core.ex.save_view(nv.view, True)
         self.new_view_msg = nv  # relayed as is to replicas left behind (bounded attachments)
-        self.deadline = None
+        self.timer.deadline = None
         self.heard = {r for r, vc in self.by_replica.items() if vc.view == nv.view}
         self.by_replica = {r: vc for r, vc in self.by_replica.items() if vc.view > nv.view}
         self.digests = {r: d for r, d in self.digests.items() if r in self.by_replica}
@@ -634,7 +588,7 @@ class ViewChanges:
                 fresh.committed, fresh.cert = True, cert
         # Requests not yet ordered: the new primary batches them, backups relay them to it.
         core.batcher.new_view(now_ms, out)
-        self.deadline = None
+        self.timer.deadline = None
         core.arm_request_timer(now_ms)
         log.replay_future(out, now_ms)
         core.execute_ready(out)

@@ -49,7 +49,7 @@ def test_a_dead_primary_is_replaced_sooner_where_waits_are_short() -> None:
     assert fixed >= SLOW_MS  # today: the whole configured timeout
     assert adaptive < SLOW_MS // 4
     assert not divergence(net, net.correct()) and not divergence(net_fixed, net_fixed.correct())
-    timeouts = [net.replicas[i].views.base_timeout() for i in net.correct()]
+    timeouts = [net.replicas[i].views.timer.base_timeout() for i in net.correct()]
     assert all(50 <= t < SLOW_MS for t in timeouts)
 
 
@@ -65,8 +65,9 @@ def test_a_steady_slow_link_changes_no_view_and_stays_within_the_bounds() -> Non
             net.run(20)
     assert all(r.view == 0 for r in net.replicas)
     for r in net.replicas:
-        assert 100 <= r.views.base_timeout() <= 3000
-        assert r.views.base_timeout() >= 2 * 600  # above the waits it saw (3-4 one-way delays)
+        assert 100 <= r.views.timer.base_timeout() <= 3000
+        # above the waits it saw (3-4 one-way delays)
+        assert r.views.timer.base_timeout() >= 2 * 600
 
 
 @settings(max_examples=80, deadline=None)
@@ -81,12 +82,12 @@ def test_the_estimate_never_leaves_its_bounds(waits: list[int], upper: int, floo
     views = net.replicas[1].views
     now = 0
     for wait in waits:
-        views.arm(now)
+        views.timer.arm(now)
         now += wait
-        views.progress(now)
-        bound = upper if floor == 0 else views.base_timeout()
-        assert (floor or upper) <= views.base_timeout() <= upper
-        assert views.timeout == bound
+        views.timer.progress(now)
+        bound = upper if floor == 0 else views.timer.base_timeout()
+        assert (floor or upper) <= views.timer.base_timeout() <= upper
+        assert views.timer.timeout == bound
 
 
 def test_the_floor_above_the_timeout_is_refused() -> None:
@@ -131,5 +132,5 @@ def test_a_view_change_itself_gets_the_configured_timeout() -> None:
     while backup.active:
         net.run(1)
         assert net.now < 100_000
-    assert backup.views.deadline is not None
-    assert backup.views.deadline - net.now >= SLOW_MS - 1
+    assert backup.views.timer.deadline is not None
+    assert backup.views.timer.deadline - net.now >= SLOW_MS - 1

@@ -108,7 +108,7 @@ def test_remove_a_replica_and_the_primary_then_its_messages_are_ignored() -> Non
     net.submit(change(keep, 2), range(5))
     run_until(net, lambda: all(net.replicas[i].epoch.number == 2 for i in keep))
     removed = net.replicas[primary]
-    assert not removed.is_member and not removed.active and removed.views.deadline is None
+    assert not removed.is_member and not removed.active and removed.views.timer.deadline is None
     more = load(net, 40, 100)
     run_until(net, lambda: net.all_committed(txs + more))
     run_until(net, lambda: all(net.replicas[i].stable_seq >= net.replicas[i].epoch.start
