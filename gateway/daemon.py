@@ -11,7 +11,6 @@ and on stop cancels them and writes down what is left. Everything reads time fro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -33,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+# How long a stop waits for each part to end after cancelling it, and for the last "offline"
+# message: a part that swallows its cancellation (a library that turns it into an error and
+# retries) must not keep the daemon from closing its store and exiting.
+SHUTDOWN_GRACE_S = 5.0
 
 
 class Gateway:
@@ -192,6 +195,10 @@ class Gateway:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                task = asyncio.current_task()
+                if self._stopping.is_set() or (task is not None and task.cancelling()):
+                    # cancelled, and the part turned it into an error: stop, do not restart
+                    raise asyncio.CancelledError() from None
                 log.exception("%s stopped unexpectedly; restarting", name)
                 await asyncio.sleep(1.0)
 
@@ -245,16 +252,24 @@ class Gateway:
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if tasks:
+            done, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("%s ended with %r while stopping", t.get_name(), t.exception())
+            for t in stuck:
+                log.error("%s did not stop within %.0f s of being cancelled; left behind",
+                          t.get_name(), SHUTDOWN_GRACE_S)  # fmt: skip
         for bus in self.buses:
             bus.close()
         self.recorder.close()
         if isinstance(self.deliverer, LedgerDeliverer):
             await self.deliverer.close()
         if self.publisher is not None:
-            await self.publisher.offline()
+            try:
+                await asyncio.wait_for(self.publisher.offline(), SHUTDOWN_GRACE_S)
+            except TimeoutError:
+                log.warning("the broker did not take the offline message in time")
 
     def status_snapshot(self) -> dict[str, Any]:
         """What ``wattmesh gateway status`` shows of the running daemon (saved at each flush)."""
